@@ -1,0 +1,192 @@
+"""The official U-GAT-IT options: flags, defaults, `model_dir` naming and dataset layout.
+
+One definition serves `python -m tf_reference`, `python -m torch_port` and `python -m morph`;
+it imports neither TensorFlow nor torch. Flag names, defaults and meanings are those of the
+official `main.py`, so commands written for the official repository keep working.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+from dataclasses import dataclass
+
+GAN_TYPES = ("gan", "lsgan", "wgan-gp", "wgan-lp", "dragan", "hinge")
+DOMAIN_FOLDERS = ("trainA", "trainB", "testA", "testB")
+
+_TRUE = ("true", "t", "1", "yes", "y")
+_FALSE = ("false", "f", "0", "no", "n")
+
+
+def str2bool(value: str) -> bool:
+    """Parse a boolean flag. The official parser treats any substring of 'true' as True;
+    we accept the usual spellings and reject the rest instead of silently reading False."""
+    v = str(value).strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {value!r}")
+
+
+# name, type, default, help — exactly the official main.py flags.
+OFFICIAL_FLAGS = (
+    ("phase", str, "train", "[train / test]"),
+    ("light", str2bool, False, "[U-GAT-IT full version / U-GAT-IT light version]"),
+    ("dataset", str, "selfie2anime", "dataset_name"),
+    ("epoch", int, 100, "The number of epochs to run"),
+    ("iteration", int, 10000, "The number of training iterations"),
+    ("batch_size", int, 1, "The size of batch size"),
+    ("print_freq", int, 1000, "The number of image_print_freq"),
+    ("save_freq", int, 1000, "The number of ckpt_save_freq"),
+    ("decay_flag", str2bool, True, "The decay_flag"),
+    ("decay_epoch", int, 50, "decay epoch"),
+    ("lr", float, 0.0001, "The learning rate"),
+    ("GP_ld", int, 10, "The gradient penalty lambda"),
+    ("adv_weight", int, 1, "Weight about GAN"),
+    ("cycle_weight", int, 10, "Weight about Cycle"),
+    ("identity_weight", int, 10, "Weight about Identity"),
+    ("cam_weight", int, 1000, "Weight about CAM"),
+    ("gan_type", str, "lsgan", "[gan / lsgan / wgan-gp / wgan-lp / dragan / hinge]"),
+    ("smoothing", str2bool, True, "AdaLIN smoothing effect"),
+    ("ch", int, 64, "base channel number per layer"),
+    ("n_res", int, 4, "The number of resblock"),
+    ("n_dis", int, 6, "The number of discriminator layer"),
+    ("n_critic", int, 1, "The number of critic"),
+    ("sn", str2bool, True, "using spectral norm"),
+    ("img_size", int, 256, "The size of image"),
+    ("img_ch", int, 3, "The size of image channel"),
+    ("augment_flag", str2bool, True, "Image augmentation use or not"),
+    ("checkpoint_dir", str, "checkpoint", "Directory name to save the checkpoints"),
+    ("result_dir", str, "results", "Directory name to save the generated images"),
+    ("log_dir", str, "logs", "Directory name to save training logs"),
+    ("sample_dir", str, "samples", "Directory name to save the samples on training"),
+)
+
+DEFAULTS = {name: default for name, _, default, _ in OFFICIAL_FLAGS}
+
+# Keys that fix the architecture (and so the checkpoint's variables).
+MODEL_KEYS = ("light", "ch", "n_res", "n_dis", "img_size", "img_ch", "sn", "smoothing")
+
+
+class OptionError(ValueError):
+    """A flag value the official model cannot run with; the message names the flag."""
+
+
+def add_official_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    for name, typ, default, help_ in OFFICIAL_FLAGS:
+        parser.add_argument(f"--{name}", type=typ, default=default, help=f"{help_} (default: {default})")
+    return parser
+
+
+def build_parser(description: str = "U-GAT-IT") -> argparse.ArgumentParser:
+    return add_official_flags(argparse.ArgumentParser(description=description))
+
+
+def config_from(args=None, **overrides) -> dict:
+    """A complete option dict: official defaults, updated from an argparse namespace or dict,
+    then from keyword overrides."""
+    cfg = dict(DEFAULTS)
+    if args is not None:
+        src = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+        cfg.update(src)
+    cfg.update(overrides)
+    return cfg
+
+
+def validate(cfg: dict) -> dict:
+    """Reject configurations the official graph cannot build, before any work starts."""
+    def need(cond, flag, msg):
+        if not cond:
+            raise OptionError(f"--{flag}={cfg.get(flag)!r}: {msg}")
+
+    need(cfg["phase"] in ("train", "test"), "phase", "expected 'train' or 'test'")
+    need(cfg["gan_type"] in GAN_TYPES, "gan_type", f"expected one of {', '.join(GAN_TYPES)}")
+    for flag in ("epoch", "iteration", "batch_size", "ch", "n_res", "n_critic", "print_freq", "save_freq"):
+        need(int(cfg[flag]) >= 1, flag, "must be >= 1")
+    need(cfg["n_dis"] >= 4, "n_dis", "the local discriminator needs n_dis >= 4")
+    need(cfg["img_ch"] == 3, "img_ch", "the official model reads RGB images (3 channels)")
+    need(cfg["lr"] > 0, "lr", "must be > 0")
+    # AdaLIN's gamma/beta come from an MLP of width ch * n_res, applied to feature maps of width
+    # ch * 4: the official graph only builds when n_res == 4.
+    need(cfg["n_res"] == 4, "n_res",
+         "the official MLP width is ch*n_res and must equal the residual width ch*4, so n_res must be 4")
+    size = cfg["img_size"]
+    # The global discriminator halves the image n_dis-1 times, then reflect-pads by 2: at least
+    # 4 pixels must remain.
+    min_size = 2 ** (cfg["n_dis"] + 1)
+    need(size % 4 == 0 and size >= min_size, "img_size",
+         f"must be a multiple of 4 and at least {min_size} for n_dis={cfg['n_dis']} "
+         f"(the global discriminator halves it n_dis-1 times and then needs 4 pixels)")
+    need(cfg["decay_epoch"] >= 0, "decay_epoch", "must be >= 0")
+    return cfg
+
+
+def model_name(cfg: dict) -> str:
+    return "UGATIT_light" if cfg["light"] else "UGATIT"
+
+
+def model_dir(cfg: dict) -> str:
+    """Official checkpoint/result sub-folder name (all weights printed as given, e.g. `1_10_10_1000`)."""
+    sn = "_sn" if cfg["sn"] else ""
+    smoothing = "_smoothing" if cfg["smoothing"] else ""
+    return "{}_{}_{}_{}resblock_{}dis_{}_{}_{}_{}_{}{}{}".format(
+        model_name(cfg), cfg["dataset"], cfg["gan_type"], cfg["n_res"], cfg["n_dis"], cfg["n_critic"],
+        cfg["adv_weight"], cfg["cycle_weight"], cfg["identity_weight"], cfg["cam_weight"], sn, smoothing)
+
+
+def learning_rate(cfg: dict, epoch: int) -> float:
+    """Official schedule: constant until decay_epoch, then linear to 0 at `epoch`."""
+    lr = cfg["lr"]
+    if cfg["decay_flag"] and epoch >= cfg["decay_epoch"]:
+        lr = cfg["lr"] * (cfg["epoch"] - epoch) / (cfg["epoch"] - cfg["decay_epoch"])
+    return lr
+
+
+def resume_position(counter: int, iteration: int) -> tuple[int, int]:
+    """(start_epoch, start_batch_id) for a checkpoint saved at `counter`, as the official loop."""
+    start_epoch = counter // iteration
+    return start_epoch, counter - start_epoch * iteration
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def dataset_root(cfg: dict, base: str = ".") -> str:
+    return os.path.join(base, "dataset", cfg["dataset"])
+
+
+def domain_files(cfg: dict, folder: str, base: str = ".", required: bool = True) -> list[str]:
+    """Sorted image files of `dataset/<name>/<folder>`; the official code globs `*.*` there."""
+    path = os.path.join(dataset_root(cfg, base), folder)
+    if not os.path.isdir(path):
+        if required:
+            raise OptionError(
+                f"dataset folder {path!r} does not exist: expected dataset/<name>/{{{','.join(DOMAIN_FOLDERS)}}} "
+                f"relative to the working directory {os.path.abspath(base)!r}")
+        return []
+    files = sorted(f for f in glob.glob(os.path.join(path, "*.*")) if os.path.isfile(f))
+    if required and not files:
+        raise OptionError(f"dataset folder {path!r} holds no files (expected images, e.g. *.png, *.jpg)")
+    return files
+
+
+@dataclass
+class Paths:
+    """Where a run writes: the official `<dir>/<model_dir>` folders."""
+    checkpoint: str
+    result: str
+    log: str
+    sample: str
+
+
+def run_paths(cfg: dict) -> Paths:
+    md = model_dir(cfg)
+    return Paths(os.path.join(cfg["checkpoint_dir"], md), os.path.join(cfg["result_dir"], md),
+                 os.path.join(cfg["log_dir"], md), os.path.join(cfg["sample_dir"], md))
+
+
+def iteration_line(epoch: int, idx: int, iteration: int, elapsed: float, d_loss: float, g_loss: float) -> str:
+    """The official per-iteration progress line."""
+    return "Epoch: [%2d] [%5d/%5d] time: %4.4f d_loss: %.8f, g_loss: %.8f" % (
+        epoch, idx, iteration, elapsed, d_loss, g_loss)
