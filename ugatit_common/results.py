@@ -1,0 +1,120 @@
+"""Writing what people look at, as the official code does (numpy + cv2; no TF, no torch).
+
+Official: `inverse_transform` ((x + 1) / 2) * 255, `astype('uint8')` (C cast: truncation toward
+zero; the values are in [0, 255] for inputs in [-1, 1]), RGB -> BGR, cv2.imwrite; test phase
+writes `index.html` with columns name | input | output.
+Here every file is written atomically (temp file in the same folder, then os.replace), and the
+page's image paths are relative to the page so it works when opened from disk.
+"""
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+import urllib.parse
+
+import cv2
+import numpy as np
+
+
+def to_uint8(images) -> np.ndarray:
+    """Official inverse transform + `astype('uint8')`, in float64 as the official numpy math.
+    Values outside [-1, 1] are clipped first (the official would wrap around)."""
+    x = np.asarray(images, dtype=np.float64)
+    x = ((np.clip(x, -1.0, 1.0) + 1.0) / 2) * 255.0
+    return x.astype("uint8")
+
+
+def _atomic_bytes(path: str, data: bytes) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _write_rgb(path: str, rgb_uint8: np.ndarray) -> str:
+    ext = os.path.splitext(path)[1] or ".png"
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(rgb_uint8), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode an image for {path!r}")
+    return _atomic_bytes(path, buf.tobytes())
+
+
+def _as_hwc_list(item):
+    a = np.asarray(item)
+    if a.ndim == 4:
+        return list(a)
+    if a.ndim == 3:
+        return [a]
+    raise ValueError(f"expected an HWC image or an NHWC batch, got shape {a.shape}")
+
+
+def save_image(image, path: str) -> str:
+    """Write one HWC RGB image in [-1, 1] (an NHWC batch of one is accepted)."""
+    a = np.asarray(image)
+    if a.ndim == 4:
+        if a.shape[0] != 1:
+            raise ValueError(f"save_image takes one image, got a batch of {a.shape[0]}; use save_grid")
+        a = a[0]
+    return _write_rgb(path, to_uint8(a))
+
+
+def save_grid(images, path: str, ncols: int | None = None) -> str:
+    """Tile HWC images / NHWC batches (all in [-1, 1], same H and W) into one picture, row by row
+    as the official `merge` (index i goes to column i % ncols, row i // ncols). Default ncols:
+    one column, as the official `[batch_size, 1]` samples."""
+    tiles = [t for item in images for t in _as_hwc_list(item)]
+    if not tiles:
+        raise ValueError("save_grid needs at least one image")
+    h, w = tiles[0].shape[:2]
+    ncols = 1 if ncols is None else max(1, int(ncols))
+    nrows = -(-len(tiles) // ncols)
+    grid = np.zeros((h * nrows, w * ncols, 3), dtype=np.float64) - 1.0  # black background
+    for i, t in enumerate(tiles):
+        if t.shape[:2] != (h, w):
+            raise ValueError(f"image {i} has shape {t.shape}, expected {(h, w)}")
+        r, c = divmod(i, ncols)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = t
+    return _write_rgb(path, to_uint8(grid))
+
+
+class ResultsPage:
+    """`index.html` with one row per translated image: name | input | output."""
+
+    def __init__(self, result_dir: str, img_size: int = 256, filename: str = "index.html"):
+        self.path = os.path.join(result_dir, filename)
+        self.img_size = int(img_size)
+        self.rows = []
+
+    def _src(self, p: str) -> str:
+        rel = os.path.relpath(os.path.abspath(p), os.path.dirname(os.path.abspath(self.path)))
+        return html.escape(urllib.parse.quote(rel.replace(os.sep, "/")), quote=True)
+
+    def add(self, name: str, input_path: str, output_path: str) -> None:
+        s = self.img_size
+        self.rows.append(
+            "<tr><td>%s</td><td><img src='%s' width='%d' height='%d'></td>"
+            "<td><img src='%s' width='%d' height='%d'></td></tr>"
+            % (html.escape(str(name)), self._src(input_path), s, s, self._src(output_path), s, s))
+
+    def close(self) -> str:
+        body = "\n".join(self.rows)
+        text = ("<html><body><table><tr><th>name</th><th>input</th><th>output</th></tr>\n"
+                f"{body}\n</table></body></html>\n")
+        return _atomic_bytes(self.path, text.encode("utf-8"))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
