@@ -1,0 +1,218 @@
+"""The official U-GAT-IT generator and discriminator (`UGATIT.generator` / `discriminator`).
+
+Attribute names are the official TF scope names, so `state_dict()` keys are the TF variable
+paths under the port's naming rule. The generator is split into small seams that a subclass
+(Morph-UGATIT) can override one at a time: `encode`, `attend`, `style`, `decode`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .ops import (AdaLIN, CAMLogit, Conv, Dense, InstanceNorm, LIN, global_avg_pooling, lrelu,
+                  relu, up_sample)
+
+__all__ = ["ResBlock", "AdaptiveResBlock", "MLP", "Generator", "DiscriminatorBranch",
+           "Discriminator"]
+
+
+class _ResHalf(nn.Module):
+    """`res1` / `res2` of a residual block: `conv_0` (3x3, reflect pad 1) + `instance_norm`."""
+
+    def __init__(self, channels: int, use_bias: bool = True):
+        super().__init__()
+        self.conv_0 = Conv(channels, channels, 3, 1, pad=1, pad_type="reflect", use_bias=use_bias)
+        self.instance_norm = InstanceNorm(channels)
+
+    def forward(self, x):
+        return self.instance_norm(self.conv_0(x))
+
+
+class ResBlock(nn.Module):
+    """Official `resblock`: res1 (conv, IN, relu), res2 (conv, IN), residual add."""
+
+    def __init__(self, channels: int, use_bias: bool = True):
+        super().__init__()
+        self.res1 = _ResHalf(channels, use_bias)
+        self.res2 = _ResHalf(channels, use_bias)
+
+    def forward(self, x_init):
+        x = relu(self.res1(x_init))
+        return self.res2(x) + x_init
+
+
+class _AdaResHalf(nn.Module):
+    """`res1` / `res2` of an adaptive block: `conv_0` + `instance_layer_norm` (AdaLIN)."""
+
+    def __init__(self, channels: int, smoothing: bool, use_bias: bool = True):
+        super().__init__()
+        self.conv_0 = Conv(channels, channels, 3, 1, pad=1, pad_type="reflect", use_bias=use_bias)
+        self.instance_layer_norm = AdaLIN(channels, smoothing)
+
+    def forward(self, x, gamma, beta):
+        return self.instance_layer_norm(self.conv_0(x), gamma, beta)
+
+
+class AdaptiveResBlock(nn.Module):
+    """Official `adaptive_ins_layer_resblock`: both halves use the same gamma/beta."""
+
+    def __init__(self, channels: int, smoothing: bool = True, use_bias: bool = True):
+        super().__init__()
+        self.res1 = _AdaResHalf(channels, smoothing, use_bias)
+        self.res2 = _AdaResHalf(channels, smoothing, use_bias)
+
+    def forward(self, x_init, gamma, beta):
+        x = relu(self.res1(x_init, gamma, beta))
+        return self.res2(x, gamma, beta) + x_init
+
+
+class MLP(nn.Module):
+    """Official `MLP`: `linear_0`, `linear_1` (relu after each), `gamma`, `beta`; width ch*n_res.
+
+    light: input is the GAP of the map; full: the whole map flattened in NHWC order (so the TF
+    kernel converts with a plain transpose)."""
+
+    def __init__(self, in_features: int, width: int, light: bool):
+        super().__init__()
+        self.light = light
+        self.linear_0 = Dense(in_features, width)
+        self.linear_1 = Dense(width, width)
+        self.gamma = Dense(width, width)
+        self.beta = Dense(width, width)
+
+    def forward(self, x):
+        if self.light:
+            x = global_avg_pooling(x)
+        else:
+            x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+        x = relu(self.linear_0(x))
+        x = relu(self.linear_1(x))
+        return self.gamma(x), self.beta(x)
+
+
+class Generator(nn.Module):
+    """Official `generator()`; forward(x) -> (image, cam_logit [B, 2], heatmap [B, H, W]).
+
+    TF squeezes the heatmap (dropping the batch axis when B = 1); here the batch axis is kept."""
+
+    def __init__(self, ch: int = 64, n_res: int = 4, img_size: int = 256, light: bool = False,
+                 smoothing: bool = True, img_ch: int = 3):
+        super().__init__()
+        self.ch, self.n_res, self.img_size, self.light = ch, n_res, img_size, light
+        self.smoothing, self.img_ch = smoothing, img_ch
+
+        channel = ch
+        self.conv = Conv(img_ch, channel, 7, 1, pad=3, pad_type="reflect")
+        self.ins_norm = InstanceNorm(channel)
+        for i in range(2):
+            self.add_module(f"conv_{i}", Conv(channel, channel * 2, 3, 2, pad=1, pad_type="reflect"))
+            self.add_module(f"ins_norm_{i}", InstanceNorm(channel * 2))
+            channel *= 2
+        for i in range(n_res):
+            self.add_module(f"resblock_{i}", ResBlock(channel))
+
+        self.CAM_logit = CAMLogit(channel, sn=False)
+        self.conv_1x1 = Conv(channel * 2, channel, 1, 1)
+
+        mlp_in = channel if light else (img_size // 4) * (img_size // 4) * channel
+        self.MLP = MLP(mlp_in, ch * n_res, light)
+
+        for i in range(n_res):
+            self.add_module(f"adaptive_resblock{i}", AdaptiveResBlock(channel, smoothing))
+        for i in range(2):
+            self.add_module(f"up_conv_{i}", Conv(channel, channel // 2, 3, 1, pad=1, pad_type="reflect"))
+            self.add_module(f"layer_ins_norm_{i}", LIN(channel // 2))
+            channel //= 2
+        self.G_logit = Conv(channel, img_ch, 7, 1, pad=3, pad_type="reflect")
+
+    # -- seams ---------------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Down-sampling and residual blocks."""
+        x = relu(self.ins_norm(self.conv(x)))
+        for i in range(2):
+            x = relu(getattr(self, f"ins_norm_{i}")(getattr(self, f"conv_{i}")(x)))
+        for i in range(self.n_res):
+            x = getattr(self, f"resblock_{i}")(x)
+        return x
+
+    def attend(self, features: torch.Tensor):
+        """CAM: returns (x, cam_logit [B, 2], heatmap [B, H, W])."""
+        gap_logit, gmp_logit, x_gap, x_gmp = self.CAM_logit(features)
+        cam_logit = torch.cat([gap_logit, gmp_logit], dim=1)
+        x = relu(self.conv_1x1(torch.cat([x_gap, x_gmp], dim=1)))
+        heatmap = x.sum(dim=1)
+        return x, cam_logit, heatmap
+
+    def style(self, x: torch.Tensor):
+        """AdaLIN parameters (gamma, beta), each [B, ch * n_res], from the MLP."""
+        return self.MLP(x)
+
+    def decode(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """Adaptive residual blocks, up-sampling, `G_logit`, tanh."""
+        for i in range(self.n_res):
+            x = getattr(self, f"adaptive_resblock{i}")(x, gamma, beta)
+        for i in range(2):
+            x = up_sample(x, 2)
+            x = getattr(self, f"up_conv_{i}")(x)
+            x = relu(getattr(self, f"layer_ins_norm_{i}")(x))
+        return torch.tanh(self.G_logit(x))
+
+    def forward(self, x: torch.Tensor):
+        features = self.encode(x)
+        x, cam_logit, heatmap = self.attend(features)
+        gamma, beta = self.style(x)
+        return self.decode(x, gamma, beta), cam_logit, heatmap
+
+
+class DiscriminatorBranch(nn.Module):
+    """Official `discriminator_local` (n_down = n_dis - 4) / `discriminator_global`
+    (n_down = n_dis - 2): `conv_0`, `conv_1..conv_{n_down}`, `conv_last`, CAM, `conv_1x1`, `D_logit`.
+    forward(x) -> (logit [B,1,h,w], cam_logit [B,2], heatmap [B,h,w])."""
+
+    def __init__(self, ch: int, n_down: int, sn: bool = True, img_ch: int = 3):
+        super().__init__()
+        self.n_down = n_down
+        channel = ch
+        self.conv_0 = Conv(img_ch, channel, 4, 2, pad=1, pad_type="reflect", sn=sn)
+        for i in range(1, n_down + 1):
+            self.add_module(f"conv_{i}", Conv(channel, channel * 2, 4, 2, pad=1, pad_type="reflect", sn=sn))
+            channel *= 2
+        self.conv_last = Conv(channel, channel * 2, 4, 1, pad=1, pad_type="reflect", sn=sn)
+        channel *= 2
+        self.CAM_logit = CAMLogit(channel, sn=sn)
+        self.conv_1x1 = Conv(channel * 2, channel, 1, 1)
+        self.D_logit = Conv(channel, 1, 4, 1, pad=1, pad_type="reflect", sn=sn)
+
+    def forward(self, x):
+        x = lrelu(self.conv_0(x), 0.2)
+        for i in range(1, self.n_down + 1):
+            x = lrelu(getattr(self, f"conv_{i}")(x), 0.2)
+        x = lrelu(self.conv_last(x), 0.2)
+        gap_logit, gmp_logit, x_gap, x_gmp = self.CAM_logit(x)
+        cam_logit = torch.cat([gap_logit, gmp_logit], dim=1)
+        x = lrelu(self.conv_1x1(torch.cat([x_gap, x_gmp], dim=1)), 0.2)
+        heatmap = x.sum(dim=1)
+        return self.D_logit(x), cam_logit, heatmap
+
+
+class Discriminator(nn.Module):
+    """Official `discriminator()`: sub-modules `local` and `global` (a Python keyword: registered
+    with add_module, reachable as `global_`).
+    forward(x) -> ([local_logit, global_logit], [local_cam, global_cam], local_heatmap, global_heatmap)."""
+
+    def __init__(self, ch: int = 64, n_dis: int = 6, sn: bool = True, img_ch: int = 3):
+        super().__init__()
+        if n_dis < 4:
+            raise ValueError(f"n_dis must be >= 4 (the local branch has n_dis - 4 extra convs), got {n_dis}")
+        self.ch, self.n_dis, self.sn = ch, n_dis, sn
+        self.local = DiscriminatorBranch(ch, n_dis - 4, sn, img_ch)
+        self.add_module("global", DiscriminatorBranch(ch, n_dis - 2, sn, img_ch))
+
+    @property
+    def global_(self) -> DiscriminatorBranch:
+        return getattr(self, "global")
+
+    def forward(self, x):
+        local_x, local_cam, local_heatmap = self.local(x)
+        global_x, global_cam, global_heatmap = self.global_(x)
+        return [local_x, global_x], [local_cam, global_cam], local_heatmap, global_heatmap
