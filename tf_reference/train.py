@@ -1,0 +1,191 @@
+"""The official train and test phases: D run then G run per iteration (each pulling a new
+batch), the official learning-rate schedule, tf.train.Saver checkpoints in
+`checkpoint/<model_dir>/<model_name>.model-N`, resume from the newest one, and the test phase
+writing translated images and `index.html`."""
+import os
+import time
+
+import numpy as np
+
+from ugatit_common import options as opt
+from ugatit_common.results import ResultsPage, save_image
+
+from .compat import tf
+from .data import load_test_image, train_iterator
+from .model import UGATITGraph
+
+
+class CheckpointMismatch(opt.OptionError):
+    """The checkpoint's variables are not the configured model's (a flag disagrees with it)."""
+
+
+def check_checkpoint_matches(ckpt_path: str, graph_vars) -> None:
+    """Compare names and shapes before restoring, so a wrong --light/--ch/... names the variables."""
+    stored = dict(tf.train.list_variables(ckpt_path))
+    wanted = {v.op.name: v.shape.as_list() for v in graph_vars}
+    missing = sorted(set(wanted) - set(stored))
+    unexpected = sorted(set(stored) - set(wanted))
+    shapes = [f"{n}: checkpoint {stored[n]} vs model {wanted[n]}" for n in sorted(wanted)
+              if n in stored and list(stored[n]) != wanted[n]]
+    if missing or shapes:
+        lines = [f"checkpoint {ckpt_path} does not match the configured model "
+                 f"(check --light, --ch, --n_res, --n_dis, --img_size, --sn):"]
+        if missing:
+            lines.append(f"  {len(missing)} variables missing from the checkpoint, e.g. " + ", ".join(missing[:5]))
+        if unexpected:
+            lines.append(f"  {len(unexpected)} unexpected variables, e.g. " + ", ".join(unexpected[:5]))
+        if shapes:
+            lines.append(f"  {len(shapes)} shape mismatches, e.g. " + "; ".join(shapes[:5]))
+        raise CheckpointMismatch("\n".join(lines))
+
+
+def latest_checkpoint(folder: str):
+    """(path, counter) of the newest checkpoint named by folder's `checkpoint` file, or (None, 0)."""
+    ckpt = tf.train.get_checkpoint_state(folder)
+    if ckpt and ckpt.model_checkpoint_path:
+        name = os.path.basename(ckpt.model_checkpoint_path)
+        return os.path.join(folder, name), int(name.split("-")[-1])
+    return None, 0
+
+
+def restore(sess, saver, folder: str, graph_vars):
+    path, counter = latest_checkpoint(folder)
+    if path is None:
+        print(" [*] Failed to find a checkpoint")
+        return False, 0
+    check_checkpoint_matches(path, graph_vars)
+    saver.restore(sess, path)
+    print(f" [*] Success to read {os.path.basename(path)}")
+    return True, counter
+
+
+def save(sess, saver, cfg: dict, folder: str, step: int) -> str:
+    """tf.train.Saver (V2) writes the bundle under a temporary name and renames it; the `checkpoint`
+    index file is replaced atomically, so an interrupted save never hides the last good one."""
+    os.makedirs(folder, exist_ok=True)
+    return saver.save(sess, os.path.join(folder, opt.model_name(cfg) + ".model"), global_step=step)
+
+
+def readable_images(files: list) -> list:
+    """Drop files no image decoder recognises (with a warning naming each): the official tf.data
+    pipeline would stop mid-run on them. Error if none are left."""
+    import cv2
+    good = [f for f in files if cv2.haveImageReader(f)]
+    for f in sorted(set(files) - set(good)):
+        print(f" [!] skipping {f}: not a readable image")
+    if not good:
+        raise opt.OptionError(f"no readable images among {len(files)} files in {os.path.dirname(files[0])}")
+    return good
+
+
+def train(cfg: dict, max_to_keep: int = 5) -> dict:
+    paths = opt.run_paths(cfg)
+    files_A = readable_images(opt.domain_files(cfg, "trainA"))
+    files_B = readable_images(opt.domain_files(cfg, "trainB"))
+    dataset_num = max(len(files_A), len(files_B))
+    print_information(cfg, dataset_num)
+    for p in (paths.sample, paths.log):
+        os.makedirs(p, exist_ok=True)
+
+    graph = tf.Graph()
+    with graph.as_default():
+        domain_A = train_iterator(files_A, cfg["img_size"], cfg["img_ch"], cfg["augment_flag"], cfg["batch_size"],
+                                  dataset_num)
+        domain_B = train_iterator(files_B, cfg["img_size"], cfg["img_ch"], cfg["augment_flag"], cfg["batch_size"],
+                                  dataset_num)
+        m = UGATITGraph(cfg).build_train(domain_A, domain_B)
+        saver = tf.train.Saver(max_to_keep=max_to_keep)
+        history = []
+        with tf.Session() as sess:
+            tf.global_variables_initializer().run()
+            writer = tf.summary.FileWriter(paths.log, sess.graph)
+            could_load, checkpoint_counter = restore(sess, saver, paths.checkpoint, tf.global_variables())
+            if could_load:
+                start_epoch, start_batch_id = opt.resume_position(checkpoint_counter, cfg["iteration"])
+                counter = checkpoint_counter
+                print(" [*] Load SUCCESS")
+            else:
+                start_epoch, start_batch_id, counter = 0, 0, 1
+                print(" [!] Load failed...")
+
+            start_time = time.time()
+            past_g_loss = -1.
+            for epoch in range(start_epoch, cfg["epoch"]):
+                lr = opt.learning_rate(cfg, epoch)
+                for idx in range(start_batch_id, cfg["iteration"]):
+                    feed = {m.lr: lr}
+                    _, d_loss, summary = sess.run([m.D_optim, m.Discriminator_loss, m.D_summary], feed)
+                    writer.add_summary(summary, counter)
+                    g_loss = None
+                    if (counter - 1) % cfg["n_critic"] == 0:
+                        real_A, fake_B, _, g_loss, summary = sess.run(
+                            [m.real_A, m.fake_B, m.G_optim, m.Generator_loss, m.G_summary], feed)
+                        writer.add_summary(summary, counter)
+                        past_g_loss = g_loss
+                    counter += 1
+                    if g_loss is None:
+                        g_loss = past_g_loss
+                    print(opt.iteration_line(epoch, idx, cfg["iteration"], time.time() - start_time, d_loss, g_loss),
+                          flush=True)
+                    history.append({"d_loss": float(d_loss), "g_loss": float(g_loss)})
+                    if (idx + 1) % cfg["print_freq"] == 0:
+                        save_image(real_A[0], os.path.join(paths.sample, f"real_A_{epoch:03d}_{idx + 1:05d}.png"))
+                        save_image(fake_B[0], os.path.join(paths.sample, f"fake_B_{epoch:03d}_{idx + 1:05d}.png"))
+                    if (idx + 1) % cfg["save_freq"] == 0:
+                        save(sess, saver, cfg, paths.checkpoint, counter)
+                start_batch_id = 0  # only the first epoch after loading starts mid-way
+                save(sess, saver, cfg, paths.checkpoint, counter)
+            writer.close()
+    return {"steps": history, "checkpoint_dir": paths.checkpoint}
+
+
+def test(cfg: dict) -> str:
+    """Translate testA → B and testB → A with the newest checkpoint; write images and index.html."""
+    paths = opt.run_paths(cfg)
+    files_A = opt.domain_files(cfg, "testA", required=False)
+    files_B = opt.domain_files(cfg, "testB", required=False)
+    if not files_A and not files_B:
+        raise opt.OptionError(f"no test images in {opt.dataset_root(cfg)}/testA or testB")
+    graph = tf.Graph()
+    with graph.as_default():
+        m = UGATITGraph(cfg).build_test()
+        saver = tf.train.Saver()
+        with tf.Session() as sess:
+            tf.global_variables_initializer().run()
+            could_load, _ = restore(sess, saver, paths.checkpoint, tf.global_variables())
+            print(" [*] Load SUCCESS" if could_load else " [!] Load failed...")
+            os.makedirs(paths.result, exist_ok=True)
+            page = ResultsPage(paths.result, cfg["img_size"])
+            for files, src, out in ((files_A, m.test_domain_A, m.test_fake_B),
+                                    (files_B, m.test_domain_B, m.test_fake_A)):
+                for f in files:
+                    print("Processing image: " + f)
+                    try:
+                        image = load_test_image(f, cfg["img_size"])
+                    except Exception as e:  # cv2 returns None for unreadable files
+                        print(f" [!] skipping {f}: not a readable image ({type(e).__name__})")
+                        continue
+                    fake = sess.run(out, {src: image})
+                    image_path = os.path.join(paths.result, os.path.basename(f))
+                    save_image(fake[0], image_path)
+                    page.add(os.path.basename(f), f, image_path)
+            page.close()
+    return paths.result
+
+
+def print_information(cfg: dict, dataset_num: int) -> None:
+    print("\n##### Information #####")
+    for key in ("light", "gan_type", "dataset"):
+        print(f"# {key} : ", cfg[key])
+    print("# max dataset number : ", dataset_num)
+    for key in ("batch_size", "epoch", "iteration", "smoothing"):
+        print(f"# {key} : ", cfg[key])
+    print("\n##### Generator #####\n# residual blocks : ", cfg["n_res"])
+    print("\n##### Discriminator #####")
+    print("# discriminator layer : ", cfg["n_dis"])
+    print("# the number of critic : ", cfg["n_critic"])
+    print("# spectral normalization : ", cfg["sn"])
+    print("\n##### Weight #####")
+    for key in ("adv_weight", "cycle_weight", "identity_weight", "cam_weight"):
+        print(f"# {key} : ", cfg[key])
+    print()
