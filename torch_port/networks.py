@@ -54,7 +54,10 @@ class _AdaResHalf(nn.Module):
 
 
 class AdaptiveResBlock(nn.Module):
-    """Official `adaptive_ins_layer_resblock`: both halves use the same gamma/beta."""
+    """Official `adaptive_ins_layer_resblock`: both halves use the same gamma/beta.
+
+    Seam (Morph-UGATIT's per-layer w+ styles): gamma / beta may also be a pair
+    (res1's, res2's); a single tensor is used by both halves, as officially."""
 
     def __init__(self, channels: int, smoothing: bool = True, use_bias: bool = True):
         super().__init__()
@@ -62,8 +65,10 @@ class AdaptiveResBlock(nn.Module):
         self.res2 = _AdaResHalf(channels, smoothing, use_bias)
 
     def forward(self, x_init, gamma, beta):
-        x = relu(self.res1(x_init, gamma, beta))
-        return self.res2(x, gamma, beta) + x_init
+        gamma1, gamma2 = gamma if isinstance(gamma, (tuple, list)) else (gamma, gamma)
+        beta1, beta2 = beta if isinstance(beta, (tuple, list)) else (beta, beta)
+        x = relu(self.res1(x_init, gamma1, beta1))
+        return self.res2(x, gamma2, beta2) + x_init
 
 
 class MLP(nn.Module):
@@ -148,9 +153,14 @@ class Generator(nn.Module):
         return self.MLP(x)
 
     def decode(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        """Adaptive residual blocks, up-sampling, `G_logit`, tanh."""
+        """Adaptive residual blocks, up-sampling, `G_logit`, tanh.
+
+        gamma / beta: [B, C] shared by every adaptive block (official), or sequences of n_res
+        per-block entries (each a tensor or a (res1, res2) pair; see `AdaptiveResBlock`)."""
+        per_block = isinstance(gamma, (tuple, list))
         for i in range(self.n_res):
-            x = getattr(self, f"adaptive_resblock{i}")(x, gamma, beta)
+            g, b = (gamma[i], beta[i]) if per_block else (gamma, beta)
+            x = getattr(self, f"adaptive_resblock{i}")(x, g, b)
         for i in range(2):
             x = up_sample(x, 2)
             x = getattr(self, f"up_conv_{i}")(x)
