@@ -631,5 +631,7 @@ def test_translate_and_load_state():
     other.load_tf_state(model.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
     assert isinstance(model, UGATIT)
+    # nn.Module machinery (.to / .double) must not be shadowed by the model's helpers
+    assert model.double().generator_A.conv.weight.dtype == torch.float64
     with pytest.raises(KeyError):
         build_ugatit({"light": True})

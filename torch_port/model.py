@@ -179,7 +179,7 @@ class UGATIT(nn.Module):
 
     # -- one official sess.run each ----------------------------------------------------------------
     @staticmethod
-    def _apply(optim: TF1Adam, total: torch.Tensor, lr) -> None:
+    def _optimizer_update(optim: TF1Adam, total: torch.Tensor, lr) -> None:
         """Gradients of `total` w.r.t. the optimizer's parameters only (others get none), then
         one TF1 Adam step."""
         params = [p for _, p in optim.named_params]
@@ -195,7 +195,7 @@ class UGATIT(nn.Module):
         _, d_optim = self._optimizers(lr)
         with spectral_norm_run(self):
             total, terms = self.discriminator_losses(real_A, real_B, gp_draws)
-            self._apply(d_optim, total, lr)
+            self._optimizer_update(d_optim, total, lr)
         return {k: float(v.detach()) for k, v in terms.items()}
 
     def g_step(self, real_A: torch.Tensor, real_B: torch.Tensor, lr: float | None = None) -> dict:
@@ -205,7 +205,7 @@ class UGATIT(nn.Module):
         g_optim, _ = self._optimizers(lr)
         with spectral_norm_run(self):
             total, terms, fakes = self.generator_losses(real_A, real_B)
-            self._apply(g_optim, total, lr)
+            self._optimizer_update(g_optim, total, lr)
         out = {k: float(v.detach()) for k, v in terms.items()}
         out.update({k: v.detach() for k, v in fakes.items()})
         return out
