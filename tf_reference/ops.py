@@ -35,7 +35,8 @@ def record_endpoints():
 
 def _record(x, suffix=""):
     if _ENDPOINTS:
-        _ENDPOINTS[-1][tf.get_variable_scope().name + suffix] = x
+        # fetch through an identity: grappler's remapper may fuse (and drop) the layer's own node
+        _ENDPOINTS[-1][tf.get_variable_scope().name + suffix] = tf.identity(x)
     return x
 
 

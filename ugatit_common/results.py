@@ -41,6 +41,11 @@ def _atomic_bytes(path: str, data: bytes) -> str:
     return path
 
 
+def write_text_atomic(path: str, text: str) -> str:
+    """Write a text file (report, page) atomically."""
+    return _atomic_bytes(path, text.encode("utf-8"))
+
+
 def _write_rgb(path: str, rgb_uint8: np.ndarray) -> str:
     ext = os.path.splitext(path)[1] or ".png"
     ok, buf = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(rgb_uint8), cv2.COLOR_RGB2BGR))
