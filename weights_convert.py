@@ -117,7 +117,9 @@ def infer_config(shapes: dict[str, tuple], overrides: dict | None = None) -> dic
     n_res = len({m.group(1) for n in shapes for m in [re.match(rf"{gen}/resblock_(\d+)/", n)] if m})
     mlp_in, width = shapes[f"{gen}/MLP/linear_0/dense/kernel"]
     light = mlp_in == width
-    cfg = {"light": bool(light), "ch": ch, "n_res": n_res, "img_ch": int(shapes[f"{gen}/conv/conv2d/kernel"][2])}
+    # smoothing leaves no trace in the weights; n_dis/sn are the official defaults without discriminators
+    cfg = {"light": bool(light), "ch": ch, "n_res": n_res, "img_ch": int(shapes[f"{gen}/conv/conv2d/kernel"][2]),
+           "smoothing": True, "n_dis": 6, "sn": True}
     if light:
         cfg["img_size"] = 256  # a light model's weights do not fix the image size: official default
     else:
@@ -236,6 +238,7 @@ def write_safetensors_streamed(out_path: str, specs: list, produce, metadata: di
                 f.write(np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out_path)
     except BaseException:
         if os.path.exists(tmp):

@@ -139,6 +139,8 @@ def compare_networks(ckpt_or_weights, cfg: dict, seed: int = 0, x=None) -> dict:
             weights = {n: r.read(n) for n in r.keys() if n.startswith(NETS) and not n.endswith(wc.SLOT_SUFFIXES)}
     nets = tuple(n for n in NETS if f"{n}/conv/conv2d/kernel" in weights or f"{n}/local/conv_0/kernel" in weights
                  or f"{n}/local/conv_0/conv2d/kernel" in weights)
+    from ugatit_common.options import config_from
+    cfg = config_from(cfg)
     if x is None:
         x = np.random.default_rng(seed).uniform(-1, 1, (1, cfg["img_size"], cfg["img_size"], 3)).astype(np.float32)
     state = {wc.tf_to_torch_name(n): torch.from_numpy(wc.to_torch_layout(n, v)) for n, v in weights.items()}
