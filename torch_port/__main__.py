@@ -1,0 +1,121 @@
+"""`python -m torch_port`: a drop-in for the official `main.py` running the PyTorch port.
+
+Official flags (same names, defaults, meanings) plus:
+  --device cpu|cuda|auto   (default auto: CUDA when available)
+  --num_workers N          data-loader worker processes (default 0)
+  --seed N                 seed of every random draw (default 0)
+  --keep_checkpoints K     torch checkpoints kept (default 3)
+  --resume True|False      continue from the newest checkpoint (default True, as officially)
+  --input PATH             test phase: translate this image or folder instead of testA/testB
+  --direction a2b|b2a      direction for --input (default a2b)
+  --demo DIR               write the demo data set in DIR, train a tiny model, run the test phase
+Under torchrun (WORLD_SIZE > 1) training is data-parallel (gloo on CPU, NCCL on CUDA).
+Bad flags or inputs: one `error: ...` line on stderr, exit code 2.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+from ugatit_common import options as opt
+
+DEMO_FLAGS = ["--light", "True", "--dataset", "demo", "--img_size", "64", "--ch", "4", "--n_dis", "5",
+              "--iteration", "20", "--epoch", "1", "--augment_flag", "False", "--print_freq", "10",
+              "--save_freq", "10"]
+
+
+def build_parser():
+    p = opt.build_parser("PyTorch port of the official U-GAT-IT")
+    p.add_argument("--device", default="auto", help="cpu / cuda / cuda:N / auto (default: auto)")
+    p.add_argument("--num_workers", type=int, default=0, help="data-loader workers (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--keep_checkpoints", type=int, default=3, help="torch checkpoints to keep (default: 3)")
+    p.add_argument("--resume", type=opt.str2bool, default=True, help="resume from the newest checkpoint")
+    p.add_argument("--input", default=None, help="test phase: an image or folder to translate")
+    p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"), help="direction for --input")
+    p.add_argument("--demo", default=None, metavar="DIR", help="train and test a tiny demo model in DIR")
+    return p
+
+
+EXTRA_KEYS = ("device", "num_workers", "seed", "keep_checkpoints", "resume", "input", "direction", "demo")
+
+
+def _validate_extra(a):
+    if a.num_workers < 0:
+        raise opt.OptionError(f"--num_workers={a.num_workers}: must be >= 0")
+    if a.keep_checkpoints < 1:
+        raise opt.OptionError(f"--keep_checkpoints={a.keep_checkpoints}: must be >= 1")
+    if not (a.device in ("auto", "cpu") or a.device.startswith("cuda")):
+        raise opt.OptionError(f"--device={a.device!r}: expected cpu, cuda, cuda:N or auto")
+    if a.input is not None and not os.path.exists(a.input):
+        raise opt.OptionError(f"--input={a.input!r}: no such file or folder")
+
+
+def run(a) -> int:
+    from . import distributed as ddp
+    from .train import NonFiniteLoss, pick_device
+    cfg = opt.validate(opt.config_from({k: v for k, v in vars(a).items() if k not in EXTRA_KEYS}))
+    device = pick_device(a.device)
+    dist_info = ddp.init(device.type)
+    if device.type == "cuda" and dist_info.enabled and device.index is None:
+        import torch
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        if cfg["phase"] == "train":
+            from .train import train
+            try:
+                train(cfg, device, num_workers=a.num_workers, seed=a.seed, keep_checkpoints=a.keep_checkpoints,
+                      resume=a.resume)
+            except NonFiniteLoss as e:
+                print(f"error: {e}", file=sys.stderr, flush=True)
+                return 3
+            if dist_info.is_main:
+                print(" [*] Training finished!")
+        else:
+            if dist_info.is_main:
+                from .translate import test
+                test(cfg, device, a.input, a.direction)
+                print(" [*] Test finished!")
+    finally:
+        ddp.shutdown()
+    return 0
+
+
+def demo(a) -> int:
+    from ugatit_common.demo_data import make_demo_dataset
+    root = os.path.abspath(a.demo)
+    os.makedirs(root, exist_ok=True)
+    make_demo_dataset(root, name="demo", size=64)
+    os.chdir(root)
+    parser = build_parser()
+    common = DEMO_FLAGS + ["--device", a.device, "--seed", str(a.seed)]
+    print(f" [*] demo: data set in {os.path.join(root, 'dataset', 'demo')}", flush=True)
+    rc = run(parser.parse_args(common + ["--phase", "train"]))
+    if rc:
+        return rc
+    rc = run(parser.parse_args(common + ["--phase", "test"]))
+    if rc:
+        return rc
+    cfg = opt.config_from(parser.parse_args(common))
+    page = os.path.join(root, opt.run_paths(cfg).result, "index.html")
+    print(f" [*] demo finished: results page {page}")
+    return 0
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        _validate_extra(a)
+        if a.demo is not None:
+            return demo(a)
+        return run(a)
+    except opt.OptionError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

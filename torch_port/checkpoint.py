@@ -1,0 +1,256 @@
+"""Checkpoints of the PyTorch port, in `checkpoint/<model_dir>/`.
+
+One checkpoint at counter N is two files plus a pointer:
+    <model_name>.model-N.safetensors   model weights (spectral-norm `u` buffers included)
+    <model_name>.model-N.state.pt      optimizer states (TF1Adam state_dict), RNG states,
+                                       data-loader positions, loop position, counter, config
+    latest                             JSON {"step", "weights", "state"}: the newest complete one
+Everything is written atomically (temp file in the same folder + os.replace): weights first,
+state second, pointer last, so an interrupted save leaves the previous checkpoint the newest
+complete one. `state.pt` holds only tensors, dicts, lists, ints, floats, strings, bools and
+None, so it loads with `torch.load(..., weights_only=True)`.
+
+TF checkpoints (`checkpoint` + `*.index`, the official layout) are recognised here and read
+through `weights_convert.read_tf_training_state`.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import re
+import tempfile
+
+import numpy as np
+import torch
+
+from ugatit_common import options as opt
+
+POINTER = "latest"
+FORMAT = 1
+_NAME = re.compile(r"^(?P<prefix>.+)\.model-(?P<step>\d+)\.state\.pt$")
+
+
+class CheckpointMismatch(opt.OptionError):
+    """A checkpoint whose variables are not the configured model's."""
+
+
+class CheckpointCorrupt(OSError):
+    pass
+
+
+# -- atomic writes ---------------------------------------------------------------------------------
+
+def _atomic(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def paths_for(folder: str, prefix: str, step: int) -> tuple[str, str]:
+    base = os.path.join(folder, f"{prefix}.model-{int(step)}")
+    return base + ".safetensors", base + ".state.pt"
+
+
+# -- RNG states (weights_only-compatible) -----------------------------------------------------------
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    out = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [int(py_state[0]), [int(v) for v in py_state[1]],
+                   None if py_state[2] is None else float(py_state[2])],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = list(torch.cuda.get_rng_state_all())
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def plain_config(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if isinstance(v, (bool, int, float, str)) or v is None}
+
+
+# -- save ------------------------------------------------------------------------------------------
+
+def save(folder: str, prefix: str, step: int, model: torch.nn.Module, state: dict, keep: int = 3) -> str:
+    """Write weights, then state, then the pointer; keep the newest `keep` checkpoints."""
+    from safetensors.torch import save_file
+    weights_path, state_path = paths_for(folder, prefix, step)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    _atomic(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"step": str(int(step))}))
+    full = dict(state)
+    full["format"] = FORMAT
+    full["step"] = int(step)
+
+    def write_state(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(_to_cpu(full), f)
+            f.flush()
+            os.fsync(f.fileno())
+    _atomic(state_path, write_state)
+    pointer = json.dumps({"step": int(step), "weights": os.path.basename(weights_path),
+                          "state": os.path.basename(state_path)})
+
+    def write_pointer(tmp):
+        with open(tmp, "w") as f:
+            f.write(pointer + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    _atomic(os.path.join(folder, POINTER), write_pointer)
+    prune(folder, prefix, keep)
+    return weights_path
+
+
+def _to_cpu(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu").clone()
+    if isinstance(x, dict):
+        return {k: _to_cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_cpu(v) for v in x]
+    return x
+
+
+def complete_checkpoints(folder: str) -> list[tuple[int, str, str]]:
+    """[(step, weights_path, state_path)] with both files present, oldest first."""
+    out = []
+    for sp in glob.glob(os.path.join(folder, "*.model-*.state.pt")):
+        m = _NAME.match(os.path.basename(sp))
+        if not m:
+            continue
+        wp = sp[: -len(".state.pt")] + ".safetensors"
+        if os.path.isfile(wp):
+            out.append((int(m.group("step")), wp, sp))
+    return sorted(out)
+
+
+def prune(folder: str, prefix: str, keep: int) -> None:
+    if keep is None or keep < 1:
+        return
+    ckpts = [c for c in complete_checkpoints(folder) if os.path.basename(c[1]).startswith(prefix + ".model-")]
+    for _, wp, sp in ckpts[:-keep]:
+        for p in (sp, wp):  # state first: a half-deleted one is then incomplete, never mismatched
+            try:
+                os.remove(p)
+            except FileNotFoundError:
+                pass
+
+
+# -- load ------------------------------------------------------------------------------------------
+
+def _load_pair(wp: str, sp: str) -> tuple[dict, dict]:
+    from safetensors.torch import load_file
+    try:
+        weights = load_file(wp)
+        state = torch.load(sp, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file means "not this one"
+        raise CheckpointCorrupt(f"cannot read checkpoint {wp!r} / {sp!r}: {e}") from e
+    return weights, state
+
+
+def find_latest(folder: str):
+    """(step, weights, state) of the newest complete, readable torch checkpoint, or None.
+    The pointer file is trusted first; otherwise the folder is scanned (newest first)."""
+    if not os.path.isdir(folder):
+        return None
+    tried = set()
+    ptr = os.path.join(folder, POINTER)
+    if os.path.isfile(ptr):
+        try:
+            with open(ptr) as f:
+                info = json.load(f)
+            wp, sp = os.path.join(folder, info["weights"]), os.path.join(folder, info["state"])
+            tried.add(sp)
+            if os.path.isfile(wp) and os.path.isfile(sp):
+                weights, state = _load_pair(wp, sp)
+                return int(info["step"]), weights, state
+        except (OSError, ValueError, KeyError, CheckpointCorrupt):
+            pass
+    for step, wp, sp in reversed(complete_checkpoints(folder)):
+        if sp in tried:
+            continue
+        try:
+            weights, state = _load_pair(wp, sp)
+        except CheckpointCorrupt as e:
+            print(f" [!] skipping unreadable checkpoint: {e}")
+            continue
+        return step, weights, state
+    return None
+
+
+def has_tf_checkpoint(folder: str) -> bool:
+    try:
+        import weights_convert
+        if hasattr(weights_convert, "is_tf_checkpoint_folder"):
+            return bool(weights_convert.is_tf_checkpoint_folder(folder))
+    except ImportError:
+        pass
+    return os.path.isfile(os.path.join(folder, "checkpoint")) and bool(glob.glob(os.path.join(folder, "*.index")))
+
+
+def check_matches(model: torch.nn.Module, weights: dict, source: str) -> None:
+    """Names and shapes of `weights` against the model's state dict; a clear error otherwise."""
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    missing = sorted(set(wanted) - set(got))
+    unexpected = sorted(set(got) - set(wanted))
+    shapes = [f"{k}: checkpoint {list(got[k])} vs model {list(wanted[k])}" for k in sorted(wanted)
+              if k in got and got[k] != wanted[k]]
+    if missing or unexpected or shapes:
+        lines = [f"checkpoint {source} does not match the configured model "
+                 f"(check --light, --ch, --n_res, --n_dis, --img_size, --sn):"]
+        if shapes:
+            lines.append(f"  {len(shapes)} shape mismatches, e.g. " + "; ".join(shapes[:5]))
+        if missing:
+            lines.append(f"  {len(missing)} variables missing from the checkpoint, e.g. " + ", ".join(missing[:5]))
+        if unexpected:
+            lines.append(f"  {len(unexpected)} unexpected variables, e.g. " + ", ".join(unexpected[:5]))
+        raise CheckpointMismatch("\n".join(lines))
+
+
+def load_weights_into(model: torch.nn.Module, weights: dict, source: str) -> None:
+    check_matches(model, weights, source)
+    model.load_state_dict(weights, strict=True)
+
+
+def read_tf_training_state(folder: str) -> dict:
+    try:
+        import weights_convert
+    except ImportError as e:
+        raise opt.OptionError(f"{folder!r} holds a TensorFlow checkpoint, but the converter "
+                              f"(weights_convert) is not available: {e}") from e
+    return weights_convert.read_tf_training_state(folder)
+
+
+def read_tf_weights(folder: str) -> tuple[dict, dict]:
+    try:
+        import weights_convert
+    except ImportError as e:
+        raise opt.OptionError(f"{folder!r} holds a TensorFlow checkpoint, but the converter "
+                              f"(weights_convert) is not available: {e}") from e
+    return weights_convert.tf_to_torch(folder)
