@@ -1,0 +1,192 @@
+"""Progressive A -> B morphs with a config-C `MorphUGATIT`: w codes, lerp, strip / GIF, smoothness.
+
+w codes: w_ab = mean over K samples of MLP(z_a2b), w_ba likewise (the generator never saw mixed z,
+so interpolation happens in w).
+
+Frames (our choice, documented): frame i of `steps` uses w = lerp(w_ba, w_ab, t_i) with
+t_i = i / (steps - 1). Frame 0 is therefore the B->A code applied to the input (for an A input:
+its own domain, ~ the identity mapping the training asks of G(x_A, z_ba)), the last frame is the
+A->B translation with the averaged code; both endpoints equal `model.translate_w(x, w_ba)` /
+`model.translate_w(x, w_ab)` exactly.
+
+Smoothness figure: d_i = mean |frame_{i+1} - frame_i| (pixel values in [-1, 1]);
+figure = max(d) / mean(d). 1.0 means every step changes the image by the same amount; larger
+means the change bunches up in fewer steps. (If no frame changes at all, the figure is 1.0.)
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import tempfile
+import urllib.parse
+
+import numpy as np
+import torch
+
+from torch_port.data import ImageReadError, test_image
+from ugatit_common.options import IMAGE_EXTENSIONS
+from ugatit_common.results import save_grid, to_uint8
+
+__all__ = ["w_codes", "lerp", "morph_frames", "smoothness", "write_strip", "write_gif",
+           "list_inputs", "interpolate_images", "write_index"]
+
+
+def atomic_write(path: str, data: bytes) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+@torch.no_grad()
+def w_codes(model, samples: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w_ab, w_ba), each [1, w_dim]: the mean of MLP(z) over `samples` draws of each direction's z."""
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    w_ab = model.w_code("a2b", samples).mean(dim=0, keepdim=True)
+    w_ba = model.w_code("b2a", samples).mean(dim=0, keepdim=True)
+    return w_ab, w_ba
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """a + t * (b - a); t = 0 gives a exactly, t = 1 gives b exactly."""
+    if t == 0:
+        return a.clone()
+    if t == 1:
+        return b.clone()
+    return a + t * (b - a)
+
+
+def frame_ts(steps: int) -> list[float]:
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2 (the two endpoints), got {steps}")
+    return [i / (steps - 1) for i in range(steps)]
+
+
+@torch.no_grad()
+def morph_frames(model, x: torch.Tensor, w_ba: torch.Tensor, w_ab: torch.Tensor, steps: int):
+    """Frames [steps] of [B, C, H, W]: G(x, lerp(w_ba, w_ab, t_i)), t_i = i / (steps - 1)."""
+    return [model.translate_w(x, lerp(w_ba, w_ab, t)) for t in frame_ts(steps)]
+
+
+def smoothness(frames) -> dict:
+    """{"smoothness": max(d) / mean(d), "changes": d} with d_i = mean |f_{i+1} - f_i|."""
+    d = [float((frames[i + 1].float() - frames[i].float()).abs().mean()) for i in range(len(frames) - 1)]
+    if not d:
+        raise ValueError("smoothness needs at least two frames")
+    mean = sum(d) / len(d)
+    figure = 1.0 if mean == 0 else max(d) / mean
+    return {"smoothness": figure, "changes": d, "mean_change": mean, "steps": len(frames)}
+
+
+def _hwc(frame: torch.Tensor) -> np.ndarray:
+    a = frame.detach().cpu().float().numpy()
+    if a.ndim == 4:
+        if a.shape[0] != 1:
+            raise ValueError("strip / GIF frames must be single images")
+        a = a[0]
+    return a.transpose(1, 2, 0)
+
+
+def write_strip(frames, path: str) -> str:
+    """The frames side by side (one row), atomically."""
+    return save_grid([_hwc(f) for f in frames], path, ncols=len(frames))
+
+
+def write_gif(frames, path: str, duration_ms: int = 250) -> str:
+    """An animated GIF of the frames (looping), via PIL, written atomically."""
+    import io
+
+    from PIL import Image
+
+    images = [Image.fromarray(to_uint8(_hwc(f))) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
+                   duration=int(duration_ms), loop=0)
+    return atomic_write(path, buf.getvalue())
+
+
+def list_inputs(path: str) -> list[str]:
+    """An image file, or the sorted image files (by extension) of a folder."""
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                       if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(path, f)))
+        if not files:
+            raise ImageReadError(path, f"folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return files
+    if not os.path.exists(path):
+        raise ImageReadError(path, "no such file or folder")
+    return [path]
+
+
+def load_input(path: str, img_size: int) -> torch.Tensor:
+    """The port's test preprocessing ([-1, 1], NCHW); unreadable files raise ImageReadError."""
+    try:
+        return test_image(path, img_size)
+    except ImageReadError:
+        raise
+    except Exception as e:  # cv2 errors on odd files
+        raise ImageReadError(path, e) from e
+
+
+def write_index(result_dir: str, rows: list[dict], filename: str = "index.html") -> str:
+    """`index.html` listing each input's strip, GIF and smoothness figure (relative links)."""
+    page = os.path.join(result_dir, filename)
+
+    def src(p):
+        rel = os.path.relpath(os.path.abspath(p), os.path.dirname(os.path.abspath(page)))
+        return html.escape(urllib.parse.quote(rel.replace(os.sep, "/")), quote=True)
+
+    body = "\n".join(
+        "<tr><td>%s</td><td><img src='%s'></td><td><img src='%s'></td><td>%.4f</td></tr>"
+        % (html.escape(r["name"]), src(r["strip"]), src(r["gif"]), r["smoothness"]) for r in rows)
+    text = ("<html><body><h3>Morph-UGATIT: B-&gt;A code (left) to A-&gt;B code (right)</h3>"
+            "<table><tr><th>name</th><th>strip</th><th>gif</th><th>smoothness (max/mean step)</th></tr>\n"
+            f"{body}\n</table></body></html>\n")
+    return atomic_write(page, text.encode("utf-8"))
+
+
+@torch.no_grad()
+def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6, samples: int = 8,
+                       img_size: int | None = None, device=None, log=print) -> list[dict]:
+    """For each input: `<name>_strip.png`, `<name>.gif`, `<name>_smoothness.json`; then
+    `index.html`. Returns one dict per input (name, strip, gif, json, smoothness, changes)."""
+    frame_ts(steps)  # validates steps
+    img_size = int(img_size or model.config["img_size"])
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        w_ab, w_ba = w_codes(model, samples)
+        rows = []
+        for path in inputs:
+            x = load_input(path, img_size).to(device)
+            frames = morph_frames(model, x, w_ba, w_ab, steps)
+            name = os.path.splitext(os.path.basename(path))[0]
+            strip = write_strip(frames, os.path.join(result_dir, f"{name}_strip.png"))
+            gif = write_gif(frames, os.path.join(result_dir, f"{name}.gif"))
+            fig = smoothness(frames)
+            fig.update({"input": os.path.abspath(path), "samples": samples,
+                        "t": frame_ts(steps), "strip": os.path.basename(strip), "gif": os.path.basename(gif),
+                        "definition": "max_i mean|f[i+1]-f[i]| / mean_i mean|f[i+1]-f[i]|; 1.0 = even"})
+            js = atomic_write(os.path.join(result_dir, f"{name}_smoothness.json"),
+                              (json.dumps(fig, indent=2) + "\n").encode("utf-8"))
+            if log:
+                log(f"{name}: strip {strip}  gif {gif}  smoothness {fig['smoothness']:.4f}")
+            rows.append({"name": name, "strip": strip, "gif": gif, "json": js,
+                         "smoothness": fig["smoothness"], "changes": fig["changes"]})
+        index = write_index(result_dir, rows)
+        if log:
+            log(f"index: {index}")
+        return rows
+    finally:
+        model.train(was_training)
