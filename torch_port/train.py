@@ -65,7 +65,8 @@ def resumable_loader(dataset, batch_size: int, seed: int, start: int = 0, num_wo
             dataset.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(dataset, shard), batch_size=batch_size, shuffle=False,
-            drop_last=True, num_workers=num_workers, persistent_workers=False)
+            drop_last=True, num_workers=num_workers, persistent_workers=False,
+            generator=torch.Generator().manual_seed(int(seed) * 1000003 + epoch))  # not the global RNG
         for batch in loader:
             yield batch
         epoch, skip = epoch + 1, 0
@@ -83,6 +84,20 @@ class _Feed:
     def next(self) -> torch.Tensor:
         self.pos += 1
         return next(self._it).to(self.device)
+
+
+def gp_draws(cfg, real_A, real_B, seed, counter, rank=0):
+    """The gradient-penalty draws of one D step as a function of (seed, counter, rank): alpha
+    ~ U[0,1) of shape [B,1,1,1] and (dragan) noise ~ U[0,1) of the image shape."""
+    from .losses import uses_gradient_penalty
+    if not uses_gradient_penalty(cfg["gan_type"]):
+        return None
+    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(counter)) * 1009 + int(rank))
+    out = {}
+    for name, real in (("A", real_A), ("B", real_B)):
+        out["alpha_" + name] = torch.rand(real.shape[0], 1, 1, 1, generator=g).to(real.device, real.dtype)
+        out["noise_" + name] = torch.rand(real.shape, generator=g).to(real.device, real.dtype)
+    return out
 
 
 def print_information(cfg, sizes, device, paths, dist_info):
@@ -245,7 +260,9 @@ def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, 
         for epoch in range(start_epoch, cfg["epoch"]):
             lr = opt.learning_rate(cfg, epoch)
             for idx in range(start_batch_id, cfg["iteration"]):
-                d = model.d_step(feed_A.next(), feed_B.next(), lr)
+                real_A_d, real_B_d = feed_A.next(), feed_B.next()
+                d = model.d_step(real_A_d, real_B_d, lr, gp_draws(cfg, real_A_d, real_B_d, seed, counter,
+                                                                  dist_info.rank))
                 if nan_at is not None and counter == nan_at:
                     d["Discriminator_loss"] = float("nan")
                 d = ddp.average_scalars(d)

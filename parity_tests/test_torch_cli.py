@@ -1,0 +1,276 @@
+"""`python -m torch_port`: training, checkpoints, resume, test phase, bad input, NaN and crash
+handling, and the official golden run through the command line (TF checkpoint resume)."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from parity_tests.conftest import GOLDEN, ROOT
+from ugatit_common import options as opt
+
+TINY = ["--light", "True", "--dataset", "t", "--img_size", "32", "--ch", "2", "--n_dis", "4",
+        "--augment_flag", "False", "--device", "cpu"]
+
+
+def tiny_cfg(**kw):
+    args = dict(light=True, dataset="t", img_size=32, ch=2, n_dis=4, augment_flag=False)
+    args.update(kw)
+    return opt.config_from(**args)
+
+
+def make_data(root, n=2, size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    for folder in opt.DOMAIN_FOLDERS:
+        d = os.path.join(root, "dataset", "t", folder)
+        os.makedirs(d, exist_ok=True)
+        for i in range(n):
+            cv2.imwrite(os.path.join(d, f"{folder}_{i}.png"), rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def cli(args, cwd, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "torch_port"] + args, cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT, **(env or {})}, timeout=timeout)
+
+
+def run_main(args, monkeypatch, cwd):
+    from torch_port.__main__ import main
+    monkeypatch.chdir(cwd)
+    return main(args)
+
+
+def ckpt_dir(root, cfg):
+    return os.path.join(root, "checkpoint", opt.model_dir(cfg))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One real CLI run: 3 iterations, samples every iteration, checkpoints every 2."""
+    root = str(tmp_path_factory.mktemp("trained"))
+    make_data(root)
+    proc = cli(TINY + ["--iteration", "3", "--epoch", "1", "--print_freq", "1", "--save_freq", "2"], root)
+    return root, proc
+
+
+def test_cli_trains_and_writes_checkpoint_samples_logs(trained):
+    root, proc = trained
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("Epoch: [")]
+    assert len(lines) == 3 and "d_loss:" in lines[0] and "g_loss:" in lines[0]
+    assert "model_dir" in proc.stdout and "trainA / trainB images : 2 / 2" in proc.stdout
+    cfg = tiny_cfg()
+    folder = ckpt_dir(root, cfg)
+    # counter starts at 1: save_freq at idx 1 -> model-3, epoch end -> model-4
+    for step in (3, 4):
+        assert os.path.isfile(os.path.join(folder, f"UGATIT_light.model-{step}.safetensors"))
+        assert os.path.isfile(os.path.join(folder, f"UGATIT_light.model-{step}.state.pt"))
+    from torch_port import checkpoint as ck
+    step, weights, state = ck.find_latest(folder)
+    assert step == 4 and any(k.endswith(".u") for k in weights)
+    assert state["counter"] == 4 and state["epoch"] == 1 and state["batch_id"] == 0
+    assert set(state["G_optim"]) >= {"m", "v", "beta1_power"}
+    samples = os.listdir(os.path.join(root, "samples", opt.model_dir(cfg)))
+    assert len([s for s in samples if s.startswith("sample_")]) == 3
+    events = glob.glob(os.path.join(root, "logs", opt.model_dir(cfg), "events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(events[0], size_guidance={"scalars": 0, "histograms": 0}).Reload()
+    tags = set(acc.Tags()["scalars"])
+    want = {"Generator_loss", "Discriminator_loss", "D_A_loss", "D_B_loss"}
+    for d in "AB":
+        want |= {f"G_{d}_{t}" for t in ("loss", "gan", "cycle", "identity", "cam")}
+    assert want <= tags, want - tags
+    assert any(t.endswith("rho_mean") for t in tags) and acc.Tags()["histograms"]
+
+
+def _final_weights(root, cfg):
+    from safetensors.torch import load_file
+    from torch_port import checkpoint as ck
+    step, _, _ = ck.find_latest(ckpt_dir(root, cfg))
+    return step, load_file(os.path.join(ckpt_dir(root, cfg), f"UGATIT_light.model-{step}.safetensors"))
+
+
+@pytest.mark.slow
+def test_resume_is_bit_identical(tmp_path, monkeypatch):
+    """2N iterations == N + resume + N, bit for bit (N=2), with augmentation and wgan-gp draws."""
+    common = TINY[:-4] + ["--augment_flag", "True", "--gan_type", "wgan-gp", "--iteration", "2",
+                          "--print_freq", "100", "--save_freq", "100", "--device", "cpu"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        make_data(str(d), n=3)
+    assert run_main(common + ["--epoch", "2"], monkeypatch, a) == 0
+    assert run_main(common + ["--epoch", "1"], monkeypatch, b) == 0
+    assert run_main(common + ["--epoch", "2"], monkeypatch, b) == 0
+    cfg = tiny_cfg(gan_type="wgan-gp", augment_flag=True)
+    sa, wa = _final_weights(str(a), cfg)
+    sb, wb = _final_weights(str(b), cfg)
+    assert sa == sb == 5
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_test_phase_and_input(trained, tmp_path, monkeypatch):
+    root, proc = trained
+    assert proc.returncode == 0
+    work = tmp_path / "w"
+    shutil.copytree(root, work)
+    assert run_main(TINY + ["--phase", "test"], monkeypatch, work) == 0
+    res = work / "results" / opt.model_dir(tiny_cfg())
+    names = sorted(os.listdir(res))
+    assert "index.html" in names and "testA_0.png" in names and "testB_1.png" in names
+    img = cv2.imread(str(res / "testA_0.png"))
+    assert img.shape == (32, 32, 3)
+    html = (res / "index.html").read_text()
+    assert html.count("<tr><td>") == 4
+    shutil.rmtree(res)
+    single = work / "dataset" / "t" / "testB" / "testB_0.png"
+    assert run_main(TINY + ["--phase", "test", "--input", str(single), "--direction", "b2a"], monkeypatch, work) == 0
+    assert sorted(os.listdir(res)) == ["index.html", "testB_0.png"]
+
+
+def _expect_error(args, cwd, monkeypatch, capsys, *needles):
+    rc = run_main(args, monkeypatch, cwd)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "error:" in err and "Traceback" not in err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_bad_flags_and_inputs(tmp_path, monkeypatch, capsys):
+    _expect_error(TINY + ["--gan_type", "foo"], tmp_path, monkeypatch, capsys, "--gan_type")
+    _expect_error(TINY + ["--img_size", "30"], tmp_path, monkeypatch, capsys, "--img_size")
+    _expect_error(TINY, tmp_path, monkeypatch, capsys, "dataset/t/trainA")  # no dataset at all
+    os.makedirs(tmp_path / "dataset" / "t" / "trainA")
+    os.makedirs(tmp_path / "dataset" / "t" / "trainB")
+    _expect_error(TINY, tmp_path, monkeypatch, capsys, "holds no files")  # empty folder
+    # the bad-flag path through the real command line: no traceback, exit 2
+    proc = cli(TINY + ["--gan_type", "foo"], tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_corrupt_image_is_skipped_with_warning(tmp_path, monkeypatch, capsys):
+    make_data(str(tmp_path))
+    bad = tmp_path / "dataset" / "t" / "trainA" / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    rc = run_main(TINY + ["--iteration", "1", "--epoch", "1"], monkeypatch, tmp_path)
+    err = capsys.readouterr().err
+    assert rc == 0 and "broken.png" in err and "skipping" in err
+    # only corrupt images: a clear error
+    for f in glob.glob(str(tmp_path / "dataset" / "t" / "trainB" / "*")):
+        open(f, "wb").write(b"junk")
+    _expect_error(TINY + ["--iteration", "1", "--epoch", "1", "--resume", "False"], tmp_path, monkeypatch, capsys,
+                  "no readable image")
+
+
+def test_wrong_light_for_existing_checkpoint(trained, tmp_path, monkeypatch, capsys):
+    root, _ = trained
+    make_data(str(tmp_path))
+    light_dir = ckpt_dir(root, tiny_cfg())
+    shutil.copytree(light_dir, ckpt_dir(str(tmp_path), tiny_cfg(light=False)))
+    args = list(TINY)
+    args[1] = "False"
+    err = _expect_error(args + ["--iteration", "1"], tmp_path, monkeypatch, capsys,
+                        "does not match the configured model")
+    assert "checkpoint [" in err and "vs model [" in err  # names a variable with both shapes
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, capsys):
+    from torch_port import checkpoint as ck
+    from torch_port.train import NAN_HOOK_ENV
+    make_data(str(tmp_path))
+    monkeypatch.setenv(NAN_HOOK_ENV, "3")
+    rc = run_main(TINY + ["--iteration", "5", "--save_freq", "1"], monkeypatch, tmp_path)
+    err = capsys.readouterr().err
+    assert rc == 3 and "Discriminator_loss" in err and "step 3" in err and "Traceback" not in err
+    folder = ckpt_dir(str(tmp_path), tiny_cfg())
+    step, weights, state = ck.find_latest(folder)
+    assert step == 3 and state["counter"] == 3
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert not glob.glob(os.path.join(folder, "*model-4*"))
+
+
+def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    from torch_port import checkpoint as ck
+    make_data(str(tmp_path))
+    real_replace = os.replace
+
+    def flaky_replace(src, dst):
+        if str(dst).endswith("model-3.state.pt"):
+            raise OSError("simulated crash while writing the state file")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="simulated crash"):
+        run_main(TINY + ["--iteration", "4", "--save_freq", "1"], monkeypatch, tmp_path)
+    monkeypatch.setattr(ck.os, "replace", real_replace)
+    folder = ckpt_dir(str(tmp_path), tiny_cfg())
+    step, weights, state = ck.find_latest(folder)
+    assert step == 2 and state["counter"] == 2
+    assert not [f for f in os.listdir(folder) if f.startswith(".tmp-")]
+    # the pointer is gone too: scanning still finds the newest complete one
+    os.remove(os.path.join(folder, ck.POINTER))
+    assert ck.find_latest(folder)[0] == 2
+    # and training resumes from it
+    assert run_main(TINY + ["--iteration", "4", "--save_freq", "100"], monkeypatch, tmp_path) == 0
+    assert ck.find_latest(folder)[0] == 5
+
+
+def _tf_named(weights: dict, state: dict) -> dict:
+    import weights_convert as wc
+    sn_scopes = {k[: -len(".u")] for k in weights if k.endswith(".u")}
+    flat = dict(weights)
+    for opt_name, key in (("G", "G_optim"), ("D", "D_optim")):
+        st = state[key]
+        for n, t in st["m"].items():
+            flat[f"{n}/Adam"] = t
+        for n, t in st["v"].items():
+            flat[f"{n}/Adam_1"] = t
+        flat[f"optimizer.{opt_name}.beta1_power"] = st["beta1_power"]
+        flat[f"optimizer.{opt_name}.beta2_power"] = st["beta2_power"]
+    return {wc.torch_to_tf_name(k, sn_scopes): wc.to_tf_layout(k, np.asarray(v.numpy())) for k, v in flat.items()}
+
+
+@pytest.mark.slow
+def test_golden_through_command_line(tmp_path):
+    """Official init/ (a TF checkpoint) + 3 iterations through `python -m torch_port` reproduce the
+    official losses (record.json) and final/ weights, Adam slots and powers."""
+    pytest.importorskip("weights_convert")
+    from parity_tests import golden
+    from torch_port import checkpoint as ck
+    from torch_port.tf_bundle import BundleReader
+    rec = golden.record()
+    cfg = opt.config_from(rec["config"])
+    for d in ("trainA", "trainB"):
+        os.makedirs(tmp_path / "dataset" / cfg["dataset"] / d)
+        shutil.copy(os.path.join(GOLDEN, d + ".png"), tmp_path / "dataset" / cfg["dataset"] / d)
+    folder = tmp_path / "checkpoint" / opt.model_dir(cfg)
+    shutil.copytree(os.path.join(GOLDEN, "init"), folder)
+    args = ["--light", "True", "--dataset", cfg["dataset"], "--img_size", str(cfg["img_size"]), "--ch",
+            str(cfg["ch"]), "--n_dis", str(cfg["n_dis"]), "--augment_flag", "False", "--epoch", "1",
+            "--iteration", "3", "--device", "cpu"]
+    proc = cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [(float(ln.split("d_loss:")[1].split(",")[0]), float(ln.split("g_loss:")[1]))
+             for ln in proc.stdout.splitlines() if ln.startswith("Epoch: [")]
+    assert len(steps) == 3
+    for (d, g), ref in zip(steps, rec["steps"]):
+        assert d == pytest.approx(ref["d_loss"], rel=1e-4)
+        assert g == pytest.approx(ref["g_loss"], rel=1e-4)
+    step, weights, state = ck.find_latest(str(folder))
+    assert step == 3
+    got = _tf_named(weights, state)
+    with BundleReader(os.path.join(GOLDEN, "final")) as r:
+        ref = dict(r.items())
+    failures, rows = golden.compare_checkpoint(got, ref, cfg["lr"])
+    print(golden.summarize(rows))
+    assert not failures, "\n".join(failures[:20])
