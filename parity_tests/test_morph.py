@@ -1,0 +1,277 @@
+"""Morph-UGATIT on the port: inherited layers unchanged, config A == the port, z codes, w
+interpolation endpoints, short training, CLI end to end, clear errors. Tiny sizes (32 px, ch 4)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from morph import MorphGenerator, MorphUGATIT, make_z
+from morph.__main__ import main as morph_main
+from morph.interpolate import lerp, morph_frames, smoothness, w_codes
+from morph.train import CheckpointKindError, init_from_ugatit, morph_paths, train
+from torch_port import checkpoint as ckpt
+from torch_port.losses import regularization_loss
+from torch_port.model import UGATIT
+from torch_port.networks import Generator
+from ugatit_common import options as opt
+from ugatit_common.demo_data import make_demo_dataset
+
+SIZE, CH, N_DIS = 32, 4, 4
+NET = dict(light=True, ch=CH, n_res=4, n_dis=N_DIS, img_size=SIZE, sn=True, smoothing=True)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _images(seed, n=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, SIZE, SIZE, generator=g) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("morph_demo"))
+    make_demo_dataset(root, "demo", SIZE, n_train=6, n_test=2)
+    return root
+
+
+def _train_cfg(root, **kw):
+    cfg = opt.config_from(dataset="demo", epoch=1, iteration=2, print_freq=1000, save_freq=1000, decay_flag=False,
+                          checkpoint_dir=os.path.join(root, "ckpt"), result_dir=os.path.join(root, "res"),
+                          log_dir=os.path.join(root, "logs"), sample_dir=os.path.join(root, "samples"), **NET)
+    cfg.update(kw)
+    return cfg
+
+
+# -- inherited layers ----------------------------------------------------------------------------------
+
+def test_inherited_seams_bitwise_equal_to_port():
+    torch.manual_seed(0)
+    port = Generator(ch=CH, n_res=4, img_size=SIZE, light=True)
+    morph = MorphGenerator(ch=CH, n_res=4, img_size=SIZE)
+    shared = {k: v for k, v in port.state_dict().items() if not k.startswith("MLP.")}
+    missing, unexpected = morph.load_state_dict(shared, strict=False)
+    assert not unexpected and all(k.startswith(("mapping.", "style_")) for k in missing)
+    x = _images(1, 2)
+    with torch.no_grad():
+        e_p, e_m = port.encode(x), morph.encode(x)
+        assert torch.equal(e_p, e_m)
+        a_p, a_m = port.attend(e_p), morph.attend(e_m)
+        for u, v in zip(a_p, a_m):
+            assert torch.equal(u, v)
+        gamma, beta = port.style(a_p[0])
+        out_p = port.decode(a_p[0], gamma, beta)
+        assert torch.equal(out_p, morph.decode(a_m[0], gamma, beta))
+        # the per-block / per-layer seam with identical entries computes the official decode
+        per = [(gamma, gamma)] * 4, [(beta, beta)] * 4
+        assert torch.equal(out_p, port.decode(a_p[0], *per))
+        assert torch.equal(port(x)[0], out_p)
+
+
+def test_morph_generator_forward_shapes_and_errors():
+    g = MorphGenerator(ch=CH, n_res=4, img_size=SIZE)
+    x = _images(2, 3)
+    z = make_z("a2b", 3)
+    img, cam, heat = g(x, z=z)
+    assert img.shape == x.shape and cam.shape == (3, 2) and heat.shape == (3, SIZE // 4, SIZE // 4)
+    assert torch.equal(img, g(x, w=g.w_from_z(z))[0])
+    with pytest.raises(ValueError):
+        g(x)
+    assert not hasattr(g, "MLP")
+    n_styles = sum(1 for n, _ in g.named_children() if n.startswith("style_"))
+    assert n_styles == 8  # one (gamma, beta) map per AdaLIN layer
+
+
+# -- config A == the port ------------------------------------------------------------------------------
+
+def test_config_A_steps_equal_port():
+    torch.manual_seed(0)
+    port = UGATIT(NET)
+    torch.manual_seed(0)
+    morph = MorphUGATIT(dict(NET, morph_config="A"))
+    assert port.state_dict().keys() == morph.state_dict().keys()
+    for k, v in port.state_dict().items():
+        assert torch.equal(v, morph.state_dict()[k]), k
+    a, b = _images(3), _images(4)
+    for _ in range(2):
+        d_p, d_m = port.d_step(a, b), morph.d_step(a, b)
+        g_p, g_m = port.g_step(a, b), morph.g_step(a, b)
+        assert d_p == d_m
+        assert {k: v for k, v in g_p.items() if isinstance(v, float)} == \
+               {k: v for k, v in g_m.items() if isinstance(v, float)}
+    for k, v in port.state_dict().items():
+        assert torch.equal(v, morph.state_dict()[k]), k
+
+
+def test_config_B_and_C_loss_terms():
+    a, b = _images(5), _images(6)
+    torch.manual_seed(0)
+    mb = MorphUGATIT(dict(NET, morph_config="B"))
+    total, terms, _ = mb.generator_losses(a, b)
+    assert terms["G_A_idp"] > 0 and terms["G_B_idp"] > 0
+    torch.manual_seed(0)
+    mc = MorphUGATIT(dict(NET, morph_config="C", g_cam=False))
+    assert not hasattr(mc, "generator_A") and hasattr(mc, "generator")
+    mc.z_generator = torch.Generator().manual_seed(0)
+    total, terms, _ = mc.generator_losses(a, b)
+    assert float(terms["G_A_cam"].detach()) == 0.0 and float(terms["G_B_cam"].detach()) == 0.0
+    expect = (terms["G_A_loss"] + terms["G_B_loss"]) / 2 + regularization_loss(mc.g_params())
+    assert torch.allclose(total, expect)
+    assert mc.config["cam_weight"] == opt.DEFAULTS["cam_weight"]  # restored after the override
+
+
+# -- z codes and interpolation ------------------------------------------------------------------------
+
+def test_z_codes_follow_the_rule():
+    g = torch.Generator().manual_seed(0)
+    for direction, on in (("a2b", slice(0, 32)), ("b2a", slice(32, 64))):
+        z = make_z(direction, 20000, g)
+        assert z.shape == (20000, 64)
+        off = slice(32, 64) if on.start == 0 else slice(0, 32)
+        assert abs(float(z[:, on].mean()) - 1.0) < 0.01
+        assert abs(float(z[:, off].mean())) < 0.01
+        assert abs(float((z[:, on] - 1).std()) - 0.2) < 0.01 and abs(float(z[:, off].std()) - 0.2) < 0.01
+    with pytest.raises(ValueError):
+        make_z("a2c", 1)
+
+
+def test_interpolation_endpoints_are_the_translations():
+    torch.manual_seed(0)
+    m = MorphUGATIT(dict(NET, morph_config="C")).eval()
+    m.z_generator = torch.Generator().manual_seed(1)
+    x = _images(7)
+    w_ab, w_ba = w_codes(m, samples=4)
+    frames = morph_frames(m, x, w_ba, w_ab, 6)
+    assert len(frames) == 6
+    with torch.no_grad():
+        assert torch.equal(frames[0], m.generate_b2a(x, w=w_ba)[0])
+        assert torch.equal(frames[-1], m.generate_a2b(x, w=w_ab)[0])
+        assert torch.equal(frames[2], m.translate_w(x, lerp(w_ba, w_ab, 2 / 5)))
+    s = smoothness(frames)
+    assert s["smoothness"] >= 1.0 and len(s["changes"]) == 5
+    assert smoothness([x, x + 0.1, x + 0.2])["smoothness"] == pytest.approx(1.0, rel=1e-5)
+
+
+# -- training ------------------------------------------------------------------------------------------
+
+def test_short_config_C_training_lowers_losses(demo_root, tmp_path):
+    cfg = _train_cfg(str(tmp_path), iteration=40, lr=0.0005)
+    out = train(cfg, seed=0, base=demo_root, log=lambda s: None)
+    h = out["history"]
+    assert len(h) == 40
+
+    def mean(key, part):
+        return float(np.mean([r[key] for r in part]))
+    first, last = h[:8], h[-8:]
+    recon = lambda part: float(np.mean([r["G_A_cycle"] + r["G_B_cycle"] + r["G_A_identity"] + r["G_B_identity"]
+                                        for r in part]))
+    assert mean("g_loss", last) < mean("g_loss", first)
+    assert recon(last) < recon(first)
+    assert mean("d_loss", last) < mean("d_loss", first)
+
+
+def test_resume_continues_exactly(demo_root, tmp_path):
+    full = train(_train_cfg(str(tmp_path / "full"), epoch=2), seed=3, base=demo_root, log=lambda s: None)
+    part = _train_cfg(str(tmp_path / "part"))
+    train(part, seed=3, base=demo_root, log=lambda s: None)
+    resumed = train(dict(part, epoch=2), seed=3, base=demo_root, log=lambda s: None)
+    assert len(resumed["history"]) == 2 and resumed["history"][0]["counter"] == 3
+    for k, v in full["model"].state_dict().items():
+        assert torch.equal(v, resumed["model"].state_dict()[k]), k
+
+
+def test_init_from_ugatit_and_kind_errors(demo_root, tmp_path, capsys):
+    torch.manual_seed(0)
+    port = UGATIT(NET)
+    from safetensors.torch import save_file
+    f = str(tmp_path / "ugatit.safetensors")
+    save_file({k: v.contiguous() for k, v in port.state_dict().items()}, f)
+    m = MorphUGATIT(dict(NET, morph_config="C"))
+    fresh = init_from_ugatit(m, f)
+    assert fresh and all(k.startswith(("generator.mapping.", "generator.style_")) for k in fresh)
+    assert torch.equal(m.generator.conv.weight, port.generator_B.conv.weight)
+    assert torch.equal(m.generator.up_conv_1.weight, port.generator_B.up_conv_1.weight)
+    assert torch.equal(m.discriminator_A.local.conv_0.weight, port.discriminator_A.local.conv_0.weight)
+    # a UGATIT (torch_port) checkpoint folder where a Morph one is needed
+    folder = str(tmp_path / "ugatit_ckpt")
+    ckpt.save(folder, "UGATIT", 1, port, {"counter": 1, "config": ckpt.plain_config(port.config)})
+    rc = morph_main(["interpolate", "--checkpoint", folder, "--input", os.path.join(demo_root, "dataset", "demo",
+                                                                                     "testA"), "--result_dir", str(tmp_path)])
+    assert rc == 2
+    assert "a UGATIT checkpoint of the PyTorch port" in capsys.readouterr().err
+    # a Morph checkpoint given to --init_from
+    cfg = _train_cfg(str(tmp_path / "m"))
+    out = train(cfg, seed=0, base=demo_root, log=lambda s: None)
+    with pytest.raises(CheckpointKindError, match="Morph-UGATIT checkpoint"):
+        init_from_ugatit(MorphUGATIT(dict(NET, morph_config="C")), out["checkpoint_dir"])
+
+
+# -- CLI -----------------------------------------------------------------------------------------------
+
+def _cli_flags(root):
+    return ["--dataset", "demo", "--img_size", str(SIZE), "--ch", str(CH), "--n_dis", str(N_DIS), "--light", "True",
+            "--checkpoint_dir", os.path.join(root, "checkpoint"), "--result_dir", os.path.join(root, "results"),
+            "--log_dir", os.path.join(root, "logs"), "--sample_dir", os.path.join(root, "samples"), "--device", "cpu"]
+
+
+def test_cli_train_interpolate_translate_end_to_end(demo_root, tmp_path, capsys):
+    root = str(tmp_path)
+    flags = _cli_flags(root)
+    rc = morph_main(["train", "--config", "C", "--epoch", "1", "--iteration", "2", "--data_root", demo_root] + flags)
+    assert rc == 0
+    test_a = os.path.join(demo_root, "dataset", "demo", "testA")
+    rc = morph_main(["interpolate", "--config", "C", "--input", test_a, "--steps", "6", "--samples", "4"] + flags)
+    assert rc == 0
+    out_dir = os.path.join(root, "results", os.path.basename(morph_paths(
+        opt.config_from(dataset="demo", morph_config="C", **NET)).checkpoint))
+    names = sorted(os.path.splitext(f)[0] for f in os.listdir(test_a))
+    for n in names:
+        assert os.path.isfile(os.path.join(out_dir, f"{n}_strip.png"))
+        from PIL import Image
+        with Image.open(os.path.join(out_dir, f"{n}.gif")) as im:
+            assert im.n_frames == 6
+        with open(os.path.join(out_dir, f"{n}_smoothness.json")) as fh:
+            assert json.load(fh)["smoothness"] >= 1.0
+    import cv2
+    assert cv2.imread(os.path.join(out_dir, f"{names[0]}_strip.png")).shape == (SIZE, SIZE * 6, 3)
+    assert os.path.isfile(os.path.join(out_dir, "index.html"))
+    assert "smoothness" in capsys.readouterr().out
+    rc = morph_main(["translate", "--config", "C", "--input", test_a, "--direction", "a2b", "--samples", "3"] + flags)
+    assert rc == 0
+    assert os.path.isfile(os.path.join(out_dir, f"{names[0]}_a2b_2.png"))
+
+    # bad inputs: exit code 2 with a clear message
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    cases = [
+        (["translate", "--config", "C", "--input", test_a, "--direction", "x2y"], "direction"),
+        (["interpolate", "--config", "C", "--input", test_a, "--steps", "1"], "steps"),
+        (["interpolate", "--config", "C", "--input", str(bad)], "cannot read image"),
+        (["interpolate", "--config", "C", "--input", str(tmp_path / "missing.png")], "no such file"),
+        (["interpolate", "--config", "B", "--input", test_a], "does not exist"),
+        (["interpolate", "--config", "A", "--input", test_a], "needs a config-C checkpoint"),
+    ]
+    assert morph_main(["train", "--config", "A", "--epoch", "1", "--iteration", "1", "--data_root", demo_root]
+                      + flags) == 0
+    for argv, words in cases:
+        capsys.readouterr()
+        assert morph_main(argv + flags) == 2, argv
+        assert words in capsys.readouterr().err, argv
+
+
+def test_cli_subprocess_usage_error():
+    r = subprocess.run([sys.executable, "-m", "morph", "train", "--config", "D"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--config" in r.stderr
