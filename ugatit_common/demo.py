@@ -1,0 +1,63 @@
+"""The README's main job on the built-in demo data set, one command:
+
+    python -m ugatit_common.demo [DIR]
+
+1. builds the procedural two-domain demo set in DIR/dataset/demo;
+2. trains the official model (`python -m tf_reference`) a few iterations, saving an
+   official-format checkpoint, and runs its test phase (translated images + index.html);
+3. converts that checkpoint to PyTorch (`weights_convert.py tf2torch --verify --report`):
+   the per-layer parity report of the port against the reference;
+4. trains and tests the PyTorch port (`python -m torch_port --demo`), if present;
+5. trains Morph-UGATIT config C briefly and writes a morph strip (`python -m morph demo`), if present.
+Each step is a separate process running the same command lines a user would type.
+"""
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--light", "True", "--dataset", "demo", "--img_size", "64", "--ch", "4", "--n_dis", "5",
+        "--augment_flag", "False", "--epoch", "1", "--print_freq", "4", "--save_freq", "4"]
+
+
+def run(cmd, cwd):
+    print("\n$ " + " ".join(cmd), flush=True)
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run(cmd, cwd=cwd, env=env, check=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dir", nargs="?", default="demo_run", help="working folder (default: demo_run)")
+    p.add_argument("--iteration", type=int, default=8, help="training iterations of each model")
+    args = p.parse_args(argv)
+    work = os.path.abspath(args.dir)
+    os.makedirs(work, exist_ok=True)
+    py = sys.executable
+    from ugatit_common.demo_data import make_demo_dataset
+    from ugatit_common.options import config_from, model_dir
+    print("demo data set: " + make_demo_dataset(work, name="demo", size=64))
+
+    tiny = TINY + ["--iteration", str(args.iteration)]
+    run([py, "-m", "tf_reference", "--phase", "train"] + tiny, work)
+    run([py, "-m", "tf_reference", "--phase", "test"] + tiny, work)
+    cfg = config_from(light=True, dataset="demo", n_dis=5)
+    ckpt = os.path.join(work, "checkpoint", model_dir(cfg))
+    run([py, os.path.join(ROOT, "weights_convert.py"), "tf2torch", ckpt, os.path.join(work, "converted.safetensors"),
+         "--img_size", "64", "--verify", "--report", os.path.join(work, "parity")], work)
+    outputs = [f"TF reference results page: {os.path.join(work, 'results', model_dir(cfg), 'index.html')}",
+               f"parity report (TF vs torch, per layer): {os.path.join(work, 'parity', 'parity_report.html')}"]
+    if importlib.util.find_spec("torch_port.__main__") is not None:
+        run([py, "-m", "torch_port", "--demo", os.path.join(work, "torch_port")], work)
+        outputs.append(f"PyTorch port run: {os.path.join(work, 'torch_port')}")
+    if importlib.util.find_spec("morph.__main__") is not None:
+        run([py, "-m", "morph", "demo", os.path.join(work, "morph")], work)
+        outputs.append(f"Morph-UGATIT strip and GIF: {os.path.join(work, 'morph')}")
+    print("\nDone. Look at:\n  " + "\n  ".join(outputs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
