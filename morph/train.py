@@ -57,7 +57,16 @@ def validate_morph(cfg: dict) -> dict:
 
 
 def morph_model_dir(cfg: dict) -> str:
-    return f"{opt.model_dir(cfg)}_morph{str(cfg['morph_config']).upper()}"
+    """The official model_dir + `_morph<config>`, + `_idp<w>` when idp_weight != 1 (configs B/C),
+    + `_nogcam` when the generator CAM loss is off: runs that differ in loss never share a folder."""
+    cfg = dict(MORPH_DEFAULTS, **cfg)
+    mc = str(cfg["morph_config"]).upper()
+    name = f"{opt.model_dir(cfg)}_morph{mc}"
+    if mc != "A" and float(cfg["idp_weight"]) != 1.0:
+        name += f"_idp{float(cfg['idp_weight']):g}"
+    if not cfg["g_cam"]:
+        name += "_nogcam"
+    return name
 
 
 def morph_paths(cfg: dict) -> opt.Paths:
