@@ -1,0 +1,109 @@
+"""weights_convert: the naming rule, config inference, round trips, the command line, bad input."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import weights_convert as wc
+from parity_tests.conftest import FIXTURES, GOLDEN, ROOT
+from torch_port import build_ugatit
+from torch_port.tf_bundle import BundleReader
+
+
+def golden_tensors(which="final"):
+    with BundleReader(os.path.join(GOLDEN, which)) as r:
+        return dict(r.items())
+
+
+def test_names_map_onto_the_torch_state_dict_and_back():
+    cfg, state = wc.tf_to_torch(os.path.join(GOLDEN, "final"), overrides={"img_size": 64})
+    assert cfg["light"] and cfg["ch"] == 4 and cfg["n_res"] == 4 and cfg["n_dis"] == 5 and cfg["sn"]
+    model = build_ugatit(cfg)
+    assert set(state) == set(model.state_dict())
+    model.load_state_dict(state)
+    sn = {k[:-2] for k in state if k.endswith(".u")}
+    tf_names = {n for n in golden_tensors() if not n.endswith(wc.SLOT_SUFFIXES) and "_power" not in n}
+    assert {wc.torch_to_tf_name(k, sn) for k in state} == tf_names
+
+
+def test_full_model_config_from_manifest_shapes():
+    shapes = {}
+    with open(os.path.join(FIXTURES, "official_variables_full256_test.txt")) as f:
+        for line in f:
+            name, shape = line.split(" ", 1)
+            shapes[name] = tuple(int(s) for s in shape.strip()[1:-1].split(",") if s.strip())
+    cfg = wc.infer_config(shapes)
+    assert (cfg["light"], cfg["ch"], cfg["img_size"], cfg["n_res"]) == (False, 64, 256, 4)
+
+
+def test_round_trips_are_identical(tmp_path):
+    ref = golden_tensors()
+    out = tmp_path / "m.safetensors"
+    assert wc.main(["tf2torch", os.path.join(GOLDEN, "final"), str(out), "--with_optimizer", "--img_size", "64"]) == 0
+    assert wc.main(["torch2tf", str(out), str(tmp_path / "tf" / "UGATIT_light.model")]) == 0
+    with BundleReader(str(tmp_path / "tf")) as r:
+        back = dict(r.items())
+    assert set(back) == set(ref)
+    for n in ref:
+        assert np.array_equal(back[n], ref[n]), n
+    # torch → tf → torch
+    state, _ = wc.load_torch_weights(str(out))
+    _, again = wc.tf_to_torch(str(tmp_path / "tf"), overrides={"img_size": 64})
+    for k, v in again.items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_streamed_safetensors_equal_library_loader(tmp_path):
+    from safetensors.torch import load_file
+    out = tmp_path / "g.safetensors"
+    wc.convert_tf_to_file(os.path.join(GOLDEN, "final"), str(out), generators_only=True, progress=False)
+    loaded = load_file(str(out))
+    assert all(k.startswith("generator") for k in loaded)
+    _, state = wc.tf_to_torch(os.path.join(GOLDEN, "final"), generators_only=True)
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+@pytest.mark.tf
+def test_torch2tf_checkpoint_loads_in_tf_reference(tmp_path):
+    from tf_reference.compat import tf
+    from tf_reference.model import UGATITGraph
+    from ugatit_common.options import config_from
+    cfg, state = wc.tf_to_torch(os.path.join(GOLDEN, "final"), overrides={"img_size": 64})
+    wc.torch_to_tf(state, str(tmp_path / "UGATIT_light.model-3"))
+    g = tf.Graph()
+    with g.as_default():
+        UGATITGraph(config_from(cfg, phase="test")).build_test()
+        with tf.Session() as sess:
+            tf.train.Saver().restore(sess, tf.train.latest_checkpoint(str(tmp_path)))
+            v = [x for x in tf.global_variables() if x.op.name == "generator_B/conv/conv2d/kernel"][0]
+            np.testing.assert_array_equal(sess.run(v), golden_tensors()["generator_B/conv/conv2d/kernel"])
+
+
+def test_bad_input_clear_errors_no_partial_output(tmp_path):
+    # not a checkpoint
+    code = subprocess.run([sys.executable, os.path.join(ROOT, "weights_convert.py"), "tf2torch", str(tmp_path),
+                           str(tmp_path / "o.safetensors")], capture_output=True, text=True)
+    assert code.returncode == 2 and "error:" in code.stderr and "Traceback" not in code.stderr
+    # corrupted data: the error names the tensor; nothing written
+    bad = tmp_path / "bad"
+    shutil.copytree(os.path.join(GOLDEN, "final"), bad)
+    data = bad / "UGATIT.model-3.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    out = tmp_path / "o.safetensors"
+    code = subprocess.run([sys.executable, os.path.join(ROOT, "weights_convert.py"), "tf2torch", str(bad), str(out),
+                           "--with_optimizer"], capture_output=True, text=True)
+    assert code.returncode == 2 and "crc" in code.stderr.lower() and "/" in code.stderr
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+    # a non-UGATIT checkpoint
+    from torch_port.tf_bundle import BundleWriter
+    with BundleWriter(str(tmp_path / "other" / "x.model-1")) as w:
+        w.add("dense/kernel", np.zeros((2, 2), np.float32))
+        w.finish()
+    with pytest.raises(wc.ConversionError, match="not a U-GAT-IT checkpoint"):
+        wc.tf_to_torch(str(tmp_path / "other" / "x.model-1"))
