@@ -1,0 +1,101 @@
+"""Data-parallel training (torch_port.distributed) equals single-process training on the
+combined batch.
+
+Two gloo processes, batch 1 each (different images), one d_step + g_step with the TF1Adam
+steps wrapped by `average_gradients_before_step`, versus one process with both images as a
+batch of 2. Why they agree: every official loss term is a mean over the batch (L1, GAN, CAM
+terms), instance/layer norms and the MLP are per sample, so mean over ranks of the per-rank
+gradients == gradient of the batch-2 mean. The L2 regularisation term depends only on the
+weights, so every rank has the same gradient of it and averaging keeps it once - as in the
+batch-2 run. lsgan is used: gradient-penalty terms would need the same per-sample alphas (and
+dragan's noise scale uses the std over the whole batch, which does not decompose).
+Spectral-norm `u` is updated from the weights only, so it is identical on all ranks.
+
+Compared: the Adam first moments of both optimizers (m = (1-beta1) * averaged gradient) to
+1e-4 of each tensor's largest entry, `u` buffers exactly-ish (1e-6), weights to 0.05 * lr
+(the first Adam step is ~lr * sign(g): a float-noise gradient can flip its sign), skipping the
+norm-fed conv biases whose exact gradient is zero (their noise gradients decide a full step).
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from parity_tests.golden import NORM_FED_BIAS
+
+CFG = dict(light=True, img_size=32, ch=2, n_dis=4, n_res=4, sn=True, smoothing=True, gan_type="lsgan")
+LR = 1e-4
+
+
+def _images():
+    g = torch.Generator().manual_seed(1)
+    return (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.rand(2, 3, 32, 32, generator=g) * 2 - 1)
+
+
+def _run(model, A, B):
+    model.d_step(A, B, LR)
+    model.g_step(A, B, LR)
+    out = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out.update({f"{k}/G_m": v.clone() for k, v in model.G_optim.m.items()})
+    out.update({f"{k}/D_m": v.clone() for k, v in model.D_optim.m.items()})
+    return out
+
+
+def _worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from torch_port import build_ugatit
+    from torch_port import distributed as ddp
+    info = ddp.init("cpu")
+    assert info.world_size == world and info.rank == rank
+    torch.manual_seed(0)
+    model = build_ugatit(CFG)
+    G, D = model.make_optimizers(LR)
+    ddp.average_gradients_before_step(G)
+    ddp.average_gradients_before_step(D)
+    ddp.broadcast_module_(model)
+    A, B = _images()
+    out = _run(model, A[rank:rank + 1], B[rank:rank + 1])
+    torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    ddp.shutdown()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_equal_one_process_batch_of_two(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    from torch_port import build_ugatit
+    torch.manual_seed(0)
+    model = build_ugatit(CFG)
+    model.make_optimizers(LR)
+    A, B = _images()
+    ref = _run(model, A, B)
+    for k in ref:  # every rank ends with identical weights, u and slots
+        assert torch.equal(r0[k], r1[k]), k
+    checked = 0
+    for k, want in ref.items():
+        got = r0[k]
+        name = k.split("/")[0].replace(".", "/")
+        if NORM_FED_BIAS.match(name.replace("/bias", "/conv2d/bias")):
+            continue  # exact gradient zero: float noise decides (weights and slots alike)
+        if k.endswith(("/G_m", "/D_m")):
+            scale = float(want.abs().max()) or 1.0
+            assert float((got - want).abs().max()) <= 1e-4 * scale, k
+        elif k.endswith(".u"):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+        else:
+            assert float((got - want).abs().max()) <= 0.05 * LR, k
+        checked += 1
+    assert checked > 100
