@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _manifest_path(name: str) -> Path:
-    for base in (HERE / "fixtures", Path("/work/shared/reference")):
+    for base in (HERE / "fixtures", HERE.parent.parent / "shared" / "reference"):
         if (base / name).exists():
             return base / name
     pytest.skip(f"{name} not available")

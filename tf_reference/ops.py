@@ -1,7 +1,7 @@
-"""The official U-GAT-IT layers in `tf.compat.v1` graph mode, without tf.layers / tf.contrib.
+"""The official U-GAT-IT layers in `tf.compat.v1` graph mode, without the TF1 layers and contrib modules.
 
 Every variable is created with `get_variable` under the name the official code gives it
-(`tf.layers.conv2d` → `<scope>/conv2d/kernel|bias`, `tf.layers.dense` → `<scope>/dense/...`,
+(layers conv2d → `<scope>/conv2d/kernel|bias`, layers dense → `<scope>/dense/...`,
 contrib instance_norm → `<scope>/beta|gamma`), so official checkpoints load unchanged.
 Layer outputs are recorded by scope name (see `record_endpoints`) for the parity harness.
 """
@@ -64,7 +64,7 @@ def conv(x, channels, kernel=4, stride=2, pad=0, pad_type="zero", use_bias=True,
                 bias = tf.get_variable("bias", [channels], initializer=tf.constant_initializer(0.0))
                 x = tf.nn.bias_add(x, bias)
         else:
-            # what tf.layers.conv2d creates: <scope>/conv2d/kernel|bias
+            # what the TF1 conv2d layer creates: <scope>/conv2d/kernel|bias
             with tf.variable_scope("conv2d"):
                 w = tf.get_variable("kernel", shape=[kernel, kernel, in_ch, channels], initializer=weight_init,
                                     regularizer=weight_regularizer)
@@ -110,7 +110,7 @@ def fully_connected(x, units, use_bias=True, sn=False, scope="linear"):
             if use_bias:
                 x = x + tf.get_variable("bias", [units], initializer=tf.constant_initializer(0.0))
         else:
-            # what tf.layers.dense creates: <scope>/dense/kernel|bias
+            # what the TF1 dense layer creates: <scope>/dense/kernel|bias
             with tf.variable_scope("dense"):
                 w = tf.get_variable("kernel", [channels, units], tf.float32, initializer=weight_init,
                                     regularizer=weight_regularizer)
