@@ -202,9 +202,14 @@ def test_reads_tf_savev2_many_keys_and_strings(tmp_path: Path) -> None:
     vals = [np.full((2,), i, np.float32) for i in range(len(names))]
     strs = np.array([[b"a", b"bcd"], [b"", b"x" * 300]], dtype=object)
     prefix = str(tmp_path / "many")
-    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names + ["_CHECKPOINTABLE_OBJECT_GRAPH", "strs"],
-                      shape_and_slices=[""] * (len(names) + 2),
-                      tensors=[tf.constant(v) for v in vals] + [tf.constant(b"graph-bytes"), tf.constant(strs)])
+    # in a graph and session: another test may have switched this process to TF1 graph mode
+    with tf.Graph().as_default():
+        save = tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names + ["_CHECKPOINTABLE_OBJECT_GRAPH", "strs"],
+                                 shape_and_slices=[""] * (len(names) + 2),
+                                 tensors=[tf.constant(v) for v in vals] + [tf.constant(b"graph-bytes"),
+                                                                           tf.constant(strs)])
+        with tf.compat.v1.Session() as sess:
+            sess.run(save)
     assert _count_data_blocks(prefix + ".index") >= 2
     with BundleReader(prefix) as r:
         assert r.keys() == sorted(names + ["_CHECKPOINTABLE_OBJECT_GRAPH", "strs"])

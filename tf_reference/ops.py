@@ -15,7 +15,8 @@ L2_SCALE = 1e-4
 
 def weight_regularizer(w):
     """contrib l2_regularizer(1e-4): scale * sum(w**2) / 2, collected in REGULARIZATION_LOSSES."""
-    return tf.multiply(L2_SCALE, tf.nn.l2_loss(w), name="l2_regularizer")
+    return tf.multiply(tf.convert_to_tensor(L2_SCALE, dtype=w.dtype.base_dtype), tf.nn.l2_loss(w),
+                       name="l2_regularizer")
 
 
 # ---------------------------------------------------------------- activation recording
@@ -85,7 +86,7 @@ def fully_connected_with_w(x, use_bias=True, sn=False, reuse=False, scope="linea
     with tf.variable_scope(scope, reuse=reuse):
         x = flatten(x)
         channels = x.get_shape().as_list()[-1]
-        w = tf.get_variable("kernel", [channels, 1], tf.float32, initializer=weight_init,
+        w = tf.get_variable("kernel", [channels, 1], initializer=weight_init,
                             regularizer=weight_regularizer)
         if sn:
             w = spectral_norm(w)
@@ -104,7 +105,7 @@ def fully_connected(x, units, use_bias=True, sn=False, scope="linear"):
         x = flatten(x)
         channels = x.get_shape().as_list()[-1]
         if sn:
-            w = tf.get_variable("kernel", [channels, units], tf.float32, initializer=weight_init,
+            w = tf.get_variable("kernel", [channels, units], initializer=weight_init,
                                 regularizer=weight_regularizer)
             x = tf.matmul(x, spectral_norm(w))
             if use_bias:
@@ -112,7 +113,7 @@ def fully_connected(x, units, use_bias=True, sn=False, scope="linear"):
         else:
             # what the TF1 dense layer creates: <scope>/dense/kernel|bias
             with tf.variable_scope("dense"):
-                w = tf.get_variable("kernel", [channels, units], tf.float32, initializer=weight_init,
+                w = tf.get_variable("kernel", [channels, units], initializer=weight_init,
                                     regularizer=weight_regularizer)
                 b = tf.get_variable("bias", [units], initializer=tf.zeros_initializer()) if use_bias else None
             x = tf.matmul(x, w)
@@ -192,7 +193,7 @@ def adaptive_instance_layer_norm(x, gamma, beta, smoothing=True, scope="instance
         x_ins, x_ln = _ins_and_layer_norm(x)
         rho = tf.get_variable("rho", [ch], initializer=tf.constant_initializer(1.0), constraint=_rho_constraint)
         if smoothing:
-            rho = tf.clip_by_value(rho - tf.constant(0.1), 0.0, 1.0)
+            rho = tf.clip_by_value(rho - 0.1, 0.0, 1.0)
         x_hat = rho * x_ins + (1 - rho) * x_ln
         return _record(x_hat * gamma + beta)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,8 +45,11 @@ def tf_conv_padding(kernel: int, stride: int, pad: int) -> tuple[int, int, int, 
 
 
 def lrelu(x: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
-    """tf.nn.leaky_relu (the official helper's default slope is 0.01; the discriminator uses 0.2)."""
-    return F.leaky_relu(x, alpha)
+    """tf.nn.leaky_relu (the official helper's default slope is 0.01; the discriminator uses 0.2).
+
+    TF holds alpha as a float32 attribute, so a float64 graph multiplies by float32(0.2); the
+    same rounding here keeps float64 runs equal to TF's (a no-op in float32)."""
+    return F.leaky_relu(x, float(np.float32(alpha)))
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:
