@@ -1,0 +1,55 @@
+"""Per-layer parity report of an official TF checkpoint: tf_reference vs torch_port.
+
+    python -m parity_tests.report CKPT OUT_DIR [--img_size N] [--smoothing True|False] [--seed S]
+
+The config is inferred from the checkpoint's variable shapes as `weights_convert.py tf2torch`
+does (`--img_size` and `--smoothing` are not stored in the weights: a light model's default
+is 256 px, smoothing True). Both frameworks run every network in the checkpoint on one random
+input in [-1, 1] (float32 and the float64 truth; criteria in parity_tests/harness.py), and
+OUT_DIR gets parity_report.md and parity_report.html.
+
+Exit status: 0 every tensor within tolerance, 1 some over, 2 bad input (an `error:` line).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m parity_tests.report",
+                                description="Per-layer tf_reference vs torch_port parity report of a TF checkpoint")
+    p.add_argument("ckpt", help="checkpoint folder (with its `checkpoint` file) or prefix")
+    p.add_argument("out_dir", help="folder for parity_report.md and parity_report.html")
+    p.add_argument("--img_size", type=int, help="image size (a light model's weights do not fix it; default 256)")
+    p.add_argument("--smoothing", choices=["True", "False"], help="AdaLIN smoothing (not stored in weights)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
+    args = p.parse_args(argv)
+
+    import weights_convert as wc
+    from torch_port.tf_bundle import CheckpointError
+    from ugatit_common.options import config_from, validate
+    overrides = {"img_size": args.img_size,
+                 "smoothing": None if args.smoothing is None else args.smoothing == "True"}
+    try:
+        cfg = wc.read_tf_config(args.ckpt, overrides)
+        validate(config_from(cfg))
+    except (wc.ConversionError, CheckpointError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from parity_tests.harness import compare_networks, failures, write_report
+    rows = compare_networks(args.ckpt, cfg, seed=args.seed)
+    page = write_report(rows, cfg, args.out_dir, args.ckpt)
+    bad = failures(rows)
+    n_out = sum(r["output"] for r in rows.values())
+    print(f"config: {cfg}")
+    print(f"{len(rows)} tensors compared ({n_out} network outputs), {len(bad)} over tolerance")
+    for line in bad:
+        print("  " + line)
+    print(f"report: {page}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
