@@ -22,7 +22,8 @@ import torch.nn.functional as F
 __all__ = [
     "tf_conv_padding", "l2_normalize", "spectral_normalize", "spectral_norm_run",
     "SpectralNormMixin", "Conv", "Dense", "InstanceNorm", "AdaLIN", "LIN", "CAMLogit",
-    "moments", "lrelu", "relu", "up_sample", "global_avg_pooling", "global_max_pooling",
+    "moments", "instance_normalize", "layer_normalize", "lrelu", "relu", "up_sample", "global_avg_pooling",
+    "global_max_pooling",
 ]
 
 WEIGHT_STD = 0.02
@@ -75,10 +76,23 @@ def global_max_pooling(x: torch.Tensor) -> torch.Tensor:
 
 def moments(x: torch.Tensor, dims) -> tuple[torch.Tensor, torch.Tensor]:
     """tf.nn.moments(keep_dims=True): mean and biased variance, the variance computed around a
-    stop-gradient mean exactly as TF does."""
+    stop-gradient mean exactly as TF does. (The layers use the fused kernels below, which compute
+    the same quantities; this is kept for reference checks.)"""
     mean = x.mean(dim=dims, keepdim=True)
     var = (x - mean.detach()).square().mean(dim=dims, keepdim=True)
     return mean, var
+
+
+def instance_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) over H, W per sample and channel, biased variance: TF's
+    moments-based formula, evaluated by ATen's fused kernel (one pass forward and backward; the
+    gradient through the mean is the same: it sums to zero in the variance term)."""
+    return F.instance_norm(x, eps=eps)
+
+
+def layer_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) over C, H, W per sample (TF moments over axes [1, 2, 3])."""
+    return F.layer_norm(x, x.shape[1:], eps=eps)
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -92,11 +106,11 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 def _sn_matrix(weight: torch.Tensor) -> torch.Tensor:
-    """The kernel as TF's `[-1, out]` matrix, rows in TF order (kh, kw, in).
-    Conv weight [out, in, kh, kw] -> [kh*kw*in, out]; dense/CAM weight [out, in] -> [in, out]."""
-    if weight.dim() == 4:
-        return weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0])
-    return weight.reshape(weight.shape[0], -1).t()
+    """The kernel as the transpose of TF's `[-1, out]` matrix, a view without a copy: [out, N].
+    Its columns are TF's rows permuted ((in, kh, kw) instead of (kh, kw, in)); the power
+    iteration only sums over them and l2-normalises v, so the permutation changes nothing but
+    the float summation order (and avoids copying a 134 MB discriminator kernel every call)."""
+    return weight.reshape(weight.shape[0], -1)
 
 
 def spectral_normalize(weight: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,11 +118,11 @@ def spectral_normalize(weight: torch.Tensor, u: torch.Tensor) -> tuple[torch.Ten
 
     v = l2n(u W^T), u_hat = l2n(v W) are computed without gradient (tf.stop_gradient);
     sigma = v W u_hat^T carries the gradient through W. `u` itself is not modified."""
-    w_mat = _sn_matrix(weight)
+    w_t = _sn_matrix(weight)  # TF's w^T, columns permuted
     with torch.no_grad():
-        v_hat = l2_normalize(u @ w_mat.t())
-        u_hat = l2_normalize(v_hat @ w_mat)
-    sigma = (v_hat @ w_mat) @ u_hat.t()  # [1, 1]
+        v_hat = l2_normalize(u @ w_t)
+        u_hat = l2_normalize(v_hat @ w_t.t())
+    sigma = (v_hat @ w_t.t()) @ u_hat.t()  # [1, 1]
     return weight / sigma.reshape(()), u_hat
 
 
@@ -243,9 +257,8 @@ class InstanceNorm(nn.Module):
         self.beta = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean, var = moments(x, (2, 3))
-        inv = torch.rsqrt(var + self.eps) * self.gamma.view(1, -1, 1, 1)
-        return x * inv + (self.beta.view(1, -1, 1, 1) - mean * inv)
+        # fused kernel: (x - mean) * rsqrt(var + eps) * gamma + beta, the same affine map
+        return F.instance_norm(x, weight=self.gamma, bias=self.beta, eps=self.eps)
 
     def extra_repr(self) -> str:
         return str(self.channels)
@@ -253,10 +266,8 @@ class InstanceNorm(nn.Module):
 
 def _ins_layer_mix(x: torch.Tensor, rho: torch.Tensor, eps: float) -> torch.Tensor:
     """rho * x_ins + (1 - rho) * x_ln with the official moments (biased, eps inside the sqrt)."""
-    ins_mean, ins_var = moments(x, (2, 3))
-    x_ins = (x - ins_mean) / torch.sqrt(ins_var + eps)
-    ln_mean, ln_var = moments(x, (1, 2, 3))
-    x_ln = (x - ln_mean) / torch.sqrt(ln_var + eps)
+    x_ins = instance_normalize(x, eps)
+    x_ln = layer_normalize(x, eps)
     rho = rho.view(1, -1, 1, 1)
     return rho * x_ins + (1 - rho) * x_ln
 
