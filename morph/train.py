@@ -252,7 +252,8 @@ def train(cfg: dict, device="cpu", seed: int = 0, base: str = ".", init_from: st
                                   f"checkpoint; use --init_from to start from it, or another --checkpoint_dir")
     elif init_from:
         fresh = init_from_ugatit(model, init_from)
-        log(f" [*] initialised from UGATIT {init_from} ({len(fresh)} new latent variables)")
+        kind = "TensorFlow" if checkpoint_kind(init_from)[0] == "ugatit-tf" else "PyTorch"
+        log(f" [*] initialised from UGATIT {init_from} ({kind}; {len(fresh)} new latent variables)")
         model.make_optimizers(cfg["lr"])  # fresh slots for the loaded weights
 
     it_A = _loader(ds_A, cfg["batch_size"], seed, pos_A)

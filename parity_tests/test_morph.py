@@ -275,3 +275,64 @@ def test_cli_subprocess_usage_error():
     r = subprocess.run([sys.executable, "-m", "morph", "train", "--config", "D"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--config" in r.stderr
+
+
+# -- an official TF checkpoint as the starting point ------------------------------------------------------
+
+GOLDEN_NET = dict(light=True, ch=4, n_res=4, n_dis=5, img_size=64, sn=True, smoothing=True)  # record.json
+
+
+def _golden_tf_values(folder):
+    """{torch name: tensor} read straight from the official checkpoint (numpy reader + layout rule)."""
+    import weights_convert as wc
+    from torch_port.tf_bundle import BundleReader
+    with BundleReader(folder) as r:
+        return {wc.tf_to_torch_name(n): torch.from_numpy(wc.to_torch_layout(n, r.read(n))) for n in r.keys()
+                if n.startswith(("generator_", "discriminator_")) and not n.endswith(wc.SLOT_SUFFIXES)}
+
+
+@pytest.mark.parametrize("config", ["A", "C"])
+def test_init_from_official_tf_checkpoint(config):
+    from parity_tests.conftest import GOLDEN
+    folder = os.path.join(GOLDEN, "final")
+    tf_vals = _golden_tf_values(folder)
+    m = MorphUGATIT(dict(GOLDEN_NET, morph_config=config))
+    fresh = init_from_ugatit(m, folder)
+    own = m.state_dict()
+    if config == "A":  # two generators, every variable from the checkpoint
+        assert fresh == []
+        for k, v in tf_vals.items():
+            assert torch.equal(own[k], v), k
+    else:  # one shared generator from generator_B; latent MLP and style maps stay fresh
+        assert fresh and all(k.startswith(("generator.mapping.", "generator.style_")) for k in fresh)
+        n = 0
+        for k, v in tf_vals.items():
+            if k.startswith("generator_B.") and not k.startswith("generator_B.MLP."):
+                assert torch.equal(own["generator." + k[len("generator_B."):]], v), k
+                n += 1
+            elif k.startswith("discriminator_"):
+                assert torch.equal(own[k], v), k
+                n += 1
+        assert n > 100
+
+
+def test_cli_train_init_from_official_tf_checkpoint(tmp_path, capsys):
+    from parity_tests.conftest import GOLDEN
+    root = str(tmp_path)
+    make_demo_dataset(root, "demo", 64, n_train=2, n_test=1)
+    flags = ["--dataset", "demo", "--img_size", "64", "--ch", "4", "--n_dis", "5", "--light", "True",
+             "--checkpoint_dir", os.path.join(root, "checkpoint"), "--result_dir", os.path.join(root, "results"),
+             "--log_dir", os.path.join(root, "logs"), "--sample_dir", os.path.join(root, "samples"),
+             "--device", "cpu", "--data_root", root]
+    rc = morph_main(["train", "--config", "C", "--epoch", "1", "--iteration", "1",
+                     "--init_from", os.path.join(GOLDEN, "final")] + flags)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "initialised from UGATIT" in out and "(TensorFlow;" in out
+    # the wrong architecture for that checkpoint: a clear error before any training
+    flags[flags.index("--ch") + 1] = "8"
+    flags[flags.index("--checkpoint_dir") + 1] = os.path.join(root, "checkpoint2")
+    rc = morph_main(["train", "--config", "C", "--epoch", "1", "--iteration", "1",
+                     "--init_from", os.path.join(GOLDEN, "final")] + flags)
+    assert rc == 2
+    assert "does not match" in capsys.readouterr().err
