@@ -84,15 +84,20 @@ def _is_conv_scope(parts: list[str]) -> bool:
     return "MLP" not in parts
 
 
-def to_torch_layout(tf_name: str, array: np.ndarray) -> np.ndarray:
-    """HWIO → OIHW for conv kernels, [in, out] → [out, in] for dense/CAM kernels."""
+def torch_layout_view(tf_name: str, array: np.ndarray) -> np.ndarray:
+    """The torch layout as a (possibly non-contiguous) view: no copy of a 1 GiB kernel."""
     base, _ = _split_slot(tf_name)
     if base.endswith("kernel"):
         if array.ndim == 4:
-            return np.ascontiguousarray(array.transpose(3, 2, 0, 1))
+            return array.transpose(3, 2, 0, 1)
         if array.ndim == 2:
-            return np.ascontiguousarray(array.T)
+            return array.T
     return array
+
+
+def to_torch_layout(tf_name: str, array: np.ndarray) -> np.ndarray:
+    """HWIO → OIHW for conv kernels, [in, out] → [out, in] for dense/CAM kernels."""
+    return np.ascontiguousarray(torch_layout_view(tf_name, array))
 
 
 def to_tf_layout(torch_name: str, array: np.ndarray) -> np.ndarray:
@@ -213,9 +218,26 @@ _ST_DTYPES = {np.dtype("float32"): "F32", np.dtype("float64"): "F64", np.dtype("
               np.dtype("int64"): "I64", np.dtype("float16"): "F16", np.dtype("uint8"): "U8", np.dtype("bool"): "BOOL"}
 
 
+_TILE_BYTES = 64 << 20
+
+
+def _write_array(f, array: np.ndarray, dtype) -> None:
+    """Write `array` C-ordered, little-endian, in tiles of <= 64 MiB along its first axis, so a
+    transposed view is never copied whole (a 16-row tile of a transposed [in, out] kernel reads
+    one cache line per source row)."""
+    dt = np.dtype(dtype).newbyteorder("<")
+    if array.ndim == 0 or array.nbytes <= _TILE_BYTES:
+        f.write(np.ascontiguousarray(array, dtype=dt).data)
+        return
+    rows = max(1, _TILE_BYTES // max(1, array[0].nbytes))
+    for i in range(0, array.shape[0], rows):
+        f.write(np.ascontiguousarray(array[i:i + rows], dtype=dt).data)
+
+
 def write_safetensors_streamed(out_path: str, specs: list, produce, metadata: dict | None = None) -> None:
     """Write a safetensors file tensor by tensor. `specs`: [(name, shape, dtype)] in file order;
-    `produce()` yields (name, ndarray) in the same order. Atomic: temp file, then rename."""
+    `produce()` yields (name, ndarray) in the same order. Atomic: temp file, then rename.
+    Only one tensor is alive at a time: each is released before the next is produced."""
     header, offset = {}, 0
     if metadata:
         header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
@@ -232,10 +254,13 @@ def write_safetensors_streamed(out_path: str, specs: list, produce, metadata: di
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
-            for (name, shape, dtype), (got_name, array) in zip(specs, produce()):
+            arrays = produce()
+            for name, shape, dtype in specs:
+                got_name, array = next(arrays)
                 if got_name != name or tuple(array.shape) != tuple(shape):
                     raise ConversionError(f"internal: expected {name} {shape}, got {got_name} {array.shape}")
-                f.write(np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).data)
+                _write_array(f, array, dtype)
+                del array  # release before the next read (the MLP kernels are 1 GiB each)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -265,15 +290,15 @@ def convert_tf_to_file(ckpt: str, out: str, generators_only=False, with_optimize
 
         def produce():
             for n in names:
-                array = to_torch_layout(n, r.read(n))
                 bar.update(r.nbytes(n))
-                yield tf_to_torch_name(n), array
+                # a view: the writer copies it tile by tile; no local keeps it alive afterwards
+                yield tf_to_torch_name(n), torch_layout_view(n, r.read(n))
 
         meta = {"format": "pt", "ugatit_config": json.dumps(cfg), "step": checkpoint_step(ckpt),
                 "source": os.path.basename(r.prefix)}
         if out.endswith(".pt"):
             import torch
-            state = {name: torch.from_numpy(np.array(a)) for name, a in produce()}
+            state = {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in produce()}
             _atomic_torch_save({"state": state, "config": cfg, "step": meta["step"]}, out)
         else:
             write_safetensors_streamed(out, specs, produce, meta)
