@@ -23,10 +23,10 @@ import os
 import re
 import struct
 import sys
-import tempfile
 
 import numpy as np
 
+from ugatit_common.atomic import atomic_output
 from torch_port.tf_bundle import BundleReader, BundleWriter, CheckpointError, resolve_prefix, write_checkpoint_state
 
 # TF name ↔ torch name for the optimizer's power accumulators.
@@ -97,7 +97,9 @@ def torch_layout_view(tf_name: str, array: np.ndarray) -> np.ndarray:
 
 def to_torch_layout(tf_name: str, array: np.ndarray) -> np.ndarray:
     """HWIO → OIHW for conv kernels, [in, out] → [out, in] for dense/CAM kernels."""
-    return np.ascontiguousarray(torch_layout_view(tf_name, array))
+    view = torch_layout_view(tf_name, array)
+    # (np.ascontiguousarray would turn a 0-d scalar such as beta1_power into shape [1])
+    return view if view is array else np.ascontiguousarray(view)
 
 
 def to_tf_layout(torch_name: str, array: np.ndarray) -> np.ndarray:
@@ -247,28 +249,18 @@ def write_safetensors_streamed(out_path: str, specs: list, produce, metadata: di
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            arrays = produce()
-            for name, shape, dtype in specs:
-                got_name, array = next(arrays)
-                if got_name != name or tuple(array.shape) != tuple(shape):
-                    raise ConversionError(f"internal: expected {name} {shape}, got {got_name} {array.shape}")
-                _write_array(f, array, dtype)
-                del array  # release before the next read (the MLP kernels are 1 GiB each)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(out_path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        arrays = produce()
+        for name, shape, dtype in specs:
+            got_name, array = next(arrays)
+            if got_name != name or tuple(array.shape) != tuple(shape):
+                raise ConversionError(f"internal: expected {name} {shape}, got {got_name} {array.shape}")
+            _write_array(f, array, dtype)
+            del array  # release before the next read (the MLP kernels are 1 GiB each)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def convert_tf_to_file(ckpt: str, out: str, generators_only=False, with_optimizer=False,
@@ -308,17 +300,8 @@ def convert_tf_to_file(ckpt: str, out: str, generators_only=False, with_optimize
 
 def _atomic_torch_save(obj, out):
     import torch
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_output(out) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_torch_weights(path: str):

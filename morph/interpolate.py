@@ -18,13 +18,13 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 import urllib.parse
 
 import numpy as np
 import torch
 
 from torch_port.data import ImageReadError, test_image
+from ugatit_common.atomic import write_bytes_atomic
 from ugatit_common.options import IMAGE_EXTENSIONS
 from ugatit_common.results import save_grid, to_uint8
 
@@ -32,19 +32,7 @@ __all__ = ["w_codes", "lerp", "morph_frames", "smoothness", "write_strip", "writ
            "list_inputs", "interpolate_images", "write_index"]
 
 
-def atomic_write(path: str, data: bytes) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+atomic_write = write_bytes_atomic
 
 
 @torch.no_grad()

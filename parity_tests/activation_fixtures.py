@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
+
+from ugatit_common.atomic import atomic_output
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DIR = os.path.join(HERE, "fixtures", "activations")
@@ -64,11 +65,7 @@ def generate(overrides: dict, seed: int = SEED) -> dict:
 def write(path: str, data: dict, tf_version: str = "") -> str:
     """Write one fixture file atomically."""
     import h5py
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["config"] = json.dumps(data["config"], sort_keys=True)
             f.attrs["seed"] = int(data["seed"])
@@ -80,12 +77,6 @@ def write(path: str, data: dict, tf_version: str = "") -> str:
                     # uncompressed: gzip saves ~10% on these float tensors and adds per-dataset overhead
                     d = g.create_dataset(_key(name), data=np.asarray(data[group][name]))
                     d.attrs["name"] = name
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -20,12 +20,12 @@ import json
 import os
 import random
 import re
-import tempfile
 
 import numpy as np
 import torch
 
 from ugatit_common import options as opt
+from ugatit_common.atomic import atomic_output
 
 POINTER = "latest"
 FORMAT = 1
@@ -43,17 +43,8 @@ class CheckpointCorrupt(OSError):
 # -- atomic writes ---------------------------------------------------------------------------------
 
 def _atomic(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def paths_for(folder: str, prefix: str, step: int) -> tuple[str, str]:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 
 import cv2
 import numpy as np
+
+from .atomic import write_bytes_atomic
 
 _SPLITS = (("trainA", "A", "train"), ("trainB", "B", "train"), ("testA", "A", "test"), ("testB", "B", "test"))
 
@@ -82,15 +83,7 @@ def _write_png_atomic(path: str, bgr: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
         raise OSError(f"could not encode {path!r}")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_bytes_atomic(path, buf.tobytes())
 
 
 def make_demo_dataset(root: str, name: str = "demo", size: int = 64, n_train: int = 8, n_test: int = 2,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 import urllib.parse
 
 import cv2
 import numpy as np
+
+from .atomic import write_bytes_atomic
 
 
 def to_uint8(images) -> np.ndarray:
@@ -25,20 +26,7 @@ def to_uint8(images) -> np.ndarray:
     return x.astype("uint8")
 
 
-def _atomic_bytes(path: str, data: bytes) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+_atomic_bytes = write_bytes_atomic
 
 
 def write_text_atomic(path: str, text: str) -> str:
