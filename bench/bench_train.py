@@ -1,13 +1,19 @@
-"""Time per training iteration (one D run + one G run) and test-phase images/second for
-torch_port vs tf_reference, in the same process on the same machine.
+"""Time per training iteration (one D run + one G run) and test-phase images/second (one
+generator forward at img_size) for torch_port vs tf_reference, in the same run on the same
+machine. Each framework lives in its own worker process (in one process their thread pools
+spin against each other and both slow down), and the parent times them alternately, iteration
+by iteration, so load from other processes falls on both alike; medians are reported.
 
     python bench/bench_train.py                       # light, 256 px, batch 1, ch 64
-    python bench/bench_train.py --img_size 64 --ch 8 --iters 3
+    python bench/bench_train.py --img_size 64 --ch 8 --n_dis 4 --iters 3
 """
 from __future__ import annotations
 
 import argparse
 import os
+import json
+import statistics
+import subprocess
 import sys
 import time
 
@@ -17,74 +23,109 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ugatit_common import options as opt  # noqa: E402
 
 
-def bench_torch(cfg, iters, warmup, device):
+def _inputs(s):
+    rng = np.random.default_rng(0)
+    return (rng.uniform(-1, 1, (1, s, s, 3)).astype(np.float32), rng.uniform(-1, 1, (1, s, s, 3)).astype(np.float32))
+
+
+def torch_runner(cfg, device):
+    """(train_iteration, translate) callables for torch_port; each returns when the work is done."""
     import torch
     from torch_port import build_ugatit
     torch.manual_seed(0)
     model = build_ugatit(cfg).to(device)
     model.make_optimizers(cfg["lr"])
-    s = cfg["img_size"]
-    A = torch.rand(1, 3, s, s, device=device) * 2 - 1
-    B = torch.rand(1, 3, s, s, device=device) * 2 - 1
+    a, b = (torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device) for x in _inputs(cfg["img_size"]))
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(warmup):
-        model.d_step(A, B, cfg["lr"])
-        model.g_step(A, B, cfg["lr"])
-    sync()
-    t = time.perf_counter()
-    for _ in range(iters):
-        model.d_step(A, B, cfg["lr"])
-        model.g_step(A, B, cfg["lr"])
-    sync()
-    it = (time.perf_counter() - t) / iters
-    model.eval()
-    with torch.no_grad():
-        model.translate(A, "a2b")
+    def train():
+        model.d_step(a, b, cfg["lr"])
+        model.g_step(a, b, cfg["lr"])
         sync()
-        t = time.perf_counter()
-        for _ in range(iters):
-            model.translate(A, "a2b")
+
+    def translate():
+        with torch.no_grad():
+            model.translate(a, "a2b")
         sync()
-    return it, iters / (time.perf_counter() - t)
+    return train, translate
 
 
-def bench_tf(cfg, iters, warmup):
+def tf_runner(cfg):
+    """(train_iteration, translate) callables for tf_reference (two graphs, two sessions)."""
     from tf_reference.compat import tf
     from tf_reference.model import UGATITGraph
     s = cfg["img_size"]
-    rng = np.random.default_rng(0)
-    a = rng.uniform(-1, 1, (1, s, s, 3)).astype(np.float32)
-    b = rng.uniform(-1, 1, (1, s, s, 3)).astype(np.float32)
-    g = tf.Graph()
-    with g.as_default():
+    a, b = _inputs(s)
+    g_train, g_test = tf.Graph(), tf.Graph()
+    with g_train.as_default():
         pa, pb = tf.placeholder(tf.float32, [1, s, s, 3]), tf.placeholder(tf.float32, [1, s, s, 3])
         m = UGATITGraph(cfg).build_train(pa, pb)
-        with tf.Session() as sess:
-            sess.run(tf.global_variables_initializer())
-            feed = {pa: a, pb: b, m.lr: cfg["lr"]}
-            for _ in range(warmup):
-                sess.run(m.D_optim, feed)
-                sess.run(m.G_optim, feed)
-            t = time.perf_counter()
-            for _ in range(iters):
-                sess.run(m.D_optim, feed)
-                sess.run(m.G_optim, feed)
-            it = (time.perf_counter() - t) / iters
-    g = tf.Graph()
-    with g.as_default():
-        m = UGATITGraph(dict(cfg, phase="test")).build_test()
-        with tf.Session() as sess:
-            sess.run(tf.global_variables_initializer())
-            sess.run(m.test_fake_B, {m.test_domain_A: a})
-            t = time.perf_counter()
-            for _ in range(iters):
-                sess.run(m.test_fake_B, {m.test_domain_A: a})
-            ips = iters / (time.perf_counter() - t)
-    return it, ips
+        sess_train = tf.Session(graph=g_train)
+        sess_train.run(tf.global_variables_initializer())
+    with g_test.as_default():
+        mt = UGATITGraph(dict(cfg, phase="test")).build_test()
+        sess_test = tf.Session(graph=g_test)
+        sess_test.run(tf.global_variables_initializer())
+    feed = {pa: a, pb: b, m.lr: cfg["lr"]}
+
+    def train():
+        sess_train.run(m.D_optim, feed)
+        sess_train.run(m.G_optim, feed)
+
+    def translate():
+        sess_test.run(mt.test_fake_B, {mt.test_domain_A: a})
+    return train, translate
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def worker(name: str, cfg: dict, device: str) -> int:
+    """Serve timing requests on stdin ("train" / "translate"), one JSON line of seconds each."""
+    if name == "torch_port":
+        from torch_port.train import pick_device
+        train, translate = torch_runner(cfg, pick_device(device))
+    else:
+        train, translate = tf_runner(cfg)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        what = line.strip()
+        if what == "quit":
+            break
+        print(json.dumps({"seconds": _timed(train if what == "train" else translate)}), flush=True)
+    return 0
+
+
+class _Worker:
+    def __init__(self, name: str, args: list[str]):
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", name] + args,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._read()
+
+    def _read(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{self.name} worker exited (code {self.proc.wait()})")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def time(self, what: str) -> float:
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+        return self._read()["seconds"]
+
+    def close(self):
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.flush()
+        self.proc.wait()
 
 
 def main(argv=None):
@@ -97,22 +138,43 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--skip_tf", action="store_true")
+    p.add_argument("--worker", choices=["torch_port", "tf_reference"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     cfg = opt.validate(opt.config_from(light=a.light, img_size=a.img_size, ch=a.ch, n_dis=a.n_dis))
+    if a.worker:
+        return worker(a.worker, cfg, a.device)
+    passthrough = ["--img_size", str(a.img_size), "--ch", str(a.ch), "--n_dis", str(a.n_dis),
+                   "--light", str(a.light), "--device", a.device]
+    names = ["torch_port"] + ([] if a.skip_tf else ["tf_reference"])
+    workers = [_Worker(n, passthrough) for n in names]
+    times = {n: ([], []) for n in names}
+    try:
+        for _ in range(a.warmup):
+            for w in workers:
+                w.time("train")
+                w.time("translate")
+        for _ in range(a.iters):  # alternate: one iteration of each in turn
+            for w in workers:
+                times[w.name][0].append(w.time("train"))
+                times[w.name][1].append(w.time("translate"))
+    finally:
+        for w in workers:
+            w.close()
     import torch
     from torch_port.train import pick_device
     device = pick_device(a.device)
-    rows = [("torch_port", device.type, *bench_torch(cfg, a.iters, a.warmup, device))]
-    if not a.skip_tf:
-        rows.append(("tf_reference", "cpu", *bench_tf(cfg, a.iters, a.warmup)))
     print(f"\nlight={a.light} img_size={a.img_size} ch={a.ch} n_dis={a.n_dis} batch=1 iters={a.iters} "
-          f"torch threads={torch.get_num_threads()}")
-    print(f"{'impl':<14}{'device':<8}{'s/iter (D+G)':>14}{'test img/s':>12}")
-    for name, dev, it, ips in rows:
-        print(f"{name:<14}{dev:<8}{it:>14.4f}{ips:>12.2f}")
+          f"torch threads={torch.get_num_threads()} load average {os.getloadavg()[0]:.2f}")
+    print(f"{'impl':<14}{'device':<8}{'s/iter (D+G)':>14}{'test img/s':>12}   per-iteration times")
+    rows = {}
+    for name, (tr, te) in times.items():
+        it, ips = statistics.median(tr), 1.0 / statistics.median(te)
+        rows[name] = (it, ips)
+        dev = device.type if name == "torch_port" else "cpu"
+        print(f"{name:<14}{dev:<8}{it:>14.4f}{ips:>12.2f}   {' '.join(f'{t:.2f}' for t in tr)}")
     if len(rows) == 2:
-        print(f"ratio torch/tf: iteration time {rows[0][2] / rows[1][2]:.2f}x, "
-              f"test throughput {rows[0][3] / rows[1][3]:.2f}x")
+        (t_it, t_ips), (r_it, r_ips) = rows["torch_port"], rows["tf_reference"]
+        print(f"ratio torch/tf: iteration time {t_it / r_it:.2f}x, test throughput {t_ips / r_ips:.2f}x")
     return 0
 
 
