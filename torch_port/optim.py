@@ -114,19 +114,38 @@ class TF1Adam:
         alpha = lr_t * torch.sqrt(one - self._beta2_power) / (one - self._beta1_power)
         one_minus_b1 = one - self._beta1_t
         one_minus_b2 = one - self._beta2_t
+        scratch = self._scratch_buffers()
         for name, p in self.named_params:
             g = p.grad
             if g is None:
                 continue
             m, v = self.m[name], self.v[name]
-            m.add_((g - m) * one_minus_b1)
-            v.add_((g * g - v) * one_minus_b2)
-            p.sub_((m * alpha) / (v.sqrt() + self._eps_t))
+            # TF's ApplyAdam, operation by operation, into two reused scratch buffers (a fresh
+            # temporary per operation costs page faults on the 134 MB discriminator kernels)
+            t1 = scratch[0][: p.numel()].view_as(p)
+            t2 = scratch[1][: p.numel()].view_as(p)
+            torch.sub(g, m, out=t1).mul_(one_minus_b1)           # (g - m) * (1 - beta1)
+            m.add_(t1)
+            torch.mul(g, g, out=t1).sub_(v).mul_(one_minus_b2)    # (g^2 - v) * (1 - beta2)
+            v.add_(t1)
+            torch.sqrt(v, out=t1).add_(self._eps_t)               # sqrt(v) + eps
+            torch.mul(m, alpha, out=t2).div_(t1)                  # (m * alpha) / (...)
+            p.sub_(t2)
             constraint = self.constraints.get(name)
             if constraint is not None:
                 p.copy_(constraint(p))
         self._beta1_power = self._beta1_power * self._beta1_t
         self._beta2_power = self._beta2_power * self._beta2_t
+
+    def _scratch_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two flat float32 buffers as large as the largest parameter, kept between steps."""
+        n = max((p.numel() for _, p in self.named_params), default=0)
+        bufs = getattr(self, "_scratch", None)
+        p0 = self.named_params[0][1] if self.named_params else None
+        if bufs is None or bufs[0].numel() < n or (p0 is not None and bufs[0].device != p0.device):
+            device = p0.device if p0 is not None else "cpu"
+            bufs = self._scratch = (torch.empty(n, device=device), torch.empty(n, device=device))
+        return bufs
 
     # -- state ---------------------------------------------------------------------------------
     def named_slots(self) -> dict[str, torch.Tensor]:
