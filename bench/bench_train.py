@@ -89,7 +89,10 @@ def _timed(fn) -> float:
 def worker(name: str, cfg: dict, device: str) -> int:
     """Serve timing requests on stdin ("train" / "translate"), one JSON line of seconds each."""
     if name == "torch_port":
+        from torch_port.cpu_memory import keep_freed_memory
         from torch_port.train import pick_device
+        if pick_device(device).type == "cpu":
+            keep_freed_memory()  # as `python -m torch_port` does on CPU
         train, translate = torch_runner(cfg, pick_device(device))
     else:
         train, translate = tf_runner(cfg)

@@ -97,9 +97,13 @@ def _checkpoint_folder(args, cfg) -> str:
 
 
 def cmd_train(args) -> int:
+    from torch_port.cpu_memory import keep_freed_memory
+
     from .train import train
-    out = train(_cfg(args), device=_device(args.device), seed=args.seed, base=args.data_root,
-                init_from=args.init_from)
+    device = _device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    out = train(_cfg(args), device=device, seed=args.seed, base=args.data_root, init_from=args.init_from)
     h = out["history"]
     if h:
         print(f" [*] done: counter {out['counter'] - 1}, last d_loss {h[-1]['d_loss']:.4f} "

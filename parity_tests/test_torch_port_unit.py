@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -635,3 +636,16 @@ def test_translate_and_load_state():
     assert model.double().generator_A.conv.weight.dtype == torch.float64
     with pytest.raises(KeyError):
         build_ugatit({"light": True})
+
+
+def test_keep_freed_memory_is_a_glibc_setting_only():
+    """The CLI's allocator setting (in a child: it is a process setting): accepted by glibc,
+    a clean False elsewhere; tensors allocated after it behave normally."""
+    import platform
+    import subprocess
+    import sys
+    code = ("import torch; from torch_port.cpu_memory import keep_freed_memory; ok = keep_freed_memory(); "
+            "big = torch.ones(10 * 2**20); assert float(big.sum()) == big.numel(); print(ok)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.split()
+    assert out[-1] == ("True" if platform.libc_ver()[0] == "glibc" else out[-1]) and out[-1] in ("True", "False")

@@ -57,6 +57,9 @@ def run(a) -> int:
     from .train import NonFiniteLoss, pick_device
     cfg = opt.validate(opt.config_from({k: v for k, v in vars(a).items() if k not in EXTRA_KEYS}))
     device = pick_device(a.device)
+    if device.type == "cpu":
+        from .cpu_memory import keep_freed_memory
+        keep_freed_memory()
     dist_info = ddp.init(device.type)
     if device.type == "cuda" and dist_info.enabled and device.index is None:
         import torch
