@@ -1,14 +1,21 @@
 """Losses, gradients, optimizer steps and trajectories: torch_port vs tf_reference and the
 official golden bundle.
 
-Gradient tolerance, measured not chosen: TF's float32 reductions are the least accurate party
-(at the golden init, TF's G gradients differ from a float64 evaluation by up to 0.5% of a
-tensor's largest entry — conv_1x1 and the MLP input, where the AdaLIN gamma gradient sums
-thousands of cancelling terms — while torch float32 stays within 4e-6). So each tensor of the
-port's gradient must be at least as close to the float64 truth as TF's own float32 gradient
-(floor 1e-4 of the tensor's largest entry, and 1e-10 absolute). Adam then turns agreeing-but-not-equal small
-gradients into different ±lr steps; see parity_tests/trajectory.py for how those are reported.
+Gradients, measured not chosen. The port's float64 gradients equal TF's own float64 gradients
+(same graph built with float64 variables) within 1e-9 of a tensor's largest entry at every run
+of the trajectory (measured <= 5.3e-13): no semantic difference. In float32 the loss is
+piecewise smooth: an element within float32 rounding of a relu / leaky_relu / |x| / max-pooling
+kink can land on the other side in a float32 run, and the exact gradient jumps there by up to a
+few % of a tensor's max (parity_tests/kinks.py). TF's float32 runs cross 0-3 such kinks per run
+(its 1e-3 to 1e-2 errors on the generators vs float64), the port's 0-2 (the 4-5% at iteration
+3 G). So the port's float32 gradient is judged against the float64 gradient on its own float32
+run's kink branches, and must be as close as TF's own float32 gradient is to float64 (2x, a
+64-ulp floor, never above 1e-4 of the tensor's max; `trajectory.float32_tolerance`). On its
+branches the port stays within 3.7e-5 of max |g| (generators) and 1.9e-6 (discriminators);
+TF's float32 error on its own branches reaches 2.3e-4. Adam then turns agreeing-but-not-equal
+small gradients into different ±lr steps; those are reported.
 """
+import contextlib
 import copy
 import os
 
@@ -19,6 +26,7 @@ import torch
 import weights_convert as wc
 from parity_tests import golden
 from parity_tests import trajectory as tj
+from parity_tests.kinks import KinkBranches
 from parity_tests.conftest import GOLDEN
 from torch_port import build_ugatit
 from torch_port.ops import spectral_norm_run
@@ -32,9 +40,11 @@ def golden_inputs():
     return a, b, torch.from_numpy(a.transpose(0, 3, 1, 2).copy()), torch.from_numpy(b.transpose(0, 3, 1, 2).copy())
 
 
-def torch_grads(model, which, A, B, dtype):
+def torch_grads(model, which, A, B, dtype, kinks=None):
+    """{param name: (param name, gradient)} of the G or D loss on a copy of `model` in `dtype`;
+    `kinks` (a KinkBranches) records or replays the kink branches around the evaluation."""
     m = copy.deepcopy(model).to(dtype)
-    with spectral_norm_run(m):
+    with spectral_norm_run(m), (kinks if kinks is not None else contextlib.nullcontext()):
         if which == "G":
             total = m.generator_losses(A.to(dtype), B.to(dtype))[0]
             params = m.g_params()
@@ -61,8 +71,28 @@ def golden_graph():
         sess.close()
 
 
+@pytest.fixture(scope="module")
+def golden_graph64():
+    """The same train graph in float64: TF's own float64 gradients of any state."""
+    cfg = config_from(golden.record()["config"])
+    a, b, _, _ = golden_inputs()
+    graph = tj.TFFloat64Gradients(cfg, a, b)
+    yield graph
+    graph.close()
+
+
+def tf_named(grads: dict, sn: set) -> dict:
+    """torch_grads' output as {TF name: float64 array in TF layout}."""
+    return {wc.torch_to_tf_name(n, sn): wc.to_tf_layout(n, g.detach().numpy().astype(np.float64))
+            for n, g in grads.values()}
+
+
 @pytest.mark.parametrize("which", ["G", "D"])
 def test_gradients_every_parameter(golden_graph, which):
+    """At the golden init: the port's float32 gradient vs the port's float64 gradient on the
+    float32 run's kink branches, judged by TF's own float32 error vs the plain float64 one
+    (tj.float32_tolerance). The float64 semantics against TF's own float64 gradients are checked
+    at every run of the trajectory test (its first D run is this state)."""
     from tf_reference.compat import tf
     cfg, g, m, sess, saver, feed = golden_graph
     with g.as_default():
@@ -75,66 +105,82 @@ def test_gradients_every_parameter(golden_graph, which):
     model = build_ugatit(cfg)
     model.load_state_dict(state)
     _, _, A, B = golden_inputs()
-    g32 = torch_grads(model, which, A, B, torch.float32)
-    g64 = torch_grads(model, which, A, B, torch.float64)
     sn = {k[:-2] for k in state if k.endswith(".u")}
+    kinks = KinkBranches()
+    g32 = tf_named(torch_grads(model, which, A, B, torch.float32, kinks), sn)
+    g64 = tf_named(torch_grads(model, which, A, B, torch.float64), sn)
+    g64_branches = tf_named(torch_grads(model, which, A, B, torch.float64, kinks.replay()), sn)
+    assert set(g32) == set(tf_g)
     bad, worst = [], (0.0, "")
-    for tname, (pname, grad32) in g32.items():
-        name = wc.torch_to_tf_name(pname, sn)
-        assert name in tf_g, name
-        if golden.NORM_FED_BIAS.match(name):
+    for name, grad32 in g32.items():
+        if tj.ZERO_GRAD_BIAS.match(name):
             continue
-        truth = wc.to_tf_layout(pname, g64[tname][1].numpy())
+        truth = g64[name]
         scale = float(np.abs(truth).max()) or 1.0
-        err_port = float(np.abs(wc.to_tf_layout(pname, grad32.numpy()) - truth).max())
+        err_port = float(np.abs(grad32 - g64_branches[name]).max())
         err_tf = float(np.abs(tf_g[name] - truth).max())
-        # absolute floor 1e-10: tensors whose whole gradient is ~1e-11 (rho at init) are pure float noise
-        bound = max(err_tf, 1e-4 * scale, 1e-10)
+        bound = tj.float32_tolerance(err_tf, scale)
         worst = max(worst, (err_port / scale, name))
         if err_port > bound:
-            bad.append(f"{name}: port error {err_port:.3g} > TF's own {err_tf:.3g} (max |g| {scale:.3g})")
-    print(f"{which}: worst port gradient error {worst[0]:.3g} of max|g| ({worst[1]})")
+            bad.append(f"{name}: port error {err_port:.3g} > {bound:.3g} (TF's own {err_tf:.3g}, max |g| {scale:.3g})")
+    print(f"{which}: {kinks.flips} kink(s) crossed by the port's float32 run; worst port gradient error "
+          f"{worst[0]:.3g} of max|g| ({worst[1]})")
     assert not bad, "\n".join(bad[:20])
 
 
 @pytest.mark.slow
-def test_teacher_forced_trajectory_5_iterations(golden_graph):
-    """5 iterations D→G from the golden init: before every run torch takes TF's exact state;
-    losses, u, powers and gradients are compared after each run."""
+def test_teacher_forced_trajectory_5_iterations(golden_graph, golden_graph64):
+    """5 iterations D→G from the golden init: before every run torch takes TF's exact state.
+    Asserted after each run: losses, u and powers, and per tensor the gradient rules of
+    parity_tests/trajectory.py against TF's own float64 gradients of that run (float64
+    semantics 1e-9; the port's float32 gradient as close as 2x TF's own, 64-ulp floor, 1e-4 cap)."""
     cfg, g, m, sess, saver, feed = golden_graph
     from tf_reference.compat import tf
     _, _, A, B = golden_inputs()
     model = build_ugatit(cfg)
     G, D = model.make_optimizers(cfg["lr"])
+    sn = {k[:-2] for k in model.state_dict() if k.endswith(".u")}
     feed = dict(feed)
     feed[m.lr] = cfg["lr"]
+    report, failures, classes = [], [], {}
     with g.as_default():
         saver.restore(sess, os.path.join(GOLDEN, "init", "UGATIT.model-0"))
-        report = []
         for it in range(5):
             for step in "DG":
                 before = tj.tf_session_state(sess, tf)
                 tj.torch_state_from_tf(model, G, D, before)
-                sn = {k[:-2] for k in model.state_dict() if k.endswith(".u")}
-                truth = {wc.torch_to_tf_name(n, sn): wc.to_tf_layout(n, g64.numpy())
-                         for n, g64 in torch_grads(model, step, A, B, torch.float64).values()}
-                res = (model.d_step if step == "D" else model.g_step)(A, B, cfg["lr"])
+                start = copy.deepcopy(model)
+                kinks = KinkBranches()
+                with kinks:
+                    res = (model.d_step if step == "D" else model.g_step)(A, B, cfg["lr"])
+                # float64 on the float32 step's kink branches; the plain float64 run only differs
+                # when the port crossed a kink
+                port64_branches = tf_named(torch_grads(start, step, A, B, torch.float64, kinks.replay()), sn)
+                port64 = port64_branches if kinks.flips == 0 else tf_named(
+                    torch_grads(start, step, A, B, torch.float64), sn)
+                tf64 = golden_graph64.grads(before, step)
                 optim, loss = (m.D_optim, m.Discriminator_loss) if step == "D" else (m.G_optim, m.Generator_loss)
                 _, tf_loss = sess.run([optim, loss], feed)
                 ours = res["Discriminator_loss" if step == "D" else "Generator_loss"]
                 # losses: float summation order, 1e-5 relative (measured <= 2.1e-6)
                 assert ours == pytest.approx(float(tf_loss), rel=1e-5), (it, step)
-                failures, rep = tj.compare_step(before, tj.tf_session_state(sess, tf),
-                                                tj.torch_state_as_tf(model, G, D), cfg["lr"], truth=truth)
-                report.append((it, step, rep["worst_grad_rel"], len(rep["amplified"]), failures[:3]))
-                # asserted per run: losses (above), spectral-norm u and the Adam powers. Per-tensor
-                # gradient agreement is asserted at the golden init (test_gradients_every_parameter);
-                # at later runs the MLP / conv_1x1 / CAM path of the generators shows gradient
-                # differences up to a few % of a tensor's max that are not yet explained: reported.
-                hard = [f for f in failures if "gradient" not in f]
-                assert not hard, hard
-    for row in report:
-        print(row)
+                bad, rep = tj.compare_step(before, tj.tf_session_state(sess, tf), tj.torch_state_as_tf(model, G, D),
+                                           cfg["lr"], tf64, port64, port64_branches)
+                failures += [f"iteration {it} {step}: {f}" for f in bad]
+                rows = rep["rows"]
+                worst = {k: max((r[k] / r[1], n) for n, r in rows.items()) for k in (2, 3, 4, 5)}
+                report.append(f"it {it} {step}: port kinks crossed {kinks.flips}; worst of max|g|: TF32 "
+                              f"{worst[2][0]:.2e} ({worst[2][1]}), port32 {worst[3][0]:.2e} ({worst[3][1]}), "
+                              f"port32 vs plain TF64 {worst[4][0]:.2e}, port64 vs TF64 {worst[5][0]:.2e}; "
+                              f"Adam-amplified weight tensors {len(rep['amplified'])}")
+                for cls, errs in tj.summarize(rows).items():
+                    classes[cls] = [max(a, b) for a, b in zip(classes.get(cls, errs), errs)]
+    print("\n".join(report))
+    print("per class, worst over runs (of max|g|): TF32 vs TF64 | port32 vs its truth | port32 vs plain TF64 | "
+          "port64 vs TF64")
+    for cls, errs in sorted(classes.items()):
+        print(f"  {cls:24s} " + "  ".join(f"{e:.2e}" for e in errs))
+    assert not failures, "\n".join(failures[:30])
 
 
 @pytest.mark.slow
