@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
-    "tf_conv_padding", "l2_normalize", "spectral_normalize", "spectral_norm_run",
+    "tf_conv_padding", "l2_normalize", "spectral_sigma", "spectral_normalize", "spectral_norm_run",
     "SpectralNormMixin", "Conv", "Dense", "InstanceNorm", "AdaLIN", "LIN", "CAMLogit",
     "moments", "instance_normalize", "layer_normalize", "lrelu", "relu", "up_sample", "global_avg_pooling",
     "global_max_pooling",
@@ -113,8 +113,8 @@ def _sn_matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
-def spectral_normalize(weight: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One power iteration from `u` ([1, out]); returns (weight / sigma, u_hat).
+def spectral_sigma(weight: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One power iteration from `u` ([1, out]); returns (sigma as a 0-d tensor, u_hat).
 
     v = l2n(u W^T), u_hat = l2n(v W) are computed without gradient (tf.stop_gradient);
     sigma = v W u_hat^T carries the gradient through W. `u` itself is not modified."""
@@ -123,7 +123,13 @@ def spectral_normalize(weight: torch.Tensor, u: torch.Tensor) -> tuple[torch.Ten
         v_hat = l2_normalize(u @ w_t)
         u_hat = l2_normalize(v_hat @ w_t.t())
     sigma = (v_hat @ w_t.t()) @ u_hat.t()  # [1, 1]
-    return weight / sigma.reshape(()), u_hat
+    return sigma.reshape(()), u_hat
+
+
+def spectral_normalize(weight: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight / sigma, u_hat): the official spectral_norm's output."""
+    sigma, u_hat = spectral_sigma(weight, u)
+    return weight / sigma, u_hat
 
 
 class SpectralNormMixin:
@@ -139,14 +145,19 @@ class SpectralNormMixin:
         self._sn_pending = None
 
     def _sn_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        w_normed, u_hat = spectral_normalize(weight, self.u)
+        """weight / sigma (and the `u` bookkeeping)."""
+        return weight / self._sn_sigma(weight)
+
+    def _sn_sigma(self, weight: torch.Tensor) -> torch.Tensor:
+        """sigma of this call; u := u_hat now, or at the end of the enclosing run."""
+        sigma, u_hat = spectral_sigma(weight, self.u)
         if self._sn_run_depth > 0:
             if self._sn_pending is None:
                 self._sn_pending = u_hat
         else:
             with torch.no_grad():
                 self.u.copy_(u_hat)
-        return w_normed
+        return sigma
 
     def _sn_begin(self) -> None:
         self._sn_run_depth += 1
@@ -218,8 +229,13 @@ class Conv(SpectralNormMixin, nn.Module):
         if any(self._pad):
             mode = "reflect" if self.pad_type == "reflect" else "constant"
             x = F.pad(x, self._pad, mode=mode)
-        w = self._sn_weight(self.weight) if self.sn else self.weight
-        return F.conv2d(x, w, self.bias, stride=self.stride)
+        if not self.sn:
+            return F.conv2d(x, self.weight, self.bias, stride=self.stride)
+        # conv(x, w / sigma) computed as conv(x, w) / sigma: the same math (a convolution is
+        # linear in its kernel) without dividing, and differentiating, a whole kernel per call
+        # (the 2048x1024x4x4 discriminator kernel is 134 MB); float32 rounding differs by ~1 ulp
+        y = F.conv2d(x, self.weight, None, stride=self.stride) / self._sn_sigma(self.weight)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         return (f"{self.in_ch}, {self.out_ch}, kernel={self.kernel}, stride={self.stride}, "
