@@ -99,3 +99,28 @@ def test_two_gloo_ranks_equal_one_process_batch_of_two(tmp_path):
             assert float((got - want).abs().max()) <= 0.05 * LR, k
         checked += 1
     assert checked > 100
+
+
+def test_torchrun_two_ranks_end_to_end(tmp_path):
+    """`torchrun --nproc_per_node 2 -m torch_port` (gloo on CPU): trains, rank 0 alone prints the
+    per-iteration lines and writes the checkpoint."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    from ugatit_common.demo_data import make_demo_dataset
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=4, n_test=1)
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    assert torchrun, "torchrun is installed with torch"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "torch_port", "--phase", "train",
+                           "--dataset", "demo", "--epoch", "1", "--iteration", "3", "--img_size", "32", "--ch", "4",
+                           "--n_dis", "4", "--print_freq", "1000", "--save_freq", "1000", "--device", "cpu"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    lines = re.findall(r"Epoch: \[ *0\] \[ *(\d+)/ *3\] time: \S+ d_loss: \S+ g_loss: \S+", proc.stdout)
+    assert lines == ["0", "1", "2"], proc.stdout[-2000:]
+    folder = tmp_path / "checkpoint" / "UGATIT_demo_lsgan_4resblock_4dis_1_1_10_10_1000_sn_smoothing"
+    assert any(p.suffix == ".safetensors" for p in folder.iterdir())
