@@ -263,8 +263,9 @@ class Dense(nn.Module):
 
 
 class InstanceNorm(nn.Module):
-    """tf.contrib.layers.instance_norm(epsilon=1e-5): moments over H, W (biased), evaluated as
-    tf.nn.batch_normalization: inv = rsqrt(var + eps) * gamma; x * inv + (beta - mean * inv)."""
+    """tf.contrib.layers.instance_norm(epsilon=1e-5): moments over H, W (biased), then the affine
+    map TF evaluates as x * inv + (beta - mean * inv), inv = rsqrt(var + eps) * gamma. Here ATen's
+    fused instance-norm kernel computes the same map (equal in float64; float32 rounding only)."""
 
     def __init__(self, channels: int, eps: float = NORM_EPS):
         super().__init__()
