@@ -28,12 +28,17 @@ def _inputs(s):
     return (rng.uniform(-1, 1, (1, s, s, 3)).astype(np.float32), rng.uniform(-1, 1, (1, s, s, 3)).astype(np.float32))
 
 
-def torch_runner(cfg, device):
-    """(train_iteration, translate) callables for torch_port; each returns when the work is done."""
+def torch_runner(cfg, device, init_from: str | None = None):
+    """(train_iteration, translate) callables for torch_port; each returns when the work is done.
+    init_from: a TF checkpoint folder whose weights (converted) the model starts from."""
     import torch
     from torch_port import build_ugatit
     torch.manual_seed(0)
-    model = build_ugatit(cfg).to(device)
+    model = build_ugatit(cfg)
+    if init_from:
+        import weights_convert
+        model.load_state_dict(weights_convert.tf_to_torch(init_from, overrides={"img_size": cfg["img_size"]})[1])
+    model = model.to(device)
     model.make_optimizers(cfg["lr"])
     a, b = (torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device) for x in _inputs(cfg["img_size"]))
 
@@ -53,8 +58,10 @@ def torch_runner(cfg, device):
     return train, translate
 
 
-def tf_runner(cfg):
-    """(train_iteration, translate) callables for tf_reference (two graphs, two sessions)."""
+def tf_runner(cfg, save_to: str | None = None):
+    """(train_iteration, translate) callables for tf_reference (two graphs, two sessions).
+    save_to: write the initial weights there (a checkpoint folder) and give the test graph the
+    same weights, so both frameworks run the same model."""
     from tf_reference.compat import tf
     from tf_reference.model import UGATITGraph
     s = cfg["img_size"]
@@ -65,10 +72,14 @@ def tf_runner(cfg):
         m = UGATITGraph(cfg).build_train(pa, pb)
         sess_train = tf.Session(graph=g_train)
         sess_train.run(tf.global_variables_initializer())
+        if save_to:
+            prefix = tf.train.Saver().save(sess_train, os.path.join(save_to, "UGATIT.model"), global_step=0)
     with g_test.as_default():
         mt = UGATITGraph(dict(cfg, phase="test")).build_test()
         sess_test = tf.Session(graph=g_test)
         sess_test.run(tf.global_variables_initializer())
+        if save_to:
+            tf.train.Saver().restore(sess_test, prefix)
     feed = {pa: a, pb: b, m.lr: cfg["lr"]}
 
     def train():
@@ -86,16 +97,17 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def worker(name: str, cfg: dict, device: str) -> int:
-    """Serve timing requests on stdin ("train" / "translate"), one JSON line of seconds each."""
+def worker(name: str, cfg: dict, device: str, weights: str | None) -> int:
+    """Serve timing requests on stdin ("train" / "translate"), one JSON line of seconds each.
+    `weights`: the TF worker writes its initial weights there, the torch worker loads them."""
     if name == "torch_port":
         from torch_port.cpu_memory import keep_freed_memory
         from torch_port.train import pick_device
         if pick_device(device).type == "cpu":
             keep_freed_memory()  # as `python -m torch_port` does on CPU
-        train, translate = torch_runner(cfg, pick_device(device))
+        train, translate = torch_runner(cfg, pick_device(device), weights)
     else:
-        train, translate = tf_runner(cfg)
+        train, translate = tf_runner(cfg, weights)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         what = line.strip()
@@ -142,15 +154,21 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--skip_tf", action="store_true")
     p.add_argument("--worker", choices=["torch_port", "tf_reference"], help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     cfg = opt.validate(opt.config_from(light=a.light, img_size=a.img_size, ch=a.ch, n_dis=a.n_dis))
     if a.worker:
-        return worker(a.worker, cfg, a.device)
+        return worker(a.worker, cfg, a.device, a.weights)
     passthrough = ["--img_size", str(a.img_size), "--ch", str(a.ch), "--n_dis", str(a.n_dis),
                    "--light", str(a.light), "--device", a.device]
-    names = ["torch_port"] + ([] if a.skip_tf else ["tf_reference"])
-    workers = [_Worker(n, passthrough) for n in names]
-    times = {n: ([], []) for n in names}
+    import tempfile
+    tmp = tempfile.TemporaryDirectory(prefix="bench_train_")
+    if a.skip_tf:
+        workers = [_Worker("torch_port", passthrough)]
+    else:  # TF first: it writes its initial weights, which the torch worker then loads
+        workers = [_Worker("tf_reference", passthrough + ["--weights", tmp.name])]
+        workers.insert(0, _Worker("torch_port", passthrough + ["--weights", tmp.name]))
+    times = {w.name: ([], []) for w in workers}
     try:
         for _ in range(a.warmup):
             for w in workers:
@@ -163,10 +181,12 @@ def main(argv=None):
     finally:
         for w in workers:
             w.close()
+        tmp.cleanup()
     import torch
     from torch_port.train import pick_device
     device = pick_device(a.device)
-    print(f"\nlight={a.light} img_size={a.img_size} ch={a.ch} n_dis={a.n_dis} batch=1 iters={a.iters} "
+    print(f"\nsame initial weights in both: {not a.skip_tf}")
+    print(f"light={a.light} img_size={a.img_size} ch={a.ch} n_dis={a.n_dis} batch=1 iters={a.iters} "
           f"torch threads={torch.get_num_threads()} load average {os.getloadavg()[0]:.2f}")
     print(f"{'impl':<14}{'device':<8}{'s/iter (D+G)':>14}{'test img/s':>12}   per-iteration times")
     rows = {}
