@@ -103,9 +103,10 @@ def worker(name: str, cfg: dict, device: str, weights: str | None) -> int:
     if name == "torch_port":
         from torch_port.cpu_memory import keep_freed_memory
         from torch_port.train import pick_device
-        if pick_device(device).type == "cpu":
+        dev = pick_device(device)
+        if dev.type == "cpu":
             keep_freed_memory()  # as `python -m torch_port` does on CPU
-        train, translate = torch_runner(cfg, pick_device(device), weights)
+        train, translate = torch_runner(cfg, dev, weights)
     else:
         train, translate = tf_runner(cfg, weights)
     print(json.dumps({"ready": True}), flush=True)

@@ -76,11 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise opt.OptionError(f"--device={name!r}: CUDA is not available on this machine")
-    return torch.device(name)
+    from torch_port.train import pick_device
+    return pick_device(name)
 
 
 def _cfg(args) -> dict:

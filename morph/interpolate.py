@@ -32,9 +32,6 @@ __all__ = ["w_codes", "lerp", "morph_frames", "smoothness", "write_strip", "writ
            "list_inputs", "interpolate_images", "write_index"]
 
 
-atomic_write = write_bytes_atomic
-
-
 @torch.no_grad()
 def w_codes(model, samples: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """(w_ab, w_ba), each [1, w_dim]: the mean of MLP(z) over `samples` draws of each direction's z."""
@@ -100,7 +97,7 @@ def write_gif(frames, path: str, duration_ms: int = 250) -> str:
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
                    duration=int(duration_ms), loop=0)
-    return atomic_write(path, buf.getvalue())
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 def list_inputs(path: str) -> list[str]:
@@ -140,7 +137,7 @@ def write_index(result_dir: str, rows: list[dict], filename: str = "index.html")
     text = ("<html><body><h3>Morph-UGATIT: B-&gt;A code (left) to A-&gt;B code (right)</h3>"
             "<table><tr><th>name</th><th>strip</th><th>gif</th><th>smoothness (max/mean step)</th></tr>\n"
             f"{body}\n</table></body></html>\n")
-    return atomic_write(page, text.encode("utf-8"))
+    return write_bytes_atomic(page, text.encode("utf-8"))
 
 
 @torch.no_grad()
@@ -166,7 +163,7 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
             fig.update({"input": os.path.abspath(path), "samples": samples,
                         "t": frame_ts(steps), "strip": os.path.basename(strip), "gif": os.path.basename(gif),
                         "definition": "max_i mean|f[i+1]-f[i]| / mean_i mean|f[i+1]-f[i]|; 1.0 = even"})
-            js = atomic_write(os.path.join(result_dir, f"{name}_smoothness.json"),
+            js = write_bytes_atomic(os.path.join(result_dir, f"{name}_smoothness.json"),
                               (json.dumps(fig, indent=2) + "\n").encode("utf-8"))
             if log:
                 log(f"{name}: strip {strip}  gif {gif}  smoothness {fig['smoothness']:.4f}")

@@ -21,22 +21,11 @@ class CheckpointMismatch(opt.OptionError):
 
 def check_checkpoint_matches(ckpt_path: str, graph_vars) -> None:
     """Compare names and shapes before restoring, so a wrong --light/--ch/... names the variables."""
-    stored = dict(tf.train.list_variables(ckpt_path))
     wanted = {v.op.name: v.shape.as_list() for v in graph_vars}
-    missing = sorted(set(wanted) - set(stored))
-    unexpected = sorted(set(stored) - set(wanted))
-    shapes = [f"{n}: checkpoint {stored[n]} vs model {wanted[n]}" for n in sorted(wanted)
-              if n in stored and list(stored[n]) != wanted[n]]
-    if missing or shapes:
-        lines = [f"checkpoint {ckpt_path} does not match the configured model "
-                 f"(check --light, --ch, --n_res, --n_dis, --img_size, --sn):"]
-        if missing:
-            lines.append(f"  {len(missing)} variables missing from the checkpoint, e.g. " + ", ".join(missing[:5]))
-        if unexpected:
-            lines.append(f"  {len(unexpected)} unexpected variables, e.g. " + ", ".join(unexpected[:5]))
-        if shapes:
-            lines.append(f"  {len(shapes)} shape mismatches, e.g. " + "; ".join(shapes[:5]))
-        raise CheckpointMismatch("\n".join(lines))
+    message = opt.checkpoint_mismatch(ckpt_path, wanted, dict(tf.train.list_variables(ckpt_path)),
+                                      unexpected_is_error=False)
+    if message:
+        raise CheckpointMismatch(message)
 
 
 def latest_checkpoint(folder: str):
@@ -174,18 +163,6 @@ def test(cfg: dict) -> str:
 
 
 def print_information(cfg: dict, dataset_num: int) -> None:
-    print("\n##### Information #####")
-    for key in ("light", "gan_type", "dataset"):
-        print(f"# {key} : ", cfg[key])
-    print("# max dataset number : ", dataset_num)
-    for key in ("batch_size", "epoch", "iteration", "smoothing"):
-        print(f"# {key} : ", cfg[key])
-    print("\n##### Generator #####\n# residual blocks : ", cfg["n_res"])
-    print("\n##### Discriminator #####")
-    print("# discriminator layer : ", cfg["n_dis"])
-    print("# the number of critic : ", cfg["n_critic"])
-    print("# spectral normalization : ", cfg["sn"])
-    print("\n##### Weight #####")
-    for key in ("adv_weight", "cycle_weight", "identity_weight", "cam_weight"):
-        print(f"# {key} : ", cfg[key])
-    print()
+    print(opt.information(cfg, dataset_num) + "\n")
+
+

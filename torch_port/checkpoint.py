@@ -206,22 +206,10 @@ def has_tf_checkpoint(folder: str) -> bool:
 
 def check_matches(model: torch.nn.Module, weights: dict, source: str) -> None:
     """Names and shapes of `weights` against the model's state dict; a clear error otherwise."""
-    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in weights.items()}
-    missing = sorted(set(wanted) - set(got))
-    unexpected = sorted(set(got) - set(wanted))
-    shapes = [f"{k}: checkpoint {list(got[k])} vs model {list(wanted[k])}" for k in sorted(wanted)
-              if k in got and got[k] != wanted[k]]
-    if missing or unexpected or shapes:
-        lines = [f"checkpoint {source} does not match the configured model "
-                 f"(check --light, --ch, --n_res, --n_dis, --img_size, --sn):"]
-        if shapes:
-            lines.append(f"  {len(shapes)} shape mismatches, e.g. " + "; ".join(shapes[:5]))
-        if missing:
-            lines.append(f"  {len(missing)} variables missing from the checkpoint, e.g. " + ", ".join(missing[:5]))
-        if unexpected:
-            lines.append(f"  {len(unexpected)} unexpected variables, e.g. " + ", ".join(unexpected[:5]))
-        raise CheckpointMismatch("\n".join(lines))
+    message = opt.checkpoint_mismatch(source, {k: tuple(v.shape) for k, v in model.state_dict().items()},
+                                      {k: tuple(v.shape) for k, v in weights.items()})
+    if message:
+        raise CheckpointMismatch(message)
 
 
 def load_weights_into(model: torch.nn.Module, weights: dict, source: str) -> None:

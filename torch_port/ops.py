@@ -22,7 +22,7 @@ import torch.nn.functional as F
 __all__ = [
     "tf_conv_padding", "l2_normalize", "spectral_sigma", "spectral_normalize", "spectral_norm_run",
     "SpectralNormMixin", "Conv", "Dense", "InstanceNorm", "AdaLIN", "LIN", "CAMLogit",
-    "moments", "instance_normalize", "layer_normalize", "lrelu", "relu", "up_sample", "global_avg_pooling",
+    "instance_normalize", "layer_normalize", "lrelu", "relu", "up_sample", "global_avg_pooling",
     "global_max_pooling",
 ]
 
@@ -72,15 +72,6 @@ def global_max_pooling(x: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] -> [B, C] max over H, W. `amax` splits the gradient evenly among ties,
     like TF's reduce_max gradient (torch.max(dim) would send it to one element)."""
     return x.amax(dim=(2, 3))
-
-
-def moments(x: torch.Tensor, dims) -> tuple[torch.Tensor, torch.Tensor]:
-    """tf.nn.moments(keep_dims=True): mean and biased variance, the variance computed around a
-    stop-gradient mean exactly as TF does. (The layers use the fused kernels below, which compute
-    the same quantities; this is kept for reference checks.)"""
-    mean = x.mean(dim=dims, keepdim=True)
-    var = (x - mean.detach()).square().mean(dim=dims, keepdim=True)
-    return mean, var
 
 
 def instance_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:

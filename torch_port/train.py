@@ -101,23 +101,12 @@ def gp_draws(cfg, real_A, real_B, seed, counter, rank=0):
 
 
 def print_information(cfg, sizes, device, paths, dist_info):
-    print("\n##### Information #####")
-    for key in ("light", "gan_type", "dataset"):
-        print(f"# {key} : ", cfg[key])
-    print("# max dataset number : ", max(sizes))
-    print(f"# trainA / trainB images : {sizes[0]} / {sizes[1]}")
-    for key in ("batch_size", "epoch", "iteration", "smoothing", "img_size", "ch", "augment_flag", "seed"):
+    print(opt.information(cfg, max(sizes)))
+    print(f"\n# trainA / trainB images : {sizes[0]} / {sizes[1]}")
+    for key in ("img_size", "ch", "augment_flag", "seed"):
         print(f"# {key} : ", cfg.get(key))
-    print("\n##### Generator #####\n# residual blocks : ", cfg["n_res"])
-    print("\n##### Discriminator #####")
-    print("# discriminator layer : ", cfg["n_dis"])
-    print("# the number of critic : ", cfg["n_critic"])
-    print("# spectral normalization : ", cfg["sn"])
-    print("\n##### Weight #####")
-    for key in ("adv_weight", "cycle_weight", "identity_weight", "cam_weight"):
-        print(f"# {key} : ", cfg[key])
-    print(f"\n# device : {device}" + (f" (rank {dist_info.rank} of {dist_info.world_size})"
-                                       if dist_info.enabled else ""))
+    print(f"# device : {device}" + (f" (rank {dist_info.rank} of {dist_info.world_size})"
+                                    if dist_info.enabled else ""))
     print(f"# model_dir : {opt.model_dir(cfg)}")
     print(f"# checkpoint : {paths.checkpoint}\n# samples : {paths.sample}\n# logs : {paths.log}\n",
           flush=True)

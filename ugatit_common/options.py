@@ -190,3 +190,38 @@ def iteration_line(epoch: int, idx: int, iteration: int, elapsed: float, d_loss:
     """The official per-iteration progress line."""
     return "Epoch: [%2d] [%5d/%5d] time: %4.4f d_loss: %.8f, g_loss: %.8f" % (
         epoch, idx, iteration, elapsed, d_loss, g_loss)
+
+
+def information(cfg: dict, dataset_num: int) -> str:
+    """The official start-of-training summary (the same block both command lines print)."""
+    lines = ["", "##### Information #####"]
+    lines += [f"# {k} :  {cfg[k]}" for k in ("light", "gan_type", "dataset")]
+    lines.append(f"# max dataset number :  {dataset_num}")
+    lines += [f"# {k} :  {cfg[k]}" for k in ("batch_size", "epoch", "iteration", "smoothing")]
+    lines += ["", "##### Generator #####", f"# residual blocks :  {cfg['n_res']}",
+              "", "##### Discriminator #####", f"# discriminator layer :  {cfg['n_dis']}",
+              f"# the number of critic :  {cfg['n_critic']}", f"# spectral normalization :  {cfg['sn']}",
+              "", "##### Weight #####"]
+    lines += [f"# {k} :  {cfg[k]}" for k in ("adv_weight", "cycle_weight", "identity_weight", "cam_weight")]
+    return "\n".join(lines)
+
+
+def checkpoint_mismatch(source: str, wanted: dict, stored: dict, unexpected_is_error: bool = True) -> str | None:
+    """A message naming what differs between a checkpoint's {name: shape} (`stored`) and the
+    configured model's (`wanted`), or None when it fits. TF's Saver restores past extra
+    checkpoint variables, hence `unexpected_is_error=False` there (they are still listed)."""
+    missing = sorted(set(wanted) - set(stored))
+    unexpected = sorted(set(stored) - set(wanted))
+    shapes = [f"{n}: checkpoint {list(stored[n])} vs model {list(wanted[n])}" for n in sorted(wanted)
+              if n in stored and tuple(stored[n]) != tuple(wanted[n])]
+    if not (missing or shapes or (unexpected and unexpected_is_error)):
+        return None
+    lines = [f"checkpoint {source} does not match the configured model "
+             f"(check --light, --ch, --n_res, --n_dis, --img_size, --sn):"]
+    if shapes:
+        lines.append(f"  {len(shapes)} shape mismatches, e.g. " + "; ".join(shapes[:5]))
+    if missing:
+        lines.append(f"  {len(missing)} variables missing from the checkpoint, e.g. " + ", ".join(missing[:5]))
+    if unexpected:
+        lines.append(f"  {len(unexpected)} unexpected variables, e.g. " + ", ".join(unexpected[:5]))
+    return "\n".join(lines)

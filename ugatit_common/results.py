@@ -26,12 +26,9 @@ def to_uint8(images) -> np.ndarray:
     return x.astype("uint8")
 
 
-_atomic_bytes = write_bytes_atomic
-
-
 def write_text_atomic(path: str, text: str) -> str:
     """Write a text file (report, page) atomically."""
-    return _atomic_bytes(path, text.encode("utf-8"))
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _write_rgb(path: str, rgb_uint8: np.ndarray) -> str:
@@ -39,7 +36,7 @@ def _write_rgb(path: str, rgb_uint8: np.ndarray) -> str:
     ok, buf = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(rgb_uint8), cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"could not encode an image for {path!r}")
-    return _atomic_bytes(path, buf.tobytes())
+    return write_bytes_atomic(path, buf.tobytes())
 
 
 def _as_hwc_list(item):
@@ -103,7 +100,7 @@ class ResultsPage:
         body = "\n".join(self.rows)
         text = ("<html><body><table><tr><th>name</th><th>input</th><th>output</th></tr>\n"
                 f"{body}\n</table></body></html>\n")
-        return _atomic_bytes(self.path, text.encode("utf-8"))
+        return write_bytes_atomic(self.path, text.encode("utf-8"))
 
     def __enter__(self):
         return self
