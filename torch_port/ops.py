@@ -74,16 +74,47 @@ def global_max_pooling(x: torch.Tensor) -> torch.Tensor:
     return x.amax(dim=(2, 3))
 
 
+class _CenteredNormalize(torch.autograd.Function):
+    """(x - mean) / sqrt(var + eps) over `dims`, in TF's order of operations: subtract the mean
+    first, then divide (TF moments + the official formula). ATen's fused norms evaluate
+    x * rstd - mean * rstd instead, which in float32 cancels where |mean| >> std and doubled
+    the port's rounding error against TF's through the AdaLIN/LIN decoder. The gradient is
+    ATen's fused norm backward (it subtracts the mean first too); it is not twice
+    differentiable (no official loss differentiates a generator twice)."""
+
+    @staticmethod
+    def forward(ctx, x, dims, eps):
+        mean = x.mean(dims, keepdim=True)
+        centered = x - mean
+        var = centered.square().mean(dims, keepdim=True)  # biased, like TF moments
+        ctx.save_for_backward(x, mean, torch.rsqrt(var + eps))
+        ctx.dims, ctx.eps = dims, eps
+        return centered.div_(torch.sqrt(var + eps))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, mean, rstd = ctx.saved_tensors
+        mask = [True, False, False]
+        if ctx.dims == (2, 3):  # per (sample, channel): batch-norm backward over N*C channels
+            n, c, h, w = x.shape
+            gx = torch.ops.aten.native_batch_norm_backward(
+                grad.reshape(1, n * c, h, w), x.reshape(1, n * c, h, w), None, None, None,
+                mean.reshape(n * c), rstd.reshape(n * c), True, ctx.eps, mask)[0]
+            return gx.reshape(x.shape), None, None
+        gx = torch.ops.aten.native_layer_norm_backward(grad, x, list(x.shape[1:]), mean, rstd, None, None, mask)[0]
+        return gx, None, None
+
+
 def instance_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """(x - mean) / sqrt(var + eps) over H, W per sample and channel, biased variance: TF's
-    moments-based formula, evaluated by ATen's fused kernel (one pass forward and backward; the
-    gradient through the mean is the same: it sums to zero in the variance term)."""
-    return F.instance_norm(x, eps=eps)
+    """(x - mean) / sqrt(var + eps) over H, W per sample and channel, biased variance (the
+    official AdaLIN/LIN formula on TF moments)."""
+    return _CenteredNormalize.apply(x.contiguous(), (2, 3), eps)
 
 
 def layer_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     """(x - mean) / sqrt(var + eps) over C, H, W per sample (TF moments over axes [1, 2, 3])."""
-    return F.layer_norm(x, x.shape[1:], eps=eps)
+    return _CenteredNormalize.apply(x.contiguous(), tuple(range(1, x.dim())), eps)
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
