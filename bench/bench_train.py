@@ -91,6 +91,34 @@ def tf_runner(cfg, save_to: str | None = None):
     return train, translate
 
 
+def conv_throughput(device, ch: int = 256, size: int = 64, reps: int = 5) -> float:
+    """FLOP/s of the port's commonest convolution (3x3, ch -> ch at size x size: a resblock of the
+    256-px model), forward plus both backward products, best of `reps` (a practical peak)."""
+    import torch
+    import torch.nn.functional as F
+    x = torch.randn(1, ch, size + 2, size + 2, device=device, requires_grad=True)
+    w = torch.randn(ch, ch, 3, 3, device=device, requires_grad=True)
+    flops = 3 * 2 * size * size * ch * ch * 9
+    best = float("inf")
+    for _ in range(reps + 1):
+        t = time.perf_counter()
+        y = F.conv2d(x, w)
+        y.backward(torch.ones_like(y))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return flops / best
+
+
+def iteration_flops(train) -> int:
+    """FLOPs of one training iteration as the port computes it (convolutions and matrix products,
+    forward and backward, counted by torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        train()
+    return counter.get_total_flops()
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -107,6 +135,7 @@ def worker(name: str, cfg: dict, device: str, weights: str | None) -> int:
         if dev.type == "cpu":
             keep_freed_memory()  # as `python -m torch_port` does on CPU
         train, translate = torch_runner(cfg, dev, weights)
+        floor = lambda: {"flops": iteration_flops(train), "peak": conv_throughput(dev)}  # noqa: E731
     else:
         train, translate = tf_runner(cfg, weights)
     print(json.dumps({"ready": True}), flush=True)
@@ -114,6 +143,9 @@ def worker(name: str, cfg: dict, device: str, weights: str | None) -> int:
         what = line.strip()
         if what == "quit":
             break
+        if what == "floor":
+            print(json.dumps(floor()), flush=True)
+            continue
         print(json.dumps({"seconds": _timed(train if what == "train" else translate)}), flush=True)
     return 0
 
@@ -133,10 +165,13 @@ class _Worker:
             if line.startswith("{"):
                 return json.loads(line)
 
-    def time(self, what: str) -> float:
+    def ask(self, what: str) -> dict:
         self.proc.stdin.write(what + "\n")
         self.proc.stdin.flush()
-        return self._read()["seconds"]
+        return self._read()
+
+    def time(self, what: str) -> float:
+        return self.ask(what)["seconds"]
 
     def close(self):
         self.proc.stdin.write("quit\n")
@@ -179,6 +214,7 @@ def main(argv=None):
             for w in workers:
                 times[w.name][0].append(w.time("train"))
                 times[w.name][1].append(w.time("translate"))
+        floor = workers[0].ask("floor")  # the torch worker
     finally:
         for w in workers:
             w.close()
@@ -199,6 +235,13 @@ def main(argv=None):
     if len(rows) == 2:
         (t_it, t_ips), (r_it, r_ips) = rows["torch_port"], rows["tf_reference"]
         print(f"ratio torch/tf: iteration time {t_it / r_it:.2f}x, test throughput {t_ips / r_ips:.2f}x")
+    # what no implementation of the same arithmetic can beat on this machine: the iteration's
+    # FLOPs at the best throughput measured for one of its own convolutions
+    seconds = floor["flops"] / floor["peak"]
+    print(f"arithmetic floor: {floor['flops'] / 1e12:.3f} TFLOP per iteration / {floor['peak'] / 1e9:.0f} GFLOP/s "
+          f"(3x3 conv, forward + backward) = {seconds:.2f} s per iteration"
+          + (f" = {seconds / rows['tf_reference'][0]:.2f}x of tf_reference's" if "tf_reference" in rows else "")
+          + f"; torch_port takes {rows['torch_port'][0] / seconds:.2f}x the floor")
     return 0
 
 

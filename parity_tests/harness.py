@@ -10,11 +10,17 @@ Two criteria per tensor, both required:
 2. Float32 accuracy: |torch32 - tf32| <= 1e-5 * max(1, max|ref|) (conv sums of a few thousand
    float32 products in another order differ by ~1e-6 relative per layer), OR, where float32
    rounding has grown through ~40 layers (instance norms amplify it when a channel's variance is
-   small), the port's float32 rounding is no larger than TF's own: the root mean square over the
-   tensor of |torch32 - tf64| is at most twice that of |tf32 - tf64|. Root mean square, not the
-   max: the max of thousands of rounding errors is an extreme value whose ratio between two
-   independent float32 runs is heavy-tailed (measured up to 2.8 on one hypothesis case), while
-   the RMS ratio is stable (measured <= 1.35 over 50 random configurations, ~3,600 tensors each).
+   small), the port's float32 rounding is of the same size as TF's own: the root mean square over
+   the tensor of |torch32 - tf64| is at most 3x that of |tf32 - tf64|. Root mean square, not
+   the max: the max of thousands of rounding errors is an extreme value, and its ratio between
+   two independent float32 runs reached 2.8 on one hypothesis case. The RMS ratio still has a
+   tail, because in a 2-channel network a few rounding errors upstream, amplified by the same
+   ill-conditioned norms, dominate both runs: over 75 random configurations (10,972 tensors) the
+   116 tensors that needed this criterion had RMS ratios of median 0.88, 90th percentile 1.21,
+   max 1.78. A port that lost precision wholesale (a float16 or bfloat16 step rounds ~1000x
+   coarser) lands far above 3; one that computes different math fails criterion 1. Subtler
+   rounding differences pass it (ATen's fused norm formula, which cancels where |mean| >> std,
+   gave 1.62 on the case above; the port now uses TF's order of operations there, 1.40).
 """
 from __future__ import annotations
 
@@ -25,10 +31,10 @@ import numpy as np
 
 FORWARD_TOL = 1e-5
 FLOAT64_TOL = 1e-9
-RMS_FACTOR = 2.0  # two independent float32 roundings of equal size; see the module docstring
+RMS_FACTOR = 3.0  # two independent float32 roundings of equal size, and their measured tail
 CRITERIA = (f"A tensor is ok when float64 torch vs float64 TF <= {FLOAT64_TOL} * max(1, max|ref|) and float32 "
             f"torch vs float32 TF <= {FORWARD_TOL} * max(1, max|ref|), or torch's float32 error vs the float64 "
-            f"truth (root mean square over the tensor) is at most twice TF's own.")
+            f"truth (root mean square over the tensor) is at most 3x TF's own.")
 NETS = ("generator_B", "generator_A", "discriminator_A", "discriminator_B")
 
 

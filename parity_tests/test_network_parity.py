@@ -1,7 +1,7 @@
 """Every layer of both generators and both discriminators: tf_reference vs torch_port with
 converted weights, across configurations (tolerance in parity_tests/harness.py)."""
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 from parity_tests.harness import compare_networks, failures, random_tf_weights, table
 from ugatit_common.options import config_from
@@ -33,6 +33,8 @@ def test_every_layer_fixed_configs(overrides):
 
 @given(light=st.booleans(), ch=st.sampled_from([2, 3, 4]), n_dis=st.sampled_from([4, 5]),
        sn=st.booleans(), smoothing=st.booleans(), seed=st.integers(0, 2 ** 16))
+# a CI failure: float32 rounding amplified through a 2-channel light decoder (fallback criterion)
+@example(light=True, ch=2, n_dis=4, sn=False, smoothing=True, seed=65536)
 def test_every_layer_hypothesis(light, ch, n_dis, sn, smoothing, seed):
     size = 2 ** (n_dis + 1)
     check(dict(light=light, ch=ch, n_dis=n_dis, img_size=size, sn=sn, smoothing=smoothing), seed)
