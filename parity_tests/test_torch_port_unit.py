@@ -199,6 +199,20 @@ def test_lin_formula_and_init():
     np.testing.assert_allclose(norm(x).detach().numpy(), ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("which", ["instance", "layer"])
+def test_centered_normalize_gradient(which):
+    """The AdaLIN/LIN normalisations compute TF's (x - mean) / sqrt(var + eps) forward and ATen's
+    fused norm backward: check that backward against finite differences, batch 2, offset mean."""
+    from torch_port.ops import instance_normalize, layer_normalize
+    fn = instance_normalize if which == "instance" else layer_normalize
+    x = (torch.randn(2, 3, 5, 4, dtype=torch.float64) * 0.7 + 3.0).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: fn(t, 1e-5), (x,))
+    y = fn(x, 1e-5)
+    (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        g.sum().backward()  # not twice differentiable: says so instead of a silently wrong answer
+
+
 def test_cam_logit_weights_are_kernel_plus_bias():
     torch.manual_seed(0)
     cam = CAMLogit(4)
