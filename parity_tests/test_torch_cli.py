@@ -149,6 +149,7 @@ def _expect_error(args, cwd, monkeypatch, capsys, *needles):
 def test_bad_flags_and_inputs(tmp_path, monkeypatch, capsys):
     _expect_error(TINY + ["--gan_type", "foo"], tmp_path, monkeypatch, capsys, "--gan_type")
     _expect_error(TINY + ["--img_size", "30"], tmp_path, monkeypatch, capsys, "--img_size")
+    _expect_error(TINY + ["--threads", "0"], tmp_path, monkeypatch, capsys, "--threads=0")
     _expect_error(TINY, tmp_path, monkeypatch, capsys, "dataset/t/trainA")  # no dataset at all
     os.makedirs(tmp_path / "dataset" / "t" / "trainA")
     os.makedirs(tmp_path / "dataset" / "t" / "trainB")
@@ -156,6 +157,19 @@ def test_bad_flags_and_inputs(tmp_path, monkeypatch, capsys):
     # the bad-flag path through the real command line: no traceback, exit 2
     proc = cli(TINY + ["--gan_type", "foo"], tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_threads_flag_sets_and_reports_cpu_threads(tmp_path, monkeypatch, capsys):
+    make_data(str(tmp_path))
+    before = torch.get_num_threads()
+    try:
+        rc = run_main(TINY + ["--iteration", "1", "--epoch", "1", "--threads", "1", "--device", "cpu"],
+                      monkeypatch, tmp_path)
+        out = capsys.readouterr().out
+        assert rc == 0 and torch.get_num_threads() == 1
+        assert "# device : cpu, 1 CPU threads" in out, out
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_corrupt_image_is_skipped_with_warning(tmp_path, monkeypatch, capsys):

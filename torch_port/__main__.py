@@ -3,6 +3,8 @@
 Official flags (same names, defaults, meanings) plus:
   --device cpu|cuda|auto   (default auto: CUDA when available)
   --num_workers N          data-loader worker processes (default 0)
+  --threads N              CPU threads per process (default: torch's, one per core; fewer on a
+                           busy machine: OpenMP threads that wait for a taken core slow down 3-5x)
   --seed N                 seed of every random draw (default 0)
   --keep_checkpoints K     torch checkpoints kept (default 3)
   --resume True|False      continue from the newest checkpoint (default True, as officially)
@@ -29,6 +31,7 @@ def build_parser():
     p = opt.build_parser("PyTorch port of the official U-GAT-IT")
     p.add_argument("--device", default="auto", help="cpu / cuda / cuda:N / auto (default: auto)")
     p.add_argument("--num_workers", type=int, default=0, help="data-loader workers (default: 0)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: one per core)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--keep_checkpoints", type=int, default=3, help="torch checkpoints to keep (default: 3)")
     p.add_argument("--resume", type=opt.str2bool, default=True, help="resume from the newest checkpoint")
@@ -38,12 +41,14 @@ def build_parser():
     return p
 
 
-EXTRA_KEYS = ("device", "num_workers", "seed", "keep_checkpoints", "resume", "input", "direction", "demo")
+EXTRA_KEYS = ("device", "num_workers", "threads", "seed", "keep_checkpoints", "resume", "input", "direction", "demo")
 
 
 def _validate_extra(a):
     if a.num_workers < 0:
         raise opt.OptionError(f"--num_workers={a.num_workers}: must be >= 0")
+    if a.threads is not None and a.threads < 1:
+        raise opt.OptionError(f"--threads={a.threads}: must be >= 1")
     if a.keep_checkpoints < 1:
         raise opt.OptionError(f"--keep_checkpoints={a.keep_checkpoints}: must be >= 1")
     if not (a.device in ("auto", "cpu") or a.device.startswith("cuda")):
@@ -57,6 +62,9 @@ def run(a) -> int:
     from .train import NonFiniteLoss, pick_device
     cfg = opt.validate(opt.config_from({k: v for k, v in vars(a).items() if k not in EXTRA_KEYS}))
     device = pick_device(a.device)
+    if a.threads is not None:
+        import torch
+        torch.set_num_threads(a.threads)
     if device.type == "cpu":
         from .cpu_memory import keep_freed_memory
         keep_freed_memory()
@@ -94,6 +102,8 @@ def demo(a) -> int:
     os.chdir(root)
     parser = build_parser()
     common = DEMO_FLAGS + ["--device", a.device, "--seed", str(a.seed)]
+    if a.threads is not None:
+        common += ["--threads", str(a.threads)]
     print(f" [*] demo: data set in {os.path.join(root, 'dataset', 'demo')}", flush=True)
     rc = run(parser.parse_args(common + ["--phase", "train"]))
     if rc:

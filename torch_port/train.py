@@ -106,7 +106,8 @@ def print_information(cfg, sizes, device, paths, dist_info):
     for key in ("img_size", "ch", "augment_flag", "seed"):
         print(f"# {key} : ", cfg.get(key))
     print(f"# device : {device}" + (f" (rank {dist_info.rank} of {dist_info.world_size})"
-                                    if dist_info.enabled else ""))
+                                    if dist_info.enabled else "")
+          + (f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""))
     print(f"# model_dir : {opt.model_dir(cfg)}")
     print(f"# checkpoint : {paths.checkpoint}\n# samples : {paths.sample}\n# logs : {paths.log}\n",
           flush=True)
