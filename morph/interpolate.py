@@ -164,7 +164,7 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
                         "t": frame_ts(steps), "strip": os.path.basename(strip), "gif": os.path.basename(gif),
                         "definition": "max_i mean|f[i+1]-f[i]| / mean_i mean|f[i+1]-f[i]|; 1.0 = even"})
             js = write_bytes_atomic(os.path.join(result_dir, f"{name}_smoothness.json"),
-                              (json.dumps(fig, indent=2) + "\n").encode("utf-8"))
+                                    (json.dumps(fig, indent=2) + "\n").encode("utf-8"))
             if log:
                 log(f"{name}: strip {strip}  gif {gif}  smoothness {fig['smoothness']:.4f}")
             rows.append({"name": name, "strip": strip, "gif": gif, "json": js,

@@ -46,14 +46,9 @@ def _key(name: str) -> str:
     return name.replace("/", "|")
 
 
-def input_image(cfg: dict, seed: int) -> np.ndarray:
-    """The input `harness.compare_networks` uses for this seed."""
-    return np.random.default_rng(seed).uniform(-1, 1, (1, cfg["img_size"], cfg["img_size"], 3)).astype(np.float32)
-
-
 def generate(overrides: dict, seed: int = SEED) -> dict:
     """{"config", "seed", "input", "weights", "float32", "float64"} computed by tf_reference now."""
-    from parity_tests.harness import random_tf_weights, tf_forward
+    from parity_tests.harness import input_image, random_tf_weights, tf_forward
     from ugatit_common.options import config_from
     cfg = config_from(**overrides)
     weights = random_tf_weights(cfg, seed)

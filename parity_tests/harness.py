@@ -34,7 +34,7 @@ FLOAT64_TOL = 1e-9
 RMS_FACTOR = 3.0  # two independent float32 roundings of equal size, and their measured tail
 CRITERIA = (f"A tensor is ok when float64 torch vs float64 TF <= {FLOAT64_TOL} * max(1, max|ref|) and float32 "
             f"torch vs float32 TF <= {FORWARD_TOL} * max(1, max|ref|), or torch's float32 error vs the float64 "
-            f"truth (root mean square over the tensor) is at most 3x TF's own.")
+            f"truth (root mean square over the tensor) is at most {RMS_FACTOR:g}x TF's own.")
 NETS = ("generator_B", "generator_A", "discriminator_A", "discriminator_B")
 
 
@@ -52,6 +52,11 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
 
 def _rms(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(a.astype(np.float64) - b.astype(np.float64))))) if a.size else 0.0
+
+
+def input_image(cfg: dict, seed: int) -> np.ndarray:
+    """The NHWC float32 input in [-1, 1] every parity comparison draws for `seed`."""
+    return np.random.default_rng(seed).uniform(-1, 1, (1, cfg["img_size"], cfg["img_size"], 3)).astype(np.float32)
 
 
 def random_tf_weights(cfg: dict, seed: int = 0) -> dict:
@@ -203,7 +208,7 @@ def compare_networks(ckpt_or_weights, cfg: dict, seed: int = 0, x=None, truth64:
     from ugatit_common.options import config_from
     cfg = config_from(cfg)
     if x is None:
-        x = np.random.default_rng(seed).uniform(-1, 1, (1, cfg["img_size"], cfg["img_size"], 3)).astype(np.float32)
+        x = input_image(cfg, seed)
     state = {wc.tf_to_torch_name(n): torch.from_numpy(wc.to_torch_layout(n, v)) for n, v in weights.items()}
     x_nchw = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     tf_out = tf_forward(weights, cfg, x, nets)

@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from parity_tests.activation_fixtures import CONFIGS, fixture_path, input_image, read
-from parity_tests.harness import NETS, compare, failures, table, torch_forward
+from parity_tests.activation_fixtures import CONFIGS, fixture_path, read
+from parity_tests.harness import NETS, compare, failures, input_image, table, torch_forward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD_ENV = "UGATIT_TF_BLOCKED_CHILD"  # set in the TF-blocked child run

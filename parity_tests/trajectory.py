@@ -30,7 +30,7 @@ Per tensor, every run (`compare_step`):
    absolute for tensors whose whole gradient is float noise (AdaLIN rho at the first G run:
    max |g| 1.2e-11).
 
-Generator conv biases that feed an instance norm only (ZERO_GRAD_BIAS) have an exact gradient
+Generator conv biases that feed an instance norm only (golden.NORM_FED_BIAS) have an exact gradient
 of zero; their float noise becomes full +-lr Adam steps and is not compared. (The up-sampling
 and adaptive-resblock conv biases feed LIN/AdaLIN, whose layer-norm part does not cancel a
 per-channel bias: their gradients are real, up to ~800, and are compared.)
@@ -41,15 +41,14 @@ up to 2*lr in one framework and not the other.
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
+
+from parity_tests.golden import NORM_FED_BIAS
 
 SEMANTIC_RTOL = 1e-9
 ULP_FLOOR = 64 * 2.0 ** -24  # of max |g|
 F32_CAP = 1e-4  # of max |g|
 ABS_FLOOR = 1e-10
-ZERO_GRAD_BIAS = re.compile(r"^generator_[AB]/(conv|conv_\d+|resblock_\d+/res\d/conv_0)/conv2d/bias$")
 
 
 def tf_session_state(sess, tf):
@@ -146,12 +145,12 @@ def compare_step(before: dict, tf_after: dict, torch_after: dict, lr: float, tf6
     err_port_vs_tf64, err64)} (absolute max errors) and report["amplified"]."""
     failures, rows, amplified = [], {}, {}
     for name, ref in tf_after.items():
-        if name.endswith(("/u",)) or "_power" in name:
+        if name.endswith("/u") or "_power" in name:
             d = float(np.abs(torch_after[name] - ref).max())
             if d > 1e-5:
                 failures.append(f"{name}: max |diff| {d:.3g} > 1e-5")
     for name, truth in tf64.items():
-        if ZERO_GRAD_BIAS.match(name):
+        if NORM_FED_BIAS.match(name):
             continue
         truth = np.asarray(truth, np.float64)
         g_tf = (tf_after[name + "/Adam"].astype(np.float64) - beta1 * before[name + "/Adam"]) / (1 - beta1)

@@ -164,5 +164,3 @@ def test(cfg: dict) -> str:
 
 def print_information(cfg: dict, dataset_num: int) -> None:
     print(opt.information(cfg, dataset_num) + "\n")
-
-

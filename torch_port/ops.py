@@ -86,10 +86,10 @@ class _CenteredNormalize(torch.autograd.Function):
     def forward(ctx, x, dims, eps):
         mean = x.mean(dims, keepdim=True)
         centered = x - mean
-        var = centered.square().mean(dims, keepdim=True)  # biased, like TF moments
-        ctx.save_for_backward(x, mean, torch.rsqrt(var + eps))
+        std = torch.sqrt(centered.square().mean(dims, keepdim=True) + eps)  # biased, like TF moments
+        ctx.save_for_backward(x, mean, std.reciprocal())
         ctx.dims, ctx.eps = dims, eps
-        return centered.div_(torch.sqrt(var + eps))
+        return centered.div_(std)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
