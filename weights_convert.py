@@ -345,6 +345,10 @@ def verify(ckpt: str, cfg: dict, seed: int = 0) -> dict:
 
 # ------------------------------------------------------------------ command line
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "tf2onnx":  # ONNX export of a TF checkpoint's generator (torch_port/export.py)
+        from torch_port.export import tf2onnx_main
+        return tf2onnx_main(argv[1:])
     p = argparse.ArgumentParser(description="Convert U-GAT-IT checkpoints between TensorFlow and PyTorch")
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("tf2torch", help="official TF checkpoint → safetensors (or .pt)")

@@ -11,6 +11,7 @@ Official flags (same names, defaults, meanings) plus:
   --input PATH             test phase: translate this image or folder instead of testA/testB
   --direction a2b|b2a      direction for --input (default a2b)
   --demo DIR               write the demo data set in DIR, train a tiny model, run the test phase
+`python -m torch_port export CKPT OUT.onnx --direction a2b|b2a`: ONNX export (torch_port/export.py).
 Under torchrun (WORLD_SIZE > 1) training is data-parallel (gloo on CPU, NCCL on CUDA).
 Bad flags or inputs: one `error: ...` line on stderr, exit code 2.
 """
@@ -118,6 +119,10 @@ def demo(a) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "export":  # python -m torch_port export CKPT OUT.onnx --direction ...
+        from .export import main as export_main
+        return export_main(argv[1:])
     a = build_parser().parse_args(argv)
     warnings.simplefilter("default")
     try:
