@@ -10,7 +10,7 @@ import numpy as np
 from ugatit_common import options as opt
 from ugatit_common.results import ResultsPage, save_image
 
-from .compat import tf
+from .compat import tf, train_session_config
 from .data import load_test_image, train_iterator
 from .model import UGATITGraph
 
@@ -85,7 +85,7 @@ def train(cfg: dict, max_to_keep: int = 5) -> dict:
         m = UGATITGraph(cfg).build_train(domain_A, domain_B)
         saver = tf.train.Saver(max_to_keep=max_to_keep)
         history = []
-        with tf.Session() as sess:
+        with tf.Session(config=train_session_config()) as sess:
             tf.global_variables_initializer().run()
             writer = tf.summary.FileWriter(paths.log, sess.graph)
             could_load, checkpoint_counter = restore(sess, saver, paths.checkpoint, tf.global_variables())

@@ -1,0 +1,80 @@
+"""`python -m tf_reference` prints what matters and nothing a user would read as a failure: no
+oneDNN banner, no TF1 deprecation notices, no grappler remapper error. The remapper is switched
+off for training graphs (tf_reference.compat.train_session_config); these tests prove that this
+changes no number and that real errors still come through."""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from parity_tests.conftest import ROOT
+from ugatit_common import options as opt
+
+pytestmark = pytest.mark.tf
+
+NOISE = re.compile(r"oneDNN custom operations|InitializeLog|deprecat|remapper|Mutation::Apply|^[EW]\d{4} ",
+                   re.M | re.I)
+TINY = dict(light=True, ch=2, n_dis=4, img_size=32, sn=True, smoothing=True, batch_size=1)
+
+
+def _run(args, cwd):
+    return subprocess.run([sys.executable, "-m", "tf_reference"] + args, cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=600)
+
+
+def test_test_phase_console_is_clean(tmp_path):
+    """The test phase on the golden final/ checkpoint (the training phase's console is checked by
+    test_tf_reference_golden.py::test_golden_training_through_command_line with NOISE)."""
+    import shutil
+    from parity_tests import golden
+    from parity_tests.conftest import GOLDEN
+    cfg = opt.config_from(golden.record()["config"])
+    for d in ("testA", "testB"):
+        os.makedirs(tmp_path / "dataset" / cfg["dataset"] / d)
+        shutil.copy(os.path.join(GOLDEN, "trainA.png"), tmp_path / "dataset" / cfg["dataset"] / d / f"{d}.png")
+    shutil.copytree(os.path.join(GOLDEN, "final"), tmp_path / "checkpoint" / opt.model_dir(cfg))
+    args = ["--phase", "test", "--light", "True", "--dataset", cfg["dataset"], "--img_size", str(cfg["img_size"]),
+            "--ch", str(cfg["ch"]), "--n_dis", str(cfg["n_dis"])]
+    test = _run(args, tmp_path)
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert not NOISE.search(test.stderr), test.stderr[-3000:]
+    assert "Test finished" in test.stdout
+
+
+def test_real_errors_still_reach_the_console(tmp_path):
+    """Filtering is by known noise lines only: a failing run still says why."""
+    proc = _run(["--dataset", "nope", "--light", "True"], tmp_path)
+    assert proc.returncode == 2 and "dataset/nope/trainA" in proc.stderr
+
+
+def test_training_numbers_do_not_depend_on_the_remapper():
+    """One D run and one G run of the training graph, once with TF's default session options and
+    once with train_session_config: losses and every updated variable bit-identical."""
+    from tf_reference.compat import tf, train_session_config
+    from tf_reference.model import UGATITGraph
+    cfg = opt.config_from(**TINY)
+    rng = np.random.default_rng(0)
+    shape = [1, cfg["img_size"], cfg["img_size"], 3]
+    feeds = [rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(2)]
+    results = []
+    for config in (None, train_session_config()):
+        g = tf.Graph()
+        with g.as_default():
+            tf.set_random_seed(0)
+            a, b = tf.placeholder(tf.float32, shape), tf.placeholder(tf.float32, shape)
+            m = UGATITGraph(cfg).build_train(a, b)
+            with tf.Session(config=config) as sess:
+                sess.run(tf.global_variables_initializer())
+                feed = {m.lr: cfg["lr"], a: feeds[0], b: feeds[1]}
+                _, d_loss = sess.run([m.D_optim, m.Discriminator_loss], feed)
+                _, g_loss = sess.run([m.G_optim, m.Generator_loss], feed)
+                values = sess.run({v.op.name: v for v in tf.global_variables()})
+        results.append((d_loss, g_loss, values))
+    (d0, g0, v0), (d1, g1, v1) = results
+    assert d0 == d1 and g0 == g1
+    assert set(v0) == set(v1)
+    differ = [k for k in v0 if not np.array_equal(v0[k], v1[k])]
+    assert not differ, differ[:10]
