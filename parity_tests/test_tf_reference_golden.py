@@ -85,6 +85,8 @@ def test_golden_training_through_command_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tf_reference"] + golden_cli_args(cfg), cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    from parity_tests.test_tf_console import NOISE  # no banner, deprecation or grappler error lines
+    assert not NOISE.search(proc.stderr), proc.stderr[-3000:]
     steps = parse_iteration_lines(proc.stdout)
     assert len(steps) == 3
     for (d, g), ref in zip(steps, rec["steps"]):
