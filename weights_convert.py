@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import struct
@@ -27,142 +26,31 @@ import sys
 import numpy as np
 
 from ugatit_common.atomic import atomic_output
-from torch_port.tf_bundle import BundleReader, BundleWriter, CheckpointError, resolve_prefix, write_checkpoint_state
+# The TF checkpoint format (bundle reader/writer, naming rule, layouts, config inference) lives in
+# the ground-floor package ugatit_common.tf_checkpoint; this module is its command line and
+# re-exports the public API under the names it always had.
+from ugatit_common.tf_checkpoint import read as _read
+from ugatit_common.tf_checkpoint.bundle import (BundleReader, BundleWriter, CheckpointError, resolve_prefix,
+                                                write_checkpoint_state)
+from ugatit_common.tf_checkpoint.config import CheckpointConfig, ConfigConflict, infer, infer_config, parse_model_dir
+from ugatit_common.tf_checkpoint.names import (NETWORKS, POWER_NAMES, SLOT_SUFFIXES, ConversionError, _is_conv_scope,
+                                               selected as _selected, split_slot as _split_slot, tf_to_torch_name,
+                                               to_tf_layout, to_torch_layout, torch_layout_shape, torch_layout_view,
+                                               torch_to_tf_name)
+from ugatit_common.tf_checkpoint.read import is_tf_checkpoint_folder
 
-# TF name ↔ torch name for the optimizer's power accumulators.
-POWER_NAMES = {"beta1_power": "optimizer.G.beta1_power", "beta2_power": "optimizer.G.beta2_power",
-               "beta1_power_1": "optimizer.D.beta1_power", "beta2_power_1": "optimizer.D.beta2_power"}
-SLOT_SUFFIXES = ("/Adam_1", "/Adam")
-NETWORKS = ("generator_A", "generator_B", "discriminator_A", "discriminator_B")
-
-
-class ConversionError(Exception):
-    """A checkpoint that is not a U-GAT-IT one, or does not match what was asked."""
-
-
-# ------------------------------------------------------------------ the naming rule
-def _split_slot(name: str):
-    for suffix in SLOT_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)], suffix
-    return name, ""
-
-
-def tf_to_torch_name(tf_name: str) -> str:
-    """`generator_B/conv_0/conv2d/kernel` → `generator_B.conv_0.weight` (slots keep their suffix)."""
-    if tf_name in POWER_NAMES:
-        return POWER_NAMES[tf_name]
-    base, suffix = _split_slot(tf_name)
-    parts = base.split("/")
-    if parts[0] not in NETWORKS:
-        raise ConversionError(f"variable {tf_name!r} is not part of a U-GAT-IT network "
-                              f"(expected a name under {', '.join(NETWORKS)})")
-    if len(parts) >= 2 and parts[-2] in ("conv2d", "dense"):
-        del parts[-2]
-    if parts[-1] == "kernel":
-        parts[-1] = "weight"
-    return ".".join(parts) + suffix
-
-
-def torch_to_tf_name(torch_name: str, sn_scopes: set[str]) -> str:
-    """Inverse rule; `sn_scopes` holds the module paths that carry a `u` buffer (spectral-norm
-    convs create their kernel directly under the scope, tf.layers ones under conv2d/ or dense/)."""
-    inverse = {v: k for k, v in POWER_NAMES.items()}
-    if torch_name in inverse:
-        return inverse[torch_name]
-    base, suffix = _split_slot(torch_name)
-    scope, _, leaf = base.rpartition(".")
-    parts = scope.split(".")
-    if leaf in ("weight", "bias") and scope not in sn_scopes and parts[-1] != "CAM_logit":
-        parts.append("conv2d" if _is_conv_scope(parts) else "dense")
-    if leaf == "weight":
-        leaf = "kernel"
-    return "/".join(parts + [leaf]) + suffix
-
-
-def _is_conv_scope(parts: list[str]) -> bool:
-    return "MLP" not in parts
-
-
-def torch_layout_view(tf_name: str, array: np.ndarray) -> np.ndarray:
-    """The torch layout as a (possibly non-contiguous) view: no copy of a 1 GiB kernel."""
-    base, _ = _split_slot(tf_name)
-    if base.endswith("kernel"):
-        if array.ndim == 4:
-            return array.transpose(3, 2, 0, 1)
-        if array.ndim == 2:
-            return array.T
-    return array
-
-
-def to_torch_layout(tf_name: str, array: np.ndarray) -> np.ndarray:
-    """HWIO → OIHW for conv kernels, [in, out] → [out, in] for dense/CAM kernels."""
-    view = torch_layout_view(tf_name, array)
-    # (np.ascontiguousarray would turn a 0-d scalar such as beta1_power into shape [1])
-    return view if view is array else np.ascontiguousarray(view)
-
-
-def to_tf_layout(torch_name: str, array: np.ndarray) -> np.ndarray:
-    base, _ = _split_slot(torch_name)
-    if base.endswith("weight"):
-        if array.ndim == 4:
-            return np.ascontiguousarray(array.transpose(2, 3, 1, 0))
-        if array.ndim == 2:
-            return np.ascontiguousarray(array.T)
-    return array
-
-
-# ------------------------------------------------------------------ config inference
-def infer_config(shapes: dict[str, tuple], overrides: dict | None = None) -> dict:
-    """light/full, ch, n_res, n_dis, img_size, sn from the TF variable shapes."""
-    overrides = dict(overrides or {})
-    gen = next((g for g in ("generator_B", "generator_A") if f"{g}/conv/conv2d/kernel" in shapes), None)
-    if gen is None:
-        raise ConversionError("not a U-GAT-IT checkpoint: no generator_B/conv/conv2d/kernel or "
-                              "generator_A/conv/conv2d/kernel variable")
-    ch = int(shapes[f"{gen}/conv/conv2d/kernel"][-1])
-    n_res = len({m.group(1) for n in shapes for m in [re.match(rf"{gen}/resblock_(\d+)/", n)] if m})
-    mlp_in, width = shapes[f"{gen}/MLP/linear_0/dense/kernel"]
-    light = mlp_in == width
-    # smoothing leaves no trace in the weights; n_dis/sn are the official defaults without discriminators
-    cfg = {"light": bool(light), "ch": ch, "n_res": n_res, "img_ch": int(shapes[f"{gen}/conv/conv2d/kernel"][2]),
-           "smoothing": True, "n_dis": 6, "sn": True}
-    if light:
-        cfg["img_size"] = 256  # a light model's weights do not fix the image size: official default
-    else:
-        side = math.isqrt(mlp_in // (ch * 4))
-        if side * side * ch * 4 != mlp_in:
-            raise ConversionError(f"{gen}/MLP/linear_0/dense/kernel has {mlp_in} inputs, not (img_size/4)^2 * ch*4")
-        cfg["img_size"] = side * 4
-    dis = next((d for d in ("discriminator_A", "discriminator_B") if f"{d}/global/conv_0/kernel" in shapes
-                or f"{d}/global/conv_0/conv2d/kernel" in shapes), None)
-    if dis is not None:
-        cfg["sn"] = f"{dis}/global/conv_0/u" in shapes
-        n_global = len({m.group(1) for n in shapes for m in [re.match(rf"{dis}/global/conv_(\d+)/", n)] if m})
-        cfg["n_dis"] = n_global + 1
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    return cfg
+__all__ = ["ConversionError", "ConfigConflict", "CheckpointConfig", "POWER_NAMES", "SLOT_SUFFIXES", "NETWORKS",
+           "tf_to_torch_name", "torch_to_tf_name", "to_torch_layout", "to_tf_layout", "torch_layout_view",
+           "infer_config", "parse_model_dir", "read_tf_config", "read_tf_config_info", "tf_to_torch",
+           "read_tf_training_state", "iter_tf_tensors", "checkpoint_step", "is_tf_checkpoint_folder",
+           "write_safetensors_streamed", "convert_tf_to_file", "load_torch_weights", "torch_to_tf", "verify", "main"]
 
 
 # ------------------------------------------------------------------ reading
-def _selected(names, generators_only: bool, with_optimizer: bool):
-    for name in names:
-        base, suffix = _split_slot(name)
-        if name in POWER_NAMES or suffix:
-            if not with_optimizer or (generators_only and not base.startswith("generator")):
-                continue
-        elif name.startswith("discriminator") and generators_only:
-            continue
-        elif not name.startswith(NETWORKS):
-            continue  # e.g. _CHECKPOINTABLE_OBJECT_GRAPH, global_step
-        yield name
-
-
 def iter_tf_tensors(path: str, generators_only=False, with_optimizer=False):
     """Yield (torch_name, torch-layout ndarray) one at a time from a TF checkpoint."""
     with BundleReader(path) as r:
-        for name in _selected(r.keys(), generators_only, with_optimizer):
-            yield tf_to_torch_name(name), to_torch_layout(name, r.read(name))
+        yield from _read.iter_arrays(r, generators_only, with_optimizer)
 
 
 def checkpoint_step(path: str) -> int:
@@ -170,49 +58,42 @@ def checkpoint_step(path: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def read_tf_config_info(path: str, overrides: dict | None = None) -> CheckpointConfig:
+    """The inferred config with each setting's source (.meta, model_dir, weights, flag, default)."""
+    return _read.read_config(path, overrides)
+
+
 def read_tf_config(path: str, overrides: dict | None = None) -> dict:
-    with BundleReader(path) as r:
-        return infer_config({n: r.shape(n) for n in r.keys()}, overrides)
+    """The inferred config as a plain dict (see read_tf_config_info for the provenance)."""
+    return read_tf_config_info(path, overrides).config
 
 
-def tf_to_torch(path: str, generators_only: bool = False, overrides: dict | None = None):
+def tf_to_torch(path: str, generators_only: bool = False, overrides: dict | None = None, quiet: bool = False):
     """(config, state) from an official TF checkpoint folder or prefix; state keys are
-    `torch_port.build_ugatit(config)` state-dict keys, `u` buffers included."""
+    `torch_port.build_ugatit(config)` state-dict keys, `u` buffers included. The config comes
+    from the checkpoint's .meta graph, folder name and weights (`overrides`: explicit settings;
+    one that contradicts the checkpoint raises ConfigConflict); guessed settings are printed on
+    stderr unless `quiet`."""
     import torch
-    cfg = read_tf_config(path, overrides)
-    state = {n: torch.from_numpy(a) for n, a in iter_tf_tensors(path, generators_only)}
-    return cfg, state
+    info, arrays = _read.read_arrays(path, generators_only, overrides=overrides)
+    if not quiet:
+        info.announce()
+    return info.config, {n: torch.from_numpy(a) for n, a in arrays.items()}
 
 
-def read_tf_training_state(path: str, overrides: dict | None = None) -> dict:
+def read_tf_training_state(path: str, overrides: dict | None = None, quiet: bool = False) -> dict:
     """Everything a torch run needs to continue an official TF run: weights, Adam slots of both
-    optimizers, their powers, and the step counter from the checkpoint name."""
+    optimizers, their powers, the step counter from the checkpoint name, and the config
+    (`config`, with its provenance in `info`)."""
     import torch
-    out = {"config": read_tf_config(path, overrides), "model": {}, "G_slots": {}, "D_slots": {},
-           "step": checkpoint_step(path)}
-    powers = {}
-    for name, array in iter_tf_tensors(path, with_optimizer=True):
-        t = torch.from_numpy(np.array(array))
-        if name.startswith("optimizer."):
-            powers[name] = t
-        elif name.endswith(SLOT_SUFFIXES):
-            out["G_slots" if name.startswith("generator") else "D_slots"][name] = t
-        else:
-            out["model"][name] = t
-    if len(powers) != 4:
-        raise ConversionError(f"{resolve_prefix(path)}: no Adam state (beta1_power, beta1_power_1, ...): "
-                              f"not a training checkpoint")
-    out["G_powers"] = (powers["optimizer.G.beta1_power"], powers["optimizer.G.beta2_power"])
-    out["D_powers"] = (powers["optimizer.D.beta1_power"], powers["optimizer.D.beta2_power"])
-    return out
-
-
-def is_tf_checkpoint_folder(folder: str) -> bool:
-    try:
-        resolve_prefix(folder)
-        return os.path.isfile(os.path.join(folder, "checkpoint"))
-    except CheckpointError:
-        return False
+    st = _read.read_training_arrays(path, overrides)
+    if not quiet:
+        st["info"].announce()
+    for key in ("model", "G_slots", "D_slots"):
+        st[key] = {n: torch.from_numpy(a) for n, a in st[key].items()}
+    for key in ("G_powers", "D_powers"):
+        st[key] = tuple(torch.from_numpy(a) for a in st[key])
+    return st
 
 
 # ------------------------------------------------------------------ safetensors, streamed
@@ -264,19 +145,23 @@ def write_safetensors_streamed(out_path: str, specs: list, produce, metadata: di
 
 
 def convert_tf_to_file(ckpt: str, out: str, generators_only=False, with_optimizer=False,
-                       overrides: dict | None = None, progress=True) -> dict:
-    """Stream a TF checkpoint into `out` (.safetensors, or .pt on request). Returns the config."""
+                       overrides: dict | None = None, progress=True, quiet=False) -> dict:
+    """Stream a TF checkpoint into `out` (.safetensors, or .pt on request). Returns the config.
+    The file's metadata stores the config and where each setting came from (read from the
+    checkpoint, given as a flag, or guessed)."""
+    return convert_tf_to_file_info(ckpt, out, generators_only, with_optimizer, overrides, progress, quiet).config
+
+
+def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_optimizer=False,
+                            overrides: dict | None = None, progress=True, quiet=False) -> CheckpointConfig:
     from tqdm import tqdm
     with BundleReader(ckpt) as r:
-        cfg = infer_config({n: r.shape(n) for n in r.keys()}, overrides)
+        info = _read.config_of(r, overrides)
+        if not quiet:
+            info.announce()
+        cfg = info.config
         names = list(_selected(r.keys(), generators_only, with_optimizer))
-        specs = []
-        for n in names:
-            shape = r.shape(n)
-            base, _ = _split_slot(n)
-            if base.endswith("kernel"):
-                shape = tuple(shape[i] for i in ((3, 2, 0, 1) if len(shape) == 4 else (1, 0)))
-            specs.append((tf_to_torch_name(n), tuple(shape), r.dtype(n)))
+        specs = [(tf_to_torch_name(n), torch_layout_shape(n, r.shape(n)), r.dtype(n)) for n in names]
         total = sum(r.nbytes(n) for n in names)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="tf2torch", disable=not progress)
 
@@ -286,16 +171,17 @@ def convert_tf_to_file(ckpt: str, out: str, generators_only=False, with_optimize
                 # a view: the writer copies it tile by tile; no local keeps it alive afterwards
                 yield tf_to_torch_name(n), torch_layout_view(n, r.read(n))
 
-        meta = {"format": "pt", "ugatit_config": json.dumps(cfg), "step": checkpoint_step(ckpt),
-                "source": os.path.basename(r.prefix)}
+        meta = {"format": "pt", "step": checkpoint_step(ckpt), "source": os.path.basename(r.prefix)}
+        meta.update(info.metadata())
         if out.endswith(".pt"):
             import torch
             state = {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in produce()}
-            _atomic_torch_save({"state": state, "config": cfg, "step": meta["step"]}, out)
+            _atomic_torch_save({"state": state, "config": cfg, "config_provenance": info.provenance(),
+                                "step": meta["step"]}, out)
         else:
             write_safetensors_streamed(out, specs, produce, meta)
         bar.close()
-    return cfg
+    return info
 
 
 def _atomic_torch_save(obj, out):
@@ -310,8 +196,14 @@ def load_torch_weights(path: str):
     if path.endswith(".pt"):
         obj = torch.load(path, map_location="cpu", weights_only=True)
         state = obj["state"] if isinstance(obj, dict) and "state" in obj else obj
-        meta = {"ugatit_config": json.dumps(obj.get("config", {})), "step": obj.get("step", 0)} \
-            if isinstance(obj, dict) and "state" in obj else {}
+        meta = {}
+        if isinstance(obj, dict) and "state" in obj:
+            meta = {"ugatit_config": json.dumps(obj.get("config", {})), "step": obj.get("step", 0)}
+            prov = obj.get("config_provenance") or {}
+            if prov:
+                meta.update(ugatit_config_sources=json.dumps(prov.get("sources", {})),
+                            ugatit_config_guessed=json.dumps(prov.get("guessed", {})),
+                            ugatit_config_not_recorded=json.dumps(prov.get("not_recorded", [])))
         return state, meta
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -356,8 +248,13 @@ def main(argv=None) -> int:
     a.add_argument("out", help="output .safetensors (default format) or .pt")
     a.add_argument("--generators_only", action="store_true", help="keep only generator_A/B")
     a.add_argument("--with_optimizer", action="store_true", help="carry Adam slots, powers and the step counter")
-    a.add_argument("--img_size", type=int, help="image size (a light model's weights do not fix it; default 256)")
-    a.add_argument("--smoothing", choices=["True", "False"], help="AdaLIN smoothing (not stored in weights)")
+    # The checkpoint's .meta graph, folder name and weights record the config; these flags are for
+    # what none of them records (a flag that contradicts the checkpoint is an error, exit 2).
+    a.add_argument("--img_size", type=int, help="image size (recorded in the .meta; a light model's weights do not fix it)")
+    a.add_argument("--smoothing", choices=["True", "False"], help="AdaLIN smoothing (recorded in the .meta and the "
+                                                                  "model_dir folder name, not in the weights)")
+    a.add_argument("--n_dis", type=int, help="discriminator layers (only needed for a generators-only checkpoint)")
+    a.add_argument("--sn", choices=["True", "False"], help="spectral norm (only needed for a generators-only checkpoint)")
     a.add_argument("--verify", action="store_true", help="run TF and torch on the same input, print max diffs")
     a.add_argument("--report", metavar="DIR", help="write the per-layer parity report (Markdown + HTML) to DIR")
     b = sub.add_parser("torch2tf", help="safetensors/.pt → official-layout TF checkpoint")
@@ -366,12 +263,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if args.cmd == "tf2torch":
-            overrides = {"img_size": args.img_size,
-                         "smoothing": None if args.smoothing is None else args.smoothing == "True"}
+            overrides = {"img_size": args.img_size, "n_dis": args.n_dis,
+                         "smoothing": None if args.smoothing is None else args.smoothing == "True",
+                         "sn": None if args.sn is None else args.sn == "True"}
             if os.path.isdir(args.out):
                 raise ConversionError(f"output {args.out!r} is a folder; give a file name ending in .safetensors or .pt")
-            cfg = convert_tf_to_file(args.ckpt, args.out, args.generators_only, args.with_optimizer, overrides)
+            info = convert_tf_to_file_info(args.ckpt, args.out, args.generators_only, args.with_optimizer, overrides)
+            cfg = info.config
             print("inferred config: " + json.dumps(cfg))
+            for line in info.describe():
+                print("  " + line)
             print(f"wrote {args.out}")
             if args.verify or args.report:
                 from parity_tests.harness import compare_networks, write_report
@@ -380,7 +281,7 @@ def main(argv=None) -> int:
                     if r["output"]:
                         print(f"  {name:45s} max |diff| {r['max_abs']:.3g}")
                 if args.report:
-                    print("report: " + write_report(results, cfg, args.report, args.ckpt))
+                    print("report: " + write_report(results, cfg, args.report, args.ckpt, provenance=info.describe()))
         else:
             state, meta = load_torch_weights(args.inp)
             step = int(meta.get("step", 0)) if meta else 0

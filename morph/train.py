@@ -143,19 +143,16 @@ def load_morph(folder: str, device="cpu") -> tuple[MorphUGATIT, dict]:
     return model.to(device), state
 
 
-def _read_ugatit(path: str) -> tuple[dict, str]:
+def _read_ugatit(path: str, cfg: dict | None = None, keys=None) -> tuple[dict, str]:
     """(weights, description) of a UGATIT checkpoint: a torch_port .safetensors file or folder,
-    or an official TF checkpoint folder (via weights_convert.tf_to_torch)."""
+    or an official TF checkpoint folder (converted by torch_port.checkpoint.read_tf_weights: the
+    settings `keys` of `cfg` are checked against what the TF checkpoint records)."""
     kind, state = checkpoint_kind(path)
     if kind == "morph":
         raise CheckpointKindError(f"--init_from {path!r} is {_describe(kind, state)}; --init_from expects a UGATIT "
                                   f"checkpoint (to continue a Morph run, use the same --checkpoint_dir instead)")
     if kind == "ugatit-tf":
-        try:
-            import weights_convert
-        except ImportError as e:
-            raise opt.OptionError(f"{path!r} is a TensorFlow checkpoint but weights_convert is unavailable: {e}") from e
-        _, weights = weights_convert.tf_to_torch(path)
+        _, weights = ckpt.read_tf_weights(path, cfg, ckpt.tfc.MODEL_KEYS if keys is None else keys)
         return weights, f"{path} (TensorFlow)"
     if kind == "ugatit-torch":
         if os.path.isdir(path):
@@ -172,7 +169,10 @@ def init_from_ugatit(model: MorphUGATIT, path: str) -> list[str]:
     the shared generator's encoder / CAM / decoder from `generator_B` (the A->B generator; its
     feature MLP has no counterpart), the discriminators as they are; the latent MLP and the
     per-layer style maps keep their fresh initialisation. Returns the names left initialised."""
-    weights, source = _read_ugatit(path)
+    # the run's architecture settings must agree with what a TF checkpoint records (config C's
+    # `light` has no effect: its style comes from the latent code, not the checkpoint's MLP)
+    keys = tuple(k for k in ckpt.tfc.MODEL_KEYS if not (model.single_generator and k == "light"))
+    weights, source = _read_ugatit(path, model.config, keys)
     if not model.single_generator:
         ckpt.load_weights_into(model, weights, source)
         return []

@@ -2,11 +2,13 @@
 
     python -m parity_tests.report CKPT OUT_DIR [--img_size N] [--smoothing True|False] [--seed S]
 
-The config is inferred from the checkpoint's variable shapes as `weights_convert.py tf2torch`
-does (`--img_size` and `--smoothing` are not stored in the weights: a light model's default
-is 256 px, smoothing True). Both frameworks run every network in the checkpoint on one random
-input in [-1, 1] (float32 and the float64 truth; criteria in parity_tests/harness.py), and
-OUT_DIR gets parity_report.md and parity_report.html.
+The config is inferred as `weights_convert.py tf2torch` does (ugatit_common.tf_checkpoint.config):
+from the checkpoint's `.meta` graph, its official model_dir folder name, then its weights. The
+flags are for what the checkpoint does not record (a flag that contradicts it is an error); a
+setting still unknown is guessed (official default), printed on stderr and listed in the report.
+Both frameworks run every network in the checkpoint on one random input in [-1, 1] (float32
+and the float64 truth; criteria in parity_tests/harness.py), and OUT_DIR gets parity_report.md
+and parity_report.html.
 
 Exit status: 0 every tensor within tolerance, 1 some over, 2 bad input (an `error:` line).
 """
@@ -21,29 +23,36 @@ def main(argv=None) -> int:
                                 description="Per-layer tf_reference vs torch_port parity report of a TF checkpoint")
     p.add_argument("ckpt", help="checkpoint folder (with its `checkpoint` file) or prefix")
     p.add_argument("out_dir", help="folder for parity_report.md and parity_report.html")
-    p.add_argument("--img_size", type=int, help="image size (a light model's weights do not fix it; default 256)")
-    p.add_argument("--smoothing", choices=["True", "False"], help="AdaLIN smoothing (not stored in weights)")
+    p.add_argument("--img_size", type=int, help="image size (recorded in the .meta; a light model's weights do not fix it)")
+    p.add_argument("--smoothing", choices=["True", "False"], help="AdaLIN smoothing (recorded in the .meta and the "
+                                                                  "model_dir folder name, not in the weights)")
+    p.add_argument("--n_dis", type=int, help="discriminator layers (only for a generators-only checkpoint)")
+    p.add_argument("--sn", choices=["True", "False"], help="spectral norm (only for a generators-only checkpoint)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     args = p.parse_args(argv)
 
-    import weights_convert as wc
-    from torch_port.tf_bundle import CheckpointError
     from ugatit_common.options import config_from, validate
-    overrides = {"img_size": args.img_size,
-                 "smoothing": None if args.smoothing is None else args.smoothing == "True"}
+    from ugatit_common.tf_checkpoint import CheckpointError, ConversionError, read_config
+    overrides = {"img_size": args.img_size, "n_dis": args.n_dis,
+                 "smoothing": None if args.smoothing is None else args.smoothing == "True",
+                 "sn": None if args.sn is None else args.sn == "True"}
     try:
-        cfg = wc.read_tf_config(args.ckpt, overrides)
+        info = read_config(args.ckpt, overrides)
+        cfg = info.config
         validate(config_from(cfg))
-    except (wc.ConversionError, CheckpointError, OSError, ValueError) as e:
+    except (ConversionError, CheckpointError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    info.announce()
 
     from parity_tests.harness import compare_networks, failures, write_report
     rows = compare_networks(args.ckpt, cfg, seed=args.seed)
-    page = write_report(rows, cfg, args.out_dir, args.ckpt)
+    page = write_report(rows, cfg, args.out_dir, args.ckpt, provenance=info.describe())
     bad = failures(rows)
     n_out = sum(r["output"] for r in rows.values())
     print(f"config: {cfg}")
+    for line in info.describe():
+        print("  " + line)
     print(f"{len(rows)} tensors compared ({n_out} network outputs), {len(bad)} over tolerance")
     for line in bad:
         print("  " + line)

@@ -1,4 +1,5 @@
-"""torch_port.tf_bundle: numpy-only TensorFlow V2 checkpoint reader/writer, checked against TF itself."""
+"""ugatit_common.tf_checkpoint.bundle (re-exported as torch_port.tf_bundle): numpy-only TensorFlow V2
+checkpoint reader/writer, checked against TF itself."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from torch_port import tf_bundle as tb  # noqa: E402
-from torch_port.tf_bundle import (  # noqa: E402
+from ugatit_common.tf_checkpoint import bundle as tb  # noqa: E402
+from ugatit_common.tf_checkpoint.bundle import (  # noqa: E402
     BundleReader,
     BundleWriter,
     CheckpointError,
@@ -526,3 +527,10 @@ def test_property_round_trip(tensors: dict[str, np.ndarray], block_size: int) ->
                 assert r.shape(name) == arr.shape and r.dtype(name) == arr.dtype
                 assert _same(r.read(name), arr), name
             assert [n for n, _ in r.items()] == r.keys()
+
+
+def test_torch_port_tf_bundle_is_the_same_module_api() -> None:
+    """The README's `torch_port.tf_bundle.BundleReader` stays importable: a re-export of the ground floor."""
+    from torch_port import tf_bundle as old
+    for name in tb.__all__:
+        assert getattr(old, name) is getattr(tb, name), name

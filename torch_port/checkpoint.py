@@ -11,7 +11,10 @@ complete one. `state.pt` holds only tensors, dicts, lists, ints, floats, strings
 None, so it loads with `torch.load(..., weights_only=True)`.
 
 TF checkpoints (`checkpoint` + `*.index`, the official layout) are recognised here and read
-through `weights_convert.read_tf_training_state`.
+through the ground-floor `ugatit_common.tf_checkpoint` (numpy; the same reader, naming rule and
+config inference as `weights_convert.py`). The run's config is checked against everything the
+TF checkpoint records (its .meta graph, model_dir folder name and weights): a setting that
+contradicts it stops the run with both values named.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 
 from ugatit_common import options as opt
+from ugatit_common import tf_checkpoint as tfc
 from ugatit_common.atomic import atomic_output
 
 POINTER = "latest"
@@ -195,13 +199,7 @@ def find_latest(folder: str):
 
 
 def has_tf_checkpoint(folder: str) -> bool:
-    try:
-        import weights_convert
-        if hasattr(weights_convert, "is_tf_checkpoint_folder"):
-            return bool(weights_convert.is_tf_checkpoint_folder(folder))
-    except ImportError:
-        pass
-    return os.path.isfile(os.path.join(folder, "checkpoint")) and bool(glob.glob(os.path.join(folder, "*.index")))
+    return tfc.is_tf_checkpoint_folder(folder)
 
 
 def check_matches(model: torch.nn.Module, weights: dict, source: str) -> None:
@@ -217,19 +215,49 @@ def load_weights_into(model: torch.nn.Module, weights: dict, source: str) -> Non
     model.load_state_dict(weights, strict=True)
 
 
-def read_tf_training_state(folder: str) -> dict:
-    try:
-        import weights_convert
-    except ImportError as e:
-        raise opt.OptionError(f"{folder!r} holds a TensorFlow checkpoint, but the converter "
-                              f"(weights_convert) is not available: {e}") from e
-    return weights_convert.read_tf_training_state(folder)
+# Settings of a run that a TF checkpoint may record; the run's values must agree with it.
+TF_CHECKED_KEYS = tfc.MODEL_KEYS + tfc.TRAINING_KEYS
 
 
-def read_tf_weights(folder: str) -> tuple[dict, dict]:
-    try:
-        import weights_convert
-    except ImportError as e:
-        raise opt.OptionError(f"{folder!r} holds a TensorFlow checkpoint, but the converter "
-                              f"(weights_convert) is not available: {e}") from e
-    return weights_convert.tf_to_torch(folder)
+def _run_settings(cfg: dict | None, keys) -> dict | None:
+    if cfg is None:
+        return None
+    return {k: cfg[k] for k in keys if k in cfg and cfg[k] is not None}
+
+
+def _tf_errors(path: str):
+    """TF-checkpoint errors as the CLIs' OptionError (exit 2, one `error:` line)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except tfc.ConfigConflict as e:
+            raise CheckpointMismatch(str(e)) from e
+        except (tfc.ConversionError, tfc.CheckpointError) as e:
+            raise opt.OptionError(f"cannot read the TensorFlow checkpoint {path!r}: {e}") from e
+    return guard()
+
+
+def read_tf_training_state(folder: str, cfg: dict | None = None, keys=TF_CHECKED_KEYS) -> dict:
+    """Weights, Adam slots, powers and step of an official TF checkpoint as torch tensors, plus
+    its inferred `config` (and provenance, `info`). `cfg`: the run's config, checked against what
+    the checkpoint records (`keys`; a contradiction raises CheckpointMismatch naming both)."""
+    with _tf_errors(folder):
+        st = tfc.read_training_arrays(folder, _run_settings(cfg, keys))
+    st["info"].announce()
+    for key in ("model", "G_slots", "D_slots"):
+        st[key] = {n: torch.from_numpy(a) for n, a in st[key].items()}
+    for key in ("G_powers", "D_powers"):
+        st[key] = tuple(torch.from_numpy(a) for a in st[key])
+    return st
+
+
+def read_tf_weights(folder: str, cfg: dict | None = None, keys=tfc.MODEL_KEYS,
+                    generators_only: bool = False) -> tuple[dict, dict]:
+    """(inferred config, torch state) of an official TF checkpoint; `cfg` as in read_tf_training_state."""
+    with _tf_errors(folder):
+        info, arrays = tfc.read_arrays(folder, generators_only, overrides=_run_settings(cfg, keys))
+    info.announce()
+    return info.config, {n: torch.from_numpy(a) for n, a in arrays.items()}

@@ -1,0 +1,829 @@
+"""Read and write TensorFlow V2 checkpoints ("tensor bundles") with numpy only.
+
+A checkpoint is a prefix ``P`` with ``P.index`` (a LevelDB-style SSTable that maps tensor
+names to serialized ``BundleEntryProto`` messages, plus a ``BundleHeaderProto`` under the
+empty key) and data shards ``P.data-SSSSS-of-NNNNN`` holding raw little-endian C-order
+tensor bytes.  The reader parses only the index up front and streams one tensor at a time,
+verifying the masked CRC32C that TensorFlow stores for every tensor.  The writer streams
+tensors straight to a temporary data file and atomically publishes ``P.index`` and
+``P.data-00000-of-00001`` when finished.  No TensorFlow import anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+__all__ = [
+    "CheckpointError",
+    "resolve_prefix",
+    "BundleReader",
+    "BundleWriter",
+    "write_checkpoint_state",
+    "read_checkpoint_state",
+    "tensor_info",
+]
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be located, parsed, verified or written."""
+
+
+# --------------------------------------------------------------------------------------
+# CRC32C (Castagnoli), masked as in LevelDB / TensorFlow
+# --------------------------------------------------------------------------------------
+
+try:
+    import google_crc32c as _gcrc
+
+    def _crc_extend(crc: int, data: Any) -> int:
+        """Extend ``crc`` (unmasked) with a read-only contiguous buffer (bytes or uint8 ndarray)."""
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        return _gcrc.extend(crc, data)
+
+except ImportError:  # pragma: no cover - fallback path, exercised only without the package
+    _gcrc = None
+
+    def _make_table() -> np.ndarray:
+        poly = 0x82F63B78
+        table = np.zeros(256, dtype=np.uint32)
+        for i in range(256):
+            c = i
+            for _ in range(8):
+                c = (c >> 1) ^ poly if c & 1 else c >> 1
+            table[i] = c
+        return table
+
+    _CRC_TABLE = [int(x) for x in _make_table()]
+
+    def _crc_extend(crc: int, data: Any) -> int:
+        """Extend ``crc`` (unmasked) with ``data`` -- slow pure-python fallback."""
+        table = _CRC_TABLE
+        c = crc ^ 0xFFFFFFFF
+        for b in bytes(data):
+            c = table[(c ^ b) & 0xFF] ^ (c >> 8)
+        return c ^ 0xFFFFFFFF
+
+
+_MASK_DELTA = 0xA282EAD8
+
+
+def _mask(crc: int) -> int:
+    """LevelDB CRC mask: rotate right by 15 bits and add a constant."""
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def _unmask(masked: int) -> int:
+    """Inverse of :func:`_mask`."""
+    rot = (masked - _MASK_DELTA) & 0xFFFFFFFF
+    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
+
+
+# --------------------------------------------------------------------------------------
+# dtypes
+# --------------------------------------------------------------------------------------
+
+DT_STRING = 7
+
+try:  # ml_dtypes ships with TensorFlow and JAX; optional here
+    import ml_dtypes as _ml_dtypes
+
+    _BFLOAT16: np.dtype | None = np.dtype(_ml_dtypes.bfloat16)
+except Exception:  # pragma: no cover
+    _BFLOAT16 = None
+
+# TensorFlow DataType enum -> little-endian numpy dtype (None: not a plain numeric type)
+_TF_TO_NP: dict[int, np.dtype | None] = {
+    1: np.dtype("<f4"),  # DT_FLOAT
+    2: np.dtype("<f8"),  # DT_DOUBLE
+    3: np.dtype("<i4"),  # DT_INT32
+    4: np.dtype("u1"),  # DT_UINT8
+    5: np.dtype("<i2"),  # DT_INT16
+    6: np.dtype("i1"),  # DT_INT8
+    7: None,  # DT_STRING
+    8: np.dtype("<c8"),  # DT_COMPLEX64
+    9: np.dtype("<i8"),  # DT_INT64
+    10: np.dtype("?"),  # DT_BOOL
+    14: _BFLOAT16,  # DT_BFLOAT16
+    17: np.dtype("<u2"),  # DT_UINT16
+    18: np.dtype("<c16"),  # DT_COMPLEX128
+    19: np.dtype("<f2"),  # DT_HALF
+    22: np.dtype("<u4"),  # DT_UINT32
+    23: np.dtype("<u8"),  # DT_UINT64
+}
+_TF_NAMES = {
+    1: "DT_FLOAT", 2: "DT_DOUBLE", 3: "DT_INT32", 4: "DT_UINT8", 5: "DT_INT16", 6: "DT_INT8",
+    7: "DT_STRING", 8: "DT_COMPLEX64", 9: "DT_INT64", 10: "DT_BOOL", 11: "DT_QINT8",
+    12: "DT_QUINT8", 13: "DT_QINT32", 14: "DT_BFLOAT16", 15: "DT_QINT16", 16: "DT_QUINT16",
+    17: "DT_UINT16", 18: "DT_COMPLEX128", 19: "DT_HALF", 20: "DT_RESOURCE", 21: "DT_VARIANT",
+    22: "DT_UINT32", 23: "DT_UINT64",
+}
+_NP_TO_TF: dict[tuple[str, int], int] = {}
+for _code, _dt in _TF_TO_NP.items():
+    if _dt is not None:
+        _NP_TO_TF.setdefault((_dt.kind, _dt.itemsize), _code)
+
+
+def _np_to_tf(dtype: np.dtype) -> int:
+    """TensorFlow DataType code for a numpy dtype (0 if unsupported)."""
+    if _BFLOAT16 is not None and dtype == _BFLOAT16:
+        return 14
+    if dtype.kind not in "fiucb":
+        return 0
+    return _NP_TO_TF.get((dtype.kind, dtype.itemsize), 0)
+
+
+from .wire import (  # noqa: E402  (the protobuf wire format, shared with the .meta parser)
+    _first, _parse_proto, _pb_bytes, _pb_fixed32, _pb_varint, _read_varint, _signed64, _write_varint,
+)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    dtype: int
+    shape: tuple[int, ...]
+    shard_id: int
+    offset: int
+    size: int
+    crc32c: int  # masked
+
+
+def _parse_entry(buf: bytes) -> _Entry:
+    """Decode a BundleEntryProto."""
+    f = _parse_proto(buf)
+    if f.get(7):
+        raise ValueError("partitioned (sliced) variables are not supported")
+    dims: list[int] = []
+    shape_buf = _first(f, 2, b"")
+    if shape_buf:
+        sf = _parse_proto(shape_buf)
+        if _first(sf, 3, 0):
+            raise ValueError("tensor with unknown rank")
+        for dim_buf in sf.get(2, []):
+            dims.append(_signed64(_first(_parse_proto(dim_buf), 1, 0)))
+    return _Entry(
+        dtype=_first(f, 1, 0),
+        shape=tuple(dims),
+        shard_id=_signed64(_first(f, 3, 0)),
+        offset=_signed64(_first(f, 4, 0)),
+        size=_signed64(_first(f, 5, 0)),
+        crc32c=_first(f, 6, 0),
+    )
+
+
+def _encode_entry(e: _Entry) -> bytes:
+    """Encode a BundleEntryProto (proto3: default-valued scalars omitted)."""
+    shape = b"".join(_pb_bytes(2, _pb_varint(1, d) if d else b"") for d in e.shape)
+    out = _pb_varint(1, e.dtype) + _pb_bytes(2, shape)
+    if e.shard_id:
+        out += _pb_varint(3, e.shard_id)
+    if e.offset:
+        out += _pb_varint(4, e.offset)
+    if e.size:
+        out += _pb_varint(5, e.size)
+    if e.crc32c:
+        out += _pb_fixed32(6, e.crc32c)
+    return out
+
+
+def _encode_header(num_shards: int) -> bytes:
+    """Encode a BundleHeaderProto: little endian, version producer=1."""
+    return _pb_varint(1, num_shards) + _pb_bytes(3, _pb_varint(1, 1))
+
+
+# --------------------------------------------------------------------------------------
+# SSTable (LevelDB table format as used by TensorFlow's lib/io/table)
+# --------------------------------------------------------------------------------------
+
+_TABLE_MAGIC = 0xDB4775248B80FB57
+_FOOTER_LEN = 48
+_BLOCK_TRAILER = 5
+_DEFAULT_BLOCK_SIZE = 262144  # TF's table::Options default
+_RESTART_INTERVAL = 16
+
+
+def _parse_handle(buf: bytes, pos: int) -> tuple[int, int, int]:
+    off, pos = _read_varint(buf, pos)
+    size, pos = _read_varint(buf, pos)
+    return off, size, pos
+
+
+def _block_entries(block: bytes) -> list[tuple[bytes, bytes]]:
+    """Decode all (key, value) pairs of a block's contents (prefix-compressed entries)."""
+    if len(block) < 4:
+        raise ValueError("block too short")
+    num_restarts = struct.unpack_from("<I", block, len(block) - 4)[0]
+    data_end = len(block) - 4 - 4 * num_restarts
+    if num_restarts == 0 or data_end < 0:
+        raise ValueError("bad restart array")
+    out: list[tuple[bytes, bytes]] = []
+    pos = 0
+    key = b""
+    while pos < data_end:
+        shared, pos = _read_varint(block, pos, data_end)
+        non_shared, pos = _read_varint(block, pos, data_end)
+        vlen, pos = _read_varint(block, pos, data_end)
+        if shared > len(key) or pos + non_shared + vlen > data_end:
+            raise ValueError("corrupted block entry")
+        key = key[:shared] + bytes(block[pos:pos + non_shared])
+        pos += non_shared
+        out.append((key, bytes(block[pos:pos + vlen])))
+        pos += vlen
+    return out
+
+
+class _BlockBuilder:
+    """Builds one table block with prefix compression and restart points."""
+
+    def __init__(self, restart_interval: int) -> None:
+        self.interval = restart_interval
+        self.buf = bytearray()
+        self.restarts = [0]
+        self.counter = 0
+        self.last_key = b""
+        self.empty = True
+
+    def add(self, key: bytes, value: bytes) -> None:
+        shared = 0
+        if self.counter < self.interval:
+            limit = min(len(self.last_key), len(key))
+            while shared < limit and self.last_key[shared] == key[shared]:
+                shared += 1
+        else:
+            self.restarts.append(len(self.buf))
+            self.counter = 0
+        self.buf += _write_varint(shared) + _write_varint(len(key) - shared) + _write_varint(len(value))
+        self.buf += key[shared:] + value
+        self.last_key = key
+        self.counter += 1
+        self.empty = False
+
+    def size_estimate(self) -> int:
+        return len(self.buf) + 4 * len(self.restarts) + 4
+
+    def finish(self) -> bytes:
+        return bytes(self.buf) + struct.pack(f"<{len(self.restarts)}I", *self.restarts) + struct.pack(
+            "<I", len(self.restarts)
+        )
+
+
+def _build_table(items: list[tuple[bytes, bytes]], block_size: int = _DEFAULT_BLOCK_SIZE,
+                 restart_interval: int = _RESTART_INTERVAL) -> bytes:
+    """Serialize sorted (key, value) pairs as an uncompressed SSTable."""
+    out = bytearray()
+
+    def emit(contents: bytes) -> bytes:
+        handle = _write_varint(len(out)) + _write_varint(len(contents))
+        crc = _crc_extend(_crc_extend(0, contents), b"\x00")
+        out.extend(contents)
+        out.extend(b"\x00" + struct.pack("<I", _mask(crc)))
+        return handle
+
+    index = _BlockBuilder(1)
+    block = _BlockBuilder(restart_interval)
+    prev: bytes | None = None
+    for key, value in items:
+        if prev is not None and key <= prev:
+            raise ValueError("table keys must be strictly increasing")
+        prev = key
+        block.add(key, value)
+        if block.size_estimate() >= block_size:
+            index.add(block.last_key, emit(block.finish()))
+            block = _BlockBuilder(restart_interval)
+    if not block.empty:
+        index.add(block.last_key, emit(block.finish()))
+    meta_handle = emit(_BlockBuilder(restart_interval).finish())
+    index_handle = emit(index.finish())
+    footer = (meta_handle + index_handle).ljust(40, b"\x00") + struct.pack("<Q", _TABLE_MAGIC)
+    out.extend(footer)
+    return bytes(out)
+
+
+def _read_table(path: str) -> list[tuple[bytes, bytes]]:
+    """Read all (key, value) pairs of the SSTable at ``path``, verifying block CRCs."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise CheckpointError(f"index file {path}: cannot read ({exc})") from exc
+
+    def fail(msg: str) -> CheckpointError:
+        return CheckpointError(f"index file {path} is corrupted or not a TensorFlow V2 checkpoint index: {msg}")
+
+    if len(data) < _FOOTER_LEN:
+        raise fail(f"file is {len(data)} bytes, shorter than the {_FOOTER_LEN}-byte table footer")
+    footer = data[-_FOOTER_LEN:]
+    magic = struct.unpack_from("<Q", footer, 40)[0]
+    if magic != _TABLE_MAGIC:
+        raise fail(f"bad table magic 0x{magic:016x}")
+    try:
+        _moff, _msize, pos = _parse_handle(footer, 0)
+        ioff, isize, _ = _parse_handle(footer, pos)
+    except ValueError as exc:
+        raise fail(f"bad footer ({exc})") from None
+
+    def block(off: int, size: int, what: str) -> bytes:
+        if off + size + _BLOCK_TRAILER > len(data) - _FOOTER_LEN:
+            raise fail(f"{what} at offset {off} size {size} runs past the end of the file")
+        contents = data[off:off + size]
+        ctype = data[off + size]
+        stored = struct.unpack_from("<I", data, off + size + 1)[0]
+        actual = _mask(_crc_extend(_crc_extend(0, contents), data[off + size:off + size + 1]))
+        if stored != actual:
+            raise fail(f"{what} at offset {off}: block checksum mismatch "
+                       f"(stored 0x{stored:08x}, computed 0x{actual:08x})")
+        if ctype != 0:
+            kind = {1: "snappy", 2: "zlib"}.get(ctype, f"type {ctype}")
+            raise CheckpointError(f"index file {path}: {what} is {kind}-compressed; only uncompressed "
+                                  "tables (what TensorFlow writes for checkpoints) are supported")
+        return contents
+
+    items: list[tuple[bytes, bytes]] = []
+    try:
+        for _ikey, handle in _block_entries(block(ioff, isize, "index block")):
+            boff, bsize, _ = _parse_handle(handle, 0)
+            items.extend(_block_entries(block(boff, bsize, "data block")))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    return items
+
+
+# --------------------------------------------------------------------------------------
+# locating checkpoints
+# --------------------------------------------------------------------------------------
+
+_DATA_RE = re.compile(r"\.data-\d{5}-of-\d{5}$")
+_STATE_RE = re.compile(r'^\s*(model_checkpoint_path|all_model_checkpoint_paths)\s*:\s*"((?:[^"\\]|\\.)*)"\s*$')
+
+
+def _unescape(s: str) -> str:
+    """Undo text-format C escaping of a quoted string."""
+    return s.encode("latin-1", "backslashreplace").decode("unicode_escape").encode("latin-1").decode(
+        "utf-8", "replace")
+
+
+def _escape(s: str) -> str:
+    """Text-format C escaping of a string for a quoted proto field."""
+    out = []
+    for ch in s:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def read_checkpoint_state(folder: str) -> tuple[str | None, list[str]]:
+    """Parse ``folder/checkpoint``: (model_checkpoint_path, all_model_checkpoint_paths) as written."""
+    path = os.path.join(folder, "checkpoint")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint state file {path}: cannot read ({exc})") from exc
+    model: str | None = None
+    all_paths: list[str] = []
+    for line in text.splitlines():
+        m = _STATE_RE.match(line)
+        if not m:
+            continue
+        value = _unescape(m.group(2))
+        if m.group(1) == "model_checkpoint_path":
+            model = value
+        else:
+            all_paths.append(value)
+    return model, all_paths
+
+
+def resolve_prefix(path: str) -> str:
+    """Turn a checkpoint folder, prefix, ``.index`` or ``.data-*`` file into the checkpoint prefix."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        state = os.path.join(path, "checkpoint")
+        if os.path.isfile(state):
+            model, _ = read_checkpoint_state(path)
+            if not model:
+                raise CheckpointError(f"checkpoint state file {state} has no model_checkpoint_path line")
+            candidate = model if os.path.isabs(model) else os.path.join(path, model)
+            if os.path.isfile(candidate + ".index"):
+                return candidate
+            # TF re-roots paths when a folder was moved: try the basename inside this folder.
+            moved = os.path.join(path, os.path.basename(model))
+            if os.path.isfile(moved + ".index"):
+                return moved
+            raise CheckpointError(f"checkpoint state file {state} names {model!r}, "
+                                  f"but {candidate}.index not found")
+        indexes = sorted(n for n in os.listdir(path) if n.endswith(".index"))
+        if not indexes:
+            raise CheckpointError(f"no `checkpoint` file and no *.index in folder {path}")
+        if len(indexes) > 1:
+            raise CheckpointError(f"no `checkpoint` file in folder {path} and several *.index files "
+                                  f"({', '.join(indexes)}); pass the prefix of the one you want")
+        return os.path.join(path, indexes[0][: -len(".index")])
+    if path.endswith(".index") and os.path.isfile(path):
+        return path[: -len(".index")]
+    if _DATA_RE.search(path) and os.path.isfile(path):
+        prefix = _DATA_RE.sub("", path)
+        if not os.path.isfile(prefix + ".index"):
+            raise CheckpointError(f"data file {path}: its index {prefix}.index not found")
+        return prefix
+    if os.path.isfile(path + ".index"):
+        return path
+    if os.path.exists(path):
+        raise CheckpointError(f"{path} is neither a checkpoint folder, a prefix, nor a .index/.data file")
+    raise CheckpointError(f"prefix {path}: {path}.index not found")
+
+
+# --------------------------------------------------------------------------------------
+# reader
+# --------------------------------------------------------------------------------------
+
+_CHUNK = 16 << 20  # bytes read (and checksummed) per step
+
+
+class BundleReader:
+    """Streaming reader of a TensorFlow V2 checkpoint; parses only the index on open."""
+
+    def __init__(self, path: str) -> None:
+        self.prefix: str = resolve_prefix(path)
+        self.index_path = self.prefix + ".index"
+        self._files: dict[int, Any] = {}
+        items = _read_table(self.index_path)
+        self._entries: dict[str, _Entry] = {}
+        header: bytes | None = None
+        for key, value in items:
+            if key == b"":
+                header = value
+                continue
+            name = key.decode("utf-8", "surrogateescape")
+            try:
+                self._entries[name] = _parse_entry(value)
+            except ValueError as exc:
+                raise CheckpointError(f"index file {self.index_path}: tensor {name!r}: {exc}") from None
+        if header is None:
+            raise CheckpointError(f"index file {self.index_path}: no bundle header (empty key); "
+                                  "not a TensorFlow V2 checkpoint")
+        try:
+            h = _parse_proto(header)
+            self.num_shards: int = _first(h, 1, 0)
+            endianness = _first(h, 2, 0)
+            version = _parse_proto(_first(h, 3, b""))
+        except ValueError as exc:
+            raise CheckpointError(f"index file {self.index_path}: bad bundle header ({exc})") from None
+        if endianness not in (0, 1):
+            raise CheckpointError(f"index file {self.index_path}: unknown endianness {endianness}")
+        self._big_endian = endianness == 1
+        min_consumer = _first(version, 2, 0)
+        if min_consumer > 1 or 1 in version.get(3, []):
+            raise CheckpointError(f"index file {self.index_path}: bundle version needs a newer reader "
+                                  f"(min_consumer={min_consumer})")
+        if self.num_shards < 1:
+            raise CheckpointError(f"index file {self.index_path}: bad num_shards {self.num_shards}")
+        for name, e in self._entries.items():
+            if not 0 <= e.shard_id < self.num_shards or e.offset < 0 or e.size < 0:
+                raise CheckpointError(f"index file {self.index_path}: tensor {name!r} has a bad "
+                                      f"shard/offset/size ({e.shard_id}/{e.offset}/{e.size})")
+        self._names = sorted(self._entries, key=lambda n: n.encode("utf-8", "surrogateescape"))
+
+    # -- metadata ---------------------------------------------------------------------
+
+    def __enter__(self) -> "BundleReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"BundleReader({self.prefix!r}, {len(self._names)} tensors)"
+
+    def keys(self) -> list[str]:
+        """Sorted tensor names (without the header key)."""
+        return list(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def _entry(self, name: str) -> _Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise CheckpointError(f"checkpoint {self.prefix}: no tensor named {name!r}") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of tensor ``name``."""
+        return self._entry(name).shape
+
+    def _np_dtype(self, name: str, e: _Entry) -> np.dtype | None:
+        if e.dtype == DT_STRING:
+            return None
+        dt = _TF_TO_NP.get(e.dtype)
+        if dt is None:
+            raise CheckpointError(f"checkpoint {self.prefix}: tensor {name!r} has unsupported dtype "
+                                  f"{_TF_NAMES.get(e.dtype, e.dtype)}")
+        return dt.newbyteorder(">") if self._big_endian and dt.itemsize > 1 and dt.kind != "V" else dt
+
+    def dtype(self, name: str) -> np.dtype:
+        """numpy dtype of tensor ``name`` (``object`` for DT_STRING)."""
+        e = self._entry(name)
+        dt = self._np_dtype(name, e)
+        return np.dtype(object) if dt is None else dt.newbyteorder("=")
+
+    def tf_dtype(self, name: str) -> str:
+        """TensorFlow dtype name of tensor ``name`` (e.g. ``DT_FLOAT``)."""
+        e = self._entry(name)
+        return _TF_NAMES.get(e.dtype, str(e.dtype))
+
+    def nbytes(self, name: str) -> int:
+        """Bytes the tensor occupies in its data file."""
+        return self._entry(name).size
+
+    def data_path(self, shard_id: int = 0) -> str:
+        """Path of data shard ``shard_id``."""
+        return f"{self.prefix}.data-{shard_id:05d}-of-{self.num_shards:05d}"
+
+    # -- data ---------------------------------------------------------------------------
+
+    def _file(self, shard_id: int, name: str) -> Any:
+        f = self._files.get(shard_id)
+        if f is None:
+            p = self.data_path(shard_id)
+            try:
+                f = open(p, "rb", buffering=0)
+            except OSError as exc:
+                raise CheckpointError(f"checkpoint {self.prefix}: tensor {name!r}: cannot open data file "
+                                      f"{p} ({exc})") from exc
+            self._files[shard_id] = f
+        return f
+
+    def _read_raw_into(self, name: str, e: _Entry, buf: np.ndarray, verify: bool) -> None:
+        """Fill uint8 ``buf`` (len == e.size) from the shard, streaming the CRC."""
+        p = self.data_path(e.shard_id)
+        f = self._file(e.shard_id, name)
+        f.seek(e.offset)
+        crc = 0
+        pos = 0
+        mv = memoryview(buf)
+        while pos < e.size:
+            n = f.readinto(mv[pos:min(pos + _CHUNK, e.size)])
+            if not n:
+                raise CheckpointError(
+                    f"tensor {name!r}: data file {p} is truncated: needed bytes {e.offset}..{e.offset + e.size} "
+                    f"but the file ends after {e.offset + pos}")
+            if verify:
+                crc = _crc_extend(crc, buf[pos:pos + n])
+            pos += n
+        if verify and _mask(crc) != e.crc32c:
+            raise CheckpointError(
+                f"tensor {name!r}: checksum mismatch in data file {p} (bytes {e.offset}..{e.offset + e.size}): "
+                f"stored crc32c 0x{e.crc32c:08x}, computed 0x{_mask(crc):08x}; the checkpoint is corrupted")
+
+    def read(self, name: str, verify: bool = True) -> np.ndarray:
+        """Read one tensor (owned array of the stored dtype and shape), verifying its CRC32C."""
+        e = self._entry(name)
+        dt = self._np_dtype(name, e)
+        if dt is None:
+            return self._read_strings(name, e, verify)
+        count = int(np.prod(e.shape, dtype=np.int64)) if e.shape else 1
+        if count * dt.itemsize != e.size:
+            raise CheckpointError(f"index file {self.index_path}: tensor {name!r} of shape {e.shape} and dtype "
+                                  f"{dt} should take {count * dt.itemsize} bytes, entry says {e.size}")
+        out = np.empty(e.shape, dtype=dt)
+        self._read_raw_into(name, e, out.reshape(-1).view(np.uint8), verify)
+        if dt.byteorder == ">":
+            out = out.astype(dt.newbyteorder("="))
+        return out
+
+    def read_raw(self, name: str, verify: bool = True) -> bytes:
+        """The tensor's exact bytes in the data file (any dtype, including DT_STRING)."""
+        e = self._entry(name)
+        buf = np.empty(e.size, dtype=np.uint8)
+        self._read_raw_into(name, e, buf, verify)
+        return buf.tobytes()
+
+    def _read_strings(self, name: str, e: _Entry, verify: bool) -> np.ndarray:
+        """Decode a DT_STRING tensor (varint lengths, masked CRC of lengths, bytes) to an object array."""
+        raw = self.read_raw(name, verify=False)
+        count = int(np.prod(e.shape, dtype=np.int64)) if e.shape else 1
+        p = self.data_path(e.shard_id)
+        try:
+            pos = 0
+            lengths = []
+            crc = 0
+            for _ in range(count):
+                n, pos2 = _read_varint(raw, pos)
+                lengths.append(n)
+                crc = _crc_extend(crc, struct.pack("<I", n & 0xFFFFFFFF))  # TF checksums uint32 lengths
+                pos = pos2
+            stored_len_crc = struct.unpack_from("<I", raw, pos)[0]
+            crc = _crc_extend(crc, raw[pos:pos + 4])
+            pos += 4
+            values = []
+            for n in lengths:
+                if pos + n > len(raw):
+                    raise ValueError("string data runs past the tensor")
+                values.append(raw[pos:pos + n])
+                crc = _crc_extend(crc, raw[pos:pos + n])
+                pos += n
+        except (ValueError, struct.error) as exc:
+            raise CheckpointError(f"tensor {name!r}: malformed string tensor in data file {p} ({exc})") from None
+        if verify:
+            if _mask(crc) != e.crc32c or stored_len_crc != _mask(_length_crc(lengths)):
+                raise CheckpointError(f"tensor {name!r}: checksum mismatch in data file {p}; "
+                                      "the checkpoint is corrupted")
+        arr = np.empty(count, dtype=object)
+        arr[:] = values
+        return arr.reshape(e.shape)
+
+    def items(self, verify: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield (name, array) one tensor at a time, sorted by name."""
+        for name in self._names:
+            yield name, self.read(name, verify=verify)
+
+    def info(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """{name: (shape, dtype)} for every tensor."""
+        return {n: (self.shape(n), self.dtype(n)) for n in self._names}
+
+    def close(self) -> None:
+        """Close any open data files."""
+        files, self._files = self._files, {}
+        for f in files.values():
+            f.close()
+
+
+def _length_crc(lengths: list[int]) -> int:
+    crc = 0
+    for n in lengths:
+        crc = _crc_extend(crc, struct.pack("<I", n & 0xFFFFFFFF))
+    return crc
+
+
+def tensor_info(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{name: (shape, dtype)} of a checkpoint, reading only its index."""
+    with BundleReader(path) as r:
+        return r.info()
+
+
+# --------------------------------------------------------------------------------------
+# writer
+# --------------------------------------------------------------------------------------
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class BundleWriter:
+    """Atomic single-shard checkpoint writer; tensors are streamed to disk as they are added."""
+
+    def __init__(self, prefix: str, *, block_size: int = _DEFAULT_BLOCK_SIZE) -> None:
+        self.prefix = os.path.abspath(os.fspath(prefix))
+        self.index_path = self.prefix + ".index"
+        self.data_path = self.prefix + ".data-00000-of-00001"
+        self._block_size = block_size
+        folder = os.path.dirname(self.prefix)
+        os.makedirs(folder, exist_ok=True)
+        base = os.path.basename(self.prefix)
+        fd, self._tmp_data = tempfile.mkstemp(prefix=f".{base}.data.", suffix=".tmp", dir=folder)
+        self._data = os.fdopen(fd, "wb")
+        self._tmp_index: str | None = None
+        self._entries: dict[str, _Entry] = {}
+        self._offset = 0
+        self._done = False
+
+    def __enter__(self) -> "BundleWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None and not self._done:
+            self.finish()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:  # unfinished writer: leave nothing behind
+        try:
+            self.abort()
+        except Exception:
+            pass
+
+    def add(self, name: str, array: Any) -> None:
+        """Append tensor ``name`` (numpy array, scalar or CPU torch tensor) to the data file."""
+        if self._done:
+            raise CheckpointError(f"checkpoint {self.prefix}: writer already finished or aborted")
+        if not isinstance(name, str) or not name:
+            raise CheckpointError(f"checkpoint {self.prefix}: tensor name must be a non-empty string, got {name!r}")
+        if name in self._entries:
+            raise CheckpointError(f"checkpoint {self.prefix}: duplicate tensor name {name!r}")
+        if hasattr(array, "detach") and hasattr(array, "cpu"):  # torch.Tensor without importing torch
+            array = array.detach().cpu().numpy()
+        arr = np.asarray(array)
+        code = _np_to_tf(arr.dtype)
+        if code == 0:
+            raise CheckpointError(f"checkpoint {self.prefix}: tensor {name!r}: unsupported dtype {arr.dtype}")
+        if arr.dtype.kind != "V" and arr.dtype.itemsize > 1:
+            arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+        crc = 0
+        for start in range(0, flat.size, _CHUNK):
+            chunk = flat[start:start + _CHUNK]
+            crc = _crc_extend(crc, chunk)
+            self._data.write(memoryview(chunk))
+        self._entries[name] = _Entry(code, tuple(int(d) for d in arr.shape), 0, self._offset, flat.size, _mask(crc))
+        self._offset += flat.size
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def finish(self) -> None:
+        """Write the index, fsync and atomically rename: data file first, index last."""
+        if self._done:
+            raise CheckpointError(f"checkpoint {self.prefix}: writer already finished or aborted")
+        try:
+            self._data.flush()
+            os.fsync(self._data.fileno())
+            self._data.close()
+            items = [(b"", _encode_header(1))]
+            for name in sorted(self._entries, key=lambda n: n.encode("utf-8")):
+                items.append((name.encode("utf-8"), _encode_entry(self._entries[name])))
+            table = _build_table(items, self._block_size)
+            folder = os.path.dirname(self.prefix)
+            fd, self._tmp_index = tempfile.mkstemp(prefix=f".{os.path.basename(self.prefix)}.index.",
+                                                   suffix=".tmp", dir=folder)
+            with os.fdopen(fd, "wb") as f:
+                f.write(table)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self._tmp_data, self.data_path)
+            os.replace(self._tmp_index, self.index_path)
+            self._tmp_index = None
+            _fsync_dir(folder)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+
+    def abort(self) -> None:
+        """Discard everything written so far (temporary files removed)."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._data.close()
+        except Exception:
+            pass
+        for p in (self._tmp_data, self._tmp_index):
+            if p:
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+
+
+def write_checkpoint_state(folder: str, basename: str, all_basenames: list[str] | None = None) -> None:
+    """Atomically write ``folder/checkpoint`` naming ``basename`` as the latest checkpoint."""
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    paths = list(all_basenames) if all_basenames is not None else []
+    paths = [p for p in paths if p != basename] + [basename]  # TF keeps the latest last
+    text = f'model_checkpoint_path: "{_escape(basename)}"\n'
+    text += "".join(f'all_model_checkpoint_paths: "{_escape(p)}"\n' for p in paths)
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(folder, "checkpoint"))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(folder)
