@@ -196,11 +196,11 @@ def compare_networks(ckpt_or_weights, cfg: dict, seed: int = 0, x=None, truth64:
     """Both frameworks on one input in [-1, 1]; weights from a TF checkpoint path or a dict.
     truth64 also runs both in float64 (semantic check and float32 error budget)."""
     import torch
-    import weights_convert as wc
+    from ugatit_common.tf_checkpoint import names as wc
     if isinstance(ckpt_or_weights, dict):
         weights = ckpt_or_weights
     else:
-        from torch_port.tf_bundle import BundleReader
+        from ugatit_common.tf_checkpoint.bundle import BundleReader
         with BundleReader(ckpt_or_weights) as r:
             weights = {n: r.read(n) for n in r.keys() if n.startswith(NETS) and not n.endswith(wc.SLOT_SUFFIXES)}
     nets = tuple(n for n in NETS if f"{n}/conv/conv2d/kernel" in weights or f"{n}/local/conv_0/kernel" in weights
@@ -243,17 +243,21 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(rows: dict, cfg: dict, out_dir: str, source: str = "") -> str:
-    """Per-layer table as Markdown and HTML (what a user attaches to a converted model)."""
+def write_report(rows: dict, cfg: dict, out_dir: str, source: str = "", provenance: list[str] | None = None) -> str:
+    """Per-layer table as Markdown and HTML (what a user attaches to a converted model).
+    `provenance`: one line per config setting saying where it came from (read or guessed)."""
+    prov = list(provenance or [])
     os.makedirs(out_dir, exist_ok=True)
     n_bad = sum(not r["ok"] for r in rows.values())
     head = (f"# U-GAT-IT parity report\n\nCheckpoint: `{source}`\n\nConfig: `{cfg}`\n\n"
-            f"{len(rows)} tensors compared, {n_bad} over tolerance. {CRITERIA}\n\n")
+            + "".join(f"- {line}\n" for line in prov) + ("\n" if prov else "")
+            + f"{len(rows)} tensors compared, {n_bad} over tolerance. {CRITERIA}\n\n")
     md = head + table(rows) + "\n"
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(n, r)) + "</tr>"
                     for n, r in rows.items())
     page = (f"<html><body><h1>U-GAT-IT parity report</h1><p>Checkpoint: {html.escape(source)}</p>"
-            f"<p>Config: {html.escape(str(cfg))}</p><p>{len(rows)} tensors compared, {n_bad} over tolerance. "
+            f"<p>Config: {html.escape(str(cfg))}</p>"
+            + ("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in prov) + "</ul>" if prov else "") + f"<p>{len(rows)} tensors compared, {n_bad} over tolerance. "
             f"{html.escape(CRITERIA)}</p>"
             f"<table border=1><tr><th>kind</th><th>TF name</th><th>torch name</th><th>shape</th><th>max abs</th>"
             f"<th>max rel</th><th>f64 diff</th><th>f32 rms err torch / TF</th><th>ok</th></tr>{cells}</table></body></html>")

@@ -57,7 +57,8 @@ def tf_session_state(sess, tf):
 
 def torch_state_from_tf(model, g_optim, d_optim, state):
     import torch
-    import weights_convert as wc
+
+    from ugatit_common.tf_checkpoint import names as wc
     weights, slots = {}, {"G": {}, "D": {}}
     for name, value in state.items():
         tname = wc.tf_to_torch_name(name)
@@ -74,7 +75,7 @@ def torch_state_from_tf(model, g_optim, d_optim, state):
 
 
 def torch_state_as_tf(model, g_optim, d_optim):
-    import weights_convert as wc
+    from ugatit_common.tf_checkpoint import names as wc
     state = dict(model.state_dict())
     state.update(g_optim.named_slots())
     state.update(d_optim.named_slots())

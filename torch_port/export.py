@@ -270,7 +270,7 @@ def tf_generator_runner(cfg: dict, core_state: dict, scope: str):
         from tf_reference.compat import tf
         from tf_reference.model import UGATITGraph
 
-        import weights_convert as wc
+        from ugatit_common.tf_checkpoint import names as wc
     except ImportError:
         return None
     full_cfg = opt.config_from(cfg)
@@ -536,13 +536,8 @@ def _io_doc(cfg: dict, io: str, extra_inputs: dict | None):
 # -- checkpoints -----------------------------------------------------------------------------------
 
 def _tf_step(path: str) -> int:
-    import re
-
-    import weights_convert as wc
-    if hasattr(wc, "checkpoint_step"):
-        return int(wc.checkpoint_step(path))
-    m = re.search(r"-(\d+)$", path.rstrip("/"))
-    return int(m.group(1)) if m else 0
+    from ugatit_common.tf_checkpoint import checkpoint_step, resolve_prefix
+    return int(checkpoint_step(resolve_prefix(path)))
 
 
 def _is_tf_checkpoint(path: str) -> bool:
@@ -575,9 +570,8 @@ def load_checkpoint(path: str, overrides: dict | None = None) -> dict:
     if not os.path.exists(path) and not os.path.isfile(path + ".index"):
         raise ExportError(f"{path!r}: no such checkpoint file or folder")
     if _is_tf_checkpoint(path):
-        import weights_convert as wc
         try:
-            cfg, state = wc.tf_to_torch(path, generators_only=True)
+            cfg, state = ckpt.read_tf_weights(path, generators_only=True)
         except Exception as e:  # noqa: BLE001 - the converter's errors all mean "not readable"
             raise ExportError(f"{path!r}: cannot read the TensorFlow checkpoint: {e}") from e
         return {"config": _apply_overrides(cfg, overrides, path), "state": state, "step": _tf_step(path),

@@ -160,7 +160,7 @@ def restore(model, cfg, folder, dist_info):
                 "past_g_loss": float(state.get("past_g_loss", -1.0)), "rng": state.get("rng"),
                 "world_size": int(state.get("world_size", 1))}
     if ckpt.has_tf_checkpoint(folder):
-        st = ckpt.read_tf_training_state(folder)
+        st = ckpt.read_tf_training_state(folder, cfg)
         ckpt.load_weights_into(model, st["model"], f"{folder} (TensorFlow)")
         model.G_optim.load_named_slots(st["G_slots"], *st["G_powers"])
         model.D_optim.load_named_slots(st["D_slots"], *st["D_powers"])

@@ -31,7 +31,7 @@ def load_for_test(cfg: dict, device: torch.device):
         print(f" [*] Success to read {opt.model_name(cfg)}.model-{step}")
         print(" [*] Load SUCCESS")
     elif ckpt.has_tf_checkpoint(folder):
-        _, weights = ckpt.read_tf_weights(folder)
+        _, weights = ckpt.read_tf_weights(folder, cfg)
         ckpt.load_weights_into(model, weights, f"{folder} (TensorFlow)")
         print(" [*] Load SUCCESS (TensorFlow checkpoint, converted)")
     else:
