@@ -216,8 +216,8 @@ def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, 
 
     writer = None
     if main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(paths.log)
+        from .events import EventWriter  # never imports TensorFlow
+        writer = EventWriter(paths.log)
     from tqdm import tqdm
     total = max(0, (cfg["epoch"] - start_epoch) * cfg["iteration"] - start_batch_id)
     bar = tqdm(total=total, file=sys.stderr, disable=(not main) or not sys.stderr.isatty(), desc="train")
