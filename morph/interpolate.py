@@ -7,7 +7,9 @@ Frames (our choice, documented): frame i of `steps` uses w = lerp(w_ba, w_ab, t_
 t_i = i / (steps - 1). Frame 0 is therefore the B->A code applied to the input (for an A input:
 its own domain, ~ the identity mapping the training asks of G(x_A, z_ba)), the last frame is the
 A->B translation with the averaged code; both endpoints equal `model.translate_w(x, w_ba)` /
-`model.translate_w(x, w_ab)` exactly.
+`model.translate_w(x, w_ab)` exactly. The strip and GIF show the input itself first, captioned
+`input`, then the frames captioned with their t, so a viewer sees what was preserved; the
+smoothness figure covers the frames only.
 
 Smoothness figure: d_i = mean |frame_{i+1} - frame_i| (pixel values in [-1, 1]);
 figure = max(d) / mean(d). 1.0 means every step changes the image by the same amount; larger
@@ -28,7 +30,7 @@ from ugatit_common.atomic import write_bytes_atomic
 from ugatit_common.options import IMAGE_EXTENSIONS
 from ugatit_common.results import save_grid, to_uint8
 
-__all__ = ["w_codes", "lerp", "morph_frames", "smoothness", "write_strip", "write_gif",
+__all__ = ["w_codes", "lerp", "morph_frames", "smoothness", "labelled_frames", "write_strip", "write_gif",
            "list_inputs", "interpolate_images", "write_index"]
 
 
@@ -82,18 +84,45 @@ def _hwc(frame: torch.Tensor) -> np.ndarray:
     return a.transpose(1, 2, 0)
 
 
-def write_strip(frames, path: str) -> str:
-    """The frames side by side (one row), atomically."""
-    return save_grid([_hwc(f) for f in frames], path, ncols=len(frames))
+def _caption(image_uint8: np.ndarray, text: str) -> np.ndarray:
+    """The image with a black band above it holding `text` (white), so a strip says what each
+    frame is."""
+    import cv2
+    h, w = image_uint8.shape[:2]
+    band = max(12, w // 6)
+    top = np.zeros((band, w, 3), np.uint8)  # drawn apart, so no stroke touches the picture
+    scale = band / 32.0
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.putText(top, text, (max(0, (w - tw) // 2), (band + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([top, np.asarray(image_uint8, np.uint8)], axis=0)
 
 
-def write_gif(frames, path: str, duration_ms: int = 250) -> str:
-    """An animated GIF of the frames (looping), via PIL, written atomically."""
+def labelled_frames(frames, x: torch.Tensor | None = None, ts: list[float] | None = None) -> list[np.ndarray]:
+    """uint8 HWC frames, each captioned (`t=0.00` ... `t=1.00`), the input `x` first as `input`."""
+    ts = frame_ts(len(frames)) if ts is None else ts
+    out = [] if x is None else [_caption(to_uint8(_hwc(x)), "input")]
+    return out + [_caption(to_uint8(_hwc(f)), f"t={t:.2f}") for f, t in zip(frames, ts)]
+
+
+def write_strip(frames, path: str, x: torch.Tensor | None = None) -> str:
+    """The frames side by side (one row), atomically; with `x`, the input first and every frame
+    captioned."""
+    if x is None:
+        return save_grid([_hwc(f) for f in frames], path, ncols=len(frames))
+    from ugatit_common.results import write_rgb
+    return write_rgb(path, np.concatenate(labelled_frames(frames, x), axis=1))
+
+
+def write_gif(frames, path: str, duration_ms: int = 250, x: torch.Tensor | None = None) -> str:
+    """An animated GIF of the frames (looping), via PIL, written atomically; with `x`, the input
+    (captioned) is the first frame."""
     import io
 
     from PIL import Image
 
-    images = [Image.fromarray(to_uint8(_hwc(f))) for f in frames]
+    tiles = labelled_frames(frames, x) if x is not None else [to_uint8(_hwc(f)) for f in frames]
+    images = [Image.fromarray(t) for t in tiles]
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
                    duration=int(duration_ms), loop=0)
@@ -131,11 +160,19 @@ def write_index(result_dir: str, rows: list[dict], filename: str = "index.html")
         rel = os.path.relpath(os.path.abspath(p), os.path.dirname(os.path.abspath(page)))
         return html.escape(urllib.parse.quote(rel.replace(os.sep, "/")), quote=True)
 
-    body = "\n".join(
-        "<tr><td>%s</td><td><img src='%s'></td><td><img src='%s'></td><td>%.4f</td></tr>"
-        % (html.escape(r["name"]), src(r["strip"]), src(r["gif"]), r["smoothness"]) for r in rows)
-    text = ("<html><body><h3>Morph-UGATIT: B-&gt;A code (left) to A-&gt;B code (right)</h3>"
-            "<table><tr><th>name</th><th>strip</th><th>gif</th><th>smoothness (max/mean step)</th></tr>\n"
+    def row(r):
+        changes = " ".join(f"{c:.3f}" for c in r.get("changes", []))
+        inp = f"<img src='{src(r['input'])}' width='{r['size']}'>" if r.get("input") and r.get("size") else ""
+        return ("<tr><td>%s</td><td>%s</td><td><img src='%s'></td><td><img src='%s'></td>"
+                "<td>%.4f</td><td>%s</td></tr>" % (html.escape(r["name"]), inp, src(r["strip"]), src(r["gif"]),
+                                                   r["smoothness"], html.escape(changes)))
+
+    body = "\n".join(row(r) for r in rows)
+    text = ("<html><body><h3>Morph-UGATIT: the input, then the B-&gt;A code (t=0) to the A-&gt;B code (t=1)</h3>"
+            "<p>smoothness = max / mean of the per-step change mean|f[i+1] - f[i]| (1.0 = even steps); "
+            "the per-step changes are listed beside it.</p>"
+            "<table><tr><th>name</th><th>input</th><th>strip</th><th>gif</th><th>smoothness</th>"
+            "<th>per-step change</th></tr>\n"
             f"{body}\n</table></body></html>\n")
     return write_bytes_atomic(page, text.encode("utf-8"))
 
@@ -157,8 +194,8 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
             x = load_input(path, img_size).to(device)
             frames = morph_frames(model, x, w_ba, w_ab, steps)
             name = os.path.splitext(os.path.basename(path))[0]
-            strip = write_strip(frames, os.path.join(result_dir, f"{name}_strip.png"))
-            gif = write_gif(frames, os.path.join(result_dir, f"{name}.gif"))
+            strip = write_strip(frames, os.path.join(result_dir, f"{name}_strip.png"), x=x)
+            gif = write_gif(frames, os.path.join(result_dir, f"{name}.gif"), x=x)
             fig = smoothness(frames)
             fig.update({"input": os.path.abspath(path), "samples": samples,
                         "t": frame_ts(steps), "strip": os.path.basename(strip), "gif": os.path.basename(gif),
@@ -167,7 +204,8 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
                                     (json.dumps(fig, indent=2) + "\n").encode("utf-8"))
             if log:
                 log(f"{name}: strip {strip}  gif {gif}  smoothness {fig['smoothness']:.4f}")
-            rows.append({"name": name, "strip": strip, "gif": gif, "json": js,
+            rows.append({"name": name, "strip": strip, "gif": gif, "json": js, "input": os.path.abspath(path),
+                         "size": img_size,
                          "smoothness": fig["smoothness"], "changes": fig["changes"]})
         index = write_index(result_dir, rows)
         if log:

@@ -241,12 +241,21 @@ def test_cli_train_interpolate_translate_end_to_end(demo_root, tmp_path, capsys)
         assert os.path.isfile(os.path.join(out_dir, f"{n}_strip.png"))
         from PIL import Image
         with Image.open(os.path.join(out_dir, f"{n}.gif")) as im:
-            assert im.n_frames == 6
+            assert im.n_frames == 7  # the input, then 6 frames
         with open(os.path.join(out_dir, f"{n}_smoothness.json")) as fh:
             assert json.load(fh)["smoothness"] >= 1.0
     import cv2
-    assert cv2.imread(os.path.join(out_dir, f"{names[0]}_strip.png")).shape == (SIZE, SIZE * 6, 3)
-    assert os.path.isfile(os.path.join(out_dir, "index.html"))
+    strip = cv2.imread(os.path.join(out_dir, f"{names[0]}_strip.png"))
+    band = max(12, SIZE // 6)  # the caption band above each tile
+    assert strip.shape == (SIZE + band, SIZE * 7, 3)
+    # the first tile is the input as the port's test preprocessing reads it, the rest the frames
+    from morph.interpolate import load_input
+    from ugatit_common.results import to_uint8
+    x = to_uint8(load_input(os.path.join(test_a, sorted(os.listdir(test_a))[0]), SIZE)[0].permute(1, 2, 0).numpy())
+    np.testing.assert_array_equal(strip[band:, :SIZE, ::-1], x)
+    assert strip[:band].any() and not np.array_equal(strip[band:, SIZE:2 * SIZE, ::-1], x)
+    page = open(os.path.join(out_dir, "index.html")).read()
+    assert page.count("<tr><td>") == len(names) and "smoothness" in page and "per-step change" in page
     assert "smoothness" in capsys.readouterr().out
     rc = morph_main(["translate", "--config", "C", "--input", test_a, "--direction", "a2b", "--samples", "3"] + flags)
     assert rc == 0

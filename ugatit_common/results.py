@@ -31,7 +31,8 @@ def write_text_atomic(path: str, text: str) -> str:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def _write_rgb(path: str, rgb_uint8: np.ndarray) -> str:
+def write_rgb(path: str, rgb_uint8: np.ndarray) -> str:
+    """Encode an HWC uint8 RGB picture by the path's extension and write it atomically."""
     ext = os.path.splitext(path)[1] or ".png"
     ok, buf = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(rgb_uint8), cv2.COLOR_RGB2BGR))
     if not ok:
@@ -55,7 +56,7 @@ def save_image(image, path: str) -> str:
         if a.shape[0] != 1:
             raise ValueError(f"save_image takes one image, got a batch of {a.shape[0]}; use save_grid")
         a = a[0]
-    return _write_rgb(path, to_uint8(a))
+    return write_rgb(path, to_uint8(a))
 
 
 def save_grid(images, path: str, ncols: int | None = None) -> str:
@@ -74,7 +75,7 @@ def save_grid(images, path: str, ncols: int | None = None) -> str:
             raise ValueError(f"image {i} has shape {t.shape}, expected {(h, w)}")
         r, c = divmod(i, ncols)
         grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = t
-    return _write_rgb(path, to_uint8(grid))
+    return write_rgb(path, to_uint8(grid))
 
 
 class ResultsPage:
@@ -105,6 +106,7 @@ class ResultsPage:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None and self.rows:  # a failed or empty run leaves the previous page as it was
+            self.close()
         return False
