@@ -1,4 +1,4 @@
-"""python -m morph {train,interpolate,translate,demo} - Morph-UGATIT on the verified port.
+"""python -m morph {train,interpolate,translate,demo,export} - Morph-UGATIT on the verified port.
 
   train        the official flags + --config A|B|C --idp_weight --g_cam --device --seed
                --init_from PATH --data_root DIR
@@ -6,6 +6,8 @@
                <name>.gif, <name>_smoothness.json and index.html in --result_dir (config C)
   translate    --input FILE|FOLDER --direction a2b|b2a --samples N
   demo DIR     demo data set + a tiny config-C training + a morph strip / GIF / smoothness
+  export CKPT OUT.onnx   ONNX export, verified (config C: inputs image and w; the two direction
+               codes' w in OUT_w.npz and the metadata); see morph/export.py
 
 The checkpoint folder is <checkpoint_dir>/<model_dir>_morph<config> (the official naming plus
 the config), unless --checkpoint names a folder directly. Bad input (unknown direction,
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--direction", required=True, help="a2b | b2a")
             s.add_argument("--samples", type=int, default=1, help="z samples per input (default: 1)")
+
+    from .export import add_parser as add_export_parser
+    add_export_parser(sub)
 
     d = sub.add_parser("demo", help="demo data + tiny config-C training + morph strip / GIF")
     d.add_argument("dir", help="folder for the data set, checkpoint and results")
@@ -211,12 +216,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import run
+    return run(args)
+
+
 def main(argv=None) -> int:
     from torch_port.data import ImageReadError
 
     from .train import CheckpointKindError
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "interpolate": cmd_interpolate, "translate": cmd_translate, "demo": cmd_demo}
+    handlers = {"train": cmd_train, "interpolate": cmd_interpolate, "translate": cmd_translate, "demo": cmd_demo,
+                "export": cmd_export}
     try:
         return handlers[args.command](args)
     except (opt.OptionError, CheckpointKindError, ImageReadError, ValueError) as e:

@@ -57,12 +57,12 @@ OPSET = 18
 FLOAT32_TOL = 1e-5   # the parity suite's float32 budget (parity_tests/harness.FORWARD_TOL)
 RMS_FACTOR = 3.0     # ... and its float32 fallback (parity_tests/harness.RMS_FACTOR)
 # fp16: float16 keeps 11 significant bits (relative rounding 4.9e-4 per operation). Measured
-# |ort16 - port64| / max(1, max|port64|) (ONNX Runtime CPU, batch 1 and 2, uniform inputs):
-# translated 1.2e-3..3.9e-3, cam_logit 2e-5..1.6e-3, heatmap 1e-5..3.3e-3 (golden light 64 px
-# both directions, random light/full 32-64 px ch 2-8, the 256 px light model ch 64); the budget
-# is ~5x the largest. A float32 export that ran in float16 by mistake would pass it: fp16 is
-# judged against the truth, not against a float32 run.
-FP16_TOL = 2e-2
+# max |ort16 - port64| / max(1, max|port64|) on ONNX Runtime CPU, batch 1 and 2, uniform inputs:
+# the official golden light 64 px checkpoint 1.0e-3..1.2e-3 (translated), 1e-4..3e-4 (CAM logit,
+# heatmap); random light/full 32-64 px ch 2-8 models 1.4e-3..3.2e-3; a random light 256 px ch 64
+# model 6.0e-3..6.6e-3 (translated), 1.0e-3 (CAM logit), 7.6e-4 (heatmap). The budget is ~4.5x
+# the largest. fp16 is judged against the float64 truth, not against a float32 run.
+FP16_TOL = 3e-2
 UINT8_COUNTS = 1       # uint8 pictures: max |ort - port| in counts (fp32)
 UINT8_SHARE = 0.01     # ... on at most this share of the values
 INPUT = "image"
@@ -324,7 +324,7 @@ def _scale(a) -> float:
     return max(1.0, float(np.abs(np.asarray(a, np.float64)).max()) if np.size(a) else 1.0)
 
 
-def _judge_float32(ort: np.ndarray, ref32: np.ndarray, truth: np.ndarray) -> dict:
+def judge_float32(ort: np.ndarray, ref32: np.ndarray, truth: np.ndarray) -> dict:
     tol = FLOAT32_TOL * _scale(ref32)
     diff = _max_abs(ort, ref32)
     rms_ort, rms_ref = _rms(ort, truth), _rms(ref32, truth)
@@ -364,9 +364,9 @@ def _judge_output(name: str, ort: np.ndarray, port32: dict, truth: dict, tf32: d
         if tf32 is not None:
             row["tf32"] = _judge_pictures(ort, to_uint8_pictures(tf32[name]), UINT8_COUNTS, UINT8_SHARE)
     else:
-        row["port32"] = _judge_float32(ort, port32[name], truth[name])
+        row["port32"] = judge_float32(ort, port32[name], truth[name])
         if tf32 is not None:
-            row["tf32"] = _judge_float32(ort, tf32[name], truth[name])
+            row["tf32"] = judge_float32(ort, tf32[name], truth[name])
     row["ok"] = all(v["ok"] for v in row.values() if isinstance(v, dict))
     return row
 
@@ -570,11 +570,12 @@ def load_checkpoint(path: str, overrides: dict | None = None) -> dict:
     if not os.path.exists(path) and not os.path.isfile(path + ".index"):
         raise ExportError(f"{path!r}: no such checkpoint file or folder")
     if _is_tf_checkpoint(path):
-        try:
-            cfg, state = ckpt.read_tf_weights(path, generators_only=True)
-        except Exception as e:  # noqa: BLE001 - the converter's errors all mean "not readable"
+        given = {k: v for k, v in overrides.items() if v is not None}
+        try:  # explicit settings are checked against what the checkpoint records; guesses noted on stderr
+            cfg, state = ckpt.read_tf_weights(path, cfg=given, generators_only=True)
+        except Exception as e:  # noqa: BLE001 - the converter's errors all mean "not readable / contradicts"
             raise ExportError(f"{path!r}: cannot read the TensorFlow checkpoint: {e}") from e
-        return {"config": _apply_overrides(cfg, overrides, path), "state": state, "step": _tf_step(path),
+        return {"config": _apply_overrides(cfg, given, path), "state": state, "step": _tf_step(path),
                 "source": path, "kind": "tensorflow"}
     if os.path.isdir(path):
         try:
@@ -704,6 +705,9 @@ def _cli(argv, prog: str, description: str, overrides_from, need_kind: str | Non
     p = _build_parser(prog, description)
     args = p.parse_args(argv)
     try:
+        if os.path.isdir(args.out):
+            raise ExportError(f"output {args.out!r} is a folder; give a file name ending in .onnx")
+        parse_batches(args.batches)
         loaded = load_checkpoint(args.ckpt, overrides_from(args))
         if need_kind is not None and loaded["kind"] != need_kind:
             raise ExportError(f"{args.ckpt!r} is a {loaded['kind']} checkpoint, not an official TensorFlow one "

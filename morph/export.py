@@ -1,0 +1,131 @@
+"""ONNX export of Morph-UGATIT (`python -m morph export CKPT OUT.onnx`), verified like the port's
+(torch_port/export.py: ONNX Runtime vs the port in float32 and float64, same budget).
+
+Config C (one generator, steered by w): inputs `image` [B, C, H, W] and `w` [B, w_dim] float32,
+outputs `translated`, `cam_logit`, `heatmap`. An app morphs by interpolating w between the two
+direction codes, which are exported alongside: `<OUT stem>_w.npz` (w_a2b, w_b2a, each
+[1, w_dim] float32) and the model's metadata (`morph.w_a2b`, `morph.w_b2a`, JSON lists).
+w_X = the mean of MLP(z) over `--samples` draws of X's direction code z (seed `--z_seed`),
+exactly `morph.interpolate.w_codes`; frame t of a morph is G(x, w_b2a + t (w_a2b - w_b2a)).
+Verification feeds batch b the codes lerp(w_b2a, w_a2b, t) for t = 0..1 in b steps (batch 1: w_a2b).
+
+Configs A / B (two generators, as UGATIT): `--direction a2b|b2a`, the port's contract, and
+tf_reference is compared too when importable (their generators are the official one).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from torch_port import export as tx
+from ugatit_common.atomic import atomic_output
+
+__all__ = ["MorphCore", "w_file", "export_morph", "add_parser", "run"]
+
+
+class MorphCore(nn.Module):
+    """forward(x, w) -> (image, cam_logit, heatmap) of a config-C `MorphGenerator`."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x, w):
+        return self.generator(x, w=w)
+
+
+def w_file(out: str) -> str:
+    """Where the direction codes go beside `out`: model.onnx -> model_w.npz."""
+    stem = out[: -len(".onnx")] if out.endswith(".onnx") else out
+    return stem + "_w.npz"
+
+
+def _lerp_codes(w_ba: np.ndarray, w_ab: np.ndarray):
+    def extra(batch: int) -> dict:
+        ts = np.array([1.0]) if batch == 1 else np.linspace(0.0, 1.0, batch)
+        return {tx.W_INPUT: np.stack([w_ba[0] + t * (w_ab[0] - w_ba[0]) for t in ts]).astype(np.float32)}
+    return extra
+
+
+def export_morph(model, out: str, *, source: str, step: int, direction: str | None = None, samples: int = 8,
+                 z_seed: int = 0, io: str = "float", precision: str = "fp32", verify: bool = True,
+                 tf: str = "auto", batches=(1, 2), seed: int = 0, mutate=None) -> dict:
+    """Export a loaded `MorphUGATIT` (eval mode). Config C writes `w_file(out)` too."""
+    from .interpolate import w_codes
+    cfg = dict(model.config)
+    keys = ("morph_config", "z_dim", "w_dim", "mlp_layers")
+    meta = {"morph.config": model.morph_config}
+    if model.single_generator:
+        if samples < 1:
+            raise tx.ExportError(f"--samples={samples}: must be >= 1")
+        model.z_generator = torch.Generator().manual_seed(int(z_seed))
+        w_ab, w_ba = (t.detach().cpu().float().numpy() for t in w_codes(model, samples))
+        core = MorphCore(model.generator).eval()
+        meta.update({"morph.w_a2b": json.dumps([float(v) for v in w_ab[0]]),
+                     "morph.w_b2a": json.dumps([float(v) for v in w_ba[0]]),
+                     "morph.w_samples": str(samples), "morph.z_seed": str(z_seed),
+                     "morph.usage": "w = w_b2a + t * (w_a2b - w_b2a); t = 1: A->B, t = 0: B->A (codes also in "
+                                    + os.path.basename(w_file(out)) + ")"})
+        result = tx.export(core, out, cfg, direction="w", source=source, source_kind="morph", step=step, io=io,
+                           precision=precision, verify=verify, batches=batches, seed=seed,
+                           extra_inputs={tx.W_INPUT: (int(cfg["w_dim"]),)}, extra=_lerp_codes(w_ba, w_ab),
+                           metadata=meta, config_keys=keys, mutate=mutate)
+        with atomic_output(w_file(out)) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, w_a2b=w_ab, w_b2a=w_ba)
+        result["w_file"] = w_file(out)
+        return result
+    if direction not in ("a2b", "b2a"):
+        raise tx.ExportError(f"config {model.morph_config} has two generators: give --direction a2b or b2a")
+    gen = (model.generator_B if direction == "a2b" else model.generator_A).eval()
+    scope = "generator_B" if direction == "a2b" else "generator_A"
+    tf_run = tx.tf_runner_for(tf, cfg, gen.state_dict(), scope) if verify else None
+    try:
+        return tx.export(gen, out, cfg, direction=direction, source=source, source_kind="morph", step=step, io=io,
+                         precision=precision, verify=verify, tf_run=tf_run, batches=batches, seed=seed,
+                         metadata=meta, config_keys=keys, mutate=mutate)
+    finally:
+        if tf_run is not None:
+            tf_run.close()
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    e = sub.add_parser("export", help="export to ONNX, verified (config C: image + w inputs, w codes alongside)")
+    e.add_argument("ckpt", help="a Morph checkpoint folder (written by python -m morph train)")
+    e.add_argument("out", help="the .onnx file to write")
+    e.add_argument("--direction", default=None, choices=("a2b", "b2a"), help="configs A/B only: which generator")
+    e.add_argument("--samples", type=int, default=8, help="config C: z draws averaged per w code (default: 8)")
+    e.add_argument("--z_seed", type=int, default=0, help="config C: seed of those z draws (default: 0)")
+    tx.add_export_flags(e)
+    return e
+
+
+def run(args) -> int:
+    """The `export` subcommand; bad input raises (exit 2 in morph's main), a failed check exits 1."""
+    from .train import load_morph
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    batches = tx.parse_batches(args.batches)
+    model, state = load_morph(args.ckpt, "cpu")
+    model.eval()
+    step = int(state.get("step", 0))  # checkpoint.save records the counter in the state file
+    precision = "fp16" if args.fp16 else "fp32"
+    try:
+        result = export_morph(model, args.out, source=args.ckpt, step=step, direction=args.direction,
+                              samples=args.samples, z_seed=args.z_seed, io=args.io, precision=precision,
+                              verify=args.verify, tf=args.tf, batches=batches, seed=args.seed)
+    except tx.VerificationFailed as e:
+        print(f"python -m morph export: {e} (no file written)", file=sys.stderr)
+        for line in tx.summary(e.report):
+            print(line, file=sys.stderr)
+        return tx.EXIT_VERIFY
+    tx.print_result(result, f"Morph config {model.morph_config}, io {args.io}, {precision}")
+    if "w_file" in result:
+        print(f"wrote {result['w_file']} (w_a2b, w_b2a)")
+    return 0

@@ -1,0 +1,419 @@
+"""ONNX export (torch_port/export.py, morph/export.py): every export below runs its built-in
+verification at batch 1 and 2 (ONNX Runtime vs the port in float32 and float64; the budget is
+torch_port.export.BUDGET, the parity suite's float32 budget), and the tests add what the
+verification does not see: the official TF golden outputs, a real picture through the uint8
+graph, the contract (names, shapes, dynamic batch, opset, metadata), a wrong file caught, clean
+failures. Tiny models (64 px ch 4 golden, 32 px ch 2 full, 32 px ch 4 Morph); each export takes
+~10 s, most of it torch.export's tracing, so each file is made once per module."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from torch_port import build_ugatit
+from torch_port import checkpoint as ckpt
+from torch_port import export as tx
+from ugatit_common import options as opt
+
+from .conftest import GOLDEN, ROOT
+
+GOLDEN_CKPT = os.path.join(GOLDEN, "final")
+FULL = dict(light=False, ch=2, n_res=4, n_dis=4, img_size=32, sn=True, smoothing=True)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+def _session(path_or_bytes):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    return ort.InferenceSession(path_or_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def _golden_core(direction):
+    loaded = tx.load_checkpoint(GOLDEN_CKPT, {"img_size": 64})
+    return loaded["config"], tx.generator_from_state(loaded["config"], loaded["state"], direction)
+
+
+def _within_float32_budget(got, ref):
+    """The parity suite's per-tensor float32 budget: |got - ref| <= 1e-5 * max(1, max|ref|)."""
+    return float(np.abs(got.astype(np.float64) - ref).max()) <= tx.FLOAT32_TOL * max(1.0, float(np.abs(ref).max()))
+
+
+# -- exports, once per module ------------------------------------------------------------------------
+
+_NO_TF = ("import sys\n"
+          "sys.modules['tensorflow'] = sys.modules['tf_reference'] = None  # import fails as if not installed\n"
+          "import weights_convert\n"
+          "sys.exit(weights_convert.main(sys.argv[1:]))\n")
+
+
+@pytest.fixture(scope="module")
+def golden_files(tmp_path_factory):
+    """tf2onnx of the official golden checkpoint, both directions, as one command each in a fresh
+    process where TensorFlow and tf_reference cannot be imported."""
+    out = tmp_path_factory.mktemp("onnx_golden")
+    files = {}
+    for d in ("a2b", "b2a"):
+        files[d] = str(out / f"golden_{d}.onnx")
+        r = subprocess.run([sys.executable, "-c", _NO_TF, "tf2onnx", GOLDEN_CKPT, files[d], "--direction", d,
+                            "--img_size", "64", "--threads", "2"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert "tf_reference: not run" in r.stdout and "batch 2 translated" in r.stdout
+    return files
+
+
+def _random_full_checkpoint(folder, seed=0):
+    """A port checkpoint of a full (light=False) 32 px ch 2 model whose every variable matters
+    (rho inside (0, 1), nonzero biases / beta, gamma away from 1, as parity_tests.harness does)."""
+    cfg = opt.config_from(**FULL)
+    torch.manual_seed(seed)
+    model = build_ugatit(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            leaf = n.rsplit(".", 1)[-1]
+            if leaf == "rho":
+                p.copy_(torch.rand(p.shape, generator=g))
+            elif leaf in ("bias", "beta", "gamma"):
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    ckpt.save(folder, opt.model_name(cfg), 5, model, {"config": ckpt.plain_config(cfg)})
+    return model
+
+
+@pytest.fixture(scope="module")
+def full_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx_full")
+    model = _random_full_checkpoint(str(root / "ckpt"))
+    files = {}
+    for d in ("a2b", "b2a"):
+        files[d] = str(root / f"full_{d}.onnx")
+        assert tx.main([str(root / "ckpt"), files[d], "--direction", d, "--tf", "off"]) == 0
+    return model, files
+
+
+# -- official checkpoint: the TF golden outputs ---------------------------------------------------------
+
+@pytest.mark.parametrize("direction", ["a2b", "b2a"])
+def test_golden_onnx_gives_the_official_tf_outputs(golden_files, direction):
+    """ONNX Runtime on the golden test input vs the official TF output recorded in the bundle
+    (TF 1.x graph, float32), within the parity budget, at batch 1 and at batch 2 (the input
+    beside another image: instance norms are per sample, so its row must not change)."""
+    x = np.load(os.path.join(GOLDEN, "test_input.npy")).transpose(0, 3, 1, 2).astype(np.float32)
+    want = np.load(os.path.join(GOLDEN, f"test_{direction}.npy")).transpose(0, 3, 1, 2).astype(np.float64)
+    s = _session(golden_files[direction])
+    y1 = s.run(["translated"], {"image": x})[0]
+    other = np.random.default_rng(5).uniform(-1, 1, x.shape).astype(np.float32)
+    y2 = s.run(["translated"], {"image": np.concatenate([other, x])})[0]
+    assert y1.shape == want.shape and y2.shape == (2,) + want.shape[1:]
+    assert _within_float32_budget(y1, want), np.abs(y1 - want).max()
+    assert _within_float32_budget(y2[1:], want), np.abs(y2[1:] - want).max()
+    assert not _within_float32_budget(y2[:1], want)  # the other image really is another picture
+
+
+def test_golden_contract_and_metadata(golden_files):
+    m = onnx.load(golden_files["a2b"])
+    onnx.checker.check_model(m)
+    assert {o.domain or "ai.onnx": o.version for o in m.opset_import}.get("ai.onnx") == tx.OPSET
+    inputs = {i.name: i.type.tensor_type for i in m.graph.input}
+    outputs = [o.name for o in m.graph.output]
+    assert list(inputs) == ["image"] and outputs == ["translated", "cam_logit", "heatmap"]
+    dims = inputs["image"].shape.dim
+    assert inputs["image"].elem_type == onnx.TensorProto.FLOAT
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 64, 64]  # dynamic batch, NCHW
+    for o in m.graph.output:
+        assert o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and o.type.tensor_type.shape.dim[0].dim_param
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["ugatit.opset"] == str(tx.OPSET) and meta["ugatit.direction"] == "a2b"
+    assert meta["ugatit.step"] == "3" and meta["ugatit.source_kind"] == "tensorflow"
+    assert meta["ugatit.source"] == GOLDEN_CKPT and meta["ugatit.io"] == "float" and meta["ugatit.precision"] == "fp32"
+    cfg = json.loads(meta["ugatit.config"])
+    assert (cfg["light"], cfg["ch"], cfg["img_size"], cfg["n_res"]) == (True, 4, 64, 4)
+    report = json.loads(meta["ugatit.verification"])
+    assert report["ok"] and sorted(report["batches"]) == ["1", "2"] and report["budget"] == tx.BUDGET
+    for rows in report["batches"].values():
+        for name in ("translated", "cam_logit", "heatmap"):
+            assert rows[name]["port32"]["max_abs"] <= rows[name]["port32"]["tol"]  # measured ~1e-6 < 1e-5
+    # no training-time state: the graph has exactly the contract's inputs and outputs, no
+    # initializer is also an output, and running it twice gives the same result
+    s = _session(golden_files["a2b"])
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 3, 64, 64)).astype(np.float32)
+    first, second = s.run(None, {"image": x}), s.run(None, {"image": x})
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    assert [a.shape for a in first] == [(3, 3, 64, 64), (3, 2), (3, 16, 16)]
+
+
+def test_onnx_initializers_follow_the_naming_rule(golden_files):
+    """Every conv / dense kernel of the generator is in the file as `core.<state-dict key>` (so
+    `core.<TF path under the naming rule>`) with the same values; the exporter's optimizer may
+    fold constant expressions (clip(rho - 0.1), the CAM's w + b) into constants, but a named
+    weight is the port's value."""
+    cfg, core = _golden_core("b2a")
+    state = core.state_dict()
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(golden_files["b2a"]).graph.initializer}
+    named = {k[len("core."):]: v for k, v in inits.items() if k.startswith("core.") and k[len("core."):] in state}
+    # 3 down convs, 8 + 8 block convs, 1x1, 4 MLP, 2 up convs, G_logit (the CAM kernel is folded
+    # with its bias into the channel weights w + b)
+    kernels = {k for k in state if k.endswith(".weight")} - {"CAM_logit.weight"}
+    assert kernels <= set(named) and len(kernels) == 27
+    for k, v in named.items():
+        np.testing.assert_array_equal(v, state[k].numpy(), err_msg=k)
+
+
+# -- a wrong file is caught ----------------------------------------------------------------------------
+
+def _perturbed(path, name, change):
+    m = onnx.load(path)
+    for init in m.graph.initializer:
+        if init.name == name:
+            arr = onnx.numpy_helper.to_array(init).copy()
+            change(arr)
+            init.CopyFrom(onnx.numpy_helper.from_array(arr, name))
+            return m
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name,change", [
+    ("core.G_logit.bias", lambda a: a.__setitem__(0, a[0] + 1e-4)),                     # 10x the budget at the output
+    ("core.resblock_1.res1.conv_0.weight", lambda a: a.__setitem__((0, 0, 1, 1), a[0, 0, 1, 1] * 1.01)),
+])
+def test_verification_catches_a_perturbed_weight(golden_files, tmp_path, name, change):
+    cfg, core = _golden_core("a2b")
+    assert tx.verify_file(golden_files["a2b"], core, cfg)["ok"]  # the true file passes ...
+    bad = str(tmp_path / "bad.onnx")
+    onnx.save(_perturbed(golden_files["a2b"], name, change), bad)
+    with pytest.raises(tx.VerificationFailed, match="batch 1 translated vs port32"):  # ... the wrong one fails
+        tx.verify_file(bad, core, cfg)
+
+
+def test_cli_fails_and_writes_nothing_when_verification_fails(golden_files, tmp_path, monkeypatch, capsys):
+    """A wrong graph from the exporter (simulated: the exported file with one perturbed bias) makes
+    tf2onnx exit 1 with the failing figure, and leaves no file (no temp file either)."""
+    bad = _perturbed(golden_files["a2b"], "core.G_logit.bias", lambda a: a.__setitem__(1, a[1] + 1e-3))
+    monkeypatch.setattr(tx, "to_onnx", lambda *a, **k: bad)
+    out = tmp_path / "sub" / "g.onnx"
+    rc = tx.tf2onnx_main([GOLDEN_CKPT, str(out), "--direction", "a2b", "--img_size", "64", "--tf", "off"])
+    err = capsys.readouterr().err
+    assert rc == tx.EXIT_VERIFY and "verification failed" in err and "translated" in err
+    assert not out.exists() and (not out.parent.exists() or os.listdir(out.parent) == [])
+
+
+# -- full model, from the port's own checkpoint ---------------------------------------------------------
+
+@pytest.mark.parametrize("direction", ["a2b", "b2a"])
+def test_full_model_port_checkpoint_export(full_files, direction):
+    model, files = full_files
+    gen = model.generator_B if direction == "a2b" else model.generator_A
+    s = _session(files[direction])
+    meta = {p.key: p.value for p in onnx.load(files[direction]).metadata_props}
+    assert meta["ugatit.step"] == "5" and meta["ugatit.source_kind"] == "torch_port"
+    assert json.loads(meta["ugatit.config"])["light"] is False
+    assert json.loads(meta["ugatit.verification"])["ok"]
+    for b in (1, 2):
+        x = np.random.default_rng(b + 10).uniform(-1, 1, (b, 3, 32, 32)).astype(np.float32)
+        got = s.run(None, {"image": x})
+        with torch.no_grad():
+            ref = gen.eval()(torch.from_numpy(x))
+            truth = copy.deepcopy(gen).double()(torch.from_numpy(x).double())
+        for g, r, t in zip(got, ref, truth):
+            assert g.shape == tuple(r.shape)
+            assert tx.judge_float32(g, r.numpy(), t.numpy())["ok"]
+
+
+# -- uint8 pictures and fp16 ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def uint8_file(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("onnx_u8") / "pictures.onnx")
+    assert tx.tf2onnx_main([GOLDEN_CKPT, out, "--direction", "a2b", "--img_size", "64", "--io", "uint8",
+                            "--tf", "off"]) == 0
+    return out
+
+
+def test_uint8_pictures_in_and_out(uint8_file):
+    """A real picture through the uint8 graph equals the port's official test path
+    (torch_port.data.test_image -> generator -> ugatit_common.results.to_uint8) within 1 count."""
+    import cv2
+
+    from torch_port.data import test_image
+    from ugatit_common.results import to_uint8
+    path = os.path.join(GOLDEN, "trainA.png")
+    picture = cv2.cvtColor(cv2.resize(cv2.imread(path), (64, 64)), cv2.COLOR_BGR2RGB)
+    cfg, core = _golden_core("a2b")
+    with torch.no_grad():
+        want = to_uint8(core(test_image(path, 64))[0].numpy().transpose(0, 2, 3, 1))
+    s = _session(uint8_file)
+    assert [i.type for i in s.get_inputs()] == ["tensor(uint8)"]
+    got = s.run(["translated"], {"image": picture[None]})[0]
+    assert got.dtype == np.uint8 and got.shape == (1, 64, 64, 3)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= tx.UINT8_COUNTS and np.mean(diff > 0) <= tx.UINT8_SHARE
+    got2 = s.run(["translated"], {"image": np.stack([picture[::-1], picture])})[0]  # batch 2
+    np.testing.assert_array_equal(got2[1], got[0])
+    assert {p.key: p.value for p in onnx.load(uint8_file).metadata_props}["ugatit.io"] == "uint8"
+
+
+def test_fp16_export_error_within_its_stated_budget(tmp_path):
+    out = str(tmp_path / "g16.onnx")
+    assert tx.tf2onnx_main([GOLDEN_CKPT, out, "--direction", "b2a", "--img_size", "64", "--fp16", "--tf", "off"]) == 0
+    m = onnx.load(out)
+    big = [i for i in m.graph.initializer if len(i.dims) == 4]
+    assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big)
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 in and out
+    report = json.loads({p.key: p.value for p in m.metadata_props}["ugatit.verification"])
+    assert report["precision"] == "fp16" and report["ok"]
+    # against the official TF output: measured 1e-3 relative; budget FP16_TOL = 3e-2
+    x = np.load(os.path.join(GOLDEN, "test_input.npy")).transpose(0, 3, 1, 2).astype(np.float32)
+    want = np.load(os.path.join(GOLDEN, "test_b2a.npy")).transpose(0, 3, 1, 2)
+    got = _session(out).run(["translated"], {"image": x})[0]
+    err = float(np.abs(got - want).max())
+    assert err <= tx.FP16_TOL and err > tx.FLOAT32_TOL  # float16 really ran (a float32 graph is ~1e-6)
+
+
+# -- TF live ------------------------------------------------------------------------------------------
+
+@pytest.mark.tf
+def test_verification_against_live_tf_reference(golden_files):
+    """verify with tf_reference's official generator graph, fed the same weights by the naming rule."""
+    cfg, core = _golden_core("b2a")
+    tf_run = tx.tf_generator_runner(cfg, core.state_dict(), "generator_A")
+    assert tf_run is not None
+    try:
+        report = tx.verify_file(golden_files["b2a"], core, cfg, tf_run=tf_run)
+    finally:
+        tf_run.close()
+    assert report["tf_reference"] == "compared"
+    for rows in report["batches"].values():
+        for name in ("translated", "cam_logit", "heatmap"):
+            assert rows[name]["tf32"]["ok"] and rows[name]["tf32"]["max_abs"] < 1e-5
+
+
+# -- Morph-UGATIT ------------------------------------------------------------------------------------
+
+def _morph_checkpoint(folder, config="C"):
+    from morph import MorphUGATIT
+    cfg = opt.config_from(light=True, ch=4, n_res=4, n_dis=4, img_size=32, sn=True, smoothing=True,
+                          morph_config=config)
+    torch.manual_seed(3)
+    model = MorphUGATIT(cfg)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("rho"):
+                p.copy_(torch.rand(p.shape, generator=g))
+            else:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    ckpt.save(folder, f"MorphUGATIT_{config}", 7, model,
+              {"kind": "morph", "morph_config": config, "config": ckpt.plain_config(model.config)})
+    return model
+
+
+def test_morph_export_morphs(tmp_path, capsys):
+    from morph.__main__ import main as morph_main
+    from morph.interpolate import lerp, w_codes
+    folder = str(tmp_path / "morphC")
+    model = _morph_checkpoint(folder).eval()
+    out = str(tmp_path / "morph.onnx")
+    assert morph_main(["export", folder, out, "--samples", "4", "--z_seed", "2"]) == 0
+    assert "batch 2 translated" in capsys.readouterr().out
+    codes = np.load(str(tmp_path / "morph_w.npz"))
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert json.loads(meta["ugatit.verification"])["ok"] and meta["morph.config"] == "C"
+    np.testing.assert_array_equal(codes["w_a2b"][0], np.float32(json.loads(meta["morph.w_a2b"])))
+    model.z_generator = torch.Generator().manual_seed(2)
+    w_ab, w_ba = w_codes(model, 4)  # the codes are exactly morph.interpolate's
+    np.testing.assert_array_equal(codes["w_a2b"], w_ab.numpy())
+    np.testing.assert_array_equal(codes["w_b2a"], w_ba.numpy())
+    s = _session(out)
+    assert [i.name for i in s.get_inputs()] == ["image", "w"]
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
+    frames = []
+    for t in (0.0, 0.5, 1.0):  # a 3-frame morph, batch 2, vs the port's frames
+        w = lerp(w_ba, w_ab, t)
+        got = s.run(["translated"], {"image": x, "w": np.repeat(w.numpy(), 2, axis=0)})[0]
+        with torch.no_grad():
+            ref = model.translate_w(torch.from_numpy(x), w)
+            truth = copy.deepcopy(model.generator).double()(torch.from_numpy(x).double(), w=w.double().expand(2, -1))[0]
+        assert tx.judge_float32(got, ref.numpy(), truth.numpy())["ok"]
+        frames.append(got)
+    assert np.abs(frames[0] - frames[2]).mean() > 1e-3  # the two codes give different pictures
+
+
+def test_morph_export_errors(tmp_path, capsys):
+    from morph.__main__ import main as morph_main
+    folder = str(tmp_path / "morphA")
+    _morph_checkpoint(folder, "A")
+    assert morph_main(["export", folder, str(tmp_path / "a.onnx")]) == 2  # config A needs --direction
+    assert "--direction" in capsys.readouterr().err
+    assert morph_main(["export", str(tmp_path / "missing"), str(tmp_path / "a.onnx")]) == 2
+    assert "missing" in capsys.readouterr().err
+    # a Morph checkpoint given to the port's export: named, exit 2
+    assert tx.main([folder, str(tmp_path / "a.onnx"), "--direction", "a2b"]) == 2
+    assert "python -m morph export" in capsys.readouterr().err
+    assert not (tmp_path / "a.onnx").exists()
+
+
+# -- bad input: one line, exit 2, the file named ------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "bad_safetensors", "out_is_folder",
+                                  "full_img_size", "port_ckpt_to_tf2onnx", "batches"])
+def test_bad_input_exit_2_naming_the_file(tmp_path, capsys, case):
+    out = str(tmp_path / "o.onnx")
+    args = [GOLDEN_CKPT, out, "--direction", "a2b"]
+    main, named = tx.main, GOLDEN_CKPT
+    if case == "missing":
+        args[0] = named = str(tmp_path / "nope")
+    elif case == "not_a_checkpoint":
+        args[0] = named = os.path.join(GOLDEN, "record.json")
+    elif case == "bad_safetensors":
+        named = str(tmp_path / "w.safetensors")
+        with open(named, "wb") as f:
+            f.write(b"\x00garbage")
+        args[0] = named
+    elif case == "out_is_folder":
+        args[1] = named = str(tmp_path)
+    elif case == "full_img_size":
+        folder = str(tmp_path / "full")
+        _random_full_checkpoint(folder)
+        args = [folder, out, "--direction", "a2b", "--img_size", "64"]
+        named = folder
+    elif case == "port_ckpt_to_tf2onnx":
+        folder = str(tmp_path / "full")
+        _random_full_checkpoint(folder)
+        args, main, named = [folder, out, "--direction", "a2b"], tx.tf2onnx_main, folder
+    elif case == "batches":
+        args += ["--batches", "0,x"]
+        named = "--batches"
+    assert main(args) == tx.EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0] and named in err[0], err
+    assert not os.path.exists(out)
+
+
+def test_spectral_norm_modules_are_refused():
+    """A forward of a spectral-norm layer assigns `u` (a training-time update): not exportable."""
+    model = build_ugatit(opt.config_from(light=True, ch=2, n_res=4, n_dis=4, img_size=32, sn=True))
+    with pytest.raises(tx.ExportError, match="spectral norm"):
+        tx.to_onnx(model.discriminator_A.local, {"img_size": 32})
+
+
+def test_torch_port_cli_dispatches_export(tmp_path, capsys):
+    from torch_port.__main__ import main as port_main
+    assert port_main(["export", str(tmp_path / "nope"), str(tmp_path / "o.onnx"), "--direction", "a2b"]) == 2
+    assert "nope" in capsys.readouterr().err
