@@ -160,6 +160,7 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
         if not quiet:
             info.announce()
         cfg = info.config
+        _check_img_size(cfg)  # before anything is written
         names = list(_selected(r.keys(), generators_only, with_optimizer))
         specs = [(tf_to_torch_name(n), torch_layout_shape(n, r.shape(n)), r.dtype(n)) for n in names]
         total = sum(r.nbytes(n) for n in names)
@@ -173,15 +174,28 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
 
         meta = {"format": "pt", "step": checkpoint_step(ckpt), "source": os.path.basename(r.prefix)}
         meta.update(info.metadata())
-        if out.endswith(".pt"):
-            import torch
-            state = {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in produce()}
-            _atomic_torch_save({"state": state, "config": cfg, "config_provenance": info.provenance(),
-                                "step": meta["step"]}, out)
-        else:
-            write_safetensors_streamed(out, specs, produce, meta)
-        bar.close()
+        try:
+            if out.endswith(".pt"):
+                import torch
+                state = {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in produce()}
+                _atomic_torch_save({"state": state, "config": cfg, "config_provenance": info.provenance(),
+                                    "step": meta["step"]}, out)
+            else:
+                write_safetensors_streamed(out, specs, produce, meta)
+        finally:
+            bar.close()  # an error message then starts on its own line, not on the bar's
     return info
+
+
+def _check_img_size(cfg: dict) -> None:
+    """The image size the official graph can build with (a multiple of 4, at least 2^(n_dis+1))."""
+    size, n_dis = cfg.get("img_size"), cfg.get("n_dis") or 4
+    if size is None:
+        return
+    if int(size) < 1 or int(size) % 4 or int(size) < 2 ** (int(n_dis) + 1):
+        raise ConversionError(f"--img_size={size}: must be a multiple of 4 and at least {2 ** (int(n_dis) + 1)} "
+                              f"for n_dis={n_dis} (the global discriminator halves it n_dis-1 times and then "
+                              f"needs 4 pixels)")
 
 
 def _atomic_torch_save(obj, out):
@@ -237,6 +251,13 @@ def verify(ckpt: str, cfg: dict, seed: int = 0) -> dict:
 
 # ------------------------------------------------------------------ command line
 def main(argv=None) -> int:
+    """The one error path (ugatit_common.cli_errors): bad input -> one `error:` line (on its own
+    line, never on the progress bar's), exit 2; --debug adds the traceback."""
+    from ugatit_common import cli_errors
+    return cli_errors.run(_main, argv, prog="python weights_convert.py")
+
+
+def _main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "tf2onnx":  # ONNX export of a TF checkpoint's generator (torch_port/export.py)
         from torch_port.export import tf2onnx_main
@@ -258,11 +279,16 @@ def main(argv=None) -> int:
     a.add_argument("--verify", action="store_true", help="run TF and torch on the same input, print max diffs")
     a.add_argument("--report", metavar="DIR", help="write the per-layer parity report (Markdown + HTML) to DIR")
     b = sub.add_parser("torch2tf", help="safetensors/.pt → official-layout TF checkpoint")
-    b.add_argument("inp")
+    b.add_argument("inp", help="a port checkpoint (.safetensors with its .state.pt beside it, or their folder), "
+                               "or a tf2torch output")
     b.add_argument("ckpt_out", help="checkpoint prefix to write, e.g. checkpoint/X/UGATIT_light.model-10")
+    b.add_argument("--weights_only", action="store_true", help="write the weights without the optimizer state "
+                                                               "(enough for the test phase, not for resuming)")
     args = p.parse_args(argv)
     try:
         if args.cmd == "tf2torch":
+            if args.img_size is not None and (args.img_size < 1 or args.img_size % 4):
+                raise ConversionError(f"--img_size={args.img_size}: must be a positive multiple of 4")
             overrides = {"img_size": args.img_size, "n_dis": args.n_dis,
                          "smoothing": None if args.smoothing is None else args.smoothing == "True",
                          "sn": None if args.sn is None else args.sn == "True"}
@@ -283,8 +309,9 @@ def main(argv=None) -> int:
                 if args.report:
                     print("report: " + write_report(results, cfg, args.report, args.ckpt, provenance=info.describe()))
         else:
-            state, meta = load_torch_weights(args.inp)
-            step = int(meta.get("step", 0)) if meta else 0
+            # validated against the model its config describes; the optimizer state carried along
+            from torch_port.to_tf import prepare
+            state, step, _ = prepare(args.inp, weights_only=args.weights_only)
             prefix = args.ckpt_out
             if not re.search(r"-\d+$", prefix):
                 prefix = f"{prefix}-{step}"

@@ -153,12 +153,21 @@ def cmd_translate(args) -> int:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     inputs = list_inputs(args.input)
     model, cfg = _load(args)
+    from torch_port.data import ImageReadError
+    from ugatit_common.output_names import OutputNames
     out_dir = _result_dir(cfg) if args.checkpoint is None else cfg["result_dir"]
     size = model.config["img_size"]
     device = next(model.parameters()).device
+    names, done = OutputNames(inputs), 0  # outputs never collide and never overwrite an input
     for path in inputs:
-        x = load_input(path, size).to(device)
-        name = os.path.splitext(os.path.basename(path))[0]
+        try:  # unreadable inputs are skipped with a warning (as the port's test phase does)
+            x = load_input(path, size).to(device)
+        except ImageReadError as e:
+            print(f"warning: skipping {path}: {e.reason}", file=sys.stderr, flush=True)
+            continue
+        done += 1
+        name = names.stem(out_dir, path, [f"_{args.direction}_{k}.png" for k in range(args.samples)]
+                          + [f"_{args.direction}_samples.png"])
         outs = []
         for k in range(args.samples):
             y = model.translate(x, args.direction)
@@ -167,6 +176,8 @@ def cmd_translate(args) -> int:
         grid = save_grid([x[0].permute(1, 2, 0).cpu().numpy()] + outs,
                          os.path.join(out_dir, f"{name}_{args.direction}_samples.png"), ncols=len(outs) + 1)
         print(f"{name}: {args.samples} sample(s) -> {grid}")
+    if not done:
+        raise ImageReadError(args.input, "no readable input image")
     return 0
 
 
@@ -222,6 +233,14 @@ def cmd_export(args) -> int:
 
 
 def main(argv=None) -> int:
+    """The one error path (ugatit_common.cli_errors): bad input -> one error line, exit 2; Ctrl-C
+    -> exit 130 (training: the step and the resume command); --debug adds the traceback."""
+    from ugatit_common import cli_errors
+    return cli_errors.run(_main, argv, prog="python -m morph",
+                          training=lambda a: bool(a) and a[0] in ("train", "demo"))
+
+
+def _main(argv=None) -> int:
     from torch_port.data import ImageReadError
 
     from .train import CheckpointKindError

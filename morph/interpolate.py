@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import sys
 import urllib.parse
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 from torch_port.data import ImageReadError, test_image
 from ugatit_common.atomic import write_bytes_atomic
 from ugatit_common.options import IMAGE_EXTENSIONS
+from ugatit_common.output_names import OutputNames
 from ugatit_common.results import save_grid, to_uint8
 
 __all__ = ["w_codes", "lerp", "morph_frames", "smoothness", "labelled_frames", "write_strip", "write_gif",
@@ -190,10 +192,15 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
     try:
         w_ab, w_ba = w_codes(model, samples)
         rows = []
+        names = OutputNames(inputs)  # a.png and a.jpg get distinct outputs; no output is an input
         for path in inputs:
-            x = load_input(path, img_size).to(device)
+            try:  # an unreadable input is skipped with a warning, as in the port's test phase
+                x = load_input(path, img_size).to(device)
+            except ImageReadError as e:
+                print(f"warning: skipping {path}: {e.reason}", file=sys.stderr, flush=True)
+                continue
             frames = morph_frames(model, x, w_ba, w_ab, steps)
-            name = os.path.splitext(os.path.basename(path))[0]
+            name = names.stem(result_dir, path, ("_strip.png", ".gif", "_smoothness.json"))
             strip = write_strip(frames, os.path.join(result_dir, f"{name}_strip.png"), x=x)
             gif = write_gif(frames, os.path.join(result_dir, f"{name}.gif"), x=x)
             fig = smoothness(frames)
@@ -207,6 +214,9 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
             rows.append({"name": name, "strip": strip, "gif": gif, "json": js, "input": os.path.abspath(path),
                          "size": img_size,
                          "smoothness": fig["smoothness"], "changes": fig["changes"]})
+        if not rows:  # the previous index.html stays as it was
+            raise ImageReadError(", ".join(inputs[:3]) + (" ..." if len(inputs) > 3 else ""),
+                                 "no readable input image")
         index = write_index(result_dir, rows)
         if log:
             log(f"index: {index}")

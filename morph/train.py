@@ -30,6 +30,8 @@ import torch
 
 from torch_port import checkpoint as ckpt
 from torch_port.data import ImageFolderDataset, infinite_loader
+from ugatit_common import checkpoint_policy as policy
+from ugatit_common import cli_errors
 from ugatit_common import options as opt
 from ugatit_common.results import save_grid
 
@@ -95,14 +97,23 @@ def checkpoint_kind(path: str) -> tuple[str, dict | None]:
     | ("none", None). A folder: the port's checkpoint layout (state file read) or an official TF
     checkpoint; a .safetensors file: judged by its variable names."""
     if os.path.isdir(path):
-        found = ckpt.find_latest(path)
-        if found is not None:
-            _, weights, state = found
-            if state.get("kind") == KIND:
-                return "morph", state
-            return "ugatit-torch", state
-        if ckpt.has_tf_checkpoint(path):
-            return "ugatit-tf", None
+        # the newest checkpoint with weights, whichever framework wrote it (the checkpoint policy);
+        # the kind comes from the weights file's metadata, or (older checkpoints) the state file
+        for f in policy.inventory(path):
+            if not f.has_weights:
+                continue
+            if f.framework == "tf":
+                return "ugatit-tf", None
+            meta = policy.safetensors_metadata(f.weights)
+            if meta.get("config"):
+                if meta.get("kind") == KIND:
+                    return "morph", {"kind": KIND, "morph_config": json.loads(meta["config"]).get("morph_config")}
+                return "ugatit-torch", None
+            try:
+                state = ckpt.load_state_file(f.base + ".state.pt")
+            except ckpt.CheckpointCorrupt:
+                continue
+            return ("morph" if state.get("kind") == KIND else "ugatit-torch"), state
         return "none", None
     if os.path.isfile(path) and path.endswith(".safetensors"):
         from safetensors import safe_open
@@ -137,9 +148,19 @@ def load_morph(folder: str, device="cpu") -> tuple[MorphUGATIT, dict]:
     if kind != "morph":
         raise CheckpointKindError(f"{folder!r} holds {_describe(kind, state)}, not a Morph-UGATIT checkpoint "
                                   f"(expected one written by python -m morph train)")
-    _, weights, state = ckpt.find_latest(folder)
+    # the weights only (the policy's test-phase rule): the config is in the weights file's metadata
+    # (older checkpoints: in the state file); a damaged optimizer state does not matter here
+    found = ckpt.resume_point(folder, None, "weights")
+    weights, state = found["weights"], None
+    meta = policy.safetensors_metadata(found["found"].weights)
+    if meta.get("config"):
+        import json as _json
+        state = {"kind": meta.get("kind", KIND), "config": _json.loads(meta["config"]), "step": found["step"]}
+        state["morph_config"] = state["config"].get("morph_config")
+    else:
+        state = ckpt.load_state_file(found["found"].base + ".state.pt")
     model = MorphUGATIT(state["config"])
-    ckpt.load_weights_into(model, weights, folder)
+    ckpt.load_weights_into(model, weights, found["found"].weights)
     return model.to(device), state
 
 
@@ -204,10 +225,7 @@ def init_from_ugatit(model: MorphUGATIT, path: str) -> list[str]:
 # -- training ----------------------------------------------------------------------------------------
 
 def _loader(dataset, batch_size, seed, skip):
-    it = infinite_loader(dataset, batch_size, seed=seed)
-    for _ in range(int(skip)):
-        next(it)
-    return it
+    return infinite_loader(dataset, batch_size, seed=seed, start=int(skip))
 
 
 def train(cfg: dict, device="cpu", seed: int = 0, base: str = ".", init_from: str | None = None,
@@ -223,6 +241,7 @@ def train(cfg: dict, device="cpu", seed: int = 0, base: str = ".", init_from: st
     ds_B = ImageFolderDataset(files_B, cfg["img_size"], cfg["augment_flag"], seed=seed + 1)
     for p in (paths.checkpoint, paths.sample, paths.log):
         os.makedirs(p, exist_ok=True)
+    policy.sweep_temp(paths.checkpoint, log)
 
     torch.manual_seed(seed)
     np.random.seed(seed % 2 ** 32)
@@ -231,13 +250,25 @@ def train(cfg: dict, device="cpu", seed: int = 0, base: str = ".", init_from: st
     model.make_optimizers(cfg["lr"])
 
     counter, start_epoch, start_batch, pos_A, pos_B, past_g = 1, 0, 0, 0, 0, -1.0
-    kind, state = checkpoint_kind(paths.checkpoint)
+    # the checkpoint policy (ugatit_common.checkpoint_policy): the newest usable checkpoint; newer
+    # unusable ones are named and moved to unusable/; some but none usable: exit 2, never from scratch
+    found = ckpt.resume_point(paths.checkpoint, None, "train", log=log, set_aside=True)
+    if found is None:
+        kind, state = "none", None
+    elif found["framework"] == "tf":
+        kind, state = "ugatit-tf", None
+    else:
+        state = found["state"]
+        kind = "morph" if state.get("kind") == KIND else "ugatit-torch"
+    run_id = policy.new_run_id()
     if kind == "morph":
         if state.get("morph_config") != cfg["morph_config"]:
             raise CheckpointKindError(f"{paths.checkpoint!r} holds config {state.get('morph_config')}, "
                                       f"not {cfg['morph_config']}")
-        _, weights, state = ckpt.find_latest(paths.checkpoint)
-        ckpt.load_weights_into(model, weights, paths.checkpoint)
+        weights = found["weights"]
+        run_id = state.get("run") or run_id
+        cli_errors.note_checkpoint(found["found"].name)
+        ckpt.load_weights_into(model, weights, found["found"].weights)
         model.G_optim.load_state_dict(state["G_optim"])
         model.D_optim.load_state_dict(state["D_optim"])
         ckpt.set_rng_state(state["rng"])
@@ -278,8 +309,9 @@ def train(cfg: dict, device="cpu", seed: int = 0, base: str = ".", init_from: st
               "counter": counter, "epoch": next_epoch, "batch_id": next_batch_id,
               "loader_A": feed["A"], "loader_B": feed["B"], "past_g_loss": float(past_g),
               "G_optim": model.G_optim.state_dict(), "D_optim": model.D_optim.state_dict(),
-              "rng": ckpt.rng_state(), "z_rng": model.z_generator.get_state()}
+              "rng": ckpt.rng_state(), "z_rng": model.z_generator.get_state(), "run": run_id}
         ckpt.save(paths.checkpoint, _prefix(cfg), counter, model, st, keep_checkpoints)
+        cli_errors.note_checkpoint(f"{_prefix(cfg)}.model-{counter}")
         last_saved = counter
 
     t0 = time.time()
@@ -304,6 +336,7 @@ def train(cfg: dict, device="cpu", seed: int = 0, base: str = ".", init_from: st
                 log(opt.iteration_line(epoch, idx, cfg["iteration"], time.time() - t0,
                                        d["Discriminator_loss"], past_g))
                 counter += 1
+                cli_errors.note_step(counter - 1)
                 if (idx + 1) % cfg["print_freq"] == 0 and real_A is not None:
                     nhwc = [t[:1].permute(0, 2, 3, 1).float().cpu().numpy() for t in (real_A, fake_B, real_B, fake_A)]
                     save_grid(nhwc, os.path.join(paths.sample, f"sample_{epoch:02d}_{idx + 1:06d}.png"), ncols=4)

@@ -19,6 +19,13 @@ import sys
 
 
 def main(argv=None) -> int:
+    """The one error path (ugatit_common.cli_errors): a corrupt checkpoint, an unwritable OUT_DIR,
+    ... -> one `error:` line, exit 2; --debug adds the traceback."""
+    from ugatit_common import cli_errors
+    return cli_errors.run(_main, argv, prog="python -m parity_tests.report")
+
+
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m parity_tests.report",
                                 description="Per-layer tf_reference vs torch_port parity report of a TF checkpoint")
     p.add_argument("ckpt", help="checkpoint folder (with its `checkpoint` file) or prefix")
@@ -44,6 +51,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     info.announce()
+    from ugatit_common.cli_errors import check_writable_folder
+    check_writable_folder(args.out_dir, "OUT_DIR")  # before minutes of work, not after
 
     from parity_tests.harness import compare_networks, failures, write_report
     rows = compare_networks(args.ckpt, cfg, seed=args.seed)

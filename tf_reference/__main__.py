@@ -5,6 +5,18 @@ from ugatit_common import options as opt
 
 
 def main(argv=None) -> int:
+    """The one error path (ugatit_common.cli_errors): bad input (flags, data, checkpoints, a full or
+    read-only disk, TF's own errors) -> one `error:` line, exit 2; Ctrl-C -> exit 130 with the
+    step and the resume command; --debug adds the traceback."""
+    from ugatit_common import cli_errors
+
+    def trains(args):
+        return "test" not in [a.split("=", 1)[-1] for i, a in enumerate(args)
+                              if a.startswith("--phase=") or (i and args[i - 1] == "--phase")]
+    return cli_errors.run(_main, argv, prog="python -m tf_reference", training=trains)
+
+
+def _main(argv=None) -> int:
     parser = opt.build_parser("TensorFlow implementation of U-GAT-IT (official model on TF 2.x)")
     args = parser.parse_args(argv)
     try:

@@ -7,7 +7,13 @@ import time
 
 import numpy as np
 
+import sys
+
+from ugatit_common import checkpoint_policy as policy
+from ugatit_common import cli_errors
 from ugatit_common import options as opt
+from ugatit_common.images import readable_train_images
+from ugatit_common.output_names import OutputNames
 from ugatit_common.results import ResultsPage, save_image
 
 from .compat import tf, train_session_config
@@ -37,14 +43,29 @@ def latest_checkpoint(folder: str):
     return None, 0
 
 
-def restore(sess, saver, folder: str, graph_vars):
-    path, counter = latest_checkpoint(folder)
-    if path is None:
+def restore(sess, saver, folder: str, graph_vars, need: str = "train"):
+    """The checkpoint policy (ugatit_common.checkpoint_policy): the newest usable checkpoint in
+    the folder; a newer incomplete or unreadable one is named (and, when training, moved to
+    unusable/); a newer PyTorch one stops the run with the command that converts it; checkpoints
+    that exist but none readable stop it (exit 2). (False, 0) only when there is no checkpoint."""
+    def load(f):
+        if f.framework != "tf":
+            tf_ones = [g.name for g in policy.inventory(folder) if g.framework == "tf"]
+            raise opt.OptionError(
+                f"the newest checkpoint in {folder!r} is {f.name}, written by the PyTorch port, which "
+                f"tf_reference cannot read (TensorFlow checkpoints there: {', '.join(tf_ones) or 'none'}); "
+                f"convert it first: python weights_convert.py torch2tf {f.weights} "
+                f"{os.path.join(folder, f.prefix + '.model')}  (or continue with python -m torch_port)")
+        check_checkpoint_matches(f.base, graph_vars)
+        saver.restore(sess, f.base)
+        return f.step
+    chosen = policy.choose(folder, load, need, set_aside_skipped=(need == "train"), prefer="tf")
+    if chosen is None:
         print(" [*] Failed to find a checkpoint")
         return False, 0
-    check_checkpoint_matches(path, graph_vars)
-    saver.restore(sess, path)
-    print(f" [*] Success to read {os.path.basename(path)}")
+    f, counter = chosen
+    cli_errors.note_checkpoint(f.name)
+    print(f" [*] Success to read {os.path.basename(f.base)}")
     return True, counter
 
 
@@ -56,14 +77,13 @@ def save(sess, saver, cfg: dict, folder: str, step: int) -> str:
 
 
 def readable_images(files: list) -> list:
-    """Drop files no image decoder recognises (with a warning naming each): the official tf.data
-    pipeline would stop mid-run on them. Error if none are left."""
-    import cv2
-    good = [f for f in files if cv2.haveImageReader(f)]
-    for f in sorted(set(files) - set(good)):
-        print(f" [!] skipping {f}: not a readable image")
+    """Drop files the official tf.data pipeline would stop on mid-run (not JPEG/PNG/GIF, or not
+    decoding completely: ugatit_common.images, the same rule as torch_port), with one warning
+    each on stderr. Error if none are left."""
+    good = readable_train_images(files, lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
     if not good:
-        raise opt.OptionError(f"no readable images among {len(files)} files in {os.path.dirname(files[0])}")
+        raise opt.OptionError(f"no readable image in {os.path.dirname(files[0])!r}: "
+                              f"no readable image among {len(files)} file(s)")
     return good
 
 
@@ -75,6 +95,7 @@ def train(cfg: dict, max_to_keep: int = 5) -> dict:
     print_information(cfg, dataset_num)
     for p in (paths.sample, paths.log):
         os.makedirs(p, exist_ok=True)
+    policy.sweep_temp(paths.checkpoint)
 
     graph = tf.Graph()
     with graph.as_default():
@@ -112,6 +133,7 @@ def train(cfg: dict, max_to_keep: int = 5) -> dict:
                         writer.add_summary(summary, counter)
                         past_g_loss = g_loss
                     counter += 1
+                    cli_errors.note_step(counter - 1)
                     if g_loss is None:
                         g_loss = past_g_loss
                     print(opt.iteration_line(epoch, idx, cfg["iteration"], time.time() - start_time, d_loss, g_loss),
@@ -122,8 +144,10 @@ def train(cfg: dict, max_to_keep: int = 5) -> dict:
                         save_image(fake_B[0], os.path.join(paths.sample, f"fake_B_{epoch:03d}_{idx + 1:05d}.png"))
                     if (idx + 1) % cfg["save_freq"] == 0:
                         save(sess, saver, cfg, paths.checkpoint, counter)
+                        cli_errors.note_checkpoint(f"{opt.model_name(cfg)}.model-{counter}")
                 start_batch_id = 0  # only the first epoch after loading starts mid-way
                 save(sess, saver, cfg, paths.checkpoint, counter)
+                cli_errors.note_checkpoint(f"{opt.model_name(cfg)}.model-{counter}")
             writer.close()
     return {"steps": history, "checkpoint_dir": paths.checkpoint}
 
@@ -141,23 +165,30 @@ def test(cfg: dict) -> str:
         saver = tf.train.Saver()
         with tf.Session() as sess:
             tf.global_variables_initializer().run()
-            could_load, _ = restore(sess, saver, paths.checkpoint, tf.global_variables())
-            print(" [*] Load SUCCESS" if could_load else " [!] Load failed...")
+            could_load, _ = restore(sess, saver, paths.checkpoint, tf.global_variables(), need="weights")
+            if not could_load:  # never translate with untrained weights
+                raise opt.OptionError(f"no checkpoint in {paths.checkpoint!r} to translate with (train first with "
+                                      f"the same flags, or check --checkpoint_dir, --dataset, --light)")
+            print(" [*] Load SUCCESS")
             os.makedirs(paths.result, exist_ok=True)
+            policy.sweep_temp(paths.result, log=lambda msg: None)
             page = ResultsPage(paths.result, cfg["img_size"])
-            for files, src, out in ((files_A, m.test_domain_A, m.test_fake_B),
-                                    (files_B, m.test_domain_B, m.test_fake_A)):
+            names = OutputNames(files_A + files_B)  # a2b/ and b2a/: never collide, never an input
+            for files, src, out, direction in ((files_A, m.test_domain_A, m.test_fake_B, "a2b"),
+                                               (files_B, m.test_domain_B, m.test_fake_A, "b2a")):
                 for f in files:
                     print("Processing image: " + f)
                     try:
                         image = load_test_image(f, cfg["img_size"])
                     except Exception as e:  # cv2 returns None for unreadable files
-                        print(f" [!] skipping {f}: not a readable image ({type(e).__name__})")
+                        print(f"warning: skipping {f}: not a readable image ({type(e).__name__})", file=sys.stderr)
                         continue
                     fake = sess.run(out, {src: image})
-                    image_path = os.path.join(paths.result, os.path.basename(f))
+                    image_path = names.path(os.path.join(paths.result, direction), f)
                     save_image(fake[0], image_path)
-                    page.add(os.path.basename(f), f, image_path)
+                    page.add(os.path.relpath(image_path, paths.result).replace(os.sep, "/"), f, image_path)
+            if not page.rows:  # the previous results page stays as it was
+                raise opt.OptionError("no readable test image was found")
             page.close()
     return paths.result
 

@@ -13,7 +13,10 @@ Official flags (same names, defaults, meanings) plus:
   --demo DIR               write the demo data set in DIR, train a tiny model, run the test phase
 `python -m torch_port export CKPT OUT.onnx --direction a2b|b2a`: ONNX export (torch_port/export.py).
 Under torchrun (WORLD_SIZE > 1) training is data-parallel (gloo on CPU, NCCL on CUDA).
-Bad flags or inputs: one `error: ...` line on stderr, exit code 2.
+Bad flags or inputs (a missing, unreadable or unwritable file or folder, a full disk, a checkpoint
+that cannot be used): one `error: ...` line on stderr, exit code 2; Ctrl-C: exit 130 with
+"stopped at step N ...; resume with: <command>"; --debug adds the traceback. Checkpoints follow
+the policy in ugatit_common/checkpoint_policy.py (README "Checkpoint policy").
 """
 from __future__ import annotations
 
@@ -118,8 +121,28 @@ def demo(a) -> int:
     return 0
 
 
+def _trains(argv) -> bool:
+    """Whether a command line trains (its Ctrl-C line then offers the resume command)."""
+    if argv and argv[0] == "export":
+        return False
+    phase = "train"
+    for i, a in enumerate(argv):
+        if a == "--phase" and i + 1 < len(argv):
+            phase = argv[i + 1]
+        elif a.startswith("--phase="):
+            phase = a.split("=", 1)[1]
+    return phase == "train" or any(a == "--demo" or a.startswith("--demo=") for a in argv)
+
+
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """The one error path (ugatit_common.cli_errors): exit 2 + one line for bad input, 130 on
+    Ctrl-C with the resume command, a traceback only with --debug."""
+    from ugatit_common import cli_errors
+    return cli_errors.run(_main, argv, prog="python -m torch_port", training=_trains)
+
+
+def _main(argv) -> int:
+    argv = list(argv)
     if argv and argv[0] == "export":  # python -m torch_port export CKPT OUT.onnx --direction ...
         from .export import main as export_main
         return export_main(argv[1:])

@@ -27,6 +27,7 @@ import re
 import numpy as np
 import torch
 
+from ugatit_common import checkpoint_policy as policy
 from ugatit_common import options as opt
 from ugatit_common import tf_checkpoint as tfc
 from ugatit_common.atomic import atomic_output
@@ -93,11 +94,21 @@ def plain_config(cfg: dict) -> dict:
 # -- save ------------------------------------------------------------------------------------------
 
 def save(folder: str, prefix: str, step: int, model: torch.nn.Module, state: dict, keep: int = 3) -> str:
-    """Write weights, then state, then the pointer; keep the newest `keep` checkpoints."""
+    """Write weights, then state, then the pointer; then prune this run's (`state["run"]`) older
+    checkpoints beyond the newest `keep` (see ugatit_common.checkpoint_policy). The weights
+    file's metadata records the step, the run id, the kind and the config, so a test phase
+    needs the weights file only."""
     from safetensors.torch import save_file
     weights_path, state_path = paths_for(folder, prefix, step)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"step": str(int(step))}))
+    meta = {"step": str(int(step))}
+    if state.get("run"):
+        meta["run"] = str(state["run"])
+    if state.get("kind"):
+        meta["kind"] = str(state["kind"])
+    if isinstance(state.get("config"), dict):
+        meta["config"] = json.dumps(plain_config(state["config"]))
+    _atomic(weights_path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     full = dict(state)
     full["format"] = FORMAT
     full["step"] = int(step)
@@ -117,7 +128,8 @@ def save(folder: str, prefix: str, step: int, model: torch.nn.Module, state: dic
             f.flush()
             os.fsync(f.fileno())
     _atomic(os.path.join(folder, POINTER), write_pointer)
-    prune(folder, prefix, keep)
+    if state.get("run"):
+        policy.prune(folder, prefix, str(state["run"]), keep)
     return weights_path
 
 
@@ -144,58 +156,86 @@ def complete_checkpoints(folder: str) -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
-def prune(folder: str, prefix: str, keep: int) -> None:
-    if keep is None or keep < 1:
-        return
-    ckpts = [c for c in complete_checkpoints(folder) if os.path.basename(c[1]).startswith(prefix + ".model-")]
-    for _, wp, sp in ckpts[:-keep]:
-        for p in (sp, wp):  # state first: a half-deleted one is then incomplete, never mismatched
-            try:
-                os.remove(p)
-            except FileNotFoundError:
-                pass
+def prune(folder: str, prefix: str, keep: int, run: str | None = None) -> None:
+    """Delete run `run`'s checkpoints beyond its newest `keep` (never the folder's newest, never
+    the one `latest` names; nothing without a run id)."""
+    if run:
+        policy.prune(folder, prefix, run, keep)
 
 
 # -- load ------------------------------------------------------------------------------------------
 
-def _load_pair(wp: str, sp: str) -> tuple[dict, dict]:
+def load_weights_file(wp: str) -> dict:
     from safetensors.torch import load_file
     try:
-        weights = load_file(wp)
-        state = torch.load(sp, map_location="cpu", weights_only=True)
+        return load_file(wp)
     except Exception as e:  # noqa: BLE001 - any unreadable file means "not this one"
-        raise CheckpointCorrupt(f"cannot read checkpoint {wp!r} / {sp!r}: {e}") from e
-    return weights, state
+        raise CheckpointCorrupt(f"cannot read weights {wp!r}: {policy._reason(e)}") from e
+
+
+def load_state_file(sp: str, need: tuple = ()) -> dict:
+    try:
+        state = torch.load(sp, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointCorrupt(f"cannot read state {sp!r}: {policy._reason(e)}") from e
+    if not isinstance(state, dict) or any(k not in state for k in need):
+        raise CheckpointCorrupt(f"state {sp!r} is not a training state (lacks {', '.join(need) or 'a dict'})")
+    return state
+
+
+def _load_pair(wp: str, sp: str) -> tuple[dict, dict]:
+    return load_weights_file(wp), load_state_file(sp)
 
 
 def find_latest(folder: str):
     """(step, weights, state) of the newest complete, readable torch checkpoint, or None.
-    The pointer file is trusted first; otherwise the folder is scanned (newest first)."""
+    Newer ones that cannot be read are named on stdout (never skipped silently)."""
     if not os.path.isdir(folder):
         return None
-    tried = set()
-    ptr = os.path.join(folder, POINTER)
-    if os.path.isfile(ptr):
-        try:
-            with open(ptr) as f:
-                info = json.load(f)
-            wp, sp = os.path.join(folder, info["weights"]), os.path.join(folder, info["state"])
-            tried.add(sp)
-            if os.path.isfile(wp) and os.path.isfile(sp):
-                weights, state = _load_pair(wp, sp)
-                return int(info["step"]), weights, state
-        except (OSError, ValueError, KeyError, CheckpointCorrupt):
-            pass
+    skipped = []
     for step, wp, sp in reversed(complete_checkpoints(folder)):
-        if sp in tried:
-            continue
         try:
             weights, state = _load_pair(wp, sp)
         except CheckpointCorrupt as e:
-            print(f" [!] skipping unreadable checkpoint: {e}")
+            skipped.append(str(e))
+            print(f" [!] skipping unreadable checkpoint: {e}", flush=True)
             continue
+        if skipped:
+            print(f" [!] using {os.path.basename(wp)}, the newest readable checkpoint", flush=True)
         return step, weights, state
     return None
+
+
+TRAIN_STATE_KEYS = ("counter", "G_optim", "D_optim")
+
+
+def resume_point(folder: str, cfg: dict | None = None, need: str = "train", log=print,
+                 set_aside: bool = False) -> dict | None:
+    """The checkpoint a run continues from (policy: ugatit_common.checkpoint_policy): the newest
+    usable one in `folder`, whichever framework wrote it. need="train": weights + optimizer
+    state; need="weights" (test phase): the weights only, so a damaged state file does not
+    matter. Returns {"found", "framework", "step", "weights", "state" (torch) | "tf" (TF
+    training state)}, or None when the folder holds no checkpoint at all; checkpoints that
+    exist but cannot be used raise policy.NoUsableCheckpoint (exit 2)."""
+    def load(f: policy.Found):
+        if f.framework == "torch":
+            weights = load_weights_file(f.base + ".safetensors")
+            if need != "train":
+                return {"weights": weights, "state": None}
+            return {"weights": weights, "state": load_state_file(f.base + ".state.pt", TRAIN_STATE_KEYS)}
+        try:
+            if need == "train":
+                st = read_tf_training_state(f.base, cfg, raw_errors=True)
+                return {"weights": st["model"], "tf": st}
+            _, weights = read_tf_weights(f.base, cfg, raw_errors=True)
+            return {"weights": weights, "state": None}
+        except tfc.ConfigConflict as e:
+            raise CheckpointMismatch(str(e)) from e
+    chosen = policy.choose(folder, load, need, log=log, set_aside_skipped=set_aside)
+    if chosen is None:
+        return None
+    f, content = chosen
+    return dict(content, found=f, framework=f.framework, step=f.step)
 
 
 def has_tf_checkpoint(folder: str) -> bool:
@@ -240,11 +280,13 @@ def _tf_errors(path: str):
     return guard()
 
 
-def read_tf_training_state(folder: str, cfg: dict | None = None, keys=TF_CHECKED_KEYS) -> dict:
+def read_tf_training_state(folder: str, cfg: dict | None = None, keys=TF_CHECKED_KEYS,
+                           raw_errors: bool = False) -> dict:
     """Weights, Adam slots, powers and step of an official TF checkpoint as torch tensors, plus
     its inferred `config` (and provenance, `info`). `cfg`: the run's config, checked against what
     the checkpoint records (`keys`; a contradiction raises CheckpointMismatch naming both)."""
-    with _tf_errors(folder):
+    import contextlib
+    with (contextlib.nullcontext() if raw_errors else _tf_errors(folder)):
         st = tfc.read_training_arrays(folder, _run_settings(cfg, keys))
     st["info"].announce()
     for key in ("model", "G_slots", "D_slots"):
@@ -255,9 +297,10 @@ def read_tf_training_state(folder: str, cfg: dict | None = None, keys=TF_CHECKED
 
 
 def read_tf_weights(folder: str, cfg: dict | None = None, keys=tfc.MODEL_KEYS,
-                    generators_only: bool = False) -> tuple[dict, dict]:
+                    generators_only: bool = False, raw_errors: bool = False) -> tuple[dict, dict]:
     """(inferred config, torch state) of an official TF checkpoint; `cfg` as in read_tf_training_state."""
-    with _tf_errors(folder):
+    import contextlib
+    with (contextlib.nullcontext() if raw_errors else _tf_errors(folder)):
         info, arrays = tfc.read_arrays(folder, generators_only, overrides=_run_settings(cfg, keys))
     info.announce()
     return info.config, {n: torch.from_numpy(a) for n, a in arrays.items()}

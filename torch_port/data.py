@@ -24,50 +24,14 @@ import numpy as np
 import torch
 
 
-class ImageReadError(OSError):
-    """An image file that cannot be read or decoded."""
-
-    def __init__(self, path, reason):
-        self.path = str(path)
-        self.reason = str(reason)
-        super().__init__(f"cannot read image {self.path!r}: {self.reason}")
+# ImageReadError, decode_image and the train-image check live in ugatit_common.images (torch-free,
+# shared with tf_reference, so both frameworks skip exactly the same files)
+from ugatit_common.images import ImageReadError, check_train_image, decode_image  # noqa: E402,F401
 
 
 def augment_size(img_size: int) -> int:
     """Official: img_size + 30 at 256, + 15 otherwise."""
     return img_size + (30 if img_size == 256 else 15)
-
-
-def decode_image(path) -> np.ndarray:
-    """Decode like TF `decode_jpeg/decode_png(channels=3)`: uint8 HWC RGB.
-
-    Grayscale is replicated to 3 channels, alpha is dropped (not composited), 16-bit samples
-    are reduced to 8 bits by keeping the high byte (v >> 8), as TF's PNG decoder does for
-    dtype uint8 (checked against TF in parity_tests/test_data_pipeline.py). EXIF orientation is
-    ignored, as TF does.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ImageReadError(path, "no such file")
-    try:
-        buf = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise ImageReadError(path, e) from e
-    if buf.size == 0:
-        raise ImageReadError(path, "empty file")
-    flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
-    img = cv2.imdecode(buf, flags)
-    if img is None:
-        raise ImageReadError(path, "not a decodable image (corrupt or unsupported format)")
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise ImageReadError(path, f"unsupported sample type {img.dtype}")
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    if img.shape[2] == 4:
-        img = img[:, :, :3]
-    return np.ascontiguousarray(img[:, :, ::-1])  # BGR -> RGB
 
 
 def _axis_weights(in_size: int, out_size: int):
@@ -160,7 +124,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         good = []
         for f in files:
             try:
-                decode_image(f)
+                check_train_image(f)  # the same files tf_reference uses (ugatit_common.images)
             except ImageReadError as e:
                 warnings.warn(f"skipping unreadable image {f!r}: {e.reason}", RuntimeWarning, stacklevel=2)
                 continue
@@ -177,33 +141,74 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        return self.item(i, self.epoch)
+
+    def item(self, i, epoch):
+        """Image i as seen in pass `epoch` (its augmentation draws depend on (seed, epoch, i))."""
+        rng = np.random.default_rng([self.seed, int(epoch), int(i)])
         img = decode_image(self.files[i])
         return torch.from_numpy(train_transform(img, self.img_size, self.augment, rng))
 
 
 def infinite_loader(dataset, batch_size: int, seed: int = 0, num_workers: int = 0, rank: int = 0,
-                    world_size: int = 1):
-    """Yield float32 NCHW batches forever, like `shuffle_and_repeat(n)` + `batch(drop_remainder)`.
+                    world_size: int = 1, start: int = 0):
+    """Yield float32 NCHW batches forever, like TF's `shuffle_and_repeat(n)` + `batch(drop_remainder)`.
 
-    Each pass reshuffles all indices with a seed-derived permutation (same on every rank), then
-    rank r takes every world_size-th index starting at r; incomplete batches are dropped.
+    The item stream is pass 0's permutation, then pass 1's, ... (seed-derived, the same on every
+    rank); it is cut into global batches of batch_size * world_size consecutive items, so a batch
+    may span two passes (as TF's does: nothing is dropped, and --batch_size may exceed the image
+    count); rank r takes items r, r + world_size, ... of each global batch. Item i of pass p is
+    `dataset.item(i, p)` (its augmentation is a function of (seed, p, i)). `start`: global
+    batches already handed out (the resume position).
     """
     n = len(dataset)
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    per_rank = len(range(rank, n, world_size))
-    if per_rank < batch_size:
-        raise ValueError(f"rank {rank} has {per_rank} image(s) per pass, fewer than batch_size={batch_size}")
-    epoch = 0
+    if n < 1:
+        raise ValueError("the dataset is empty")
+    global_bs = batch_size * world_size
+    item = int(start) * global_bs  # items of the global stream already consumed
+    perms = {}
+
+    def perm(p):
+        if p not in perms:
+            if len(perms) > 4:
+                perms.clear()
+            perms[p] = np.random.default_rng([int(seed), p]).permutation(n)
+        return perms[p]
+
     while True:
-        order = np.random.default_rng([int(seed), epoch]).permutation(n)
-        shard = order[rank::world_size].tolist()
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
+        p, off = divmod(item, n)
+        nb = max(1, -(-(n - off) // global_bs))  # the global batches that start in pass p
+        need = nb * global_bs
+        pairs, q, o = [], p, off
+        while len(pairs) < need:
+            take = perm(q)[o:o + need - len(pairs)]
+            pairs += [(q, int(i)) for i in take]
+            q, o = q + 1, 0
+        mine = [pairs[k] for g in range(nb) for k in range(g * global_bs + rank, (g + 1) * global_bs, world_size)]
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, shard), batch_size=batch_size, shuffle=False,
-            drop_last=True, num_workers=num_workers, persistent_workers=False)
+            _PassItems(dataset, mine), batch_size=batch_size, shuffle=False, drop_last=False,
+            num_workers=num_workers, persistent_workers=False,
+            generator=torch.Generator().manual_seed(int(seed) * 1000003 + p))  # not the global RNG
         for batch in loader:
             yield batch
-        epoch += 1
+        item += need
+
+
+class _PassItems(torch.utils.data.Dataset):
+    """[(pass, index)] -> dataset.item(index, pass) (or set_epoch + [index] for other datasets)."""
+
+    def __init__(self, dataset, pairs):
+        self.dataset, self.pairs = dataset, pairs
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, k):
+        p, i = self.pairs[k]
+        if hasattr(self.dataset, "item"):
+            return self.dataset.item(i, p)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(p)
+        return self.dataset[i]

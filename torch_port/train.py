@@ -25,12 +25,14 @@ import time
 import numpy as np
 import torch
 
+from ugatit_common import checkpoint_policy as policy
+from ugatit_common import cli_errors
 from ugatit_common import options as opt
 from ugatit_common.results import save_grid, save_image
 
 from . import checkpoint as ckpt
 from . import distributed as ddp
-from .data import ImageFolderDataset, ImageReadError
+from .data import ImageFolderDataset, ImageReadError, infinite_loader
 from .model import build_ugatit
 
 NAN_HOOK_ENV = "UGATIT_TORCH_INJECT_NAN_AT"  # hidden test hook: counter at which d_loss becomes NaN
@@ -50,26 +52,9 @@ def pick_device(name: str) -> torch.device:
 
 def resumable_loader(dataset, batch_size: int, seed: int, start: int = 0, num_workers: int = 0,
                      rank: int = 0, world_size: int = 1):
-    """`infinite_loader` (same permutations, shards and batches) started at batch `start`."""
-    n = len(dataset)
-    per_rank = len(range(rank, n, world_size))
-    if per_rank < batch_size:
-        raise opt.OptionError(f"rank {rank} has {per_rank} image(s) per pass, fewer than "
-                              f"--batch_size={batch_size}")
-    per_pass = per_rank // batch_size
-    epoch, skip = divmod(int(start), per_pass)
-    while True:
-        order = np.random.default_rng([int(seed), epoch]).permutation(n)
-        shard = order[rank::world_size].tolist()[skip * batch_size:]
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, shard), batch_size=batch_size, shuffle=False,
-            drop_last=True, num_workers=num_workers, persistent_workers=False,
-            generator=torch.Generator().manual_seed(int(seed) * 1000003 + epoch))  # not the global RNG
-        for batch in loader:
-            yield batch
-        epoch, skip = epoch + 1, 0
+    """`infinite_loader` (same permutations, shards and batches, batches spanning passes as TF's)
+    started at batch `start`."""
+    return infinite_loader(dataset, batch_size, seed, num_workers, rank, world_size, start=start)
 
 
 class _Feed:
@@ -147,29 +132,34 @@ def _rho_summaries(writer, model, step):
 
 
 def restore(model, cfg, folder, dist_info):
-    """Load the newest checkpoint. Returns a dict describing where to continue, or None."""
-    found = ckpt.find_latest(folder)
-    if found is not None:
-        step, weights, state = found
-        ckpt.load_weights_into(model, weights, os.path.join(folder, f"*.model-{step}"))
+    """Load the newest usable checkpoint, whichever framework wrote it (the checkpoint policy,
+    ugatit_common.checkpoint_policy). Returns a dict describing where to continue, or None when
+    the folder holds no checkpoint; checkpoints that cannot be used stop the run (exit 2)."""
+    found = ckpt.resume_point(folder, cfg, "train", set_aside=dist_info.is_main)
+    if found is None:
+        return None
+    cli_errors.note_checkpoint(found["found"].name)
+    if found["framework"] == "torch":
+        step, weights, state = found["step"], found["weights"], found["state"]
+        ckpt.load_weights_into(model, weights, found["found"].weights)
         model.G_optim.load_state_dict(state["G_optim"])
         model.D_optim.load_state_dict(state["D_optim"])
-        print(f" [*] Success to read {opt.model_name(cfg)}.model-{step} (torch)")
+        print(f" [*] Success to read {os.path.basename(found['found'].base)} (torch)")
         return {"counter": int(state["counter"]), "epoch": int(state["epoch"]), "batch_id": int(state["batch_id"]),
                 "loader_A": int(state["loader_A"]), "loader_B": int(state["loader_B"]),
                 "past_g_loss": float(state.get("past_g_loss", -1.0)), "rng": state.get("rng"),
-                "world_size": int(state.get("world_size", 1))}
-    if ckpt.has_tf_checkpoint(folder):
-        st = ckpt.read_tf_training_state(folder, cfg)
-        ckpt.load_weights_into(model, st["model"], f"{folder} (TensorFlow)")
-        model.G_optim.load_named_slots(st["G_slots"], *st["G_powers"])
-        model.D_optim.load_named_slots(st["D_slots"], *st["D_powers"])
-        counter = int(st["step"])
-        start_epoch, start_batch_id = opt.resume_position(counter, cfg["iteration"])
-        print(f" [*] Success to read the TensorFlow checkpoint at counter {counter}")
-        return {"counter": counter, "epoch": start_epoch, "batch_id": start_batch_id, "loader_A": 0,
-                "loader_B": 0, "past_g_loss": -1.0, "rng": None, "world_size": dist_info.world_size}
-    return None
+                "world_size": int(state.get("world_size", 1)), "run": state.get("run")}
+    st = found["tf"]
+    ckpt.load_weights_into(model, st["model"], f"{found['found'].base} (TensorFlow)")
+    model.G_optim.load_named_slots(st["G_slots"], *st["G_powers"])
+    model.D_optim.load_named_slots(st["D_slots"], *st["D_powers"])
+    counter = int(st["step"])
+    start_epoch, start_batch_id = opt.resume_position(counter, cfg["iteration"])
+    print(f" [*] Success to read the TensorFlow checkpoint {os.path.basename(found['found'].base)} "
+          f"at counter {counter}")
+    return {"counter": counter, "epoch": start_epoch, "batch_id": start_batch_id, "loader_A": 0,
+            "loader_B": 0, "past_g_loss": -1.0, "rng": None, "world_size": dist_info.world_size,
+            "run": None}
 
 
 def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 3,
@@ -184,6 +174,10 @@ def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, 
         print_information(cfg, (len(ds_A), len(ds_B)), device, paths, dist_info)
         for p in (paths.sample, paths.log, paths.checkpoint):
             os.makedirs(p, exist_ok=True)
+        policy.sweep_temp(paths.checkpoint)
+        if not resume:  # an older run in the folder is moved aside, never deleted or shadowed
+            policy.move_previous_run(paths.checkpoint)
+    ddp.barrier()
 
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -196,9 +190,11 @@ def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, 
         ddp.average_gradients_before_step(model.D_optim)
 
     pos = restore(model, cfg, paths.checkpoint, dist_info) if resume else None
+    run_id = (pos or {}).get("run") or policy.new_run_id()
     if pos is None:
         if main:
-            print(" [!] Load failed..." if resume else " [*] --resume False: starting from scratch")
+            print(f" [!] Load failed... (no checkpoint in {paths.checkpoint}): starting from scratch" if resume
+                  else " [*] --resume False: starting from scratch")
         start_epoch, start_batch_id, counter = 0, 0, 1
         loader_A = loader_B = 0
         past_g_loss = -1.0
@@ -240,8 +236,9 @@ def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, 
                      "loader_A": feed_A.pos, "loader_B": feed_B.pos, "past_g_loss": float(past_g_loss),
                      "G_optim": model.G_optim.state_dict(), "D_optim": model.D_optim.state_dict(),
                      "rng": ckpt.rng_state(), "config": ckpt.plain_config(cfg),
-                     "world_size": dist_info.world_size}
+                     "world_size": dist_info.world_size, "run": run_id}
             ckpt.save(paths.checkpoint, prefix, counter, model, state, keep_checkpoints)
+            cli_errors.note_checkpoint(f"{prefix}.model-{counter}")
         ddp.barrier()
         last_saved = counter
 
@@ -274,6 +271,7 @@ def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, 
                     g_loss = g["Generator_loss"]
                     past_g_loss = g_loss
                 counter += 1
+                cli_errors.note_step(counter - 1)
                 if g_loss is None:
                     g_loss = past_g_loss
                 d_loss = d["Discriminator_loss"]

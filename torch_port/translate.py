@@ -1,9 +1,11 @@
 """The official test phase with the PyTorch port: testA -> B with `generator_B`, testB -> A
 with `generator_A`, images with the input's file name in `results/<model_dir>/` and an
-`index.html` (name | input | output). `--input` translates an arbitrary image or folder in one
-direction instead. Weights come from the newest torch checkpoint or, failing that, from an
-official TF checkpoint folder (converted on the fly with `weights_convert.tf_to_torch`).
-As officially, with no checkpoint at all the freshly initialised model is used (with a warning).
+`index.html` (name | input | output); each direction writes into its own subfolder (`a2b/`,
+`b2a/`: names never collide, and never overwrite an input). `--input` translates an arbitrary
+image or folder in one direction instead. Weights (only the weights) come from the newest usable
+checkpoint, torch or official TF (converted on the fly), as the checkpoint policy says
+(ugatit_common.checkpoint_policy). Unlike the official code, with no checkpoint at all the test
+phase stops (exit 2) instead of translating with untrained weights.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import sys
 import torch
 
 from ugatit_common import options as opt
+from ugatit_common.checkpoint_policy import sweep_temp
+from ugatit_common.output_names import OutputNames
 from ugatit_common.results import ResultsPage, save_image
 
 from . import checkpoint as ckpt
@@ -22,21 +26,18 @@ from .model import build_ugatit
 
 
 def load_for_test(cfg: dict, device: torch.device):
+    """The newest usable checkpoint's weights (torch or TF, whichever is newer; the optimizer
+    state is not read, so a damaged one does not matter). No checkpoint: exit 2 - the test phase
+    never translates with untrained weights."""
     model = build_ugatit(cfg)
     folder = opt.run_paths(cfg).checkpoint
-    found = ckpt.find_latest(folder)
-    if found is not None:
-        step, weights, _ = found
-        ckpt.load_weights_into(model, weights, os.path.join(folder, f"*.model-{step}"))
-        print(f" [*] Success to read {opt.model_name(cfg)}.model-{step}")
-        print(" [*] Load SUCCESS")
-    elif ckpt.has_tf_checkpoint(folder):
-        _, weights = ckpt.read_tf_weights(folder, cfg)
-        ckpt.load_weights_into(model, weights, f"{folder} (TensorFlow)")
-        print(" [*] Load SUCCESS (TensorFlow checkpoint, converted)")
-    else:
-        print(f" [!] Load failed... (no checkpoint in {folder}); translating with untrained weights",
-              file=sys.stderr)
+    found = ckpt.resume_point(folder, cfg, "weights")
+    if found is None:
+        raise opt.OptionError(f"no checkpoint in {folder!r} to translate with (train first with the same "
+                              f"flags, or check --checkpoint_dir, --dataset, --light)")
+    ckpt.load_weights_into(model, found["weights"], found["found"].weights)
+    print(f" [*] Success to read {found['found'].name}")
+    print(" [*] Load SUCCESS" + (" (TensorFlow checkpoint, converted)" if found["framework"] == "tf" else ""))
     return model.to(device).eval()
 
 
@@ -51,7 +52,8 @@ def input_files(path: str) -> list[str]:
     raise opt.OptionError(f"--input={path!r}: no such file or folder")
 
 
-def _translate_files(model, files, direction, cfg, device, result_dir, page, counts):
+def _translate_files(model, files, direction, cfg, device, result_dir, page, counts, names=None):
+    names = names or OutputNames(files)
     for f in files:
         print("Processing image: " + f)
         try:
@@ -61,11 +63,9 @@ def _translate_files(model, files, direction, cfg, device, result_dir, page, cou
             continue
         with torch.no_grad():
             y = model.translate(x, direction)
-        out = os.path.join(result_dir, os.path.basename(f))
-        if os.path.splitext(out)[1].lower() not in opt.IMAGE_EXTENSIONS:
-            out += ".png"
+        out = names.path(os.path.join(result_dir, direction), f)
         save_image(y[0].permute(1, 2, 0).float().cpu().numpy(), out)
-        page.add(os.path.basename(f), f, out)
+        page.add(os.path.relpath(out, result_dir).replace(os.sep, "/"), f, out)
         counts[direction] = counts.get(direction, 0) + 1
 
 
@@ -83,12 +83,14 @@ def test(cfg: dict, device: torch.device, input_path: str | None = None, directi
         jobs = [(files_A, "a2b"), (files_B, "b2a")]
     model = load_for_test(cfg, device)
     os.makedirs(paths.result, exist_ok=True)
+    sweep_temp(paths.result, log=lambda m: None)
     page = ResultsPage(paths.result, cfg["img_size"])
     counts = {}
+    names = OutputNames([f for files, _ in jobs for f in files])  # outputs never overwrite an input
     for files, d in jobs:
-        _translate_files(model, files, d, cfg, device, paths.result, page, counts)
-    page.close()
-    if not counts:
+        _translate_files(model, files, d, cfg, device, paths.result, page, counts, names)
+    if not counts:  # the previous results page stays as it was
         raise opt.OptionError("no readable test image was found")
+    page.close()
     print(f" [*] {sum(counts.values())} image(s) written; results page: {page.path}")
     return page.path

@@ -1,0 +1,191 @@
+"""What `weights_convert.py torch2tf` writes: the port's weights checked against the model their
+config describes, plus the optimizer state, so TF can resume training from the result.
+
+Input: a port checkpoint (`<name>.model-N.safetensors`, its `.state.pt` beside it, or the folder
+holding them: the newest), a `tf2torch` output (.safetensors or .pt; with `--with_optimizer` it
+already holds the Adam slots and powers) or any safetensors file of the port's state dict.
+The config comes from the file's metadata, the state file, or (last) the weights' shapes. Every
+weight must be the configured model's, by name and shape (a generators-only file: the
+generators'); Adam slots must cover every trainable variable. The Adam state of a port
+checkpoint is TF1 Adam's exactly (`m`, `v`, `beta1_power`, `beta2_power` of both optimizers),
+carried under the official names (`<var>/Adam`, `<var>/Adam_1`, `beta1_power`, `beta1_power_1`...).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+
+from ugatit_common import checkpoint_policy as policy
+from ugatit_common import options as opt
+from ugatit_common.tf_checkpoint.names import ConversionError, torch_to_tf_name
+
+_STEP = re.compile(r"\.model-(\d+)\.safetensors$")
+
+
+def _reason(e: BaseException) -> str:
+    return policy._reason(e)
+
+
+def _resolve(inp: str) -> str:
+    if os.path.isdir(inp):
+        found = [f for f in policy.inventory(inp) if f.framework == "torch" and f.has_weights]
+        if not found:
+            raise ConversionError(f"{inp!r}: no PyTorch checkpoint (*.model-N.safetensors) in this folder")
+        return found[0].weights
+    if not os.path.isfile(inp):
+        raise ConversionError(f"{inp!r}: no such file or folder")
+    return inp
+
+
+def _load_weights(path: str) -> tuple[dict, dict]:
+    """(state, metadata) of a .safetensors or .pt file, with one clear error for anything else."""
+    import torch
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if path.endswith(".pt") or head[:2] == b"PK" or head[:1] == b"\x80":
+        import warnings
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # torch's text suggests weights_only=False: not repeated
+            detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", str(e), re.S)
+            detail = " ".join(detail.group(1).split()).split(" Please use")[0] if detail else "not a weights file"
+            raise ConversionError(f"{path!r} is not a weights file that loads safely ({detail}): only tensors "
+                                  f"are read; pickled Python objects are refused (unpickling can run code)") from e
+        except Exception as e:  # noqa: BLE001 - truncated zip, garbage, ...
+            raise ConversionError(f"{path!r} is not a readable .pt weights file ({_reason(e)})") from e
+        meta = {}
+        if isinstance(obj, dict) and "state" in obj:
+            meta = {"ugatit_config": json.dumps(obj.get("config") or {}), "step": obj.get("step", 0)}
+            obj = obj["state"]
+        if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise ConversionError(f"{path!r} does not hold a state dict of tensors")
+        return obj, meta
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    try:
+        with safe_open(path, "pt") as f:
+            meta = dict(f.metadata() or {})
+        return load_file(path), meta
+    except Exception as e:  # noqa: BLE001
+        raise ConversionError(f"{path!r} is not a readable safetensors file ({_reason(e)})") from e
+
+
+def _optimizer_entries(state: dict) -> dict:
+    flat = {}
+    for name, key in (("G", "G_optim"), ("D", "D_optim")):
+        st = state[key]
+        for n, t in st["m"].items():
+            flat[f"{n}/Adam"] = t
+        for n, t in st["v"].items():
+            flat[f"{n}/Adam_1"] = t
+        flat[f"optimizer.{name}.beta1_power"] = st["beta1_power"]
+        flat[f"optimizer.{name}.beta2_power"] = st["beta2_power"]
+    return flat
+
+
+def _tf_shape(name: str, shape: tuple) -> tuple:
+    base = name.split("/")[0]
+    if base.endswith("weight") and len(shape) == 4:
+        return (shape[2], shape[3], shape[1], shape[0])
+    if base.endswith("weight") and len(shape) == 2:
+        return (shape[1], shape[0])
+    return tuple(shape)
+
+
+def _infer(weights: dict) -> dict:
+    from ugatit_common.tf_checkpoint.config import infer_config
+    sn_scopes = {k[: -len(".u")] for k in weights if k.endswith(".u")}
+    shapes = {torch_to_tf_name(k, sn_scopes): _tf_shape(k, tuple(v.shape)) for k, v in weights.items()}
+    return infer_config(shapes)
+
+
+def _expected(cfg: dict):
+    """({name: shape} of the configured model's state dict, {trainable name: shape})."""
+    import torch
+
+    from .model import build_ugatit
+    try:
+        with torch.device("meta"):
+            model = build_ugatit(cfg)
+    except Exception:  # noqa: BLE001 - a layer that cannot be built on the meta device
+        model = build_ugatit(cfg)
+    return ({k: tuple(v.shape) for k, v in model.state_dict().items()},
+            {k: tuple(p.shape) for k, p in model.named_parameters()})
+
+
+def prepare(inp: str, weights_only: bool = False, log=print) -> tuple[dict, int, dict]:
+    """(flat state to write: weights + Adam slots + powers, step, config) for `inp`; raises
+    ConversionError naming what is wrong."""
+    path = _resolve(inp)
+    weights, meta = _load_weights(path)
+    cfg = None
+    for key in ("config", "ugatit_config"):
+        if meta.get(key):
+            try:
+                cfg = json.loads(meta[key]) or None
+            except ValueError:
+                cfg = None
+            if cfg:
+                break
+    step = int(meta.get("step", 0) or 0)
+    m = _STEP.search(path)
+    state = None
+    sibling = path[: -len(".safetensors")] + ".state.pt" if m else None
+    if sibling and os.path.isfile(sibling) and not weights_only:
+        import torch
+        try:
+            state = torch.load(sibling, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise ValueError("not a dict")
+        except Exception as e:  # noqa: BLE001
+            raise ConversionError(f"the optimizer state {sibling!r} cannot be read ({_reason(e)}); without it TF "
+                                  f"cannot resume training. Pass --weights_only to write the weights alone "
+                                  f"(enough for the test phase)") from e
+        if state.get("kind") == "morph":
+            raise ConversionError(f"{path!r} is a Morph-UGATIT checkpoint: it has no TensorFlow counterpart")
+        cfg = cfg or state.get("config")
+        step = int(state.get("counter", step) or step)
+    if m and not step:
+        step = int(m.group(1))
+    if not cfg:
+        cfg = _infer({k: v for k, v in weights.items() if "/" not in k and not k.startswith("optimizer.")})
+        log(f"note: {path} records no config; inferred from the weights' shapes: light={cfg['light']}, "
+            f"ch={cfg['ch']}, img_size={cfg['img_size']} (a light model's weights do not fix img_size)")
+    cfg = opt.config_from({k: v for k, v in cfg.items() if k in opt.DEFAULTS})
+    try:
+        opt.validate(dict(cfg, phase="train"))
+    except opt.OptionError as e:
+        raise ConversionError(f"{path!r} records a config the official model cannot build: {e}") from e
+    want, trainable = _expected(cfg)
+    plain = {k: v for k, v in weights.items() if "/" not in k and not k.startswith("optimizer.")}
+    if plain and all(k.startswith("generator") for k in plain):  # a generators-only file
+        want = {k: s for k, s in want.items() if k.startswith("generator")}
+        trainable = {k: s for k, s in trainable.items() if k.startswith("generator")}
+    message = opt.checkpoint_mismatch(path, want, {k: tuple(v.shape) for k, v in plain.items()})
+    if message:
+        raise ConversionError(message)
+    flat = dict(plain)
+    given_slots = {k: v for k, v in weights.items() if k not in plain}
+    if state is not None and not given_slots:
+        if not all(k in state for k in ("G_optim", "D_optim")):
+            raise ConversionError(f"{sibling!r} holds no optimizer state (G_optim, D_optim); pass --weights_only "
+                                  f"to write the weights alone")
+        given_slots = _optimizer_entries(state)
+    if given_slots:
+        want_slots = {f"{n}/{s}": shape for n, shape in trainable.items() for s in ("Adam", "Adam_1")}
+        powers = {f"optimizer.{o}.{p}": () for o in ("G", "D") for p in ("beta1_power", "beta2_power")
+                  if o == "G" or any(k.startswith("discriminator") for k in trainable)}
+        want_slots.update(powers)
+        msg = opt.checkpoint_mismatch(f"{path} (optimizer state)", want_slots,
+                                      {k: tuple(v.shape) for k, v in given_slots.items()})
+        if msg:
+            raise ConversionError(msg)
+        flat.update(given_slots)
+    else:
+        log(f"note: no optimizer state written ({'--weights_only' if weights_only else 'none found beside ' + path}): "
+            f"the TF checkpoint serves the test phase; TF training cannot resume from it")
+    return flat, step, cfg

@@ -1,0 +1,272 @@
+"""The checkpoint policy of tf_reference, torch_port and morph (numpy-free, torch-free, TF-free).
+
+One checkpoint folder holds one run. What is in it is read from the file names (`inventory`):
+    torch  <prefix>.model-N.safetensors + <prefix>.model-N.state.pt   (+ the `latest` pointer)
+    TF     <prefix>.model-N.index + <prefix>.model-N.data-*           (+ the `checkpoint` file)
+Subfolders (older runs moved aside, unusable checkpoints) are never looked at.
+
+- Resume: the newest checkpoint by step wins, whichever framework wrote it (at the same step the
+  torch one, which also holds the data-loader and RNG positions). If it is incomplete or
+  unreadable, the next newest is tried, and the run says so; a training run moves the ones it
+  skipped into `unusable/` (so the new run never overwrites or is shadowed by them). When
+  checkpoints exist but none can be read, the run stops (exit 2): never from scratch.
+- `--resume False` (torch_port) with checkpoints in the folder: they are moved into
+  `previous-run-<time>/` beside them, and the run says where; nothing is deleted.
+- Pruning deletes only checkpoints of the run being trained (its `run` id, stored in each
+  checkpoint and inherited on resume), never the newest, never the one `latest` names.
+- Temp files of killed saves (`.tmp-*`, TF's `*.tempstate*` and `<prefix>.model-N_temp*`) are
+  swept when a run starts writing into the folder.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import struct
+import uuid
+from dataclasses import dataclass, field
+
+from .options import OptionError
+
+POINTER = "latest"          # torch_port's pointer file
+TF_STATE = "checkpoint"     # tf.train.Saver's state file
+UNUSABLE = "unusable"
+PREVIOUS = "previous-run-"
+
+_TORCH = re.compile(r"^(?P<prefix>.+)\.model-(?P<step>\d+)\.(?P<part>safetensors|state\.pt)$")
+_TF = re.compile(r"^(?P<prefix>.+)\.model-(?P<step>\d+)\.(?P<part>index|meta|data-\d{5}-of-(?P<shards>\d{5}))$")
+_TEMP = re.compile(r"^(\.tmp-.*|.*\.tempstate\d*|.*\.model-\d+_temp.*)$")
+
+
+class NoUsableCheckpoint(OptionError):
+    """Checkpoints exist but none can be used: the run stops instead of starting from scratch."""
+
+
+@dataclass
+class Found:
+    """One checkpoint (both frameworks): step, framework, files present, what is missing."""
+    step: int
+    framework: str                  # "torch" | "tf"
+    prefix: str                     # model name, e.g. UGATIT_light
+    base: str                       # <folder>/<prefix>.model-<step>
+    files: list = field(default_factory=list)
+    missing: str = ""               # "" when complete
+
+    @property
+    def name(self) -> str:
+        return f"{self.prefix}.model-{self.step} ({'TensorFlow' if self.framework == 'tf' else 'PyTorch'})"
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    @property
+    def has_weights(self) -> bool:
+        """Usable by a test phase: torch weights file present, or a complete TF bundle."""
+        if self.framework == "torch":
+            return os.path.isfile(self.base + ".safetensors")
+        return self.complete
+
+    @property
+    def weights(self) -> str:
+        return self.base + ".safetensors" if self.framework == "torch" else self.base
+
+
+def inventory(folder: str, prefer: str = "torch") -> list[Found]:
+    """Every checkpoint in `folder`, newest first (at equal steps the `prefer` framework's first)."""
+    if not os.path.isdir(folder):
+        return []
+    found: dict[tuple, Found] = {}
+    names = os.listdir(folder)
+    for n in names:
+        p = os.path.join(folder, n)
+        if not os.path.isfile(p):
+            continue
+        m = _TORCH.match(n) or _TF.match(n)
+        if not m:
+            continue
+        fw = "torch" if m.re is _TORCH else "tf"
+        key = (int(m.group("step")), fw, m.group("prefix"))
+        f = found.setdefault(key, Found(key[0], fw, key[2], os.path.join(folder, f"{key[2]}.model-{key[0]}")))
+        f.files.append(p)
+    for (step, fw, prefix), f in found.items():
+        have = {os.path.basename(p)[len(prefix) + len(f".model-{step}"):] for p in f.files}
+        if fw == "torch":
+            lack = [s for s in (".safetensors", ".state.pt") if s not in have]
+        else:
+            lack = [] if ".index" in have else [".index"]
+            data = [s for s in have if s.startswith(".data-")]
+            if not data:
+                lack.append(".data-00000-of-00001")
+            else:
+                total = int(data[0][-5:])
+                want = {f".data-{i:05d}-of-{total:05d}" for i in range(total)}
+                lack += sorted(want - set(data))
+        if lack:
+            f.missing = "no " + ", ".join(prefix + f".model-{step}" + s for s in lack)
+    return sorted(found.values(), key=lambda f: (-f.step, f.framework != prefer, f.prefix))
+
+
+def describe(found: list[Found]) -> str:
+    return ", ".join(f.name + ("" if f.complete else f" [incomplete: {f.missing}]") for f in found) or "none"
+
+
+def _unique(path: str) -> str:
+    out, i = path, 1
+    while os.path.exists(out):
+        out, i = f"{path}-{i}", i + 1
+    return out
+
+
+def move_files(paths: list[str], dest: str) -> str:
+    """Move files into `dest` (created); a name already there gets a numbered suffix."""
+    os.makedirs(dest, exist_ok=True)
+    for p in paths:
+        if os.path.exists(p):
+            os.replace(p, _unique(os.path.join(dest, os.path.basename(p))))
+    return dest
+
+
+def set_aside(folder: str, found: list[Found], why: str, log=print) -> str | None:
+    """Move checkpoints a training run cannot use into `<folder>/unusable/` (never deleted)."""
+    files = [p for f in found for p in f.files]
+    if not files:
+        return None
+    dest = move_files(files, os.path.join(folder, UNUSABLE))
+    log(f" [!] moved {describe(found)} to {dest}/ ({why}); nothing was deleted")
+    return dest
+
+
+def move_previous_run(folder: str, log=print) -> str | None:
+    """`--resume False`: move every checkpoint file (and the pointer files) of an older run in
+    `folder` into `<folder>/previous-run-<time>/`. Returns that folder, or None when empty."""
+    found = inventory(folder)
+    extra = [os.path.join(folder, n) for n in (POINTER, TF_STATE) if os.path.isfile(os.path.join(folder, n))]
+    if not found and not extra:
+        return None
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    dest = _unique(os.path.join(folder, PREVIOUS + stamp))
+    move_files([p for f in found for p in f.files] + extra, dest)
+    log(f" [*] --resume False: the older run's checkpoints ({describe(found)}) were moved to {dest}/ "
+        f"(nothing deleted); this run starts from scratch")
+    return dest
+
+
+def sweep_temp(folder: str, log=print) -> list[str]:
+    """Remove temp files of killed saves in `folder` (not in subfolders). Returns what went."""
+    gone = []
+    if not os.path.isdir(folder):
+        return gone
+    for n in sorted(os.listdir(folder)):
+        if not _TEMP.match(n):
+            continue
+        p = os.path.join(folder, n)
+        try:
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            else:
+                os.remove(p)
+            gone.append(n)
+        except FileNotFoundError:
+            pass
+    if gone:
+        log(f" [*] removed {len(gone)} temp file(s) of interrupted saves in {folder}: {', '.join(gone[:5])}")
+    return gone
+
+
+def choose(folder: str, load, need: str = "train", log=print, set_aside_skipped: bool = False,
+           prefer: str = "torch"):
+    """Load the newest usable checkpoint of `folder`: `load(found)` returns its content or raises
+    (any Exception = unreadable). Returns (found, content), or None when the folder holds no
+    checkpoint at all. Skipped ones are named; with `set_aside_skipped` (training) they are moved
+    to `unusable/`. Checkpoints that exist but none usable: NoUsableCheckpoint (exit 2)."""
+    found = inventory(folder, prefer)
+    if not found:
+        return None
+    skipped = []
+    for f in found:
+        usable = f.complete if need == "train" else f.has_weights
+        if not usable:
+            skipped.append((f, f.missing))
+            continue
+        try:
+            content = load(f)
+        except (KeyboardInterrupt, SystemExit, OptionError):
+            raise
+        except Exception as e:  # noqa: BLE001 - an unreadable file means "not this one"
+            skipped.append((f, _reason(e)))
+            continue
+        if skipped:
+            for s, why in skipped:
+                log(f" [!] checkpoint {s.name} in {folder} is unusable ({why})")
+            log(f" [!] using {f.name} instead, the newest usable checkpoint")
+            if set_aside_skipped:
+                set_aside(folder, [s for s, _ in skipped], "unusable, skipped by this run", log)
+        return f, content
+    lines = "; ".join(f"{s.name}: {why}" for s, why in skipped)
+    hint = ("to start a new run anyway, move them elsewhere or pass --resume False (they are then "
+            "moved aside, not deleted)" if need == "train" else "train first, or point at another checkpoint folder")
+    raise NoUsableCheckpoint(f"checkpoint folder {folder!r} holds checkpoints but none can be used ({lines}); "
+                             f"{hint}")
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# -- run ids and pruning ----------------------------------------------------------------------------
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def safetensors_metadata(path: str) -> dict:
+    """The `__metadata__` of a safetensors file (header only; {} when unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            if n > 100 << 20:
+                return {}
+            return dict(json.loads(fh.read(n)).get("__metadata__") or {})
+    except (OSError, ValueError, struct.error):
+        return {}
+
+
+def pointer_target(folder: str) -> str | None:
+    """The weights file `latest` names (basename), or None."""
+    try:
+        with open(os.path.join(folder, POINTER)) as fh:
+            return json.load(fh).get("weights")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def prunable(folder: str, prefix: str, run_id: str, keep: int) -> list[Found]:
+    """This run's torch checkpoints beyond the newest `keep`, never the newest in the folder and
+    never the one `latest` names."""
+    if keep is None or keep < 1:
+        return []
+    everything = inventory(folder)
+    if not everything:
+        return []
+    newest = everything[0]
+    named = pointer_target(folder)
+    own = [f for f in everything if f.framework == "torch" and f.prefix == prefix
+           and safetensors_metadata(f.base + ".safetensors").get("run") == run_id]
+    return [f for f in own[keep:] if f is not newest and os.path.basename(f.base + ".safetensors") != named]
+
+
+def prune(folder: str, prefix: str, run_id: str, keep: int) -> list[Found]:
+    gone = prunable(folder, prefix, run_id, keep)
+    for f in gone:
+        for suffix in (".state.pt", ".safetensors"):  # state first: half-deleted = incomplete
+            try:
+                os.remove(f.base + suffix)
+            except FileNotFoundError:
+                pass
+    return gone

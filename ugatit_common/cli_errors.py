@@ -1,0 +1,131 @@
+"""One error path for every command line of the project.
+
+    exit 0    done
+    exit 1    an internal error (a bug): one line; `--debug` shows the traceback
+    exit 2    bad input - a flag, a file, a folder, a checkpoint, a full or read-only disk:
+              one `error: ...` line naming the flag or the file
+    exit 130  Ctrl-C: `stopped at step N ...; resume with: <command>` for training runs
+
+`--debug` (anywhere on the command line, or UGATIT_DEBUG=1) prints the traceback as well; it is
+taken off the arguments before the command's own parser sees them. Training loops report their
+position with `note_step` / `note_checkpoint`, which is what the Ctrl-C line quotes.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import traceback
+
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+# exception classes (by name, anywhere in the MRO) that mean "the input is bad", from libraries
+# this module does not import: TF checkpoint reader/converter, safetensors, pickle, protobuf, TF ops
+_BAD_INPUT_NAMES = {"OptionError", "CheckpointError", "ConversionError", "SafetensorError", "UnpicklingError",
+                    "DecodeError", "OpError", "MetaGraphError", "ExportError", "ImageReadError",
+                    "NoUsableCheckpoint", "CheckpointKindError"}
+
+_state: dict = {}
+
+
+def reset() -> None:
+    _state.clear()
+
+
+def note_step(step: int) -> None:
+    """The last completed training step (counter)."""
+    _state["step"] = int(step)
+
+
+def note_checkpoint(name: str) -> None:
+    """The newest checkpoint this run wrote or resumed from."""
+    _state["checkpoint"] = str(name)
+
+
+def is_bad_input(e: BaseException) -> bool:
+    if isinstance(e, (ValueError, OSError, LookupError)):
+        return True
+    return any(c.__name__ in _BAD_INPUT_NAMES for c in type(e).__mro__)
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text += f": {e.filename!r}"
+    return text
+
+
+def resume_command(prog: str, argv: list[str]) -> str:
+    """The same command line, continuing: `--resume False` dropped (resuming is the default)."""
+    out, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a == "--resume" and i + 1 < len(argv):
+            skip = True
+            continue
+        if a.startswith("--resume="):
+            continue
+        out.append(a)
+    return " ".join([prog] + [shlex.quote(a) for a in out])
+
+
+def run(fn, argv=None, prog: str = "python", training=None, label: str = "error") -> int:
+    """Call `fn(argv)` (argv without `--debug`) under the one error path and return the exit code.
+    `training(argv) -> bool`: whether this command line trains (its Ctrl-C line offers a resume
+    command); `label`: the prefix of the error line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("UGATIT_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    reset()
+    try:
+        rc = fn(argv)
+        return 0 if rc is None else int(rc)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(interrupted_line(prog, argv, training), file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001 - the one error path
+        if debug:
+            traceback.print_exc()
+        if is_bad_input(e):
+            print(f"{label}: {one_line(e)}", file=sys.stderr, flush=True)
+            return EXIT_BAD_INPUT
+        print(f"{label}: internal error ({type(e).__name__}: {one_line(e)})"
+              + ("" if debug else "; run again with --debug for the traceback"), file=sys.stderr, flush=True)
+        return EXIT_INTERNAL
+
+
+def interrupted_line(prog: str, argv: list[str], training=None) -> str:
+    trains = bool(training(argv)) if training else False
+    if not trains:
+        return "interrupted (Ctrl-C)"
+    step = _state.get("step")
+    ck = _state.get("checkpoint")
+    where = f"stopped at step {step}" if step is not None else "stopped before the first step"
+    if ck:
+        where += f" (last checkpoint: {ck})"
+    else:
+        where += " (no checkpoint written yet: a rerun starts over)"
+    return f"{where}; resume with: {resume_command(prog, argv)}"
+
+
+def check_writable_folder(path: str, what: str) -> str:
+    """Create `path` if needed and prove a file can be written there, before any long work: an
+    unwritable output folder is bad input named with `what` (a flag or argument name)."""
+    import tempfile
+    from .options import OptionError
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise OptionError(f"{what} {path!r} is not writable: {e.strerror or e}") from e
+    return path

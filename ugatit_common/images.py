@@ -1,0 +1,87 @@
+"""Reading training images, the same way for tf_reference, torch_port and morph (numpy + cv2).
+
+A training image is used when the official TF pipeline could decode it (`decode_jpeg(channels=3)`
+decodes JPEG, PNG and GIF; it fails mid-run on BMP and TIFF and returns a 4-D batch for WEBP) and
+the whole file decodes (a truncated JPEG or PNG is caught here, not mid-run). Others are skipped
+with one warning each, naming the file; none readable is an error naming the folder.
+"""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+# magic bytes of the formats the official train pipeline (tf.image.decode_jpeg) decodes to 3-D
+TRAIN_FORMATS = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"))
+
+
+class ImageReadError(OSError):
+    """An image file that cannot be read or decoded."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = str(reason)
+        super().__init__(f"cannot read image {self.path!r}: {self.reason}")
+
+
+def decode_image(path) -> np.ndarray:
+    """Decode like TF `decode_jpeg/decode_png(channels=3)`: uint8 HWC RGB.
+
+    Grayscale is replicated to 3 channels, alpha is dropped (not composited), 16-bit samples
+    are reduced to 8 bits by keeping the high byte (v >> 8), as TF's PNG decoder does for
+    dtype uint8 (checked against TF in parity_tests/test_data_pipeline.py). EXIF orientation is
+    ignored, as TF does.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageReadError(path, "no such file")
+    try:
+        buf = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise ImageReadError(path, e) from e
+    if buf.size == 0:
+        raise ImageReadError(path, "empty file")
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
+    img = cv2.imdecode(buf, flags)
+    if img is None:
+        raise ImageReadError(path, "not a decodable image (corrupt or unsupported format)")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageReadError(path, f"unsupported sample type {img.dtype}")
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.shape[2] == 4:
+        img = img[:, :, :3]
+    return np.ascontiguousarray(img[:, :, ::-1])  # BGR -> RGB
+
+
+
+
+def check_train_image(path) -> None:
+    """Raise ImageReadError unless `path` is a JPEG, PNG or GIF that decodes completely."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as e:
+        raise ImageReadError(path, e.strerror or e) from e
+    if not head:
+        raise ImageReadError(path, "empty file")
+    if not any(head.startswith(m) for m, _ in TRAIN_FORMATS):
+        raise ImageReadError(path, "not a JPEG, PNG or GIF (the formats the official TF pipeline decodes)")
+    decode_image(path)
+
+
+def readable_train_images(files, warn) -> list[str]:
+    """The files that pass `check_train_image`; `warn(message)` once per skipped file."""
+    good = []
+    for f in files:
+        try:
+            check_train_image(f)
+        except ImageReadError as e:
+            warn(f"skipping unreadable image {os.fspath(f)!r}: {e.reason}")
+            continue
+        good.append(os.fspath(f))
+    return good
