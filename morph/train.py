@@ -239,8 +239,8 @@ def train(cfg: dict, device="cpu", seed: int = 0, base: str = ".", init_from: st
     files_B = opt.domain_files(cfg, "trainB", base)
     ds_A = ImageFolderDataset(files_A, cfg["img_size"], cfg["augment_flag"], seed=seed)
     ds_B = ImageFolderDataset(files_B, cfg["img_size"], cfg["augment_flag"], seed=seed + 1)
-    for p in (paths.checkpoint, paths.sample, paths.log):
-        os.makedirs(p, exist_ok=True)
+    for p, flag in ((paths.checkpoint, "--checkpoint_dir"), (paths.sample, "--sample_dir"), (paths.log, "--log_dir")):
+        cli_errors.check_writable_folder(p, flag)  # fail now, not at the first save
     policy.sweep_temp(paths.checkpoint, log)
 
     torch.manual_seed(seed)

@@ -93,8 +93,8 @@ def train(cfg: dict, max_to_keep: int = 5) -> dict:
     files_B = readable_images(opt.domain_files(cfg, "trainB"))
     dataset_num = max(len(files_A), len(files_B))
     print_information(cfg, dataset_num)
-    for p in (paths.sample, paths.log):
-        os.makedirs(p, exist_ok=True)
+    for p, flag in ((paths.sample, "--sample_dir"), (paths.log, "--log_dir"), (paths.checkpoint, "--checkpoint_dir")):
+        cli_errors.check_writable_folder(p, flag)  # fail now, not at the first save
     policy.sweep_temp(paths.checkpoint)
 
     graph = tf.Graph()
@@ -170,7 +170,7 @@ def test(cfg: dict) -> str:
                 raise opt.OptionError(f"no checkpoint in {paths.checkpoint!r} to translate with (train first with "
                                       f"the same flags, or check --checkpoint_dir, --dataset, --light)")
             print(" [*] Load SUCCESS")
-            os.makedirs(paths.result, exist_ok=True)
+            cli_errors.check_writable_folder(paths.result, "--result_dir")
             policy.sweep_temp(paths.result, log=lambda msg: None)
             page = ResultsPage(paths.result, cfg["img_size"])
             names = OutputNames(files_A + files_B)  # a2b/ and b2a/: never collide, never an input

@@ -118,7 +118,15 @@ def save(folder: str, prefix: str, step: int, model: torch.nn.Module, state: dic
             torch.save(_to_cpu(full), f)
             f.flush()
             os.fsync(f.fileno())
-    _atomic(state_path, write_state)
+    try:
+        _atomic(state_path, write_state)
+    except BaseException:  # e.g. the disk filled up: no half checkpoint (weights without state) is left
+        if not os.path.exists(state_path):
+            try:
+                os.remove(weights_path)
+            except OSError:
+                pass
+        raise
     pointer = json.dumps({"step": int(step), "weights": os.path.basename(weights_path),
                           "state": os.path.basename(state_path)})
 

@@ -172,8 +172,8 @@ def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, 
     cfg = dict(cfg, seed=seed)
     if main:
         print_information(cfg, (len(ds_A), len(ds_B)), device, paths, dist_info)
-        for p in (paths.sample, paths.log, paths.checkpoint):
-            os.makedirs(p, exist_ok=True)
+        for p, flag in ((paths.sample, "--sample_dir"), (paths.log, "--log_dir"), (paths.checkpoint, "--checkpoint_dir")):
+            cli_errors.check_writable_folder(p, flag)  # fail now, not at the first save
         policy.sweep_temp(paths.checkpoint)
         if not resume:  # an older run in the folder is moved aside, never deleted or shadowed
             policy.move_previous_run(paths.checkpoint)

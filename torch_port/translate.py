@@ -17,6 +17,7 @@ import torch
 
 from ugatit_common import options as opt
 from ugatit_common.checkpoint_policy import sweep_temp
+from ugatit_common.cli_errors import check_writable_folder
 from ugatit_common.output_names import OutputNames
 from ugatit_common.results import ResultsPage, save_image
 
@@ -82,7 +83,7 @@ def test(cfg: dict, device: torch.device, input_path: str | None = None, directi
             raise opt.OptionError(f"no test images in {opt.dataset_root(cfg)}/testA or testB")
         jobs = [(files_A, "a2b"), (files_B, "b2a")]
     model = load_for_test(cfg, device)
-    os.makedirs(paths.result, exist_ok=True)
+    check_writable_folder(paths.result, "--result_dir")
     sweep_temp(paths.result, log=lambda m: None)
     page = ResultsPage(paths.result, cfg["img_size"])
     counts = {}

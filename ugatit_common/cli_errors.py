@@ -95,7 +95,11 @@ def run(fn, argv=None, prog: str = "python", training=None, label: str = "error"
         if debug:
             traceback.print_exc()
         if is_bad_input(e):
-            print(f"{label}: {one_line(e)}", file=sys.stderr, flush=True)
+            where = ""
+            if training and training(argv) and _state.get("step") is not None:  # e.g. the disk filled up
+                where = (f" (stopped at step {_state['step']}; last checkpoint: {_state.get('checkpoint', 'none')}, "
+                         f"intact; resume with: {resume_command(prog, argv)})")
+            print(f"{label}: {one_line(e)}{where}", file=sys.stderr, flush=True)
             return EXIT_BAD_INPUT
         print(f"{label}: internal error ({type(e).__name__}: {one_line(e)})"
               + ("" if debug else "; run again with --debug for the traceback"), file=sys.stderr, flush=True)

@@ -25,16 +25,26 @@ TINY = ["--light", "True", "--dataset", "demo", "--img_size", "64", "--ch", "4",
 def run(cmd, cwd):
     print("\n$ " + " ".join(cmd), flush=True)
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    subprocess.run(cmd, cwd=cwd, env=env, check=True)
+    rc = subprocess.run(cmd, cwd=cwd, env=env).returncode
+    if rc:  # the step printed its own error line; say which step failed, no traceback
+        print(f"error: demo step failed with exit code {rc}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        raise SystemExit(rc)
 
 
 def main(argv=None) -> int:
+    """The one error path (ugatit_common.cli_errors): an unwritable DIR -> one error line, exit 2."""
+    from ugatit_common import cli_errors
+    return cli_errors.run(_main, argv, prog="python -m ugatit_common.demo")
+
+
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dir", nargs="?", default="demo_run", help="working folder (default: demo_run)")
     p.add_argument("--iteration", type=int, default=8, help="training iterations of each model")
     args = p.parse_args(argv)
     work = os.path.abspath(args.dir)
-    os.makedirs(work, exist_ok=True)
+    from ugatit_common.cli_errors import check_writable_folder
+    check_writable_folder(work, "DIR")
     py = sys.executable
     from ugatit_common.demo_data import make_demo_dataset
     from ugatit_common.options import config_from, model_dir

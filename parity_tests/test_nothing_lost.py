@@ -1,0 +1,555 @@
+"""Issue 11: nothing lost, nothing silent. Checkpoints, resumes and outputs under the mistakes a
+careless user makes (README "Checkpoint policy"): --resume False over an older run, damaged and
+mixed checkpoints, colliding outputs, bad images, a full disk, a read-only folder, Ctrl-C, kills
+at random moments, nonsense converter input. Tiny models (light, 32 px, ch 2, n_dis 4)."""
+from __future__ import annotations
+
+import builtins
+import errno
+import glob
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from parity_tests.conftest import ROOT
+from ugatit_common import checkpoint_policy as policy
+from ugatit_common import options as opt
+from ugatit_common.demo_data import make_demo_dataset
+
+TINY = ["--light", "True", "--dataset", "t", "--img_size", "32", "--ch", "2", "--n_dis", "4",
+        "--augment_flag", "False", "--device", "cpu", "--threads", "1"]
+CFG = opt.config_from(light=True, dataset="t", img_size=32, ch=2, n_dis=4, augment_flag=False)
+PREFIX = "UGATIT_light"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_data(root, n_train=2, n_test=1):
+    make_demo_dataset(str(root), "t", size=32, n_train=n_train, n_test=n_test)
+    return os.path.join(str(root), "dataset", "t")
+
+
+def ckdir(root, cfg=CFG):
+    return os.path.join(str(root), "checkpoint", opt.model_dir(cfg))
+
+
+def resdir(root, cfg=CFG):
+    return os.path.join(str(root), "results", opt.model_dir(cfg))
+
+
+def port(args, monkeypatch, cwd, capsys=None):
+    """python -m torch_port in-process: (rc, stdout, stderr)."""
+    from torch_port.__main__ import main
+    monkeypatch.chdir(cwd)
+    if capsys is not None:
+        capsys.readouterr()
+    rc = main(list(args))
+    out = capsys.readouterr() if capsys is not None else None
+    return rc, (out.out if out else ""), (out.err if out else "")
+
+
+def train_args(it, epoch=1, save_freq=1, *extra):
+    return TINY + ["--iteration", str(it), "--epoch", str(epoch), "--save_freq", str(save_freq),
+                   "--print_freq", "1000"] + list(extra)
+
+
+def digest(path):
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def digest_bytes(path):
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def steps(folder, fw="torch"):
+    return sorted(f.step for f in policy.inventory(folder) if f.framework == fw)
+
+
+def one_error_line(err):
+    lines = [ln for ln in err.splitlines() if ln.startswith(("error:", "python -m morph"))]
+    assert lines, err
+    assert "Traceback" not in err, err
+    return lines[-1]
+
+
+# -- 1. --resume False never deletes or shadows an older run ------------------------------------------
+
+def test_resume_false_moves_the_older_run_aside(tmp_path, monkeypatch, capsys):
+    make_data(tmp_path)
+    folder = ckdir(tmp_path)
+    assert port(train_args(3), monkeypatch, tmp_path, capsys)[0] == 0           # model-2, 3, 4
+    for old, new in ((4, 31), (3, 30), (2, 29)):                                 # an "older run" at 29-31
+        for sfx in (".safetensors", ".state.pt"):
+            os.replace(os.path.join(folder, f"{PREFIX}.model-{old}{sfx}"), os.path.join(folder, f"{PREFIX}.model-{new}{sfx}"))
+    old_digests = {n: digest(os.path.join(folder, n)) for n in os.listdir(folder)}
+    rc, out, err = port(train_args(4, 1, 1, "--resume", "False"), monkeypatch, tmp_path, capsys)
+    assert rc == 0, err
+    assert "moved to" in out and "previous-run-" in out
+    [prev] = glob.glob(os.path.join(folder, "previous-run-*"))
+    assert {n: digest(os.path.join(prev, n)) for n in os.listdir(prev)} == old_digests  # nothing lost
+    assert steps(folder) == [3, 4, 5]                    # the new run's own, pruned to 3
+    assert policy.pointer_target(folder) == f"{PREFIX}.model-5.safetensors"
+    rc, out, _ = port(train_args(4, 2, 100), monkeypatch, tmp_path, capsys)   # a plain run continues the NEW run
+    assert rc == 0 and f"{PREFIX}.model-5" in out and steps(folder)[-1] == 9
+
+
+def test_pruning_deletes_only_this_runs_older_checkpoints(tmp_path):
+    from torch_port import checkpoint as ck
+    m = torch.nn.Linear(2, 2)
+    folder = str(tmp_path)
+    ck.save(folder, PREFIX, 40, m, {"run": "other"}, keep=1)         # another run's, newer than ours
+    for s in range(1, 6):
+        ck.save(folder, PREFIX, s, m, {"run": "mine"}, keep=2)
+    assert steps(folder) == [4, 5, 40]
+    # `latest` names model-5: never pruned even with keep=1 and a newer own checkpoint absent
+    ck.prune(folder, PREFIX, 1, run="mine")
+    assert 5 in steps(folder) and 40 in steps(folder)
+    ck.save(folder, PREFIX, 6, m, {"run": "mine"}, keep=1)
+    assert steps(folder) == [6, 40]
+    ck.save(folder, PREFIX, 7, m, {}, keep=1)                          # no run id: prunes nothing
+    assert steps(folder) == [6, 7, 40]
+
+
+# -- 2. an unreadable checkpoint: fall back and say so, or stop; never from scratch ------------------
+
+def test_damaged_state_test_phase_uses_weights_training_falls_back(tmp_path, monkeypatch, capsys):
+    make_data(tmp_path)
+    folder = ckdir(tmp_path)
+    assert port(train_args(2), monkeypatch, tmp_path, capsys)[0] == 0            # model-2, model-3
+    state3 = os.path.join(folder, f"{PREFIX}.model-3.state.pt")
+    with open(state3, "r+b") as fh:
+        fh.truncate(100)
+    w3 = digest(os.path.join(folder, f"{PREFIX}.model-3.safetensors"))
+    rc, out, err = port(TINY + ["--phase", "test"], monkeypatch, tmp_path, capsys)  # weights only
+    assert rc == 0 and f"{PREFIX}.model-3" in out, err
+    rc, out, err = port(train_args(2, 2, 100), monkeypatch, tmp_path, capsys)
+    assert rc == 0, err
+    assert f"{PREFIX}.model-3 (PyTorch)" in out and "unusable" in out and f"{PREFIX}.model-2" in out
+    moved = os.path.join(folder, policy.UNUSABLE, f"{PREFIX}.model-3.safetensors")
+    assert digest(moved) == w3                                                   # set aside, intact
+    assert steps(folder)[-1] == 5 and "Load failed" not in out
+
+
+def test_only_checkpoint_damaged_stops_with_exit_2(tmp_path, monkeypatch, capsys):
+    make_data(tmp_path)
+    folder = ckdir(tmp_path)
+    assert port(train_args(1, 1, 100), monkeypatch, tmp_path, capsys)[0] == 0   # model-2 only
+    with open(os.path.join(folder, f"{PREFIX}.model-2.state.pt"), "r+b") as fh:
+        fh.truncate(50)
+    before = {n: digest(os.path.join(folder, n)) for n in os.listdir(folder)}
+    rc, out, err = port(train_args(1, 2, 100), monkeypatch, tmp_path, capsys)
+    assert rc == 2 and "none can be used" in one_error_line(err) and "--resume False" in err
+    assert {n: digest(os.path.join(folder, n)) for n in os.listdir(folder)} == before  # untouched
+    # weights truncated too: the test phase cannot translate either, and says so
+    with open(os.path.join(folder, f"{PREFIX}.model-2.safetensors"), "r+b") as fh:
+        fh.truncate(50)
+    rc, out, err = port(TINY + ["--phase", "test"], monkeypatch, tmp_path, capsys)
+    assert rc == 2 and "none can be used" in one_error_line(err)
+    # no checkpoint at all: the test phase refuses instead of translating with untrained weights
+    shutil.rmtree(folder)
+    rc, out, err = port(TINY + ["--phase", "test"], monkeypatch, tmp_path, capsys)
+    assert rc == 2 and "no checkpoint" in one_error_line(err)
+    assert not os.path.exists(resdir(tmp_path))
+
+
+def test_morph_train_falls_back_and_interpolate_reads_weights_only(tmp_path, capsys):
+    from morph.train import load_morph, morph_paths, train
+    make_data(tmp_path)
+    cfg = opt.config_from(dataset="t", epoch=1, iteration=2, print_freq=1000, save_freq=1, decay_flag=False,
+                          img_size=32, ch=2, n_dis=4, light=True, augment_flag=False, morph_config="C",
+                          checkpoint_dir=str(tmp_path / "ck"), result_dir=str(tmp_path / "res"),
+                          log_dir=str(tmp_path / "logs"), sample_dir=str(tmp_path / "samples"))
+    train(cfg, base=str(tmp_path), log=lambda m: None)
+    folder = morph_paths(opt.config_from(cfg, morph_config="C")).checkpoint
+    with open(os.path.join(folder, "MorphUGATIT_C.model-3.state.pt"), "r+b") as fh:
+        fh.truncate(64)
+    model, state = load_morph(folder)                       # weights + config from the weights file
+    assert state["morph_config"] == "C"
+    msgs = []
+    out = train(dict(cfg, epoch=2), base=str(tmp_path), log=msgs.append)
+    text = "\n".join(msgs)
+    assert "MorphUGATIT_C.model-3 (PyTorch)" in text and "unusable" in text and out["counter"] == 5
+
+
+# -- 3. mixed folders: the newest checkpoint wins, whichever framework wrote it ----------------------
+
+def test_mixed_folder_newest_wins_and_missing_index_falls_back(tmp_path, monkeypatch, capsys):
+    import weights_convert as wc
+    make_data(tmp_path)
+    folder = ckdir(tmp_path)
+    assert port(train_args(2, 1, 100), monkeypatch, tmp_path, capsys)[0] == 0   # torch model-3
+    # a TF checkpoint at step 8 in the same folder (TF format, with its Adam state)
+    assert wc.main(["torch2tf", os.path.join(folder, f"{PREFIX}.model-3.safetensors"),
+                    os.path.join(folder, f"{PREFIX}.model-8")]) == 0
+    rc, out, err = port(train_args(2, 5, 100), monkeypatch, tmp_path, capsys)
+    assert rc == 0, err
+    assert "TensorFlow checkpoint UGATIT_light.model-8" in out and steps(folder)[-1] == 10  # 8 + 2
+    # torch model-10 is now newest: a plain run resumes it, not the TF one
+    rc, out, _ = port(train_args(2, 6, 100), monkeypatch, tmp_path, capsys)
+    assert rc == 0 and f"{PREFIX}.model-10 (torch)" in out
+    # a newest TF checkpoint without its .index: named, set aside, the next newest is used
+    assert wc.main(["torch2tf", os.path.join(folder, f"{PREFIX}.model-12.safetensors"),
+                    os.path.join(folder, f"{PREFIX}.model-20")]) == 0
+    os.remove(os.path.join(folder, f"{PREFIX}.model-20.index"))
+    rc, out, err = port(train_args(2, 7, 100), monkeypatch, tmp_path, capsys)
+    assert rc == 0 and "model-20 (TensorFlow)" in out and "unusable" in out and f"{PREFIX}.model-12" in out
+    assert os.path.isfile(os.path.join(folder, policy.UNUSABLE, f"{PREFIX}.model-20.data-00000-of-00001"))
+
+
+def test_corrupt_tf_checkpoint_is_one_error_line(tmp_path, monkeypatch, capsys):
+    make_data(tmp_path)
+    folder = ckdir(tmp_path)
+    os.makedirs(folder)
+    for name in (f"{PREFIX}.model-5.index", f"{PREFIX}.model-5.data-00000-of-00001"):
+        with open(os.path.join(folder, name), "wb") as fh:
+            fh.write(b"garbage" * 10)
+    with open(os.path.join(folder, "checkpoint"), "w") as fh:
+        fh.write(f'model_checkpoint_path: "{PREFIX}.model-5"\n')
+    for phase in ("train", "test"):
+        rc, out, err = port(train_args(1) + ["--phase", phase], monkeypatch, tmp_path, capsys)
+        assert rc == 2 and "model-5 (TensorFlow)" in one_error_line(err), err
+
+
+# -- 4. outputs: no collisions, never over an input, a failed run keeps the page -------------------
+
+def test_outputs_never_collide_or_overwrite_inputs_and_failed_run_keeps_page(tmp_path, monkeypatch, capsys):
+    data = make_data(tmp_path)
+    shutil.copy(os.path.join(data, "testA", "A_test_0000.png"), os.path.join(data, "testB", "same.png"))
+    shutil.copy(os.path.join(data, "testA", "A_test_0000.png"), os.path.join(data, "testA", "same.png"))
+    assert port(train_args(1, 1, 100), monkeypatch, tmp_path, capsys)[0] == 0
+    rc, out, err = port(TINY + ["--phase", "test"], monkeypatch, tmp_path, capsys)
+    assert rc == 0, err
+    res = resdir(tmp_path)
+    assert os.path.isfile(os.path.join(res, "a2b", "same.png")) and os.path.isfile(os.path.join(res, "b2a", "same.png"))
+    page = digest_bytes(os.path.join(res, "index.html")).decode()
+    assert page.count("<tr><td>") == 4 and "a2b/same.png" in page and "b2a/same.png" in page
+    # an --input inside the results folder is never overwritten
+    inp = os.path.join(res, "a2b", "same.png")
+    before = digest(inp)
+    rc, out, err = port(TINY + ["--phase", "test", "--input", os.path.join(res, "a2b"), "--direction", "a2b"],
+                        monkeypatch, tmp_path, capsys)
+    assert rc == 0 and digest(inp) == before
+    assert os.path.isfile(os.path.join(res, "a2b", "same_1.png"))
+    # a failed run (no readable image) leaves the previous page as it was
+    page_before = digest(os.path.join(res, "index.html"))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    rc, out, err = port(TINY + ["--phase", "test", "--input", str(bad)], monkeypatch, tmp_path, capsys)
+    assert rc == 2 and digest(os.path.join(res, "index.html")) == page_before
+
+
+def test_temp_files_of_killed_saves_are_swept(tmp_path, monkeypatch, capsys):
+    make_data(tmp_path)
+    folder = ckdir(tmp_path)
+    os.makedirs(folder)
+    for n in (".tmp-abc123.safetensors", ".tmp-x.pt", "checkpoint.tempstate123"):
+        (open(os.path.join(folder, n), "wb")).close()
+    rc, out, _ = port(train_args(1, 1, 100), monkeypatch, tmp_path, capsys)
+    assert rc == 0 and "temp file" in out
+    assert not [n for n in os.listdir(folder) if n.startswith(".tmp-") or "tempstate" in n]
+
+
+# -- 6. bad images: the same rule everywhere; batches as TF's ---------------------------------------
+
+def _truncated_jpeg(path):
+    img = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".jpg", img)
+    with open(path, "wb") as fh:
+        fh.write(buf.tobytes()[: len(buf) // 2])
+
+
+def test_train_image_rule_is_shared(tmp_path):
+    from torch_port import data as tdata
+    from ugatit_common.images import readable_train_images
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.zeros((8, 8, 3), np.uint8))
+    bmp = tmp_path / "x.bmp"
+    cv2.imwrite(str(bmp), np.zeros((8, 8, 3), np.uint8))
+    trunc = tmp_path / "t.jpg"
+    _truncated_jpeg(trunc)
+    warned = []
+    files = [str(good), str(bmp), str(trunc)]
+    assert readable_train_images(files, warned.append) == [str(good)]
+    assert len(warned) == 2 and "x.bmp" in warned[0] and "t.jpg" in warned[1]
+    with pytest.warns(RuntimeWarning, match="t.jpg"):
+        assert tdata.ImageFolderDataset(files, 8, False).files == [str(good)]
+
+
+def test_batches_span_passes_like_tf(tmp_path):
+    from torch_port import data as tdata
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 5
+
+        def item(self, i, p):
+            return torch.tensor([100 * p + i])
+
+    it = tdata.infinite_loader(Items(), 3, seed=7)
+    got = [int(v) for _ in range(5) for v in next(it)]
+    stream = [100 * p + int(i) for p in range(3) for i in np.random.default_rng([7, p]).permutation(5)]
+    assert got == stream[:15]                       # nothing dropped: batch 2 spans passes 0 and 1
+    late = tdata.infinite_loader(Items(), 3, seed=7, start=3)
+    assert [int(v) for v in next(late)] == stream[9:12]
+    big = tdata.infinite_loader(Items(), 7, seed=7)  # --batch_size > image count, as TF allows
+    assert [int(v) for v in next(big)] == stream[:7]
+
+
+def test_batch_size_over_image_count_and_bad_image_train(tmp_path, monkeypatch, capsys):
+    data = make_data(tmp_path)
+    _truncated_jpeg(os.path.join(data, "trainA", "broken.jpg"))
+    rc, out, err = port(train_args(1, 1, 100, "--batch_size", "3"), monkeypatch, tmp_path, capsys)
+    assert rc == 0, err
+    assert "skipping unreadable image" in err and "broken.jpg" in err
+
+
+def test_morph_interpolate_skips_bad_images_and_writes_index(tmp_path, capsys):
+    from morph.__main__ import main as morph_main
+    from morph.train import train
+    data = make_data(tmp_path)
+    cfg = opt.config_from(dataset="t", epoch=1, iteration=1, print_freq=1000, save_freq=1000, decay_flag=False,
+                          img_size=32, ch=2, n_dis=4, light=True, augment_flag=False, morph_config="C",
+                          checkpoint_dir=str(tmp_path / "ck"), result_dir=str(tmp_path / "res"),
+                          log_dir=str(tmp_path / "logs"), sample_dir=str(tmp_path / "samples"))
+    train(cfg, base=str(tmp_path), log=lambda m: None)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(os.path.join(data, "testA", "A_test_0000.png"), inputs / "a.png")
+    shutil.copy(os.path.join(data, "testA", "A_test_0000.png"), inputs / "a.jpg")   # same stem
+    (inputs / "b_bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out_dir = tmp_path / "out"
+    rc = morph_main(["interpolate", "--img_size", "32", "--ch", "2", "--n_dis", "4", "--light", "True",
+                     "--dataset", "t", "--checkpoint_dir", str(tmp_path / "ck"), "--input", str(inputs),
+                     "--steps", "3", "--samples", "1", "--result_dir", str(out_dir), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "b_bad.png" in err
+    [res] = glob.glob(str(out_dir / "*"))
+    names = sorted(os.listdir(res))
+    assert "index.html" in names and "a_strip.png" in names and "a_1_strip.png" in names
+
+
+# -- 7. one error path: exit 2, one line; full disk; read-only folder; Ctrl-C -----------------------
+
+def test_disk_full_during_save_is_one_line_and_resumable(tmp_path, monkeypatch, capsys):
+    from torch_port import checkpoint as ck
+    make_data(tmp_path)
+    folder = ckdir(tmp_path)
+    real = ck.torch.save
+    calls = [0]
+
+    def full_disk(obj, f, *a, **k):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(obj, f, *a, **k)
+    monkeypatch.setattr(ck.torch, "save", full_disk)
+    rc, out, err = port(train_args(3), monkeypatch, tmp_path, capsys)
+    line = one_error_line(err)
+    assert rc == 2 and "No space left on device" in line and "stopped at step 2" in line
+    assert "last checkpoint: UGATIT_light.model-2" in line and "resume with: python -m torch_port" in line
+    assert steps(folder) == [2] and not [n for n in os.listdir(folder) if n.startswith(".tmp-")]
+    monkeypatch.setattr(ck.torch, "save", real)
+    assert port(train_args(3), monkeypatch, tmp_path, capsys)[0] == 0 and steps(folder)[-1] == 4
+
+
+def _deny_writes_under(monkeypatch, folder):
+    """A read-only folder: chmod, and (root ignores modes) an injected PermissionError."""
+    os.chmod(folder, 0o555)
+    folder = os.path.realpath(folder)
+
+    def denied(path):
+        return os.path.realpath(str(path)).startswith(folder + os.sep)
+    real_mkstemp, real_open = tempfile.mkstemp, builtins.open
+
+    def mkstemp(*a, dir=None, **k):
+        if dir is not None and denied(os.path.join(dir, "x")):
+            raise PermissionError(errno.EACCES, "Permission denied", dir)
+        return real_mkstemp(*a, dir=dir, **k)
+
+    def opener(file, mode="r", *a, **k):
+        if any(c in mode for c in "wax+") and isinstance(file, (str, bytes, os.PathLike)) and denied(file):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, mode, *a, **k)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(builtins, "open", opener)
+
+
+def test_read_only_folders_are_one_error_line(tmp_path, monkeypatch, capsys):
+    make_data(tmp_path)
+    assert port(train_args(1, 1, 100), monkeypatch, tmp_path, capsys)[0] == 0
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    _deny_writes_under(monkeypatch, str(ro))
+    try:
+        rc, out, err = port(train_args(1, 1, 100, "--checkpoint_dir", str(ro)), monkeypatch, tmp_path, capsys)
+        assert rc == 2 and "--checkpoint_dir" in one_error_line(err) and "not writable" in err
+        rc, out, err = port(TINY + ["--phase", "test", "--result_dir", str(ro)], monkeypatch, tmp_path, capsys)
+        assert rc == 2 and "--result_dir" in one_error_line(err)
+        from ugatit_common.demo import main as demo_main
+        assert demo_main([str(ro / "demo")]) == 2
+        assert "not writable" in one_error_line(capsys.readouterr().err)
+    finally:
+        os.chmod(ro, 0o755)
+
+
+def test_ctrl_c_exit_130_with_step_and_resume_command(tmp_path, monkeypatch, capsys):
+    import torch_port.train as tt
+    make_data(tmp_path)
+    real = tt._check_finite
+
+    def interrupt(values, what, counter):
+        if counter == 3:
+            raise KeyboardInterrupt
+        return real(values, what, counter)
+    monkeypatch.setattr(tt, "_check_finite", interrupt)
+    rc, out, err = port(train_args(5, 1, 1, "--resume", "False"), monkeypatch, tmp_path, capsys)
+    assert rc == 130 and "Traceback" not in err
+    assert "stopped at step 2 (last checkpoint: UGATIT_light.model-3)" in err
+    assert "resume with: python -m torch_port" in err and "--resume" not in err.split("resume with:")[1]
+    monkeypatch.setattr(tt, "_check_finite", real)
+    rc, out, err = port(train_args(5, 1, 1), monkeypatch, tmp_path, capsys)
+    assert rc == 0 and f"{PREFIX}.model-3" in out
+    # --debug shows the traceback
+    monkeypatch.setattr(tt, "_check_finite", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    rc, out, err = port(train_args(5, 2, 1, "--debug"), monkeypatch, tmp_path, capsys)
+    assert rc == 1 and "Traceback" in err and "internal error (RuntimeError: boom)" in err
+
+
+def test_ctrl_c_in_a_real_process(tmp_path):
+    make_data(tmp_path)
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    p = subprocess.Popen([sys.executable, "-m", "torch_port"] + train_args(200), cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = ckdir(tmp_path)
+    deadline = time.time() + 240
+    while time.time() < deadline and not steps(folder):
+        time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert "stopped at step" in err and "resume with: python -m torch_port" in err and "Traceback" not in err
+
+
+# -- kill -9 at random moments: resume reproduces the uninterrupted run ------------------------------
+
+def test_kill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    args = [sys.executable, "-m", "torch_port"] + train_args(6, 1, 1, "--keep_checkpoints", "2")
+    ref, work = tmp_path / "ref", tmp_path / "work"
+    for d in (ref, work):
+        make_data(d)
+    subprocess.run(args, cwd=ref, env=env, check=True, capture_output=True, timeout=600)
+    rng = random.Random(11)
+    for _ in range(3):   # bounded: three kills at random moments
+        p = subprocess.Popen(args, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3.0, 9.0))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    proc = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    final = f"{PREFIX}.model-7.safetensors"
+    from safetensors.torch import load_file
+    a, b = load_file(os.path.join(ckdir(ref), final)), load_file(os.path.join(ckdir(work), final))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not [n for n in os.listdir(ckdir(work)) if n.startswith(".tmp-")]
+
+
+# -- 5 / 8. the converter ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def port_ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("port_ckpt")
+    make_data(root)
+    from torch_port.__main__ import main
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(train_args(2, 1, 100)) == 0
+    finally:
+        os.chdir(cwd)
+    return os.path.join(ckdir(root), f"{PREFIX}.model-3.safetensors")
+
+
+def convert(argv, capsys):
+    import weights_convert as wc
+    capsys.readouterr()
+    rc = wc.main(argv)
+    return rc, capsys.readouterr()
+
+
+def test_torch2tf_validates_against_the_configured_model(port_ckpt, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+    w = load_file(port_ckpt)
+    cases = {"missing": {k: v for k, v in w.items() if k != "generator_B.conv.weight"},
+             "shape": dict(w, **{"generator_B.conv.weight": torch.zeros(1, 1, 1, 1)}),
+             "extra": dict(w, **{"generator_B.surplus": torch.zeros(2)})}
+    meta = {"config": json.dumps(opt.config_from(CFG))}
+    for name, st in cases.items():
+        path = str(tmp_path / f"{name}.safetensors")
+        save_file(st, path, metadata=meta)
+        rc, out = convert(["torch2tf", path, str(tmp_path / name / "m")], capsys)
+        assert rc == 2, (name, out)
+        assert "does not match the configured model" in one_error_line(out.err)
+        assert not os.path.exists(tmp_path / name)
+    for blob, name in ((b"garbage", "g.pt"), (b"PK\x03\x04trunc", "t.pt"), (digest_bytes(port_ckpt)[:300], "t.safetensors")):
+        (tmp_path / name).write_bytes(blob)
+        rc, out = convert(["torch2tf", str(tmp_path / name), str(tmp_path / "o" / "m")], capsys)
+        assert rc == 2 and "weights_only=False" not in out.err and name in one_error_line(out.err)
+    import pickle
+    with open(tmp_path / "pickle.pt", "wb") as fh:   # a pickle of arbitrary Python objects
+        pickle.dump({"x": 1.5j, "f": os.path.join}, fh)
+    rc, out = convert(["torch2tf", str(tmp_path / "pickle.pt"), str(tmp_path / "o" / "m")], capsys)
+    assert rc == 2 and "weights_only=False" not in out.err
+
+
+def test_torch2tf_carries_the_exact_adam_state(port_ckpt, tmp_path, capsys):
+    import weights_convert as wc
+    rc, out = convert(["torch2tf", port_ckpt, str(tmp_path / "tf" / f"{PREFIX}.model")], capsys)
+    assert rc == 0, out.err
+    prefix = str(tmp_path / "tf" / f"{PREFIX}.model-3")
+    st = wc.read_tf_training_state(prefix, quiet=True)
+    state = torch.load(port_ckpt.replace(".safetensors", ".state.pt"), weights_only=True)
+    g = state["G_optim"]
+    assert torch.equal(st["G_powers"][0].reshape(()), g["beta1_power"].reshape(()))
+    assert all(torch.equal(st["G_slots"][f"{n}/Adam"], t) for n, t in g["m"].items())
+    assert all(torch.equal(st["D_slots"][f"{n}/Adam_1"], t) for n, t in state["D_optim"]["v"].items())
+    assert st["step"] == 3
+
+
+def test_tf2torch_rejects_bad_img_size_and_errors_start_their_own_line(port_ckpt, tmp_path, capsys):
+    prefix = str(tmp_path / "tf" / f"{PREFIX}.model")
+    assert convert(["torch2tf", port_ckpt, prefix], capsys)[0] == 0
+    for size in ("0", "63"):
+        rc, out = convert(["tf2torch", str(tmp_path / "tf"), str(tmp_path / "o.safetensors"), "--img_size", size],
+                          capsys)
+        assert rc == 2 and "--img_size" in one_error_line(out.err)
+    assert not os.path.exists(tmp_path / "o.safetensors")
+    data = glob.glob(str(tmp_path / "tf" / "*.data-*"))[0]
+    raw = bytearray(open(data, "rb").read())
+    raw[len(raw) // 2] ^= 0xFF
+    open(data, "wb").write(bytes(raw))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "weights_convert.py"), "tf2torch", str(tmp_path / "tf"),
+                           str(tmp_path / "o.safetensors"), "--img_size", "32"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert any(ln.startswith("error:") for ln in proc.stderr.splitlines()), proc.stderr
