@@ -5,9 +5,9 @@ dropped (`<scope>/conv2d/kernel` -> `<scope>.weight`, ...).
 """
 import importlib
 
-__all__ = ["build_ugatit", "UGATIT", "Generator", "Discriminator", "TF1Adam"]
+__all__ = ["build_ugatit", "UGATIT", "Generator", "Discriminator", "TF1Adam", "optimize"]
 _HOME = {"build_ugatit": "model", "UGATIT": "model", "Generator": "networks", "Discriminator": "networks",
-         "TF1Adam": "optim"}
+         "TF1Adam": "optim", "optimize": "fast"}
 
 
 def __getattr__(name):

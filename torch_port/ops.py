@@ -9,6 +9,13 @@ L2-regularised kernels.
 Spectral norm follows the measured behaviour of the official code: within one training run
 (one `sess.run`) every call sees the start-of-run `u`, and `u` advances by exactly one power
 iteration per run (see `spectral_norm_run`); outside a run each forward call advances `u`.
+
+Precision: every layer with parameters computes in its parameters' dtype and casts its input to
+it on entry (a no-op when they match, so float32 and float64 runs are unchanged). The fast paths
+(`torch_port.fast`, policy in `torch_port.precision`) rely on this: they give convolutions a
+bfloat16 / float16 kernel and keep the norms (statistics and affine map), the CAM logits and the
+spectral-norm power iteration in float32 (a spectral-norm conv keeps its float32 `weight` for
+the power iteration and convolves with `weight_lowp`, a reduced-precision copy made once).
 """
 from __future__ import annotations
 
@@ -246,8 +253,13 @@ class Conv(SpectralNormMixin, nn.Module):
             self.register_parameter("bias", None)
         if sn:
             self._init_sn(out_ch)
+            # the fast paths' reduced-precision copy of `weight` for the convolution (made once by
+            # torch_port.fast; `weight` stays float32 for the power iteration); not saved
+            self.register_buffer("weight_lowp", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = self.weight if not self.sn or self.weight_lowp is None else self.weight_lowp
+        x = x.to(kernel.dtype)  # the convolution runs in its kernel's dtype
         if any(self._pad):
             mode = "reflect" if self.pad_type == "reflect" else "constant"
             x = F.pad(x, self._pad, mode=mode)
@@ -256,7 +268,7 @@ class Conv(SpectralNormMixin, nn.Module):
         # conv(x, w / sigma) computed as conv(x, w) / sigma: the same math (a convolution is
         # linear in its kernel) without dividing, and differentiating, a whole kernel per call
         # (the 2048x1024x4x4 discriminator kernel is 134 MB); float32 rounding differs by ~1 ulp
-        y = F.conv2d(x, self.weight, None, stride=self.stride) / self._sn_sigma(self.weight)
+        y = F.conv2d(x, kernel, None, stride=self.stride) / self._sn_sigma(self.weight).to(kernel.dtype)
         return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
@@ -278,7 +290,7 @@ class Dense(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.reshape(x.shape[0], -1), self.weight, self.bias)
+        return F.linear(x.reshape(x.shape[0], -1).to(self.weight.dtype), self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}"
@@ -296,6 +308,7 @@ class InstanceNorm(nn.Module):
         self.beta = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.gamma.dtype)  # statistics in the parameters' dtype (float32 on the fast paths)
         # fused kernel: (x - mean) * rsqrt(var + eps) * gamma + beta, the same affine map
         return F.instance_norm(x, weight=self.gamma, bias=self.beta, eps=self.eps)
 
@@ -322,6 +335,7 @@ class AdaLIN(nn.Module):
         self.rho = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.rho.dtype)  # statistics in the parameters' dtype (float32 on the fast paths)
         rho = self.rho
         if self.smoothing:
             rho = torch.clamp(rho - 0.1, 0.0, 1.0)
@@ -344,6 +358,7 @@ class LIN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.rho.dtype)  # statistics in the parameters' dtype (float32 on the fast paths)
         x_hat = _ins_layer_mix(x, self.rho, self.eps)
         return x_hat * self.gamma.view(1, -1, 1, 1) + self.beta.view(1, -1, 1, 1)
 
@@ -370,6 +385,7 @@ class CAMLogit(SpectralNormMixin, nn.Module):
             self._init_sn(1)
 
     def forward(self, x: torch.Tensor):
+        x = x.to(self.weight.dtype)  # pooling and logits in the parameters' dtype
         w = self._sn_weight(self.weight) if self.sn else self.weight  # [1, C]
         gap = global_avg_pooling(x)
         gmp = global_max_pooling(x)
