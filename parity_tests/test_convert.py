@@ -126,3 +126,22 @@ def test_tiled_writer_transposes_views_exactly(tmp_path, monkeypatch):
     for n, a in arrays.items():
         want = wc.to_torch_layout(n, a)
         assert want.flags.c_contiguous and np.array_equal(got[wc.tf_to_torch_name(n)], want), n
+
+
+def test_one_bundle_open_per_conversion(monkeypatch):
+    """tf_to_torch / read_tf_training_state / tf2torch read the index once (config and tensors from
+    one BundleReader)."""
+    from ugatit_common.tf_checkpoint import bundle, read
+    opened = []
+    real = bundle.BundleReader
+
+    class Counting(real):
+        def __init__(self, path):
+            opened.append(path)
+            super().__init__(path)
+    monkeypatch.setattr(read, "BundleReader", Counting)
+    monkeypatch.setattr(wc, "BundleReader", Counting)
+    wc.tf_to_torch(os.path.join(GOLDEN, "final"), overrides={"img_size": 64}, quiet=True)
+    assert len(opened) == 1
+    wc.read_tf_training_state(os.path.join(GOLDEN, "final"), {"img_size": 64}, quiet=True)
+    assert len(opened) == 2

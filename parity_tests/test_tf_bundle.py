@@ -127,6 +127,13 @@ def test_resolve_prefix_forms(tmp_path: Path) -> None:
     # absolute path from another machine: re-rooted into this folder
     write_checkpoint_state(str(tmp_path), "/elsewhere/run/UGATIT.model-0")
     assert resolve_prefix(str(tmp_path)) == str(tmp_path / "UGATIT.model-0")
+    # absolute path of a folder that still exists (this one is a copy): read the copy
+    write_checkpoint_state(str(tmp_path), prefix)
+    assert resolve_prefix(str(tmp_path)) == str(tmp_path / "UGATIT.model-0")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    write_checkpoint_state(str(copy), prefix)  # not here: the absolute path is used as written
+    assert resolve_prefix(str(copy)) == prefix
 
 
 def test_write_checkpoint_state_matches_tf_format(tmp_path: Path) -> None:

@@ -420,12 +420,14 @@ def resolve_prefix(path: str) -> str:
             if not model:
                 raise CheckpointError(f"checkpoint state file {state} has no model_checkpoint_path line")
             candidate = model if os.path.isabs(model) else os.path.join(path, model)
+            # An absolute path (TF writes one when the run saved to an absolute folder) is
+            # re-rooted into this folder when the checkpoint is here: a copied or moved folder
+            # is read from where it is, with its own .meta and folder name, not from the original.
+            moved = os.path.join(path, os.path.basename(model))
+            if os.path.isabs(model) and os.path.isfile(moved + ".index"):
+                return moved
             if os.path.isfile(candidate + ".index"):
                 return candidate
-            # TF re-roots paths when a folder was moved: try the basename inside this folder.
-            moved = os.path.join(path, os.path.basename(model))
-            if os.path.isfile(moved + ".index"):
-                return moved
             raise CheckpointError(f"checkpoint state file {state} names {model!r}, "
                                   f"but {candidate}.index not found")
         indexes = sorted(n for n in os.listdir(path) if n.endswith(".index"))

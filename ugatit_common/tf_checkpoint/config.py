@@ -25,7 +25,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ugatit_common.options import DEFAULTS, GAN_TYPES
 
@@ -53,6 +53,12 @@ class Setting:
     value: object
     source: str  # "meta" | "model_dir" | "weights" | "flag" | "default"
     detail: str
+    also: tuple = ()  # later sources that record the same value
+
+    @property
+    def origin(self) -> str:
+        """`meta`, `model_dir+weights`, `flag`, `guessed`, ..."""
+        return "guessed" if self.guessed else "+".join((self.source,) + tuple(self.also))
 
     @property
     def guessed(self) -> bool:
@@ -225,8 +231,7 @@ class CheckpointConfig:
 
     def describe(self) -> list[str]:
         """`key = value  [source: detail]` for every setting."""
-        return [f"{k} = {_fmt(s.value)}  [{'guessed' if s.guessed else s.source}: {s.detail}]"
-                for k, s in self.settings.items()]
+        return [f"{k} = {_fmt(s.value)}  [{s.origin}: {s.detail}]" for k, s in self.settings.items()]
 
     def provenance(self) -> dict:
         """JSON-able: {"sources": {key: source}, "guessed": {key: value}, "details": {key: detail},
@@ -294,6 +299,8 @@ def infer(prefix: str | None, shapes: dict[str, tuple], overrides: dict | None =
                 if not _same(other.value, first.value):
                     raise ConfigConflict(f"{where}: its records disagree on {key}: {_describe(first_src, key, first)}, "
                                          f"but {_describe(src, key, other)}")
+        if recorded:
+            recorded[0] = (recorded[0][0], replace(recorded[0][1], also=tuple(src for src, _ in recorded[1:])))
         if key in overrides:
             flag = overrides[key]
             if recorded and not _same(flag, recorded[0][1].value):

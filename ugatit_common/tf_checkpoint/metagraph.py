@@ -19,8 +19,8 @@ read, and constant values. The structures are those the official `UGATIT.py` / `
   smoothing True; norm layers' rho read by the forward computation but no such Sub -> False.
 - gan_type (train graphs): lsgan `SquaredDifference(x, 1.0)`; hinge `Relu(1.0 - x)`; the
   gradient penalty `norm(grad) - 1.0` of wgan-gp / wgan-lp / dragan (wgan-lp wraps it in
-  `Maximum(0.0, .)`, dragan draws its noise `RandomUniform(Shape(real))`); none of these in a
-  train graph -> gan.
+  `Maximum(0.0, .)`, dragan draws its noise `RandomUniform(tf.shape(real))`, a 4-D image shape,
+  where the interpolation weight is [batch, 1, 1, 1]); none of these in a train graph -> gan.
 - loss weights (train graphs): the official summaries `G_A_gan`, `G_A_cycle`, `G_A_identity`,
   `G_A_cam` (`ScalarSummary`, identified by their tag strings) take `weight * term`: a `Mul`
   with one scalar constant, the weight.
@@ -343,8 +343,9 @@ def _traces_to(g: MetaGraph, name: str, ops: set[str], through=("Squeeze", "Iden
     return node is not None and node.op in ops
 
 
-def find_gan_type(g: MetaGraph) -> Finding | None:
-    """The adversarial loss of a train graph (see the module docstring); None for other graphs."""
+def find_gan_type(g: MetaGraph, img_size: int | None = None) -> Finding | None:
+    """The adversarial loss of a train graph (see the module docstring); None for other graphs.
+    `img_size` (when known) pins dragan's noise shape to the images'."""
     if not is_train_graph(g):
         return None
     for n in g.of_type("SquaredDifference"):
@@ -364,7 +365,13 @@ def find_gan_type(g: MetaGraph) -> Finding | None:
                 if c.op == "Maximum" and any(_near(g.scalar_const(i), 0.0) for i in c.inputs if i != p.name):
                     return Finding("wgan-lp", f"gradient penalty max(0, |grad| - 1) ({c.name!r})")
         for n in g.of_type("RandomUniform"):
-            if n.inputs and (g.trace(n.inputs[0]) or Node("", "", [])).op == "Shape":
+            # dragan's noise has the data's shape (`tf.shape(real)`: a Shape op, or the constant it
+            # folds to when the shape is static); the interpolation alpha is [batch, 1, 1, 1]
+            src = g.trace(n.inputs[0]) if n.inputs else None
+            shape = g.const(n.inputs[0]) if n.inputs else None
+            if (src is not None and src.op == "Shape") or (
+                    isinstance(shape, np.ndarray) and shape.dtype != object and shape.shape == (4,)
+                    and shape[1] == shape[2] and shape[1] > 1 and (img_size is None or shape[1] == img_size)):
                 return Finding("dragan", f"gradient penalty |grad| - 1 ({penalties[0].name!r}) around noise drawn "
                                          f"in the data's shape ({n.name!r})")
         return Finding("wgan-gp", f"gradient penalty (|grad| - 1)^2 ({penalties[0].name!r})")
@@ -401,9 +408,12 @@ def find_loss_weights(g: MetaGraph) -> dict[str, Finding]:
 def recognise(g: MetaGraph) -> dict[str, Finding]:
     """Every setting the graph records: {key: Finding}."""
     out = {}
-    for key, fn in (("smoothing", find_smoothing), ("img_size", find_img_size), ("gan_type", find_gan_type)):
+    for key, fn in (("smoothing", find_smoothing), ("img_size", find_img_size)):
         f = fn(g)
         if f is not None:
             out[key] = f
+    gan = find_gan_type(g, out["img_size"].value if "img_size" in out else None)
+    if gan is not None:
+        out["gan_type"] = gan
     out.update(find_loss_weights(g))
     return out
