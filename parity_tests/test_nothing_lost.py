@@ -553,3 +553,48 @@ def test_tf2torch_rejects_bad_img_size_and_errors_start_their_own_line(port_ckpt
                           env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert any(ln.startswith("error:") for ln in proc.stderr.splitlines()), proc.stderr
+
+
+# -- tf_reference under the same policy (TensorFlow) -----------------------------------------------
+
+@pytest.mark.tf
+def test_tf_reference_follows_the_policy(tmp_path, monkeypatch, capsys):
+    from tf_reference.__main__ import main as tf_main
+    tf_args = [a for a in TINY if a not in ("--device", "cpu", "--threads", "1")]
+    data = make_data(tmp_path)
+    _truncated_jpeg(os.path.join(data, "trainA", "broken.jpg"))           # the header alone looks fine
+    cv2.imwrite(os.path.join(data, "trainB", "x.bmp"), np.zeros((8, 8, 3), np.uint8))
+    folder = ckdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
+
+    def tf_run(*extra):
+        capsys.readouterr()
+        rc = tf_main(tf_args + ["--print_freq", "1000"] + list(extra))
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+    rc, out, err = tf_run("--iteration", "2", "--epoch", "1", "--save_freq", "1")   # TF model-2, model-3
+    assert rc == 0, err
+    assert "broken.jpg" in err and "x.bmp" in err and "skipping unreadable image" in err  # as torch_port
+    # the port continues the TF run; its model-4 is now the newest
+    rc, pout, perr = port(train_args(2, 2, 1), monkeypatch, tmp_path, capsys)
+    assert rc == 0 and "TensorFlow checkpoint UGATIT_light.model-3" in pout, perr
+    rc, out, err = tf_run("--iteration", "2", "--epoch", "3", "--save_freq", "1")
+    line = one_error_line(err)
+    assert rc == 2 and "UGATIT_light.model-4 (PyTorch)" in line and "torch2tf" in line
+    # convert as the message says: the Adam state comes along, so TF resumes training from it
+    import weights_convert as wc
+    capsys.readouterr()
+    assert wc.main(["torch2tf", os.path.join(folder, f"{PREFIX}.model-4.safetensors"),
+                    os.path.join(folder, f"{PREFIX}.model")]) == 0
+    rc, out, err = tf_run("--iteration", "2", "--epoch", "3", "--save_freq", "1")
+    assert rc == 0 and "Success to read UGATIT_light.model-4" in out, err
+    assert 6 in steps(folder, "tf")
+    rc, out, err = tf_run("--phase", "test")
+    assert rc == 0, err
+    assert sorted(os.listdir(resdir(tmp_path))) == ["a2b", "b2a", "index.html"]
+    # a damaged newest checkpoint: named, and the next newest is used (weights only)
+    data6 = glob.glob(os.path.join(folder, f"{PREFIX}.model-6.data-*"))[0]
+    with open(data6, "r+b") as fh:
+        fh.truncate(100)
+    rc, out, err = tf_run("--phase", "test")
+    assert rc == 0 and "model-6 (TensorFlow)" in out and "UGATIT_light.model-5" in out, err
