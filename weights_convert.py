@@ -187,6 +187,15 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
     return info
 
 
+def _refuse_overwriting_input(ckpt: str, out: str) -> None:
+    """An output never replaces one of the checkpoint's own files."""
+    import glob
+    prefix = resolve_prefix(ckpt)
+    own = glob.glob(glob.escape(prefix) + ".*") + [os.path.join(os.path.dirname(prefix), "checkpoint")]
+    if os.path.realpath(out) in {os.path.realpath(p) for p in own}:
+        raise ConversionError(f"output {out!r} is a file of the checkpoint being converted; choose another name")
+
+
 def _check_img_size(cfg: dict) -> None:
     """The image size the official graph can build with (a multiple of 4, at least 2^(n_dis+1))."""
     size, n_dis = cfg.get("img_size"), cfg.get("n_dis") or 4
@@ -294,6 +303,7 @@ def _main(argv=None) -> int:
                          "sn": None if args.sn is None else args.sn == "True"}
             if os.path.isdir(args.out):
                 raise ConversionError(f"output {args.out!r} is a folder; give a file name ending in .safetensors or .pt")
+            _refuse_overwriting_input(args.ckpt, args.out)
             info = convert_tf_to_file_info(args.ckpt, args.out, args.generators_only, args.with_optimizer, overrides)
             cfg = info.config
             print("inferred config: " + json.dumps(cfg))

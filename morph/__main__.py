@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data_root", default=".", help="folder holding dataset/<name>/ (default: .)")
 
     for name, help_ in (("interpolate", "morph strips / GIFs between the B->A and A->B codes (config C)"),
+    t.add_argument("--resume", type=opt.str2bool, default=True,
+                   help="continue from the newest checkpoint (default: True); False moves an older run in the "
+                        "folder into previous-run-<time>/ and starts fresh")
                         ("translate", "translate inputs with N samples of the direction code")):
         s = sub.add_parser(name, help=help_)
         _common(s)
@@ -105,7 +108,8 @@ def cmd_train(args) -> int:
     device = _device(args.device)
     if device.type == "cpu":
         keep_freed_memory()
-    out = train(_cfg(args), device=device, seed=args.seed, base=args.data_root, init_from=args.init_from)
+    out = train(_cfg(args), device=device, seed=args.seed, base=args.data_root, init_from=args.init_from,
+                resume=args.resume)
     h = out["history"]
     if h:
         print(f" [*] done: counter {out['counter'] - 1}, last d_loss {h[-1]['d_loss']:.4f} "

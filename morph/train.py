@@ -229,9 +229,11 @@ def _loader(dataset, batch_size, seed, skip):
 
 
 def train(cfg: dict, device="cpu", seed: int = 0, base: str = ".", init_from: str | None = None,
-          keep_checkpoints: int = 3, log=print) -> dict:
+          keep_checkpoints: int = 3, log=print, resume: bool = True) -> dict:
     """Train (or resume) a Morph-UGATIT run; returns {"history", "checkpoint_dir", "counter", "model"}.
-    `base`: folder holding dataset/<name>/ (default: the working directory, as officially)."""
+    `base`: folder holding dataset/<name>/ (default: the working directory, as officially).
+    `resume=False`: an older run in the checkpoint folder (and its samples and loss log) is moved
+    into previous-run-<time>/ (the checkpoint policy), and this run starts fresh."""
     cfg = validate_morph(dict(cfg, phase="train"))
     device = torch.device(device)
     paths = morph_paths(cfg)
@@ -252,6 +254,11 @@ def train(cfg: dict, device="cpu", seed: int = 0, base: str = ".", init_from: st
     counter, start_epoch, start_batch, pos_A, pos_B, past_g = 1, 0, 0, 0, 0, -1.0
     # the checkpoint policy (ugatit_common.checkpoint_policy): the newest usable checkpoint; newer
     # unusable ones are named and moved to unusable/; some but none usable: exit 2, never from scratch
+    if not resume:
+        moved = policy.move_previous_run(paths.checkpoint, log)
+        if moved:
+            for folder in (paths.sample, paths.log):
+                policy.move_previous_outputs(folder, os.path.basename(moved), log)
     found = ckpt.resume_point(paths.checkpoint, None, "train", log=log, set_aside=True)
     if found is None:
         kind, state = "none", None

@@ -598,3 +598,78 @@ def test_tf_reference_follows_the_policy(tmp_path, monkeypatch, capsys):
         fh.truncate(100)
     rc, out, err = tf_run("--phase", "test")
     assert rc == 0 and "model-6 (TensorFlow)" in out and "UGATIT_light.model-5" in out, err
+
+
+# -- morph, the report and the converter under the same rules ----------------------------------------
+
+MORPH_TINY = ["--img_size", "32", "--ch", "2", "--n_dis", "4", "--light", "True", "--dataset", "t",
+              "--augment_flag", "False", "--device", "cpu", "--decay_flag", "False", "--print_freq", "1000"]
+
+
+def test_morph_resume_false_ctrl_c_and_read_only(tmp_path, monkeypatch, capsys):
+    import morph.model as mm
+    from morph.__main__ import main as morph_main
+    make_data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = ["train"] + MORPH_TINY + ["--iteration", "2", "--epoch", "1", "--save_freq", "1"]
+    assert morph_main(args) == 0
+    [folder] = glob.glob(str(tmp_path / "checkpoint" / "*morphC"))
+    before = sorted(os.listdir(folder))
+    capsys.readouterr()
+    assert morph_main(args + ["--resume", "False"]) == 0
+    assert "previous-run-" in capsys.readouterr().out
+    [prev] = glob.glob(os.path.join(folder, "previous-run-*"))
+    assert sorted(os.listdir(prev)) == before
+    # Ctrl-C: exit 130, the step, the resume command
+    real = mm.MorphUGATIT.d_step
+    seen = [0]
+
+    def d_step(self, *a, **k):
+        seen[0] += 1
+        if seen[0] == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+    monkeypatch.setattr(mm.MorphUGATIT, "d_step", d_step)
+    capsys.readouterr()
+    rc = morph_main(["train"] + MORPH_TINY + ["--iteration", "3", "--epoch", "2", "--save_freq", "1"])
+    err = capsys.readouterr().err
+    assert rc == 130 and "stopped at step 3" in err and "resume with: python -m morph train" in err
+    assert "Traceback" not in err
+    monkeypatch.setattr(mm.MorphUGATIT, "d_step", real)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    _deny_writes_under(monkeypatch, str(ro))
+    try:
+        rc = morph_main(args + ["--checkpoint_dir", str(ro)])
+        assert rc == 2 and "--checkpoint_dir" in one_error_line(capsys.readouterr().err)
+    finally:
+        os.chmod(ro, 0o755)
+
+
+def test_report_bad_checkpoint_and_read_only_folder_are_one_line(port_ckpt, tmp_path, monkeypatch, capsys):
+    from parity_tests.report import main as report_main
+    tf_dir = tmp_path / "tf"
+    assert convert(["torch2tf", port_ckpt, str(tf_dir / f"{PREFIX}.model")], capsys)[0] == 0
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    _deny_writes_under(monkeypatch, str(ro))
+    try:
+        capsys.readouterr()
+        assert report_main([str(tf_dir), str(ro / "out"), "--img_size", "32"]) == 2
+        assert "OUT_DIR" in one_error_line(capsys.readouterr().err)
+    finally:
+        os.chmod(ro, 0o755)
+    index = glob.glob(str(tf_dir / "*.index"))[0]
+    with open(index, "r+b") as fh:
+        fh.truncate(20)
+    assert report_main([str(tf_dir), str(tmp_path / "out")]) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+def test_tf2torch_never_writes_over_its_input(port_ckpt, tmp_path, capsys):
+    tf_dir = tmp_path / "tf"
+    assert convert(["torch2tf", port_ckpt, str(tf_dir / f"{PREFIX}.model")], capsys)[0] == 0
+    index = glob.glob(str(tf_dir / "*.index"))[0]
+    before = digest(index)
+    rc, out = convert(["tf2torch", str(tf_dir), index], capsys)
+    assert rc == 2 and "checkpoint being converted" in one_error_line(out.err) and digest(index) == before

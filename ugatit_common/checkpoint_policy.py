@@ -154,6 +154,20 @@ def move_previous_run(folder: str, log=print) -> str | None:
     return dest
 
 
+def move_previous_outputs(folder: str, dest_name: str, log=print) -> str | None:
+    """`--resume False`: move the files (not subfolders) an older run left in an output folder
+    (samples, loss logs) into `<folder>/<dest_name>/`, so the new run overwrites none of them."""
+    if not os.path.isdir(folder):
+        return None
+    files = [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+             if os.path.isfile(os.path.join(folder, n)) and not _TEMP.match(n)]
+    if not files:
+        return None
+    dest = move_files(files, os.path.join(folder, dest_name))
+    log(f" [*] --resume False: the older run's {len(files)} file(s) in {folder} were moved to {dest}/")
+    return dest
+
+
 def sweep_temp(folder: str, log=print) -> list[str]:
     """Remove temp files of killed saves in `folder` (not in subfolders). Returns what went."""
     gone = []
