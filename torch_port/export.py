@@ -183,6 +183,39 @@ def _quiet():
             lg.setLevel(lv)
 
 
+def _staged_mean(x: torch.Tensor, dims) -> torch.Tensor:
+    """The mean over `dims` as means over one axis at a time, last axis first (the same value:
+    equal-sized groups). ONNX Runtime's CPU ReduceMean accumulates in float32 along the reduced
+    elements, so one ReduceMean over the C*H*W = 4.2 M elements of a 256 px LIN made the light
+    256 px ch 64 generator's float32 error 50x the port's (RMS 3.2e-5 vs 6.2e-7 against float64;
+    TF 1.7e-6); one axis at a time (<= 256 elements each) it is 5.8e-7."""
+    for d in sorted(dims, reverse=True):
+        x = x.mean(d, keepdim=True)
+    return x
+
+
+def _staged_normalize(x: torch.Tensor, dims, eps: float) -> torch.Tensor:
+    """ops.instance_normalize / layer_normalize (TF's order: centre, then divide by
+    sqrt(biased variance + eps)) with staged means."""
+    centered = x - _staged_mean(x, dims)
+    return centered / torch.sqrt(_staged_mean(centered.square(), dims) + eps)
+
+
+@contextlib.contextmanager
+def export_forms():
+    """While tracing for export, AdaLIN / LIN normalise with `_staged_normalize` (the port's
+    formula, staged reductions); the port itself is untouched outside the block, and the
+    verification compares the exported graph with the port's own form."""
+    from . import ops
+    saved = ops.instance_normalize, ops.layer_normalize
+    ops.instance_normalize = lambda x, eps: _staged_normalize(x, (2, 3), eps)
+    ops.layer_normalize = lambda x, eps: _staged_normalize(x, tuple(range(1, x.dim())), eps)
+    try:
+        yield
+    finally:
+        ops.instance_normalize, ops.layer_normalize = saved
+
+
 def to_onnx(core: nn.Module, cfg: dict, io: str = "float", precision: str = "fp32",
             extra_inputs: dict | None = None):
     """The ONNX ModelProto of `Deployable(core)` with a dynamic batch axis on every input.
@@ -206,7 +239,7 @@ def to_onnx(core: nn.Module, cfg: dict, io: str = "float", precision: str = "fp3
             examples.append(torch.rand(shape, generator=gen) * 2 - 1)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     dynamic = tuple({0: batch} for _ in examples)
-    with _quiet(), torch.no_grad():
+    with _quiet(), torch.no_grad(), export_forms():
         program = torch.onnx.export(wrapper, tuple(examples), dynamo=True, input_names=list(shapes),
                                     output_names=list(OUTPUTS), opset_version=OPSET, dynamic_shapes=dynamic,
                                     external_data=False, optimize=True, verbose=False)
@@ -262,10 +295,11 @@ def _port_run(core: nn.Module, x: np.ndarray, extra: list[np.ndarray], dtype) ->
     return dict(zip(OUTPUTS, (_np(t) for t in core(*args))))
 
 
-def tf_generator_runner(cfg: dict, core_state: dict, scope: str):
+def tf_generator_runner(cfg: dict, core_state: dict, scope: str, threads: int | None = None):
     """A callable x_nhwc (float32) -> {translated NCHW, cam_logit, heatmap [B, h, w]} running
     tf_reference's official generator graph `scope` in float32 with the port's weights (mapped by
-    the naming rule), or None when tf_reference / TensorFlow is not importable."""
+    the naming rule), or None when tf_reference / TensorFlow is not importable. `threads`: TF's
+    intra-op threads (default: TF's own choice)."""
     try:
         from tf_reference.compat import tf
         from tf_reference.model import UGATITGraph
@@ -289,7 +323,10 @@ def tf_generator_runner(cfg: dict, core_state: dict, scope: str):
                     if key not in core_state:
                         raise ExportError(f"internal: TF variable {v.op.name} has no port weight {key}")
                     feed[v.initial_value] = wc.to_tf_layout(key, _np(core_state[key])).astype(np.float32)
-                sess = tf.Session(graph=g)
+                config = tf.ConfigProto()
+                if threads:
+                    config.intra_op_parallelism_threads, config.inter_op_parallelism_threads = int(threads), 1
+                sess = tf.Session(graph=g, config=config)
                 sess.run([v.initializer for v in variables], feed)
             sessions[shape] = (sess, x, (image, cam, heat))
         return sessions[shape]
