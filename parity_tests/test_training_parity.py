@@ -1,19 +1,21 @@
 """Losses, gradients, optimizer steps and trajectories: torch_port vs tf_reference and the
 official golden bundle.
 
-Gradients, measured not chosen. The port's float64 gradients equal TF's own float64 gradients
-(same graph built with float64 variables) within 1e-9 of a tensor's largest entry at every run
-of the trajectory (measured <= 5.3e-13): no semantic difference. In float32 the loss is
-piecewise smooth: an element within float32 rounding of a relu / leaky_relu / |x| / max-pooling
-kink can land on the other side in a float32 run, and the exact gradient jumps there by up to a
-few % of a tensor's max (parity_tests/kinks.py). TF's float32 runs cross 0-3 such kinks per run
-(its 1e-3 to 1e-2 errors on the generators vs float64), the port's 0-2 (the 4-5% at iteration
-3 G). So the port's float32 gradient is judged against the float64 gradient on its own float32
-run's kink branches, and must be as close as TF's own float32 gradient is to float64 (2x, a
-64-ulp floor, never above 1e-4 of the tensor's max; `trajectory.float32_tolerance`). On its
-branches the port stays within 3.7e-5 of max |g| (generators) and 1.9e-6 (discriminators);
-TF's float32 error on its own branches reaches 2.3e-4. Adam then turns agreeing-but-not-equal
-small gradients into different ±lr steps; those are reported.
+Gradients are judged by the rules of parity_tests/trajectory.py, none of them a bound measured
+on one CPU: the port's float64 gradients equal TF's own float64 gradients (same graph built with
+float64 variables) within 1e-9 of a tensor's largest entry (no semantic difference; measured
+<= 5.3e-13); the port's float32 gradient, on its own float32 run's kink branches
+(parity_tests/kinks.py), is within max(3x TF's own float32 error, u * sqrt(K_run) * max|g|) of
+the float64 truth in root mean square (K_run: the float32 sum terms along the run's longest
+chain, `trajectory.chain_sums`); each update is TF1 Adam of the port's own slots within float32
+rounding; `u`, the powers and the losses against TF's float64 run the same way.
+
+At the golden's 64 px the budget's floor u * sqrt(K_run) is 3.1e-5 of max |g| (526 u) for a G
+run and 1.7e-5 (277 u) for a D run. Measured worst port float32 RMS error / budget over the 10
+runs of the trajectory (AMD EPYC, TF 2.21, torch 2.13), per instruction set: README, "Parity:
+what is proven, and how" (this file prints them with -s).
+Adam then turns agreeing-but-not-equal small gradients into different ±lr steps; those are
+reported, not failed.
 """
 import contextlib
 import copy
@@ -88,52 +90,58 @@ def tf_named(grads: dict, sn: set) -> dict:
 
 
 @pytest.mark.parametrize("which", ["G", "D"])
-def test_gradients_every_parameter(golden_graph, which):
-    """At the golden init: the port's float32 gradient vs the port's float64 gradient on the
-    float32 run's kink branches, judged by TF's own float32 error vs the plain float64 one
-    (tj.float32_tolerance). The float64 semantics against TF's own float64 gradients are checked
-    at every run of the trajectory test (its first D run is this state)."""
+def test_gradients_every_parameter(golden_graph, golden_graph64, which):
+    """At the golden init: the port's float64 gradients vs TF's float64 ones (criterion 1), and
+    the port's float32 gradient vs the float64 truth on the float32 run's kink branches within
+    the float32 budget of TF's own float32 gradient (`tj.float32_budget`, criterion 2)."""
     from tf_reference.compat import tf
     cfg, g, m, sess, saver, feed = golden_graph
     with g.as_default():
         saver.restore(sess, os.path.join(GOLDEN, "init", "UGATIT.model-0"))
+        state = tj.tf_session_state(sess, tf)
         scope = "generator" if which == "G" else "discriminator"
         tvars = [v for v in tf.trainable_variables() if scope in v.name]
         loss = m.Generator_loss if which == "G" else m.Discriminator_loss
         tf_g = dict(zip([v.op.name for v in tvars], sess.run(tf.gradients(loss, tvars), feed)))
-    _, state = wc.tf_to_torch(os.path.join(GOLDEN, "init"), overrides={"img_size": 64})
+    tf64 = golden_graph64.grads(state, which)
+    _, torch_state = wc.tf_to_torch(os.path.join(GOLDEN, "init"), overrides={"img_size": 64})
     model = build_ugatit(cfg)
-    model.load_state_dict(state)
+    model.load_state_dict(torch_state)
     _, _, A, B = golden_inputs()
-    sn = {k[:-2] for k in state if k.endswith(".u")}
+    sn = {k[:-2] for k in torch_state if k.endswith(".u")}
     kinks = KinkBranches()
     g32 = tf_named(torch_grads(model, which, A, B, torch.float32, kinks), sn)
     g64 = tf_named(torch_grads(model, which, A, B, torch.float64), sn)
     g64_branches = tf_named(torch_grads(model, which, A, B, torch.float64, kinks.replay()), sn)
-    assert set(g32) == set(tf_g)
+    assert set(g32) == set(tf_g) == set(tf64)
+    reduction = tj.chain_sums(cfg)[which]
     bad, worst = [], (0.0, "")
     for name, grad32 in g32.items():
         if golden.NORM_FED_BIAS.match(name):
             continue
-        truth = g64[name]
-        scale = float(np.abs(truth).max()) or 1.0
-        err_port = float(np.abs(grad32 - g64_branches[name]).max())
-        err_tf = float(np.abs(tf_g[name] - truth).max())
-        bound = tj.float32_tolerance(err_tf, scale)
-        worst = max(worst, (err_port / scale, name))
-        if err_port > bound:
-            bad.append(f"{name}: port error {err_port:.3g} > {bound:.3g} (TF's own {err_tf:.3g}, max |g| {scale:.3g})")
-    print(f"{which}: {kinks.flips} kink(s) crossed by the port's float32 run; worst port gradient error "
-          f"{worst[0]:.3g} of max|g| ({worst[1]})")
+        truth = np.asarray(tf64[name], np.float64)
+        scale = float(np.abs(truth).max())
+        err64 = float(np.abs(g64[name] - truth).max())
+        if err64 > tj.SEMANTIC_RTOL * scale:
+            bad.append(f"{name}: float64 gradient |port - TF| {err64:.3g} > {tj.SEMANTIC_RTOL:g} * {scale:.3g}")
+        port_rms = tj.rms(grad32 - (truth + g64_branches[name] - g64[name]))
+        tf_rms = tj.rms(tf_g[name] - truth)
+        budget = tj.float32_budget(tf_rms, scale, reduction)
+        worst = max(worst, (port_rms / budget, name))
+        if port_rms > budget:
+            bad.append(f"{name}: float32 error rms {port_rms:.3g} > budget {budget:.3g} (TF's own {tf_rms:.3g}, "
+                       f"max |g| {scale:.3g})")
+    print(f"{which}: {kinks.flips} kink(s) crossed by the port's float32 run; worst port float32 rms error / "
+          f"budget {worst[0]:.3f} ({worst[1]})")
     assert not bad, "\n".join(bad[:20])
 
 
 @pytest.mark.slow
 def test_teacher_forced_trajectory_5_iterations(golden_graph, golden_graph64):
     """5 iterations D→G from the golden init: before every run torch takes TF's exact state.
-    Asserted after each run: losses, u and powers, and per tensor the gradient rules of
-    parity_tests/trajectory.py against TF's own float64 gradients of that run (float64
-    semantics 1e-9; the port's float32 gradient as close as 2x TF's own, 64-ulp floor, 1e-4 cap)."""
+    Asserted after each run, against TF's own float64 run of that state (parity_tests/trajectory.py):
+    the loss, u and the powers, per tensor the float64 gradient (1e-9) and the float32 gradient
+    (RMS within max(3x TF's own, u * sqrt(K_run) * max|g|)), and the Adam update."""
     cfg, g, m, sess, saver, feed = golden_graph
     from tf_reference.compat import tf
     _, _, A, B = golden_inputs()
@@ -143,6 +151,7 @@ def test_teacher_forced_trajectory_5_iterations(golden_graph, golden_graph64):
     feed = dict(feed)
     feed[m.lr] = cfg["lr"]
     report, failures, classes = [], [], {}
+    chains = tj.chain_sums(cfg)
     with g.as_default():
         saver.restore(sess, os.path.join(GOLDEN, "init", "UGATIT.model-0"))
         for it in range(5):
@@ -158,26 +167,30 @@ def test_teacher_forced_trajectory_5_iterations(golden_graph, golden_graph64):
                 port64_branches = tf_named(torch_grads(start, step, A, B, torch.float64, kinks.replay()), sn)
                 port64 = port64_branches if kinks.flips == 0 else tf_named(
                     torch_grads(start, step, A, B, torch.float64), sn)
-                tf64 = golden_graph64.grads(before, step)
+                tf64, loss64, u64 = golden_graph64.evaluate(before, step)
                 optim, loss = (m.D_optim, m.Discriminator_loss) if step == "D" else (m.G_optim, m.Generator_loss)
                 _, tf_loss = sess.run([optim, loss], feed)
                 ours = res["Discriminator_loss" if step == "D" else "Generator_loss"]
-                # losses: float summation order, 1e-5 relative (measured <= 2.1e-6)
-                assert ours == pytest.approx(float(tf_loss), rel=1e-5), (it, step)
+                loss_budget = tj.float32_budget(abs(float(tf_loss) - loss64), abs(loss64), chains[step])
+                if abs(ours - loss64) > loss_budget:
+                    failures.append(f"iteration {it} {step}: loss {ours!r} vs float64 {loss64!r}: error "
+                                    f"{abs(ours - loss64):.3g} > {loss_budget:.3g} "
+                                    f"(TF's {abs(float(tf_loss) - loss64):.3g})")
                 bad, rep = tj.compare_step(before, tj.tf_session_state(sess, tf), tj.torch_state_as_tf(model, G, D),
-                                           cfg["lr"], tf64, port64, port64_branches)
+                                           cfg["lr"], tf64, port64, port64_branches, chains[step], u64)
                 failures += [f"iteration {it} {step}: {f}" for f in bad]
                 rows = rep["rows"]
-                worst = {k: max((r[k] / r[1], n) for n, r in rows.items()) for k in (2, 3, 4, 5)}
-                report.append(f"it {it} {step}: port kinks crossed {kinks.flips}; worst of max|g|: TF32 "
-                              f"{worst[2][0]:.2e} ({worst[2][1]}), port32 {worst[3][0]:.2e} ({worst[3][1]}), "
-                              f"port32 vs plain TF64 {worst[4][0]:.2e}, port64 vs TF64 {worst[5][0]:.2e}; "
+                worst = max((r[3] / r[4], n) for n, r in rows.items())
+                report.append(f"it {it} {step}: port kinks crossed {kinks.flips}; worst port32 rms / budget "
+                              f"{worst[0]:.3f} ({worst[1]}); "
+                              f"loss error / budget {abs(ours - loss64) / loss_budget:.3f}; "
+                              f"worst port64 vs TF64 {max(r[6] / r[1] for r in rows.values()):.2e} of max|g|; "
                               f"Adam-amplified weight tensors {len(rep['amplified'])}")
                 for cls, errs in tj.summarize(rows).items():
                     classes[cls] = [max(a, b) for a, b in zip(classes.get(cls, errs), errs)]
     print("\n".join(report))
-    print("per class, worst over runs (of max|g|): TF32 vs TF64 | port32 vs its truth | port32 vs plain TF64 | "
-          "port64 vs TF64")
+    print("per class, worst over runs: TF32 rms / max|g| | port32 rms / max|g| | port32 rms / budget | "
+          "port64 vs TF64 / max|g|")
     for cls, errs in sorted(classes.items()):
         print(f"  {cls:24s} " + "  ".join(f"{e:.2e}" for e in errs))
     assert not failures, "\n".join(failures[:30])
@@ -186,8 +199,7 @@ def test_teacher_forced_trajectory_5_iterations(golden_graph, golden_graph64):
 @pytest.mark.slow
 def test_golden_three_iterations_in_torch():
     """Convert init/ (weights, Adam slots, powers), 3 iterations in torch → record.json losses,
-    and final/ for the discriminators, u and the powers. Generator weights are reported: Adam
-    amplifies TF's float32 gradient error (see module docstring) into ±lr differences there."""
+    and final/ by golden.compare_checkpoint (generator elements that Adam amplified are reported)."""
     cfg = config_from(golden.record()["config"])
     st = wc.read_tf_training_state(os.path.join(GOLDEN, "init"), {"img_size": 64})
     assert st["step"] == 0
@@ -213,9 +225,8 @@ def test_golden_three_iterations_in_torch():
         ref = dict(r.items())
     got = tj.torch_state_as_tf(model, G, D)
     failures, rows = golden.compare_checkpoint(got, ref, cfg["lr"])
-    hard = [f for f in failures if not f.startswith("generator")]
-    assert not hard, "\n".join(hard[:20])
-    print(f"generator tensors with Adam-amplified differences: {len(failures) - len(hard)}")
+    assert not failures, "\n".join(failures[:20])
+    print(golden.summarize(rows))
 
 
 def test_golden_final_test_phase_in_torch():
@@ -228,13 +239,10 @@ def test_golden_final_test_phase_in_torch():
         a2b = model.generator_B(x)[0].numpy().transpose(0, 2, 3, 1)
         b2a = model.generator_A(x)[0].numpy().transpose(0, 2, 3, 1)
         logits, cams, _, _ = model.discriminator_A(x)
-    # 1e-5 absolute on [-1, 1] images (float summation order; measured ~1e-6)
-    np.testing.assert_allclose(a2b, golden.load("test_a2b.npy"), atol=1e-5, rtol=0)
-    np.testing.assert_allclose(b2a, golden.load("test_b2a.npy"), atol=1e-5, rtol=0)
-    for got, name in zip([logits[0], logits[1], cams[0], cams[1]],
-                         ["test_dA_local", "test_dA_global", "test_dA_cam_local", "test_dA_cam_global"]):
-        ref = golden.load(name + ".npy")
-        got = got.numpy()
-        if got.ndim == 4:
-            got = got.transpose(0, 2, 3, 1)
-        np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+    # against tf_reference's float64 run of final/, the golden's own float32 error as the measure
+    got = {"test_a2b": a2b, "test_b2a": b2a}
+    for t, name in zip([logits[0], logits[1], cams[0], cams[1]],
+                       ["test_dA_local", "test_dA_global", "test_dA_cam_local", "test_dA_cam_global"]):
+        got[name] = t.numpy().transpose(0, 2, 3, 1) if t.ndim == 4 else t.numpy()
+    bad = golden.judge_test_phase(got)
+    assert not bad, "\n".join(bad)
