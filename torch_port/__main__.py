@@ -11,6 +11,10 @@ Official flags (same names, defaults, meanings) plus:
   --input PATH             test phase: translate this image or folder instead of testA/testB
   --direction a2b|b2a      direction for --input (default a2b)
   --demo DIR               write the demo data set in DIR, train a tiny model, run the test phase
+  --precision fp32|bf16|fp16, --compile True|False   test phase: the generators' fast path
+                           (torch_port.fast; default fp32, no compile: the exact port)
+  --batch N                test phase: N images per generator call, with a progress bar
+                           (default: the official one image at a time)
 `python -m torch_port export CKPT OUT.onnx --direction a2b|b2a`: ONNX export (torch_port/export.py).
 Under torchrun (WORLD_SIZE > 1) training is data-parallel (gloo on CPU, NCCL on CUDA).
 Bad flags or inputs (a missing, unreadable or unwritable file or folder, a full disk, a checkpoint
@@ -42,10 +46,15 @@ def build_parser():
     p.add_argument("--input", default=None, help="test phase: an image or folder to translate")
     p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"), help="direction for --input")
     p.add_argument("--demo", default=None, metavar="DIR", help="train and test a tiny demo model in DIR")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="test phase: generator precision (default fp32, the exact port)")
+    p.add_argument("--compile", type=opt.str2bool, default=False, help="test phase: torch.compile the generators")
+    p.add_argument("--batch", type=int, default=None, help="test phase: images per generator call (progress bar)")
     return p
 
 
-EXTRA_KEYS = ("device", "num_workers", "threads", "seed", "keep_checkpoints", "resume", "input", "direction", "demo")
+EXTRA_KEYS = ("device", "num_workers", "threads", "seed", "keep_checkpoints", "resume", "input", "direction", "demo",
+              "precision", "compile", "batch")
 
 
 def _validate_extra(a):
@@ -57,6 +66,10 @@ def _validate_extra(a):
         raise opt.OptionError(f"--keep_checkpoints={a.keep_checkpoints}: must be >= 1")
     if not (a.device in ("auto", "cpu") or a.device.startswith("cuda")):
         raise opt.OptionError(f"--device={a.device!r}: expected cpu, cuda, cuda:N or auto")
+    if a.batch is not None and a.batch < 1:
+        raise opt.OptionError(f"--batch={a.batch}: must be >= 1")
+    if (a.precision != "fp32" or a.compile) and a.phase == "train":
+        raise opt.OptionError("--precision / --compile apply to the test phase for now (training: fp32)")
     if a.input is not None and not os.path.exists(a.input):
         raise opt.OptionError(f"--input={a.input!r}: no such file or folder")
 
@@ -91,7 +104,7 @@ def run(a) -> int:
         else:
             if dist_info.is_main:
                 from .translate import test
-                test(cfg, device, a.input, a.direction)
+                test(cfg, device, a.input, a.direction, precision=a.precision, compile=a.compile, batch=a.batch)
                 print(" [*] Test finished!")
     finally:
         ddp.shutdown()

@@ -12,14 +12,14 @@ Which op runs in which dtype (D = the reduced dtype, bf16 or fp16):
 
 | op | dtype | why |
 |---|---|---|
-| convolutions of the encoder, residual blocks, `conv_1x1`, adaptive blocks, `up_conv_*`, the discriminators' convs (kernel and bias) | D | nearly all of the arithmetic; the product sums accumulate in float32 inside the kernels (oneDNN, cuDNN), only the inputs, weights and outputs are rounded (relative 2^-9 bf16, 2^-12 fp16) |
+| convolutions of the encoder, residual blocks, `conv_1x1`, adaptive blocks, `up_conv_*`, the discriminators' convs (kernel and bias) | D | nearly all of the arithmetic; the product sums accumulate in float32 inside the kernels (oneDNN, cuDNN), only the inputs, weights and outputs are rounded (unit roundoff 2^-8 bf16, 2^-11 fp16) |
 | reflect / zero padding, relu, leaky relu, up-sampling, the heatmap sum | the dtype flowing in (D after a D conv) | exact (padding, relu, nearest up-sampling move values) or one rounding per element |
 | instance norm, AdaLIN, LIN: moments, normalisation and affine map | float32 | a norm divides by a channel's standard deviation: rounding errors of the input are amplified by up to 1/std, and a bf16 mean / variance over H*W terms would lose the 2^-9 relative accuracy altogether where |mean| >> std. The norm's output (float32) keeps the residual stream in float32 |
 | spectral norm: the power iteration (u, v, sigma) | float32, on the float32 kernel | sigma divides every output of the layer; the layer keeps its float32 `weight` for it and convolves with `weight_lowp`, a copy made once, so `u` advances exactly as on the float32 path |
 | CAM (GAP / GMP pooling, the C-term logit, the channel weighting) | float32 | the logits are outputs; pooling sums H*W terms; the cost is negligible |
 | output convolutions `G_logit` (-> tanh, the image) and `D_logit` | float32 | the network's outputs: a bf16 image would carry up to 2^-9 (0.25 of an 8-bit level) of output rounding alone; 3 or 1 output channels, ~2% of the generator's FLOPs |
-| dense / linear layers with at most 2^20 weights (the light MLP, the full MLP's `linear_1`, `gamma`, `beta`; Morph's mapping and style layers) | float32 | products of [B, <=256] vectors: no measurable cost, and gamma / beta scale every AdaLIN output |
-| dense layers with more than 2^20 weights (the full model's `MLP.linear_0`, 1 GiB in float32 at 256 px) | D | a matrix-vector product bound by reading the kernel: half the bytes in D, cast once |
+| dense / linear layers on [B, <=256] vectors (the light MLP, the full MLP's `linear_1`, `gamma`, `beta`; Morph's mapping and style layers) | float32 | no measurable cost, and gamma / beta scale every AdaLIN output |
+| the full model's `MLP.linear_0` (reads the whole flattened feature map: a 1 GiB kernel in float32 at 256 px) | D | a matrix-vector product bound by reading the kernel: half the bytes in D, cast once |
 
 Returned tensors (image, logits, heatmaps) are float32.
 """
@@ -30,11 +30,10 @@ import warnings
 import torch
 import torch.nn as nn
 
-__all__ = ["PRECISIONS", "LARGE_DENSE", "OUTPUT_CONVS", "compute_dtype", "check_supported", "lowp_plan",
+__all__ = ["PRECISIONS", "OUTPUT_CONVS", "compute_dtype", "check_supported", "lowp_plan",
            "describe"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-LARGE_DENSE = 1 << 20  # dense kernels above this many weights run in the reduced dtype
 OUTPUT_CONVS = ("G_logit", "D_logit")  # official scope names of the output convolutions
 
 
@@ -73,16 +72,16 @@ def lowp_plan(module: nn.Module) -> dict:
     """{module path: what changes} for the reduced precisions: "cast" (weight and bias to the
     reduced dtype), "sn" (bias cast, float32 weight kept for the power iteration plus a reduced
     copy `weight_lowp`); every other layer keeps float32. Paths are `named_modules` names."""
-    from .ops import Conv, Dense
+    from .networks import MLP
+    from .ops import Conv
     plan = {}
     for name, m in module.named_modules():
         if isinstance(m, Conv):
             if _is_output_conv(name):
                 continue
             plan[name] = "sn" if m.sn else "cast"
-        elif isinstance(m, (Dense, nn.Linear)):
-            if m.weight.numel() > LARGE_DENSE:
-                plan[name] = "cast"
+        elif isinstance(m, MLP) and not m.light:  # the full model's map-reading dense layer
+            plan[f"{name}.linear_0" if name else "linear_0"] = "cast"
     return plan
 
 

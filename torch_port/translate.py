@@ -70,7 +70,11 @@ def _translate_files(model, files, direction, cfg, device, result_dir, page, cou
         counts[direction] = counts.get(direction, 0) + 1
 
 
-def test(cfg: dict, device: torch.device, input_path: str | None = None, direction: str = "a2b") -> str:
+def test(cfg: dict, device: torch.device, input_path: str | None = None, direction: str = "a2b",
+         precision: str = "fp32", compile: bool = False, batch: int | None = None) -> str:
+    """`precision` / `compile`: the generators' fast path (torch_port.fast; default: the exact
+    float32 port). `batch`: translate N images per generator call with a progress bar
+    (torch_port.batch_translate); None: the official one image at a time."""
     paths = opt.run_paths(cfg)
     if input_path is not None:
         if direction not in ("a2b", "b2a"):
@@ -83,13 +87,20 @@ def test(cfg: dict, device: torch.device, input_path: str | None = None, directi
             raise opt.OptionError(f"no test images in {opt.dataset_root(cfg)}/testA or testB")
         jobs = [(files_A, "a2b"), (files_B, "b2a")]
     model = load_for_test(cfg, device)
+    if precision != "fp32" or compile:
+        from .fast import optimize_generators
+        optimize_generators(model, precision, compile)
     check_writable_folder(paths.result, "--result_dir")
     sweep_temp(paths.result, log=lambda m: None)
     page = ResultsPage(paths.result, cfg["img_size"])
     counts = {}
     names = OutputNames([f for files, _ in jobs for f in files])  # outputs never overwrite an input
     for files, d in jobs:
-        _translate_files(model, files, d, cfg, device, paths.result, page, counts, names)
+        if batch:
+            from .batch_translate import translate_batches
+            translate_batches(model, files, d, cfg, device, paths.result, page, counts, names, batch, pad=compile)
+        else:
+            _translate_files(model, files, d, cfg, device, paths.result, page, counts, names)
     if not counts:  # the previous results page stays as it was
         raise opt.OptionError("no readable test image was found")
     page.close()

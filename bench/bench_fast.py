@@ -1,0 +1,271 @@
+"""Generator forward (the test phase, batch 1) of every fast path of torch_port side by side with
+tf_reference, in the same run: fp32 eager, fp32 + torch.compile, bf16, bf16 + compile (and fp16
+on CUDA; on CPU fp16 is measured on one convolution, see below). Each framework runs in its own
+worker process; the parent times them alternately, call by call, so load from other processes
+falls on all alike; medians are reported, ratios are to tf_reference's median.
+
+    python bench/bench_fast.py                                # light and full, 256 px, ch 64
+    python bench/bench_fast.py --light True --img_size 64 --ch 8 --iters 3
+    python bench/bench_fast.py --profile                      # + where the time goes (torch.profiler)
+
+Compile time is reported separately: the first call of a compiled path minus a steady call, with
+a fresh inductor cache (a cold compile, what a user's first run pays; --warm_cache to reuse
+~/.cache). Weights are random (speed does not depend on them; fidelity: parity_tests/fast_paths.py).
+Targets (issue 9, a CPU with bf16 support): fp32 + compile <= 0.7x of TF, bf16 + compile <= 0.2x.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ugatit_common import options as opt  # noqa: E402
+
+CPU_MODES = ["fp32", "fp32+compile", "bf16", "bf16+compile"]
+CUDA_MODES = CPU_MODES + ["fp16", "fp16+compile"]
+
+
+def _input(s):
+    return np.random.default_rng(0).uniform(-1, 1, (1, s, s, 3)).astype(np.float32)
+
+
+def _sync(device):
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def torch_worker(cfg, device_name, modes):
+    """{mode: callable}; compiled modes are compiled (and timed) on their first call here."""
+    import torch
+    from torch_port.fast import optimize
+    from torch_port.networks import Generator
+    from torch_port.train import pick_device
+    device = pick_device(device_name)
+    if device.type == "cpu":
+        from torch_port.cpu_memory import keep_freed_memory
+        keep_freed_memory()
+    torch.manual_seed(0)
+    g = Generator(ch=cfg["ch"], n_res=cfg["n_res"], img_size=cfg["img_size"], light=cfg["light"]).to(device).eval()
+    x = torch.from_numpy(_input(cfg["img_size"]).transpose(0, 3, 1, 2).copy()).to(device)
+    fns, info = {}, {}
+    for mode in modes:
+        precision, compiled = mode.split("+")[0], mode.endswith("+compile")
+        fast = optimize(g, precision, compile=compiled)
+
+        def call(fast=fast):
+            fast(x)
+            _sync(device)
+        if compiled:
+            t = time.perf_counter()
+            call()
+            first = time.perf_counter() - t
+            call()
+            t = time.perf_counter()
+            call()
+            steady = time.perf_counter() - t
+            info[mode] = {"first_call_s": first, "compile_s": first - steady, **{
+                k: v for k, v in fast.compile_stats().items() if k != "first_call_seconds"}}
+        else:
+            call()
+        fns[mode] = call
+    return fns, info, (g, x, device)
+
+
+def tf_worker(cfg):
+    from tf_reference.compat import tf
+    from tf_reference.model import UGATITGraph
+    g = tf.Graph()
+    with g.as_default():
+        mt = UGATITGraph(dict(cfg, phase="test")).build_test()
+        sess = tf.Session(graph=g)
+        sess.run(tf.global_variables_initializer())
+    a = _input(cfg["img_size"])
+    sess.run(mt.test_fake_B, {mt.test_domain_A: a})
+    return {"tf": lambda: sess.run(mt.test_fake_B, {mt.test_domain_A: a})}, {}, None
+
+
+def profile(state, modes, rows=8) -> dict:
+    """Top ops by self time for one call of each mode (torch.profiler)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile as prof
+    from torch_port.fast import optimize
+    g, x, device = state
+    out = {}
+    for mode in modes:
+        fast = optimize(g, mode.split("+")[0], compile=mode.endswith("+compile"))
+        fast(x)
+        fast(x)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with prof(activities=acts) as p:
+            fast(x)
+            _sync(device)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        out[mode] = p.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+    return out
+
+
+def conv_fp16_probe(device_name="cpu") -> dict:
+    """One 3x3 256->256 convolution at 64x64 (the residual blocks' at 256 px) in fp32, bf16, fp16,
+    NCHW and channels_last: what fp16 costs on this CPU."""
+    import torch
+    import torch.nn.functional as F
+    x, w = torch.randn(1, 256, 66, 66), torch.randn(256, 256, 3, 3)
+    res = {}
+    for dt in (torch.float32, torch.bfloat16, torch.float16):
+        for fmt in ("nchw", "channels_last"):
+            a = x.to(dt)
+            a = a.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else a
+            b = w.to(dt)
+            F.conv2d(a, b)
+            t = time.perf_counter()
+            F.conv2d(a, b)
+            res[f"{str(dt).replace('torch.', '')} {fmt}"] = time.perf_counter() - t
+    return res
+
+
+def worker(name, cfg, device, modes, want_profile):
+    if name == "torch_port":
+        fns, info, state = torch_worker(cfg, device, modes)
+    else:
+        fns, info, state = tf_worker(cfg)
+    print(json.dumps({"ready": True, "info": info}), flush=True)
+    for line in sys.stdin:
+        what = line.strip()
+        if what == "quit":
+            break
+        if what == "profile":
+            print(json.dumps({"profile": profile(state, modes) if want_profile else {}}), flush=True)
+            continue
+        t = time.perf_counter()
+        fns[what]()
+        print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
+    return 0
+
+
+class _Worker:
+    def __init__(self, name, args, env=None):
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", name] + args,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.hello = self._read()
+
+    def _read(self):
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{self.name} worker exited (code {self.proc.wait()})")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def ask(self, what):
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        self.proc.wait()
+
+
+def run_config(a, light: bool, modes: list[str]) -> dict:
+    args = ["--img_size", str(a.img_size), "--ch", str(a.ch), "--n_dis", str(a.n_dis), "--light", str(light), "--device", a.device,
+            "--modes", ",".join(modes)] + (["--profile"] if a.profile else [])
+    env = dict(os.environ)
+    cache = None
+    if not a.warm_cache:
+        cache = tempfile.TemporaryDirectory(prefix="bench_fast_inductor_")
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache.name
+    t0 = time.perf_counter()
+    workers = [] if a.skip_tf else [_Worker("tf_reference", args)]
+    tw = _Worker("torch_port", args, env)
+    setup_s = time.perf_counter() - t0
+    times = {m: [] for m in (["tf"] if not a.skip_tf else []) + modes}
+    try:
+        for _ in range(a.iters):  # alternate: one call of each in turn
+            for w in workers:
+                times["tf"].append(w.ask("tf")["seconds"])
+            for m in modes:
+                times[m].append(tw.ask(m)["seconds"])
+        prof = tw.ask("profile")["profile"] if a.profile else {}
+    finally:
+        for w in workers + [tw]:
+            w.close()
+        if cache is not None:
+            cache.cleanup()
+    return {"light": light, "times": times, "compile": tw.hello["info"], "profile": prof, "setup_s": setup_s}
+
+
+def report(res: dict, a) -> str:
+    import torch
+    lines = [f"\nlight={res['light']} img_size={a.img_size} ch={a.ch} batch=1 calls={a.iters} "
+             f"torch threads={torch.get_num_threads()} load average {os.getloadavg()[0]:.2f}",
+             "| path | s / image (median) | vs tf_reference | img/s | compile (first call - steady), s | all calls, s |",
+             "|---|---|---|---|---|---|"]
+    tf_med = statistics.median(res["times"]["tf"]) if "tf" in res["times"] else None
+    for m, ts in res["times"].items():
+        med = statistics.median(ts)
+        ratio = f"{med / tf_med:.2f}x" if tf_med else "-"
+        c = res["compile"].get(m)
+        comp = (f"{c['compile_s']:.1f} (graphs {c.get('graphs_first_call')}, breaks {len(c.get('graph_breaks', {}))})"
+                if c else "-")
+        name = "tf_reference (fp32)" if m == "tf" else f"torch_port {m}"
+        lines.append(f"| {name} | {med:.4f} | {ratio} | {1 / med:.2f} | {comp} | {' '.join(f'{t:.3f}' for t in ts)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--img_size", type=int, default=256)
+    p.add_argument("--ch", type=int, default=64)
+    p.add_argument("--n_dis", type=int, default=6, help="only checked (the test graph has no discriminator)")
+    p.add_argument("--light", type=opt.str2bool, default=None, help="only light (True) or full (False); default both")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--modes", default=None, help="comma-separated (default: fp32,fp32+compile,bf16,bf16+compile; "
+                                                 "CUDA adds fp16,fp16+compile)")
+    p.add_argument("--skip_tf", action="store_true")
+    p.add_argument("--profile", action="store_true", help="print the top ops of one call of each mode")
+    p.add_argument("--warm_cache", action="store_true", help="reuse the inductor cache (compile time then is a cache hit)")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--worker", choices=["torch_port", "tf_reference"], help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        cfg = opt.validate(opt.config_from(light=a.light, img_size=a.img_size, ch=a.ch, n_dis=a.n_dis))
+        return worker(a.worker, cfg, a.device, a.modes.split(","), a.profile)
+    import torch
+    from torch_port.train import pick_device
+    device = pick_device(a.device)
+    modes = a.modes.split(",") if a.modes else (CUDA_MODES if device.type == "cuda" else CPU_MODES)
+    out = []
+    for light in ([a.light] if a.light is not None else [True, False]):
+        res = run_config(a, light, modes)
+        out.append(res)
+        print(report(res, a), flush=True)
+        for m, table in res["profile"].items():
+            print(f"\nprofile, light={light}, {m}:\n{table}")
+    if device.type == "cpu":
+        probe = conv_fp16_probe()
+        print("\nfp16 on this CPU, one 3x3 256->256 conv at 64x64 (s): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in probe.items()))
+        out.append({"conv_probe": probe})
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Fidelity of the fast paths (`torch_port.optimize`): per-layer error against the float64 truth,
+and the stated budgets of the generator outputs that parity_tests/test_fast_paths.py asserts.
+
+    python -m parity_tests.fast_paths CKPT OUT_DIR [--img_size N] [--paths bf16,fp16,fp32+compile]
+
+writes OUT_DIR/fast_paths.md and .html: for each generator of a TF checkpoint, every layer's
+root-mean-square and max error of each fast path against the port run in float64 (the truth the
+parity report uses: torch64 equals TF64 to 1e-9, harness criterion 1), beside the exact float32
+path's. Compiled paths fuse layers, so they get the network outputs only.
+
+Budgets (8-bit output levels: 1 level = 1/127.5 of the [-1, 1] image range), against the exact
+float32 port on the same input:
+
+- bf16: mean |diff| <= 0.5 level, max |diff| <= 4 levels. Rounding one image value (|v| in
+  [0.5, 1)) to bfloat16 (8-bit significand, unit roundoff u = 2^-8) moves it by up to half an
+  ulp, 2^-9 = 0.25 level, and by 0.07 level RMS. Each of the ~20 reduced-precision convolutions
+  adds an independent relative rounding of that size to its output (inputs, kernel and output
+  rounded; sums accumulate in float32); the norms rescale to unit size, so the errors add in
+  quadrature: sqrt(20) x 0.07 = 0.3 level RMS before tanh (whose slope <= 1 only shrinks it).
+  Mean |diff| <= 0.5 level is that with a 1.6x margin for the norms' amplification (a channel's
+  rounding divided by its standard deviation); max <= 4 levels = 16 single roundings, the
+  extreme of ~10^4 pixels of an error of that RMS (a Gaussian extreme of 4-5 sigma) with the
+  same margin. Beyond it, an image visibly differs (a 1-level step is the smallest visible one in
+  a smooth gradient; 4 isolated pixels at 4 levels are not).
+- fp16: the bf16 budgets / 8 (float16: 11-bit significand, u = 2^-11, 8x smaller): mean <= 1/16
+  level, max <= 0.5 level.
+- fp32 + compile: within float32 rounding, judged as the port is judged against TF (harness
+  criterion 2): the compiled path's RMS error against the float64 truth at most 3x the eager
+  float32 path's (RMS_FACTOR; fusion reorders float32 sums), or the rounding floor.
+
+Measured (golden and demo, see README "Fast paths") and the margins are in test_fast_paths.py.
+"""
+from __future__ import annotations
+
+import copy
+import html
+import os
+
+import numpy as np
+
+LEVEL = 1.0 / 127.5
+BUDGETS = {  # precision: (mean |diff| levels, max |diff| levels) against the float32 port
+    "bf16": (0.5, 4.0),
+    "fp16": (0.5 / 8, 4.0 / 8),
+}
+
+
+def image_error_levels(got, ref) -> dict:
+    """{mean, max, rms} of |got - ref| in 8-bit levels (tensors or arrays in [-1, 1])."""
+    d = np.abs(_np(got).astype(np.float64) - _np(ref).astype(np.float64)) / LEVEL
+    return {"mean": float(d.mean()), "max": float(d.max()), "rms": float(np.sqrt(np.mean(d * d)))}
+
+
+def _np(t):
+    return t.detach().cpu().float().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+
+def _record(module, call):
+    """{module path: output} of every submodule (tensor outputs; tuples flattened as path:i)."""
+    acts, hooks = {}, []
+
+    def hook(name):
+        def fn(mod, inp, out):
+            if isinstance(out, (tuple, list)):
+                for i, o in enumerate(out):
+                    if hasattr(o, "detach"):
+                        acts[f"{name}:{i}"] = o.detach().double().cpu().numpy()
+            elif hasattr(out, "detach"):
+                acts[name] = out.detach().double().cpu().numpy()
+        return fn
+
+    for name, m in module.named_modules():
+        if name:
+            hooks.append(m.register_forward_hook(hook(name)))
+    try:
+        out = call()
+    finally:
+        for h in hooks:
+            h.remove()
+    return acts, out
+
+
+def _outputs(out) -> dict:
+    """Network outputs by name: image/cam_logit/heatmap (generator) or logits (discriminator)."""
+    if isinstance(out[0], (list, tuple)):  # discriminator
+        return {"local": out[0][0], "global": out[0][1], "local_cam": out[1][0], "global_cam": out[1][1]}
+    return {"image": out[0], "cam_logit": out[1], "heatmap": out[2]}
+
+
+def _err(a, truth) -> tuple[float, float]:
+    d = a.astype(np.float64) - truth
+    return float(np.sqrt(np.mean(d * d))), float(np.abs(d).max())
+
+
+def fast_path_errors(module, args: tuple, paths=("bf16", "fp16"), kwargs: dict | None = None,
+                     compile_paths=()) -> dict:
+    """Per-layer error of each fast path against the float64 truth, beside the float32 path's.
+
+    module: a float32 Generator / MorphGenerator / Discriminator (weights loaded); args/kwargs:
+    its float32 inputs. paths: eager precisions (per layer); compile_paths: precisions run
+    compiled (outputs only). Returns {"layers": {name: {"shape", "fp32": (rms, max), path: ...}},
+    "outputs": {name: {...}}} - errors in absolute units of the tensor.
+    Spectral-norm `u` advances on every call: each run starts from a copy of the module, so all
+    paths see the same `u`."""
+    import torch
+    from torch_port.fast import optimize
+    kwargs = kwargs or {}
+
+    def run(precision, dtype=None, compile=False):
+        m = copy.deepcopy(module)
+        if dtype is not None:  # the float64 truth: the whole module and its inputs in float64
+            m = m.to(dtype).eval()
+            a = tuple(x.to(dtype) if torch.is_tensor(x) else x for x in args)
+            kw = {k: v.to(dtype) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+            with torch.no_grad():
+                return _record(m, lambda: m(*a, **kw))
+        fast = optimize(m.eval(), precision, compile=compile)
+        if compile:
+            return {}, fast(*args, **kwargs)
+        return _record(fast.inner, lambda: fast(*args, **kwargs))
+
+    truth_acts, truth_out = run(None, torch.float64)
+    truth_out = {k: _np(v).astype(np.float64) for k, v in _outputs(truth_out).items()}
+    results = {"layers": {}, "outputs": {k: {"shape": tuple(v.shape)} for k, v in truth_out.items()}}
+    for name, t in truth_acts.items():
+        results["layers"][name] = {"shape": tuple(t.shape)}
+    import warnings
+    for label, precision, compile in ([("fp32", "fp32", False)] + [(p, p, False) for p in paths]
+                                      + [(f"{p}+compile", p, True) for p in compile_paths]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # fp16 on CPU: slow, said once elsewhere
+            acts, out = run(precision, compile=compile)
+        for name, t in acts.items():
+            if name in results["layers"]:
+                results["layers"][name][label] = _err(t, truth_acts[name])
+        for name, v in _outputs(out).items():
+            results["outputs"][name][label] = _err(_np(v), truth_out[name])
+    return results
+
+
+def table(results: dict, labels: list[str]) -> list[list[str]]:
+    """Rows [kind, name, shape, per label "rms / max (rms ratio to fp32)"]."""
+    rows = []
+    for kind in ("outputs", "layers"):
+        for name, r in results[kind].items():
+            cells = [kind[:-1], name, str(list(r["shape"]))]
+            base = r.get("fp32", (0.0, 0.0))[0]
+            for lab in labels:
+                if lab not in r:
+                    cells.append("-")
+                    continue
+                rms, mx = r[lab]
+                ratio = "" if lab == "fp32" or not base else f" ({rms / base:.0f}x)"
+                cells.append(f"{rms:.3g} / {mx:.3g}{ratio}")
+            rows.append(cells)
+    return rows
+
+
+def write_fast_path_report(sections: list[tuple[str, dict]], out_dir: str, source: str = "") -> str:
+    """fast_paths.md and fast_paths.html in out_dir; sections: [(title, fast_path_errors result)]."""
+    from ugatit_common.results import write_text_atomic
+    os.makedirs(out_dir, exist_ok=True)
+    intro = ("Error of each fast path (torch_port.optimize) against the float64 truth (the port in float64, "
+             "equal to TF's float64 run), per layer: root mean square / max |diff|, and the RMS ratio to the exact "
+             "float32 path. Compiled paths: network outputs only (layers are fused). Budgets of the image "
+             "against the float32 port: " + ", ".join(f"{k}: mean <= {v[0]:g}, max <= {v[1]:g} 8-bit levels"
+                                                      for k, v in BUDGETS.items()) + " (parity_tests/fast_paths.py).")
+    md, body = [f"# Fast-path fidelity\n\nCheckpoint: `{source}`\n\n{intro}\n"], []
+    for title, res in sections:
+        labels = sorted({k for kind in ("outputs", "layers") for r in res[kind].values() for k in r if k != "shape"},
+                        key=lambda s: (s != "fp32", s))
+        cols = ["kind", "name", "shape"] + [f"{lab} rms / max" for lab in labels]
+        rows = table(res, labels)
+        md.append(f"\n## {title}\n\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+                  + "\n".join("| " + " | ".join(c) + " |" for c in rows) + "\n")
+        body.append(f"<h2>{html.escape(title)}</h2><table border=1><tr>"
+                    + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"
+                    + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+                    + "</table>")
+    write_text_atomic(os.path.join(out_dir, "fast_paths.md"), "".join(md))
+    page = os.path.join(out_dir, "fast_paths.html")
+    write_text_atomic(page, f"<html><body><h1>Fast-path fidelity</h1><p>Checkpoint: {html.escape(source)}</p>"
+                            f"<p>{html.escape(intro)}</p>{''.join(body)}</body></html>")
+    return page
+
+
+def checkpoint_sections(ckpt: str, img_size: int | None = None, paths=("bf16", "fp16"), compile_paths=(),
+                        seed: int = 0) -> list[tuple[str, dict]]:
+    """fast_path_errors for each generator of a TF checkpoint on the harness's random input."""
+    import torch
+    import weights_convert
+    from torch_port import build_ugatit
+    from parity_tests.harness import input_image
+    cfg, state = weights_convert.tf_to_torch(ckpt, overrides={"img_size": img_size} if img_size else None,
+                                             quiet=True)
+    model = build_ugatit(cfg)
+    model.load_state_dict(state, strict=False)
+    x = torch.from_numpy(input_image(cfg, seed).transpose(0, 3, 1, 2).copy())
+    out = []
+    for net in ("generator_B", "generator_A"):
+        if any(k.startswith(net + ".") for k in state):
+            out.append((net, fast_path_errors(getattr(model, net).eval(), (x,), paths, compile_paths=compile_paths)))
+    return out
+
+
+def main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m parity_tests.fast_paths", description=__doc__.splitlines()[0])
+    p.add_argument("ckpt")
+    p.add_argument("out_dir")
+    p.add_argument("--img_size", type=int)
+    p.add_argument("--paths", default="bf16,fp16", help="comma-separated: bf16, fp16, fp32+compile, bf16+compile")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    names = [s for s in a.paths.split(",") if s]
+    eager = tuple(s for s in names if "+compile" not in s)
+    compiled = tuple(s.split("+")[0] for s in names if s.endswith("+compile"))
+    sections = checkpoint_sections(a.ckpt, a.img_size, eager, compiled, a.seed)
+    page = write_fast_path_report(sections, a.out_dir, a.ckpt)
+    for title, res in sections:
+        for name, r in res["outputs"].items():
+            print(f"{title}:{name}: " + "  ".join(f"{k} rms {v[0]:.3g} max {v[1]:.3g}" for k, v in r.items()
+                                                  if k != "shape"))
+    print(f"report: {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())
+
+
+def write_demo_fixture(tf_checkpoint_folder: str, dataset_root: str, out_dir: str, img_size: int = 64) -> str:
+    """The demo fixture (parity_tests/fixtures/demo_light64): the generator weights of a
+    tf_reference checkpoint trained on the demo data set (README main job: `python -m
+    tf_reference --light True --dataset demo --img_size 64 --ch 4 --n_dis 5 --augment_flag False
+    --epoch 1 --iteration 8`), written generators-only under the run's model_dir name (which
+    records smoothing), and the first testA / testB image as NHWC float32 arrays (official test
+    preprocessing)."""
+    import glob
+    from torch_port.data import load_test_array
+    from ugatit_common.tf_checkpoint.bundle import BundleReader, BundleWriter, resolve_prefix, write_checkpoint_state
+    from ugatit_common.tf_checkpoint.names import SLOT_SUFFIXES
+    prefix = resolve_prefix(tf_checkpoint_folder)
+    folder = os.path.join(out_dir, os.path.basename(os.path.dirname(os.path.abspath(prefix))))
+    os.makedirs(folder, exist_ok=True)
+    new_prefix = os.path.join(folder, os.path.basename(prefix))
+    with BundleReader(prefix) as r, BundleWriter(new_prefix) as w:
+        for name in sorted(r.keys()):
+            if name.startswith("generator_") and not name.endswith(SLOT_SUFFIXES):
+                w.add(name, r.read(name))
+        w.finish()
+    write_checkpoint_state(folder, os.path.basename(new_prefix))
+    for domain in ("testA", "testB"):
+        first = sorted(glob.glob(os.path.join(dataset_root, domain, "*.*")))[0]
+        np.save(os.path.join(out_dir, f"{domain}_0.npy"), load_test_array(first, img_size).astype(np.float32))
+    return folder
