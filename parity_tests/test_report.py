@@ -84,3 +84,20 @@ def test_report_exit_1_when_a_layer_fails(golden_dir, tmp_path, capsys, monkeypa
     out = capsys.readouterr().out
     assert "2 tensors compared (1 network outputs), 1 over tolerance" in out and "generator_B/conv" in out
     assert "**NO**" in (tmp_path / "parity_report.md").read_text()
+
+
+def test_report_lists_where_the_config_came_from(golden_dir, tmp_path, capsys, monkeypatch):
+    """The golden `final/` has no .meta and no model_dir name: smoothing is guessed, and the report
+    (stderr, stdout, Markdown, HTML) says so; the flag-given image size is listed as such."""
+    from parity_tests import harness
+    rows = {"generator_B:image": dict(torch_name="generator_B:image", shape=(1, 3, 64, 64), max_abs=0.0, max_rel=0.0,
+                                      tol=1e-5, ok=True, output=True)}
+    monkeypatch.setattr(harness, "compare_networks", lambda ckpt, cfg, seed=0: rows)
+    assert report.main([os.path.join(golden_dir, "final"), str(tmp_path), "--img_size", "64"]) == 0
+    captured = capsys.readouterr()
+    assert "guessed smoothing=True" in captured.err and "guessed img_size" not in captured.err
+    md, page = (tmp_path / "parity_report.md").read_text(), (tmp_path / "parity_report.html").read_text()
+    for text in (captured.out, md, html.unescape(page)):
+        assert "smoothing = True  [guessed: AdaLIN smoothing leaves no trace in the weights" in text
+        assert "img_size = 64  [flag: given explicitly]" in text
+        assert "n_dis = 5  [weights: " in text
