@@ -673,3 +673,9 @@ def test_tf2torch_never_writes_over_its_input(port_ckpt, tmp_path, capsys):
     before = digest(index)
     rc, out = convert(["tf2torch", str(tf_dir), index], capsys)
     assert rc == 2 and "checkpoint being converted" in one_error_line(out.err) and digest(index) == before
+    # a weights-only conversion serves the test phase; training from it says why it cannot
+    ck2 = os.path.join(str(tmp_path), "ck2", opt.model_dir(CFG))
+    assert wc.main(["torch2tf", os.path.join(folder, f"{PREFIX}.model-4.safetensors"),
+                    os.path.join(ck2, f"{PREFIX}.model"), "--weights_only"]) == 0
+    rc, out, err = tf_run("--iteration", "2", "--epoch", "3", "--checkpoint_dir", os.path.join(str(tmp_path), "ck2"))
+    assert rc == 2 and "without the optimizer state" in one_error_line(err)

@@ -28,8 +28,16 @@ class CheckpointMismatch(opt.OptionError):
 def check_checkpoint_matches(ckpt_path: str, graph_vars) -> None:
     """Compare names and shapes before restoring, so a wrong --light/--ch/... names the variables."""
     wanted = {v.op.name: v.shape.as_list() for v in graph_vars}
-    message = opt.checkpoint_mismatch(ckpt_path, wanted, dict(tf.train.list_variables(ckpt_path)),
-                                      unexpected_is_error=False)
+    stored = dict(tf.train.list_variables(ckpt_path))
+    missing = set(wanted) - set(stored)
+    if missing and all("/Adam" in n or n.startswith(("beta1_power", "beta2_power")) for n in missing) \
+            and not opt.checkpoint_mismatch(ckpt_path, {k: v for k, v in wanted.items() if k not in missing}, stored,
+                                            unexpected_is_error=False):
+        raise CheckpointMismatch(f"checkpoint {ckpt_path} holds the weights without the optimizer state "
+                                 f"({len(missing)} Adam slots and powers missing): it serves --phase test, but "
+                                 f"training cannot resume from it (weights_convert.py torch2tf carries the state "
+                                 f"when the port checkpoint's .state.pt is beside it and --weights_only is not given)")
+    message = opt.checkpoint_mismatch(ckpt_path, wanted, stored, unexpected_is_error=False)
     if message:
         raise CheckpointMismatch(message)
 
