@@ -269,6 +269,26 @@ def test_uint8_pictures_in_and_out(uint8_file):
     assert {p.key: p.value for p in onnx.load(uint8_file).metadata_props}["ugatit.io"] == "uint8"
 
 
+def test_readme_example_turns_a_photo_into_the_translated_picture(uint8_file, tmp_path, monkeypatch):
+    """The README's five-line ONNX Runtime example, run as written (file names and the 64 px size
+    of the golden model substituted)."""
+    import cv2
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = readme[readme.index("## ONNX export"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[: code.index("```")].strip()
+    assert len(code.splitlines()) == 5, code
+    photo = os.path.join(GOLDEN, "trainA.png")
+    monkeypatch.chdir(tmp_path)
+    for name, path in (("a2b_pictures.onnx", uint8_file), ("photo.jpg", photo)):
+        assert f'"{name}"' in code
+        code = code.replace(f'"{name}"', repr(path))
+    exec(code.replace("(256, 256)", "(64, 64)"), {})
+    out = cv2.cvtColor(cv2.imread(str(tmp_path / "photo_translated.png")), cv2.COLOR_BGR2RGB)
+    picture = cv2.cvtColor(cv2.resize(cv2.imread(photo), (64, 64)), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(out, _session(uint8_file).run(["translated"], {"image": picture[None]})[0][0])
+
+
 def test_fp16_export_error_within_its_stated_budget(tmp_path):
     out = str(tmp_path / "g16.onnx")
     assert tx.tf2onnx_main([GOLDEN_CKPT, out, "--direction", "b2a", "--img_size", "64", "--fp16", "--tf", "off"]) == 0
@@ -407,9 +427,9 @@ def test_bad_input_exit_2_naming_the_file(tmp_path, capsys, case):
 
 
 def test_staged_reductions_keep_onnx_runtime_float32_rounding_at_the_ports():
-    """Why export_forms exists: ONNX Runtime's CPU ReduceMean accumulates in float32 along the
-    reduced elements, so a LIN's layer-norm moments over C*H*W = 262 k elements (a 128 px map,
-    ch 16) in one ReduceMean came out 11x less precise than the port (measured RMS vs float64
+    """Why export_forms exists: ONNX Runtime's CPU ReduceMean loses float32 precision with the
+    number of values it reduces, so a LIN's layer-norm moments over C*H*W = 262 k elements (a
+    128 px map, ch 16) in one ReduceMean came out 11x less precise than the port (measured RMS vs float64
     1.9e-6 vs 1.8e-7; 4.5e-5 vs 2.2e-7 at 64 x 256 x 256); one axis at a time, 1.4e-7. (If a
     later pinned onnxruntime sums accurately, the first assertion fails and the staging can go.)"""
     import contextlib

@@ -185,9 +185,9 @@ def _quiet():
 
 def _staged_mean(x: torch.Tensor, dims) -> torch.Tensor:
     """The mean over `dims` as means over one axis at a time, last axis first (the same value:
-    equal-sized groups). ONNX Runtime's CPU ReduceMean accumulates in float32 along the reduced
-    elements, so one ReduceMean over the C*H*W = 4.2 M elements of a 256 px LIN made the light
-    256 px ch 64 generator's float32 error 50x the port's (RMS 3.2e-5 vs 6.2e-7 against float64;
+    equal-sized groups). ONNX Runtime's CPU ReduceMean loses float32 precision with the number of
+    values it reduces (measured), so one ReduceMean over the C*H*W = 4.2 M elements of a 256 px
+    LIN made the light 256 px ch 64 generator's float32 error 50x the port's (RMS 3.2e-5 vs 6.2e-7 against float64;
     TF 1.7e-6); one axis at a time (<= 256 elements each) it is 5.8e-7."""
     for d in sorted(dims, reverse=True):
         x = x.mean(d, keepdim=True)
