@@ -428,6 +428,19 @@ def test_meta_of_another_model_is_an_error(tiny, tmp_path):
 
 
 @pytest.mark.tf
+def test_meta_and_folder_name_that_disagree_are_an_error(tiny, tmp_path):
+    """The .meta graph has no smoothing, the folder name says `_smoothing`: an error naming both."""
+    folder, cfg = tiny["light-nosmooth-sn-64"]
+    dst = tmp_path / (os.path.basename(folder) + "_smoothing")
+    shutil.copytree(folder, dst)
+    proc = _cli("tf2torch", str(dst), str(tmp_path / "o.safetensors"))
+    assert proc.returncode == 2, proc.stderr
+    assert "disagree on smoothing: the .meta graph records smoothing=False" in proc.stderr
+    assert "but the model_dir folder name records smoothing=True" in proc.stderr
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+@pytest.mark.tf
 def test_without_tensorflow(tiny, tmp_path):
     """TensorFlow unimportable (a package named tensorflow that raises on import, first on the
     path): every combination still converts, through the command line and through torch_port,

@@ -223,7 +223,7 @@ class CheckpointConfig:
     def guess_lines(self) -> list[str]:
         """One line per guessed setting, and one for the training settings nothing recorded."""
         where = f"{self.prefix}: " if self.prefix else ""
-        lines = [f"{where}guessed {k}={_fmt(s.value)} ({s.detail})" for k, s in self.guessed.items()]
+        lines = [f"{where}guessed {k}={_fmt(s.value)} ({s.detail}; --{k} sets it)" for k, s in self.guessed.items()]
         if self.unrecorded:
             lines.append(f"{where}not recorded (training settings; a resumed run takes them from its flags): "
                          + ", ".join(self.unrecorded))
