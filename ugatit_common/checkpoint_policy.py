@@ -88,10 +88,10 @@ def inventory(folder: str, prefer: str = "torch") -> list[Found]:
         if not m:
             continue
         fw = "torch" if m.re is _TORCH else "tf"
-        key = (int(m.group("step")), fw, m.group("prefix"))
-        f = found.setdefault(key, Found(key[0], fw, key[2], os.path.join(folder, f"{key[2]}.model-{key[0]}")))
+        key = (int(m.group("step")), fw, m.group("prefix"), m.group("step"))  # (digits as written)
+        f = found.setdefault(key, Found(key[0], fw, key[2], os.path.join(folder, f"{key[2]}.model-{key[3]}")))
         f.files.append(p)
-    for (step, fw, prefix), f in found.items():
+    for (_, fw, prefix, step), f in found.items():
         have = {os.path.basename(p)[len(prefix) + len(f".model-{step}"):] for p in f.files}
         if fw == "torch":
             lack = [s for s in (".safetensors", ".state.pt") if s not in have]
