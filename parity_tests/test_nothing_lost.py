@@ -598,6 +598,12 @@ def test_tf_reference_follows_the_policy(tmp_path, monkeypatch, capsys):
         fh.truncate(100)
     rc, out, err = tf_run("--phase", "test")
     assert rc == 0 and "model-6 (TensorFlow)" in out and "UGATIT_light.model-5" in out, err
+    # a weights-only conversion serves the test phase; training from it says why it cannot
+    ck2 = os.path.join(str(tmp_path), "ck2", opt.model_dir(CFG))
+    assert wc.main(["torch2tf", os.path.join(folder, f"{PREFIX}.model-4.safetensors"),
+                    os.path.join(ck2, f"{PREFIX}.model"), "--weights_only"]) == 0
+    rc, out, err = tf_run("--iteration", "2", "--epoch", "3", "--checkpoint_dir", os.path.join(str(tmp_path), "ck2"))
+    assert rc == 2 and "without the optimizer state" in one_error_line(err)
 
 
 # -- morph, the report and the converter under the same rules ----------------------------------------
@@ -673,9 +679,3 @@ def test_tf2torch_never_writes_over_its_input(port_ckpt, tmp_path, capsys):
     before = digest(index)
     rc, out = convert(["tf2torch", str(tf_dir), index], capsys)
     assert rc == 2 and "checkpoint being converted" in one_error_line(out.err) and digest(index) == before
-    # a weights-only conversion serves the test phase; training from it says why it cannot
-    ck2 = os.path.join(str(tmp_path), "ck2", opt.model_dir(CFG))
-    assert wc.main(["torch2tf", os.path.join(folder, f"{PREFIX}.model-4.safetensors"),
-                    os.path.join(ck2, f"{PREFIX}.model"), "--weights_only"]) == 0
-    rc, out, err = tf_run("--iteration", "2", "--epoch", "3", "--checkpoint_dir", os.path.join(str(tmp_path), "ck2"))
-    assert rc == 2 and "without the optimizer state" in one_error_line(err)
