@@ -244,6 +244,7 @@ def train(cfg: dict, device="cpu", seed: int = 0, base: str = ".", init_from: st
     for p, flag in ((paths.checkpoint, "--checkpoint_dir"), (paths.sample, "--sample_dir"), (paths.log, "--log_dir")):
         cli_errors.check_writable_folder(p, flag)  # fail now, not at the first save
     policy.sweep_temp(paths.checkpoint, log)
+    policy.sweep_temp(paths.sample, log)
 
     torch.manual_seed(seed)
     np.random.seed(seed % 2 ** 32)

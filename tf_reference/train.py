@@ -104,6 +104,7 @@ def train(cfg: dict, max_to_keep: int = 5) -> dict:
     for p, flag in ((paths.sample, "--sample_dir"), (paths.log, "--log_dir"), (paths.checkpoint, "--checkpoint_dir")):
         cli_errors.check_writable_folder(p, flag)  # fail now, not at the first save
     policy.sweep_temp(paths.checkpoint)
+    policy.sweep_temp(paths.sample)
 
     graph = tf.Graph()
     with graph.as_default():

@@ -175,6 +175,7 @@ def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, 
         for p, flag in ((paths.sample, "--sample_dir"), (paths.log, "--log_dir"), (paths.checkpoint, "--checkpoint_dir")):
             cli_errors.check_writable_folder(p, flag)  # fail now, not at the first save
         policy.sweep_temp(paths.checkpoint)
+        policy.sweep_temp(paths.sample)
         if not resume:  # an older run in the folder is moved aside, never deleted, shadowed or overwritten
             moved = policy.move_previous_run(paths.checkpoint)
             if moved:

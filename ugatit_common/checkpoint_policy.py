@@ -14,8 +14,8 @@ Subfolders (older runs moved aside, unusable checkpoints) are never looked at.
   `previous-run-<time>/` beside them, and the run says where; nothing is deleted.
 - Pruning deletes only checkpoints of the run being trained (its `run` id, stored in each
   checkpoint and inherited on resume), never the newest, never the one `latest` names.
-- Temp files of killed saves (`.tmp-*`, TF's `*.tempstate*` and `<prefix>.model-N_temp*`) are
-  swept when a run starts writing into the folder.
+- Temp files of killed saves (`.tmp-*`, TF's `*.tempstate*`, `checkpoint.tmp<hex>` and
+  `<prefix>.model-N_temp*`) are swept when a run starts writing into the folder.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ PREVIOUS = "previous-run-"
 
 _TORCH = re.compile(r"^(?P<prefix>.+)\.model-(?P<step>\d+)\.(?P<part>safetensors|state\.pt)$")
 _TF = re.compile(r"^(?P<prefix>.+)\.model-(?P<step>\d+)\.(?P<part>index|meta|data-\d{5}-of-(?P<shards>\d{5}))$")
-_TEMP = re.compile(r"^(\.tmp-.*|.*\.tempstate\d*|.*\.model-\d+_temp.*)$")
+_TEMP = re.compile(r"^(\.tmp-.*|.*\.tempstate\d*|.*\.model-\d+_temp.*|checkpoint\.tmp[0-9a-f]+)$")
 
 
 class NoUsableCheckpoint(OptionError):
