@@ -679,3 +679,16 @@ def test_tf2torch_never_writes_over_its_input(port_ckpt, tmp_path, capsys):
     before = digest(index)
     rc, out = convert(["tf2torch", str(tf_dir), index], capsys)
     assert rc == 2 and "checkpoint being converted" in one_error_line(out.err) and digest(index) == before
+
+
+def test_torch2tf_with_a_damaged_optimizer_state_says_so(port_ckpt, tmp_path, capsys):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    shutil.copy(port_ckpt, ck)
+    state = ck / os.path.basename(port_ckpt).replace(".safetensors", ".state.pt")
+    state.write_bytes(digest_bytes(port_ckpt.replace(".safetensors", ".state.pt"))[:200])
+    weights = str(ck / os.path.basename(port_ckpt))
+    rc, out = convert(["torch2tf", weights, str(tmp_path / "tf" / "m")], capsys)
+    assert rc == 2 and "--weights_only" in one_error_line(out.err) and not os.path.exists(tmp_path / "tf")
+    rc, out = convert(["torch2tf", weights, str(tmp_path / "tf" / "m"), "--weights_only"], capsys)
+    assert rc == 0 and "no optimizer state written" in out.out
