@@ -453,6 +453,22 @@ def test_staged_reductions_keep_onnx_runtime_float32_rounding_at_the_ports():
     assert rms[True] <= tx.RMS_FACTOR * port, (rms, port)
 
 
+def test_load_checkpoint_reads_converted_safetensors(tmp_path):
+    """`python -m torch_port export` also takes weights_convert's tf2torch output: config and step
+    from the file's metadata, weights equal to the TF checkpoint's."""
+    import weights_convert
+    path = str(tmp_path / "golden.safetensors")
+    weights_convert.convert_tf_to_file(GOLDEN_CKPT, path, generators_only=True, overrides={"img_size": 64},
+                                       progress=False, quiet=True)
+    loaded = tx.load_checkpoint(path)
+    assert (loaded["kind"], loaded["step"], loaded["config"]["img_size"], loaded["config"]["light"]) == \
+        ("torch_port", 3, 64, True)
+    _, want = _golden_core("a2b")
+    got = tx.generator_from_state(loaded["config"], loaded["state"], "a2b")
+    for k, v in want.state_dict().items():
+        torch.testing.assert_close(got.state_dict()[k], v, rtol=0, atol=0)
+
+
 def test_spectral_norm_modules_are_refused():
     """A forward of a spectral-norm layer assigns `u` (a training-time update): not exportable."""
     model = build_ugatit(opt.config_from(light=True, ch=2, n_res=4, n_dis=4, img_size=32, sn=True))

@@ -187,8 +187,8 @@ def _staged_mean(x: torch.Tensor, dims) -> torch.Tensor:
     """The mean over `dims` as means over one axis at a time, last axis first (the same value:
     equal-sized groups). ONNX Runtime's CPU ReduceMean loses float32 precision with the number of
     values it reduces (measured), so one ReduceMean over the C*H*W = 4.2 M elements of a 256 px
-    LIN made the light 256 px ch 64 generator's float32 error 50x the port's (RMS 3.2e-5 vs 6.2e-7 against float64;
-    TF 1.7e-6); one axis at a time (<= 256 elements each) it is 5.8e-7."""
+    LIN made the light 256 px ch 64 generator's float32 error 50x the port's (RMS 3.2e-5 vs
+    6.2e-7 against float64; TF 1.7e-6); one axis at a time (<= 256 elements each) it is 5.8e-7."""
     for d in sorted(dims, reverse=True):
         x = x.mean(d, keepdim=True)
     return x
@@ -216,17 +216,25 @@ def export_forms():
         ops.instance_normalize, ops.layer_normalize = saved
 
 
+def _float32_eval(core: nn.Module) -> nn.Module:
+    """`core` itself when it is float32 and in eval mode (nothing here mutates it), else a copy
+    made so (a full 256 px generator is 1.1 GB: no needless copies)."""
+    if not core.training and all(t.dtype == torch.float32 for t in list(core.parameters()) + list(core.buffers())):
+        return core
+    return copy.deepcopy(core).float().eval()
+
+
 def to_onnx(core: nn.Module, cfg: dict, io: str = "float", precision: str = "fp32",
             extra_inputs: dict | None = None):
     """The ONNX ModelProto of `Deployable(core)` with a dynamic batch axis on every input.
     extra_inputs: {name: per-sample shape} after `image` (Morph: {"w": (w_dim,)}).
-    `core` is copied (fp16 converts the copy), never modified."""
+    `core` is never modified (fp16 converts a copy)."""
     import onnx  # noqa: F401  (fail early with a clear ImportError)
     extra_inputs = dict(extra_inputs or {})
     _check_stateless(core)
-    core = copy.deepcopy(core).float().eval()
+    core = _float32_eval(core)
     if precision == "fp16":
-        core = core.half()
+        core = copy.deepcopy(core).half()
     wrapper = (_ImageAndW if extra_inputs else _ImageOnly)(core, io, precision).eval()
     # example batch 2: torch.export specialises a size-1 axis to the constant 1
     shapes = _input_shapes(cfg, io, 2, extra_inputs)
@@ -423,8 +431,8 @@ def verify_model(model_bytes: bytes, core: nn.Module, cfg: dict, io: str = "floa
     every output by the budget (module docstring). Returns the report; raises VerificationFailed
     (message: the worst failing figure) when any output is outside it."""
     session = _session(model_bytes)
-    core32 = copy.deepcopy(core).float().eval()
-    core64 = copy.deepcopy(core).double().eval()
+    core32 = _float32_eval(core)
+    core64 = copy.deepcopy(core32).double()
     report = {"budget": BUDGET, "io": io, "precision": precision, "seed": seed, "batches": {},
               "tf_reference": "compared" if tf_run is not None else "not run"}
     failures = []
