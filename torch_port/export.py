@@ -698,7 +698,8 @@ def _build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("out", help="the .onnx file to write")
     p.add_argument("--direction", required=True, choices=("a2b", "b2a"), help="a2b (generator_B) or b2a (generator_A)")
     p.add_argument("--img_size", type=int, default=None,
-                   help="image size (a light model's weights do not fix it; TF checkpoints default to 256)")
+                   help="image size (a light model's weights do not fix it: read from a TF checkpoint's .meta or "
+                        "folder name when there, else 256; checked against what the checkpoint records)")
     p.add_argument("--smoothing", type=opt.str2bool, default=None,
                    help="AdaLIN smoothing (TF checkpoints do not store it; default True, as officially)")
     add_export_flags(p)
