@@ -15,6 +15,10 @@ through the ground-floor `ugatit_common.tf_checkpoint` (numpy; the same reader, 
 config inference as `weights_convert.py`). The run's config is checked against everything the
 TF checkpoint records (its .meta graph, model_dir folder name and weights): a setting that
 contradicts it stops the run with both values named.
+
+Which checkpoint a run resumes from, what happens to unreadable ones, to an older run under
+`--resume False`, what pruning may delete and how temp files are swept: the checkpoint policy,
+ugatit_common/checkpoint_policy.py (`resume_point` here applies it; README "Checkpoint policy").
 """
 from __future__ import annotations
 
