@@ -15,6 +15,9 @@ Official flags (same names, defaults, meanings) plus:
                            (torch_port.fast; default fp32, no compile: the exact port)
   --batch N                test phase: N images per generator call, with a progress bar
                            (default: the official one image at a time)
+  --checkpoint PATH        test phase: the weights and model settings from this checkpoint (an
+                           official TF checkpoint folder or prefix, a port checkpoint folder, a
+                           .safetensors file) instead of <checkpoint_dir>/<model_dir>
 `python -m torch_port export CKPT OUT.onnx --direction a2b|b2a`: ONNX export (torch_port/export.py).
 Under torchrun (WORLD_SIZE > 1) training is data-parallel (gloo on CPU, NCCL on CUDA).
 Bad flags or inputs (a missing, unreadable or unwritable file or folder, a full disk, a checkpoint
@@ -50,11 +53,20 @@ def build_parser():
                    help="test phase: generator precision (default fp32, the exact port)")
     p.add_argument("--compile", type=opt.str2bool, default=False, help="test phase: torch.compile the generators")
     p.add_argument("--batch", type=int, default=None, help="test phase: images per generator call (progress bar)")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="test phase: translate with this checkpoint (an official TF checkpoint folder or prefix, a "
+                        "port checkpoint folder or a .safetensors file); the model settings are read from it")
     return p
 
 
 EXTRA_KEYS = ("device", "num_workers", "threads", "seed", "keep_checkpoints", "resume", "input", "direction", "demo",
-              "precision", "compile", "batch")
+              "precision", "compile", "batch", "checkpoint", "given_flags")
+
+
+def given_flags(argv) -> set:
+    """The official flags typed on the command line (`--x V` or `--x=V`), as opposed to defaults."""
+    names = {name for name, *_ in opt.OFFICIAL_FLAGS}
+    return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and a[2:].split("=", 1)[0] in names}
 
 
 def _validate_extra(a):
@@ -70,6 +82,10 @@ def _validate_extra(a):
         raise opt.OptionError(f"--batch={a.batch}: must be >= 1")
     if (a.precision != "fp32" or a.compile) and a.phase == "train":
         raise opt.OptionError("--precision / --compile apply to the test phase for now (training: fp32)")
+    if a.checkpoint is not None and a.phase != "test":
+        raise opt.OptionError("--checkpoint applies to the test phase (training resumes from --checkpoint_dir)")
+    if a.checkpoint is not None and not (os.path.exists(a.checkpoint) or os.path.isfile(a.checkpoint + ".index")):
+        raise opt.OptionError(f"--checkpoint={a.checkpoint!r}: no such checkpoint file or folder")
     if a.input is not None and not os.path.exists(a.input):
         raise opt.OptionError(f"--input={a.input!r}: no such file or folder")
 
@@ -77,7 +93,9 @@ def _validate_extra(a):
 def run(a) -> int:
     from . import distributed as ddp
     from .train import NonFiniteLoss, pick_device
-    cfg = opt.validate(opt.config_from({k: v for k, v in vars(a).items() if k not in EXTRA_KEYS}))
+    cfg = opt.config_from({k: v for k, v in vars(a).items() if k not in EXTRA_KEYS})
+    if getattr(a, "checkpoint", None) is None:  # with --checkpoint the model settings come from it, then validated
+        cfg = opt.validate(cfg)
     device = pick_device(a.device)
     if a.threads is not None:
         import torch
@@ -104,7 +122,10 @@ def run(a) -> int:
         else:
             if dist_info.is_main:
                 from .translate import test
-                test(cfg, device, a.input, a.direction, precision=a.precision, compile=a.compile, batch=a.batch)
+                given = getattr(a, "given_flags", None) or set()
+                explicit = {k: cfg[k] for k in opt.MODEL_KEYS + ("dataset",) if k in given}
+                test(cfg, device, a.input, a.direction, precision=a.precision, compile=a.compile, batch=a.batch,
+                     checkpoint=a.checkpoint, explicit=explicit)
                 print(" [*] Test finished!")
     finally:
         ddp.shutdown()
@@ -160,6 +181,7 @@ def _main(argv) -> int:
         from .export import main as export_main
         return export_main(argv[1:])
     a = build_parser().parse_args(argv)
+    a.given_flags = given_flags(argv)
     warnings.simplefilter("default")
     try:
         _validate_extra(a)

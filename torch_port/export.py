@@ -580,88 +580,16 @@ def _io_doc(cfg: dict, io: str, extra_inputs: dict | None):
 
 # -- checkpoints -----------------------------------------------------------------------------------
 
-def _tf_step(path: str) -> int:
-    from ugatit_common.tf_checkpoint import checkpoint_step, resolve_prefix
-    return int(checkpoint_step(resolve_prefix(path)))
-
-
-def _is_tf_checkpoint(path: str) -> bool:
-    if os.path.isdir(path):
-        from .checkpoint import has_tf_checkpoint
-        return has_tf_checkpoint(path)
-    return os.path.isfile(path + ".index")
-
-
-def _apply_overrides(cfg: dict, overrides: dict, source: str) -> dict:
-    cfg = dict(cfg)
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        if k == "img_size" and not cfg.get("light", True) and int(v) != int(cfg["img_size"]):
-            raise ExportError(f"--img_size={v}: the full (light=False) model in {source} is fixed to "
-                              f"{cfg['img_size']} px by its MLP")
-        cfg[k] = v
-    if int(cfg["img_size"]) % 4:
-        raise ExportError(f"--img_size={cfg['img_size']}: must be a multiple of 4")
-    return cfg
-
-
 def load_checkpoint(path: str, overrides: dict | None = None) -> dict:
-    """{"config", "state", "step", "source", "kind"} from: an official TF checkpoint (folder or
-    prefix; converted without TensorFlow), a port checkpoint folder (the newest complete one), or a
-    .safetensors file (weights_convert's, or a port checkpoint's weights beside its .state.pt)."""
-    from . import checkpoint as ckpt
-    overrides = dict(overrides or {})
-    if not os.path.exists(path) and not os.path.isfile(path + ".index"):
-        raise ExportError(f"{path!r}: no such checkpoint file or folder")
-    if _is_tf_checkpoint(path):
-        given = {k: v for k, v in overrides.items() if v is not None}
-        try:  # explicit settings are checked against what the checkpoint records; guesses noted on stderr
-            cfg, state = ckpt.read_tf_weights(path, cfg=given, generators_only=True)
-        except Exception as e:  # noqa: BLE001 - the converter's errors all mean "not readable / contradicts"
-            raise ExportError(f"{path!r}: cannot read the TensorFlow checkpoint: {e}") from e
-        return {"config": _apply_overrides(cfg, given, path), "state": state, "step": _tf_step(path),
-                "source": path, "kind": "tensorflow"}
-    if os.path.isdir(path):
-        try:
-            found = ckpt.find_latest(path)
-        except Exception as e:  # noqa: BLE001
-            raise ExportError(f"{path!r}: cannot read the checkpoint: {e}") from e
-        if found is None:
-            raise ExportError(f"{path!r}: no checkpoint there (expected a torch_port checkpoint folder or an "
-                              f"official TensorFlow one)")
-        step, weights, state = found
-        if state.get("kind") == "morph":
-            raise ExportError(f"{path!r} holds a Morph-UGATIT checkpoint: export it with python -m morph export")
-        if "config" not in state:
-            raise ExportError(f"{path!r}: the checkpoint's state file records no config")
-        return {"config": _apply_overrides(opt.config_from(state["config"]), overrides, path), "state": weights,
-                "step": int(step), "source": path, "kind": "torch_port"}
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-        try:
-            with safe_open(path, "pt") as f:
-                meta = f.metadata() or {}
-            weights = load_file(path)
-        except Exception as e:  # noqa: BLE001
-            raise ExportError(f"{path!r}: not a readable safetensors file ({type(e).__name__}: {e})") from e
-        cfg = None
-        if "ugatit_config" in meta:
-            cfg = json.loads(meta["ugatit_config"])
-        else:
-            state_path = path[: -len(".safetensors")] + ".state.pt"
-            if os.path.isfile(state_path):
-                st = torch.load(state_path, map_location="cpu", weights_only=True)
-                if st.get("kind") == "morph":
-                    raise ExportError(f"{path!r} is a Morph-UGATIT checkpoint: export it with python -m morph export")
-                cfg = st.get("config")
-        if cfg is None:
-            raise ExportError(f"{path!r}: no config in its metadata (ugatit_config) and no .state.pt beside it")
-        return {"config": _apply_overrides(opt.config_from(cfg), overrides, path), "state": weights,
-                "step": int(meta.get("step", 0)), "source": path, "kind": "torch_port"}
-    raise ExportError(f"{path!r}: not a checkpoint (expected a checkpoint folder, a TF checkpoint prefix or a "
-                      f".safetensors file)")
+    """{"config", "state", "step", "source", "kind"} of any U-GAT-IT checkpoint
+    (torch_port.checkpoint.load_any); errors as ExportError (one line, exit 2)."""
+    from .checkpoint import load_any
+    try:
+        return load_any(path, overrides)
+    except ExportError:
+        raise
+    except opt.OptionError as e:
+        raise ExportError(str(e)) from e
 
 
 # -- command lines ---------------------------------------------------------------------------------

@@ -42,6 +42,28 @@ def load_for_test(cfg: dict, device: torch.device):
     return model.to(device).eval()
 
 
+def load_checkpoint_for_test(path: str, cfg: dict, explicit: dict, device: torch.device):
+    """(model, config) from `--checkpoint PATH`: an official TF checkpoint (folder or prefix), a
+    port checkpoint folder or a .safetensors file. The model settings (and the data set's name,
+    where the checkpoint records it) come from the checkpoint; `explicit` (the flags the user
+    typed) must agree with what it records. Only the generators' weights are read."""
+    loaded = ckpt.load_any(path, explicit)
+    # what the checkpoint says about the model and its model_dir (not where this run writes)
+    keys = opt.MODEL_KEYS + ("dataset", "gan_type", "n_critic", "adv_weight", "cycle_weight", "identity_weight",
+                             "cam_weight")
+    recorded = {k: v for k, v in loaded["config"].items() if k in keys}
+    if "dataset" in explicit:
+        recorded.pop("dataset", None)
+    run_cfg = opt.validate(opt.config_from(cfg, **recorded))
+    model = build_ugatit(run_cfg)
+    for net in ("generator_A", "generator_B"):
+        sub = {k[len(net) + 1:]: v for k, v in loaded["state"].items() if k.startswith(net + ".")}
+        ckpt.load_weights_into(getattr(model, net), sub, f"{path} ({net})")
+    print(f" [*] Success to read {path} ({loaded['kind']}, step {loaded['step']})")
+    print(" [*] Load SUCCESS")
+    return model.to(device).eval(), run_cfg
+
+
 def input_files(path: str) -> list[str]:
     if os.path.isfile(path):
         return [path]
@@ -71,10 +93,16 @@ def _translate_files(model, files, direction, cfg, device, result_dir, page, cou
 
 
 def test(cfg: dict, device: torch.device, input_path: str | None = None, direction: str = "a2b",
-         precision: str = "fp32", compile: bool = False, batch: int | None = None) -> str:
+         precision: str = "fp32", compile: bool = False, batch: int | None = None,
+         checkpoint: str | None = None, explicit: dict | None = None) -> str:
     """`precision` / `compile`: the generators' fast path (torch_port.fast; default: the exact
     float32 port). `batch`: translate N images per generator call with a progress bar
-    (torch_port.batch_translate); None: the official one image at a time."""
+    (torch_port.batch_translate); None: the official one image at a time. `checkpoint`: read
+    the weights and the model settings from this checkpoint instead of
+    `<checkpoint_dir>/<model_dir>` (`explicit`: the settings the user gave, checked against it)."""
+    model = None
+    if checkpoint is not None:
+        model, cfg = load_checkpoint_for_test(checkpoint, cfg, dict(explicit or {}), device)
     paths = opt.run_paths(cfg)
     if input_path is not None:
         if direction not in ("a2b", "b2a"):
@@ -86,7 +114,8 @@ def test(cfg: dict, device: torch.device, input_path: str | None = None, directi
         if not files_A and not files_B:
             raise opt.OptionError(f"no test images in {opt.dataset_root(cfg)}/testA or testB")
         jobs = [(files_A, "a2b"), (files_B, "b2a")]
-    model = load_for_test(cfg, device)
+    if model is None:
+        model = load_for_test(cfg, device)
     if precision != "fp32" or compile:
         from .fast import optimize_generators
         optimize_generators(model, precision, compile)

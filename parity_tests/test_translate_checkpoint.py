@@ -1,0 +1,111 @@
+"""`python -m torch_port --phase test --checkpoint PATH --input photos/`: translate with any
+checkpoint (official TF folder, port folder, .safetensors), the model settings read from it."""
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from parity_tests import golden
+from parity_tests.conftest import GOLDEN, ROOT
+from ugatit_common import options as opt
+
+OFFICIAL_DIR = "UGATIT_light_g_lsgan_4resblock_5dis_1_1_10_10_1000_sn_smoothing"  # the golden run's model_dir
+
+
+def cli(args, cwd):
+    return subprocess.run([sys.executable, "-m", "torch_port", "--phase", "test", "--device", "cpu"] + args,
+                          cwd=cwd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        cv2.imwrite(str(root / f"p{i}.png"), rng.integers(0, 256, (80, 96, 3), dtype=np.uint8))
+    return root
+
+
+def _expected(weights_path, photo, direction="a2b", **overrides):
+    import weights_convert as wc
+    from torch_port import build_ugatit
+    from torch_port.data import test_image
+    from ugatit_common.results import to_uint8
+    cfg, state = wc.tf_to_torch(weights_path, generators_only=True, overrides=overrides, quiet=True)
+    model = build_ugatit(opt.config_from(cfg))
+    model.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        y = model.eval().translate(test_image(str(photo), cfg["img_size"]), direction)
+    return to_uint8(y[0].permute(1, 2, 0).numpy())
+
+
+def test_official_folder_config_read_from_it(tmp_path, photos):
+    ckpt = tmp_path / "downloads" / OFFICIAL_DIR
+    shutil.copytree(os.path.join(GOLDEN, "final"), ckpt)
+    out = tmp_path / "out"
+    proc = cli(["--checkpoint", str(ckpt), "--input", str(photos), "--img_size", "64", "--result_dir", str(out)],
+               tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # light, ch, n_dis, sn, smoothing came from the folder name and weights: no flag for them was given
+    page_dir = out / OFFICIAL_DIR
+    assert (page_dir / "index.html").is_file()
+    for i in range(2):
+        got = cv2.imread(str(page_dir / "a2b" / f"p{i}.png"))[:, :, ::-1]
+        np.testing.assert_array_equal(got, _expected(str(ckpt), photos / f"p{i}.png", img_size=64))
+    assert "guessed" not in proc.stderr  # img_size was given, the rest is recorded
+
+
+def test_guess_is_reported_and_contradiction_is_an_error(tmp_path, photos):
+    ckpt = tmp_path / OFFICIAL_DIR
+    shutil.copytree(os.path.join(GOLDEN, "final"), ckpt)
+    proc = cli(["--checkpoint", str(ckpt), "--input", str(photos / "p0.png"), "--result_dir", str(tmp_path / "o")],
+               tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "guessed img_size=256" in proc.stderr  # a light model's .meta-less checkpoint does not record it
+    bad = cli(["--checkpoint", str(ckpt), "--input", str(photos), "--img_size", "64", "--smoothing", "False"],
+              tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "smoothing" in bad.stderr and "True" in bad.stderr and "False" in bad.stderr
+
+
+def test_port_checkpoint_folder_and_safetensors(tmp_path, photos):
+    from torch_port import build_ugatit
+    from torch_port import checkpoint as ck
+    cfg = opt.config_from(light=True, img_size=32, ch=2, n_dis=4, dataset="t")
+    torch.manual_seed(0)
+    model = build_ugatit(cfg)
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    ck.save(str(folder), "UGATIT_light", 7, model, {"config": ck.plain_config(cfg), "run": "r1", "counter": 7,
+                                                    "G_optim": {}, "D_optim": {}})
+    out = tmp_path / "out"
+    proc = cli(["--checkpoint", str(folder), "--input", str(photos / "p1.png"), "--result_dir", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = cv2.imread(str(out / opt.model_dir(cfg) / "a2b" / "p1.png"))
+    assert got.shape == (32, 32, 3)  # the stored img_size, not the 256 default
+    from torch_port.data import test_image
+    from ugatit_common.results import to_uint8
+    with torch.no_grad():
+        want = to_uint8(model.eval().translate(test_image(str(photos / "p1.png"), 32), "a2b")[0].permute(1, 2, 0).numpy())
+    np.testing.assert_array_equal(got[:, :, ::-1], want)
+    weights = folder / "UGATIT_light.model-7.safetensors"
+    assert weights.is_file()
+    proc = cli(["--checkpoint", str(weights), "--input", str(photos / "p1.png"), "--direction", "b2a",
+                "--result_dir", str(tmp_path / "out2")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bad = cli(["--checkpoint", str(folder), "--input", str(photos), "--ch", "4"], tmp_path)
+    assert bad.returncode == 2 and "--ch=4" in bad.stderr and "ch=2" in bad.stderr
+
+
+def test_checkpoint_flag_errors(tmp_path, photos):
+    proc = cli(["--checkpoint", str(tmp_path / "nope"), "--input", str(photos)], tmp_path)
+    assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "torch_port", "--phase", "train", "--checkpoint", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT},
+                          timeout=300)
+    assert proc.returncode == 2 and "--checkpoint applies to the test phase" in proc.stderr
