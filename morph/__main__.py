@@ -1,7 +1,9 @@
 """python -m morph {train,interpolate,translate,demo,export} - Morph-UGATIT on the verified port.
 
   train        the official flags + --config A|B|C --idp_weight --g_cam --device --seed
-               --init_from PATH --data_root DIR
+               --init_from PATH --data_root DIR, and the port's --resume --keep_checkpoints
+               --num_workers --threads; runs the port's trainer (torch_port.train.Trainer):
+               torchrun data parallelism, TensorBoard events, NaN / inf loss -> exit 3
   interpolate  --input FILE|FOLDER --steps N --samples K: per input <name>_strip.png,
                <name>.gif, <name>_smoothness.json and index.html in --result_dir (config C)
   translate    --input FILE|FOLDER --direction a2b|b2a --samples N
@@ -54,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init_from", default=None, help="start from a UGATIT checkpoint (torch_port .safetensors "
                                                      "file / folder, or an official TF checkpoint folder)")
     t.add_argument("--data_root", default=".", help="folder holding dataset/<name>/ (default: .)")
-    t.add_argument("--resume", type=opt.str2bool, default=True,
-                   help="continue from the newest checkpoint (default: True); False moves an older run in the "
-                        "folder into previous-run-<time>/ and starts fresh")
+    from torch_port.train import add_training_flags  # the port's: --num_workers --threads --keep_checkpoints --resume
+    add_training_flags(t, "continue from the newest checkpoint (default: True); False moves an older run in the "
+                          "folder into previous-run-<time>/ and starts fresh")
 
     for name, help_ in (("interpolate", "morph strips / GIFs between the B->A and A->B codes (config C)"),
                         ("translate", "translate inputs with N samples of the direction code")):
@@ -95,7 +97,7 @@ def _device(name: str) -> torch.device:
 
 def _cfg(args) -> dict:
     skip = {"command", "config", "device", "seed", "init_from", "data_root", "input", "checkpoint", "steps",
-            "samples", "direction", "precision", "compile"}
+            "samples", "direction", "precision", "compile", "num_workers", "threads", "keep_checkpoints", "resume"}
     cfg = opt.config_from({k: v for k, v in vars(args).items() if k not in skip})
     cfg["morph_config"] = args.config
     return cfg
@@ -107,19 +109,22 @@ def _checkpoint_folder(args, cfg) -> str:
 
 
 def cmd_train(args) -> int:
-    from torch_port.cpu_memory import keep_freed_memory
+    """The port's trainer (torch_port.train): torchrun data parallelism, TensorBoard, exit 3 on NaN."""
+    from torch_port.train import check_training_flags, exit_code_of, training_process
 
     from .train import train
-    device = _device(args.device)
-    if device.type == "cpu":
-        keep_freed_memory()
-    out = train(_cfg(args), device=device, seed=args.seed, base=args.data_root, init_from=args.init_from,
-                resume=args.resume)
-    h = out["history"]
-    if h:
-        print(f" [*] done: counter {out['counter'] - 1}, last d_loss {h[-1]['d_loss']:.4f} "
-              f"g_loss {h[-1]['g_loss']:.4f}; checkpoint {out['checkpoint_dir']}")
-    return 0
+    check_training_flags(args)
+    cfg = _cfg(args)
+    with training_process(args.device, args.threads) as (device, dist_info):
+        out = {}
+        rc = exit_code_of(lambda: out.update(train(
+            cfg, device=device, seed=args.seed, base=args.data_root, init_from=args.init_from, resume=args.resume,
+            keep_checkpoints=args.keep_checkpoints, num_workers=args.num_workers)))
+        h = out.get("history")
+        if h and dist_info.is_main:
+            print(f" [*] done: counter {out['counter'] - 1}, last d_loss {h[-1]['d_loss']:.4f} "
+                  f"g_loss {h[-1]['g_loss']:.4f}; checkpoint {out['checkpoint_dir']}")
+    return rc
 
 
 def _load(args):

@@ -55,6 +55,10 @@ class MorphUGATIT(UGATIT):
         super().__init__(cfg)
         # Draws of z: None = the global torch RNG; set a CPU torch.Generator for reproducibility.
         self.z_generator: torch.Generator | None = None
+        # Data-parallel training (rank, world size): each rank draws the codes of the whole global
+        # batch and keeps its own rows (rank r holds items r, r + world, ... of it), so the ranks'
+        # z generators stay in step and 2 ranks of batch b equal 1 process of batch 2b.
+        self.z_shard: tuple[int, int] = (0, 1)
         if mc == "C":
             del self.generator_A, self.generator_B
             c = self.config
@@ -75,7 +79,10 @@ class MorphUGATIT(UGATIT):
     def make_z(self, direction: str, batch: int) -> torch.Tensor:
         if not self.single_generator:
             raise RuntimeError(f"config {self.morph_config} has no direction code z (config C only)")
-        return self.generator.make_z(direction, batch, self.z_generator)
+        rank, world = self.z_shard
+        if world == 1:
+            return self.generator.make_z(direction, batch, self.z_generator)
+        return self.generator.make_z(direction, batch * world, self.z_generator)[rank::world].contiguous()
 
     def w_code(self, direction: str, batch: int = 1, z: torch.Tensor | None = None) -> torch.Tensor:
         """MLP(z) for a direction (fresh z unless given)."""

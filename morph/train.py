@@ -1,19 +1,21 @@
-"""Training and checkpoints of Morph-UGATIT.
+"""Training and checkpoints of Morph-UGATIT: the port's trainer with Morph's seams.
 
-The port's trainer (`torch_port.train.train`) builds a plain `UGATIT` itself (no model-factory
-seam), so this is a compact loop of the same shape that reuses the port's pieces:
-`torch_port.data` (datasets, loaders), `torch_port.checkpoint` (atomic safetensors weights +
-`weights_only` state file + `latest` pointer, pruning, RNG states), `ugatit_common.options`
-(flags, validation, model_dir, learning-rate schedule, progress line) and
-`ugatit_common.results` (samples).
+`MorphTrainer(torch_port.train.Trainer)` changes only what differs: the model (`MorphUGATIT`,
+its z generator seeded with the run's seed and, under torchrun, drawing the global batch's codes
+and keeping this rank's rows), the config validation (`validate_morph`), the folder
+(`<checkpoint_dir>/<model_dir>_morph<A|B|C>/`, prefix `MorphUGATIT_<A|B|C>`), the checkpoint kind
+(state and weights metadata: kind = "morph", the morph config; a UGATIT / TF checkpoint or another
+config in the folder is a `CheckpointKindError`), the extra state (the z generator's RNG,
+"z_rng"), the `--init_from` start, and the loss log `losses.jsonl` in the log folder. Everything
+else is the port's loop: torchrun data parallelism, TensorBoard scalars (every term the D / G
+steps return, the identity-preserving G_A_idp / G_B_idp included) and rho histograms, the NaN stop
+(exit 3), `--resume`, `--keep_checkpoints`, `--num_workers`, the checkpoint policy.
 
-Loop (as the official / the port's): epochs x iterations, counter from 1, lr =
-learning_rate(cfg, epoch); per iteration one D step and, when (counter - 1) % n_critic == 0,
-one G step on a new batch; samples every print_freq, a checkpoint every save_freq and at each
-epoch end. Checkpoints go to `<checkpoint_dir>/<model_dir>_morph<A|B|C>/` with prefix
-`MorphUGATIT_<A|B|C>`; the state file stores kind = "morph", the morph config, the full config,
-optimizer states, RNG states (global and the z generator's) and the loop / loader positions, so
-a resumed run continues exactly.
+Checkpoints written by the earlier Morph loop (same state keys, no world_size) resume unchanged:
+its data order was the same `infinite_loader` stream from the stored positions, so a resumed run
+continues on the same batches. One difference: for gradient-penalty GAN types (wgan-gp, dragan)
+the port's trainer draws alpha / noise from (seed, counter, rank), the earlier loop from the
+global RNG, so such a run continues with other (equally valid) penalty draws.
 
 Checkpoint kinds are told apart (`checkpoint_kind`): a Morph one where a UGATIT one is needed
 (`--init_from`) or a UGATIT / TF one where a Morph one is needed (resume, interpolate,
@@ -23,21 +25,17 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
-import numpy as np
 import torch
 
 from torch_port import checkpoint as ckpt
-from torch_port.data import ImageFolderDataset, infinite_loader
+from torch_port.train import Trainer
 from ugatit_common import checkpoint_policy as policy
-from ugatit_common import cli_errors
 from ugatit_common import options as opt
-from ugatit_common.results import save_grid
 
 from .model import MORPH_CONFIGS, MORPH_DEFAULTS, MorphUGATIT
 
-__all__ = ["CheckpointKindError", "morph_model_dir", "morph_paths", "checkpoint_kind", "load_morph",
+__all__ = ["CheckpointKindError", "MorphTrainer", "morph_model_dir", "morph_paths", "checkpoint_kind", "load_morph",
            "init_from_ugatit", "train", "validate_morph"]
 
 KIND = "morph"
@@ -222,135 +220,70 @@ def init_from_ugatit(model: MorphUGATIT, path: str) -> list[str]:
     return fresh
 
 
-# -- training ----------------------------------------------------------------------------------------
+# -- training: the port's trainer ----------------------------------------------------------------------
 
-def _loader(dataset, batch_size, seed, skip):
-    return infinite_loader(dataset, batch_size, seed=seed, start=int(skip))
+class MorphTrainer(Trainer):
+    """The port's `Trainer` for Morph-UGATIT (see the module docstring); `init_from`: a UGATIT
+    checkpoint to start from when the folder holds no Morph checkpoint."""
+
+    LOSS_LOG = "losses.jsonl"
+    MOVE_ASIDE = ("sample", "log")
+
+    def __init__(self, cfg: dict, device="cpu", init_from: str | None = None, **kw):
+        self.init_from = init_from
+        super().__init__(cfg, device, **kw)
+
+    def prepare_config(self, cfg):
+        return validate_morph(dict(cfg, phase="train"))
+
+    def run_paths(self):
+        return morph_paths(self.cfg)
+
+    def prefix(self):
+        return _prefix(self.cfg)
+
+    def build_model(self):
+        model = MorphUGATIT(self.cfg)
+        model.z_generator = torch.Generator().manual_seed(self.seed)
+        model.z_shard = (self.dist_info.rank, self.dist_info.world_size)
+        return model
+
+    def find_checkpoint(self):
+        found = ckpt.resume_point(self.paths.checkpoint, None, "train", log=self.log, set_aside=self.main)
+        if found is None:
+            return None
+        state = found.get("state") or {}
+        if found["framework"] == "tf" or state.get("kind") != KIND:
+            kind = "ugatit-tf" if found["framework"] == "tf" else "ugatit-torch"
+            raise CheckpointKindError(f"{self.paths.checkpoint!r} holds {_describe(kind, state)}, not a Morph-UGATIT "
+                                      f"checkpoint; use --init_from to start from it, or another --checkpoint_dir")
+        if state.get("morph_config") != self.cfg["morph_config"]:
+            raise CheckpointKindError(f"{self.paths.checkpoint!r} holds config {state.get('morph_config')}, "
+                                      f"not {self.cfg['morph_config']}")
+        if self.init_from:
+            self.log(" [!] --init_from ignored: the run resumes from its own checkpoint")
+        return found
+
+    def extra_state(self):
+        return {"kind": KIND, "morph_config": self.cfg["morph_config"], "z_rng": self.model.z_generator.get_state()}
+
+    def load_extra_state(self, state):
+        self.model.z_generator.set_state(state["z_rng"])
+
+    def start_fresh(self):
+        if not self.init_from:
+            return
+        fresh = init_from_ugatit(self.model, self.init_from)
+        kind = "TensorFlow" if checkpoint_kind(self.init_from)[0] == "ugatit-tf" else "PyTorch"
+        self.log(f" [*] initialised from UGATIT {self.init_from} ({kind}; {len(fresh)} new latent variables)")
+        self.model.make_optimizers(self.cfg["lr"])  # fresh slots for the loaded weights
 
 
 def train(cfg: dict, device="cpu", seed: int = 0, base: str = ".", init_from: str | None = None,
-          keep_checkpoints: int = 3, log=print, resume: bool = True) -> dict:
-    """Train (or resume) a Morph-UGATIT run; returns {"history", "checkpoint_dir", "counter", "model"}.
-    `base`: folder holding dataset/<name>/ (default: the working directory, as officially).
-    `resume=False`: an older run in the checkpoint folder (and its samples and loss log) is moved
-    into previous-run-<time>/ (the checkpoint policy), and this run starts fresh."""
-    cfg = validate_morph(dict(cfg, phase="train"))
-    device = torch.device(device)
-    paths = morph_paths(cfg)
-    files_A = opt.domain_files(cfg, "trainA", base)
-    files_B = opt.domain_files(cfg, "trainB", base)
-    ds_A = ImageFolderDataset(files_A, cfg["img_size"], cfg["augment_flag"], seed=seed)
-    ds_B = ImageFolderDataset(files_B, cfg["img_size"], cfg["augment_flag"], seed=seed + 1)
-    for p, flag in ((paths.checkpoint, "--checkpoint_dir"), (paths.sample, "--sample_dir"), (paths.log, "--log_dir")):
-        cli_errors.check_writable_folder(p, flag)  # fail now, not at the first save
-    policy.sweep_temp(paths.checkpoint, log)
-    policy.sweep_temp(paths.sample, log)
-
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    model = MorphUGATIT(cfg).to(device)
-    model.z_generator = torch.Generator().manual_seed(seed)
-    model.make_optimizers(cfg["lr"])
-
-    counter, start_epoch, start_batch, pos_A, pos_B, past_g = 1, 0, 0, 0, 0, -1.0
-    # the checkpoint policy (ugatit_common.checkpoint_policy): the newest usable checkpoint; newer
-    # unusable ones are named and moved to unusable/; some but none usable: exit 2, never from scratch
-    if not resume:
-        moved = policy.move_previous_run(paths.checkpoint, log)
-        if moved:
-            for folder in (paths.sample, paths.log):
-                policy.move_previous_outputs(folder, os.path.basename(moved), log)
-    found = ckpt.resume_point(paths.checkpoint, None, "train", log=log, set_aside=True)
-    if found is None:
-        kind, state = "none", None
-    elif found["framework"] == "tf":
-        kind, state = "ugatit-tf", None
-    else:
-        state = found["state"]
-        kind = "morph" if state.get("kind") == KIND else "ugatit-torch"
-    run_id = policy.new_run_id()
-    if kind == "morph":
-        if state.get("morph_config") != cfg["morph_config"]:
-            raise CheckpointKindError(f"{paths.checkpoint!r} holds config {state.get('morph_config')}, "
-                                      f"not {cfg['morph_config']}")
-        weights = found["weights"]
-        run_id = state.get("run") or run_id
-        cli_errors.note_checkpoint(found["found"].name)
-        ckpt.load_weights_into(model, weights, found["found"].weights)
-        model.G_optim.load_state_dict(state["G_optim"])
-        model.D_optim.load_state_dict(state["D_optim"])
-        ckpt.set_rng_state(state["rng"])
-        model.z_generator.set_state(state["z_rng"])
-        counter, start_epoch, start_batch = int(state["counter"]), int(state["epoch"]), int(state["batch_id"])
-        pos_A, pos_B, past_g = int(state["loader_A"]), int(state["loader_B"]), float(state["past_g_loss"])
-        log(f" [*] resumed {paths.checkpoint} at counter {counter}")
-        if init_from:
-            log(" [!] --init_from ignored: the run resumes from its own checkpoint")
-    elif kind != "none":
-        raise CheckpointKindError(f"{paths.checkpoint!r} holds {_describe(kind, state)}, not a Morph-UGATIT "
-                                  f"checkpoint; use --init_from to start from it, or another --checkpoint_dir")
-    elif init_from:
-        fresh = init_from_ugatit(model, init_from)
-        kind = "TensorFlow" if checkpoint_kind(init_from)[0] == "ugatit-tf" else "PyTorch"
-        log(f" [*] initialised from UGATIT {init_from} ({kind}; {len(fresh)} new latent variables)")
-        model.make_optimizers(cfg["lr"])  # fresh slots for the loaded weights
-
-    it_A = _loader(ds_A, cfg["batch_size"], seed, pos_A)
-    it_B = _loader(ds_B, cfg["batch_size"], seed + 1, pos_B)
-    feed = {"A": pos_A, "B": pos_B}
-
-    def next_batch(which):
-        feed[which] += 1
-        return next(it_A if which == "A" else it_B).to(device)
-
-    history = []
-    hist_path = os.path.join(paths.log, "losses.jsonl")
-    last_saved = None
-
-    def save(next_epoch, next_batch_id):
-        nonlocal last_saved
-        if next_batch_id >= cfg["iteration"]:
-            next_epoch, next_batch_id = next_epoch + 1, 0
-        if last_saved == counter:
-            return
-        st = {"kind": KIND, "morph_config": cfg["morph_config"], "config": ckpt.plain_config(cfg),
-              "counter": counter, "epoch": next_epoch, "batch_id": next_batch_id,
-              "loader_A": feed["A"], "loader_B": feed["B"], "past_g_loss": float(past_g),
-              "G_optim": model.G_optim.state_dict(), "D_optim": model.D_optim.state_dict(),
-              "rng": ckpt.rng_state(), "z_rng": model.z_generator.get_state(), "run": run_id}
-        ckpt.save(paths.checkpoint, _prefix(cfg), counter, model, st, keep_checkpoints)
-        cli_errors.note_checkpoint(f"{_prefix(cfg)}.model-{counter}")
-        last_saved = counter
-
-    t0 = time.time()
-    real_A = real_B = fake_A = fake_B = None
-    with open(hist_path, "a") as hist_file:
-        for epoch in range(start_epoch, cfg["epoch"]):
-            lr = opt.learning_rate(cfg, epoch)
-            for idx in range(start_batch, cfg["iteration"]):
-                d = model.d_step(next_batch("A"), next_batch("B"), lr)
-                g = None
-                if (counter - 1) % cfg["n_critic"] == 0:
-                    real_A, real_B = next_batch("A"), next_batch("B")
-                    g = model.g_step(real_A, real_B, lr)
-                    fake_A, fake_B = g.pop("fake_A"), g.pop("fake_B")
-                    past_g = g["Generator_loss"]
-                for name, v in list(d.items()) + list((g or {}).items()):
-                    if not np.isfinite(v):
-                        raise FloatingPointError(f"{name} is {v} at counter {counter}")
-                rec = {"counter": counter, "d_loss": d["Discriminator_loss"], "g_loss": past_g, **d, **(g or {})}
-                history.append(rec)
-                hist_file.write(json.dumps(rec) + "\n")
-                log(opt.iteration_line(epoch, idx, cfg["iteration"], time.time() - t0,
-                                       d["Discriminator_loss"], past_g))
-                counter += 1
-                cli_errors.note_step(counter - 1)
-                if (idx + 1) % cfg["print_freq"] == 0 and real_A is not None:
-                    nhwc = [t[:1].permute(0, 2, 3, 1).float().cpu().numpy() for t in (real_A, fake_B, real_B, fake_A)]
-                    save_grid(nhwc, os.path.join(paths.sample, f"sample_{epoch:02d}_{idx + 1:06d}.png"), ncols=4)
-                if (idx + 1) % cfg["save_freq"] == 0:
-                    save(epoch, idx + 1)
-            start_batch = 0
-            save(epoch + 1, 0)
-    return {"history": history, "checkpoint_dir": paths.checkpoint, "counter": counter, "model": model,
-            "paths": paths}
+          keep_checkpoints: int = 3, log=None, resume: bool = True, num_workers: int = 0) -> dict:
+    """Train (or resume) a Morph-UGATIT run through the port's trainer; returns {"history",
+    "checkpoint_dir", "counter", "model", "paths"}. `base`: folder holding dataset/<name>/ (default:
+    the working directory, as officially). `resume=False`: an older run in the checkpoint folder
+    (and its samples and logs) is moved into previous-run-<time>/ (the checkpoint policy)."""
+    return MorphTrainer(cfg, device, init_from=init_from, seed=seed, base=base, keep_checkpoints=keep_checkpoints,
+                        log=log, resume=resume, num_workers=num_workers).run()

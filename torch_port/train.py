@@ -1,4 +1,5 @@
-"""The official train phase with the PyTorch port.
+"""The official train phase with the PyTorch port: one trainer (`Trainer`) that `python -m
+torch_port` and `python -m morph train` both run.
 
 Loop exactly as the official `UGATIT.train`: epochs x iterations, `counter` starting at 1 (or at
 the checkpoint's counter), `lr = learning_rate(cfg, epoch)`, per iteration one D step and - when
@@ -8,15 +9,29 @@ samples every print_freq, a checkpoint every save_freq and at each epoch end (na
 Determinism / resume: every random draw is a function of the seed and the loop position. The
 data order is `infinite_loader`'s (seed, pass) permutation and each item's augmentation is a
 function of (seed, pass, index); the loaders' batch positions are stored in the checkpoint and
-a resumed loader starts exactly there. The global torch/numpy/python RNG states (used by the
-gradient-penalty draws) are stored and restored. So 2N iterations and N + resume + N end with
-bit-identical weights. A torch checkpoint stores the true loop position (epoch, next batch
-id); a TF checkpoint only has the counter, so its resume position is the official
-`resume_position(counter, iteration)` (which, as officially, skips one batch after a fresh run
-since the counter starts at 1).
+a resumed loader starts exactly there. The global torch/numpy/python RNG states are stored and
+restored; the gradient-penalty draws are a function of (seed, counter, rank). So 2N iterations
+and N + resume + N end with bit-identical weights. A torch checkpoint stores the true loop
+position (epoch, next batch id); a TF checkpoint only has the counter, so its resume position is
+the official `resume_position(counter, iteration)` (which, as officially, skips one batch after a
+fresh run since the counter starts at 1).
+
+Around the loop: torchrun data parallelism (`torch_port.distributed`: gradients averaged before
+each TF1 Adam step, rank 0 alone prints, writes samples, TensorBoard events and checkpoints),
+TensorBoard scalars of every term the D / G steps return plus rho histograms (`events.EventWriter`,
+never TensorFlow), the NaN stop (`NonFiniteLoss`, exit 3; the last checkpoint stays the newest),
+and the checkpoint policy (`ugatit_common.checkpoint_policy`; `--resume`, `--keep_checkpoints`).
+
+Seams for a model built on the port (Morph-UGATIT, `morph.train.MorphTrainer`): `prepare_config`,
+`run_paths`, `prefix`, `build_model`, `find_checkpoint` (kind checks), `extra_state` /
+`load_extra_state` (e.g. the z generator's RNG), `start_fresh` (e.g. `--init_from`), `wrap_steps`
+(the one place where the D and G steps can be wrapped: autocast, torch.compile), `LOSS_LOG` (a
+JSON-lines loss log) and `MOVE_ASIDE` (output folders `--resume False` moves aside).
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import sys
@@ -36,6 +51,7 @@ from .data import ImageFolderDataset, ImageReadError, infinite_loader
 from .model import build_ugatit
 
 NAN_HOOK_ENV = "UGATIT_TORCH_INJECT_NAN_AT"  # hidden test hook: counter at which d_loss becomes NaN
+EXIT_NON_FINITE = 3
 
 
 class NonFiniteLoss(RuntimeError):
@@ -49,6 +65,58 @@ def pick_device(name: str) -> torch.device:
         raise opt.OptionError(f"--device={name!r}: CUDA is not available on this machine")
     return torch.device(name)
 
+
+# -- the command lines' training flags and process setup (python -m torch_port, python -m morph train) ----
+
+def add_training_flags(p, resume_help: str = "resume from the newest checkpoint") -> None:
+    """--num_workers, --threads, --keep_checkpoints, --resume (every training command line)."""
+    p.add_argument("--num_workers", type=int, default=0, help="data-loader workers (default: 0)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: one per core)")
+    p.add_argument("--keep_checkpoints", type=int, default=3, help="torch checkpoints to keep (default: 3)")
+    p.add_argument("--resume", type=opt.str2bool, default=True, help=resume_help)
+
+
+def check_training_flags(a) -> None:
+    if a.num_workers < 0:
+        raise opt.OptionError(f"--num_workers={a.num_workers}: must be >= 0")
+    if a.threads is not None and a.threads < 1:
+        raise opt.OptionError(f"--threads={a.threads}: must be >= 1")
+    if a.keep_checkpoints < 1:
+        raise opt.OptionError(f"--keep_checkpoints={a.keep_checkpoints}: must be >= 1")
+
+
+@contextlib.contextmanager
+def training_process(device_name: str, threads: int | None = None):
+    """Yields (device, dist_info) for one process of a run: --threads, the CPU allocator setting,
+    torchrun's process group (gloo on CPU, NCCL on CUDA, each rank its own GPU); the group is
+    closed at the end."""
+    device = pick_device(device_name)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device.type == "cpu":
+        from .cpu_memory import keep_freed_memory
+        keep_freed_memory()
+    dist_info = ddp.init(device.type)
+    if device.type == "cuda" and dist_info.enabled and device.index is None:
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        yield device, dist_info
+    finally:
+        ddp.shutdown()
+
+
+def exit_code_of(run) -> int:
+    """`run()`'s exit code: 0, or 3 with one `error:` line when a loss became NaN / inf."""
+    try:
+        run()
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_NON_FINITE
+    return 0
+
+
+# -- pieces of the loop ---------------------------------------------------------------------------
 
 def resumable_loader(dataset, batch_size: int, seed: int, start: int = 0, num_workers: int = 0,
                      rank: int = 0, world_size: int = 1):
@@ -85,28 +153,26 @@ def gp_draws(cfg, real_A, real_B, seed, counter, rank=0):
     return out
 
 
-def print_information(cfg, sizes, device, paths, dist_info):
-    print(opt.information(cfg, max(sizes)))
-    print(f"\n# trainA / trainB images : {sizes[0]} / {sizes[1]}")
+def print_information(cfg, sizes, device, paths, dist_info, log=print):
+    log(opt.information(cfg, max(sizes)))
+    log(f"\n# trainA / trainB images : {sizes[0]} / {sizes[1]}")
     for key in ("img_size", "ch", "augment_flag", "seed"):
-        print(f"# {key} : ", cfg.get(key))
-    print(f"# device : {device}" + (f" (rank {dist_info.rank} of {dist_info.world_size})"
-                                    if dist_info.enabled else "")
-          + (f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""))
-    print(f"# model_dir : {opt.model_dir(cfg)}")
-    print(f"# checkpoint : {paths.checkpoint}\n# samples : {paths.sample}\n# logs : {paths.log}\n",
-          flush=True)
+        log(f"# {key} :  {cfg.get(key)}")
+    log(f"# device : {device}" + (f" (rank {dist_info.rank} of {dist_info.world_size})" if dist_info.enabled else "")
+        + (f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""))
+    log(f"# model_dir : {os.path.basename(paths.checkpoint)}")
+    log(f"# checkpoint : {paths.checkpoint}\n# samples : {paths.sample}\n# logs : {paths.log}\n")
 
 
-def load_dataset(cfg, folder, seed):
+def load_dataset(cfg, folder, seed, base="."):
     import warnings
-    files = opt.domain_files(cfg, folder)
+    files = opt.domain_files(cfg, folder, base)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             ds = ImageFolderDataset(files, cfg["img_size"], cfg["augment_flag"], seed=seed)
         except ImageReadError as e:
-            raise opt.OptionError(f"no readable image in {os.path.join(opt.dataset_root(cfg), folder)!r}: "
+            raise opt.OptionError(f"no readable image in {os.path.join(opt.dataset_root(cfg, base), folder)!r}: "
                                   f"{e.reason}") from e
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr, flush=True)
@@ -131,11 +197,13 @@ def _rho_summaries(writer, model, step):
             writer.add_scalar(tag + "_mean", float(v.mean()), step)
 
 
-def restore(model, cfg, folder, dist_info):
+def restore(model, cfg, folder, dist_info, found=None, log=print):
     """Load the newest usable checkpoint, whichever framework wrote it (the checkpoint policy,
-    ugatit_common.checkpoint_policy). Returns a dict describing where to continue, or None when
-    the folder holds no checkpoint; checkpoints that cannot be used stop the run (exit 2)."""
-    found = ckpt.resume_point(folder, cfg, "train", set_aside=dist_info.is_main)
+    ugatit_common.checkpoint_policy), or `found` (a `checkpoint.resume_point` result). Returns a
+    dict describing where to continue (with "state", the torch state file's content), or None
+    when the folder holds no checkpoint; checkpoints that cannot be used stop the run (exit 2)."""
+    if found is None:
+        found = ckpt.resume_point(folder, cfg, "train", log=log, set_aside=dist_info.is_main)
     if found is None:
         return None
     cli_errors.note_checkpoint(found["found"].name)
@@ -144,157 +212,240 @@ def restore(model, cfg, folder, dist_info):
         ckpt.load_weights_into(model, weights, found["found"].weights)
         model.G_optim.load_state_dict(state["G_optim"])
         model.D_optim.load_state_dict(state["D_optim"])
-        print(f" [*] Success to read {os.path.basename(found['found'].base)} (torch)")
+        log(f" [*] Success to read {os.path.basename(found['found'].base)} (torch)")
         return {"counter": int(state["counter"]), "epoch": int(state["epoch"]), "batch_id": int(state["batch_id"]),
                 "loader_A": int(state["loader_A"]), "loader_B": int(state["loader_B"]),
                 "past_g_loss": float(state.get("past_g_loss", -1.0)), "rng": state.get("rng"),
-                "world_size": int(state.get("world_size", 1)), "run": state.get("run")}
+                "world_size": int(state.get("world_size", 1)), "run": state.get("run"), "state": state}
     st = found["tf"]
     ckpt.load_weights_into(model, st["model"], f"{found['found'].base} (TensorFlow)")
     model.G_optim.load_named_slots(st["G_slots"], *st["G_powers"])
     model.D_optim.load_named_slots(st["D_slots"], *st["D_powers"])
     counter = int(st["step"])
     start_epoch, start_batch_id = opt.resume_position(counter, cfg["iteration"])
-    print(f" [*] Success to read the TensorFlow checkpoint {os.path.basename(found['found'].base)} "
-          f"at counter {counter}")
+    log(f" [*] Success to read the TensorFlow checkpoint {os.path.basename(found['found'].base)} "
+        f"at counter {counter}")
     return {"counter": counter, "epoch": start_epoch, "batch_id": start_batch_id, "loader_A": 0,
             "loader_B": 0, "past_g_loss": -1.0, "rng": None, "world_size": dist_info.world_size,
-            "run": None}
+            "run": None, "state": None}
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# -- the trainer ------------------------------------------------------------------------------------
+
+class Trainer:
+    """One training run of the port (or of a model built on it: override the seams below).
+
+    `Trainer(cfg, device, ...).run()` -> {"history", "checkpoint_dir", "counter", "model", "paths"};
+    history holds one record per iteration: counter, d_loss, g_loss (the last G loss, as the
+    official line prints it) and every term the D / G steps returned."""
+
+    LOSS_LOG: str | None = None       # file name in the log folder for one JSON line per iteration
+    MOVE_ASIDE = ("sample",)          # output folders (run_paths attributes) --resume False moves aside
+
+    def __init__(self, cfg: dict, device="cpu", num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 3,
+                 resume: bool = True, base: str = ".", log=None):
+        self.dist_info = ddp.current()
+        self.main = self.dist_info.is_main
+        self.device = torch.device(device)
+        self.num_workers, self.seed, self.keep_checkpoints = int(num_workers), int(seed), int(keep_checkpoints)
+        self.resume, self.base = bool(resume), base
+        self.log = (log or _print) if self.main else (lambda msg: None)  # rank 0 alone talks
+        self.cfg = self.prepare_config(cfg)
+        self.paths = self.run_paths()
+
+    # -- seams --------------------------------------------------------------------------------------
+    def prepare_config(self, cfg: dict) -> dict:
+        """The run's config (validation of extra keys goes here)."""
+        return dict(cfg)
+
+    def run_paths(self) -> opt.Paths:
+        return opt.run_paths(self.cfg)
+
+    def prefix(self) -> str:
+        """Checkpoint file prefix: <prefix>.model-N.*"""
+        return opt.model_name(self.cfg)
+
+    def build_model(self):
+        """The model (a `UGATIT` or subclass) with its optimizers' parameters; called after seeding."""
+        return build_ugatit(self.cfg)
+
+    def find_checkpoint(self):
+        """The checkpoint to resume (`checkpoint.resume_point`), or None; a subclass checks its kind."""
+        return ckpt.resume_point(self.paths.checkpoint, self.cfg, "train", log=self.log, set_aside=self.main)
+
+    def extra_state(self) -> dict:
+        """Entries added to each checkpoint's state file (weights_only-loadable values)."""
+        return {}
+
+    def load_extra_state(self, state: dict | None) -> None:
+        """Restore `extra_state` from a resumed torch state file (None: a TF checkpoint)."""
+
+    def start_fresh(self) -> None:
+        """No checkpoint to resume: the starting weights (default: the seeded initialisation)."""
+
+    def wrap_steps(self, d_step, g_step):
+        """The one place where the D and G steps are wrapped (autocast, torch.compile): returns
+        the two callables the loop calls, with `UGATIT.d_step` / `g_step`'s signatures."""
+        return d_step, g_step
+
+    # -- the run ------------------------------------------------------------------------------------
+    def _prepare_folders(self, sizes) -> None:
+        paths = self.paths
+        print_information(self.cfg, sizes, self.device, paths, self.dist_info, self.log)
+        for p, flag in ((paths.sample, "--sample_dir"), (paths.log, "--log_dir"), (paths.checkpoint, "--checkpoint_dir")):
+            cli_errors.check_writable_folder(p, flag)  # fail now, not at the first save
+        policy.sweep_temp(paths.checkpoint, self.log)
+        policy.sweep_temp(paths.sample, self.log)
+        if not self.resume:  # an older run in the folder is moved aside, never deleted, shadowed or overwritten
+            moved = policy.move_previous_run(paths.checkpoint, self.log)
+            if moved:
+                for name in self.MOVE_ASIDE:
+                    policy.move_previous_outputs(getattr(paths, name), os.path.basename(moved), self.log)
+
+    def run(self) -> dict:
+        cfg, seed, dist_info, main, log = self.cfg, self.seed, self.dist_info, self.main, self.log
+        paths = self.paths
+        ds_A = load_dataset(cfg, "trainA", seed, self.base)
+        ds_B = load_dataset(cfg, "trainB", seed + 1, self.base)
+        cfg = self.cfg = dict(cfg, seed=seed)
+        if main:
+            self._prepare_folders((len(ds_A), len(ds_B)))
+        ddp.barrier()
+
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        import random
+        random.seed(seed)
+        model = self.model = self.build_model().to(self.device)
+        model.make_optimizers(cfg["lr"])
+
+        pos = restore(model, cfg, paths.checkpoint, dist_info, self.find_checkpoint(), log) if self.resume else None
+        run_id = (pos or {}).get("run") or policy.new_run_id()
+        if pos is None:
+            log(f" [!] Load failed... (no checkpoint in {paths.checkpoint}): starting from scratch" if self.resume
+                else " [*] --resume False: starting from scratch")
+            self.start_fresh()
+            start_epoch, start_batch_id, counter = 0, 0, 1
+            loader_A = loader_B = 0
+            past_g_loss = -1.0
+        else:
+            log(" [*] Load SUCCESS")
+            start_epoch, start_batch_id, counter = pos["epoch"], pos["batch_id"], pos["counter"]
+            loader_A, loader_B, past_g_loss = pos["loader_A"], pos["loader_B"], pos["past_g_loss"]
+            if pos["rng"] is not None:
+                ckpt.set_rng_state(pos["rng"])
+            self.load_extra_state(pos["state"])
+        if dist_info.enabled:
+            ddp.average_gradients_before_step(model.G_optim)
+            ddp.average_gradients_before_step(model.D_optim)
+        ddp.broadcast_module_(model)
+        d_step, g_step = self.wrap_steps(model.d_step, model.g_step)
+
+        feed_A = _Feed(ds_A, cfg["batch_size"], seed, loader_A, self.num_workers, dist_info, self.device)
+        feed_B = _Feed(ds_B, cfg["batch_size"], seed + 1, loader_B, self.num_workers, dist_info, self.device)
+
+        writer = loss_log = None
+        if main:
+            from .events import EventWriter  # never imports TensorFlow
+            writer = EventWriter(paths.log)
+            if self.LOSS_LOG:
+                loss_log = open(os.path.join(paths.log, self.LOSS_LOG), "a")
+        from tqdm import tqdm
+        total = max(0, (cfg["epoch"] - start_epoch) * cfg["iteration"] - start_batch_id)
+        bar = tqdm(total=total, file=sys.stderr, disable=(not main) or not sys.stderr.isatty(), desc="train")
+
+        nan_at = os.environ.get(NAN_HOOK_ENV)
+        nan_at = int(nan_at) if nan_at else None
+        prefix = self.prefix()
+        history = []
+        last_saved = None
+        real_A = fake_B = real_B = fake_A = None
+
+        def save_checkpoint(next_epoch, next_batch):
+            nonlocal last_saved
+            if next_batch >= cfg["iteration"]:
+                next_epoch, next_batch = next_epoch + 1, 0
+            if last_saved == counter:
+                return
+            if main:
+                state = {"counter": counter, "epoch": next_epoch, "batch_id": next_batch,
+                         "loader_A": feed_A.pos, "loader_B": feed_B.pos, "past_g_loss": float(past_g_loss),
+                         "G_optim": model.G_optim.state_dict(), "D_optim": model.D_optim.state_dict(),
+                         "rng": ckpt.rng_state(), "config": ckpt.plain_config(cfg),
+                         "world_size": dist_info.world_size, "run": run_id}
+                state.update(self.extra_state())
+                ckpt.save(paths.checkpoint, prefix, counter, model, state, self.keep_checkpoints)
+                cli_errors.note_checkpoint(f"{prefix}.model-{counter}")
+            ddp.barrier()
+            last_saved = counter
+
+        start_time = time.time()
+        try:
+            for epoch in range(start_epoch, cfg["epoch"]):
+                lr = opt.learning_rate(cfg, epoch)
+                for idx in range(start_batch_id, cfg["iteration"]):
+                    real_A_d, real_B_d = feed_A.next(), feed_B.next()
+                    d = d_step(real_A_d, real_B_d, lr, gp_draws(cfg, real_A_d, real_B_d, seed, counter, dist_info.rank))
+                    if nan_at is not None and counter == nan_at:
+                        d["Discriminator_loss"] = float("nan")
+                    d = ddp.average_scalars(d)
+                    _check_finite(d, "discriminator", counter)
+                    if writer:
+                        for k, v in d.items():
+                            writer.add_scalar(k, v, counter)
+                    g, g_loss = {}, None
+                    if (counter - 1) % cfg["n_critic"] == 0:
+                        ra, rb = feed_A.next(), feed_B.next()
+                        g = g_step(ra, rb, lr)
+                        real_A, real_B, fake_A, fake_B = ra, rb, g.pop("fake_A"), g.pop("fake_B")
+                        g = ddp.average_scalars(g)
+                        _check_finite(g, "generator", counter)
+                        if writer:
+                            for k, v in g.items():
+                                writer.add_scalar(k, v, counter)
+                            _rho_summaries(writer, model, counter)
+                        g_loss = g["Generator_loss"]
+                        past_g_loss = g_loss
+                    if g_loss is None:
+                        g_loss = past_g_loss
+                    d_loss = d["Discriminator_loss"]
+                    record = {"counter": counter, "d_loss": d_loss, "g_loss": g_loss, **d, **g}
+                    history.append(record)
+                    if loss_log:
+                        loss_log.write(json.dumps(record) + "\n")
+                    counter += 1
+                    cli_errors.note_step(counter - 1)
+                    if main:
+                        bar.update(1)
+                        log(opt.iteration_line(epoch, idx, cfg["iteration"], time.time() - start_time, d_loss, g_loss))
+                    if main and (idx + 1) % cfg["print_freq"] == 0 and real_A is not None:
+                        nhwc = [t[:1].permute(0, 2, 3, 1).float().cpu().numpy() for t in (real_A, fake_B, real_B, fake_A)]
+                        tag = f"{epoch:02d}_{idx + 1:06d}"
+                        save_grid(nhwc, os.path.join(paths.sample, f"sample_{tag}.png"), ncols=4)
+                        save_image(nhwc[0], os.path.join(paths.sample, f"real_A_{tag}.png"))
+                        save_image(nhwc[1], os.path.join(paths.sample, f"fake_B_{tag}.png"))
+                    if (idx + 1) % cfg["save_freq"] == 0:
+                        save_checkpoint(epoch, idx + 1)
+                start_batch_id = 0
+                save_checkpoint(epoch + 1, 0)
+        finally:
+            bar.close()
+            if writer:
+                writer.close()
+            if loss_log:
+                loss_log.close()
+        return {"history": history, "checkpoint_dir": paths.checkpoint, "counter": counter, "model": model,
+                "paths": paths}
 
 
 def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 3,
           resume: bool = True) -> dict:
-    dist_info = ddp.current()
-    main = dist_info.is_main
-    paths = opt.run_paths(cfg)
-    ds_A = load_dataset(cfg, "trainA", seed)
-    ds_B = load_dataset(cfg, "trainB", seed + 1)
-    cfg = dict(cfg, seed=seed)
-    if main:
-        print_information(cfg, (len(ds_A), len(ds_B)), device, paths, dist_info)
-        for p, flag in ((paths.sample, "--sample_dir"), (paths.log, "--log_dir"), (paths.checkpoint, "--checkpoint_dir")):
-            cli_errors.check_writable_folder(p, flag)  # fail now, not at the first save
-        policy.sweep_temp(paths.checkpoint)
-        policy.sweep_temp(paths.sample)
-        if not resume:  # an older run in the folder is moved aside, never deleted, shadowed or overwritten
-            moved = policy.move_previous_run(paths.checkpoint)
-            if moved:
-                policy.move_previous_outputs(paths.sample, os.path.basename(moved))
-    ddp.barrier()
-
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    import random
-    random.seed(seed)
-    model = build_ugatit(cfg).to(device)
-    model.make_optimizers(cfg["lr"])
-    if dist_info.enabled:
-        ddp.average_gradients_before_step(model.G_optim)
-        ddp.average_gradients_before_step(model.D_optim)
-
-    pos = restore(model, cfg, paths.checkpoint, dist_info) if resume else None
-    run_id = (pos or {}).get("run") or policy.new_run_id()
-    if pos is None:
-        if main:
-            print(f" [!] Load failed... (no checkpoint in {paths.checkpoint}): starting from scratch" if resume
-                  else " [*] --resume False: starting from scratch")
-        start_epoch, start_batch_id, counter = 0, 0, 1
-        loader_A = loader_B = 0
-        past_g_loss = -1.0
-    else:
-        if main:
-            print(" [*] Load SUCCESS")
-        start_epoch, start_batch_id, counter = pos["epoch"], pos["batch_id"], pos["counter"]
-        loader_A, loader_B, past_g_loss = pos["loader_A"], pos["loader_B"], pos["past_g_loss"]
-        if pos["rng"] is not None:
-            ckpt.set_rng_state(pos["rng"])
-    ddp.broadcast_module_(model)
-
-    feed_A = _Feed(ds_A, cfg["batch_size"], seed, loader_A, num_workers, dist_info, device)
-    feed_B = _Feed(ds_B, cfg["batch_size"], seed + 1, loader_B, num_workers, dist_info, device)
-
-    writer = None
-    if main:
-        from .events import EventWriter  # never imports TensorFlow
-        writer = EventWriter(paths.log)
-    from tqdm import tqdm
-    total = max(0, (cfg["epoch"] - start_epoch) * cfg["iteration"] - start_batch_id)
-    bar = tqdm(total=total, file=sys.stderr, disable=(not main) or not sys.stderr.isatty(), desc="train")
-
-    nan_at = os.environ.get(NAN_HOOK_ENV)
-    nan_at = int(nan_at) if nan_at else None
-    prefix = opt.model_name(cfg)
-    history = []
-    last_saved = None
-    real_A = fake_B = real_B = fake_A = None
-
-    def save_checkpoint(next_epoch, next_batch):
-        nonlocal last_saved
-        if next_batch >= cfg["iteration"]:
-            next_epoch, next_batch = next_epoch + 1, 0
-        if last_saved == counter:
-            return
-        if main:
-            state = {"counter": counter, "epoch": next_epoch, "batch_id": next_batch,
-                     "loader_A": feed_A.pos, "loader_B": feed_B.pos, "past_g_loss": float(past_g_loss),
-                     "G_optim": model.G_optim.state_dict(), "D_optim": model.D_optim.state_dict(),
-                     "rng": ckpt.rng_state(), "config": ckpt.plain_config(cfg),
-                     "world_size": dist_info.world_size, "run": run_id}
-            ckpt.save(paths.checkpoint, prefix, counter, model, state, keep_checkpoints)
-            cli_errors.note_checkpoint(f"{prefix}.model-{counter}")
-        ddp.barrier()
-        last_saved = counter
-
-    start_time = time.time()
-    try:
-        for epoch in range(start_epoch, cfg["epoch"]):
-            lr = opt.learning_rate(cfg, epoch)
-            for idx in range(start_batch_id, cfg["iteration"]):
-                real_A_d, real_B_d = feed_A.next(), feed_B.next()
-                d = model.d_step(real_A_d, real_B_d, lr, gp_draws(cfg, real_A_d, real_B_d, seed, counter,
-                                                                  dist_info.rank))
-                if nan_at is not None and counter == nan_at:
-                    d["Discriminator_loss"] = float("nan")
-                d = ddp.average_scalars(d)
-                _check_finite(d, "discriminator", counter)
-                if writer:
-                    for k, v in d.items():
-                        writer.add_scalar(k, v, counter)
-                g_loss = None
-                if (counter - 1) % cfg["n_critic"] == 0:
-                    ra, rb = feed_A.next(), feed_B.next()
-                    g = model.g_step(ra, rb, lr)
-                    real_A, real_B, fake_A, fake_B = ra, rb, g.pop("fake_A"), g.pop("fake_B")
-                    g = ddp.average_scalars(g)
-                    _check_finite(g, "generator", counter)
-                    if writer:
-                        for k, v in g.items():
-                            writer.add_scalar(k, v, counter)
-                        _rho_summaries(writer, model, counter)
-                    g_loss = g["Generator_loss"]
-                    past_g_loss = g_loss
-                counter += 1
-                cli_errors.note_step(counter - 1)
-                if g_loss is None:
-                    g_loss = past_g_loss
-                d_loss = d["Discriminator_loss"]
-                if main:
-                    bar.update(1)
-                    print(opt.iteration_line(epoch, idx, cfg["iteration"], time.time() - start_time, d_loss, g_loss),
-                          flush=True)
-                history.append({"d_loss": d_loss, "g_loss": g_loss})
-                if main and (idx + 1) % cfg["print_freq"] == 0 and real_A is not None:
-                    nhwc = [t[:1].permute(0, 2, 3, 1).float().cpu().numpy() for t in (real_A, fake_B, real_B, fake_A)]
-                    tag = f"{epoch:02d}_{idx + 1:06d}"
-                    save_grid(nhwc, os.path.join(paths.sample, f"sample_{tag}.png"), ncols=4)
-                    save_image(nhwc[0], os.path.join(paths.sample, f"real_A_{tag}.png"))
-                    save_image(nhwc[1], os.path.join(paths.sample, f"fake_B_{tag}.png"))
-                if (idx + 1) % cfg["save_freq"] == 0:
-                    save_checkpoint(epoch, idx + 1)
-            start_batch_id = 0
-            save_checkpoint(epoch + 1, 0)
-    finally:
-        bar.close()
-        if writer:
-            writer.close()
-    return {"steps": history, "checkpoint_dir": paths.checkpoint, "counter": counter, "model": model}
+    """Train (or resume) the port: {"steps", "checkpoint_dir", "counter", "model"}."""
+    out = Trainer(cfg, device, num_workers=num_workers, seed=seed, keep_checkpoints=keep_checkpoints,
+                  resume=resume).run()
+    return {"steps": out["history"], "checkpoint_dir": out["checkpoint_dir"], "counter": out["counter"],
+            "model": out["model"]}
