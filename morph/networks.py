@@ -124,7 +124,9 @@ class MorphGenerator(Generator):
                 self.add_module(f"style_{i}_{j}", LayerStyle(w_dim, channels))
 
     def make_z(self, direction: str, batch: int, generator: torch.Generator | None = None):
-        return make_z(direction, batch, generator, self.z_dim, device=self.G_logit.weight.device)
+        """Codes drawn in float32 (the same draws at any precision), in the latent MLP's dtype."""
+        z = make_z(direction, batch, generator, self.z_dim, device=self.G_logit.weight.device)
+        return z.to(self.mapping.linear_0.weight.dtype)
 
     def w_from_z(self, z: torch.Tensor) -> torch.Tensor:
         return self.mapping(z)
