@@ -41,11 +41,9 @@ DEMO_FLAGS = ["--light", "True", "--dataset", "demo", "--img_size", "64", "--ch"
 def build_parser():
     p = opt.build_parser("PyTorch port of the official U-GAT-IT")
     p.add_argument("--device", default="auto", help="cpu / cuda / cuda:N / auto (default: auto)")
-    p.add_argument("--num_workers", type=int, default=0, help="data-loader workers (default: 0)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: one per core)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--keep_checkpoints", type=int, default=3, help="torch checkpoints to keep (default: 3)")
-    p.add_argument("--resume", type=opt.str2bool, default=True, help="resume from the newest checkpoint")
+    from .train import add_training_flags
+    add_training_flags(p)  # --num_workers --threads --keep_checkpoints --resume (python -m morph train has them too)
     p.add_argument("--input", default=None, help="test phase: an image or folder to translate")
     p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"), help="direction for --input")
     p.add_argument("--demo", default=None, metavar="DIR", help="train and test a tiny demo model in DIR")
@@ -70,12 +68,8 @@ def given_flags(argv) -> set:
 
 
 def _validate_extra(a):
-    if a.num_workers < 0:
-        raise opt.OptionError(f"--num_workers={a.num_workers}: must be >= 0")
-    if a.threads is not None and a.threads < 1:
-        raise opt.OptionError(f"--threads={a.threads}: must be >= 1")
-    if a.keep_checkpoints < 1:
-        raise opt.OptionError(f"--keep_checkpoints={a.keep_checkpoints}: must be >= 1")
+    from .train import check_training_flags
+    check_training_flags(a)
     if not (a.device in ("auto", "cpu") or a.device.startswith("cuda")):
         raise opt.OptionError(f"--device={a.device!r}: expected cpu, cuda, cuda:N or auto")
     if a.batch is not None and a.batch < 1:
@@ -91,32 +85,17 @@ def _validate_extra(a):
 
 
 def run(a) -> int:
-    from . import distributed as ddp
-    from .train import NonFiniteLoss, pick_device
+    from .train import exit_code_of, train, training_process
     cfg = opt.config_from({k: v for k, v in vars(a).items() if k not in EXTRA_KEYS})
     if getattr(a, "checkpoint", None) is None:  # with --checkpoint the model settings come from it, then validated
         cfg = opt.validate(cfg)
-    device = pick_device(a.device)
-    if a.threads is not None:
-        import torch
-        torch.set_num_threads(a.threads)
-    if device.type == "cpu":
-        from .cpu_memory import keep_freed_memory
-        keep_freed_memory()
-    dist_info = ddp.init(device.type)
-    if device.type == "cuda" and dist_info.enabled and device.index is None:
-        import torch
-        device = torch.device("cuda", dist_info.local_rank)
-        torch.cuda.set_device(device)
-    try:
+    # --threads, the device, torchrun's process group (closed at the end); python -m morph train too
+    with training_process(a.device, a.threads) as (device, dist_info):
         if cfg["phase"] == "train":
-            from .train import train
-            try:
-                train(cfg, device, num_workers=a.num_workers, seed=a.seed, keep_checkpoints=a.keep_checkpoints,
-                      resume=a.resume)
-            except NonFiniteLoss as e:
-                print(f"error: {e}", file=sys.stderr, flush=True)
-                return 3
+            rc = exit_code_of(lambda: train(cfg, device, num_workers=a.num_workers, seed=a.seed,
+                                            keep_checkpoints=a.keep_checkpoints, resume=a.resume))
+            if rc:  # 3: a loss became NaN / inf
+                return rc
             if dist_info.is_main:
                 print(" [*] Training finished!")
         else:
@@ -127,8 +106,6 @@ def run(a) -> int:
                 test(cfg, device, a.input, a.direction, precision=a.precision, compile=a.compile, batch=a.batch,
                      checkpoint=a.checkpoint, explicit=explicit)
                 print(" [*] Test finished!")
-    finally:
-        ddp.shutdown()
     return 0
 
 
