@@ -18,6 +18,8 @@ import torch
 
 from morph.__main__ import main as morph_main
 from morph.train import MorphTrainer, morph_paths
+from parity_tests.test_ddp import _free_port
+from parity_tests.test_morph import _one_thread  # noqa: F401 - autouse: one CPU thread per test
 from torch_port import checkpoint as ckpt
 from ugatit_common import options as opt
 from ugatit_common.demo_data import make_demo_dataset
@@ -28,14 +30,6 @@ FLAGS = ["--dataset", "demo", "--img_size", "32", "--ch", "2", "--n_dis", "4", "
          "--augment_flag", "False", "--decay_flag", "False", "--print_freq", "1000", "--device", "cpu"]
 # conv biases feeding a pure instance norm: exact gradient zero, float noise decides their Adam step
 NORM_FED_BIAS = re.compile(r"^generator(_[AB])?\.(conv|conv_\d+|resblock_\d+\.res\d\.conv_0)\.bias$")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +80,6 @@ def _ddp_worker(rank, world, port, data, root):
         _Float64Trainer(_float64_cfg(data, root, 1), "cpu", seed=4, base=data, log=lambda m: None).run()
     finally:
         ddp.shutdown()
-
-
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _latest(root):
