@@ -14,9 +14,11 @@ torch_port is edited), and requires the criteria to flag each one:
   (float32) while criterion 1 passes;
 - `test_precision_threshold`: how many mantissa bits one convolution may lose before criterion
   2 notices (measured, printed, and bounded);
-- gradients (`trajectory.compare_step` on one D run and one G run from the golden init, with
-  TensorFlow): a wrong Adam epsilon or epsilon placement, a dropped regulariser term, a wrong
-  loss weight, and bfloat16 convolutions.
+- gradients and updates (`trajectory.compare_step` on one D run and one G run from the golden
+  init, with TensorFlow): Adam epsilon 1e-6, epsilon inside the bias correction (torch.optim.Adam),
+  beta2 0.99, no bias correction, rho not clipped (the optimizer check); the L2 regulariser
+  dropped for the CAM kernels or the whole G loss (the float64 gradient check); bfloat16
+  discriminator and TF32 generator convolutions (the float32 gradient budget).
 """
 from __future__ import annotations
 
