@@ -43,3 +43,26 @@ def test_training_without_tensorflow_writes_event_file(tmp_path):
     assert hist
     h = acc.Histograms(hist[0])[0].histogram_value
     assert h.num > 0 and h.min <= h.max and sum(h.bucket) == h.num
+
+
+def test_training_with_tensorflow_installed_does_not_import_it(tmp_path):
+    """TensorFlow importable (this environment has it): a port training run and a Morph one write
+    their event files and never import it (tensorboard's own EventFileWriter would, through
+    `tf.io.gfile`)."""
+    import importlib.util
+    if importlib.util.find_spec("tensorflow") is None:
+        import pytest
+        pytest.skip("TensorFlow is not installed: nothing could import it")
+    make_data(str(tmp_path))
+    code = ("import sys\n"
+            "from torch_port.__main__ import main as port\n"
+            "from morph.__main__ import main as morph\n"
+            f"args = {TINY + ['--iteration', '1', '--epoch', '1']!r}\n"
+            "assert port(args) == 0\n"
+            "assert morph(['train'] + [a for a in args if a not in ('--phase',)]) == 0\n"
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (proc.stdout + proc.stderr)[-3000:]
+    assert len(glob.glob(os.path.join(tmp_path, "logs", "*", "events.out.tfevents.*"))) == 2
