@@ -2,8 +2,9 @@
 
   train        the official flags + --config A|B|C --idp_weight --g_cam --device --seed
                --init_from PATH --data_root DIR, and the port's --resume --keep_checkpoints
-               --num_workers --threads; runs the port's trainer (torch_port.train.Trainer):
-               torchrun data parallelism, TensorBoard events, NaN / inf loss -> exit 3
+               --num_workers --threads --precision fp32|bf16; runs the port's trainer
+               (torch_port.train.Trainer): torchrun data parallelism, TensorBoard events,
+               NaN / inf loss -> exit 3
   interpolate  --input FILE|FOLDER --steps N --samples K: per input <name>_strip.png,
                <name>.gif, <name>_smoothness.json and index.html in --result_dir (config C)
   translate    --input FILE|FOLDER --direction a2b|b2a --samples N
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     from torch_port.train import add_training_flags  # the port's: --num_workers --threads --keep_checkpoints --resume
     add_training_flags(t, "continue from the newest checkpoint (default: True); False moves an older run in the "
                           "folder into previous-run-<time>/ and starts fresh")
+    t.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="training precision: fp32 (the exact port) or bf16 (torch_port.train_precision)")
 
     for name, help_ in (("interpolate", "morph strips / GIFs between the B->A and A->B codes (config C)"),
                         ("translate", "translate inputs with N samples of the direction code")):
@@ -114,12 +117,14 @@ def cmd_train(args) -> int:
 
     from .train import train
     check_training_flags(args)
+    from torch_port.train_precision import check_training_precision
+    check_training_precision(args.precision)
     cfg = _cfg(args)
     with training_process(args.device, args.threads) as (device, dist_info):
         out = {}
         rc = exit_code_of(lambda: out.update(train(
             cfg, device=device, seed=args.seed, base=args.data_root, init_from=args.init_from, resume=args.resume,
-            keep_checkpoints=args.keep_checkpoints, num_workers=args.num_workers)))
+            keep_checkpoints=args.keep_checkpoints, num_workers=args.num_workers, precision=args.precision)))
         h = out.get("history")
         if h and dist_info.is_main:
             print(f" [*] done: counter {out['counter'] - 1}, last d_loss {h[-1]['d_loss']:.4f} "

@@ -12,6 +12,7 @@ Official flags (same names, defaults, meanings) plus:
   --direction a2b|b2a      direction for --input (default a2b)
   --demo DIR               write the demo data set in DIR, train a tiny model, run the test phase
   --precision fp32|bf16|fp16, --compile True|False   test phase: the generators' fast path
+                           (training: --precision fp32|bf16, torch_port.train_precision)
                            (torch_port.fast; default fp32, no compile: the exact port)
   --batch N                test phase: N images per generator call, with a progress bar
                            (default: the official one image at a time)
@@ -74,8 +75,11 @@ def _validate_extra(a):
         raise opt.OptionError(f"--device={a.device!r}: expected cpu, cuda, cuda:N or auto")
     if a.batch is not None and a.batch < 1:
         raise opt.OptionError(f"--batch={a.batch}: must be >= 1")
-    if (a.precision != "fp32" or a.compile) and a.phase == "train":
-        raise opt.OptionError("--precision / --compile apply to the test phase for now (training: fp32)")
+    if a.phase == "train":
+        from .train_precision import check_training_precision
+        check_training_precision(a.precision)  # fp32 or bf16
+        if a.compile:
+            raise opt.OptionError("--compile applies to the test phase for now (training: eager)")
     if a.checkpoint is not None and a.phase != "test":
         raise opt.OptionError("--checkpoint applies to the test phase (training resumes from --checkpoint_dir)")
     if a.checkpoint is not None and not (os.path.exists(a.checkpoint) or os.path.isfile(a.checkpoint + ".index")):
@@ -93,7 +97,8 @@ def run(a) -> int:
     with training_process(a.device, a.threads) as (device, dist_info):
         if cfg["phase"] == "train":
             rc = exit_code_of(lambda: train(cfg, device, num_workers=a.num_workers, seed=a.seed,
-                                            keep_checkpoints=a.keep_checkpoints, resume=a.resume))
+                                            keep_checkpoints=a.keep_checkpoints, resume=a.resume,
+                                            precision=a.precision))
             if rc:  # 3: a loss became NaN / inf
                 return rc
             if dist_info.is_main:

@@ -247,8 +247,9 @@ class Trainer:
     MOVE_ASIDE = ("sample",)          # output folders (run_paths attributes) --resume False moves aside
 
     def __init__(self, cfg: dict, device="cpu", num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 3,
-                 resume: bool = True, base: str = ".", log=None):
+                 resume: bool = True, base: str = ".", log=None, precision: str = "fp32"):
         self.dist_info = ddp.current()
+        self.precision = precision  # "fp32" (the exact port) or "bf16" (torch_port.train_precision)
         self.main = self.dist_info.is_main
         self.device = torch.device(device)
         self.num_workers, self.seed, self.keep_checkpoints = int(num_workers), int(seed), int(keep_checkpoints)
@@ -289,8 +290,13 @@ class Trainer:
 
     def wrap_steps(self, d_step, g_step):
         """The one place where the D and G steps are wrapped (autocast, torch.compile): returns
-        the two callables the loop calls, with `UGATIT.d_step` / `g_step`'s signatures."""
-        return d_step, g_step
+        the two callables the loop calls, with `UGATIT.d_step` / `g_step`'s signatures. Here:
+        `precision` bf16 (autocast with float32 norms, spectral norm, CAM, dense layers and
+        output convolutions; float32 master weights and Adam state)."""
+        if self.precision == "fp32":
+            return d_step, g_step
+        from .train_precision import mixed_precision_steps
+        return mixed_precision_steps(self.model, d_step, g_step, self.precision, self.device)
 
     # -- the run ------------------------------------------------------------------------------------
     def _prepare_folders(self, sizes) -> None:
@@ -376,7 +382,7 @@ class Trainer:
                          "loader_A": feed_A.pos, "loader_B": feed_B.pos, "past_g_loss": float(past_g_loss),
                          "G_optim": model.G_optim.state_dict(), "D_optim": model.D_optim.state_dict(),
                          "rng": ckpt.rng_state(), "config": ckpt.plain_config(cfg),
-                         "world_size": dist_info.world_size, "run": run_id}
+                         "world_size": dist_info.world_size, "run": run_id, "precision": self.precision}
                 state.update(self.extra_state())
                 ckpt.save(paths.checkpoint, prefix, counter, model, state, self.keep_checkpoints)
                 cli_errors.note_checkpoint(f"{prefix}.model-{counter}")
@@ -443,9 +449,9 @@ class Trainer:
 
 
 def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 3,
-          resume: bool = True) -> dict:
+          resume: bool = True, precision: str = "fp32") -> dict:
     """Train (or resume) the port: {"steps", "checkpoint_dir", "counter", "model"}."""
     out = Trainer(cfg, device, num_workers=num_workers, seed=seed, keep_checkpoints=keep_checkpoints,
-                  resume=resume).run()
+                  resume=resume, precision=precision).run()
     return {"steps": out["history"], "checkpoint_dir": out["checkpoint_dir"], "counter": out["counter"],
             "model": out["model"]}
