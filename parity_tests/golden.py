@@ -93,6 +93,8 @@ def summarize(rows):
     """Worst difference per kind, relative to its tolerance, and how many tensors were amplified."""
     out = {}
     for name, kind, diff, tol in rows:
+        if kind in ("weight", "slot"):
+            kind = f"{name.split('_')[0]} {kind}"  # generator / discriminator
         if kind not in out or diff / tol > out[kind][1] / out[kind][2]:
             out[kind] = (name, diff, tol)
     out["amplified tensors"] = sum(kind == "amplified" for _, kind, _, _ in rows)
