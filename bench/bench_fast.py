@@ -56,10 +56,10 @@ def torch_worker(cfg, device_name, modes):
     torch.manual_seed(0)
     g = Generator(ch=cfg["ch"], n_res=cfg["n_res"], img_size=cfg["img_size"], light=cfg["light"]).to(device).eval()
     x = torch.from_numpy(_input(cfg["img_size"]).transpose(0, 3, 1, 2).copy()).to(device)
-    fns, info = {}, {}
+    fns, info, fasts = {}, {}, {}
     for mode in modes:
         precision, compiled = mode.split("+")[0], mode.endswith("+compile")
-        fast = optimize(g, precision, compile=compiled)
+        fast = fasts[mode] = optimize(g, precision, compile=compiled)
 
         def call(fast=fast):
             fast(x)
@@ -77,16 +77,19 @@ def torch_worker(cfg, device_name, modes):
         else:
             call()
         fns[mode] = call
-    return fns, info, (g, x, device)
+    info["flops"] = generator_flops(g, x)
+    fns["probe"] = lambda: conv_rate(cfg, device)
+    return fns, info, (fasts, x, device)
 
 
-def tf_worker(cfg):
+def tf_worker(cfg, threads=None):
     from tf_reference.compat import tf
     from tf_reference.model import UGATITGraph
     g = tf.Graph()
+    conf = tf.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads) if threads else None
     with g.as_default():
         mt = UGATITGraph(dict(cfg, phase="test")).build_test()
-        sess = tf.Session(graph=g)
+        sess = tf.Session(graph=g, config=conf)
         sess.run(tf.global_variables_initializer())
     a = _input(cfg["img_size"])
     sess.run(mt.test_fake_B, {mt.test_domain_A: a})
@@ -97,19 +100,46 @@ def profile(state, modes, rows=8) -> dict:
     """Top ops by self time for one call of each mode (torch.profiler)."""
     import torch
     from torch.profiler import ProfilerActivity, profile as prof
-    from torch_port.fast import optimize
-    g, x, device = state
+    fasts, x, device = state
     out = {}
     for mode in modes:
-        fast = optimize(g, mode.split("+")[0], compile=mode.endswith("+compile"))
-        fast(x)
-        fast(x)
+        fast = fasts[mode]
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with prof(activities=acts) as p:
             fast(x)
             _sync(device)
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         out[mode] = p.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+    return out
+
+
+def generator_flops(g, x) -> int:
+    """FLOPs of one generator forward (convolutions and matrix products, torch.utils.flop_counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        g(x)
+    return counter.get_total_flops()
+
+
+def conv_rate(cfg, device) -> dict:
+    """FLOP/s of the generator's commonest convolution (3x3, 4ch -> 4ch at img_size/4: the
+    residual blocks'), NCHW as the port runs it, float32 and bfloat16, one call each (the parent
+    asks once per round and keeps the best: a practical peak on a shared machine)."""
+    import torch
+    import torch.nn.functional as F
+    c, s = cfg["ch"] * 4, cfg["img_size"] // 4
+    flops = 2 * s * s * c * c * 9
+    out = {}
+    for dt in (torch.float32, torch.bfloat16):
+        a = torch.randn(1, c, s + 2, s + 2, dtype=dt, device=device)
+        w = torch.randn(c, c, 3, 3, dtype=dt, device=device)
+        F.conv2d(a, w)
+        _sync(device)
+        t = time.perf_counter()
+        F.conv2d(a, w)
+        _sync(device)
+        out[str(dt).replace("torch.", "")] = flops / (time.perf_counter() - t)
     return out
 
 
@@ -132,11 +162,11 @@ def conv_fp16_probe(device_name="cpu") -> dict:
     return res
 
 
-def worker(name, cfg, device, modes, want_profile):
+def worker(name, cfg, device, modes, want_profile, threads=None):
     if name == "torch_port":
         fns, info, state = torch_worker(cfg, device, modes)
     else:
-        fns, info, state = tf_worker(cfg)
+        fns, info, state = tf_worker(cfg, threads)
     print(json.dumps({"ready": True, "info": info}), flush=True)
     for line in sys.stdin:
         what = line.strip()
@@ -144,6 +174,9 @@ def worker(name, cfg, device, modes, want_profile):
             break
         if what == "profile":
             print(json.dumps({"profile": profile(state, modes) if want_profile else {}}), flush=True)
+            continue
+        if what == "probe":
+            print(json.dumps({"rates": fns["probe"]()}), flush=True)
             continue
         t = time.perf_counter()
         fns[what]()
@@ -182,7 +215,8 @@ class _Worker:
 
 def run_config(a, light: bool, modes: list[str]) -> dict:
     args = ["--img_size", str(a.img_size), "--ch", str(a.ch), "--n_dis", str(a.n_dis), "--light", str(light), "--device", a.device,
-            "--modes", ",".join(modes)] + (["--profile"] if a.profile else [])
+            "--modes", ",".join(modes)] + (["--profile"] if a.profile else []) + (
+                ["--threads", str(a.threads)] if a.threads else [])
     env = dict(os.environ)
     cache = None
     if not a.warm_cache:
@@ -193,25 +227,31 @@ def run_config(a, light: bool, modes: list[str]) -> dict:
     tw = _Worker("torch_port", args, env)
     setup_s = time.perf_counter() - t0
     times = {m: [] for m in (["tf"] if not a.skip_tf else []) + modes}
+    rates = {}
     try:
         for _ in range(a.iters):  # alternate: one call of each in turn
             for w in workers:
                 times["tf"].append(w.ask("tf")["seconds"])
             for m in modes:
                 times[m].append(tw.ask(m)["seconds"])
+            for k, v in tw.ask("probe")["rates"].items():
+                rates[k] = max(rates.get(k, 0.0), v)
         prof = tw.ask("profile")["profile"] if a.profile else {}
     finally:
         for w in workers + [tw]:
             w.close()
         if cache is not None:
             cache.cleanup()
-    return {"light": light, "times": times, "compile": tw.hello["info"], "profile": prof, "setup_s": setup_s}
+    info = dict(tw.hello["info"])
+    flops = info.pop("flops")
+    return {"light": light, "times": times, "compile": info, "profile": prof, "setup_s": setup_s,
+            "floor": {"flops": flops, "conv_rate": rates, "floor_s": {k: flops / v for k, v in rates.items()}}}
 
 
 def report(res: dict, a) -> str:
     import torch
     lines = [f"\nlight={res['light']} img_size={a.img_size} ch={a.ch} batch=1 calls={a.iters} "
-             f"torch threads={torch.get_num_threads()} load average {os.getloadavg()[0]:.2f}",
+             f"threads={a.threads or f'default (torch {torch.get_num_threads()})'} load average {os.getloadavg()[0]:.2f}",
              "| path | s / image (median) | vs tf_reference | img/s | compile (first call - steady), s | all calls, s |",
              "|---|---|---|---|---|---|"]
     tf_med = statistics.median(res["times"]["tf"]) if "tf" in res["times"] else None
@@ -240,11 +280,16 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true", help="print the top ops of one call of each mode")
     p.add_argument("--warm_cache", action="store_true", help="reuse the inductor cache (compile time then is a cache hit)")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of each framework (torch set_num_threads, "
+                                                             "TF intra/inter-op); default: each framework's own")
     p.add_argument("--worker", choices=["torch_port", "tf_reference"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         cfg = opt.validate(opt.config_from(light=a.light, img_size=a.img_size, ch=a.ch, n_dis=a.n_dis))
-        return worker(a.worker, cfg, a.device, a.modes.split(","), a.profile)
+        if a.threads:
+            import torch
+            torch.set_num_threads(a.threads)
+        return worker(a.worker, cfg, a.device, a.modes.split(","), a.profile, a.threads)
     import torch
     from torch_port.train import pick_device
     device = pick_device(a.device)
@@ -254,6 +299,13 @@ def main(argv=None):
         res = run_config(a, light, modes)
         out.append(res)
         print(report(res, a), flush=True)
+        fl = res["floor"]
+        tf_med = statistics.median(res["times"]["tf"]) if "tf" in res["times"] else None
+        print(f"arithmetic floor: {fl['flops'] / 1e9:.1f} GFLOP per image at the best rate of its commonest conv "
+              "(3x3, 4ch->4ch, NCHW, best of the rounds): "
+              + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s -> {fl['floor_s'][k]:.3f} s"
+                          + (f" = {fl['floor_s'][k] / tf_med:.2f}x of tf_reference" if tf_med else "")
+                          for k, v in fl["conv_rate"].items()), flush=True)
         for m, table in res["profile"].items():
             print(f"\nprofile, light={light}, {m}:\n{table}")
     if device.type == "cpu":

@@ -185,14 +185,15 @@ def write_fast_path_report(sections: list[tuple[str, dict]], out_dir: str, sourc
 
 
 def checkpoint_sections(ckpt: str, img_size: int | None = None, paths=("bf16", "fp16"), compile_paths=(),
-                        seed: int = 0) -> list[tuple[str, dict]]:
-    """fast_path_errors for each generator of a TF checkpoint on the harness's random input."""
+                        seed: int = 0, overrides: dict | None = None) -> list[tuple[str, dict]]:
+    """fast_path_errors for each generator of a TF checkpoint on the harness's random input.
+    `overrides`: config settings the checkpoint does not record (as parity_tests.report takes)."""
     import torch
     import weights_convert
     from torch_port import build_ugatit
     from parity_tests.harness import input_image
-    cfg, state = weights_convert.tf_to_torch(ckpt, overrides={"img_size": img_size} if img_size else None,
-                                             quiet=True)
+    overrides = {k: v for k, v in dict(overrides or {}, img_size=img_size).items() if v is not None}
+    cfg, state = weights_convert.tf_to_torch(ckpt, overrides=overrides or None, quiet=True)
     model = build_ugatit(cfg)
     model.load_state_dict(state, strict=False)
     x = torch.from_numpy(input_image(cfg, seed).transpose(0, 3, 1, 2).copy())
@@ -201,6 +202,16 @@ def checkpoint_sections(ckpt: str, img_size: int | None = None, paths=("bf16", "
         if any(k.startswith(net + ".") for k in state):
             out.append((net, fast_path_errors(getattr(model, net).eval(), (x,), paths, compile_paths=compile_paths)))
     return out
+
+
+def parse_paths(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """"bf16,fp16,fp32+compile" -> (eager precisions, compiled precisions)."""
+    from torch_port.precision import PRECISIONS
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    for n in names:
+        if n.split("+")[0] not in PRECISIONS or n.count("+") > 1 or ("+" in n and not n.endswith("+compile")):
+            raise ValueError(f"unknown fast path {n!r}: expected fp32, bf16 or fp16, optionally +compile")
+    return (tuple(n for n in names if "+" not in n), tuple(n.split("+")[0] for n in names if "+" in n))
 
 
 def main(argv=None) -> int:
@@ -212,9 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--paths", default="bf16,fp16", help="comma-separated: bf16, fp16, fp32+compile, bf16+compile")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    names = [s for s in a.paths.split(",") if s]
-    eager = tuple(s for s in names if "+compile" not in s)
-    compiled = tuple(s.split("+")[0] for s in names if s.endswith("+compile"))
+    eager, compiled = parse_paths(a.paths)
     sections = checkpoint_sections(a.ckpt, a.img_size, eager, compiled, a.seed)
     page = write_fast_path_report(sections, a.out_dir, a.ckpt)
     for title, res in sections:

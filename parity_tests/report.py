@@ -8,7 +8,8 @@ flags are for what the checkpoint does not record (a flag that contradicts it is
 setting still unknown is guessed (official default), printed on stderr and listed in the report.
 Both frameworks run every network in the checkpoint on one random input in [-1, 1] (float32
 and the float64 truth; criteria in parity_tests/harness.py), and OUT_DIR gets parity_report.md
-and parity_report.html.
+and parity_report.html; with --fast_paths bf16,fp16 also fast_paths.md / .html, the per-layer error of
+those fast paths (torch_port.optimize) against the float64 truth (parity_tests/fast_paths.py).
 
 Exit status: 0 every tensor within tolerance, 1 some over, 2 bad input (an `error:` line).
 """
@@ -36,7 +37,17 @@ def _main(argv=None) -> int:
     p.add_argument("--n_dis", type=int, help="discriminator layers (only for a generators-only checkpoint)")
     p.add_argument("--sn", choices=["True", "False"], help="spectral norm (only for a generators-only checkpoint)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
+    p.add_argument("--fast_paths", default="", help="also write fast_paths.md / .html: each generator layer's error "
+                   "of these fast paths against the float64 truth (comma-separated: bf16, fp16, fp32+compile, ...; "
+                   "parity_tests/fast_paths.py)")
     args = p.parse_args(argv)
+    if args.fast_paths:
+        from parity_tests.fast_paths import parse_paths
+        try:
+            parse_paths(args.fast_paths)
+        except ValueError as e:
+            print(f"error: --fast_paths: {e}", file=sys.stderr)
+            return 2
 
     from ugatit_common.options import config_from, validate
     from ugatit_common.tf_checkpoint import CheckpointError, ConversionError, read_config
@@ -66,6 +77,11 @@ def _main(argv=None) -> int:
     for line in bad:
         print("  " + line)
     print(f"report: {page}")
+    if args.fast_paths:  # the fast paths' per-layer table beside the report (parity_tests/fast_paths.py)
+        from parity_tests.fast_paths import checkpoint_sections, parse_paths, write_fast_path_report
+        eager, compiled = parse_paths(args.fast_paths)
+        sections = checkpoint_sections(args.ckpt, cfg.get("img_size"), eager, compiled, args.seed, overrides)
+        print(f"fast paths: {write_fast_path_report(sections, args.out_dir, args.ckpt)}")
     return 1 if bad else 0
 
 

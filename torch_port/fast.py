@@ -16,10 +16,16 @@ buffers, as calling `module` does. "fp32" shares everything: `optimize(m, "fp32"
 `torch.no_grad()`, bit for bit.
 
 compile=True: `torch.compile` (inductor) compiles on the first call (`first_call_seconds` says
-how long it took: tens of seconds on CPU for a 256 px generator); later calls at the same input
-shape and dtype reuse the graph (`compile_stats()` counts graphs, recompiles and graph breaks
-from torch._dynamo's counters). A new input shape compiles again once (dynamic=False: a
-translation batch of a fixed size is the use case).
+how long it took; a 256 px generator on this 2-core CPU with a cold inductor cache: 34-55 s,
+up to 100 s under heavy load, bench/bench_fast.py; a few seconds from a warm cache); later calls
+at the same input shape and dtype reuse the graph (`compile_stats()` counts graphs, recompiles
+and graph breaks from torch._dynamo's counters; the generators and discriminators compile to
+one graph, no break). A new input shape compiles again once (dynamic=False: a translation batch
+of a fixed size is the use case). Inductor's `freezing` is patched in around the calls: the
+weights become constants of the graph, prepacked for oneDNN on CPU (the profile shows
+mkldnn::_convolution_pointwise, convolutions fused with their elementwise neighbours), so a
+compiled path is a snapshot of the weights in every precision. Spectral-norm `u` buffers are
+mutated state, not frozen: they advance as in eager mode.
 
 The result is an `nn.Module` (`OptimizedModule`): it can replace the generator attribute of a
 model (`model.generator_B = optimize(model.generator_B, "bf16")`), and unknown attributes
@@ -35,7 +41,13 @@ import torch.nn as nn
 
 from .precision import check_supported, compute_dtype, lowp_plan
 
-__all__ = ["optimize", "OptimizedModule", "optimize_generators", "dynamo_counts"]
+__all__ = ["optimize", "OptimizedModule", "optimize_generators", "dynamo_counts", "COMPILE_DEFAULTS"]
+
+COMPILE_DEFAULTS = {}  # torch.compile keyword arguments
+# inductor settings patched in while a compiled path runs (and compiles): freezing folds the weights
+# into the graph as constants, so oneDNN gets prepacked convolution weights (torch.compile's
+# `options={"freezing": True}` did not reach the freezing pass in torch 2.13: no weight was packed)
+INDUCTOR_PATCH = {"freezing": True}
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -64,6 +76,14 @@ def _cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     for name, w in lowp_weights.items():
         fast.get_submodule(name).weight_lowp = w
     return fast
+
+
+def _inductor_config(patch: dict):
+    if not patch:
+        import contextlib
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+    return inductor_config.patch(patch)
 
 
 def _to_float32(out):
@@ -101,7 +121,9 @@ class OptimizedModule(nn.Module):
         inner = module if dtype == torch.float32 else _cast_copy(module, dtype)
         inner.eval()
         self.inner = inner
-        fn = torch.compile(inner, dynamic=False, **(compile_options or {})) if compile else inner
+        options = dict(COMPILE_DEFAULTS if compile_options is None else compile_options)
+        fn = torch.compile(inner, dynamic=False, **options) if compile else inner
+        self._inductor_patch = dict(INDUCTOR_PATCH) if compile else {}
         object.__setattr__(self, "_fn", fn)  # not a registered child: `inner` is the one copy of the weights
         self.first_call_seconds = None
         self.calls = 0
@@ -119,7 +141,7 @@ class OptimizedModule(nn.Module):
         if first:
             self._counts_before = dynamo_counts() if self.compiled else None
             t = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), _inductor_config(self._inductor_patch):
             out = self._fn(*args, **kwargs)
         out = _to_float32(out)
         self.calls += 1
@@ -154,7 +176,8 @@ def optimize(module: nn.Module, precision: str = "fp32", compile: bool = False,
              compile_options: dict | None = None) -> OptimizedModule:
     """`module` for inference in `precision` ("fp32", "bf16", "fp16"), optionally compiled with
     torch.compile; a callable returning the module's outputs in float32, without gradient.
-    `compile_options`: extra keyword arguments for torch.compile (e.g. {"mode": "max-autotune"})."""
+    `compile_options`: keyword arguments for torch.compile (e.g. {"mode": "max-autotune"}); inductor
+    freezing is patched in around the calls (INDUCTOR_PATCH)."""
     if isinstance(module, OptimizedModule):
         raise ValueError("module is already optimized; optimize the original module")
     return OptimizedModule(module, precision, compile, compile_options)
