@@ -310,9 +310,11 @@ def test_compile_bf16_within_budget_no_recompiles():
     x = _golden_inputs()["real_B"]
     with torch.no_grad():
         ref = g(x)
-    fast = optimize(g, "bf16", compile=True)
+    lines = []
+    fast = optimize(g, "bf16", compile=True, log=lines.append)
     for _ in range(3):
         out = fast(x)
+    assert len(lines) == 1 and "1 graph(s), graph breaks: none" in lines[0], lines  # the CLIs print this
     e = image_error_levels(out[0], ref[0])
     assert e["mean"] <= BUDGETS["bf16"][0] and e["max"] <= BUDGETS["bf16"][1], e
     stats = fast.compile_stats()

@@ -111,8 +111,9 @@ class OptimizedModule(nn.Module):
     calls; `inner` is the (cast) module, `plan` the layers given the reduced dtype."""
 
     def __init__(self, module: nn.Module, precision: str = "fp32", compile: bool = False,
-                 compile_options: dict | None = None):
+                 compile_options: dict | None = None, log=None):
         super().__init__()
+        self._log = log  # called once with the compile summary after the first compiled call
         dtype = compute_dtype(precision)
         device = _device_of(module)
         check_supported(precision, device)
@@ -151,6 +152,11 @@ class OptimizedModule(nn.Module):
             self.first_call_seconds = time.perf_counter() - t
             if self.compiled:
                 self._counts_after_first = dynamo_counts()
+                if self._log is not None:
+                    st = self.compile_stats()
+                    self._log(f" [*] torch.compile ({type(self.inner).__name__}, {self.precision}): first call "
+                              f"{self.first_call_seconds:.1f} s, {st['graphs_first_call']} graph(s), graph breaks: "
+                              f"{st['graph_breaks'] or 'none'}")
         return out
 
     def compile_stats(self) -> dict:
@@ -173,20 +179,21 @@ class OptimizedModule(nn.Module):
 
 
 def optimize(module: nn.Module, precision: str = "fp32", compile: bool = False,
-             compile_options: dict | None = None) -> OptimizedModule:
+             compile_options: dict | None = None, log=None) -> OptimizedModule:
     """`module` for inference in `precision` ("fp32", "bf16", "fp16"), optionally compiled with
     torch.compile; a callable returning the module's outputs in float32, without gradient.
     `compile_options`: keyword arguments for torch.compile (e.g. {"mode": "max-autotune"}); inductor
-    freezing is patched in around the calls (INDUCTOR_PATCH)."""
+    freezing is patched in around the calls (INDUCTOR_PATCH). `log`: e.g. print, called once with
+    the compile summary (first-call seconds, graphs, graph breaks) after the first call."""
     if isinstance(module, OptimizedModule):
         raise ValueError("module is already optimized; optimize the original module")
-    return OptimizedModule(module, precision, compile, compile_options)
+    return OptimizedModule(module, precision, compile, compile_options, log)
 
 
 GENERATOR_ATTRS = ("generator_A", "generator_B", "generator")
 
 
-def optimize_generators(model: nn.Module, precision: str = "fp32", compile: bool = False) -> nn.Module:
+def optimize_generators(model: nn.Module, precision: str = "fp32", compile: bool = False, log=print) -> nn.Module:
     """Replace a U-GAT-IT / Morph-UGATIT model's generator attributes with their optimized
     versions in place (for the test phase and Morph's interpolate / translate); returns model.
     With fp32 and no compile the model is returned unchanged."""
@@ -196,5 +203,5 @@ def optimize_generators(model: nn.Module, precision: str = "fp32", compile: bool
     for attr in GENERATOR_ATTRS:
         g = model._modules.get(attr)
         if g is not None and not isinstance(g, OptimizedModule):
-            setattr(model, attr, optimize(g, precision, compile))
+            setattr(model, attr, optimize(g, precision, compile, log=log))
     return model
