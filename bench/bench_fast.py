@@ -294,6 +294,9 @@ def main(argv=None):
     from torch_port.train import pick_device
     device = pick_device(a.device)
     modes = a.modes.split(",") if a.modes else (CUDA_MODES if device.type == "cuda" else CPU_MODES)
+    if device.type == "cuda":  # what "fp32" means there: cuDNN convolutions default to TF32 on Ampere+
+        print(f"{torch.cuda.get_device_name(device)}: torch.backends.cudnn.allow_tf32="
+              f"{torch.backends.cudnn.allow_tf32} (fp32 modes use TF32 convolutions when True)", flush=True)
     out = []
     for light in ([a.light] if a.light is not None else [True, False]):
         res = run_config(a, light, modes)

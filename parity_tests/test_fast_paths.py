@@ -32,6 +32,17 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(autouse=True)
+def _true_float32_on_cuda():
+    """The float32 reference must be float32: cuDNN convolutions default to TF32 (10-bit
+    significand, like fp16) on Ampere and later GPUs, which would put the reference's own error
+    at the fp16 budget's size."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture(autouse=True)
 def _quiet_fp16():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "precision fp16 on CPU", RuntimeWarning)
