@@ -7,7 +7,8 @@ worst over both generators x 3 inputs:
   golden (official_golden_light64/final): bf16 mean 0.20-0.28, max 1.25-2.32 levels; fp16 mean
   0.027-0.038, max 0.18-0.43 (the tightest margin, 1.17x); demo (tf_reference trained 8
   iterations on the demo set, converted): bf16 mean 0.12-0.21, max 0.78-1.61; fp16 mean
-  0.016-0.033, max 0.09-0.26.
+  0.016-0.033, max 0.09-0.26. Under ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 (no native
+  bf16 instructions) the same to 0.01, demo bf16 max 1.70.
 On CUDA (bench/gpu_check.sh) the same tests run with device cuda.
 """
 import copy
