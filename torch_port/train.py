@@ -59,11 +59,18 @@ class NonFiniteLoss(RuntimeError):
 
 
 def pick_device(name: str) -> torch.device:
+    """The device of --device. On CUDA, TF32 is switched off for convolutions and matrix products:
+    cuDNN's default rounds float32 inputs to 10 mantissa bits (~1e-3), and the fp32 path is the
+    exact port of TF's float32 graph; the fast paths are --precision bf16/fp16."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise opt.OptionError(f"--device={name!r}: CUDA is not available on this machine")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return device
 
 
 # -- the command lines' training flags and process setup (python -m torch_port, python -m morph train) ----
