@@ -11,9 +11,10 @@ Official flags (same names, defaults, meanings) plus:
   --input PATH             test phase: translate this image or folder instead of testA/testB
   --direction a2b|b2a      direction for --input (default a2b)
   --demo DIR               write the demo data set in DIR, train a tiny model, run the test phase
-  --precision fp32|bf16|fp16, --compile True|False   test phase: the generators' fast path
-                           (training: --precision fp32|bf16, torch_port.train_precision)
-                           (torch_port.fast; default fp32, no compile: the exact port)
+  --precision fp32|bf16|fp16  the fast path (default fp32, the exact port): the test phase's
+                           generators (torch_port.fast); training takes fp32 or bf16
+                           (torch_port.train_precision)
+  --compile True|False     test phase: torch.compile the generators (default False; training: eager)
   --batch N                test phase: N images per generator call, with a progress bar
                            (default: the official one image at a time)
   --checkpoint PATH        test phase: the weights and model settings from this checkpoint (an
@@ -49,7 +50,8 @@ def build_parser():
     p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"), help="direction for --input")
     p.add_argument("--demo", default=None, metavar="DIR", help="train and test a tiny demo model in DIR")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="test phase: generator precision (default fp32, the exact port)")
+                   help="fp32 (default, the exact port) | bf16 | fp16: the test phase's generators; "
+                        "training: fp32 or bf16 (mixed precision, float32 master weights)")
     p.add_argument("--compile", type=opt.str2bool, default=False, help="test phase: torch.compile the generators")
     p.add_argument("--batch", type=int, default=None, help="test phase: images per generator call (progress bar)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
