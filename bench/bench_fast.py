@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ugatit_common import options as opt  # noqa: E402
+
+from workers import Worker  # bench/workers.py (this folder is sys.path[0] when run as a script)
 
 CPU_MODES = ["fp32", "fp32+compile", "bf16", "bf16+compile"]
 CUDA_MODES = CPU_MODES + ["fp16", "fp16+compile"]
@@ -184,33 +185,8 @@ def worker(name, cfg, device, modes, want_profile, threads=None):
     return 0
 
 
-class _Worker:
-    def __init__(self, name, args, env=None):
-        self.name = name
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", name] + args,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.hello = self._read()
-
-    def _read(self):
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{self.name} worker exited (code {self.proc.wait()})")
-            if line.startswith("{"):
-                return json.loads(line)
-
-    def ask(self, what):
-        self.proc.stdin.write(what + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self):
-        try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            pass
-        self.proc.wait()
+def _Worker(name, args, env=None):
+    return Worker(os.path.abspath(__file__), name, args, env)
 
 
 def run_config(a, light: bool, modes: list[str]) -> dict:

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ugatit_common import options as opt  # noqa: E402
+
+from workers import Worker  # bench/workers.py (this folder is sys.path[0] when run as a script)
 
 RUNTIMES = ("onnxruntime", "onnxruntime_fp16", "torch_port", "tf_reference")
 
@@ -97,30 +98,8 @@ def worker(name: str, cfg: dict, batch: int, threads: int, model_dir: str) -> in
     return 0
 
 
-class _Worker:
-    def __init__(self, name: str, args: list[str]):
-        self.name = name
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", name] + args,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info = self._read()
-
-    def _read(self) -> dict:
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{self.name} worker exited (code {self.proc.wait()})")
-            if line.startswith("{"):
-                return json.loads(line)
-
-    def ask(self, what: str) -> dict:
-        self.proc.stdin.write(what + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self):
-        self.proc.stdin.write("quit\n")
-        self.proc.stdin.flush()
-        self.proc.wait()
+def _Worker(name, args, env=None):
+    return Worker(os.path.abspath(__file__), name, args, env)
 
 
 def main(argv=None) -> int:
@@ -163,7 +142,7 @@ def main(argv=None) -> int:
         finally:
             for w in workers:
                 w.close()
-        info = {w.name: w.info for w in workers}
+        info = {w.name: w.hello for w in workers}
     med = {n: statistics.median(v) for n, v in times.items()}
     base = "tf_reference" if "tf_reference" in med else "torch_port"
     print(f"\nlight={a.light} img_size={a.img_size} ch={a.ch} batch={a.batch}, {a.iters} timed rounds after "

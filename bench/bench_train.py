@@ -13,7 +13,6 @@ import argparse
 import os
 import json
 import statistics
-import subprocess
 import sys
 import time
 
@@ -21,6 +20,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ugatit_common import options as opt  # noqa: E402
+
+from workers import Worker  # bench/workers.py (this folder is sys.path[0] when run as a script)
 
 
 def _inputs(s):
@@ -150,33 +151,8 @@ def worker(name: str, cfg: dict, device: str, weights: str | None) -> int:
     return 0
 
 
-class _Worker:
-    def __init__(self, name: str, args: list[str]):
-        self.name = name
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", name] + args,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self._read()
-
-    def _read(self) -> dict:
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{self.name} worker exited (code {self.proc.wait()})")
-            if line.startswith("{"):
-                return json.loads(line)
-
-    def ask(self, what: str) -> dict:
-        self.proc.stdin.write(what + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def time(self, what: str) -> float:
-        return self.ask(what)["seconds"]
-
-    def close(self):
-        self.proc.stdin.write("quit\n")
-        self.proc.stdin.flush()
-        self.proc.wait()
+def _Worker(name, args, env=None):
+    return Worker(os.path.abspath(__file__), name, args, env)
 
 
 def main(argv=None):
