@@ -85,15 +85,11 @@ def read_tf_training_state(path: str, overrides: dict | None = None, quiet: bool
     """Everything a torch run needs to continue an official TF run: weights, Adam slots of both
     optimizers, their powers, the step counter from the checkpoint name, and the config
     (`config`, with its provenance in `info`)."""
-    import torch
+    from torch_port.checkpoint import training_state_as_torch
     st = _read.read_training_arrays(path, overrides)
     if not quiet:
         st["info"].announce()
-    for key in ("model", "G_slots", "D_slots"):
-        st[key] = {n: torch.from_numpy(a) for n, a in st[key].items()}
-    for key in ("G_powers", "D_powers"):
-        st[key] = tuple(torch.from_numpy(a) for a in st[key])
-    return st
+    return training_state_as_torch(st)
 
 
 # ------------------------------------------------------------------ safetensors, streamed

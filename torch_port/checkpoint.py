@@ -301,6 +301,12 @@ def read_tf_training_state(folder: str, cfg: dict | None = None, keys=TF_CHECKED
     with (contextlib.nullcontext() if raw_errors else _tf_errors(folder)):
         st = tfc.read_training_arrays(folder, _run_settings(cfg, keys))
     st["info"].announce()
+    return training_state_as_torch(st)
+
+
+def training_state_as_torch(st: dict) -> dict:
+    """tf_checkpoint.read_training_arrays's numpy weights, Adam slots and powers as torch tensors
+    (in place; the step, config and provenance stay as they are)."""
     for key in ("model", "G_slots", "D_slots"):
         st[key] = {n: torch.from_numpy(a) for n, a in st[key].items()}
     for key in ("G_powers", "D_powers"):
