@@ -34,12 +34,7 @@ CFG = opt.config_from(light=True, dataset="t", img_size=32, ch=2, n_dis=4, augme
 PREFIX = "UGATIT_light"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from parity_tests.test_morph import _one_thread  # noqa: E402,F401 - autouse: one CPU thread per test
 
 
 def make_data(root, n_train=2, n_test=1):
