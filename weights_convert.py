@@ -289,6 +289,8 @@ def _main(argv=None) -> int:
     b.add_argument("ckpt_out", help="checkpoint prefix to write, e.g. checkpoint/X/UGATIT_light.model-10")
     b.add_argument("--weights_only", action="store_true", help="write the weights without the optimizer state "
                                                                "(enough for the test phase, not for resuming)")
+    # listed for --help; `tf2onnx ...` is dispatched above to torch_port.export (its own flags: tf2onnx --help)
+    sub.add_parser("tf2onnx", help="official TF checkpoint generator → verified ONNX model (tf2onnx --help)")
     args = p.parse_args(argv)
     try:
         if args.cmd == "tf2torch":
