@@ -52,18 +52,16 @@ import os
 
 import numpy as np
 
+from ugatit_common.float_error import RMS_FACTOR  # noqa: F401 - two float32 roundings of equal size, their tail
+from ugatit_common.float_error import max_abs as _max_abs, rms as _rms, scale as _scale
+
 U32 = 2.0 ** -24  # float32 unit roundoff (round to nearest)
 FLOAT64_TOL = 1e-9
-RMS_FACTOR = 3.0  # two independent float32 roundings of equal size, and their measured tail
 CRITERIA = (f"A tensor is ok when float64 torch vs float64 TF <= {FLOAT64_TOL} * max(1, max|ref|), and torch's "
             f"float32 error vs the float64 truth (root mean square over the tensor) is at most the larger of "
             f"{RMS_FACTOR:g}x TF's own float32 error and the rounding floor 2^-24 * sqrt(K) * max(1, max|ref|) "
             f"(K: the terms of every float32 sum up to that tensor).")
 NETS = ("generator_B", "generator_A", "discriminator_A", "discriminator_B")
-
-
-def _scale(ref: np.ndarray) -> float:
-    return max(1.0, float(np.abs(ref).max()) if ref.size else 1.0)
 
 
 def rounding_floor(reduction: float, scale: float) -> float:
@@ -82,14 +80,6 @@ def float32_verdict(got: np.ndarray, ref32: np.ndarray, truth: np.ndarray, reduc
     row["budget"] = max(RMS_FACTOR * row["tf_rms"], row["floor"])
     row["ok32"] = bool(row["port_rms"] <= row["budget"])
     return row
-
-
-def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0
-
-
-def _rms(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(a.astype(np.float64) - b.astype(np.float64))))) if a.size else 0.0
 
 
 def input_image(cfg: dict, seed: int) -> np.ndarray:

@@ -430,6 +430,23 @@ def test_ctrl_c_exit_130_with_step_and_resume_command(tmp_path, monkeypatch, cap
     assert rc == 1 and "Traceback" in err and "internal error (RuntimeError: boom)" in err
 
 
+def test_ctrl_c_rewrapped_by_a_library_is_still_an_interrupt(capsys):
+    """A SIGINT landing inside library code that re-raises it as its own error (chained) is still
+    Ctrl-C: exit 130 with the resume line, not an internal error."""
+    from ugatit_common import cli_errors
+
+    def wrapped(argv):
+        cli_errors.note_step(4)
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("stopped in C++") from e
+
+    assert cli_errors.run(wrapped, ["--iteration", "9"], prog="python -m torch_port", training=lambda a: True) == 130
+    assert "stopped at step 4" in capsys.readouterr().err
+    assert cli_errors.run(lambda argv: 1 / 0, [], prog="p") == 1  # a plain bug stays an internal error
+
+
 def test_ctrl_c_in_a_real_process(tmp_path):
     make_data(tmp_path)
     env = {**os.environ, "PYTHONPATH": ROOT}

@@ -68,10 +68,9 @@ from __future__ import annotations
 import numpy as np
 
 from parity_tests.golden import NORM_FED_BIAS
+from parity_tests.harness import RMS_FACTOR, U32, rounding_floor
 
-U32 = 2.0 ** -24  # float32 unit roundoff
 SEMANTIC_RTOL = 1e-9
-RMS_FACTOR = 3.0  # as harness.RMS_FACTOR: two independent roundings of equal size and their tail
 
 
 def tf_session_state(sess, tf):
@@ -155,7 +154,7 @@ class TFFloat64Gradients:
 def float32_budget(tf_rms: float, scale: float, reduction: float) -> float:
     """Criterion 2: the largest root-mean-square float32 error vs the float64 truth the port may
     have (module docstring): max(RMS_FACTOR * TF's own, u * sqrt(reduction) * scale)."""
-    return max(RMS_FACTOR * tf_rms, U32 * float(np.sqrt(max(reduction, 1.0))) * scale)
+    return max(RMS_FACTOR * tf_rms, rounding_floor(reduction, scale))
 
 
 def rms(a) -> float:

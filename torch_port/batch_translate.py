@@ -10,14 +10,12 @@ its last image, whose results are dropped) so that one compiled graph serves eve
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import torch
 
-from ugatit_common.results import save_image
-
 from .data import ImageReadError, test_image
+from .translate import write_result
 
 __all__ = ["translate_batches"]
 
@@ -55,10 +53,7 @@ def translate_batches(model, files, direction, cfg, device, result_dir, page, co
             with torch.no_grad():
                 y = model.translate(x, direction)[:n].permute(0, 2, 3, 1).float().cpu().numpy()
             for f, img in zip(ok, y):
-                out = names.path(os.path.join(result_dir, direction), f)
-                save_image(img, out)
-                page.add(os.path.relpath(out, result_dir).replace(os.sep, "/"), f, out)
-                counts[direction] = counts.get(direction, 0) + 1
+                write_result(img, f, direction, result_dir, page, counts, names)
                 bar.update(1)
     finally:
         bar.close()

@@ -204,13 +204,10 @@ def _rho_summaries(writer, model, step):
             writer.add_scalar(tag + "_mean", float(v.mean()), step)
 
 
-def restore(model, cfg, folder, dist_info, found=None, log=print):
-    """Load the newest usable checkpoint, whichever framework wrote it (the checkpoint policy,
-    ugatit_common.checkpoint_policy), or `found` (a `checkpoint.resume_point` result). Returns a
-    dict describing where to continue (with "state", the torch state file's content), or None
-    when the folder holds no checkpoint; checkpoints that cannot be used stop the run (exit 2)."""
-    if found is None:
-        found = ckpt.resume_point(folder, cfg, "train", log=log, set_aside=dist_info.is_main)
+def restore(model, cfg, found, dist_info, log=print):
+    """Load `found` (a `checkpoint.resume_point` result: the newest usable checkpoint, whichever
+    framework wrote it) into the model and its optimizers. Returns a dict describing where to
+    continue (with "state", the torch state file's content), or None when there is no checkpoint."""
     if found is None:
         return None
     cli_errors.note_checkpoint(found["found"].name)
@@ -336,7 +333,7 @@ class Trainer:
         model = self.model = self.build_model().to(self.device)
         model.make_optimizers(cfg["lr"])
 
-        pos = restore(model, cfg, paths.checkpoint, dist_info, self.find_checkpoint(), log) if self.resume else None
+        pos = restore(model, cfg, self.find_checkpoint(), dist_info, log) if self.resume else None
         run_id = (pos or {}).get("run") or policy.new_run_id()
         if pos is None:
             log(f" [!] Load failed... (no checkpoint in {paths.checkpoint}): starting from scratch" if self.resume

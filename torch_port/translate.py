@@ -86,10 +86,16 @@ def _translate_files(model, files, direction, cfg, device, result_dir, page, cou
             continue
         with torch.no_grad():
             y = model.translate(x, direction)
-        out = names.path(os.path.join(result_dir, direction), f)
-        save_image(y[0].permute(1, 2, 0).float().cpu().numpy(), out)
-        page.add(os.path.relpath(out, result_dir).replace(os.sep, "/"), f, out)
-        counts[direction] = counts.get(direction, 0) + 1
+        write_result(y[0].permute(1, 2, 0).float().cpu().numpy(), f, direction, result_dir, page, counts, names)
+
+
+def write_result(image_hwc, input_path, direction, result_dir, page, counts, names) -> str:
+    """One translated image: a fresh name in `<result_dir>/<direction>/`, the file, its page row."""
+    out = names.path(os.path.join(result_dir, direction), input_path)
+    save_image(image_hwc, out)
+    page.add(os.path.relpath(out, result_dir).replace(os.sep, "/"), input_path, out)
+    counts[direction] = counts.get(direction, 0) + 1
+    return out
 
 
 def test(cfg: dict, device: torch.device, input_path: str | None = None, direction: str = "a2b",

@@ -94,6 +94,9 @@ def run(fn, argv=None, prog: str = "python", training=None, label: str = "error"
     except BaseException as e:  # noqa: BLE001 - the one error path
         if debug:
             traceback.print_exc()
+        if _caused_by_interrupt(e):  # Ctrl-C inside a library call that re-raised it as its own error
+            print(interrupted_line(prog, argv, training), file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
         if is_bad_input(e):
             where = ""
             if training and training(argv) and _state.get("step") is not None:  # e.g. the disk filled up
@@ -104,6 +107,16 @@ def run(fn, argv=None, prog: str = "python", training=None, label: str = "error"
         print(f"{label}: internal error ({type(e).__name__}: {one_line(e)})"
               + ("" if debug else "; run again with --debug for the traceback"), file=sys.stderr, flush=True)
         return EXIT_INTERNAL
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def interrupted_line(prog: str, argv: list[str], training=None) -> str:
