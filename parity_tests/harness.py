@@ -121,7 +121,7 @@ def tf_forward(weights: dict, cfg: dict, x_nhwc: np.ndarray, nets=NETS, dtype=np
 
     dtype=np.float64 builds the same graph with every variable in float64 (the variable scope's
     default dtype): an independent high-precision truth for judging float32 rounding."""
-    from tf_reference.compat import tf
+    from tf_reference.compat import session_config, tf
     from tf_reference.model import UGATITGraph
     from tf_reference.ops import record_endpoints
     tf_dtype = tf.as_dtype(dtype)
@@ -144,7 +144,7 @@ def tf_forward(weights: dict, cfg: dict, x_nhwc: np.ndarray, nets=NETS, dtype=np
         missing = [v.op.name for v in variables if v.op.name not in weights]
         if missing:
             raise KeyError(f"weights lack {missing}")
-        with tf.Session() as sess:
+        with tf.Session(config=session_config(g)) as sess:  # no remapper E-line for the recorded layers
             # one run: every initializer fed its value (a Variable.load per variable adds an op each)
             sess.run([v.initializer for v in variables],
                      {v.initial_value: np.asarray(weights[v.op.name], dtype) for v in variables})

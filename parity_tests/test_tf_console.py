@@ -78,3 +78,23 @@ def test_training_numbers_do_not_depend_on_the_remapper():
     assert set(v0) == set(v1)
     differ = [k for k in v0 if not np.array_equal(v0[k], v1[k])]
     assert not differ, differ[:10]
+
+
+def test_recorded_forward_does_not_depend_on_the_remapper(monkeypatch):
+    """The parity harness records every layer's output (an Identity beside each activation), which
+    makes the remapper fail the same way: session_config switches it off there, bit-identically;
+    the test phase's graph (nothing recorded) keeps TF's defaults and their fusions."""
+    import tf_reference.compat as compat
+    from parity_tests.harness import input_image, random_tf_weights, tf_forward
+    from tf_reference.model import UGATITGraph
+    cfg = opt.config_from(**dict(TINY, sn=False))
+    weights, x = random_tf_weights(cfg, 0), input_image(cfg, 0)
+    ours = tf_forward(weights, cfg, x)
+    monkeypatch.setattr(compat, "session_config", lambda graph=None, config=None: config or compat.tf.ConfigProto())
+    default = tf_forward(weights, cfg, x)
+    assert set(ours) == set(default) and all(np.array_equal(ours[k], default[k]) for k in ours)
+    g = compat.tf.Graph()
+    with g.as_default():
+        UGATITGraph(opt.config_from(**dict(TINY, phase="test"))).build_test()
+    assert not compat.remapper_would_fail(g)
+    assert compat.session_config(g).graph_options.rewrite_options.remapping == 0  # DEFAULT: fusions kept

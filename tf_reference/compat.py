@@ -4,7 +4,7 @@ reference variables), and the golden bundle was produced that way.
 Importing TF here also keeps its console honest: what TF prints as a matter of course (the
 oneDNN banner, which C++ writes to stderr before its log settings apply, and the TF1
 deprecation notices that `disable_v2_behavior` logs) is dropped; any other line TF prints while
-loading is passed through, and errors at run time are not touched (`train_session_config`
+loading is passed through, and errors at run time are not touched (`session_config`
 removes the one that was a grappler defect, not by hiding it)."""
 import os
 import sys
@@ -50,17 +50,40 @@ tf.logging.set_verbosity(tf.logging.ERROR)  # before disable_v2_behavior, which 
 tf.disable_v2_behavior()
 
 
-def train_session_config():
-    """Session options for graphs with gradients. Grappler's remapper tries to fuse a
-    Conv2D + BiasAdd + LeakyRelu of the discriminator into one op although LeakyReluGrad still
-    reads the BiasAdd output, fails ("Mutation::Apply error: fanout ... LeakyReluGrad exist for
-    missing node ... BiasAdd") and grappler keeps the graph it had. Switching the remapper off
-    for these graphs keeps exactly that graph (measured: the golden run's checkpoint and losses
-    are bit-identical with and without it) and drops the error line. Inference graphs keep it."""
-    from tensorflow.core.protobuf import rewriter_config_pb2
-    config = tf.ConfigProto()
-    config.graph_options.rewrite_options.remapping = rewriter_config_pb2.RewriterConfig.OFF
+# activations grappler's remapper fuses into Conv2D + BiasAdd (a _FusedConv2D)
+_FUSED_ACTIVATIONS = {"Relu", "Relu6", "LeakyRelu", "Elu", "Tanh", "Sigmoid"}
+
+
+def remapper_would_fail(graph) -> bool:
+    """Whether `graph` has a BiasAdd that feeds a fusable activation AND something else (a
+    LeakyReluGrad in a training graph, an Identity that records the layer's output). Grappler's
+    remapper fuses such a BiasAdd away regardless, then fails ("Mutation::Apply error: fanout
+    ... exist for missing node ... BiasAdd", printed as an E-line on every run) and keeps the
+    graph it had, discarding all of its fusions for that graph."""
+    for op in graph.get_operations():
+        if op.type == "BiasAdd":
+            consumers = [c for out in op.outputs for c in out.consumers()]
+            if len(consumers) > 1 and any(c.type in _FUSED_ACTIVATIONS for c in consumers):
+                return True
+    return False
+
+
+def session_config(graph=None, config=None):
+    """Session options for `graph` (default: the current default graph), built complete: where
+    the remapper would fail (remapper_would_fail), it is switched off, which keeps exactly the
+    graph TF ends up running (measured: the golden 3-iteration run's checkpoint and losses are
+    bit-identical with and without it) and drops the error line. Other graphs (the test phase)
+    keep TF's defaults, fusions included."""
+    config = tf.ConfigProto() if config is None else config
+    if remapper_would_fail(graph if graph is not None else tf.get_default_graph()):
+        from tensorflow.core.protobuf import rewriter_config_pb2
+        config.graph_options.rewrite_options.remapping = rewriter_config_pb2.RewriterConfig.OFF
     return config
 
 
-__all__ = ["tf", "train_session_config"]
+def train_session_config():
+    """session_config() of the current (training) graph."""
+    return session_config()
+
+
+__all__ = ["tf", "session_config", "train_session_config", "remapper_would_fail"]

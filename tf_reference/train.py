@@ -16,7 +16,7 @@ from ugatit_common.images import readable_train_images
 from ugatit_common.output_names import OutputNames
 from ugatit_common.results import ResultsPage, save_image
 
-from .compat import tf, train_session_config
+from .compat import session_config, tf, train_session_config
 from .data import load_test_image, train_iterator
 from .model import UGATITGraph
 
@@ -172,7 +172,7 @@ def test(cfg: dict) -> str:
     with graph.as_default():
         m = UGATITGraph(cfg).build_test()
         saver = tf.train.Saver()
-        with tf.Session() as sess:
+        with tf.Session(config=session_config(graph)) as sess:  # TF's defaults unless the remapper would fail
             tf.global_variables_initializer().run()
             could_load, _ = restore(sess, saver, paths.checkpoint, tf.global_variables(), need="weights")
             if not could_load:  # never translate with untrained weights

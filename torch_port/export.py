@@ -310,7 +310,7 @@ def tf_generator_runner(cfg: dict, core_state: dict, scope: str, threads: int | 
     the naming rule), or None when tf_reference / TensorFlow is not importable. `threads`: TF's
     intra-op threads (default: TF's own choice)."""
     try:
-        from tf_reference.compat import tf
+        from tf_reference.compat import session_config, tf
         from tf_reference.model import UGATITGraph
 
         from ugatit_common.tf_checkpoint import names as wc
@@ -335,7 +335,7 @@ def tf_generator_runner(cfg: dict, core_state: dict, scope: str, threads: int | 
                 config = tf.ConfigProto()
                 if threads:
                     config.intra_op_parallelism_threads, config.inter_op_parallelism_threads = int(threads), 1
-                sess = tf.Session(graph=g, config=config)
+                sess = tf.Session(graph=g, config=session_config(g, config))
                 sess.run([v.initializer for v in variables], feed)
             sessions[shape] = (sess, x, (image, cam, heat))
         return sessions[shape]
