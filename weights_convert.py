@@ -210,25 +210,10 @@ def _atomic_torch_save(obj, out):
 
 
 def load_torch_weights(path: str):
-    """(state, metadata) from a .safetensors file or a .pt written by this tool (weights_only)."""
-    import torch
-    if path.endswith(".pt"):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        state = obj["state"] if isinstance(obj, dict) and "state" in obj else obj
-        meta = {}
-        if isinstance(obj, dict) and "state" in obj:
-            meta = {"ugatit_config": json.dumps(obj.get("config", {})), "step": obj.get("step", 0)}
-            prov = obj.get("config_provenance") or {}
-            if prov:
-                meta.update(ugatit_config_sources=json.dumps(prov.get("sources", {})),
-                            ugatit_config_guessed=json.dumps(prov.get("guessed", {})),
-                            ugatit_config_not_recorded=json.dumps(prov.get("not_recorded", [])))
-        return state, meta
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-    with safe_open(path, "pt") as f:
-        meta = f.metadata() or {}
-    return load_file(path), meta
+    """(state, metadata) from a .safetensors file or a .pt written by this tool (weights_only; a
+    pickle or an unreadable file is one ConversionError: torch_port.to_tf.load_weights)."""
+    from torch_port.to_tf import load_weights
+    return load_weights(path)
 
 
 def torch_to_tf(state: dict, prefix: str, step: int | None = None) -> str:

@@ -39,7 +39,7 @@ def _resolve(inp: str) -> str:
     return inp
 
 
-def _load_weights(path: str) -> tuple[dict, dict]:
+def load_weights(path: str) -> tuple[dict, dict]:
     """(state, metadata) of a .safetensors or .pt file, with one clear error for anything else."""
     import torch
     with open(path, "rb") as fh:
@@ -58,8 +58,13 @@ def _load_weights(path: str) -> tuple[dict, dict]:
         except Exception as e:  # noqa: BLE001 - truncated zip, garbage, ...
             raise ConversionError(f"{path!r} is not a readable .pt weights file ({_reason(e)})") from e
         meta = {}
-        if isinstance(obj, dict) and "state" in obj:
+        if isinstance(obj, dict) and "state" in obj:  # a tf2torch .pt: its config and where it came from
             meta = {"ugatit_config": json.dumps(obj.get("config") or {}), "step": obj.get("step", 0)}
+            prov = obj.get("config_provenance") or {}
+            if prov:
+                meta.update(ugatit_config_sources=json.dumps(prov.get("sources", {})),
+                            ugatit_config_guessed=json.dumps(prov.get("guessed", {})),
+                            ugatit_config_not_recorded=json.dumps(prov.get("not_recorded", [])))
             obj = obj["state"]
         if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise ConversionError(f"{path!r} does not hold a state dict of tensors")
@@ -121,7 +126,7 @@ def prepare(inp: str, weights_only: bool = False, log=print) -> tuple[dict, int,
     """(flat state to write: weights + Adam slots + powers, step, config) for `inp`; raises
     ConversionError naming what is wrong."""
     path = _resolve(inp)
-    weights, meta = _load_weights(path)
+    weights, meta = load_weights(path)
     cfg = None
     for key in ("config", "ugatit_config"):
         if meta.get(key):
