@@ -2,7 +2,8 @@
 
   train        the official flags + --config A|B|C --idp_weight --g_cam --device --seed
                --init_from PATH --data_root DIR, and the port's --resume --keep_checkpoints
-               --num_workers --threads --precision fp32|bf16; runs the port's trainer
+               --num_workers --threads --precision fp32|bf16|fp16 --compile True|False; runs the
+               port's trainer
                (torch_port.train.Trainer): torchrun data parallelism, TensorBoard events,
                NaN / inf loss -> exit 3
   interpolate  --input FILE|FOLDER --steps N --samples K: per input <name>_strip.png,
@@ -61,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_flags(t, "continue from the newest checkpoint (default: True); False moves an older run in the "
                           "folder into previous-run-<time>/ and starts fresh")
     t.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="training precision: fp32 (the exact port) or bf16 (torch_port.train_precision)")
+                   help="training precision: fp32 (the exact port), bf16 or fp16 (mixed precision, float32 master "
+                        "weights; fp16 with loss scaling: torch_port.train_precision)")
+    t.add_argument("--compile", type=opt.str2bool, default=False,
+                   help="torch.compile the networks (torch_port.train_compile; default False)")
 
     for name, help_ in (("interpolate", "morph strips / GIFs between the B->A and A->B codes (config C)"),
                         ("translate", "translate inputs with N samples of the direction code")):
@@ -121,10 +125,12 @@ def cmd_train(args) -> int:
     check_training_precision(args.precision)
     cfg = _cfg(args)
     with training_process(args.device, args.threads) as (device, dist_info):
+        check_training_precision(args.precision, device)
         out = {}
         rc = exit_code_of(lambda: out.update(train(
             cfg, device=device, seed=args.seed, base=args.data_root, init_from=args.init_from, resume=args.resume,
-            keep_checkpoints=args.keep_checkpoints, num_workers=args.num_workers, precision=args.precision)))
+            keep_checkpoints=args.keep_checkpoints, num_workers=args.num_workers, precision=args.precision,
+            compile=args.compile)))
         h = out.get("history")
         if h and dist_info.is_main:
             print(f" [*] done: counter {out['counter'] - 1}, last d_loss {h[-1]['d_loss']:.4f} "

@@ -12,9 +12,11 @@ Official flags (same names, defaults, meanings) plus:
   --direction a2b|b2a      direction for --input (default a2b)
   --demo DIR               write the demo data set in DIR, train a tiny model, run the test phase
   --precision fp32|bf16|fp16  the fast path (default fp32, the exact port): the test phase's
-                           generators (torch_port.fast); training takes fp32 or bf16
-                           (torch_port.train_precision)
-  --compile True|False     test phase: torch.compile the generators (default False; training: eager)
+                           generators (torch_port.fast); training: mixed precision with float32
+                           master weights, fp16 with loss scaling (torch_port.train_precision)
+  --compile True|False     torch.compile the networks (default False): the test phase's generators;
+                           training: every network, compiled in the first iteration
+                           (torch_port.train_compile)
   --batch N                test phase: N images per generator call, with a progress bar
                            (default: the official one image at a time)
   --checkpoint PATH        test phase: the weights and model settings from this checkpoint (an
@@ -51,8 +53,9 @@ def build_parser():
     p.add_argument("--demo", default=None, metavar="DIR", help="train and test a tiny demo model in DIR")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="fp32 (default, the exact port) | bf16 | fp16: the test phase's generators; "
-                        "training: fp32 or bf16 (mixed precision, float32 master weights)")
-    p.add_argument("--compile", type=opt.str2bool, default=False, help="test phase: torch.compile the generators")
+                        "training: mixed precision, float32 master weights (fp16: with loss scaling)")
+    p.add_argument("--compile", type=opt.str2bool, default=False,
+                   help="torch.compile the test phase's generators / the training networks (default False)")
     p.add_argument("--batch", type=int, default=None, help="test phase: images per generator call (progress bar)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="test phase: translate with this checkpoint (an official TF checkpoint folder or prefix, a "
@@ -79,9 +82,7 @@ def _validate_extra(a):
         raise opt.OptionError(f"--batch={a.batch}: must be >= 1")
     if a.phase == "train":
         from .train_precision import check_training_precision
-        check_training_precision(a.precision)  # fp32 or bf16
-        if a.compile:
-            raise opt.OptionError("--compile applies to the test phase for now (training: eager)")
+        check_training_precision(a.precision)
     if a.checkpoint is not None and a.phase != "test":
         raise opt.OptionError("--checkpoint applies to the test phase (training resumes from --checkpoint_dir)")
     if a.checkpoint is not None and not (os.path.exists(a.checkpoint) or os.path.isfile(a.checkpoint + ".index")):
@@ -98,9 +99,11 @@ def run(a) -> int:
     # --threads, the device, torchrun's process group (closed at the end); python -m morph train too
     with training_process(a.device, a.threads) as (device, dist_info):
         if cfg["phase"] == "train":
+            from .train_precision import check_training_precision
+            check_training_precision(a.precision, device)  # e.g. bf16 on a GPU without it
             rc = exit_code_of(lambda: train(cfg, device, num_workers=a.num_workers, seed=a.seed,
                                             keep_checkpoints=a.keep_checkpoints, resume=a.resume,
-                                            precision=a.precision))
+                                            precision=a.precision, compile=a.compile))
             if rc:  # 3: a loss became NaN / inf
                 return rc
             if dist_info.is_main:

@@ -183,6 +183,9 @@ class UGATIT(nn.Module):
         """Gradients of `total` w.r.t. the optimizer's parameters only (others get none), then
         one TF1 Adam step."""
         params = [p for _, p in optim.named_params]
+        scaler = getattr(optim, "loss_scaler", None)  # fp16 training (torch_port.train_precision)
+        if scaler is not None:
+            total = total * scaler.scale  # a power of two: exact; the wrapped step unscales
         grads = torch.autograd.grad(total, params, allow_unused=True)
         for p, g in zip(params, grads):
             p.grad = g

@@ -251,9 +251,10 @@ class Trainer:
     MOVE_ASIDE = ("sample",)          # output folders (run_paths attributes) --resume False moves aside
 
     def __init__(self, cfg: dict, device="cpu", num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 3,
-                 resume: bool = True, base: str = ".", log=None, precision: str = "fp32"):
+                 resume: bool = True, base: str = ".", log=None, precision: str = "fp32", compile: bool = False):
         self.dist_info = ddp.current()
-        self.precision = precision  # "fp32" (the exact port) or "bf16" (torch_port.train_precision)
+        self.precision = precision  # "fp32" (the exact port), "bf16" or "fp16" (torch_port.train_precision)
+        self.compile = bool(compile)  # torch.compile the networks (torch_port.train_compile)
         self.main = self.dist_info.is_main
         self.device = torch.device(device)
         self.num_workers, self.seed, self.keep_checkpoints = int(num_workers), int(seed), int(keep_checkpoints)
@@ -295,12 +296,27 @@ class Trainer:
     def wrap_steps(self, d_step, g_step):
         """The one place where the D and G steps are wrapped (autocast, torch.compile): returns
         the two callables the loop calls, with `UGATIT.d_step` / `g_step`'s signatures. Here:
-        `precision` bf16 (autocast with float32 norms, spectral norm, CAM, dense layers and
-        output convolutions; float32 master weights and Adam state)."""
-        if self.precision == "fp32":
-            return d_step, g_step
-        from .train_precision import mixed_precision_steps
-        return mixed_precision_steps(self.model, d_step, g_step, self.precision, self.device)
+        `precision` bf16 / fp16 (autocast with float32 norms, spectral norm, CAM, dense layers
+        and output convolutions; float32 master weights and Adam state; fp16 with loss scaling:
+        torch_port.train_precision), then `compile` (the networks compiled in place:
+        torch_port.train_compile). Called before torchrun's gradient averaging wraps the
+        optimizers' steps, after the checkpoint's optimizer state is loaded."""
+        if self.precision != "fp32":
+            from .train_precision import mixed_precision_steps
+            d_step, g_step = mixed_precision_steps(self.model, d_step, g_step, self.precision, self.device)
+        if self.compile:
+            from .train_compile import compiled_steps
+            d_step, g_step = compiled_steps(self.model, d_step, g_step, self.log)
+        return d_step, g_step
+
+    def _load_loss_scale(self, state: dict) -> None:
+        """An fp16 run resumed from an fp16 checkpoint continues with its loss scales (a checkpoint
+        of another precision has none: the scales start afresh)."""
+        from .train_precision import loss_scalers
+        saved = state.get("loss_scale") or {}
+        for key, scaler in loss_scalers(self.model).items():
+            if key in saved:
+                scaler.load_state_dict(saved[key])
 
     # -- the run ------------------------------------------------------------------------------------
     def _prepare_folders(self, sizes) -> None:
@@ -349,11 +365,13 @@ class Trainer:
             if pos["rng"] is not None:
                 ckpt.set_rng_state(pos["rng"])
             self.load_extra_state(pos["state"])
-        if dist_info.enabled:
+        d_step, g_step = self.wrap_steps(model.d_step, model.g_step)
+        if pos is not None and pos["state"] is not None:
+            self._load_loss_scale(pos["state"])
+        if dist_info.enabled:  # outermost: the averaged gradients are what any step wrapper sees
             ddp.average_gradients_before_step(model.G_optim)
             ddp.average_gradients_before_step(model.D_optim)
         ddp.broadcast_module_(model)
-        d_step, g_step = self.wrap_steps(model.d_step, model.g_step)
 
         feed_A = _Feed(ds_A, cfg["batch_size"], seed, loader_A, self.num_workers, dist_info, self.device)
         feed_B = _Feed(ds_B, cfg["batch_size"], seed + 1, loader_B, self.num_workers, dist_info, self.device)
@@ -386,7 +404,12 @@ class Trainer:
                          "loader_A": feed_A.pos, "loader_B": feed_B.pos, "past_g_loss": float(past_g_loss),
                          "G_optim": model.G_optim.state_dict(), "D_optim": model.D_optim.state_dict(),
                          "rng": ckpt.rng_state(), "config": ckpt.plain_config(cfg),
-                         "world_size": dist_info.world_size, "run": run_id, "precision": self.precision}
+                         "world_size": dist_info.world_size, "run": run_id, "precision": self.precision,
+                         "compile": self.compile}
+                from .train_precision import loss_scalers
+                scalers = loss_scalers(model)
+                if scalers:  # fp16: the loss scales, so a resumed run continues exactly
+                    state["loss_scale"] = {k: s.state_dict() for k, s in scalers.items()}
                 state.update(self.extra_state())
                 ckpt.save(paths.checkpoint, prefix, counter, model, state, self.keep_checkpoints)
                 cli_errors.note_checkpoint(f"{prefix}.model-{counter}")
@@ -453,9 +476,9 @@ class Trainer:
 
 
 def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 3,
-          resume: bool = True, precision: str = "fp32") -> dict:
+          resume: bool = True, precision: str = "fp32", compile: bool = False) -> dict:
     """Train (or resume) the port: {"steps", "checkpoint_dir", "counter", "model"}."""
     out = Trainer(cfg, device, num_workers=num_workers, seed=seed, keep_checkpoints=keep_checkpoints,
-                  resume=resume, precision=precision).run()
+                  resume=resume, precision=precision, compile=compile).run()
     return {"steps": out["history"], "checkpoint_dir": out["checkpoint_dir"], "counter": out["counter"],
             "model": out["model"]}

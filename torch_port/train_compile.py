@@ -1,0 +1,110 @@
+"""Compiled training (`--compile True` in `python -m torch_port` and `python -m morph train`).
+
+What is compiled: each network of the model (the generators, Morph's generator with its latent
+MLP, the discriminators) in place with `nn.Module.compile`, so parameter names, checkpoints and
+`state_dict` keys do not change. AOTAutograd compiles each network's backward with its forward;
+the loss sums, `torch.autograd.grad`'s bookkeeping and TF1 Adam stay eager (Adam is one fused
+pass per tensor already, and its exact TF operation order is the parity contract).
+
+Graphs: one per way a network is called in an iteration (the D step runs the generators without
+gradient; a spectral-norm discriminator's first call of a step starts the power iteration, the
+others reuse it; ...): 6 for the port, all compiled during the first iteration. The first
+iteration's time is the compile cost (`CompileWatch` says it, with the graph breaks: there are
+none in the port); a later iteration that compiles anything is reported with its counter, so a
+recompile in the hot path cannot pass unnoticed.
+
+Not compiled: the discriminators of the gradient-penalty losses (wgan-gp, wgan-lp, dragan), whose
+penalty differentiates the discriminator twice: AOTAutograd cannot compile a double backward.
+Their generators are compiled.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+
+BACKEND = "inductor"
+
+
+def compiled_networks(model: nn.Module) -> tuple[list[str], list[str]]:
+    """(names compiled, names left eager with the reason) of `model`'s networks."""
+    from .losses import uses_gradient_penalty
+    from .networks import Discriminator, Generator
+    gp = uses_gradient_penalty(model.config["gan_type"])
+    yes, no = [], []
+    for name, child in model.named_children():
+        if isinstance(child, Discriminator) and gp:
+            no.append(f"{name} (gan_type {model.config['gan_type']}: the penalty's double backward)")
+        elif isinstance(child, (Generator, Discriminator)):
+            yes.append(name)
+    return yes, no
+
+
+def compile_model(model: nn.Module, backend: str = BACKEND) -> tuple[list[str], list[str]]:
+    """Compile `model`'s networks in place (once); returns `compiled_networks(model)`."""
+    yes, no = compiled_networks(model)
+    for name in yes:
+        net = getattr(model, name)
+        if getattr(net, "_compiled_call_impl", None) is None:
+            net.compile(backend=backend)
+    return yes, no
+
+
+class CompileWatch:
+    """Reports compilation around the training steps: the first iteration (the compile cost, the
+    graphs, any graph break), then any later iteration that compiles a graph (a recompile)."""
+
+    def __init__(self, log):
+        self.log = log
+        self.first = True
+        self.t0 = None
+        self.graphs = self._graphs()
+
+    @staticmethod
+    def _graphs() -> int:
+        from torch._dynamo.utils import counters
+        return int(counters["stats"]["unique_graphs"])
+
+    @staticmethod
+    def graph_breaks() -> dict:
+        from torch._dynamo.utils import counters
+        return dict(counters["graph_break"])
+
+    def begin(self) -> None:
+        if self.first:
+            self.t0 = time.perf_counter()
+
+    def end(self, iteration: int) -> None:
+        graphs = self._graphs()
+        new = graphs - self.graphs
+        if self.first:
+            breaks = self.graph_breaks()
+            took = time.perf_counter() - self.t0
+            self.log(f" [*] torch.compile: " + (f"{new} graphs compiled in the first iteration ({took:.1f} s, compile "
+                                                 f"included)" if new else "compiled code reused (no new graph)")
+                     + "; graph breaks: " + (", ".join(f"{k} (x{v})" for k, v in breaks.items()) if breaks else "none"))
+            self.first = False
+        elif new:
+            self.log(f" [!] torch.compile: {new} graph(s) recompiled in iteration {iteration} of this run "
+                     f"(TORCH_LOGS=recompiles shows why)")
+        self.graphs = graphs
+
+
+def compiled_steps(model: nn.Module, d_step, g_step, log, backend: str = BACKEND):
+    """(d_step, g_step) with the model's networks compiled, each iteration watched by a
+    `CompileWatch` (the D step opens an iteration, the loop's next D step closes it)."""
+    yes, no = compile_model(model, backend)
+    log(f" [*] torch.compile ({backend}): {', '.join(yes)}" + (f"; eager: {', '.join(no)}" if no else ""))
+    watch = CompileWatch(log)
+    state = {"counter": 0}
+
+    def d(*args, **kwargs):
+        if state["counter"]:
+            watch.end(state["counter"])
+        state["counter"] += 1
+        watch.begin()
+        return d_step(*args, **kwargs)
+
+    d.watch = watch
+    return d, g_step
