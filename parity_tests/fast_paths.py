@@ -7,6 +7,8 @@ writes OUT_DIR/fast_paths.md and .html: for each generator of a TF checkpoint, e
 root-mean-square and max error of each fast path against the port run in float64 (the truth the
 parity report uses: torch64 equals TF64 to 1e-9, harness criterion 1), beside the exact float32
 path's. Compiled paths fuse layers, so they get the network outputs only.
+`python -m parity_tests.report` carries the same numbers as one column per fast path of its
+per-layer table (report_columns: the rows are joined by harness_name) and writes these files too.
 
 Budgets (8-bit output levels: 1 level = 1/127.5 of the [-1, 1] image range), against the exact
 float32 port on the same input:
@@ -99,7 +101,8 @@ def fast_path_errors(module, args: tuple, paths=("bf16", "fp16"), kwargs: dict |
     module: a float32 Generator / MorphGenerator / Discriminator (weights loaded); args/kwargs:
     its float32 inputs. paths: eager precisions (per layer); compile_paths: precisions run
     compiled (outputs only). Returns {"layers": {name: {"shape", "fp32": (rms, max), path: ...}},
-    "outputs": {name: {...}}} - errors in absolute units of the tensor.
+    "outputs": {name: {...}}} - errors in absolute units of the tensor, against the float64 run
+    unrounded (outputs too: the float32 path's RMS equals the harness's torch RMS, test_report.py).
     Spectral-norm `u` advances on every call: each run starts from a copy of the module, so all
     paths see the same `u`."""
     import torch
@@ -120,7 +123,7 @@ def fast_path_errors(module, args: tuple, paths=("bf16", "fp16"), kwargs: dict |
         return _record(fast.inner, lambda: fast(*args, **kwargs))
 
     truth_acts, truth_out = run(None, torch.float64)
-    truth_out = {k: _np(v).astype(np.float64) for k, v in _outputs(truth_out).items()}
+    truth_out = {k: v.detach().cpu().double().numpy() for k, v in _outputs(truth_out).items()}  # float64, unrounded
     results = {"layers": {}, "outputs": {k: {"shape": tuple(v.shape)} for k, v in truth_out.items()}}
     for name, t in truth_acts.items():
         results["layers"][name] = {"shape": tuple(t.shape)}
@@ -138,22 +141,81 @@ def fast_path_errors(module, args: tuple, paths=("bf16", "fp16"), kwargs: dict |
     return results
 
 
+def cell(r: dict, label: str) -> str:
+    """One entry of fast_path_errors as the tables show it: "rms / max (rms ratio to fp32)"; "-"
+    where `label` did not measure it (a compiled path's inner layers)."""
+    if label not in r:
+        return "-"
+    rms, mx = r[label]
+    base = r.get("fp32", (0.0, 0.0))[0]
+    ratio = "" if label == "fp32" or not base else f" ({rms / base:.0f}x)"
+    return f"{rms:.3g} / {mx:.3g}{ratio}"
+
+
 def table(results: dict, labels: list[str]) -> list[list[str]]:
     """Rows [kind, name, shape, per label "rms / max (rms ratio to fp32)"]."""
     rows = []
     for kind in ("outputs", "layers"):
         for name, r in results[kind].items():
-            cells = [kind[:-1], name, str(list(r["shape"]))]
-            base = r.get("fp32", (0.0, 0.0))[0]
-            for lab in labels:
-                if lab not in r:
-                    cells.append("-")
-                    continue
-                rms, mx = r[lab]
-                ratio = "" if lab == "fp32" or not base else f" ({rms / base:.0f}x)"
-                cells.append(f"{rms:.3g} / {mx:.3g}{ratio}")
-            rows.append(cells)
+            rows.append([kind[:-1], name, str(list(r["shape"]))] + [cell(r, lab) for lab in labels])
     return rows
+
+
+def budgets_text() -> str:
+    """The stated budgets (BUDGETS and the compiled fp32 criterion), one sentence."""
+    return ("Budgets of the image against the float32 port (parity_tests/fast_paths.py, asserted by "
+            "parity_tests/test_fast_paths.py on trained checkpoints): "
+            + "; ".join(f"{k}: mean |diff| <= {v[0]:g}, max <= {v[1]:g}" for k, v in BUDGETS.items())
+            + " (8-bit levels, 1 level = 1/127.5); fp32+compile: RMS error vs the float64 truth <= 3x the eager "
+              "float32 path's (harness RMS_FACTOR) or the rounding floor.")
+
+
+def harness_name(net: str, kind: str, name: str) -> str:
+    """The parity harness's torch name of a fast_path_errors entry of generator `net`: a layer's
+    named_modules path under the net (`generator_B.adaptive_resblock0.res1.conv_0`, what the TF
+    name with / -> . gives), a network output after `:` (`generator_B:image`)."""
+    return f"{net}:{name}" if kind == "outputs" else f"{net}.{name}"
+
+
+def path_labels(eager, compiled) -> list[str]:
+    """The result labels of parse_paths' (eager, compiled): bf16, fp16, fp32+compile, ..."""
+    return list(eager) + [f"{p}+compile" for p in compiled]
+
+
+def report_columns(sections: list[tuple[str, dict]], labels: list[str], rows: dict, device: str = "cpu") -> dict:
+    """The parity report's fast-path columns: one per label, joined to the harness `rows`
+    ({TF name: row with torch_name, shape}) by harness_name.
+
+    Returns {"columns": header per label, "cells": {TF name: [cell per label]} for every row with a
+    counterpart, "unmatched": ["TF name (why)"] for each generator row of a measured net without
+    one (none in this port: every recorded TF layer is a named module; a row whose torch shape
+    differs from TF's, which the harness fails, is listed rather than joined), "intro": what the
+    columns mean and the budgets}."""
+    found = {}
+    for net, res in sections:
+        for kind in ("outputs", "layers"):
+            for name, r in res[kind].items():
+                found[harness_name(net, kind, name)] = r
+    nets = {net for net, _ in sections}
+    cells, unmatched = {}, []
+    for tf_name, row in rows.items():
+        r = found.get(row["torch_name"])
+        if r is None:
+            if row["torch_name"].replace(":", ".").split(".")[0] in nets:
+                unmatched.append(f"{tf_name} (no {row['torch_name']})")
+        elif tuple(r["shape"]) != tuple(row["shape"]):
+            unmatched.append(f"{tf_name} (shape {list(row['shape'])}, fast path {list(r['shape'])})")
+        else:
+            cells[tf_name] = [cell(r, lab) for lab in labels]
+    intro = (f"Fast-path columns ({', '.join(labels)}; torch_port.optimize, run on {device}): the error of that "
+             f"path against the float64 truth (the port in float64, equal to TF's float64 run within criterion 1), "
+             f"per generator tensor: root mean square / max |diff|, and in brackets the RMS ratio to the exact "
+             f"float32 path's on the same input and device (on CPU: the torch RMS of the f32 column). '-': not "
+             f"measured (discriminators; a compiled path fuses layers and gives the network outputs only). "
+             f"Information, not part of the ok column or the exit status. " + budgets_text()
+             + " Every generator layer, also those TF does not record: fast_paths.md / .html.")
+    return {"columns": [f"{lab} err vs f64: rms / max (x fp32)" for lab in labels], "cells": cells,
+            "unmatched": unmatched, "intro": intro}
 
 
 def write_fast_path_report(sections: list[tuple[str, dict]], out_dir: str, source: str = "") -> str:
@@ -162,9 +224,7 @@ def write_fast_path_report(sections: list[tuple[str, dict]], out_dir: str, sourc
     os.makedirs(out_dir, exist_ok=True)
     intro = ("Error of each fast path (torch_port.optimize) against the float64 truth (the port in float64, "
              "equal to TF's float64 run), per layer: root mean square / max |diff|, and the RMS ratio to the exact "
-             "float32 path. Compiled paths: network outputs only (layers are fused). Budgets of the image "
-             "against the float32 port: " + ", ".join(f"{k}: mean <= {v[0]:g}, max <= {v[1]:g} 8-bit levels"
-                                                      for k, v in BUDGETS.items()) + " (parity_tests/fast_paths.py).")
+             "float32 path. Compiled paths: network outputs only (layers are fused). " + budgets_text())
     md, body = [f"# Fast-path fidelity\n\nCheckpoint: `{source}`\n\n{intro}\n"], []
     for title, res in sections:
         labels = sorted({k for kind in ("outputs", "layers") for r in res[kind].values() for k in r if k != "shape"},
@@ -184,10 +244,25 @@ def write_fast_path_report(sections: list[tuple[str, dict]], out_dir: str, sourc
     return page
 
 
+def default_paths() -> str:
+    """The parity report's --fast_paths default: "bf16" on CPU (cheap: its convolutions run native
+    kernels), "bf16,fp16" where CUDA is available (on CPU float16 convolutions run a slow reference
+    kernel, torch_port.precision.check_supported)."""
+    import torch
+    return "bf16,fp16" if torch.cuda.is_available() else "bf16"
+
+
+def default_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def checkpoint_sections(ckpt: str, img_size: int | None = None, paths=("bf16", "fp16"), compile_paths=(),
-                        seed: int = 0, overrides: dict | None = None) -> list[tuple[str, dict]]:
+                        seed: int = 0, overrides: dict | None = None, device: str = "cpu") -> list[tuple[str, dict]]:
     """fast_path_errors for each generator of a TF checkpoint on the harness's random input.
-    `overrides`: config settings the checkpoint does not record (as parity_tests.report takes)."""
+    `overrides`: config settings the checkpoint does not record (as parity_tests.report takes).
+    On CUDA, TF32 is off while it runs: the float32 path must be float32 (cuDNN convolutions
+    default to TF32, a 10-bit significand, on Ampere and later)."""
     import torch
     import weights_convert
     from torch_port import build_ugatit
@@ -196,11 +271,17 @@ def checkpoint_sections(ckpt: str, img_size: int | None = None, paths=("bf16", "
     cfg, state = weights_convert.tf_to_torch(ckpt, overrides=overrides or None, quiet=True)
     model = build_ugatit(cfg)
     model.load_state_dict(state, strict=False)
-    x = torch.from_numpy(input_image(cfg, seed).transpose(0, 3, 1, 2).copy())
+    x = torch.from_numpy(input_image(cfg, seed).transpose(0, 3, 1, 2).copy()).to(device)
     out = []
-    for net in ("generator_B", "generator_A"):
-        if any(k.startswith(net + ".") for k in state):
-            out.append((net, fast_path_errors(getattr(model, net).eval(), (x,), paths, compile_paths=compile_paths)))
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for net in ("generator_B", "generator_A"):
+            if any(k.startswith(net + ".") for k in state):
+                g = getattr(model, net).to(device).eval()
+                out.append((net, fast_path_errors(g, (x,), paths, compile_paths=compile_paths)))
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     return out
 
 

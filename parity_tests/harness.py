@@ -308,33 +308,54 @@ COLUMNS = ["layer", "TF name", "torch name", "shape", "max abs f32", "max rel f3
            "f32 rms err vs f64: torch / TF / floor (torch / budget)", "ok"]
 
 
-def table(rows: dict) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def _extra_cells(n: str, extra: dict | None) -> list[str]:
+    """Row `n`'s cells of the extra columns (parity_tests.fast_paths.report_columns: {"columns",
+    "cells": {row name: [cell per column]}}); "-" in each where the row has none."""
+    if not extra:
+        return []
+    return list(extra["cells"].get(n, ["-"] * len(extra["columns"])))
+
+
+def _columns(extra: dict | None) -> list[str]:
+    return COLUMNS + (list(extra["columns"]) if extra else [])
+
+
+def table(rows: dict, extra: dict | None = None) -> str:
+    """The Markdown table; `extra`: more columns after ok (the fast paths', see _extra_cells)."""
+    cols = _columns(extra)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for n, r in rows.items():
         c = _cells(n, r)
         c[1], c[2] = f"`{c[1]}`", f"`{c[2]}`"
         c[-1] = "yes" if r["ok"] else "**NO**"
-        lines.append("| " + " | ".join(c) + " |")
+        lines.append("| " + " | ".join(c + _extra_cells(n, extra)) + " |")
     return "\n".join(lines)
 
 
-def write_report(rows: dict, cfg: dict, out_dir: str, source: str = "", provenance: list[str] | None = None) -> str:
+def write_report(rows: dict, cfg: dict, out_dir: str, source: str = "", provenance: list[str] | None = None,
+                 extra: dict | None = None) -> str:
     """Per-layer table as Markdown and HTML (what a user attaches to a converted model).
-    `provenance`: one line per config setting saying where it came from (read or guessed)."""
+    `provenance`: one line per config setting saying where it came from (read or guessed).
+    `extra`: more columns and a paragraph saying what they mean ({"columns", "cells", "intro"}:
+    parity_tests.fast_paths.report_columns, the fast paths' per-layer error); both files are
+    written atomically."""
     prov = list(provenance or [])
     os.makedirs(out_dir, exist_ok=True)
     n_bad = sum(not r["ok"] for r in rows.values())
+    intro = extra["intro"] if extra and extra.get("intro") else ""
     head = (f"# U-GAT-IT parity report\n\nCheckpoint: `{source}`\n\nConfig: `{cfg}`\n\n"
             + "".join(f"- {line}\n" for line in prov) + ("\n" if prov else "")
-            + f"{len(rows)} tensors compared, {n_bad} over tolerance. {CRITERIA}\n\n")
-    md = head + table(rows) + "\n"
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(n, r)) + "</tr>"
-                    for n, r in rows.items())
+            + f"{len(rows)} tensors compared, {n_bad} over tolerance. {CRITERIA}\n\n"
+            + (f"{intro}\n\n" if intro else ""))
+    md = head + table(rows, extra) + "\n"
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(n, r) + _extra_cells(n, extra))
+                    + "</tr>" for n, r in rows.items())
     page = (f"<html><body><h1>U-GAT-IT parity report</h1><p>Checkpoint: {html.escape(source)}</p>"
             f"<p>Config: {html.escape(str(cfg))}</p>"
             + ("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in prov) + "</ul>" if prov else "") + f"<p>{len(rows)} tensors compared, {n_bad} over tolerance. "
-            f"{html.escape(CRITERIA)}</p>"
-            f"<table border=1><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in COLUMNS)}</tr>{cells}</table>"
+            f"{html.escape(CRITERIA)}</p>" + (f"<p>{html.escape(intro)}</p>" if intro else "")
+            + "<table border=1><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in _columns(extra))
+            + f"</tr>{cells}</table>"
             f"</body></html>")
     from ugatit_common.results import write_text_atomic
     write_text_atomic(os.path.join(out_dir, "parity_report.md"), md)

@@ -1,6 +1,7 @@
 """Per-layer parity report of an official TF checkpoint: tf_reference vs torch_port.
 
     python -m parity_tests.report CKPT OUT_DIR [--img_size N] [--smoothing True|False] [--seed S]
+                                               [--fast_paths bf16,fp16,fp32+compile | none]
 
 The config is inferred as `weights_convert.py tf2torch` does (ugatit_common.tf_checkpoint.config):
 from the checkpoint's `.meta` graph, its official model_dir folder name, then its weights. The
@@ -8,8 +9,12 @@ flags are for what the checkpoint does not record (a flag that contradicts it is
 setting still unknown is guessed (official default), printed on stderr and listed in the report.
 Both frameworks run every network in the checkpoint on one random input in [-1, 1] (float32
 and the float64 truth; criteria in parity_tests/harness.py), and OUT_DIR gets parity_report.md
-and parity_report.html; with --fast_paths bf16,fp16 also fast_paths.md / .html, the per-layer error of
-those fast paths (torch_port.optimize) against the float64 truth (parity_tests/fast_paths.py).
+and parity_report.html. The table has one more column per fast path of --fast_paths (default
+bf16 on CPU, bf16,fp16 where CUDA is available, run there; `none`: no columns): each generator
+tensor's error of that path (torch_port.optimize) against the float64 truth, joined to the
+harness's rows by name (parity_tests/fast_paths.py: report_columns, harness_name); OUT_DIR
+also gets fast_paths.md / .html, the same numbers for every generator layer (also those TF
+does not record). The fast-path columns are information: they do not change the exit status.
 
 Exit status: 0 every tensor within tolerance, 1 some over, 2 bad input (an `error:` line).
 """
@@ -30,24 +35,26 @@ def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m parity_tests.report",
                                 description="Per-layer tf_reference vs torch_port parity report of a TF checkpoint")
     p.add_argument("ckpt", help="checkpoint folder (with its `checkpoint` file) or prefix")
-    p.add_argument("out_dir", help="folder for parity_report.md and parity_report.html")
+    p.add_argument("out_dir", help="folder for parity_report.md / .html (and fast_paths.md / .html)")
     p.add_argument("--img_size", type=int, help="image size (recorded in the .meta; a light model's weights do not fix it)")
     p.add_argument("--smoothing", choices=["True", "False"], help="AdaLIN smoothing (recorded in the .meta and the "
                                                                   "model_dir folder name, not in the weights)")
     p.add_argument("--n_dis", type=int, help="discriminator layers (only for a generators-only checkpoint)")
     p.add_argument("--sn", choices=["True", "False"], help="spectral norm (only for a generators-only checkpoint)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
-    p.add_argument("--fast_paths", default="", help="also write fast_paths.md / .html: each generator layer's error "
-                   "of these fast paths against the float64 truth (comma-separated: bf16, fp16, fp32+compile, ...; "
-                   "parity_tests/fast_paths.py)")
+    p.add_argument("--fast_paths", default=None,
+                   help="one more report column per fast path: each generator layer's error against the float64 "
+                        "truth (comma-separated: bf16, fp16, fp32+compile, bf16+compile; compiled paths: network "
+                        "outputs only; parity_tests/fast_paths.py), also written as fast_paths.md / .html; "
+                        "default: bf16 on CPU, bf16,fp16 where CUDA is available; `none`: no fast paths")
     args = p.parse_args(argv)
-    if args.fast_paths:
-        from parity_tests.fast_paths import parse_paths
-        try:
-            parse_paths(args.fast_paths)
-        except ValueError as e:
-            print(f"error: --fast_paths: {e}", file=sys.stderr)
-            return 2
+    from parity_tests.fast_paths import parse_paths
+    paths = fast_paths_arg(args.fast_paths)
+    try:
+        eager, compiled = parse_paths(paths)
+    except ValueError as e:
+        print(f"error: --fast_paths: {e}", file=sys.stderr)
+        return 2
 
     from ugatit_common.options import config_from, validate
     from ugatit_common.tf_checkpoint import CheckpointError, ConversionError, read_config
@@ -67,7 +74,13 @@ def _main(argv=None) -> int:
 
     from parity_tests.harness import compare_networks, failures, write_report
     rows = compare_networks(args.ckpt, cfg, seed=args.seed)
-    page = write_report(rows, cfg, args.out_dir, args.ckpt, provenance=info.describe())
+    extra, sections = None, []
+    if eager or compiled:  # the fast paths' per-layer error, as columns of the same table
+        from parity_tests.fast_paths import checkpoint_sections, default_device, path_labels, report_columns
+        device = default_device()
+        sections = checkpoint_sections(args.ckpt, cfg.get("img_size"), eager, compiled, args.seed, overrides, device)
+        extra = report_columns(sections, path_labels(eager, compiled), rows, device)
+    page = write_report(rows, cfg, args.out_dir, args.ckpt, provenance=info.describe(), extra=extra)
     bad = failures(rows)
     n_out = sum(r["output"] for r in rows.values())
     print(f"config: {cfg}")
@@ -76,13 +89,25 @@ def _main(argv=None) -> int:
     print(f"{len(rows)} tensors compared ({n_out} network outputs), {len(bad)} over tolerance")
     for line in bad:
         print("  " + line)
+    if extra is not None:
+        print(f"fast paths {', '.join(path_labels(eager, compiled))} (on {device}): {len(extra['cells'])} generator "
+              f"tensors in the report's fast-path columns")
+        if extra["unmatched"]:  # a generator row whose name has no fast-path counterpart (none in this port)
+            print(f"  no fast-path counterpart: {', '.join(extra['unmatched'])}")
     print(f"report: {page}")
-    if args.fast_paths:  # the fast paths' per-layer table beside the report (parity_tests/fast_paths.py)
-        from parity_tests.fast_paths import checkpoint_sections, parse_paths, write_fast_path_report
-        eager, compiled = parse_paths(args.fast_paths)
-        sections = checkpoint_sections(args.ckpt, cfg.get("img_size"), eager, compiled, args.seed, overrides)
-        print(f"fast paths: {write_fast_path_report(sections, args.out_dir, args.ckpt)}")
+    if sections:  # every generator layer, also those TF does not record (the same numbers)
+        from parity_tests.fast_paths import write_fast_path_report
+        print(f"fast paths, every layer: {write_fast_path_report(sections, args.out_dir, args.ckpt)}")
     return 1 if bad else 0
+
+
+def fast_paths_arg(text: str | None) -> str:
+    """--fast_paths as given, or its default (parity_tests.fast_paths.default_paths: bf16 on CPU,
+    bf16,fp16 where CUDA is available); "none" (or "") -> "" (no fast paths)."""
+    if text is None:
+        from parity_tests.fast_paths import default_paths
+        return default_paths()
+    return "" if text.strip().lower() in ("", "none") else text
 
 
 if __name__ == "__main__":

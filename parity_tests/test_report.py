@@ -40,6 +40,30 @@ def test_report_golden_checkpoint(golden_dir, tmp_path, capsys):
         assert f"| `{n}` | `{torch_name}` |" in md_text, n
         assert f"<td>{html.escape(n)}</td><td>{html.escape(torch_name)}</td>" in html_text, n
     assert "**NO**" not in md_text and "<td>NO</td>" not in html_text
+    # the default fast paths' columns (bf16 on CPU; bf16,fp16 with CUDA): a value on every generator row
+    from parity_tests.fast_paths import default_device, default_paths, fast_path_errors, parse_paths
+    import torch
+    from parity_tests.harness import input_image
+    labels = list(parse_paths(default_paths())[0])
+    table = _md_rows(md_text)
+    assert table[None][9:] == [f"{lab} err vs f64: rms / max (x fp32)" for lab in labels]
+    for n in names:
+        want_value = n.startswith("generator")
+        assert all((c != "-") == want_value for c in table[n][9:]), (n, table[n])
+    assert f"fast paths {', '.join(labels)} (on {default_device()}): " in out
+    assert "no fast-path counterpart" not in out
+    assert (tmp_path / "fast_paths.md").is_file()
+    # one layer and one output, against fast_path_errors run here directly on that generator
+    _, state = wc.tf_to_torch(ckpt, overrides={"img_size": 64}, quiet=True)
+    from torch_port import build_ugatit
+    model = build_ugatit(cfg)
+    model.load_state_dict(state, strict=False)
+    x = torch.from_numpy(input_image(cfg, 0).transpose(0, 3, 1, 2).copy())
+    res = fast_path_errors(model.generator_A.eval(), (x,), ("bf16",))
+    col = 9 + labels.index("bf16")
+    assert table["generator_A/adaptive_resblock2/res2/conv_0"][col] == _expected_cell(
+        res["layers"]["adaptive_resblock2.res2.conv_0"], "bf16")
+    assert table["generator_A:image"][col] == _expected_cell(res["outputs"]["image"], "bf16")
 
 
 def test_report_missing_checkpoint(tmp_path):
@@ -101,3 +125,132 @@ def test_report_lists_where_the_config_came_from(golden_dir, tmp_path, capsys, m
         assert "smoothing = True  [guessed: AdaLIN smoothing leaves no trace in the weights" in text
         assert "img_size = 64  [flag: given explicitly]" in text
         assert "n_dis = 5  [weights: " in text
+
+
+# --- the fast-path columns (issue 9): one per fast path, joined to the harness rows by name ------------------------
+
+def _md_rows(md_text: str) -> dict:
+    """{TF name: [cells]} of the report's Markdown table, and the header under key None."""
+    out = {}
+    for line in md_text.splitlines():
+        if line.startswith("| layer | TF name |"):
+            out[None] = [c.strip() for c in line.strip("|").split("|")]
+        elif line.startswith(("| layer | `", "| output | `")):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            out[cells[1].strip("`")] = cells
+    return out
+
+
+def _expected_cell(r: dict, label: str) -> str:
+    """What the report must show for fast_path_errors entry r, formatted here independently."""
+    rms, mx = r[label]
+    return f"{rms:.3g} / {mx:.3g} ({rms / r['fp32'][0]:.0f}x)"
+
+
+def _fixture_rows_and_sections(name, labels=("bf16",)):
+    """Harness rows of a stored activation fixture (TF's recorded names; no TensorFlow needed) and
+    fast_path_errors of both its generators on the same input, as checkpoint_sections gives them."""
+    import torch
+    import weights_convert as wc
+    from parity_tests.activation_fixtures import fixture_path, read
+    from parity_tests.fast_paths import fast_path_errors
+    from parity_tests.harness import compare, torch_forward
+    from torch_port import build_ugatit
+    from ugatit_common.options import config_from
+    data = read(fixture_path(name))
+    cfg = config_from(**data["config"])
+    state = {wc.tf_to_torch_name(n): torch.from_numpy(wc.to_torch_layout(n, v)) for n, v in data["weights"].items()}
+    x = torch.from_numpy(data["input"].transpose(0, 3, 1, 2).copy())
+    reductions = {}
+    torch32 = torch_forward(state, cfg, x, reductions=reductions)
+    torch64 = torch_forward(state, cfg, x, dtype=torch.float64)
+    rows = compare(data["float32"], torch32, data["float64"], torch64, reductions)
+    model = build_ugatit(cfg)
+    model.load_state_dict(state, strict=False)
+    sections = [(net, fast_path_errors(getattr(model, net).eval(), (x,), labels))
+                for net in ("generator_B", "generator_A")]
+    return cfg, rows, sections
+
+
+def test_fast_path_columns_join_every_generator_row(tmp_path):
+    """TF-free, on the stored TF activations of the full 32 px fixture: every generator row of the
+    harness (TF's recorded names) gets its fast path's value, equal to fast_path_errors' entry of
+    the same layer; discriminator rows and a compiled path's inner layers get "-"; the shapes
+    agree; the Markdown and HTML carry the same cells; the intro states the budgets."""
+    from parity_tests.fast_paths import BUDGETS, harness_name, report_columns
+    from parity_tests.harness import write_report
+    cfg, rows, sections = _fixture_rows_and_sections("full32_ch2_dis4_sn")
+    # a compiled path measures the network outputs only (simulated: the same numbers as bf16, outputs only)
+    for _, res in sections:
+        for r in res["outputs"].values():
+            r["bf16+compile"] = r["bf16"]
+    extra = report_columns(sections, ["bf16", "bf16+compile"], rows)
+    assert extra["unmatched"] == []
+    gen = [n for n in rows if n.startswith("generator")]
+    assert len(gen) > 100 and set(extra["cells"]) == set(gen)  # every generator row, nothing else
+    by_torch = {harness_name(net, kind, k): r for net, res in sections for kind in ("outputs", "layers")
+                for k, r in res[kind].items()}
+    for n in gen:
+        r = by_torch[rows[n]["torch_name"]]
+        assert tuple(r["shape"]) == tuple(rows[n]["shape"]), n
+        assert extra["cells"][n][0] == _expected_cell(r, "bf16"), n
+        # the join pairs the same tensor: the fast paths' exact float32 error is the harness's torch error
+        # (the same float32 run; the truths, torch64 and the stored TF64, agree to ~1e-13)
+        assert abs(r["fp32"][0] - rows[n]["port_rms"]) <= 1e-4 * rows[n]["port_rms"], n
+        assert extra["cells"][n][1] == ("-" if not rows[n]["output"] else _expected_cell(r, "bf16+compile")), n
+    page = write_report(rows, cfg, str(tmp_path), "fixture", extra=extra)
+    md = (tmp_path / "parity_report.md").read_text()
+    html_text = open(page).read()
+    assert sorted(os.listdir(tmp_path)) == ["parity_report.html", "parity_report.md"]  # atomic: no temp file left
+    table = _md_rows(md)
+    assert table[None][-2:] == ["bf16 err vs f64: rms / max (x fp32)", "bf16+compile err vs f64: rms / max (x fp32)"]
+    assert all(len(c) == len(table[None]) for c in table.values())
+    for n in rows:
+        want = extra["cells"][n] if n.startswith("generator") else ["-", "-"]
+        assert table[n][-2:] == want, n
+        assert "".join(f"<td>{html.escape(c)}</td>" for c in want) + "</tr>" in html_text, n
+    for k, (mean, mx) in BUDGETS.items():
+        assert f"{k}: mean |diff| <= {mean:g}, max <= {mx:g}" in md and f"{k}: mean |diff| &lt;= {mean:g}" in html_text
+    assert "Fast-path columns (bf16, bf16+compile;" in md and "'-': not measured" in md
+    # a pair whose shapes differ (a port the harness fails on shape) is listed, never joined
+    n = gen[5]
+    bad = dict(rows, **{n: dict(rows[n], shape=(1, 1))})
+    extra = report_columns(sections, ["bf16"], bad)
+    assert n not in extra["cells"] and len(extra["unmatched"]) == 1 and extra["unmatched"][0].startswith(n)
+
+
+def test_fast_paths_default_and_none(golden_dir, tmp_path, capsys, monkeypatch):
+    """No flag: bf16 on CPU, bf16,fp16 where CUDA is available (cuda availability stubbed off here,
+    so the run is on CPU); `--fast_paths none`: the plain table. The comparison is stubbed (this
+    checks the CLI); the fast paths run on the golden checkpoint."""
+    import torch
+    from parity_tests import harness
+    from parity_tests.fast_paths import default_paths
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_paths() == "bf16,fp16" and report.fast_paths_arg(None) == "bf16,fp16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_paths() == "bf16" and report.fast_paths_arg(None) == "bf16"
+    assert report.fast_paths_arg("none") == report.fast_paths_arg("None") == ""
+    rows = {"generator_B:image": dict(torch_name="generator_B:image", shape=(1, 3, 64, 64), max_abs=0.0, max_rel=0.0,
+                                      ok=True, output=True),
+            "generator_A/up_conv_1": dict(torch_name="generator_A.up_conv_1", shape=(1, 4, 64, 64), max_abs=0.0,
+                                          max_rel=0.0, ok=True, output=False),
+            "discriminator_A:local": dict(torch_name="discriminator_A:local", shape=(1, 1, 16, 16), max_abs=0.0,
+                                          max_rel=0.0, ok=True, output=True)}
+    monkeypatch.setattr(harness, "compare_networks", lambda ckpt, cfg, seed=0: rows)
+    ckpt = os.path.join(golden_dir, "final")
+    assert report.main([ckpt, str(tmp_path / "d"), "--img_size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "fast paths bf16 (on cpu): 2 generator tensors in the report's fast-path columns" in out
+    table = _md_rows((tmp_path / "d" / "parity_report.md").read_text())
+    assert table[None][9:] == ["bf16 err vs f64: rms / max (x fp32)"]
+    assert table["generator_B:image"][-1].endswith("x)") and table["generator_A/up_conv_1"][-1].endswith("x)")
+    assert table["discriminator_A:local"][-1] == "-"
+    # the same numbers in fast_paths.md (every generator layer)
+    fp_md = (tmp_path / "d" / "fast_paths.md").read_text()
+    assert f"| output | image | [1, 3, 64, 64] | " in fp_md and table["generator_B:image"][-1] in fp_md
+    assert report.main([ckpt, str(tmp_path / "n"), "--img_size", "64", "--fast_paths", "none"]) == 0
+    assert "fast paths" not in capsys.readouterr().out
+    md = (tmp_path / "n" / "parity_report.md").read_text()
+    assert len(_md_rows(md)[None]) == 9 and "Fast-path columns" not in md
+    assert sorted(os.listdir(tmp_path / "n")) == ["parity_report.html", "parity_report.md"]
