@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 BACKEND = "inductor"
+RECOMPILE_LIMIT = 64
 
 
 def compiled_networks(model: nn.Module) -> tuple[list[str], list[str]]:
@@ -41,9 +42,18 @@ def compiled_networks(model: nn.Module) -> tuple[list[str], list[str]]:
     return yes, no
 
 
-def compile_model(model: nn.Module, backend: str = BACKEND) -> tuple[list[str], list[str]]:
-    """Compile `model`'s networks in place (once); returns `compiled_networks(model)`."""
+def compile_model(model: nn.Module, backend: str | None = None) -> tuple[list[str], list[str]]:
+    """Compile `model`'s networks in place (once; `backend` default `BACKEND`, inductor);
+    returns `compiled_networks(model)`."""
+    backend = backend or BACKEND
     yes, no = compiled_networks(model)
+    # Every network compiled with nn.Module.compile shares one code object (Module._call_impl),
+    # and dynamo keeps at most `recompile_limit` (8) graphs per code object, then silently runs
+    # eager. Training needs 6 (Morph 5), a test phase in the same process more: raise the limit,
+    # and make hitting it an error rather than a silent fall-back to eager.
+    import torch._dynamo.config as dynamo_config
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    dynamo_config.fail_on_recompile_limit_hit = True
     for name in yes:
         net = getattr(model, name)
         if getattr(net, "_compiled_call_impl", None) is None:
@@ -91,9 +101,10 @@ class CompileWatch:
         self.graphs = graphs
 
 
-def compiled_steps(model: nn.Module, d_step, g_step, log, backend: str = BACKEND):
+def compiled_steps(model: nn.Module, d_step, g_step, log, backend: str | None = None):
     """(d_step, g_step) with the model's networks compiled, each iteration watched by a
     `CompileWatch` (the D step opens an iteration, the loop's next D step closes it)."""
+    backend = backend or BACKEND
     yes, no = compile_model(model, backend)
     log(f" [*] torch.compile ({backend}): {', '.join(yes)}" + (f"; eager: {', '.join(no)}" if no else ""))
     watch = CompileWatch(log)
