@@ -1,11 +1,21 @@
 """Time per training iteration (one D run + one G run) and test-phase images/second (one
 generator forward at img_size) for torch_port vs tf_reference, in the same run on the same
-machine. Each framework lives in its own worker process (in one process their thread pools
-spin against each other and both slow down), and the parent times them alternately, iteration
-by iteration, so load from other processes falls on both alike; medians are reported.
+machine, with every training fast path of the port and of Morph-UGATIT beside them. Each
+framework lives in its own worker process (in one process their thread pools spin against each
+other and both slow down), and the parent times them alternately, iteration by iteration, so
+load from other processes falls on all alike; medians are reported.
 
-    python bench/bench_train.py                       # light, 256 px, batch 1, ch 64
+Training modes (`--modes`): port fp32 (the exact port), bf16, fp16 (CUDA only: on CPU float16
+convolutions run a reference kernel), each also + compile; morph-fp32 / morph-bf16 (Morph-UGATIT
+config C, timed against its own fp32). Compile time is reported separately: the first iteration
+of a compiled mode minus its median (a fresh inductor cache: what a user's first run pays).
+
+    python bench/bench_train.py                       # light, 256 px, batch 1, ch 64, every mode
     python bench/bench_train.py --img_size 64 --ch 8 --n_dis 4 --iters 3
+    python bench/bench_train.py --modes fp32,bf16     # a subset
+
+Targets (issue 9, a CPU with bf16 support): training fp32 <= 0.8x of tf_reference, bf16 <= 0.5x;
+Morph bf16 <= 0.6x of Morph fp32.
 """
 from __future__ import annotations
 
@@ -29,41 +39,76 @@ def _inputs(s):
     return (rng.uniform(-1, 1, (1, s, s, 3)).astype(np.float32), rng.uniform(-1, 1, (1, s, s, 3)).astype(np.float32))
 
 
-def torch_runner(cfg, device, init_from: str | None = None):
-    """(train_iteration, translate) callables for torch_port; each returns when the work is done.
-    init_from: a TF checkpoint folder whose weights (converted) the model starts from."""
+def torch_runner(cfg, device, init_from: str | None = None, modes=("fp32",)):
+    """({mode: train_iteration}, translate) callables for torch_port; each returns when the work
+    is done. Modes with the same compile setting share one model (the mixed-precision wrappers
+    change nothing outside autocast); compiled modes get their own copy. Morph modes build
+    Morph-UGATIT config C. init_from: a TF checkpoint folder whose weights (converted) the port's
+    models start from."""
+    import copy
+
     import torch
     from torch_port import build_ugatit
+    from torch_port.train_compile import compile_model
+    from torch_port.train_precision import mixed_precision_steps
     torch.manual_seed(0)
-    model = build_ugatit(cfg)
+    base = build_ugatit(cfg)
     if init_from:
         import weights_convert
-        model.load_state_dict(weights_convert.tf_to_torch(init_from, overrides={"img_size": cfg["img_size"]})[1])
-    model = model.to(device)
-    model.make_optimizers(cfg["lr"])
+        base.load_state_dict(weights_convert.tf_to_torch(init_from, overrides={"img_size": cfg["img_size"]})[1])
     a, b = (torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device) for x in _inputs(cfg["img_size"]))
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def train():
-        model.d_step(a, b, cfg["lr"])
-        model.g_step(a, b, cfg["lr"])
-        sync()
+    models = {}
+
+    def model_for(family, compiled):
+        key = (family, compiled)
+        if key not in models:
+            if family == "morph":
+                from morph.model import MorphUGATIT
+                torch.manual_seed(0)
+                m = MorphUGATIT(dict(cfg, morph_config="C"))
+                m.z_generator = torch.Generator().manual_seed(0)
+            else:
+                m = copy.deepcopy(base)
+            m = m.to(device)
+            m.make_optimizers(cfg["lr"])
+            if compiled:
+                compile_model(m)
+            models[key] = m
+        return models[key]
+
+    trains = {}
+    for mode in modes:
+        family = "morph" if mode.startswith("morph-") else "port"
+        precision, _, compiled = mode.split("-")[-1].partition("+")
+        m = model_for(family, bool(compiled))
+        d_step, g_step = m.d_step, m.g_step
+        if precision != "fp32":
+            d_step, g_step = mixed_precision_steps(m, d_step, g_step, precision, device)
+
+        def train(d_step=d_step, g_step=g_step):
+            d_step(a, b, cfg["lr"])
+            g_step(a, b, cfg["lr"])
+            sync()
+        trains[mode] = train
+    port = model_for("port", False)
 
     def translate():
         with torch.no_grad():
-            model.translate(a, "a2b")
+            port.translate(a, "a2b")
         sync()
-    return train, translate
+    return trains, translate
 
 
 def tf_runner(cfg, save_to: str | None = None):
     """(train_iteration, translate) callables for tf_reference (two graphs, two sessions).
     save_to: write the initial weights there (a checkpoint folder) and give the test graph the
     same weights, so both frameworks run the same model."""
-    from tf_reference.compat import tf
+    from tf_reference.compat import session_config, tf
     from tf_reference.model import UGATITGraph
     s = cfg["img_size"]
     a, b = _inputs(s)
@@ -71,7 +116,7 @@ def tf_runner(cfg, save_to: str | None = None):
     with g_train.as_default():
         pa, pb = tf.placeholder(tf.float32, [1, s, s, 3]), tf.placeholder(tf.float32, [1, s, s, 3])
         m = UGATITGraph(cfg).build_train(pa, pb)
-        sess_train = tf.Session(graph=g_train)
+        sess_train = tf.Session(graph=g_train, config=session_config(g_train))
         sess_train.run(tf.global_variables_initializer())
         if save_to:
             prefix = tf.train.Saver().save(sess_train, os.path.join(save_to, "UGATIT.model"), global_step=0)
@@ -126,8 +171,13 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def worker(name: str, cfg: dict, device: str, weights: str | None) -> int:
-    """Serve timing requests on stdin ("train" / "translate"), one JSON line of seconds each.
+CPU_MODES = ["fp32", "bf16", "fp32+compile", "bf16+compile", "morph-fp32", "morph-bf16"]
+CUDA_MODES = ["fp32", "bf16", "fp16", "fp32+compile", "bf16+compile", "fp16+compile", "morph-fp32", "morph-bf16",
+              "morph-fp16"]
+
+
+def worker(name: str, cfg: dict, device: str, weights: str | None, modes: list[str]) -> int:
+    """Serve timing requests on stdin ("train:<mode>" / "translate" / "floor"), one JSON line each.
     `weights`: the TF worker writes its initial weights there, the torch worker loads them."""
     if name == "torch_port":
         from torch_port.cpu_memory import keep_freed_memory
@@ -135,10 +185,11 @@ def worker(name: str, cfg: dict, device: str, weights: str | None) -> int:
         dev = pick_device(device)
         if dev.type == "cpu":
             keep_freed_memory()  # as `python -m torch_port` does on CPU
-        train, translate = torch_runner(cfg, dev, weights)
-        floor = lambda: {"flops": iteration_flops(train), "peak": conv_throughput(dev)}  # noqa: E731
+        trains, translate = torch_runner(cfg, dev, weights, modes)
+        floor = lambda: {"flops": iteration_flops(trains["fp32"]), "peak": conv_throughput(dev)}  # noqa: E731
     else:
         train, translate = tf_runner(cfg, weights)
+        trains = {"tf": train}
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         what = line.strip()
@@ -147,7 +198,8 @@ def worker(name: str, cfg: dict, device: str, weights: str | None) -> int:
         if what == "floor":
             print(json.dumps(floor()), flush=True)
             continue
-        print(json.dumps({"seconds": _timed(train if what == "train" else translate)}), flush=True)
+        fn = translate if what == "translate" else trains[what.split(":", 1)[1]]
+        print(json.dumps({"seconds": _timed(fn)}), flush=True)
     return 0
 
 
@@ -164,60 +216,85 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="auto")
+    p.add_argument("--modes", default="", help="comma-separated training modes of the port (default: every mode "
+                   f"of the device; CPU: {','.join(CPU_MODES)})")
     p.add_argument("--skip_tf", action="store_true")
+    p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--worker", choices=["torch_port", "tf_reference"], help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     cfg = opt.validate(opt.config_from(light=a.light, img_size=a.img_size, ch=a.ch, n_dis=a.n_dis))
+    from torch_port.train import pick_device
+    device = pick_device(a.device)
+    modes = [m for m in a.modes.split(",") if m] or (CUDA_MODES if device.type == "cuda" else CPU_MODES)
+    if "fp32" not in modes:
+        modes.insert(0, "fp32")  # the reference of every ratio, and the arithmetic floor
+    unknown = [m for m in modes if m not in CUDA_MODES]
+    if unknown:
+        p.error(f"unknown modes {unknown}; known: {CUDA_MODES}")
     if a.worker:
-        return worker(a.worker, cfg, a.device, a.weights)
+        return worker(a.worker, cfg, a.device, a.weights, modes)
     passthrough = ["--img_size", str(a.img_size), "--ch", str(a.ch), "--n_dis", str(a.n_dis),
-                   "--light", str(a.light), "--device", a.device]
+                   "--light", str(a.light), "--device", a.device, "--modes", ",".join(modes)]
     import tempfile
     tmp = tempfile.TemporaryDirectory(prefix="bench_train_")
-    if a.skip_tf:
-        workers = [_Worker("torch_port", passthrough)]
-    else:  # TF first: it writes its initial weights, which the torch worker then loads
-        workers = [_Worker("tf_reference", passthrough + ["--weights", tmp.name])]
-        workers.insert(0, _Worker("torch_port", passthrough + ["--weights", tmp.name]))
-    times = {w.name: ([], []) for w in workers}
+    cache = tempfile.TemporaryDirectory(prefix="bench_train_inductor_")  # a cold compile, as a user's first run
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache.name)
+    # TF first: it writes its initial weights, which the torch worker then loads
+    workers = [] if a.skip_tf else [_Worker("tf_reference", passthrough + ["--weights", tmp.name])]
+    workers.insert(0, _Worker("torch_port", passthrough + ([] if a.skip_tf else ["--weights", tmp.name]), env))
+    jobs = [(workers[0], m) for m in modes] + [(w, "tf") for w in workers[1:]]
+    times = {m: [] for _, m in jobs}
+    first = {}
+    tests = {w.name: [] for w in workers}
     try:
-        for _ in range(a.warmup):
+        for i in range(a.warmup + a.iters):  # alternate: one iteration of each in turn
+            for w, mode in jobs:
+                t = w.time(f"train:{mode}")
+                if i == 0:
+                    first[mode] = t
+                if i >= a.warmup:
+                    times[mode].append(t)
             for w in workers:
-                w.time("train")
-                w.time("translate")
-        for _ in range(a.iters):  # alternate: one iteration of each in turn
-            for w in workers:
-                times[w.name][0].append(w.time("train"))
-                times[w.name][1].append(w.time("translate"))
+                t = w.time("translate")
+                if i >= a.warmup:
+                    tests[w.name].append(t)
         floor = workers[0].ask("floor")  # the torch worker
     finally:
         for w in workers:
             w.close()
         tmp.cleanup()
+        cache.cleanup()
     import torch
-    from torch_port.train import pick_device
-    device = pick_device(a.device)
+    med = {m: statistics.median(v) for m, v in times.items()}
     print(f"\nsame initial weights in both: {not a.skip_tf}")
     print(f"light={a.light} img_size={a.img_size} ch={a.ch} n_dis={a.n_dis} batch=1 iters={a.iters} "
-          f"torch threads={torch.get_num_threads()} load average {os.getloadavg()[0]:.2f}")
-    print(f"{'impl':<14}{'device':<8}{'s/iter (D+G)':>14}{'test img/s':>12}   per-iteration times")
+          f"torch threads={torch.get_num_threads()} load average {os.getloadavg()[0]:.2f} device {device.type}")
+    print(f"{'mode':<20}{'s/iter (D+G)':>14}{'vs TF':>8}{'vs own fp32':>13}{'compile s':>11}   per-iteration times")
+    tf = med.get("tf")
     rows = {}
-    for name, (tr, te) in times.items():
-        it, ips = statistics.median(tr), 1.0 / statistics.median(te)
-        rows[name] = (it, ips)
-        dev = device.type if name == "torch_port" else "cpu"
-        print(f"{name:<14}{dev:<8}{it:>14.4f}{ips:>12.2f}   {' '.join(f'{t:.2f}' for t in tr)}")
-    if len(rows) == 2:
-        (t_it, t_ips), (r_it, r_ips) = rows["torch_port"], rows["tf_reference"]
-        print(f"ratio torch/tf: iteration time {t_it / r_it:.2f}x, test throughput {t_ips / r_ips:.2f}x")
+    for mode, t in med.items():
+        own = med["morph-fp32"] if mode.startswith("morph-") and "morph-fp32" in med else med["fp32"]
+        comp = first[mode] - t if "+compile" in mode else None
+        rows[mode] = {"seconds": t, "vs_tf": t / tf if tf else None, "vs_own_fp32": t / own if mode != "tf" else None,
+                      "compile_seconds": comp, "times": times[mode]}
+        name = "tf_reference" if mode == "tf" else ("" if mode.startswith("morph") else "port ") + mode
+        print(f"{name:<20}{t:>14.3f}{(f'{t / tf:.2f}x' if tf else '-'):>8}"
+              f"{(f'{t / own:.2f}x' if mode != 'tf' else '-'):>13}{(f'{comp:.0f}' if comp is not None else '-'):>11}"
+              f"   {' '.join(f'{x:.2f}' for x in times[mode])}")
+    ips = {name: 1.0 / statistics.median(v) for name, v in tests.items()}
+    print("test img/s: " + ", ".join(f"{k} {v:.2f}" for k, v in ips.items())
+          + (f" ({ips['torch_port'] / ips['tf_reference']:.2f}x)" if len(ips) == 2 else ""))
     # what no implementation of the same arithmetic can beat on this machine: the iteration's
     # FLOPs at the best throughput measured for one of its own convolutions
     seconds = floor["flops"] / floor["peak"]
-    print(f"arithmetic floor: {floor['flops'] / 1e12:.3f} TFLOP per iteration / {floor['peak'] / 1e9:.0f} GFLOP/s "
-          f"(3x3 conv, forward + backward) = {seconds:.2f} s per iteration"
-          + (f" = {seconds / rows['tf_reference'][0]:.2f}x of tf_reference's" if "tf_reference" in rows else "")
-          + f"; torch_port takes {rows['torch_port'][0] / seconds:.2f}x the floor")
+    print(f"arithmetic floor (fp32): {floor['flops'] / 1e12:.3f} TFLOP per iteration / {floor['peak'] / 1e9:.0f} "
+          f"GFLOP/s (3x3 conv, forward + backward) = {seconds:.2f} s per iteration"
+          + (f" = {seconds / tf:.2f}x of tf_reference's" if tf else "") + f"; port fp32 takes {med['fp32'] / seconds:.2f}x the floor")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"config": cfg, "device": device.type, "rows": rows, "test_img_per_s": ips,
+                       "floor": floor}, f, indent=1, default=str)
     return 0
 
 

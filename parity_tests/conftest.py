@@ -9,6 +9,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# inductor's cache per ATen CPU capability (the portability variants would load each other's kernels)
+from torch_port.fast import separate_inductor_cache  # noqa: E402
+
+separate_inductor_cache()
+
 FIXTURES = os.path.join(ROOT, "parity_tests", "fixtures")
 GOLDEN = os.path.join(FIXTURES, "official_golden_light64")
 

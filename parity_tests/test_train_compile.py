@@ -98,12 +98,15 @@ def _gradients(model, which, x, y):
     return {n: g.detach().double() for (n, _), g in zip(named, grads) if g is not None}
 
 
-def test_compiled_gradients_are_as_close_to_the_float64_truth_as_eager(runs):
+def test_compiled_gradients_are_as_close_to_the_float64_truth_as_eager():
     """Teacher-forced: from the same weights and batch, the compiled float32 D and G gradients
     against the port's float64 gradients, judged by the parity suite's float32 criterion with the
     eager port as the reference float32 run (parity_tests/trajectory.float32_budget): per tensor
     RMS error <= max(3 x eager float32's RMS error, 2^-24 x sqrt(K) x scale), K the float32 sum
-    terms along the run (trajectory.chain_sums)."""
+    terms along the run (trajectory.chain_sums). The generator conv biases that feed an instance
+    norm are left out, as in the golden and DDP tests: their exact gradient is zero and both
+    float32 runs hold rounding noise there."""
+    from parity_tests.golden import NORM_FED_BIAS
     from parity_tests.trajectory import chain_sums, float32_budget
     from torch_port import build_ugatit
     from ugatit_common.float_error import rms, scale
@@ -120,6 +123,8 @@ def test_compiled_gradients_are_as_close_to_the_float64_truth_as_eager(runs):
         ge, gc = _gradients(eager, which, x, y), _gradients(comp, which, x, y)
         assert ge.keys() == gc.keys() == truth.keys()
         for name, t in truth.items():
+            if NORM_FED_BIAS.match(name.replace(".", "/").replace("/bias", "/conv2d/bias")):
+                continue  # a conv bias an instance norm cancels: exact gradient 0, float noise in both runs
             t = t.numpy()
             e_err, c_err = rms(ge[name].numpy(), t), rms(gc[name].numpy(), t)
             bound = float32_budget(e_err, scale(t), sums[which])
@@ -127,7 +132,7 @@ def test_compiled_gradients_are_as_close_to_the_float64_truth_as_eager(runs):
             worst = max(worst, c_err / bound)
             checked += 1
     print(f"compiled gradients: {checked} tensors, worst RMS error / budget {worst:.3f}")
-    assert checked > 100 and worst > 0, (checked, worst)
+    assert checked > 100 and 0 < worst <= 1, (checked, worst)
 
 
 def test_command_line_trains_compiled(runs, tmp_path, monkeypatch, capsys):

@@ -36,6 +36,8 @@ from __future__ import annotations
 import copy
 import time
 
+import os
+
 import torch
 import torch.nn as nn
 
@@ -96,6 +98,17 @@ def _to_float32(out):
     return out
 
 
+def separate_inductor_cache() -> None:
+    """Inductor's on-disk cache is not keyed by ATen's CPU capability: kernels compiled natively
+    (AVX-512 here) crash a process run with ATEN_CPU_CAPABILITY=avx2 that finds them (measured: a
+    segfault loading cached training kernels). With that variable set and no TORCHINDUCTOR_CACHE_DIR,
+    the cache gets a folder of its own per capability. Call before the first compile."""
+    cap = os.environ.get("ATEN_CPU_CAPABILITY")
+    if cap and not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}_{cap}"
+
+
 def dynamo_counts() -> dict:
     """torch._dynamo's global counters: graphs compiled (a recompile compiles one more), graph
     breaks (by reason)."""
@@ -123,6 +136,8 @@ class OptimizedModule(nn.Module):
         inner.eval()
         self.inner = inner
         options = dict(COMPILE_DEFAULTS if compile_options is None else compile_options)
+        if compile:
+            separate_inductor_cache()
         fn = torch.compile(inner, dynamic=False, **options) if compile else inner
         self._inductor_patch = dict(INDUCTOR_PATCH) if compile else {}
         object.__setattr__(self, "_fn", fn)  # not a registered child: `inner` is the one copy of the weights
