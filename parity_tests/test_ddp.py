@@ -124,3 +124,55 @@ def test_torchrun_two_ranks_end_to_end(tmp_path):
     assert lines == ["0", "1", "2"], proc.stdout[-2000:]
     folder = tmp_path / "checkpoint" / "UGATIT_demo_lsgan_4resblock_4dis_1_1_10_10_1000_sn_smoothing"
     assert any(p.suffix == ".safetensors" for p in folder.iterdir())
+
+
+def _fp16_worker(rank, world, port, out_dir):
+    """fp16 with loss scaling under data parallelism: rank 1 alone overflows in the first D step."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from torch_port import build_ugatit
+    from torch_port import distributed as ddp
+    from torch_port.train_precision import mixed_precision_steps
+    ddp.init("cpu")
+    torch.manual_seed(0)
+    model = build_ugatit(CFG)
+    G, D = model.make_optimizers(LR)
+    d_step, g_step = mixed_precision_steps(model, model.d_step, model.g_step, "fp16", "cpu")
+    for optim in (G, D):  # as the trainer does: the averaging wraps the scaler's step from outside
+        optim.loss_scaler.scale = 16.0
+        ddp.average_gradients_before_step(optim)
+    ddp.broadcast_module_(model)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if rank == 1:  # this rank's scaled loss overflows float16 in the backward pass, once
+        original = model._optimizer_update
+
+        def overflow_once(optim, total, lr):
+            model._optimizer_update = original
+            return original(optim, total * 2.0 ** 40, lr)
+        model._optimizer_update = overflow_once
+    A, B = _images()
+    d_step(A[rank:rank + 1], B[rank:rank + 1], LR)
+    after_skip = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    scale_after_skip = D.loss_scaler.scale
+    d_step(A[rank:rank + 1], B[rank:rank + 1], LR)
+    g_step(A[rank:rank + 1], B[rank:rank + 1], LR)
+    torch.save({"start": start, "after_skip": after_skip, "scale_after_skip": scale_after_skip,
+                "skipped": D.loss_scaler.skipped, "end": dict(model.state_dict()),
+                "powers": [p.clone() for p in D.powers] + [p.clone() for p in G.powers]},
+               os.path.join(out_dir, f"fp16_rank{rank}.pt"))
+    ddp.shutdown()
+
+
+def test_fp16_ranks_skip_an_overflowing_step_together(tmp_path):
+    """An overflow on one rank is an inf in the averaged gradients of all: every rank skips the
+    step (weights unchanged, Adam not advanced), halves its scale, and the ranks stay identical."""
+    mp.spawn(_fp16_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"fp16_rank{r}.pt", weights_only=True) for r in (0, 1))
+    for r in (r0, r1):
+        assert r["scale_after_skip"] == 8.0 and r["skipped"] == 1
+        d_weights = [k for k in r["start"] if k.startswith("discriminator") and not k.endswith(".u")]
+        assert all(torch.equal(r["after_skip"][k], r["start"][k]) for k in d_weights)
+        assert not all(torch.equal(r["end"][k], r["start"][k]) for k in d_weights)  # the next step updated
+    assert all(torch.equal(r0["end"][k], r1["end"][k]) for k in r0["end"])
+    assert all(torch.equal(a, b) for a, b in zip(r0["powers"], r1["powers"]))
