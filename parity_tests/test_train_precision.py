@@ -241,3 +241,21 @@ def test_cli_precision_flags(tmp_path, monkeypatch, capsys):
             run(argv)
         assert e.value.code == 2 and "--precision" in capsys.readouterr().err
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-only: training fast paths on a GPU")
+def test_cuda_training_fast_paths_follow_fp32(tmp_path, monkeypatch):
+    """On CUDA: bf16, fp16 (loss scaling, from the settled scale) and fp32 + compile train, and
+    their losses follow CUDA fp32 (TF32 off) within the CPU bands."""
+    from torch_port import train_precision
+    from torch_port.train import pick_device, train
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=4, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_precision, "LOSS_SCALE_INIT", SETTLED_SCALE)
+    device = pick_device("cuda")
+    runs = {name: train(_config(name), device, seed=1, precision=prec, compile=comp)
+            for name, prec, comp in (("fp32", "fp32", False), ("bf16", "bf16", False), ("fp16", "fp16", False),
+                                     ("fp32c", "fp32", True))}
+    for name in ("bf16", "fp16", "fp32c"):
+        d, g = _worst(runs["fp32"], runs[name], "d_loss"), _worst(runs["fp32"], runs[name], "g_loss")
+        assert d <= D_BAND and g <= G_BAND, (name, d, g)
