@@ -86,6 +86,24 @@ def read(path: str) -> dict:
     return out
 
 
+def port_rows(data: dict) -> dict:
+    """The port run on a fixture's weights and input, judged by `harness.compare` against its
+    stored TF activations: {"rows", "config", "state" (torch names), "x" (NCHW)}."""
+    import torch
+
+    from parity_tests.harness import compare, torch_forward
+    from ugatit_common.options import config_from
+    from ugatit_common.tf_checkpoint.names import tf_to_torch_name, to_torch_layout
+    cfg = config_from(**data["config"])
+    state = {tf_to_torch_name(n): torch.from_numpy(to_torch_layout(n, v)) for n, v in data["weights"].items()}
+    x = torch.from_numpy(data["input"].transpose(0, 3, 1, 2).copy())
+    reductions = {}
+    torch32 = torch_forward(state, cfg, x, reductions=reductions)
+    torch64 = torch_forward(state, cfg, x, dtype=torch.float64)
+    return {"rows": compare(data["float32"], torch32, data["float64"], torch64, reductions), "config": cfg,
+            "state": state, "x": x}
+
+
 def fixture_path(name: str, folder: str = DEFAULT_DIR) -> str:
     return os.path.join(folder, f"{name}.h5")
 

@@ -57,16 +57,9 @@ def test_fixture_files():
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_torch_matches_stored_tf(name):
-    import torch
-    import weights_convert as wc
+    from parity_tests.activation_fixtures import port_rows
     data = _load(name)
-    cfg = _config(data)
-    state = {wc.tf_to_torch_name(n): torch.from_numpy(wc.to_torch_layout(n, v)) for n, v in data["weights"].items()}
-    x = torch.from_numpy(data["input"].transpose(0, 3, 1, 2).copy())
-    reductions = {}
-    torch32 = torch_forward(state, cfg, x, reductions=reductions)
-    torch64 = torch_forward(state, cfg, x, dtype=torch.float64)
-    rows = compare(data["float32"], torch32, data["float64"], torch64, reductions)
+    rows = port_rows(data)["rows"]
     worst = max(rows, key=lambda n: rows[n]["port_rms"] / rows[n]["budget"])
     print(f"{name}: worst float32 rms error / budget {rows[worst]['port_rms'] / rows[worst]['budget']:.3f} ({worst}); "
           f"worst float64 diff / tol {max(r['err64'] / r['tol64'] for r in rows.values()):.2e}")

@@ -150,21 +150,11 @@ def _expected_cell(r: dict, label: str) -> str:
 def _fixture_rows_and_sections(name, labels=("bf16",)):
     """Harness rows of a stored activation fixture (TF's recorded names; no TensorFlow needed) and
     fast_path_errors of both its generators on the same input, as checkpoint_sections gives them."""
-    import torch
-    import weights_convert as wc
-    from parity_tests.activation_fixtures import fixture_path, read
+    from parity_tests.activation_fixtures import fixture_path, port_rows, read
     from parity_tests.fast_paths import fast_path_errors
-    from parity_tests.harness import compare, torch_forward
     from torch_port import build_ugatit
-    from ugatit_common.options import config_from
-    data = read(fixture_path(name))
-    cfg = config_from(**data["config"])
-    state = {wc.tf_to_torch_name(n): torch.from_numpy(wc.to_torch_layout(n, v)) for n, v in data["weights"].items()}
-    x = torch.from_numpy(data["input"].transpose(0, 3, 1, 2).copy())
-    reductions = {}
-    torch32 = torch_forward(state, cfg, x, reductions=reductions)
-    torch64 = torch_forward(state, cfg, x, dtype=torch.float64)
-    rows = compare(data["float32"], torch32, data["float64"], torch64, reductions)
+    run = port_rows(read(fixture_path(name)))
+    cfg, rows, state, x = run["config"], run["rows"], run["state"], run["x"]
     model = build_ugatit(cfg)
     model.load_state_dict(state, strict=False)
     sections = [(net, fast_path_errors(getattr(model, net).eval(), (x,), labels))

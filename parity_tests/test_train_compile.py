@@ -10,16 +10,14 @@ generation), which finds graph breaks and recompiles as inductor would, in secon
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
 
+from parity_tests.test_train_precision import NET, demo_folder
+from parity_tests.test_train_precision import _config as train_config
 from torch_port import train_compile
-from ugatit_common import options as opt
 from ugatit_common.demo_data import make_demo_dataset
-
-NET = dict(light=True, img_size=32, ch=4, n_dis=4, n_res=4, sn=True, smoothing=True)
 # Measured here (6 iterations, lr 2e-4): compiled vs eager float32 relative difference of the
 # losses at most 3.2e-5 (d) and 1.5e-4 (g): float32 rounding differences, grown as the runs'
 # weights drift apart through Adam's early sign steps (the teacher-forced gradient test below is
@@ -28,9 +26,7 @@ D_BAND, G_BAND = 3e-4, 1.5e-3
 
 
 def _config(name, **kw):
-    return opt.config_from(**{**dict(dataset="demo", epoch=2, iteration=3, print_freq=1000, save_freq=3,
-                                     decay_flag=False, augment_flag=False, lr=0.0002, checkpoint_dir=f"ck_{name}",
-                                     result_dir="res", log_dir=f"logs_{name}", sample_dir="samples"), **NET, **kw})
+    return train_config(name, **{**dict(epoch=2, iteration=3, save_freq=3), **kw})
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +34,7 @@ def runs(tmp_path_factory):
     from torch._dynamo.utils import counters
 
     from torch_port.train import Trainer
-    root = str(tmp_path_factory.mktemp("compile"))
-    make_demo_dataset(root, "demo", 32, n_train=4, n_test=1)
-    cwd = os.getcwd()
-    os.chdir(root)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with demo_folder(str(tmp_path_factory.mktemp("compile"))):
         out, logs = {}, {}
         for name, compile, epochs, resume in (("eager", False, 2, False), ("whole", True, 2, False),
                                               ("split", True, 1, False), ("split", True, 2, True)):
@@ -54,9 +44,6 @@ def runs(tmp_path_factory):
                                 log=lines.append).run()
             out[name]["graphs"] = int(counters["stats"]["unique_graphs"]) - graphs_before
         return out, logs
-    finally:
-        os.chdir(cwd)
-        torch.set_num_threads(n)
 
 
 def test_compiles_in_the_first_iteration_without_graph_breaks(runs):

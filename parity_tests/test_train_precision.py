@@ -6,6 +6,7 @@ loss scaling skips overflowing steps without touching the optimizer, and resume,
 the 2N = N + resume + N property hold in every precision."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -35,30 +36,38 @@ def _config(name, **kw):
                                      result_dir="res", log_dir=f"logs_{name}", sample_dir="samples"), **NET, **kw})
 
 
+@contextlib.contextmanager
+def demo_folder(root: str, n_train: int = 4):
+    """The demo data set in `root`, which becomes the working directory, one CPU thread."""
+    make_demo_dataset(root, "demo", 32, n_train=n_train, n_test=1)
+    cwd, n = os.getcwd(), torch.get_num_threads()
+    os.chdir(root)
+    torch.set_num_threads(1)
+    try:
+        yield root
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     from torch_port import train_precision
     from torch_port.train import train
     root = str(tmp_path_factory.mktemp("precision"))
-    make_demo_dataset(root, "demo", 32, n_train=4, n_test=1)
-    cwd = os.getcwd()
-    os.chdir(root)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     init = train_precision.LOSS_SCALE_INIT
-    try:
-        out = {}
-        for name, prec, seed in (("fp32", "fp32", 1), ("bf16", "bf16", 1), ("fp16", "fp16", 1),
-                                 ("fp32_seed2", "fp32", 2)):
-            cfg = _config(name)
-            train_precision.LOSS_SCALE_INIT = SETTLED_SCALE if prec == "fp16" else init
-            out[name] = train(cfg, torch.device("cpu"), seed=seed, precision=prec)
-            out[name]["folder"] = os.path.join(root, f"ck_{name}", opt.model_dir(cfg))
-        return out
-    finally:
-        train_precision.LOSS_SCALE_INIT = init
-        os.chdir(cwd)
-        torch.set_num_threads(n)
+    with demo_folder(root):
+        try:
+            out = {}
+            for name, prec, seed in (("fp32", "fp32", 1), ("bf16", "bf16", 1), ("fp16", "fp16", 1),
+                                     ("fp32_seed2", "fp32", 2)):
+                cfg = _config(name)
+                train_precision.LOSS_SCALE_INIT = SETTLED_SCALE if prec == "fp16" else init
+                out[name] = train(cfg, torch.device("cpu"), seed=seed, precision=prec)
+                out[name]["folder"] = os.path.join(root, f"ck_{name}", opt.model_dir(cfg))
+            return out
+        finally:
+            train_precision.LOSS_SCALE_INIT = init
 
 
 def _worst(a, b, key):
