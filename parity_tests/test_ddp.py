@@ -101,9 +101,11 @@ def test_two_gloo_ranks_equal_one_process_batch_of_two(tmp_path):
     assert checked > 100
 
 
-def test_torchrun_two_ranks_end_to_end(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torchrun_two_ranks_end_to_end(tmp_path, precision):
     """`torchrun --nproc_per_node 2 -m torch_port` (gloo on CPU): trains, rank 0 alone prints the
-    per-iteration lines and writes the checkpoint."""
+    per-iteration lines and writes the checkpoint; fp16: the trainer's order (loss scaling inside,
+    gradient averaging outside) holds through the command line, the scales are checkpointed."""
     import re
     import shutil
     import subprocess
@@ -117,13 +119,18 @@ def test_torchrun_two_ranks_end_to_end(tmp_path):
                OMP_NUM_THREADS="1")
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "torch_port", "--phase", "train",
                            "--dataset", "demo", "--epoch", "1", "--iteration", "3", "--img_size", "32", "--ch", "4",
-                           "--n_dis", "4", "--print_freq", "1000", "--save_freq", "1000", "--device", "cpu"],
+                           "--n_dis", "4", "--print_freq", "1000", "--save_freq", "1000", "--device", "cpu",
+                           "--precision", precision],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     lines = re.findall(r"Epoch: \[ *0\] \[ *(\d+)/ *3\] time: \S+ d_loss: \S+ g_loss: \S+", proc.stdout)
     assert lines == ["0", "1", "2"], proc.stdout[-2000:]
     folder = tmp_path / "checkpoint" / "UGATIT_demo_lsgan_4resblock_4dis_1_1_10_10_1000_sn_smoothing"
     assert any(p.suffix == ".safetensors" for p in folder.iterdir())
+    from torch_port import checkpoint as ckpt
+    _, _, state = ckpt.find_latest(str(folder))
+    assert state["precision"] == precision and state["world_size"] == 2
+    assert ("loss_scale" in state) == (precision == "fp16")
 
 
 def _fp16_worker(rank, world, port, out_dir):

@@ -185,3 +185,24 @@ def test_gradient_penalty_discriminators_stay_eager(aot_eager, tmp_path, monkeyp
     (g,) = torch.autograd.grad(logit.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         (g ** 2).sum().backward()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_compiled_resume_equals_uninterrupted(aot_eager, tmp_path, precision):
+    """bf16 / fp16 under compile: the autocast graphs (float32 islands inside) capture without a
+    graph break, nothing recompiles after the first iteration, and 2N = N + resume + N bit for bit
+    (fp16 from GradScaler's initial scale: skipped steps included)."""
+    from torch._dynamo.utils import counters
+
+    from torch_port.train import Trainer
+    with demo_folder(str(tmp_path)):
+        logs, out = [], {}
+        for name, epochs, resume in (("whole", 2, False), ("split", 1, False), ("split", 2, True)):
+            out[name] = Trainer(_config(f"{precision}_{name}", epoch=epochs), "cpu", seed=1, compile=True,
+                                precision=precision, resume=resume, log=logs.append).run()
+    said = [l for l in logs if "torch.compile" in l]
+    assert "graph breaks: none" in said[1] and not any("recompiled" in l for l in logs), said
+    assert not counters["graph_break"]
+    assert [r["d_loss"] for r in out["split"]["history"]] == [r["d_loss"] for r in out["whole"]["history"][3:]]
+    a, b = out["whole"]["model"].state_dict(), out["split"]["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
