@@ -95,11 +95,9 @@ def torch_runner(cfg, device, init_from: str | None = None, modes=("fp32",)):
             g_step(a, b, cfg["lr"])
             sync()
         trains[mode] = train
-    port = model_for("port", False)
-
     def translate():
         with torch.no_grad():
-            port.translate(a, "a2b")
+            model_for("port", False).translate(a, "a2b")
         sync()
     return trains, translate
 
@@ -227,61 +225,77 @@ def main(argv=None):
     from torch_port.train import pick_device
     device = pick_device(a.device)
     modes = [m for m in a.modes.split(",") if m] or (CUDA_MODES if device.type == "cuda" else CPU_MODES)
-    if "fp32" not in modes:
-        modes.insert(0, "fp32")  # the reference of every ratio, and the arithmetic floor
     unknown = [m for m in modes if m not in CUDA_MODES]
     if unknown:
         p.error(f"unknown modes {unknown}; known: {CUDA_MODES}")
     if a.worker:
         return worker(a.worker, cfg, a.device, a.weights, modes)
+    if "fp32" not in modes:
+        modes.insert(0, "fp32")  # the reference of every ratio, and the arithmetic floor
     passthrough = ["--img_size", str(a.img_size), "--ch", str(a.ch), "--n_dis", str(a.n_dis),
-                   "--light", str(a.light), "--device", a.device, "--modes", ",".join(modes)]
+                   "--light", str(a.light), "--device", a.device]
+    # one torch worker per group at a time (three 256-px training models and their compiled graphs
+    # in one process took 16 GB), each group timed alternately with the one TF worker
+    groups = {"port": [m for m in modes if "+" not in m and not m.startswith("morph-")],
+              "compiled": [m for m in modes if "+" in m], "morph": [m for m in modes if m.startswith("morph-")]}
     import tempfile
     tmp = tempfile.TemporaryDirectory(prefix="bench_train_")
     cache = tempfile.TemporaryDirectory(prefix="bench_train_inductor_")  # a cold compile, as a user's first run
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache.name)
-    # TF first: it writes its initial weights, which the torch worker then loads
-    workers = [] if a.skip_tf else [_Worker("tf_reference", passthrough + ["--weights", tmp.name])]
-    workers.insert(0, _Worker("torch_port", passthrough + ([] if a.skip_tf else ["--weights", tmp.name]), env))
-    jobs = [(workers[0], m) for m in modes] + [(w, "tf") for w in workers[1:]]
-    times = {m: [] for _, m in jobs}
-    first = {}
-    tests = {w.name: [] for w in workers}
+    # TF first: it writes its initial weights, which the torch workers then load
+    tf_worker = None if a.skip_tf else _Worker("tf_reference", passthrough + ["--weights", tmp.name])
+    times, first, tf_times, tests = {}, {}, {}, {}
+    floor = None
     try:
-        for i in range(a.warmup + a.iters):  # alternate: one iteration of each in turn
-            for w, mode in jobs:
-                t = w.time(f"train:{mode}")
-                if i == 0:
-                    first[mode] = t
-                if i >= a.warmup:
-                    times[mode].append(t)
-            for w in workers:
-                t = w.time("translate")
-                if i >= a.warmup:
-                    tests[w.name].append(t)
-        floor = workers[0].ask("floor")  # the torch worker
+        for group, group_modes in groups.items():
+            if not group_modes:
+                continue
+            w = _Worker("torch_port", passthrough + ["--modes", ",".join(group_modes)]
+                        + ([] if a.skip_tf else ["--weights", tmp.name]), env)
+            jobs = [(w, m) for m in group_modes] + ([(tf_worker, "tf")] if tf_worker else [])
+            try:
+                for i in range(a.warmup + a.iters):  # alternate: one iteration of each in turn
+                    for worker_, mode in jobs:
+                        t = worker_.time(f"train:{mode}")
+                        if i == 0:
+                            first[mode] = t
+                        if i >= a.warmup:
+                            (tf_times.setdefault(group, []) if mode == "tf" else times.setdefault(mode, [])).append(t)
+                    if group == "port":
+                        for worker_ in [w] + ([tf_worker] if tf_worker else []):
+                            t = worker_.time("translate")
+                            if i >= a.warmup:
+                                tests.setdefault(worker_.name, []).append(t)
+                if group == "port":
+                    floor = w.ask("floor")
+            finally:
+                w.close()
     finally:
-        for w in workers:
-            w.close()
+        if tf_worker:
+            tf_worker.close()
         tmp.cleanup()
         cache.cleanup()
     import torch
     med = {m: statistics.median(v) for m, v in times.items()}
+    tf_med = {g: statistics.median(v) for g, v in tf_times.items()}
+    group_of = {m: g for g, ms in groups.items() for m in ms}
     print(f"\nsame initial weights in both: {not a.skip_tf}")
     print(f"light={a.light} img_size={a.img_size} ch={a.ch} n_dis={a.n_dis} batch=1 iters={a.iters} "
           f"torch threads={torch.get_num_threads()} load average {os.getloadavg()[0]:.2f} device {device.type}")
+    print("tf_reference s/iter, timed alternately with each group: "
+          + ", ".join(f"{g} {t:.3f}" for g, t in tf_med.items()))
     print(f"{'mode':<20}{'s/iter (D+G)':>14}{'vs TF':>8}{'vs own fp32':>13}{'compile s':>11}   per-iteration times")
-    tf = med.get("tf")
     rows = {}
     for mode, t in med.items():
+        tf = tf_med.get(group_of[mode])
         own = med["morph-fp32"] if mode.startswith("morph-") and "morph-fp32" in med else med["fp32"]
         comp = first[mode] - t if "+compile" in mode else None
-        rows[mode] = {"seconds": t, "vs_tf": t / tf if tf else None, "vs_own_fp32": t / own if mode != "tf" else None,
+        rows[mode] = {"seconds": t, "vs_tf": t / tf if tf else None, "vs_own_fp32": t / own, "tf_seconds": tf,
                       "compile_seconds": comp, "times": times[mode]}
-        name = "tf_reference" if mode == "tf" else ("" if mode.startswith("morph") else "port ") + mode
-        print(f"{name:<20}{t:>14.3f}{(f'{t / tf:.2f}x' if tf else '-'):>8}"
-              f"{(f'{t / own:.2f}x' if mode != 'tf' else '-'):>13}{(f'{comp:.0f}' if comp is not None else '-'):>11}"
-              f"   {' '.join(f'{x:.2f}' for x in times[mode])}")
+        name = mode if mode.startswith("morph") else "port " + mode
+        print(f"{name:<20}{t:>14.3f}{(f'{t / tf:.2f}x' if tf else '-'):>8}{f'{t / own:.2f}x':>13}"
+              f"{(f'{comp:.0f}' if comp is not None else '-'):>11}   {' '.join(f'{x:.2f}' for x in times[mode])}")
+    tf = tf_med.get("port")
     ips = {name: 1.0 / statistics.median(v) for name, v in tests.items()}
     print("test img/s: " + ", ".join(f"{k} {v:.2f}" for k, v in ips.items())
           + (f" ({ips['torch_port'] / ips['tf_reference']:.2f}x)" if len(ips) == 2 else ""))
@@ -293,8 +307,8 @@ def main(argv=None):
           + (f" = {seconds / tf:.2f}x of tf_reference's" if tf else "") + f"; port fp32 takes {med['fp32'] / seconds:.2f}x the floor")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"config": cfg, "device": device.type, "rows": rows, "test_img_per_s": ips,
-                       "floor": floor}, f, indent=1, default=str)
+            json.dump({"config": cfg, "device": device.type, "rows": rows, "tf_seconds": tf_med,
+                       "test_img_per_s": ips, "floor": floor}, f, indent=1, default=str)
     return 0
 
 
