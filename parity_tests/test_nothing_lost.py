@@ -450,8 +450,12 @@ def test_ctrl_c_rewrapped_by_a_library_is_still_an_interrupt(capsys):
 def test_ctrl_c_in_a_real_process(tmp_path):
     make_data(tmp_path)
     env = {**os.environ, "PYTHONPATH": ROOT}
+    # SIGINT back to its default in the child: a shell's background job (`cmd &`, nohup) starts with
+    # SIGINT ignored, which the child would inherit, and Python then installs no KeyboardInterrupt
+    # handler (the run finished with exit 0 and the signal ignored, when pytest ran in the background)
     p = subprocess.Popen([sys.executable, "-m", "torch_port"] + train_args(200), cwd=tmp_path, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     folder = ckdir(tmp_path)
     deadline = time.time() + 240
     while time.time() < deadline and not steps(folder):
