@@ -135,9 +135,12 @@ def tf_runner(cfg, save_to: str | None = None):
     return train, translate
 
 
-def conv_throughput(device, ch: int = 256, size: int = 64, reps: int = 5) -> float:
+def conv_throughput(device, ch: int = 256, size: int = 64, reps: int = 5, dtype=None) -> float:
     """FLOP/s of the port's commonest convolution (3x3, ch -> ch at size x size: a resblock of the
-    256-px model), forward plus both backward products, best of `reps` (a practical peak)."""
+    256-px model), forward plus both backward products, best of `reps` (a practical peak);
+    `dtype` bfloat16 / float16: under autocast, as the mixed-precision training runs it."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
     x = torch.randn(1, ch, size + 2, size + 2, device=device, requires_grad=True)
@@ -146,7 +149,8 @@ def conv_throughput(device, ch: int = 256, size: int = 64, reps: int = 5) -> flo
     best = float("inf")
     for _ in range(reps + 1):
         t = time.perf_counter()
-        y = F.conv2d(x, w)
+        with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+            y = F.conv2d(x, w)
         y.backward(torch.ones_like(y))
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -161,6 +165,20 @@ def iteration_flops(train) -> int:
     with FlopCounterMode(display=False) as counter:
         train()
     return counter.get_total_flops()
+
+
+def profile(fn, top: int = 10) -> list:
+    """[(op, self seconds, calls)] of one call of `fn` under torch.profiler, the `top` largest by
+    self CPU time, then everything else as one row: where an iteration's time goes."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    rows = sorted(((e.key, e.self_cpu_time_total / 1e6, e.count) for e in prof.key_averages()),
+                  key=lambda r: -r[1])
+    rest = sum(r[1] for r in rows[top:])
+    return rows[:top] + [("(everything else)", rest, sum(r[2] for r in rows[top:]))]
 
 
 def _timed(fn) -> float:
@@ -184,7 +202,11 @@ def worker(name: str, cfg: dict, device: str, weights: str | None, modes: list[s
         if dev.type == "cpu":
             keep_freed_memory()  # as `python -m torch_port` does on CPU
         trains, translate = torch_runner(cfg, dev, weights, modes)
-        floor = lambda: {"flops": iteration_flops(trains["fp32"]), "peak": conv_throughput(dev)}  # noqa: E731
+        import torch
+
+        def floor():
+            return {"flops": iteration_flops(trains["fp32"]), "peak": conv_throughput(dev),
+                    "peak_bf16": conv_throughput(dev, dtype=torch.bfloat16)}
     else:
         train, translate = tf_runner(cfg, weights)
         trains = {"tf": train}
@@ -195,6 +217,9 @@ def worker(name: str, cfg: dict, device: str, weights: str | None, modes: list[s
             break
         if what == "floor":
             print(json.dumps(floor()), flush=True)
+            continue
+        if what.startswith("profile:"):
+            print(json.dumps({"ops": profile(trains[what.split(":", 1)[1]])}), flush=True)
             continue
         fn = translate if what == "translate" else trains[what.split(":", 1)[1]]
         print(json.dumps({"seconds": _timed(fn)}), flush=True)
@@ -218,6 +243,8 @@ def main(argv=None):
                    f"of the device; CPU: {','.join(CPU_MODES)})")
     p.add_argument("--skip_tf", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--profile", action="store_true", help="also print where one iteration of each mode spends its "
+                   "time (torch.profiler, self CPU time by op)")
     p.add_argument("--worker", choices=["torch_port", "tf_reference"], help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -244,7 +271,7 @@ def main(argv=None):
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache.name)
     # TF first: it writes its initial weights, which the torch workers then load
     tf_worker = None if a.skip_tf else _Worker("tf_reference", passthrough + ["--weights", tmp.name])
-    times, first, tf_times, tests = {}, {}, {}, {}
+    times, first, tf_times, tests, profiles = {}, {}, {}, {}, {}
     floor = None
     try:
         for group, group_modes in groups.items():
@@ -268,6 +295,9 @@ def main(argv=None):
                                 tests.setdefault(worker_.name, []).append(t)
                 if group == "port":
                     floor = w.ask("floor")
+                if a.profile:
+                    for mode in group_modes:
+                        profiles[mode] = w.ask(f"profile:{mode}")["ops"]
             finally:
                 w.close()
     finally:
@@ -305,10 +335,20 @@ def main(argv=None):
     print(f"arithmetic floor (fp32): {floor['flops'] / 1e12:.3f} TFLOP per iteration / {floor['peak'] / 1e9:.0f} "
           f"GFLOP/s (3x3 conv, forward + backward) = {seconds:.2f} s per iteration"
           + (f" = {seconds / tf:.2f}x of tf_reference's" if tf else "") + f"; port fp32 takes {med['fp32'] / seconds:.2f}x the floor")
+    if "peak_bf16" in floor:
+        s16 = floor["flops"] / floor["peak_bf16"]
+        print(f"arithmetic floor (bf16 autocast): {floor['peak_bf16'] / 1e9:.0f} GFLOP/s = {s16:.2f} s per iteration"
+              + (f" = {s16 / tf:.2f}x of tf_reference's" if tf else "")
+              + (f"; port bf16 takes {med['bf16'] / s16:.2f}x the floor" if "bf16" in med else ""))
+    for mode, ops in profiles.items():
+        total = sum(o[1] for o in ops)
+        print(f"\nprofile of one iteration, {mode} (self CPU seconds by op, {total:.2f} s in all):")
+        for op, sec, calls in ops:
+            print(f"  {op:<52}{sec:>8.2f} s {100 * sec / total:>5.1f}%  {calls:>6} calls")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"config": cfg, "device": device.type, "rows": rows, "tf_seconds": tf_med,
-                       "test_img_per_s": ips, "floor": floor}, f, indent=1, default=str)
+                       "test_img_per_s": ips, "floor": floor, "profiles": profiles}, f, indent=1, default=str)
     return 0
 
 
