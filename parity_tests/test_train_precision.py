@@ -24,9 +24,12 @@ ITERATIONS = 8
 # the two runs' weights drift apart). Bands: 5x the d figure, 3x the g figure. fp16 measured
 # 1.8e-3 / 1.9e-2 (the drift of the weights dominates, not the format's 11 vs 8 mantissa bits).
 D_BAND, G_BAND = 6e-3, 5e-2
-# fp16 from GradScaler's initial scale 2^16 skips this model's first G steps (12 here: the
-# official cam_weight 1000 makes its gradients large) until the scale settles at 16; the band run
-# starts at the settled scale so that fp16's rounding, not the skipped warm-up, is compared.
+# fp16 from GradScaler's initial scale 2^16 skips this model's first steps (the official
+# cam_weight 1000 makes its gradients large): natively G settles at 16 after 12 skips. The band
+# run starts at 16 so that fp16's rounding, not the skipped warm-up, is compared; 16 is at the
+# edge (under AVX2 kernels one G step overflowed and the scale went on at 8), so at most one
+# skip is allowed. Lower scales underflow: starting at 8, D's loss drifted 5.3e-3-7.2e-3 from
+# fp32's (1.8e-3 at 16), through the generator's underflowing gradients.
 SETTLED_SCALE = 16.0
 
 
@@ -78,10 +81,13 @@ def _worst(a, b, key):
 def test_reduced_precision_losses_follow_fp32_within_the_band(runs, precision):
     assert len(runs[precision]["steps"]) == ITERATIONS
     d, g = _worst(runs["fp32"], runs[precision], "d_loss"), _worst(runs["fp32"], runs[precision], "g_loss")
+    print(f"{precision} vs fp32, worst relative loss difference: d {d:.2e} g {g:.2e}")
     assert d <= D_BAND and g <= G_BAND, (d, g)
     assert d > 0 and g > 0  # it did run in reduced precision
     if precision == "fp16":  # no step was skipped at the settled scale
-        assert {r["G_loss_scale"] for r in runs["fp16"]["steps"]} == {SETTLED_SCALE}
+        scales = [r["G_loss_scale"] for r in runs["fp16"]["steps"]]
+        assert set(scales) <= {SETTLED_SCALE, SETTLED_SCALE / 2} and scales[0] == SETTLED_SCALE, scales
+        assert {r["D_loss_scale"] for r in runs["fp16"]["steps"]} == {SETTLED_SCALE}
     # the band tells runs apart: float32 from another seed (other initial weights) leaves it
     d2, g2 = _worst(runs["fp32"], runs["fp32_seed2"], "d_loss"), _worst(runs["fp32"], runs["fp32_seed2"], "g_loss")
     assert d2 > D_BAND or g2 > G_BAND, (d2, g2)

@@ -34,9 +34,8 @@ model (`model.generator_B = optimize(model.generator_B, "bf16")`), and unknown a
 from __future__ import annotations
 
 import copy
-import time
-
 import os
+import time
 
 import torch
 import torch.nn as nn
