@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 import torch.nn as nn
 
 BACKEND = "inductor"
@@ -45,7 +44,7 @@ def compiled_networks(model: nn.Module) -> tuple[list[str], list[str]]:
 def compile_model(model: nn.Module, backend: str | None = None) -> tuple[list[str], list[str]]:
     """Compile `model`'s networks in place (once; `backend` default `BACKEND`, inductor);
     returns `compiled_networks(model)`."""
-    backend = backend or BACKEND
+    backend = backend or BACKEND  # read at call time: the tests switch the module's BACKEND
     yes, no = compiled_networks(model)
     # Every network compiled with nn.Module.compile shares one code object (Module._call_impl),
     # and dynamo keeps at most `recompile_limit` (8) graphs per code object, then silently runs
@@ -65,42 +64,36 @@ def compile_model(model: nn.Module, backend: str | None = None) -> tuple[list[st
 
 class CompileWatch:
     """Reports compilation around the training steps: the first iteration (the compile cost, the
-    graphs, any graph break), then any later iteration that compiles a graph (a recompile)."""
+    graphs, any graph break), then any later iteration that compiles a graph (a recompile).
+    Counts come from `torch_port.fast.dynamo_counts` (dynamo's process-wide counters)."""
 
     def __init__(self, log):
+        from .fast import dynamo_counts
+        self.counts = dynamo_counts
         self.log = log
-        self.first = True
+        self.iteration = 0
+        self.graphs = dynamo_counts()["unique_graphs"]
         self.t0 = None
-        self.graphs = self._graphs()
 
-    @staticmethod
-    def _graphs() -> int:
-        from torch._dynamo.utils import counters
-        return int(counters["stats"]["unique_graphs"])
-
-    @staticmethod
-    def graph_breaks() -> dict:
-        from torch._dynamo.utils import counters
-        return dict(counters["graph_break"])
-
-    def begin(self) -> None:
-        if self.first:
+    def next_iteration(self) -> None:
+        """Close the iteration in progress (report it) and open the next."""
+        if self.iteration:
+            now = self.counts()
+            new = now["unique_graphs"] - self.graphs
+            if self.iteration == 1:
+                breaks = now["graph_breaks"]
+                took = time.perf_counter() - self.t0
+                self.log(" [*] torch.compile: " + (f"{new} graphs compiled in the first iteration ({took:.1f} s, "
+                                                   f"compile included)" if new else "compiled code reused (no new graph)")
+                         + "; graph breaks: " + (", ".join(f"{k} (x{v})" for k, v in breaks.items()) if breaks
+                                                 else "none"))
+            elif new:
+                self.log(f" [!] torch.compile: {new} graph(s) recompiled in iteration {self.iteration} of this run "
+                         f"(TORCH_LOGS=recompiles shows why)")
+            self.graphs = now["unique_graphs"]
+        self.iteration += 1
+        if self.iteration == 1:
             self.t0 = time.perf_counter()
-
-    def end(self, iteration: int) -> None:
-        graphs = self._graphs()
-        new = graphs - self.graphs
-        if self.first:
-            breaks = self.graph_breaks()
-            took = time.perf_counter() - self.t0
-            self.log(f" [*] torch.compile: " + (f"{new} graphs compiled in the first iteration ({took:.1f} s, compile "
-                                                 f"included)" if new else "compiled code reused (no new graph)")
-                     + "; graph breaks: " + (", ".join(f"{k} (x{v})" for k, v in breaks.items()) if breaks else "none"))
-            self.first = False
-        elif new:
-            self.log(f" [!] torch.compile: {new} graph(s) recompiled in iteration {iteration} of this run "
-                     f"(TORCH_LOGS=recompiles shows why)")
-        self.graphs = graphs
 
 
 def compiled_steps(model: nn.Module, d_step, g_step, log, backend: str | None = None):
@@ -110,14 +103,8 @@ def compiled_steps(model: nn.Module, d_step, g_step, log, backend: str | None = 
     yes, no = compile_model(model, backend)
     log(f" [*] torch.compile ({backend}): {', '.join(yes)}" + (f"; eager: {', '.join(no)}" if no else ""))
     watch = CompileWatch(log)
-    state = {"counter": 0}
 
     def d(*args, **kwargs):
-        if state["counter"]:
-            watch.end(state["counter"])
-        state["counter"] += 1
-        watch.begin()
+        watch.next_iteration()
         return d_step(*args, **kwargs)
-
-    d.watch = watch
     return d, g_step

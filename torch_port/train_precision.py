@@ -63,7 +63,7 @@ class LossScaler:
     whether all of them are finite; `update(finite)` halves the scale after a non-finite step and
     doubles it after `growth_interval` finite steps in a row."""
 
-    def __init__(self, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
+    def __init__(self, init_scale: float = LOSS_SCALE_INIT, growth_factor: float = 2.0, backoff_factor: float = 0.5,
                  growth_interval: int = 2000):
         self.scale = float(init_scale)
         self.growth_factor, self.backoff_factor = float(growth_factor), float(backoff_factor)
