@@ -1,4 +1,11 @@
-"""Shared fixtures: where the official golden bundle and manifests are, and hypothesis profiles."""
+"""Shared fixtures (where the official golden bundle and manifests are), hypothesis profiles, and
+the two test tiers.
+
+Tiers: `pytest -q` runs the quick tier, every kind of criterion at small sizes; `pytest -q --full`
+(or UGATIT_FULL_TIER=1) the full tier, which adds the tests marked `slow`: the same criteria at
+more configurations, sizes or iterations, and the compiled fast paths. A quick run lists the
+full-tier tests it left out as "deselected" (never as passed); a test named by its node id on the
+command line runs in either tier."""
 import os
 import sys
 
@@ -27,3 +34,46 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture(scope="session")
 def golden_dir():
     return GOLDEN
+
+
+FULL_TIER_ENV = "UGATIT_FULL_TIER"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", default=False,
+                     help="the full tier: also the tests marked slow (the quick tier leaves them out)")
+
+
+def full_tier(config) -> bool:
+    return bool(config.getoption("--full")) or os.environ.get(FULL_TIER_ENV, "") not in ("", "0")
+
+
+def pytest_report_header(config):
+    if full_tier(config):
+        return "tier: full (every test)"
+    return "tier: quick (tests marked slow are deselected; pytest --full runs them)"
+
+
+def _named_on_command_line(config, nodeid: str) -> bool:
+    """A node id given on the command line (path::test[param]) selects that test in either tier."""
+    for arg in config.args:
+        if "::" not in arg:
+            continue
+        path, _, rest = arg.partition("::")
+        rel = os.path.relpath(os.path.abspath(path), str(config.rootpath)).replace(os.sep, "/")
+        wanted = rel + "::" + rest
+        if nodeid == wanted or nodeid.startswith(wanted + "[") or nodeid.startswith(wanted + "::"):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if full_tier(config):
+        return
+    keep, drop = [], []
+    for item in items:
+        slow = item.get_closest_marker("slow") is not None
+        (drop if slow and not _named_on_command_line(config, item.nodeid) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -504,6 +504,7 @@ GRADIENT_INJECTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 def test_gradient_criteria_pass_clean_port(golden_runs):
     for step in "DG":
@@ -513,6 +514,7 @@ def test_gradient_criteria_pass_clean_port(golden_runs):
         assert not failures, "\n".join(failures[:10])
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 @pytest.mark.parametrize("label", list(GRADIENT_INJECTIONS))
 def test_gradient_injection_is_flagged(golden_runs, label):

@@ -468,6 +468,7 @@ def test_ctrl_c_in_a_real_process(tmp_path):
 
 # -- kill -9 at random moments: resume reproduces the uninterrupted run ------------------------------
 
+@pytest.mark.slow
 def test_kill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT}
     args = [sys.executable, "-m", "torch_port"] + train_args(6, 1, 1, "--keep_checkpoints", "2")
@@ -573,6 +574,7 @@ def test_tf2torch_rejects_bad_img_size_and_errors_start_their_own_line(port_ckpt
 
 # -- tf_reference under the same policy (TensorFlow) -----------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.tf
 def test_tf_reference_follows_the_policy(tmp_path, monkeypatch, capsys):
     from tf_reference.__main__ import main as tf_main

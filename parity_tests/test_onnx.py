@@ -216,6 +216,7 @@ def test_cli_fails_and_writes_nothing_when_verification_fails(golden_files, tmp_
 
 # -- full model, from the port's own checkpoint ---------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["a2b", "b2a"])
 def test_full_model_port_checkpoint_export(full_files, direction):
     model, files = full_files
@@ -289,6 +290,7 @@ def test_readme_example_turns_a_photo_into_the_translated_picture(uint8_file, tm
     np.testing.assert_array_equal(out, _session(uint8_file).run(["translated"], {"image": picture[None]})[0][0])
 
 
+@pytest.mark.slow
 def test_fp16_export_error_within_its_stated_budget(tmp_path):
     out = str(tmp_path / "g16.onnx")
     assert tx.tf2onnx_main([GOLDEN_CKPT, out, "--direction", "b2a", "--img_size", "64", "--fp16", "--tf", "off"]) == 0

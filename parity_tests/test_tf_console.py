@@ -50,6 +50,7 @@ def test_real_errors_still_reach_the_console(tmp_path):
     assert proc.returncode == 2 and "dataset/nope/trainA" in proc.stderr
 
 
+@pytest.mark.slow
 def test_training_numbers_do_not_depend_on_the_remapper():
     """One D run and one G run of the training graph, once with TF's default session options and
     once with train_session_config: losses and every updated variable bit-identical."""
@@ -80,6 +81,7 @@ def test_training_numbers_do_not_depend_on_the_remapper():
     assert not differ, differ[:10]
 
 
+@pytest.mark.slow
 def test_recorded_forward_does_not_depend_on_the_remapper(monkeypatch):
     """The parity harness records every layer's output (an Identity beside each activation), which
     makes the remapper fail the same way: session_config switches it off there, bit-identically;

@@ -76,7 +76,6 @@ def parse_iteration_lines(stdout):
     return steps
 
 
-@pytest.mark.slow
 def test_golden_training_through_command_line(tmp_path):
     """init/ + 3 iterations on trainA.png/trainB.png reproduce record.json and final/."""
     rec = golden.record()
@@ -126,6 +125,7 @@ def test_golden_test_phase_outputs():
     assert not bad, "\n".join(bad)
 
 
+@pytest.mark.slow
 def test_wrong_light_flag_names_the_variables(tmp_path):
     """A light checkpoint resumed as the full model: one clear error, no traceback."""
     rec = golden.record()

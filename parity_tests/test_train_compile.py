@@ -18,6 +18,9 @@ from parity_tests.test_train_precision import NET, demo_folder
 from parity_tests.test_train_precision import _config as train_config
 from torch_port import train_compile
 from ugatit_common.demo_data import make_demo_dataset
+
+pytestmark = pytest.mark.slow  # full tier: inductor compiles 6 training graphs per run (~10 min on 2 cores)
+
 # Measured here (6 iterations, lr 2e-4): compiled vs eager float32 relative difference of the
 # losses at most 3.2e-5 (d) and 1.5e-4 (g): float32 rounding differences, grown as the runs'
 # weights drift apart through Adam's early sign steps (the teacher-forced gradient test below is

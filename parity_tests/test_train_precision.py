@@ -77,6 +77,7 @@ def _worst(a, b, key):
     return max(abs(x[key] - y[key]) / abs(x[key]) for x, y in zip(a["steps"], b["steps"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_losses_follow_fp32_within_the_band(runs, precision):
     assert len(runs[precision]["steps"]) == ITERATIONS
@@ -93,6 +94,7 @@ def test_reduced_precision_losses_follow_fp32_within_the_band(runs, precision):
     assert d2 > D_BAND or g2 > G_BAND, (d2, g2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_checkpoint_weights_and_adam_state_stay_float32(runs, precision):
     step, weights, state = ckpt.find_latest(runs[precision]["folder"])
@@ -190,7 +192,7 @@ def test_fp16_overflowing_step_is_skipped_without_touching_the_optimizer():
                            params["discriminator_A.global.conv_0.weight"])
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["bf16", pytest.param("fp16", marks=pytest.mark.slow)])
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch, precision):
     """2N iterations == N + resume + N, bit for bit, in bf16 and fp16 (fp16 from GradScaler's
     initial scale: its first steps are skipped, so the scales and skip counts must travel in the

@@ -89,6 +89,7 @@ def tf_named(grads: dict, sn: set) -> dict:
             for n, g in grads.values()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["G", "D"])
 def test_gradients_every_parameter(golden_graph, golden_graph64, which):
     """At the golden init: the port's float64 gradients vs TF's float64 ones (criterion 1), and
@@ -142,6 +143,17 @@ def test_teacher_forced_trajectory_5_iterations(golden_graph, golden_graph64):
     Asserted after each run, against TF's own float64 run of that state (parity_tests/trajectory.py):
     the loss, u and the powers, per tensor the float64 gradient (1e-9) and the float32 gradient
     (RMS within max(3x TF's own, u * sqrt(K_run) * max|g|)), and the Adam update."""
+    teacher_forced_trajectory(golden_graph, golden_graph64, 5)
+
+
+def test_teacher_forced_trajectory_first_iteration(golden_graph, golden_graph64):
+    """The quick tier's trajectory: the first D run and G run of the one above, same assertions
+    (at the golden init these also cover every parameter's gradient, as the full tier's
+    test_gradients_every_parameter does, plus the Adam update, `u` and the powers)."""
+    teacher_forced_trajectory(golden_graph, golden_graph64, 1)
+
+
+def teacher_forced_trajectory(golden_graph, golden_graph64, iterations: int):
     cfg, g, m, sess, saver, feed = golden_graph
     from tf_reference.compat import tf
     _, _, A, B = golden_inputs()
@@ -154,7 +166,7 @@ def test_teacher_forced_trajectory_5_iterations(golden_graph, golden_graph64):
     chains = tj.chain_sums(cfg)
     with g.as_default():
         saver.restore(sess, os.path.join(GOLDEN, "init", "UGATIT.model-0"))
-        for it in range(5):
+        for it in range(iterations):
             for step in "DG":
                 before = tj.tf_session_state(sess, tf)
                 tj.torch_state_from_tf(model, G, D, before)
@@ -196,7 +208,6 @@ def test_teacher_forced_trajectory_5_iterations(golden_graph, golden_graph64):
     assert not failures, "\n".join(failures[:30])
 
 
-@pytest.mark.slow
 def test_golden_three_iterations_in_torch():
     """Convert init/ (weights, Adam slots, powers), 3 iterations in torch → record.json losses,
     and final/ by golden.compare_checkpoint (generator elements that Adam amplified are reported)."""

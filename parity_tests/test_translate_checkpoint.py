@@ -60,6 +60,7 @@ def test_official_folder_config_read_from_it(tmp_path, photos):
     assert "guessed" not in proc.stderr  # img_size was given, the rest is recorded
 
 
+@pytest.mark.slow
 def test_guess_is_reported_and_contradiction_is_an_error(tmp_path, photos):
     ckpt = tmp_path / OFFICIAL_DIR
     shutil.copytree(os.path.join(GOLDEN, "final"), ckpt)

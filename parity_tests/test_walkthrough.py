@@ -12,7 +12,7 @@ from parity_tests.conftest import ROOT
 from ugatit_common import options as opt
 from ugatit_common.demo import TINY
 
-pytestmark = pytest.mark.tf
+pytestmark = [pytest.mark.tf, pytest.mark.slow]  # full tier: the README walkthrough end to end (~3.5 min)
 
 
 def walkthrough_block() -> str:
