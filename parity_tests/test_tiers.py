@@ -1,0 +1,57 @@
+"""The two test tiers (parity_tests/conftest.py): the quick tier leaves out exactly the tests marked
+slow and says so; `--full` runs everything; a node id named on the command line runs in either; and
+every suite keeps quick-tier tests, so a quick run still exercises every kind of criterion."""
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+
+from parity_tests.conftest import ROOT
+
+# Suites that are full-tier only as a whole, and why (everything else keeps quick tests).
+FULL_ONLY = {
+    "test_train_compile.py": "inductor compiles 6 training graphs per run",
+    "test_walkthrough.py": "the README walkthrough end to end",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _collect(*args) -> tuple[list[str], str]:
+    env = dict(os.environ)
+    env.pop("UGATIT_FULL_TIER", None)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", *args],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ids = tuple(line.strip() for line in proc.stdout.splitlines() if "::" in line)
+    return ids, proc.stdout
+
+
+def _slow_ids() -> set[str]:
+    ids, _ = _collect("--full", "-m", "slow", "parity_tests")
+    return set(ids)
+
+
+def test_quick_tier_deselects_exactly_the_slow_tests_and_full_runs_all():
+    quick, out = _collect("parity_tests")
+    full, _ = _collect("--full", "parity_tests")
+    slow = _slow_ids()
+    assert slow, "no test is marked slow: the full tier would equal the quick one"
+    assert set(quick) == set(full) - slow
+    assert f"({len(slow)} deselected)" in out, out[-500:]
+
+
+def test_node_id_on_the_command_line_runs_in_the_quick_tier():
+    one = sorted(_slow_ids())[0]
+    ids, _ = _collect(one)
+    assert list(ids) == [one]
+
+
+def test_every_suite_keeps_quick_tests():
+    quick, _ = _collect("parity_tests")
+    files = {i.split("::")[0].split("/")[-1] for i in quick}
+    suites = {f for f in os.listdir(os.path.join(ROOT, "parity_tests")) if f.startswith("test_") and f.endswith(".py")}
+    missing = sorted(suites - files - set(FULL_ONLY))
+    assert not missing, f"suites with no quick-tier test: {missing}"
+    assert not (files & set(FULL_ONLY)), "a full-only suite has quick tests: update FULL_ONLY"
