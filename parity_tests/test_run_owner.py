@@ -82,11 +82,16 @@ def wait_holding(p, folders, need_checkpoint=True, timeout=240):
     while time.time() < deadline:
         assert p.poll() is None, log_of(p)
         holders = [run_lock.held_by(f) for f in folders]
-        if all(h is not None and h.pid == p.pid for h in holders) and (not need_checkpoint or steps(folders[0])):
+        if all(h is not None and h.pid == p.pid for h in holders) and (not need_checkpoint or complete(folders[0])):
             p.send_signal(signal.SIGSTOP)
             return holders[0]
         time.sleep(0.1)
     raise AssertionError(f"run 1 did not take {folders} in {timeout} s: {log_of(p)}")
+
+
+def complete(folder):
+    """Steps of the complete checkpoints in `folder` (a save in progress has one file of two)."""
+    return [f.step for f in policy.inventory(folder) if f.complete]
 
 
 def kill(p):
@@ -143,7 +148,7 @@ def test_torch_port_run_refuses_a_second_run_then_a_killed_holder_frees_the_fold
         rc, out, err = port(train_args(3, 1, 1, "--resume", "False"), monkeypatch, tmp_path, capsys)
         assert_refused(rc, err, "checkpoint/" + opt.model_dir(CFG), p1.pid)
         assert snapshot(folders) == before and "previous-run" not in out
-        newest = max(f.step for f in policy.inventory(folders[0]) if f.complete)
+        newest = max(complete(folders[0]))
     finally:
         kill(p1)
     # the kernel let the lock go with the process: the next run takes the folder at once and resumes
@@ -173,10 +178,41 @@ def test_a_crashed_run_releases_its_folders_in_process(tmp_path, monkeypatch, ca
     with run_lock.own_folder(folder, "--checkpoint_dir"):
         rc, out, err = port(train_args(1, 2, 100), monkeypatch, tmp_path, capsys)
         assert_refused(rc, err, folder, os.getpid())
-    with pytest.raises(run_lock.NotOwner):                      # the policy's moves need the lock
-        policy.move_previous_run(folder, None)
-    with pytest.raises(run_lock.NotOwner):
-        policy.sweep_temp(folder, owner=run_lock.RunLocks([]))
+
+
+def test_sweeping_needs_the_owner_and_knows_every_temp_name(tmp_path):
+    """The folder-changing steps need the folder's lock; a sweep without one (a test phase's
+    results folder) leaves a folder another run holds alone; the temp names of every writer."""
+    folder = str(tmp_path / "ck")
+    temps = [".tmp-abc.safetensors", f"{PREFIX}.model-2.meta.tmp{'0a' * 16}", "checkpoint.tmp5f3e",
+             f".{PREFIX}.model-3.data.k2_x9q1.tmp", ".checkpoint.a1b2c3.tmp", f"{PREFIX}.model-3_temp_abc",
+             "checkpoint.tempstate123"]
+    kept = [f"{PREFIX}.model-2.meta", f"{PREFIX}.model-2.index", "checkpoint", "latest", "x.tmp", "notes.txt"]
+    os.makedirs(folder)
+    for n in temps + kept:
+        open(os.path.join(folder, n), "w").close()
+    other = run_lock.acquire(str(tmp_path / "elsewhere"), "--checkpoint_dir")
+    try:
+        for call in (lambda: policy.move_previous_run(folder, None),
+                     lambda: policy.move_previous_run(folder, other),        # another folder's lock
+                     lambda: policy.sweep_temp(folder, owner=other),
+                     lambda: policy.move_previous_outputs(folder, "old", other),
+                     lambda: policy.set_aside(folder, policy.inventory(folder), "test", other)):
+            with pytest.raises(run_lock.NotOwner):
+                call()
+    finally:
+        other.release()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ugatit_common import run_lock; "
+                               "run_lock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(600)", folder],
+                              env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert policy.sweep_temp(folder) == [] and all(os.path.exists(os.path.join(folder, n)) for n in temps)
+    finally:
+        kill(holder)
+    with run_lock.own_folder(folder, "--checkpoint_dir") as owner:
+        assert sorted(policy.sweep_temp(folder, owner=owner)) == sorted(temps)
+    assert sorted(os.listdir(folder)) == sorted(kept)                      # lock and owner files gone too
 
 
 # -- morph ------------------------------------------------------------------------------------------
@@ -434,10 +470,12 @@ def test_a_nan_in_a_tf_checkpoint_stops_the_ports_resume(runs, tmp_path, monkeyp
 # -- tf_reference on a full disk -----------------------------------------------------------------------
 
 @pytest.mark.tf
-def test_tf_reference_disk_full_names_the_checkpoint_on_disk_and_leaves_no_temp_file(tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_tf_reference_disk_full_and_a_nan_checkpoint(tmp_path, monkeypatch, capsys):
     """The Saver writes the bundle and the `checkpoint` file, then the .meta graph through a temp
     file `<name>.meta.tmp<hex>`: the disk filling up there left that file and the line said 'last
-    checkpoint: none' while model-2 was on disk."""
+    checkpoint: none' while model-2 was on disk. Now: no temp file, the line names model-2, and
+    the next run resumes from it. Then a NaN in the newest checkpoint: exit 2 naming it."""
     from tf_reference.__main__ import main as tf_main
     from tensorflow.python.lib.io import file_io
     import tensorflow as tf
@@ -464,3 +502,18 @@ def test_tf_reference_disk_full_names_the_checkpoint_on_disk_and_leaves_no_temp_
     capsys.readouterr()
     rc = tf_main(TF_TINY + ["--iteration", "3", "--epoch", "1", "--save_freq", "1", "--print_freq", "1000"])
     assert rc == 0 and f"Success to read {PREFIX}.model-2" in capsys.readouterr().out
+    # a NaN in the newest checkpoint: tf_reference's restore refuses it too (here the test phase)
+    from ugatit_common.tf_checkpoint.bundle import BundleReader, BundleWriter
+    newest = max(steps(folder, "tf"))
+    prefix = os.path.join(folder, f"{PREFIX}.model-{newest}")
+    with BundleReader(prefix) as r:
+        arrays = {n: r.read(n).copy() for n in r.keys()}
+    bad = sorted(n for n in arrays if n.startswith("generator_B") and n.endswith("kernel"))[0]
+    arrays[bad].reshape(-1)[0] = float("nan")
+    with BundleWriter(prefix) as w:
+        for n, a in arrays.items():
+            w.add(n, a)
+    capsys.readouterr()
+    rc = tf_main(TF_TINY + ["--phase", "test"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and repr(bad) in line and "1 non-finite" in line, line

@@ -337,7 +337,8 @@ class Trainer:
             moved = policy.move_previous_run(paths.checkpoint, self.owner, self.log)
             if moved:
                 for name in self.MOVE_ASIDE:
-                    policy.move_previous_outputs(getattr(paths, name), os.path.basename(moved), self.owner, self.log)
+                    policy.move_previous_outputs(getattr(paths, name), os.path.basename(moved), self.owner,
+                                                 self.log)
 
     def _resume_point(self):
         """`find_checkpoint` on every rank, rank 0 (the owner, which sets unusable ones aside)

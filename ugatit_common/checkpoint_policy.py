@@ -49,8 +49,11 @@ PREVIOUS = "previous-run-"
 _TORCH = re.compile(r"^(?P<prefix>.+)\.model-(?P<step>\d+)\.(?P<part>safetensors|state\.pt)$")
 _TF = re.compile(r"^(?P<prefix>.+)\.model-(?P<step>\d+)\.(?P<part>index|meta|data-\d{5}-of-(?P<shards>\d{5}))$")
 # TF's atomic_write_string_to_file writes `<name>.tmp<uuid4 hex>` (the `checkpoint` state file, a
-# Saver's `.meta`) and leaves it behind when the write fails (a full disk)
-_TEMP = re.compile(r"^(\.tmp-.*|.*\.tempstate\d*|.*\.model-\d+_temp.*|checkpoint\.tmp[0-9a-f]+|.+\.tmp[0-9a-f]{32})$")
+# Saver's `.meta`) and leaves it behind when the write fails (a full disk); the framework-free
+# BundleWriter (weights_convert.py torch2tf) writes `.<prefix>.data.<rand>.tmp`, `.<prefix>.index.
+# <rand>.tmp` and `.checkpoint.<rand>.tmp`, left only when the process is killed
+_TEMP = re.compile(r"^(\.tmp-.*|.*\.tempstate\d*|.*\.model-\d+_temp.*|checkpoint\.tmp[0-9a-f]+|.+\.tmp[0-9a-f]{32}"
+                   r"|\..+\.(data|index)\.\w+\.tmp|\.checkpoint\.\w+\.tmp)$")
 _LOCK_FILES = (run_lock.LOCK_NAME, run_lock.OWNER_NAME)
 
 
