@@ -281,7 +281,6 @@ def test_tf_reference_and_torch_port_refuse_each_other(tmp_path, monkeypatch, ca
 
 # -- torchrun: rank 0 holds, the other ranks follow ----------------------------------------------------
 
-@pytest.mark.slow
 def test_torchrun_rank_0_holds_the_folder(tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     make_data(tmp_path, n_train=4)
