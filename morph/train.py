@@ -249,7 +249,8 @@ class MorphTrainer(Trainer):
         return model
 
     def find_checkpoint(self):
-        found = ckpt.resume_point(self.paths.checkpoint, None, "train", log=self.log, set_aside=self.main)
+        found = ckpt.resume_point(self.paths.checkpoint, None, "train", log=self.log,
+                                  owner=getattr(self, "owner", None))
         if found is None:
             return None
         state = found.get("state") or {}

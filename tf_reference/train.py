@@ -51,11 +51,12 @@ def latest_checkpoint(folder: str):
     return None, 0
 
 
-def restore(sess, saver, folder: str, graph_vars, need: str = "train"):
+def restore(sess, saver, folder: str, graph_vars, need: str = "train", owner=None):
     """The checkpoint policy (ugatit_common.checkpoint_policy): the newest usable checkpoint in
-    the folder; a newer incomplete or unreadable one is named (and, when training, moved to
-    unusable/); a newer PyTorch one stops the run with the command that converts it; checkpoints
-    that exist but none readable stop it (exit 2). (False, 0) only when there is no checkpoint."""
+    the folder; a newer incomplete or unreadable one is named (and, by a training run holding the
+    folder, `owner`, moved to unusable/); a newer PyTorch one stops the run with the command that
+    converts it; checkpoints that exist but none readable stop it (exit 2); one holding NaN / inf
+    stops it too (exit 2 naming the variable). (False, 0) only when there is no checkpoint."""
     def load(f):
         if f.framework != "tf":
             tf_ones = [g.name for g in policy.inventory(folder) if g.framework == "tf"]
@@ -66,8 +67,9 @@ def restore(sess, saver, folder: str, graph_vars, need: str = "train"):
                 f"{os.path.join(folder, f.prefix + '.model')}  (or continue with python -m torch_port)")
         check_checkpoint_matches(f.base, graph_vars)
         saver.restore(sess, f.base)
+        refuse_non_finite_variables(sess, graph_vars, f"checkpoint {f.name} in {folder!r}")
         return f.step
-    chosen = policy.choose(folder, load, need, set_aside_skipped=(need == "train"), prefer="tf")
+    chosen = policy.choose(folder, load, need, owner=owner, prefer="tf")
     if chosen is None:
         print(" [*] Failed to find a checkpoint")
         return False, 0
@@ -77,11 +79,37 @@ def restore(sess, saver, folder: str, graph_vars, need: str = "train"):
     return True, counter
 
 
-def save(sess, saver, cfg: dict, folder: str, step: int) -> str:
+def refuse_non_finite_variables(sess, graph_vars, source: str) -> None:
+    """The restored variables hold no NaN / inf (ugatit_common.finite.NonFiniteWeights, exit 2,
+    naming the first one and how many of its values are non-finite). Counted in the graph: one
+    integer per variable comes back, not the weights."""
+    from ugatit_common.finite import NonFiniteWeights
+    floats = [v for v in graph_vars if v.dtype.base_dtype.is_floating]
+    counts = sess.run([tf.math.count_nonzero(tf.logical_not(tf.math.is_finite(v))) for v in floats])
+    for v, n in zip(floats, counts):
+        if n:
+            raise NonFiniteWeights(f"{source}: variable {v.op.name!r} holds {int(n)} non-finite value(s) (NaN or "
+                                   f"inf) of {v.shape.num_elements()}; the checkpoint cannot be used")
+
+
+def save(sess, saver, cfg: dict, folder: str, step: int, owner) -> str:
     """tf.train.Saver (V2) writes the bundle under a temporary name and renames it; the `checkpoint`
-    index file is replaced atomically, so an interrupted save never hides the last good one."""
+    index file is replaced atomically, so an interrupted save never hides the last good one. A save
+    that fails (a full disk) or is interrupted leaves TF's temp files behind (`<name>.tmp<hex>` of
+    the `.meta` or `checkpoint` file, the bundle's `_temp` folder): removed here, by the folder's
+    owner, before the error goes on; the error line then names the newest checkpoint on disk
+    (cli_errors.note_checkpoint_folder)."""
     os.makedirs(folder, exist_ok=True)
-    return saver.save(sess, os.path.join(folder, opt.model_name(cfg) + ".model"), global_step=step)
+    try:
+        path = saver.save(sess, os.path.join(folder, opt.model_name(cfg) + ".model"), global_step=step)
+    except BaseException:
+        try:
+            policy.sweep_temp(folder, log=lambda msg: None, owner=owner)
+        except OSError:
+            pass
+        raise
+    cli_errors.note_checkpoint(f"{opt.model_name(cfg)}.model-{step}")
+    return path
 
 
 def readable_images(files: list) -> list:
@@ -99,12 +127,19 @@ def train(cfg: dict, max_to_keep: int = 5) -> dict:
     paths = opt.run_paths(cfg)
     files_A = readable_images(opt.domain_files(cfg, "trainA"))
     files_B = readable_images(opt.domain_files(cfg, "trainB"))
+    # one owner per run folder: taken before anything in them is read, swept or moved, held to the end
+    with policy.own_run(paths) as owner:
+        cli_errors.note_checkpoint_folder(paths.checkpoint)
+        return _train(cfg, paths, files_A, files_B, owner, max_to_keep)
+
+
+def _train(cfg: dict, paths, files_A: list, files_B: list, owner, max_to_keep: int) -> dict:
     dataset_num = max(len(files_A), len(files_B))
     print_information(cfg, dataset_num)
     for p, flag in ((paths.sample, "--sample_dir"), (paths.log, "--log_dir"), (paths.checkpoint, "--checkpoint_dir")):
         cli_errors.check_writable_folder(p, flag)  # fail now, not at the first save
-    policy.sweep_temp(paths.checkpoint)
-    policy.sweep_temp(paths.sample)
+    policy.sweep_temp(paths.checkpoint, owner=owner)
+    policy.sweep_temp(paths.sample, owner=owner)
 
     graph = tf.Graph()
     with graph.as_default():
@@ -118,7 +153,8 @@ def train(cfg: dict, max_to_keep: int = 5) -> dict:
         with tf.Session(config=train_session_config()) as sess:
             tf.global_variables_initializer().run()
             writer = tf.summary.FileWriter(paths.log, sess.graph)
-            could_load, checkpoint_counter = restore(sess, saver, paths.checkpoint, tf.global_variables())
+            could_load, checkpoint_counter = restore(sess, saver, paths.checkpoint, tf.global_variables(),
+                                                     owner=owner)
             if could_load:
                 start_epoch, start_batch_id = opt.resume_position(checkpoint_counter, cfg["iteration"])
                 counter = checkpoint_counter
@@ -152,11 +188,9 @@ def train(cfg: dict, max_to_keep: int = 5) -> dict:
                         save_image(real_A[0], os.path.join(paths.sample, f"real_A_{epoch:03d}_{idx + 1:05d}.png"))
                         save_image(fake_B[0], os.path.join(paths.sample, f"fake_B_{epoch:03d}_{idx + 1:05d}.png"))
                     if (idx + 1) % cfg["save_freq"] == 0:
-                        save(sess, saver, cfg, paths.checkpoint, counter)
-                        cli_errors.note_checkpoint(f"{opt.model_name(cfg)}.model-{counter}")
+                        save(sess, saver, cfg, paths.checkpoint, counter, owner)
                 start_batch_id = 0  # only the first epoch after loading starts mid-way
-                save(sess, saver, cfg, paths.checkpoint, counter)
-                cli_errors.note_checkpoint(f"{opt.model_name(cfg)}.model-{counter}")
+                save(sess, saver, cfg, paths.checkpoint, counter, owner)
             writer.close()
     return {"steps": history, "checkpoint_dir": paths.checkpoint}
 

@@ -35,6 +35,7 @@ from ugatit_common import checkpoint_policy as policy
 from ugatit_common import options as opt
 from ugatit_common import tf_checkpoint as tfc
 from ugatit_common.atomic import atomic_output
+from ugatit_common.finite import refuse_non_finite
 
 POINTER = "latest"
 FORMAT = 1
@@ -222,11 +223,15 @@ TRAIN_STATE_KEYS = ("counter", "G_optim", "D_optim")
 
 
 def resume_point(folder: str, cfg: dict | None = None, need: str = "train", log=print,
-                 set_aside: bool = False) -> dict | None:
+                 owner=None) -> dict | None:
     """The checkpoint a run continues from (policy: ugatit_common.checkpoint_policy): the newest
     usable one in `folder`, whichever framework wrote it. need="train": weights + optimizer
-    state; need="weights" (test phase): the weights only, so a damaged state file does not
-    matter. Returns {"found", "framework", "step", "weights", "state" (torch) | "tf" (TF
+    state, which must be one pair (`policy.pairing_problem`: else unusable, like a damaged file)
+    and finite (a NaN / inf: `NonFiniteWeights`, exit 2 naming the tensor - a diverged run, not a
+    damaged file: resuming an older checkpoint would replay the same steps into it); need="weights"
+    (test phase): the weights only, so a damaged state file does not matter. `owner`: the run
+    lock of a training run holding `folder`; only then are skipped checkpoints moved to
+    `unusable/`. Returns {"found", "framework", "step", "weights", "state" (torch) | "tf" (TF
     training state)}, or None when the folder holds no checkpoint at all; checkpoints that
     exist but cannot be used raise policy.NoUsableCheckpoint (exit 2)."""
     def load(f: policy.Found):
@@ -234,20 +239,49 @@ def resume_point(folder: str, cfg: dict | None = None, need: str = "train", log=
             weights = load_weights_file(f.base + ".safetensors")
             if need != "train":
                 return {"weights": weights, "state": None}
-            return {"weights": weights, "state": load_state_file(f.base + ".state.pt", TRAIN_STATE_KEYS)}
+            state = load_state_file(f.base + ".state.pt", TRAIN_STATE_KEYS)
+            problem = policy.pairing_problem(f.step, policy.safetensors_metadata(f.base + ".safetensors"), state)
+            if problem:
+                raise policy.NotOnePair(f"its weights and state files are not one checkpoint: {problem}")
+            refuse_non_finite_training_state(weights, state.get("G_optim"), state.get("D_optim"),
+                                             f"checkpoint {f.name} in {folder!r}")
+            return {"weights": weights, "state": state}
         try:
             if need == "train":
                 st = read_tf_training_state(f.base, cfg, raw_errors=True)
+                refuse_non_finite_training_state(
+                    st["model"], {"m": st["G_slots"], "powers": st["G_powers"]},
+                    {"m": st["D_slots"], "powers": st["D_powers"]}, f"checkpoint {f.name} in {folder!r}")
                 return {"weights": st["model"], "tf": st}
             _, weights = read_tf_weights(f.base, cfg, raw_errors=True)
             return {"weights": weights, "state": None}
         except tfc.ConfigConflict as e:
             raise CheckpointMismatch(str(e)) from e
-    chosen = policy.choose(folder, load, need, log=log, set_aside_skipped=set_aside)
+    chosen = policy.choose(folder, load, need, log=log, owner=owner)
     if chosen is None:
         return None
     f, content = chosen
     return dict(content, found=f, framework=f.framework, step=f.step)
+
+
+def _named_tensors(tree, prefix: str):
+    """(dotted name, tensor) of every tensor in nested dicts / lists / tuples."""
+    if isinstance(tree, torch.Tensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from _named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def refuse_non_finite_training_state(weights: dict, g_optim, d_optim, source: str) -> None:
+    """A training state to resume from holds no NaN / inf: the weights first (named as in the
+    weights file), then the optimizers' slots (`G_optim.m.<name>`...). NonFiniteWeights (exit 2)
+    names the first bad tensor and how many of its values are non-finite."""
+    refuse_non_finite(weights, source)
+    refuse_non_finite(_named_tensors({"G_optim": g_optim or {}, "D_optim": d_optim or {}}, ""), source)
 
 
 def has_tf_checkpoint(folder: str) -> bool:

@@ -280,8 +280,10 @@ class Trainer:
         return build_ugatit(self.cfg)
 
     def find_checkpoint(self):
-        """The checkpoint to resume (`checkpoint.resume_point`), or None; a subclass checks its kind."""
-        return ckpt.resume_point(self.paths.checkpoint, self.cfg, "train", log=self.log, set_aside=self.main)
+        """The checkpoint to resume (`checkpoint.resume_point`; `self.owner`: the run lock, rank 0),
+        or None; a subclass checks its kind."""
+        return ckpt.resume_point(self.paths.checkpoint, self.cfg, "train", log=self.log,
+                                 owner=getattr(self, "owner", None))
 
     def extra_state(self) -> dict:
         """Entries added to each checkpoint's state file (weights_only-loadable values)."""
@@ -320,19 +322,45 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------------
     def _prepare_folders(self, sizes) -> None:
+        """Rank 0: take the run's folders (checkpoints, samples, logs: `policy.own_run`) before
+        anything in them is read, swept or moved; then sweep, and under --resume False move an
+        older run aside - both only as their owner."""
         paths = self.paths
+        self.owner = policy.own_run(paths)  # FolderInUse (exit 2, nothing changed) if another run holds one
+        cli_errors.note_checkpoint_folder(paths.checkpoint)
         print_information(self.cfg, sizes, self.device, paths, self.dist_info, self.log)
         for p, flag in ((paths.sample, "--sample_dir"), (paths.log, "--log_dir"), (paths.checkpoint, "--checkpoint_dir")):
             cli_errors.check_writable_folder(p, flag)  # fail now, not at the first save
-        policy.sweep_temp(paths.checkpoint, self.log)
-        policy.sweep_temp(paths.sample, self.log)
+        policy.sweep_temp(paths.checkpoint, self.log, owner=self.owner)
+        policy.sweep_temp(paths.sample, self.log, owner=self.owner)
         if not self.resume:  # an older run in the folder is moved aside, never deleted, shadowed or overwritten
-            moved = policy.move_previous_run(paths.checkpoint, self.log)
+            moved = policy.move_previous_run(paths.checkpoint, self.owner, self.log)
             if moved:
                 for name in self.MOVE_ASIDE:
-                    policy.move_previous_outputs(getattr(paths, name), os.path.basename(moved), self.log)
+                    policy.move_previous_outputs(getattr(paths, name), os.path.basename(moved), self.owner,
+                                                 self.log)
+
+    def _resume_point(self):
+        """`find_checkpoint` on every rank, rank 0 (the owner, which sets unusable ones aside)
+        first: the others read the folder as rank 0 left it."""
+        if not self.resume:
+            return None
+        found = self.find_checkpoint() if self.main else None
+        ddp.barrier()
+        return found if self.main else self.find_checkpoint()
 
     def run(self) -> dict:
+        """Train; the run's folders are held (rank 0) from before the first look into them to
+        the end, whatever the end is."""
+        self.owner = None
+        try:
+            return self._run()
+        finally:
+            if self.owner is not None:
+                self.owner.release()
+                self.owner = None
+
+    def _run(self) -> dict:
         cfg, seed, dist_info, main, log = self.cfg, self.seed, self.dist_info, self.main, self.log
         paths = self.paths
         ds_A = load_dataset(cfg, "trainA", seed, self.base)
@@ -349,7 +377,7 @@ class Trainer:
         model = self.model = self.build_model().to(self.device)
         model.make_optimizers(cfg["lr"])
 
-        pos = restore(model, cfg, self.find_checkpoint(), dist_info, log) if self.resume else None
+        pos = restore(model, cfg, self._resume_point(), dist_info, log)
         run_id = (pos or {}).get("run") or policy.new_run_id()
         if pos is None:
             log(f" [!] Load failed... (no checkpoint in {paths.checkpoint}): starting from scratch" if self.resume

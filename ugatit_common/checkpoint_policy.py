@@ -14,8 +14,18 @@ Subfolders (older runs moved aside, unusable checkpoints) are never looked at.
   `previous-run-<time>/` beside them, and the run says where; nothing is deleted.
 - Pruning deletes only checkpoints of the run being trained (its `run` id, stored in each
   checkpoint and inherited on resume), never the newest, never the one `latest` names.
-- Temp files of killed saves (`.tmp-*`, TF's `*.tempstate*`, `checkpoint.tmp<hex>` and
-  `<prefix>.model-N_temp*`) are swept when a run starts writing into the folder.
+- Temp files of killed saves (`.tmp-*`, TF's `*.tempstate*`, `<name>.tmp<32 hex>` such as
+  `checkpoint.tmp…` or `<prefix>.model-N.meta.tmp…`, and `<prefix>.model-N_temp*`) are swept when
+  a run starts writing into the folder, and after a failed save.
+- One owner per run folder (`own_run`, ugatit_common.run_lock): a training run locks its
+  checkpoint, sample and log folders before it reads, sweeps or moves anything in them and
+  holds them to its end; a second run into a held folder stops (exit 2) naming the holder. The
+  steps that change a folder (`sweep_temp` of a run folder, `move_previous_run`,
+  `move_previous_outputs`, `set_aside`, `choose`'s setting aside) take that lock (`owner`) and
+  refuse to act without it (`run_lock.NotOwner`, a bug).
+- A torch checkpoint's weights and state file must be one pair (`pairing_problem`: the run id,
+  the step, the kind and the config they record agree); one that is not is unusable like a
+  damaged one.
 """
 from __future__ import annotations
 
@@ -28,6 +38,7 @@ import struct
 import uuid
 from dataclasses import dataclass, field
 
+from . import run_lock
 from .options import OptionError
 
 POINTER = "latest"          # torch_port's pointer file
@@ -37,7 +48,13 @@ PREVIOUS = "previous-run-"
 
 _TORCH = re.compile(r"^(?P<prefix>.+)\.model-(?P<step>\d+)\.(?P<part>safetensors|state\.pt)$")
 _TF = re.compile(r"^(?P<prefix>.+)\.model-(?P<step>\d+)\.(?P<part>index|meta|data-\d{5}-of-(?P<shards>\d{5}))$")
-_TEMP = re.compile(r"^(\.tmp-.*|.*\.tempstate\d*|.*\.model-\d+_temp.*|checkpoint\.tmp[0-9a-f]+)$")
+# TF's atomic_write_string_to_file writes `<name>.tmp<uuid4 hex>` (the `checkpoint` state file, a
+# Saver's `.meta`) and leaves it behind when the write fails (a full disk); the framework-free
+# BundleWriter (weights_convert.py torch2tf) writes `.<prefix>.data.<rand>.tmp`, `.<prefix>.index.
+# <rand>.tmp` and `.checkpoint.<rand>.tmp`, left only when the process is killed
+_TEMP = re.compile(r"^(\.tmp-.*|.*\.tempstate\d*|.*\.model-\d+_temp.*|checkpoint\.tmp[0-9a-f]+|.+\.tmp[0-9a-f]{32}"
+                   r"|\..+\.(data|index)\.\w+\.tmp|\.checkpoint\.\w+\.tmp)$")
+_LOCK_FILES = (run_lock.LOCK_NAME, run_lock.OWNER_NAME)
 
 
 class NoUsableCheckpoint(OptionError):
@@ -129,19 +146,23 @@ def move_files(paths: list[str], dest: str) -> str:
     return dest
 
 
-def set_aside(folder: str, found: list[Found], why: str, log=print) -> str | None:
-    """Move checkpoints a training run cannot use into `<folder>/unusable/` (never deleted)."""
+def set_aside(folder: str, found: list[Found], why: str, owner, log=print) -> str | None:
+    """Move checkpoints a training run cannot use into `<folder>/unusable/` (never deleted); only
+    the run holding the folder (`owner`) does."""
     files = [p for f in found for p in f.files]
     if not files:
         return None
+    run_lock.require(owner, folder, "setting unusable checkpoints aside")
     dest = move_files(files, os.path.join(folder, UNUSABLE))
     log(f" [!] moved {describe(found)} to {dest}/ ({why}); nothing was deleted")
     return dest
 
 
-def move_previous_run(folder: str, log=print) -> str | None:
+def move_previous_run(folder: str, owner, log=print) -> str | None:
     """`--resume False`: move every checkpoint file (and the pointer files) of an older run in
-    `folder` into `<folder>/previous-run-<time>/`. Returns that folder, or None when empty."""
+    `folder` into `<folder>/previous-run-<time>/`. Returns that folder, or None when empty. Only
+    the run holding the folder (`owner`) does."""
+    run_lock.require(owner, folder, "moving an older run aside")
     found = inventory(folder)
     extra = [os.path.join(folder, n) for n in (POINTER, TF_STATE) if os.path.isfile(os.path.join(folder, n))]
     if not found and not extra:
@@ -154,13 +175,15 @@ def move_previous_run(folder: str, log=print) -> str | None:
     return dest
 
 
-def move_previous_outputs(folder: str, dest_name: str, log=print) -> str | None:
+def move_previous_outputs(folder: str, dest_name: str, owner, log=print) -> str | None:
     """`--resume False`: move the files (not subfolders) an older run left in an output folder
-    (samples, loss logs) into `<folder>/<dest_name>/`, so the new run overwrites none of them."""
+    (samples, loss logs) into `<folder>/<dest_name>/`, so the new run overwrites none of them.
+    Only the run holding the folder (`owner`, see `own_run`) does."""
     if not os.path.isdir(folder):
         return None
+    run_lock.require(owner, folder, "moving an older run's outputs aside")
     files = [os.path.join(folder, n) for n in sorted(os.listdir(folder))
-             if os.path.isfile(os.path.join(folder, n)) and not _TEMP.match(n)]
+             if os.path.isfile(os.path.join(folder, n)) and not _TEMP.match(n) and n not in _LOCK_FILES]
     if not files:
         return None
     dest = move_files(files, os.path.join(folder, dest_name))
@@ -168,10 +191,17 @@ def move_previous_outputs(folder: str, dest_name: str, log=print) -> str | None:
     return dest
 
 
-def sweep_temp(folder: str, log=print) -> list[str]:
-    """Remove temp files of killed saves in `folder` (not in subfolders). Returns what went."""
+def sweep_temp(folder: str, log=print, owner=None) -> list[str]:
+    """Remove temp files of killed saves in `folder` (not in subfolders). Returns what went.
+    A run's own folder: only by the run holding it (`owner`). Without `owner` (a test phase's
+    results folder) a folder that another run holds is left alone: its temp files are that
+    run's saves in progress."""
     gone = []
     if not os.path.isdir(folder):
+        return gone
+    if owner is not None:
+        run_lock.require(owner, folder, "sweeping temp files")
+    elif run_lock.held_by(folder) is not None:
         return gone
     for n in sorted(os.listdir(folder)):
         if not _TEMP.match(n):
@@ -190,12 +220,24 @@ def sweep_temp(folder: str, log=print) -> list[str]:
     return gone
 
 
-def choose(folder: str, load, need: str = "train", log=print, set_aside_skipped: bool = False,
-           prefer: str = "torch"):
+RUN_FOLDERS = (("checkpoint", "--checkpoint_dir"), ("sample", "--sample_dir"), ("log", "--log_dir"))
+
+
+def own_run(paths, command: str | None = None) -> "run_lock.RunLocks":
+    """Lock the folders a training run writes (`paths.checkpoint`, `.sample`, `.log`: an
+    options.Paths), checkpoint folder first, before anything in them is read, swept or moved;
+    hold the result for the run's life and `release()` it at the end. Another run holding one of
+    them: run_lock.FolderInUse (exit 2) naming the folder and the holder's pid, command and start
+    time, with nothing changed."""
+    return run_lock.acquire_all([(getattr(paths, attr), flag) for attr, flag in RUN_FOLDERS], command)
+
+
+def choose(folder: str, load, need: str = "train", log=print, owner=None, prefer: str = "torch"):
     """Load the newest usable checkpoint of `folder`: `load(found)` returns its content or raises
     (any Exception = unreadable). Returns (found, content), or None when the folder holds no
-    checkpoint at all. Skipped ones are named; with `set_aside_skipped` (training) they are moved
-    to `unusable/`. Checkpoints that exist but none usable: NoUsableCheckpoint (exit 2)."""
+    checkpoint at all. Skipped ones are named; with `owner` (a training run holding the folder)
+    they are moved to `unusable/`. Checkpoints that exist but none usable: NoUsableCheckpoint
+    (exit 2)."""
     found = inventory(folder, prefer)
     if not found:
         return None
@@ -216,8 +258,8 @@ def choose(folder: str, load, need: str = "train", log=print, set_aside_skipped:
             for s, why in skipped:
                 log(f" [!] checkpoint {s.name} in {folder} is unusable ({why})")
             log(f" [!] using {f.name} instead, the newest usable checkpoint")
-            if set_aside_skipped:
-                set_aside(folder, [s for s, _ in skipped], "unusable, skipped by this run", log)
+            if owner is not None:
+                set_aside(folder, [s for s, _ in skipped], "unusable, skipped by this run", owner, log)
         return f, content
     lines = "; ".join(f"{s.name}: {why}" for s, why in skipped)
     hint = ("to start a new run anyway, move them elsewhere or pass --resume False (they are then "
@@ -249,6 +291,73 @@ def safetensors_metadata(path: str) -> dict:
             return dict(json.loads(fh.read(n)).get("__metadata__") or {})
     except (OSError, ValueError, struct.error):
         return {}
+
+
+class NotOnePair(Exception):
+    """A torch checkpoint whose weights file and state file were not written together: unusable,
+    like a damaged one (named, set aside by a training run, the next newest used)."""
+
+
+# what weights_convert.py tf2torch writes into a converted file's metadata and a trainer never does
+_CONVERTED_KEYS = ("ugatit_config", "source")
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return a == b
+
+
+def pairing_problem(step: int, weights_meta: dict, state: dict) -> str | None:
+    """Why the weights file (its safetensors metadata, `weights_meta`) and the state file
+    (`state`) named for step `step` are not one checkpoint, or None when they are.
+
+    A trainer's save writes both from one state: the weights' metadata records its step, run id,
+    kind and config (`torch_port.checkpoint.save`). So: a converted file (weights_convert.py
+    tf2torch) is never the pair of a state file; run ids recorded on both sides agree, and a state
+    file that records one needs weights that record it too (run ids came to both files in the
+    same version); every step recorded (weights `step`, state `step` and `counter`, the one the
+    loop continues from) is `step`; kinds and the config keys recorded on both sides agree. A
+    state file from before run ids (none recorded, e.g. Morph's earlier loop) is matched on the
+    rest; weights from before run ids (their step alone recorded) pair with such a state only."""
+    meta = dict(weights_meta or {})
+    if any(k in meta for k in _CONVERTED_KEYS):
+        src = meta.get("source")
+        return ("the weights file was written by weights_convert.py tf2torch" + (f" from {src!r}" if src else "")
+                + ", not by the training run that wrote the state file")
+    s_run, w_run = state.get("run"), meta.get("run")
+    if s_run and w_run and str(s_run) != str(w_run):
+        return f"the weights belong to run {w_run}, the state to run {s_run}"
+    if s_run and not w_run:
+        return f"the state belongs to run {s_run}, the weights record no run (they were not saved with it)"
+    for what, value in (("the weights file", meta.get("step")), ("the state file", state.get("step")),
+                        ("the state file's counter", state.get("counter"))):
+        if value is None:
+            continue
+        try:
+            recorded = int(value)
+        except (TypeError, ValueError):
+            return f"{what} records step {value!r}, not a number"
+        if recorded != int(step):
+            return f"{what} records step {recorded}, the file name says {int(step)}"
+    s_kind, w_kind = state.get("kind"), meta.get("kind")
+    if s_kind and w_kind and str(s_kind) != str(w_kind):
+        return f"the weights are of kind {w_kind!r}, the state of kind {s_kind!r}"
+    s_cfg = state.get("config")
+    if meta.get("config") and isinstance(s_cfg, dict):
+        try:
+            w_cfg = json.loads(meta["config"])
+        except ValueError:
+            return "the weights file's config is not readable JSON"
+        if isinstance(w_cfg, dict):
+            differ = [k for k in sorted(set(w_cfg) & set(s_cfg)) if not _same_value(w_cfg[k], s_cfg[k])]
+            if differ:
+                return "their configs differ: " + ", ".join(
+                    f"{k}={w_cfg[k]!r} (weights) vs {s_cfg[k]!r} (state)" for k in differ[:3]) + (
+                    f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+    return None
 
 
 def pointer_target(folder: str) -> str | None:

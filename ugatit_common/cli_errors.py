@@ -44,6 +44,28 @@ def note_checkpoint(name: str) -> None:
     _state["checkpoint"] = str(name)
 
 
+def note_checkpoint_folder(folder: str) -> None:
+    """The run's checkpoint folder: the Ctrl-C / error line then names the newest complete
+    checkpoint actually there (what a resume continues from), not the last one noted - a save
+    that failed half-way may have left a newer one, or none."""
+    _state["checkpoint_folder"] = str(folder)
+
+
+def last_checkpoint() -> str | None:
+    """The newest complete checkpoint in the noted folder (its name without the folder), else
+    the one noted last, else None."""
+    folder = _state.get("checkpoint_folder")
+    if folder:
+        try:
+            from .checkpoint_policy import inventory
+            for f in inventory(folder):
+                if f.complete:
+                    return os.path.basename(f.base)
+        except OSError:
+            pass
+    return _state.get("checkpoint")
+
+
 def is_bad_input(e: BaseException) -> bool:
     if isinstance(e, (ValueError, OSError, LookupError)):
         return True
@@ -100,7 +122,7 @@ def run(fn, argv=None, prog: str = "python", training=None, label: str = "error"
         if is_bad_input(e):
             where = ""
             if training and training(argv) and _state.get("step") is not None:  # e.g. the disk filled up
-                where = (f" (stopped at step {_state['step']}; last checkpoint: {_state.get('checkpoint', 'none')}, "
+                where = (f" (stopped at step {_state['step']}; last checkpoint: {last_checkpoint() or 'none'}, "
                          f"intact; resume with: {resume_command(prog, argv)})")
             print(f"{label}: {one_line(e)}{where}", file=sys.stderr, flush=True)
             return EXIT_BAD_INPUT
@@ -124,7 +146,7 @@ def interrupted_line(prog: str, argv: list[str], training=None) -> str:
     if not trains:
         return "interrupted (Ctrl-C)"
     step = _state.get("step")
-    ck = _state.get("checkpoint")
+    ck = last_checkpoint()
     where = f"stopped at step {step}" if step is not None else "stopped before the first step"
     if ck:
         where += f" (last checkpoint: {ck})"

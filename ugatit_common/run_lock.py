@@ -1,17 +1,22 @@
 """One owner per run folder: an exclusive lock held for the life of a training run.
 
-The lock is `flock` on `<folder>/.ugatit-run.lock` (created, never deleted: deleting a lock
-file races with a run opening it). The kernel releases it when the holder's process ends in
-any way (exit, crash, SIGKILL), so a killed run never blocks the next one. Who holds it is
-written beside it, atomically, in `<folder>/.ugatit-run.owner` (JSON: pid, command, start
-time, host); that file is only information - the lock is what decides.
+The lock is `flock` on `<folder>/.ugatit-run.lock`. The kernel releases it when the holder's
+process ends in any way (exit, crash, SIGKILL), so a killed run never blocks the next one. Who
+holds it is written beside it, atomically, in `<folder>/.ugatit-run.owner` (JSON: pid, command,
+start time, host); that file is only information - the lock is what decides. A run that ends
+normally removes both files (it unlinks the lock file while still holding it; `acquire` checks
+that the file it locked is still the one at that path, so a run that opened the file just
+before it was removed tries again instead of holding a lock nobody else sees). A killed run
+leaves them; the next run takes the same file over.
 
     with own_folder(folder, "--checkpoint_dir"):   # FolderInUse (exit 2) if another run holds it
         ... read, sweep, move aside, train, save ...
     held_by(folder)                                # Holder or None: for commands that write outputs
+    require(owner, folder, "moving an older run aside")   # the policy's folder-changing steps
 
 Everything a run does to its folder (reading checkpoints, sweeping temp files, moving an older
-run aside, falling back from an unusable checkpoint) happens while holding the lock.
+run aside, falling back from an unusable checkpoint) happens while holding the lock; the
+checkpoint policy's functions that change a folder take the lock (`owner`) and `require` it.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import json
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 
 from .options import OptionError
@@ -32,9 +38,18 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
+# `held_by` probes with a shared lock for a few microseconds; an `acquire` landing in that moment
+# tries again this often before it concludes that another run holds the folder
+_CONTENDED_TRIES, _CONTENDED_WAIT_S = 5, 0.02
+
 
 class FolderInUse(OptionError):
     """Another live process holds the folder's run lock."""
+
+
+class NotOwner(RuntimeError):
+    """A folder-changing step of the checkpoint policy was called without holding the folder's
+    run lock: a bug in the caller (exit 1), never bad input."""
 
 
 @dataclass
@@ -88,6 +103,10 @@ def held_by(folder: str) -> Holder | None:
         os.close(fd)
 
 
+def _same_folder(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 class RunLock:
     """The held lock of one folder; `release()` (or leaving `own_folder`) lets it go."""
 
@@ -98,13 +117,18 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    def covers(self, folder: str) -> bool:
+        """Whether this lock is held and is `folder`'s."""
+        return self.held and _same_folder(self.folder, folder)
+
     def release(self) -> None:
         if self._fd is None:
             return
-        try:
-            os.remove(os.path.join(self.folder, OWNER_NAME))
-        except OSError:
-            pass
+        for name in (OWNER_NAME, LOCK_NAME):  # removed while still held: see the module docstring
+            try:
+                os.remove(os.path.join(self.folder, name))
+            except OSError:
+                pass
         try:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
@@ -118,10 +142,54 @@ class RunLock:
         self.release()
 
 
+class RunLocks:
+    """The held locks of every folder one run writes (checkpoints, samples, logs)."""
+
+    def __init__(self, locks: list):
+        self.locks = list(locks)
+
+    @property
+    def held(self) -> bool:
+        return bool(self.locks) and all(lock.held for lock in self.locks)
+
+    @property
+    def folder(self) -> str:
+        return self.locks[0].folder
+
+    def covers(self, folder: str) -> bool:
+        return any(lock.covers(folder) for lock in self.locks)
+
+    def release(self) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def require(owner, folder: str, action: str) -> None:
+    """Raise NotOwner unless `owner` (a RunLock or RunLocks) holds `folder`'s lock: the checkpoint
+    policy's folder-changing steps call this first."""
+    if owner is None or not owner.covers(folder):
+        raise NotOwner(f"internal: {action} in {folder!r} without holding its run lock "
+                       f"(ugatit_common.run_lock)")
+
+
 def _command_line() -> str:
-    argv = [os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"] + list(sys.argv[1:])
-    text = " ".join(argv)
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "python"
+    if os.path.basename(argv0) == "__main__.py":  # python -m <package>
+        argv0 = "python -m " + os.path.basename(os.path.dirname(os.path.abspath(argv0)))
+    else:
+        argv0 = os.path.basename(argv0)
+    text = " ".join([argv0] + list(sys.argv[1:]))
     return text if len(text) <= 400 else text[:400] + "..."
+
+
+def _identity(st) -> tuple:
+    return st.st_dev, st.st_ino
 
 
 def acquire(folder: str, what: str = "checkpoint folder", command: str | None = None) -> RunLock:
@@ -129,21 +197,35 @@ def acquire(folder: str, what: str = "checkpoint folder", command: str | None = 
     (pid, command, start time). An unwritable folder is an OptionError naming `what`."""
     if fcntl is None:  # pragma: no cover
         raise OptionError("run folders can only be locked on a POSIX system (fcntl.flock)")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-    except OSError as e:
-        raise OptionError(f"{what} {folder!r} is not writable: {e.strerror or e}") from e
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    path = os.path.join(folder, LOCK_NAME)
+    contended = 0
+    while True:
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as e:
+            raise OptionError(f"{what} {folder!r} is not writable: {e.strerror or e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            contended += 1
+            if contended < _CONTENDED_TRIES:
+                time.sleep(_CONTENDED_WAIT_S)
+                continue
+            holder = _read_owner(folder)
+            raise FolderInUse(f"{what} {folder!r} is in use by another run ({holder.describe()}); "
+                              f"wait for it to end, or give this run another folder") from None
+        except OSError as e:
+            os.close(fd)
+            raise OptionError(f"{what} {folder!r}: cannot lock it ({e.strerror or e})") from e
+        try:  # the file locked must still be the one at `path` (a finishing run removes it)
+            same = _identity(os.stat(path)) == _identity(os.fstat(fd))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
         os.close(fd)
-        holder = _read_owner(folder)
-        raise FolderInUse(f"{what} {folder!r} is in use by another run ({holder.describe()}); "
-                          f"wait for it to end, or give this run another folder") from None
-    except OSError as e:
-        os.close(fd)
-        raise OptionError(f"{what} {folder!r}: cannot lock it ({e.strerror or e})") from e
     info = {"pid": os.getpid(), "command": command or _command_line(),
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "host": socket.gethostname()}
@@ -156,3 +238,20 @@ def acquire(folder: str, what: str = "checkpoint folder", command: str | None = 
 
 
 own_folder = acquire  # `with own_folder(folder): ...` reads as what it is
+
+
+def acquire_all(folders, command: str | None = None) -> RunLocks:
+    """Take the run locks of several folders [(folder, what), ...] in the given order (the same
+    folder named twice is locked once). If one is held by another run, the ones taken are let go
+    again and FolderInUse names the held one."""
+    taken: list[RunLock] = []
+    try:
+        for folder, what in folders:
+            if any(lock.covers(folder) for lock in taken):
+                continue
+            taken.append(acquire(folder, what, command))
+    except BaseException:
+        for lock in reversed(taken):
+            lock.release()
+        raise
+    return RunLocks(taken)
