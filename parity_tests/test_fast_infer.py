@@ -458,3 +458,30 @@ def test_cuda_cli_test_phase_graphs_and_batches(demo_run, monkeypatch):
             d = np.abs(a - c)
             assert d.mean() <= BUDGETS["bf16"][0] + 0.5 and d.max() <= BUDGETS["bf16"][1] + 1, k
 
+
+
+def test_gpu_benchmark_runs_on_cpu(tmp_path):
+    """bench/bench_fast.py's CUDA matrix (bench/infer_matrix.py) as a CPU smoke run (--matrix, tiny
+    model): every section it reaches runs and writes its JSON, the CUDA-only variants are skipped
+    with a reason, the targets table is printed. (The GPU run is scarce: a crash there costs it.)"""
+    import json
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "m.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root)
+    p = subprocess.run([sys.executable, os.path.join(root, "bench", "bench_fast.py"), "--device", "cpu", "--matrix",
+                        "--img_size", "32", "--ch", "2", "--iters", "2", "--batches", "1,16",
+                        "--sections", "light,fidelity,profile,e2e,morph,full", "--e2e_images", "6", "--e2e_batch", "4",
+                        "--json", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    data = json.loads(out.read_text())
+    s = data["sections"]
+    assert data["errors"] == {}, data["errors"]
+    assert s["light"]["fp32@1"]["img_per_s"] > 0 and s["light"]["fp32@16"]["calls"] == 2
+    assert "CUDA graphs need a CUDA device" in s["light"]["bf16+graphs"]["skipped"]
+    assert "tf32" in s["light"]["tf32"]["skipped"]
+    assert s["e2e"]["fp32 serial"]["images"] == s["e2e"]["bf16"]["images"] == 6
+    assert s["morph_interpolate"]["fp32"]["inputs"] == 4 and s["full"]["fp32@16"]["img_per_s"] > 0
+    assert s["fidelity"]["bf16"]["rms_vs_fp32"] > 10  # bf16 rounding far above float32's
+    assert "| light generator: fp32 batch 16 no slower per image than batch 1 |" in p.stdout
