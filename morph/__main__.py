@@ -10,7 +10,7 @@
                <name>.gif, <name>_smoothness.json and index.html in --result_dir (config C)
   translate    --input FILE|FOLDER --direction a2b|b2a --samples N
                (interpolate and translate: --precision fp32|tf32|bf16|fp16 --compile True|False
-               --cuda_graphs True|False --cudnn_benchmark True|False|auto, the generator's fast
+               --cuda_graphs auto|True|False --cudnn_benchmark True|False|auto, the generator's fast
                path, torch_port.fast; default fp32, the exact port)
   demo DIR     demo data set + a tiny config-C training + a morph strip / GIF / smoothness
   export CKPT OUT.onnx   ONNX export, verified (config C: inputs image and w; the two direction

@@ -19,7 +19,8 @@ Official flags (same names, defaults, meanings) plus:
                            (torch_port.train_compile)
   --batch N                test phase: N images per generator call, with a progress bar
                            (default: the official one image at a time)
-  --cuda_graphs True|False test phase on CUDA: replay the generators as CUDA graphs (default False)
+  --cuda_graphs auto|True|False  test phase: replay the generators as CUDA graphs (default auto:
+                           on CUDA devices; True on a CPU is refused)
   --cudnn_benchmark True|False|auto  test phase on CUDA: cuDNN's benchmark mode (default auto: off
                            for fp32, on for tf32 / bf16 / fp16; README "Translating on a GPU")
   --checkpoint PATH        test phase: the weights and model settings from this checkpoint (an

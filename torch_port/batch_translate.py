@@ -35,7 +35,7 @@ from ugatit_common.results import save_image
 from .data import ImageReadError, test_image
 from .translate import write_result
 
-__all__ = ["translate_batches", "out_of_memory_error"]
+__all__ = ["translate_batches", "out_of_memory_error", "fixed_shape"]
 
 READ_AHEAD = 2  # batches the reader prepares ahead of the generator
 
@@ -43,6 +43,13 @@ READ_AHEAD = 2  # batches the reader prepares ahead of the generator
 def _batches(files, size):
     for i in range(0, len(files), size):
         yield files[i:i + size]
+
+
+def fixed_shape(model) -> bool:
+    """Whether a generator of `model` is compiled or replayed as CUDA graphs: then one input shape
+    serves every call, and a partial last batch is padded."""
+    from .fast import OptimizedModule
+    return any(isinstance(g, OptimizedModule) and (g.compiled or g.cuda_graphs) for g in model.children())
 
 
 def out_of_memory_error(batch: int, img_size: int, device) -> OptionError:

@@ -276,14 +276,22 @@ GENERATOR_ATTRS = ("generator_A", "generator_B", "generator")
 
 
 def optimize_generators(model: nn.Module, precision: str = "fp32", compile: bool = False, log=print,
-                        cuda_graphs: bool = False, cudnn_benchmark: bool | None = None) -> nn.Module:
+                        cuda_graphs: bool | str | None = False, cudnn_benchmark: bool | str | None = None) -> nn.Module:
     """Replace a U-GAT-IT / Morph-UGATIT model's generator attributes with their optimized
     versions in place (for the test phase and Morph's interpolate / translate); returns model.
-    With fp32, no compile, no graphs and cuDNN's benchmark mode at its default the model is
-    returned unchanged. A setting the device cannot run: OptionError naming the flag."""
+    `cuda_graphs` / `cudnn_benchmark`: True, False or None / "auto" (graphs: on a CUDA device;
+    benchmark: torch_port.fast.default_cudnn_benchmark), as the flags give them. With fp32, no
+    compile, no graphs and cuDNN's benchmark mode at its default the model is returned unchanged
+    (on a CPU, always with fp32 and no compile). A setting the device cannot run: OptionError
+    naming the flag."""
     from ugatit_common.options import OptionError
+
+    from .infer_flags import tristate
     device = _device_of(model)
     compute_dtype(precision)
+    cuda_graphs, cudnn_benchmark = tristate(cuda_graphs), tristate(cudnn_benchmark)
+    if cuda_graphs is None:  # auto: graphs wherever they can run
+        cuda_graphs = device.type == "cuda"
     if cuda_graphs and device.type != "cuda":
         raise OptionError(f"--cuda_graphs True: CUDA graphs need --device cuda; this run is on {device.type} "
                           f"(leave --cuda_graphs False there)")
