@@ -10,7 +10,8 @@ another order). With a compiled generator or CUDA graphs the last, partial batch
 every call.
 
 Overlap (`overlap=True`, the default): a reader thread decodes and resizes the next batches
-(OpenCV releases the GIL; on CUDA into pinned memory, copied to the GPU without blocking) while
+(with a pool of decoder threads: OpenCV and numpy release the GIL; on CUDA into pinned memory,
+copied to the GPU without blocking) while
 the generator runs, and writer threads encode and write the PNGs of the previous batch; file
 names are given out, and page rows added, in input order on the calling thread, so the files and
 the page are those of the serial path (`overlap=False`), byte for byte. On CUDA the generator
@@ -40,6 +41,11 @@ __all__ = ["translate_batches", "out_of_memory_error", "fixed_shape"]
 READ_AHEAD = 2  # batches the reader prepares ahead of the generator
 
 
+def _threads() -> int:
+    """Decoder / writer threads: one per core, at most 8 (PNG coding of 256 px pictures)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def _batches(files, size):
     for i in range(0, len(files), size):
         yield files[i:i + size]
@@ -60,14 +66,25 @@ def out_of_memory_error(batch: int, img_size: int, device) -> OptionError:
                        f"image(s) of {img_size} px per generator call; lower --batch ({lower})")
 
 
-def _read_chunk(chunk, img_size, warn):
+def _read_one(f, img_size):
+    try:
+        return test_image(f, img_size)
+    except ImageReadError as e:
+        return e
+
+
+def _read_chunk(chunk, img_size, warn, pool=None):
+    """The chunk's readable images (in order) and their files; `pool`: decode them in parallel
+    (OpenCV and numpy release the GIL), the results still in input order."""
     xs, ok = [], []
-    for f in chunk:
-        try:
-            xs.append(test_image(f, img_size))
+    results = pool.map(_read_one, chunk, [img_size] * len(chunk)) if pool is not None else \
+        (_read_one(f, img_size) for f in chunk)
+    for f, r in zip(chunk, results):
+        if isinstance(r, ImageReadError):
+            warn(f, r.reason)
+        else:
+            xs.append(r)
             ok.append(f)
-        except ImageReadError as e:
-            warn(f, e.reason)
     return xs, ok
 
 
@@ -138,14 +155,17 @@ class _Reader(threading.Thread):
         return False
 
     def run(self):
+        pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="ugatit-decoder")
         try:
             for chunk in _batches(self.files, self.batch):
-                xs, ok = _read_chunk(chunk, self.img_size, self.warn)
+                xs, ok = _read_chunk(chunk, self.img_size, self.warn, pool)
                 if xs and not self._put((ok, _stack(xs, len(xs), self.batch, self.pad, self.pin))):
                     return
             self._put(None)
         except BaseException as e:  # noqa: BLE001 - handed to the calling thread, raised there
             self._put((None, e))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _overlapped(model, files, direction, cfg, device, result_dir, page, counts, names, batch, pad, bar, warn,
@@ -153,8 +173,7 @@ def _overlapped(model, files, direction, cfg, device, result_dir, page, counts, 
     device = torch.device(device)
     cuda = device.type == "cuda"
     reader = _Reader(files, batch, cfg["img_size"], pad, cuda, warn)
-    pool = ThreadPoolExecutor(max_workers=writers or max(1, min(8, os.cpu_count() or 1)),
-                              thread_name_prefix="ugatit-png-writer")
+    pool = ThreadPoolExecutor(max_workers=writers or _threads(), thread_name_prefix="ugatit-png-writer")
     pending = collections.deque()  # (future, input file, output path), in input order
     in_flight = None  # (ok files, pictures on the host, event) of the batch whose copy may still run
 
