@@ -268,8 +268,8 @@ def main(argv=None):
                                                              "TF intra/inter-op); default: each framework's own")
     p.add_argument("--sections", default=None,
                    help="CUDA only: comma-separated sections of bench/infer_matrix.py (default: all: "
-                        "light,fidelity,profile,compile,e2e,morph,full,morph_compile)")
-    p.add_argument("--e2e_images", type=int, default=512, help="CUDA only: images of the end-to-end test phase run")
+                        "light,compile,e2e,morph,fidelity,profile,full,morph_compile, in that order)")
+    p.add_argument("--e2e_images", type=int, default=256, help="CUDA only: images of the end-to-end test phase run")
     p.add_argument("--e2e_batch", type=int, default=64, help="CUDA only: --batch of the end-to-end test phase run")
     p.add_argument("--batches", default=None, help="CUDA only: only these batch sizes of the matrix (e.g. 1,64)")
     p.add_argument("--matrix", action="store_true", help="run bench/infer_matrix.py's sections on this device "

@@ -31,16 +31,16 @@ import time
 
 import torch
 
-SECTIONS = ("light", "fidelity", "profile", "compile", "e2e", "morph", "full", "morph_compile")
+SECTIONS = ("light", "compile", "e2e", "morph", "fidelity", "profile", "full", "morph_compile")  # by importance
 PEER = {1: 212, 16: 622, 64: 664}  # znxlwm/UGATIT-pytorch, light 256 px, img/s, H200 (issue 17; not run here)
 TODAY = {"fp32": {1: 146, 16: 83, 64: 199}, "bf16": {1: 144, 16: 473, 64: 499}, "fp16": {1: 138, 16: 475, 64: 499},
          "bf16+compile": {1: 290}}  # the port before this work, same machine (issue 17)
 TARGET_IMG_S_B64, TARGET_LATENCY_MS = 2000.0, 3.0
 
-LIGHT = {"fp32": (1, 16, 64), "fp32+graphs": (1, 16), "fp32+bench": (1, 16, 64), "fp32+cl": (16,), "bf16+cl": (64,),
-         "tf32": (1, 16, 64), "tf32+graphs": (1,),
-         "bf16": (1, 16, 64), "bf16+graphs": (1, 16, 64),
-         "fp16": (1, 16, 64), "fp16+graphs": (1,)}
+LIGHT = {"fp32": (1, 16, 64), "fp32+graphs": (1, 16), "fp32+bench": (1, 16), "fp32+cl": (16,), "bf16+cl": (64,),
+         "tf32": (1, 64), "tf32+graphs": (1,),
+         "bf16": (1, 16, 64), "bf16+graphs": (1, 16),
+         "fp16": (1, 64), "fp16+graphs": (1,)}
 COMPILED = {"bf16+compile": (64,), "bf16+compile+graphs": (1, 64)}  # one compile per batch size
 FULL = {"fp32": (1, 16, 64), "bf16": (1, 16, 64), "bf16+graphs": (1, 64), "fp16": (1, 64)}
 MORPH = {"fp32": (1, 16, 64), "fp32+graphs": (1, 16), "bf16": (1, 16, 64), "bf16+graphs": (1, 16, 64)}
