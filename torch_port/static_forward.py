@@ -120,15 +120,20 @@ class StaticForward:
         with torch.cuda.stream(side):  # warm-up off the capturing stream, as torch.cuda.graph's docs ask
             for _ in range(self.warmup):
                 self.fn(*e.args, **e.kwargs)
-        torch.cuda.current_stream(dev).wait_stream(side)
+        current = torch.cuda.current_stream(dev)
+        current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
+            # a stream of its own: a capture that fails part-way leaves nothing routed to a stream in use;
             # thread_local: other threads (the test phase's image reader pins memory) may call CUDA meanwhile
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(dev), capture_error_mode="thread_local"):
                 out = self.fn(*e.args, **e.kwargs)
         except torch.OutOfMemoryError:
+            torch.cuda.set_stream(current)
             raise
         except Exception as err:  # noqa: BLE001 - any capture failure: said, then eager
+            torch.cuda.set_stream(current)  # torch.cuda.graph does not leave its stream when ending the capture fails
+            del graph
             torch.cuda.synchronize(dev)
             reason = " ".join(str(err).split())[:200] or type(err).__name__
             self._note(f"warning: CUDA graph capture of {self.name} failed at input {_describe(key)} ({reason}); "
