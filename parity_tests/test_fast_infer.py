@@ -494,3 +494,19 @@ def test_gpu_benchmark_runs_on_cpu(tmp_path):
     assert s["morph_interpolate"]["fp32"]["inputs"] == 4 and s["full"]["fp32@16"]["img_per_s"] > 0
     assert s["fidelity"]["bf16"]["rms_vs_fp32"] > 10  # bf16 rounding far above float32's
     assert "| light generator: fp32 batch 16 no slower per image than batch 1 |" in p.stdout
+
+
+def test_gpu_flags_share_training_cuda_graphs_flag():
+    """--cuda_graphs is training's flag too (torch_port.train registers it for --phase train): where
+    the parser has it, it is not added twice, and its values mean the same here."""
+    import argparse
+    from torch_port.infer_flags import add_gpu_inference_flags, tristate
+    p = argparse.ArgumentParser()
+    p.add_argument("--cuda_graphs", default="auto", choices=("auto", "True", "False"))  # as training spells it
+    add_gpu_inference_flags(p)
+    a = p.parse_args(["--cuda_graphs", "True", "--cudnn_benchmark", "False"])
+    assert (tristate(a.cuda_graphs), tristate(a.cudnn_benchmark)) == (True, False)
+    assert tristate(p.parse_args([]).cuda_graphs) is None and tristate(p.parse_args([]).cudnn_benchmark) is None
+    q = argparse.ArgumentParser()
+    add_gpu_inference_flags(q)
+    assert tristate(q.parse_args(["--cuda_graphs", "false"]).cuda_graphs) is False
