@@ -179,7 +179,9 @@ def generator_matrix(res: Results, section: str, net, variants: dict, size: int,
                 res.put(section, f"{name}@{batch}", r)
                 say(_row(section, name, r))
             del inputs
-        if keep is not None and any(name == keep for name, _, _ in members):
+        kv = parse_variant(keep) if keep is not None else None
+        if kv is not None and (kv["precision"], kv["compile"], kv["cudnn_benchmark"], kv["channels_last"]) == \
+                (precision, compiled, bench, cl):  # the module of `keep` (with or without its graphs)
             kept = fast
         else:
             del fast
@@ -221,15 +223,17 @@ def fidelity(res: Results, net, size: int) -> None:
     _free()
 
 
-def profile(res: Results, net, size: int, cases=(("fp32", 1), ("fp32", 16), ("bf16", 64))) -> None:
-    """The top CUDA kernels of one call (torch.profiler): where the time goes."""
+def profile(res: Results, net, size: int, cases=(("fp32", 1), ("fp32", 16), ("bf16", 64)), fast=None) -> None:
+    """The top CUDA kernels of one call (torch.profiler): where the time goes. `fast`: profile this
+    module (e.g. the compiled one, graphs off) for each case instead of a new eager one."""
     from torch.profiler import ProfilerActivity, profile as prof
     from torch_port.fast import optimize
     device = next(net.parameters()).device
     cuda = device.type == "cuda"
+    given = fast
     for name, batch in cases:
         v = parse_variant(name)
-        fast = optimize(net, v["precision"], cudnn_benchmark=v["cudnn_benchmark"])
+        fast = given if given is not None else optimize(net, v["precision"], cudnn_benchmark=v["cudnn_benchmark"])
         x = _inputs(batch, size, device, n=1)[0]
         for _ in range(2):
             fast(x)
@@ -447,7 +451,15 @@ def run(a, device) -> int:
                 profile(res, light, size)
             elif sec == "compile":
                 compiled = generator_matrix(res, "light_compile", light, COMPILED, size, a.iters, batches=batches,
-                                            keep="bf16+compile+graphs" if "e2e" in sections and cuda else None)
+                                            keep="bf16+compile+graphs")
+                if compiled is not None and (batches is None or 64 in batches):
+                    compiled.use_graphs = False  # the kernels, not one graph launch
+                    profile(res, light, size, cases=(("bf16+compile", 64),), fast=compiled)
+                if "e2e" not in sections[sections.index(sec):] or not cuda:
+                    del compiled
+                    compiled = None
+                    torch._dynamo.reset()
+                    _free()
             elif sec == "e2e":
                 end_to_end(res, light, cfg, a.e2e_images, a.e2e_batch, compiled)
                 if compiled is not None:
