@@ -450,7 +450,13 @@ def run(a, device) -> int:
             elif sec == "profile":
                 profile(res, light, size)
             elif sec == "compile":
-                compiled = generator_matrix(res, "light_compile", light, COMPILED, size, a.iters, batches=batches,
+                variants = dict(COMPILED)
+                eager = _best(res.data["sections"].get("light", {}), "bf16", 1, "latency_ms", lambda x, y: x < y)
+                if eager is not None and eager[1] <= TARGET_LATENCY_MS and cuda:  # one compile less
+                    variants = {k: tuple(b for b in v if b != 1) for k, v in variants.items()}
+                    res.put("light_compile", "note", f"batch 1 not compiled: {eager[0]} already took {eager[1]:.2f} ms "
+                                                     f"<= {TARGET_LATENCY_MS} ms")
+                compiled = generator_matrix(res, "light_compile", light, variants, size, a.iters, batches=batches,
                                             keep="bf16+compile+graphs")
                 if compiled is not None and (batches is None or 64 in batches):
                     compiled.use_graphs = False  # the kernels, not one graph launch
