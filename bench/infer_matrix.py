@@ -389,8 +389,9 @@ def targets(res: Results) -> list[str]:
         ok1 = b1 is not None and b1[1] <= TARGET_LATENCY_MS
         lines.append(f"| {label}: bf16 batch 64 >= {TARGET_IMG_S_B64:.0f} img/s | "
                      + (f"{b64[1]:.0f} img/s ({b64[0]})" if b64 else "not measured")
-                     + f" | {'yes' if ok64 else 'no' if b64 else '-'} | {f'{PEER[64]} img/s' if sec == 'light' else '-'} | "
-                     f"{TODAY['bf16'][64] if sec == 'light' else '-'} |")
+                     + f" | {'yes' if ok64 else 'no' if b64 else '-'} | "
+                     + (f"{PEER[64]} img/s | " if sec == "light" else "- | ")
+                     + f"{TODAY['bf16'][64] if sec == 'light' else '-'} |")
         lines.append(f"| {label}: bf16 batch-1 latency <= {TARGET_LATENCY_MS:.0f} ms | "
                      + (f"{b1[1]:.2f} ms ({b1[0]})" if b1 else "not measured")
                      + f" | {'yes' if ok1 else 'no' if b1 else '-'} | {1e3 / PEER[1]:.2f} ms | "
@@ -434,7 +435,8 @@ def run(a, device) -> int:
     res = Results(a.json, meta)
     say(f"{meta['gpu']}, torch {meta['torch']}, CUDA {meta['cuda']}, cuDNN {meta['cudnn']}; {size} px, ch {ch}; "
         f"medians of {a.iters} calls (10 at batch 64) after 3 warm-up calls, synchronised")
-    say("| section | variant | batch | latency ms (median) | img/s | first call s | calls |\n|---|---|---|---|---|---|---|")
+    say("| section | variant | batch | latency ms (median) | img/s | first call s | calls |\n"
+        "|---|---|---|---|---|---|---|")
     cfg = opt.validate(opt.config_from(light=True, img_size=size, ch=ch, n_dis=6 if size >= 128 else 4))
     torch.manual_seed(0)
     light = Generator(ch=ch, n_res=4, img_size=size, light=True).to(device).eval()

@@ -145,7 +145,8 @@ def test_fp32_test_phase_is_the_unchanged_module():
     model, _ = _demo_model()
     gens = model.generator_A, model.generator_B
     assert optimize_generators(model, "fp32", False, cuda_graphs=False, cudnn_benchmark=None) is model
-    assert optimize_generators(model, "fp32", False, cuda_graphs="auto", cudnn_benchmark="auto") is model  # the flags' defaults
+    # the flags' defaults
+    assert optimize_generators(model, "fp32", False, cuda_graphs="auto", cudnn_benchmark="auto") is model
     assert (model.generator_A, model.generator_B) == gens
     x = torch.from_numpy(np.load(os.path.join(DEMO, "testA_0.npy")).transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
@@ -462,7 +463,8 @@ def test_cuda_cli_test_phase_graphs_and_batches(demo_run, monkeypatch):
     assert all(c32[k] == c32e[k] for k in first)
     for k in ref:
         if k.endswith(".png"):
-            a, b, c = (cv2.imdecode(np.frombuffer(t[k], np.uint8), cv2.IMREAD_COLOR).astype(int) for t in (ref, c32, cbf))
+            a, b, c = (cv2.imdecode(np.frombuffer(t[k], np.uint8), cv2.IMREAD_COLOR).astype(int)
+                       for t in (ref, c32, cbf))
             assert np.abs(a - b).max() <= 1, k
             d = np.abs(a - c)
             assert d.mean() <= BUDGETS["bf16"][0] + 0.5 and d.max() <= BUDGETS["bf16"][1] + 1, k

@@ -96,7 +96,8 @@ def _stack(xs, n, batch, pad, pin):
 
 
 def translate_batches(model, files, direction, cfg, device, result_dir, page, counts, names, batch: int,
-                      pad: bool = False, progress: bool = True, overlap: bool = True, writers: int | None = None) -> None:
+                      pad: bool = False, progress: bool = True, overlap: bool = True,
+                      writers: int | None = None) -> None:
     """`files` translated `batch` at a time with `model.translate(x, direction)`; unreadable files
     are skipped with a warning. `pad`: pad a partial last batch to `batch` images. `overlap`:
     read, translate and write concurrently (the same files and page); `writers`: writer threads

@@ -180,8 +180,10 @@ class OptimizedModule(nn.Module):
         self._on_cuda = device.type == "cuda"
         if cudnn_benchmark and not self._on_cuda:
             raise ValueError(f"cudnn_benchmark=True: cuDNN's benchmark mode applies to CUDA; the module is on {device}")
-        self.cudnn_benchmark = ((default_cudnn_benchmark(precision) if cudnn_benchmark is None else bool(cudnn_benchmark))
-                                if self._on_cuda else None)  # None: no cuDNN on this device
+        if not self._on_cuda:
+            self.cudnn_benchmark = None  # no cuDNN on this device
+        else:
+            self.cudnn_benchmark = default_cudnn_benchmark(precision) if cudnn_benchmark is None else bool(cudnn_benchmark)
         self.plan = lowp_plan(module) if dtype != torch.float32 else {}
         inner = module if dtype == torch.float32 else _cast_copy(module, dtype)
         inner.eval()
@@ -223,7 +225,8 @@ class OptimizedModule(nn.Module):
             self._counts_before = dynamo_counts() if self.compiled else None
             t = time.perf_counter()
         with self._settings():
-            out = self.static(*args, **kwargs) if self.static is not None and self.use_graphs else self._run(*args, **kwargs)
+            graphed = self.static is not None and self.use_graphs
+            out = self.static(*args, **kwargs) if graphed else self._run(*args, **kwargs)
         self.calls += 1
         if first:
             if out is not None and self._on_cuda:
@@ -303,7 +306,8 @@ def optimize_generators(model: nn.Module, precision: str = "fp32", compile: bool
         g = model._modules.get(attr)
         if g is not None and not isinstance(g, OptimizedModule):
             try:
-                fast = optimize(g, precision, compile, log=log, cuda_graphs=cuda_graphs, cudnn_benchmark=cudnn_benchmark)
+                fast = optimize(g, precision, compile, log=log, cuda_graphs=cuda_graphs,
+                                cudnn_benchmark=cudnn_benchmark)
             except ValueError as e:  # the device cannot run this precision
                 raise OptionError(f"--precision={precision}: {e}") from e
             setattr(model, attr, fast)
