@@ -12,6 +12,14 @@ Compile time is reported separately: the first call of a compiled path minus a s
 a fresh inductor cache (a cold compile, what a user's first run pays; --warm_cache to reuse
 ~/.cache). Weights are random (speed does not depend on them; fidelity: parity_tests/fast_paths.py).
 Targets (issue 9, a CPU with bf16 support): fp32 + compile <= 0.7x of TF, bf16 + compile <= 0.2x.
+
+On CUDA (`--device cuda`) the run is bench/infer_matrix.py's instead, in this process (TF has no
+GPU role there): every fast path (fp32 exact, tf32, bf16, fp16; eager, compiled, CUDA graphs,
+cuDNN benchmark mode) at batch 1, 16, 64, the end-to-end test phase at batch 64, Morph's
+generator and interpolate, the full model, fidelity against float64, a profile, and the targets
+of issue 17 beside the measured values:
+
+    python bench/bench_fast.py --device cuda --json r.json [--sections light,compile,e2e] [--iters 20]
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ from ugatit_common import options as opt  # noqa: E402
 from workers import Worker  # bench/workers.py (this folder is sys.path[0] when run as a script)
 
 CPU_MODES = ["fp32", "fp32+compile", "bf16", "bf16+compile"]
-CUDA_MODES = CPU_MODES + ["fp16", "fp16+compile"]
+CUDA_MODES = CPU_MODES + ["fp16", "fp16+compile"]  # --device cuda --modes ...: the worker design on a GPU
 
 
 def _input(s):
@@ -248,7 +256,7 @@ def main(argv=None):
     p.add_argument("--ch", type=int, default=64)
     p.add_argument("--n_dis", type=int, default=6, help="only checked (the test graph has no discriminator)")
     p.add_argument("--light", type=opt.str2bool, default=None, help="only light (True) or full (False); default both")
-    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--iters", type=int, default=None, help="timed calls per mode (default 5 on CPU, 20 on CUDA)")
     p.add_argument("--device", default="auto")
     p.add_argument("--modes", default=None, help="comma-separated (default: fp32,fp32+compile,bf16,bf16+compile; "
                                                  "CUDA adds fp16,fp16+compile)")
@@ -258,6 +266,14 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of each framework (torch set_num_threads, "
                                                              "TF intra/inter-op); default: each framework's own")
+    p.add_argument("--sections", default=None,
+                   help="CUDA only: comma-separated sections of bench/infer_matrix.py (default: all: "
+                        "light,compile,e2e,morph,fidelity,profile,full,morph_compile, in that order)")
+    p.add_argument("--e2e_images", type=int, default=256, help="CUDA only: images of the end-to-end test phase run")
+    p.add_argument("--e2e_batch", type=int, default=64, help="CUDA only: --batch of the end-to-end test phase run")
+    p.add_argument("--batches", default=None, help="CUDA only: only these batch sizes of the matrix (e.g. 1,64)")
+    p.add_argument("--matrix", action="store_true", help="run bench/infer_matrix.py's sections on this device "
+                                                         "(the default on CUDA; on CPU a smoke run of the GPU bench)")
     p.add_argument("--worker", choices=["torch_port", "tf_reference"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
@@ -268,7 +284,15 @@ def main(argv=None):
         return worker(a.worker, cfg, a.device, a.modes.split(","), a.profile, a.threads)
     import torch
     from torch_port.train import pick_device
-    device = pick_device(a.device)
+    try:
+        device = pick_device(a.device)
+    except opt.OptionError as e:
+        print(f"bench_fast.py: error: {e}", file=sys.stderr)
+        return 2
+    a.iters = a.iters or (20 if device.type == "cuda" else 5)
+    if (device.type == "cuda" and a.modes is None) or a.matrix:
+        import infer_matrix  # bench/infer_matrix.py
+        return infer_matrix.run(a, device)
     modes = a.modes.split(",") if a.modes else (CUDA_MODES if device.type == "cuda" else CPU_MODES)
     if device.type == "cuda":  # what "fp32" means there: cuDNN convolutions default to TF32 on Ampere+
         print(f"{torch.cuda.get_device_name(device)}: torch.backends.cudnn.allow_tf32="

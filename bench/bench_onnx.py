@@ -7,6 +7,12 @@ of the three runtimes on the timed input are compared at the end.
 
     python bench/bench_onnx.py                                   # light, 256 px, ch 64, batch 1
     python bench/bench_onnx.py --img_size 64 --ch 8 --iters 5 --fp16 --skip_tf
+    python bench/bench_onnx.py --provider cuda ...                # ONNX Runtime's CUDA provider, if it has one
+
+`--provider cuda` runs the ONNX Runtime sessions on ONNX Runtime's CUDAExecutionProvider; an
+onnxruntime without it (the CPU-only wheel, as on the reference GPU machine of issue 17) is said
+in one `error:` line naming the providers it has, exit 2: nothing is run on the CPU in its place.
+The export and its verification always run on the CPU (torch_port.export).
 """
 from __future__ import annotations
 
@@ -42,7 +48,23 @@ def _generator(cfg):
     return build_ugatit(cfg).generator_B.eval()
 
 
-def runner(name: str, cfg: dict, batch: int, threads: int, model_dir: str):
+ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def check_provider(provider: str) -> str:
+    """The ONNX Runtime execution provider for --provider; SystemExit(2) with one line where this
+    onnxruntime lacks it."""
+    import onnxruntime as ort
+    want = ORT_PROVIDERS[provider]
+    have = ort.get_available_providers()
+    if want not in have:
+        print(f"bench_onnx.py: error: --provider {provider}: this onnxruntime ({ort.__version__}) has no {want} "
+              f"(it has {', '.join(have)}); ONNX Runtime on {provider.upper()} is not measured", file=sys.stderr)
+        raise SystemExit(2)
+    return want
+
+
+def runner(name: str, cfg: dict, batch: int, threads: int, model_dir: str, provider: str = "cpu"):
     """(forward, info): forward() runs one translation of the bench input and returns it (NCHW)."""
     import torch
     torch.set_num_threads(threads)
@@ -64,7 +86,8 @@ def runner(name: str, cfg: dict, batch: int, threads: int, model_dir: str):
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(path, so, providers=[ORT_PROVIDERS[provider]])
+        info["providers"] = session.get_providers()
         return (lambda: session.run(["translated"], {"image": x})[0]), info
     if name == "torch_port":
         xt = torch.from_numpy(x)
@@ -81,8 +104,8 @@ def runner(name: str, cfg: dict, batch: int, threads: int, model_dir: str):
     return (lambda: run(x_nhwc)["translated"]), info
 
 
-def worker(name: str, cfg: dict, batch: int, threads: int, model_dir: str) -> int:
-    forward, info = runner(name, cfg, batch, threads, model_dir)
+def worker(name: str, cfg: dict, batch: int, threads: int, model_dir: str, provider: str = "cpu") -> int:
+    forward, info = runner(name, cfg, batch, threads, model_dir, provider)
     print(json.dumps({"ready": True, **info}), flush=True)
     for line in sys.stdin:
         what = line.strip()
@@ -113,17 +136,29 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="CPU threads of each runtime (default: 2)")
     p.add_argument("--fp16", action="store_true", help="also time the fp16 export on ONNX Runtime CPU")
     p.add_argument("--skip_tf", action="store_true")
+    p.add_argument("--provider", choices=sorted(ORT_PROVIDERS), default="cpu",
+                   help="ONNX Runtime execution provider of the timed sessions (default cpu)")
+    p.add_argument("--runtimes", default=None, help=f"comma-separated subset of {', '.join(RUNTIMES)} (default: "
+                                                    f"onnxruntime, +onnxruntime_fp16 with --fp16, torch_port, "
+                                                    f"tf_reference unless --skip_tf)")
     p.add_argument("--worker", choices=RUNTIMES, help=argparse.SUPPRESS)
     p.add_argument("--model_dir", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     cfg = opt.validate(opt.config_from(light=a.light, img_size=a.img_size, ch=a.ch, n_dis=6 if a.img_size >= 128 else 4))
     if a.worker:
-        return worker(a.worker, cfg, a.batch, a.threads, a.model_dir)
+        return worker(a.worker, cfg, a.batch, a.threads, a.model_dir, a.provider)
+    check_provider(a.provider)
     names = ["onnxruntime"] + (["onnxruntime_fp16"] if a.fp16 else []) + ["torch_port"] + ([] if a.skip_tf else
                                                                                           ["tf_reference"])
+    if a.runtimes:
+        names = [n.strip() for n in a.runtimes.split(",") if n.strip()]
+        bad = [n for n in names if n not in RUNTIMES]
+        if bad or "torch_port" not in names:
+            p.error(f"--runtimes: expected a subset of {', '.join(RUNTIMES)} holding torch_port (the reference), "
+                    f"got {a.runtimes!r}")
     with tempfile.TemporaryDirectory() as tmp:
         passthrough = ["--img_size", str(a.img_size), "--ch", str(a.ch), "--light", str(a.light), "--batch",
-                       str(a.batch), "--threads", str(a.threads), "--model_dir", tmp]
+                       str(a.batch), "--threads", str(a.threads), "--model_dir", tmp, "--provider", a.provider]
         workers = []
         try:
             for n in names:
@@ -146,7 +181,7 @@ def main(argv=None) -> int:
     med = {n: statistics.median(v) for n, v in times.items()}
     base = "tf_reference" if "tf_reference" in med else "torch_port"
     print(f"\nlight={a.light} img_size={a.img_size} ch={a.ch} batch={a.batch}, {a.iters} timed rounds after "
-          f"{a.warmup} warm-up, {a.threads} threads; medians")
+          f"{a.warmup} warm-up, {a.threads} threads, ONNX Runtime provider {a.provider}; medians")
     print(f"| runtime | s / forward | images / s | time vs {base} | time vs torch_port |")
     print("|---|---|---|---|---|")
     for n in names:
@@ -159,7 +194,7 @@ def main(argv=None) -> int:
     for n in names:
         if n != "torch_port":
             print(f"max |{n} - torch_port| on the timed input: {float(np.abs(outs[n] - ref).max()):.3g}")
-    if "tf_reference" in outs:
+    if "tf_reference" in outs and "onnxruntime" in outs:
         print(f"max |onnxruntime - tf_reference|: {float(np.abs(outs['onnxruntime'] - outs['tf_reference']).max()):.3g}")
     return 0
 

@@ -9,8 +9,9 @@
   interpolate  --input FILE|FOLDER --steps N --samples K: per input <name>_strip.png,
                <name>.gif, <name>_smoothness.json and index.html in --result_dir (config C)
   translate    --input FILE|FOLDER --direction a2b|b2a --samples N
-               (interpolate and translate: --precision fp32|bf16|fp16 --compile True|False, the
-               generator's fast path, torch_port.fast; default fp32, the exact port)
+               (interpolate and translate: --precision fp32|tf32|bf16|fp16 --compile True|False
+               --cuda_graphs auto|True|False --cudnn_benchmark True|False|auto, the generator's fast
+               path, torch_port.fast; default fp32, the exact port)
   demo DIR     demo data set + a tiny config-C training + a morph strip / GIF / smoothness
   export CKPT OUT.onnx   ONNX export, verified (config C: inputs image and w; the two direction
                codes' w in OUT_w.npz and the metadata); see morph/export.py
@@ -73,9 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         _common(s)
         s.add_argument("--input", required=True, help="an image file or a folder of images")
         s.add_argument("--checkpoint", default=None, help="a Morph checkpoint folder (overrides --checkpoint_dir lookup)")
-        s.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                       help="generator precision (torch_port.fast; default fp32, the exact port)")
+        s.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"),
+                       help="generator precision (torch_port.fast; default fp32, the exact port; tf32: CUDA only)")
         s.add_argument("--compile", type=opt.str2bool, default=False, help="torch.compile the generator(s)")
+        from torch_port.infer_flags import add_gpu_inference_flags
+        add_gpu_inference_flags(s)  # --cuda_graphs --cudnn_benchmark
         if name == "interpolate":
             s.add_argument("--steps", type=int, default=6, help="frames per strip, >= 2 (default: 6)")
             s.add_argument("--samples", type=int, default=8, help="z samples averaged per w code (default: 8)")
@@ -104,7 +107,8 @@ def _device(name: str) -> torch.device:
 
 def _cfg(args) -> dict:
     skip = {"command", "config", "device", "seed", "init_from", "data_root", "input", "checkpoint", "steps",
-            "samples", "direction", "precision", "compile", "num_workers", "threads", "keep_checkpoints", "resume"}
+            "samples", "direction", "precision", "compile", "num_workers", "threads", "keep_checkpoints", "resume",
+            "cuda_graphs", "cudnn_benchmark"}
     cfg = opt.config_from({k: v for k, v in vars(args).items() if k not in skip})
     cfg["morph_config"] = args.config
     return cfg
@@ -144,9 +148,9 @@ def _load(args):
     model, _ = load_morph(_checkpoint_folder(args, cfg), _device(args.device))
     model.eval()
     model.z_generator = torch.Generator().manual_seed(args.seed)
-    if getattr(args, "precision", "fp32") != "fp32" or getattr(args, "compile", False):
-        from torch_port.fast import optimize_generators  # the generator(s) only; z -> w stays float32
-        optimize_generators(model, args.precision, args.compile)
+    from torch_port.fast import optimize_generators  # the generator(s) only; z -> w stays float32
+    optimize_generators(model, args.precision, args.compile, cuda_graphs=args.cuda_graphs,
+                        cudnn_benchmark=args.cudnn_benchmark)
     return model, cfg
 
 

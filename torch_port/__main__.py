@@ -11,14 +11,18 @@ Official flags (same names, defaults, meanings) plus:
   --input PATH             test phase: translate this image or folder instead of testA/testB
   --direction a2b|b2a      direction for --input (default a2b)
   --demo DIR               write the demo data set in DIR, train a tiny model, run the test phase
-  --precision fp32|bf16|fp16  the fast path (default fp32, the exact port): the test phase's
-                           generators (torch_port.fast); training: mixed precision with float32
+  --precision fp32|tf32|bf16|fp16  the fast path (default fp32, the exact port): the test phase's
+                           generators (torch_port.fast; tf32: CUDA only); training: mixed precision with float32
                            master weights, fp16 with loss scaling (torch_port.train_precision)
   --compile True|False     torch.compile the networks (default False): the test phase's generators;
                            training: every network, compiled in the first iteration
                            (torch_port.train_compile)
   --batch N                test phase: N images per generator call, with a progress bar
                            (default: the official one image at a time)
+  --cuda_graphs auto|True|False  test phase: replay the generators as CUDA graphs (default auto:
+                           on CUDA devices; True on a CPU is refused)
+  --cudnn_benchmark True|False|auto  test phase on CUDA: cuDNN's benchmark mode (default auto: off
+                           for fp32, on for tf32 / bf16 / fp16; README "Translating on a GPU")
   --checkpoint PATH        test phase: the weights and model settings from this checkpoint (an
                            official TF checkpoint folder or prefix, a port checkpoint folder, a
                            .safetensors file) instead of <checkpoint_dir>/<model_dir>
@@ -51,12 +55,14 @@ def build_parser():
     p.add_argument("--input", default=None, help="test phase: an image or folder to translate")
     p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"), help="direction for --input")
     p.add_argument("--demo", default=None, metavar="DIR", help="train and test a tiny demo model in DIR")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="fp32 (default, the exact port) | bf16 | fp16: the test phase's generators; "
+    p.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"),
+                   help="fp32 (default, the exact port) | tf32 (CUDA) | bf16 | fp16: the test phase's generators; "
                         "training: mixed precision, float32 master weights (fp16: with loss scaling)")
     p.add_argument("--compile", type=opt.str2bool, default=False,
                    help="torch.compile the test phase's generators / the training networks (default False)")
     p.add_argument("--batch", type=int, default=None, help="test phase: images per generator call (progress bar)")
+    from .infer_flags import add_gpu_inference_flags
+    add_gpu_inference_flags(p)  # --cuda_graphs --cudnn_benchmark (python -m morph interpolate / translate too)
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="test phase: translate with this checkpoint (an official TF checkpoint folder or prefix, a "
                         "port checkpoint folder or a .safetensors file); the model settings are read from it")
@@ -64,7 +70,7 @@ def build_parser():
 
 
 EXTRA_KEYS = ("device", "num_workers", "threads", "seed", "keep_checkpoints", "resume", "input", "direction", "demo",
-              "precision", "compile", "batch", "checkpoint", "given_flags")
+              "precision", "compile", "batch", "checkpoint", "given_flags", "cuda_graphs", "cudnn_benchmark")
 
 
 def given_flags(argv) -> set:
@@ -80,6 +86,8 @@ def _validate_extra(a):
         raise opt.OptionError(f"--device={a.device!r}: expected cpu, cuda, cuda:N or auto")
     if a.batch is not None and a.batch < 1:
         raise opt.OptionError(f"--batch={a.batch}: must be >= 1")
+    from .infer_flags import check_gpu_inference_flags
+    check_gpu_inference_flags(a)
     if a.phase == "train":
         from .train_precision import check_training_precision
         check_training_precision(a.precision)
@@ -114,7 +122,8 @@ def run(a) -> int:
                 given = getattr(a, "given_flags", None) or set()
                 explicit = {k: cfg[k] for k in opt.MODEL_KEYS + ("dataset",) if k in given}
                 test(cfg, device, a.input, a.direction, precision=a.precision, compile=a.compile, batch=a.batch,
-                     checkpoint=a.checkpoint, explicit=explicit)
+                     checkpoint=a.checkpoint, explicit=explicit, cuda_graphs=a.cuda_graphs,
+                     cudnn_benchmark=a.cudnn_benchmark)
                 print(" [*] Test finished!")
     return 0
 

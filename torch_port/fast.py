@@ -30,9 +30,25 @@ mutated state, not frozen: they advance as in eager mode.
 The result is an `nn.Module` (`OptimizedModule`): it can replace the generator attribute of a
 model (`model.generator_B = optimize(model.generator_B, "bf16")`), and unknown attributes
 (`make_z`, `w_from_z`, `img_size`, ...) are looked up on the wrapped module.
+
+On CUDA (README "Translating on a GPU"):
+- precision "tf32": the module's own float32 weights, with cuDNN / cuBLAS TF32 on during the
+  call; every other precision runs with TF32 off, so its float32 layers are float32 (each call
+  sets the two flags and restores the process's own afterwards).
+- cudnn_benchmark: cuDNN times its algorithms for each new shape and keeps the fastest (every
+  candidate computes in the layer's dtype; with TF32 off a float32 convolution stays float32, but
+  the algorithm, hence the float32 rounding, may differ from run to run). Default (None): on for
+  tf32 / bf16 / fp16, off for fp32, the exact path, which keeps cuDNN's heuristic choice (the
+  same algorithm every run, as measured by the parity suite).
+- cuda_graphs=True: the forward (eager or compiled) is captured as a CUDA graph per input shape
+  and replayed (`torch_port.static_forward`): the kernels and the results are the eager call's,
+  the host's per-kernel launch time is gone. Default False; a CPU device is refused; a capture
+  that fails is said in one line and that shape runs eagerly. `use_graphs` switches replay off
+  and on (benchmarks compare both on one compiled module).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -40,9 +56,11 @@ import time
 import torch
 import torch.nn as nn
 
-from .precision import check_supported, compute_dtype, lowp_plan
+from .precision import check_supported, compute_dtype, lowp_plan, uses_tf32
+from .static_forward import StaticForward
 
-__all__ = ["optimize", "OptimizedModule", "optimize_generators", "dynamo_counts", "COMPILE_DEFAULTS"]
+__all__ = ["optimize", "OptimizedModule", "optimize_generators", "dynamo_counts", "COMPILE_DEFAULTS",
+           "cuda_backend_flags", "default_cudnn_benchmark"]
 
 COMPILE_DEFAULTS = {}  # torch.compile keyword arguments
 # inductor settings patched in while a compiled path runs (and compiles): freezing folds the weights
@@ -81,7 +99,6 @@ def _cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 def _inductor_config(patch: dict):
     if not patch:
-        import contextlib
         return contextlib.nullcontext()
     import torch._inductor.config as inductor_config
     return inductor_config.patch(patch)
@@ -95,6 +112,30 @@ def _to_float32(out):
     if isinstance(out, dict):
         return {k: _to_float32(v) for k, v in out.items()}
     return out
+
+
+def default_cudnn_benchmark(precision: str) -> bool:
+    """cuDNN's benchmark mode by default: off for fp32 (the exact path keeps the heuristic, run-to-run
+    identical algorithm choice), on for the fast paths (their budgets are far above any algorithm's
+    float rounding)."""
+    compute_dtype(precision)
+    return precision != "fp32"
+
+
+@contextlib.contextmanager
+def cuda_backend_flags(tf32: bool, benchmark: bool):
+    """TF32 (cuDNN convolutions and cuBLAS matrix products) and cuDNN's benchmark mode as given, for
+    the block; the process's own settings after it. The legacy `allow_tf32` flags, as
+    `torch_port.train.pick_device` sets them (torch refuses reads that mix the legacy and the new
+    `fp32_precision` interfaces)."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark
+    cudnn.allow_tf32 = matmul.allow_tf32 = bool(tf32)
+    cudnn.benchmark = bool(benchmark)
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
 
 
 def separate_inductor_cache() -> None:
@@ -117,19 +158,32 @@ def dynamo_counts() -> dict:
 
 
 class OptimizedModule(nn.Module):
-    """`module`'s forward in `precision` (optionally compiled), under no_grad, outputs float32.
+    """`module`'s forward in `precision` (optionally compiled, optionally replayed as CUDA graphs),
+    under no_grad, outputs float32.
 
-    Attributes: precision, dtype, compiled, first_call_seconds (None until the first call),
-    calls; `inner` is the (cast) module, `plan` the layers given the reduced dtype."""
+    Attributes: precision, dtype, compiled, cuda_graphs, use_graphs, cudnn_benchmark,
+    first_call_seconds (None until the first call), calls; `inner` is the (cast) module, `plan`
+    the layers given the reduced dtype, `static` the StaticForward (None without graphs)."""
 
     def __init__(self, module: nn.Module, precision: str = "fp32", compile: bool = False,
-                 compile_options: dict | None = None, log=None):
+                 compile_options: dict | None = None, log=None, cuda_graphs: bool = False,
+                 cudnn_benchmark: bool | None = None):
         super().__init__()
-        self._log = log  # called once with the compile summary after the first compiled call
+        self._log = log  # called once with the compile summary after the first compiled call, and with graph notes
         dtype = compute_dtype(precision)
         device = _device_of(module)
         check_supported(precision, device)
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True: CUDA graphs need the module on a CUDA device; it is on {device}")
         self.precision, self.dtype, self.compiled = precision, dtype, bool(compile)
+        self.cuda_graphs = self.use_graphs = bool(cuda_graphs)
+        self._on_cuda = device.type == "cuda"
+        if cudnn_benchmark and not self._on_cuda:
+            raise ValueError(f"cudnn_benchmark=True: cuDNN's benchmark mode applies to CUDA; the module is on {device}")
+        if not self._on_cuda:
+            self.cudnn_benchmark = None  # no cuDNN on this device
+        else:
+            self.cudnn_benchmark = default_cudnn_benchmark(precision) if cudnn_benchmark is None else bool(cudnn_benchmark)
         self.plan = lowp_plan(module) if dtype != torch.float32 else {}
         inner = module if dtype == torch.float32 else _cast_copy(module, dtype)
         inner.eval()
@@ -140,6 +194,9 @@ class OptimizedModule(nn.Module):
         fn = torch.compile(inner, dynamic=False, **options) if compile else inner
         self._inductor_patch = dict(INDUCTOR_PATCH) if compile else {}
         object.__setattr__(self, "_fn", fn)  # not a registered child: `inner` is the one copy of the weights
+        static = (StaticForward(self._run, capture=True, log=log, name=f"{type(module).__name__} ({precision})")
+                  if cuda_graphs else None)
+        object.__setattr__(self, "static", static)
         self.first_call_seconds = None
         self.calls = 0
         self._counts_before = None
@@ -151,17 +208,28 @@ class OptimizedModule(nn.Module):
         except AttributeError:
             return getattr(super().__getattr__("inner"), name)
 
+    def _run(self, *args, **kwargs):
+        return _to_float32(self._fn(*args, **kwargs))
+
+    def _settings(self):
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(_inductor_config(self._inductor_patch))
+        if self._on_cuda:
+            stack.enter_context(cuda_backend_flags(uses_tf32(self.precision), self.cudnn_benchmark))
+        return stack
+
     def forward(self, *args, **kwargs):
         first = self.first_call_seconds is None
         if first:
             self._counts_before = dynamo_counts() if self.compiled else None
             t = time.perf_counter()
-        with torch.no_grad(), _inductor_config(self._inductor_patch):
-            out = self._fn(*args, **kwargs)
-        out = _to_float32(out)
+        with self._settings():
+            graphed = self.static is not None and self.use_graphs
+            out = self.static(*args, **kwargs) if graphed else self._run(*args, **kwargs)
         self.calls += 1
         if first:
-            if out is not None and _device_of(self.inner).type == "cuda":
+            if out is not None and self._on_cuda:
                 torch.cuda.synchronize()
             self.first_call_seconds = time.perf_counter() - t
             if self.compiled:
@@ -189,33 +257,58 @@ class OptimizedModule(nn.Module):
                 "graph_breaks": breaks}
 
     def extra_repr(self) -> str:
-        return f"precision={self.precision}, compile={self.compiled}, reduced layers={len(self.plan)}"
+        return (f"precision={self.precision}, compile={self.compiled}, cuda_graphs={self.cuda_graphs}, "
+                f"cudnn_benchmark={self.cudnn_benchmark}, reduced layers={len(self.plan)}")
 
 
 def optimize(module: nn.Module, precision: str = "fp32", compile: bool = False,
-             compile_options: dict | None = None, log=None) -> OptimizedModule:
-    """`module` for inference in `precision` ("fp32", "bf16", "fp16"), optionally compiled with
-    torch.compile; a callable returning the module's outputs in float32, without gradient.
-    `compile_options`: keyword arguments for torch.compile (e.g. {"mode": "max-autotune"}); inductor
-    freezing is patched in around the calls (INDUCTOR_PATCH). `log`: e.g. print, called once with
-    the compile summary (first-call seconds, graphs, graph breaks) after the first call."""
+             compile_options: dict | None = None, log=None, cuda_graphs: bool = False,
+             cudnn_benchmark: bool | None = None) -> OptimizedModule:
+    """`module` for inference in `precision` ("fp32", "tf32" (CUDA), "bf16", "fp16"), optionally
+    compiled with torch.compile; a callable returning the module's outputs in float32, without
+    gradient. `compile_options`: keyword arguments for torch.compile (e.g. {"mode": "max-autotune"});
+    inductor freezing is patched in around the calls (INDUCTOR_PATCH). `log`: e.g. print, called
+    once with the compile summary (first-call seconds, graphs, graph breaks) after the first call,
+    and with any CUDA graph note. `cuda_graphs`, `cudnn_benchmark`: CUDA only, see the module doc."""
     if isinstance(module, OptimizedModule):
         raise ValueError("module is already optimized; optimize the original module")
-    return OptimizedModule(module, precision, compile, compile_options, log)
+    return OptimizedModule(module, precision, compile, compile_options, log, cuda_graphs, cudnn_benchmark)
 
 
 GENERATOR_ATTRS = ("generator_A", "generator_B", "generator")
 
 
-def optimize_generators(model: nn.Module, precision: str = "fp32", compile: bool = False, log=print) -> nn.Module:
+def optimize_generators(model: nn.Module, precision: str = "fp32", compile: bool = False, log=print,
+                        cuda_graphs: bool | str | None = False, cudnn_benchmark: bool | str | None = None) -> nn.Module:
     """Replace a U-GAT-IT / Morph-UGATIT model's generator attributes with their optimized
     versions in place (for the test phase and Morph's interpolate / translate); returns model.
-    With fp32 and no compile the model is returned unchanged."""
-    if precision == "fp32" and not compile:
-        compute_dtype(precision)
+    `cuda_graphs` / `cudnn_benchmark`: True, False or None / "auto" (graphs: on a CUDA device;
+    benchmark: torch_port.fast.default_cudnn_benchmark), as the flags give them. With fp32, no
+    compile, no graphs and cuDNN's benchmark mode at its default the model is returned unchanged
+    (on a CPU, always with fp32 and no compile). A setting the device cannot run: OptionError
+    naming the flag."""
+    from ugatit_common.options import OptionError
+
+    from .infer_flags import tristate
+    device = _device_of(model)
+    compute_dtype(precision)
+    cuda_graphs, cudnn_benchmark = tristate(cuda_graphs), tristate(cudnn_benchmark)
+    if cuda_graphs is None:  # auto: graphs wherever they can run
+        cuda_graphs = device.type == "cuda"
+    if cuda_graphs and device.type != "cuda":
+        raise OptionError(f"--cuda_graphs True: CUDA graphs need --device cuda; this run is on {device.type} "
+                          f"(leave --cuda_graphs False there)")
+    if cudnn_benchmark is not None and device.type != "cuda":
+        raise OptionError(f"--cudnn_benchmark applies to cuDNN (--device cuda); this run is on {device.type}")
+    if precision == "fp32" and not compile and not cuda_graphs and not cudnn_benchmark:
         return model
     for attr in GENERATOR_ATTRS:
         g = model._modules.get(attr)
         if g is not None and not isinstance(g, OptimizedModule):
-            setattr(model, attr, optimize(g, precision, compile, log=log))
+            try:
+                fast = optimize(g, precision, compile, log=log, cuda_graphs=cuda_graphs,
+                                cudnn_benchmark=cudnn_benchmark)
+            except ValueError as e:  # the device cannot run this precision
+                raise OptionError(f"--precision={precision}: {e}") from e
+            setattr(model, attr, fast)
     return model

@@ -1,7 +1,10 @@
 """Dtype policy of the fast inference paths (`torch_port.optimize`, `torch_port.fast`).
 
 Precisions: "fp32" (the exact parity path, unchanged), "bf16" (bfloat16: 8 mantissa bits,
-float32's exponent range) and "fp16" (float16: 11 mantissa bits, largest value 65504).
+float32's exponent range), "fp16" (float16: 11 mantissa bits, largest value 65504) and, on CUDA
+only, "tf32": every tensor stays float32 and cuDNN / cuBLAS round the inputs of convolutions and
+matrix products to TF32 (10 explicit mantissa bits, as fp16; sums in float32) on the tensor cores.
+CPUs have no TF32 (oneDNN would run float32), so tf32 on a CPU is refused, not run as fp32.
 The reduced precisions are not torch.autocast: autocast casts float32 weights on every call
 (the full model's 1 GiB MLP kernel re-cast per image) and its op lists differ between CPU and
 CUDA. Here each layer computes in its parameters' dtype (`torch_port.ops`: a layer casts its
@@ -21,6 +24,12 @@ Which op runs in which dtype (D = the reduced dtype, bf16 or fp16):
 | dense / linear layers on [B, <=256] vectors (the light MLP, the full MLP's `linear_1`, `gamma`, `beta`; Morph's mapping and style layers) | float32 | no measurable cost, and gamma / beta scale every AdaLIN output |
 | the full model's `MLP.linear_0` (reads the whole flattened feature map: a 1 GiB kernel in float32 at 256 px) | D | a matrix-vector product bound by reading the kernel: half the bytes in D, cast once |
 
+tf32 has no table of its own: no parameter changes dtype (`lowp_plan` is empty); the fast path
+turns TF32 on around each call (`torch_port.fast`), so every convolution and matrix product,
+the output convolutions and dense layers included, rounds its inputs to TF32; the norms,
+elementwise ops and CAM pooling are float32 arithmetic. The other precisions run with TF32 off
+on CUDA, so their float32 layers are float32.
+
 Returned tensors (image, logits, heatmaps) are float32.
 """
 from __future__ import annotations
@@ -31,9 +40,10 @@ import torch
 import torch.nn as nn
 
 __all__ = ["PRECISIONS", "OUTPUT_CONVS", "compute_dtype", "check_supported", "lowp_plan",
-           "describe"]
+           "describe", "uses_tf32"]
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TF32_MIN_CAPABILITY = (8, 0)  # Ampere: the first GPUs whose tensor cores take TF32
 OUTPUT_CONVS = ("G_logit", "D_logit")  # official scope names of the output convolutions
 
 
@@ -41,6 +51,12 @@ def compute_dtype(precision: str) -> torch.dtype:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     return PRECISIONS[precision]
+
+
+def uses_tf32(precision: str) -> bool:
+    """Whether `precision` runs its float32 convolutions and matrix products in TF32."""
+    compute_dtype(precision)
+    return precision == "tf32"
 
 
 def check_supported(precision: str, device: torch.device) -> None:
@@ -51,6 +67,14 @@ def check_supported(precision: str, device: torch.device) -> None:
     64x64 that takes 0.15 s in float32) - correct but unusable beyond tiny images."""
     dtype = compute_dtype(precision)
     device = torch.device(device)
+    if uses_tf32(precision):
+        if device.type != "cuda":
+            raise ValueError(f"precision tf32: TF32 is a mode of NVIDIA tensor cores (CUDA); this device is "
+                             f"{device.type}, which has none: use fp32 (the exact path) or bf16")
+        if torch.cuda.get_device_capability(device) < TF32_MIN_CAPABILITY:
+            raise ValueError(f"precision tf32: this GPU ({torch.cuda.get_device_name(device)}) has no TF32 tensor "
+                             f"cores (compute capability 8.0 or later); use fp32 or fp16")
+        return
     if device.type == "cuda":
         if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
             raise ValueError(f"precision bf16: this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16 "

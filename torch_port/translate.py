@@ -100,12 +100,15 @@ def write_result(image_hwc, input_path, direction, result_dir, page, counts, nam
 
 def test(cfg: dict, device: torch.device, input_path: str | None = None, direction: str = "a2b",
          precision: str = "fp32", compile: bool = False, batch: int | None = None,
-         checkpoint: str | None = None, explicit: dict | None = None) -> str:
+         checkpoint: str | None = None, explicit: dict | None = None, cuda_graphs=False,
+         cudnn_benchmark=None) -> str:
     """`precision` / `compile`: the generators' fast path (torch_port.fast; default: the exact
     float32 port). `batch`: translate N images per generator call with a progress bar
     (torch_port.batch_translate); None: the official one image at a time. `checkpoint`: read
     the weights and the model settings from this checkpoint instead of
-    `<checkpoint_dir>/<model_dir>` (`explicit`: the settings the user gave, checked against it)."""
+    `<checkpoint_dir>/<model_dir>` (`explicit`: the settings the user gave, checked against it).
+    `cuda_graphs`, `cudnn_benchmark`: True / False / "auto" (torch_port.fast.optimize_generators;
+    README "Translating on a GPU")."""
     model = None
     if checkpoint is not None:
         model, cfg = load_checkpoint_for_test(checkpoint, cfg, dict(explicit or {}), device)
@@ -122,9 +125,8 @@ def test(cfg: dict, device: torch.device, input_path: str | None = None, directi
         jobs = [(files_A, "a2b"), (files_B, "b2a")]
     if model is None:
         model = load_for_test(cfg, device)
-    if precision != "fp32" or compile:
-        from .fast import optimize_generators
-        optimize_generators(model, precision, compile)
+    from .fast import optimize_generators
+    optimize_generators(model, precision, compile, cuda_graphs=cuda_graphs, cudnn_benchmark=cudnn_benchmark)
     check_writable_folder(paths.result, "--result_dir")
     sweep_temp(paths.result, log=lambda m: None)
     page = ResultsPage(paths.result, cfg["img_size"])
@@ -132,8 +134,9 @@ def test(cfg: dict, device: torch.device, input_path: str | None = None, directi
     names = OutputNames([f for files, _ in jobs for f in files])  # outputs never overwrite an input
     for files, d in jobs:
         if batch:
-            from .batch_translate import translate_batches
-            translate_batches(model, files, d, cfg, device, paths.result, page, counts, names, batch, pad=compile)
+            from .batch_translate import fixed_shape, translate_batches
+            translate_batches(model, files, d, cfg, device, paths.result, page, counts, names, batch,
+                              pad=fixed_shape(model))
         else:
             _translate_files(model, files, d, cfg, device, paths.result, page, counts, names)
     if not counts:  # the previous results page stays as it was

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The test phase on CUDA (issue 17, item 2), in one call on a CUDA machine; bench/gpu_check.sh
+# calls it. Each step runs under its own timeout, so a slow step cannot take the others' time,
+# and the benchmark writes its JSON after every measurement, so a step cut short keeps what it
+# measured. Three files in OUT_DIR:
+#   infer_tests.log   the CUDA tests of parity_tests/test_fast_infer.py (-m cuda)
+#   infer_bench.log   bench/bench_fast.py --device cuda (every fast path at batch 1/16/64, the
+#                     end-to-end test phase, Morph, the full model, the targets beside the
+#                     measured values), then the ONNX Runtime provider check and an fp16 export
+#                     verified on the CPU
+#   infer.json        the benchmark's results, plus each step's exit code and seconds ("steps")
+#
+#   bash bench/gpu_check_infer.sh OUT_DIR     # PY=python3; about 3 minutes with the default timeouts
+#
+# Timeouts (seconds, environment): INFER_TEST_S=60 INFER_BENCH_S=110 INFER_ONNX_S=30; INFER_SECTIONS
+# (default: every section of bench/infer_matrix.py, in its order of importance). Exit 1 if a step failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+OUT=${1:?usage: bash bench/gpu_check_infer.sh OUT_DIR}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+TESTS_LOG="$OUT/infer_tests.log" BENCH_LOG="$OUT/infer_bench.log" JSON="$OUT/infer.json"
+STEPS=""
+rc=0
+
+step() {  # step NAME TIMEOUT LOG COMMAND...: run under timeout, append to LOG, record rc and seconds
+    local name=$1 limit=$2 log=$3
+    shift 3
+    local t0=$SECONDS code
+    echo "=== $name (timeout ${limit}s): $*" >>"$log"
+    timeout "$limit" "$@" >>"$log" 2>&1
+    code=$?
+    echo "=== $name: exit $code after $((SECONDS - t0)) s" >>"$log"
+    STEPS="$STEPS$name $code $((SECONDS - t0));"
+    return $code
+}
+
+: >"$TESTS_LOG"
+: >"$BENCH_LOG"
+step tests "${INFER_TEST_S:-60}" "$TESTS_LOG" $PY -m pytest -q -p no:cacheprovider -m cuda \
+    parity_tests/test_fast_infer.py || rc=1
+step bench "${INFER_BENCH_S:-110}" "$BENCH_LOG" $PY bench/bench_fast.py --device cuda --json "$JSON" \
+    ${INFER_SECTIONS:+--sections "$INFER_SECTIONS"} || rc=1
+# ONNX Runtime on CUDA: the reference machine's onnxruntime is the CPU-only wheel; this says so
+# (exit 2 expected there) rather than timing the CPU in its place
+step onnx_cuda_provider 20 "$BENCH_LOG" $PY bench/bench_onnx.py --provider cuda --skip_tf
+# the fp16 export (meant for GPUs) built and verified with this machine's onnx / onnxruntime, on its CPU
+step onnx_fp16_export "${INFER_ONNX_S:-30}" "$BENCH_LOG" $PY bench/bench_onnx.py --img_size 64 --ch 64 --fp16 \
+    --runtimes onnxruntime_fp16,torch_port --skip_tf --iters 2 --threads 8 || rc=1
+
+$PY - "$JSON" "$STEPS" "$TESTS_LOG" <<'EOF'
+import json, os, re, sys
+path, steps, tests_log = sys.argv[1:4]
+data = json.load(open(path)) if os.path.exists(path) else {"sections": {}, "errors": {"bench": "no JSON written"}}
+data["steps"] = {n: {"exit": int(c), "seconds": float(s)} for n, c, s in
+                 (item.split() for item in steps.split(";") if item.strip())}
+tail = [l for l in open(tests_log).read().splitlines()
+        if re.search(r"\d+ (passed|failed|errors?|skipped|deselected)\b.* in [\d.]+s", l)]
+data["steps"].setdefault("tests", {})["summary"] = tail[-1] if tail else "no pytest summary (timed out?)"
+tmp = path + ".tmp"
+json.dump(data, open(tmp, "w"), indent=1, default=str)
+os.replace(tmp, path)
+print("gpu_check_infer:", "; ".join(f"{n} exit {v['exit']} ({v['seconds']:.0f} s)" for n, v in data["steps"].items()))
+print("tests:", data["steps"]["tests"]["summary"])
+EOF
+grep -A12 "^| target" "$BENCH_LOG" | head -14
+exit $rc

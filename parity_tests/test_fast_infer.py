@@ -1,0 +1,514 @@
+"""The test phase on a GPU, what a CPU can prove of it (torch_port.static_forward, torch_port.fast's
+CUDA settings, torch_port.batch_translate's overlap and out-of-memory line), and the CUDA checks
+themselves (marked `cuda`, skipped without a GPU; bench/gpu_check_infer.sh runs them there).
+
+Tiny models (light, 32-64 px, ch 2-4) and the demo fixture (tf_reference trained 8 iterations on
+the demo set, light 64 px ch 4: trained weights, so no near-constant channel amplifies rounding).
+"""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import weights_convert
+from parity_tests.conftest import FIXTURES, GOLDEN
+from parity_tests.fast_paths import BUDGETS, image_error_levels
+from torch_port import build_ugatit
+from torch_port.fast import cuda_backend_flags, optimize, optimize_generators
+from torch_port.networks import Generator
+from torch_port.static_forward import MAX_GRAPHS, StaticForward
+from ugatit_common.options import OptionError
+from ugatit_common.output_names import OutputNames
+from ugatit_common.results import ResultsPage
+
+DEMO = os.path.join(FIXTURES, "demo_light64")
+DEMO_CKPT = os.path.join(DEMO, "UGATIT_light_demo_lsgan_4resblock_5dis_1_1_10_10_1000_sn_smoothing")
+CUDA = torch.cuda.is_available()
+cuda_only = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+# the parity suite's float32 budget (README "ONNX export"): |a - b| <= 1e-5 * max(1, max|b|); two
+# float32 evaluations of ~40 layers that sum in different orders (batched convolutions) stay inside it
+F32 = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one CPU thread (OpenMP threads waiting for a core another job holds made a
+    32 px forward take 2 s instead of 8 ms here)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _demo_model():
+    cfg, state = weights_convert.tf_to_torch(DEMO_CKPT, overrides={"img_size": 64}, quiet=True)
+    model = build_ugatit(cfg)
+    model.load_state_dict(state, strict=False)
+    return model.eval(), cfg
+
+
+def _images(folder, n=5, size=64, seed=0):
+    """n RGB pictures of `size` px (smooth random fields: the generators see structure, not noise)."""
+    import cv2
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    files = []
+    for i in range(n):
+        small = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+        img = cv2.resize(small, (size + 8 * i, size), interpolation=cv2.INTER_CUBIC)  # sizes differ: resized on read
+        path = os.path.join(folder, f"img_{i}.png")
+        cv2.imwrite(path, img)
+        files.append(path)
+    return files
+
+
+def _tree(folder):
+    """{relative path: bytes} of every file under folder."""
+    out = {}
+    for root, _, names in os.walk(folder):
+        for n in names:
+            p = os.path.join(root, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, folder)] = f.read()
+    return out
+
+
+def _run_batches(model, files, cfg, result_dir, batch, overlap, pad=False, device="cpu", writers=None):
+    from torch_port.batch_translate import translate_batches
+    page = ResultsPage(result_dir, cfg["img_size"])
+    counts = {}
+    names = OutputNames(files)
+    translate_batches(model, files, "a2b", cfg, torch.device(device), result_dir, page, counts, names, batch,
+                      pad=pad, progress=False, overlap=overlap, writers=writers)
+    page.close()
+    return counts
+
+
+# -- StaticForward: the CUDA-graph path's structure, eagerly ------------------------------------------
+
+def test_static_forward_is_the_plain_forward_bit_for_bit():
+    """The static-buffer forward (inputs copied into fixed buffers, outputs copied out) returns the
+    plain forward's outputs exactly, call after call with new inputs and batch sizes; a returned
+    output is a copy (a later call does not change it); a Morph generator's `w` keyword travels too."""
+    from morph.networks import MorphGenerator
+    torch.manual_seed(0)
+    g = Generator(ch=2, n_res=4, img_size=32, light=True).eval()
+    for precision in ("fp32", "bf16"):
+        fast = optimize(g, precision)
+        static = StaticForward(fast._run, capture=False, name="generator")
+        xs = [torch.rand(b, 3, 32, 32) * 2 - 1 for b in (2, 2, 1, 2)]
+        got = []
+        with torch.no_grad():
+            for x in xs:
+                got.append(static(x))
+            refs = [fast._run(x) for x in xs]
+        assert len(static.entries) == 2 and static.graphs == 0  # one buffer set per batch size, never captured
+        for out, ref in zip(got, refs):  # the first output survived the later calls unchanged
+            assert all(torch.equal(a, b) for a, b in zip(out, ref)), precision
+        assert not torch.equal(got[0][0], got[1][0])  # new inputs were really copied in
+    m = MorphGenerator(ch=2, n_res=4, img_size=32).eval()
+    static = StaticForward(m, capture=False)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        w1, w2 = m.w_from_z(m.make_z("a2b", 2)), m.w_from_z(m.make_z("b2a", 2))
+        a, b = static(x, w=w1), static(x, w=w2)
+        assert torch.equal(a[0], m(x, w=w1)[0]) and torch.equal(b[0], m(x, w=w2)[0])
+    assert not torch.equal(a[0], b[0])
+
+
+def test_static_forward_signature_limit_and_bad_arguments():
+    calls = []
+
+    def fn(x, scale=1.0):
+        calls.append(x.shape[0])
+        return x * scale
+    notes = []
+    static = StaticForward(fn, capture=False, log=notes.append, name="f")
+    for b in range(1, MAX_GRAPHS + 3):
+        assert torch.equal(static(torch.ones(b, 2)), torch.ones(b, 2))
+    assert len(static.entries) == MAX_GRAPHS and len(notes) == 1 and "further shapes run without graphs" in notes[0]
+    assert torch.equal(static(torch.ones(1, 2), scale=2.0), torch.full((1, 2), 2.0))  # a plain value is a new signature
+    with pytest.raises(TypeError, match="unsupported argument type"):
+        static(object())
+    if not CUDA:
+        with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+            StaticForward(fn, capture=True)
+
+
+# -- the exact path and the CUDA settings ------------------------------------------------------------
+
+def test_fp32_test_phase_is_the_unchanged_module():
+    """fp32 with every new setting at its default leaves the model as it was (the exact path runs
+    the module itself); an OptimizedModule fp32 on CPU returns the module's outputs bit for bit."""
+    model, _ = _demo_model()
+    gens = model.generator_A, model.generator_B
+    assert optimize_generators(model, "fp32", False, cuda_graphs=False, cudnn_benchmark=None) is model
+    # the flags' defaults
+    assert optimize_generators(model, "fp32", False, cuda_graphs="auto", cudnn_benchmark="auto") is model
+    assert (model.generator_A, model.generator_B) == gens
+    x = torch.from_numpy(np.load(os.path.join(DEMO, "testA_0.npy")).transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        ref = model.generator_B(x)
+    fast = optimize(model.generator_B, "fp32")
+    assert fast.cudnn_benchmark is None and fast.inner is model.generator_B
+    assert all(torch.equal(a, b) for a, b in zip(fast(x), ref))
+
+
+def test_cuda_backend_flags_set_and_restore():
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark
+    try:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = True, False, False
+        with cuda_backend_flags(tf32=False, benchmark=True):
+            assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) == (False, False, True)
+        assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) == (True, False, False)
+        with pytest.raises(RuntimeError):
+            with cuda_backend_flags(tf32=True, benchmark=False):
+                assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) == (True, True, False)
+                raise RuntimeError("inside")
+        assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) == (True, False, False)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
+
+
+@pytest.mark.skipif(CUDA, reason="the CPU refusals")
+def test_cpu_refuses_tf32_graphs_and_cudnn_benchmark():
+    g = Generator(ch=2, n_res=4, img_size=32, light=True).eval()
+    with pytest.raises(ValueError, match="precision tf32: TF32 is a mode of NVIDIA tensor cores"):
+        optimize(g, "tf32")
+    with pytest.raises(ValueError, match="CUDA graphs need the module on a CUDA device"):
+        optimize(g, "bf16", cuda_graphs=True)
+    with pytest.raises(ValueError, match="cudnn_benchmark=True"):
+        optimize(g, "bf16", cudnn_benchmark=True)
+    model, _ = _demo_model()
+    with pytest.raises(OptionError, match=r"--precision=tf32: precision tf32"):
+        optimize_generators(model, "tf32")
+    with pytest.raises(OptionError, match="--cuda_graphs True: CUDA graphs need --device cuda"):
+        optimize_generators(model, "bf16", cuda_graphs=True)
+    with pytest.raises(OptionError, match="--cudnn_benchmark applies to cuDNN"):
+        optimize_generators(model, "fp32", cudnn_benchmark=False)
+
+
+# -- batched test phase: overlap, batch sizes, out of memory ------------------------------------------
+
+def test_overlapped_batches_write_the_serial_files_and_page(tmp_path):
+    """Reader thread + writer threads: byte for byte the files and the page of the serial batched
+    path (an unreadable file skipped, two inputs whose outputs would share a name, a partial last
+    batch, with and without padding, several writer threads)."""
+    model, cfg = _demo_model()
+    files = _images(str(tmp_path / "in"), n=5)
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a picture")
+    os.makedirs(tmp_path / "in2")
+    shutil.copy(files[1], tmp_path / "in2" / "img_1.png")  # the same name from another folder: img_1_1.png
+    files = sorted(files + [str(tmp_path / "in" / "broken.png"), str(tmp_path / "in2" / "img_1.png")])
+    serial = _run_batches(model, files, cfg, str(tmp_path / "serial"), 3, overlap=False)
+    assert serial == {"a2b": 6}
+    ref = _tree(str(tmp_path / "serial"))
+    assert len(ref) == 7 and "a2b/img_1_1.png" in ref  # 6 pictures + index.html
+    for name, kw in (("overlap", {}), ("overlap_pad", {"pad": True}), ("overlap_w1", {"writers": 1}),
+                     ("overlap_b1", {"writers": 3})):
+        batch = 1 if name == "overlap_b1" else 3
+        counts = _run_batches(model, files, cfg, str(tmp_path / name), batch, overlap=True, **kw)
+        got = _tree(str(tmp_path / name))
+        assert counts == serial and set(got) == set(ref), name
+        if batch == 3:  # the same batches: the same bytes
+            assert all(got[k] == ref[k] for k in ref), [k for k in ref if got[k] != ref[k]]
+        else:
+            assert got["index.html"] == ref["index.html"]
+
+
+def test_batch_path_is_the_one_image_path_within_float32_rounding():
+    """A batch of 3 (and a batch padded to 8) per image against one image per call: within the
+    float32 budget (batched convolutions may sum in another order; each sample is normalised alone)."""
+    model, _ = _demo_model()
+    x = torch.from_numpy(np.concatenate([np.load(os.path.join(DEMO, f"{n}_0.npy")) for n in ("testA", "testB")]
+                                        + [np.load(os.path.join(DEMO, "testA_0.npy"))[:, ::-1]]).transpose(0, 3, 1, 2)
+                         .copy())
+    g = model.generator_B
+    with torch.no_grad():
+        ones = [g(x[i:i + 1])[0] for i in range(3)]
+        batched = g(x)[0]
+        padded = g(torch.cat([x, x[-1:].expand(5, -1, -1, -1)]))[0][:3]
+    for out in (batched, padded):
+        for i in range(3):
+            d = (out[i] - ones[i][0]).abs().max().item()
+            assert d <= F32 * max(1.0, ones[i].abs().max().item()), (i, d)
+
+
+def test_batch_larger_than_the_images_and_out_of_memory_line(tmp_path, monkeypatch):
+    model, cfg = _demo_model()
+    files = _images(str(tmp_path / "in"), n=3)
+    assert _run_batches(model, files, cfg, str(tmp_path / "b64"), 64, overlap=True) == {"a2b": 3}
+    assert _run_batches(model, files, cfg, str(tmp_path / "b64p"), 64, overlap=True, pad=True) == {"a2b": 3}
+    small = _tree(str(tmp_path / "b64"))
+    _run_batches(model, files, cfg, str(tmp_path / "b3"), 3, overlap=False)
+    assert small == _tree(str(tmp_path / "b3"))  # 64 > 3 images: one call of the 3
+
+    def oom(self, x, direction):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+    monkeypatch.setattr(type(model), "translate", oom)
+    for overlap in (True, False):
+        with pytest.raises(OptionError) as e:
+            _run_batches(model, files, cfg, str(tmp_path / f"oom{overlap}"), 32, overlap=overlap)
+        assert str(e.value).startswith("--batch=32: out of CPU memory translating 32 image(s) of 64 px") and \
+            "lower --batch (e.g. --batch 16)" in str(e.value)
+    with pytest.raises(OptionError, match="--batch 1 is already the least"):
+        _run_batches(model, files, cfg, str(tmp_path / "oom1"), 1, overlap=True)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """A demo data set (3 test images per domain, 64 px) and a checkpoint of the demo generators
+    (with the golden's discriminators, same shapes) where the test phase looks for it."""
+    from ugatit_common.demo_data import make_demo_dataset
+    root = tmp_path_factory.mktemp("demo_run")
+    make_demo_dataset(str(root), "demo", 64, n_train=1, n_test=3)
+    _, state = weights_convert.tf_to_torch(os.path.join(GOLDEN, "final"), overrides={"img_size": 64}, quiet=True)
+    state = {k: v for k, v in state.items() if k.startswith("discriminator")}
+    state.update(weights_convert.tf_to_torch(DEMO_CKPT, overrides={"img_size": 64}, quiet=True)[1])
+    folder = root / "checkpoint" / os.path.basename(DEMO_CKPT)
+    folder.mkdir(parents=True)
+    weights_convert.torch_to_tf(state, str(folder / "UGATIT_light.model-9"), 9)
+    return root
+
+
+def _said(capsys):
+    """stderr's lines but the progress bar's."""
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip() and "img/s]" not in line]
+
+
+FLAGS = ["--phase", "test", "--light", "True", "--dataset", "demo", "--img_size", "64", "--ch", "4", "--n_dis", "5"]
+
+
+def test_cli_test_phase_bad_gpu_settings_exit_2(demo_run, monkeypatch, capsys):
+    """One `error:` line naming the flag, exit 2: tf32 / CUDA graphs / cuDNN benchmark on a CPU,
+    --device cuda without CUDA, the GPU flags in training, out of memory at a large --batch."""
+    from torch_port.__main__ import main
+    monkeypatch.chdir(demo_run)
+    cases = [(["--device", "cpu", "--cuda_graphs", "True"], "--cuda_graphs"),
+             (["--phase", "train", "--cudnn_benchmark", "False"], "--cudnn_benchmark applies to the test phase")]
+    if not CUDA:
+        cases += [(["--device", "cpu", "--precision", "tf32"], "--precision=tf32"),
+                  (["--device", "cpu", "--cudnn_benchmark", "True"], "--cudnn_benchmark"),
+                  (["--device", "cuda"], "--device='cuda': CUDA is not available")]
+    for extra, needle in cases:
+        assert main(FLAGS + ["--result_dir", "bad"] + extra) == 2, extra
+        err = _said(capsys)
+        assert len(err) == 1 and "error:" in err[0] and needle in err[0], (extra, err)
+    assert not os.path.exists(demo_run / "bad" / "index.html")
+    with pytest.raises(SystemExit) as e:  # argparse's usage error
+        main(FLAGS + ["--cuda_graphs", "maybe"])
+    assert e.value.code == 2 and "--cuda_graphs: expected auto, True or False, got 'maybe'" in capsys.readouterr().err
+
+    from torch_port.model import UGATIT
+
+    def oom(self, x, direction):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 48.00 GiB")
+    monkeypatch.setattr(UGATIT, "translate", oom)
+    assert main(FLAGS + ["--device", "cpu", "--result_dir", "oom", "--batch", "8"]) == 2
+    err = _said(capsys)
+    assert len(err) == 1 and "error: --batch=8: out of CPU memory" in err[0] and "lower --batch" in err[0], err
+    assert not os.path.exists(demo_run / "oom" / "index.html")  # no page for a failed run
+
+
+def test_cli_batch_larger_than_images_equals_one_image_path(demo_run, monkeypatch):
+    """--batch 64 with 3 images per domain: the 6 pictures of the one-image fp32 path, each within
+    one 8-bit level (float32 rounding can cross a quantisation step), and the same page rows."""
+    import cv2
+    from torch_port.__main__ import main
+    monkeypatch.chdir(demo_run)
+    assert main(FLAGS + ["--device", "cpu", "--result_dir", "one"]) == 0
+    assert main(FLAGS + ["--device", "cpu", "--result_dir", "b64", "--batch", "64"]) == 0
+    one, b64 = _tree(str(demo_run / "one")), _tree(str(demo_run / "b64"))
+    assert set(one) == set(b64) and len(one) == 7
+    page = next(k for k in one if k.endswith("index.html"))
+    assert one[page] == b64[page]
+    for k in one:
+        if k.endswith(".png"):
+            a = cv2.imdecode(np.frombuffer(one[k], np.uint8), cv2.IMREAD_COLOR).astype(int)
+            b = cv2.imdecode(np.frombuffer(b64[k], np.uint8), cv2.IMREAD_COLOR).astype(int)
+            assert np.abs(a - b).max() <= 1, k
+
+
+# -- on CUDA (bench/gpu_check_infer.sh) ----------------------------------------------------------------
+
+@pytest.fixture
+def _true_float32():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.cuda
+@cuda_only
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16", "fp16"])
+def test_cuda_graph_replay_equals_eager(precision, _true_float32):
+    """The replayed graph returns the eager call's outputs bit for bit (the same kernels), for new
+    inputs each call and two batch sizes; a Morph generator's w too."""
+    from morph.networks import MorphGenerator
+    torch.manual_seed(0)
+    g = Generator(ch=4, n_res=4, img_size=64, light=True).cuda().eval()
+    eager = optimize(g, precision, cudnn_benchmark=False)
+    graphed = optimize(g, precision, cuda_graphs=True, cudnn_benchmark=False)
+    outs, refs = [], []
+    for b in (1, 3, 1, 3):
+        x = torch.rand(b, 3, 64, 64, device="cuda") * 2 - 1
+        outs.append(graphed(x))
+        refs.append(eager(x))
+    for i, (out, ref) in enumerate(zip(outs, refs)):  # compared after all calls: a returned output is a copy
+        assert all(torch.equal(a, r) for a, r in zip(out, ref)), (precision, i)
+    assert graphed.static.graphs == 2 and not graphed.static.notes
+    m = MorphGenerator(ch=4, n_res=4, img_size=64).cuda().eval()
+    eager = optimize(m, precision, cudnn_benchmark=False)
+    graphed = optimize(m, precision, cuda_graphs=True, cudnn_benchmark=False)
+    x = torch.rand(2, 3, 64, 64, device="cuda") * 2 - 1
+    for direction in ("a2b", "b2a"):
+        with torch.no_grad():
+            w = m.w_from_z(m.make_z(direction, 2))
+        assert torch.equal(graphed(x, w=w)[0], eager(x, w=w)[0])
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_compiled_graphs_equal_compiled_eager(_true_float32):
+    """bf16 + compile replayed as a CUDA graph: the compiled call's outputs bit for bit; one graph,
+    no break, no recompile."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    g = Generator(ch=4, n_res=4, img_size=64, light=True).cuda().eval()
+    fast = optimize(g, "bf16", compile=True, cuda_graphs=True)
+    x = torch.rand(2, 3, 64, 64, device="cuda") * 2 - 1
+    graphed = fast(x)
+    fast.use_graphs = False
+    plain = fast(x)
+    fast.use_graphs = True
+    assert all(torch.equal(a, b) for a, b in zip(graphed, plain))
+    st = fast.compile_stats()
+    assert st["graph_breaks"] == {} and st["graphs_after_first_call"] == 0 and fast.static.graphs == 1, st
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_graph_capture_failure_is_said_and_runs_eagerly():
+    def syncs(x):
+        return x * float(x.sum().item())  # a host synchronisation cannot be captured
+    notes = []
+    static = StaticForward(syncs, capture=True, log=notes.append, name="syncs")
+    x = torch.rand(4, device="cuda")
+    assert torch.equal(static(x), syncs(x)) and static.graphs == 0
+    assert len(notes) == 1 and notes[0].startswith("warning: CUDA graph capture of syncs failed") and \
+        "runs without CUDA graphs" in notes[0]
+    y = torch.rand(4, device="cuda")
+    assert torch.equal(static(y), syncs(y)) and len(notes) == 1
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_tf32_within_fp16_budget_and_fp32_forces_float32(_true_float32):
+    """tf32 on the golden: its image within fp16's budget of the float32 port (TF32 rounds the
+    convolution inputs to fp16's 10-bit significand, sums stay float32) and measurably different
+    (TF32 really ran); fp32 stays float32 even when the process has TF32 on (the call turns it off)."""
+    cfg, state = weights_convert.tf_to_torch(os.path.join(GOLDEN, "final"), overrides={"img_size": 64}, quiet=True)
+    model = build_ugatit(cfg)
+    model.load_state_dict(state, strict=False)
+    g = model.generator_B.cuda().eval()
+    x = torch.from_numpy(np.load(os.path.join(GOLDEN, "test_input.npy")).transpose(0, 3, 1, 2).copy()).cuda()
+    with torch.no_grad():
+        ref = g(x)
+    e = image_error_levels(optimize(g, "tf32")(x)[0], ref[0])
+    assert 0 < e["mean"] <= BUDGETS["fp16"][0] and e["max"] <= BUDGETS["fp16"][1], e
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    out = optimize(g, "fp32")(x)
+    assert all(torch.equal(a, b) for a, b in zip(out, ref))
+    assert torch.backends.cudnn.allow_tf32  # the process's setting is back
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_out_of_memory_names_batch(tmp_path):
+    """A real CUDA out-of-memory error inside the batched test phase becomes the --batch line."""
+    model, cfg = _demo_model()
+    model = model.cuda()
+    files = _images(str(tmp_path / "in"), n=2)
+
+    class Huge(torch.nn.Module):
+        def translate(self, x, direction):
+            return torch.empty(1 << 50, device="cuda")  # a pebibyte
+    with pytest.raises(OptionError, match=r"--batch=2: out of CUDA memory .* lower --batch \(e\.g\. --batch 1\)"):
+        _run_batches(Huge(), files, cfg, str(tmp_path / "oom"), 2, overlap=True, device="cuda")
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_cli_test_phase_graphs_and_batches(demo_run, monkeypatch):
+    """The test phase on CUDA: fp32 batched (pinned reader, events, writers; CUDA graphs by default)
+    within one 8-bit level of the CPU one-image path and byte for byte the run without graphs; bf16
+    + CUDA graphs within the bf16 budget (+1 level of quantisation)."""
+    import cv2
+    from torch_port.__main__ import main
+    monkeypatch.chdir(demo_run)
+    assert main(FLAGS + ["--device", "cpu", "--result_dir", "cpu"]) == 0
+    assert main(FLAGS + ["--device", "cuda", "--result_dir", "c32", "--batch", "2"]) == 0
+    assert main(FLAGS + ["--device", "cuda", "--result_dir", "c32eager", "--batch", "2", "--cuda_graphs", "False"]) == 0
+    assert main(FLAGS + ["--device", "cuda", "--result_dir", "cbf", "--batch", "2", "--precision", "bf16",
+                         "--cuda_graphs", "True"]) == 0
+    ref, c32, c32e, cbf = (_tree(str(demo_run / d)) for d in ("cpu", "c32", "c32eager", "cbf"))
+    assert set(ref) == set(c32) == set(cbf) == set(c32e) and len(ref) == 7
+    # graphs pad the last batch (3 images, batch 2) and replay; eager runs 2 + 1: the per-sample
+    # results are the same kernels' only where the batch sizes agree, so compare the first batch
+    first = sorted(k for k in ref if k.endswith(".png"))[:2]
+    assert all(c32[k] == c32e[k] for k in first)
+    for k in ref:
+        if k.endswith(".png"):
+            a, b, c = (cv2.imdecode(np.frombuffer(t[k], np.uint8), cv2.IMREAD_COLOR).astype(int)
+                       for t in (ref, c32, cbf))
+            assert np.abs(a - b).max() <= 1, k
+            d = np.abs(a - c)
+            assert d.mean() <= BUDGETS["bf16"][0] + 0.5 and d.max() <= BUDGETS["bf16"][1] + 1, k
+
+
+
+def test_gpu_benchmark_runs_on_cpu(tmp_path):
+    """bench/bench_fast.py's CUDA matrix (bench/infer_matrix.py) as a CPU smoke run (--matrix, tiny
+    model): every section it reaches runs and writes its JSON, the CUDA-only variants are skipped
+    with a reason, the targets table is printed. (The GPU run is scarce: a crash there costs it.)"""
+    import json
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "m.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root)
+    p = subprocess.run([sys.executable, os.path.join(root, "bench", "bench_fast.py"), "--device", "cpu", "--matrix",
+                        "--img_size", "32", "--ch", "2", "--iters", "2", "--batches", "1,16",
+                        "--sections", "light,fidelity,profile,e2e,morph,full", "--e2e_images", "6", "--e2e_batch", "4",
+                        "--json", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    data = json.loads(out.read_text())
+    s = data["sections"]
+    assert data["errors"] == {}, data["errors"]
+    assert s["light"]["fp32@1"]["img_per_s"] > 0 and s["light"]["fp32@16"]["calls"] == 2
+    assert "CUDA graphs need a CUDA device" in s["light"]["bf16+graphs"]["skipped"]
+    assert "tf32" in s["light"]["tf32"]["skipped"]
+    assert s["e2e"]["fp32 serial"]["images"] == s["e2e"]["bf16"]["images"] == 6
+    assert s["morph_interpolate"]["fp32"]["inputs"] == 4 and s["full"]["fp32@16"]["img_per_s"] > 0
+    assert s["fidelity"]["bf16"]["rms_vs_fp32"] > 10  # bf16 rounding far above float32's
+    assert "| light generator: fp32 batch 16 no slower per image than batch 1 |" in p.stdout
+
+
+def test_gpu_flags_share_training_cuda_graphs_flag():
+    """--cuda_graphs is training's flag too (torch_port.train registers it for --phase train): where
+    the parser has it, it is not added twice, and its values mean the same here."""
+    import argparse
+    from torch_port.infer_flags import add_gpu_inference_flags, tristate
+    p = argparse.ArgumentParser()
+    p.add_argument("--cuda_graphs", default="auto", choices=("auto", "True", "False"))  # as training spells it
+    add_gpu_inference_flags(p)
+    a = p.parse_args(["--cuda_graphs", "True", "--cudnn_benchmark", "False"])
+    assert (tristate(a.cuda_graphs), tristate(a.cudnn_benchmark)) == (True, False)
+    assert tristate(p.parse_args([]).cuda_graphs) is None and tristate(p.parse_args([]).cudnn_benchmark) is None
+    q = argparse.ArgumentParser()
+    add_gpu_inference_flags(q)
+    assert tristate(q.parse_args(["--cuda_graphs", "false"]).cuda_graphs) is False
