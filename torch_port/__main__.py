@@ -45,7 +45,7 @@ DEMO_FLAGS = ["--light", "True", "--dataset", "demo", "--img_size", "64", "--ch"
 def build_parser():
     p = opt.build_parser("PyTorch port of the official U-GAT-IT")
     p.add_argument("--device", default="auto", help="cpu / cuda / cuda:N / auto (default: auto)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=opt.seed_value, default=0, help="random seed, 0..2**32-1 (default: 0)")
     from .train import add_training_flags
     add_training_flags(p)  # --num_workers --threads --keep_checkpoints --resume (python -m morph train has them too)
     p.add_argument("--input", default=None, help="test phase: an image or folder to translate")
@@ -68,9 +68,10 @@ EXTRA_KEYS = ("device", "num_workers", "threads", "seed", "keep_checkpoints", "r
 
 
 def given_flags(argv) -> set:
-    """The official flags typed on the command line (`--x V` or `--x=V`), as opposed to defaults."""
+    """The official flags typed on the command line (`--x V`, `--x=V` or an unambiguous prefix),
+    as opposed to defaults."""
     names = {name for name, *_ in opt.OFFICIAL_FLAGS}
-    return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and a[2:].split("=", 1)[0] in names}
+    return opt.typed_flags(build_parser(), argv) & names
 
 
 def _validate_extra(a):
