@@ -164,7 +164,6 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
                             allow_non_finite=False) -> CheckpointConfig:
     from tqdm import tqdm
 
-    from ugatit_common.finite import first_non_finite
     with BundleReader(ckpt) as r:
         info = _read.config_of(r, overrides)
         if not quiet:
@@ -350,7 +349,7 @@ def _main(argv=None) -> int:
             # validated against the model its config describes; the optimizer state carried along
             from torch_port.to_tf import prepare
             state, step, cfg = prepare(args.inp, weights_only=args.weights_only)
-            bad = first_non_finite(state)
+            bad = [b for b in (first_non_finite([(k, v)]) for k, v in state.items()) if b]
             if bad and not args.allow_non_finite:
                 refuse_non_finite(state, f"{args.inp} (not converted; pass --allow_non_finite to copy it as it is)")
             prefix, in_folder = guard.as_file(args.ckpt_out, f"{'UGATIT_light' if cfg['light'] else 'UGATIT'}.model")
@@ -365,7 +364,7 @@ def _main(argv=None) -> int:
             if in_folder:
                 print(f"note: {args.ckpt_out!r} is a folder: the checkpoint goes into it as {os.path.basename(prefix)}")
             if bad:
-                _warn_non_finite([bad])
+                _warn_non_finite(bad)
             torch_to_tf(state, prefix)
             print(f"wrote {prefix}.index / .data-00000-of-00001 and {folder}/checkpoint")
     except (ConversionError, CheckpointError, OSError, ValueError) as e:

@@ -27,6 +27,11 @@ port64 is the float64 truth (the parity suite proves it equal to TF's float64 gr
 uint8 pictures: at most 1 count from the port's float32 picture (a float32 difference of 1e-6
 can cross an integer boundary) on at most 1% of the values. fp16: |ort16 - port64| <=
 FP16_TOL * max(1, max|port64|) (measured, see FP16_TOL).
+
+OUT follows ugatit_common.output_guard (checked before any work): never one of the inputs,
+never inside the input checkpoint's folder or a folder a live run owns, never over a file that
+is not an ONNX model; over an ONNX model with --overwrite only; a folder gets <direction>.onnx.
+The generators' weights must be finite (NaN / inf: exit 2 naming the tensor).
 """
 from __future__ import annotations
 
