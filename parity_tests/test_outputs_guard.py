@@ -317,6 +317,19 @@ def test_torch2tf_never_over_a_file_of_another_kind(world, capsys):
         refused(w, world, os.path.join(other, name), "--overwrite", capsys=capsys, words=("never replaced",))
 
 
+def test_never_half_of_a_checkpoint_nor_where_no_folder_can_be(world, capsys):
+    """tf2torch over another (stopped) run's weights: the issue's case of TF weights paired with
+    that run's Adam state on its next resume; and an output under a file, for every writer."""
+    old_run = os.path.join(world, "checkpoint", "old_run")
+    shutil.copytree(_port_folder(world), old_run)
+    for extra in ((), ("--overwrite",)):
+        refused(WRITERS[0], world, os.path.join(old_run, PORT_W), *extra, capsys=capsys,
+                words=("state", "never replaced"))
+    for writer in WRITERS:
+        refused(writer, world, os.path.join(world, "other", "photo.png", "new" + writer.ext), capsys=capsys,
+                words=("not a folder",))
+
+
 # -- 5-7. the same kind: only with --overwrite; a folder is a folder; the umask is followed --------------
 
 def _mode(path):

@@ -15,7 +15,11 @@ checkpoint's .index and .data) before any work, so a refusal (OutputRefused: exi
 - an existing file that is not of the output's own kind (judged by its content and name: an
   image, a TF .meta / .index, a .state.pt, weights when writing ONNX, ONNX when writing weights,
   an empty or unknown file, a folder where a file goes): never replaced, --overwrite or not;
-- an existing file of the output's kind, unless --overwrite.
+- an existing file of the output's kind, unless --overwrite; never (even with it) the weights
+  half of a port checkpoint (`<prefix>.model-N.safetensors` beside its `.state.pt`): other
+  weights there would be paired with that run's optimizer state;
+- a path whose folder cannot be made or written (a file where a folder goes, a read-only folder):
+  said before the work, not after it.
 
 A folder given as an output (an existing folder, or a path ending in a separator) is a folder:
 the output goes inside it under the command's default name (`as_file`).
@@ -215,6 +219,27 @@ def _live_owner(folder_real: str):
         d = parent
 
 
+def _half_of_a_checkpoint(path: str) -> str | None:
+    """The .state.pt that `path` (a port checkpoint's weights file) is paired with, or None."""
+    if not re.search(r"\.model-\d+\.safetensors$", path):
+        return None
+    state = path[: -len(".safetensors")] + ".state.pt"
+    return state if os.path.isfile(state) else None
+
+
+def _unwritable(path: str) -> str | None:
+    """Why the folder `path` goes into cannot be written (its nearest existing ancestor is a file,
+    or not writable), or None."""
+    d = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(d):
+        d = os.path.dirname(d)
+    if not os.path.isdir(d):
+        return f"{d!r} is not a folder"
+    if not os.access(d, os.W_OK | os.X_OK):
+        return f"the folder {d!r} is not writable"
+    return None
+
+
 def check_outputs(outputs, inputs, overwrite: bool, *, updates=(), beside_input_ok: bool = False,
                   flag: str = "--overwrite", input_name: str = "the input checkpoint") -> None:
     """Raise OutputRefused for the first output that may not be written (module docstring).
@@ -243,12 +268,23 @@ def check_outputs(outputs, inputs, overwrite: bool, *, updates=(), beside_input_
                                         f"{input_name}; write it outside that folder")
         found = kind_of(path)
         if found is None:
+            why = _unwritable(path)
+            if why:
+                raise OutputRefused(f"output {path!r} cannot be written: {why}")
             continue
         if found != kind:
             raise OutputRefused(f"output {path!r} exists and is {describe(found)}, not {describe(kind)}: it is "
                                 f"never replaced ({flag} replaces only a file of the output's own kind)")
+        state = _half_of_a_checkpoint(path)
+        if state:
+            raise OutputRefused(f"output {path!r} is the weights file of a checkpoint (its state {state!r} is beside "
+                                f"it): other weights would be paired with that run's optimizer state; it is never "
+                                f"replaced, {flag} or not: write elsewhere")
         if not (overwrite or is_update):
             raise OutputRefused(f"output {path!r} exists ({describe(found)}); pass {flag} to replace it")
+        why = _unwritable(path)
+        if why:
+            raise OutputRefused(f"output {path!r} cannot be replaced: {why}")
 
 
 def place_output(out: str, kind, inputs, overwrite: bool, default_name: str, *, log=print,
