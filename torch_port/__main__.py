@@ -5,7 +5,7 @@ Official flags (same names, defaults, meanings) plus:
   --num_workers N          data-loader worker processes (default 0)
   --threads N              CPU threads per process (default: torch's, one per core; fewer on a
                            busy machine: OpenMP threads that wait for a taken core slow down 3-5x)
-  --seed N                 seed of every random draw (default 0)
+  --seed N                 seed of every random draw, 0..2**32-1 (default 0)
   --keep_checkpoints K     torch checkpoints kept (default 3)
   --resume True|False      continue from the newest checkpoint (default True, as officially)
   --input PATH             test phase: translate this image or folder instead of testA/testB
