@@ -13,6 +13,13 @@ time; safetensors output is streamed, so peak memory stays near twice the larges
     python weights_convert.py tf2torch CKPT OUT.safetensors [--generators_only] [--with_optimizer]
     python weights_convert.py torch2tf IN.safetensors CKPT_OUT_PREFIX
     python weights_convert.py tf2torch CKPT OUT --verify        # run both frameworks, print max diffs
+
+Outputs follow ugatit_common.output_guard (never an input, never in a live run's folder or the
+input checkpoint's folder - torch2tf may write beside its input: the same run continued in TF -,
+never over a file of another kind, over one of the same kind only with --overwrite; a folder as
+OUT gets the default name inside it). Non-finite weights (NaN, inf) are refused unless
+--allow_non_finite: a faithful copy of a broken checkpoint is rarely what anyone wants, and every
+command that uses weights refuses them anyway.
 """
 from __future__ import annotations
 
@@ -25,7 +32,9 @@ import sys
 
 import numpy as np
 
+from ugatit_common import output_guard as guard
 from ugatit_common.atomic import atomic_output
+from ugatit_common.finite import NonFiniteWeights, first_non_finite, refuse_non_finite
 # The TF checkpoint format (bundle reader/writer, naming rule, layouts, config inference) lives in
 # the ground-floor package ugatit_common.tf_checkpoint; this module is its command line and
 # re-exports the public API under the names it always had.
@@ -141,16 +150,20 @@ def write_safetensors_streamed(out_path: str, specs: list, produce, metadata: di
 
 
 def convert_tf_to_file(ckpt: str, out: str, generators_only=False, with_optimizer=False,
-                       overrides: dict | None = None, progress=True, quiet=False) -> dict:
+                       overrides: dict | None = None, progress=True, quiet=False, allow_non_finite=False) -> dict:
     """Stream a TF checkpoint into `out` (.safetensors, or .pt on request). Returns the config.
     The file's metadata stores the config and where each setting came from (read from the
-    checkpoint, given as a flag, or guessed)."""
-    return convert_tf_to_file_info(ckpt, out, generators_only, with_optimizer, overrides, progress, quiet).config
+    checkpoint, given as a flag, or guessed). A NaN / inf value stops the conversion
+    (NonFiniteWeights naming the tensor; nothing written) unless `allow_non_finite`."""
+    return convert_tf_to_file_info(ckpt, out, generators_only, with_optimizer, overrides, progress, quiet,
+                                   allow_non_finite).config
 
 
 def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_optimizer=False,
-                            overrides: dict | None = None, progress=True, quiet=False) -> CheckpointConfig:
+                            overrides: dict | None = None, progress=True, quiet=False,
+                            allow_non_finite=False) -> CheckpointConfig:
     from tqdm import tqdm
+
     with BundleReader(ckpt) as r:
         info = _read.config_of(r, overrides)
         if not quiet:
@@ -162,11 +175,23 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
         total = sum(r.nbytes(n) for n in names)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="tf2torch", disable=not progress)
 
+        copied_bad = []
+
         def produce():
             for n in names:
                 bar.update(r.nbytes(n))
+                array = r.read(n)
+                bad = first_non_finite([(n, array)])  # checked as streamed: one tensor in memory at a time
+                if bad and not allow_non_finite:
+                    bar.close()
+                    raise NonFiniteWeights(f"TF checkpoint {r.prefix}: tensor {n!r} holds {bad[1]} non-finite "
+                                           f"value(s) (NaN or inf) of {bad[2]}; not converted (pass "
+                                           f"--allow_non_finite to copy it as it is)")
+                if bad:
+                    copied_bad.append(bad)
                 # a view: the writer copies it tile by tile; no local keeps it alive afterwards
-                yield tf_to_torch_name(n), torch_layout_view(n, r.read(n))
+                yield tf_to_torch_name(n), torch_layout_view(n, array)
+                del array
 
         meta = {"format": "pt", "step": checkpoint_step(ckpt), "source": os.path.basename(r.prefix)}
         meta.update(info.metadata())
@@ -180,16 +205,26 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
                 write_safetensors_streamed(out, specs, produce, meta)
         finally:
             bar.close()  # an error message then starts on its own line, not on the bar's
+        if copied_bad:
+            _warn_non_finite(copied_bad)
     return info
 
 
-def _refuse_overwriting_input(ckpt: str, out: str) -> None:
-    """An output never replaces one of the checkpoint's own files."""
-    import glob
-    prefix = resolve_prefix(ckpt)
-    own = glob.glob(glob.escape(prefix) + ".*") + [os.path.join(os.path.dirname(prefix), "checkpoint")]
-    if os.path.realpath(out) in {os.path.realpath(p) for p in own}:
-        raise ConversionError(f"output {out!r} is a file of the checkpoint being converted; choose another name")
+def _warn_non_finite(bad: list) -> None:
+    name, n, size = bad[0]
+    print(f"warning: copied {len(bad)} tensor(s) holding NaN or inf as --allow_non_finite asks (first: {name!r}, "
+          f"{n} of {size} values); the port's commands refuse such weights", file=sys.stderr, flush=True)
+
+
+def default_torch_name(ckpt: str) -> str:
+    """tf2torch's file name inside a folder given as OUT: the TF prefix's name with `.model-N`
+    as `-stepN` (UGATIT_light.model-3 -> UGATIT_light-step3.safetensors), so it is not taken for a
+    port checkpoint (<prefix>.model-N.safetensors beside its .state.pt)."""
+    return re.sub(r"\.model-(\d+)$", r"-step\1", os.path.basename(resolve_prefix(ckpt))) + ".safetensors"
+
+
+def _torch_kind(path: str) -> str:
+    return "torch-pt" if path.endswith(".pt") else "safetensors"
 
 
 def _check_img_size(cfg: dict) -> None:
@@ -268,12 +303,21 @@ def _main(argv=None) -> int:
     a.add_argument("--sn", choices=["True", "False"], help="spectral norm (only needed for a generators-only checkpoint)")
     a.add_argument("--verify", action="store_true", help="run TF and torch on the same input, print max diffs")
     a.add_argument("--report", metavar="DIR", help="write the per-layer parity report (Markdown + HTML) to DIR")
+    a.add_argument("--overwrite", action="store_true", help="replace an existing OUT of the same kind (never "
+                                                            "another kind of file, never an input)")
+    a.add_argument("--allow_non_finite", action="store_true", help="copy NaN / inf weights as they are (refused "
+                                                                   "by default)")
     b = sub.add_parser("torch2tf", help="safetensors/.pt → official-layout TF checkpoint")
     b.add_argument("inp", help="a port checkpoint (.safetensors with its .state.pt beside it, or their folder), "
                                "or a tf2torch output")
-    b.add_argument("ckpt_out", help="checkpoint prefix to write, e.g. checkpoint/X/UGATIT_light.model-10")
+    b.add_argument("ckpt_out", help="checkpoint prefix to write, e.g. checkpoint/X/UGATIT_light.model-10 (-N: the "
+                                    "input's step when not given); a folder: <folder>/<model name>.model-N")
     b.add_argument("--weights_only", action="store_true", help="write the weights without the optimizer state "
                                                                "(enough for the test phase, not for resuming)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing TF checkpoint at that prefix "
+                                                            "(never another kind of file, never an input)")
+    b.add_argument("--allow_non_finite", action="store_true", help="copy NaN / inf values as they are (refused "
+                                                                   "by default)")
     # listed for --help; `tf2onnx ...` is dispatched above to torch_port.export (its own flags: tf2onnx --help)
     sub.add_parser("tf2onnx", help="official TF checkpoint generator → verified ONNX model (tf2onnx --help)")
     args = p.parse_args(argv)
@@ -284,15 +328,15 @@ def _main(argv=None) -> int:
             overrides = {"img_size": args.img_size, "n_dis": args.n_dis,
                          "smoothing": None if args.smoothing is None else args.smoothing == "True",
                          "sn": None if args.sn is None else args.sn == "True"}
-            if os.path.isdir(args.out):
-                raise ConversionError(f"output {args.out!r} is a folder; give a file name ending in .safetensors or .pt")
-            _refuse_overwriting_input(args.ckpt, args.out)
-            info = convert_tf_to_file_info(args.ckpt, args.out, args.generators_only, args.with_optimizer, overrides)
+            out = guard.place_output(args.out, _torch_kind, [args.ckpt], args.overwrite, default_torch_name(args.ckpt),
+                                     input_name="the checkpoint being converted")
+            info = convert_tf_to_file_info(args.ckpt, out, args.generators_only, args.with_optimizer, overrides,
+                                           allow_non_finite=args.allow_non_finite)
             cfg = info.config
             print("inferred config: " + json.dumps(cfg))
             for line in info.describe():
                 print("  " + line)
-            print(f"wrote {args.out}")
+            print(f"wrote {out}")
             if args.verify or args.report:
                 from parity_tests.harness import compare_networks, write_report
                 results = compare_networks(args.ckpt, cfg)
@@ -304,12 +348,25 @@ def _main(argv=None) -> int:
         else:
             # validated against the model its config describes; the optimizer state carried along
             from torch_port.to_tf import prepare
-            state, step, _ = prepare(args.inp, weights_only=args.weights_only)
-            prefix = args.ckpt_out
+            state, step, cfg = prepare(args.inp, weights_only=args.weights_only)
+            bad = [b for b in (first_non_finite([(k, v)]) for k, v in state.items()) if b]
+            if bad and not args.allow_non_finite:
+                refuse_non_finite(state, f"{args.inp} (not converted; pass --allow_non_finite to copy it as it is)")
+            prefix, in_folder = guard.as_file(args.ckpt_out, f"{'UGATIT_light' if cfg['light'] else 'UGATIT'}.model")
             if not re.search(r"-\d+$", prefix):
                 prefix = f"{prefix}-{step}"
+            folder = os.path.dirname(os.path.abspath(prefix))
+            # beside its input is allowed: the same run, continued in TensorFlow (the checkpoint policy)
+            given = [(args.ckpt_out, "tf-prefix")] if not in_folder and os.path.lexists(args.ckpt_out) else []
+            guard.check_outputs(given + [(prefix + ".index", "tf-index"), (prefix + ".data-00000-of-00001", "tf-data")],
+                                [args.inp], args.overwrite, updates=[(os.path.join(folder, "checkpoint"), "tf-state")],
+                                beside_input_ok=True, input_name="the checkpoint being converted")
+            if in_folder:
+                print(f"note: {args.ckpt_out!r} is a folder: the checkpoint goes into it as {os.path.basename(prefix)}")
+            if bad:
+                _warn_non_finite(bad)
             torch_to_tf(state, prefix)
-            print(f"wrote {prefix}.index / .data-00000-of-00001 and {os.path.dirname(os.path.abspath(prefix))}/checkpoint")
+            print(f"wrote {prefix}.index / .data-00000-of-00001 and {folder}/checkpoint")
     except (ConversionError, CheckpointError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,8 +17,11 @@
                codes' w in OUT_w.npz and the metadata); see morph/export.py
 
 The checkpoint folder is <checkpoint_dir>/<model_dir>_morph<config> (the official naming plus
-the config), unless --checkpoint names a folder directly. Bad input (unknown direction,
-steps < 2, unreadable image, wrong checkpoint kind, bad flags) -> a message on stderr, exit 2.
+the config), unless --checkpoint names a folder or one of its weights files directly. The model
+flags typed on the command line must agree with the checkpoint (morph/loading.py: exit 2 naming
+both values; --img_size is honoured where the weights do not fix it), and NaN / inf weights are
+refused. Bad input (unknown direction, steps < 2, unreadable image, wrong checkpoint kind, bad
+flags) -> a message on stderr, exit 2.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idp_weight", type=float, default=1.0, help="identity-preserving loss weight (default: 1.0)")
     p.add_argument("--g_cam", type=opt.str2bool, default=True, help="generator-side CAM loss on/off (default: True)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=opt.seed_value, default=0, help="random seed, 0..2**32-1 (default: 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
         _common(s)
         s.add_argument("--input", required=True, help="an image file or a folder of images")
-        s.add_argument("--checkpoint", default=None, help="a Morph checkpoint folder (overrides --checkpoint_dir lookup)")
+        s.add_argument("--checkpoint", default=None, help="a Morph checkpoint folder or one of its weights files "
+                                                          "(<prefix>.model-N.safetensors), instead of the folder "
+                                                          "--checkpoint_dir and the flags name")
         s.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"),
                        help="generator precision (torch_port.fast; default fp32, the exact port; tf32: CUDA only)")
         s.add_argument("--compile", type=opt.str2bool, default=False, help="torch.compile the generator(s)")
@@ -95,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--img_size", type=int, default=64)
     d.add_argument("--ch", type=int, default=4)
     d.add_argument("--steps", type=int, default=6)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=opt.seed_value, default=0)
     d.add_argument("--device", default="auto")
     return p
 
@@ -142,11 +147,18 @@ def cmd_train(args) -> int:
     return rc
 
 
+def typed_settings(args) -> dict:
+    """{config key: value} of the model flags typed on the command line (`args.typed`), which
+    must agree with the checkpoint (morph.loading)."""
+    from .loading import CHECKED_KEYS, FLAG_OF
+    flags = {FLAG_OF.get(k, k): k for k in CHECKED_KEYS}
+    return {flags[d]: getattr(args, d) for d in getattr(args, "typed", ()) if d in flags}
+
+
 def _load(args):
-    from .train import load_morph
+    from .loading import load
     cfg = _cfg(args)
-    model, _ = load_morph(_checkpoint_folder(args, cfg), _device(args.device))
-    model.eval()
+    model, _ = load(_checkpoint_folder(args, cfg), _device(args.device), typed_settings(args))
     model.z_generator = torch.Generator().manual_seed(args.seed)
     from torch_port.fast import optimize_generators  # the generator(s) only; z -> w stays float32
     optimize_generators(model, args.precision, args.compile, cuda_graphs=args.cuda_graphs,
@@ -272,11 +284,21 @@ def main(argv=None) -> int:
                           training=lambda a: bool(a) and a[0] in ("train", "demo"))
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[command]
+    raise KeyError(command)
+
+
 def _main(argv=None) -> int:
     from torch_port.data import ImageReadError
 
     from .train import CheckpointKindError
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.typed = opt.typed_flags(_subparser(parser, args.command), argv)  # what the user typed, not defaults
     handlers = {"train": cmd_train, "interpolate": cmd_interpolate, "translate": cmd_translate, "demo": cmd_demo,
                 "export": cmd_export}
     try:

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 
 from torch_port import export as tx
+from ugatit_common import options as opt
+from ugatit_common import output_guard as guard
 from ugatit_common.atomic import atomic_output
 
 __all__ = ["MorphCore", "w_file", "export_morph", "add_parser", "run"]
@@ -97,23 +99,44 @@ def export_morph(model, out: str, *, source: str, step: int, direction: str | No
 
 def add_parser(sub) -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export to ONNX, verified (config C: image + w inputs, w codes alongside)")
-    e.add_argument("ckpt", help="a Morph checkpoint folder (written by python -m morph train)")
-    e.add_argument("out", help="the .onnx file to write")
+    e.add_argument("ckpt", help="a Morph checkpoint folder (written by python -m morph train) or one of its weights "
+                                "files (<prefix>.model-N.safetensors)")
+    e.add_argument("out", help="the .onnx file to write (a folder: morph.onnx, or morph_<direction>.onnx for "
+                               "configs A/B, inside it)")
     e.add_argument("--direction", default=None, choices=("a2b", "b2a"), help="configs A/B only: which generator")
     e.add_argument("--samples", type=int, default=8, help="config C: z draws averaged per w code (default: 8)")
-    e.add_argument("--z_seed", type=int, default=0, help="config C: seed of those z draws (default: 0)")
+    e.add_argument("--z_seed", type=opt.seed_value, default=0, help="config C: seed of those z draws (default: 0)")
     tx.add_export_flags(e)
     return e
 
 
+def _check_flags(model, typed) -> None:
+    """Flags that have no meaning for this checkpoint's config are refused, not ignored."""
+    if model.single_generator and "direction" in typed:
+        raise opt.OptionError(f"--direction: config {model.morph_config} has one generator steered by w (both "
+                              f"directions are exported: image and w inputs, codes in the _w.npz); leave it out")
+    unused = [f"--{f}" for f in ("samples", "z_seed") if f in typed]
+    if not model.single_generator and unused:
+        raise opt.OptionError(f"{', '.join(unused)}: config {model.morph_config} has no latent code (they apply to "
+                              f"config C); leave them out")
+
+
 def run(args) -> int:
-    """The `export` subcommand; bad input raises (exit 2 in morph's main), a failed check exits 1."""
-    from .train import load_morph
+    """The `export` subcommand; bad input raises (exit 2 in morph's main), a failed check exits 1.
+    The outputs (the .onnx and, config C, its _w.npz) follow ugatit_common.output_guard."""
+    from .loading import load
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     batches = tx.parse_batches(args.batches)
-    model, state = load_morph(args.ckpt, "cpu")
-    model.eval()
+    model, state = load(args.ckpt, "cpu")
+    typed = getattr(args, "typed", set())
+    _check_flags(model, typed)
+    if not model.single_generator and args.direction not in ("a2b", "b2a"):
+        raise tx.ExportError(f"config {model.morph_config} has two generators: give --direction a2b or b2a")
+    default = "morph.onnx" if model.single_generator else f"morph_{args.direction}.onnx"
+    args.out = guard.place_output(args.out, "onnx", [args.ckpt], args.overwrite, default)
+    if model.single_generator:
+        guard.check_outputs([(w_file(args.out), "npz")], [args.ckpt], args.overwrite)
     step = int(state.get("step", 0))  # checkpoint.save records the counter in the state file
     precision = "fp16" if args.fp16 else "fp32"
     try:

@@ -302,7 +302,8 @@ def main(argv=None) -> int:
     p.add_argument("out_dir")
     p.add_argument("--img_size", type=int)
     p.add_argument("--paths", default="bf16,fp16", help="comma-separated: bf16, fp16, fp32+compile, bf16+compile")
-    p.add_argument("--seed", type=int, default=0)
+    from ugatit_common.options import seed_value
+    p.add_argument("--seed", type=seed_value, default=0)
     a = p.parse_args(argv)
     eager, compiled = parse_paths(a.paths)
     sections = checkpoint_sections(a.ckpt, a.img_size, eager, compiled, a.seed)

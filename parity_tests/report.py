@@ -16,7 +16,8 @@ harness's rows by name (parity_tests/fast_paths.py: report_columns, harness_name
 also gets fast_paths.md / .html, the same numbers for every generator layer (also those TF
 does not record). The fast-path columns are information: they do not change the exit status.
 
-Exit status: 0 every tensor within tolerance, 1 some over, 2 bad input (an `error:` line).
+Exit status: 0 every tensor within tolerance, 1 some over, 2 bad input (an `error:` line; a
+checkpoint with NaN or inf in any network is bad input: nothing is compared or written).
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def _main(argv=None) -> int:
                                                                   "model_dir folder name, not in the weights)")
     p.add_argument("--n_dis", type=int, help="discriminator layers (only for a generators-only checkpoint)")
     p.add_argument("--sn", choices=["True", "False"], help="spectral norm (only for a generators-only checkpoint)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
+    from ugatit_common.options import seed_value
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the random input (default 0)")
     p.add_argument("--fast_paths", default=None,
                    help="one more report column per fast path: each generator layer's error against the float64 "
                         "truth (comma-separated: bf16, fp16, fp32+compile, bf16+compile; compiled paths: network "
@@ -68,6 +70,7 @@ def _main(argv=None) -> int:
     except (ConversionError, CheckpointError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    refuse_non_finite_networks(args.ckpt)  # every network is compared: NaN / inf anywhere is refused
     info.announce()
     from ugatit_common.cli_errors import check_writable_folder
     check_writable_folder(args.out_dir, "OUT_DIR")  # before minutes of work, not after
@@ -99,6 +102,15 @@ def _main(argv=None) -> int:
         from parity_tests.fast_paths import write_fast_path_report
         print(f"fast paths, every layer: {write_fast_path_report(sections, args.out_dir, args.ckpt)}")
     return 1 if bad else 0
+
+
+def refuse_non_finite_networks(ckpt: str) -> None:
+    """NonFiniteWeights (exit 2) naming the first variable of the generators or discriminators
+    holding NaN / inf: the report runs them all (read one tensor at a time, numpy only)."""
+    from ugatit_common.finite import refuse_non_finite
+    from ugatit_common.tf_checkpoint import BundleReader, selected
+    with BundleReader(ckpt) as r:
+        refuse_non_finite(((n, r.read(n)) for n in selected(r.keys(), False, False)), f"TF checkpoint {r.prefix}")
 
 
 def fast_paths_arg(text: str | None) -> str:

@@ -408,8 +408,11 @@ def test_bad_input_exit_2_naming_the_file(tmp_path, capsys, case):
         with open(named, "wb") as f:
             f.write(b"\x00garbage")
         args[0] = named
-    elif case == "out_is_folder":
-        args[1] = named = str(tmp_path)
+    elif case == "out_is_folder":  # a folder is a folder: its default name (a2b.onnx) here holds another kind
+        args[1] = str(tmp_path)
+        named = str(tmp_path / "a2b.onnx")
+        with open(named, "w") as f:
+            f.write("my notes\n")
     elif case == "full_img_size":
         folder = str(tmp_path / "full")
         _random_full_checkpoint(folder)

@@ -208,10 +208,14 @@ def test(cfg: dict) -> str:
         saver = tf.train.Saver()
         with tf.Session(config=session_config(graph)) as sess:  # TF's defaults unless the remapper would fail
             tf.global_variables_initializer().run()
-            could_load, _ = restore(sess, saver, paths.checkpoint, tf.global_variables(), need="weights")
+            could_load, step = restore(sess, saver, paths.checkpoint, tf.global_variables(), need="weights")
             if not could_load:  # never translate with untrained weights
                 raise opt.OptionError(f"no checkpoint in {paths.checkpoint!r} to translate with (train first with "
                                       f"the same flags, or check --checkpoint_dir, --dataset, --light)")
+            from ugatit_common.finite import refuse_non_finite  # NaN / inf weights: exit 2, never black images
+            gen_vars = [v for v in tf.global_variables() if v.name.startswith("generator")]
+            refuse_non_finite(zip([v.name for v in gen_vars], sess.run(gen_vars)),
+                              f"checkpoint {paths.checkpoint} (step {step})")
             print(" [*] Load SUCCESS")
             cli_errors.check_writable_folder(paths.result, "--result_dir")
             policy.sweep_temp(paths.result, log=lambda msg: None)

@@ -5,7 +5,7 @@ Official flags (same names, defaults, meanings) plus:
   --num_workers N          data-loader worker processes (default 0)
   --threads N              CPU threads per process (default: torch's, one per core; fewer on a
                            busy machine: OpenMP threads that wait for a taken core slow down 3-5x)
-  --seed N                 seed of every random draw (default 0)
+  --seed N                 seed of every random draw, 0..2**32-1 (default 0)
   --keep_checkpoints K     torch checkpoints kept (default 3)
   --resume True|False      continue from the newest checkpoint (default True, as officially)
   --input PATH             test phase: translate this image or folder instead of testA/testB
@@ -49,7 +49,7 @@ DEMO_FLAGS = ["--light", "True", "--dataset", "demo", "--img_size", "64", "--ch"
 def build_parser():
     p = opt.build_parser("PyTorch port of the official U-GAT-IT")
     p.add_argument("--device", default="auto", help="cpu / cuda / cuda:N / auto (default: auto)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=opt.seed_value, default=0, help="random seed, 0..2**32-1 (default: 0)")
     from .train import add_training_flags
     add_training_flags(p)  # --num_workers --threads --keep_checkpoints --resume (python -m morph train has them too)
     p.add_argument("--input", default=None, help="test phase: an image or folder to translate")
@@ -74,9 +74,10 @@ EXTRA_KEYS = ("device", "num_workers", "threads", "seed", "keep_checkpoints", "r
 
 
 def given_flags(argv) -> set:
-    """The official flags typed on the command line (`--x V` or `--x=V`), as opposed to defaults."""
+    """The official flags typed on the command line (`--x V`, `--x=V` or an unambiguous prefix),
+    as opposed to defaults."""
     names = {name for name, *_ in opt.OFFICIAL_FLAGS}
-    return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and a[2:].split("=", 1)[0] in names}
+    return opt.typed_flags(build_parser(), argv) & names
 
 
 def _validate_extra(a):

@@ -189,11 +189,28 @@ def infinite_loader(dataset, batch_size: int, seed: int = 0, num_workers: int = 
         mine = [pairs[k] for g in range(nb) for k in range(g * global_bs + rank, (g + 1) * global_bs, world_size)]
         loader = torch.utils.data.DataLoader(
             _PassItems(dataset, mine), batch_size=batch_size, shuffle=False, drop_last=False,
-            num_workers=num_workers, persistent_workers=False,
+            num_workers=num_workers, persistent_workers=False, collate_fn=_collate,
             generator=torch.Generator().manual_seed(int(seed) * 1000003 + p))  # not the global RNG
         for batch in loader:
+            if isinstance(batch, _ItemFailed):
+                raise batch.error  # the worker's own error (an image deleted mid-run: one line, exit 2)
             yield batch
         item += need
+
+
+class _ItemFailed:
+    """An item that could not be read, carried as data: a DataLoader worker's exception reaches the
+    main process wrapped in a RuntimeError with a traceback as its text (and an ImageReadError,
+    whose constructor takes two arguments, cannot even be rebuilt), so the error is returned
+    instead, pickled whole, and raised again in the main process - with or without workers."""
+
+    def __init__(self, error: OSError):
+        self.error = error
+
+
+def _collate(items):
+    failed = [x for x in items if isinstance(x, _ItemFailed)]
+    return failed[0] if failed else torch.utils.data.default_collate(items)
 
 
 class _PassItems(torch.utils.data.Dataset):
@@ -207,8 +224,11 @@ class _PassItems(torch.utils.data.Dataset):
 
     def __getitem__(self, k):
         p, i = self.pairs[k]
-        if hasattr(self.dataset, "item"):
-            return self.dataset.item(i, p)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(p)
-        return self.dataset[i]
+        try:
+            if hasattr(self.dataset, "item"):
+                return self.dataset.item(i, p)
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(p)
+            return self.dataset[i]
+        except OSError as e:  # ImageReadError included: an image gone or damaged since the start-up check
+            return _ItemFailed(e)

@@ -27,6 +27,11 @@ port64 is the float64 truth (the parity suite proves it equal to TF's float64 gr
 uint8 pictures: at most 1 count from the port's float32 picture (a float32 difference of 1e-6
 can cross an integer boundary) on at most 1% of the values. fp16: |ort16 - port64| <=
 FP16_TOL * max(1, max|port64|) (measured, see FP16_TOL).
+
+OUT follows ugatit_common.output_guard (checked before any work): never one of the inputs,
+never inside the input checkpoint's folder or a folder a live run owns, never over a file that
+is not an ONNX model; over an ONNX model with --overwrite only; a folder gets <direction>.onnx.
+The generators' weights must be finite (NaN / inf: exit 2 naming the tensor).
 """
 from __future__ import annotations
 
@@ -593,8 +598,10 @@ def add_export_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tf", default="auto", choices=("auto", "on", "off"),
                    help="compare with tf_reference too: auto (when importable, default), on (required), off")
     p.add_argument("--batches", default="1,2", help="batch sizes verified (default: 1,2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the verification inputs (default: 0)")
+    p.add_argument("--seed", type=opt.seed_value, default=0, help="seed of the verification inputs (default: 0)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output of the same kind (never "
+                                                            "another kind of file, never an input)")
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -611,7 +618,7 @@ def _build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("ckpt", help="checkpoint: an official TF checkpoint folder/prefix, a torch_port checkpoint "
                                 "folder, or a .safetensors file")
-    p.add_argument("out", help="the .onnx file to write")
+    p.add_argument("out", help="the .onnx file to write (a folder: <direction>.onnx inside it)")
     p.add_argument("--direction", required=True, choices=("a2b", "b2a"), help="a2b (generator_B) or b2a (generator_A)")
     p.add_argument("--img_size", type=int, default=None,
                    help="image size (a light model's weights do not fix it: read from a TF checkpoint's .meta or "
@@ -642,10 +649,18 @@ def print_result(result: dict, what: str) -> None:
         print(line)
 
 
+def refuse_non_finite_generators(state: dict, source: str) -> None:
+    """NonFiniteWeights (exit 2) naming the first generator tensor holding NaN / inf: an export or
+    a translation never runs on such weights (the discriminators are not used here)."""
+    from ugatit_common.finite import refuse_non_finite
+    refuse_non_finite({k: v for k, v in state.items() if k.startswith("generator")}, source)
+
+
 def run_export(args, loaded: dict, prog: str) -> int:
     """Shared by `python -m torch_port export` and `weights_convert.py tf2onnx`."""
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
+    refuse_non_finite_generators(loaded["state"], f"checkpoint {loaded['source']}")
     cfg = loaded["config"]
     batches = parse_batches(args.batches)
     core = generator_from_state(cfg, loaded["state"], args.direction)
@@ -667,8 +682,8 @@ def _cli(argv, prog: str, description: str, overrides_from, need_kind: str | Non
     p = _build_parser(prog, description)
     args = p.parse_args(argv)
     try:
-        if os.path.isdir(args.out):
-            raise ExportError(f"output {args.out!r} is a folder; give a file name ending in .onnx")
+        from ugatit_common.output_guard import place_output
+        args.out = place_output(args.out, "onnx", [args.ckpt], args.overwrite, f"{args.direction}.onnx")
         parse_batches(args.batches)
         loaded = load_checkpoint(args.ckpt, overrides_from(args))
         if need_kind is not None and loaded["kind"] != need_kind:

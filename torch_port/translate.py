@@ -5,7 +5,8 @@ with `generator_A`, images with the input's file name in `results/<model_dir>/` 
 image or folder in one direction instead. Weights (only the weights) come from the newest usable
 checkpoint, torch or official TF (converted on the fly), as the checkpoint policy says
 (ugatit_common.checkpoint_policy). Unlike the official code, with no checkpoint at all the test
-phase stops (exit 2) instead of translating with untrained weights.
+phase stops (exit 2) instead of translating with untrained weights, and a checkpoint whose
+generators hold NaN or inf is refused (exit 2, naming the tensor) instead of writing black images.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from ugatit_common import options as opt
 from ugatit_common.checkpoint_policy import sweep_temp
 from ugatit_common.cli_errors import check_writable_folder
+from ugatit_common.finite import refuse_non_finite
 from ugatit_common.output_names import OutputNames
 from ugatit_common.results import ResultsPage, save_image
 
@@ -36,6 +38,7 @@ def load_for_test(cfg: dict, device: torch.device):
     if found is None:
         raise opt.OptionError(f"no checkpoint in {folder!r} to translate with (train first with the same "
                               f"flags, or check --checkpoint_dir, --dataset, --light)")
+    refuse_non_finite(_generators(found["weights"]), f"checkpoint {found['found'].weights}")
     ckpt.load_weights_into(model, found["weights"], found["found"].weights)
     print(f" [*] Success to read {found['found'].name}")
     print(" [*] Load SUCCESS" + (" (TensorFlow checkpoint, converted)" if found["framework"] == "tf" else ""))
@@ -48,6 +51,7 @@ def load_checkpoint_for_test(path: str, cfg: dict, explicit: dict, device: torch
     where the checkpoint records it) come from the checkpoint; `explicit` (the flags the user
     typed) must agree with what it records. Only the generators' weights are read."""
     loaded = ckpt.load_any(path, explicit)
+    refuse_non_finite(_generators(loaded["state"]), f"checkpoint {path}")
     # what the checkpoint says about the model and its model_dir (not where this run writes)
     keys = opt.MODEL_KEYS + ("dataset", "gan_type", "n_critic", "adv_weight", "cycle_weight", "identity_weight",
                              "cam_weight")
@@ -62,6 +66,11 @@ def load_checkpoint_for_test(path: str, cfg: dict, explicit: dict, device: torch
     print(f" [*] Success to read {path} ({loaded['kind']}, step {loaded['step']})")
     print(" [*] Load SUCCESS")
     return model.to(device).eval(), run_cfg
+
+
+def _generators(state: dict) -> dict:
+    """The tensors the test phase uses (the discriminators are not run)."""
+    return {k: v for k, v in state.items() if k.startswith("generator")}
 
 
 def input_files(path: str) -> list[str]:

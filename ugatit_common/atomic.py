@@ -1,5 +1,7 @@
 """Atomic file output: write to a temp file beside the target, then os.replace; on any error
-the temp file is removed and the target is untouched (nothing half-written is ever seen)."""
+the temp file is removed and the target is untouched (nothing half-written is ever seen).
+Published files get the mode a plain `open(path, "w")` would give them: 0o666 minus the umask
+(`file_mode`), not the 0o600 of the temp file."""
 from __future__ import annotations
 
 import contextlib
@@ -7,17 +9,38 @@ import os
 import tempfile
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the system says it (Linux: /proc; setting
+    and restoring it would briefly give other threads' files a zero umask)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a newly created regular file gets under the current umask (0o666 & ~umask)."""
+    return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
-def atomic_output(path: str, mode: int = 0o644):
+def atomic_output(path: str, mode: int | None = None):
     """Yield a temp file name in `path`'s folder (created if needed); it replaces `path` when the
-    block ends normally and is deleted when it raises."""
+    block ends normally and is deleted when it raises. `mode`: the published file's mode
+    (default: file_mode(), i.e. what the umask allows)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, mode)
+        os.chmod(tmp, file_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -56,7 +56,8 @@ def _main(argv=None) -> int:
     cfg = config_from(light=True, dataset="demo", n_dis=5)
     ckpt = os.path.join(work, "checkpoint", model_dir(cfg))
     run([py, os.path.join(ROOT, "weights_convert.py"), "tf2torch", ckpt, os.path.join(work, "converted.safetensors"),
-         "--img_size", "64", "--verify", "--report", os.path.join(work, "parity")], work)
+         "--img_size", "64", "--verify", "--report", os.path.join(work, "parity"),
+         "--overwrite"], work)  # the demo's own output: a rerun replaces it
     outputs = [f"TF reference results page: {os.path.join(work, 'results', model_dir(cfg), 'index.html')}",
                f"parity report (TF vs torch, per layer): {os.path.join(work, 'parity', 'parity_report.html')}"]
     if importlib.util.find_spec("torch_port.__main__") is not None:

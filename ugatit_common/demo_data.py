@@ -113,7 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
     p.add_argument("--n_train", type=int, default=8, help="train images per domain (default: 8)")
     p.add_argument("--n_test", type=int, default=2, help="test images per domain (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    from .options import seed_value
+    p.add_argument("--seed", type=seed_value, default=0, help="generator seed (default: 0)")
     a = p.parse_args(argv)
     path = make_demo_dataset(a.root, a.name, a.size, a.n_train, a.n_test, a.seed)
     print(path)

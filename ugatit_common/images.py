@@ -24,6 +24,9 @@ class ImageReadError(OSError):
         self.reason = str(reason)
         super().__init__(f"cannot read image {self.path!r}: {self.reason}")
 
+    def __reduce__(self):  # pickled whole (e.g. from a DataLoader worker): rebuilt from (path, reason)
+        return type(self), (self.path, self.reason)
+
 
 def decode_image(path) -> np.ndarray:
     """Decode like TF `decode_jpeg/decode_png(channels=3)`: uint8 HWC RGB.

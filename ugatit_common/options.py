@@ -73,6 +73,42 @@ class OptionError(ValueError):
     """A flag value the official model cannot run with; the message names the flag."""
 
 
+SEED_MAX = 2 ** 32 - 1  # numpy's seed range; every seeded draw of the project accepts it
+
+
+def seed_value(text) -> int:
+    """The argparse type of every `--seed` (and `--z_seed`): an integer in [0, 2**32-1], else an
+    error naming the flag (`argument --seed: must be an integer in ...`), never numpy's text later."""
+    try:
+        value = int(str(text).strip(), 10)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32-1 = {SEED_MAX}], got {text!r}")
+    return value
+
+
+def typed_flags(parser: argparse.ArgumentParser, argv) -> set:
+    """The destinations of the options typed in `argv` (`--x V`, `--x=V`, or an unambiguous
+    prefix of `--x`, as argparse accepts them), as opposed to those left at their defaults."""
+    table = parser._option_string_actions  # {"--ch": action, ...}
+    out = set()
+    for arg in argv:
+        if arg == "--":
+            break
+        if not arg.startswith("--"):
+            continue
+        name = arg.split("=", 1)[0]
+        action = table.get(name)
+        if action is None and parser.allow_abbrev:
+            hits = {id(a): a for o, a in table.items() if o.startswith(name)}
+            if len(hits) == 1:
+                action = next(iter(hits.values()))
+        if action is not None:
+            out.add(action.dest)
+    return out
+
+
 def add_official_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     for name, typ, default, help_ in OFFICIAL_FLAGS:
         parser.add_argument(f"--{name}", type=typ, default=default, help=f"{help_} (default: {default})")

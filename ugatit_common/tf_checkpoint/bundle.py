@@ -20,6 +20,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..atomic import file_mode
+
 __all__ = [
     "CheckpointError",
     "resolve_prefix",
@@ -781,6 +783,8 @@ class BundleWriter:
                 f.write(table)
                 f.flush()
                 os.fsync(f.fileno())
+            for tmp in (self._tmp_data, self._tmp_index):  # mkstemp's 0o600 -> what the umask allows
+                os.chmod(tmp, file_mode())
             os.replace(self._tmp_data, self.data_path)
             os.replace(self._tmp_index, self.index_path)
             self._tmp_index = None
@@ -821,6 +825,7 @@ def write_checkpoint_state(folder: str, basename: str, all_basenames: list[str] 
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())  # mkstemp's 0o600 -> what the umask allows
         os.replace(tmp, os.path.join(folder, "checkpoint"))
     except BaseException:
         try:

@@ -1,0 +1,300 @@
+"""What an output may replace: the one rule for every command that writes a model file.
+
+`weights_convert.py tf2torch / torch2tf / tf2onnx`, `python -m torch_port export` and
+`python -m morph export` call `place_output` (one file) or `check_outputs` (several, e.g. a TF
+checkpoint's .index and .data) before any work, so a refusal (OutputRefused: exit 2, one
+`error:` line) leaves the disk as it was. Refused:
+
+- an output that is one of the command's inputs (the same file by name, relative path, symlink
+  or hard link: os.path.realpath and os.path.samefile), even with --overwrite;
+- an output inside a checkpoint folder that a live training run owns
+  (ugatit_common.run_lock.held_by), or inside the checkpoint folder holding the input checkpoint
+  (an ONNX file or loose weights among a run's checkpoints are not that run's; torch2tf is the
+  exception: a TF checkpoint beside the port checkpoint it was converted from continues the same
+  run in TensorFlow, which is how the checkpoint policy lets a run change framework);
+- an existing file that is not of the output's own kind (judged by its content and name: an
+  image, a TF .meta / .index, a .state.pt, weights when writing ONNX, ONNX when writing weights,
+  an empty or unknown file, a folder where a file goes): never replaced, --overwrite or not;
+- an existing file of the output's kind, unless --overwrite; never (even with it) the weights
+  half of a port checkpoint (`<prefix>.model-N.safetensors` beside its `.state.pt`): other
+  weights there would be paired with that run's optimizer state;
+- a path whose folder cannot be made or written (a file where a folder goes, a read-only folder):
+  said before the work, not after it.
+
+A folder given as an output (an existing folder, or a path ending in a separator) is a folder:
+the output goes inside it under the command's default name (`as_file`).
+Framework-free (no numpy, torch or TensorFlow).
+"""
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zipfile
+
+from . import checkpoint_policy as policy
+from .options import OptionError
+from .run_lock import held_by
+
+__all__ = ["OutputRefused", "KINDS", "kind_of", "describe", "input_files", "checkpoint_folder_of", "as_file",
+           "check_outputs", "place_output"]
+
+
+class OutputRefused(OptionError):
+    """An output path the command may not write (exit 2; nothing is written)."""
+
+
+# the kinds of file a command writes or may meet at its output path, as the message names them
+KINDS = {
+    "safetensors": "a safetensors weights file",
+    "torch-pt": "a PyTorch .pt weights file",
+    "state": "a training state file (.state.pt: optimizer, RNG and loop state)",
+    "onnx": "an ONNX model",
+    "npz": "a numpy .npz archive",
+    "zip": "a zip archive",
+    "tf-index": "a TensorFlow checkpoint index (.index)",
+    "tf-data": "a TensorFlow checkpoint data file (.data-*)",
+    "tf-meta": "a TensorFlow graph (.meta)",
+    "tf-state": "a TensorFlow `checkpoint` state file",
+    "tf-prefix": "a TensorFlow checkpoint prefix (a new name: <prefix>.index and <prefix>.data-* are written)",
+    "folder": "a folder",
+    "special": "not a regular file (a FIFO, socket or device)",
+    "broken-link": "a symbolic link to a missing file",
+    "empty": "an empty file",
+    "unreadable": "an unreadable file",
+    "unknown": "a file of unknown kind",
+}
+
+_IMAGES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+           (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+_TF_DATA = re.compile(r"\.data-\d{5}-of-\d{5}$")
+_TF_TABLE_MAGIC = 0xDB4775248B80FB57  # the last 8 bytes of a TF table (.index) file
+
+
+def describe(kind: str) -> str:
+    if kind.startswith("image:"):
+        return f"a {kind.split(':', 1)[1]} image"
+    return KINDS.get(kind, kind)
+
+
+def _zip_kind(path: str, name: str) -> str:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return "unknown"
+    if any(n.endswith("data.pkl") for n in names):  # torch.save's zip layout
+        return "state" if name.endswith(".state.pt") else "torch-pt"
+    if names and all(n.endswith(".npy") for n in names):
+        return "npz"
+    return "zip"
+
+
+def kind_of(path: str) -> str | None:
+    """What is at `path` (a key of KINDS, or `image:<FORMAT>`), judged by content and name; None
+    when nothing is there."""
+    if not os.path.lexists(path):
+        return None
+    if os.path.isdir(path):
+        return "folder"
+    if not os.path.exists(path):
+        return "broken-link"
+    if not os.path.isfile(path):
+        return "special"
+    name = os.path.basename(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+            tail = b""
+            if size >= 48:
+                fh.seek(size - 8)
+                tail = fh.read(8)
+    except OSError:
+        return "unreadable"
+    if size == 0:
+        return "empty"
+    if name == policy.TF_STATE and head.startswith(b"model_checkpoint_path"):
+        return "tf-state"
+    if _TF_DATA.search(name):  # raw tensor bytes: one only with its index (a TF table) beside it
+        index = path[: _TF_DATA.search(path).start()] + ".index"
+        return "tf-data" if kind_of(index) == "tf-index" else "unknown"
+    if name.endswith(".meta"):
+        return "tf-meta"
+    if name.endswith(".index") and len(tail) == 8 and struct.unpack("<Q", tail)[0] == _TF_TABLE_MAGIC:
+        return "tf-index"
+    if len(head) >= 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] <= size - 8:
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_kind(path, name)
+    if head[:1] == b"\x80" and name.endswith(".pt"):  # torch.save's legacy (pickle) format
+        return "state" if name.endswith(".state.pt") else "torch-pt"
+    if name.endswith(".onnx") and head[:1] == b"\x08":  # ModelProto starts with ir_version (field 1)
+        return "onnx"
+    for magic, fmt in _IMAGES:
+        if head.startswith(magic):
+            return "image:" + fmt
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "image:WEBP"
+    return "unknown"
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+
+def _tf_prefix(path: str) -> str | None:
+    return path if os.path.isfile(path + ".index") else None
+
+
+def input_files(path: str) -> list[str]:
+    """The files a checkpoint input consists of: a folder -> every checkpoint file in it and its
+    `latest` / `checkpoint` pointers; a TF prefix -> <prefix>.* and its folder's `checkpoint`; a
+    file -> itself (and, for a port checkpoint's weights, the .state.pt beside it)."""
+    out = []
+    if os.path.isdir(path):
+        for f in policy.inventory(path):
+            out += f.files
+        out += [os.path.join(path, n) for n in (policy.POINTER, policy.TF_STATE)]
+    elif _tf_prefix(path):
+        folder = os.path.dirname(os.path.abspath(path))
+        base = os.path.basename(path)
+        out += [os.path.join(folder, n) for n in os.listdir(folder) if n.startswith(base + ".")]
+        out.append(os.path.join(folder, policy.TF_STATE))
+    else:
+        out.append(path)
+        if path.endswith(".safetensors"):
+            out.append(path[: -len(".safetensors")] + ".state.pt")
+    return [p for p in out if os.path.lexists(p)]
+
+
+def checkpoint_folder_of(path: str) -> str | None:
+    """The checkpoint folder an input checkpoint lives in (realpath): the folder itself, a TF
+    prefix's folder, or a weights file's folder when the file is part of a complete checkpoint
+    there (a loose weights file elsewhere makes its folder no checkpoint folder)."""
+    if os.path.isdir(path):
+        return os.path.realpath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if _tf_prefix(path):
+        return os.path.realpath(folder)
+    real = os.path.realpath(path)
+    for f in policy.inventory(folder):
+        if f.complete and real in {os.path.realpath(p) for p in f.files}:
+            return os.path.realpath(folder)
+    return None
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+
+def as_file(out: str, default_name: str) -> tuple[str, bool]:
+    """(file path, given as a folder): `out` itself, or `out/default_name` when `out` is a folder
+    (existing, or written with a trailing separator)."""
+    if out.endswith(("/", os.sep)) or os.path.isdir(out):
+        return os.path.join(out, default_name), True
+    return out, False
+
+
+def _inside(path_real: str, folder_real: str) -> bool:
+    return path_real == folder_real or path_real.startswith(folder_real.rstrip(os.sep) + os.sep)
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _live_owner(folder_real: str):
+    """(folder, holder) of the nearest folder at or above `folder_real` that a live run holds."""
+    d = folder_real
+    while True:
+        if os.path.isdir(d):
+            holder = held_by(d)
+            if holder is not None:
+                return d, holder
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
+def _half_of_a_checkpoint(path: str) -> str | None:
+    """The .state.pt that `path` (a port checkpoint's weights file) is paired with, or None."""
+    if not re.search(r"\.model-\d+\.safetensors$", path):
+        return None
+    state = path[: -len(".safetensors")] + ".state.pt"
+    return state if os.path.isfile(state) else None
+
+
+def _unwritable(path: str) -> str | None:
+    """Why the folder `path` goes into cannot be written (its nearest existing ancestor is a file,
+    or not writable), or None."""
+    d = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(d):
+        d = os.path.dirname(d)
+    if not os.path.isdir(d):
+        return f"{d!r} is not a folder"
+    if not os.access(d, os.W_OK | os.X_OK):
+        return f"the folder {d!r} is not writable"
+    return None
+
+
+def check_outputs(outputs, inputs, overwrite: bool, *, updates=(), beside_input_ok: bool = False,
+                  flag: str = "--overwrite", input_name: str = "the input checkpoint") -> None:
+    """Raise OutputRefused for the first output that may not be written (module docstring).
+    `outputs`: [(path, kind)] files the command writes; `inputs`: the checkpoint paths it reads
+    (files, folders or TF prefixes); `updates`: [(path, kind)] files the command rewrites as an
+    index of what it wrote (a TF `checkpoint` file): replaced without `flag` when of that kind,
+    refused otherwise; `beside_input_ok`: the output may lie in the input checkpoint's folder;
+    `input_name`: what the inputs are, for the message."""
+    in_files = [f for p in inputs for f in input_files(p)] + [p for p in inputs if os.path.lexists(p)]
+    in_folders = [f for f in (checkpoint_folder_of(p) for p in inputs if os.path.lexists(p) or _tf_prefix(p)) if f]
+    for path, kind, is_update in [(p, k, False) for p, k in outputs] + [(p, k, True) for p, k in updates]:
+        for f in in_files:
+            if _same_file(path, f):
+                raise OutputRefused(f"output {path!r} is a file of {input_name} ({f!r}), one of this command's "
+                                    f"inputs; it is never replaced: choose another output name")
+        real_folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+        live = _live_owner(real_folder)
+        if live is not None:
+            folder, holder = live
+            raise OutputRefused(f"output {path!r} lies in the checkpoint folder {folder!r}, which a running "
+                                f"training owns ({holder.describe()}); write it outside that folder")
+        if not beside_input_ok:
+            for folder in in_folders:
+                if _inside(real_folder, folder):
+                    raise OutputRefused(f"output {path!r} lies in the checkpoint folder {folder!r} that holds "
+                                        f"{input_name}; write it outside that folder")
+        found = kind_of(path)
+        if found is None:
+            why = _unwritable(path)
+            if why:
+                raise OutputRefused(f"output {path!r} cannot be written: {why}")
+            continue
+        if found != kind:
+            raise OutputRefused(f"output {path!r} exists and is {describe(found)}, not {describe(kind)}: it is "
+                                f"never replaced ({flag} replaces only a file of the output's own kind)")
+        state = _half_of_a_checkpoint(path)
+        if state:
+            raise OutputRefused(f"output {path!r} is the weights file of a checkpoint (its state {state!r} is beside "
+                                f"it): other weights would be paired with that run's optimizer state; it is never "
+                                f"replaced, {flag} or not: write elsewhere")
+        if not (overwrite or is_update):
+            raise OutputRefused(f"output {path!r} exists ({describe(found)}); pass {flag} to replace it")
+        why = _unwritable(path)
+        if why:
+            raise OutputRefused(f"output {path!r} cannot be replaced: {why}")
+
+
+def place_output(out: str, kind, inputs, overwrite: bool, default_name: str, *, log=print,
+                 flag: str = "--overwrite", input_name: str = "the input checkpoint") -> str:
+    """The file to write for the output argument `out` (a file, or a folder: `default_name`
+    inside it, said through `log`), checked by check_outputs; raises OutputRefused. `kind`: the
+    output's kind, or a function of the file path giving it (e.g. by its extension)."""
+    path, folder = as_file(out, default_name)
+    check_outputs([(path, kind(path) if callable(kind) else kind)], inputs, overwrite, flag=flag,
+                  input_name=input_name)
+    if folder and log:
+        log(f"note: {out!r} is a folder: the output goes into it as {default_name}")
+    return path
