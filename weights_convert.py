@@ -15,7 +15,8 @@ time; safetensors output is streamed, so peak memory stays near twice the larges
     python weights_convert.py tf2torch CKPT OUT --verify        # run both frameworks, print max diffs
 
 Outputs follow ugatit_common.output_guard (never an input, never in a live run's folder or the
-input checkpoint's folder - torch2tf may write beside its input: the same run continued in TF -,
+input checkpoint's folder - `torch2tf --continue_run` writes beside its input: the same run
+continued in TF -,
 never over a file of another kind, over one of the same kind only with --overwrite; a folder as
 OUT gets the default name inside it). Non-finite weights (NaN, inf) are refused unless
 --allow_non_finite: a faithful copy of a broken checkpoint is rarely what anyone wants, and every
@@ -318,6 +319,10 @@ def _main(argv=None) -> int:
                                                             "(never another kind of file, never an input)")
     b.add_argument("--allow_non_finite", action="store_true", help="copy NaN / inf values as they are (refused "
                                                                    "by default)")
+    b.add_argument("--continue_run", action="store_true",
+                   help="write the TF checkpoint into the checkpoint folder of the port checkpoint being converted, "
+                        "so that tf_reference continues that run there (refused without it, and always while a "
+                        "run holds the folder; an existing file is still replaced only with --overwrite)")
     # listed for --help; `tf2onnx ...` is dispatched above to torch_port.export (its own flags: tf2onnx --help)
     sub.add_parser("tf2onnx", help="official TF checkpoint generator → verified ONNX model (tf2onnx --help)")
     args = p.parse_args(argv)
@@ -356,11 +361,12 @@ def _main(argv=None) -> int:
             if not re.search(r"-\d+$", prefix):
                 prefix = f"{prefix}-{step}"
             folder = os.path.dirname(os.path.abspath(prefix))
-            # beside its input is allowed: the same run, continued in TensorFlow (the checkpoint policy)
+            # beside its input only when asked for: the same run, continued in TensorFlow (--continue_run)
             given = [(args.ckpt_out, "tf-prefix")] if not in_folder and os.path.lexists(args.ckpt_out) else []
             guard.check_outputs(given + [(prefix + ".index", "tf-index"), (prefix + ".data-00000-of-00001", "tf-data")],
                                 [args.inp], args.overwrite, updates=[(os.path.join(folder, "checkpoint"), "tf-state")],
-                                beside_input_ok=True, input_name="the checkpoint being converted")
+                                beside_input_ok=args.continue_run, input_name="the checkpoint being converted",
+                                beside_input_hint="; to continue that run in TensorFlow there, pass --continue_run")
             if in_folder:
                 print(f"note: {args.ckpt_out!r} is a folder: the checkpoint goes into it as {os.path.basename(prefix)}")
             if bad:

@@ -195,7 +195,7 @@ def test_mixed_folder_newest_wins_and_missing_index_falls_back(tmp_path, monkeyp
     assert port(train_args(2, 1, 100), monkeypatch, tmp_path, capsys)[0] == 0   # torch model-3
     # a TF checkpoint at step 8 in the same folder (TF format, with its Adam state)
     assert wc.main(["torch2tf", os.path.join(folder, f"{PREFIX}.model-3.safetensors"),
-                    os.path.join(folder, f"{PREFIX}.model-8")]) == 0
+                    os.path.join(folder, f"{PREFIX}.model-8"), "--continue_run"]) == 0
     rc, out, err = port(train_args(2, 5, 100), monkeypatch, tmp_path, capsys)
     assert rc == 0, err
     assert "TensorFlow checkpoint UGATIT_light.model-8" in out and steps(folder)[-1] == 10  # 8 + 2
@@ -204,7 +204,7 @@ def test_mixed_folder_newest_wins_and_missing_index_falls_back(tmp_path, monkeyp
     assert rc == 0 and f"{PREFIX}.model-10 (torch)" in out
     # a newest TF checkpoint without its .index: named, set aside, the next newest is used
     assert wc.main(["torch2tf", os.path.join(folder, f"{PREFIX}.model-12.safetensors"),
-                    os.path.join(folder, f"{PREFIX}.model-20")]) == 0
+                    os.path.join(folder, f"{PREFIX}.model-20"), "--continue_run"]) == 0
     os.remove(os.path.join(folder, f"{PREFIX}.model-20.index"))
     rc, out, err = port(train_args(2, 7, 100), monkeypatch, tmp_path, capsys)
     assert rc == 0 and "model-20 (TensorFlow)" in out and "unusable" in out and f"{PREFIX}.model-12" in out
@@ -602,8 +602,11 @@ def test_tf_reference_follows_the_policy(tmp_path, monkeypatch, capsys):
     # convert as the message says: the Adam state comes along, so TF resumes training from it
     import weights_convert as wc
     capsys.readouterr()
-    assert wc.main(["torch2tf", os.path.join(folder, f"{PREFIX}.model-4.safetensors"),
-                    os.path.join(folder, f"{PREFIX}.model")]) == 0
+    command = line.split("convert it first: python weights_convert.py ")[1].split(" (or continue")[0].split()
+    command[1:3] = [os.path.join(str(tmp_path), p) for p in command[1:3]]  # as printed: relative to tf_run's cwd
+    assert command == ["torch2tf", os.path.join(folder, f"{PREFIX}.model-4.safetensors"),
+                       os.path.join(folder, f"{PREFIX}.model"), "--continue_run"], line
+    assert wc.main(command) == 0
     rc, out, err = tf_run("--iteration", "2", "--epoch", "3", "--save_freq", "1")
     assert rc == 0 and "Success to read UGATIT_light.model-4" in out, err
     assert 6 in steps(folder, "tf")

@@ -218,9 +218,9 @@ def test_an_input_is_never_an_output(writer, world, capsys):
             refused(writer, world, out, *extra, capsys=capsys, words=("input",))
 
 
-# -- 2. never inside the input checkpoint's folder (torch2tf: beside it is the same run, in TF) -------
+# -- 2. never inside the input checkpoint's folder (torch2tf --continue_run: the same run, in TF) -------
 
-@pytest.mark.parametrize("writer", [w for w in WRITERS if w.name != "torch2tf"], ids=repr)
+@pytest.mark.parametrize("writer", WRITERS, ids=repr)
 def test_never_inside_the_input_checkpoint_folder(writer, world, capsys):
     folder = writer.input_folder(world)
     for out in (os.path.join(folder, "new" + writer.ext), os.path.join(folder, "sub", "new" + writer.ext), folder,
@@ -234,23 +234,28 @@ def test_never_inside_the_input_checkpoint_folder(writer, world, capsys):
         assert rc == 2 and "holds" in one_line(capsys.readouterr().err) and snapshot(world) == before
 
 
-def test_torch2tf_beside_its_input_continues_the_same_run_in_tf(world, capsys):
-    """The documented way a port run changes framework: the TF checkpoint goes beside the port's
-    (the checkpoint policy reads both; tf_reference's message prints this command)."""
+def test_torch2tf_continue_run_writes_beside_its_input(world, capsys):
+    """The documented way a port run changes framework, asked for by --continue_run: the TF
+    checkpoint goes beside the port's (the checkpoint policy reads both; tf_reference's message
+    prints this command). The other rules still hold with it."""
     from ugatit_common import checkpoint_policy as policy
     w = WRITERS[1]
+    assert w.name == "torch2tf"
     folder = w.input_folder(world)
-    rc, out, err = w.run(world, os.path.join(folder, "UGATIT_light.model"), capsys=capsys)
+    refused(w, world, os.path.join(folder, "UGATIT_light.model"), capsys=capsys, words=("holds", "--continue_run"))
+    rc, out, err = w.run(world, os.path.join(folder, "UGATIT_light.model"), "--continue_run", capsys=capsys)
     assert rc == 0, err
     assert [(f.step, f.framework, f.complete) for f in policy.inventory(folder)] == [(3, "torch", True),
                                                                                    (3, "tf", True)]
     # ... never over the checkpoint it reads, --overwrite or not; over the TF one it wrote only with --overwrite
-    for extra in ((), ("--overwrite",)):
+    for extra in (("--continue_run",), ("--continue_run", "--overwrite")):
         refused(w, world, os.path.join(folder, PORT_W), *extra, capsys=capsys, words=("input",))
-    refused(w, world, os.path.join(folder, "UGATIT_light.model-3"), capsys=capsys, words=("--overwrite",))
+    refused(w, world, os.path.join(folder, "UGATIT_light.model-3"), "--continue_run", capsys=capsys,
+            words=("--overwrite",))
     index = os.path.join(folder, TF_PREFIX + ".index")
     inode = os.stat(index).st_ino
-    rc, out, err = w.run(world, os.path.join(folder, "UGATIT_light.model-3"), "--overwrite", capsys=capsys)
+    rc, out, err = w.run(world, os.path.join(folder, "UGATIT_light.model-3"), "--continue_run", "--overwrite",
+                         capsys=capsys)
     assert rc == 0 and os.stat(index).st_ino != inode, err
 
 

@@ -64,7 +64,7 @@ def restore(sess, saver, folder: str, graph_vars, need: str = "train", owner=Non
                 f"the newest checkpoint in {folder!r} is {f.name}, written by the PyTorch port, which "
                 f"tf_reference cannot read (TensorFlow checkpoints there: {', '.join(tf_ones) or 'none'}); "
                 f"convert it first: python weights_convert.py torch2tf {f.weights} "
-                f"{os.path.join(folder, f.prefix + '.model')}  (or continue with python -m torch_port)")
+                f"{os.path.join(folder, f.prefix + '.model')} --continue_run  (or continue with python -m torch_port)")
         check_checkpoint_matches(f.base, graph_vars)
         saver.restore(sess, f.base)
         refuse_non_finite_variables(sess, graph_vars, f"checkpoint {f.name} in {folder!r}")

@@ -9,9 +9,10 @@ checkpoint's .index and .data) before any work, so a refusal (OutputRefused: exi
   or hard link: os.path.realpath and os.path.samefile), even with --overwrite;
 - an output inside a checkpoint folder that a live training run owns
   (ugatit_common.run_lock.held_by), or inside the checkpoint folder holding the input checkpoint
-  (an ONNX file or loose weights among a run's checkpoints are not that run's; torch2tf is the
-  exception: a TF checkpoint beside the port checkpoint it was converted from continues the same
-  run in TensorFlow, which is how the checkpoint policy lets a run change framework);
+  (an ONNX file or loose weights among a run's checkpoints are not that run's). One opt-in:
+  `torch2tf --continue_run` writes a TF checkpoint beside the port checkpoint it was converted
+  from, which continues the same run in TensorFlow (how the checkpoint policy lets a run change
+  framework); the other rules still hold for it;
 - an existing file that is not of the output's own kind (judged by its content and name: an
   image, a TF .meta / .index, a .state.pt, weights when writing ONNX, ONNX when writing weights,
   an empty or unknown file, a folder where a file goes): never replaced, --overwrite or not;
@@ -241,13 +242,15 @@ def _unwritable(path: str) -> str | None:
 
 
 def check_outputs(outputs, inputs, overwrite: bool, *, updates=(), beside_input_ok: bool = False,
-                  flag: str = "--overwrite", input_name: str = "the input checkpoint") -> None:
+                  flag: str = "--overwrite", input_name: str = "the input checkpoint",
+                  beside_input_hint: str = "") -> None:
     """Raise OutputRefused for the first output that may not be written (module docstring).
     `outputs`: [(path, kind)] files the command writes; `inputs`: the checkpoint paths it reads
     (files, folders or TF prefixes); `updates`: [(path, kind)] files the command rewrites as an
     index of what it wrote (a TF `checkpoint` file): replaced without `flag` when of that kind,
-    refused otherwise; `beside_input_ok`: the output may lie in the input checkpoint's folder;
-    `input_name`: what the inputs are, for the message."""
+    refused otherwise; `beside_input_ok`: the output may lie in the input checkpoint's folder
+    (`beside_input_hint`: how to ask for that, appended to the refusal); `input_name`: what the
+    inputs are, for the message."""
     in_files = [f for p in inputs for f in input_files(p)] + [p for p in inputs if os.path.lexists(p)]
     in_folders = [f for f in (checkpoint_folder_of(p) for p in inputs if os.path.lexists(p) or _tf_prefix(p)) if f]
     for path, kind, is_update in [(p, k, False) for p, k in outputs] + [(p, k, True) for p, k in updates]:
@@ -265,7 +268,7 @@ def check_outputs(outputs, inputs, overwrite: bool, *, updates=(), beside_input_
             for folder in in_folders:
                 if _inside(real_folder, folder):
                     raise OutputRefused(f"output {path!r} lies in the checkpoint folder {folder!r} that holds "
-                                        f"{input_name}; write it outside that folder")
+                                        f"{input_name}; write it outside that folder{beside_input_hint}")
         found = kind_of(path)
         if found is None:
             why = _unwritable(path)
