@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUND = os.path.join(ROOT, "ugatit_common", "tf_checkpoint")
 LIBRARY = ["harness", "trajectory", "golden", "kinks", "report", "activation_fixtures", "tf_checkpoints"]
 # what the ground floor may import besides the standard library and itself
-GROUND_ALLOWED = {"numpy", "google_crc32c", "ml_dtypes", "ugatit_common.options"}
+GROUND_ALLOWED = {"numpy", "google_crc32c", "ml_dtypes", "ugatit_common.options", "ugatit_common.atomic"}  # both stdlib-only
 
 
 def _imports(path: str) -> list[tuple[str, int, bool]]:

@@ -26,6 +26,7 @@ import sys
 import numpy as np
 
 from ugatit_common import options as opt
+from ugatit_common import run_lock
 
 DATASET = "tiny_set_x"  # an underscore in the name: the model_dir parser must cope
 # light/full x smoothing x sn x two image sizes (n_dis 4 at 32 px, 5 at 64 px: the smallest that fit)
@@ -82,7 +83,9 @@ def write_forward_checkpoint(root: str, cfg: dict, seed: int = 0, step: int = 1)
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             _perturb(sess, tf, seed)
-            return phases.save(sess, saver, cfg, opt.run_paths(cfg).checkpoint, step)
+            folder = opt.run_paths(cfg).checkpoint
+            with run_lock.acquire(folder) as owner:  # a checkpoint folder is written by its owner only
+                return phases.save(sess, saver, cfg, folder, step, owner)
 
 
 def write_train_checkpoint(root: str, cfg: dict, seed: int = 0, step: int = 1) -> str:
@@ -104,7 +107,9 @@ def write_train_checkpoint(root: str, cfg: dict, seed: int = 0, step: int = 1) -
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             _perturb(sess, tf, seed)
-            return phases.save(sess, saver, cfg, opt.run_paths(cfg).checkpoint, step)
+            folder = opt.run_paths(cfg).checkpoint
+            with run_lock.acquire(folder) as owner:  # a checkpoint folder is written by its owner only
+                return phases.save(sess, saver, cfg, folder, step, owner)
 
 
 def official_cli_args(cfg: dict) -> list[str]:
