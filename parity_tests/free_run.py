@@ -47,10 +47,11 @@ SEEDED_DEFAULTS = {"light": True, "img_size": 32, "ch": 2, "n_dis": 4, "augment_
 CHECKED_KEYS = ("light", "ch", "n_res", "n_dis", "sn", "smoothing", "img_size", "gan_type", "n_critic",
                 "adv_weight", "cycle_weight", "identity_weight", "cam_weight")
 JUDGED = ("judged per tensor relative to its scale (parity_tests/free_run_compare.py): weights, u and Adam's v "
-          "max|port - ref| / max|ref|; Adam's m the same over max(max|m|, max sqrt(v)), the gradients' scale; the "
-          "Adam powers by the bias correction they give; losses |port - ref| / max(|ref|, 1). The conv biases that "
-          "feed an instance norm (exact gradient 0: their updates are amplified float noise) are judged by their "
-          "effect, each generator's image and CAM logits on fixed probe inputs, not elementwise")
+          "max|port - ref| / max|ref|; Adam's m the same over max(max|m|, max sqrt(v)), the gradients' scale; a CAM "
+          "layer's bias (added to every kernel entry) on its layer's scale; the Adam powers by the bias correction "
+          "they give; losses |port - ref| / max(|ref|, 1). The conv biases that feed an instance norm (exact "
+          "gradient 0: their updates are float noise through Adam) are judged by their effect, each generator's image "
+          "and CAM logits on fixed probe inputs, not elementwise")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,14 @@
   step m / sqrt(v) is this ratio). Measured: a 2-entry up_conv bias had m = +-0.0013 at one
   iteration (+-0.1-0.3 around it, sqrt(v) = 1.02) with the same absolute difference as its
   neighbours, 2e-12: 1.5e-9 of max |m| but 1.9e-12 of sqrt(v);
+- a CAM layer's bias (one scalar, and its slots) on the scale of its layer, kernel and bias
+  together: the official `fully_connected_with_w` adds the bias to every kernel entry to make the
+  channel weights, so they are one tensor in use. Alone, the scalar has no scale: its gradient
+  is the difference of the real and fake logits' terms (hinge and wgan: -1 + 1 + ~1e-7 while
+  every margin is active), which float64 carries only to ~u / 1e-7 of itself, and its value
+  crosses zero. Measured (hinge, no sn, seed 2): TF and the port 1.8e-9 apart relative to the
+  scalar at the first iteration, 1.5e-6 when it crossed zero; the port against itself started
+  1e-15 away, 1e-11;
 - the Adam powers by their effect, the bias correction sqrt(1 - beta2_power) / (1 - beta1_power)
   that ApplyAdam computes in float64: TF's CPU kernels flush float32 denormals to zero, so from
   the 126th update TF holds beta1_power = 0 where the port holds 0.5^127 (the product torch
@@ -18,18 +26,22 @@
   crosses zero; a loss below 1 is judged absolutely);
 - generator outputs on the fixed probe inputs (image and CAM logits of both generators):
   max |got - ref| / max |ref|. These judge the conv biases that feed an instance norm
-  (golden.NORM_FED_BIAS, and their slots): their exact gradient is zero, so Adam turns float
-  noise into +-lr steps that no two implementations share, and they are not compared elementwise;
-  the norm removes them, so their only effect is the outputs' (float rounding).
+  (golden.NORM_FED_BIAS, and their slots): their exact gradient is zero, so their updates are
+  float noise passed through Adam (full +-lr steps in float32; in float64 the noise is below
+  epsilon, ~1e-5 lr apart measured) that no two implementations share, and they are not compared
+  elementwise; the norm removes them, so their only effect is the outputs' (float rounding).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from parity_tests.free_run import CATEGORIES
 from parity_tests.golden import NORM_FED_BIAS
+
+CAM_BIAS = re.compile(r"CAM_logit/bias(?=(/Adam(_1)?)?$)")
 
 
 @dataclass
@@ -64,11 +76,20 @@ def bias_correction(state: dict, suffix: str) -> float:
     return float(np.sqrt(1.0 - p2) / (1.0 - p1))
 
 
-def _slot_scale(name: str, ref: np.ndarray, ref_state: dict) -> float:
-    scale = float(np.abs(ref).max()) if np.size(ref) else 0.0
-    if name.endswith("/Adam"):
+def _own_scale(name: str, ref_state: dict) -> float:
+    ref = np.asarray(ref_state[name], np.float64)
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    if name.endswith("/Adam"):  # m: the gradients' scale
         scale = max(scale, float(np.sqrt(np.abs(np.asarray(ref_state[name + "_1"], np.float64))).max()))
     return scale
+
+
+def scale(name: str, ref_state: dict) -> float:
+    """The scale a tensor's difference is judged on (module docstring)."""
+    own = _own_scale(name, ref_state)
+    if CAM_BIAS.search(name):
+        own = max(own, _own_scale(CAM_BIAS.sub("CAM_logit/kernel", name), ref_state))
+    return own
 
 
 def compare(ref_state: dict, got_state: dict, ref_losses: dict, got_losses: dict, ref_probe: dict,
@@ -85,12 +106,8 @@ def compare(ref_state: dict, got_state: dict, ref_losses: dict, got_losses: dict
             if not name.endswith(("/Adam", "/Adam_1")):
                 bias_lr = max(bias_lr, float(np.abs(np.asarray(got, np.float64) - ref).max()) / lr)
             continue
-        if name.endswith(("/Adam", "/Adam_1")):
-            value, index = tensor_relative(got, ref, _slot_scale(name, ref, ref_state))
-            out["slots"].update(value, name, index)
-        else:
-            value, index = tensor_relative(got, ref)
-            out["weights"].update(value, name, index)
+        value, index = tensor_relative(got, ref, scale(name, ref_state))
+        out["slots" if name.endswith(("/Adam", "/Adam_1")) else "weights"].update(value, name, index)
     for net, suffix in (("G", ""), ("D", "_1")):
         ref = bias_correction(ref_state, suffix)
         out["slots"].update(abs(bias_correction(got_state, suffix) - ref) / ref, f"{net} Adam bias correction")
