@@ -2,7 +2,8 @@
 never re-synchronised.
 
     python -m parity_tests.free_run [--checkpoint CKPT | --seed S] [--iterations N] [--budget B]
-                                    [--device cpu|cuda] [--json FILE] [--dataset FOLDER]
+                                    [--device cpu|cuda] [--json FILE] [--dataset FOLDER] [--perturb REL]
+                                    [--kinks] [--threads N] [--quiet]
                                     [--light --img_size --ch --n_res --n_dis --sn --smoothing --gan_type
                                      --n_critic --adv_weight --cycle_weight --identity_weight --cam_weight
                                      --GP_ld --lr --batch_size --augment_flag --epoch --iteration
@@ -14,8 +15,10 @@ Adam state) and train N iterations of the official loop: a D run every iteration
 (counter - 1) % n_critic == 0, each on its own batch, the official learning-rate schedule. The
 batches, the augmentation and the gradient-penalty draws are drawn once in numpy and fed to
 both. Reference and candidate: TF's float64 training graph and the port in float64 on the CPU
-(parity_tests/free_run_sides.py), or with `--device cuda` the port on the CPU and the port on
-CUDA (no TensorFlow needed).
+(parity_tests/free_run_sides.py); with `--device cuda` the port on the CPU and the port on CUDA;
+with `--perturb REL` the port and itself started REL (relative) away, the training's own
+sensitivity to a rounding-size difference (neither needs TensorFlow). `--kinks` looks for kink
+flips between the two states before every run (parity_tests/free_run_kinks.py).
 
 Per iteration it prints the worst relative difference of the losses, the weights (and `u`),
 the Adam state and the generators' outputs on fixed probe inputs, each with the tensor that
@@ -99,8 +102,6 @@ def resolve_config(args) -> tuple[dict, object]:
     else:
         cfg = opt.config_from(SEEDED_DEFAULTS)
     cfg.update({k: v for k, v in given.items() if v is not None})
-    if cfg.get("dataset") is None:
-        cfg["dataset"] = "free_run"
     try:
         opt.validate(cfg)
     except opt.OptionError as e:
@@ -156,8 +157,6 @@ def free_run(args, cfg, state, counter0, pos0, log=print, observe=None) -> dict:
     from parity_tests import free_run_inputs as inputs
     from parity_tests.free_run_compare import compare
     from parity_tests.free_run_kinks import flips as kink_flips
-    if args.kinks and args.device != "cpu":
-        raise FreeRunInputError("--kinks: only with --device cpu (the branches are recorded in a CPU port)")
     images = inputs.folder_images(args.dataset) if args.dataset else inputs.demo_images(cfg["img_size"], args.images)
     draws = inputs.Draws(images, cfg, args.seed)
     probes = inputs.probe_inputs(images, cfg)
@@ -252,6 +251,8 @@ def check_args(args) -> None:
             raise FreeRunInputError(f"--{flag}={value}: must be >= {low}")
     if not args.budget > 0:
         raise FreeRunInputError(f"--budget={args.budget}: must be > 0")
+    if args.kinks and args.device != "cpu":
+        raise FreeRunInputError("--kinks: only with --device cpu (the branches are recorded in a CPU port)")
     if args.perturb is not None and not 0 <= args.perturb < 1:
         raise FreeRunInputError(f"--perturb={args.perturb}: expected a relative size in [0, 1), e.g. 1e-15")
 

@@ -216,6 +216,7 @@ def test_kink_flips_are_found(one_thread):
     (["--img_size", "16"], "--img_size=16"),
     (["--gan_type", "nope"], "--gan_type='nope'"),
     (["--perturb", "2"], "--perturb=2.0"),
+    (["--kinks", "--device", "cuda"], "--kinks: only with --device cpu"),
 ])
 def test_bad_flags_exit_2(argv, words, capsys):
     rc, out, err = run_cli(TINY + argv, capsys)
