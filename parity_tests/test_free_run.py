@@ -171,7 +171,8 @@ def test_cuda_plumbing_port_against_itself(capsys, monkeypatch):
     from parity_tests import free_run_sides
     original = free_run_sides.PortTrainer64.__init__
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(free_run_sides.PortTrainer64, "__init__", lambda self, cfg, device="cpu": original(self, cfg, "cpu"))
+    monkeypatch.setattr(free_run_sides.PortTrainer64, "__init__",
+                        lambda self, cfg, device="cpu": original(self, cfg, "cpu"))
     args = free_run.build_parser().parse_args(TINY + ["--device", "cuda", "--iterations", "3", "--gan_type", "hinge",
                                                       "--quiet"])
     result = free_run.run(args)
