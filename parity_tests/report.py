@@ -1,7 +1,7 @@
 """Per-layer parity report of an official TF checkpoint: tf_reference vs torch_port.
 
     python -m parity_tests.report CKPT OUT_DIR [--img_size N] [--smoothing True|False] [--seed S]
-                                               [--fast_paths bf16,fp16,fp32+compile | none]
+                                               [--fast_paths bf16,fp16,fp32+compile | none] [--free_run N]
 
 The config is inferred as `weights_convert.py tf2torch` does (ugatit_common.tf_checkpoint.config):
 from the checkpoint's `.meta` graph, its official model_dir folder name, then its weights. The
@@ -15,6 +15,9 @@ tensor's error of that path (torch_port.optimize) against the float64 truth, joi
 harness's rows by name (parity_tests/fast_paths.py: report_columns, harness_name); OUT_DIR
 also gets fast_paths.md / .html, the same numbers for every generator layer (also those TF
 does not record). The fast-path columns are information: they do not change the exit status.
+`--free_run N` adds a section: TF and the port trained side by side in float64 for N iterations
+from the checkpoint (parity_tests/free_run.py, parity_tests/free_run_report.py); a free run over
+its budget counts as a failure.
 
 Exit status: 0 every tensor within tolerance, 1 some over, 2 bad input (an `error:` line; a
 checkpoint with NaN or inf in any network is bad input: nothing is compared or written).
@@ -49,7 +52,13 @@ def _main(argv=None) -> int:
                         "truth (comma-separated: bf16, fp16, fp32+compile, bf16+compile; compiled paths: network "
                         "outputs only; parity_tests/fast_paths.py), also written as fast_paths.md / .html; "
                         "default: bf16 on CPU, bf16,fp16 where CUDA is available; `none`: no fast paths")
+    p.add_argument("--free_run", type=int, metavar="N",
+                   help="add the free-running float64 training curve of N iterations from the checkpoint, TF vs the "
+                        "port (python -m parity_tests.free_run); over its budget counts as a failure")
     args = p.parse_args(argv)
+    if args.free_run is not None and args.free_run < 1:
+        print(f"error: --free_run={args.free_run}: must be >= 1", file=sys.stderr)
+        return 2
     from parity_tests.fast_paths import parse_paths
     paths = fast_paths_arg(args.fast_paths)
     try:
@@ -74,6 +83,9 @@ def _main(argv=None) -> int:
     info.announce()
     from ugatit_common.cli_errors import check_writable_folder
     check_writable_folder(args.out_dir, "OUT_DIR")  # before minutes of work, not after
+    if args.free_run:  # its bad input (e.g. a weights-only generator checkpoint) fails now, not after the table
+        from parity_tests import free_run_report
+        free_run_prepared = free_run_report.prepare_from_checkpoint(args.ckpt, args.free_run, overrides, args.seed)
 
     from parity_tests.harness import compare_networks, failures, write_report
     rows = compare_networks(args.ckpt, cfg, seed=args.seed)
@@ -101,7 +113,11 @@ def _main(argv=None) -> int:
     if sections:  # every generator layer, also those TF does not record (the same numbers)
         from parity_tests.fast_paths import write_fast_path_report
         print(f"fast paths, every layer: {write_fast_path_report(sections, args.out_dir, args.ckpt)}")
-    return 1 if bad else 0
+    free = None
+    if args.free_run:
+        free = free_run_report.run(free_run_prepared)
+        free_run_report.append_section(args.out_dir, free)
+    return 1 if bad or (free and free["first_over"]) else 0
 
 
 def refuse_non_finite_networks(ckpt: str) -> None:

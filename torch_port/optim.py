@@ -35,6 +35,11 @@ def _f32(x, device) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float32, device=device)
 
 
+def _slot_dtype(p: torch.Tensor) -> torch.dtype:
+    """float64 slots for float64 parameters (TF's float64 graph), float32 for every other."""
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
 class TF1Adam:
     """TF1 Adam over named parameters.
 
@@ -72,8 +77,8 @@ class TF1Adam:
         self._one = _f32(1.0, device)
         self._beta1_power = self._beta1_t.clone()
         self._beta2_power = self._beta2_t.clone()
-        self.m = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named}
-        self.v = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named}
+        self.m = {n: torch.zeros_like(p, dtype=_slot_dtype(p)) for n, p in named}
+        self.v = {n: torch.zeros_like(p, dtype=_slot_dtype(p)) for n, p in named}
 
     # -- hyper-parameters ----------------------------------------------------------------------
     def set_lr(self, lr: float) -> None:
@@ -115,11 +120,17 @@ class TF1Adam:
         one_minus_b1 = one - self._beta1_t
         one_minus_b2 = one - self._beta2_t
         scratch = self._scratch_buffers()
+        scalars64 = None
         for name, p in self.named_params:
             g = p.grad
             if g is None:
                 continue
             m, v = self.m[name], self.v[name]
+            if p.dtype == torch.float64:
+                scalars64 = scalars64 or self._float64_scalars()
+                self._step_float64(p, g, m, v, *scalars64)
+                self._constrain(name, p)
+                continue
             # TF's ApplyAdam, operation by operation, into two reused scratch buffers (a fresh
             # temporary per operation costs page faults on the 134 MB discriminator kernels)
             t1 = scratch[0][: p.numel()].view_as(p)
@@ -131,15 +142,36 @@ class TF1Adam:
             torch.sqrt(v, out=t1).add_(self._eps_t)               # sqrt(v) + eps
             torch.mul(m, alpha, out=t2).div_(t1)                  # (m * alpha) / (...)
             p.sub_(t2)
-            constraint = self.constraints.get(name)
-            if constraint is not None:
-                p.copy_(constraint(p))
+            self._constrain(name, p)
         self._beta1_power = self._beta1_power * self._beta1_t
         self._beta2_power = self._beta2_power * self._beta2_t
 
+    def _constrain(self, name: str, p: torch.Tensor) -> None:
+        constraint = self.constraints.get(name)
+        if constraint is not None:
+            p.copy_(constraint(p))
+
+    def _float64_scalars(self):
+        """(alpha, 1 - beta1, 1 - beta2, eps) as TF's float64 ApplyAdam sees them: the float32
+        lr/beta/epsilon tensors and float32 powers cast to float64, the arithmetic in float64."""
+        lr, b1, b2, eps, p1, p2 = (t.to(torch.float64) for t in (
+            _f32(self.lr, self._one.device), self._beta1_t, self._beta2_t, self._eps_t,
+            self._beta1_power, self._beta2_power))
+        one = torch.ones((), dtype=torch.float64, device=lr.device)
+        alpha = lr * torch.sqrt(one - p2) / (one - p1)
+        return alpha, one - b1, one - b2, eps
+
+    @staticmethod
+    def _step_float64(p, g, m, v, alpha, one_minus_b1, one_minus_b2, eps) -> None:
+        """TF's ApplyAdam in float64, the float32 path's operation order (no scratch buffers: the
+        float64 parity runs are small)."""
+        m.add_((g - m) * one_minus_b1)
+        v.add_((g * g - v) * one_minus_b2)
+        p.sub_((m * alpha) / (torch.sqrt(v) + eps))
+
     def _scratch_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Two flat float32 buffers as large as the largest parameter, kept between steps."""
-        n = max((p.numel() for _, p in self.named_params), default=0)
+        n = max((p.numel() for _, p in self.named_params if p.dtype != torch.float64), default=0)
         bufs = getattr(self, "_scratch", None)
         p0 = self.named_params[0][1] if self.named_params else None
         if bufs is None or bufs[0].numel() < n or (p0 is not None and bufs[0].device != p0.device):
@@ -188,7 +220,7 @@ class TF1Adam:
             for name, t in given.items():
                 if name in slots:
                     with torch.no_grad():
-                        slots[name].copy_(torch.as_tensor(t, dtype=torch.float32))
+                        slots[name].copy_(torch.as_tensor(t, dtype=slots[name].dtype))
 
     def load_named_slots(self, slots: Mapping[str, torch.Tensor], beta1_power=None,
                          beta2_power=None) -> None:
