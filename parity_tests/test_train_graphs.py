@@ -1,0 +1,374 @@
+"""The training fast path for GPUs, proven on CPU (issue 17): the multi-tensor TF1 Adam equals the
+per-parameter one (and the main branch's) bit for bit; a step reads nothing back to the host;
+the loop fetches loss values later and still logs, records and stops exactly as before; fp16's
+skip decision made on the device equals the host rule; the static-buffer steps that
+`torch_port.train_graphs` captures in CUDA graphs, run eagerly here, equal today's steps bit for
+bit (port and Morph C, lsgan and wgan-gp, fp32 and bf16) and resume bit for bit. The CUDA-only
+tests at the end (marker `cuda`) run where a GPU is (bench/gpu_check.sh)."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from torch_port.optim import TF1Adam, clip_0_1
+
+
+# -- the main branch's TF1 Adam step, frozen here as the reference ----------------------------------
+
+class _MainBranchTF1Adam:
+    """torch_port.optim.TF1Adam.step as it was before issue 17 (a fresh float32 lr tensor per
+    step, powers reassigned, one pass per parameter into two scratch buffers): the reference the
+    new implementations must equal bit for bit."""
+
+    def __init__(self, named, lr, beta1=0.5, beta2=0.999, eps=1e-8, constraints=None):
+        def f32(x):
+            return torch.tensor(x, dtype=torch.float32)
+        self.named_params, self.constraints, self.lr = list(named), dict(constraints or {}), float(lr)
+        self._beta1_t, self._beta2_t, self._eps_t, self._one = f32(beta1), f32(beta2), f32(eps), f32(1.0)
+        self._beta1_power, self._beta2_power = self._beta1_t.clone(), self._beta2_t.clone()
+        self.m = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in self.named_params}
+        self.v = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in self.named_params}
+        n = max(p.numel() for _, p in self.named_params)
+        self._scratch = (torch.empty(n), torch.empty(n))
+
+    @torch.no_grad()
+    def step(self, lr=None):
+        if lr is not None:
+            self.lr = float(lr)
+        one = self._one
+        lr_t = torch.tensor(self.lr, dtype=torch.float32)
+        alpha = lr_t * torch.sqrt(one - self._beta2_power) / (one - self._beta1_power)
+        one_minus_b1, one_minus_b2 = one - self._beta1_t, one - self._beta2_t
+        for name, p in self.named_params:
+            g = p.grad
+            if g is None:
+                continue
+            m, v = self.m[name], self.v[name]
+            t1 = self._scratch[0][: p.numel()].view_as(p)
+            t2 = self._scratch[1][: p.numel()].view_as(p)
+            torch.sub(g, m, out=t1).mul_(one_minus_b1)
+            m.add_(t1)
+            torch.mul(g, g, out=t1).sub_(v).mul_(one_minus_b2)
+            v.add_(t1)
+            torch.sqrt(v, out=t1).add_(self._eps_t)
+            torch.mul(m, alpha, out=t2).div_(t1)
+            p.sub_(t2)
+            constraint = self.constraints.get(name)
+            if constraint is not None:
+                p.copy_(constraint(p))
+        self._beta1_power = self._beta1_power * self._beta1_t
+        self._beta2_power = self._beta2_power * self._beta2_t
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bit pattern (so -0.0 != 0.0 and NaN == NaN of the same payload)."""
+    return t.detach().contiguous().view(torch.int64 if t.dtype == torch.float64 else torch.int32)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
+
+
+def _adam_problem(dtype, seed):
+    """Named parameters of mixed shapes (rho-like ones constrained to [0, 1], one that sometimes
+    has no gradient) and a gradient generator: gradients spanning 1e-12..1e3, exact zeros, -0.0."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"a.weight": (7, 3, 3, 3), "a.bias": (7,), "b.rho": (5,), "c.weight": (4, 11), "d.rho": (3,),
+              "e.gamma": (2, 1, 1), "never.weight": (6,)}
+    named = []
+    for name, shape in shapes.items():
+        p = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+        if name.endswith("rho"):
+            p = p.abs().clamp(0, 1)
+        named.append((name, torch.nn.Parameter(p)))
+    constraints = {n: clip_0_1 for n, _ in named if n.endswith("rho")}
+
+    def grads(step):
+        out = {}
+        for name, p in named:
+            if name == "never.weight" or (name == "c.weight" and step % 3 == 1):
+                out[name] = None  # no gradient: skipped, slots untouched
+                continue
+            mag = 10.0 ** torch.empty(p.shape, dtype=torch.float64).uniform_(-12, 3, generator=g)
+            sign = torch.where(torch.rand(p.shape, generator=g) < 0.5, -1.0, 1.0).to(torch.float64)
+            x = (mag * sign).to(dtype)
+            x.view(-1)[0] = 0.0
+            x.view(-1)[-1] = -0.0
+            out[name] = x
+        return out
+    return named, constraints, grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_foreach_and_loop_adam_equal_the_main_branch_bit_for_bit(dtype):
+    """40 steps with learning-rate changes, rho constraints and a parameter with no gradient:
+    the per-parameter and the multi-tensor TF1 Adam give the main branch's weights, slots and
+    powers bit for bit, in float32 and in float64 parameters (whose slots stay float32, as
+    before); state_dict round-trips into the other implementation."""
+    named, constraints, grads = _adam_problem(dtype, seed=11)
+    copies = {k: [(n, torch.nn.Parameter(p.detach().clone())) for n, p in named] for k in ("main", "loop", "foreach")}
+    opts = {"main": _MainBranchTF1Adam(copies["main"], 2e-4, constraints=constraints),
+            "loop": TF1Adam(copies["loop"], 2e-4, constraints=constraints, foreach=False),
+            "foreach": TF1Adam(copies["foreach"], 2e-4, constraints=constraints, foreach=True)}
+    for step in range(40):
+        lr = 2e-4 if step < 20 else 2e-4 * (40 - step) / 20  # the official linear decay's shape
+        gs = grads(step)
+        for key, opt in opts.items():
+            for n, p in copies[key]:
+                p.grad = None if gs[n] is None else gs[n].clone()
+            opt.step(lr)
+        if step == 25:  # an outlier rho leaves [0, 1] and is clipped back
+            for key in opts:
+                dict(copies[key])["b.rho"].data[0] = 1.7
+    ref = opts["main"]
+    for key in ("loop", "foreach"):
+        opt = opts[key]
+        for (n, p), (_, q) in zip(copies["main"], copies[key]):
+            assert _same_bits(p, q), (key, n)
+            assert _same_bits(ref.m[n], opt.m[n]) and _same_bits(ref.v[n], opt.v[n]), (key, n)
+        assert _same_bits(ref._beta1_power, opt.beta1_power) and _same_bits(ref._beta2_power, opt.beta2_power)
+        assert all(opt.m[n].dtype == torch.float32 for n in opt.m)
+    assert torch.all(opts["loop"].m["never.weight"] == 0)
+    # the state of one implementation continues in the other
+    state = opts["foreach"].state_dict()
+    assert set(state) == {"lr", "beta1", "beta2", "eps", "beta1_power", "beta2_power", "m", "v"}
+    assert state["lr"] == opts["main"].lr
+    other = TF1Adam([(n, torch.nn.Parameter(p.detach().clone())) for n, p in copies["foreach"]], 1.0,
+                    constraints=constraints, foreach=False)
+    other.load_state_dict(state)
+    gs = grads(99)
+    for o, params in ((opts["foreach"], copies["foreach"]), (other, other.named_params)):
+        for n, p in params:
+            p.grad = None if gs[n] is None else gs[n].clone()
+        o.step()
+    for (n, p), (_, q) in zip(copies["foreach"], other.named_params):
+        assert _same_bits(p, q), n
+
+
+def test_adam_found_inf_skips_on_the_device_and_otherwise_equals_a_plain_step():
+    """step(found_inf=...) (fp16 loss scaling decided on the device): a nonzero flag leaves
+    weights, slots and powers as they were, bit for bit; a zero flag gives the plain step's bits."""
+    named, constraints, grads = _adam_problem(torch.float32, seed=5)
+    for foreach in (False, True):
+        a = [(n, torch.nn.Parameter(p.detach().clone())) for n, p in named]
+        b = [(n, torch.nn.Parameter(p.detach().clone())) for n, p in named]
+        oa = TF1Adam(a, 1e-3, constraints=constraints, foreach=foreach)
+        ob = TF1Adam(b, 1e-3, constraints=constraints, foreach=foreach)
+        for step in range(6):
+            gs = grads(step)
+            for params in (a, b):
+                for n, p in params:
+                    p.grad = None if gs[n] is None else gs[n].clone()
+            before = [p.detach().clone() for _, p in a], copy.deepcopy(oa.m), oa.beta1_power.clone()
+            skip = step in (2, 3)
+            oa.step(found_inf=torch.tensor([1.0 if skip else 0.0]))
+            if skip:
+                assert all(_same_bits(p, q) for (_, p), q in zip(a, before[0]))
+                assert all(_same_bits(oa.m[n], before[1][n]) for n in oa.m)
+                assert _same_bits(oa.beta1_power, before[2])
+            else:
+                ob.step()
+                assert all(_same_bits(p, q) for (_, p), (_, q) in zip(a, b)), foreach
+                assert all(_same_bits(oa.v[n], ob.v[n]) for n in oa.v)
+                assert _same_bits(oa.beta2_power, ob.beta2_power)
+
+
+def test_adam_lr_lives_on_the_device_and_changes_only_outside_a_step():
+    """The learning rate is a float32 device tensor filled when it changes (the float32 rounding
+    of torch.tensor(lr)); the powers are updated in place (a captured graph reads the same
+    memory); a checkpoint keeps the Python float."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = TF1Adam([("p", p)], 1e-4)
+    power = opt.beta1_power
+    lr_t = opt._lr_t
+    for lr in (1e-4, 3e-5, 0.1 / 3):
+        p.grad = torch.ones(3)
+        opt.step(lr)
+        assert opt._lr_t is lr_t and torch.equal(lr_t, torch.tensor(lr, dtype=torch.float32))
+        assert opt.state_dict()["lr"] == lr
+    assert opt.beta1_power is power and float(power) == 0.5 ** 4
+    opt.load_state_dict(opt.state_dict())
+    assert opt.beta1_power is power and opt._lr_t is lr_t
+
+
+# -- the loop: values fetched later, the same floats, weights and log as the main branch -------------
+
+from parity_tests.test_morph import _one_thread  # noqa: E402,F401 - autouse: one CPU thread per test
+from ugatit_common import options as opt  # noqa: E402
+from ugatit_common.demo_data import make_demo_dataset  # noqa: E402
+
+NET = dict(light=True, img_size=32, ch=2, n_dis=4, n_res=4, sn=True, smoothing=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("graphs_data"))
+    make_demo_dataset(root, "demo", 32, n_train=4, n_test=1)
+    return root
+
+
+def _cfg(root, name, **kw):
+    return opt.config_from(**{**dict(dataset="demo", epoch=1, iteration=4, print_freq=1000, save_freq=1000,
+                                     decay_flag=False, augment_flag=False, lr=0.0002,
+                                     checkpoint_dir=f"{root}/ck_{name}", result_dir=f"{root}/res",
+                                     log_dir=f"{root}/logs_{name}", sample_dir=f"{root}/samples_{name}"),
+                              **NET, **kw})
+
+
+def _main_branch_run(cfg, seed, base):
+    """The main branch's training loop in miniature: the same data, seeding and draws as
+    `Trainer.run`, the steps returning Python floats (a host read per step) and the main
+    branch's TF1 Adam (frozen above). The reference of the exact fp32 path."""
+    import random
+
+    import numpy as np
+
+    from torch_port.model import build_ugatit
+    from torch_port.train import gp_draws, load_dataset, resumable_loader
+    ds_A, ds_B = load_dataset(cfg, "trainA", seed, base), load_dataset(cfg, "trainB", seed + 1, base)
+    cfg = dict(cfg, seed=seed)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    model = build_ugatit(cfg)
+    for key, named in (("G_optim", model.g_params()), ("D_optim", model.d_params())):
+        setattr(model, key, _MainBranchTF1Adam(named, cfg["lr"], constraints={n: clip_0_1 for n, _ in named
+                                                                              if n.endswith("rho")}))
+    feed_A = resumable_loader(ds_A, cfg["batch_size"], seed)
+    feed_B = resumable_loader(ds_B, cfg["batch_size"], seed + 1)
+    history, past_g = [], -1.0
+    for counter in range(1, cfg["iteration"] + 1):
+        a, b = next(feed_A), next(feed_B)
+        d = model.d_step(a, b, cfg["lr"], gp_draws(cfg, a, b, seed, counter))
+        g = model.g_step(next(feed_A), next(feed_B), cfg["lr"])
+        g.pop("fake_A"), g.pop("fake_B")
+        past_g = g["Generator_loss"]
+        history.append({"counter": counter, "d_loss": d["Discriminator_loss"], "g_loss": past_g, **d, **g})
+    return history, model
+
+
+@pytest.mark.parametrize("gan_type", ["lsgan", "wgan-gp"])
+def test_exact_fp32_loop_equals_the_main_branch_bit_for_bit(data, tmp_path, gan_type):
+    """The trainer's exact fp32 path (steps returning device tensors, values fetched later,
+    the new TF1 Adam) against the main branch's loop: every logged float and every final
+    weight and Adam slot bit for bit; the official line is printed for every iteration."""
+    from torch_port.train import Trainer
+    cfg = _cfg(str(tmp_path), "exact", gan_type=gan_type)
+    lines = []
+    out = Trainer(cfg, "cpu", seed=3, base=data, log=lines.append, cuda_graphs=False).run()
+    ref_history, ref = _main_branch_run(cfg, 3, data)
+    assert out["history"] == ref_history
+    assert all(type(v) is float for r in out["history"] for k, v in r.items() if k != "counter")
+    a, b = out["model"].state_dict(), ref.state_dict()
+    assert a.keys() == b.keys() and all(_same_bits(a[k], b[k]) for k in a)
+    for key in ("G_optim", "D_optim"):
+        mine, theirs = getattr(out["model"], key), getattr(ref, key)
+        assert all(_same_bits(mine.m[n], theirs.m[n]) and _same_bits(mine.v[n], theirs.v[n]) for n in mine.m)
+        assert _same_bits(mine.beta1_power, theirs._beta1_power)
+    said = [l for l in lines if l.startswith("Epoch:")]
+    assert len(said) == 4 and all(f"d_loss: {r['d_loss']:.8f}" in l for l, r in zip(said, ref_history)), said
+
+
+def _trainer(family, cfg, data, **kw):
+    from morph.train import MorphTrainer
+    from torch_port.train import Trainer
+    if family == "morph":
+        return MorphTrainer(dict(cfg, morph_config="C"), "cpu", seed=3, base=data, **kw)
+    return Trainer(cfg, "cpu", seed=3, base=data, **kw)
+
+
+def _assert_same_run(a, b):
+    assert a["history"] == b["history"]
+    sa, sb = a["model"].state_dict(), b["model"].state_dict()
+    assert sa.keys() == sb.keys() and all(_same_bits(sa[k], sb[k]) for k in sa)
+    for key in ("G_optim", "D_optim"):
+        oa, ob = getattr(a["model"], key), getattr(b["model"], key)
+        assert all(_same_bits(oa.m[n], ob.m[n]) and _same_bits(oa.v[n], ob.v[n]) for n in oa.m)
+        assert _same_bits(oa.beta2_power, ob.beta2_power)
+
+
+@pytest.mark.parametrize("family,precision,gan_type", [("port", "fp32", "lsgan"), ("port", "bf16", "lsgan"),
+                                                       ("port", "fp32", "wgan-gp"), ("port", "fp16", "lsgan"),
+                                                       ("morph", "fp32", "lsgan"), ("morph", "bf16", "wgan-gp")])
+def test_static_buffer_steps_equal_todays_steps_bit_for_bit(data, tmp_path, family, precision, gan_type):
+    """The steps `torch_port.train_graphs` captures on CUDA (inputs, gradient-penalty draws and
+    Morph's direction codes in fixed tensors, the learning rate on the device, autocast without
+    its cast cache, fp16's skip decision on the device), run eagerly here: 4 iterations give the
+    same floats, weights and Adam state as today's steps, bit for bit. fp16 starts at GradScaler's
+    2^16, so skipped steps are crossed."""
+    runs = {}
+    for graphs in (False, True):
+        lines = []
+        cfg = _cfg(str(tmp_path), f"{family}_{graphs}", gan_type=gan_type)
+        runs[graphs] = _trainer(family, cfg, data, precision=precision, cuda_graphs=graphs, log=lines.append).run()
+        assert any("static-buffer steps run eagerly" in l for l in lines) == graphs, lines
+    _assert_same_run(runs[False], runs[True])
+    if precision == "fp16":
+        assert runs[True]["model"].G_optim.loss_scaler.skipped > 0
+        assert runs[True]["model"].G_optim.loss_scaler.state_dict() == runs[False]["model"].G_optim.loss_scaler.state_dict()
+
+
+def test_static_buffer_steps_resume_bit_for_bit(data, tmp_path):
+    """Morph C (direction codes drawn on the host, served from fixed tensors) with wgan-gp:
+    2N iterations == N + resume + N over the static-buffer steps, bit for bit."""
+    cfgs = {name: _cfg(str(tmp_path), name, gan_type="wgan-gp", iteration=2) for name in ("whole", "split")}
+    whole = _trainer("morph", dict(cfgs["whole"], epoch=2), data, cuda_graphs=True, log=lambda m: None).run()
+    _trainer("morph", dict(cfgs["split"], epoch=1), data, cuda_graphs=True, log=lambda m: None).run()
+    split = _trainer("morph", dict(cfgs["split"], epoch=2), data, cuda_graphs=True, log=lambda m: None).run()
+    assert [r["counter"] for r in split["history"]] == [3, 4]
+    assert split["history"] == whole["history"][2:]
+    sa, sb = whole["model"].state_dict(), split["model"].state_dict()
+    assert all(_same_bits(sa[k], sb[k]) for k in sa)
+
+
+# -- no value read back inside a step -----------------------------------------------------------------
+
+def _meta_model(family, gan_type="lsgan", foreach=False):
+    from morph.model import MorphUGATIT
+    from torch_port.model import build_ugatit
+    torch.manual_seed(0)
+    cfg = dict(NET, gan_type=gan_type)
+    model = MorphUGATIT(dict(cfg, morph_config="C")) if family == "morph" else build_ugatit(cfg)
+    if family == "morph":
+        model.z_generator = torch.Generator().manual_seed(0)
+    model = model.to("meta")
+    model.make_optimizers(1e-4)
+    model.loss_values = "tensor"
+    for o in (model.G_optim, model.D_optim):
+        o.foreach = foreach
+    return model
+
+
+@pytest.mark.parametrize("family,gan_type,foreach,precision", [
+    ("port", "lsgan", False, "fp32"), ("port", "lsgan", True, "fp32"), ("port", "wgan-gp", True, "fp32"),
+    ("port", "dragan", False, "fp16"), ("morph", "lsgan", True, "fp16"), ("morph", "wgan-gp", False, "fp32")])
+def test_steps_read_nothing_back_to_the_host(family, gan_type, foreach, precision):
+    """A D and a G step, through the static-buffer steps the CUDA graphs capture, with the model,
+    the optimizers, fp16's loss scaler and the inputs on the meta device: tensors without values,
+    so any read back (`float(t)`, `.item()`, `.tolist()`, a branch on a value, `nonzero`) raises.
+    They run: nothing inside a step waits for the device. (fp16 here without autocast, which has
+    no meta device: the loss scaling and the skip decision are what is checked.) Control: the
+    float-returning steps of the public API do raise there."""
+    from torch_port.train_graphs import static_steps
+    from torch_port.train_precision import mixed_precision_steps
+    model = _meta_model(family, gan_type, foreach)
+    d_step, g_step = model.d_step, model.g_step
+    if precision == "fp16":
+        d_step, g_step = mixed_precision_steps(model, d_step, g_step, "fp16", "cpu")  # autocast("cpu"): not on meta
+    host_draws = [(model, "make_z")] if family == "morph" else []
+    d_step, g_step = static_steps(model, d_step, g_step, "static", host_draws, log=lambda m: None)
+    x, y = torch.empty(1, 3, 32, 32, device="meta"), torch.empty(1, 3, 32, 32, device="meta")
+    draws = {k: torch.empty(s, device="meta") for k, s in (("alpha_A", (1, 1, 1, 1)), ("alpha_B", (1, 1, 1, 1)),
+                                                          ("noise_A", (1, 3, 32, 32)), ("noise_B", (1, 3, 32, 32)))}
+    for _ in range(2):  # the second call: the recorded host draws are served from the fixed tensors
+        d = d_step(x, y, 1e-4, draws if gan_type != "lsgan" else None)
+        g = g_step(x, y, 1e-4)
+        assert all(v.device.type == "meta" and v.dim() == 0 for v in d.values())
+        assert g["fake_A"].device.type == "meta" and g["Generator_loss"].dim() == 0
+    assert ("D_loss_scale" in d) == (precision == "fp16")
+    model.loss_values = "float"
+    with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
+        model.d_step(x, y, 1e-4, draws if gan_type != "lsgan" else None)
