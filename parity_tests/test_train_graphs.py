@@ -372,3 +372,146 @@ def test_steps_read_nothing_back_to_the_host(family, gan_type, foreach, precisio
     model.loss_values = "float"
     with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
         model.d_step(x, y, 1e-4, draws if gan_type != "lsgan" else None)
+
+
+# -- values read late: every line, record and event as before; NaN and non-finite state never saved ------
+
+def _scalars_and_histograms(log_dir):
+    import glob
+    import os
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    [events] = glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))
+    acc = EventAccumulator(events, size_guidance={"scalars": 0, "histograms": 0}).Reload()
+    scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+    hists = {t: [(e.step, e.histogram_value.sum, e.histogram_value.sum_squares, tuple(e.histogram_value.bucket))
+                 for e in acc.Histograms(t)] for t in acc.Tags()["histograms"]}
+    return scalars, hists
+
+
+class _Recorder:
+    """The order in which steps run and lines appear."""
+
+    def __init__(self):
+        self.events = []
+
+    def log(self, line):
+        if line.startswith("Epoch:"):
+            self.events.append("line " + line.split(" time:")[0])
+
+    def trainer(self, base):
+        events = self.events
+
+        class Recording(base):
+            def wrap_steps(self, d_step, g_step):
+                d_step, g_step = super().wrap_steps(d_step, g_step)
+
+                def d(*a, **k):
+                    events.append("D")
+                    return d_step(*a, **k)
+                return d, g_step
+        return Recording
+
+
+def test_values_read_late_keep_every_line_record_and_event(data, tmp_path, monkeypatch):
+    """The loop reads a step's values up to MAX_PENDING iterations after it ran (forced here: the
+    values never say they have arrived). Every official line, history record, losses.jsonl line,
+    TensorBoard scalar and rho histogram equals a run that reads them at once - the rho
+    histograms too (a snapshot taken right after the G step, not the weights when read)."""
+    from morph.train import MorphTrainer
+    from torch_port import host_device, train as tt
+    runs = {}
+    for late in (False, True):
+        if late:
+            monkeypatch.setattr(host_device.PendingValues, "ready", lambda self: False)
+        rec = _Recorder()
+        cfg = dict(_cfg(str(tmp_path), f"late{late}", iteration=5), morph_config="C")
+        out = rec.trainer(MorphTrainer)(cfg, "cpu", seed=3, base=data, log=rec.log, cuda_graphs=False).run()
+        with open(f"{out['paths'].log}/losses.jsonl") as fh:
+            jsonl = fh.read()
+        runs[late] = (out, rec.events, jsonl, _scalars_and_histograms(out["paths"].log))
+    (a, ea, ja, ta), (b, eb, jb, tb) = runs[False], runs[True]
+    assert a["history"] == b["history"] and ja == jb and ta == tb
+    assert ta[1] and any(t.endswith("rho_mean") for t in ta[0])
+    assert [e for e in ea if e != "D"] == [e for e in eb if e != "D"]  # the same lines, in order
+    lag = tt.MAX_PENDING
+    assert ea[:2] == ["D", ea[1]] and ea[1].startswith("line Epoch: [ 0] [    0/")  # at once
+    assert eb[:lag + 2] == ["D"] * (lag + 1) + [ea[1]]  # the first line after MAX_PENDING more steps
+
+
+def _port_main(argv, tmp_path, monkeypatch, capsys):
+    from torch_port.__main__ import main as port_main
+    monkeypatch.chdir(tmp_path)
+    rc = port_main(argv)
+    return rc, capsys.readouterr()
+
+
+PORT_TINY = ["--dataset", "demo", "--img_size", "32", "--ch", "2", "--n_dis", "4", "--light", "True",
+             "--augment_flag", "False", "--device", "cpu", "--print_freq", "1000", "--threads", "1"]
+
+
+def test_nan_found_late_still_stops_before_any_later_checkpoint(tmp_path, monkeypatch, capsys):
+    """With values read late, a NaN loss at step 3 stops the run (exit 3, naming step 3) before
+    the save that follows it: the newest checkpoint is the one before the NaN."""
+    import glob
+    import os
+
+    from torch_port import checkpoint as ck
+    from torch_port import host_device
+    from torch_port.train import NAN_HOOK_ENV
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
+    monkeypatch.setattr(host_device.PendingValues, "ready", lambda self: False)
+    monkeypatch.setenv(NAN_HOOK_ENV, "3")
+    rc, said = _port_main(PORT_TINY + ["--iteration", "6", "--epoch", "1", "--save_freq", "2"], tmp_path,
+                          monkeypatch, capsys)
+    assert rc == 3 and "Discriminator_loss is nan at step 3" in said.err, said.err
+    [folder] = glob.glob(str(tmp_path / "checkpoint" / "UGATIT_light_demo*"))
+    step, weights, _ = ck.find_latest(folder)
+    assert step == 3 and not glob.glob(os.path.join(folder, "*model-5*"))
+    lines = [l for l in said.out.splitlines() if l.startswith("Epoch:")]
+    assert len(lines) == 2  # steps 1 and 2; step 3's NaN line is not printed
+
+
+def test_non_finite_optimizer_state_is_never_saved(data, tmp_path):
+    """Finite losses, yet an infinite Adam slot after step 2 (the losses cannot show it yet): the
+    save after step 2 refuses (NonFiniteLoss, exit 3 on the command line) naming the slot, and
+    the newest checkpoint stays the one before."""
+    from torch_port import checkpoint as ck
+    from torch_port.train import NonFiniteLoss, Trainer
+
+    class Corrupting(Trainer):
+        def wrap_steps(self, d_step, g_step):
+            d_step, g_step = super().wrap_steps(d_step, g_step)
+            calls = [0]
+
+            def g(*a, **k):
+                out = g_step(*a, **k)
+                calls[0] += 1
+                if calls[0] == 2:
+                    name = next(iter(self.model.D_optim.v))
+                    self.model.D_optim.v[name].view(-1)[0] = float("inf")
+                return out
+            return d_step, g
+    cfg = _cfg(str(tmp_path), "corrupt", iteration=4, save_freq=1)
+    with pytest.raises(NonFiniteLoss, match=r"D_optim slot discriminator_A.*Adam_1.*after step 2"):
+        Corrupting(cfg, "cpu", seed=3, base=data, log=lambda m: None).run()
+    import glob
+    [folder] = glob.glob(f"{tmp_path}/ck_corrupt/*")
+    assert ck.find_latest(folder)[0] == 2
+
+
+def test_gpu_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, monkeypatch, capsys):
+    """A CUDA out-of-memory error inside the loop: one `error:` line naming the size settings
+    and what to lower, exit 2, the step it stopped at and the resume command (simulated on CPU:
+    the error raised by a step)."""
+    from torch_port import model as tm
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    monkeypatch.setattr(tm.UGATIT, "g_step", oom)
+    rc, said = _port_main(PORT_TINY + ["--iteration", "2", "--epoch", "1"], tmp_path, monkeypatch, capsys)
+    [line] = [l for l in said.err.splitlines() if l.startswith("error:")]
+    assert rc == 2 and "ran out of memory at --img_size 32, --batch_size 1, --ch 2, --light True" in line, said.err
+    assert "lower --img_size, --batch_size or --ch" in line and "Tried to allocate 20.00 GiB" in line
+    assert "Traceback" not in said.err

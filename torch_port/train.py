@@ -507,6 +507,7 @@ class Trainer:
             history.append(record)
             if loss_log:
                 loss_log.write(json.dumps(record) + "\n")
+            cli_errors.note_step(it.counter)  # the last step whose line is out (Ctrl-C names it)
             if main:
                 bar.update(1)
                 log(opt.iteration_line(it.epoch, it.idx, cfg["iteration"], time.time() - start_time, d_loss, g_loss))
@@ -565,7 +566,6 @@ class Trainer:
                         it.g = PendingValues(g, arrays=rho, average=dist_info.enabled)
                     pending.append(it)
                     counter += 1
-                    cli_errors.note_step(counter - 1)
                     drain()
                     if main and (idx + 1) % cfg["print_freq"] == 0 and real_A is not None:
                         drain(everything=True)  # the samples follow their iteration's line, as before
@@ -580,6 +580,9 @@ class Trainer:
                 save_checkpoint(epoch + 1, 0)
             drain(everything=True)
             ok = True
+        except NonFiniteLoss:
+            pending.clear()  # the iterations after a NaN are neither logged nor recorded
+            raise
         except torch.cuda.OutOfMemoryError as e:
             raise gpu_out_of_memory(e, cfg) from e
         finally:
