@@ -272,12 +272,12 @@ def test_exact_fp32_loop_equals_the_main_branch_bit_for_bit(data, tmp_path, gan_
     assert len(said) == 4 and all(f"d_loss: {r['d_loss']:.8f}" in l for l, r in zip(said, ref_history)), said
 
 
-def _trainer(family, cfg, data, **kw):
+def _trainer(family, cfg, data, device="cpu", **kw):
     from morph.train import MorphTrainer
     from torch_port.train import Trainer
     if family == "morph":
-        return MorphTrainer(dict(cfg, morph_config="C"), "cpu", seed=3, base=data, **kw)
-    return Trainer(cfg, "cpu", seed=3, base=data, **kw)
+        return MorphTrainer(dict(cfg, morph_config="C"), device, seed=3, base=data, **kw)
+    return Trainer(cfg, device, seed=3, base=data, **kw)
 
 
 def _assert_same_run(a, b):
@@ -515,3 +515,234 @@ def test_gpu_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, monkeypatc
     assert rc == 2 and "ran out of memory at --img_size 32, --batch_size 1, --ch 2, --light True" in line, said.err
     assert "lower --img_size, --batch_size or --ch" in line and "Tried to allocate 20.00 GiB" in line
     assert "Traceback" not in said.err
+
+
+# -- CUDA only (bench/gpu_check.sh runs them: pytest -m cuda) ------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-only: run by bench/gpu_check.sh")
+
+
+def _cuda_run(data, tmp_path, name, family="port", epoch=1, iteration=10, **kw):
+    from torch_port.train import pick_device
+    cfg = _cfg(str(tmp_path), name, epoch=epoch, iteration=iteration, save_freq=kw.pop("save_freq", iteration))
+    return _trainer(family, cfg, data, pick_device("cuda"), log=kw.pop("log", lambda m: None), **kw).run()
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("family", ["port", "morph"])
+def test_cuda_graphed_fp32_equals_eager_and_resumes_bit_for_bit(data, tmp_path, family):
+    """CUDA, the exact fp32 path (deterministic mode: deterministic cuDNN and cuBLAS, the
+    deterministic reflection-pad backward): the captured steps give eager's floats, weights and
+    Adam state bit for bit over 10 iterations (captured at the 4th), and 2N = N + resume + N with
+    graphs (each half captures its own)."""
+    lines = []
+    eager = _cuda_run(data, tmp_path, f"{family}_eager", family, cuda_graphs=False)
+    graphed = _cuda_run(data, tmp_path, f"{family}_graphed", family, cuda_graphs=True, log=lines.append)
+    assert any("CUDA graphs: the D and G steps are captured" in l for l in lines), lines
+    assert not any("could not be captured" in l for l in lines), lines
+    _assert_same_run(eager, graphed)
+    whole = _cuda_run(data, tmp_path, f"{family}_whole", family, epoch=2, iteration=5, cuda_graphs=True)
+    _cuda_run(data, tmp_path, f"{family}_split", family, epoch=1, iteration=5, cuda_graphs=True)
+    split = _cuda_run(data, tmp_path, f"{family}_split", family, epoch=2, iteration=5, cuda_graphs=True)
+    assert split["history"] == whole["history"][5:]
+    sa, sb = whole["model"].state_dict(), split["model"].state_dict()
+    assert all(_same_bits(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("family,precision,gan_type", [("port", "fp32", "lsgan"), ("port", "bf16", "wgan-gp"),
+                                                       ("port", "fp16", "lsgan"), ("morph", "tf32", "lsgan")])
+def test_cuda_steady_state_steps_never_wait_for_the_gpu(data, family, precision, gan_type):
+    """After the capture, an iteration as the loop runs it - batches copied from pinned memory,
+    gradient-penalty draws, Morph's direction codes, a captured D and G step, the loss values
+    and the rho snapshot on their way to the host - under torch.cuda.set_sync_debug_mode("error"):
+    any operation that makes the host wait for the GPU raises."""
+    from torch_port.host_device import PendingValues, to_device
+    from torch_port.train import Trainer, gp_draws, pick_device
+    device = pick_device("cuda")
+    torch.manual_seed(0)
+    from morph.model import MorphUGATIT
+    from torch_port.model import build_ugatit
+    cfg = dict(NET, gan_type=gan_type)
+    model = (MorphUGATIT(dict(cfg, morph_config="C")) if family == "morph" else build_ugatit(cfg)).to(device)
+    if family == "morph":
+        model.z_generator = torch.Generator().manual_seed(0)
+    model.make_optimizers(1e-4)
+    trainer = Trainer.__new__(Trainer)  # the seam alone
+    trainer.precision, trainer.compile, trainer.device, trainer.model = precision, False, device, model
+    trainer.cuda_graphs, trainer.log = True, lambda m: None
+    if family == "morph":
+        trainer.host_draws = lambda: [(model, "make_z")]
+    d_step, g_step = trainer.wrap_steps(model.d_step, model.g_step)
+    model.loss_values = "tensor"
+    rho = {n: p for n, p in model.named_parameters() if n.endswith("rho")}
+    g = torch.Generator().manual_seed(1)
+
+    def iteration(counter):
+        a, b = (to_device(torch.rand(1, 3, 32, 32, generator=g) * 2 - 1, device) for _ in range(2))
+        d = d_step(a, b, 1e-4, gp_draws(dict(cfg), a, b, 0, counter))
+        out = [PendingValues(d)]
+        gv = dict(g_step(*(to_device(torch.rand(1, 3, 32, 32, generator=g) * 2 - 1, device) for _ in range(2)), 1e-4))
+        gv.pop("fake_A"), gv.pop("fake_B")
+        return out + [PendingValues(gv, arrays=rho)]
+    pending = [iteration(c) for c in range(1, 6)]  # 3 eager calls, the capture, a replay
+    assert d_step.graph is not None and g_step.graph is not None
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pending += [iteration(c) for c in range(6, 10)]
+        assert all(isinstance(p.ready(), bool) for it in pending for p in it)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    values = [p.result()[0] for it in pending for p in it]
+    assert all(math.isfinite(v) for vs in values for v in vs.values())
+
+
+def _cuda_gradients(model, which, x, y):
+    from torch_port.ops import spectral_norm_run
+    with spectral_norm_run(model):
+        total = (model.discriminator_losses(x, y)[0] if which == "D" else model.generator_losses(x, y)[0])
+    named = model.d_params() if which == "D" else model.g_params()
+    grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
+    return {n: g.detach().double().cpu() for (n, _), g in zip(named, grads) if g is not None}
+
+
+def _graphed_gradients(model, which, x, y):
+    """The gradients a captured CUDA graph of the step computes from `model`'s state: warm-up
+    calls and the capture (which update the weights), then the weights, `u` and Adam's state put
+    back in place and the graph replayed on (x, y); the parameters' .grad hold its gradients."""
+    from torch_port.train_graphs import WARMUP_CALLS, StaticStep
+    model.loss_values = "tensor"
+    optim = model.D_optim if which == "D" else model.G_optim
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    saved_opt = copy.deepcopy(optim.state_dict())
+    step = StaticStep(model.d_step if which == "D" else model.g_step, optim, which, capture=True, log=print)
+    for _ in range(WARMUP_CALLS + 1):
+        step(x, y, 1e-4)
+    assert step.graph is not None
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            v.copy_(saved[k])
+    optim.load_state_dict(saved_opt)
+    step(x, y, 1e-4)
+    named = model.d_params() if which == "D" else model.g_params()
+    return {n: p.grad.detach().double().cpu() for n, p in named if p.grad is not None}
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_compiled_and_graphed_fp32_gradients_meet_the_float64_criterion():
+    """On CUDA, teacher-forced (the CPU test's criterion, parity_tests/test_train_compile.py): from
+    the same weights and batch, the D and G gradients of the compiled fp32 networks and of a
+    captured CUDA graph of the step, against the port's float64 gradients (CPU), judged with CUDA
+    eager fp32 as the reference float32 run: per tensor RMS error <= max(3 x eager's,
+    2^-24 x sqrt(K) x scale). Both in deterministic mode (the exact path's)."""
+    from parity_tests.golden import NORM_FED_BIAS
+    from parity_tests.test_train_precision import NET as BAND_NET
+    from parity_tests.trajectory import chain_sums, float32_budget
+    from torch_port import build_ugatit, train_compile
+    from torch_port.train import pick_device
+    from torch_port.train_precision import deterministic_math
+    from ugatit_common.float_error import rms, scale
+    device = pick_device("cuda")
+    torch.manual_seed(3)
+    base = build_ugatit(BAND_NET)
+    f64 = copy.deepcopy(base).double()
+    g = torch.Generator().manual_seed(4)
+    x, y = (torch.rand(1, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
+    sums = chain_sums(dict(BAND_NET, batch_size=1))
+    worst = {"compiled": 0.0, "graphed": 0.0}
+    checked = 0
+    with deterministic_math():
+        for which in ("D", "G"):
+            eager, comp, graphed = (copy.deepcopy(base).to(device) for _ in range(3))
+            train_compile.compile_model(comp)
+            graphed.make_optimizers(1e-4)
+            truth = _cuda_gradients(f64, which, x.double(), y.double())
+            xc, yc = x.to(device), y.to(device)
+            got = {"eager": _cuda_gradients(eager, which, xc, yc), "compiled": _cuda_gradients(comp, which, xc, yc),
+                   "graphed": _graphed_gradients(graphed, which, xc, yc)}
+            assert all(v.keys() == truth.keys() for v in got.values())
+            for name, t in truth.items():
+                if NORM_FED_BIAS.match(name.replace(".", "/").replace("/bias", "/conv2d/bias")):
+                    continue  # a conv bias an instance norm cancels: exact gradient 0, float noise in every run
+                t = t.numpy()
+                e_err = rms(got["eager"][name].numpy(), t)
+                bound = float32_budget(e_err, scale(t), sums[which])
+                for path in ("compiled", "graphed"):
+                    err = rms(got[path][name].numpy(), t)
+                    assert err <= bound, (path, which, name, err, e_err, bound)
+                    worst[path] = max(worst[path], err / bound)
+                checked += 1
+    print(f"CUDA teacher-forced gradients: {checked} tensors, worst RMS error / budget: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in worst.items()))
+    assert checked > 100 and 0 < worst["compiled"] <= 1
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_tf32_and_nan_stop_with_graphs(data, tmp_path, monkeypatch):
+    """tf32 trains on CUDA with graphs and its losses follow fp32's within the bf16 band
+    (test_train_precision's D_BAND / G_BAND: TF32 has 3 more mantissa bits than bfloat16); a NaN
+    at step 7 (after the capture, injected on the device) stops the graphed run with NonFiniteLoss
+    and the newest checkpoint is step 7's (the state before the NaN)."""
+    from parity_tests.test_train_precision import D_BAND, G_BAND
+    from torch_port import checkpoint as ck
+    from torch_port.train import NAN_HOOK_ENV, NonFiniteLoss
+    fp32 = _cuda_run(data, tmp_path, "fp32", iteration=8)
+    tf32 = _cuda_run(data, tmp_path, "tf32", iteration=8, precision="tf32")
+    worst = {k: max(abs(a[k] - b[k]) / abs(a[k]) for a, b in zip(fp32["history"], tf32["history"]))
+             for k in ("d_loss", "g_loss")}
+    print(f"tf32 vs fp32 on CUDA over 8 iterations: {worst}")
+    assert worst["d_loss"] <= D_BAND and worst["g_loss"] <= G_BAND and worst["d_loss"] > 0, worst
+    monkeypatch.setenv(NAN_HOOK_ENV, "7")
+    with pytest.raises(NonFiniteLoss, match="step 7"):
+        _cuda_run(data, tmp_path, "nan", iteration=10, save_freq=1)
+    import glob
+    [folder] = glob.glob(f"{tmp_path}/ck_nan/*")
+    assert ck.find_latest(folder)[0] == 7
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_out_of_memory_names_the_settings(data, tmp_path):
+    """A real CUDA out-of-memory (the process limited to 2% of the GPU, a 256-px model): the
+    trainer raises GPUOutOfMemory (exit 2 on the command line) naming what to lower."""
+    from torch_port.train import GPUOutOfMemory, exit_code_of
+    big = str(tmp_path / "big")
+    make_demo_dataset(big, "demo", 256, n_train=2, n_test=1)
+    cfg = _cfg(str(tmp_path), "oom", iteration=2, img_size=256, ch=64, n_dis=6)
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(0.02)
+    try:
+        from torch_port.train import Trainer, pick_device
+        trainer = Trainer(cfg, pick_device("cuda"), seed=0, base=big, log=lambda m: None)
+        with pytest.raises(GPUOutOfMemory, match="the GPU ran out of memory.*lower --img_size, --batch_size or --ch"):
+            exit_code_of(trainer.run)  # (in the loop the line also names the settings: CPU test above)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_torchrun_world_size_one(tmp_path):
+    """`torchrun --nproc_per_node 1 -m torch_port ... --device cuda` trains (one process, one GPU;
+    graphs captured: the all-reduce only exists from 2 processes on, where NCCL is the backend and
+    graphs are off)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
+    flags = [f for f in PORT_TINY if f != "cpu"]
+    flags[flags.index("--device") + 1:flags.index("--device") + 1] = ["cuda"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                           "-m", "torch_port", *flags, "--iteration", "6", "--epoch", "1"],
+                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "CUDA graphs: the D and G steps are captured" in proc.stdout
+    assert len([l for l in proc.stdout.splitlines() if l.startswith("Epoch:")]) == 6

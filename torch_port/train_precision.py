@@ -289,15 +289,20 @@ def deterministic_math():
     workspace - CUBLAS_WORKSPACE_CONFIG, set by `torch_port.train.pick_device` - and the port's
     deterministic reflection-pad backward, `torch_port.deterministic_pad`), so that two runs of
     the same steps give the same bits and 2N iterations equal N + resume + N on CUDA too."""
+    import torch.utils.deterministic as det
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark)
+             torch.backends.cudnn.benchmark, det.fill_uninitialized_memory)
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
+    # deterministic mode also fills every new tensor with NaN first (a debugging aid, one more
+    # pass over each allocation); the step reads no memory it has not written
+    det.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.benchmark = saved[2]
+        det.fill_uninitialized_memory = saved[3]
 
 
 def cuda_steps(d_step, g_step, precision: str, device, deterministic: bool = True):
