@@ -105,7 +105,7 @@ def _device(name: str) -> torch.device:
 def _cfg(args) -> dict:
     skip = {"command", "config", "device", "seed", "init_from", "data_root", "input", "checkpoint", "steps",
             "samples", "direction", "precision", "compile", "num_workers", "threads", "keep_checkpoints", "resume",
-            "cuda_graphs"}
+            "cuda_graphs", "cudnn_benchmark"}
     cfg = opt.config_from({k: v for k, v in vars(args).items() if k not in skip})
     cfg["morph_config"] = args.config
     return cfg

@@ -290,9 +290,10 @@ def _assert_same_run(a, b):
         assert _same_bits(oa.beta2_power, ob.beta2_power)
 
 
-@pytest.mark.parametrize("family,precision,gan_type", [("port", "fp32", "lsgan"), ("port", "bf16", "lsgan"),
-                                                       ("port", "fp32", "wgan-gp"), ("port", "fp16", "lsgan"),
-                                                       ("morph", "fp32", "lsgan"), ("morph", "bf16", "wgan-gp")])
+@pytest.mark.parametrize("family,precision,gan_type", [
+    ("port", "fp32", "lsgan"), pytest.param("port", "bf16", "lsgan", marks=pytest.mark.slow),
+    pytest.param("port", "fp32", "wgan-gp", marks=pytest.mark.slow), ("port", "fp16", "lsgan"),
+    pytest.param("morph", "fp32", "lsgan", marks=pytest.mark.slow), ("morph", "bf16", "wgan-gp")])
 def test_static_buffer_steps_equal_todays_steps_bit_for_bit(data, tmp_path, family, precision, gan_type):
     """The steps `torch_port.train_graphs` captures on CUDA (inputs, gradient-penalty draws and
     Morph's direction codes in fixed tensors, the learning rate on the device, autocast without
@@ -300,24 +301,25 @@ def test_static_buffer_steps_equal_todays_steps_bit_for_bit(data, tmp_path, fami
     same floats, weights and Adam state as today's steps, bit for bit. fp16 starts at GradScaler's
     2^16, so skipped steps are crossed."""
     runs = {}
-    for graphs in (False, True):
+    for graphs in ("False", "static"):
         lines = []
         cfg = _cfg(str(tmp_path), f"{family}_{graphs}", gan_type=gan_type)
         runs[graphs] = _trainer(family, cfg, data, precision=precision, cuda_graphs=graphs, log=lines.append).run()
-        assert any("static-buffer steps run eagerly" in l for l in lines) == graphs, lines
-    _assert_same_run(runs[False], runs[True])
+        assert any("static-buffer steps run eagerly" in l for l in lines) == (graphs == "static"), lines
+    _assert_same_run(runs["False"], runs["static"])
     if precision == "fp16":
-        assert runs[True]["model"].G_optim.loss_scaler.skipped > 0
-        assert runs[True]["model"].G_optim.loss_scaler.state_dict() == runs[False]["model"].G_optim.loss_scaler.state_dict()
+        assert runs["static"]["model"].G_optim.loss_scaler.skipped > 0
+        assert runs["static"]["model"].G_optim.loss_scaler.state_dict() == \
+            runs["False"]["model"].G_optim.loss_scaler.state_dict()
 
 
 def test_static_buffer_steps_resume_bit_for_bit(data, tmp_path):
     """Morph C (direction codes drawn on the host, served from fixed tensors) with wgan-gp:
     2N iterations == N + resume + N over the static-buffer steps, bit for bit."""
     cfgs = {name: _cfg(str(tmp_path), name, gan_type="wgan-gp", iteration=2) for name in ("whole", "split")}
-    whole = _trainer("morph", dict(cfgs["whole"], epoch=2), data, cuda_graphs=True, log=lambda m: None).run()
-    _trainer("morph", dict(cfgs["split"], epoch=1), data, cuda_graphs=True, log=lambda m: None).run()
-    split = _trainer("morph", dict(cfgs["split"], epoch=2), data, cuda_graphs=True, log=lambda m: None).run()
+    whole = _trainer("morph", dict(cfgs["whole"], epoch=2), data, cuda_graphs="static", log=lambda m: None).run()
+    _trainer("morph", dict(cfgs["split"], epoch=1), data, cuda_graphs="static", log=lambda m: None).run()
+    split = _trainer("morph", dict(cfgs["split"], epoch=2), data, cuda_graphs="static", log=lambda m: None).run()
     assert [r["counter"] for r in split["history"]] == [3, 4]
     assert split["history"] == whole["history"][2:]
     sa, sb = whole["model"].state_dict(), split["model"].state_dict()
@@ -343,8 +345,9 @@ def _meta_model(family, gan_type="lsgan", foreach=False):
 
 
 @pytest.mark.parametrize("family,gan_type,foreach,precision", [
-    ("port", "lsgan", False, "fp32"), ("port", "lsgan", True, "fp32"), ("port", "wgan-gp", True, "fp32"),
-    ("port", "dragan", False, "fp16"), ("morph", "lsgan", True, "fp16"), ("morph", "wgan-gp", False, "fp32")])
+    pytest.param("port", "lsgan", False, "fp32", marks=pytest.mark.slow), ("port", "lsgan", True, "fp32"),
+    pytest.param("port", "wgan-gp", True, "fp32", marks=pytest.mark.slow), ("port", "dragan", False, "fp16"),
+    ("morph", "lsgan", True, "fp16"), pytest.param("morph", "wgan-gp", False, "fp32", marks=pytest.mark.slow)])
 def test_steps_read_nothing_back_to_the_host(family, gan_type, foreach, precision):
     """A D and a G step, through the static-buffer steps the CUDA graphs capture, with the model,
     the optimizers, fp16's loss scaler and the inputs on the meta device: tensors without values,
@@ -746,3 +749,50 @@ def test_cuda_torchrun_world_size_one(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "CUDA graphs: the D and G steps are captured" in proc.stdout
     assert len([l for l in proc.stdout.splitlines() if l.startswith("Epoch:")]) == 6
+
+
+def test_bad_gpu_flags_are_one_line(tmp_path, monkeypatch, capsys):
+    """On a machine without a GPU: --device cuda, --precision tf32, --cuda_graphs True are refused
+    with one `error:` line naming the flag (exit 2), on both training command lines; a misspelt
+    --cuda_graphs is argparse's usage error (exit 2); --cuda_graphs auto trains."""
+    from morph.__main__ import main as morph_main
+    from torch_port.__main__ import main as port_main
+    if torch.cuda.is_available():
+        pytest.skip("checks the refusals of a machine without CUDA")
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    flags = [f for f in PORT_TINY if f != "--threads" and f != "1"] + ["--iteration", "1", "--epoch", "1"]
+    for run, argv in ((port_main, flags), (morph_main, ["train"] + flags)):
+        for extra, said in ((["--device", "cuda"], "--device='cuda': CUDA is not available"),
+                            (["--precision", "tf32"], "--precision=tf32: TF32 is a mode of NVIDIA tensor cores"),
+                            (["--cuda_graphs", "True"], "--cuda_graphs True: there is no CUDA graph on cpu")):
+            capsys.readouterr()
+            rc = run(argv + extra)
+            err = capsys.readouterr().err
+            assert rc == 2 and len(err.strip().splitlines()) == 1 and "error: " in err, err
+            assert said in err, err
+        with pytest.raises(SystemExit) as e:
+            run(argv + ["--cuda_graphs", "sometimes"])
+        assert e.value.code == 2 and "--cuda_graphs" in capsys.readouterr().err
+        assert run(argv + ["--cuda_graphs", "auto", "--resume", "False"]) == 0
+
+
+def test_what_the_graph_setting_runs():
+    """`train_graphs.plan`: auto captures on CUDA and is off elsewhere; under torchrun with more
+    than one process auto says it runs eagerly and True is refused (the all-reduce inside a step is
+    not captured here); True on a CPU is refused; False is always eager; static runs the
+    static-buffer steps without capture anywhere."""
+    from torch_port.train_graphs import plan
+    from ugatit_common.options import OptionError
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert plan("auto", cuda, 1)[0] == "capture" and plan("True", cuda, 1)[0] == "capture"
+    assert plan("auto", cpu, 1) == ("off", None) and plan("False", cuda, 1) == ("off", None)
+    how, line = plan("auto", cuda, 2)
+    assert how == "off" and "2 torchrun processes" in line and "eagerly" in line
+    for setting, device, world in (("True", cuda, 2), ("True", cpu, 1)):
+        with pytest.raises(OptionError, match="--cuda_graphs True"):
+            plan(setting, device, world)
+    assert plan("static", cpu, 1)[0] == plan("static", cuda, 4)[0] == "static"
+    assert plan(True, cuda, 1)[0] == "capture" and plan(False, cuda, 1)[0] == "off"
+    with pytest.raises(OptionError, match="expected auto, True or False"):
+        plan("sometimes", cuda, 1)

@@ -11,12 +11,9 @@ Official flags (same names, defaults, meanings) plus:
   --input PATH             test phase: translate this image or folder instead of testA/testB
   --direction a2b|b2a      direction for --input (default a2b)
   --demo DIR               write the demo data set in DIR, train a tiny model, run the test phase
-  --precision fp32|bf16|fp16  the fast path (default fp32, the exact port): the test phase's
-                           generators (torch_port.fast); training: mixed precision with float32
-                           master weights, fp16 with loss scaling (torch_port.train_precision);
-                           training on CUDA also tf32 (TF32 convolutions and matrix products)
-  --cuda_graphs auto|True|False  training: the D and G steps as CUDA graphs (default auto: on
-                           CUDA when capturable; torch_port.train_graphs)
+  --precision fp32|tf32|bf16|fp16  the fast path (default fp32, the exact port): the test phase's
+                           generators (torch_port.fast; tf32: CUDA only); training: mixed precision with float32
+                           master weights, fp16 with loss scaling (torch_port.train_precision)
   --compile True|False     torch.compile the networks (default False): the test phase's generators;
                            training: every network, compiled in the first iteration
                            (torch_port.train_compile)
@@ -55,9 +52,8 @@ def build_parser():
     p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"), help="direction for --input")
     p.add_argument("--demo", default=None, metavar="DIR", help="train and test a tiny demo model in DIR")
     p.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"),
-                   help="fp32 (default, the exact port) | bf16 | fp16: the test phase's generators; "
-                        "training: mixed precision, float32 master weights (fp16: with loss scaling); "
-                        "tf32: training on CUDA")
+                   help="fp32 (default, the exact port) | tf32 (CUDA) | bf16 | fp16: the test phase's generators; "
+                        "training: mixed precision, float32 master weights (fp16: with loss scaling)")
     p.add_argument("--compile", type=opt.str2bool, default=False,
                    help="torch.compile the test phase's generators / the training networks (default False)")
     p.add_argument("--batch", type=int, default=None, help="test phase: images per generator call (progress bar)")
@@ -68,7 +64,7 @@ def build_parser():
 
 
 EXTRA_KEYS = ("device", "num_workers", "threads", "seed", "keep_checkpoints", "resume", "input", "direction", "demo",
-              "precision", "compile", "batch", "checkpoint", "given_flags", "cuda_graphs")
+              "precision", "compile", "batch", "checkpoint", "given_flags", "cuda_graphs", "cudnn_benchmark")
 
 
 def given_flags(argv) -> set:
@@ -87,8 +83,6 @@ def _validate_extra(a):
     if a.phase == "train":
         from .train_precision import check_training_precision
         check_training_precision(a.precision)
-    elif a.precision == "tf32":
-        raise opt.OptionError("--precision=tf32 is a training mode (CUDA); the test phase runs fp32, bf16 or fp16")
     if a.checkpoint is not None and a.phase != "test":
         raise opt.OptionError("--checkpoint applies to the test phase (training resumes from --checkpoint_dir)")
     if a.checkpoint is not None and not (os.path.exists(a.checkpoint) or os.path.isfile(a.checkpoint + ".index")):

@@ -101,9 +101,10 @@ def add_training_flags(p, resume_help: str = "resume from the newest checkpoint"
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: one per core)")
     p.add_argument("--keep_checkpoints", type=int, default=3, help="torch checkpoints to keep (default: 3)")
     p.add_argument("--resume", type=opt.str2bool, default=True, help=resume_help)
-    p.add_argument("--cuda_graphs", default="auto", choices=("auto", "True", "False"),
-                   help="capture the D and G steps as CUDA graphs (default auto: on CUDA when capturable; "
-                        "torch_port.train_graphs)")
+    from .train_graphs import flag_value
+    p.add_argument("--cuda_graphs", default="auto", type=flag_value, metavar="auto|True|False",
+                   help="training: the D and G steps captured as CUDA graphs (default auto: on CUDA where "
+                        "capturable; True where not is refused; torch_port.train_graphs)")
 
 
 def check_training_flags(a) -> None:
@@ -322,6 +323,8 @@ class Trainer:
         self.cuda_graphs = cuda_graphs  # "auto" | "True" | "False" (torch_port.train_graphs)
         self.main = self.dist_info.is_main
         self.device = torch.device(device)
+        from .train_graphs import plan
+        plan(cuda_graphs, self.device, self.dist_info.world_size)  # e.g. True on a CPU: exit 2 before anything
         self.num_workers, self.seed, self.keep_checkpoints = int(num_workers), int(seed), int(keep_checkpoints)
         self.resume, self.base = bool(resume), base
         self.log = (log or _print) if self.main else (lambda msg: None)  # rank 0 alone talks
@@ -514,8 +517,11 @@ class Trainer:
 
         def drain(everything: bool = False) -> None:
             """Finish the pending iterations whose values have arrived, waiting for the oldest
-            while more than MAX_PENDING are in flight (or for all: before a sample or a save)."""
-            while pending and (everything or len(pending) > MAX_PENDING or pending[0].ready()):
+            while more than MAX_PENDING are in flight (or for all: before a sample or a save).
+            Under torchrun only the count decides, the same on every rank: a NaN then stops all
+            ranks at the same iteration, none is left waiting in a collective."""
+            while pending and (everything or len(pending) > MAX_PENDING
+                               or (not dist_info.enabled and pending[0].ready())):
                 finish(pending.popleft())
 
         def save_checkpoint(next_epoch, next_batch):

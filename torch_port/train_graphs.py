@@ -31,33 +31,48 @@ import torch
 from ugatit_common.options import OptionError
 
 WARMUP_CALLS = 3  # eager calls before the capture (PyTorch's guidance: a few on a side stream)
-SETTINGS = ("auto", "True", "False")
+SETTINGS = ("auto", "True", "False", "static")  # static: the steps over fixed tensors, never captured (tests)
 
 
 def parse_setting(value) -> str:
-    """'auto' | 'True' | 'False' from a flag value (bool or str)."""
+    """'auto' | 'True' | 'False' | 'static' from a setting (bool or str, any case)."""
     if isinstance(value, bool):
         return str(value)
     text = str(value).strip().lower()
     for s in SETTINGS:
-        if text == s.lower() or (s == "True" and text in ("1", "yes", "true")) or \
-                (s == "False" and text in ("0", "no", "false")):
+        if text == s.lower() or (s == "True" and text in ("1", "yes")) or (s == "False" and text in ("0", "no")):
             return s
     raise OptionError(f"--cuda_graphs={value!r}: expected auto, True or False")
 
 
+def flag_value(text: str) -> str:
+    """argparse type of --cuda_graphs: auto / True / False (any case; argparse names the flag)."""
+    import argparse
+    try:
+        value = parse_setting(text)
+    except OptionError:
+        value = None
+    if value not in ("auto", "True", "False"):
+        raise argparse.ArgumentTypeError(f"expected auto, True or False, got {text!r}")
+    return value
+
+
 def plan(setting, device, world_size: int) -> tuple[str, str | None]:
-    """What runs: ("capture" | "static" | "off", the log line or None). `setting` auto / True /
-    False (`parse_setting`); "static" = the static-buffer steps eagerly (CPU, asked for)."""
+    """What runs: ("capture" | "static" | "off", the log line or None). `setting`: auto (graphs
+    where capturable, else eager and said), True (graphs; where they cannot be, OptionError:
+    exit 2), False, or static (the static-buffer steps run eagerly, on any device: what the CPU
+    tests prove equal to today's steps)."""
     setting = parse_setting(setting)
     device = torch.device(device)
     if setting == "False":
         return "off", None
+    if setting == "static":
+        return "static", " [*] CUDA graphs: static-buffer steps run eagerly (no capture)"
     if device.type != "cuda":
         if setting == "auto":
             return "off", None
-        return "static", (f" [*] --cuda_graphs True on {device.type}: there is no CUDA graph here; the static-buffer "
-                          f"steps run eagerly (the same arithmetic)")
+        raise OptionError(f"--cuda_graphs True: there is no CUDA graph on {device.type}; use --device cuda, or "
+                          f"--cuda_graphs auto or False")
     if world_size > 1:
         why = (f"{world_size} torchrun processes: the gradient all-reduce inside a step is not captured "
                f"in this project (untested)")
@@ -186,16 +201,24 @@ class StaticStep:
         return out
 
     def _capture(self, lr):
+        current = torch.cuda.current_stream()
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            # on a stream of its own (a capture that fails part-way leaves no stream in use routed to it);
+            # thread_local: another thread (a data-loader's) may use CUDA meanwhile
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
                 outputs = self._body(lr)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.set_stream(current)  # torch.cuda.graph does not leave its stream when ending a capture fails
+            raise
         except Exception as e:  # noqa: BLE001 - said in one line, then eager
+            torch.cuda.set_stream(current)
             self.eager_only = True
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            self.log(f" [!] CUDA graphs: the {self.name} step could not be captured ({type(e).__name__}: "
-                     f"{first[:200]}); it runs eagerly from here")
+            del graph
             torch.cuda.synchronize()
+            first = " ".join(str(e).split())[:200] or type(e).__name__
+            self.log(f" [!] CUDA graphs: the {self.name} step could not be captured ({type(e).__name__}: "
+                     f"{first}); it runs eagerly from here (the same kernels)")
             return None
         self.graph, self.outputs = graph, outputs
         graph.replay()  # the capture only recorded the step: run it
