@@ -39,7 +39,7 @@ class PendingValues:
     `values`: name -> 0-d tensor (any device, any float dtype) or Python float; the order is
     kept. `arrays`: name -> tensor (e.g. a snapshot of the rho parameters), fetched with them as
     float32. `average`: average every value across torchrun ranks first (on the device: NCCL on
-    CUDA, gloo on CPU), as `torch_port.distributed.average_scalars` does for floats."""
+    CUDA, gloo on CPU; in float64, sum then divide by the world size)."""
 
     def __init__(self, values: dict, arrays: dict | None = None, average: bool = False):
         self.keys = list(values)

@@ -21,11 +21,16 @@ each TF1 Adam step, rank 0 alone prints, writes samples, TensorBoard events and 
 TensorBoard scalars of every term the D / G steps return plus rho histograms (`events.EventWriter`,
 never TensorFlow), the NaN stop (`NonFiniteLoss`, exit 3; the last checkpoint stays the newest),
 and the checkpoint policy (`ugatit_common.checkpoint_policy`; `--resume`, `--keep_checkpoints`).
+The steps return their loss values as device tensors; the loop reads them without blocking
+(`torch_port.host_device`) and logs / records / checks each iteration when they arrive, at most
+MAX_PENDING iterations later on CUDA (at once on a CPU); before each save every pending value is
+read and the weights and Adam's state are checked finite.
 
 Seams for a model built on the port (Morph-UGATIT, `morph.train.MorphTrainer`): `prepare_config`,
 `run_paths`, `prefix`, `build_model`, `find_checkpoint` (kind checks), `extra_state` /
 `load_extra_state` (e.g. the z generator's RNG), `start_fresh` (e.g. `--init_from`), `wrap_steps`
-(the one place where the D and G steps can be wrapped: autocast, torch.compile), `LOSS_LOG` (a
+(the one place where the D and G steps can be wrapped: autocast, torch.compile, CUDA graphs),
+`host_draws` (methods a step draws host values with, served from fixed tensors under CUDA graphs), `LOSS_LOG` (a
 JSON-lines loss log) and `MOVE_ASIDE` (output folders `--resume False` moves aside).
 """
 from __future__ import annotations
