@@ -257,11 +257,11 @@ def _pipelined(train, sync, n: int) -> float:
 
 
 CPU_MODES = ["fp32", "bf16", "fp32+compile", "bf16+compile", "morph-fp32", "morph-bf16"]
-# CUDA: every precision with graphs, eager fp32 / bf16 beside them (what graphs give), fp32 without the
+# CUDA: every precision with graphs and eager (what graphs give), fp32 without the
 # deterministic mode (what determinism costs), bf16 / fp16 channels-last (a trial), Morph C; the
 # compiled mode is timed on its own (bench/gpu_check.sh: bf16+compile+graphs)
-CUDA_MODES = ["fp32", "fp32+graphs", "fp32+nondet+graphs", "tf32+graphs", "bf16", "bf16+graphs", "fp16+graphs",
-              "bf16+graphs+cl", "fp16+graphs+cl", "morph-fp32", "morph-fp32+graphs", "morph-tf32+graphs",
+CUDA_MODES = ["fp32", "fp32+graphs", "fp32+nondet+graphs", "tf32", "tf32+graphs", "bf16", "bf16+graphs", "fp16",
+              "fp16+graphs", "bf16+graphs+cl", "fp16+graphs+cl", "morph-fp32", "morph-fp32+graphs", "morph-tf32+graphs",
               "morph-bf16+graphs", "morph-fp16+graphs"]
 # issue 17's targets on an H200 (light, 256 px, batch 1): seconds per iteration; Morph within 10 %
 CUDA_TARGETS = {"fp32": 0.15, "tf32": 0.10, "bf16": 0.06, "fp16": 0.06}
@@ -320,8 +320,8 @@ def _groups(modes) -> dict:
     """One worker process per group: the port's eager / graphed modes, its compiled modes, Morph's."""
     specs = {m: parse_mode(m) for m in modes}
     return {"port": [m for m in modes if specs[m]["family"] == "port" and not specs[m]["compile"]],
-            "compiled": [m for m in modes if specs[m]["compile"]],
-            "morph": [m for m in modes if specs[m]["family"] == "morph" and not specs[m]["compile"]]}
+            "morph": [m for m in modes if specs[m]["family"] == "morph" and not specs[m]["compile"]],
+            "compiled": [m for m in modes if specs[m]["compile"]]}
 
 
 def cuda_main(a, cfg, modes) -> int:
@@ -349,8 +349,10 @@ def cuda_main(a, cfg, modes) -> int:
             w = _Worker("torch_port", passthrough + ["--modes", ",".join(group_modes)], env)
             try:
                 for mode in group_modes:
-                    runs = [w.ask(f"train:{mode}") for _ in range(a.warmup + a.iters)]
-                    timed = runs[a.warmup:]
+                    # eager modes need no capture: 2 warm-up iterations (cuDNN / cuBLAS set-up) are enough
+                    warmup = a.warmup if parse_mode(mode)["graphs"] or parse_mode(mode)["compile"] else min(a.warmup, 2)
+                    runs = [w.ask(f"train:{mode}") for _ in range(warmup + a.iters)]
+                    timed = runs[warmup:]
                     t = statistics.median(r["seconds"] for r in timed)
                     host = statistics.median(r["host_seconds"] for r in timed)
                     pipe = w.time(f"pipe:{mode}:{a.pipelined}") if a.pipelined else None

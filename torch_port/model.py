@@ -34,7 +34,7 @@ class UGATIT(nn.Module):
 
     # What d_step / g_step return for the loss terms: "float" (Python floats: one read back to the
     # host per step) or "tensor" (detached 0-d tensors on the model's device, read later by the
-    # caller without blocking: the trainer's loop, torch_port.step_values)
+    # caller without blocking: the trainer's loop, torch_port.host_device)
     loss_values: str = "float"
 
     def __init__(self, config: Mapping):
