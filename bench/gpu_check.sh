@@ -68,7 +68,7 @@ step bench_train 140 bench_train.log $PY bench/bench_train.py --device cuda --js
 
 # 3. the inference side of issue 17 (test phase, Morph translate / interpolate, ONNX, bench_fast):
 #    ---- INFERENCE STEPS: bench/gpu_check_infer.sh OUT (the `infer` branch): its 3 files go into OUT,
-#    ---- its console lines into tests.log; it gets what is left but 60 s (kept for the drift step)
+#    ---- its console lines into tests.log; it gets what is left but 50 s (kept for the drift step)
 if [[ -f bench/gpu_check_infer.sh ]]; then
     share=$(( $(left) - 50 ))
     step inference $(( share > 20 ? share : 20 )) tests.log bash bench/gpu_check_infer.sh "$OUT"
