@@ -5,14 +5,26 @@ framework lives in its own worker process (in one process their thread pools spi
 other and both slow down), and the parent times them alternately, iteration by iteration, so
 load from other processes falls on all alike; medians are reported.
 
-Training modes (`--modes`): port fp32 (the exact port), bf16, fp16 (CUDA only: on CPU float16
-convolutions run a reference kernel), each also + compile; morph-fp32 / morph-bf16 (Morph-UGATIT
-config C, timed against its own fp32). Compile time is reported separately: the first iteration
-of a compiled mode minus its median (a fresh inductor cache: what a user's first run pays).
+Training modes (`--modes`, `[morph-]<precision>[+compile][+graphs][+nondet]`): port fp32 (the exact
+port), tf32 (CUDA), bf16, fp16 (CUDA only: on CPU float16 convolutions run a reference kernel),
+each also + compile, + graphs (the steps captured as CUDA graphs, torch_port.train_graphs), fp32 +
+nondet (CUDA fp32 without the exact path's deterministic mode), + cl (channels-last weights and
+batches: a trial the trainer does not offer); morph-* (Morph-UGATIT config C,
+timed against its own fp32). An iteration is one D and one G step as the trainer's loop runs them
+(the same wrappers; loss values fetched without blocking). Compile time is reported separately:
+the first iteration of a compiled mode minus its median (a fresh inductor cache: what a user's
+first run pays).
+
+On CUDA (no TensorFlow there): per mode the median synchronised iteration, the host's share
+(launching the steps), the pipelined rate (iterations back to back, values read two iterations
+late, as the loop does) and issue 17's targets beside them (light, 256 px, batch 1, H200: fp32
+<= 0.15 s, tf32 <= 0.10 s, bf16 / fp16 <= 0.06 s, Morph C within 10 % of the port).
 
     python bench/bench_train.py                       # light, 256 px, batch 1, ch 64, every mode
     python bench/bench_train.py --img_size 64 --ch 8 --n_dis 4 --iters 3
     python bench/bench_train.py --modes fp32,bf16     # a subset
+    python bench/bench_train.py --device cuda --json out.json          # every CUDA mode, targets
+    python bench/bench_train.py --device cuda --light False --modes fp32+graphs,bf16+graphs
 
 Targets (issue 9, a CPU with bf16 support): training fp32 <= 0.8x of tf_reference, bf16 <= 0.5x;
 Morph bf16 <= 0.6x of Morph fp32.
@@ -39,18 +51,37 @@ def _inputs(s):
     return (rng.uniform(-1, 1, (1, s, s, 3)).astype(np.float32), rng.uniform(-1, 1, (1, s, s, 3)).astype(np.float32))
 
 
+def parse_mode(mode: str) -> dict:
+    """'[morph-]<precision>[+compile][+graphs][+nondet][+cl]' -> its parts (precision fp32 / tf32 /
+    bf16 / fp16; graphs: the steps captured as CUDA graphs; nondet: fp32 without the exact path's
+    deterministic mode; cl: weights and batches in channels-last layout, a trial: the trainer
+    does not offer it)."""
+    family = "morph" if mode.startswith("morph-") else "port"
+    precision, *flags = mode[len("morph-"):].split("+") if family == "morph" else mode.split("+")
+    unknown = set(flags) - {"compile", "graphs", "nondet", "cl"}
+    if precision not in ("fp32", "tf32", "bf16", "fp16") or unknown:
+        raise ValueError(f"unknown mode {mode!r}")
+    return {"family": family, "precision": precision, "compile": "compile" in flags, "graphs": "graphs" in flags,
+            "deterministic": "nondet" not in flags, "channels_last": "cl" in flags}
+
+
 def torch_runner(cfg, device, init_from: str | None = None, modes=("fp32",)):
-    """({mode: train_iteration}, translate) callables for torch_port; each returns when the work
-    is done. Modes with the same compile setting share one model (the mixed-precision wrappers
-    change nothing outside autocast); compiled modes get their own copy. Morph modes build
-    Morph-UGATIT config C. init_from: a TF checkpoint folder whose weights (converted) the port's
-    models start from."""
+    """({mode: train_iteration}, translate) callables for torch_port; a train_iteration runs one D
+    and one G step as the trainer's loop does (the steps built by the same wrappers: precision,
+    compile, the CUDA math settings, CUDA graphs; the loss values fetched without blocking) and
+    returns the values in flight (`PendingValues`: `.result()` waits for them). On a CPU, modes
+    with the same compile setting share one model (the mixed-precision wrappers change nothing
+    outside autocast); on CUDA every mode has its own (fp16 installs loss scalers, graphs their
+    own memory pools). Morph modes build Morph-UGATIT config C. init_from: a TF checkpoint folder
+    whose weights (converted) the port's models start from."""
     import copy
 
     import torch
     from torch_port import build_ugatit
+    from torch_port.host_device import PendingValues
     from torch_port.train_compile import compile_model
-    from torch_port.train_precision import mixed_precision_steps
+    from torch_port.train_graphs import static_steps
+    from torch_port.train_precision import cuda_steps, mixed_precision_steps
     torch.manual_seed(0)
     base = build_ugatit(cfg)
     if init_from:
@@ -64,8 +95,8 @@ def torch_runner(cfg, device, init_from: str | None = None, modes=("fp32",)):
 
     models = {}
 
-    def model_for(family, compiled):
-        key = (family, compiled)
+    def model_for(family, compiled, key_extra=None, channels_last=False):
+        key = (family, compiled, key_extra, channels_last)
         if key not in models:
             if family == "morph":
                 from morph.model import MorphUGATIT
@@ -75,7 +106,10 @@ def torch_runner(cfg, device, init_from: str | None = None, modes=("fp32",)):
             else:
                 m = copy.deepcopy(base)
             m = m.to(device)
+            if channels_last:
+                m = m.to(memory_format=torch.channels_last)
             m.make_optimizers(cfg["lr"])
+            m.loss_values = "tensor"  # as in the trainer's loop: no read back inside a step
             if compiled:
                 compile_model(m)
             models[key] = m
@@ -83,23 +117,29 @@ def torch_runner(cfg, device, init_from: str | None = None, modes=("fp32",)):
 
     trains = {}
     for mode in modes:
-        family = "morph" if mode.startswith("morph-") else "port"
-        precision, _, compiled = mode.split("-")[-1].partition("+")
-        m = model_for(family, bool(compiled))
+        spec = parse_mode(mode)
+        m = model_for(spec["family"], spec["compile"], mode if device.type == "cuda" else None, spec["channels_last"])
+        x, y = (t.contiguous(memory_format=torch.channels_last) for t in (a, b)) if spec["channels_last"] else (a, b)
         d_step, g_step = m.d_step, m.g_step
-        if precision != "fp32":
-            d_step, g_step = mixed_precision_steps(m, d_step, g_step, precision, device)
+        if spec["precision"] != "fp32":
+            d_step, g_step = mixed_precision_steps(m, d_step, g_step, spec["precision"], device)
+        d_step, g_step = cuda_steps(d_step, g_step, spec["precision"], device, spec["deterministic"])
+        how = "capture" if spec["graphs"] and device.type == "cuda" else "off"
+        d_step, g_step = static_steps(m, d_step, g_step, how, [(m, "make_z")] if spec["family"] == "morph" else [],
+                                      log=lambda line: print(line, file=sys.stderr, flush=True))
 
-        def train(d_step=d_step, g_step=g_step):
-            d_step(a, b, cfg["lr"])
-            g_step(a, b, cfg["lr"])
-            sync()
+        def train(d_step=d_step, g_step=g_step, x=x, y=y):
+            values = [PendingValues(d_step(x, y, cfg["lr"]))]
+            g = dict(g_step(x, y, cfg["lr"]))
+            g.pop("fake_A"), g.pop("fake_B")
+            return values + [PendingValues(g)]
         trains[mode] = train
+
     def translate():
         with torch.no_grad():
             model_for("port", False).translate(a, "a2b")
         sync()
-    return trains, translate
+    return trains, translate, sync
 
 
 def tf_runner(cfg, save_to: str | None = None):
@@ -187,9 +227,45 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def _timed_iteration(train, sync) -> dict:
+    """One iteration: the host's time to launch it (until the steps return) and the time until its
+    loss values are on the host (the GPU done)."""
+    t = time.perf_counter()
+    values = train()
+    host = time.perf_counter() - t
+    for v in values:
+        v.result()
+    sync()
+    return {"seconds": time.perf_counter() - t, "host_seconds": host}
+
+
+def _pipelined(train, sync, n: int) -> float:
+    """n iterations back to back, values read two iterations late as the trainer's loop does:
+    seconds per iteration."""
+    t = time.perf_counter()
+    pending = []
+    for _ in range(n):
+        pending.append(train())
+        if len(pending) > 2:
+            for v in pending.pop(0):
+                v.result()
+    for vs in pending:
+        for v in vs:
+            v.result()
+    sync()
+    return (time.perf_counter() - t) / n
+
+
 CPU_MODES = ["fp32", "bf16", "fp32+compile", "bf16+compile", "morph-fp32", "morph-bf16"]
-CUDA_MODES = ["fp32", "bf16", "fp16", "fp32+compile", "bf16+compile", "fp16+compile", "morph-fp32", "morph-bf16",
-              "morph-fp16"]
+# CUDA: every precision with graphs and eager (what graphs give), fp32 without the
+# deterministic mode (what determinism costs), bf16 / fp16 channels-last (a trial), Morph C; the
+# compiled mode is timed on its own (bench/gpu_check.sh: bf16+compile+graphs)
+CUDA_MODES = ["fp32", "fp32+graphs", "fp32+nondet+graphs", "tf32", "tf32+graphs", "bf16", "bf16+graphs", "fp16",
+              "fp16+graphs", "bf16+graphs+cl", "fp16+graphs+cl", "morph-fp32", "morph-fp32+graphs", "morph-tf32+graphs",
+              "morph-bf16+graphs", "morph-fp16+graphs"]
+# issue 17's targets on an H200 (light, 256 px, batch 1): seconds per iteration; Morph within 10 %
+CUDA_TARGETS = {"fp32": 0.15, "tf32": 0.10, "bf16": 0.06, "fp16": 0.06}
+MORPH_SLACK = 1.10
 
 
 def worker(name: str, cfg: dict, device: str, weights: str | None, modes: list[str]) -> int:
@@ -201,15 +277,17 @@ def worker(name: str, cfg: dict, device: str, weights: str | None, modes: list[s
         dev = pick_device(device)
         if dev.type == "cpu":
             keep_freed_memory()  # as `python -m torch_port` does on CPU
-        trains, translate = torch_runner(cfg, dev, weights, modes)
+        trains, translate, sync = torch_runner(cfg, dev, weights, modes)
         import torch
 
         def floor():
-            return {"flops": iteration_flops(trains["fp32"]), "peak": conv_throughput(dev),
+            ref = trains.get("fp32") or next(iter(trains.values()))
+            return {"flops": iteration_flops(lambda: [v.result() for v in ref()]), "peak": conv_throughput(dev),
                     "peak_bf16": conv_throughput(dev, dtype=torch.bfloat16)}
     else:
         train, translate = tf_runner(cfg, weights)
         trains = {"tf": train}
+        sync = None
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         what = line.strip()
@@ -219,15 +297,125 @@ def worker(name: str, cfg: dict, device: str, weights: str | None, modes: list[s
             print(json.dumps(floor()), flush=True)
             continue
         if what.startswith("profile:"):
-            print(json.dumps({"ops": profile(trains[what.split(":", 1)[1]])}), flush=True)
+            mode = what.split(":", 1)[1]
+            print(json.dumps({"ops": profile(lambda: [v.result() for v in trains[mode]()])}), flush=True)
             continue
-        fn = translate if what == "translate" else trains[what.split(":", 1)[1]]
-        print(json.dumps({"seconds": _timed(fn)}), flush=True)
+        if what.startswith("pipe:"):
+            _, mode, n = what.split(":")
+            print(json.dumps({"seconds": _pipelined(trains[mode], sync, int(n))}), flush=True)
+            continue
+        if what == "translate" or sync is None:  # tf_reference's callables return when done
+            fn = translate if what == "translate" else trains[what.split(":", 1)[1]]
+            print(json.dumps({"seconds": _timed(fn)}), flush=True)
+            continue
+        print(json.dumps(_timed_iteration(trains[what.split(":", 1)[1]], sync)), flush=True)
     return 0
 
 
 def _Worker(name, args, env=None):
     return Worker(os.path.abspath(__file__), name, args, env)
+
+
+def _groups(modes) -> dict:
+    """One worker process per group: the port's eager / graphed modes, its compiled modes, Morph's."""
+    specs = {m: parse_mode(m) for m in modes}
+    return {"port": [m for m in modes if specs[m]["family"] == "port" and not specs[m]["compile"]],
+            "morph": [m for m in modes if specs[m]["family"] == "morph" and not specs[m]["compile"]],
+            "compiled": [m for m in modes if specs[m]["compile"]]}
+
+
+def cuda_main(a, cfg, modes) -> int:
+    """The CUDA benchmark (no TensorFlow there): each mode's median seconds per iteration over
+    `iters` synchronised iterations after `warmup`, the host's share of it (launching the steps),
+    the pipelined rate (iterations back to back, as the loop runs), compile time, and the issue's
+    targets beside the figures. Each row is printed as soon as it is measured (a timeout keeps
+    what was done); --json is rewritten after each group."""
+    import tempfile
+
+    import torch
+    passthrough = ["--img_size", str(a.img_size), "--ch", str(a.ch), "--n_dis", str(a.n_dis),
+                   "--light", str(a.light), "--device", a.device]
+    cache = tempfile.TemporaryDirectory(prefix="bench_train_inductor_")  # a cold compile, as a user's first run
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache.name)
+    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}; light={a.light} "
+          f"img_size={a.img_size} ch={a.ch} n_dis={a.n_dis} batch=1; median of {a.iters} after {a.warmup} warm-up "
+          f"iterations; pipelined: {a.pipelined} back to back", flush=True)
+    print(f"{'mode':<26}{'s/iter':>9}{'host s':>9}{'pipelined':>11}{'target':>8}{'compile s':>11}", flush=True)
+    rows, floor = {}, None
+    try:
+        for group, group_modes in _groups(modes).items():
+            if not group_modes:
+                continue
+            w = _Worker("torch_port", passthrough + ["--modes", ",".join(group_modes)], env)
+            try:
+                for mode in group_modes:
+                    # eager modes need no capture: 2 warm-up iterations (cuDNN / cuBLAS set-up) are enough
+                    warmup = a.warmup if parse_mode(mode)["graphs"] or parse_mode(mode)["compile"] else min(a.warmup, 2)
+                    runs = [w.ask(f"train:{mode}") for _ in range(warmup + a.iters)]
+                    timed = runs[warmup:]
+                    t = statistics.median(r["seconds"] for r in timed)
+                    host = statistics.median(r["host_seconds"] for r in timed)
+                    pipe = w.time(f"pipe:{mode}:{a.pipelined}") if a.pipelined else None
+                    spec = parse_mode(mode)
+                    target = CUDA_TARGETS.get(spec["precision"]) if a.light and a.img_size == 256 else None
+                    comp = runs[0]["seconds"] - t if spec["compile"] else None
+                    rows[mode] = {"seconds": t, "host_seconds": host, "pipelined_seconds": pipe, "target": target,
+                                  "compile_seconds": comp, "times": [r["seconds"] for r in timed],
+                                  "first_seconds": runs[0]["seconds"]}
+                    print(f"{mode:<26}{t:>9.4f}{host:>9.4f}{(f'{pipe:.4f}' if pipe else '-'):>11}"
+                          f"{(f'{target:.2f}' if target else '-'):>8}{(f'{comp:.0f}' if comp is not None else '-'):>11}",
+                          flush=True)
+                if group == "port" and floor is None:
+                    floor = w.ask("floor")
+            except RuntimeError as e:  # a worker that died (e.g. out of memory): its group's rows are missing
+                print(f"group {group}: {e}", flush=True)
+            finally:
+                try:
+                    w.close()
+                except (BrokenPipeError, OSError):
+                    pass
+            _write_json(a.json, cfg, "cuda", rows, floor)
+    finally:
+        cache.cleanup()
+    _cuda_summary(rows, floor, a)
+    _write_json(a.json, cfg, "cuda", rows, floor)
+    return 0
+
+
+def _write_json(path, cfg, device, rows, floor) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump({"config": cfg, "device": device, "rows": rows, "floor": floor}, f, indent=1, default=str)
+
+
+def _cuda_summary(rows, floor, a) -> None:
+    """The targets beside the best measured mode of each precision (the exact fp32 path: fp32 in
+    deterministic mode; Morph: within 10 % of the port in the same precision)."""
+    def best(prefix, precision):
+        cands = {m: r["pipelined_seconds"] or r["seconds"] for m, r in rows.items()
+                 if parse_mode(m)["precision"] == precision and parse_mode(m)["family"] == prefix
+                 and parse_mode(m)["deterministic"] and not parse_mode(m)["channels_last"]}
+        return min(cands.items(), key=lambda kv: kv[1]) if cands else (None, None)
+    print("\ntargets (issue 17, light 256 px batch 1 on an H200; pipelined s/iter where measured; the port's "
+          "trainer runs NCHW, so +cl rows are a trial, not counted):")
+    for precision, target in CUDA_TARGETS.items():
+        mode, t = best("port", precision)
+        mmode, mt = best("morph", precision)
+        if mode is None:
+            print(f"  {precision:<5} target <= {target:.2f} s: not measured")
+            continue
+        verdict = ("met" if t <= target else "MISSED") if a.light and a.img_size == 256 else "(other size)"
+        line = f"  {precision:<5} target <= {target:.2f} s: {t:.4f} s ({mode}) {verdict}"
+        if mmode is not None:
+            line += (f"; Morph C {mt:.4f} s ({mmode}) = {mt / t:.2f}x of the port "
+                     f"({'within' if mt <= MORPH_SLACK * t else 'OUTSIDE'} 10 %)")
+        print(line)
+    if floor:
+        for key, label in (("peak", "fp32"), ("peak_bf16", "bf16 autocast")):
+            if floor.get(key):
+                print(f"arithmetic floor ({label}): {floor['flops'] / 1e12:.3f} TFLOP per iteration / "
+                      f"{floor[key] / 1e12:.1f} TFLOP/s (3x3 conv, forward + backward) = "
+                      f"{floor['flops'] / floor[key]:.4f} s per iteration")
 
 
 def main(argv=None):
@@ -236,8 +424,11 @@ def main(argv=None):
     p.add_argument("--ch", type=int, default=64)
     p.add_argument("--n_dis", type=int, default=6)
     p.add_argument("--light", type=opt.str2bool, default=True)
-    p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=None, help="timed iterations per mode (default: CPU 3, CUDA 20)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed first iterations (default: CPU 1, CUDA 5: "
+                   "graphs are captured at the 4th)")
+    p.add_argument("--pipelined", type=int, default=10, help="CUDA: also time this many iterations back to back "
+                   "(values read two iterations late, as the trainer's loop does)")
     p.add_argument("--device", default="auto")
     p.add_argument("--modes", default="", help="comma-separated training modes of the port (default: every mode "
                    f"of the device; CPU: {','.join(CPU_MODES)})")
@@ -252,19 +443,24 @@ def main(argv=None):
     from torch_port.train import pick_device
     device = pick_device(a.device)
     modes = [m for m in a.modes.split(",") if m] or (CUDA_MODES if device.type == "cuda" else CPU_MODES)
-    unknown = [m for m in modes if m not in CUDA_MODES]
-    if unknown:
-        p.error(f"unknown modes {unknown}; known: {CUDA_MODES}")
+    for m in modes:
+        try:
+            parse_mode(m)
+        except ValueError:
+            p.error(f"unknown mode {m!r}: [morph-]fp32|tf32|bf16|fp16[+compile][+graphs][+nondet], e.g. {CUDA_MODES}")
     if a.worker:
         return worker(a.worker, cfg, a.device, a.weights, modes)
+    if device.type == "cuda":
+        a.iters, a.warmup = a.iters or 20, 5 if a.warmup is None else a.warmup
+        return cuda_main(a, cfg, modes)
+    a.iters, a.warmup = a.iters or 3, 1 if a.warmup is None else a.warmup
     if "fp32" not in modes:
         modes.insert(0, "fp32")  # the reference of every ratio, and the arithmetic floor
     passthrough = ["--img_size", str(a.img_size), "--ch", str(a.ch), "--n_dis", str(a.n_dis),
                    "--light", str(a.light), "--device", a.device]
     # one torch worker per group at a time (three 256-px training models and their compiled graphs
     # in one process took 16 GB), each group timed alternately with the one TF worker
-    groups = {"port": [m for m in modes if "+" not in m and not m.startswith("morph-")],
-              "compiled": [m for m in modes if "+" in m], "morph": [m for m in modes if m.startswith("morph-")]}
+    groups = _groups(modes)
     import tempfile
     tmp = tempfile.TemporaryDirectory(prefix="bench_train_")
     cache = tempfile.TemporaryDirectory(prefix="bench_train_inductor_")  # a cold compile, as a user's first run

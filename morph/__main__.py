@@ -2,8 +2,8 @@
 
   train        the official flags + --config A|B|C --idp_weight --g_cam --device --seed
                --init_from PATH --data_root DIR, and the port's --resume --keep_checkpoints
-               --num_workers --threads --precision fp32|bf16|fp16 --compile True|False; runs the
-               port's trainer
+               --num_workers --threads --precision fp32|tf32|bf16|fp16 --compile True|False
+               --cuda_graphs auto|True|False; runs the port's trainer
                (torch_port.train.Trainer): torchrun data parallelism, TensorBoard events,
                NaN / inf loss -> exit 3
   interpolate  --input FILE|FOLDER --steps N --samples K: per input <name>_strip.png,
@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     from torch_port.train import add_training_flags  # the port's: --num_workers --threads --keep_checkpoints --resume
     add_training_flags(t, "continue from the newest checkpoint (default: True); False moves an older run in the "
                           "folder into previous-run-<time>/ and starts fresh")
-    t.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="training precision: fp32 (the exact port), bf16 or fp16 (mixed precision, float32 master "
-                        "weights; fp16 with loss scaling: torch_port.train_precision)")
+    t.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"),
+                   help="training precision: fp32 (the exact port), tf32 (CUDA), bf16 or fp16 (mixed precision, "
+                        "float32 master weights; fp16 with loss scaling: torch_port.train_precision)")
     t.add_argument("--compile", type=opt.str2bool, default=False,
                    help="torch.compile the networks (torch_port.train_compile; default False)")
 
@@ -139,7 +139,7 @@ def cmd_train(args) -> int:
         rc = exit_code_of(lambda: out.update(train(
             cfg, device=device, seed=args.seed, base=args.data_root, init_from=args.init_from, resume=args.resume,
             keep_checkpoints=args.keep_checkpoints, num_workers=args.num_workers, precision=args.precision,
-            compile=args.compile)))
+            compile=args.compile, cuda_graphs=args.cuda_graphs)))
         h = out.get("history")
         if h and dist_info.is_main:
             print(f" [*] done: counter {out['counter'] - 1}, last d_loss {h[-1]['d_loss']:.4f} "

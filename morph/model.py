@@ -32,6 +32,7 @@ from typing import Mapping
 
 import torch
 
+from torch_port.host_device import to_device
 from torch_port.losses import l1_loss, regularization_loss
 from torch_port.model import UGATIT
 
@@ -80,9 +81,13 @@ class MorphUGATIT(UGATIT):
         if not self.single_generator:
             raise RuntimeError(f"config {self.morph_config} has no direction code z (config C only)")
         rank, world = self.z_shard
-        if world == 1:
-            return self.generator.make_z(direction, batch, self.z_generator)
-        return self.generator.make_z(direction, batch * world, self.z_generator)[rank::world].contiguous()
+        g = self.generator
+        # drawn on the host (float32, the same draws at any precision), moved without blocking the
+        # host on CUDA (torch_port.host_device), in the latent MLP's dtype: MorphGenerator.make_z's values
+        z = make_z(direction, batch * world, self.z_generator, g.z_dim)
+        if world > 1:
+            z = z[rank::world].contiguous()
+        return to_device(z, g.G_logit.weight.device, g.mapping.linear_0.weight.dtype)
 
     def w_code(self, direction: str, batch: int = 1, z: torch.Tensor | None = None) -> torch.Tensor:
         """MLP(z) for a direction (fresh z unless given)."""

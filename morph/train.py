@@ -265,6 +265,9 @@ class MorphTrainer(Trainer):
             self.log(" [!] --init_from ignored: the run resumes from its own checkpoint")
         return found
 
+    def host_draws(self):
+        return [(self.model, "make_z")] if self.model.single_generator else []  # config C's direction codes
+
     def extra_state(self):
         return {"kind": KIND, "morph_config": self.cfg["morph_config"], "z_rng": self.model.z_generator.get_state()}
 
@@ -282,11 +285,11 @@ class MorphTrainer(Trainer):
 
 def train(cfg: dict, device="cpu", seed: int = 0, base: str = ".", init_from: str | None = None,
           keep_checkpoints: int = 3, log=None, resume: bool = True, num_workers: int = 0,
-          precision: str = "fp32", compile: bool = False) -> dict:
+          precision: str = "fp32", compile: bool = False, cuda_graphs="auto") -> dict:
     """Train (or resume) a Morph-UGATIT run through the port's trainer; returns {"history",
     "checkpoint_dir", "counter", "model", "paths"}. `base`: folder holding dataset/<name>/ (default:
     the working directory, as officially). `resume=False`: an older run in the checkpoint folder
     (and its samples and logs) is moved into previous-run-<time>/ (the checkpoint policy)."""
     return MorphTrainer(cfg, device, init_from=init_from, seed=seed, base=base, keep_checkpoints=keep_checkpoints,
                         log=log, resume=resume, num_workers=num_workers, precision=precision,
-                        compile=compile).run()
+                        compile=compile, cuda_graphs=cuda_graphs).run()

@@ -260,6 +260,7 @@ def test_cli_precision_flags(tmp_path, monkeypatch, capsys):
 
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-only: training fast paths on a GPU")
 def test_cuda_training_fast_paths_follow_fp32(tmp_path, monkeypatch):
     """On CUDA: bf16, fp16 (loss scaling, from the settled scale) and fp32 + compile train, and

@@ -112,7 +112,8 @@ def run(a) -> int:
             check_training_precision(a.precision, device)  # e.g. bf16 on a GPU without it
             rc = exit_code_of(lambda: train(cfg, device, num_workers=a.num_workers, seed=a.seed,
                                             keep_checkpoints=a.keep_checkpoints, resume=a.resume,
-                                            precision=a.precision, compile=a.compile))
+                                            precision=a.precision, compile=a.compile,
+                                            cuda_graphs=a.cuda_graphs))
             if rc:  # 3: a loss became NaN / inf
                 return rc
             if dist_info.is_main:

@@ -7,6 +7,11 @@ the `.grad` tensors are flattened into one buffer, all-reduced (sum) and divided
 size, then the original TF1 Adam step runs. Every rank therefore applies the same update to the
 same weights. Spectral-norm `u` buffers stay identical on all ranks without communication: each
 rank runs the same power iteration from the same `u` and the same (identical) kernel.
+
+Logged loss values are averaged on their device (`torch_port.host_device.PendingValues`, through
+`all_reduce_mean_`: NCCL on CUDA, gloo on CPU), without a read back to the host. On CUDA each
+process drives one GPU (`LOCAL_RANK`); the steps are not captured in CUDA graphs when there is
+more than one process (`torch_port.train_graphs`).
 """
 from __future__ import annotations
 
@@ -83,19 +88,6 @@ def average_gradients_before_step(optim) -> None:
 
     optim.step = step
     optim._grads_averaged = True
-
-
-def average_scalars(values: dict) -> dict:
-    """Average float scalars across ranks (for logging; a NaN anywhere becomes NaN everywhere)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    keys = sorted(k for k, v in values.items() if isinstance(v, float))
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    t /= dist.get_world_size()
-    out = dict(values)
-    out.update({k: float(x) for k, x in zip(keys, t.tolist())})
-    return out
 
 
 def broadcast_module_(module: torch.nn.Module, src: int = 0) -> None:

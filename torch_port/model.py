@@ -32,6 +32,11 @@ class UGATIT(nn.Module):
     """The official model. `config` holds the official option keys (missing ones take the
     official defaults from `ugatit_common.options.DEFAULTS`)."""
 
+    # What d_step / g_step return for the loss terms: "float" (Python floats: one read back to the
+    # host per step) or "tensor" (detached 0-d tensors on the model's device, read later by the
+    # caller without blocking: the trainer's loop, torch_port.host_device)
+    loss_values: str = "float"
+
     def __init__(self, config: Mapping):
         super().__init__()
         cfg = dict(DEFAULTS)
@@ -184,8 +189,8 @@ class UGATIT(nn.Module):
         one TF1 Adam step."""
         params = [p for _, p in optim.named_params]
         scaler = getattr(optim, "loss_scaler", None)  # fp16 training (torch_port.train_precision)
-        if scaler is not None:
-            total = total * scaler.scale  # a power of two: exact; the wrapped step unscales
+        if scaler is not None:  # a power of two on the device: exact; the wrapped step unscales
+            total = total * scaler.scale_tensor.reshape(())
         grads = torch.autograd.grad(total, params, allow_unused=True)
         for p, g in zip(params, grads):
             p.grad = g
@@ -193,25 +198,32 @@ class UGATIT(nn.Module):
 
     def d_step(self, real_A: torch.Tensor, real_B: torch.Tensor, lr: float | None = None,
                gp_draws: Mapping[str, torch.Tensor] | None = None) -> dict:
-        """One `sess.run(D_optim)`: returns {Discriminator_loss, D_A_loss, D_B_loss} as floats."""
+        """One `sess.run(D_optim)`: returns {Discriminator_loss, D_A_loss, D_B_loss} as floats
+        (as detached device tensors when `loss_values` is "tensor")."""
         lr = self.config["lr"] if lr is None else lr
         _, d_optim = self._optimizers(lr)
         with spectral_norm_run(self):
             total, terms = self.discriminator_losses(real_A, real_B, gp_draws)
             self._optimizer_update(d_optim, total, lr)
-        return {k: float(v.detach()) for k, v in terms.items()}
+        return self._loss_values(terms)
 
     def g_step(self, real_A: torch.Tensor, real_B: torch.Tensor, lr: float | None = None) -> dict:
-        """One `sess.run(G_optim)`: the official G summary terms as floats, plus `fake_A`
-        (B -> A) and `fake_B` (A -> B) as detached tensors."""
+        """One `sess.run(G_optim)`: the official G summary terms as floats (as detached device
+        tensors when `loss_values` is "tensor"), plus `fake_A` (B -> A) and `fake_B` (A -> B) as
+        detached tensors."""
         lr = self.config["lr"] if lr is None else lr
         g_optim, _ = self._optimizers(lr)
         with spectral_norm_run(self):
             total, terms, fakes = self.generator_losses(real_A, real_B)
             self._optimizer_update(g_optim, total, lr)
-        out = {k: float(v.detach()) for k, v in terms.items()}
+        out = self._loss_values(terms)
         out.update({k: v.detach() for k, v in fakes.items()})
         return out
+
+    def _loss_values(self, terms: Mapping[str, torch.Tensor]) -> dict:
+        if self.loss_values == "tensor":
+            return {k: v.detach() for k, v in terms.items()}
+        return {k: float(v.detach()) for k, v in terms.items()}
 
     # -- checkpoints -----------------------------------------------------------------------------
     def load_tf_state(self, state: Mapping[str, torch.Tensor], strict: bool = True):

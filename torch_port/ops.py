@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .deterministic_pad import pad
+
 __all__ = [
     "tf_conv_padding", "l2_normalize", "spectral_sigma", "spectral_normalize", "spectral_norm_run",
     "SpectralNormMixin", "Conv", "Dense", "InstanceNorm", "AdaLIN", "LIN", "CAMLogit",
@@ -262,7 +264,7 @@ class Conv(SpectralNormMixin, nn.Module):
         x = x.to(kernel.dtype)  # the convolution runs in its kernel's dtype
         if any(self._pad):
             mode = "reflect" if self.pad_type == "reflect" else "constant"
-            x = F.pad(x, self._pad, mode=mode)
+            x = pad(x, self._pad, mode)  # F.pad (on CUDA in deterministic mode: a deterministic backward)
         if not self.sn:
             return F.conv2d(x, self.weight, self.bias, stride=self.stride)
         # conv(x, w / sigma) computed as conv(x, w) / sigma: the same math (a convolution is

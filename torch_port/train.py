@@ -21,15 +21,21 @@ each TF1 Adam step, rank 0 alone prints, writes samples, TensorBoard events and 
 TensorBoard scalars of every term the D / G steps return plus rho histograms (`events.EventWriter`,
 never TensorFlow), the NaN stop (`NonFiniteLoss`, exit 3; the last checkpoint stays the newest),
 and the checkpoint policy (`ugatit_common.checkpoint_policy`; `--resume`, `--keep_checkpoints`).
+The steps return their loss values as device tensors; the loop reads them without blocking
+(`torch_port.host_device`) and logs / records / checks each iteration when they arrive, at most
+MAX_PENDING iterations later on CUDA (at once on a CPU); before each save every pending value is
+read and the weights and Adam's state are checked finite.
 
 Seams for a model built on the port (Morph-UGATIT, `morph.train.MorphTrainer`): `prepare_config`,
 `run_paths`, `prefix`, `build_model`, `find_checkpoint` (kind checks), `extra_state` /
 `load_extra_state` (e.g. the z generator's RNG), `start_fresh` (e.g. `--init_from`), `wrap_steps`
-(the one place where the D and G steps can be wrapped: autocast, torch.compile), `LOSS_LOG` (a
+(the one place where the D and G steps can be wrapped: autocast, torch.compile, CUDA graphs),
+`host_draws` (methods a step draws host values with, served from fixed tensors under CUDA graphs), `LOSS_LOG` (a
 JSON-lines loss log) and `MOVE_ASIDE` (output folders `--resume False` moves aside).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -48,14 +54,30 @@ from ugatit_common.results import save_grid, save_image
 from . import checkpoint as ckpt
 from . import distributed as ddp
 from .data import ImageFolderDataset, ImageReadError, infinite_loader
+from .host_device import PendingValues, to_device
 from .model import build_ugatit
 
 NAN_HOOK_ENV = "UGATIT_TORCH_INJECT_NAN_AT"  # hidden test hook: counter at which d_loss becomes NaN
 EXIT_NON_FINITE = 3
+MAX_PENDING = 2  # iterations whose loss values may still be on their way to the host (CUDA)
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class GPUOutOfMemory(opt.OptionError):
+    """The GPU ran out of memory: bad input of the settings (exit 2, naming what to lower)."""
+
+
+def gpu_out_of_memory(e: BaseException, cfg: dict | None = None) -> GPUOutOfMemory:
+    """One line for a CUDA out-of-memory error: the run's size settings and which to lower."""
+    said = " ".join(str(e).split())[:160]
+    settings = ""
+    if cfg:
+        settings = " at " + ", ".join(f"--{k} {cfg[k]}" for k in ("img_size", "batch_size", "ch", "light") if k in cfg)
+    return GPUOutOfMemory(f"the GPU ran out of memory{settings}: lower --img_size, --batch_size or --ch, or train "
+                          f"with --light True or --precision bf16 (torch: {said})")
 
 
 def pick_device(name: str) -> torch.device:
@@ -68,6 +90,9 @@ def pick_device(name: str) -> torch.device:
         raise opt.OptionError(f"--device={name!r}: CUDA is not available on this machine")
     device = torch.device(name)
     if device.type == "cuda":
+        # cuBLAS is deterministic with a fixed workspace, read when its first handle is made:
+        # the exact fp32 training path runs in deterministic mode (train_precision.cuda_steps)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     return device
@@ -81,6 +106,10 @@ def add_training_flags(p, resume_help: str = "resume from the newest checkpoint"
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: one per core)")
     p.add_argument("--keep_checkpoints", type=int, default=3, help="torch checkpoints to keep (default: 3)")
     p.add_argument("--resume", type=opt.str2bool, default=True, help=resume_help)
+    from .train_graphs import flag_value
+    p.add_argument("--cuda_graphs", default="auto", type=flag_value, metavar="auto|True|False",
+                   help="training: the D and G steps captured as CUDA graphs (default auto: on CUDA where "
+                        "capturable; True where not is refused; torch_port.train_graphs)")
 
 
 def check_training_flags(a) -> None:
@@ -114,12 +143,15 @@ def training_process(device_name: str, threads: int | None = None):
 
 
 def exit_code_of(run) -> int:
-    """`run()`'s exit code: 0, or 3 with one `error:` line when a loss became NaN / inf."""
+    """`run()`'s exit code: 0, or 3 with one `error:` line when a loss became NaN / inf (a GPU out
+    of memory becomes `GPUOutOfMemory`: exit 2 with one line)."""
     try:
         run()
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_NON_FINITE
+    except torch.cuda.OutOfMemoryError as e:  # e.g. while the model moves to the GPU
+        raise gpu_out_of_memory(e) from e
     return 0
 
 
@@ -143,7 +175,7 @@ class _Feed:
 
     def next(self) -> torch.Tensor:
         self.pos += 1
-        return next(self._it).to(self.device)
+        return to_device(next(self._it), self.device)  # CUDA: pinned, without blocking the host
 
 
 def gp_draws(cfg, real_A, real_B, seed, counter, rank=0):
@@ -155,8 +187,8 @@ def gp_draws(cfg, real_A, real_B, seed, counter, rank=0):
     g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(counter)) * 1009 + int(rank))
     out = {}
     for name, real in (("A", real_A), ("B", real_B)):
-        out["alpha_" + name] = torch.rand(real.shape[0], 1, 1, 1, generator=g).to(real.device, real.dtype)
-        out["noise_" + name] = torch.rand(real.shape, generator=g).to(real.device, real.dtype)
+        out["alpha_" + name] = to_device(torch.rand(real.shape[0], 1, 1, 1, generator=g), real.device, real.dtype)
+        out["noise_" + name] = to_device(torch.rand(real.shape, generator=g), real.device, real.dtype)
     return out
 
 
@@ -193,15 +225,51 @@ def _check_finite(values: dict, what: str, counter: int):
                                 f"training stopped, the last checkpoint is left as it was")
 
 
-def _rho_summaries(writer, model, step):
-    for name, p in model.named_parameters():
-        if name.endswith("rho"):
-            tag = name.replace(".", "/")
-            v = p.detach().float().cpu()
-            writer.add_histogram(tag, v, step)
-            writer.add_scalar(tag + "_min", float(v.min()), step)
-            writer.add_scalar(tag + "_max", float(v.max()), step)
-            writer.add_scalar(tag + "_mean", float(v.mean()), step)
+def _rho_summaries(writer, rho: dict, step):
+    """Histogram and min / max / mean of each rho parameter (`rho`: name -> float32 CPU tensor,
+    the values right after the G step of `step`)."""
+    for name, v in rho.items():
+        tag = name.replace(".", "/")
+        writer.add_histogram(tag, v, step)
+        writer.add_scalar(tag + "_min", float(v.min()), step)
+        writer.add_scalar(tag + "_max", float(v.max()), step)
+        writer.add_scalar(tag + "_mean", float(v.mean()), step)
+
+
+class _Pending:
+    """One iteration that ran, its loss values (`PendingValues`) not yet read: D's, and G's with
+    the rho snapshot when a G step ran."""
+
+    def __init__(self, counter: int, epoch: int, idx: int, d: PendingValues):
+        self.counter, self.epoch, self.idx, self.d, self.g = counter, epoch, idx, d, None
+
+    def ready(self) -> bool:
+        return self.d.ready() and (self.g is None or self.g.ready())
+
+
+def _drain_quietly(pending, finish) -> None:
+    """After an interruption: log and record the iterations that ran, up to the first
+    non-finite one, without raising (the interruption is what the user hears about)."""
+    try:
+        while pending:
+            finish(pending.popleft())
+    except Exception:
+        pass
+
+
+def _first_non_finite(model) -> str | None:
+    """The first of the model's weights / buffers and its optimizers' slots and powers holding a
+    NaN or inf (named), or None: one device reduction and one read back (before each save)."""
+    tensors = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
+    for key in ("G_optim", "D_optim"):
+        optim = getattr(model, key)
+        tensors += [(f"{key} slot {k}", t) for k, t in optim.named_slots().items()]
+        tensors += [(f"{key} beta1_power", optim.beta1_power), (f"{key} beta2_power", optim.beta2_power)]
+    norms = torch._foreach_norm([t for _, t in tensors], float("inf"))  # max |x|; NaN and inf propagate
+    if bool(torch.isfinite(torch.stack([n.to(torch.float64) for n in norms])).all()):
+        return None
+    from ugatit_common.finite import first_non_finite
+    return repr(first_non_finite(tensors)[0])
 
 
 def restore(model, cfg, found, dist_info, log=print):
@@ -249,14 +317,19 @@ class Trainer:
 
     LOSS_LOG: str | None = None       # file name in the log folder for one JSON line per iteration
     MOVE_ASIDE = ("sample",)          # output folders (run_paths attributes) --resume False moves aside
+    DETERMINISTIC_FP32 = True         # the exact fp32 path on CUDA runs deterministic (train_precision.cuda_steps)
 
     def __init__(self, cfg: dict, device="cpu", num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 3,
-                 resume: bool = True, base: str = ".", log=None, precision: str = "fp32", compile: bool = False):
+                 resume: bool = True, base: str = ".", log=None, precision: str = "fp32", compile: bool = False,
+                 cuda_graphs="auto"):
         self.dist_info = ddp.current()
-        self.precision = precision  # "fp32" (the exact port), "bf16" or "fp16" (torch_port.train_precision)
+        self.precision = precision  # "fp32" (the exact port), "tf32", "bf16" or "fp16" (torch_port.train_precision)
         self.compile = bool(compile)  # torch.compile the networks (torch_port.train_compile)
+        self.cuda_graphs = cuda_graphs  # "auto" | "True" | "False" (torch_port.train_graphs)
         self.main = self.dist_info.is_main
         self.device = torch.device(device)
+        from .train_graphs import plan
+        plan(cuda_graphs, self.device, self.dist_info.world_size)  # e.g. True on a CPU: exit 2 before anything
         self.num_workers, self.seed, self.keep_checkpoints = int(num_workers), int(seed), int(keep_checkpoints)
         self.resume, self.base = bool(resume), base
         self.log = (log or _print) if self.main else (lambda msg: None)  # rank 0 alone talks
@@ -295,21 +368,39 @@ class Trainer:
     def start_fresh(self) -> None:
         """No checkpoint to resume: the starting weights (default: the seeded initialisation)."""
 
+    def host_draws(self) -> list:
+        """[(object, method name)]: methods a step calls to draw values on the host (Morph config
+        C's direction codes); a CUDA graph serves their values from fixed tensors."""
+        return []
+
     def wrap_steps(self, d_step, g_step):
-        """The one place where the D and G steps are wrapped (autocast, torch.compile): returns
-        the two callables the loop calls, with `UGATIT.d_step` / `g_step`'s signatures. Here:
-        `precision` bf16 / fp16 (autocast with float32 norms, spectral norm, CAM, dense layers
-        and output convolutions; float32 master weights and Adam state; fp16 with loss scaling:
-        torch_port.train_precision), then `compile` (the networks compiled in place:
-        torch_port.train_compile). Called before torchrun's gradient averaging wraps the
-        optimizers' steps, after the checkpoint's optimizer state is loaded."""
+        """The one place where the D and G steps are wrapped (autocast, torch.compile, CUDA
+        graphs): returns the two callables the loop calls, with `UGATIT.d_step` / `g_step`'s
+        signatures (in the loop the model's steps return their loss terms as device tensors,
+        read later without blocking: torch_port.host_device). Here: `precision` tf32 (TF32
+        convolutions and matrix products, CUDA) or bf16 / fp16 (autocast with float32 norms,
+        spectral norm, CAM, dense layers and output convolutions; float32 master weights and
+        Adam state; fp16 with loss scaling: torch_port.train_precision), then `compile` (the
+        networks compiled in place: torch_port.train_compile), then the CUDA math settings
+        (train_precision.cuda_steps) and `cuda_graphs` (each step over fixed tensors, captured as
+        a CUDA graph: torch_port.train_graphs). Called before
+        torchrun's gradient averaging wraps the optimizers' steps, after the checkpoint's
+        optimizer state is loaded."""
+        from .train_graphs import plan, static_steps
+        from .train_precision import cuda_steps
+        log = getattr(self, "log", _print)  # (the seam alone, without __init__, is tested too)
+        dist_info = getattr(self, "dist_info", None) or ddp.DistInfo()
+        how, line = plan(getattr(self, "cuda_graphs", "auto"), self.device, dist_info.world_size)
         if self.precision != "fp32":
             from .train_precision import mixed_precision_steps
             d_step, g_step = mixed_precision_steps(self.model, d_step, g_step, self.precision, self.device)
         if self.compile:
             from .train_compile import compiled_steps
-            d_step, g_step = compiled_steps(self.model, d_step, g_step, self.log)
-        return d_step, g_step
+            d_step, g_step = compiled_steps(self.model, d_step, g_step, log)
+        d_step, g_step = cuda_steps(d_step, g_step, self.precision, self.device, self.DETERMINISTIC_FP32)
+        if line:
+            log(line)
+        return static_steps(self.model, d_step, g_step, how, self.host_draws(), log)
 
     def _load_loss_scale(self, state: dict) -> None:
         """An fp16 run resumed from an fp16 checkpoint continues with its loss scales (a checkpoint
@@ -420,6 +511,51 @@ class Trainer:
         history = []
         last_saved = None
         real_A = fake_B = real_B = fake_A = None
+        # iterations whose loss values are still on their way to the host (torch_port.host_device);
+        # each is logged, recorded and checked when its values arrive, in order, at most
+        # MAX_PENDING iterations after it ran (on a CPU at once)
+        pending = collections.deque()
+        model.loss_values = "tensor"  # the steps return device tensors; `finish` reads them
+        rho_params = [(n, p) for n, p in model.named_parameters() if n.endswith("rho")] if writer else []
+
+        def finish(it) -> None:
+            """Log, record and check one iteration whose values have arrived (the official line,
+            TensorBoard, the loss log, history; a NaN / inf stops the run)."""
+            nonlocal past_g_loss
+            d, _ = it.d.result()
+            _check_finite(d, "discriminator", it.counter)
+            if writer:
+                for k, v in d.items():
+                    writer.add_scalar(k, v, it.counter)
+            g, g_loss = {}, None
+            if it.g is not None:
+                g, rho = it.g.result()
+                _check_finite(g, "generator", it.counter)
+                if writer:
+                    for k, v in g.items():
+                        writer.add_scalar(k, v, it.counter)
+                    _rho_summaries(writer, rho, it.counter)
+                g_loss = past_g_loss = g["Generator_loss"]
+            if g_loss is None:
+                g_loss = past_g_loss
+            d_loss = d["Discriminator_loss"]
+            record = {"counter": it.counter, "d_loss": d_loss, "g_loss": g_loss, **d, **g}
+            history.append(record)
+            if loss_log:
+                loss_log.write(json.dumps(record) + "\n")
+            cli_errors.note_step(it.counter)  # the last step whose line is out (Ctrl-C names it)
+            if main:
+                bar.update(1)
+                log(opt.iteration_line(it.epoch, it.idx, cfg["iteration"], time.time() - start_time, d_loss, g_loss))
+
+        def drain(everything: bool = False) -> None:
+            """Finish the pending iterations whose values have arrived, waiting for the oldest
+            while more than MAX_PENDING are in flight (or for all: before a sample or a save).
+            Under torchrun only the count decides, the same on every rank: a NaN then stops all
+            ranks at the same iteration, none is left waiting in a collective."""
+            while pending and (everything or len(pending) > MAX_PENDING
+                               or (not dist_info.enabled and pending[0].ready())):
+                finish(pending.popleft())
 
         def save_checkpoint(next_epoch, next_batch):
             nonlocal last_saved
@@ -427,6 +563,11 @@ class Trainer:
                 next_epoch, next_batch = next_epoch + 1, 0
             if last_saved == counter:
                 return
+            drain(everything=True)  # every loss up to this step known finite before it is saved
+            bad = _first_non_finite(model)  # (every rank: the weights are the same on all)
+            if bad:  # finite losses, yet a non-finite value in the weights or Adam's state
+                raise NonFiniteLoss(f"{bad} holds a non-finite value (NaN or inf) after step {counter - 1} "
+                                    f"(counter {counter}); training stopped, the last checkpoint is left as it was")
             if main:
                 state = {"counter": counter, "epoch": next_epoch, "batch_id": next_batch,
                          "loader_A": feed_A.pos, "loader_B": feed_B.pos, "past_g_loss": float(past_g_loss),
@@ -445,45 +586,28 @@ class Trainer:
             last_saved = counter
 
         start_time = time.time()
+        ok = False
         try:
             for epoch in range(start_epoch, cfg["epoch"]):
                 lr = opt.learning_rate(cfg, epoch)
                 for idx in range(start_batch_id, cfg["iteration"]):
                     real_A_d, real_B_d = feed_A.next(), feed_B.next()
                     d = d_step(real_A_d, real_B_d, lr, gp_draws(cfg, real_A_d, real_B_d, seed, counter, dist_info.rank))
-                    if nan_at is not None and counter == nan_at:
-                        d["Discriminator_loss"] = float("nan")
-                    d = ddp.average_scalars(d)
-                    _check_finite(d, "discriminator", counter)
-                    if writer:
-                        for k, v in d.items():
-                            writer.add_scalar(k, v, counter)
-                    g, g_loss = {}, None
+                    if nan_at is not None and counter == nan_at:  # the test hook, on the device when the value is
+                        v = d["Discriminator_loss"]
+                        d["Discriminator_loss"] = torch.full_like(v, float("nan")) if torch.is_tensor(v) else float("nan")
+                    it = _Pending(counter, epoch, idx, PendingValues(d, average=dist_info.enabled))
                     if (counter - 1) % cfg["n_critic"] == 0:
                         ra, rb = feed_A.next(), feed_B.next()
-                        g = g_step(ra, rb, lr)
+                        g = dict(g_step(ra, rb, lr))
                         real_A, real_B, fake_A, fake_B = ra, rb, g.pop("fake_A"), g.pop("fake_B")
-                        g = ddp.average_scalars(g)
-                        _check_finite(g, "generator", counter)
-                        if writer:
-                            for k, v in g.items():
-                                writer.add_scalar(k, v, counter)
-                            _rho_summaries(writer, model, counter)
-                        g_loss = g["Generator_loss"]
-                        past_g_loss = g_loss
-                    if g_loss is None:
-                        g_loss = past_g_loss
-                    d_loss = d["Discriminator_loss"]
-                    record = {"counter": counter, "d_loss": d_loss, "g_loss": g_loss, **d, **g}
-                    history.append(record)
-                    if loss_log:
-                        loss_log.write(json.dumps(record) + "\n")
+                        rho = dict(rho_params) if rho_params else None
+                        it.g = PendingValues(g, arrays=rho, average=dist_info.enabled)
+                    pending.append(it)
                     counter += 1
-                    cli_errors.note_step(counter - 1)
-                    if main:
-                        bar.update(1)
-                        log(opt.iteration_line(epoch, idx, cfg["iteration"], time.time() - start_time, d_loss, g_loss))
+                    drain()
                     if main and (idx + 1) % cfg["print_freq"] == 0 and real_A is not None:
+                        drain(everything=True)  # the samples follow their iteration's line, as before
                         nhwc = [t[:1].permute(0, 2, 3, 1).float().cpu().numpy() for t in (real_A, fake_B, real_B, fake_A)]
                         tag = f"{epoch:02d}_{idx + 1:06d}"
                         save_grid(nhwc, os.path.join(paths.sample, f"sample_{tag}.png"), ncols=4)
@@ -493,7 +617,16 @@ class Trainer:
                         save_checkpoint(epoch, idx + 1)
                 start_batch_id = 0
                 save_checkpoint(epoch + 1, 0)
+            drain(everything=True)
+            ok = True
+        except NonFiniteLoss:
+            pending.clear()  # the iterations after a NaN are neither logged nor recorded
+            raise
+        except torch.cuda.OutOfMemoryError as e:
+            raise gpu_out_of_memory(e, cfg) from e
         finally:
+            if not ok:  # stopped (Ctrl-C, an error): still say what the finished iterations did
+                _drain_quietly(pending, finish)
             bar.close()
             if writer:
                 writer.close()
@@ -504,9 +637,9 @@ class Trainer:
 
 
 def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 3,
-          resume: bool = True, precision: str = "fp32", compile: bool = False) -> dict:
+          resume: bool = True, precision: str = "fp32", compile: bool = False, cuda_graphs="auto") -> dict:
     """Train (or resume) the port: {"steps", "checkpoint_dir", "counter", "model"}."""
     out = Trainer(cfg, device, num_workers=num_workers, seed=seed, keep_checkpoints=keep_checkpoints,
-                  resume=resume, precision=precision, compile=compile).run()
+                  resume=resume, precision=precision, compile=compile, cuda_graphs=cuda_graphs).run()
     return {"steps": out["history"], "checkpoint_dir": out["checkpoint_dir"], "counter": out["counter"],
             "model": out["model"]}

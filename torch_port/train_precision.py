@@ -1,5 +1,9 @@
-"""Mixed-precision training steps (`--precision bf16|fp16` in `python -m torch_port` and `python -m
-morph train`): what the trainer's `wrap_steps` seam returns for a reduced precision.
+"""Mixed-precision training steps (`--precision tf32|bf16|fp16` in `python -m torch_port` and
+`python -m morph train`): what the trainer's `wrap_steps` seam returns for a reduced precision.
+
+tf32 (CUDA only): the fp32 path with TF32 convolutions and matrix products (`tf32_math`); every
+other operation, the weights, Adam and the checkpoints are float32 as in the exact path. On a CPU
+there is no TF32 (refused with one line: train in fp32 or bf16 there).
 
 Master weights, their gradients, TF1 Adam's slots and powers, the spectral-norm `u` buffers and
 the checkpoints stay float32. Each D / G step runs under `torch.autocast(<device>, bfloat16 or
@@ -24,15 +28,20 @@ float32 gradients are divided by it, and a step whose gradients hold an inf / Na
 (weights, Adam slots and Adam's powers unchanged; the spectral-norm `u` has advanced, as the
 forward pass ran) and the scale halved; after `growth_interval` good steps it doubles. Rule and
 defaults are torch.amp.GradScaler's, applied to the TF1 Adam of the port. The scale travels in
-the checkpoint (`loss_scale`), so a resumed fp16 run continues exactly. bf16 needs no scaling:
+the checkpoint (`loss_scale`), so a resumed fp16 run continues exactly. The decision is made on
+the device (a found-inf flag, the update applied with `torch.where`, the scale updated by the same
+rule), so the step reads nothing back and can be captured in a CUDA graph; its outcomes are the
+host rule's bit for bit (parity_tests/test_train_graphs.py). bf16 needs no scaling:
 it has float32's exponent range. On CPU, fp16 convolutions run a slow reference kernel on most
 CPUs (see `torch_port.precision.check_supported`): fp16 training is meant for CUDA."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 
-TRAIN_PRECISIONS = ("fp32", "bf16", "fp16")
+TRAIN_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 LOSS_SCALE_INIT = 2.0 ** 16  # torch.amp.GradScaler's; the official losses (cam_weight 1000) settle lower
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -42,7 +51,17 @@ def check_training_precision(precision: str, device=None) -> None:
     from ugatit_common.options import OptionError
     if precision not in TRAIN_PRECISIONS:
         raise OptionError(f"--precision={precision!r}: training runs in {', '.join(TRAIN_PRECISIONS)}")
-    if precision != "fp32" and device is not None:
+    if precision == "tf32" and device is not None:
+        device = torch.device(device)
+        if device.type != "cuda":
+            raise OptionError(f"--precision=tf32: TF32 is a mode of NVIDIA tensor cores (CUDA); on {device.type} "
+                              f"train in fp32 (the exact port) or bf16")
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:
+            raise OptionError(f"--precision=tf32: this GPU ({torch.cuda.get_device_name(device)}, compute capability "
+                              f"{major}.{minor}) has no TF32 tensor cores (8.0 or newer); use fp32 or fp16")
+        return
+    if precision not in ("fp32", "tf32") and device is not None:
         import sys
         import warnings
         from .precision import check_supported
@@ -57,57 +76,101 @@ def check_training_precision(precision: str, device=None) -> None:
 
 
 class LossScaler:
-    """Dynamic loss scaling of one optimizer (torch.amp.GradScaler's rule and defaults).
+    """Dynamic loss scaling of one optimizer (torch.amp.GradScaler's rule and defaults), its state
+    on the optimizer's device so that a step decides and reads back nothing on the host (a CUDA
+    graph captures it; parity_tests/test_train_graphs.py proves the outcomes equal the host rule).
 
-    `scale` multiplies the loss; `unscale_(grads)` divides the gradients by it in place and says
-    whether all of them are finite; `update(finite)` halves the scale after a non-finite step and
-    doubles it after `growth_interval` finite steps in a row."""
+    `scale_tensor` ([1] float32, a power of two) multiplies the loss; `found_inf(grads)` divides
+    the gradients by it in place and returns a [1] device flag, nonzero when one of them holds an
+    inf / NaN; `update(found)` halves the scale after a non-finite step and doubles it after
+    `growth_interval` finite steps in a row. `scale`, `good_steps` and `skipped` read the device
+    values (a host synchronisation: for logs, checkpoints and tests, not inside a step)."""
 
     def __init__(self, init_scale: float = LOSS_SCALE_INIT, growth_factor: float = 2.0, backoff_factor: float = 0.5,
-                 growth_interval: int = 2000):
-        self.scale = float(init_scale)
+                 growth_interval: int = 2000, device=None):
+        device = torch.device("cpu") if device is None else torch.device(device)
         self.growth_factor, self.backoff_factor = float(growth_factor), float(backoff_factor)
         self.growth_interval = int(growth_interval)
-        self.good_steps = 0   # finite steps since the last change of scale
-        self.skipped = 0      # steps skipped so far (non-finite gradients)
+        self.scale_tensor = torch.full((1,), float(init_scale), dtype=torch.float32, device=device)
+        self._good_steps = torch.zeros(1, dtype=torch.int64, device=device)  # finite steps since the last change
+        self._skipped = torch.zeros(1, dtype=torch.int64, device=device)     # steps skipped so far
+
+    # -- host views (synchronising reads) ------------------------------------------------------
+    @property
+    def scale(self) -> float:
+        return float(self.scale_tensor.item())
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self.scale_tensor.fill_(float(value))
+
+    @property
+    def good_steps(self) -> int:
+        return int(self._good_steps.item())
+
+    @property
+    def skipped(self) -> int:
+        return int(self._skipped.item())
+
+    def to(self, device) -> "LossScaler":
+        """Move the state to `device` (the optimizer's); in place of the tensors' identities."""
+        self.scale_tensor = self.scale_tensor.to(device)
+        self._good_steps = self._good_steps.to(device)
+        self._skipped = self._skipped.to(device)
+        return self
+
+    # -- the device-side rule ------------------------------------------------------------------
+    def found_inf(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """Unscale `grads` in place (exact: the scale is a power of two); a [1] float flag on the
+        device, nonzero when a gradient holds an inf or NaN."""
+        found = torch.zeros(1, dtype=torch.float32, device=self.scale_tensor.device)
+        if grads:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self.scale_tensor.reciprocal())
+        return found
+
+    def update(self, found) -> None:
+        """GradScaler's rule, on the device: a non-finite step (`found` nonzero, or the bool
+        False for "not finite" on the host API) halves the scale, resets the count of good steps
+        and counts a skip; otherwise the count grows and reaching `growth_interval` doubles the
+        scale and restarts the count."""
+        if isinstance(found, bool):  # the host API: update(finite)
+            found = torch.full((1,), 0.0 if found else 1.0, device=self.scale_tensor.device)
+        bad = found.reshape(1) != 0
+        good = torch.where(bad, torch.zeros_like(self._good_steps), self._good_steps + 1)
+        grow = good >= self.growth_interval
+        new_scale = torch.where(bad, self.scale_tensor * self.backoff_factor,
+                                torch.where(grow, self.scale_tensor * self.growth_factor, self.scale_tensor))
+        self.scale_tensor.copy_(new_scale)
+        self._good_steps.copy_(torch.where(grow, torch.zeros_like(good), good))
+        self._skipped.add_(bad.to(self._skipped.dtype))
 
     def unscale_(self, grads: list[torch.Tensor]) -> bool:
-        if not grads:
-            return True
-        found = torch.zeros(1, device=grads[0].device)
-        inv = torch.full((1,), 1.0 / self.scale, device=grads[0].device)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, inv)
-        return not bool(found.item())
+        """`found_inf` read back on the host: True when every gradient is finite."""
+        return not bool(self.found_inf(grads).item())
 
-    def update(self, finite: bool) -> None:
-        if finite:
-            self.good_steps += 1
-            if self.good_steps >= self.growth_interval:
-                self.scale *= self.growth_factor
-                self.good_steps = 0
-        else:
-            self.scale *= self.backoff_factor
-            self.good_steps = 0
-            self.skipped += 1
-
+    # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"scale": self.scale, "good_steps": self.good_steps, "skipped": self.skipped,
                 "growth_factor": self.growth_factor, "backoff_factor": self.backoff_factor,
                 "growth_interval": self.growth_interval}
 
     def load_state_dict(self, state: dict) -> None:
-        self.scale = float(state["scale"])
-        self.good_steps, self.skipped = int(state["good_steps"]), int(state.get("skipped", 0))
+        """Load a `state_dict()` into the existing device tensors (in place)."""
+        self.scale_tensor.fill_(float(state["scale"]))
+        self._good_steps.fill_(int(state["good_steps"]))
+        self._skipped.fill_(int(state.get("skipped", 0)))
         self.growth_factor = float(state.get("growth_factor", self.growth_factor))
         self.backoff_factor = float(state.get("backoff_factor", self.backoff_factor))
         self.growth_interval = int(state.get("growth_interval", self.growth_interval))
 
 
 def install_loss_scaler(optim, scaler: LossScaler) -> None:
-    """Scale `optim`'s loss (`UGATIT._optimizer_update` multiplies by `optim.loss_scaler.scale`)
-    and wrap its `step`: unscale the gradients, then step or skip, then update the scale. Under
-    torchrun the gradient averaging wraps this step from outside, so every rank unscales the same
-    averaged gradients (an inf on one rank is an inf in the sum) and all skip together."""
+    """Scale `optim`'s loss (`UGATIT._optimizer_update` multiplies by `optim.loss_scaler`'s
+    `scale_tensor`) and wrap its `step`: unscale the gradients, then step where they are finite
+    (decided on the device: `TF1Adam.step(found_inf=...)`), then update the scale. Under torchrun
+    the gradient averaging wraps this step from outside, so every rank unscales the same averaged
+    gradients (an inf on one rank is an inf in the sum) and all skip together."""
+    scaler.to(optim._one.device)
     if getattr(optim, "loss_scaler", None) is not None:
         optim.loss_scaler = scaler
         return
@@ -115,12 +178,9 @@ def install_loss_scaler(optim, scaler: LossScaler) -> None:
 
     def step(lr=None):
         s = optim.loss_scaler
-        finite = s.unscale_([p.grad for _, p in optim.named_params if p.grad is not None])
-        s.update(finite)
-        if finite:
-            return original(lr)
-        if lr is not None:  # skipped: weights, slots and powers stay as they were
-            optim.set_lr(lr)
+        found = s.found_inf([p.grad for _, p in optim.named_params if p.grad is not None])
+        original(lr, found_inf=found)  # skipped where found: weights, slots and powers stay as they were
+        s.update(found)
 
     optim.step = step
     optim.loss_scaler = scaler
@@ -155,8 +215,17 @@ def mixed_precision_steps(model: nn.Module, d_step, g_step, precision: str, devi
     spectral-norm sigma) taken out of it. `model`'s float32 modules are wrapped once, in place
     (outside autocast the wrappers change nothing). fp16: each optimizer gets a `LossScaler`
     (kept if it has one: a resumed state), and the steps also return `D_loss_scale` /
-    `G_loss_scale`, the scale their loss was multiplied by."""
+    `G_loss_scale`, the scale their loss was multiplied by (a device tensor when the model's
+    steps return tensors).
+
+    Autocast runs without its cast cache (`cache_enabled=False`, which a CUDA graph capture
+    requires; eager and graphed steps are then one function): each use of a float32 weight casts
+    it afresh, so the gradient of a weight used several times in a step (the generators run six
+    times per G step, the discriminators four times per D step) is summed in float32 at the
+    weight, not in the reduced dtype at one cached cast."""
     device_type = torch.device(device).type
+    if precision == "tf32":
+        return tf32_steps(d_step, g_step, device_type)
     dtype = AUTOCAST_DTYPES[precision]
     for _, m in float32_modules(model):
         if not getattr(m.forward, "float32_island", False):
@@ -172,11 +241,87 @@ def mixed_precision_steps(model: nn.Module, d_step, g_step, precision: str, devi
 
     def autocast(step, key):
         def run(*args, **kwargs):
-            scale = scalers[key].scale if key in scalers else None  # the scale this step's loss gets
-            with torch.autocast(device_type, dtype=dtype):
+            scale = None
+            if key in scalers:  # the scale this step's loss gets (read before the step updates it)
+                s = scalers[key]
+                scale = s.scale_tensor.reshape(()).clone() if getattr(model, "loss_values", "float") == "tensor" \
+                    else s.scale
+            with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
                 out = step(*args, **kwargs)
             if scale is not None:
                 out[f"{key}_loss_scale"] = scale
             return out
         return run
     return autocast(d_step, "D"), autocast(g_step, "G")
+
+
+@contextlib.contextmanager
+def tf32_math(device_type: str):
+    """TF32 convolutions and matrix products for the block (CUDA tensor cores: float32 range,
+    10 mantissa bits in the products, float32 sums); the flags are restored afterwards, so the
+    exact fp32 path (TF32 off, `torch_port.train.pick_device`) is unaffected."""
+    if device_type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def tf32_steps(d_step, g_step, device_type: str):
+    """(d_step, g_step) with TF32 convolutions and matrix products (`--precision tf32`, CUDA):
+    everything else, the weights, Adam and the checkpoints are the fp32 path's."""
+    def wrap(step):
+        def run(*args, **kwargs):
+            with tf32_math(device_type):
+                return step(*args, **kwargs)
+        return run
+    return wrap(d_step), wrap(g_step)
+
+
+@contextlib.contextmanager
+def deterministic_math():
+    """`torch.use_deterministic_algorithms(True)` and no cuDNN timing for the block, restored
+    afterwards: the exact fp32 path on CUDA (deterministic cuDNN algorithms, cuBLAS with a fixed
+    workspace - CUBLAS_WORKSPACE_CONFIG, set by `torch_port.train.pick_device` - and the port's
+    deterministic reflection-pad backward, `torch_port.deterministic_pad`), so that two runs of
+    the same steps give the same bits and 2N iterations equal N + resume + N on CUDA too."""
+    import torch.utils.deterministic as det
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, det.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    # deterministic mode also fills every new tensor with NaN first (a debugging aid, one more
+    # pass over each allocation); the step reads no memory it has not written
+    det.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
+        det.fill_uninitialized_memory = saved[3]
+
+
+def cuda_steps(d_step, g_step, precision: str, device, deterministic: bool = True):
+    """The CUDA math settings of a run's steps. fp32 (the exact path): deterministic
+    (`deterministic_math`; `deterministic=False` leaves cuDNN's default heuristics and ATen's
+    atomic reflection-pad backward: faster, not bit-reproducible). tf32 / bf16 / fp16: cuDNN
+    times its algorithms for the fixed shapes once (`cudnn.benchmark`, process-wide): the fastest,
+    but its choice, and so the last bits, may differ from run to run. A CPU: unchanged."""
+    if torch.device(device).type != "cuda":
+        return d_step, g_step
+    if precision != "fp32":
+        torch.backends.cudnn.benchmark = True
+        return d_step, g_step
+    if not deterministic:
+        return d_step, g_step
+
+    def wrap(step):
+        def run(*args, **kwargs):
+            with deterministic_math():
+                return step(*args, **kwargs)
+        return run
+    return wrap(d_step), wrap(g_step)

@@ -1,0 +1,164 @@
+"""Why does compiled fp32 training drift from eager fp32 on CUDA (issue 17)? The evidence, in one
+run: the loss band test's runs (parity_tests/test_train_precision.py: light, 32 px, ch 4, 8
+iterations, lr 2e-4, seed 1) on CUDA, each path against eager fp32, and eager fp32 against itself.
+
+    python bench/train_drift.py [--json OUT.json]          # CUDA; ~1-3 min (two cold compiles)
+
+Runs: fp32 from initial weights one float32 ulp away (rounding-sized perturbation, nothing
+else changed: the control), fp32 eager twice with cuDNN's default algorithms and ATen's atomic reflection-pad backward
+("nondet": the run-to-run spread of CUDA fp32 itself), fp32 eager twice in deterministic mode (the
+exact path's), fp32 captured in CUDA graphs, fp32 + compile (deterministic mode), bf16, fp16
+(from the settled scale 16) and tf32. Printed: the worst relative difference of d_loss and g_loss
+over the 8 iterations for each pair, and iteration by iteration for the telling pairs (a
+difference that starts at float32 rounding, ~1e-7, and grows by orders of magnitude per iteration
+is the GAN + Adam amplifying any perturbation: the band then measures chaos, not the path)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def one_iteration_state(device, skip_compile=False) -> dict:
+    """From the same weights and batch, one D step and one G step in each path; the relative
+    difference (max |a - b| / max |a| per group) of the weights, the spectral-norm `u`, Adam's m
+    and v and the losses against eager fp32 (deterministic). Rounding gives ~1e-6; a path whose
+    `u` or weights differ by far more after ONE iteration computes something else."""
+    import copy
+
+    import torch
+
+    from parity_tests.test_train_precision import NET
+    from torch_port import build_ugatit, train_compile
+    from torch_port.train_precision import deterministic_math, mixed_precision_steps, tf32_steps
+    torch.manual_seed(1)
+    base = build_ugatit(NET)
+    g = torch.Generator().manual_seed(2)
+    x, y = ((torch.rand(1, 3, 32, 32, generator=g) * 2 - 1).to(device) for _ in range(2))
+
+    def run(path):
+        m = copy.deepcopy(base).to(device)
+        m.make_optimizers(2e-4)
+        d_step, g_step = m.d_step, m.g_step
+        if path == "compile":
+            train_compile.compile_model(m)
+        elif path in ("bf16", "fp16"):
+            d_step, g_step = mixed_precision_steps(m, d_step, g_step, path, device)
+            for o in (m.D_optim, m.G_optim):
+                if path == "fp16":
+                    o.loss_scaler.scale = 16.0  # the settled scale (no skipped step)
+        elif path == "tf32":
+            d_step, g_step = tf32_steps(d_step, g_step, device.type)
+        with deterministic_math() if device.type == "cuda" else _null():
+            d = d_step(x, y, 2e-4)
+            gg = g_step(x, y, 2e-4)
+        state = {k: v.detach().double().cpu() for k, v in m.state_dict().items()}
+        groups = {"u": [v for k, v in state.items() if k.endswith(".u")],
+                  "weights": [v for k, v in state.items() if not k.endswith(".u")],
+                  "adam m": [t.double().cpu() for o in (m.D_optim, m.G_optim) for t in o.m.values()],
+                  "adam v": [t.double().cpu() for o in (m.D_optim, m.G_optim) for t in o.v.values()]}
+        return groups, (d["Discriminator_loss"], gg["Generator_loss"])
+
+    ref, ref_loss = run("eager")
+    out = {}
+    print("\none iteration from the same weights and batch, vs eager fp32: max |diff| / max |ref| per group")
+    for path in ["eager", "tf32", "bf16", "fp16"] + ([] if skip_compile else ["compile"]):
+        try:
+            got, loss = run(path)
+        except Exception as e:  # noqa: BLE001
+            print(f"  {path:<8} failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+            continue
+        row = {k: max(float((a - b).abs().max()) for a, b in zip(ref[k], got[k]))
+               / max(float(a.abs().max()) for a in ref[k]) for k in ref}
+        row["d_loss"] = abs(loss[0] - ref_loss[0]) / abs(ref_loss[0])
+        row["g_loss"] = abs(loss[1] - ref_loss[1]) / abs(ref_loss[1])
+        out[path] = row
+        print(f"  {path:<8} " + "  ".join(f"{k} {v:.1e}" for k, v in row.items()))
+    return out
+
+
+def _null():
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", default=None)
+    p.add_argument("--device", default="cuda", help="cuda (default); cpu only to try the script (no graphs, no TF32)")
+    p.add_argument("--skip_compile", action="store_true", help="leave out the compiled runs")
+    a = p.parse_args(argv)
+    import torch
+
+    from parity_tests.test_train_precision import D_BAND, G_BAND, SETTLED_SCALE, _config, demo_folder
+    from torch_port import train_precision
+    from torch_port.train import Trainer, pick_device
+    device = pick_device(a.device)
+    runs = {}
+    class Nudged(Trainer):
+        """fp32 from initial weights moved by one float32 ulp each (a perturbation at the rounding
+        level, no other difference): how far 8 iterations carry float32 rounding alone."""
+
+        def start_fresh(self):
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.copy_(torch.nextafter(p, torch.full_like(p, float("inf"))))
+
+    plan = [("nondet_1", "fp32", False, False, False), ("nondet_2", "fp32", False, False, False),
+            ("det_1_ulp", "fp32", False, False, True),
+            ("det_1", "fp32", False, False, True), ("det_2", "fp32", False, False, True),
+            ("det_graphs", "fp32", False, True, True), ("compile_det", "fp32", True, False, True),
+            ("bf16", "bf16", False, True, True),
+            ("fp16", "fp16", False, True, True), ("tf32", "tf32", False, True, True)]
+    if a.skip_compile:
+        plan = [r for r in plan if not r[2]]
+    init = train_precision.LOSS_SCALE_INIT
+    with tempfile.TemporaryDirectory(prefix="train_drift_") as root, demo_folder(root):
+        for name, precision, compile, graphs, det in plan:
+            Trainer.DETERMINISTIC_FP32 = det
+            train_precision.LOSS_SCALE_INIT = SETTLED_SCALE if precision == "fp16" else init
+            try:
+                out = (Nudged if name.endswith("_ulp") else Trainer)(_config(name), device, seed=1, precision=precision, compile=compile,
+                              cuda_graphs=graphs, log=lambda m: None).run()
+                runs[name] = [(r["d_loss"], r["g_loss"]) for r in out["history"]]
+                print(f"ran {name}", flush=True)
+            except Exception as e:  # noqa: BLE001 - a failing path is evidence too
+                runs[name] = None
+                print(f"{name} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+            finally:
+                Trainer.DETERMINISTIC_FP32 = True
+                train_precision.LOSS_SCALE_INIT = init
+    pairs = [("nondet_1", "nondet_2", "CUDA fp32 vs itself (default cuDNN, atomic pad backward)"),
+             ("det_1", "det_2", "CUDA fp32 vs itself (deterministic mode)"),
+             ("det_1", "det_1_ulp", "fp32 vs fp32 from weights 1 ulp away"),
+             ("det_1", "det_graphs", "graphs vs eager (deterministic)"),
+             ("det_1", "compile_det", "compile vs eager (deterministic)"),
+             ("det_1", "nondet_1", "deterministic vs default eager"),
+             ("det_1", "bf16", "bf16 vs fp32"), ("det_1", "fp16", "fp16 vs fp32"), ("det_1", "tf32", "tf32 vs fp32")]
+    rows = []
+    print(f"\nworst relative loss difference over 8 iterations (band: d {D_BAND}, g {G_BAND})")
+    for x, y, what in pairs:
+        if not runs.get(x) or not runs.get(y):
+            print(f"  {what:<58} (a run failed)")
+            continue
+        per = [(abs(a[0] - b[0]) / abs(a[0]), abs(a[1] - b[1]) / abs(a[1])) for a, b in zip(runs[x], runs[y])]
+        d, g = max(v[0] for v in per), max(v[1] for v in per)
+        rows.append({"pair": [x, y], "what": what, "d": d, "g": g, "per_iteration": per})
+        print(f"  {what:<58} d {d:9.2e}  g {g:9.2e}  {'in band' if d <= D_BAND and g <= G_BAND else 'OUT of band'}")
+    print("\nper iteration (relative d_loss difference):")
+    for row in rows:
+        print(f"  {row['what']:<58} " + " ".join(f"{v[0]:.0e}" for v in row["per_iteration"]))
+    one = one_iteration_state(device, skip_compile=a.skip_compile)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"torch": torch.__version__, "device": str(device), "runs": runs,
+                       "pairs": rows, "one_iteration": one}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
