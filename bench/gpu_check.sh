@@ -7,6 +7,7 @@
 #   bash bench/gpu_check.sh [OUT_DIR]          # PY=python3 by default
 #   STEPS="drift bench_train_full bench_train_compile" BUDGET=400 bash bench/gpu_check.sh OUT2
 #                                              # a second call: only the named steps
+#   STEPS=cuda_tests_full BUDGET=420 bash bench/gpu_check.sh OUT3   # the full tier's CUDA tests
 #
 # Writes at most 8 files into OUT_DIR (what a lent machine sends back): summary.txt (one line per
 # step: exit code, seconds), tests.log, bench_train.log (light, full and compiled), drift.log,
@@ -58,10 +59,13 @@ step() {
 step device 30 tests.log $PY -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0), "bf16:", torch.cuda.is_bf16_supported())'
 [[ $(tail -1 "$OUT/summary.txt") == "device: exit 0"* ]] || { cat "$OUT/tests.log"; exit 1; }
 
-# 1. the training tests that need CUDA (marker cuda), and the CPU-side proofs most tied to the
-#    torch version there (multi-tensor Adam == per-parameter Adam bit for bit; no read back on meta)
-step train_tests 150 tests.log $PY -m pytest -q -p no:cacheprovider -rs --durations=15 \
-    parity_tests/test_train_graphs.py parity_tests/test_train_precision.py -k "cuda or adam or read_nothing"
+# 1. every test that needs CUDA (marker cuda; the inference ones run in step 3), the quick tier's
+#    (the 50-iteration float64 free runs on CUDA are full tier: STEPS=cuda_tests_full), then the
+#    CPU-side proofs most tied to the torch version there (multi-tensor Adam == per-parameter Adam
+#    bit for bit; no read back on meta)
+step cuda_tests 180 tests.log $PY -m pytest -q -p no:cacheprovider --full -rs --durations=15 -m "cuda and not slow" \
+    --ignore=parity_tests/test_fast_infer.py parity_tests
+step cpu_proofs 40 tests.log $PY -m pytest -q -p no:cacheprovider parity_tests/test_train_graphs.py -k "adam or read_nothing"
 
 # 2. the training benchmark and its targets (light 256 px, batch 1; every precision, graphs on/off, Morph C)
 step bench_train 140 bench_train.log $PY bench/bench_train.py --device cuda --json "$WORK/bench_train.json"
@@ -87,6 +91,11 @@ step bench_train_full 90 bench_train.log $PY bench/bench_train.py --device cuda 
 # 6. compiled bf16 with graphs (a cold inductor compile of the 256-px graphs: last, if time is left)
 step bench_train_compile 150 bench_train.log $PY bench/bench_train.py --device cuda --modes bf16+compile+graphs \
     --pipelined 10 --json "$WORK/bench_train_compile.json"
+
+# 7. the full tier's CUDA tests (float64 free runs of 50 iterations, CUDA port vs CPU port): on request only
+if [[ " $STEPS " == *" cuda_tests_full "* ]]; then
+    step cuda_tests_full 400 tests.log $PY -m pytest -q -p no:cacheprovider --full -rs -m "cuda and slow" parity_tests
+fi
 
 $PY - "$WORK" "$OUT/results.json" <<'EOF'
 import glob, json, os, sys

@@ -38,7 +38,7 @@ step() {  # step NAME TIMEOUT LOG COMMAND...: run under timeout, append to LOG, 
 
 : >"$TESTS_LOG"
 : >"$BENCH_LOG"
-step tests "${INFER_TEST_S:-60}" "$TESTS_LOG" $PY -m pytest -q -p no:cacheprovider -m cuda \
+step tests "${INFER_TEST_S:-60}" "$TESTS_LOG" $PY -m pytest -q -p no:cacheprovider --full -m cuda \
     parity_tests/test_fast_infer.py || rc=1
 step bench "${INFER_BENCH_S:-110}" "$BENCH_LOG" $PY bench/bench_fast.py --device cuda --json "$JSON" \
     ${INFER_SECTIONS:+--sections "$INFER_SECTIONS"} || rc=1

@@ -67,7 +67,18 @@ def _named_on_command_line(config, nodeid: str) -> bool:
     return False
 
 
+def _check_cuda_marker(items) -> None:
+    """bench/gpu_check.sh selects the GPU tests with `-m cuda`: a test skipped for want of CUDA
+    without that marker would never run anywhere."""
+    bad = [item.nodeid for item in items if item.get_closest_marker("cuda") is None
+           and any("cuda" in str(m.kwargs.get("reason", "")).lower() and (not m.args or m.args[0])
+                   for m in item.iter_markers("skipif"))]
+    if bad:
+        raise pytest.UsageError("CUDA-only tests without the `cuda` marker: " + ", ".join(bad))
+
+
 def pytest_collection_modifyitems(config, items):
+    _check_cuda_marker(items)
     if full_tier(config):
         return
     keep, drop = [], []

@@ -29,7 +29,7 @@ from torch_port.precision import describe, lowp_plan
 
 DEMO = os.path.join(FIXTURES, "demo_light64")  # parity_tests.fast_paths.write_demo_fixture
 DEMO_CKPT = os.path.join(DEMO, "UGATIT_light_demo_lsgan_4resblock_5dis_1_1_10_10_1000_sn_smoothing")
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.cuda)] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(autouse=True)
@@ -235,6 +235,7 @@ def test_compile_fp32_within_float32_rounding_no_recompiles():
     assert stats["first_call_seconds"] > 0
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_cuda_discriminator_and_full_generator(precision):

@@ -22,7 +22,11 @@ from parity_tests.conftest import GOLDEN, ROOT
 from torch_port.optim import TF1Adam, clip_0_1
 
 TINY = ["--light", "True", "--img_size", "32", "--ch", "2", "--n_dis", "4"]
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def cuda(test):
+    """CUDA-only (marker cuda: bench/gpu_check.sh selects them; skipped without a device)."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
 
 
 @pytest.fixture

@@ -55,3 +55,4 @@ def test_every_suite_keeps_quick_tests():
     missing = sorted(suites - files - set(FULL_ONLY))
     assert not missing, f"suites with no quick-tier test: {missing}"
     assert not (files & set(FULL_ONLY)), "a full-only suite has quick tests: update FULL_ONLY"
+

@@ -202,14 +202,18 @@ class TF1Adam:
                 for now, before in zip((p, m, v), old):
                     now.copy_(torch.where(skip, before, now))
 
-    def _step_float64(self, live, skip) -> None:
-        """TF's ApplyAdam in float64 (module docstring), per parameter in the float32 path's
-        operation order (no scratch buffers: the float64 parity runs are small)."""
+    def _float64_scalars(self):
+        """(alpha, 1 - beta1, 1 - beta2, eps) as TF's float64 ApplyAdam sees them: the float32
+        lr / beta / epsilon tensors and float32 powers cast to float64, the arithmetic in float64."""
         one = torch.ones((), dtype=torch.float64, device=self._one.device)
         lr, b1, b2, eps, p1, p2 = (t.to(torch.float64) for t in (
             self._lr_t, self._beta1_t, self._beta2_t, self._eps_t, self._beta1_power, self._beta2_power))
-        alpha = lr * torch.sqrt(one - p2) / (one - p1)
-        one_minus_b1, one_minus_b2 = one - b1, one - b2
+        return lr * torch.sqrt(one - p2) / (one - p1), one - b1, one - b2, eps
+
+    def _step_float64(self, live, skip) -> None:
+        """TF's ApplyAdam in float64 (module docstring), per parameter in the float32 path's
+        operation order (no scratch buffers: the float64 parity runs are small)."""
+        alpha, one_minus_b1, one_minus_b2, eps = self._float64_scalars()
         for name, p in live:
             g, m, v = p.grad, self.m[name], self.v[name]
             if skip is not None:
