@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -278,10 +279,34 @@ def _expected(c: dict) -> dict:
     return {k: cfg[k] for k in tcc.MODEL_KEYS + ("dataset",) + tcc.TRAINING_KEYS}
 
 
+class _Combos(Mapping):
+    """{combo name: (checkpoint folder, config)} for every COMBO; a combination's forward
+    checkpoint is written by tf_reference when first asked for (the quick tier's tests use 6 of
+    the 16; the full tier's iterate over all)."""
+
+    def __init__(self, root: str):
+        from parity_tests import tf_checkpoints as T
+        self._T, self._root = T, root
+        self._combos = {T.combo_name(c): c for c in T.COMBOS}
+        self._written = {}
+
+    def __getitem__(self, name):
+        if name not in self._written:
+            cfg = self._T.full_config(self._root, **self._combos[name])
+            self._written[name] = (os.path.dirname(self._T.write_forward_checkpoint(self._root, cfg)), cfg)
+        return self._written[name]
+
+    def __iter__(self):
+        return iter(self._combos)
+
+    def __len__(self):
+        return len(self._combos)
+
+
 class _TFRuns:
     """The module's real checkpoints: `python -m tf_reference` (one training iteration) started in
-    the background first, then the 16 forward checkpoints written here while it runs (two cores:
-    the two overlap)."""
+    the background first, then the forward checkpoints written here, as they are asked for, while
+    it runs (two cores: the two overlap)."""
 
     def __init__(self, base: str):
         from parity_tests import tf_checkpoints as T
@@ -290,15 +315,7 @@ class _TFRuns:
         self.cli_cfg = dict(T.full_config(self.cli_root, **CLI_CFG), checkpoint_dir="checkpoint",
                             result_dir="results", log_dir="logs", sample_dir="samples")
         self._proc = T.start_official_cli(self.cli_root, self.cli_cfg)
-        try:
-            root = os.path.join(base, "forward")
-            self.combos = {}
-            for c in T.COMBOS:
-                cfg = T.full_config(root, **c)
-                self.combos[T.combo_name(c)] = (os.path.dirname(T.write_forward_checkpoint(root, cfg)), cfg)
-        except BaseException:
-            self._proc.kill()
-            raise
+        self.combos = _Combos(os.path.join(base, "forward"))
 
     def official(self):
         """(root, cfg, checkpoint folder) of the `python -m tf_reference` run."""
@@ -319,7 +336,7 @@ def tf_runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tf_runs):
-    """{combo name: (checkpoint folder, config)} for every COMBO, written by tf_reference."""
+    """{combo name: (checkpoint folder, config)} for every COMBO, written by tf_reference on demand."""
     return tf_runs.combos
 
 
@@ -328,6 +345,7 @@ def official_run(tf_runs):
     return tf_runs.official()
 
 
+@pytest.mark.slow  # full tier: all 16 combinations
 @pytest.mark.tf
 def test_every_combination_reads_its_config(tiny):
     """light/full x smoothing x sn x 32/64 px: no flags, the right config, nothing guessed; smoothing
@@ -440,6 +458,7 @@ def test_meta_and_folder_name_that_disagree_are_an_error(tiny, tmp_path):
     assert not (tmp_path / "o.safetensors").exists()
 
 
+@pytest.mark.slow  # full tier: all 16 combinations
 @pytest.mark.tf
 def test_without_tensorflow(tiny, tmp_path):
     """TensorFlow unimportable (a package named tensorflow that raises on import, first on the
