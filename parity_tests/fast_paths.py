@@ -291,7 +291,7 @@ def parse_paths(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     names = [s.strip() for s in text.split(",") if s.strip()]
     for n in names:
         if n.split("+")[0] not in PRECISIONS or n.count("+") > 1 or ("+" in n and not n.endswith("+compile")):
-            raise ValueError(f"unknown fast path {n!r}: expected fp32, bf16 or fp16, optionally +compile")
+            raise ValueError(f"unknown fast path {n!r}: expected {', '.join(PRECISIONS)}, optionally +compile")
     return (tuple(n for n in names if "+" not in n), tuple(n.split("+")[0] for n in names if "+" in n))
 
 

@@ -19,8 +19,9 @@ Official flags (same names, defaults, meanings) plus:
                            (torch_port.train_compile)
   --batch N                test phase: N images per generator call, with a progress bar
                            (default: the official one image at a time)
-  --cuda_graphs auto|True|False  test phase: replay the generators as CUDA graphs (default auto:
-                           on CUDA devices; True on a CPU is refused)
+  --cuda_graphs auto|True|False  replay CUDA graphs (default auto: on CUDA devices; True on a CPU is
+                           refused): the test phase's generators; training: the captured D and G
+                           steps (torch_port.train_graphs; not under a multi-process torchrun)
   --cudnn_benchmark True|False|auto  test phase on CUDA: cuDNN's benchmark mode (default auto: off
                            for fp32, on for tf32 / bf16 / fp16; README "Translating on a GPU")
   --checkpoint PATH        test phase: the weights and model settings from this checkpoint (an
