@@ -174,16 +174,27 @@ class TF1Adam:
             new = power * beta
             power.copy_(new if skip is None else torch.where(skip, power, new))
 
+    def _update_each(self, live, skip, update) -> None:
+        """`update(p, g, m, v)` per parameter in place, then its constraint; with `skip` (fp16
+        loss scaling) computed aside and the old values kept where the device flag is set."""
+        for name, p in live:
+            m, v = self.m[name], self.v[name]
+            old = None if skip is None else (p.clone(), m.clone(), v.clone())
+            update(p, p.grad, m, v)
+            constraint = self.constraints.get(name)
+            if constraint is not None:
+                p.copy_(constraint(p))
+            if old is not None:
+                for now, before in zip((p, m, v), old):
+                    now.copy_(torch.where(skip, before, now))
+
     def _step_loop(self, live, alpha, skip) -> None:
         one = self._one
         one_minus_b1 = one - self._beta1_t
         one_minus_b2 = one - self._beta2_t
         scratch = self._scratch_buffers()
-        for name, p in live:
-            g = p.grad
-            m, v = self.m[name], self.v[name]
-            if skip is not None:  # fp16 loss scaling: compute aside, keep the old values on overflow
-                old = (p.clone(), m.clone(), v.clone())
+
+        def update(p, g, m, v):
             # TF's ApplyAdam, operation by operation, into two reused scratch buffers (a fresh
             # temporary per operation costs page faults on the 134 MB discriminator kernels)
             t1 = scratch[0][: p.numel()].view_as(p)
@@ -195,12 +206,7 @@ class TF1Adam:
             torch.sqrt(v, out=t1).add_(self._eps_t)               # sqrt(v) + eps
             torch.mul(m, alpha, out=t2).div_(t1)                  # (m * alpha) / (...)
             p.sub_(t2)
-            constraint = self.constraints.get(name)
-            if constraint is not None:
-                p.copy_(constraint(p))
-            if skip is not None:
-                for now, before in zip((p, m, v), old):
-                    now.copy_(torch.where(skip, before, now))
+        self._update_each(live, skip, update)
 
     def _float64_scalars(self):
         """(alpha, 1 - beta1, 1 - beta2, eps) as TF's float64 ApplyAdam sees them: the float32
@@ -214,19 +220,12 @@ class TF1Adam:
         """TF's ApplyAdam in float64 (module docstring), per parameter in the float32 path's
         operation order (no scratch buffers: the float64 parity runs are small)."""
         alpha, one_minus_b1, one_minus_b2, eps = self._float64_scalars()
-        for name, p in live:
-            g, m, v = p.grad, self.m[name], self.v[name]
-            if skip is not None:
-                old = (p.clone(), m.clone(), v.clone())
+
+        def update(p, g, m, v):
             m.add_((g - m) * one_minus_b1)
             v.add_((g * g - v) * one_minus_b2)
             p.sub_((m * alpha) / (torch.sqrt(v) + eps))
-            constraint = self.constraints.get(name)
-            if constraint is not None:
-                p.copy_(constraint(p))
-            if skip is not None:
-                for now, before in zip((p, m, v), old):
-                    now.copy_(torch.where(skip, before, now))
+        self._update_each(live, skip, update)
 
     def _step_foreach(self, live, alpha, skip) -> None:
         """The loop's operations over all parameters at once, in the same order and dtypes: each
