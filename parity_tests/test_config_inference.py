@@ -361,7 +361,7 @@ def test_every_combination_reads_its_config(tiny):
 
 
 @pytest.mark.tf
-@pytest.mark.parametrize("name", SUBSET)
+@pytest.mark.parametrize("name", [SUBSET[0]] + [pytest.param(n, marks=pytest.mark.slow) for n in SUBSET[1:]])
 def test_converted_with_no_flags_reproduces_tf(tiny, name):
     """The config from the checkpoint alone builds a port whose every layer equals TF's (the
     harness's criteria, float32 and float64) for the model that wrote the checkpoint."""
@@ -391,6 +391,7 @@ def _image_gap(folder, true_cfg, port_cfg, state) -> float:
 
 
 @pytest.mark.tf
+@pytest.mark.slow
 def test_renamed_folder_and_removed_meta(tiny, tmp_path):
     """Conversion still works without the folder name, without the .meta, without both, and
     says exactly what it guessed (stderr and the file's metadata). The guesses are why this
@@ -600,7 +601,8 @@ def _loss_graph_meta(path, gan_type):
 
 
 @pytest.mark.tf
-@pytest.mark.parametrize("gan_type", opt.GAN_TYPES)
+@pytest.mark.parametrize("gan_type", [g if g in ("lsgan", "wgan-gp") else pytest.param(g, marks=pytest.mark.slow)
+                                      for g in opt.GAN_TYPES])  # quick: one plain, one gradient-penalty loss
 def test_every_gan_loss_is_recognised(tmp_path, gan_type):
     g = mg.read_meta_graph(_loss_graph_meta(tmp_path / "g.meta", gan_type))
     assert mg.find_gan_type(g).value == gan_type

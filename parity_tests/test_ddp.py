@@ -101,7 +101,7 @@ def test_two_gloo_ranks_equal_one_process_batch_of_two(tmp_path):
     assert checked > 100
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("fp16", marks=pytest.mark.slow)])
 def test_torchrun_two_ranks_end_to_end(tmp_path, precision):
     """`torchrun --nproc_per_node 2 -m torch_port` (gloo on CPU): trains, rank 0 alone prints the
     per-iteration lines and writes the checkpoint; fp16: the trainer's order (loss scaling inside,

@@ -471,6 +471,7 @@ def test_cuda_cli_test_phase_graphs_and_batches(demo_run, monkeypatch):
 
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_runs_on_cpu(tmp_path):
     """bench/bench_fast.py's CUDA matrix (bench/infer_matrix.py) as a CPU smoke run (--matrix, tiny
     model): every section it reaches runs and writes its JSON, the CUDA-only variants are skipped

@@ -153,6 +153,7 @@ def test_free_run_quick_holds(tmp_path, capsys):
 
 
 @pytest.mark.tf
+@pytest.mark.slow  # an injected error, like the criteria's gradient injections: full tier
 def test_free_run_fails_on_python_beta2(tmp_path, capsys, monkeypatch):
     """The command can fail: a port whose float64 Adam uses Python's 0.999 for beta2 instead of
     TF's float32(0.999) (1 - beta2 off by 1.3e-5 relative) exceeds 1e-9 at the first iteration;

@@ -348,7 +348,9 @@ def umask_027():
     os.umask(old)
 
 
-@pytest.mark.parametrize("writer", WRITERS, ids=repr)
+# quick tier: every writer but two of the three ONNX ones (same guard, each a full export); all in full
+@pytest.mark.parametrize("writer", [w if w.name not in ("tf2onnx", "morph") else pytest.param(w, marks=pytest.mark.slow)
+                                    for w in WRITERS], ids=repr)
 def test_same_kind_needs_overwrite_a_folder_gets_the_default_name_and_the_umask_holds(writer, world, capsys,
                                                                                        umask_027):
     dest = os.path.join(world, "dest")

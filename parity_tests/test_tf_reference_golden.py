@@ -39,7 +39,7 @@ def graph_variables(cfg, phase):
 
 
 @pytest.mark.parametrize("light,phase,manifest_name", [
-    (True, "train", "official_variables_light256_train.txt"),
+    pytest.param(True, "train", "official_variables_light256_train.txt", marks=pytest.mark.slow),
     (False, "test", "official_variables_full256_test.txt"),
 ])
 def test_graph_variables_equal_official_manifest(light, phase, manifest_name):

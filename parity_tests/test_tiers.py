@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from parity_tests.conftest import ROOT
 
 # Suites that are full-tier only as a whole, and why (everything else keeps quick tests).
@@ -33,6 +35,7 @@ def _slow_ids() -> set[str]:
     return set(ids)
 
 
+@pytest.mark.slow  # collects the suite three times
 def test_quick_tier_deselects_exactly_the_slow_tests_and_full_runs_all():
     quick, out = _collect("parity_tests")
     full, _ = _collect("--full", "parity_tests")
