@@ -359,6 +359,11 @@ FAMILIES = {
     "wgan-gp-full-nosn-odd-weights": ["--gan_type", "wgan-gp", "--light", "False", "--sn", "False", "--adv_weight", "3",
                                       "--cycle_weight", "5", "--identity_weight", "2", "--cam_weight", "100",
                                       "--GP_ld", "5", "--seed", "3"],
+    # the other three official losses (wgan-lp's float64 graph builds since tf_reference gives its
+    # clip's 0.0 in the penalty's dtype)
+    "gan-light-sn": ["--gan_type", "gan"],
+    "wgan-lp-light-sn": ["--gan_type", "wgan-lp"],
+    "dragan-light-sn": ["--gan_type", "dragan"],
 }
 
 

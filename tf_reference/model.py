@@ -4,6 +4,8 @@
 builds in the train phase (same scopes, same call order, so the same variables, optimizer
 slots and `beta1_power`/`beta1_power_1` names); `build_test()` the test phase.
 """
+import numpy as np
+
 from .compat import tf
 from .ops import (L1_loss, adaptive_ins_layer_resblock, cam_loss, conv, discriminator_loss,
                   flatten, fully_connected, fully_connected_with_w, generator_loss, global_avg_pooling,
@@ -142,7 +144,10 @@ class UGATITGraph:
                 grad = tf.gradients(out, interpolated)[0]
                 grad_norm = tf.norm(flatten(grad), axis=1)
                 if self.gan_type == "wgan-lp":
-                    terms.append(self.ld * tf.reduce_mean(tf.square(tf.maximum(0.0, grad_norm - 1.))))
+                    # the official tf.maximum(0.0, ...): its 0.0 given in the penalty's dtype (the same
+                    # float32 Const, named as before) so the float64 free-run graph builds too
+                    zero = np.asarray(0.0, grad_norm.dtype.as_numpy_dtype)
+                    terms.append(self.ld * tf.reduce_mean(tf.square(tf.maximum(zero, grad_norm - 1.))))
                 else:
                     terms.append(self.ld * tf.reduce_mean(tf.square(grad_norm - 1.)))
             return sum(terms)
