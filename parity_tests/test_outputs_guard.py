@@ -425,7 +425,7 @@ def test_results_never_go_where_they_would_mix(world, capsys, monkeypatch):
     """Translated images, strips and GIFs went wherever --result_dir pointed: among the
     checkpoint's files, into a live run's folders, into a dataset folder (the next training run
     then trained on its own translations, silently). Each is refused before anything is loaded or
-    written; elsewhere they are written."""
+    written; elsewhere they are written (beside inputs outside a dataset too: fresh names)."""
     from morph.__main__ import main as morph_main
     from torch_port.__main__ import main as port_main
     monkeypatch.chdir(world)
@@ -442,7 +442,7 @@ def test_results_never_go_where_they_would_mix(world, capsys, monkeypatch):
          "running training"),
         (morph_main, interp + ["--result_dir", morph], "inside the checkpoint folder"),
         (morph_main, interp + ["--result_dir", os.path.join(live, "sub")], "running training"),
-        (morph_main, trans + ["--result_dir", test_a], "images are read from"),
+        (morph_main, trans + ["--result_dir", test_a], "a dataset's image folder"),    # its own inputs' too
         (morph_main, trans + ["--result_dir", train_b], "a dataset's image folder"),
     ]
     with run_lock.acquire(live, command="python -m torch_port --sample_dir samples"):
@@ -456,6 +456,10 @@ def test_results_never_go_where_they_would_mix(world, capsys, monkeypatch):
     capsys.readouterr()
     assert morph_main(trans + ["--result_dir", os.path.join(world, "mres")]) == 0, capsys.readouterr().err
     assert port_main(["--phase", "test", "--result_dir", "results"] + tiny) == 0, capsys.readouterr().err
+    photos = os.path.join(world, "photos")
+    shutil.copytree(test_a, photos)
+    assert morph_main(trans[:3] + ["--input", photos] + trans[5:] + ["--result_dir", photos]) == 0
+    assert sorted(os.listdir(photos)) == ["A_test_0000.png", "A_test_0000_a2b_0.png", "A_test_0000_a2b_samples.png"]
 
 
 @pytest.mark.tf

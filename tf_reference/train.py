@@ -218,9 +218,9 @@ def test(cfg: dict) -> str:
             refuse_non_finite(zip([v.name for v in gen_vars], sess.run(gen_vars)),
                               f"checkpoint {paths.checkpoint} (step {step})")
             print(" [*] Load SUCCESS")
-            # never into a live run's folders, the checkpoint folder read, or a folder images are read from
+            # never into a live run's folders, the checkpoint folder read, or a dataset's image folder
             check_result_folders([paths.result, os.path.join(paths.result, "a2b"), os.path.join(paths.result, "b2a")],
-                                 checkpoint=paths.checkpoint, images=files_A + files_B)
+                                 checkpoint=paths.checkpoint)
             cli_errors.check_writable_folder(paths.result, "--result_dir")
             policy.sweep_temp(paths.result, log=lambda msg: None)
             page = ResultsPage(paths.result, cfg["img_size"])

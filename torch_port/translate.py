@@ -137,10 +137,9 @@ def test(cfg: dict, device: torch.device, input_path: str | None = None, directi
         model = load_for_test(cfg, device)
     from .fast import optimize_generators
     optimize_generators(model, precision, compile, cuda_graphs=cuda_graphs, cudnn_benchmark=cudnn_benchmark)
-    # never into a live run's folders, the checkpoint folder read, or a folder images are read from
+    # never into a live run's folders, the checkpoint folder read, or a dataset's image folder
     check_result_folders([paths.result] + [os.path.join(paths.result, d) for _, d in jobs],
-                         checkpoint=checkpoint if checkpoint is not None else paths.checkpoint,
-                         images=[f for files, _ in jobs for f in files])
+                         checkpoint=checkpoint if checkpoint is not None else paths.checkpoint)
     check_writable_folder(paths.result, "--result_dir")
     sweep_temp(paths.result, log=lambda m: None)
     page = ResultsPage(paths.result, cfg["img_size"])

@@ -34,7 +34,7 @@ A folder given as an output (an existing folder, or a path ending in a separator
 the output goes inside it under the command's default name (`as_file`). Extensions count in any
 case (`.ONNX` is an ONNX name). Results (the test phases' translated images and pages, Morph
 interpolate / translate) follow `check_result_folders`: never in a live run's folder, the
-checkpoint folder being read, or a folder images are read from.
+checkpoint folder being read, or a dataset's image folder.
 Framework-free (no numpy, torch or TensorFlow).
 """
 from __future__ import annotations
@@ -346,26 +346,22 @@ def check_outputs(outputs, inputs, overwrite: bool, *, updates=(), beside_input_
 
 # -- results: translated images, strips, GIFs, pages ------------------------------------------------
 
-def check_result_folders(folders, *, checkpoint: str | None = None, images=(), flag: str = "--result_dir") -> None:
+def check_result_folders(folders, *, checkpoint: str | None = None, flag: str = "--result_dir") -> None:
     """Raise OutputRefused when one of `folders` (where a test phase or Morph interpolate /
     translate writes its results) may not receive them; checked before anything is written:
     - inside a folder a live training run owns (its checkpoint, sample or log folder: that run's
       alone, as for model files above);
     - inside the checkpoint folder being read (`checkpoint`: a folder, TF prefix or weights file):
       a run's checkpoint folder holds that run;
-    - a folder an input image was read from (`images`) or a dataset's image folder (any
-      `dataset/<name>/trainA|trainB|testA|testB`, what the trainers and test phases read): the
-      next read of that folder, by this command or a training run, would take the results for
-      inputs (a training set grown by its own translations, silently)."""
+    - a dataset's image folder (any `dataset/<name>/trainA|trainB|testA|testB`, what the trainers
+      and test phases read): the next training run would take the results for training images (a
+      training set grown by its own translations, silently). Beside the inputs elsewhere is
+      allowed: results never take an input's name (ugatit_common.output_names)."""
     reading = None
     if checkpoint and (os.path.lexists(checkpoint) or _tf_prefix(checkpoint)):
         reading = checkpoint_folder_of(checkpoint)
-    image_folders = {os.path.realpath(os.path.dirname(os.path.abspath(f))): f"the input {f!r} is there" for f in images}
     for folder in folders:
         real = os.path.realpath(folder)
-        if os.path.basename(real) in DOMAIN_FOLDERS and os.path.basename(os.path.dirname(os.path.dirname(real))) \
-                == "dataset":
-            image_folders.setdefault(real, "a dataset's image folder")
         live = _live_owner(real)
         if live is not None:
             owned, holder = live
@@ -374,10 +370,11 @@ def check_result_folders(folders, *, checkpoint: str | None = None, images=(), f
         if reading and _inside(real, reading):
             raise OutputRefused(f"{flag}: results would go into {folder!r}, inside the checkpoint folder {reading!r} "
                                 f"that is being read; give {flag} a folder outside it")
-        if real in image_folders:
-            raise OutputRefused(f"{flag}: results would go into {folder!r}, a folder images are read from "
-                                f"({image_folders[real]}): reading it again (this command, or a training run) would "
-                                f"take them for inputs; give {flag} another folder")
+        if os.path.basename(real) in DOMAIN_FOLDERS and os.path.basename(os.path.dirname(os.path.dirname(real))) \
+                == "dataset":
+            raise OutputRefused(f"{flag}: results would go into {folder!r}, a dataset's image folder: the next "
+                                f"training run (or test phase) would take them for its images; give {flag} another "
+                                f"folder")
 
 
 # -- claims: one command per output file -------------------------------------------------------------
