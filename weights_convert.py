@@ -197,7 +197,7 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
         meta = {"format": "pt", "step": checkpoint_step(ckpt), "source": os.path.basename(r.prefix)}
         meta.update(info.metadata())
         try:
-            if out.endswith(".pt"):
+            if _torch_kind(out) == "torch-pt":
                 import torch
                 state = {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in produce()}
                 _atomic_torch_save({"state": state, "config": cfg, "config_provenance": info.provenance(),
@@ -225,7 +225,8 @@ def default_torch_name(ckpt: str) -> str:
 
 
 def _torch_kind(path: str) -> str:
-    return "torch-pt" if path.endswith(".pt") else "safetensors"
+    """The format tf2torch writes to `path`: torch.save for a .pt name (any case), else safetensors."""
+    return "torch-pt" if path.lower().endswith(".pt") else "safetensors"
 
 
 def _check_img_size(cfg: dict) -> None:
@@ -284,6 +285,13 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
+    try:
+        return _convert(argv)
+    finally:
+        guard.release_claims()  # the outputs claimed by the checks (output_guard.claim)
+
+
+def _convert(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "tf2onnx":  # ONNX export of a TF checkpoint's generator (torch_port/export.py)
         from torch_port.export import tf2onnx_main

@@ -171,18 +171,29 @@ def _result_dir(cfg) -> str:
     return os.path.join(cfg["result_dir"], morph_model_dir(cfg))
 
 
+def _out_dir(args) -> str:
+    """Where interpolate / translate write: `<result_dir>/<model dir>`, or `--result_dir` itself
+    with --checkpoint; checked before anything is loaded or written (output_guard: never in a live
+    run's folder, the checkpoint folder read, or a dataset's image folder)."""
+    from ugatit_common.output_guard import check_result_folders
+    cfg = _cfg(args)
+    out_dir = _result_dir(cfg) if args.checkpoint is None else cfg["result_dir"]
+    check_result_folders([out_dir], checkpoint=_checkpoint_folder(args, cfg))
+    return out_dir
+
+
 def cmd_interpolate(args) -> int:
     from .interpolate import frame_ts, interpolate_images, list_inputs
     frame_ts(args.steps)  # validate before loading anything
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     inputs = list_inputs(args.input)
+    out_dir = _out_dir(args)
     model, cfg = _load(args)
     if not model.single_generator:
         raise opt.OptionError(f"interpolation needs a config-C checkpoint (latent MLP); this one is config "
                               f"{model.morph_config}")
-    interpolate_images(model, inputs, _result_dir(cfg) if args.checkpoint is None else cfg["result_dir"],
-                       steps=args.steps, samples=args.samples)
+    interpolate_images(model, inputs, out_dir, steps=args.steps, samples=args.samples)
     return 0
 
 
@@ -196,10 +207,10 @@ def cmd_translate(args) -> int:
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     inputs = list_inputs(args.input)
+    out_dir = _out_dir(args)
     model, cfg = _load(args)
     from torch_port.data import ImageReadError
     from ugatit_common.output_names import OutputNames
-    out_dir = _result_dir(cfg) if args.checkpoint is None else cfg["result_dir"]
     size = model.config["img_size"]
     device = next(model.parameters()).device
     names, done = OutputNames(inputs), 0  # outputs never collide and never overwrite an input

@@ -44,7 +44,7 @@ class MorphCore(nn.Module):
 
 def w_file(out: str) -> str:
     """Where the direction codes go beside `out`: model.onnx -> model_w.npz."""
-    stem = out[: -len(".onnx")] if out.endswith(".onnx") else out
+    stem = out[: -len(".onnx")] if out.lower().endswith(".onnx") else out
     return stem + "_w.npz"
 
 
@@ -124,6 +124,13 @@ def _check_flags(model, typed) -> None:
 def run(args) -> int:
     """The `export` subcommand; bad input raises (exit 2 in morph's main), a failed check exits 1.
     The outputs (the .onnx and, config C, its _w.npz) follow ugatit_common.output_guard."""
+    try:
+        return _run(args)
+    finally:
+        guard.release_claims()  # the outputs claimed by the checks (output_guard.claim)
+
+
+def _run(args) -> int:
     from .loading import load
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))

@@ -271,10 +271,11 @@ def test_never_inside_a_live_runs_folder(writer, world, capsys):
             for extra in ((), ("--overwrite",)):
                 line = refused(writer, world, out, *extra, capsys=capsys, words=("running training", live))
                 assert f"pid {os.getpid()}" in line and "python -m torch_port --dataset another" in line
-    # the run ended: the folder is an ordinary one again (new files may go there)
+    # the run ended: the folder is an ordinary one again (new files may go there; not a checkpoint among
+    # its checkpoints: test_a_checkpoint_never_joins_another_runs_checkpoints)
     if writer.name == "torch2tf":
-        rc, _, err = writer.run(world, os.path.join(live, "UGATIT_light.model-9"), capsys=capsys)
-        assert rc == 0 and os.path.isfile(os.path.join(live, "UGATIT_light.model-9.index")), err
+        rc, _, err = writer.run(world, os.path.join(live, "converted"), capsys=capsys)
+        assert rc == 0 and os.path.isfile(os.path.join(live, "converted-3.index")), err
 
 
 # -- 4. never over a file of another kind, --overwrite or not ----------------------------------------------
@@ -333,6 +334,148 @@ def test_never_half_of_a_checkpoint_nor_where_no_folder_can_be(world, capsys):
     for writer in WRITERS:
         refused(writer, world, os.path.join(world, "other", "photo.png", "new" + writer.ext), capsys=capsys,
                 words=("not a folder",))
+
+
+# -- never among another run's checkpoints; one command per output; extensions in any case ------------
+
+def test_a_checkpoint_never_joins_another_runs_checkpoints(world, capsys):
+    """torch2tf into a folder holding another (stopped) run's checkpoints wrote a newer TF
+    checkpoint there, and that run's next `python -m torch_port` resumed from it: one run
+    continued from another's weights, silently. An output named as a checkpoint goes only into a
+    folder of its own (or, --continue_run, its input's: the same run)."""
+    torch2tf, tf2torch = WRITERS[1], WRITERS[0]
+    assert (torch2tf.name, tf2torch.name) == ("torch2tf", "tf2torch")
+    old_run = os.path.join(world, "checkpoint", "old_run")
+    shutil.copytree(_port_folder(world), old_run)                   # a port run at step 3
+    for out, extra in ((old_run, ()), (os.path.join(old_run, "UGATIT_light.model-9"), ("--overwrite",))):
+        refused(torch2tf, world, out, *extra, capsys=capsys,
+                words=("other checkpoints", "UGATIT_light.model-3 (PyTorch)", "continue from another's weights"))
+    refused(tf2torch, world, os.path.join(old_run, "UGATIT_light.model-9.safetensors"), capsys=capsys,
+            words=("other checkpoints",))
+    rc, _, err = tf2torch.run(world, os.path.join(old_run, "loose.safetensors"), capsys=capsys)  # not read as one
+    assert rc == 0, err
+    # a folder of its own; the checkpoint it holds is replaced there with --overwrite
+    fresh = os.path.join(world, "tf_run")
+    rc, _, err = torch2tf.run(world, fresh + os.sep, capsys=capsys)
+    assert rc == 0 and os.path.isfile(os.path.join(fresh, TF_PREFIX + ".index")), err
+    refused(torch2tf, world, fresh, capsys=capsys, words=("--overwrite",))
+    rc, _, err = torch2tf.run(world, fresh, "--overwrite", capsys=capsys)
+    assert rc == 0, err
+
+
+def _claim_in_another_process(paths):
+    import subprocess
+    import sys
+
+    from parity_tests.conftest import ROOT
+    p = subprocess.Popen([sys.executable, "-c", "import sys, time; from ugatit_common import output_guard as g\n"
+                          "for p in sys.argv[1:]: g.claim(p)\nprint('held', flush=True); time.sleep(600)"] + list(paths),
+                         env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_one_command_at_a_time_per_output(world, capsys):
+    """Two commands given the same output at once both found nothing there, and the later one
+    silently replaced the earlier one's file (two exports into one .onnx: both exit 0). Each
+    output is claimed for the command's life (output_guard.claim): the second command is refused
+    naming the first; a killed holder blocks nothing; a command that ends leaves no claim."""
+    import signal
+    from ugatit_common.output_guard import CLAIM
+    tf2torch, torch2tf = WRITERS[0], WRITERS[1]
+    dest = os.path.join(world, "dest")
+    os.makedirs(dest)
+    weights, prefix = os.path.join(dest, "w.safetensors"), os.path.join(dest, "m-3")
+    holder = _claim_in_another_process([weights, prefix + ".data-00000-of-00001"])
+    try:
+        refused(tf2torch, world, weights, capsys=capsys, words=("being written by another command", f"pid {holder.pid}"))
+        refused(torch2tf, world, prefix, capsys=capsys, words=("being written by another command", f"pid {holder.pid}"))
+        rc, _, err = tf2torch.run(world, os.path.join(dest, "other.safetensors"), capsys=capsys)  # another output: free
+        assert rc == 0, err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+        holder.stdout.close()
+    for w, out in ((tf2torch, weights), (torch2tf, prefix)):
+        rc, _, err = w.run(world, out, capsys=capsys)
+        assert rc == 0, err
+    assert os.path.isfile(weights) and os.path.isfile(prefix + ".index")
+    assert not [n for n in os.listdir(dest) if CLAIM in n]                        # the killed one's taken over too
+
+
+def test_extensions_count_in_any_case(world, capsys):
+    """A `.ONNX` export was 'a file of unknown kind' to its own --overwrite (refused for ever), and
+    tf2torch wrote safetensors into a `.PT`: the extension now counts in any case."""
+    from ugatit_common.output_guard import kind_of
+    other = os.path.join(world, "other")
+    shutil.copy(os.path.join(other, "model.onnx"), os.path.join(other, "M.ONNX"))
+    assert kind_of(os.path.join(other, "M.ONNX")) == "onnx"
+    w = WRITERS[0]
+    out = os.path.join(world, "W.PT")
+    rc, _, err = w.run(world, out, capsys=capsys)
+    assert rc == 0 and kind_of(out) == "torch-pt", err
+    refused(w, world, out, capsys=capsys, words=("--overwrite",))
+    rc, _, err = w.run(world, out, "--overwrite", capsys=capsys)
+    assert rc == 0, err
+
+
+# -- results: the test phases, Morph interpolate / translate ---------------------------------------------
+
+def test_results_never_go_where_they_would_mix(world, capsys, monkeypatch):
+    """Translated images, strips and GIFs went wherever --result_dir pointed: among the
+    checkpoint's files, into a live run's folders, into a dataset folder (the next training run
+    then trained on its own translations, silently). Each is refused before anything is loaded or
+    written; elsewhere they are written (beside inputs outside a dataset too: fresh names)."""
+    from morph.__main__ import main as morph_main
+    from torch_port.__main__ import main as port_main
+    monkeypatch.chdir(world)
+    port, morph = _port_folder(world), _morph_folder(world)
+    test_a = os.path.join(world, "dataset", "t", "testA")
+    train_b = os.path.join(world, "dataset", "t", "trainB")
+    live = os.path.join(world, "samples", "live_run")
+    tiny = ["--light", "True", "--dataset", "t", "--img_size", "32", "--ch", "2", "--n_dis", "4", "--device", "cpu"]
+    interp = ["interpolate", "--checkpoint", morph, "--input", test_a, "--steps", "2", "--samples", "1", "--device", "cpu"]
+    trans = ["translate", "--checkpoint", morph, "--input", test_a, "--direction", "a2b", "--device", "cpu"]
+    cases = [
+        (port_main, ["--phase", "test", "--result_dir", "checkpoint"] + tiny, "inside the checkpoint folder"),
+        (port_main, ["--phase", "test", "--checkpoint", port, "--input", test_a, "--result_dir", live],
+         "running training"),
+        (morph_main, interp + ["--result_dir", morph], "inside the checkpoint folder"),
+        (morph_main, interp + ["--result_dir", os.path.join(live, "sub")], "running training"),
+        (morph_main, trans + ["--result_dir", test_a], "a dataset's image folder"),    # its own inputs' too
+        (morph_main, trans + ["--result_dir", train_b], "a dataset's image folder"),
+    ]
+    with run_lock.acquire(live, command="python -m torch_port --sample_dir samples"):
+        for main, argv, words in cases:
+            before = snapshot(world)
+            capsys.readouterr()
+            rc = main(argv)
+            line = error_line(capsys.readouterr().err)
+            assert rc == 2 and "--result_dir" in line and words in line, (argv, line)
+            assert snapshot(world) == before, argv
+    capsys.readouterr()
+    assert morph_main(trans + ["--result_dir", os.path.join(world, "mres")]) == 0, capsys.readouterr().err
+    assert port_main(["--phase", "test", "--result_dir", "results"] + tiny) == 0, capsys.readouterr().err
+    photos = os.path.join(world, "photos")
+    shutil.copytree(test_a, photos)
+    assert morph_main(trans[:3] + ["--input", photos] + trans[5:] + ["--result_dir", photos]) == 0
+    assert sorted(os.listdir(photos)) == ["A_test_0000.png", "A_test_0000_a2b_0.png", "A_test_0000_a2b_samples.png"]
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_tf_reference_results_never_go_among_its_checkpoint(world, capsys, monkeypatch):
+    from tf_reference.__main__ import main as tf_main
+    monkeypatch.chdir(world)
+    folder = os.path.join(world, "tfck", opt.model_dir(CFG))
+    shutil.copytree(os.path.join(world, "tf"), folder)
+    before = snapshot(world)
+    capsys.readouterr()
+    rc = tf_main(["--phase", "test", "--light", "True", "--dataset", "t", "--img_size", "32", "--ch", "2", "--n_dis",
+                  "4", "--checkpoint_dir", "tfck", "--result_dir", "tfck"])
+    line = error_line(capsys.readouterr().err)
+    assert rc == 2 and "inside the checkpoint folder" in line, line
+    assert snapshot(world) == before
 
 
 # -- 5-7. the same kind: only with --overwrite; a folder is a folder; the umask is followed --------------

@@ -215,6 +215,58 @@ def test_sweeping_needs_the_owner_and_knows_every_temp_name(tmp_path):
     assert sorted(os.listdir(folder)) == sorted(kept)                      # lock and owner files gone too
 
 
+def _hold(folders, command="python -m torch_port --dataset t"):
+    """A process holding `folders` as a run would (run 1, standing still), until killed."""
+    p = subprocess.Popen([sys.executable, "-c", "import sys; from ugatit_common import run_lock as r\n"
+                          "for f in sys.argv[2:]: r.acquire(f, command=sys.argv[1])\n"
+                          "print('held', flush=True); sys.stdin.read()", command] + list(folders),
+                         env=ENV, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_live_runs_folder_in_any_role_or_spelling_is_refused_leaving_nothing(tmp_path, monkeypatch, capsys):
+    """Run 2's checkpoint folder differs, but its --sample_dir is run 1's checkpoint folder, or its
+    --log_dir run 1's sample folder; or run 1's folder reached through a symlink or a trailing
+    separator: refused naming the flag, and the refused run leaves nothing behind - not even the
+    new checkpoint folder it had made and locked before it met the held one (it did)."""
+    make_data(tmp_path)
+    folders = run_dirs(tmp_path)
+    os.symlink("checkpoint", str(tmp_path / "cklink"))
+    holder = _hold(folders)
+    try:
+        before = snapshot(folders)
+        for extra, flag, folder in (
+                (["--checkpoint_dir", "cklink"], "--checkpoint_dir", "cklink/" + opt.model_dir(CFG)),
+                (["--checkpoint_dir", "checkpoint" + os.sep], "--checkpoint_dir", "checkpoint/"),
+                (["--checkpoint_dir", "new/ck", "--sample_dir", "checkpoint"], "--sample_dir", "checkpoint/"),
+                (["--checkpoint_dir", "new/ck", "--sample_dir", "new/s", "--log_dir", "samples"], "--log_dir",
+                 "samples/"),
+                (["--checkpoint_dir", "new/ck", "--resume", "False", "--sample_dir", "checkpoint"], "--sample_dir",
+                 "checkpoint/")):
+            rc, out, err = port(train_args(2, 1, 1, *extra), monkeypatch, tmp_path, capsys)
+            line = assert_refused(rc, err, folder, holder.pid)
+            assert line.startswith(f"error: {flag} "), line
+            assert not os.path.exists(str(tmp_path / "new")), extra        # nothing made, nothing left
+            assert snapshot(folders) == before
+    finally:
+        kill(holder)
+        holder.stdin.close()
+        holder.stdout.close()
+
+
+def test_a_lock_file_that_is_not_one_is_named(tmp_path, monkeypatch, capsys):
+    """A folder (or a dangling link) where the lock file goes was reported as 'the folder is not
+    writable' (it was): now the line names the lock file."""
+    make_data(tmp_path)
+    folder = ckdir(tmp_path)
+    os.makedirs(os.path.join(folder, run_lock.LOCK_NAME))
+    rc, out, err = port(train_args(1, 1, 1), monkeypatch, tmp_path, capsys)
+    line = one_error_line(err)
+    assert rc == 2 and run_lock.LOCK_NAME in line and "move it away" in line and "not writable" not in line, line
+    assert os.listdir(folder) == [run_lock.LOCK_NAME]
+
+
 # -- morph ------------------------------------------------------------------------------------------
 
 def test_morph_run_refuses_a_second_run(tmp_path, monkeypatch, capsys):

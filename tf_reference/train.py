@@ -13,6 +13,7 @@ from ugatit_common import checkpoint_policy as policy
 from ugatit_common import cli_errors
 from ugatit_common import options as opt
 from ugatit_common.images import readable_train_images
+from ugatit_common.output_guard import check_result_folders
 from ugatit_common.output_names import OutputNames
 from ugatit_common.results import ResultsPage, save_image
 
@@ -217,6 +218,9 @@ def test(cfg: dict) -> str:
             refuse_non_finite(zip([v.name for v in gen_vars], sess.run(gen_vars)),
                               f"checkpoint {paths.checkpoint} (step {step})")
             print(" [*] Load SUCCESS")
+            # never into a live run's folders, the checkpoint folder read, or a dataset's image folder
+            check_result_folders([paths.result, os.path.join(paths.result, "a2b"), os.path.join(paths.result, "b2a")],
+                                 checkpoint=paths.checkpoint)
             cli_errors.check_writable_folder(paths.result, "--result_dir")
             policy.sweep_temp(paths.result, log=lambda msg: None)
             page = ResultsPage(paths.result, cfg["img_size"])

@@ -681,8 +681,8 @@ def run_export(args, loaded: dict, prog: str) -> int:
 def _cli(argv, prog: str, description: str, overrides_from, need_kind: str | None = None) -> int:
     p = _build_parser(prog, description)
     args = p.parse_args(argv)
+    from ugatit_common.output_guard import place_output, release_claims
     try:
-        from ugatit_common.output_guard import place_output
         args.out = place_output(args.out, "onnx", [args.ckpt], args.overwrite, f"{args.direction}.onnx")
         parse_batches(args.batches)
         loaded = load_checkpoint(args.ckpt, overrides_from(args))
@@ -701,6 +701,8 @@ def _cli(argv, prog: str, description: str, overrides_from, need_kind: str | Non
     except OSError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        release_claims()  # the output claimed by place_output (output_guard.claim)
 
 
 def _overrides(args) -> dict:

@@ -20,6 +20,7 @@ from ugatit_common import options as opt
 from ugatit_common.checkpoint_policy import sweep_temp
 from ugatit_common.cli_errors import check_writable_folder
 from ugatit_common.finite import refuse_non_finite
+from ugatit_common.output_guard import check_result_folders
 from ugatit_common.output_names import OutputNames
 from ugatit_common.results import ResultsPage, save_image
 
@@ -136,6 +137,9 @@ def test(cfg: dict, device: torch.device, input_path: str | None = None, directi
         model = load_for_test(cfg, device)
     from .fast import optimize_generators
     optimize_generators(model, precision, compile, cuda_graphs=cuda_graphs, cudnn_benchmark=cudnn_benchmark)
+    # never into a live run's folders, the checkpoint folder read, or a dataset's image folder
+    check_result_folders([paths.result] + [os.path.join(paths.result, d) for _, d in jobs],
+                         checkpoint=checkpoint if checkpoint is not None else paths.checkpoint)
     check_writable_folder(paths.result, "--result_dir")
     sweep_temp(paths.result, log=lambda m: None)
     page = ResultsPage(paths.result, cfg["img_size"])

@@ -126,6 +126,15 @@ def inventory(folder: str, prefer: str = "torch") -> list[Found]:
     return sorted(found.values(), key=lambda f: (-f.step, f.framework != prefer, f.prefix))
 
 
+def checkpoint_of(file_name: str) -> tuple[str, str] | None:
+    """(`<prefix>.model-N`, framework "torch" | "tf") when `inventory` reads a file of that name
+    as part of that checkpoint, else None."""
+    m = _TORCH.match(file_name) or _TF.match(file_name)
+    if not m:
+        return None
+    return f"{m.group('prefix')}.model-{m.group('step')}", "torch" if m.re is _TORCH else "tf"
+
+
 def describe(found: list[Found]) -> str:
     return ", ".join(f.name + ("" if f.complete else f" [incomplete: {f.missing}]") for f in found) or "none"
 

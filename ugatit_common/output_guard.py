@@ -2,13 +2,13 @@
 
 `weights_convert.py tf2torch / torch2tf / tf2onnx`, `python -m torch_port export` and
 `python -m morph export` call `place_output` (one file) or `check_outputs` (several, e.g. a TF
-checkpoint's .index and .data) before any work, so a refusal (OutputRefused: exit 2, one
-`error:` line) leaves the disk as it was. Refused:
+checkpoint's .index and .data) before any work, and `release_claims` at their end, so a refusal
+(OutputRefused: exit 2, one `error:` line) leaves the disk as it was. Refused:
 
 - an output that is one of the command's inputs (the same file by name, relative path, symlink
   or hard link: os.path.realpath and os.path.samefile), even with --overwrite;
-- an output inside a checkpoint folder that a live training run owns
-  (ugatit_common.run_lock.held_by), or inside the checkpoint folder holding the input checkpoint
+- an output inside a folder that a live training run owns (its checkpoint, sample or log folder:
+  ugatit_common.run_lock.held_by), or inside the checkpoint folder holding the input checkpoint
   (an ONNX file or loose weights among a run's checkpoints are not that run's). One opt-in:
   `torch2tf --continue_run` writes a TF checkpoint beside the port checkpoint it was converted
   from, which continues the same run in TensorFlow (how the checkpoint policy lets a run change
@@ -20,25 +20,38 @@ checkpoint's .index and .data) before any work, so a refusal (OutputRefused: exi
   half of a port checkpoint (`<prefix>.model-N.safetensors` beside its `.state.pt`): other
   weights there would be paired with that run's optimizer state;
 - a path whose folder cannot be made or written (a file where a folder goes, a read-only folder):
-  said before the work, not after it.
+  said before the work, not after it;
+- an output named as part of a checkpoint (`<prefix>.model-N.index` / `.data-*` / `.safetensors`)
+  in a folder that holds other checkpoints (than the one it replaces): the checkpoint policy
+  resumes the newest in a folder, so a training run there would continue one run from another's
+  weights (`--continue_run` into the input's own folder is the same run);
+- an output another command is writing at this moment: each output is claimed for the command's
+  life (`claim`, the run lock of `.<name>.ugatit-out.lock` beside it) and checked again once
+  claimed, so of two commands given the same output at once the second is refused, naming the
+  first, instead of silently replacing its file.
 
 A folder given as an output (an existing folder, or a path ending in a separator) is a folder:
-the output goes inside it under the command's default name (`as_file`).
+the output goes inside it under the command's default name (`as_file`). Extensions count in any
+case (`.ONNX` is an ONNX name). Results (the test phases' translated images and pages, Morph
+interpolate / translate) follow `check_result_folders`: never in a live run's folder, the
+checkpoint folder being read, or a dataset's image folder.
 Framework-free (no numpy, torch or TensorFlow).
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import struct
 import zipfile
 
 from . import checkpoint_policy as policy
-from .options import OptionError
+from .options import DOMAIN_FOLDERS, OptionError
+from . import run_lock
 from .run_lock import held_by
 
 __all__ = ["OutputRefused", "KINDS", "kind_of", "describe", "input_files", "checkpoint_folder_of", "as_file",
-           "check_outputs", "place_output"]
+           "check_outputs", "place_output", "claim", "release_claims", "check_result_folders"]
 
 
 class OutputRefused(OptionError):
@@ -93,7 +106,8 @@ def _zip_kind(path: str, name: str) -> str:
 
 def kind_of(path: str) -> str | None:
     """What is at `path` (a key of KINDS, or `image:<FORMAT>`), judged by content and name; None
-    when nothing is there."""
+    when nothing is there. Extensions count in any case (`.ONNX`, `.PT`): the writers accept
+    them, so a file one wrote is recognised when it is replaced."""
     if not os.path.lexists(path):
         return None
     if os.path.isdir(path):
@@ -102,7 +116,7 @@ def kind_of(path: str) -> str | None:
         return "broken-link"
     if not os.path.isfile(path):
         return "special"
-    name = os.path.basename(path)
+    name = os.path.basename(path).lower()
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fh:
@@ -115,9 +129,9 @@ def kind_of(path: str) -> str | None:
         return "unreadable"
     if size == 0:
         return "empty"
-    if name == policy.TF_STATE and head.startswith(b"model_checkpoint_path"):
+    if os.path.basename(path) == policy.TF_STATE and head.startswith(b"model_checkpoint_path"):
         return "tf-state"
-    if _TF_DATA.search(name):  # raw tensor bytes: one only with its index (a TF table) beside it
+    if _TF_DATA.search(os.path.basename(path)):  # raw tensor bytes: one only with its index (a TF table) beside it
         index = path[: _TF_DATA.search(path).start()] + ".index"
         return "tf-data" if kind_of(index) == "tf-index" else "unknown"
     if name.endswith(".meta"):
@@ -241,6 +255,65 @@ def _unwritable(path: str) -> str | None:
     return None
 
 
+def _check_one(path: str, kind: str, is_update: bool, in_files, in_folders, overwrite: bool, beside_input_ok: bool,
+               flag: str, input_name: str, beside_input_hint: str) -> None:
+    """OutputRefused when the one output `path` (of `kind`) may not be written: the module
+    docstring's rules, in its order."""
+    for f in in_files:
+        if _same_file(path, f):
+            raise OutputRefused(f"output {path!r} is a file of {input_name} ({f!r}), one of this command's "
+                                f"inputs; it is never replaced: choose another output name")
+    real_folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    live = _live_owner(real_folder)
+    if live is not None:
+        folder, holder = live
+        raise OutputRefused(f"output {path!r} lies in {folder!r}, a folder of a running training "
+                            f"({holder.describe()}); write it outside that folder")
+    beside_input = any(_inside(real_folder, folder) for folder in in_folders)
+    if beside_input and not beside_input_ok:
+        holding = next(f for f in in_folders if _inside(real_folder, f))
+        raise OutputRefused(f"output {path!r} lies in the checkpoint folder {holding!r} that holds {input_name}; "
+                            f"write it outside that folder{beside_input_hint}")
+    found = kind_of(path)
+    if found is not None:
+        if found != kind:
+            raise OutputRefused(f"output {path!r} exists and is {describe(found)}, not {describe(kind)}: it is "
+                                f"never replaced ({flag} replaces only a file of the output's own kind)")
+        state = _half_of_a_checkpoint(path)
+        if state:
+            raise OutputRefused(f"output {path!r} is the weights file of a checkpoint (its state {state!r} is beside "
+                                f"it): other weights would be paired with that run's optimizer state; it is never "
+                                f"replaced, {flag} or not: write elsewhere")
+    if not beside_input:
+        others = _other_checkpoints(path)
+        if others:
+            name = policy.checkpoint_of(os.path.basename(path))[0]
+            raise OutputRefused(f"output {path!r} would be the checkpoint {name} in "
+                                f"{os.path.dirname(os.path.abspath(path))!r}, which holds other checkpoints "
+                                f"({policy.describe(others)}): a training run there resumes from the newest of them, "
+                                f"so one run would continue from another's weights; write it into a folder of its own")
+    if found is None:
+        why = _unwritable(path)
+        if why:
+            raise OutputRefused(f"output {path!r} cannot be written: {why}")
+        return
+    if not (overwrite or is_update):
+        raise OutputRefused(f"output {path!r} exists ({describe(found)}); pass {flag} to replace it")
+    why = _unwritable(path)
+    if why:
+        raise OutputRefused(f"output {path!r} cannot be replaced: {why}")
+
+
+def _other_checkpoints(path: str) -> list:
+    """When `path`'s name makes it part of a checkpoint (`<prefix>.model-N.*`): the checkpoints of
+    its folder other than that one (the checkpoint policy would resume the newest of them all)."""
+    own = policy.checkpoint_of(os.path.basename(path))
+    if own is None:
+        return []
+    return [f for f in policy.inventory(os.path.dirname(os.path.abspath(path)))
+            if (os.path.basename(f.base), f.framework) != own]
+
+
 def check_outputs(outputs, inputs, overwrite: bool, *, updates=(), beside_input_ok: bool = False,
                   flag: str = "--overwrite", input_name: str = "the input checkpoint",
                   beside_input_hint: str = "") -> None:
@@ -250,44 +323,98 @@ def check_outputs(outputs, inputs, overwrite: bool, *, updates=(), beside_input_
     index of what it wrote (a TF `checkpoint` file): replaced without `flag` when of that kind,
     refused otherwise; `beside_input_ok`: the output may lie in the input checkpoint's folder
     (`beside_input_hint`: how to ask for that, appended to the refusal); `input_name`: what the
-    inputs are, for the message."""
+    inputs are, for the message. The outputs are then claimed for this process (`claim`, until
+    `release_claims`) and checked again, so a command that wrote one meanwhile is seen."""
     in_files = [f for p in inputs for f in input_files(p)] + [p for p in inputs if os.path.lexists(p)]
     in_folders = [f for f in (checkpoint_folder_of(p) for p in inputs if os.path.lexists(p) or _tf_prefix(p)) if f]
-    for path, kind, is_update in [(p, k, False) for p, k in outputs] + [(p, k, True) for p, k in updates]:
-        for f in in_files:
-            if _same_file(path, f):
-                raise OutputRefused(f"output {path!r} is a file of {input_name} ({f!r}), one of this command's "
-                                    f"inputs; it is never replaced: choose another output name")
-        real_folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
-        live = _live_owner(real_folder)
+    every = [(p, k, False) for p, k in outputs] + [(p, k, True) for p, k in updates]
+    for path, kind, is_update in every:
+        _check_one(path, kind, is_update, in_files, in_folders, overwrite, beside_input_ok, flag, input_name,
+                   beside_input_hint)
+    taken = []
+    try:
+        for path, _ in outputs:
+            if claim(path):
+                taken.append(path)
+        for path, kind, is_update in every:
+            _check_one(path, kind, is_update, in_files, in_folders, overwrite, beside_input_ok, flag, input_name,
+                       beside_input_hint)
+    except BaseException:
+        release_claims(taken)
+        raise
+
+
+# -- results: translated images, strips, GIFs, pages ------------------------------------------------
+
+def check_result_folders(folders, *, checkpoint: str | None = None, flag: str = "--result_dir") -> None:
+    """Raise OutputRefused when one of `folders` (where a test phase or Morph interpolate /
+    translate writes its results) may not receive them; checked before anything is written:
+    - inside a folder a live training run owns (its checkpoint, sample or log folder: that run's
+      alone, as for model files above);
+    - inside the checkpoint folder being read (`checkpoint`: a folder, TF prefix or weights file):
+      a run's checkpoint folder holds that run;
+    - a dataset's image folder (any `dataset/<name>/trainA|trainB|testA|testB`, what the trainers
+      and test phases read): the next training run would take the results for training images (a
+      training set grown by its own translations, silently). Beside the inputs elsewhere is
+      allowed: results never take an input's name (ugatit_common.output_names)."""
+    reading = None
+    if checkpoint and (os.path.lexists(checkpoint) or _tf_prefix(checkpoint)):
+        reading = checkpoint_folder_of(checkpoint)
+    for folder in folders:
+        real = os.path.realpath(folder)
+        live = _live_owner(real)
         if live is not None:
-            folder, holder = live
-            raise OutputRefused(f"output {path!r} lies in the checkpoint folder {folder!r}, which a running "
-                                f"training owns ({holder.describe()}); write it outside that folder")
-        if not beside_input_ok:
-            for folder in in_folders:
-                if _inside(real_folder, folder):
-                    raise OutputRefused(f"output {path!r} lies in the checkpoint folder {folder!r} that holds "
-                                        f"{input_name}; write it outside that folder{beside_input_hint}")
-        found = kind_of(path)
-        if found is None:
-            why = _unwritable(path)
-            if why:
-                raise OutputRefused(f"output {path!r} cannot be written: {why}")
-            continue
-        if found != kind:
-            raise OutputRefused(f"output {path!r} exists and is {describe(found)}, not {describe(kind)}: it is "
-                                f"never replaced ({flag} replaces only a file of the output's own kind)")
-        state = _half_of_a_checkpoint(path)
-        if state:
-            raise OutputRefused(f"output {path!r} is the weights file of a checkpoint (its state {state!r} is beside "
-                                f"it): other weights would be paired with that run's optimizer state; it is never "
-                                f"replaced, {flag} or not: write elsewhere")
-        if not (overwrite or is_update):
-            raise OutputRefused(f"output {path!r} exists ({describe(found)}); pass {flag} to replace it")
-        why = _unwritable(path)
-        if why:
-            raise OutputRefused(f"output {path!r} cannot be replaced: {why}")
+            owned, holder = live
+            raise OutputRefused(f"{flag}: results would go into {folder!r}, which lies in {owned!r}, a folder of a "
+                                f"running training ({holder.describe()}); give {flag} a folder of its own")
+        if reading and _inside(real, reading):
+            raise OutputRefused(f"{flag}: results would go into {folder!r}, inside the checkpoint folder {reading!r} "
+                                f"that is being read; give {flag} a folder outside it")
+        if os.path.basename(real) in DOMAIN_FOLDERS and os.path.basename(os.path.dirname(os.path.dirname(real))) \
+                == "dataset":
+            raise OutputRefused(f"{flag}: results would go into {folder!r}, a dataset's image folder: the next "
+                                f"training run (or test phase) would take them for its images; give {flag} another "
+                                f"folder")
+
+
+# -- claims: one command per output file -------------------------------------------------------------
+
+CLAIM = ".ugatit-out"
+_claims: dict = {}
+
+
+def _claim_key(path: str) -> str:
+    """The output named by its real folder and its own name (a link there is replaced, not followed)."""
+    return os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
+
+
+def claim(path: str) -> bool:
+    """Hold the output file `path` for this process until `release_claims`: the run lock
+    (ugatit_common.run_lock) of `.<name>.ugatit-out.lock` beside it. Two commands given the same
+    output at the same time both find nothing there when they check, and the later one would
+    silently replace the earlier one's file (no --overwrite given): here the second is refused,
+    naming the first (pid, command, start time). A killed holder blocks nothing. Returns whether
+    this call took it (False: this process already holds it)."""
+    key = _claim_key(path)
+    if key in _claims:
+        return False
+    name = os.path.basename(key)
+    try:
+        _claims[key] = run_lock.acquire(os.path.dirname(key), "output folder", lock_name=f".{name}{CLAIM}.lock",
+                                        owner_name=f".{name}{CLAIM}.owner")
+    except run_lock.FolderInUse as e:
+        raise OutputRefused(f"output {path!r} is being written by another command ({e.holder.describe()}); wait "
+                            f"for it to end, or choose another output name") from None
+    return True
+
+
+def release_claims(paths=None) -> None:
+    """Let the outputs claimed by this process go (all, or those of `paths`); their lock files go too."""
+    for key in [k for k in _claims if paths is None or k in {_claim_key(p) for p in paths}]:
+        _claims.pop(key).release()
+
+
+atexit.register(release_claims)
 
 
 def place_output(out: str, kind, inputs, overwrite: bool, default_name: str, *, log=print,

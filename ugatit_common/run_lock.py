@@ -21,6 +21,7 @@ checkpoint policy's functions that change a folder take the lock (`owner`) and `
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import socket
@@ -44,7 +45,11 @@ _CONTENDED_TRIES, _CONTENDED_WAIT_S = 5, 0.02
 
 
 class FolderInUse(OptionError):
-    """Another live process holds the folder's run lock."""
+    """Another live process holds the folder's run lock (`holder`: who, from the owner file)."""
+
+    def __init__(self, message: str, holder: "Holder | None" = None):
+        super().__init__(message)
+        self.holder = holder
 
 
 class NotOwner(RuntimeError):
@@ -71,19 +76,20 @@ class Holder:
         return ", ".join(parts)
 
 
-def _read_owner(folder: str) -> Holder:
+def _read_owner(folder: str, owner_name: str = OWNER_NAME) -> Holder:
     try:
-        with open(os.path.join(folder, OWNER_NAME)) as fh:
+        with open(os.path.join(folder, owner_name)) as fh:
             d = json.load(fh)
         return Holder(d.get("pid"), d.get("command"), d.get("started"), d.get("host"))
     except (OSError, ValueError, AttributeError):
         return Holder()
 
 
-def held_by(folder: str) -> Holder | None:
+def held_by(folder: str, lock_name: str = LOCK_NAME, owner_name: str = OWNER_NAME) -> Holder | None:
     """The live holder of `folder`'s run lock, or None when no process holds it (a lock held by
-    this very process counts: its pid is os.getpid())."""
-    path = os.path.join(folder, LOCK_NAME)
+    this very process counts: its pid is os.getpid()). `lock_name` / `owner_name`: another lock
+    of the folder taken the same way (output_guard's claims of one output file)."""
+    path = os.path.join(folder, lock_name)
     if fcntl is None or not os.path.isfile(path):
         return None
     try:
@@ -94,7 +100,7 @@ def held_by(folder: str) -> Holder | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _read_owner(folder)
+            return _read_owner(folder, owner_name)
         except OSError:
             return None
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -110,8 +116,9 @@ def _same_folder(a: str, b: str) -> bool:
 class RunLock:
     """The held lock of one folder; `release()` (or leaving `own_folder`) lets it go."""
 
-    def __init__(self, folder: str, fd: int):
-        self.folder, self._fd = folder, fd
+    def __init__(self, folder: str, fd: int, names=(OWNER_NAME, LOCK_NAME), created: str | None = None):
+        self.folder, self._fd, self._names = folder, fd, tuple(names)
+        self.created = created  # the topmost folder `acquire` created for it (None: it existed)
 
     @property
     def held(self) -> bool:
@@ -124,7 +131,7 @@ class RunLock:
     def release(self) -> None:
         if self._fd is None:
             return
-        for name in (OWNER_NAME, LOCK_NAME):  # removed while still held: see the module docstring
+        for name in self._names:  # removed while still held: see the module docstring
             try:
                 os.remove(os.path.join(self.folder, name))
             except OSError:
@@ -192,18 +199,26 @@ def _identity(st) -> tuple:
     return st.st_dev, st.st_ino
 
 
-def acquire(folder: str, what: str = "checkpoint folder", command: str | None = None) -> RunLock:
+def acquire(folder: str, what: str = "checkpoint folder", command: str | None = None, *,
+            lock_name: str = LOCK_NAME, owner_name: str = OWNER_NAME) -> RunLock:
     """Create `folder` if needed and take its run lock, or raise FolderInUse naming the holder
-    (pid, command, start time). An unwritable folder is an OptionError naming `what`."""
+    (pid, command, start time). An unwritable folder is an OptionError naming `what`.
+    `lock_name` / `owner_name`: another lock of the folder, taken the same way (output_guard
+    claims one output file with `.<file name>.ugatit-out.lock`)."""
     if fcntl is None:  # pragma: no cover
         raise OptionError("run folders can only be locked on a POSIX system (fcntl.flock)")
-    path = os.path.join(folder, LOCK_NAME)
+    path = os.path.join(folder, lock_name)
+    created = _missing_top(folder)
     contended = 0
     while True:
         try:
             os.makedirs(folder, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as e:
+            if e.errno in (errno.EISDIR, errno.ENOENT, errno.ELOOP) and os.path.lexists(path):
+                # a folder or a dangling link by that name, not an unwritable folder
+                raise OptionError(f"{what} {folder!r}: its lock file {path!r} cannot be opened ({e.strerror or e}); "
+                                  f"it is not a lock file this program wrote: move it away") from e
             raise OptionError(f"{what} {folder!r} is not writable: {e.strerror or e}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -213,9 +228,9 @@ def acquire(folder: str, what: str = "checkpoint folder", command: str | None = 
             if contended < _CONTENDED_TRIES:
                 time.sleep(_CONTENDED_WAIT_S)
                 continue
-            holder = _read_owner(folder)
+            holder = _read_owner(folder, owner_name)
             raise FolderInUse(f"{what} {folder!r} is in use by another run ({holder.describe()}); "
-                              f"wait for it to end, or give this run another folder") from None
+                              f"wait for it to end, or give this run another folder", holder) from None
         except OSError as e:
             os.close(fd)
             raise OptionError(f"{what} {folder!r}: cannot lock it ({e.strerror or e})") from e
@@ -231,10 +246,37 @@ def acquire(folder: str, what: str = "checkpoint folder", command: str | None = 
             "host": socket.gethostname()}
     try:  # information only; written atomically so a reader never sees half of it
         from .atomic import write_bytes_atomic
-        write_bytes_atomic(os.path.join(folder, OWNER_NAME), json.dumps(info).encode())
+        write_bytes_atomic(os.path.join(folder, owner_name), json.dumps(info).encode())
     except OSError:
         pass
-    return RunLock(folder, fd)
+    return RunLock(folder, fd, (owner_name, lock_name), created)
+
+
+def _missing_top(folder: str) -> str | None:
+    """The topmost folder of the path `folder` that does not exist yet (None: it exists)."""
+    top, d = None, os.path.abspath(folder)
+    while not os.path.lexists(d):
+        top, parent = d, os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    return top
+
+
+def _remove_created(lock: RunLock) -> None:
+    """Remove the folders `acquire` created for `lock` (from its folder up to `lock.created`)
+    while they are empty: a run refused for another of its folders leaves none behind."""
+    if not lock.created:
+        return
+    d, top = os.path.abspath(lock.folder), lock.created
+    while True:
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
+        if d == top:
+            return
+        d = os.path.dirname(d)
 
 
 own_folder = acquire  # `with own_folder(folder): ...` reads as what it is
@@ -243,7 +285,8 @@ own_folder = acquire  # `with own_folder(folder): ...` reads as what it is
 def acquire_all(folders, command: str | None = None) -> RunLocks:
     """Take the run locks of several folders [(folder, what), ...] in the given order (the same
     folder named twice is locked once). If one is held by another run, the ones taken are let go
-    again and FolderInUse names the held one."""
+    again (and the folders made for them removed: the refused run changes nothing on disk) and
+    FolderInUse names the held one."""
     taken: list[RunLock] = []
     try:
         for folder, what in folders:
@@ -253,5 +296,6 @@ def acquire_all(folders, command: str | None = None) -> RunLocks:
     except BaseException:
         for lock in reversed(taken):
             lock.release()
+            _remove_created(lock)
         raise
     return RunLocks(taken)
