@@ -199,9 +199,11 @@ def cmd_interpolate(args) -> int:
 
 @torch.no_grad()
 def cmd_translate(args) -> int:
+    from ugatit_common.finite import refuse_non_finite_output  # finite weights may still overflow: no black file
     from ugatit_common.results import save_grid, save_image
 
     from .interpolate import list_inputs, load_input
+    from .loading import precision_of
     from .networks import check_direction
     check_direction(args.direction)
     if args.samples < 1:
@@ -226,6 +228,7 @@ def cmd_translate(args) -> int:
         outs = []
         for k in range(args.samples):
             y = model.translate(x, args.direction)
+            refuse_non_finite_output(y, f"the {args.direction} translation of {path}", precision_of(model))
             outs.append(y[0].permute(1, 2, 0).cpu().numpy())
             save_image(outs[-1], os.path.join(out_dir, f"{name}_{args.direction}_{k}.png"))
         grid = save_grid([x[0].permute(1, 2, 0).cpu().numpy()] + outs,

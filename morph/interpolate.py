@@ -183,7 +183,12 @@ def write_index(result_dir: str, rows: list[dict], filename: str = "index.html")
 def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6, samples: int = 8,
                        img_size: int | None = None, device=None, log=print) -> list[dict]:
     """For each input: `<name>_strip.png`, `<name>.gif`, `<name>_smoothness.json`; then
-    `index.html`. Returns one dict per input (name, strip, gif, json, smoothness, changes)."""
+    `index.html`. Returns one dict per input (name, strip, gif, json, smoothness, changes).
+    Frames holding NaN / inf (finite weights that overflow) stop it before anything is written
+    for that input (ugatit_common.finite.NonFiniteOutput, exit 2)."""
+    from ugatit_common.finite import refuse_non_finite_output  # frames from finite weights may overflow:
+
+    from .loading import precision_of  # exit 2, never a black strip or a NaN smoothness figure
     frame_ts(steps)  # validates steps
     img_size = int(img_size or model.config["img_size"])
     device = device or next(model.parameters()).device
@@ -200,6 +205,7 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
                 print(f"warning: skipping {path}: {e.reason}", file=sys.stderr, flush=True)
                 continue
             frames = morph_frames(model, x, w_ba, w_ab, steps)
+            refuse_non_finite_output(torch.stack(frames), f"the morph strip of {path}", precision_of(model))
             name = names.stem(result_dir, path, ("_strip.png", ".gif", "_smoothness.json"))
             strip = write_strip(frames, os.path.join(result_dir, f"{name}_strip.png"), x=x)
             gif = write_gif(frames, os.path.join(result_dir, f"{name}.gif"), x=x)

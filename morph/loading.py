@@ -11,7 +11,9 @@ does with `--checkpoint`:
   as the port's test phase translates a light checkpoint at any given size); a full (light=False)
   A/B model is fixed to its size by its MLP, so another size is refused;
 - NaN or inf in any tensor the commands run (everything but the discriminators) is refused
-  (exit 2 naming the first such tensor and how many of its values).
+  (exit 2 naming the first such tensor and how many of its values); a translation or morph frame
+  that comes out NaN / inf from finite weights is not written either (exit 2, `precision_of`
+  names a reduced-precision fast path).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from ugatit_common.finite import refuse_non_finite
 from .model import MorphUGATIT
 from .train import CheckpointKindError, _describe, checkpoint_kind, load_morph
 
-__all__ = ["CHECKED_KEYS", "load", "check_typed_flags"]
+__all__ = ["CHECKED_KEYS", "load", "check_typed_flags", "precision_of"]
 
 # settings a typed flag is checked against: the architecture, the ablation config, and the
 # settings that name the run's folder (with --checkpoint they would otherwise be ignored)
@@ -113,3 +115,13 @@ def load(path: str, device="cpu", typed: dict | None = None):
     refuse_non_finite({k: v for k, v in model.state_dict().items() if not k.startswith("discriminator")},
                       f"checkpoint {path}")
     return model.to(device).eval(), state
+
+
+def precision_of(model) -> str | None:
+    """The fast path (torch_port.fast) the loaded model's generator runs, None: the exact float32
+    port; named when a translation comes out NaN / inf (ugatit_common.finite.refuse_non_finite_output)."""
+    for attr in ("generator", "generator_B", "generator_A"):
+        g = model._modules.get(attr)
+        if g is not None:
+            return getattr(g, "precision", None)
+    return None

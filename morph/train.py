@@ -32,6 +32,7 @@ from torch_port import checkpoint as ckpt
 from torch_port.train import Trainer
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import options as opt
+from ugatit_common.finite import refuse_non_finite
 
 from .model import MORPH_CONFIGS, MORPH_DEFAULTS, MorphUGATIT
 
@@ -187,12 +188,15 @@ def init_from_ugatit(model: MorphUGATIT, path: str) -> list[str]:
     """Start `model` from a UGATIT checkpoint. Configs A/B: every variable, strictly. Config C:
     the shared generator's encoder / CAM / decoder from `generator_B` (the A->B generator; its
     feature MLP has no counterpart), the discriminators as they are; the latent MLP and the
-    per-layer style maps keep their fresh initialisation. Returns the names left initialised."""
+    per-layer style maps keep their fresh initialisation. Returns the names left initialised.
+    NaN / inf in what is used is refused (NonFiniteWeights, exit 2 naming the tensor), as for a
+    resumed checkpoint: training on it would only stop at the first NaN loss (exit 3)."""
     # the run's architecture settings must agree with what a TF checkpoint records (config C's
     # `light` has no effect: its style comes from the latent code, not the checkpoint's MLP)
     keys = tuple(k for k in ckpt.tfc.MODEL_KEYS if not (model.single_generator and k == "light"))
     weights, source = _read_ugatit(path, model.config, keys)
     if not model.single_generator:
+        refuse_non_finite(weights, f"--init_from {source}")  # never trained on: exit 2, not a NaN loss
         ckpt.load_weights_into(model, weights, source)
         return []
     mapped = {}
@@ -203,6 +207,7 @@ def init_from_ugatit(model: MorphUGATIT, path: str) -> list[str]:
                 mapped["generator." + rest] = v
         elif k.startswith("discriminator_"):
             mapped[k] = v
+    refuse_non_finite(mapped, f"--init_from {source}")  # what is used: generator_B's shared part, the discriminators
     own = model.state_dict()
     bad = [f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}" for k, v in mapped.items()
            if k in own and tuple(v.shape) != tuple(own[k].shape)]

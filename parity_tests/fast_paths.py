@@ -269,6 +269,8 @@ def checkpoint_sections(ckpt: str, img_size: int | None = None, paths=("bf16", "
     from parity_tests.harness import input_image
     overrides = {k: v for k, v in dict(overrides or {}, img_size=img_size).items() if v is not None}
     cfg, state = weights_convert.tf_to_torch(ckpt, overrides=overrides or None, quiet=True)
+    from ugatit_common.finite import refuse_non_finite  # NaN / inf: exit 2, not a table of NaN errors
+    refuse_non_finite({k: v for k, v in state.items() if k.startswith("generator")}, f"TF checkpoint {ckpt}")
     model = build_ugatit(cfg)
     model.load_state_dict(state, strict=False)
     x = torch.from_numpy(input_image(cfg, seed).transpose(0, 3, 1, 2).copy()).to(device)
@@ -296,6 +298,13 @@ def parse_paths(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def main(argv=None) -> int:
+    """The one error path (ugatit_common.cli_errors): bad input (a missing or non-finite
+    checkpoint, an unknown path) -> one `error:` line, exit 2."""
+    from ugatit_common import cli_errors
+    return cli_errors.run(_main, argv, prog="python -m parity_tests.fast_paths")
+
+
+def _main(argv=None) -> int:
     import argparse
     p = argparse.ArgumentParser(prog="python -m parity_tests.fast_paths", description=__doc__.splitlines()[0])
     p.add_argument("ckpt")

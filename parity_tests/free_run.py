@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train tf_reference and torch_port side by side in float64, without "
                                             "re-synchronising, and report how far they drift apart")
     p.add_argument("--checkpoint", help="official TF checkpoint (folder or prefix) both start from")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation (without --checkpoint) and of "
-                                                       "the data and gradient-penalty draws (default 0)")
+    p.add_argument("--seed", type=opt.seed_value, default=0,
+                   help="seed of the initialisation (without --checkpoint) and of the data and gradient-penalty draws "
+                        "(default 0)")
     p.add_argument("--iterations", type=int, default=50, help="iterations to train (default 50)")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="largest relative difference allowed "
                                                                         f"(default {DEFAULT_BUDGET:g})")

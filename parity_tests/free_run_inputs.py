@@ -41,7 +41,8 @@ def checkpoint_config(path: str, flags: dict):
 def checkpoint_state(path: str) -> tuple[dict, int, bool]:
     """({TF name: float64 array, powers float32}, step, had_optimizer_state) of every network
     variable of an official TF checkpoint; a checkpoint without Adam state (weights only) starts
-    with fresh slots. All four networks are needed."""
+    with fresh slots. All four networks are needed, and every value finite (NaN / inf:
+    NonFiniteWeights, exit 2 naming the tensor)."""
     from ugatit_common.tf_checkpoint import BundleReader, CheckpointError
     try:
         with BundleReader(path) as r:
@@ -54,6 +55,8 @@ def checkpoint_state(path: str) -> tuple[dict, int, bool]:
     if missing:
         raise FreeRunInputError(f"--checkpoint {path!r} holds no {', '.join(missing)}: training needs both "
                                 f"generators and both discriminators")
+    from ugatit_common.finite import refuse_non_finite  # both sides would train on it: exit 2, not a drift
+    refuse_non_finite(state, f"--checkpoint {path!r}")
     has_adam = all(p in state for p in POWERS) and any(n.endswith("/Adam") for n in state)
     out = {}
     for name, value in state.items():

@@ -213,7 +213,8 @@ def test(cfg: dict) -> str:
             if not could_load:  # never translate with untrained weights
                 raise opt.OptionError(f"no checkpoint in {paths.checkpoint!r} to translate with (train first with "
                                       f"the same flags, or check --checkpoint_dir, --dataset, --light)")
-            from ugatit_common.finite import refuse_non_finite  # NaN / inf weights: exit 2, never black images
+            # NaN / inf weights, or finite ones whose translation overflows: exit 2, never black images
+            from ugatit_common.finite import refuse_non_finite, refuse_non_finite_output
             gen_vars = [v for v in tf.global_variables() if v.name.startswith("generator")]
             refuse_non_finite(zip([v.name for v in gen_vars], sess.run(gen_vars)),
                               f"checkpoint {paths.checkpoint} (step {step})")
@@ -235,6 +236,7 @@ def test(cfg: dict) -> str:
                         print(f"warning: skipping {f}: not a readable image ({type(e).__name__})", file=sys.stderr)
                         continue
                     fake = sess.run(out, {src: image})
+                    refuse_non_finite_output(fake[0], f"the {direction} translation of {f}")  # no black picture
                     image_path = names.path(os.path.join(paths.result, direction), f)
                     save_image(fake[0], image_path)
                     page.add(os.path.relpath(image_path, paths.result).replace(os.sep, "/"), f, image_path)

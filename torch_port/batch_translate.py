@@ -34,7 +34,7 @@ from ugatit_common.options import OptionError
 from ugatit_common.results import save_image
 
 from .data import ImageReadError, test_image
-from .translate import write_result
+from .translate import check_finite_result, precision_of, write_result
 
 __all__ = ["translate_batches", "out_of_memory_error", "fixed_shape"]
 
@@ -133,7 +133,7 @@ def _serial(model, files, direction, cfg, device, result_dir, page, counts, name
         with torch.no_grad():
             y = model.translate(x, direction)[:n].permute(0, 2, 3, 1).float().cpu().numpy()
         for f, img in zip(ok, y):
-            write_result(img, f, direction, result_dir, page, counts, names)
+            write_result(img, f, direction, result_dir, page, counts, names, precision_of(model, direction))
             bar.update(1)
 
 
@@ -174,6 +174,7 @@ def _overlapped(model, files, direction, cfg, device, result_dir, page, counts, 
     device = torch.device(device)
     cuda = device.type == "cuda"
     reader = _Reader(files, batch, cfg["img_size"], pad, cuda, warn)
+    precision = precision_of(model, direction)
     pool = ThreadPoolExecutor(max_workers=writers or _threads(), thread_name_prefix="ugatit-png-writer")
     pending = collections.deque()  # (future, input file, output path), in input order
     in_flight = None  # (ok files, pictures on the host, event) of the batch whose copy may still run
@@ -191,6 +192,7 @@ def _overlapped(model, files, direction, cfg, device, result_dir, page, counts, 
         if event is not None:
             event.synchronize()
         for f, img in zip(ok, host.numpy()):
+            check_finite_result(img, f, direction, precision)  # as write_result: no black picture
             out = names.path(os.path.join(result_dir, direction), f)  # in input order, as write_result
             pending.append((pool.submit(save_image, img, out), f, out))
         finish_ready(False)

@@ -35,7 +35,7 @@ from ugatit_common import checkpoint_policy as policy
 from ugatit_common import options as opt
 from ugatit_common import tf_checkpoint as tfc
 from ugatit_common.atomic import atomic_output
-from ugatit_common.finite import refuse_non_finite
+from ugatit_common.finite import named_numbers, refuse_non_finite
 
 POINTER = "latest"
 FORMAT = 1
@@ -243,15 +243,15 @@ def resume_point(folder: str, cfg: dict | None = None, need: str = "train", log=
             problem = policy.pairing_problem(f.step, policy.safetensors_metadata(f.base + ".safetensors"), state)
             if problem:
                 raise policy.NotOnePair(f"its weights and state files are not one checkpoint: {problem}")
-            refuse_non_finite_training_state(weights, state.get("G_optim"), state.get("D_optim"),
-                                             f"checkpoint {f.name} in {folder!r}")
+            refuse_non_finite_training_state(weights, state, f"checkpoint {f.name} in {folder!r}")
             return {"weights": weights, "state": state}
         try:
             if need == "train":
                 st = read_tf_training_state(f.base, cfg, raw_errors=True)
                 refuse_non_finite_training_state(
-                    st["model"], {"m": st["G_slots"], "powers": st["G_powers"]},
-                    {"m": st["D_slots"], "powers": st["D_powers"]}, f"checkpoint {f.name} in {folder!r}")
+                    st["model"], {"G_optim": {"m": st["G_slots"], "powers": st["G_powers"]},
+                                  "D_optim": {"m": st["D_slots"], "powers": st["D_powers"]}},
+                    f"checkpoint {f.name} in {folder!r}")
                 return {"weights": st["model"], "tf": st}
             _, weights = read_tf_weights(f.base, cfg, raw_errors=True)
             return {"weights": weights, "state": None}
@@ -264,24 +264,20 @@ def resume_point(folder: str, cfg: dict | None = None, need: str = "train", log=
     return dict(content, found=f, framework=f.framework, step=f.step)
 
 
-def _named_tensors(tree, prefix: str):
-    """(dotted name, tensor) of every tensor in nested dicts / lists / tuples."""
-    if isinstance(tree, torch.Tensor):
-        yield prefix, tree
-    elif isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            yield from _named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+# state entries that are not numbers a run continues with: the config (compared, not used) and
+# the RNG states (bit patterns; numpy's cached Gaussian is no training value)
+_NOT_TRAINING_NUMBERS = ("config", "rng")
 
 
-def refuse_non_finite_training_state(weights: dict, g_optim, d_optim, source: str) -> None:
+def refuse_non_finite_training_state(weights: dict, state: dict, source: str) -> None:
     """A training state to resume from holds no NaN / inf: the weights first (named as in the
-    weights file), then the optimizers' slots (`G_optim.m.<name>`...). NonFiniteWeights (exit 2)
-    names the first bad tensor and how many of its values are non-finite."""
+    weights file), then every number of the state the run continues with (finite.named_numbers:
+    the optimizers' slots `G_optim.m.<name>` and powers, their lr / betas / eps, the fp16 loss
+    scales `loss_scale.<key>.scale`, `past_g_loss`...; not the config or the RNG states).
+    NonFiniteWeights (exit 2) names the first bad one and how many of its values are non-finite:
+    refused up front, not trained into a NaN loss (exit 3) or a histogram error."""
     refuse_non_finite(weights, source)
-    refuse_non_finite(_named_tensors({"G_optim": g_optim or {}, "D_optim": d_optim or {}}, ""), source)
+    refuse_non_finite(named_numbers({k: v for k, v in state.items() if k not in _NOT_TRAINING_NUMBERS}), source)
 
 
 def has_tf_checkpoint(folder: str) -> bool:

@@ -417,6 +417,20 @@ def _session(model_bytes: bytes):
     return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
 
+def refuse_non_finite_outputs(port32: dict, got: dict, batch: int, precision: str) -> None:
+    """NonFiniteOutput (exit 2; nothing written) when the port's float32 run, or the exported
+    model, gives NaN / inf on the verification input: finite weights that overflow (near float32's
+    limit; in float16 past 65504), not an exporter fault - without this the verification would
+    fail on NaN differences (exit 1, an internal error). --no_verify runs neither."""
+    from ugatit_common.finite import refuse_non_finite_output
+    for name in OUTPUTS:
+        refuse_non_finite_output(port32[name], f"the port's float32 {name} output on the verification input "
+                                               f"(batch {batch})")
+    for name in OUTPUTS:
+        refuse_non_finite_output(got[name], f"the exported model's {name} output on the verification input "
+                                            f"(batch {batch})", precision, "--fp16")
+
+
 def verify_model(model_bytes: bytes, core: nn.Module, cfg: dict, io: str = "float", precision: str = "fp32",
                  extra=None, tf_run=None, batches=(1, 2), seed: int = 0) -> dict:
     """Run the serialized model in ONNX Runtime, `core` (the port, float32 and float64) and
@@ -437,6 +451,7 @@ def verify_model(model_bytes: bytes, core: nn.Module, cfg: dict, io: str = "floa
         truth = _port_run(core64, x64, [o.astype(np.float64) for o in others], np.float64)
         tf32 = tf_run(x64.astype(np.float32).transpose(0, 2, 3, 1)) if tf_run is not None else None
         got = dict(zip(OUTPUTS, session.run(list(OUTPUTS), feeds)))
+        refuse_non_finite_outputs(port32, got, b, precision)
         rows = {}
         for name in OUTPUTS:
             want_shape = port32[name].shape if not (io == "uint8" and name == "translated") \

@@ -6,7 +6,9 @@ image or folder in one direction instead. Weights (only the weights) come from t
 checkpoint, torch or official TF (converted on the fly), as the checkpoint policy says
 (ugatit_common.checkpoint_policy). Unlike the official code, with no checkpoint at all the test
 phase stops (exit 2) instead of translating with untrained weights, and a checkpoint whose
-generators hold NaN or inf is refused (exit 2, naming the tensor) instead of writing black images.
+generators hold NaN or inf is refused (exit 2, naming the tensor) instead of writing black images;
+so is a translation that comes out NaN / inf from finite weights (they overflow, e.g. in a float16
+fast path): exit 2 naming the input, nothing written for it.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 from ugatit_common import options as opt
 from ugatit_common.checkpoint_policy import sweep_temp
 from ugatit_common.cli_errors import check_writable_folder
-from ugatit_common.finite import refuse_non_finite
+from ugatit_common.finite import refuse_non_finite, refuse_non_finite_output
 from ugatit_common.output_guard import check_result_folders
 from ugatit_common.output_names import OutputNames
 from ugatit_common.results import ResultsPage, save_image
@@ -96,11 +98,28 @@ def _translate_files(model, files, direction, cfg, device, result_dir, page, cou
             continue
         with torch.no_grad():
             y = model.translate(x, direction)
-        write_result(y[0].permute(1, 2, 0).float().cpu().numpy(), f, direction, result_dir, page, counts, names)
+        write_result(y[0].permute(1, 2, 0).float().cpu().numpy(), f, direction, result_dir, page, counts, names,
+                     precision_of(model, direction))
 
 
-def write_result(image_hwc, input_path, direction, result_dir, page, counts, names) -> str:
-    """One translated image: a fresh name in `<result_dir>/<direction>/`, the file, its page row."""
+def precision_of(model, direction: str) -> str | None:
+    """The fast path (torch_port.fast) of the generator translating `direction`, None: the exact
+    float32 port."""
+    g = getattr(model, "generator_B" if direction == "a2b" else "generator_A", None)
+    return getattr(g, "precision", None)
+
+
+def check_finite_result(image_hwc, input_path, direction, precision=None) -> None:
+    """ugatit_common.finite.refuse_non_finite_output for the translation of `input_path`: finite
+    weights that overflow (near float32's limit, or in a float16 fast path) stop the test phase
+    (exit 2) before a black picture is written for it."""
+    refuse_non_finite_output(image_hwc, f"the {direction} translation of {input_path}", precision)
+
+
+def write_result(image_hwc, input_path, direction, result_dir, page, counts, names, precision=None) -> str:
+    """One translated image: a fresh name in `<result_dir>/<direction>/`, the file, its page row;
+    refused (exit 2, nothing written for it) when it holds NaN / inf (`check_finite_result`)."""
+    check_finite_result(image_hwc, input_path, direction, precision)
     out = names.path(os.path.join(result_dir, direction), input_path)
     save_image(image_hwc, out)
     page.add(os.path.relpath(out, result_dir).replace(os.sep, "/"), input_path, out)
