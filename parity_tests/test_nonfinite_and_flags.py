@@ -191,6 +191,24 @@ def test_a_finite_state_still_resumes(trained, tmp_path, monkeypatch, capsys):
     assert os.path.exists(os.path.join(_model_dir(root, folder="ck"), "UGATIT_light.model-5.state.pt"))
 
 
+def test_resume_with_a_contradicting_model_flag_names_the_flag(trained, tmp_path, monkeypatch, capsys):
+    """A typed model flag the checkpoint's weights contradict (--ch, which the folder name does not
+    record): one `error:` line naming the flag and both values (before: a second line of shape
+    mismatches only); nothing written."""
+    from torch_port.__main__ import main as port_main
+    root = str(tmp_path / "ch")
+    shutil.copytree(os.path.join(trained, "dataset"), os.path.join(root, "dataset"))
+    shutil.copytree(os.path.join(trained, "fp32"), os.path.join(root, "ck"))
+    monkeypatch.chdir(root)
+    before = snapshot(root)
+    argv = [a if prev != "--ch" else "4" for prev, a in zip([None] + TRAIN, TRAIN)]
+    rc, got = _run(port_main, argv + ["--epoch", "2", "--checkpoint_dir", "ck"], capsys)
+    line = error_line(got.err)
+    assert rc == 2 and "--ch 4 was given but the checkpoint's weights say ch 2" in line, got.err[-800:]
+    assert len([ln for ln in got.err.splitlines() if ln.strip() and "shape mismatches" in ln]) == 1, got.err
+    assert snapshot(root) == before
+
+
 def test_named_numbers_walks_tensors_arrays_and_floats():
     import numpy as np
 

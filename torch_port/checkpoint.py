@@ -289,7 +289,25 @@ def check_matches(model: torch.nn.Module, weights: dict, source: str) -> None:
     message = opt.checkpoint_mismatch(source, {k: tuple(v.shape) for k, v in model.state_dict().items()},
                                       {k: tuple(v.shape) for k, v in weights.items()})
     if message:
-        raise CheckpointMismatch(message)
+        raise CheckpointMismatch(_flags_that_differ(model, weights) + message)
+
+
+def _flags_that_differ(model: torch.nn.Module, weights: dict) -> str:
+    """'--ch 4 was given but the checkpoint's weights say ch 2; ' for each model flag the weights
+    fix that differs from the configured model's (empty when they cannot tell: a partial or
+    foreign state dict, a Morph model)."""
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, dict):
+        return ""
+    try:
+        from .to_tf import _infer
+        found = _infer(weights)
+    except Exception:  # noqa: BLE001 - not a whole U-GAT-IT state dict: the shape list says enough
+        return ""
+    keys = ("light", "ch", "n_res", "n_dis", "sn") + (() if cfg.get("light") else ("img_size",))
+    diffs = [f"--{k} {cfg[k]} was given but the checkpoint's weights say {k} {found[k]}"
+             for k in keys if k in cfg and k in found and found[k] != cfg[k]]
+    return "; ".join(diffs) + ": " if diffs else ""
 
 
 def load_weights_into(model: torch.nn.Module, weights: dict, source: str) -> None:

@@ -252,12 +252,13 @@ def checkpoint_mismatch(source: str, wanted: dict, stored: dict, unexpected_is_e
               if n in stored and tuple(stored[n]) != tuple(wanted[n])]
     if not (missing or shapes or (unexpected and unexpected_is_error)):
         return None
-    lines = [f"checkpoint {source} does not match the configured model "
-             f"(check --light, --ch, --n_res, --n_dis, --img_size, --sn):"]
+    # one line (every command's error is one `error:` line): what differs, a few examples of each
+    parts = []
     if shapes:
-        lines.append(f"  {len(shapes)} shape mismatches, e.g. " + "; ".join(shapes[:5]))
+        parts.append(f"{len(shapes)} shape mismatches, e.g. " + "; ".join(shapes[:3]))
     if missing:
-        lines.append(f"  {len(missing)} variables missing from the checkpoint, e.g. " + ", ".join(missing[:5]))
+        parts.append(f"{len(missing)} variables missing from the checkpoint, e.g. " + ", ".join(missing[:3]))
     if unexpected:
-        lines.append(f"  {len(unexpected)} unexpected variables, e.g. " + ", ".join(unexpected[:5]))
-    return "\n".join(lines)
+        parts.append(f"{len(unexpected)} unexpected variables, e.g. " + ", ".join(unexpected[:3]))
+    return (f"checkpoint {source} does not match the configured model "
+            f"(check --light, --ch, --n_res, --n_dis, --img_size, --sn): " + " | ".join(parts))
