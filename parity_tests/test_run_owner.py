@@ -568,3 +568,10 @@ def test_tf_reference_disk_full_and_a_nan_checkpoint(tmp_path, monkeypatch, caps
     rc = tf_main(TF_TINY + ["--phase", "test"])
     line = one_error_line(capsys.readouterr().err)
     assert rc == 2 and repr(bad) in line and "1 non-finite" in line, line
+    # and the training resume, before it writes anything (no new event file in the log folder)
+    logs = {os.path.join(d, n) for d, _, ns in os.walk(tmp_path / "logs") for n in ns}
+    assert logs  # the two runs above wrote theirs
+    rc = tf_main(TF_TINY + ["--iteration", "3", "--epoch", "2", "--save_freq", "1", "--print_freq", "1000"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "1 non-finite" in line, line
+    assert {os.path.join(d, n) for d, _, ns in os.walk(tmp_path / "logs") for n in ns} == logs

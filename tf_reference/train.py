@@ -153,9 +153,11 @@ def _train(cfg: dict, paths, files_A: list, files_B: list, owner, max_to_keep: i
         history = []
         with tf.Session(config=train_session_config()) as sess:
             tf.global_variables_initializer().run()
-            writer = tf.summary.FileWriter(paths.log, sess.graph)
             could_load, checkpoint_counter = restore(sess, saver, paths.checkpoint, tf.global_variables(),
                                                      owner=owner)
+            # the event file after the restore (the official order is the reverse): a refused
+            # checkpoint (non-finite, mismatched) leaves no new file in the log folder
+            writer = tf.summary.FileWriter(paths.log, sess.graph)
             if could_load:
                 start_epoch, start_batch_id = opt.resume_position(checkpoint_counter, cfg["iteration"])
                 counter = checkpoint_counter
