@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from parity_tests.test_morph import _one_thread  # noqa: F401 - autouse: one CPU thread per test
+from parity_tests.test_outputs_guard import _save_morph, _save_port as _save_port_model
 from ugatit_common import options as opt
 from ugatit_common.demo_data import make_demo_dataset
 
@@ -65,19 +66,11 @@ def _morph_dir(root, cfg=MORPH_CFG):
 
 
 def _save_port(folder, state, cfg=CFG, step=3):
+    """A port checkpoint of `state` (test_outputs_guard's writer, which takes a model)."""
     from torch_port import build_ugatit
-    from torch_port import checkpoint as ck
     model = build_ugatit(cfg)
     model.load_state_dict(state)
-    ck.save(folder, opt.model_name(cfg), step, model, {"config": ck.plain_config(cfg), "run": "r1", "counter": step,
-                                                       "G_optim": {}, "D_optim": {}})
-
-
-def _save_morph(folder, model, cfg=MORPH_CFG, step=2):
-    from torch_port import checkpoint as ck
-    ck.save(folder, f"MorphUGATIT_{cfg['morph_config']}", step, model,
-            {"kind": "morph", "morph_config": cfg["morph_config"], "config": ck.plain_config(cfg), "run": "m1",
-             "counter": step})
+    _save_port_model(folder, model, cfg, step)
 
 
 def _poisoned(state, name, value=float("nan"), fill=False):
