@@ -102,7 +102,8 @@ def pick_device(name: str) -> torch.device:
 
 def add_training_flags(p, resume_help: str = "resume from the newest checkpoint") -> None:
     """--num_workers, --threads, --keep_checkpoints, --resume (every training command line)."""
-    p.add_argument("--num_workers", type=int, default=0, help="data-loader workers (default: 0)")
+    p.add_argument("--num_workers", type=int, default=0,
+                   help="data-loader workers per domain (default: 0; at most 8 per CPU, at least 32 allowed)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: one per core)")
     p.add_argument("--keep_checkpoints", type=int, default=3, help="torch checkpoints to keep (default: 3)")
     p.add_argument("--resume", type=opt.str2bool, default=True, help=resume_help)
@@ -112,9 +113,19 @@ def add_training_flags(p, resume_help: str = "resume from the newest checkpoint"
                         "capturable; True where not is refused; torch_port.train_graphs)")
 
 
+def max_num_workers() -> int:
+    """The largest --num_workers accepted: a value past it starts more processes than a machine
+    holds (100000 was killed by the OS, leaving orphaned workers), never more speed."""
+    return max(32, 8 * (os.cpu_count() or 1))
+
+
 def check_training_flags(a) -> None:
     if a.num_workers < 0:
         raise opt.OptionError(f"--num_workers={a.num_workers}: must be >= 0")
+    most = max_num_workers()
+    if a.num_workers > most:  # each domain has its loader: 2 x N processes, each a copy of the trainer
+        raise opt.OptionError(f"--num_workers={a.num_workers}: at most {most} (8 per CPU of this machine, at least "
+                              f"32; each of the two domains' loaders starts that many processes)")
     if a.threads is not None and a.threads < 1:
         raise opt.OptionError(f"--threads={a.threads}: must be >= 1")
     if a.keep_checkpoints < 1:
