@@ -103,7 +103,7 @@ def pick_device(name: str) -> torch.device:
 def add_training_flags(p, resume_help: str = "resume from the newest checkpoint") -> None:
     """--num_workers, --threads, --keep_checkpoints, --resume (every training command line)."""
     p.add_argument("--num_workers", type=int, default=0,
-                   help="data-loader workers per domain (default: 0; at most 8 per CPU, at least 32 allowed)")
+                   help="data-loader workers per domain (default: 0; at most 8 per CPU, or 32 on small machines)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: one per core)")
     p.add_argument("--keep_checkpoints", type=int, default=3, help="torch checkpoints to keep (default: 3)")
     p.add_argument("--resume", type=opt.str2bool, default=True, help=resume_help)
