@@ -260,17 +260,10 @@ def test_batch_larger_than_the_images_and_out_of_memory_line(tmp_path, monkeypat
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """A demo data set (3 test images per domain, 64 px) and a checkpoint of the demo generators
-    (with the golden's discriminators, same shapes) where the test phase looks for it."""
-    from ugatit_common.demo_data import make_demo_dataset
+    """The demo data set and a demo checkpoint where the test phase looks for it."""
+    from parity_tests.test_fast_paths import write_demo_test_run
     root = tmp_path_factory.mktemp("demo_run")
-    make_demo_dataset(str(root), "demo", 64, n_train=1, n_test=3)
-    _, state = weights_convert.tf_to_torch(os.path.join(GOLDEN, "final"), overrides={"img_size": 64}, quiet=True)
-    state = {k: v for k, v in state.items() if k.startswith("discriminator")}
-    state.update(weights_convert.tf_to_torch(DEMO_CKPT, overrides={"img_size": 64}, quiet=True)[1])
-    folder = root / "checkpoint" / os.path.basename(DEMO_CKPT)
-    folder.mkdir(parents=True)
-    weights_convert.torch_to_tf(state, str(folder / "UGATIT_light.model-9"), 9)
+    write_demo_test_run(root)
     return root
 
 

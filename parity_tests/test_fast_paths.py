@@ -261,20 +261,25 @@ def _pngs(folder):
     return out
 
 
+def write_demo_test_run(root) -> None:
+    """Under `root`: the demo data set (3 test images per domain, 64 px) and a complete checkpoint
+    where the test phase looks for it: the demo generators, the golden's discriminators (same shapes)."""
+    from ugatit_common.demo_data import make_demo_dataset
+    make_demo_dataset(str(root), "demo", 64, n_train=1, n_test=3)
+    _, state = weights_convert.tf_to_torch(os.path.join(GOLDEN, "final"), overrides={"img_size": 64}, quiet=True)
+    state = {k: v for k, v in state.items() if k.startswith("discriminator")}
+    state.update(weights_convert.tf_to_torch(DEMO_CKPT, overrides={"img_size": 64}, quiet=True)[1])
+    folder = root / "checkpoint" / os.path.basename(DEMO_CKPT)
+    folder.mkdir(parents=True)
+    weights_convert.torch_to_tf(state, str(folder / "UGATIT_light.model-9"), 9)
+
+
 def test_cli_test_phase_precision_and_batch(tmp_path, monkeypatch, capsys):
     """python -m torch_port --phase test --precision bf16 --batch 2: the same files as the official
     one-image fp32 path, each within the bf16 budget (+1 level of 8-bit quantisation); --batch 2 in
     fp32 equals the one-image path up to float32 rounding (at most one quantisation step)."""
     from torch_port.__main__ import main
-    from ugatit_common.demo_data import make_demo_dataset
-    make_demo_dataset(str(tmp_path), "demo", 64, n_train=1, n_test=3)
-    # a complete checkpoint for the test phase: the demo generators, the golden's discriminators (same shapes)
-    _, state = weights_convert.tf_to_torch(os.path.join(GOLDEN, "final"), overrides={"img_size": 64}, quiet=True)
-    state = {k: v for k, v in state.items() if k.startswith("discriminator")}
-    state.update(weights_convert.tf_to_torch(DEMO_CKPT, overrides={"img_size": 64}, quiet=True)[1])
-    folder = tmp_path / "checkpoint" / os.path.basename(DEMO_CKPT)
-    folder.mkdir(parents=True)
-    weights_convert.torch_to_tf(state, str(folder / "UGATIT_light.model-9"), 9)
+    write_demo_test_run(tmp_path)
     monkeypatch.chdir(tmp_path)
     flags = ["--phase", "test", "--light", "True", "--dataset", "demo", "--img_size", "64", "--ch", "4", "--n_dis", "5",
              "--device", "cpu"]
