@@ -300,8 +300,8 @@ def _flags_that_differ(model: torch.nn.Module, weights: dict) -> str:
     if not isinstance(cfg, dict):
         return ""
     try:
-        from .to_tf import _infer
-        found = _infer(weights)
+        from .to_tf import infer_from_weights
+        found = infer_from_weights(weights)
     except Exception:  # noqa: BLE001 - not a whole U-GAT-IT state dict: the shape list says enough
         return ""
     keys = ("light", "ch", "n_res", "n_dis", "sn") + (() if cfg.get("light") else ("img_size",))

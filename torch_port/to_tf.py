@@ -101,7 +101,8 @@ def _tf_shape(name: str, shape: tuple) -> tuple:
     return tuple(shape)
 
 
-def _infer(weights: dict) -> dict:
+def infer_from_weights(weights: dict) -> dict:
+    """The config a port state dict implies (its shapes, official defaults for the rest)."""
     from ugatit_common.tf_checkpoint.config import infer_config
     sn_scopes = {k[: -len(".u")] for k in weights if k.endswith(".u")}
     shapes = {torch_to_tf_name(k, sn_scopes): _tf_shape(k, tuple(v.shape)) for k, v in weights.items()}
@@ -157,7 +158,8 @@ def prepare(inp: str, weights_only: bool = False, log=print) -> tuple[dict, int,
     if m and not step:
         step = int(m.group(1))
     if not cfg:
-        cfg = _infer({k: v for k, v in weights.items() if "/" not in k and not k.startswith("optimizer.")})
+        cfg = infer_from_weights({k: v for k, v in weights.items()
+                                  if "/" not in k and not k.startswith("optimizer.")})
         log(f"note: {path} records no config; inferred from the weights' shapes: light={cfg['light']}, "
             f"ch={cfg['ch']}, img_size={cfg['img_size']} (a light model's weights do not fix img_size)")
     cfg = opt.config_from({k: v for k, v in cfg.items() if k in opt.DEFAULTS})
