@@ -12,6 +12,11 @@ import sys
 import pytest
 from hypothesis import settings
 
+# cuBLAS reads its workspace setting when its first handle is made, before any test can set it:
+# the exact fp32 CUDA tests run in deterministic mode, which needs a fixed workspace (as
+# `torch_port.train.pick_device` sets for the command lines). No effect on a CPU.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
