@@ -4,6 +4,11 @@ iterations, lr 2e-4, seed 1) on CUDA, each path against eager fp32, and eager fp
 
     python bench/train_drift.py [--json OUT.json]          # CUDA; ~1-3 min (two cold compiles)
 
+One iteration from the same weights (the sharp evidence): each path's weights, `u`, Adam's slots
+and losses against eager fp32 after one D and one G step; besides the paths above, eager with
+channels-last tensors (cuDNN's NHWC algorithms) and compile without inductor's layout
+optimisation (which turns convolutions channels-last on CUDA): rounding gives ~1e-6, TF32 ~1e-3.
+
 Runs: fp32 from initial weights one float32 ulp away (rounding-sized perturbation, nothing
 else changed: the control), fp32 eager twice with cuDNN's default algorithms and ATen's atomic reflection-pad backward
 ("nondet": the run-to-run spread of CUDA fp32 itself), fp32 eager twice in deterministic mode (the
@@ -44,8 +49,15 @@ def one_iteration_state(device, skip_compile=False) -> dict:
         m = copy.deepcopy(base).to(device)
         m.make_optimizers(2e-4)
         d_step, g_step = m.d_step, m.g_step
-        if path == "compile":
+        xx, yy, layout = x, y, _null()
+        if path.startswith("compile"):
             train_compile.compile_model(m)
+            if path == "compile_nolayout":  # inductor keeps eager's NCHW convolutions
+                import torch._inductor.config as inductor_config
+                layout = inductor_config.patch(layout_optimization=False)
+        elif path == "eager_cl":  # eager with cuDNN's NHWC kernels (what inductor's layout optimisation picks on CUDA)
+            m = m.to(memory_format=torch.channels_last)
+            xx, yy = (t.contiguous(memory_format=torch.channels_last) for t in (x, y))
         elif path in ("bf16", "fp16"):
             d_step, g_step = mixed_precision_steps(m, d_step, g_step, path, device)
             for o in (m.D_optim, m.G_optim):
@@ -53,9 +65,9 @@ def one_iteration_state(device, skip_compile=False) -> dict:
                     o.loss_scaler.scale = 16.0  # the settled scale (no skipped step)
         elif path == "tf32":
             d_step, g_step = tf32_steps(d_step, g_step, device.type)
-        with deterministic_math() if device.type == "cuda" else _null():
-            d = d_step(x, y, 2e-4)
-            gg = g_step(x, y, 2e-4)
+        with deterministic_math() if device.type == "cuda" else _null(), layout:
+            d = d_step(xx, yy, 2e-4)
+            gg = g_step(xx, yy, 2e-4)
         state = {k: v.detach().double().cpu() for k, v in m.state_dict().items()}
         groups = {"u": [v for k, v in state.items() if k.endswith(".u")],
                   "weights": [v for k, v in state.items() if not k.endswith(".u")],
@@ -66,7 +78,9 @@ def one_iteration_state(device, skip_compile=False) -> dict:
     ref, ref_loss = run("eager")
     out = {}
     print("\none iteration from the same weights and batch, vs eager fp32: max |diff| / max |ref| per group")
-    for path in ["eager", "tf32", "bf16", "fp16"] + ([] if skip_compile else ["compile"]):
+    # compile_nolayout and eager_cl: is a compiled step's difference inductor's channels-last
+    # convolutions (cuDNN's NHWC algorithms), not its own kernels? (layout optimisation acts on CUDA only)
+    for path in ["eager", "tf32", "bf16", "fp16", "eager_cl"] + ([] if skip_compile else ["compile", "compile_nolayout"]):
         try:
             got, loss = run(path)
         except Exception as e:  # noqa: BLE001
@@ -98,6 +112,15 @@ def main(argv=None) -> int:
     from torch_port import train_precision
     from torch_port.train import Trainer, pick_device
     device = pick_device(a.device)
+    # the sharp evidence first: printed even if the step's timeout ends the longer runs below
+    one = one_iteration_state(device, skip_compile=a.skip_compile)
+
+    def save(**more):  # JSON after each part (a timeout keeps what was measured)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"torch": torch.__version__, "device": str(device), "one_iteration": one, **more}, f,
+                          indent=1)
+    save()
     runs = {}
     class Nudged(Trainer):
         """fp32 from initial weights moved by one float32 ulp each (a perturbation at the rounding
@@ -152,11 +175,7 @@ def main(argv=None) -> int:
     print("\nper iteration (relative d_loss difference):")
     for row in rows:
         print(f"  {row['what']:<58} " + " ".join(f"{v[0]:.0e}" for v in row["per_iteration"]))
-    one = one_iteration_state(device, skip_compile=a.skip_compile)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"torch": torch.__version__, "device": str(device), "runs": runs,
-                       "pairs": rows, "one_iteration": one}, f, indent=1)
+    save(runs=runs, pairs=rows)
     return 0
 
 

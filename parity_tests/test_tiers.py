@@ -59,3 +59,21 @@ def test_every_suite_keeps_quick_tests():
     assert not missing, f"suites with no quick-tier test: {missing}"
     assert not (files & set(FULL_ONLY)), "a full-only suite has quick tests: update FULL_ONLY"
 
+
+
+def test_a_gpu_machine_collects_the_cuda_tests(tmp_path):
+    """On a machine with CUDA (simulated: torch.cuda.is_available() True before any test module
+    is imported), bench/gpu_check.sh's selection `-m "cuda and not slow"` collects without a
+    usage error and selects every test marked cuda (plus the cuda cases of tests parametrized over
+    the devices present)."""
+    (tmp_path / "fake_cuda_present.py").write_text("import torch\ntorch.cuda.is_available = lambda: True\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("UGATIT_FULL_TIER", None)
+    args = [sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "--full", "-m", "cuda and not slow"]
+    gpu = subprocess.run(args + ["-p", "fake_cuda_present", "parity_tests"], cwd=ROOT, capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert gpu.returncode == 0, gpu.stdout[-2000:] + gpu.stderr[-2000:]
+    selected = {line.strip() for line in gpu.stdout.splitlines() if "::" in line}
+    cuda_ids, _ = _collect("--full", "-m", "cuda and not slow", "parity_tests")
+    extra = selected - set(cuda_ids)  # tests parametrized over the devices present gain a cuda case
+    assert set(cuda_ids) <= selected and all("cuda" in i for i in extra), (set(cuda_ids) - selected, extra)
