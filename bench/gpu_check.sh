@@ -50,10 +50,29 @@ step() {
     fi
     local t0; t0=$(date +%s)
     echo "=== $name (timeout ${limit} s)" >> "$OUT/$log"
-    timeout "$limit" "$@" >> "$OUT/$log" 2>&1
+    # SIGINT first: pytest then prints the failures so far and its summary line (SIGTERM kills it
+    # silently); KILL 15 s later if it is still running
+    timeout -s INT -k 15 "$limit" "$@" >> "$OUT/$log" 2>&1
     local code=$?
-    echo "$name: exit $code, $(( $(date +%s) - t0 )) s$( (( code == 124 )) && echo ' (timed out)')" | tee -a "$OUT/summary.txt"
+    echo "$name: exit $code, $(( $(date +%s) - t0 )) s$( (( code == 124 || code == 137 )) && echo ' (timed out)')" | tee -a "$OUT/summary.txt"
     (( code == 0 )) || rc=1
+    merge_results  # after every step: a run cut short still returns the JSON measured so far
+}
+
+# results.json: every JSON part written so far (a part cut mid-write is named, not fatal)
+merge_results() {
+    $PY - "$WORK" "$OUT/results.json" <<'EOF'
+import glob, json, os, sys
+work, out = sys.argv[1], sys.argv[2]
+parts = {}
+for p in sorted(glob.glob(os.path.join(work, "*.json"))):
+    try:
+        parts[os.path.basename(p)[:-5]] = json.load(open(p))
+    except (OSError, ValueError) as e:
+        parts[os.path.basename(p)[:-5]] = {"unreadable": str(e)}
+json.dump(parts, open(out + ".tmp", "w"), indent=1, default=str)
+os.replace(out + ".tmp", out)
+EOF
 }
 
 step device 30 tests.log $PY -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0), "bf16:", torch.cuda.is_bf16_supported())'
@@ -72,10 +91,16 @@ step bench_train 140 bench_train.log $PY bench/bench_train.py --device cuda --js
 
 # 3. the inference side of issue 17 (test phase, Morph translate / interpolate, ONNX, bench_fast):
 #    ---- INFERENCE STEPS: bench/gpu_check_infer.sh OUT (the `infer` branch): its 3 files go into OUT,
-#    ---- its console lines into tests.log; it gets what is left but 50 s (kept for the drift step)
+#    ---- its console lines into tests.log; it gets what is left but 90 s (kept for the drift step),
+#    ---- and is told its share (INFER_BUDGET_S: its own steps fit inside it, its summary is written)
 if [[ -f bench/gpu_check_infer.sh ]]; then
-    share=$(( $(left) - 50 ))
-    step inference $(( share > 20 ? share : 20 )) tests.log bash bench/gpu_check_infer.sh "$OUT"
+    share=$(( $(left) - 90 ))
+    if (( share >= 30 )); then
+        INFER_BUDGET_S=$(( share - 20 )) step inference "$share" tests.log bash bench/gpu_check_infer.sh "$OUT"
+    else
+        echo "inference: skipped (${share} s left for it)" | tee -a "$OUT/summary.txt"
+        rc=1
+    fi
 else   # without that script: the inference fast-path tests with device cuda (as before issue 17)
     step inference_tests 100 tests.log $PY -m pytest -q -p no:cacheprovider -m "not tf" parity_tests/test_fast_paths.py
 fi
@@ -97,11 +122,6 @@ if [[ " $STEPS " == *" cuda_tests_full "* ]]; then
     step cuda_tests_full 400 tests.log $PY -m pytest -q -p no:cacheprovider --full -rs -m "cuda and slow" parity_tests
 fi
 
-$PY - "$WORK" "$OUT/results.json" <<'EOF'
-import glob, json, os, sys
-work, out = sys.argv[1], sys.argv[2]
-parts = {os.path.basename(p)[:-5]: json.load(open(p)) for p in sorted(glob.glob(os.path.join(work, "*.json")))}
-json.dump(parts, open(out, "w"), indent=1, default=str)
-EOF
+merge_results
 echo "total: $(( $(date +%s) - START )) s of ${BUDGET} s; exit $rc" | tee -a "$OUT/summary.txt"
 exit $rc

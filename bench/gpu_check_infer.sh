@@ -24,12 +24,22 @@ TESTS_LOG="$OUT/infer_tests.log" BENCH_LOG="$OUT/infer_bench.log" JSON="$OUT/inf
 STEPS=""
 rc=0
 
+# INFER_BUDGET_S (set by bench/gpu_check.sh): the whole script's share; each step is cut to what
+# is left of it, so the script ends (and writes its summary) before its caller's timeout
+END=$(( SECONDS + ${INFER_BUDGET_S:-100000} ))
+
 step() {  # step NAME TIMEOUT LOG COMMAND...: run under timeout, append to LOG, record rc and seconds
     local name=$1 limit=$2 log=$3
     shift 3
     local t0=$SECONDS code
+    (( END - SECONDS < limit )) && limit=$(( END - SECONDS ))
+    if (( limit < 10 )); then
+        echo "=== $name: skipped (${limit} s of the budget left)" >>"$log"
+        STEPS="$STEPS$name 125 0;"
+        return 125
+    fi
     echo "=== $name (timeout ${limit}s): $*" >>"$log"
-    timeout "$limit" "$@" >>"$log" 2>&1
+    timeout -s INT -k 10 "$limit" "$@" >>"$log" 2>&1  # INT: pytest prints what failed so far
     code=$?
     echo "=== $name: exit $code after $((SECONDS - t0)) s" >>"$log"
     STEPS="$STEPS$name $code $((SECONDS - t0));"
