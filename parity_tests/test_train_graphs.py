@@ -782,6 +782,45 @@ def test_bad_gpu_flags_are_one_line(tmp_path, monkeypatch, capsys):
         assert run(argv + ["--cuda_graphs", "auto", "--resume", "False"]) == 0
 
 
+def test_cuda_device_index_settings_and_refusals(monkeypatch):
+    """Without a GPU (CUDA simulated where nothing reaches a kernel): `--device cuda:N` beyond the
+    machine's devices is one error naming them; a CUDA device with an index becomes the current
+    device (streams, events and graphs made without a device then belong to it: the late loss
+    read, the captured steps), and the exact path's settings hold for a Trainer made without
+    pick_device (TF32 off: torch's cuDNN default is on); under torchrun with 2 processes an
+    explicit cuda:N is refused (each process takes its LOCAL_RANK's GPU)."""
+    import os
+
+    from torch_port import distributed as ddp
+    from torch_port import train as tr
+    from ugatit_common.options import OptionError
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: made_current.append(torch.device(d)))
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        with pytest.raises(OptionError, match=r"--device='cuda:2': this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+            tr.pick_device("cuda:2")
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        assert tr.pick_device("cuda:1") == torch.device("cuda", 1) and made_current == [torch.device("cuda", 1)]
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        torch.backends.cudnn.allow_tf32 = True
+        tr.cuda_exact_settings(torch.device("cuda"))  # no index: the current device stays
+        assert not torch.backends.cudnn.allow_tf32 and made_current == [torch.device("cuda", 1)]
+        tr.cuda_exact_settings(torch.device("cpu"))
+        assert made_current == [torch.device("cuda", 1)]
+        monkeypatch.setattr(ddp, "init", lambda device_type: ddp.DistInfo(0, 2, 0))
+        with pytest.raises(OptionError, match="under torchrun with 2 processes: each process takes the GPU of its "
+                                              "LOCAL_RANK; give --device cuda"):
+            with tr.training_process("cuda:0"):
+                pass
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def test_what_the_graph_setting_runs():
     """`train_graphs.plan`: auto captures on CUDA and is off elsewhere; under torchrun with more
     than one process auto says it runs eagerly and True is refused (the all-reduce inside a step is

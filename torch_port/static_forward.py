@@ -82,6 +82,19 @@ class _Entry:
             _load(self.kwargs[k], v)
 
 
+def end_failed_capture(graph, device) -> None:
+    """After a capture that failed: end the caching allocator's routing of new blocks into the
+    graph's memory pool. torch 2.11 and older skip that when ending the capture itself fails
+    (pytorch#180395), and every later capture or `torch.cuda.empty_cache()` in the process then
+    stops on an internal assertion (`captures_underway.empty()`). Where torch already ended it,
+    the call is refused, which is fine. The failed graph's pool stays reserved (pytorch#190348)."""
+    try:
+        index = torch.device(device).index
+        torch._C._cuda_endAllocateToPool(torch.cuda.current_device() if index is None else index, graph.pool())
+    except Exception:  # noqa: BLE001 - already ended (a fixed torch, or the capture never began)
+        pass
+
+
 class StaticForward:
     """`fn(*args, **kwargs)` through static input buffers; captured as a CUDA graph per input
     signature when `capture` (a CUDA device), run eagerly on the buffers otherwise.
@@ -130,9 +143,11 @@ class StaticForward:
                 out = self.fn(*e.args, **e.kwargs)
         except torch.OutOfMemoryError:
             torch.cuda.set_stream(current)
+            end_failed_capture(graph, dev)
             raise
         except Exception as err:  # noqa: BLE001 - any capture failure: said, then eager
             torch.cuda.set_stream(current)  # torch.cuda.graph does not leave its stream when ending the capture fails
+            end_failed_capture(graph, dev)
             del graph
             torch.cuda.synchronize(dev)
             reason = " ".join(str(err).split())[:200] or type(err).__name__

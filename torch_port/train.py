@@ -89,13 +89,27 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise opt.OptionError(f"--device={name!r}: CUDA is not available on this machine")
     device = torch.device(name)
-    if device.type == "cuda":
-        # cuBLAS is deterministic with a fixed workspace, read when its first handle is made:
-        # the exact fp32 training path runs in deterministic mode (train_precision.cuda_steps)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise opt.OptionError(f"--device={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    cuda_exact_settings(device)
     return device
+
+
+def cuda_exact_settings(device: torch.device) -> None:
+    """A training process on CUDA: the exact fp32 path's math settings, and `device` made the
+    current CUDA device (streams, events and graphs made without a device - the late loss read,
+    the captured steps - then belong to the GPU the tensors are on, also for cuda:1 and up).
+    Nothing on a CPU. Called by `pick_device` and by `Trainer` (a library caller's device too)."""
+    if device.type != "cuda":
+        return
+    # cuBLAS is deterministic with a fixed workspace, read when its first handle is made:
+    # the exact fp32 training path runs in deterministic mode (train_precision.cuda_steps)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.allow_tf32 = False  # (torch's default for cuDNN is True: TF32 convolutions)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    if device.index is not None:
+        torch.cuda.set_device(device)
 
 
 # -- the command lines' training flags and process setup (python -m torch_port, python -m morph train) ----
@@ -144,6 +158,10 @@ def training_process(device_name: str, threads: int | None = None):
         from .cpu_memory import keep_freed_memory
         keep_freed_memory()
     dist_info = ddp.init(device.type)
+    if device.type == "cuda" and dist_info.world_size > 1 and device.index is not None:
+        ddp.shutdown()
+        raise opt.OptionError(f"--device={device_name!r} under torchrun with {dist_info.world_size} processes: each "
+                              f"process takes the GPU of its LOCAL_RANK; give --device cuda")
     if device.type == "cuda" and dist_info.enabled and device.index is None:
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
@@ -339,6 +357,7 @@ class Trainer:
         self.cuda_graphs = cuda_graphs  # "auto" | "True" | "False" (torch_port.train_graphs)
         self.main = self.dist_info.is_main
         self.device = torch.device(device)
+        cuda_exact_settings(self.device)  # (pick_device's settings, for a caller that made the device itself)
         from .train_graphs import plan
         plan(cuda_graphs, self.device, self.dist_info.world_size)  # e.g. True on a CPU: exit 2 before anything
         self.num_workers, self.seed, self.keep_checkpoints = int(num_workers), int(seed), int(keep_checkpoints)

@@ -30,6 +30,8 @@ import torch
 
 from ugatit_common.options import OptionError
 
+from .static_forward import end_failed_capture
+
 WARMUP_CALLS = 3  # eager calls before the capture (PyTorch's guidance: a few on a side stream)
 SETTINGS = ("auto", "True", "False", "static")  # static: the steps over fixed tensors, never captured (tests)
 
@@ -210,9 +212,11 @@ class StaticStep:
                 outputs = self._body(lr)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.set_stream(current)  # torch.cuda.graph does not leave its stream when ending a capture fails
+            end_failed_capture(graph, current.device)
             raise
         except Exception as e:  # noqa: BLE001 - said in one line, then eager
             torch.cuda.set_stream(current)
+            end_failed_capture(graph, current.device)  # later captures and empty_cache work again (torch <= 2.11)
             self.eager_only = True
             del graph
             torch.cuda.synchronize()
