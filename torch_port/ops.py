@@ -83,6 +83,21 @@ def global_max_pooling(x: torch.Tensor) -> torch.Tensor:
     return x.amax(dim=(2, 3))
 
 
+class _GradContiguous(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous (NCHW) gradient. ATen's instance norm
+    normalises a contiguous copy of its input, and its CPU backward reads a channels-last
+    gradient in that copy's layout: wrong gradients, 100 % of their size (torch 2.11 and 2.13,
+    test_torch_port_unit.py). Used only where the activations are channels-last."""
+
+    @staticmethod
+    def forward(ctx, y):
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 class _CenteredNormalize(torch.autograd.Function):
     """(x - mean) / sqrt(var + eps) over `dims`, in TF's order of operations: subtract the mean
     first, then divide (TF moments + the official formula). ATen's fused norms evaluate
@@ -104,6 +119,7 @@ class _CenteredNormalize(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, mean, rstd = ctx.saved_tensors
+        grad = grad.contiguous()  # x is; a channels-last grad would be read in x's layout (see _GradContiguous)
         mask = [True, False, False]
         if ctx.dims == (2, 3):  # per (sample, channel): batch-norm backward over N*C channels
             n, c, h, w = x.shape
@@ -312,7 +328,10 @@ class InstanceNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.gamma.dtype)  # statistics in the parameters' dtype (float32 on the fast paths)
         # fused kernel: (x - mean) * rsqrt(var + eps) * gamma + beta, the same affine map
-        return F.instance_norm(x, weight=self.gamma, bias=self.beta, eps=self.eps)
+        y = F.instance_norm(x, weight=self.gamma, bias=self.beta, eps=self.eps)
+        if y.requires_grad and not x.is_contiguous():  # channels-last activations (NCHW: unchanged)
+            y = _GradContiguous.apply(y)
+        return y
 
     def extra_repr(self) -> str:
         return str(self.channels)
