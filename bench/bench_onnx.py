@@ -88,6 +88,10 @@ def runner(name: str, cfg: dict, batch: int, threads: int, model_dir: str, provi
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(path, so, providers=[ORT_PROVIDERS[provider]])
         info["providers"] = session.get_providers()
+        if info["providers"][:1] != [ORT_PROVIDERS[provider]]:  # e.g. a CUDA provider that failed to load:
+            print(f"bench_onnx.py: error: --provider {provider}: ONNX Runtime fell back to {info['providers']} "
+                  f"(its {ORT_PROVIDERS[provider]} did not load); not timed as {provider}", file=sys.stderr)
+            raise SystemExit(2)  # ORT runs the CPU in its place, with a warning only
         return (lambda: session.run(["translated"], {"image": x})[0]), info
     if name == "torch_port":
         xt = torch.from_numpy(x)

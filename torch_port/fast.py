@@ -266,8 +266,9 @@ def optimize(module: nn.Module, precision: str = "fp32", compile: bool = False,
              cudnn_benchmark: bool | None = None) -> OptimizedModule:
     """`module` for inference in `precision` ("fp32", "tf32" (CUDA), "bf16", "fp16"), optionally
     compiled with torch.compile; a callable returning the module's outputs in float32, without
-    gradient. `compile_options`: keyword arguments for torch.compile (e.g. {"mode": "max-autotune"});
-    inductor freezing is patched in around the calls (INDUCTOR_PATCH). `log`: e.g. print, called
+    gradient. `compile_options`: keyword arguments for torch.compile (e.g. {"mode":
+    "max-autotune-no-cudagraphs"}; the modes with CUDA graph trees return outputs that the next
+    call overwrites); inductor freezing is patched in around the calls (INDUCTOR_PATCH). `log`: e.g. print, called
     once with the compile summary (first-call seconds, graphs, graph breaks) after the first call,
     and with any CUDA graph note. `cuda_graphs`, `cudnn_benchmark`: CUDA only, see the module doc."""
     if isinstance(module, OptimizedModule):
