@@ -60,7 +60,6 @@ def test_every_suite_keeps_quick_tests():
     assert not (files & set(FULL_ONLY)), "a full-only suite has quick tests: update FULL_ONLY"
 
 
-
 def test_a_gpu_machine_collects_the_cuda_tests(tmp_path):
     """On a machine with CUDA (simulated: torch.cuda.is_available() True before any test module
     is imported), bench/gpu_check.sh's selection `-m "cuda and not slow"` collects without a

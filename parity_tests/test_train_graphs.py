@@ -808,8 +808,8 @@ def test_cuda_device_index_settings_and_refusals(monkeypatch):
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
         torch.backends.cudnn.allow_tf32 = True
-        tr.cuda_exact_settings(torch.device("cuda"))  # no index: the current device stays
-        assert not torch.backends.cudnn.allow_tf32 and made_current == [torch.device("cuda", 1)]
+        tr.Trainer(opt.config_from(dataset="demo"), torch.device("cuda"))  # a library caller's device
+        assert not torch.backends.cudnn.allow_tf32 and made_current == [torch.device("cuda", 1)]  # no index: stays
         tr.cuda_exact_settings(torch.device("cpu"))
         assert made_current == [torch.device("cuda", 1)]
         monkeypatch.setattr(ddp, "init", lambda device_type: ddp.DistInfo(0, 2, 0))
