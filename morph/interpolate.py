@@ -186,9 +186,10 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
     `index.html`. Returns one dict per input (name, strip, gif, json, smoothness, changes).
     Frames holding NaN / inf (finite weights that overflow) stop it before anything is written
     for that input (ugatit_common.finite.NonFiniteOutput, exit 2)."""
-    from ugatit_common.finite import refuse_non_finite_output  # frames from finite weights may overflow:
+    # frames from finite weights may overflow: exit 2, never a black strip or a NaN smoothness figure
+    from ugatit_common.finite import refuse_non_finite_output
 
-    from .loading import precision_of  # exit 2, never a black strip or a NaN smoothness figure
+    from .loading import precision_of
     frame_ts(steps)  # validates steps
     img_size = int(img_size or model.config["img_size"])
     device = device or next(model.parameters()).device
