@@ -5,6 +5,7 @@ themselves (marked `cuda`, skipped without a GPU; bench/gpu_check_infer.sh runs 
 Tiny models (light, 32-64 px, ch 2-4) and the demo fixture (tf_reference trained 8 iterations on
 the demo set, light 64 px ch 4: trained weights, so no near-constant channel amplifies rounding).
 """
+import copy
 import os
 import shutil
 
@@ -135,6 +136,29 @@ def test_static_forward_signature_limit_and_bad_arguments():
     if not CUDA:
         with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
             StaticForward(fn, capture=True)
+
+
+def test_static_forward_warm_up_leaves_the_state_as_it_was():
+    """The warm-up calls before a capture run `fn` for real; a discriminator's spectral-norm `u`
+    (state it mutates) is put back afterwards, so the first replay starts where the eager call
+    would (without `state`, the warm-up advances `u`)."""
+    from torch_port.networks import Discriminator
+    from torch_port.static_forward import _Entry
+    torch.manual_seed(0)
+    d = Discriminator(ch=4, n_dis=5, sn=True).eval()
+    fast = optimize(d, "fp32")
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    us = {n: b for n, b in d.named_buffers() if n.endswith("u")}
+    assert us
+    for state, kept in ((lambda: list(d.buffers()), True), (None, False)):
+        before = {n: u.clone() for n, u in us.items()}
+        static = StaticForward(fast._run, capture=False, state=state)
+        e = _Entry((x,), {}, None)
+        e.load((x,), {})
+        with torch.no_grad():
+            static._warm_up(e, torch.device("cpu"))
+        same = all(torch.equal(before[n], u) for n, u in us.items())
+        assert same == kept, (state, kept)
 
 
 # -- the exact path and the CUDA settings ------------------------------------------------------------
@@ -362,6 +386,19 @@ def test_cuda_graph_replay_equals_eager(precision, _true_float32):
         with torch.no_grad():
             w = m.w_from_z(m.make_z(direction, 2))
         assert torch.equal(graphed(x, w=w)[0], eager(x, w=w)[0])
+    # a spectral-norm discriminator: its `u` advances once per call, graphed or not (the capture's
+    # warm-up calls leave it as it was), so the outputs and `u` follow the eager module's call after call
+    from torch_port.networks import Discriminator
+    d = Discriminator(ch=4, n_dis=5, sn=True).cuda().eval()
+    d2 = copy.deepcopy(d)
+    eager, graphed = optimize(d, precision, cudnn_benchmark=False), optimize(d2, precision, cuda_graphs=True,
+                                                                             cudnn_benchmark=False)
+    for _ in range(3):
+        x = torch.rand(2, 3, 64, 64, device="cuda") * 2 - 1
+        a, b = eager(x), graphed(x)
+        assert all(torch.equal(p, q) for p, q in zip(a[0] + a[1], b[0] + b[1])), precision
+    assert graphed.static.graphs == 1
+    assert all(torch.equal(u, v) for u, v in zip(d.buffers(), d2.buffers()))
 
 
 @pytest.mark.cuda

@@ -194,8 +194,9 @@ class OptimizedModule(nn.Module):
         fn = torch.compile(inner, dynamic=False, **options) if compile else inner
         self._inductor_patch = dict(INDUCTOR_PATCH) if compile else {}
         object.__setattr__(self, "_fn", fn)  # not a registered child: `inner` is the one copy of the weights
-        static = (StaticForward(self._run, capture=True, log=log, name=f"{type(module).__name__} ({precision})")
-                  if cuda_graphs else None)
+        # state: the warm-up before a capture must not advance a discriminator's `u` (module's buffers)
+        static = (StaticForward(self._run, capture=True, log=log, name=f"{type(module).__name__} ({precision})",
+                                state=lambda: list(inner.buffers())) if cuda_graphs else None)
         object.__setattr__(self, "static", static)
         self.first_call_seconds = None
         self.calls = 0

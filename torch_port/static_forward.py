@@ -12,6 +12,9 @@ stream (cuDNN picks its algorithms, torch.compile compiles, the allocator settle
 `MAX_GRAPHS` of them; further signatures run eagerly (said once). The graph replays the kernels
 the capture recorded: control flow in `fn` is frozen at its capture-time branch, and state that
 `fn` mutates in place (a spectral-norm `u` buffer) keeps advancing on each replay, as eagerly.
+The warm-up calls are not calls of the caller's: the tensors `state()` names (a module's buffers)
+are put back as they were after them, so the first replay starts from the state the eager call
+would have seen (a discriminator's `u` advances once per call, graphed or not).
 
 Without capture (`capture=False`, e.g. on a CPU) the same buffers and copies run `fn` eagerly:
 that path is what parity_tests/test_fast_infer.py proves equal to the plain forward bit for bit,
@@ -103,10 +106,12 @@ class StaticForward:
     elsewhere is copied in, e.g. a pinned CPU batch into a CUDA buffer). `log`: called with the
     one-line notes (a capture that failed, the graph limit reached)."""
 
-    def __init__(self, fn, capture: bool, warmup: int = 2, device=None, log=None, name: str = "forward"):
+    def __init__(self, fn, capture: bool, warmup: int = 2, device=None, log=None, name: str = "forward",
+                 state=None):
         if capture and not torch.cuda.is_available():
             raise ValueError("CUDA graphs need a CUDA device; this process has none")
         self.fn, self.capture, self.warmup = fn, bool(capture), int(warmup)
+        self.state = state  # () -> tensors `fn` mutates in place, restored after the warm-up
         self.device = torch.device(device) if device is not None else None
         self.log, self.name = log, name
         self.entries: dict = {}
@@ -123,18 +128,31 @@ class StaticForward:
         """Signatures currently served by a captured graph."""
         return sum(e.graph is not None for e in self.entries.values())
 
+    def _warm_up(self, e: _Entry, dev: torch.device) -> None:
+        """`warmup` calls of `fn` on the static buffers (on a side stream on CUDA, as
+        torch.cuda.graph's docs ask), then the tensors of `state()` put back as they were."""
+        saved = [(t, t.detach().clone()) for t in (self.state() if self.state is not None else ())]
+        if dev.type == "cuda":
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self.fn(*e.args, **e.kwargs)
+            torch.cuda.current_stream(dev).wait_stream(side)
+        else:
+            for _ in range(self.warmup):
+                self.fn(*e.args, **e.kwargs)
+        with torch.no_grad():
+            for t, before in saved:
+                t.copy_(before)
+
     def _capture(self, e: _Entry, key) -> None:
         dev = next((t.device for t in _tensors((e.args, e.kwargs)) if t.is_cuda), None)
         if dev is None:
             self._note(f"note: CUDA graphs: {self.name} has no CUDA tensor argument; it runs without a graph")
             return
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):  # warm-up off the capturing stream, as torch.cuda.graph's docs ask
-            for _ in range(self.warmup):
-                self.fn(*e.args, **e.kwargs)
+        self._warm_up(e, dev)
         current = torch.cuda.current_stream(dev)
-        current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
             # a stream of its own: a capture that fails part-way leaves nothing routed to a stream in use;
