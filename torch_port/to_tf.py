@@ -6,9 +6,11 @@ holding them: the newest), a `tf2torch` output (.safetensors or .pt; with `--wit
 already holds the Adam slots and powers) or any safetensors file of the port's state dict.
 The config comes from the file's metadata, the state file, or (last) the weights' shapes. Every
 weight must be the configured model's, by name and shape (a generators-only file: the
-generators'); Adam slots must cover every trainable variable. The Adam state of a port
-checkpoint is TF1 Adam's exactly (`m`, `v`, `beta1_power`, `beta2_power` of both optimizers),
-carried under the official names (`<var>/Adam`, `<var>/Adam_1`, `beta1_power`, `beta1_power_1`...).
+generators'); Adam slots must cover every trainable variable. Every tensor is written float32, as
+the official graph's variables are (float64 / float16 ones cast, with a note; integers refused).
+The Adam state of a port checkpoint is TF1 Adam's exactly (`m`, `v`, `beta1_power`, `beta2_power`
+of both optimizers), carried under the official names (`<var>/Adam`, `<var>/Adam_1`,
+`beta1_power`, `beta1_power_1`...).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import os
 import pickle
 import re
+import sys
 
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import options as opt
@@ -123,6 +126,29 @@ def _expected(cfg: dict):
             {k: tuple(p.shape) for k, p in model.named_parameters()})
 
 
+def as_float32(state: dict, source: str) -> tuple[dict, dict]:
+    """(state with every tensor float32, {dtype name: how many were cast}). The official graph's
+    variables are all float32 and TF's Saver restores an entry only into a variable of its own
+    dtype, so a float64 / float16 tensor is cast; a non-floating one is refused (ConversionError)."""
+    import torch
+    out, cast = {}, {}
+    for name, t in state.items():
+        if t.dtype == torch.float32:
+            out[name] = t
+            continue
+        if not t.is_floating_point():
+            raise ConversionError(f"{source}: tensor {name!r} is {str(t.dtype).replace('torch.', '')}, float32 "
+                                  f"expected (every variable of the official graph is float32)")
+        f32 = t.to(torch.float32)
+        if int((~torch.isfinite(f32)).sum()) > int((~torch.isfinite(t)).sum()):
+            raise ConversionError(f"{source}: tensor {name!r} ({str(t.dtype).replace('torch.', '')}) holds values "
+                                  f"beyond float32's range (the official graph's variables are float32)")
+        out[name] = f32
+        key = str(t.dtype).replace("torch.", "")
+        cast[key] = cast.get(key, 0) + 1
+    return out, cast
+
+
 def prepare(inp: str, weights_only: bool = False, log=print) -> tuple[dict, int, dict]:
     """(flat state to write: weights + Adam slots + powers, step, config) for `inp`; raises
     ConversionError naming what is wrong."""
@@ -195,4 +221,9 @@ def prepare(inp: str, weights_only: bool = False, log=print) -> tuple[dict, int,
     else:
         log(f"note: no optimizer state written ({'--weights_only' if weights_only else 'none found beside ' + path}): "
             f"the TF checkpoint serves the test phase; TF training cannot resume from it")
+    flat, cast = as_float32(flat, path)
+    if cast:
+        print(f"note: cast {sum(cast.values())} tensor(s) of {path} to float32 ("
+              + ", ".join(f"{n} {d}" for d, n in sorted(cast.items()))
+              + "): the official graph's variables are float32", file=sys.stderr)
     return flat, step, cfg

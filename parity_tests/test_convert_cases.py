@@ -1,0 +1,100 @@
+"""weights_convert.py edge cases a reviewer reproduced: tensors of another dtype, a weights/state
+pair from two runs, a stale .meta left by --overwrite, --report / --verify checked before the
+work, non-ASCII checkpoint paths, a full disk, and a folder's `checkpoint` file re-pointed.
+Tiny models (light, 32 px, ch 2, n_dis 4), built directly (no training)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import weights_convert as wc
+from parity_tests.test_outputs_guard import snapshot
+from ugatit_common import options as opt
+from ugatit_common.tf_checkpoint.bundle import BundleReader
+
+CFG = opt.config_from(light=True, dataset="t", img_size=32, ch=2, n_dis=4, augment_flag=False)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(seed=0):
+    from torch_port import build_ugatit
+    torch.manual_seed(seed)
+    model = build_ugatit(CFG)
+    model.make_optimizers()
+    return model
+
+
+def _save_port(folder, model, step=3, run="r1"):
+    """A port checkpoint (weights + .state.pt with both optimizers) as a training run saves it."""
+    from torch_port import checkpoint as ck
+    ck.save(str(folder), opt.model_name(CFG), step, model,
+            {"config": ck.plain_config(CFG), "run": run, "counter": step,
+             "G_optim": model.G_optim.state_dict(), "D_optim": model.D_optim.state_dict()})
+    return os.path.join(str(folder), f"{opt.model_name(CFG)}.model-{step}.safetensors")
+
+
+def _convert(argv, capsys):
+    capsys.readouterr()
+    rc = wc.main([str(a) for a in argv])
+    got = capsys.readouterr()
+    return rc, got.out, got.err
+
+
+def _error_line(err):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
+    return lines[0]
+
+
+def _weights_file(path, state, meta=None, kind="safetensors"):
+    if kind == "pt":
+        torch.save(state, str(path))
+    else:
+        from safetensors.torch import save_file
+        save_file(state, str(path), metadata=meta)
+    return path
+
+
+# -- 1. tensors of another dtype ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,kind", [(torch.float64, "safetensors"), (torch.float64, "pt"),
+                                        (torch.float16, "safetensors")])
+def test_torch2tf_casts_other_floats_to_float32(tmp_path, capsys, dtype, kind):
+    """A float64 / float16 state dict (a model.double() run) was written as DT_DOUBLE / DT_HALF
+    entries that the official graph's float32 variables cannot restore; now cast, with one note."""
+    state = {k: v.to(dtype) for k, v in _model().state_dict().items()}
+    src = _weights_file(tmp_path / f"w.{'pt' if kind == 'pt' else 'safetensors'}", state,
+                        {"config": json.dumps(CFG)}, kind)
+    rc, out, err = _convert(["torch2tf", src, tmp_path / "tf" / "UGATIT_light.model-3"], capsys)
+    assert rc == 0, err
+    notes = [ln for ln in err.splitlines() if "float32" in ln]
+    name = str(dtype).replace("torch.", "")
+    assert len(notes) == 1 and f"{len(state)} tensor(s)" in notes[0] and name in notes[0], err
+    with BundleReader(str(tmp_path / "tf")) as r:
+        assert {r.tf_dtype(n) for n in r.keys()} == {"DT_FLOAT"}
+        _, back = wc.tf_to_torch(str(tmp_path / "tf"), quiet=True)
+    assert set(back) == set(state)
+    for k, v in state.items():
+        assert back[k].dtype == torch.float32 and torch.equal(back[k], v.to(torch.float32)), k
+
+
+def test_torch2tf_refuses_integer_tensors(tmp_path, capsys):
+    state = _model().state_dict()
+    state["generator_B.conv.weight"] = state["generator_B.conv.weight"].to(torch.int32)
+    src = _weights_file(tmp_path / "w.safetensors", state, {"config": json.dumps(CFG)})
+    before = snapshot(str(tmp_path))
+    rc, _, err = _convert(["torch2tf", src, tmp_path / "tf" / "UGATIT_light.model-3"], capsys)
+    line = _error_line(err)
+    assert rc == 2 and "'generator_B.conv.weight'" in line and "float32 expected" in line and "int32" in line
+    assert snapshot(str(tmp_path)) == before
