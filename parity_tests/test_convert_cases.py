@@ -98,3 +98,30 @@ def test_torch2tf_refuses_integer_tensors(tmp_path, capsys):
     line = _error_line(err)
     assert rc == 2 and "'generator_B.conv.weight'" in line and "float32 expected" in line and "int32" in line
     assert snapshot(str(tmp_path)) == before
+
+
+# -- 2. weights and state of two runs -----------------------------------------------------------------
+
+def test_torch2tf_refuses_a_weights_state_pair_of_two_runs(tmp_path, capsys):
+    """Run A's weights at step 3 beside run B's .state.pt renamed to match were converted and
+    labelled with B's step; python -m torch_port refuses that folder (policy.pairing_problem)."""
+    a = _save_port(tmp_path / "A", _model(0), step=3, run="runA")
+    b = _save_port(tmp_path / "B", _model(1), step=5, run="runB")
+    os.replace(b.replace(".safetensors", ".state.pt"), a.replace(".safetensors", ".state.pt"))
+    before = snapshot(str(tmp_path))
+    for src in (a, tmp_path / "A"):
+        rc, _, err = _convert(["torch2tf", src, tmp_path / "tf" / "UGATIT_light.model"], capsys)
+        line = _error_line(err)
+        assert rc == 2 and "not one checkpoint" in line and "runA" in line and "runB" in line, line
+        assert snapshot(str(tmp_path)) == before
+    # the weights alone need no pair
+    rc, _, err = _convert(["torch2tf", a, tmp_path / "tf" / "UGATIT_light.model", "--weights_only"], capsys)
+    assert rc == 0 and os.path.isfile(tmp_path / "tf" / "UGATIT_light.model-3.index"), err
+
+
+def test_torch2tf_converts_a_runs_own_pair_with_its_optimizer(tmp_path, capsys):
+    a = _save_port(tmp_path / "A", _model(0), step=3, run="runA")
+    rc, _, err = _convert(["torch2tf", a, tmp_path / "tf" / "UGATIT_light.model"], capsys)
+    assert rc == 0, err
+    with BundleReader(str(tmp_path / "tf")) as r:
+        assert r.prefix.endswith("UGATIT_light.model-3") and "beta1_power_1" in r

@@ -179,6 +179,11 @@ def prepare(inp: str, weights_only: bool = False, log=print) -> tuple[dict, int,
                                   f"(enough for the test phase)") from e
         if state.get("kind") == "morph":
             raise ConversionError(f"{path!r} is a Morph-UGATIT checkpoint: it has no TensorFlow counterpart")
+        # the pair python -m torch_port would resume from, or none (checkpoint policy: one pair)
+        problem = policy.pairing_problem(int(m.group(1)), policy.safetensors_metadata(path), state)
+        if problem:
+            raise ConversionError(f"{path!r} and {sibling!r} are not one checkpoint: {problem}; pass "
+                                  f"--weights_only to convert the weights alone")
         cfg = cfg or state.get("config")
         step = int(state.get("counter", step) or step)
     if m and not step:
