@@ -371,7 +371,11 @@ def _convert(argv=None) -> int:
             folder = os.path.dirname(os.path.abspath(prefix))
             # beside its input only when asked for: the same run, continued in TensorFlow (--continue_run)
             given = [(args.ckpt_out, "tf-prefix")] if not in_folder and os.path.lexists(args.ckpt_out) else []
-            guard.check_outputs(given + [(prefix + ".index", "tf-index"), (prefix + ".data-00000-of-00001", "tf-data")],
+            # the .meta of a checkpoint replaced is part of it: readers take the config (smoothing,
+            # img_size, gan_type...) from <prefix>.meta, so a stale one would describe these weights
+            meta = prefix + ".meta"
+            guard.check_outputs(given + [(prefix + ".index", "tf-index"), (prefix + ".data-00000-of-00001", "tf-data"),
+                                         (meta, "tf-meta")],
                                 [args.inp], args.overwrite, updates=[(os.path.join(folder, "checkpoint"), "tf-state")],
                                 beside_input_ok=args.continue_run, input_name="the checkpoint being converted",
                                 beside_input_hint="; to continue that run in TensorFlow there, pass --continue_run")
@@ -379,8 +383,13 @@ def _convert(argv=None) -> int:
                 print(f"note: {args.ckpt_out!r} is a folder: the checkpoint goes into it as {os.path.basename(prefix)}")
             if bad:
                 _warn_non_finite(bad)
+            stale = os.path.lexists(meta)
             torch_to_tf(state, prefix)
             print(f"wrote {prefix}.index / .data-00000-of-00001 and {folder}/checkpoint")
+            if stale:  # only once the new checkpoint is complete: a failure above left the old one whole
+                os.remove(meta)
+                print(f"note: removed {meta}, the graph of the checkpoint replaced (its recorded config would "
+                      f"have been read as these weights')")
     except (ConversionError, CheckpointError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -125,3 +125,43 @@ def test_torch2tf_converts_a_runs_own_pair_with_its_optimizer(tmp_path, capsys):
     assert rc == 0, err
     with BundleReader(str(tmp_path / "tf")) as r:
         assert r.prefix.endswith("UGATIT_light.model-3") and "beta1_power_1" in r
+
+
+# -- 3. --overwrite takes the replaced checkpoint's .meta with it ------------------------------------
+
+def test_torch2tf_overwrite_removes_the_stale_meta(tmp_path, capsys, monkeypatch):
+    """The old <prefix>.meta stayed beside the new .index/.data and readers took its config
+    (smoothing, img_size, gan_type...) for the new weights'. It goes, once the new files are in."""
+    from ugatit_common.tf_checkpoint import bundle
+    src = _save_port(tmp_path / "A", _model(0), step=3)
+    prefix = tmp_path / "tf" / "UGATIT_light.model-3"
+    rc, _, err = _convert(["torch2tf", src, prefix, "--weights_only"], capsys)
+    assert rc == 0, err
+    meta = tmp_path / "tf" / "UGATIT_light.model-3.meta"
+    meta.write_bytes(b"\x0a\x05hello")                      # the old run's graph
+    # a failed overwrite leaves the old checkpoint complete, its .meta included
+    before = snapshot(str(tmp_path))
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    with monkeypatch.context() as m:
+        m.setattr(bundle, "_build_table", full)
+        rc, _, err = _convert(["torch2tf", src, prefix, "--overwrite"], capsys)
+    assert rc == 2 and snapshot(str(tmp_path)) == before, err
+    rc, out, err = _convert(["torch2tf", src, prefix, "--overwrite"], capsys)
+    assert rc == 0 and not meta.exists(), err
+    notes = [ln for ln in out.splitlines() if "removed" in ln]
+    assert len(notes) == 1 and str(meta) in notes[0], out
+    with BundleReader(str(prefix)) as r:
+        assert "beta1_power" in r
+
+
+def test_torch2tf_a_meta_alone_at_the_prefix_needs_overwrite(tmp_path, capsys):
+    src = _save_port(tmp_path / "A", _model(0), step=3)
+    (tmp_path / "tf").mkdir()
+    meta = tmp_path / "tf" / "UGATIT_light.model-3.meta"
+    meta.write_bytes(b"\x0a\x05hello")
+    before = snapshot(str(tmp_path))
+    rc, _, err = _convert(["torch2tf", src, tmp_path / "tf" / "UGATIT_light.model-3"], capsys)
+    line = _error_line(err)
+    assert rc == 2 and ".meta" in line and "--overwrite" in line and snapshot(str(tmp_path)) == before
