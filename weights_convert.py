@@ -240,6 +240,32 @@ def _check_img_size(cfg: dict) -> None:
                               f"needs 4 pixels)")
 
 
+def _check_report_folder(path: str) -> None:
+    """--report's folder, before any work: a folder (or one that can be made) that is writable."""
+    kind = guard.kind_of(path)
+    if kind not in (None, "folder"):
+        raise ConversionError(f"--report {path!r} exists and is {guard.describe(kind)}, not a folder: the report "
+                              f"(parity_report.md and parity_report.html) goes into a folder")
+    for name in ("parity_report.md", "parity_report.html"):
+        if os.path.isdir(os.path.join(path, name)):
+            raise ConversionError(f"--report {path!r}: {name} there is a folder, not a report file")
+    d = os.path.abspath(path)
+    while not os.path.lexists(d):
+        d = os.path.dirname(d)
+    if not os.path.isdir(d) or not os.access(d, os.W_OK | os.X_OK):
+        raise ConversionError(f"--report {path!r} cannot be written: {d!r} is "
+                              f"{'not a folder' if not os.path.isdir(d) else 'a folder that is not writable'}")
+
+
+def _need_tensorflow(flag: str) -> None:
+    """`flag` runs the official graph: TensorFlow must import, said before any work."""
+    try:
+        from tf_reference.compat import tf  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - not installed, or a broken install
+        raise ConversionError(f"{flag} runs the official TensorFlow graph, but TensorFlow cannot be imported "
+                              f"({type(e).__name__}: {e}); install tensorflow-cpu or leave {flag} out") from e
+
+
 def _atomic_torch_save(obj, out):
     import torch
     with atomic_output(out) as tmp:
@@ -343,6 +369,16 @@ def _convert(argv=None) -> int:
                          "sn": None if args.sn is None else args.sn == "True"}
             out = guard.place_output(args.out, _torch_kind, [args.ckpt], args.overwrite, default_torch_name(args.ckpt),
                                      input_name="the checkpoint being converted")
+            results = None
+            if args.verify or args.report:  # checked and run before the output is written
+                if args.report:
+                    _check_report_folder(args.report)
+                _need_tensorflow("--verify" if args.verify else "--report")
+                from parity_tests.harness import compare_networks
+                first = read_tf_config_info(args.ckpt, overrides)
+                _check_img_size(first.config)
+                results = compare_networks(args.ckpt, first.config)
+            existed = os.path.lexists(out)
             info = convert_tf_to_file_info(args.ckpt, out, args.generators_only, args.with_optimizer, overrides,
                                            allow_non_finite=args.allow_non_finite)
             cfg = info.config
@@ -350,14 +386,22 @@ def _convert(argv=None) -> int:
             for line in info.describe():
                 print("  " + line)
             print(f"wrote {out}")
-            if args.verify or args.report:
-                from parity_tests.harness import compare_networks, write_report
-                results = compare_networks(args.ckpt, cfg)
+            if results is not None:
                 for name, r in results.items():
                     if r["output"]:
                         print(f"  {name:45s} max |diff| {r['max_abs']:.3g}")
-                if args.report:
+            if args.report:
+                from parity_tests.harness import write_report
+                try:
                     print("report: " + write_report(results, cfg, args.report, args.ckpt, provenance=info.describe()))
+                except BaseException as e:
+                    if not existed:  # the output this command wrote goes with its report; never one there before
+                        os.remove(out)
+                    if isinstance(e, OSError):
+                        raise ConversionError(f"--report {args.report!r}: the report cannot be written "
+                                              f"({e.strerror or e}); {out!r} "
+                                              f"{'was not kept' if not existed else 'was written'}") from e
+                    raise
         else:
             # validated against the model its config describes; the optimizer state carried along
             from torch_port.to_tf import prepare

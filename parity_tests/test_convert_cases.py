@@ -165,3 +165,59 @@ def test_torch2tf_a_meta_alone_at_the_prefix_needs_overwrite(tmp_path, capsys):
     rc, _, err = _convert(["torch2tf", src, tmp_path / "tf" / "UGATIT_light.model-3"], capsys)
     line = _error_line(err)
     assert rc == 2 and ".meta" in line and "--overwrite" in line and snapshot(str(tmp_path)) == before
+
+
+# -- 4. tf2torch --report / --verify: checked before the work ------------------------------------------
+
+def _tf_checkpoint(root, seed=0):
+    prefix = os.path.join(str(root), "tf", "UGATIT_light.model-3")
+    wc.torch_to_tf(dict(_model(seed).state_dict()), prefix)
+    return os.path.dirname(prefix)
+
+
+TF_FLAGS = ["--img_size", "32", "--smoothing", "True"]  # recorded nowhere in a .meta-less TF checkpoint
+
+
+def test_tf2torch_report_and_verify_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    """A --report path that is a file, or --verify without TensorFlow, failed after the output
+    was written (left behind) and the error did not name the flag."""
+    import sys
+    ckpt = _tf_checkpoint(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine\n")
+    out = tmp_path / "o.safetensors"
+    before = snapshot(str(tmp_path))
+    rc, _, err = _convert(["tf2torch", ckpt, out, "--report", tmp_path / "notes.txt"] + TF_FLAGS, capsys)
+    line = _error_line(err)
+    assert rc == 2 and "--report" in line and "notes.txt" in line and "not a folder" in line
+    assert snapshot(str(tmp_path)) == before
+    monkeypatch.setitem(sys.modules, "tf_reference.compat", None)  # TensorFlow not importable
+    for flag in (["--verify"], ["--report", tmp_path / "rep"]):
+        rc, _, err = _convert(["tf2torch", ckpt, out, *flag] + TF_FLAGS, capsys)
+        line = _error_line(err)
+        assert rc == 2 and str(flag[0]) in line and "TensorFlow" in line, line
+        assert snapshot(str(tmp_path)) == before
+
+
+def test_tf2torch_a_failed_report_takes_back_only_the_output_it_wrote(tmp_path, capsys, monkeypatch):
+    import sys
+    import types
+
+    from parity_tests import harness
+    ckpt = _tf_checkpoint(tmp_path)
+    monkeypatch.setitem(sys.modules, "tf_reference.compat", types.ModuleType("tf_reference.compat"))
+    monkeypatch.setattr(harness, "compare_networks", lambda ckpt, cfg: {})
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(harness, "write_report", full)
+    out = tmp_path / "o.safetensors"
+    rc, _, err = _convert(["tf2torch", ckpt, out, "--report", tmp_path / "rep"] + TF_FLAGS, capsys)
+    line = _error_line(err.replace("\r", "\n").splitlines()[-1])
+    assert rc == 2 and "--report" in line and not out.exists()
+    # an output there before (replaced with --overwrite) is never removed
+    monkeypatch.setattr(harness, "write_report", lambda *a, **k: str(tmp_path / "rep" / "parity_report.html"))
+    rc, _, err = _convert(["tf2torch", ckpt, out] + TF_FLAGS, capsys)
+    assert rc == 0 and out.exists(), err
+    monkeypatch.setattr(harness, "write_report", full)
+    rc, _, err = _convert(["tf2torch", ckpt, out, "--report", tmp_path / "rep", "--overwrite"] + TF_FLAGS, capsys)
+    assert rc == 2 and out.exists()
