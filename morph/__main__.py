@@ -212,10 +212,12 @@ def cmd_translate(args) -> int:
     out_dir = _out_dir(args)
     model, cfg = _load(args)
     from torch_port.data import ImageReadError
-    from ugatit_common.output_names import OutputNames
+    from ugatit_common.output_names import OutputNames, OutputRecord
     size = model.config["img_size"]
     device = next(model.parameters()).device
-    names, done = OutputNames(inputs), 0  # outputs never collide and never overwrite an input
+    # outputs never collide, never overwrite an input or a file no earlier run wrote (the folder's record)
+    record = OutputRecord(out_dir)
+    names, done = OutputNames(inputs, record), 0
     for path in inputs:
         try:  # unreadable inputs are skipped with a warning (as the port's test phase does)
             x = load_input(path, size).to(device)
@@ -230,9 +232,10 @@ def cmd_translate(args) -> int:
             y = model.translate(x, args.direction)
             refuse_non_finite_output(y, f"the {args.direction} translation of {path}", precision_of(model))
             outs.append(y[0].permute(1, 2, 0).cpu().numpy())
-            save_image(outs[-1], os.path.join(out_dir, f"{name}_{args.direction}_{k}.png"))
+            record.add([save_image(outs[-1], os.path.join(out_dir, f"{name}_{args.direction}_{k}.png"))])
         grid = save_grid([x[0].permute(1, 2, 0).cpu().numpy()] + outs,
                          os.path.join(out_dir, f"{name}_{args.direction}_samples.png"), ncols=len(outs) + 1)
+        record.add([grid])
         print(f"{name}: {args.samples} sample(s) -> {grid}")
     if not done:
         raise ImageReadError(args.input, "no readable input image")

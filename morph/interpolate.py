@@ -21,7 +21,6 @@ import html
 import json
 import os
 import sys
-import urllib.parse
 
 import numpy as np
 import torch
@@ -29,8 +28,8 @@ import torch
 from torch_port.data import ImageReadError, test_image
 from ugatit_common.atomic import write_bytes_atomic
 from ugatit_common.options import IMAGE_EXTENSIONS
-from ugatit_common.output_names import OutputNames
-from ugatit_common.results import save_grid, to_uint8
+from ugatit_common.output_names import OutputNames, OutputRecord
+from ugatit_common.results import PAGE_HEAD, page_link, page_text, save_grid, to_uint8
 
 __all__ = ["w_codes", "lerp", "morph_frames", "smoothness", "labelled_frames", "write_strip", "write_gif",
            "list_inputs", "interpolate_images", "write_index"]
@@ -132,10 +131,13 @@ def write_gif(frames, path: str, duration_ms: int = 250, x: torch.Tensor | None 
 
 
 def list_inputs(path: str) -> list[str]:
-    """An image file, or the sorted image files (by extension) of a folder."""
+    """An image file, or the sorted image files (by extension) of a folder; not the outputs an
+    earlier interpolate / translate wrote there (its OutputRecord)."""
     if os.path.isdir(path):
+        ours = OutputRecord(path).names
         files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                       if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(path, f)))
+                       if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(path, f))
+                       and f not in ours)
         if not files:
             raise ImageReadError(path, f"folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         return files
@@ -154,23 +156,27 @@ def load_input(path: str, img_size: int) -> torch.Tensor:
         raise ImageReadError(path, e) from e
 
 
-def write_index(result_dir: str, rows: list[dict], filename: str = "index.html") -> str:
-    """`index.html` listing each input's strip, GIF and smoothness figure (relative links)."""
+def write_index(result_dir: str, rows: list[dict], filename: str = "index.html",
+                names: OutputNames | None = None) -> str:
+    """`index.html` listing each input's strip, GIF and smoothness figure (relative links); with
+    `names`, the page takes the first of index.html, index_1.html, ... that it may write."""
     page = os.path.join(result_dir, filename)
+    if names is not None:
+        stem, ext = os.path.splitext(filename)
+        page = names.path(result_dir, stem, ext=ext)
 
     def src(p):
-        rel = os.path.relpath(os.path.abspath(p), os.path.dirname(os.path.abspath(page)))
-        return html.escape(urllib.parse.quote(rel.replace(os.sep, "/")), quote=True)
+        return page_link(p, page)
 
     def row(r):
         changes = " ".join(f"{c:.3f}" for c in r.get("changes", []))
         inp = f"<img src='{src(r['input'])}' width='{r['size']}'>" if r.get("input") and r.get("size") else ""
         return ("<tr><td>%s</td><td>%s</td><td><img src='%s'></td><td><img src='%s'></td>"
-                "<td>%.4f</td><td>%s</td></tr>" % (html.escape(r["name"]), inp, src(r["strip"]), src(r["gif"]),
+                "<td>%.4f</td><td>%s</td></tr>" % (page_text(r["name"]), inp, src(r["strip"]), src(r["gif"]),
                                                    r["smoothness"], html.escape(changes)))
 
     body = "\n".join(row(r) for r in rows)
-    text = ("<html><body><h3>Morph-UGATIT: the input, then the B-&gt;A code (t=0) to the A-&gt;B code (t=1)</h3>"
+    text = (PAGE_HEAD + "<h3>Morph-UGATIT: the input, then the B-&gt;A code (t=0) to the A-&gt;B code (t=1)</h3>"
             "<p>smoothness = max / mean of the per-step change mean|f[i+1] - f[i]| (1.0 = even steps); "
             "the per-step changes are listed beside it.</p>"
             "<table><tr><th>name</th><th>input</th><th>strip</th><th>gif</th><th>smoothness</th>"
@@ -198,7 +204,9 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
     try:
         w_ab, w_ba = w_codes(model, samples)
         rows = []
-        names = OutputNames(inputs)  # a.png and a.jpg get distinct outputs; no output is an input
+        # a.png and a.jpg get distinct outputs; no output is an input or a file an earlier run did not write
+        record = OutputRecord(result_dir)
+        names = OutputNames(inputs, record)
         for path in inputs:
             try:  # an unreadable input is skipped with a warning, as in the port's test phase
                 x = load_input(path, img_size).to(device)
@@ -216,6 +224,7 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
                         "definition": "max_i mean|f[i+1]-f[i]| / mean_i mean|f[i+1]-f[i]|; 1.0 = even"})
             js = write_bytes_atomic(os.path.join(result_dir, f"{name}_smoothness.json"),
                                     (json.dumps(fig, indent=2) + "\n").encode("utf-8"))
+            record.add([strip, gif, js])
             if log:
                 log(f"{name}: strip {strip}  gif {gif}  smoothness {fig['smoothness']:.4f}")
             rows.append({"name": name, "strip": strip, "gif": gif, "json": js, "input": os.path.abspath(path),
@@ -224,7 +233,8 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
         if not rows:  # the previous index.html stays as it was
             raise ImageReadError(", ".join(inputs[:3]) + (" ..." if len(inputs) > 3 else ""),
                                  "no readable input image")
-        index = write_index(result_dir, rows)
+        index = write_index(result_dir, rows, names=names)
+        record.add([index])
         if log:
             log(f"index: {index}")
         return rows

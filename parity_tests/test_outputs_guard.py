@@ -459,7 +459,9 @@ def test_results_never_go_where_they_would_mix(world, capsys, monkeypatch):
     photos = os.path.join(world, "photos")
     shutil.copytree(test_a, photos)
     assert morph_main(trans[:3] + ["--input", photos] + trans[5:] + ["--result_dir", photos]) == 0
-    assert sorted(os.listdir(photos)) == ["A_test_0000.png", "A_test_0000_a2b_0.png", "A_test_0000_a2b_samples.png"]
+    # beside the photos: the outputs and their record (ugatit_common.output_names.OutputRecord)
+    assert sorted(os.listdir(photos)) == [".ugatit-outputs.json", "A_test_0000.png", "A_test_0000_a2b_0.png",
+                                          "A_test_0000_a2b_samples.png"]
 
 
 @pytest.mark.tf

@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from ugatit_common.images import read_color
+
 v1 = tf.compat.v1
 
 
@@ -78,9 +80,7 @@ def train_iterator(files, img_size: int, img_ch: int, augment_flag: bool, batch_
 def load_test_image(path, img_size: int) -> np.ndarray:
     """Official `load_test_data`: cv2 IMREAD_COLOR, BGR->RGB, cv2.resize (INTER_LINEAR),
     batch axis, / 127.5 - 1; float64 NHWC as the official returns."""
-    img = cv2.imread(str(path), flags=cv2.IMREAD_COLOR)
-    if img is None:
-        raise OSError(f"cannot read image {str(path)!r}")
+    img = read_color(path)  # = cv2.imread(path, IMREAD_COLOR), also for names that are not UTF-8 (an OSError)
     img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     img = cv2.resize(img, dsize=(img_size, img_size))
     return np.expand_dims(img, axis=0) / 127.5 - 1

@@ -12,7 +12,7 @@ import sys
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import cli_errors
 from ugatit_common import options as opt
-from ugatit_common.images import readable_train_images
+from ugatit_common.images import ImageReadError, none_readable, readable_train_images
 from ugatit_common.output_guard import check_result_folders
 from ugatit_common.output_names import OutputNames
 from ugatit_common.results import ResultsPage, save_image
@@ -235,7 +235,8 @@ def test(cfg: dict) -> str:
                     try:
                         image = load_test_image(f, cfg["img_size"])
                     except Exception as e:  # cv2 returns None for unreadable files
-                        print(f"warning: skipping {f}: not a readable image ({type(e).__name__})", file=sys.stderr)
+                        why = e.reason if isinstance(e, ImageReadError) else f"not a readable image ({type(e).__name__})"
+                        print(f"warning: skipping {f}: {why}", file=sys.stderr)
                         continue
                     fake = sess.run(out, {src: image})
                     refuse_non_finite_output(fake[0], f"the {direction} translation of {f}")  # no black picture
@@ -243,7 +244,7 @@ def test(cfg: dict) -> str:
                     save_image(fake[0], image_path)
                     page.add(os.path.relpath(image_path, paths.result).replace(os.sep, "/"), f, image_path)
             if not page.rows:  # the previous results page stays as it was
-                raise opt.OptionError("no readable test image was found")
+                raise opt.OptionError(none_readable(files_A + files_B))
             page.close()
     return paths.result
 

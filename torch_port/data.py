@@ -26,7 +26,7 @@ import torch
 
 # ImageReadError, decode_image and the train-image check live in ugatit_common.images (torch-free,
 # shared with tf_reference, so both frameworks skip exactly the same files)
-from ugatit_common.images import ImageReadError, check_train_image, decode_image  # noqa: E402,F401
+from ugatit_common.images import ImageReadError, check_train_image, decode_image, read_color  # noqa: E402,F401
 
 
 def augment_size(img_size: int) -> int:
@@ -93,10 +93,7 @@ def train_transform(img_uint8: np.ndarray, img_size: int, augment: bool, rng=Non
 
 def load_test_array(path, img_size: int) -> np.ndarray:
     """Official `load_test_data`: NHWC float64 in [-1, 1] (OpenCV read and resize)."""
-    path = os.fspath(path)
-    img = cv2.imread(path, flags=cv2.IMREAD_COLOR)
-    if img is None:
-        raise ImageReadError(path, "cv2.imread could not read it")
+    img = read_color(path)  # = cv2.imread(path, IMREAD_COLOR), also for names that are not UTF-8
     img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     img = cv2.resize(img, dsize=(img_size, img_size))
     return np.expand_dims(img, axis=0) / 127.5 - 1

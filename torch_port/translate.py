@@ -22,6 +22,7 @@ from ugatit_common import options as opt
 from ugatit_common.checkpoint_policy import sweep_temp
 from ugatit_common.cli_errors import check_writable_folder
 from ugatit_common.finite import refuse_non_finite, refuse_non_finite_output
+from ugatit_common.images import none_readable
 from ugatit_common.output_guard import check_result_folders
 from ugatit_common.output_names import OutputNames
 from ugatit_common.results import ResultsPage, save_image
@@ -172,7 +173,7 @@ def test(cfg: dict, device: torch.device, input_path: str | None = None, directi
         else:
             _translate_files(model, files, d, cfg, device, paths.result, page, counts, names)
     if not counts:  # the previous results page stays as it was
-        raise opt.OptionError("no readable test image was found")
+        raise opt.OptionError(none_readable([f for files, _ in jobs for f in files]))
     page.close()
     print(f" [*] {sum(counts.values())} image(s) written; results page: {page.path}")
     return page.path

@@ -95,11 +95,24 @@ def resume_command(prog: str, argv: list[str]) -> str:
     return " ".join([prog] + [shlex.quote(a) for a in out])
 
 
+def _print_any_file_name() -> None:
+    """A file name that is not UTF-8 (its bytes kept as surrogates by os.listdir) is printed as its
+    bytes, as `ls` shows it, instead of stopping the command with UnicodeEncodeError on a stream
+    whose error handler is strict (a UTF-8 locale's)."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict":
+            try:
+                stream.reconfigure(errors="surrogateescape")
+            except (AttributeError, ValueError, OSError):  # not a TextIOWrapper: left as it is
+                pass
+
+
 def run(fn, argv=None, prog: str = "python", training=None, label: str = "error") -> int:
     """Call `fn(argv)` (argv without `--debug`) under the one error path and return the exit code.
     `training(argv) -> bool`: whether this command line trains (its Ctrl-C line offers a resume
     command); `label`: the prefix of the error line."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _print_any_file_name()
     debug = "--debug" in argv or os.environ.get("UGATIT_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     reset()

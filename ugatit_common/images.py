@@ -62,6 +62,43 @@ def decode_image(path) -> np.ndarray:
 
 
 
+def read_color(path) -> np.ndarray:
+    """`cv2.imread(path, cv2.IMREAD_COLOR)`, the official test loader's read (BGR uint8, EXIF
+    orientation applied, grey / alpha / 16-bit made 8-bit colour), decoded from the file's bytes
+    (`np.fromfile` + `cv2.imdecode`, the same decoder and conversions): OpenCV's imread crashes
+    the process (a segmentation fault) on a path that is not valid UTF-8."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageReadError(path, "no such file")
+    try:
+        buf = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise ImageReadError(path, e.strerror or e) from e
+    if buf.size == 0:
+        raise ImageReadError(path, "empty file")
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ImageReadError(path, "not a decodable image (corrupt, or a format OpenCV cannot read)")
+    return img
+
+
+def none_readable(files) -> str:
+    """The error line of a test phase that could read none of `files`: the file and why when
+    there is one, else how many and the first one's reason."""
+    files = list(files)
+    if not files:
+        return "no test image was found"
+    try:
+        read_color(files[0])
+        reason = "not readable"
+    except ImageReadError as e:
+        reason = e.reason
+    if len(files) == 1:
+        return f"cannot read image {os.fspath(files[0])!r}: {reason}"
+    return (f"none of the {len(files)} test images could be read (each is named in a warning above; the first, "
+            f"{os.fspath(files[0])!r}: {reason})")
+
+
 def check_train_image(path) -> None:
     """Raise ImageReadError unless `path` is a JPEG, PNG or GIF that decodes completely."""
     path = os.fspath(path)

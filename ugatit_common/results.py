@@ -78,6 +78,23 @@ def save_grid(images, path: str, ncols: int | None = None) -> str:
     return write_rgb(path, to_uint8(grid))
 
 
+def page_link(target: str, page: str) -> str:
+    """The `src` / `href` of file `target` in the page `page`: relative to the page's folder,
+    percent-encoded from the name's bytes (a file name that is not UTF-8 keeps its bytes, as
+    os.fsencode gives them), HTML-escaped."""
+    rel = os.path.relpath(os.path.abspath(target), os.path.dirname(os.path.abspath(page)))
+    return html.escape(urllib.parse.quote(os.fsencode(rel.replace(os.sep, "/"))), quote=True)
+
+
+def page_text(text) -> str:
+    """`text` (a file name, say) HTML-escaped for a UTF-8 page; the bytes of a name that is not
+    UTF-8 show as U+FFFD instead of stopping the page's write."""
+    return html.escape(str(text).encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+
+
+PAGE_HEAD = "<html><head><meta charset='utf-8'></head><body>"  # the pages are written as UTF-8
+
+
 class ResultsPage:
     """`index.html` with one row per translated image: name | input | output."""
 
@@ -87,19 +104,18 @@ class ResultsPage:
         self.rows = []
 
     def _src(self, p: str) -> str:
-        rel = os.path.relpath(os.path.abspath(p), os.path.dirname(os.path.abspath(self.path)))
-        return html.escape(urllib.parse.quote(rel.replace(os.sep, "/")), quote=True)
+        return page_link(p, self.path)
 
     def add(self, name: str, input_path: str, output_path: str) -> None:
         s = self.img_size
         self.rows.append(
             "<tr><td>%s</td><td><img src='%s' width='%d' height='%d'></td>"
             "<td><img src='%s' width='%d' height='%d'></td></tr>"
-            % (html.escape(str(name)), self._src(input_path), s, s, self._src(output_path), s, s))
+            % (page_text(name), self._src(input_path), s, s, self._src(output_path), s, s))
 
     def close(self) -> str:
         body = "\n".join(self.rows)
-        text = ("<html><body><table><tr><th>name</th><th>input</th><th>output</th></tr>\n"
+        text = (PAGE_HEAD + "<table><tr><th>name</th><th>input</th><th>output</th></tr>\n"
                 f"{body}\n</table></body></html>\n")
         return write_bytes_atomic(self.path, text.encode("utf-8"))
 
