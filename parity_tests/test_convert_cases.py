@@ -221,3 +221,39 @@ def test_tf2torch_a_failed_report_takes_back_only_the_output_it_wrote(tmp_path, 
     monkeypatch.setattr(harness, "write_report", full)
     rc, _, err = _convert(["tf2torch", ckpt, out, "--report", tmp_path / "rep", "--overwrite"] + TF_FLAGS, capsys)
     assert rc == 2 and out.exists()
+
+
+# -- 5. a `checkpoint` state file that is not Latin-1 ---------------------------------------------------
+
+@pytest.mark.parametrize("written", [b"/home/\xe5\xbc\xa0\xe4\xbc\x9f/run/UGATIT_light.model-3",  # TF 2.21: raw UTF-8
+                                     b"/home/m\xfcller/run/UGATIT_light.model-3",                 # Latin-1 bytes
+                                     b"/home/\\344\\274\\237/run/UGATIT_light.model-3"])          # octal escapes
+def test_checkpoint_state_file_with_any_path_bytes_is_read(tmp_path, capsys, written):
+    """'latin-1' codec can't encode ...: a state file naming a path of a non-ASCII user stopped
+    tf2torch, naming no file. The paths' bytes are read as TF wrote them (re-rooted here)."""
+    ckpt = _tf_checkpoint(tmp_path)
+    with open(os.path.join(ckpt, "checkpoint"), "wb") as f:
+        f.write(b'model_checkpoint_path: "' + written + b'"\nall_model_checkpoint_paths: "' + written + b'"\n')
+    rc, _, err = _convert(["tf2torch", ckpt, tmp_path / "o.safetensors"] + TF_FLAGS, capsys)
+    assert rc == 0 and (tmp_path / "o.safetensors").exists(), err
+
+
+def test_checkpoint_state_file_round_trips_a_unicode_prefix(tmp_path, capsys):
+    from ugatit_common.tf_checkpoint.bundle import read_checkpoint_state
+    src = _save_port(tmp_path / "A", _model(0), step=3)
+    prefix = tmp_path / "模型" / "Müller.model-3"
+    rc, _, err = _convert(["torch2tf", src, prefix, "--weights_only"], capsys)
+    assert rc == 0, err
+    assert read_checkpoint_state(str(tmp_path / "模型")) == ("Müller.model-3", ["Müller.model-3"])
+    rc, _, err = _convert(["tf2torch", tmp_path / "模型", tmp_path / "o.safetensors"] + TF_FLAGS, capsys)
+    assert rc == 0 and (tmp_path / "o.safetensors").exists(), err
+
+
+def test_an_unparsable_checkpoint_state_file_is_named(tmp_path, capsys):
+    ckpt = _tf_checkpoint(tmp_path)
+    state = os.path.join(ckpt, "checkpoint")
+    with open(state, "wb") as f:
+        f.write(b'model_checkpoint_path: "UGATIT_light.model-3\\777"\n')  # more than a byte
+    rc, _, err = _convert(["tf2torch", ckpt, tmp_path / "o.safetensors"] + TF_FLAGS, capsys)
+    line = _error_line(err)
+    assert rc == 2 and state in line and not (tmp_path / "o.safetensors").exists()

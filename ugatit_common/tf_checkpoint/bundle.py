@@ -362,50 +362,70 @@ def _read_table(path: str) -> list[tuple[bytes, bytes]]:
 # --------------------------------------------------------------------------------------
 
 _DATA_RE = re.compile(r"\.data-\d{5}-of-\d{5}$")
-_STATE_RE = re.compile(r'^\s*(model_checkpoint_path|all_model_checkpoint_paths)\s*:\s*"((?:[^"\\]|\\.)*)"\s*$')
+_STATE_RE = re.compile(rb'^\s*(model_checkpoint_path|all_model_checkpoint_paths)\s*:\s*"((?:[^"\\]|\\.)*)"\s*$')
+# text-format C escapes (protobuf's CUnescape); octal (\NNN) and hex (\xHH) give one byte each
+_SIMPLE_ESCAPES = {ord(k): v for k, v in {"n": b"\n", "r": b"\r", "t": b"\t", "a": b"\a", "b": b"\b", "f": b"\f",
+                                          "v": b"\v", "\\": b"\\", "'": b"'", '"': b'"', "?": b"?"}.items()}
+_ESCAPE_RE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.S)
 
 
-def _unescape(s: str) -> str:
-    """Undo text-format C escaping of a quoted string."""
-    return s.encode("latin-1", "backslashreplace").decode("unicode_escape").encode("latin-1").decode(
-        "utf-8", "replace")
+def _unescape(raw: bytes) -> str:
+    r"""A quoted text-format string's bytes with the C escapes undone, as a path str: UTF-8 with
+    surrogateescape, so any bytes TF wrote (raw UTF-8 such as /home/张伟/..., Latin-1 bytes such
+    as \xfc, octal escapes) name the file os.listdir would. ValueError for a bad escape."""
+    def one(m: re.Match) -> bytes:
+        if m.group(1):
+            if int(m.group(1), 8) > 0xFF:
+                raise ValueError(f"octal escape \\{m.group(1).decode()} is more than a byte")
+            return bytes([int(m.group(1), 8)])
+        if m.group(2):
+            return bytes([int(m.group(2), 16)])
+        c = m.group(3)[0]
+        if c not in _SIMPLE_ESCAPES:
+            raise ValueError(f"unknown escape \\{chr(c)}" if 0x20 < c < 0x7F else f"unknown escape of byte 0x{c:02x}")
+        return _SIMPLE_ESCAPES[c]
+    return _ESCAPE_RE.sub(one, raw).decode("utf-8", "surrogateescape")
 
 
-def _escape(s: str) -> str:
-    """Text-format C escaping of a string for a quoted proto field."""
-    out = []
-    for ch in s:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == '"':
-            out.append('\\"')
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
+def _escape(s: str) -> bytes:
+    r"""A path (str, as os functions take it) as a quoted text-format string's bytes: its file-system
+    bytes (os.fsencode), UTF-8 kept as it is (what TF writes), quotes, backslashes and control
+    bytes escaped, and bytes that are not UTF-8 (b'bad\xff') as octal, so the file stays UTF-8."""
+    raw = os.fsencode(s)
+    out = bytearray()
+    for ch in raw.decode("utf-8", "surrogateescape"):
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:  # a byte that is not UTF-8, kept by surrogateescape
+            out += b"\\%03o" % (o - 0xDC00)
+        elif ch in '\\"':
+            out += b"\\" + ch.encode()
+        elif o < 0x20 or o == 0x7F:
+            out += {"\n": b"\\n", "\r": b"\\r", "\t": b"\\t"}.get(ch, b"\\%03o" % o)
         else:
-            out.append(ch)
-    return "".join(out)
+            out += ch.encode("utf-8")
+    return bytes(out)
 
 
 def read_checkpoint_state(folder: str) -> tuple[str | None, list[str]]:
-    """Parse ``folder/checkpoint``: (model_checkpoint_path, all_model_checkpoint_paths) as written."""
+    """Parse ``folder/checkpoint``: (model_checkpoint_path, all_model_checkpoint_paths) as written.
+    Read as bytes: TF writes the paths' bytes as they are (not necessarily UTF-8)."""
     path = os.path.join(folder, "checkpoint")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             text = f.read()
     except OSError as exc:
         raise CheckpointError(f"checkpoint state file {path}: cannot read ({exc})") from exc
     model: str | None = None
     all_paths: list[str] = []
-    for line in text.splitlines():
+    for n, line in enumerate(text.splitlines(), 1):
         m = _STATE_RE.match(line)
         if not m:
             continue
-        value = _unescape(m.group(2))
-        if m.group(1) == "model_checkpoint_path":
+        try:
+            value = _unescape(m.group(2))
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint state file {path}: line {n} cannot be parsed ({exc})") from None
+        if m.group(1) == b"model_checkpoint_path":
             model = value
         else:
             all_paths.append(value)
@@ -811,17 +831,23 @@ class BundleWriter:
                     pass
 
 
+def checkpoint_state_text(basename: str, all_basenames: list[str]) -> bytes:
+    """The `checkpoint` state file's bytes; UnicodeEncodeError for a name no file can have
+    (a lone surrogate that os.fsencode refuses), so a writer can check before committing."""
+    return (b'model_checkpoint_path: "' + _escape(basename) + b'"\n'
+            + b"".join(b'all_model_checkpoint_paths: "' + _escape(p) + b'"\n' for p in all_basenames))
+
+
 def write_checkpoint_state(folder: str, basename: str, all_basenames: list[str] | None = None) -> None:
     """Atomically write ``folder/checkpoint`` naming ``basename`` as the latest checkpoint."""
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     paths = list(all_basenames) if all_basenames is not None else []
     paths = [p for p in paths if p != basename] + [basename]  # TF keeps the latest last
-    text = f'model_checkpoint_path: "{_escape(basename)}"\n'
-    text += "".join(f'all_model_checkpoint_paths: "{_escape(p)}"\n' for p in paths)
+    text = checkpoint_state_text(basename, paths)
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
