@@ -110,3 +110,61 @@ def test_checkpoint_flag_errors(tmp_path, photos):
                           cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT},
                           timeout=300)
     assert proc.returncode == 2 and "--checkpoint applies to the test phase" in proc.stderr
+
+
+def _port_checkpoint(folder):
+    from torch_port import build_ugatit
+    from torch_port import checkpoint as ck
+    cfg = opt.config_from(light=True, img_size=32, ch=2, n_dis=4, dataset="t")
+    torch.manual_seed(0)
+    folder.mkdir()
+    ck.save(str(folder), "UGATIT_light", 7, build_ugatit(cfg), {"config": ck.plain_config(cfg), "run": "r1",
+                                                                "counter": 7, "G_optim": {}, "D_optim": {}})
+    return folder / "UGATIT_light.model-7.safetensors", folder / "UGATIT_light.model-7.state.pt"
+
+
+def test_checkpoint_needs_the_weights_only(tmp_path, capsys):
+    """`--checkpoint` (load_any) of a port checkpoint whose .state.pt is damaged or gone: the folder
+    and the weights file still load (the config is in the weights' metadata), the same weights as
+    the intact checkpoint's, the folder with a note; weights without a recorded config beside a
+    damaged state file: one error naming that file."""
+    from safetensors.torch import save_file
+
+    from torch_port import checkpoint as ck
+    weights, state = _port_checkpoint(tmp_path / "ck")
+    intact = ck.load_any(str(tmp_path / "ck"))
+    for damage in ("truncate", "remove"):
+        if damage == "truncate":
+            state.write_bytes(state.read_bytes()[:100])
+        else:
+            state.unlink()
+        for path in (tmp_path / "ck", weights):
+            got = ck.load_any(str(path))
+            assert got["config"] == intact["config"] and got["step"] == 7, (damage, path)
+            assert got["state"].keys() == intact["state"].keys()
+            assert all(torch.equal(got["state"][k], v) for k, v in intact["state"].items())
+        assert "its newest weights file UGATIT_light.model-7.safetensors is used" in capsys.readouterr().err
+    bare = tmp_path / "bare.model-1.safetensors"
+    save_file(intact["state"], str(bare))  # no metadata
+    (tmp_path / "bare.model-1.state.pt").write_bytes(b"damaged")
+    with pytest.raises(opt.OptionError, match=r"bare\.model-1\.state\.pt.*cannot read it"):
+        ck.load_any(str(bare))
+
+
+def test_tf_checkpoint_folder_without_its_state_file(tmp_path):
+    """An official TF folder without TF's `checkpoint` state file (one prefix) loads as with it;
+    one whose .index is missing is an error saying so (not "no checkpoint there")."""
+    from torch_port import checkpoint as ck
+    with_file = tmp_path / "with"
+    shutil.copytree(os.path.join(GOLDEN, "final"), with_file)
+    without = tmp_path / "without"
+    shutil.copytree(with_file, without)
+    os.remove(without / "checkpoint")
+    a, b = ck.load_any(str(with_file)), ck.load_any(str(without))
+    assert a["kind"] == b["kind"] == "tensorflow" and a["step"] == b["step"] == 3
+    assert a["state"].keys() == b["state"].keys() and all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    no_index = tmp_path / "no_index"
+    shutil.copytree(with_file, no_index)
+    os.remove(no_index / "UGATIT.model-3.index")
+    with pytest.raises(opt.OptionError, match=r"UGATIT\.model-3\.index not found"):
+        ck.load_any(str(no_index))

@@ -27,6 +27,7 @@ import json
 import os
 import random
 import re
+import sys
 
 import numpy as np
 import torch
@@ -404,6 +405,54 @@ def _apply_overrides(cfg: dict, overrides: dict, source: str) -> dict:
     return cfg
 
 
+def _config_in_metadata(meta: dict, path: str) -> dict | None:
+    """The config a weights file records: weights_convert's `ugatit_config`, or a port checkpoint's
+    `config` (checkpoint.save writes it so that a test phase needs the weights only)."""
+    for key in ("ugatit_config", "config"):
+        if key in meta:
+            try:
+                cfg = json.loads(meta[key])
+            except ValueError as e:
+                raise opt.OptionError(f"{path!r}: its metadata's {key} is not JSON ({e})") from e
+            if not isinstance(cfg, dict):
+                raise opt.OptionError(f"{path!r}: its metadata's {key} is not a config (a JSON object expected)")
+            return cfg
+    return None
+
+
+def _load_folder_without_pair(path: str, overrides: dict) -> dict:
+    """load_any of a folder holding no complete, readable port checkpoint: TF bundles without the
+    `checkpoint` state file go to the TF reader (it takes a single prefix, or says what is wrong:
+    several prefixes), else the newest port weights file whose metadata records its config (its
+    .state.pt missing or damaged: translating needs the weights only), else what is left of a TF
+    checkpoint to the TF reader (it names what is missing, e.g. the .index)."""
+    if glob.glob(os.path.join(glob.escape(path), "*.index")):
+        return _load_tf(path, overrides)
+    weights = [f.base + ".safetensors" for f in policy.inventory(path) if f.framework == "torch"
+               and os.path.isfile(f.base + ".safetensors")]  # newest first
+    if weights:
+        newest = weights[0]
+        print(f"note: {path!r} holds no complete checkpoint (weights + readable .state.pt); its newest weights "
+              f"file {os.path.basename(newest)} is used (translating needs the weights only)", file=sys.stderr)
+        return load_any(newest, overrides)
+    if any(f.framework == "tf" for f in policy.inventory(path)) or os.path.isfile(os.path.join(path, "checkpoint")):
+        return _load_tf(path, overrides)  # an incomplete TF checkpoint: the reader says what is missing
+    raise opt.OptionError(f"{path!r}: no checkpoint there (expected a torch_port checkpoint folder or an official "
+                          f"TensorFlow one)")
+
+
+def _load_tf(path: str, overrides: dict) -> dict:
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:  # explicit settings are checked against what the checkpoint records; guesses noted on stderr
+        cfg, state = read_tf_weights(path, cfg=given, generators_only=True)
+    except Exception as e:  # noqa: BLE001 - the converter's errors all mean "not readable / contradicts"
+        said = str(e)
+        raise opt.OptionError(said if said.startswith("cannot read the TensorFlow checkpoint") else
+                              f"{path!r}: cannot read the TensorFlow checkpoint: {said}") from e
+    return {"config": _apply_overrides(cfg, given, path), "state": state, "step": _tf_step(path),
+            "source": path, "kind": "tensorflow"}
+
+
 def load_any(path: str, overrides: dict | None = None) -> dict:
     """{"config", "state", "step", "source", "kind"} from: an official TF checkpoint (folder or
     prefix; converted without TensorFlow), a port checkpoint folder (the newest complete one), or a
@@ -412,21 +461,14 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
     if not os.path.exists(path) and not os.path.isfile(path + ".index"):
         raise opt.OptionError(f"{path!r}: no such checkpoint file or folder")
     if _is_tf_checkpoint(path):
-        given = {k: v for k, v in overrides.items() if v is not None}
-        try:  # explicit settings are checked against what the checkpoint records; guesses noted on stderr
-            cfg, state = read_tf_weights(path, cfg=given, generators_only=True)
-        except Exception as e:  # noqa: BLE001 - the converter's errors all mean "not readable / contradicts"
-            raise opt.OptionError(f"{path!r}: cannot read the TensorFlow checkpoint: {e}") from e
-        return {"config": _apply_overrides(cfg, given, path), "state": state, "step": _tf_step(path),
-                "source": path, "kind": "tensorflow"}
+        return _load_tf(path, overrides)
     if os.path.isdir(path):
         try:
             found = find_latest(path)
         except Exception as e:  # noqa: BLE001
             raise opt.OptionError(f"{path!r}: cannot read the checkpoint: {e}") from e
         if found is None:
-            raise opt.OptionError(f"{path!r}: no checkpoint there (expected a torch_port checkpoint folder or an "
-                              f"official TensorFlow one)")
+            return _load_folder_without_pair(path, overrides)
         step, weights, state = found
         if state.get("kind") == "morph":
             raise opt.OptionError(f"{path!r} holds a Morph-UGATIT checkpoint: export it with python -m morph export, "
@@ -444,19 +486,27 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
             weights = load_file(path)
         except Exception as e:  # noqa: BLE001
             raise opt.OptionError(f"{path!r}: not a readable safetensors file ({type(e).__name__}: {e})") from e
-        cfg = None
-        if "ugatit_config" in meta:
-            cfg = json.loads(meta["ugatit_config"])
-        else:
+        if meta.get("kind") == "morph":
+            raise opt.OptionError(f"{path!r} is a Morph-UGATIT checkpoint: export it with python -m morph "
+                                  f"export, translate with python -m morph translate")
+        cfg = _config_in_metadata(meta, path)
+        if cfg is None:  # an older weights file: the config is in the state file beside it
             state_path = path[: -len(".safetensors")] + ".state.pt"
             if os.path.isfile(state_path):
-                st = torch.load(state_path, map_location="cpu", weights_only=True)
+                try:
+                    st = torch.load(state_path, map_location="cpu", weights_only=True)
+                except Exception as e:  # noqa: BLE001 - damaged, or not a state file
+                    raise opt.OptionError(f"{state_path!r}: cannot read it ({type(e).__name__}), and the weights "
+                                          f"{path!r} record no config in their metadata") from e
+                if not isinstance(st, dict):
+                    raise opt.OptionError(f"{state_path!r}: not a torch_port state file")
                 if st.get("kind") == "morph":
                     raise opt.OptionError(f"{path!r} is a Morph-UGATIT checkpoint: export it with python -m morph "
                                           f"export, translate with python -m morph translate")
                 cfg = st.get("config")
         if cfg is None:
-            raise opt.OptionError(f"{path!r}: no config in its metadata (ugatit_config) and no .state.pt beside it")
+            raise opt.OptionError(f"{path!r}: no config in its metadata (ugatit_config / config) and no .state.pt "
+                                  f"beside it")
         return {"config": _apply_overrides(opt.config_from(cfg), overrides, path), "state": weights,
                 "step": int(meta.get("step", 0)), "source": path, "kind": "torch_port"}
     raise opt.OptionError(f"{path!r}: not a checkpoint (expected a checkpoint folder, a TF checkpoint prefix or a "
