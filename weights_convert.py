@@ -40,8 +40,8 @@ from ugatit_common.finite import NonFiniteWeights, first_non_finite, refuse_non_
 # the ground-floor package ugatit_common.tf_checkpoint; this module is its command line and
 # re-exports the public API under the names it always had.
 from ugatit_common.tf_checkpoint import read as _read
-from ugatit_common.tf_checkpoint.bundle import (BundleReader, BundleWriter, CheckpointError, resolve_prefix,
-                                                write_checkpoint_state)
+from ugatit_common.tf_checkpoint.bundle import (BundleReader, BundleWriter, CheckpointError, checkpoint_state_text,
+                                                resolve_prefix, write_checkpoint_state)
 from ugatit_common.tf_checkpoint.config import CheckpointConfig, ConfigConflict, infer, infer_config, parse_model_dir
 from ugatit_common.tf_checkpoint.names import (NETWORKS, POWER_NAMES, SLOT_SUFFIXES, ConversionError, _is_conv_scope,
                                                selected as _selected, split_slot as _split_slot, tf_to_torch_name,
@@ -282,6 +282,12 @@ def load_torch_weights(path: str):
 def torch_to_tf(state: dict, prefix: str, step: int | None = None) -> str:
     """Write a torch state (weights, optional `/Adam` slots and `optimizer.*` powers) as an
     official-layout TF checkpoint at `prefix`, plus the folder's `checkpoint` file. Atomic."""
+    base = os.path.basename(prefix)
+    try:  # the `checkpoint` file's bytes, checked before the bundle is committed (the file comes after it)
+        checkpoint_state_text(base, [base])
+    except UnicodeEncodeError as e:
+        raise ConversionError(f"checkpoint prefix {prefix!r}: its name cannot be written into the folder's "
+                              f"`checkpoint` file ({e.reason}); choose another name") from None
     sn_scopes = {k[: -len(".u")] for k in state if k.endswith(".u")}
     entries = sorted((torch_to_tf_name(k, sn_scopes), k) for k in state)
     with BundleWriter(prefix) as w:

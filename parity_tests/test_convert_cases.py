@@ -51,6 +51,21 @@ def _convert(argv, capsys):
     return rc, got.out, got.err
 
 
+def _convert_any_name(argv, monkeypatch):
+    """_convert for output naming a file whose name is not UTF-8 (printed as its bytes, which
+    capsys cannot decode)."""
+    import io
+    import sys
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="surrogateescape") for _ in range(2)]
+    with monkeypatch.context() as m:
+        m.setattr(sys, "stdout", streams[0])
+        m.setattr(sys, "stderr", streams[1])
+        rc = wc.main([str(a) for a in argv])
+    for s in streams:
+        s.flush()
+    return (rc,) + tuple(s.buffer.getvalue().decode("utf-8", "replace") for s in streams)
+
+
 def _error_line(err):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
@@ -257,3 +272,31 @@ def test_an_unparsable_checkpoint_state_file_is_named(tmp_path, capsys):
     rc, _, err = _convert(["tf2torch", ckpt, tmp_path / "o.safetensors"] + TF_FLAGS, capsys)
     line = _error_line(err)
     assert rc == 2 and state in line and not (tmp_path / "o.safetensors").exists()
+
+
+# -- 6. a prefix whose name is not UTF-8 --------------------------------------------------------------
+
+def test_torch2tf_prefix_name_that_is_not_utf8(tmp_path, monkeypatch):
+    """b'bad\\xff.model': .index and .data were renamed into place, then writing the `checkpoint`
+    file failed ('surrogates not allowed'). Its bytes are written as they are, and read back."""
+    from ugatit_common.tf_checkpoint import bundle
+    from ugatit_common.tf_checkpoint.bundle import read_checkpoint_state
+    src = _save_port(tmp_path / "A", _model(0), step=3)
+    name = os.fsdecode(b"bad\xff.model-3")
+    # whatever the state file cannot hold is found before anything is committed
+    (tmp_path / "tf").mkdir()
+    before = snapshot(str(tmp_path))
+
+    def cannot(_):
+        raise UnicodeEncodeError("utf-8", name, 3, 4, "surrogates not allowed")
+    with monkeypatch.context() as m:
+        m.setattr(bundle, "_escape", cannot)
+        rc, _, err = _convert_any_name(["torch2tf", src, tmp_path / "tf" / name, "--weights_only"], monkeypatch)
+    line = _error_line(err)
+    assert rc == 2 and "checkpoint" in line and snapshot(str(tmp_path)) == before
+    rc, _, err = _convert_any_name(["torch2tf", src, tmp_path / "tf" / name, "--weights_only"], monkeypatch)
+    assert rc == 0, err
+    assert read_checkpoint_state(str(tmp_path / "tf")) == (name, [name])
+    assert os.fsencode(name) + b".index" in os.listdir(os.fsencode(str(tmp_path / "tf")))
+    rc, _, err = _convert_any_name(["tf2torch", tmp_path / "tf", tmp_path / "o.safetensors"] + TF_FLAGS, monkeypatch)
+    assert rc == 0, err
