@@ -25,6 +25,7 @@ command that uses weights refuses them anyway.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -110,6 +111,29 @@ _ST_DTYPES = {np.dtype("float32"): "F32", np.dtype("float64"): "F64", np.dtype("
 _TILE_BYTES = 64 << 20
 
 
+@contextlib.contextmanager
+def _writing(path: str, shown: str | None = None):
+    """Around an atomic write of `path`: an OSError (a full disk: write() names no file) becomes
+    one ConversionError naming `shown` (default: `path`), and on any failure the folders this
+    write made are removed again, so nothing of it is left."""
+    made, d = [], os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(d):
+        made.append(d)
+        d = os.path.dirname(d)
+    try:
+        yield
+    except BaseException as e:
+        for d in made:  # innermost first; one that is not empty stays
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        if isinstance(e, OSError):
+            raise ConversionError(f"{shown or path!r} cannot be written ({e.strerror or e}); nothing was "
+                                  f"written") from e
+        raise
+
+
 def _write_array(f, array: np.ndarray, dtype) -> None:
     """Write `array` C-ordered, little-endian, in tiles of <= 64 MiB along its first axis, so a
     transposed view is never copied whole (a 16-row tile of a transposed [in, out] kernel reads
@@ -136,7 +160,7 @@ def write_safetensors_streamed(out_path: str, specs: list, produce, metadata: di
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    with atomic_output(out_path) as tmp, open(tmp, "wb") as f:
+    with _writing(out_path), atomic_output(out_path) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         arrays = produce()
@@ -268,7 +292,7 @@ def _need_tensorflow(flag: str) -> None:
 
 def _atomic_torch_save(obj, out):
     import torch
-    with atomic_output(out) as tmp:
+    with _writing(out), atomic_output(out) as tmp:
         torch.save(obj, tmp)
 
 
@@ -290,12 +314,22 @@ def torch_to_tf(state: dict, prefix: str, step: int | None = None) -> str:
                               f"`checkpoint` file ({e.reason}); choose another name") from None
     sn_scopes = {k[: -len(".u")] for k in state if k.endswith(".u")}
     entries = sorted((torch_to_tf_name(k, sn_scopes), k) for k in state)
-    with BundleWriter(prefix) as w:
-        for tf_name, k in entries:
-            w.add(tf_name, to_tf_layout(k, np.asarray(state[k].detach().cpu().numpy()
-                                                      if hasattr(state[k], "detach") else state[k])))
-        w.finish()
-    write_checkpoint_state(os.path.dirname(os.path.abspath(prefix)), os.path.basename(prefix))
+    new = [p for p in (prefix + ".index", prefix + ".data-00000-of-00001") if not os.path.lexists(p)]
+    folder = os.path.dirname(os.path.abspath(prefix))
+    with _writing(prefix, f"{prefix}.index / .data-00000-of-00001"):
+        with BundleWriter(prefix) as w:
+            for tf_name, k in entries:
+                w.add(tf_name, to_tf_layout(k, np.asarray(state[k].detach().cpu().numpy()
+                                                          if hasattr(state[k], "detach") else state[k])))
+            w.finish()
+        try:
+            write_checkpoint_state(folder, base)
+        except OSError as e:
+            for p in new:  # a checkpoint the folder's `checkpoint` file does not name: what this call made goes
+                os.remove(p)
+            raise ConversionError(f"{os.path.join(folder, 'checkpoint')!r} cannot be written ({e.strerror or e}); "
+                                  + ("nothing was written" if len(new) == 2 else f"{prefix} was written, the "
+                                     f"`checkpoint` file names what it named before")) from e
     return prefix
 
 

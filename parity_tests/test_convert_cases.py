@@ -300,3 +300,41 @@ def test_torch2tf_prefix_name_that_is_not_utf8(tmp_path, monkeypatch):
     assert os.fsencode(name) + b".index" in os.listdir(os.fsencode(str(tmp_path / "tf")))
     rc, _, err = _convert_any_name(["tf2torch", tmp_path / "tf", tmp_path / "o.safetensors"] + TF_FLAGS, monkeypatch)
     assert rc == 0, err
+
+
+# -- 7. a full disk names the output ------------------------------------------------------------------
+
+def _enospc(*a, **k):
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("name", ["o.safetensors", "o.pt"])
+def test_tf2torch_full_disk_names_the_output(tmp_path, capsys, monkeypatch, name):
+    ckpt = _tf_checkpoint(tmp_path)
+    monkeypatch.setattr(wc, "_write_array", _enospc)
+    monkeypatch.setattr(torch, "save", _enospc)
+    before = snapshot(str(tmp_path))
+    rc, _, err = _convert(["tf2torch", ckpt, tmp_path / name] + TF_FLAGS, capsys)
+    line = [ln for ln in err.replace("\r", "\n").splitlines() if "error:" in ln]
+    assert rc == 2 and len(line) == 1 and str(tmp_path / name) in line[0] and "No space left" in line[0], err
+    assert snapshot(str(tmp_path)) == before
+
+
+def test_torch2tf_full_disk_names_the_output(tmp_path, capsys, monkeypatch):
+    from ugatit_common.tf_checkpoint import bundle
+    src = _save_port(tmp_path / "A", _model(0), step=3)
+    prefix = tmp_path / "tf" / "UGATIT_light.model-3"
+    (tmp_path / "tf").mkdir()
+    before = snapshot(str(tmp_path))
+    with monkeypatch.context() as m:
+        m.setattr(bundle, "_build_table", _enospc)                  # the .index
+        rc, _, err = _convert(["torch2tf", src, prefix], capsys)
+    line = _error_line(err)
+    assert rc == 2 and str(prefix) in line and "No space left" in line and snapshot(str(tmp_path)) == before
+    # the folder's `checkpoint` file: the bundle this command had just made goes with it
+    with monkeypatch.context() as m:
+        m.setattr(wc, "write_checkpoint_state", _enospc)
+        rc, _, err = _convert(["torch2tf", src, prefix], capsys)
+    line = _error_line(err)
+    assert rc == 2 and str(tmp_path / "tf" / "checkpoint") in line and "No space left" in line
+    assert not [n for n in os.listdir(tmp_path / "tf") if n.startswith("UGATIT")]
