@@ -18,7 +18,8 @@ Outputs follow ugatit_common.output_guard (never an input, never in a live run's
 input checkpoint's folder - `torch2tf --continue_run` writes beside its input: the same run
 continued in TF -,
 never over a file of another kind, over one of the same kind only with --overwrite; a folder as
-OUT gets the default name inside it). Non-finite weights (NaN, inf) are refused unless
+OUT gets the default name inside it; torch2tf re-points a folder's `checkpoint` file that names
+another checkpoint only with --overwrite, and takes the replaced checkpoint's stale .meta with it). Non-finite weights (NaN, inf) are refused unless
 --allow_non_finite: a faithful copy of a broken checkpoint is rarely what anyone wants, and every
 command that uses weights refuses them anyway.
 """
@@ -42,7 +43,7 @@ from ugatit_common.finite import NonFiniteWeights, first_non_finite, refuse_non_
 # re-exports the public API under the names it always had.
 from ugatit_common.tf_checkpoint import read as _read
 from ugatit_common.tf_checkpoint.bundle import (BundleReader, BundleWriter, CheckpointError, checkpoint_state_text,
-                                                resolve_prefix, write_checkpoint_state)
+                                                read_checkpoint_state, resolve_prefix, write_checkpoint_state)
 from ugatit_common.tf_checkpoint.config import CheckpointConfig, ConfigConflict, infer, infer_config, parse_model_dir
 from ugatit_common.tf_checkpoint.names import (NETWORKS, POWER_NAMES, SLOT_SUFFIXES, ConversionError, _is_conv_scope,
                                                selected as _selected, split_slot as _split_slot, tf_to_torch_name,
@@ -264,6 +265,27 @@ def _check_img_size(cfg: dict) -> None:
                               f"needs 4 pixels)")
 
 
+def _refuse_repointing(folder: str, prefix: str) -> None:
+    """The folder's `checkpoint` file names another checkpoint still there: re-pointing it is
+    refused (without --overwrite) whatever the names, as output_guard refuses a `*.model-N` among
+    other checkpoints - TF (tf.train.latest_checkpoint: tf_reference's test phase and resume)
+    would take the new one for that run's."""
+    state = os.path.join(folder, "checkpoint")
+    if not os.path.isfile(state):
+        return
+    named, _ = read_checkpoint_state(folder)
+    if not named:
+        return
+    here = os.path.join(folder, os.path.basename(named))  # an absolute path of a moved folder: re-rooted, as read
+    there = named if os.path.isabs(named) else os.path.join(folder, named)
+    if os.path.abspath(there) == os.path.abspath(prefix) or os.path.abspath(here) == os.path.abspath(prefix):
+        return
+    if os.path.isfile(here + ".index") or os.path.isfile(there + ".index"):
+        raise ConversionError(f"output {prefix!r}: {state!r} names another checkpoint, {named!r}, which TensorFlow "
+                              f"resumes and tests from; writing this one would re-point it: write into a folder of "
+                              f"its own, or pass --overwrite to re-point it")
+
+
 def _check_report_folder(path: str) -> None:
     """--report's folder, before any work: a folder (or one that can be made) that is writable."""
     kind = guard.kind_of(path)
@@ -463,6 +485,8 @@ def _convert(argv=None) -> int:
                                 [args.inp], args.overwrite, updates=[(os.path.join(folder, "checkpoint"), "tf-state")],
                                 beside_input_ok=args.continue_run, input_name="the checkpoint being converted",
                                 beside_input_hint="; to continue that run in TensorFlow there, pass --continue_run")
+            if not (args.overwrite or (args.continue_run and guard.checkpoint_folder_of(args.inp) == os.path.realpath(folder))):
+                _refuse_repointing(folder, prefix)
             if in_folder:
                 print(f"note: {args.ckpt_out!r} is a folder: the checkpoint goes into it as {os.path.basename(prefix)}")
             if bad:

@@ -338,3 +338,25 @@ def test_torch2tf_full_disk_names_the_output(tmp_path, capsys, monkeypatch):
     line = _error_line(err)
     assert rc == 2 and str(tmp_path / "tf" / "checkpoint") in line and "No space left" in line
     assert not [n for n in os.listdir(tmp_path / "tf") if n.startswith("UGATIT")]
+
+
+# -- 8. a folder's `checkpoint` file naming another checkpoint ----------------------------------------
+
+def test_torch2tf_never_repoints_a_folders_checkpoint_file_silently(tmp_path, capsys):
+    """o2/model then o2/other (written as model-3, other-3): names that are not `*.model-N` escaped
+    the other-checkpoints rule, and o2/checkpoint was re-pointed to the new one without --overwrite."""
+    from ugatit_common.tf_checkpoint.bundle import read_checkpoint_state
+    src = _save_port(tmp_path / "A", _model(0), step=3)
+    rc, _, err = _convert(["torch2tf", src, tmp_path / "o2" / "model", "--weights_only"], capsys)
+    assert rc == 0, err
+    before = snapshot(str(tmp_path))
+    for name in ("other", "UGATIT_light.model-3"):
+        rc, _, err = _convert(["torch2tf", src, tmp_path / "o2" / name, "--weights_only"], capsys)
+        line = _error_line(err)
+        assert rc == 2 and "checkpoint" in line and "'model-3'" in line and "--overwrite" in line, line
+        assert snapshot(str(tmp_path)) == before
+    # the same checkpoint again, or --overwrite, re-points it
+    rc, _, err = _convert(["torch2tf", src, tmp_path / "o2" / "model", "--weights_only", "--overwrite"], capsys)
+    assert rc == 0, err
+    rc, _, err = _convert(["torch2tf", src, tmp_path / "o2" / "other", "--weights_only", "--overwrite"], capsys)
+    assert rc == 0 and read_checkpoint_state(str(tmp_path / "o2"))[0] == "other-3", err

@@ -321,7 +321,8 @@ def check_outputs(outputs, inputs, overwrite: bool, *, updates=(), beside_input_
     `outputs`: [(path, kind)] files the command writes; `inputs`: the checkpoint paths it reads
     (files, folders or TF prefixes); `updates`: [(path, kind)] files the command rewrites as an
     index of what it wrote (a TF `checkpoint` file): replaced without `flag` when of that kind,
-    refused otherwise; `beside_input_ok`: the output may lie in the input checkpoint's folder
+    refused otherwise (torch2tf also refuses, without --overwrite, to re-point one that names
+    another checkpoint still there, whatever its name: weights_convert._refuse_repointing); `beside_input_ok`: the output may lie in the input checkpoint's folder
     (`beside_input_hint`: how to ask for that, appended to the refusal); `input_name`: what the
     inputs are, for the message. The outputs are then claimed for this process (`claim`, until
     `release_claims`) and checked again, so a command that wrote one meanwhile is seen."""
