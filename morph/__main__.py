@@ -212,11 +212,13 @@ def cmd_translate(args) -> int:
     out_dir = _out_dir(args)
     model, cfg = _load(args)
     from torch_port.data import ImageReadError
+    from ugatit_common.atomic import sweep_dead_temps
     from ugatit_common.output_names import OutputNames, OutputRecord
     size = model.config["img_size"]
     device = next(model.parameters()).device
     # outputs never collide, never overwrite an input or a file no earlier run wrote (the folder's record)
     record = OutputRecord(out_dir)
+    sweep_dead_temps(out_dir)  # what a killed earlier run left (never another running command's)
     names, done = OutputNames(inputs, record), 0
     for path in inputs:
         try:  # unreadable inputs are skipped with a warning (as the port's test phase does)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from torch_port.data import ImageReadError, test_image
-from ugatit_common.atomic import write_bytes_atomic
+from ugatit_common.atomic import sweep_dead_temps, write_bytes_atomic
 from ugatit_common.options import IMAGE_EXTENSIONS
 from ugatit_common.output_names import OutputNames, OutputRecord
 from ugatit_common.results import PAGE_HEAD, page_link, page_text, save_grid, to_uint8
@@ -206,6 +206,7 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
         rows = []
         # a.png and a.jpg get distinct outputs; no output is an input or a file an earlier run did not write
         record = OutputRecord(result_dir)
+        sweep_dead_temps(result_dir)  # what a killed earlier run left (never another running command's)
         names = OutputNames(inputs, record)
         for path in inputs:
             try:  # an unreadable input is skipped with a warning, as in the port's test phase

@@ -69,6 +69,32 @@ def test_output_names_fit_the_file_system_limit():
     assert names.stem("out", "cat.png", ("_strip.png",)) == "cat"
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_sweep_dead_temps_leaves_running_writers_alone(tmp_path):
+    """Temp files (`.tmp-<pid>-...`) of writers that are gone, or older than a day, are removed;
+    one of a running process, and files of other names, stay."""
+    import time
+
+    from ugatit_common.atomic import STALE_S, atomic_output, sweep_dead_temps
+    with atomic_output(str(tmp_path / "x.png")) as tmp:
+        assert os.path.basename(tmp).startswith(f".tmp-{os.getpid()}-")
+    dead, live = _dead_pid(), os.getppid()
+    names = {f".tmp-{dead}-a.png": False, f".tmp-{live}-b.png": True, f".tmp-{live}-old.png": False,
+             ".tmp-notes.txt": True, "photo.png": True}
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    old = time.time() - STALE_S - 60
+    os.utime(tmp_path / f".tmp-{live}-old.png", (old, old))
+    assert sorted(sweep_dead_temps(str(tmp_path))) == sorted(n for n, stays in names.items() if not stays)
+    assert all((tmp_path / n).exists() == stays for n, stays in names.items())
+
+
 def _official_checkpoint(tmp_path):
     ckpt = tmp_path / "downloads" / OFFICIAL_DIR
     shutil.copytree(os.path.join(GOLDEN, "final"), ckpt)
@@ -90,6 +116,9 @@ def test_test_phase_translates_names_that_are_not_utf8_or_too_long(tmp_path):
     Image.fromarray(_picture(2, 80, 96)).convert("P").convert("RGB").save(photos / "same.gif")
     shutil.copy(photos / "same.gif", photos / long_gif)
     out = tmp_path / "out"
+    left = out / OFFICIAL_DIR / "a2b" / f".tmp-{_dead_pid()}-plain.png"  # of a test phase killed mid-write
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"half a png")
     env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8"}
     proc = subprocess.run([sys.executable, "-m", "torch_port", "--phase", "test", "--device", "cpu", "--checkpoint",
                            str(ckpt), "--input", str(photos), "--img_size", "64", "--result_dir", str(out)],
@@ -98,7 +127,7 @@ def test_test_phase_translates_names_that_are_not_utf8_or_too_long(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     results = out / OFFICIAL_DIR / "a2b"
     written = sorted(os.listdir(results))
-    assert len(written) == 4, written
+    assert len(written) == 4, written  # the killed run's temp file is gone
     assert all(len(os.fsencode(n)) <= NAME_MAX for n in written)
     assert (results / LATIN1).read_bytes() == (results / "plain.png").read_bytes()
     long_out = [n for n in written if n.startswith("y" * 100)]

@@ -11,6 +11,7 @@ import sys
 
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import cli_errors
+from ugatit_common.atomic import sweep_dead_temps
 from ugatit_common import options as opt
 from ugatit_common.images import ImageReadError, none_readable, readable_train_images
 from ugatit_common.output_guard import check_result_folders
@@ -226,6 +227,8 @@ def test(cfg: dict) -> str:
                                  checkpoint=paths.checkpoint)
             cli_errors.check_writable_folder(paths.result, "--result_dir")
             policy.sweep_temp(paths.result, log=lambda msg: None)
+            for d in ("a2b", "b2a"):  # the images' folders: what a killed earlier test phase left there
+                sweep_dead_temps(os.path.join(paths.result, d))
             page = ResultsPage(paths.result, cfg["img_size"])
             names = OutputNames(files_A + files_B)  # a2b/ and b2a/: never collide, never an input
             for files, src, out, direction in ((files_A, m.test_domain_A, m.test_fake_B, "a2b"),

@@ -1,12 +1,16 @@
 """Atomic file output: write to a temp file beside the target, then os.replace; on any error
 the temp file is removed and the target is untouched (nothing half-written is ever seen).
 Published files get the mode a plain `open(path, "w")` would give them: 0o666 minus the umask
-(`file_mode`), not the 0o600 of the temp file."""
+(`file_mode`), not the 0o600 of the temp file. A temp file's name holds its writer's pid
+(`.tmp-<pid>-...`), so one left by a killed writer can be told from one being written
+(`sweep_dead_temps`)."""
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+import time
 
 
 def current_umask() -> int:
@@ -36,7 +40,7 @@ def atomic_output(path: str, mode: int | None = None):
     (default: file_mode(), i.e. what the umask allows)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     try:
         yield tmp
@@ -53,3 +57,43 @@ def write_bytes_atomic(path: str, data: bytes) -> str:
     with atomic_output(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
     return path
+
+
+_WRITER = re.compile(r"^\.tmp-(\d+)-")
+STALE_S = 24 * 3600  # a temp file this old is left over whatever its pid says (pids are reused)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
+
+
+def sweep_dead_temps(folder: str) -> list[str]:
+    """Remove the temp files of `atomic_output` in `folder` (not in subfolders) whose writer is
+    gone (a process killed mid-write, SIGKILL or power loss): their pid is not running, or they are
+    older than STALE_S. A temp file of a process still running (another command writing into the
+    same folder) is left alone. Returns the names removed."""
+    gone = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return gone
+    now = time.time()
+    for n in names:
+        m = _WRITER.match(n)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        p = os.path.join(folder, n)
+        try:
+            if not os.path.isfile(p) or (_alive(int(m.group(1))) and now - os.path.getmtime(p) < STALE_S):
+                continue
+            os.remove(p)
+            gone.append(n)
+        except OSError:  # gone meanwhile, or not ours to remove
+            pass
+    return gone

@@ -175,7 +175,7 @@ def check_writable_folder(path: str, what: str) -> str:
     from .options import OptionError
     try:
         os.makedirs(path, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", dir=path)
         os.close(fd)
         os.remove(tmp)
     except OSError as e:
