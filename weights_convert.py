@@ -19,9 +19,9 @@ input checkpoint's folder - `torch2tf --continue_run` writes beside its input: t
 continued in TF -,
 never over a file of another kind, over one of the same kind only with --overwrite; a folder as
 OUT gets the default name inside it; torch2tf re-points a folder's `checkpoint` file that names
-another checkpoint only with --overwrite, and takes the replaced checkpoint's stale .meta with it). Non-finite weights (NaN, inf) are refused unless
---allow_non_finite: a faithful copy of a broken checkpoint is rarely what anyone wants, and every
-command that uses weights refuses them anyway.
+another checkpoint only with --overwrite, and takes the replaced checkpoint's stale .meta with it).
+Non-finite weights (NaN, inf) are refused unless --allow_non_finite: a faithful copy of a broken
+checkpoint is rarely what anyone wants, and every command that uses weights refuses them anyway.
 """
 from __future__ import annotations
 
@@ -485,7 +485,8 @@ def _convert(argv=None) -> int:
                                 [args.inp], args.overwrite, updates=[(os.path.join(folder, "checkpoint"), "tf-state")],
                                 beside_input_ok=args.continue_run, input_name="the checkpoint being converted",
                                 beside_input_hint="; to continue that run in TensorFlow there, pass --continue_run")
-            if not (args.overwrite or (args.continue_run and guard.checkpoint_folder_of(args.inp) == os.path.realpath(folder))):
+            continued = args.continue_run and guard.checkpoint_folder_of(args.inp) == os.path.realpath(folder)
+            if not (args.overwrite or continued):  # --continue_run: the same run, its folder's file re-pointed
                 _refuse_repointing(folder, prefix)
             if in_folder:
                 print(f"note: {args.ckpt_out!r} is a folder: the checkpoint goes into it as {os.path.basename(prefix)}")
