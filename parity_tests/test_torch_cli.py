@@ -295,3 +295,23 @@ def test_golden_through_command_line(tmp_path):
     hard = [f for f in failures if not f.startswith("generator")]
     assert not hard, "\n".join(hard[:20])
     print(f"generator tensors with Adam-amplified differences: {len(failures) - len(hard)}")
+
+
+def test_resume_with_another_iteration_continues_as_the_official_loop(tmp_path, monkeypatch, capsys):
+    """A run of --iteration 2 resumed with --iteration 6: the checkpoint's stored position counts
+    batches of 2, so the run continues where the official loop does from the counter (as it does
+    from a TF checkpoint): counters 3, 4, 5 at batches 3, 4, 5 (not "finished" after none)."""
+    from parity_tests.test_train_precision import _config
+    from torch_port.train import train
+    from ugatit_common.demo_data import make_demo_dataset
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=4, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    first = train(_config("it", iteration=2), torch.device("cpu"), seed=1)
+    capsys.readouterr()
+    second = train(_config("it", iteration=6), torch.device("cpu"), seed=1)
+    out = capsys.readouterr().out
+    assert [r["counter"] for r in first["steps"]] == [1, 2]
+    assert [r["counter"] for r in second["steps"]] == [3, 4, 5]
+    assert "--iteration 6 (the checkpoint's run had 2)" in out
+    assert [line[:25] for line in out.splitlines() if line.startswith("Epoch:")] == \
+        [f"Epoch: [ 0] [    {i}/    6]" for i in (3, 4, 5)]

@@ -314,7 +314,15 @@ def restore(model, cfg, found, dist_info, log=print):
         model.G_optim.load_state_dict(state["G_optim"])
         model.D_optim.load_state_dict(state["D_optim"])
         log(f" [*] Success to read {os.path.basename(found['found'].base)} (torch)")
-        return {"counter": int(state["counter"]), "epoch": int(state["epoch"]), "batch_id": int(state["batch_id"]),
+        epoch, batch_id = int(state["epoch"]), int(state["batch_id"])
+        saved_iteration = (state.get("config") or {}).get("iteration", cfg["iteration"])
+        if int(saved_iteration) != int(cfg["iteration"]):
+            # the stored position counts batches of the other --iteration: continue where the official
+            # loop would, from the counter (as a TF checkpoint, which records only the counter)
+            epoch, batch_id = opt.resume_position(int(state["counter"]), cfg["iteration"])
+            log(f" [*] --iteration {cfg['iteration']} (the checkpoint's run had {saved_iteration}): continuing at "
+                f"epoch {epoch}, batch {batch_id}, from counter {int(state['counter'])} as the official loop does")
+        return {"counter": int(state["counter"]), "epoch": epoch, "batch_id": batch_id,
                 "loader_A": int(state["loader_A"]), "loader_B": int(state["loader_B"]),
                 "past_g_loss": float(state.get("past_g_loss", -1.0)), "rng": state.get("rng"),
                 "world_size": int(state.get("world_size", 1)), "run": state.get("run"), "state": state}
