@@ -315,3 +315,20 @@ def test_resume_with_another_iteration_continues_as_the_official_loop(tmp_path, 
     assert "--iteration 6 (the checkpoint's run had 2)" in out
     assert [line[:25] for line in out.splitlines() if line.startswith("Epoch:")] == \
         [f"Epoch: [ 0] [    {i}/    6]" for i in (3, 4, 5)]
+
+
+def test_resume_at_another_image_size_is_refused(tmp_path, monkeypatch):
+    """A light model's weights do not fix its image size: resuming a 32 px run with --img_size 64
+    is refused naming both sizes (as tf_reference refuses it from the .meta), nothing trained."""
+    from parity_tests.test_train_precision import _config
+    from torch_port.checkpoint import CheckpointMismatch
+    from torch_port.train import train
+    from ugatit_common.demo_data import make_demo_dataset
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=4, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    train(_config("sz", iteration=2), torch.device("cpu"), seed=1)
+    folder = glob.glob(str(tmp_path / "ck_sz" / "*"))[0]
+    before = sorted(os.listdir(folder))
+    with pytest.raises(CheckpointMismatch, match=r"--img_size=64 .*img_size=32"):
+        train(_config("sz", iteration=4, img_size=64), torch.device("cpu"), seed=1)
+    assert sorted(os.listdir(folder)) == before

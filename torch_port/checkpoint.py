@@ -244,6 +244,7 @@ def resume_point(folder: str, cfg: dict | None = None, need: str = "train", log=
             problem = policy.pairing_problem(f.step, policy.safetensors_metadata(f.base + ".safetensors"), state)
             if problem:
                 raise policy.NotOnePair(f"its weights and state files are not one checkpoint: {problem}")
+            _refuse_other_image_size(state, cfg, f"checkpoint {f.name} in {folder!r}")
             refuse_non_finite_training_state(weights, state, f"checkpoint {f.name} in {folder!r}")
             return {"weights": weights, "state": state}
         try:
@@ -263,6 +264,17 @@ def resume_point(folder: str, cfg: dict | None = None, need: str = "train", log=
         return None
     f, content = chosen
     return dict(content, found=f, framework=f.framework, step=f.step)
+
+
+def _refuse_other_image_size(state: dict, cfg: dict | None, source: str) -> None:
+    """A training run continues at its own image size. The other settings a run cannot change are
+    in its folder's name (model_dir) or fixed by the weights' shapes; a light model's img_size is
+    neither (TF's .meta records it: tf_reference refuses the change, and so does the port)."""
+    had = (state.get("config") or {}).get("img_size")
+    if cfg is not None and had is not None and cfg.get("img_size") is not None and int(had) != int(cfg["img_size"]):
+        raise CheckpointMismatch(f"--img_size={cfg['img_size']} contradicts the {source}, whose run trains at "
+                                 f"img_size={had}: resume with --img_size {had}, or train a new run in another "
+                                 f"--checkpoint_dir")
 
 
 # state entries that are not numbers a run continues with: the config (compared, not used) and
