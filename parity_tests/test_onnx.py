@@ -485,3 +485,21 @@ def test_torch_port_cli_dispatches_export(tmp_path, capsys):
     from torch_port.__main__ import main as port_main
     assert port_main(["export", str(tmp_path / "nope"), str(tmp_path / "o.onnx"), "--direction", "a2b"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_export_full_disk_names_the_output(tmp_path, capsys, monkeypatch):
+    """A write that fails (a full disk) while the ONNX file is written: one error line naming the
+    output, nothing left of it."""
+    import torch_port.export as tx
+    from parity_tests.test_translate_checkpoint import _port_checkpoint
+    from torch_port.__main__ import main as port_main
+    _port_checkpoint(tmp_path / "ck")
+    out = tmp_path / "o.onnx"
+
+    def enospc(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(tx.os, "fsync", enospc)
+    assert port_main(["export", str(tmp_path / "ck"), str(out), "--direction", "a2b", "--no_verify"]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert len(lines) == 1 and str(out) in lines[0] and "No space left" in lines[0], lines
+    assert sorted(os.listdir(tmp_path)) == ["ck"]

@@ -564,10 +564,13 @@ def export(core: nn.Module, out: str, cfg: dict, *, direction: str, source: str,
     model.doc_string = (f"U-GAT-IT generator {direction} from {source} (step {step}); inputs/outputs: see the "
                         f"ugatit.inputs / ugatit.outputs metadata")
     data = model.SerializeToString()
-    with atomic_output(out) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with atomic_output(out) as tmp, open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a full disk, a folder gone read-only: the output is named (nothing is left of it)
+        raise OSError(e.errno, f"cannot write {out!r}: {e.strerror or e}") from e
     return {"path": out, "report": report, "metadata": meta}
 
 
