@@ -359,3 +359,16 @@ def test_torch2tf_never_repoints_a_folders_checkpoint_file_silently(tmp_path, ca
     assert rc == 0, err
     rc, _, err = _convert(["torch2tf", src, tmp_path / "o2" / "other", "--weights_only", "--overwrite"], capsys)
     assert rc == 0 and read_checkpoint_state(str(tmp_path / "o2"))[0] == "other-3", err
+
+
+def test_a_failed_conversion_leaves_no_folder_it_made(tmp_path, capsys, monkeypatch):
+    """torch2tf into folders that do not exist yet, failing while it writes (a full disk): the
+    folders made for the output (claimed before the work) are gone with it."""
+    from ugatit_common.tf_checkpoint import bundle
+    src = _save_port(tmp_path / "A", _model(0), step=3)
+    prefix = tmp_path / "new" / "deeper" / "UGATIT_light.model-3"
+    with monkeypatch.context() as m:
+        m.setattr(bundle, "_build_table", _enospc)
+        rc, _, err = _convert(["torch2tf", src, prefix], capsys)
+    assert rc == 2 and "No space left" in _error_line(err)
+    assert not (tmp_path / "new").exists()

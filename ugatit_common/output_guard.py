@@ -410,9 +410,13 @@ def claim(path: str) -> bool:
 
 
 def release_claims(paths=None) -> None:
-    """Let the outputs claimed by this process go (all, or those of `paths`); their lock files go too."""
-    for key in [k for k in _claims if paths is None or k in {_claim_key(p) for p in paths}]:
-        _claims.pop(key).release()
+    """Let the outputs claimed by this process go (all, or those of `paths`); their lock files go too,
+    and the folders the claim made while they are empty (a refused or failed command leaves none)."""
+    locks = [_claims.pop(k) for k in [k for k in _claims if paths is None or k in {_claim_key(p) for p in paths}]]
+    for lock in locks:
+        lock.release()
+    for lock in locks:  # after all: claims beside it hold lock files in the folder until then
+        run_lock.remove_created(lock)
 
 
 atexit.register(release_claims)

@@ -263,7 +263,7 @@ def _missing_top(folder: str) -> str | None:
     return top
 
 
-def _remove_created(lock: RunLock) -> None:
+def remove_created(lock: RunLock) -> None:
     """Remove the folders `acquire` created for `lock` (from its folder up to `lock.created`)
     while they are empty: a run refused for another of its folders leaves none behind."""
     if not lock.created:
@@ -296,6 +296,6 @@ def acquire_all(folders, command: str | None = None) -> RunLocks:
     except BaseException:
         for lock in reversed(taken):
             lock.release()
-            _remove_created(lock)
+            remove_created(lock)
         raise
     return RunLocks(taken)
