@@ -35,6 +35,11 @@ __all__ = ["w_codes", "lerp", "morph_frames", "smoothness", "labelled_frames", "
            "list_inputs", "interpolate_images", "write_index"]
 
 
+# what a folder's images are: the extensions OpenCV writes, and GIF, which it reads (as the port's
+# test phase does)
+INPUT_EXTENSIONS = IMAGE_EXTENSIONS + (".gif",)
+
+
 @torch.no_grad()
 def w_codes(model, samples: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """(w_ab, w_ba), each [1, w_dim]: the mean of MLP(z) over `samples` draws of each direction's z."""
@@ -136,10 +141,10 @@ def list_inputs(path: str) -> list[str]:
     if os.path.isdir(path):
         ours = OutputRecord(path).names
         files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                       if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(path, f))
+                       if f.lower().endswith(INPUT_EXTENSIONS) and os.path.isfile(os.path.join(path, f))
                        and f not in ours)
         if not files:
-            raise ImageReadError(path, f"folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise ImageReadError(path, f"folder holds no images ({', '.join(INPUT_EXTENSIONS)})")
         return files
     if not os.path.exists(path):
         raise ImageReadError(path, "no such file or folder")
