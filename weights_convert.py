@@ -334,6 +334,11 @@ def torch_to_tf(state: dict, prefix: str, step: int | None = None) -> str:
     except UnicodeEncodeError as e:
         raise ConversionError(f"checkpoint prefix {prefix!r}: its name cannot be written into the folder's "
                               f"`checkpoint` file ({e.reason}); choose another name") from None
+    for k, v in state.items():  # TF restores an entry only into a variable of its dtype: all float32 there
+        if str(getattr(v, "dtype", "")) not in ("torch.float32", "float32"):
+            raise ConversionError(f"tensor {k!r} is {str(getattr(v, 'dtype', type(v).__name__)).replace('torch.', '')}"
+                                  f", float32 expected (every variable of the official graph is float32; "
+                                  f"torch_port.to_tf.as_float32 casts other floats)")
     sn_scopes = {k[: -len(".u")] for k in state if k.endswith(".u")}
     entries = sorted((torch_to_tf_name(k, sn_scopes), k) for k in state)
     new = [p for p in (prefix + ".index", prefix + ".data-00000-of-00001") if not os.path.lexists(p)]

@@ -372,3 +372,12 @@ def test_a_failed_conversion_leaves_no_folder_it_made(tmp_path, capsys, monkeypa
         rc, _, err = _convert(["torch2tf", src, prefix], capsys)
     assert rc == 2 and "No space left" in _error_line(err)
     assert not (tmp_path / "new").exists()
+
+
+def test_torch_to_tf_api_refuses_what_tf_cannot_restore(tmp_path):
+    """The Python API `weights_convert.torch_to_tf` (the command casts first): a float64 state is
+    refused naming the tensor, nothing written."""
+    state = {k: v.double() for k, v in _model(0).state_dict().items()}
+    with pytest.raises(wc.ConversionError, match=r"float64, float32 expected"):
+        wc.torch_to_tf(state, str(tmp_path / "tf" / "UGATIT_light.model-3"))
+    assert not (tmp_path / "tf").exists() or not os.listdir(tmp_path / "tf")
