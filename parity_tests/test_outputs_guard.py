@@ -444,6 +444,10 @@ def test_results_never_go_where_they_would_mix(world, capsys, monkeypatch):
         (morph_main, interp + ["--result_dir", os.path.join(live, "sub")], "running training"),
         (morph_main, trans + ["--result_dir", test_a], "a dataset's image folder"),    # its own inputs' too
         (morph_main, trans + ["--result_dir", train_b], "a dataset's image folder"),
+        # the port's results go into <result_dir>/<model_dir>/a2b: inside testA all the same
+        (port_main, ["--phase", "test", "--checkpoint", port, "--input", test_a, "--result_dir", test_a],
+         "a dataset's image folder"),
+        (morph_main, trans + ["--result_dir", os.path.join(train_b, "translations")], "a dataset's image folder"),
     ]
     with run_lock.acquire(live, command="python -m torch_port --sample_dir samples"):
         for main, argv, words in cases:

@@ -642,7 +642,8 @@ def _build_parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="image size (a light model's weights do not fix it: read from a TF checkpoint's .meta or "
                         "folder name when there, else 256; checked against what the checkpoint records)")
     p.add_argument("--smoothing", type=opt.str2bool, default=None,
-                   help="AdaLIN smoothing (TF checkpoints do not store it; default True, as officially)")
+                   help="AdaLIN smoothing (default: what the checkpoint records - its .meta, folder name "
+                        "or config; else True, as officially)")
     add_export_flags(p)
     return p
 

@@ -347,6 +347,19 @@ def check_outputs(outputs, inputs, overwrite: bool, *, updates=(), beside_input_
 
 # -- results: translated images, strips, GIFs, pages ------------------------------------------------
 
+def _domain_folder_of(real: str) -> str | None:
+    """The dataset image folder (`dataset/<name>/trainA|trainB|testA|testB`) that `real` is or lies
+    in, else None."""
+    d = real
+    while True:
+        if os.path.basename(d) in DOMAIN_FOLDERS and os.path.basename(os.path.dirname(os.path.dirname(d))) == "dataset":
+            return d
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
 def check_result_folders(folders, *, checkpoint: str | None = None, flag: str = "--result_dir") -> None:
     """Raise OutputRefused when one of `folders` (where a test phase or Morph interpolate /
     translate writes its results) may not receive them; checked before anything is written:
@@ -354,9 +367,9 @@ def check_result_folders(folders, *, checkpoint: str | None = None, flag: str = 
       alone, as for model files above);
     - inside the checkpoint folder being read (`checkpoint`: a folder, TF prefix or weights file):
       a run's checkpoint folder holds that run;
-    - a dataset's image folder (any `dataset/<name>/trainA|trainB|testA|testB`, what the trainers
-      and test phases read): the next training run would take the results for training images (a
-      training set grown by its own translations, silently). Beside the inputs elsewhere is
+    - a dataset's image folder or a folder inside one (any `dataset/<name>/trainA|trainB|testA|
+      testB`, what the trainers and test phases read): the next training run would take the
+      results for training images (a training set grown by its own translations, silently). Beside the inputs elsewhere is
       allowed: results never take an input's name (ugatit_common.output_names)."""
     reading = None
     if checkpoint and (os.path.lexists(checkpoint) or _tf_prefix(checkpoint)):
@@ -371,11 +384,12 @@ def check_result_folders(folders, *, checkpoint: str | None = None, flag: str = 
         if reading and _inside(real, reading):
             raise OutputRefused(f"{flag}: results would go into {folder!r}, inside the checkpoint folder {reading!r} "
                                 f"that is being read; give {flag} a folder outside it")
-        if os.path.basename(real) in DOMAIN_FOLDERS and os.path.basename(os.path.dirname(os.path.dirname(real))) \
-                == "dataset":
-            raise OutputRefused(f"{flag}: results would go into {folder!r}, a dataset's image folder: the next "
-                                f"training run (or test phase) would take them for its images; give {flag} another "
-                                f"folder")
+        domain = _domain_folder_of(real)
+        if domain is not None:
+            raise OutputRefused(f"{flag}: results would go into {folder!r}, "
+                                + ("" if domain == real else f"inside {domain!r}, ")
+                                + f"a dataset's image folder: the next training run (or test phase) would take "
+                                  f"them for its images; give {flag} another folder")
 
 
 # -- claims: one command per output file -------------------------------------------------------------
