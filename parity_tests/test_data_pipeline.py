@@ -425,3 +425,16 @@ def test_results_writers(tmp_path):
     assert "<th>name</th><th>input</th><th>output</th>" in html
     assert "src='../in/a.png'" in html and "src='a.png'" in html
     assert not [f for f in os.listdir(tmp_path / "out") if f.startswith(".tmp")]
+
+
+@pytest.mark.tf
+def test_train_pipelines_read_a_name_that_is_not_utf8(tf, tfdata, images, tmp_path):
+    """A training image whose name is not UTF-8 (Latin-1 bytes): TF's pipeline (given the name's
+    bytes) and the port's read it as the same file under a plain name."""
+    import shutil
+    odd = os.path.join(str(tmp_path), os.fsdecode(b"caf\xe9.png"))
+    shutil.copy(images["rgb.png"], odd)
+    want, got = _tf_pipeline_outputs(tf, tfdata, [images["rgb.png"], odd], 32)
+    np.testing.assert_array_equal(got, want)
+    port = tdata.ImageFolderDataset([odd], 32, augment=False, seed=0)[0]
+    assert (port == tdata.ImageFolderDataset([images["rgb.png"]], 32, augment=False, seed=0)[0]).all()

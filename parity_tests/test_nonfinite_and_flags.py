@@ -392,3 +392,13 @@ def test_tf_reference_test_phase_refuses_an_overflowing_translation(overflow, tm
     line = error_line(got.err)
     assert rc == 2 and "the a2b translation of" in line and "non-finite value" in line, got.err[-800:]
     assert snapshot(root) == before
+
+
+def test_non_finite_or_negative_training_numbers_are_bad_input():
+    """--lr inf / nan / 0 and a negative or non-finite loss weight or GP_ld: one OptionError naming
+    the flag (exit 2), before a graph is built, not a NaN at the first step."""
+    for flag, value in (("lr", float("inf")), ("lr", float("nan")), ("lr", 0.0), ("GP_ld", -5), ("cam_weight", -1),
+                        ("adv_weight", float("inf"))):
+        with pytest.raises(opt.OptionError, match=f"--{flag}="):
+            opt.validate(opt.config_from(**{flag: value}))
+    opt.validate(opt.config_from(lr=1e-4, GP_ld=0, identity_weight=0))  # zero weights are official settings

@@ -100,3 +100,33 @@ def test_recorded_forward_does_not_depend_on_the_remapper(monkeypatch):
         UGATITGraph(opt.config_from(**dict(TINY, phase="test"))).build_test()
     assert not compat.remapper_would_fail(g)
     assert compat.session_config(g).graph_options.rewrite_options.remapping == 0  # DEFAULT: fusions kept
+
+
+@pytest.mark.slow
+def test_training_that_goes_non_finite_stops_with_exit_3(tmp_path):
+    """tf_reference on an all-black training domain (the instance norms of a constant image: a
+    non-finite Adam slot within a few steps, the losses still finite), a checkpoint every step:
+    exit 3 with one error line naming the tensor, and every checkpoint left in the folder holds
+    finite values only (none written after the values went non-finite), as the port stops."""
+    import cv2
+
+    from ugatit_common.demo_data import make_demo_dataset
+    from ugatit_common.tf_checkpoint import BundleReader
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=4, n_test=1)
+    train_a = tmp_path / "dataset" / "demo" / "trainA"
+    for f in os.listdir(train_a):
+        os.remove(train_a / f)
+    cv2.imwrite(str(train_a / "black.png"), np.zeros((32, 32, 3), np.uint8))
+    proc = _run(["--dataset", "demo", "--light", "True", "--img_size", "32", "--ch", "4", "--n_dis", "4", "--epoch",
+                 "1", "--iteration", "6", "--save_freq", "1", "--print_freq", "100", "--augment_flag", "False"],
+                tmp_path)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 3 and len(errors) == 1 and ("non-finite" in errors[0] or "nan" in errors[0]), proc.stderr
+    assert "Traceback" not in proc.stderr and "Graph execution" not in proc.stderr
+    folder = tmp_path / "checkpoint" / opt.model_dir(opt.config_from(dataset="demo", light=True, n_dis=4))
+    indexes = sorted(folder.glob("*.index")) if folder.is_dir() else []
+    for index in indexes:
+        with BundleReader(str(index)[:-len(".index")]) as r:
+            for name in r.keys():
+                assert np.isfinite(np.asarray(r.read(name), dtype=np.float64)).all(), (index.name, name)
+    print(f"stopped: {errors[0][:120]}; {len(indexes)} finite checkpoint(s) left")

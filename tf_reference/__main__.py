@@ -31,6 +31,11 @@ def _main(argv=None) -> int:
     except opt.OptionError as e:  # bad flags, dataset folders, or a checkpoint of another model
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a loss or weight became NaN / inf: exit 3, as the port
+        if type(e).__name__ != "NonFiniteLoss":
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 3
     return 0
 
 

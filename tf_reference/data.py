@@ -16,6 +16,7 @@ Test (official `load_test_data`): OpenCV read and resize, float64 NHWC (cast to 
 """
 from __future__ import annotations
 
+import os
 import random
 
 import cv2
@@ -69,7 +70,8 @@ def train_iterator(files, img_size: int, img_ch: int, augment_flag: bool, batch_
     RNG that tosses the official build-time coin and draws the augmentation op seed.
     """
     py_random = random if seed is None else random.Random(seed)
-    ds = tf.data.Dataset.from_tensor_slices([str(f) for f in files])
+    # the names' bytes (os.fsencode): a name that is not UTF-8 cannot become a TF string from str
+    ds = tf.data.Dataset.from_tensor_slices([os.fsencode(f) for f in files])
     ds = ds.shuffle(int(dataset_num), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.map(lambda f: image_processing(f, img_size, img_ch, augment_flag, py_random, force_augment),
                 num_parallel_calls=tf.data.experimental.AUTOTUNE)

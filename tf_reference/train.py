@@ -2,6 +2,7 @@
 batch), the official learning-rate schedule, tf.train.Saver checkpoints in
 `checkpoint/<model_dir>/<model_name>.model-N`, resume from the newest one, and the test phase
 writing translated images and `index.html`."""
+import contextlib
 import os
 import time
 
@@ -81,6 +82,52 @@ def restore(sess, saver, folder: str, graph_vars, need: str = "train", owner=Non
     return True, counter
 
 
+class NonFiniteLoss(RuntimeError):
+    """A loss, or the weights, became NaN / inf during training: exit 3 (python -m tf_reference),
+    the newest checkpoint left the last finite one, as the port stops (torch_port.train)."""
+
+
+_STOPPED = "training stopped, the last checkpoint is left as it was"
+
+
+def _stop_if_non_finite(losses: dict, counter: int) -> None:
+    for k, v in losses.items():
+        if not np.isfinite(v):
+            raise NonFiniteLoss(f"loss {k} is {float(v)} at step {counter} (counter {counter}); {_STOPPED}")
+
+
+@contextlib.contextmanager
+def _histogram_nan_stops(counter: int):
+    """The official summaries hold histograms of rho: TF stops the step with InvalidArgumentError
+    ("Nan in summary histogram") once an update made a weight non-finite (the losses of the run
+    that did it were still finite). That is the NaN stop, not bad input."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as e:
+        if "Nan in summary histogram" not in str(e):
+            raise
+        name = str(e).split("Nan in summary histogram for:", 1)[-1].split()[0] if "for:" in str(e) else "a weight"
+        raise NonFiniteLoss(f"{name} holds a non-finite value (NaN or inf) at step {counter} (counter {counter}); "
+                            f"{_STOPPED}") from None
+
+
+def non_finite_counts(graph_vars):
+    """(float variables, one op per variable counting its NaN / inf values): built once, with the
+    graph, so that the check before every save adds nothing to it."""
+    floats = [v for v in graph_vars if v.dtype.base_dtype.is_floating]
+    return floats, [tf.math.count_nonzero(tf.logical_not(tf.math.is_finite(v))) for v in floats]
+
+
+def _stop_if_weights_non_finite(sess, counts, counter: int) -> None:
+    """Before a save: finite losses may still leave a non-finite weight or Adam slot (the update
+    after the loss); no checkpoint ever holds one."""
+    floats, ops = counts
+    for v, n in zip(floats, sess.run(ops)):
+        if n:
+            raise NonFiniteLoss(f"{v.op.name!r} holds {int(n)} non-finite value(s) (NaN or inf) after step "
+                                f"{counter - 1} (counter {counter}); {_STOPPED}")
+
+
 def refuse_non_finite_variables(sess, graph_vars, source: str) -> None:
     """The restored variables hold no NaN / inf (ugatit_common.finite.NonFiniteWeights, exit 2,
     naming the first one and how many of its values are non-finite). Counted in the graph: one
@@ -151,6 +198,7 @@ def _train(cfg: dict, paths, files_A: list, files_B: list, owner, max_to_keep: i
                                   dataset_num)
         m = UGATITGraph(cfg).build_train(domain_A, domain_B)
         saver = tf.train.Saver(max_to_keep=max_to_keep)
+        counts = non_finite_counts(tf.global_variables())  # the NaN stop's check before each save
         history = []
         with tf.Session(config=train_session_config()) as sess:
             tf.global_variables_initializer().run()
@@ -173,12 +221,16 @@ def _train(cfg: dict, paths, files_A: list, files_B: list, owner, max_to_keep: i
                 lr = opt.learning_rate(cfg, epoch)
                 for idx in range(start_batch_id, cfg["iteration"]):
                     feed = {m.lr: lr}
-                    _, d_loss, summary = sess.run([m.D_optim, m.Discriminator_loss, m.D_summary], feed)
+                    with _histogram_nan_stops(counter):
+                        _, d_loss, summary = sess.run([m.D_optim, m.Discriminator_loss, m.D_summary], feed)
+                    _stop_if_non_finite({"d_loss": d_loss}, counter)
                     writer.add_summary(summary, counter)
                     g_loss = None
                     if (counter - 1) % cfg["n_critic"] == 0:
-                        real_A, fake_B, _, g_loss, summary = sess.run(
-                            [m.real_A, m.fake_B, m.G_optim, m.Generator_loss, m.G_summary], feed)
+                        with _histogram_nan_stops(counter):
+                            real_A, fake_B, _, g_loss, summary = sess.run(
+                                [m.real_A, m.fake_B, m.G_optim, m.Generator_loss, m.G_summary], feed)
+                        _stop_if_non_finite({"g_loss": g_loss}, counter)
                         writer.add_summary(summary, counter)
                         past_g_loss = g_loss
                     counter += 1
@@ -192,8 +244,10 @@ def _train(cfg: dict, paths, files_A: list, files_B: list, owner, max_to_keep: i
                         save_image(real_A[0], os.path.join(paths.sample, f"real_A_{epoch:03d}_{idx + 1:05d}.png"))
                         save_image(fake_B[0], os.path.join(paths.sample, f"fake_B_{epoch:03d}_{idx + 1:05d}.png"))
                     if (idx + 1) % cfg["save_freq"] == 0:
+                        _stop_if_weights_non_finite(sess, counts, counter)
                         save(sess, saver, cfg, paths.checkpoint, counter, owner)
                 start_batch_id = 0  # only the first epoch after loading starts mid-way
+                _stop_if_weights_non_finite(sess, counts, counter)
                 save(sess, saver, cfg, paths.checkpoint, counter, owner)
             writer.close()
     return {"steps": history, "checkpoint_dir": paths.checkpoint}

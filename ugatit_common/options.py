@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 from dataclasses import dataclass
 
@@ -142,7 +143,9 @@ def validate(cfg: dict) -> dict:
         need(int(cfg[flag]) >= 1, flag, "must be >= 1")
     need(cfg["n_dis"] >= 4, "n_dis", "the local discriminator needs n_dis >= 4")
     need(cfg["img_ch"] == 3, "img_ch", "the official model reads RGB images (3 channels)")
-    need(cfg["lr"] > 0, "lr", "must be > 0")
+    need(math.isfinite(cfg["lr"]) and cfg["lr"] > 0, "lr", "must be a finite number > 0")
+    for flag in ("GP_ld", "adv_weight", "cycle_weight", "identity_weight", "cam_weight"):
+        need(math.isfinite(cfg[flag]) and cfg[flag] >= 0, flag, "must be a finite number >= 0")
     # AdaLIN's gamma/beta come from an MLP of width ch * n_res, applied to feature maps of width
     # ch * 4: the official graph only builds when n_res == 4.
     need(cfg["n_res"] == 4, "n_res",
