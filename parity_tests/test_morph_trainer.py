@@ -264,3 +264,27 @@ def test_config_A_trains_as_the_port(data, tmp_path, monkeypatch):
     assert ps.keys() == ms.keys()
     for k in ps:
         assert torch.equal(ps[k], ms[k]), k
+
+
+def test_loss_log_has_one_line_per_step_after_a_kill(data, tmp_path):
+    """losses.jsonl after a run killed past its last checkpoint (here: the newest checkpoint
+    removed, and a line cut mid-write appended): the resumed run cuts the log back to the
+    checkpoint's steps and writes the rest once, so the counters run 1..N without a gap or a
+    repeat; a save flushes the log first (the lines of every saved step are on disk)."""
+    from morph.train import train
+    root = str(tmp_path / "run")
+
+    def cfg(epoch):
+        return opt.config_from(dataset="demo", epoch=epoch, iteration=2, print_freq=1000, save_freq=1000,
+                               decay_flag=False, augment_flag=False, morph_config="C",
+                               **dict(zip(["checkpoint_dir", "result_dir", "log_dir", "sample_dir"], _dirs(root)[1::2])),
+                               **NET)
+    train(cfg(2), seed=5, base=data, log=lambda m: None)  # checkpoints at counters 3 and 5
+    folder, log = _folder(root).checkpoint, os.path.join(_folder(root).log, "losses.jsonl")
+    for f in glob.glob(os.path.join(folder, "MorphUGATIT_C.model-5.*")):
+        os.remove(f)  # as if killed after step 4, before its checkpoint
+    with open(log, "a") as fh:
+        fh.write('{"counter": 5, "d_lo')  # a line cut mid-write
+    train(cfg(2), seed=5, base=data, log=lambda m: None)  # resumes at counter 3
+    with open(log) as fh:
+        assert [json.loads(line)["counter"] for line in fh] == [1, 2, 3, 4]

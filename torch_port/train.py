@@ -49,6 +49,7 @@ import torch
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import cli_errors
 from ugatit_common import options as opt
+from ugatit_common.atomic import write_bytes_atomic
 from ugatit_common.results import save_grid, save_image
 
 from . import checkpoint as ckpt
@@ -182,6 +183,26 @@ def exit_code_of(run) -> int:
     except torch.cuda.OutOfMemoryError as e:  # e.g. while the model moves to the GPU
         raise gpu_out_of_memory(e) from e
     return 0
+
+
+def cut_loss_log(path: str, counter: int) -> None:
+    """The loss log (one JSON line per iteration) as of the checkpoint a run continues from: the
+    lines of steps before `counter`. Lines a killed run wrote after its last checkpoint (steps
+    the resumed run does again) and a line cut mid-write go, so every step has one line."""
+    try:
+        with open(path, "rb") as fh:
+            lines = fh.read().splitlines(keepends=True)
+    except FileNotFoundError:
+        return
+    keep = []
+    for line in lines:
+        try:
+            if line.endswith(b"\n") and int(json.loads(line)["counter"]) < counter:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass
+    if len(keep) != len(lines):
+        write_bytes_atomic(path, b"".join(keep))
 
 
 # -- pieces of the loop ---------------------------------------------------------------------------
@@ -538,7 +559,9 @@ class Trainer:
             from .events import EventWriter  # never imports TensorFlow
             writer = EventWriter(paths.log)
             if self.LOSS_LOG:
-                loss_log = open(os.path.join(paths.log, self.LOSS_LOG), "a")
+                log_path = os.path.join(paths.log, self.LOSS_LOG)
+                cut_loss_log(log_path, counter)
+                loss_log = open(log_path, "a")
         from tqdm import tqdm
         total = max(0, (cfg["epoch"] - start_epoch) * cfg["iteration"] - start_batch_id)
         bar = tqdm(total=total, file=sys.stderr, disable=(not main) or not sys.stderr.isatty(), desc="train")
@@ -602,6 +625,9 @@ class Trainer:
             if last_saved == counter:
                 return
             drain(everything=True)  # every loss up to this step known finite before it is saved
+            if loss_log:  # every line of the steps this checkpoint holds is on disk before it is
+                loss_log.flush()
+                os.fsync(loss_log.fileno())
             bad = _first_non_finite(model)  # (every rank: the weights are the same on all)
             if bad:  # finite losses, yet a non-finite value in the weights or Adam's state
                 raise NonFiniteLoss(f"{bad} holds a non-finite value (NaN or inf) after step {counter - 1} "
