@@ -163,10 +163,24 @@ def load_morph(folder: str, device="cpu") -> tuple[MorphUGATIT, dict]:
     return model.to(device), state
 
 
+def _check_recorded(recorded: dict | None, cfg: dict | None, keys, path: str) -> None:
+    """The run's settings `keys` of `cfg` against the config a torch_port checkpoint records (as
+    read_tf_weights checks a TF checkpoint's): a light model's img_size, smoothing, ... are not
+    all fixed by the weights' shapes."""
+    if not recorded or cfg is None:
+        return
+    bad = [k for k in keys if recorded.get(k) is not None and cfg.get(k) is not None and recorded[k] != cfg[k]]
+    if bad:
+        raise ckpt.CheckpointMismatch(f"--init_from {path!r} does not match "
+                                      + ", ".join(f"--{k} {cfg[k]}" for k in bad) + ": the checkpoint records "
+                                      + ", ".join(f"{k} {recorded[k]}" for k in bad))
+
+
 def _read_ugatit(path: str, cfg: dict | None = None, keys=None) -> tuple[dict, str]:
     """(weights, description) of a UGATIT checkpoint: a torch_port .safetensors file or folder,
-    or an official TF checkpoint folder (converted by torch_port.checkpoint.read_tf_weights: the
-    settings `keys` of `cfg` are checked against what the TF checkpoint records)."""
+    or an official TF checkpoint folder (converted by torch_port.checkpoint.read_tf_weights); the
+    settings `keys` of `cfg` are checked against what the checkpoint records (TF: its .meta,
+    folder name and weights; torch: its config)."""
     kind, state = checkpoint_kind(path)
     if kind == "morph":
         raise CheckpointKindError(f"--init_from {path!r} is {_describe(kind, state)}; --init_from expects a UGATIT "
@@ -176,10 +190,14 @@ def _read_ugatit(path: str, cfg: dict | None = None, keys=None) -> tuple[dict, s
         return weights, f"{path} (TensorFlow)"
     if kind == "ugatit-torch":
         if os.path.isdir(path):
-            _, weights, _ = ckpt.find_latest(path)
-            return weights, path
-        from safetensors.torch import load_file
-        return load_file(path), path
+            _, weights, state = ckpt.find_latest(path)
+            recorded = state.get("config")
+        else:
+            from safetensors.torch import load_file
+            weights = load_file(path)
+            recorded = ckpt.config_in_metadata(policy.safetensors_metadata(path), path)
+        _check_recorded(recorded, cfg, ckpt.tfc.MODEL_KEYS if keys is None else keys, path)
+        return weights, path
     raise CheckpointKindError(f"--init_from {path!r}: no UGATIT checkpoint found there (expected a torch_port "
                               f".safetensors file or folder, or an official TF checkpoint folder)")
 

@@ -216,6 +216,13 @@ def test_init_from_ugatit_and_kind_errors(demo_root, tmp_path, capsys):
     out = train(cfg, seed=0, base=demo_root, log=lambda s: None)
     with pytest.raises(CheckpointKindError, match="Morph-UGATIT checkpoint"):
         init_from_ugatit(MorphUGATIT(dict(NET, morph_config="C")), out["checkpoint_dir"])
+    # a port checkpoint records its config: settings the weights do not fix are checked against it,
+    # as a TF checkpoint's .meta is (the folder, and its weights file)
+    for given in (dict(smoothing=not NET["smoothing"]), dict(img_size=NET["img_size"] * 2)):
+        for source in (folder, os.path.join(folder, "UGATIT.model-1.safetensors")):
+            with pytest.raises(ckpt.CheckpointMismatch, match=f"--{next(iter(given))} .*the checkpoint records"):
+                init_from_ugatit(MorphUGATIT(dict(NET, morph_config="C", **given)), source)
+    assert init_from_ugatit(MorphUGATIT(dict(NET, morph_config="C")), folder)  # the recorded settings: fine
 
 
 # -- CLI -----------------------------------------------------------------------------------------------

@@ -417,7 +417,7 @@ def _apply_overrides(cfg: dict, overrides: dict, source: str) -> dict:
     return cfg
 
 
-def _config_in_metadata(meta: dict, path: str) -> dict | None:
+def config_in_metadata(meta: dict, path: str) -> dict | None:
     """The config a weights file records: weights_convert's `ugatit_config`, or a port checkpoint's
     `config` (checkpoint.save writes it so that a test phase needs the weights only)."""
     for key in ("ugatit_config", "config"):
@@ -501,7 +501,7 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
         if meta.get("kind") == "morph":
             raise opt.OptionError(f"{path!r} is a Morph-UGATIT checkpoint: export it with python -m morph "
                                   f"export, translate with python -m morph translate")
-        cfg = _config_in_metadata(meta, path)
+        cfg = config_in_metadata(meta, path)
         if cfg is None:  # an older weights file: the config is in the state file beside it
             state_path = path[: -len(".safetensors")] + ".state.pt"
             if os.path.isfile(state_path):
