@@ -131,6 +131,12 @@ def test_torchrun_two_ranks_end_to_end(tmp_path, precision):
     _, _, state = ckpt.find_latest(str(folder))
     assert state["precision"] == precision and state["world_size"] == 2
     assert ("loss_scale" in state) == (precision == "fp16")
+    if precision == "fp32":  # resumed by one process: the global batch changes, and the run says so
+        args = proc.args[proc.args.index("-m"):]
+        one = subprocess.run([sys.executable] + args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert one.returncode == 0, one.stderr[-3000:]
+        assert "warning: the checkpoint was written by 2 process(es), this run has 1" in one.stderr, one.stderr[-2000:]
 
 
 def _fp16_worker(rank, world, port, out_dir):

@@ -713,3 +713,27 @@ def test_torch2tf_with_a_damaged_optimizer_state_says_so(port_ckpt, tmp_path, ca
     assert rc == 2 and "--weights_only" in one_error_line(out.err) and not os.path.exists(tmp_path / "tf")
     rc, out = convert(["torch2tf", weights, str(tmp_path / "tf" / "m"), "--weights_only"], capsys)
     assert rc == 0 and "no optimizer state written" in out.out
+
+
+def test_ctrl_c_under_torchrun_resumes_through_torchrun(monkeypatch, capsys):
+    """Under torchrun (its environment) the resume command is a torchrun one with the same number
+    of processes, and only rank 0 (which saves, and knows the newest checkpoint) says it."""
+    from ugatit_common import cli_errors
+
+    def interrupted(argv):
+        cli_errors.note_step(7)
+        raise KeyboardInterrupt
+    for k, v in (("TORCHELASTIC_RUN_ID", "x"), ("LOCAL_WORLD_SIZE", "2"), ("WORLD_SIZE", "2")):
+        monkeypatch.setenv(k, v)
+    for rank, says in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        capsys.readouterr()
+        assert cli_errors.run(interrupted, ["--dataset", "d"], prog="python -m torch_port",
+                              training=lambda a: True) == 130
+        err = capsys.readouterr().err
+        assert ("resume with: torchrun --nproc_per_node 2 -m torch_port --dataset d" in err) == says, (rank, err)
+    monkeypatch.setenv("WORLD_SIZE", "4")  # two nodes of two
+    assert cli_errors.resume_command("python -m morph", ["train"]) == "torchrun --nnodes 2 --nproc_per_node 2 -m morph train"
+    for k in ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(k)
+    assert cli_errors.resume_command("python -m torch_port", ["--x", "1"]) == "python -m torch_port --x 1"

@@ -542,6 +542,12 @@ class Trainer:
             loader_A, loader_B, past_g_loss = pos["loader_A"], pos["loader_B"], pos["past_g_loss"]
             if pos["rng"] is not None:
                 ckpt.set_rng_state(pos["rng"])
+            if pos["state"] is not None and pos["world_size"] != dist_info.world_size and main:
+                print(f"warning: the checkpoint was written by {pos['world_size']} process(es), this run has "
+                      f"{dist_info.world_size}: the global batch changes from {pos['world_size']} x "
+                      f"{cfg['batch_size']} to {dist_info.world_size} x {cfg['batch_size']} images (resume through "
+                      f"torchrun --nproc_per_node {pos['world_size']} to continue the run as it was)",
+                      file=sys.stderr, flush=True)
             self.load_extra_state(pos["state"])
         d_step, g_step = self.wrap_steps(model.d_step, model.g_step)
         if pos is not None and pos["state"] is not None:

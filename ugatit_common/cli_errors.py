@@ -79,8 +79,22 @@ def one_line(e: BaseException) -> str:
     return text
 
 
+def _launcher(prog: str) -> str:
+    """`prog` as this process was started: under torchrun (its environment: LOCAL_WORLD_SIZE,
+    WORLD_SIZE), `python -m X` is `torchrun --nproc_per_node N -m X`, so that the resume command
+    continues with the same processes (the global batch is their batches together)."""
+    local, world = os.environ.get("LOCAL_WORLD_SIZE"), os.environ.get("WORLD_SIZE")
+    if not (local and world and "TORCHELASTIC_RUN_ID" in os.environ and prog.startswith("python -m ")):
+        return prog
+    nodes = max(1, int(world) // max(1, int(local)))
+    return (f"torchrun{f' --nnodes {nodes}' if nodes > 1 else ''} --nproc_per_node {local} -m "
+            f"{prog[len('python -m '):]}")
+
+
 def resume_command(prog: str, argv: list[str]) -> str:
-    """The same command line, continuing: `--resume False` dropped (resuming is the default)."""
+    """The same command line, continuing: `--resume False` dropped (resuming is the default);
+    under torchrun, through torchrun."""
+    prog = _launcher(prog)
     out, skip = [], False
     for i, a in enumerate(argv):
         if skip:
@@ -122,7 +136,8 @@ def run(fn, argv=None, prog: str = "python", training=None, label: str = "error"
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
-        print(interrupted_line(prog, argv, training), file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks: it saves and knows the checkpoint
+            print(interrupted_line(prog, argv, training), file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except SystemExit:
         raise
