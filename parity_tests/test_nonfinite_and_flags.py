@@ -402,3 +402,18 @@ def test_non_finite_or_negative_training_numbers_are_bad_input():
         with pytest.raises(opt.OptionError, match=f"--{flag}="):
             opt.validate(opt.config_from(**{flag: value}))
     opt.validate(opt.config_from(lr=1e-4, GP_ld=0, identity_weight=0))  # zero weights are official settings
+
+
+def test_a_dataset_folder_that_is_a_file_or_a_dead_link_is_said_so(tmp_path):
+    cfg = opt.config_from(dataset="d")
+    root = tmp_path / "dataset" / "d"
+    root.mkdir(parents=True)
+    (root / "trainA").write_text("not a folder")
+    os.symlink(root / "trainB", root / "trainB")  # a link to itself
+    with pytest.raises(opt.OptionError, match="trainA' is not a folder"):
+        opt.domain_files(cfg, "trainA", base=str(tmp_path))
+    with pytest.raises(opt.OptionError, match="trainB' is a link that leads to no folder"):
+        opt.domain_files(cfg, "trainB", base=str(tmp_path), required=False)
+    with pytest.raises(opt.OptionError, match="testA' does not exist"):
+        opt.domain_files(cfg, "testA", base=str(tmp_path))
+    assert opt.domain_files(cfg, "testB", base=str(tmp_path), required=False) == []

@@ -199,6 +199,10 @@ def domain_files(cfg: dict, folder: str, base: str = ".", required: bool = True)
     """Sorted image files of `dataset/<name>/<folder>`; the official code globs `*.*` there."""
     path = os.path.join(dataset_root(cfg, base), folder)
     if not os.path.isdir(path):
+        if os.path.lexists(path):  # a file, or a link that leads nowhere / to itself: said as such
+            why = "is not a folder" if os.path.exists(path) else "is a link that leads to no folder"
+            raise OptionError(f"dataset folder {path!r} {why}: expected dataset/<name>/"
+                              f"{{{','.join(DOMAIN_FOLDERS)}}} holding the images")
         if required:
             raise OptionError(
                 f"dataset folder {path!r} does not exist: expected dataset/<name>/{{{','.join(DOMAIN_FOLDERS)}}} "
