@@ -28,6 +28,20 @@ class ImageReadError(OSError):
         return type(self), (self.path, self.reason)
 
 
+def _file_bytes(path: str) -> np.ndarray:
+    """The file's bytes (uint8), read by their own name (any bytes: OpenCV is never given the
+    path); ImageReadError for a missing, unreadable or empty file."""
+    if not os.path.isfile(path):
+        raise ImageReadError(path, "no such file")
+    try:
+        buf = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise ImageReadError(path, e.strerror or e) from e
+    if buf.size == 0:
+        raise ImageReadError(path, "empty file")
+    return buf
+
+
 def decode_image(path) -> np.ndarray:
     """Decode like TF `decode_jpeg/decode_png(channels=3)`: uint8 HWC RGB.
 
@@ -37,16 +51,8 @@ def decode_image(path) -> np.ndarray:
     ignored, as TF does.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ImageReadError(path, "no such file")
-    try:
-        buf = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise ImageReadError(path, e) from e
-    if buf.size == 0:
-        raise ImageReadError(path, "empty file")
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
-    img = cv2.imdecode(buf, flags)
+    img = cv2.imdecode(_file_bytes(path), flags)
     if img is None:
         raise ImageReadError(path, "not a decodable image (corrupt or unsupported format)")
     if img.dtype == np.uint16:
@@ -60,23 +66,13 @@ def decode_image(path) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, ::-1])  # BGR -> RGB
 
 
-
-
 def read_color(path) -> np.ndarray:
     """`cv2.imread(path, cv2.IMREAD_COLOR)`, the official test loader's read (BGR uint8, EXIF
     orientation applied, grey / alpha / 16-bit made 8-bit colour), decoded from the file's bytes
     (`np.fromfile` + `cv2.imdecode`, the same decoder and conversions): OpenCV's imread crashes
     the process (a segmentation fault) on a path that is not valid UTF-8."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ImageReadError(path, "no such file")
-    try:
-        buf = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise ImageReadError(path, e.strerror or e) from e
-    if buf.size == 0:
-        raise ImageReadError(path, "empty file")
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    img = cv2.imdecode(_file_bytes(path), cv2.IMREAD_COLOR)
     if img is None:
         raise ImageReadError(path, "not a decodable image (corrupt, or a format OpenCV cannot read)")
     return img
