@@ -2,6 +2,7 @@
 import sys
 
 from ugatit_common import options as opt
+from ugatit_common.finite import EXIT_NON_FINITE, NonFiniteLoss
 
 
 def main(argv=None) -> int:
@@ -31,11 +32,9 @@ def _main(argv=None) -> int:
     except opt.OptionError as e:  # bad flags, dataset folders, or a checkpoint of another model
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - a loss or weight became NaN / inf: exit 3, as the port
-        if type(e).__name__ != "NonFiniteLoss":
-            raise
+    except NonFiniteLoss as e:  # a loss or weight became NaN / inf: exit 3, as the port
         print(f"error: {e}", file=sys.stderr, flush=True)
-        return 3
+        return EXIT_NON_FINITE
     return 0
 
 

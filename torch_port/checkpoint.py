@@ -440,14 +440,15 @@ def _load_folder_without_pair(path: str, overrides: dict) -> dict:
     checkpoint to the TF reader (it names what is missing, e.g. the .index)."""
     if glob.glob(os.path.join(glob.escape(path), "*.index")):
         return _load_tf(path, overrides)
-    weights = [f.base + ".safetensors" for f in policy.inventory(path) if f.framework == "torch"
-               and os.path.isfile(f.base + ".safetensors")]  # newest first
+    found = policy.inventory(path)  # newest first
+    weights = [f.base + ".safetensors" for f in found if f.framework == "torch"
+               and os.path.isfile(f.base + ".safetensors")]
     if weights:
         newest = weights[0]
         print(f"note: {path!r} holds no complete checkpoint (weights + readable .state.pt); its newest weights "
               f"file {os.path.basename(newest)} is used (translating needs the weights only)", file=sys.stderr)
         return load_any(newest, overrides)
-    if any(f.framework == "tf" for f in policy.inventory(path)) or os.path.isfile(os.path.join(path, "checkpoint")):
+    if any(f.framework == "tf" for f in found) or os.path.isfile(os.path.join(path, "checkpoint")):
         return _load_tf(path, overrides)  # an incomplete TF checkpoint: the reader says what is missing
     raise opt.OptionError(f"{path!r}: no checkpoint there (expected a torch_port checkpoint folder or an official "
                           f"TensorFlow one)")

@@ -50,6 +50,7 @@ from ugatit_common import checkpoint_policy as policy
 from ugatit_common import cli_errors
 from ugatit_common import options as opt
 from ugatit_common.atomic import write_bytes_atomic
+from ugatit_common.finite import EXIT_NON_FINITE, NonFiniteLoss
 from ugatit_common.results import save_grid, save_image
 
 from . import checkpoint as ckpt
@@ -59,12 +60,7 @@ from .host_device import PendingValues, to_device
 from .model import build_ugatit
 
 NAN_HOOK_ENV = "UGATIT_TORCH_INJECT_NAN_AT"  # hidden test hook: counter at which d_loss becomes NaN
-EXIT_NON_FINITE = 3
 MAX_PENDING = 2  # iterations whose loss values may still be on their way to the host (CUDA)
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 class GPUOutOfMemory(opt.OptionError):

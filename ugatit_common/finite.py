@@ -29,6 +29,14 @@ class NonFiniteOutput(OptionError):
     """Finite weights whose output holds NaN or inf (exit 2): nothing is written from it."""
 
 
+EXIT_NON_FINITE = 3
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss, or a weight or Adam slot, became NaN / inf during training (tf_reference, the port,
+    Morph): the run stops with exit 3, its newest checkpoint the last finite one."""
+
+
 def _count_non_finite(value) -> int:
     if hasattr(value, "isfinite") and hasattr(value, "is_floating_point"):  # torch.Tensor
         if not (value.is_floating_point() or value.is_complex()):

@@ -322,7 +322,8 @@ def check_outputs(outputs, inputs, overwrite: bool, *, updates=(), beside_input_
     (files, folders or TF prefixes); `updates`: [(path, kind)] files the command rewrites as an
     index of what it wrote (a TF `checkpoint` file): replaced without `flag` when of that kind,
     refused otherwise (torch2tf also refuses, without --overwrite, to re-point one that names
-    another checkpoint still there, whatever its name: weights_convert._refuse_repointing); `beside_input_ok`: the output may lie in the input checkpoint's folder
+    another checkpoint still there, whatever its name: weights_convert._refuse_repointing);
+    `beside_input_ok`: the output may lie in the input checkpoint's folder
     (`beside_input_hint`: how to ask for that, appended to the refusal); `input_name`: what the
     inputs are, for the message. The outputs are then claimed for this process (`claim`, until
     `release_claims`) and checked again, so a command that wrote one meanwhile is seen."""
@@ -352,7 +353,8 @@ def _domain_folder_of(real: str) -> str | None:
     in, else None."""
     d = real
     while True:
-        if os.path.basename(d) in DOMAIN_FOLDERS and os.path.basename(os.path.dirname(os.path.dirname(d))) == "dataset":
+        if os.path.basename(d) in DOMAIN_FOLDERS and os.path.basename(os.path.dirname(os.path.dirname(d))) \
+                == "dataset":
             return d
         parent = os.path.dirname(d)
         if parent == d:
@@ -369,8 +371,9 @@ def check_result_folders(folders, *, checkpoint: str | None = None, flag: str = 
       a run's checkpoint folder holds that run;
     - a dataset's image folder or a folder inside one (any `dataset/<name>/trainA|trainB|testA|
       testB`, what the trainers and test phases read): the next training run would take the
-      results for training images (a training set grown by its own translations, silently). Beside the inputs elsewhere is
-      allowed: results never take an input's name (ugatit_common.output_names)."""
+      results for training images (a training set grown by its own translations, silently).
+      Beside the inputs elsewhere is allowed: results never take an input's name
+      (ugatit_common.output_names)."""
     reading = None
     if checkpoint and (os.path.lexists(checkpoint) or _tf_prefix(checkpoint)):
         reading = checkpoint_folder_of(checkpoint)
