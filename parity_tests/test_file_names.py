@@ -78,7 +78,8 @@ def _dead_pid() -> int:
 
 def test_sweep_dead_temps_leaves_running_writers_alone(tmp_path):
     """Temp files (`.tmp-<pid>-...`) of writers that are gone, or older than a day, are removed;
-    one of a running process, and files of other names, stay."""
+    one of a running process, and files of other names, stay; the results folder's sweep of any
+    temp name (checkpoint_policy.sweep_temp without an owner) leaves a running writer's too."""
     import time
 
     from ugatit_common.atomic import STALE_S, atomic_output, sweep_dead_temps
@@ -93,6 +94,10 @@ def test_sweep_dead_temps_leaves_running_writers_alone(tmp_path):
     os.utime(tmp_path / f".tmp-{live}-old.png", (old, old))
     assert sorted(sweep_dead_temps(str(tmp_path))) == sorted(n for n, stays in names.items() if not stays)
     assert all((tmp_path / n).exists() == stays for n, stays in names.items())
+    # the results folder's own sweep (any temp name) leaves a running writer's alone too
+    from ugatit_common.checkpoint_policy import sweep_temp
+    assert sweep_temp(str(tmp_path), log=lambda m: None) == [".tmp-notes.txt"]
+    assert (tmp_path / f".tmp-{live}-b.png").exists()
 
 
 def _official_checkpoint(tmp_path):

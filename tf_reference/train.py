@@ -12,11 +12,11 @@ import sys
 
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import cli_errors
-from ugatit_common.atomic import sweep_dead_temps
 from ugatit_common import options as opt
+from ugatit_common.finite import NonFiniteLoss
 from ugatit_common.images import ImageReadError, none_readable, readable_train_images
 from ugatit_common.output_guard import check_result_folders
-from ugatit_common.output_names import OutputNames
+from ugatit_common.output_names import DIRECTIONS, OutputNames
 from ugatit_common.results import ResultsPage, save_image
 
 from .compat import session_config, tf, train_session_config
@@ -82,11 +82,6 @@ def restore(sess, saver, folder: str, graph_vars, need: str = "train", owner=Non
     return True, counter
 
 
-class NonFiniteLoss(RuntimeError):
-    """A loss, or the weights, became NaN / inf during training: exit 3 (python -m tf_reference),
-    the newest checkpoint left the last finite one, as the port stops (torch_port.train)."""
-
-
 _STOPPED = "training stopped, the last checkpoint is left as it was"
 
 
@@ -133,9 +128,8 @@ def refuse_non_finite_variables(sess, graph_vars, source: str) -> None:
     naming the first one and how many of its values are non-finite). Counted in the graph: one
     integer per variable comes back, not the weights."""
     from ugatit_common.finite import NonFiniteWeights
-    floats = [v for v in graph_vars if v.dtype.base_dtype.is_floating]
-    counts = sess.run([tf.math.count_nonzero(tf.logical_not(tf.math.is_finite(v))) for v in floats])
-    for v, n in zip(floats, counts):
+    floats, ops = non_finite_counts(graph_vars)
+    for v, n in zip(floats, sess.run(ops)):
         if n:
             raise NonFiniteWeights(f"{source}: variable {v.op.name!r} holds {int(n)} non-finite value(s) (NaN or "
                                    f"inf) of {v.shape.num_elements()}; the checkpoint cannot be used")
@@ -280,9 +274,8 @@ def test(cfg: dict) -> str:
             check_result_folders([paths.result, os.path.join(paths.result, "a2b"), os.path.join(paths.result, "b2a")],
                                  checkpoint=paths.checkpoint)
             cli_errors.check_writable_folder(paths.result, "--result_dir")
-            policy.sweep_temp(paths.result, log=lambda msg: None)
-            for d in ("a2b", "b2a"):  # the images' folders: what a killed earlier test phase left there
-                sweep_dead_temps(os.path.join(paths.result, d))
+            for folder in [paths.result] + [os.path.join(paths.result, d) for d in DIRECTIONS]:  # page and images:
+                policy.sweep_temp(folder, log=lambda msg: None)  # a killed earlier test phase's (not a running one's)
             page = ResultsPage(paths.result, cfg["img_size"])
             names = OutputNames(files_A + files_B)  # a2b/ and b2a/: never collide, never an input
             for files, src, out, direction in ((files_A, m.test_domain_A, m.test_fake_B, "a2b"),
@@ -291,8 +284,9 @@ def test(cfg: dict) -> str:
                     print("Processing image: " + f)
                     try:
                         image = load_test_image(f, cfg["img_size"])
-                    except Exception as e:  # cv2 returns None for unreadable files
-                        why = e.reason if isinstance(e, ImageReadError) else f"not a readable image ({type(e).__name__})"
+                    except Exception as e:  # ImageReadError (unreadable, not an image), or a decoder's own
+                        why = (e.reason if isinstance(e, ImageReadError)
+                               else f"not a readable image ({type(e).__name__})")
                         print(f"warning: skipping {f}: {why}", file=sys.stderr)
                         continue
                     fake = sess.run(out, {src: image})

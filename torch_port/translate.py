@@ -19,7 +19,6 @@ import sys
 import torch
 
 from ugatit_common import options as opt
-from ugatit_common.atomic import sweep_dead_temps
 from ugatit_common.checkpoint_policy import sweep_temp
 from ugatit_common.cli_errors import check_writable_folder
 from ugatit_common.finite import refuse_non_finite, refuse_non_finite_output
@@ -162,9 +161,8 @@ def test(cfg: dict, device: torch.device, input_path: str | None = None, directi
     check_result_folders([paths.result] + [os.path.join(paths.result, d) for _, d in jobs],
                          checkpoint=checkpoint if checkpoint is not None else paths.checkpoint)
     check_writable_folder(paths.result, "--result_dir")
-    sweep_temp(paths.result, log=lambda m: None)
-    for d in DIRECTIONS:  # the images' folders: what a killed earlier test phase left there
-        sweep_dead_temps(os.path.join(paths.result, d))
+    for folder in [paths.result] + [os.path.join(paths.result, d) for d in DIRECTIONS]:  # page and images:
+        sweep_temp(folder, log=lambda m: None)  # what a killed earlier test phase left (not a running one's)
     page = ResultsPage(paths.result, cfg["img_size"])
     counts = {}
     names = OutputNames([f for files, _ in jobs for f in files])  # outputs never overwrite an input

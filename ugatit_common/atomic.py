@@ -73,6 +73,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def abandoned(path: str) -> bool | None:
+    """For a temp file of `atomic_output` (`.tmp-<pid>-...`): whether its writer is gone (that pid
+    is not running, or the file is older than STALE_S); None for any other name."""
+    m = _WRITER.match(os.path.basename(path))
+    if not m:
+        return None
+    pid = int(m.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        return not _alive(pid) or time.time() - os.path.getmtime(path) >= STALE_S
+    except OSError:  # gone meanwhile
+        return False
+
+
 def sweep_dead_temps(folder: str) -> list[str]:
     """Remove the temp files of `atomic_output` in `folder` (not in subfolders) whose writer is
     gone (a process killed mid-write, SIGKILL or power loss): their pid is not running, or they are
@@ -83,15 +98,11 @@ def sweep_dead_temps(folder: str) -> list[str]:
         names = os.listdir(folder)
     except OSError:
         return gone
-    now = time.time()
     for n in names:
-        m = _WRITER.match(n)
-        if not m or int(m.group(1)) == os.getpid():
-            continue
         p = os.path.join(folder, n)
+        if not abandoned(p) or not os.path.isfile(p):
+            continue
         try:
-            if not os.path.isfile(p) or (_alive(int(m.group(1))) and now - os.path.getmtime(p) < STALE_S):
-                continue
             os.remove(p)
             gone.append(n)
         except OSError:  # gone meanwhile, or not ours to remove

@@ -39,6 +39,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from . import run_lock
+from .atomic import abandoned
 from .options import OptionError
 
 POINTER = "latest"          # torch_port's pointer file
@@ -204,7 +205,8 @@ def sweep_temp(folder: str, log=print, owner=None) -> list[str]:
     """Remove temp files of killed saves in `folder` (not in subfolders). Returns what went.
     A run's own folder: only by the run holding it (`owner`). Without `owner` (a test phase's
     results folder) a folder that another run holds is left alone: its temp files are that
-    run's saves in progress."""
+    run's saves in progress; and so is a temp file whose writer still runs (another test phase
+    writing its page there: ugatit_common.atomic.abandoned)."""
     gone = []
     if not os.path.isdir(folder):
         return gone
@@ -216,6 +218,8 @@ def sweep_temp(folder: str, log=print, owner=None) -> list[str]:
         if not _TEMP.match(n):
             continue
         p = os.path.join(folder, n)
+        if owner is None and abandoned(p) is False:  # a running command's write in progress
+            continue
         try:
             if os.path.isdir(p) and not os.path.islink(p):
                 shutil.rmtree(p)
