@@ -270,7 +270,8 @@ def test_loss_log_has_one_line_per_step_after_a_kill(data, tmp_path):
     """losses.jsonl after a run killed past its last checkpoint (here: the newest checkpoint
     removed, and a line cut mid-write appended): the resumed run cuts the log back to the
     checkpoint's steps and writes the rest once, so the counters run 1..N without a gap or a
-    repeat; a save flushes the log first (the lines of every saved step are on disk)."""
+    repeat; a save flushes the log first (the lines of every saved step are on disk). TensorBoard
+    too shows each step once (the resumed run's events replace the killed run's)."""
     from morph.train import train
     root = str(tmp_path / "run")
 
@@ -288,3 +289,7 @@ def test_loss_log_has_one_line_per_step_after_a_kill(data, tmp_path):
     train(cfg(2), seed=5, base=data, log=lambda m: None)  # resumes at counter 3
     with open(log) as fh:
         assert [json.loads(line)["counter"] for line in fh] == [1, 2, 3, 4]
+    # and TensorBoard shows each step once: the resumed run's event file hides the killed run's steps >= 3
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(_folder(root).log, size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in acc.Scalars("Discriminator_loss")] == [1, 2, 3, 4]

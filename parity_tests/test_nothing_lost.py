@@ -737,3 +737,26 @@ def test_ctrl_c_under_torchrun_resumes_through_torchrun(monkeypatch, capsys):
     for k in ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE", "WORLD_SIZE", "RANK"):
         monkeypatch.delenv(k)
     assert cli_errors.resume_command("python -m torch_port", ["--x", "1"]) == "python -m torch_port --x 1"
+
+
+def test_resumed_runs_events_replace_a_killed_runs(tmp_path):
+    """TensorBoard events of steps a killed run wrote after its last checkpoint: the resumed run's
+    event file starts with TensorBoard's purge marker at its first step, so TensorBoard shows each
+    step once, the resumed run's, also for a tag the resumed run has not written again yet (a
+    rho histogram of the killed run's last print_freq step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from torch_port.events import EventWriter
+    killed = EventWriter(str(tmp_path))
+    for step in range(1, 6):
+        killed.add_scalar("D_loss", float(step), step)
+    killed.add_histogram("rho", np.arange(4.0), 5)
+    killed.close()
+    time.sleep(1.1)  # the second file's name (its time stamp) sorts after the first's, as for a real resume
+    resumed = EventWriter(str(tmp_path), purge_step=3)  # resumed from the checkpoint of step 2
+    for step in (3, 4):
+        resumed.add_scalar("D_loss", 10.0 * step, step)
+    resumed.close()
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0}).Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("D_loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    assert "rho" not in acc.Tags()["histograms"] or acc.Histograms("rho") == []

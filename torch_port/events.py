@@ -15,9 +15,11 @@ _FILE_NUMBERS = itertools.count()
 
 class EventWriter:
     """`add_scalar(tag, value, step)`, `add_histogram(tag, values, step)`, `close()`: the part of
-    SummaryWriter's interface the trainer uses; files open in TensorBoard as before."""
+    SummaryWriter's interface the trainer uses; files open in TensorBoard as before. `purge_step`:
+    the run's first step (SummaryWriter's `purge_step`): TensorBoard then hides the events of
+    steps >= it in the folder's older files."""
 
-    def __init__(self, log_dir: str):
+    def __init__(self, log_dir: str, purge_step: int | None = None):
         import os
         import socket
         import time
@@ -36,6 +38,12 @@ class EventWriter:
                 continue
         self._writer = RecordWriter(handle)
         self._writer.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+        if purge_step is not None:
+            # TensorBoard drops the folder's earlier events at steps >= purge_step (what a killed run
+            # wrote after the checkpoint this run resumes from), as SummaryWriter(purge_step=...) does
+            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._writer.write(event_pb2.Event(wall_time=time.time(), step=int(purge_step),
+                                               session_log=start).SerializeToString())
         self._writer.flush()
         self._flushed = time.time()
 

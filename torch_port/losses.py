@@ -82,8 +82,13 @@ def regularization_loss(module_or_named_params, scale: float = 1e-4) -> torch.Te
     return torch.stack(terms).sum()
 
 
-def _penalty(out: torch.Tensor, interpolated: torch.Tensor, gan_type: str, ld: float) -> torch.Tensor:
-    grad, = torch.autograd.grad(out.sum(), interpolated, create_graph=True)
+def _penalty(out: torch.Tensor, interpolated: torch.Tensor, gan_type: str, ld: float,
+             grad_scale: torch.Tensor | None = None) -> torch.Tensor:
+    if grad_scale is None:
+        grad, = torch.autograd.grad(out.sum(), interpolated, create_graph=True)
+    else:  # fp16: the inner backward runs through float16 convolutions too; scaled as the outer one
+        grad, = torch.autograd.grad(out.sum() * grad_scale, interpolated, create_graph=True)
+        grad = grad / grad_scale  # a power of two: exact (an overflow stays inf: the step is skipped)
     grad = grad.reshape(grad.shape[0], -1)
     norm = torch.sqrt(grad.square().sum(dim=1))  # tf.norm(flatten(grad), axis=1)
     if gan_type == "wgan-lp":
@@ -93,12 +98,15 @@ def _penalty(out: torch.Tensor, interpolated: torch.Tensor, gan_type: str, ld: f
 
 def gradient_penalty(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, gan_type: str,
                      ld: float, alpha: torch.Tensor | None = None,
-                     noise: torch.Tensor | None = None):
+                     noise: torch.Tensor | None = None, grad_scale: torch.Tensor | None = None):
     """Official `gradient_panalty` -> (gp, cam_gp), each summed over the two heads.
 
     dragan: fake := real + 0.5 * std(real) * noise (noise ~ U[0,1) of real's shape, biased std
     over all axes). interpolated = real + alpha * (fake - real), alpha [B,1,1,1] ~ U[0,1).
-    Both draws are injectable for parity tests; one discriminator call serves all four terms."""
+    Both draws are injectable for parity tests; one discriminator call serves all four terms.
+    `grad_scale` (fp16 training: the D loss scale, a power of two): the penalty's inner gradient
+    is taken of the scaled logits and divided back, so that it does not underflow in float16's
+    backward convolutions (torch.amp's recipe for gradient penalties); None: unscaled (fp32)."""
     if gan_type not in ("wgan-gp", "wgan-lp", "dragan"):
         raise ValueError(f"no gradient penalty for gan_type {gan_type!r}")
     real = real.detach()
@@ -113,6 +121,6 @@ def gradient_penalty(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, ga
         alpha = torch.rand(real.shape[0], 1, 1, 1, dtype=real.dtype, device=real.device)
     interpolated = (real + alpha * (fake - real)).requires_grad_(True)
     logits, cam_logits, _, _ = disc(interpolated)
-    gp = sum(_penalty(logit, interpolated, gan_type, ld) for logit in logits)
-    cam_gp = sum(_penalty(cam, interpolated, gan_type, ld) for cam in cam_logits)
+    gp = sum(_penalty(logit, interpolated, gan_type, ld, grad_scale) for logit in logits)
+    cam_gp = sum(_penalty(cam, interpolated, gan_type, ld, grad_scale) for cam in cam_logits)
     return gp, cam_gp

@@ -131,10 +131,12 @@ class UGATIT(nn.Module):
                   + discriminator_loss(gan_type, real_B_cam, fake_B_cam))
         if uses_gradient_penalty(gan_type):
             draws = dict(gp_draws or {})
-            gp_A, gp_cam_A = gradient_penalty(self.discriminator_A, real_A, x_ba, gan_type,
-                                              cfg["GP_ld"], draws.get("alpha_A"), draws.get("noise_A"))
-            gp_B, gp_cam_B = gradient_penalty(self.discriminator_B, real_B, x_ab, gan_type,
-                                              cfg["GP_ld"], draws.get("alpha_B"), draws.get("noise_B"))
+            scaler = getattr(self.D_optim, "loss_scaler", None)
+            scale = None if scaler is None else scaler.scale_tensor.reshape(())  # fp16: the D loss scale
+            gp_A, gp_cam_A = gradient_penalty(self.discriminator_A, real_A, x_ba, gan_type, cfg["GP_ld"],
+                                              draws.get("alpha_A"), draws.get("noise_A"), grad_scale=scale)
+            gp_B, gp_cam_B = gradient_penalty(self.discriminator_B, real_B, x_ab, gan_type, cfg["GP_ld"],
+                                              draws.get("alpha_B"), draws.get("noise_B"), grad_scale=scale)
             d_ad_A = d_ad_A + gp_A + gp_cam_A
             d_ad_B = d_ad_B + gp_B + gp_cam_B
 

@@ -559,7 +559,7 @@ class Trainer:
         writer = loss_log = None
         if main:
             from .events import EventWriter  # never imports TensorFlow
-            writer = EventWriter(paths.log)
+            writer = EventWriter(paths.log, purge_step=counter)  # a resumed run's steps replace a killed run's
             if self.LOSS_LOG:
                 log_path = os.path.join(paths.log, self.LOSS_LOG)
                 cut_loss_log(log_path, counter)
