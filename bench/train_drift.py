@@ -20,6 +20,7 @@ is the GAN + Adam amplifying any perturbation: the band then measures chaos, not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -95,6 +96,71 @@ def one_iteration_state(device, skip_compile=False) -> dict:
     return out
 
 
+def conv_accuracy(device) -> dict:
+    """Each distinct convolution of the drift model (shapes recorded from one G and one D forward)
+    in float32 on `device` against float64 on the CPU: max |diff| / max |ref| of the output and of
+    both gradients, per way cuDNN may run it: deterministic mode (the exact path), cuDNN's default
+    heuristic, benchmark mode (timed choice: FFT / Winograd allowed), and channels-last (what
+    inductor's layout optimisation runs). Rounding gives ~1e-6; FFT / Winograd ~1e-5-1e-4; TF32
+    ~1e-3: a mode far above rounding is a cause of drift that compile or graphs would inherit."""
+    import torch
+    import torch.nn.functional as F
+
+    from parity_tests.test_train_precision import NET
+    from torch_port import build_ugatit
+    from torch_port.train_precision import deterministic_math
+    torch.manual_seed(1)
+    model = build_ugatit(NET)
+    shapes, original = {}, F.conv2d
+
+    def record(x, w, b=None, stride=1, *args, **kwargs):
+        key = (tuple(x.shape), tuple(w.shape), stride if isinstance(stride, int) else tuple(stride))
+        shapes.setdefault(key, (x.detach().clone(), w.detach().clone()))
+        return original(x, w, b, stride, *args, **kwargs)
+    F.conv2d = record
+    try:
+        with torch.no_grad():
+            x = torch.rand(1, 3, 32, 32) * 2 - 1
+            fake, _ = model.generate_a2b(x)
+            model.discriminator_B(fake)
+    finally:
+        F.conv2d = original
+
+    def grads(x, w, stride, g, memory_format=torch.contiguous_format):
+        x = x.contiguous(memory_format=memory_format).requires_grad_(True)
+        w = w.contiguous(memory_format=memory_format).requires_grad_(True)
+        y = original(x, w, None, stride)
+        gx, gw = torch.autograd.grad(y, (x, w), g.contiguous(memory_format=memory_format))
+        return y, gx, gw
+
+    @contextlib.contextmanager
+    def benchmark(on):
+        saved = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = on
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = saved
+    modes = {"deterministic": lambda: deterministic_math() if device.type == "cuda" else _null(),
+             "default": lambda: benchmark(False), "benchmark": lambda: benchmark(True),
+             "channels_last det": lambda: deterministic_math() if device.type == "cuda" else _null()}
+    out = {}
+    print("\nconvolutions in float32 vs float64 (max |diff| / max |ref| of output, grad input, grad weight)")
+    for (xs, ws, stride), (x, w) in sorted(shapes.items()):
+        g = torch.randn(original(x, w, None, stride).shape, generator=torch.Generator().manual_seed(3))
+        ref = grads(x.double(), w.double(), stride, g.double())
+        row = {}
+        for mode, ctx in modes.items():
+            fmt = torch.channels_last if mode.startswith("channels_last") else torch.contiguous_format
+            with ctx():
+                got = grads(x.to(device), w.to(device), stride, g.to(device), fmt)
+            row[mode] = [float((a.double().cpu() - b).abs().max() / b.abs().max()) for a, b in zip(got, ref)]
+        name = f"x{list(xs)} w{list(ws)} s{stride}"
+        out[name] = row
+        print(f"  {name:<40} " + "  ".join(f"{m} " + "/".join(f"{v:.0e}" for v in r) for m, r in row.items()))
+    return out
+
+
 def _null():
     import contextlib
     return contextlib.nullcontext()
@@ -114,11 +180,17 @@ def main(argv=None) -> int:
     device = pick_device(a.device)
     # the sharp evidence first: printed even if the step's timeout ends the longer runs below
     one = one_iteration_state(device, skip_compile=a.skip_compile)
+    try:
+        convs = conv_accuracy(device)
+    except Exception as e:  # noqa: BLE001 - evidence, not a gate
+        convs = {"failed": f"{type(e).__name__}: {e}"}
+        print(f"conv accuracy failed: {convs['failed'][:200]}")
 
     def save(**more):  # JSON after each part (a timeout keeps what was measured)
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"torch": torch.__version__, "device": str(device), "one_iteration": one, **more}, f,
+                json.dump({"torch": torch.__version__, "device": str(device), "one_iteration": one,
+                           "conv_accuracy": convs, **more}, f,
                           indent=1)
     save()
     runs = {}
@@ -145,8 +217,10 @@ def main(argv=None) -> int:
             Trainer.DETERMINISTIC_FP32 = det
             train_precision.LOSS_SCALE_INIT = SETTLED_SCALE if precision == "fp16" else init
             try:
-                out = (Nudged if name.endswith("_ulp") else Trainer)(_config(name), device, seed=1, precision=precision, compile=compile,
-                              cuda_graphs=graphs, log=lambda m: None).run()
+                graphs_flag = graphs if device.type == "cuda" else "auto"  # a CPU has no graph: the eager steps
+                out = (Nudged if name.endswith("_ulp") else Trainer)(_config(name), device, seed=1, precision=precision,
+                                                                      compile=compile, cuda_graphs=graphs_flag,
+                                                                      log=lambda m: None).run()
                 runs[name] = [(r["d_loss"], r["g_loss"]) for r in out["history"]]
                 print(f"ran {name}", flush=True)
             except Exception as e:  # noqa: BLE001 - a failing path is evidence too

@@ -840,3 +840,34 @@ def test_what_the_graph_setting_runs():
     assert plan(True, cuda, 1)[0] == "capture" and plan(False, cuda, 1)[0] == "off"
     with pytest.raises(OptionError, match="expected auto, True or False"):
         plan("sometimes", cuda, 1)
+
+
+def test_gpu_math_settings_hold_during_the_steps_only():
+    """`train_precision.cuda_steps` (run here without a GPU: only the settings are looked at):
+    the exact fp32 steps run in deterministic mode without cuDNN timing, the reduced-precision
+    steps with cuDNN's benchmark mode, and after every step the process has its own settings back
+    (a bf16 run no longer left benchmark mode on for a later fp32 run or test phase in the same
+    process); a CPU run's steps are not wrapped."""
+    from torch_port.train_precision import cuda_steps
+    seen = []
+
+    def step(*args):
+        seen.append((torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()))
+        return {}
+    saved = torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()
+    try:
+        for before in (False, True):
+            torch.backends.cudnn.benchmark = before
+            for precision, deterministic, inside in (("fp32", True, (False, True)), ("fp32", False, (before, False)),
+                                                     ("bf16", True, (True, False)), ("fp16", True, (True, False)),
+                                                     ("tf32", True, (True, False))):
+                for s in cuda_steps(step, step, precision, "cuda", deterministic):
+                    seen.clear()
+                    s()
+                    assert seen == [inside], (precision, deterministic, before, seen)
+                    assert (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()) == \
+                        (before, False), (precision, before)
+        assert cuda_steps(step, step, "bf16", "cpu") == (step, step)
+    finally:
+        torch.backends.cudnn.benchmark = saved[0]
+        torch.use_deterministic_algorithms(saved[1])

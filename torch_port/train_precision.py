@@ -309,19 +309,33 @@ def cuda_steps(d_step, g_step, precision: str, device, deterministic: bool = Tru
     """The CUDA math settings of a run's steps. fp32 (the exact path): deterministic
     (`deterministic_math`; `deterministic=False` leaves cuDNN's default heuristics and ATen's
     atomic reflection-pad backward: faster, not bit-reproducible). tf32 / bf16 / fp16: cuDNN
-    times its algorithms for the fixed shapes once (`cudnn.benchmark`, process-wide): the fastest,
-    but its choice, and so the last bits, may differ from run to run. A CPU: unchanged."""
+    times its algorithms for the fixed shapes once (`cudnn.benchmark` during the steps): the
+    fastest, but its choice, and so the last bits, may differ from run to run. Each setting holds
+    during the steps only; the process's own is back after each (a later fp32 run or test phase in
+    the same process keeps its algorithms). A CPU: unchanged."""
     if torch.device(device).type != "cuda":
         return d_step, g_step
     if precision != "fp32":
-        torch.backends.cudnn.benchmark = True
-        return d_step, g_step
-    if not deterministic:
+        math = _cudnn_benchmark
+    elif deterministic:
+        math = deterministic_math
+    else:
         return d_step, g_step
 
     def wrap(step):
         def run(*args, **kwargs):
-            with deterministic_math():
+            with math():
                 return step(*args, **kwargs)
         return run
     return wrap(d_step), wrap(g_step)
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark():
+    """cuDNN's benchmark mode for the block, the process's setting restored afterwards."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
