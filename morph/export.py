@@ -15,6 +15,7 @@ tf_reference is compared too when importable (their generators are the official 
 from __future__ import annotations
 
 import argparse
+import io as io_module
 import json
 import os
 import sys
@@ -26,7 +27,6 @@ import torch.nn as nn
 from torch_port import export as tx
 from ugatit_common import options as opt
 from ugatit_common import output_guard as guard
-from ugatit_common.atomic import atomic_output
 
 __all__ = ["MorphCore", "w_file", "export_morph", "add_parser", "run"]
 
@@ -74,13 +74,13 @@ def export_morph(model, out: str, *, source: str, step: int, direction: str | No
                      "morph.w_samples": str(samples), "morph.z_seed": str(z_seed),
                      "morph.usage": "w = w_b2a + t * (w_a2b - w_b2a); t = 1: A->B, t = 0: B->A (codes also in "
                                     + os.path.basename(w_file(out)) + ")"})
+        codes = io_module.BytesIO()
+        np.savez(codes, w_a2b=w_ab, w_b2a=w_ba)
         result = tx.export(core, out, cfg, direction="w", source=source, source_kind="morph", step=step, io=io,
                            precision=precision, verify=verify, batches=batches, seed=seed,
                            extra_inputs={tx.W_INPUT: (int(cfg["w_dim"]),)}, extra=_lerp_codes(w_ba, w_ab),
-                           metadata=meta, config_keys=keys, mutate=mutate)
-        with atomic_output(w_file(out)) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, w_a2b=w_ab, w_b2a=w_ba)
+                           metadata=meta, config_keys=keys, mutate=mutate,
+                           companions={w_file(out): codes.getvalue()})  # the pair is written together or not at all
         result["w_file"] = w_file(out)
         return result
     if direction not in ("a2b", "b2a"):
@@ -142,6 +142,7 @@ def _run(args) -> int:
         raise tx.ExportError(f"config {model.morph_config} has two generators: give --direction a2b or b2a")
     default = "morph.onnx" if model.single_generator else f"morph_{args.direction}.onnx"
     args.out = guard.place_output(args.out, "onnx", [args.ckpt], args.overwrite, default)
+    tx.check_onnx_name(args.out)  # after the guard's own refusals (they say more)
     if model.single_generator:
         guard.check_outputs([(w_file(args.out), "npz")], [args.ckpt], args.overwrite)
     step = int(state.get("step", 0))  # checkpoint.save records the counter in the state file

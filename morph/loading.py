@@ -37,7 +37,7 @@ FLAG_OF = {"morph_config": "config"}
 
 
 def _load_file(path: str):
-    if not path.endswith(".safetensors"):
+    if not path.lower().endswith(".safetensors"):
         raise CheckpointKindError(f"--checkpoint {path!r} is a file, not a Morph checkpoint: expected a checkpoint "
                                   f"folder or its weights file <prefix>.model-N.safetensors")
     kind, state = checkpoint_kind(path)

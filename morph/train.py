@@ -114,7 +114,7 @@ def checkpoint_kind(path: str) -> tuple[str, dict | None]:
                 continue
             return ("morph" if state.get("kind") == KIND else "ugatit-torch"), state
         return "none", None
-    if os.path.isfile(path) and path.endswith(".safetensors"):
+    if os.path.isfile(path) and path.lower().endswith(".safetensors"):
         from safetensors import safe_open
         with safe_open(path, "pt") as f:
             keys = list(f.keys())

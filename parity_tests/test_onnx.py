@@ -394,7 +394,8 @@ def test_morph_export_errors(tmp_path, capsys):
 # -- bad input: one line, exit 2, the file named ------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "bad_safetensors", "out_is_folder",
-                                  "full_img_size", "port_ckpt_to_tf2onnx", "batches"])
+                                  "full_img_size", "port_ckpt_to_tf2onnx", "batches", "img_size_-4", "img_size_4",
+                                  "img_size_6", "tf2onnx_img_size_0", "not_an_onnx_name"])
 def test_bad_input_exit_2_naming_the_file(tmp_path, capsys, case):
     out = str(tmp_path / "o.onnx")
     args = [GOLDEN_CKPT, out, "--direction", "a2b"]
@@ -425,10 +426,17 @@ def test_bad_input_exit_2_naming_the_file(tmp_path, capsys, case):
     elif case == "batches":
         args += ["--batches", "0,x"]
         named = "--batches"
+    elif case.split("_img_size_")[-1] != case or case.startswith("img_size_"):  # sizes the generator cannot run
+        size = case.rsplit("_", 1)[-1]
+        main = tx.tf2onnx_main if case.startswith("tf2onnx") else tx.main
+        args += ["--img_size", size]
+        named = f"--img_size={size}"
+    elif case == "not_an_onnx_name":  # a later --overwrite knows its own output by the name
+        args[1] = named = str(tmp_path / "model.bin")
     assert main(args) == tx.EXIT_USAGE
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error:" in err[0] and named in err[0], err
-    assert not os.path.exists(out)
+    assert not os.path.exists(out) and not os.path.exists(tmp_path / "model.bin")
 
 
 def test_staged_reductions_keep_onnx_runtime_float32_rounding_at_the_ports():
@@ -465,6 +473,9 @@ def test_load_checkpoint_reads_converted_safetensors(tmp_path):
     path = str(tmp_path / "golden.safetensors")
     weights_convert.convert_tf_to_file(GOLDEN_CKPT, path, generators_only=True, overrides={"img_size": 64},
                                        progress=False, quiet=True)
+    upper = str(tmp_path / "GOLDEN.SAFETENSORS")  # extensions count in any case, as the writers accept them
+    os.link(path, upper)
+    assert tx.load_checkpoint(upper)["config"] == tx.load_checkpoint(path)["config"]
     loaded = tx.load_checkpoint(path)
     assert (loaded["kind"], loaded["step"], loaded["config"]["img_size"], loaded["config"]["light"]) == \
         ("torch_port", 3, 64, True)
@@ -503,3 +514,74 @@ def test_export_full_disk_names_the_output(tmp_path, capsys, monkeypatch):
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
     assert len(lines) == 1 and str(out) in lines[0] and "No space left" in lines[0], lines
     assert sorted(os.listdir(tmp_path)) == ["ck"]
+
+
+def test_morph_export_pair_is_written_together_or_not_at_all(tmp_path, capsys, monkeypatch):
+    """Config C's model and its direction codes (`_w.npz`) are one output: a write that fails on
+    the codes (a full disk) leaves both earlier files as they were (no new model beside old
+    codes) and no temp file, in one error line naming the file."""
+    from morph.__main__ import main as morph_main
+    folder = str(tmp_path / "morphC")
+    _morph_checkpoint(folder)
+    out, codes = tmp_path / "out" / "m.onnx", tmp_path / "out" / "m_w.npz"
+    assert morph_main(["export", folder, str(out), "--no_verify"]) == 0
+    before = out.read_bytes(), codes.read_bytes()
+    calls = []
+
+    def fsync_fails_second(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+    monkeypatch.setattr(tx.os, "fsync", fsync_fails_second)
+    capsys.readouterr()
+    assert morph_main(["export", folder, str(out), "--no_verify", "--overwrite", "--z_seed", "5"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert len(err) == 1 and str(codes) in err[0] and "No space left" in err[0], err
+    assert (out.read_bytes(), codes.read_bytes()) == before
+    assert sorted(os.listdir(tmp_path / "out")) == ["m.onnx", "m_w.npz"]
+
+
+def test_export_of_a_checkpoint_whose_name_is_not_utf8(tmp_path):
+    """A checkpoint folder whose name is not UTF-8 exports (tf2onnx, its own process), as
+    tf2torch and the test phase read it: the name is kept in the metadata with \\xNN escapes
+    (ONNX strings are UTF-8)."""
+    import shutil
+    folder = os.path.join(os.fsencode(str(tmp_path)), b"tf\xff")
+    shutil.copytree(os.fsencode(GOLDEN_CKPT), folder)
+    out = str(tmp_path / "o.onnx")
+    r = subprocess.run([sys.executable, "-c", _NO_TF, "tf2onnx", folder, out, "--direction", "a2b",
+                        "--img_size", "64", "--no_verify"], cwd=ROOT, capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert meta["ugatit.source"].endswith("tf\\xff"), meta["ugatit.source"]
+
+
+def test_export_refuses_a_folder_a_training_run_took_meanwhile(tmp_path, capsys, monkeypatch):
+    """The output folder was free when the export checked it; a training run (another process)
+    took it while the model was being built and verified: nothing is written, one error line."""
+    from parity_tests.test_translate_checkpoint import _port_checkpoint
+    _port_checkpoint(tmp_path / "ck")
+    run_folder = tmp_path / "run"
+    out = run_folder / "x.onnx"
+    holder = []
+    original = tx.to_onnx
+
+    def to_onnx_while_a_run_starts(*a, **k):
+        model = original(*a, **k)
+        p = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ugatit_common import run_lock\n"
+                              "run_lock.acquire(sys.argv[1])\nprint('held', flush=True)\ntime.sleep(120)",
+                              str(run_folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        holder.append(p)
+        assert p.stdout.readline().strip() == "held"
+        return model
+    monkeypatch.setattr(tx, "to_onnx", to_onnx_while_a_run_starts)
+    try:
+        assert tx.main([str(tmp_path / "ck"), str(out), "--direction", "a2b", "--no_verify"]) == 2
+    finally:
+        for p in holder:
+            p.kill()
+            p.wait()
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert len(err) == 1 and "training run took meanwhile" in err[0] and str(out) in err[0], err
+    assert not out.exists()
+    assert not [n for n in os.listdir(run_folder) if n.startswith(".tmp-")]

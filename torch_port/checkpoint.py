@@ -412,8 +412,9 @@ def _apply_overrides(cfg: dict, overrides: dict, source: str) -> dict:
             raise opt.OptionError(f"--img_size={v}: the full (light=False) model in {source} is fixed to "
                                   f"{cfg['img_size']} px by its MLP")
         cfg[k] = v
-    if int(cfg["img_size"]) % 4:
-        raise opt.OptionError(f"--img_size={cfg['img_size']}: must be a multiple of 4")
+    if int(cfg["img_size"]) % 4 or int(cfg["img_size"]) < 8:
+        raise opt.OptionError(f"--img_size={cfg['img_size']}: must be a multiple of 4 and at least 8 (the generator "
+                              f"halves the image twice and its norms need more than one pixel)")
     return cfg
 
 
@@ -490,7 +491,7 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
             raise opt.OptionError(f"{path!r}: the checkpoint's state file records no config")
         return {"config": _apply_overrides(opt.config_from(state["config"]), overrides, path), "state": weights,
                 "step": int(step), "source": path, "kind": "torch_port"}
-    if path.endswith(".safetensors"):
+    if path.lower().endswith(".safetensors"):
         from safetensors import safe_open
         from safetensors.torch import load_file
         try:

@@ -524,13 +524,16 @@ def _versions() -> dict:
 def export(core: nn.Module, out: str, cfg: dict, *, direction: str, source: str, source_kind: str, step: int,
            io: str = "float", precision: str = "fp32", verify: bool = True, tf_run=None, batches=(1, 2),
            seed: int = 0, extra_inputs: dict | None = None, extra=None, metadata: dict | None = None,
-           config_keys=(), mutate=None) -> dict:
+           config_keys=(), mutate=None, companions: dict | None = None) -> dict:
     """Export `core` to `out` (atomically: nothing is written unless verification passes).
     Returns {"path", "report", "metadata"}; the metadata's config holds the architecture keys
     (ugatit_common.options.MODEL_KEYS) plus `config_keys`. `mutate(model_proto)` is a test seam applied before
-    verification (to prove that a wrong file is caught)."""
+    verification (to prove that a wrong file is caught). `companions`: {path: bytes} written with
+    the model (Morph's direction codes): every file is written to a temp file first, and none
+    replaces anything unless all were written."""
     if os.path.isdir(out):
         raise ExportError(f"output {out!r} is a folder; give a file name ending in .onnx")
+    check_generator_size(cfg.get("img_size"))
     model = to_onnx(core, cfg, io, precision, extra_inputs)
     if mutate is not None:
         mutate(model)
@@ -556,22 +559,55 @@ def export(core: nn.Module, out: str, cfg: dict, *, direction: str, source: str,
         "ugatit.exporter": json.dumps(_versions()),
     }
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    meta = {k: _utf8(v) for k, v in meta.items()}
     del model.metadata_props[:]
     for k, v in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
     model.producer_name = "faithful-ugatit"
-    model.doc_string = (f"U-GAT-IT generator {direction} from {source} (step {step}); inputs/outputs: see the "
-                        f"ugatit.inputs / ugatit.outputs metadata")
+    model.doc_string = _utf8(f"U-GAT-IT generator {direction} from {source} (step {step}); inputs/outputs: see "
+                             f"the ugatit.inputs / ugatit.outputs metadata")
     data = model.SerializeToString()
+    from ugatit_common.output_guard import recheck_live_run
+    files = {out: data, **(companions or {})}
+    for path in files:
+        recheck_live_run(path)  # a training run may have taken the folder during the verification
+    writing = out
     try:
-        with atomic_output(out) as tmp, open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        with contextlib.ExitStack() as stack:  # all temp files written, then all renamed (none if one fails)
+            for writing, payload in files.items():
+                tmp = stack.enter_context(atomic_output(writing))
+                with open(tmp, "wb") as f:
+                    f.write(payload)
+                    f.flush()
+                    os.fsync(f.fileno())
     except OSError as e:  # a full disk, a folder gone read-only: the output is named (nothing is left of it)
-        raise OSError(e.errno, f"cannot write {out!r}: {e.strerror or e}") from e
+        raise OSError(e.errno, f"cannot write {writing!r}: {e.strerror or e}") from e
     return {"path": out, "report": report, "metadata": meta}
+
+
+def _utf8(text: str) -> str:
+    """`text` as valid UTF-8 for ONNX's string fields: a file name's undecodable bytes (held as
+    surrogates) are written as \\xNN escapes."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_onnx_name(path: str) -> None:
+    """ExportError unless the output file's name ends in .onnx (any case): the name by which a
+    later --overwrite recognises the file as this command's own output."""
+    if not path.lower().endswith(".onnx"):
+        raise ExportError(f"output {path!r}: give a file name ending in .onnx (or a folder)")
+
+
+MIN_GENERATOR_SIZE = 8
+
+
+def check_generator_size(size) -> None:
+    """ExportError unless `size` is an image size the generator can run: a multiple of 4, at
+    least MIN_GENERATOR_SIZE (it halves the image twice, and its norms need more than one pixel)."""
+    if size is not None and (int(size) < MIN_GENERATOR_SIZE or int(size) % 4):
+        raise ExportError(f"--img_size={size}: must be a multiple of 4 and at least {MIN_GENERATOR_SIZE} (the "
+                          f"generator halves the image twice and its norms need more than one pixel)")
 
 
 def _io_doc(cfg: dict, io: str, extra_inputs: dict | None):
@@ -703,7 +739,9 @@ def _cli(argv, prog: str, description: str, overrides_from, need_kind: str | Non
     from ugatit_common.output_guard import place_output, release_claims
     try:
         args.out = place_output(args.out, "onnx", [args.ckpt], args.overwrite, f"{args.direction}.onnx")
+        check_onnx_name(args.out)  # after the guard's own refusals (they say more)
         parse_batches(args.batches)
+        check_generator_size(args.img_size)
         loaded = load_checkpoint(args.ckpt, overrides_from(args))
         if need_kind is not None and loaded["kind"] != need_kind:
             raise ExportError(f"{args.ckpt!r} is a {loaded['kind']} checkpoint, not an official TensorFlow one "

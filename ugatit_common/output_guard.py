@@ -176,7 +176,7 @@ def input_files(path: str) -> list[str]:
         out.append(os.path.join(folder, policy.TF_STATE))
     else:
         out.append(path)
-        if path.endswith(".safetensors"):
+        if path.lower().endswith(".safetensors"):
             out.append(path[: -len(".safetensors")] + ".state.pt")
     return [p for p in out if os.path.lexists(p)]
 
@@ -396,6 +396,17 @@ def check_result_folders(folders, *, checkpoint: str | None = None, flag: str = 
 
 
 # -- claims: one command per output file -------------------------------------------------------------
+
+def recheck_live_run(path: str) -> None:
+    """OutputRefused when a training run of another process now holds a folder at or above
+    `path`'s: checked again right before a slow command (an export's verification) writes, as
+    a run may have taken the folder since `check_outputs` looked."""
+    live = _live_owner(os.path.realpath(os.path.dirname(os.path.abspath(path))))
+    if live is not None and live[1].pid != os.getpid():
+        folder, holder = live
+        raise OutputRefused(f"output {path!r} lies in {folder!r}, which a training run took meanwhile "
+                            f"({holder.describe()}); nothing was written: write it outside that folder")
+
 
 CLAIM = ".ugatit-out"
 _claims: dict = {}
