@@ -585,3 +585,20 @@ def test_export_refuses_a_folder_a_training_run_took_meanwhile(tmp_path, capsys,
     assert len(err) == 1 and "training run took meanwhile" in err[0] and str(out) in err[0], err
     assert not out.exists()
     assert not [n for n in os.listdir(run_folder) if n.startswith(".tmp-")]
+
+
+def test_python_export_takes_onnx_names_and_generator_sizes_only(tmp_path):
+    """`torch_port.export.export` (the Python API) refuses what the commands refuse: a name not
+    ending in .onnx (a photo given by mistake is not replaced by ONNX bytes) and an image size
+    the generator cannot run; the file is untouched."""
+    _, core = _golden_core("a2b")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n my photo")
+    cfg = opt.config_from(light=True, ch=2, n_res=4, n_dis=4, img_size=64)
+    with pytest.raises(tx.ExportError, match="ending in .onnx"):
+        tx.export(core, str(photo), cfg, direction="a2b", source="test", source_kind="torch_port", step=0,
+                  verify=False)
+    with pytest.raises(tx.ExportError, match="--img_size=4"):
+        tx.export(core, str(tmp_path / "g.onnx"), dict(cfg, img_size=4), direction="a2b", source="test",
+                  source_kind="torch_port", step=0, verify=False)
+    assert photo.read_bytes() == b"\x89PNG\r\n\x1a\n my photo" and not (tmp_path / "g.onnx").exists()

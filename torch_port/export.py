@@ -533,6 +533,7 @@ def export(core: nn.Module, out: str, cfg: dict, *, direction: str, source: str,
     replaces anything unless all were written."""
     if os.path.isdir(out):
         raise ExportError(f"output {out!r} is a folder; give a file name ending in .onnx")
+    check_onnx_name(out)  # the API too: a photo.png given by mistake is never replaced by ONNX bytes
     check_generator_size(cfg.get("img_size"))
     model = to_onnx(core, cfg, io, precision, extra_inputs)
     if mutate is not None:
