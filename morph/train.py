@@ -115,10 +115,7 @@ def checkpoint_kind(path: str) -> tuple[str, dict | None]:
             return ("morph" if state.get("kind") == KIND else "ugatit-torch"), state
         return "none", None
     if os.path.isfile(path) and path.lower().endswith(".safetensors"):
-        from safetensors import safe_open
-        with safe_open(path, "pt") as f:
-            keys = list(f.keys())
-            meta = f.metadata() or {}
+        keys, meta = ckpt.safetensors_keys(path), policy.safetensors_metadata(path)
         kind = _weights_kind(keys)
         if meta.get("kind") == KIND or kind.startswith("morph"):
             return "morph", None
@@ -193,8 +190,7 @@ def _read_ugatit(path: str, cfg: dict | None = None, keys=None) -> tuple[dict, s
             _, weights, state = ckpt.find_latest(path)
             recorded = state.get("config")
         else:
-            from safetensors.torch import load_file
-            weights = load_file(path)
+            weights = ckpt.load_weights_file(path)
             recorded = ckpt.config_in_metadata(policy.safetensors_metadata(path), path)
         _check_recorded(recorded, cfg, ckpt.tfc.MODEL_KEYS if keys is None else keys, path)
         return weights, path

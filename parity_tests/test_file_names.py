@@ -207,3 +207,31 @@ def test_an_unreadable_test_image_is_named_with_its_reason(tmp_path):
     assert "text.png" in one and "not a decodable image" in one
     two = none_readable([str(tmp_path / "empty.png"), str(tmp_path / "text.png")])
     assert two.startswith("none of the 2 test images") and "empty.png" in two and "empty file" in two
+
+
+def test_checkpoint_folder_whose_name_is_not_utf8(tmp_path):
+    """Training with a --checkpoint_dir whose name is not UTF-8 (the safetensors library reads
+    UTF-8 paths only): the run resumes from its own checkpoint, and the test phase and Morph's
+    --init_from read it (they said "none can be used" / not a readable file)."""
+    from ugatit_common.demo_data import make_demo_dataset
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
+    ck = os.fsdecode(b"ck\xff")
+    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8"}
+    tiny = ["--light", "True", "--dataset", "demo", "--img_size", "32", "--ch", "2", "--n_dis", "4", "--device", "cpu",
+            "--threads", "1"]
+
+    def run(*argv, module="torch_port"):
+        proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=tmp_path, capture_output=True, env=env,
+                              timeout=300)
+        err = proc.stderr.decode("utf-8", "replace")
+        assert proc.returncode == 0, err[-3000:]
+        return proc.stdout.decode("utf-8", "replace") + err
+    train = ["--iteration", "2", "--augment_flag", "False", "--save_freq", "2", "--checkpoint_dir", ck] + tiny
+    run(*train, "--epoch", "1")
+    said = run(*train, "--epoch", "2")
+    assert "Success to read UGATIT_light.model-3" in said, said[-2000:]
+    assert "Test finished" in run("--phase", "test", "--checkpoint_dir", ck, *tiny)
+    folder = os.path.join(ck, "UGATIT_light_demo_lsgan_4resblock_4dis_1_1_10_10_1000_sn_smoothing")
+    said = run("train", "--init_from", folder, "--iteration", "1", "--epoch", "1", "--augment_flag", "False",
+               "--checkpoint_dir", "mck", *tiny[:-4], module="morph")
+    assert "init" in said.lower(), said[-2000:]

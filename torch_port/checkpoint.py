@@ -179,10 +179,42 @@ def prune(folder: str, prefix: str, keep: int, run: str | None = None) -> None:
 
 # -- load ------------------------------------------------------------------------------------------
 
-def load_weights_file(wp: str) -> dict:
-    from safetensors.torch import load_file
+def read_safetensors(path: str) -> tuple[dict, dict]:
+    """(tensors, metadata) of a safetensors file. The library takes UTF-8 paths only: a path
+    that is not (a folder named in another encoding, which the writers accept) is read from the
+    file's bytes instead (the same tensors, in memory rather than mapped)."""
     try:
-        return load_file(wp)
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        from safetensors.torch import load
+        with open(path, "rb") as fh:
+            data = fh.read()
+        return load(data), policy.safetensors_metadata(path)
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    with safe_open(path, "pt") as f:
+        meta = dict(f.metadata() or {})
+    return load_file(path), meta
+
+
+def safetensors_keys(path: str) -> list[str]:
+    """The tensor names of a safetensors file (its header only; any path, as read_safetensors);
+    OptionError naming the file when it is not one."""
+    import struct
+    try:
+        with open(path, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(min(n, 100 << 20)))
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
+    except (OSError, ValueError, struct.error) as e:
+        raise opt.OptionError(f"{path!r}: not a readable safetensors file ({policy._reason(e)})") from e
+    return [k for k in header if k != "__metadata__"]
+
+
+def load_weights_file(wp: str) -> dict:
+    try:
+        return read_safetensors(wp)[0]
     except Exception as e:  # noqa: BLE001 - any unreadable file means "not this one"
         raise CheckpointCorrupt(f"cannot read weights {wp!r}: {policy._reason(e)}") from e
 
@@ -492,12 +524,8 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
         return {"config": _apply_overrides(opt.config_from(state["config"]), overrides, path), "state": weights,
                 "step": int(step), "source": path, "kind": "torch_port"}
     if path.lower().endswith(".safetensors"):
-        from safetensors import safe_open
-        from safetensors.torch import load_file
         try:
-            with safe_open(path, "pt") as f:
-                meta = f.metadata() or {}
-            weights = load_file(path)
+            weights, meta = read_safetensors(path)
         except Exception as e:  # noqa: BLE001
             raise opt.OptionError(f"{path!r}: not a readable safetensors file ({type(e).__name__}: {e})") from e
         if meta.get("kind") == "morph":

@@ -72,12 +72,9 @@ def load_weights(path: str) -> tuple[dict, dict]:
         if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise ConversionError(f"{path!r} does not hold a state dict of tensors")
         return obj, meta
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from .checkpoint import read_safetensors
     try:
-        with safe_open(path, "pt") as f:
-            meta = dict(f.metadata() or {})
-        return load_file(path), meta
+        return read_safetensors(path)
     except Exception as e:  # noqa: BLE001
         raise ConversionError(f"{path!r} is not a readable safetensors file ({_reason(e)})") from e
 
