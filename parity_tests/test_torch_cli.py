@@ -332,3 +332,19 @@ def test_resume_at_another_image_size_is_refused(tmp_path, monkeypatch):
     with pytest.raises(CheckpointMismatch, match=r"--img_size=64 .*img_size=32"):
         train(_config("sz", iteration=4, img_size=64), torch.device("cpu"), seed=1)
     assert sorted(os.listdir(folder)) == before
+
+
+def test_boolean_flags_mean_what_the_official_main_py_reads(capsys):
+    """The official main.py reads a boolean flag as True only for a part of 'true' and False
+    otherwise: `True`/`t` (any case) and `False`/`f`/`0`/`no`/`n` mean the same here; `1`, `yes`
+    and `y`, which the official code reads as False and a reader as True, are refused (exit 2)
+    instead of selecting the other model; other text is refused too."""
+    from ugatit_common import options as opt
+    parser = opt.build_parser()
+    for text, want in (("True", True), ("TRUE", True), ("t", True), ("False", False), ("f", False), ("0", False),
+                       ("no", False), ("N", False)):
+        assert parser.parse_args(["--light", text]).light is want, text
+    for text, why in (("1", "ambiguous"), ("yes", "ambiguous"), ("Y", "ambiguous"), ("maybe", "expected a boolean")):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(["--sn", text])
+        assert e.value.code == 2 and why in capsys.readouterr().err, text

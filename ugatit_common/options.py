@@ -15,18 +15,25 @@ from dataclasses import dataclass
 GAN_TYPES = ("gan", "lsgan", "wgan-gp", "wgan-lp", "dragan", "hinge")
 DOMAIN_FOLDERS = ("trainA", "trainB", "testA", "testB")
 
-_TRUE = ("true", "t", "1", "yes", "y")
+_TRUE = ("true", "t")
 _FALSE = ("false", "f", "0", "no", "n")
+# the official main.py reads these as False (True only for a part of 'true'): never silently True
+_OFFICIALLY_FALSE = ("1", "yes", "y")
 
 
 def str2bool(value: str) -> bool:
-    """Parse a boolean flag. The official parser treats any substring of 'true' as True;
-    we accept the usual spellings and reject the rest instead of silently reading False."""
+    """Parse a boolean flag. The official parser treats any substring of 'true' as True and
+    everything else as False; we accept the spellings on which both agree (True/t, False/f/0/no/n,
+    any case) and refuse the rest instead of guessing: `1` / `yes` would be True to a reader and
+    False to the official main.py, so a command line never means two different models."""
     v = str(value).strip().lower()
     if v in _TRUE:
         return True
     if v in _FALSE:
         return False
+    if v in _OFFICIALLY_FALSE:
+        raise argparse.ArgumentTypeError(f"{value!r} is ambiguous: the official main.py reads it as False (only "
+                                         f"'true' is True there); write True or False")
     raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {value!r}")
 
 
