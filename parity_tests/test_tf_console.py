@@ -130,3 +130,38 @@ def test_training_that_goes_non_finite_stops_with_exit_3(tmp_path):
             for name in r.keys():
                 assert np.isfinite(np.asarray(r.read(name), dtype=np.float64)).all(), (index.name, name)
     print(f"stopped: {errors[0][:120]}; {len(indexes)} finite checkpoint(s) left")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["tf_reference", "torch_port"])
+def test_samples_resumed_with_n_critic_and_batch_2(tmp_path, module):
+    """Samples as the official loop writes them: `real_A_<epoch 3 digits>_<idx+1 5 digits>.png`
+    and `fake_B_...`, the newest G step's whole batch in one column ([batch_size, 1]: 2 x 32 px
+    high at batch 2). A run resumed where its first step is D-only (n_critic 2, counter 4) has no
+    G batch yet when the first sample is due: the official loop stops on a NameError; both
+    frameworks skip that sample and go on (tf_reference stopped with exit 1)."""
+    import cv2
+
+    from ugatit_common.demo_data import make_demo_dataset
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=4, n_test=1)
+    flags = ["--dataset", "demo", "--light", "True", "--img_size", "32", "--ch", "2", "--n_dis", "4", "--iteration",
+             "3", "--n_critic", "2", "--batch_size", "2", "--augment_flag", "False"]
+    if module == "torch_port":
+        flags += ["--device", "cpu", "--threads", "1"]
+
+    def run(*more):
+        proc = subprocess.run([sys.executable, "-m", module] + flags + list(more), cwd=tmp_path, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    run("--epoch", "1", "--print_freq", "100")  # ends with the checkpoint of counter 4
+    run("--epoch", "2", "--print_freq", "1")    # resumes at counter 4: a D-only step first
+    cfg = opt.config_from(dataset="demo", light=True, n_dis=4, n_critic=2)
+    folder = tmp_path / "samples" / opt.model_dir(cfg)
+    names = sorted(n for n in os.listdir(folder) if n.startswith(("real_A", "fake_B")))
+    # tf_reference resumes from the counter as officially (epoch 1, batch 1: counter 4 there is D-only, its
+    # sample skipped; counter 5 at batch 2 has G); the port from its stored position (epoch 1, batch 0: D-only,
+    # skipped; batch 1 has G; batch 2 is D-only and samples the newest G batch, as the official loop does)
+    done = ["00003"] if module == "tf_reference" else ["00002", "00003"]
+    assert names == sorted(f"{k}_001_{i}.png" for k in ("real_A", "fake_B") for i in done), names
+    for n in names:
+        assert cv2.imread(str(folder / n)).shape == (64, 32, 3), n

@@ -78,6 +78,7 @@ def test_cli_trains_and_writes_checkpoint_samples_logs(trained):
     assert set(state["G_optim"]) >= {"m", "v", "beta1_power"}
     samples = os.listdir(os.path.join(root, "samples", opt.model_dir(cfg)))
     assert len([s for s in samples if s.startswith("sample_")]) == 3
+    assert {s for s in samples if s.startswith("real_A")} == {f"real_A_000_{i:05d}.png" for i in (1, 2, 3)}  # official
     events = glob.glob(os.path.join(root, "logs", opt.model_dir(cfg), "events.out.tfevents.*"))
     assert events
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -17,7 +17,7 @@ from ugatit_common.finite import NonFiniteLoss
 from ugatit_common.images import ImageReadError, none_readable, readable_train_images
 from ugatit_common.output_guard import check_result_folders
 from ugatit_common.output_names import DIRECTIONS, OutputNames
-from ugatit_common.results import ResultsPage, save_image
+from ugatit_common.results import ResultsPage, save_grid, save_image
 
 from .compat import session_config, tf, train_session_config
 from .data import load_test_image, train_iterator
@@ -211,6 +211,7 @@ def _train(cfg: dict, paths, files_A: list, files_B: list, owner, max_to_keep: i
 
             start_time = time.time()
             past_g_loss = -1.
+            real_A = fake_B = None  # the batch of the newest G step (none yet: a resumed run may begin with a D-only step)
             for epoch in range(start_epoch, cfg["epoch"]):
                 lr = opt.learning_rate(cfg, epoch)
                 for idx in range(start_batch_id, cfg["iteration"]):
@@ -234,9 +235,12 @@ def _train(cfg: dict, paths, files_A: list, files_B: list, owner, max_to_keep: i
                     print(opt.iteration_line(epoch, idx, cfg["iteration"], time.time() - start_time, d_loss, g_loss),
                           flush=True)
                     history.append({"d_loss": float(d_loss), "g_loss": float(g_loss)})
-                    if (idx + 1) % cfg["print_freq"] == 0:
-                        save_image(real_A[0], os.path.join(paths.sample, f"real_A_{epoch:03d}_{idx + 1:05d}.png"))
-                        save_image(fake_B[0], os.path.join(paths.sample, f"fake_B_{epoch:03d}_{idx + 1:05d}.png"))
+                    # the official samples: the newest G step's whole batch, one column ([batch_size, 1]); before
+                    # any G step of this run (resumed with n_critic > 1) the official loop stops on a NameError:
+                    # here that sample is skipped
+                    if (idx + 1) % cfg["print_freq"] == 0 and real_A is not None:
+                        save_grid(real_A, os.path.join(paths.sample, f"real_A_{epoch:03d}_{idx + 1:05d}.png"), ncols=1)
+                        save_grid(fake_B, os.path.join(paths.sample, f"fake_B_{epoch:03d}_{idx + 1:05d}.png"), ncols=1)
                     if (idx + 1) % cfg["save_freq"] == 0:
                         _stop_if_weights_non_finite(sess, counts, counter)
                         save(sess, saver, cfg, paths.checkpoint, counter, owner)

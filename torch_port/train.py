@@ -51,7 +51,7 @@ from ugatit_common import cli_errors
 from ugatit_common import options as opt
 from ugatit_common.atomic import write_bytes_atomic
 from ugatit_common.finite import EXIT_NON_FINITE, NonFiniteLoss
-from ugatit_common.results import save_grid, save_image
+from ugatit_common.results import save_grid
 
 from . import checkpoint as ckpt
 from . import distributed as ddp
@@ -674,11 +674,13 @@ class Trainer:
                     drain()
                     if main and (idx + 1) % cfg["print_freq"] == 0 and real_A is not None:
                         drain(everything=True)  # the samples follow their iteration's line, as before
-                        nhwc = [t[:1].permute(0, 2, 3, 1).float().cpu().numpy() for t in (real_A, fake_B, real_B, fake_A)]
-                        tag = f"{epoch:02d}_{idx + 1:06d}"
-                        save_grid(nhwc, os.path.join(paths.sample, f"sample_{tag}.png"), ncols=4)
-                        save_image(nhwc[0], os.path.join(paths.sample, f"real_A_{tag}.png"))
-                        save_image(nhwc[1], os.path.join(paths.sample, f"fake_B_{tag}.png"))
+                        nhwc = [t.permute(0, 2, 3, 1).float().cpu().numpy() for t in (real_A, fake_B, real_B, fake_A)]
+                        tag = f"{epoch:03d}_{idx + 1:05d}"  # the official sample names
+                        # the official samples: the whole batch in one column ([batch_size, 1]); and a strip of the
+                        # first image's four (real A, A->B, real B, B->A)
+                        save_grid(nhwc[0], os.path.join(paths.sample, f"real_A_{tag}.png"), ncols=1)
+                        save_grid(nhwc[1], os.path.join(paths.sample, f"fake_B_{tag}.png"), ncols=1)
+                        save_grid([a[:1] for a in nhwc], os.path.join(paths.sample, f"sample_{tag}.png"), ncols=4)
                     if (idx + 1) % cfg["save_freq"] == 0:
                         save_checkpoint(epoch, idx + 1)
                 start_batch_id = 0
