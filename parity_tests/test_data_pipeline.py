@@ -438,3 +438,32 @@ def test_train_pipelines_read_a_name_that_is_not_utf8(tf, tfdata, images, tmp_pa
     np.testing.assert_array_equal(got, want)
     port = tdata.ImageFolderDataset([odd], 32, augment=False, seed=0)[0]
     assert (port == tdata.ImageFolderDataset([images["rgb.png"]], 32, augment=False, seed=0)[0]).all()
+
+
+@pytest.mark.tf
+def test_animated_gifs_are_dropped_as_the_official_pipeline_stops_on_them(tf, tfdata, tmp_path):
+    """The training image rule (ugatit_common.images.check_train_image, shared by both
+    frameworks) drops exactly the GIFs the official pipeline cannot take: an animated GIF stops
+    TF's training iterator (decode_jpeg: "animated gifs can only be decoded by decode_gif"),
+    mid-run; a single-frame GIF decodes to OpenCV's pixels and is kept."""
+    from PIL import Image
+
+    from ugatit_common.images import ImageReadError, check_train_image, decode_image
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).convert("P") for _ in range(3)]
+    animated, single = str(tmp_path / "multi.gif"), str(tmp_path / "one.gif")
+    frames[0].save(animated, save_all=True, append_images=frames[1:])
+    frames[0].save(single)
+
+    def tf_decode(path):
+        g = tf.Graph()
+        with g.as_default():
+            dec = tf.compat.v1.image.decode_jpeg(tf.compat.v1.read_file(path), channels=3)
+        with tf.compat.v1.Session(graph=g) as sess:
+            return sess.run(dec)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="animated"):
+        tf_decode(animated)
+    with pytest.raises(ImageReadError, match="animated GIF .3 frames."):
+        check_train_image(animated)
+    check_train_image(single)
+    np.testing.assert_array_equal(tf_decode(single), decode_image(single))

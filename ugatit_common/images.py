@@ -108,6 +108,23 @@ def check_train_image(path) -> None:
     if not any(head.startswith(m) for m, _ in TRAIN_FORMATS):
         raise ImageReadError(path, "not a JPEG, PNG or GIF (the formats the official TF pipeline decodes)")
     decode_image(path)
+    if head.startswith(b"GIF8"):
+        frames = gif_frames(path)
+        if frames > 1:  # OpenCV reads the first frame; TF's decode_jpeg stops the whole run on it
+            raise ImageReadError(path, f"an animated GIF ({frames} frames): the official TF pipeline stops on it "
+                                       f"mid-run (decode_jpeg takes single-frame GIFs only)")
+
+
+def gif_frames(path) -> int:
+    """How many frames the GIF at `path` holds (Pillow, from the file's bytes: any file name)."""
+    import io
+
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(_file_bytes(path).tobytes())) as im:
+            return int(getattr(im, "n_frames", 1))
+    except Exception as e:  # noqa: BLE001 - OpenCV decoded it; Pillow cannot: a damaged GIF
+        raise ImageReadError(path, f"a GIF whose frames cannot be counted ({type(e).__name__})") from e
 
 
 def readable_train_images(files, warn) -> list[str]:
