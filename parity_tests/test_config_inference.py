@@ -607,3 +607,20 @@ def test_every_gan_loss_is_recognised(tmp_path, gan_type):
     g = mg.read_meta_graph(_loss_graph_meta(tmp_path / "g.meta", gan_type))
     assert mg.find_gan_type(g).value == gan_type
     assert mg.find_gan_type(g, img_size=32).value == gan_type  # with the image size the train graph records
+
+
+@pytest.mark.tf
+def test_inference_honours_a_light_models_img_size_over_its_meta(tiny):
+    """The test phase and the exports (`load_any`) of a light TF checkpoint take `--img_size` as
+    the official test phase does: its .meta records the training size, which the weights do not
+    fix. A full model's MLP fixes it: another size is refused, naming both. (A training resume at
+    another size is still refused: test_resume_and_init_from_check_the_run_against_the_checkpoint.)"""
+    from torch_port.checkpoint import load_any
+    from ugatit_common.options import OptionError
+    folder, cfg = tiny["light-smooth-nosn-64"]
+    got = load_any(folder, {"img_size": 32})
+    assert got["config"]["img_size"] == 32 and got["config"]["light"] and got["config"]["smoothing"] is True
+    folder, cfg = tiny["full-smooth-sn-32"]
+    with pytest.raises(OptionError, match="img_size") as e:
+        load_any(folder, {"img_size": 64})
+    assert "64" in str(e.value) and "32" in str(e.value)
