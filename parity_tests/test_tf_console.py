@@ -165,3 +165,22 @@ def test_samples_resumed_with_n_critic_and_batch_2(tmp_path, module):
     assert names == sorted(f"{k}_001_{i}.png" for k in ("real_A", "fake_B") for i in done), names
     for n in names:
         assert cv2.imread(str(folder / n)).shape == (64, 32, 3), n
+
+
+@pytest.mark.slow
+def test_tf_reference_refuses_to_resume_at_another_image_size(tmp_path):
+    """A light model's weights restore at any size, so without a check tf_reference went on at
+    another --img_size; its .meta records the run's size: exit 2 naming both, nothing trained (the
+    port refuses it too; the test phase builds at the flag's size, as officially)."""
+    from ugatit_common.demo_data import make_demo_dataset
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
+    flags = ["--dataset", "demo", "--light", "True", "--ch", "2", "--n_dis", "4", "--iteration", "1",
+             "--augment_flag", "False"]
+    assert _run(flags + ["--img_size", "32", "--epoch", "1"], tmp_path).returncode == 0
+    folder = tmp_path / "checkpoint" / opt.model_dir(opt.config_from(dataset="demo", light=True, n_dis=4))
+    before = sorted(os.listdir(folder))
+    proc = _run(flags + ["--img_size", "64", "--epoch", "2"], tmp_path)
+    errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert "--img_size=64" in errors[0] and "img_size=32" in errors[0], errors
+    assert sorted(os.listdir(folder)) == before

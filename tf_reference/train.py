@@ -54,12 +54,25 @@ def latest_checkpoint(folder: str):
     return None, 0
 
 
-def restore(sess, saver, folder: str, graph_vars, need: str = "train", owner=None):
+def _recorded_img_size(prefix: str):
+    """The image size the checkpoint's .meta graph was built at (None without a readable .meta)."""
+    from ugatit_common.tf_checkpoint.config import from_meta
+    try:
+        setting = from_meta(prefix, None)[0].get("img_size")
+    except Exception:  # noqa: BLE001 - an unreadable .meta records nothing here (the weights are checked)
+        return None
+    return None if setting is None else int(setting.value)
+
+
+def restore(sess, saver, folder: str, graph_vars, need: str = "train", owner=None, img_size: int | None = None):
     """The checkpoint policy (ugatit_common.checkpoint_policy): the newest usable checkpoint in
     the folder; a newer incomplete or unreadable one is named (and, by a training run holding the
     folder, `owner`, moved to unusable/); a newer PyTorch one stops the run with the command that
     converts it; checkpoints that exist but none readable stop it (exit 2); one holding NaN / inf
-    stops it too (exit 2 naming the variable). (False, 0) only when there is no checkpoint."""
+    stops it too (exit 2 naming the variable). (False, 0) only when there is no checkpoint.
+    `img_size` (training): a checkpoint whose .meta records another image size is refused - a
+    light model's weights would restore at any size, and the run would go on at another one
+    (the port refuses it too)."""
     def load(f):
         if f.framework != "tf":
             tf_ones = [g.name for g in policy.inventory(folder) if g.framework == "tf"]
@@ -69,6 +82,11 @@ def restore(sess, saver, folder: str, graph_vars, need: str = "train", owner=Non
                 f"convert it first: python weights_convert.py torch2tf {f.weights} "
                 f"{os.path.join(folder, f.prefix + '.model')} --continue_run  (or continue with python -m torch_port)")
         check_checkpoint_matches(f.base, graph_vars)
+        had = _recorded_img_size(f.base) if img_size is not None else None
+        if had is not None and had != int(img_size):
+            raise CheckpointMismatch(f"--img_size={img_size} contradicts checkpoint {f.name} in {folder!r}, whose .meta "
+                                     f"graph records img_size={had}: resume with --img_size {had}, or train a new run "
+                                     f"in another --checkpoint_dir")
         saver.restore(sess, f.base)
         refuse_non_finite_variables(sess, graph_vars, f"checkpoint {f.name} in {folder!r}")
         return f.step
@@ -197,7 +215,7 @@ def _train(cfg: dict, paths, files_A: list, files_B: list, owner, max_to_keep: i
         with tf.Session(config=train_session_config()) as sess:
             tf.global_variables_initializer().run()
             could_load, checkpoint_counter = restore(sess, saver, paths.checkpoint, tf.global_variables(),
-                                                     owner=owner)
+                                                     owner=owner, img_size=cfg["img_size"])
             # the event file after the restore (the official order is the reverse): a refused
             # checkpoint (non-finite, mismatched) leaves no new file in the log folder
             writer = tf.summary.FileWriter(paths.log, sess.graph)
