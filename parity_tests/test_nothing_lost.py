@@ -600,13 +600,16 @@ def test_tf_reference_follows_the_policy(tmp_path, monkeypatch, capsys):
     line = one_error_line(err)
     assert rc == 2 and "UGATIT_light.model-4 (PyTorch)" in line and "torch2tf" in line
     # convert as the message says: the Adam state comes along, so TF resumes training from it
-    import weights_convert as wc
     capsys.readouterr()
-    command = line.split("convert it first: python weights_convert.py ")[1].split(" (or continue")[0].split()
+    printed = line.split("convert it first: python -m weights_convert ")[1].split(" (or continue")[0].split()
+    command = list(printed)
     command[1:3] = [os.path.join(str(tmp_path), p) for p in command[1:3]]  # as printed: relative to tf_run's cwd
     assert command == ["torch2tf", os.path.join(folder, f"{PREFIX}.model-4.safetensors"),
                        os.path.join(folder, f"{PREFIX}.model"), "--continue_run"], line
-    assert wc.main(command) == 0
+    # run as printed, from the user's folder (not the repository's)
+    proc = subprocess.run([sys.executable, "-m", "weights_convert", *printed], cwd=str(tmp_path), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     rc, out, err = tf_run("--iteration", "2", "--epoch", "3", "--save_freq", "1")
     assert rc == 0 and "Success to read UGATIT_light.model-4" in out, err
     assert 6 in steps(folder, "tf")

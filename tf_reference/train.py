@@ -79,7 +79,7 @@ def restore(sess, saver, folder: str, graph_vars, need: str = "train", owner=Non
             raise opt.OptionError(
                 f"the newest checkpoint in {folder!r} is {f.name}, written by the PyTorch port, which "
                 f"tf_reference cannot read (TensorFlow checkpoints there: {', '.join(tf_ones) or 'none'}); "
-                f"convert it first: python weights_convert.py torch2tf {f.weights} "
+                f"convert it first: python -m weights_convert torch2tf {f.weights} "
                 f"{os.path.join(folder, f.prefix + '.model')} --continue_run  (or continue with python -m torch_port)")
         check_checkpoint_matches(f.base, graph_vars)
         had = _recorded_img_size(f.base) if img_size is not None else None
