@@ -600,6 +600,7 @@ def test_tf_reference_follows_the_policy(tmp_path, monkeypatch, capsys):
     line = one_error_line(err)
     assert rc == 2 and "UGATIT_light.model-4 (PyTorch)" in line and "torch2tf" in line
     # convert as the message says: the Adam state comes along, so TF resumes training from it
+    import weights_convert as wc
     capsys.readouterr()
     printed = line.split("convert it first: python -m weights_convert ")[1].split(" (or continue")[0].split()
     command = list(printed)
