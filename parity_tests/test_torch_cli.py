@@ -349,3 +349,15 @@ def test_boolean_flags_mean_what_the_official_main_py_reads(capsys):
         with pytest.raises(SystemExit) as e:
             parser.parse_args(["--sn", text])
         assert e.value.code == 2 and why in capsys.readouterr().err, text
+
+
+def test_information_block_is_the_official_text():
+    """The start-of-training block both command lines print is the official `UGATIT.__init__`
+    one, label for label (its `print("# gan type : ", ...)` lines: a log parser of the official
+    output reads ours)."""
+    from ugatit_common import options as opt
+    lines = opt.information(opt.config_from(light=True, dataset="demo"), 7).splitlines()
+    assert lines[:10] == ["", "##### Information #####", "# light :  True", "# gan type :  lsgan", "# dataset :  demo",
+                          "# max dataset number :  7", "# batch_size :  1", "# epoch :  100",
+                          "# iteration per epoch :  10000", "# smoothing :  True"]
+    assert "# the number of critic :  1" in lines and "# cam_weight :  1000" in lines

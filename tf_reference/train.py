@@ -90,6 +90,7 @@ def restore(sess, saver, folder: str, graph_vars, need: str = "train", owner=Non
         saver.restore(sess, f.base)
         refuse_non_finite_variables(sess, graph_vars, f"checkpoint {f.name} in {folder!r}")
         return f.step
+    print(" [*] Reading checkpoints...")  # the official load's first line
     chosen = policy.choose(folder, load, need, owner=owner, prefer="tf")
     if chosen is None:
         print(" [*] Failed to find a checkpoint")
@@ -303,7 +304,7 @@ def test(cfg: dict) -> str:
             for files, src, out, direction in ((files_A, m.test_domain_A, m.test_fake_B, "a2b"),
                                                (files_B, m.test_domain_B, m.test_fake_A, "b2a")):
                 for f in files:
-                    print("Processing image: " + f)
+                    print(f"Processing {'A' if direction == 'a2b' else 'B'} image: " + f)  # the official line
                     try:
                         image = load_test_image(f, cfg["img_size"])
                     except Exception as e:  # ImageReadError (unreadable, not an image), or a decoder's own

@@ -91,7 +91,7 @@ def input_files(path: str) -> list[str]:
 def _translate_files(model, files, direction, cfg, device, result_dir, page, counts, names=None):
     names = names or OutputNames(files)
     for f in files:
-        print("Processing image: " + f)
+        print(f"Processing {'A' if direction == 'a2b' else 'B'} image: " + f)  # the official line
         try:
             x = test_image(f, cfg["img_size"]).to(device)
         except ImageReadError as e:

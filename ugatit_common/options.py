@@ -245,9 +245,12 @@ def iteration_line(epoch: int, idx: int, iteration: int, elapsed: float, d_loss:
 def information(cfg: dict, dataset_num: int) -> str:
     """The official start-of-training summary (the same block both command lines print)."""
     lines = ["", "##### Information #####"]
-    lines += [f"# {k} :  {cfg[k]}" for k in ("light", "gan_type", "dataset")]
+    lines += [f"# {label} :  {cfg[k]}" for label, k in (("light", "light"), ("gan type", "gan_type"),
+                                                          ("dataset", "dataset"))]
     lines.append(f"# max dataset number :  {dataset_num}")
-    lines += [f"# {k} :  {cfg[k]}" for k in ("batch_size", "epoch", "iteration", "smoothing")]
+    lines += [f"# {label} :  {cfg[k]}" for label, k in (("batch_size", "batch_size"), ("epoch", "epoch"),
+                                                          ("iteration per epoch", "iteration"),
+                                                          ("smoothing", "smoothing"))]
     lines += ["", "##### Generator #####", f"# residual blocks :  {cfg['n_res']}",
               "", "##### Discriminator #####", f"# discriminator layer :  {cfg['n_dis']}",
               f"# the number of critic :  {cfg['n_critic']}", f"# spectral normalization :  {cfg['sn']}",
