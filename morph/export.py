@@ -135,6 +135,9 @@ def _run(args) -> int:
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     batches = tx.parse_batches(args.batches)
+    if args.tf == "on" and not args.verify:
+        raise tx.ExportError("--tf on compares the export with tf_reference during the verification, which "
+                             "--no_verify skips: give one of them")
     model, state = load(args.ckpt, "cpu")
     typed = getattr(args, "typed", set())
     _check_flags(model, typed)

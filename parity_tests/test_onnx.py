@@ -395,7 +395,7 @@ def test_morph_export_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "bad_safetensors", "out_is_folder",
                                   "full_img_size", "port_ckpt_to_tf2onnx", "batches", "img_size_-4", "img_size_4",
-                                  "img_size_6", "tf2onnx_img_size_0", "not_an_onnx_name"])
+                                  "img_size_6", "tf2onnx_img_size_0", "not_an_onnx_name", "tf_on_no_verify"])
 def test_bad_input_exit_2_naming_the_file(tmp_path, capsys, case):
     out = str(tmp_path / "o.onnx")
     args = [GOLDEN_CKPT, out, "--direction", "a2b"]
@@ -433,6 +433,9 @@ def test_bad_input_exit_2_naming_the_file(tmp_path, capsys, case):
         named = f"--img_size={size}"
     elif case == "not_an_onnx_name":  # a later --overwrite knows its own output by the name
         args[1] = named = str(tmp_path / "model.bin")
+    elif case == "tf_on_no_verify":  # the TF comparison is part of the verification: never silently dropped
+        args += ["--tf", "on", "--no_verify"]
+        named = "--tf on"
     assert main(args) == tx.EXIT_USAGE
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error:" in err[0] and named in err[0], err

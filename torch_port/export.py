@@ -743,6 +743,9 @@ def _cli(argv, prog: str, description: str, overrides_from, need_kind: str | Non
         check_onnx_name(args.out)  # after the guard's own refusals (they say more)
         parse_batches(args.batches)
         check_generator_size(args.img_size)
+        if args.tf == "on" and not args.verify:
+            raise ExportError("--tf on compares the export with tf_reference during the verification, which "
+                              "--no_verify skips: give one of them")
         loaded = load_checkpoint(args.ckpt, overrides_from(args))
         if need_kind is not None and loaded["kind"] != need_kind:
             raise ExportError(f"{args.ckpt!r} is a {loaded['kind']} checkpoint, not an official TensorFlow one "
