@@ -20,7 +20,6 @@ is the GAN + Adam amplifying any perturbation: the band then measures chaos, not
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -108,7 +107,7 @@ def conv_accuracy(device) -> dict:
 
     from parity_tests.test_train_precision import NET
     from torch_port import build_ugatit
-    from torch_port.train_precision import deterministic_math
+    from torch_port.train_precision import cudnn_benchmark, deterministic_math
     torch.manual_seed(1)
     model = build_ugatit(NET)
     shapes, original = {}, F.conv2d
@@ -133,16 +132,8 @@ def conv_accuracy(device) -> dict:
         gx, gw = torch.autograd.grad(y, (x, w), g.contiguous(memory_format=memory_format))
         return y, gx, gw
 
-    @contextlib.contextmanager
-    def benchmark(on):
-        saved = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = on
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.benchmark = saved
     modes = {"deterministic": lambda: deterministic_math() if device.type == "cuda" else _null(),
-             "default": lambda: benchmark(False), "benchmark": lambda: benchmark(True),
+             "default": lambda: cudnn_benchmark(False), "benchmark": lambda: cudnn_benchmark(True),
              "channels_last det": lambda: deterministic_math() if device.type == "cuda" else _null()}
     out = {}
     print("\nconvolutions in float32 vs float64 (max |diff| / max |ref| of output, grad input, grad weight)")

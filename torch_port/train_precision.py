@@ -316,7 +316,7 @@ def cuda_steps(d_step, g_step, precision: str, device, deterministic: bool = Tru
     if torch.device(device).type != "cuda":
         return d_step, g_step
     if precision != "fp32":
-        math = _cudnn_benchmark
+        math = cudnn_benchmark
     elif deterministic:
         math = deterministic_math
     else:
@@ -331,10 +331,10 @@ def cuda_steps(d_step, g_step, precision: str, device, deterministic: bool = Tru
 
 
 @contextlib.contextmanager
-def _cudnn_benchmark():
-    """cuDNN's benchmark mode for the block, the process's setting restored afterwards."""
+def cudnn_benchmark(on: bool = True):
+    """cuDNN's benchmark mode on (or off) for the block, the process's setting restored afterwards."""
     saved = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = bool(on)
     try:
         yield
     finally:
