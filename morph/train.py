@@ -303,7 +303,7 @@ class MorphTrainer(Trainer):
 
 
 def train(cfg: dict, device="cpu", seed: int = 0, base: str = ".", init_from: str | None = None,
-          keep_checkpoints: int = 3, log=None, resume: bool = True, num_workers: int = 0,
+          keep_checkpoints: int = 5, log=None, resume: bool = True, num_workers: int = 0,
           precision: str = "fp32", compile: bool = False, cuda_graphs="auto") -> dict:
     """Train (or resume) a Morph-UGATIT run through the port's trainer; returns {"history",
     "checkpoint_dir", "counter", "model", "paths"}. `base`: folder holding dataset/<name>/ (default:

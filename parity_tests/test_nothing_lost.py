@@ -97,12 +97,13 @@ def test_resume_false_moves_the_older_run_aside(tmp_path, monkeypatch, capsys):
         for sfx in (".safetensors", ".state.pt"):
             os.replace(os.path.join(folder, f"{PREFIX}.model-{old}{sfx}"), os.path.join(folder, f"{PREFIX}.model-{new}{sfx}"))
     old_digests = {n: digest(os.path.join(folder, n)) for n in os.listdir(folder)}
-    rc, out, err = port(train_args(4, 1, 1, "--resume", "False"), monkeypatch, tmp_path, capsys)
+    rc, out, err = port(train_args(4, 1, 1, "--resume", "False", "--keep_checkpoints", "3"), monkeypatch, tmp_path,
+                        capsys)
     assert rc == 0, err
     assert "moved to" in out and "previous-run-" in out
     [prev] = glob.glob(os.path.join(folder, "previous-run-*"))
     assert {n: digest(os.path.join(prev, n)) for n in os.listdir(prev)} == old_digests  # nothing lost
-    assert steps(folder) == [3, 4, 5]                    # the new run's own, pruned to 3
+    assert steps(folder) == [3, 4, 5]                    # the new run's own, pruned to --keep_checkpoints 3
     assert policy.pointer_target(folder) == f"{PREFIX}.model-5.safetensors"
     rc, out, _ = port(train_args(4, 2, 100), monkeypatch, tmp_path, capsys)   # a plain run continues the NEW run
     assert rc == 0 and f"{PREFIX}.model-5" in out and steps(folder)[-1] == 9

@@ -361,3 +361,16 @@ def test_information_block_is_the_official_text():
                           "# max dataset number :  7", "# batch_size :  1", "# epoch :  100",
                           "# iteration per epoch :  10000", "# smoothing :  True"]
     assert "# the number of critic :  1" in lines and "# cam_weight :  1000" in lines
+
+
+def test_checkpoints_kept_by_default_as_the_official_saver():
+    """Both training command lines keep this run's newest 5 checkpoints by default, as the
+    official `tf.train.Saver()` (max_to_keep 5) that tf_reference uses."""
+    import argparse
+    import inspect
+
+    from tf_reference.train import train as tf_train
+    from torch_port.train import add_training_flags
+    p = argparse.ArgumentParser()
+    add_training_flags(p)
+    assert p.parse_args([]).keep_checkpoints == 5 == inspect.signature(tf_train).parameters["max_to_keep"].default

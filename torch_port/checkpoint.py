@@ -99,7 +99,7 @@ def plain_config(cfg: dict) -> dict:
 
 # -- save ------------------------------------------------------------------------------------------
 
-def save(folder: str, prefix: str, step: int, model: torch.nn.Module, state: dict, keep: int = 3) -> str:
+def save(folder: str, prefix: str, step: int, model: torch.nn.Module, state: dict, keep: int = 5) -> str:
     """Write weights, then state, then the pointer; then prune this run's (`state["run"]`) older
     checkpoints beyond the newest `keep` (see ugatit_common.checkpoint_policy). The weights
     file's metadata records the step, the run id, the kind and the config, so a test phase

@@ -116,7 +116,8 @@ def add_training_flags(p, resume_help: str = "resume from the newest checkpoint"
     p.add_argument("--num_workers", type=int, default=0,
                    help="data-loader workers per domain (default: 0; at most 8 per CPU, or 32 on small machines)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: one per core)")
-    p.add_argument("--keep_checkpoints", type=int, default=3, help="torch checkpoints to keep (default: 3)")
+    p.add_argument("--keep_checkpoints", type=int, default=5,
+                   help="torch checkpoints of this run to keep (default: 5, as the official tf.train.Saver)")
     p.add_argument("--resume", type=opt.str2bool, default=True, help=resume_help)
     from .train_graphs import flag_value
     p.add_argument("--cuda_graphs", default="auto", type=flag_value, metavar="auto|True|False",
@@ -373,7 +374,7 @@ class Trainer:
     MOVE_ASIDE = ("sample",)          # output folders (run_paths attributes) --resume False moves aside
     DETERMINISTIC_FP32 = True         # the exact fp32 path on CUDA runs deterministic (train_precision.cuda_steps)
 
-    def __init__(self, cfg: dict, device="cpu", num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 3,
+    def __init__(self, cfg: dict, device="cpu", num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 5,
                  resume: bool = True, base: str = ".", log=None, precision: str = "fp32", compile: bool = False,
                  cuda_graphs="auto"):
         self.dist_info = ddp.current()
@@ -704,7 +705,7 @@ class Trainer:
                 "paths": paths}
 
 
-def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 3,
+def train(cfg: dict, device: torch.device, num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 5,
           resume: bool = True, precision: str = "fp32", compile: bool = False, cuda_graphs="auto") -> dict:
     """Train (or resume) the port: {"steps", "checkpoint_dir", "counter", "model"}."""
     out = Trainer(cfg, device, num_workers=num_workers, seed=seed, keep_checkpoints=keep_checkpoints,
