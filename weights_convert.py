@@ -36,7 +36,7 @@ import sys
 import numpy as np
 
 from ugatit_common import output_guard as guard
-from ugatit_common.atomic import atomic_output
+from ugatit_common.atomic import all_or_nothing, atomic_output
 from ugatit_common.finite import NonFiniteWeights, first_non_finite, refuse_non_finite
 # The TF checkpoint format (bundle reader/writer, naming rule, layouts, config inference) lives in
 # the ground-floor package ugatit_common.tf_checkpoint; this module is its command line and
@@ -341,9 +341,12 @@ def torch_to_tf(state: dict, prefix: str, step: int | None = None) -> str:
                                   f"torch_port.to_tf.as_float32 casts other floats)")
     sn_scopes = {k[: -len(".u")] for k in state if k.endswith(".u")}
     entries = sorted((torch_to_tf_name(k, sn_scopes), k) for k in state)
-    new = [p for p in (prefix + ".index", prefix + ".data-00000-of-00001") if not os.path.lexists(p)]
     folder = os.path.dirname(os.path.abspath(prefix))
-    with _writing(prefix, f"{prefix}.index / .data-00000-of-00001"):
+    # the bundle is two files renamed one after the other, then the folder's `checkpoint` file: a failure
+    # anywhere (the .index's rename, the `checkpoint` file, Ctrl-C) puts back what was there - never a new
+    # .data beside an old .index (a corrupt checkpoint) nor a new file without its partner
+    with _writing(prefix, f"{prefix}.index / .data-00000-of-00001"), \
+            all_or_nothing([prefix + ".data-00000-of-00001", prefix + ".index"]):
         with BundleWriter(prefix) as w:
             for tf_name, k in entries:
                 w.add(tf_name, to_tf_layout(k, np.asarray(state[k].detach().cpu().numpy()
@@ -352,11 +355,8 @@ def torch_to_tf(state: dict, prefix: str, step: int | None = None) -> str:
         try:
             write_checkpoint_state(folder, base)
         except OSError as e:
-            for p in new:  # a checkpoint the folder's `checkpoint` file does not name: what this call made goes
-                os.remove(p)
             raise ConversionError(f"{os.path.join(folder, 'checkpoint')!r} cannot be written ({e.strerror or e}); "
-                                  + ("nothing was written" if len(new) == 2 else f"{prefix} was written, the "
-                                     f"`checkpoint` file names what it named before")) from e
+                                  f"nothing was written") from e
     return prefix
 
 

@@ -339,6 +339,52 @@ def test_torch2tf_full_disk_names_the_output(tmp_path, capsys, monkeypatch):
     assert not [n for n in os.listdir(tmp_path / "tf") if n.startswith("UGATIT")]
 
 
+def test_torch2tf_a_rename_failing_half_way_leaves_the_checkpoint_as_it_was(tmp_path, capsys, monkeypatch):
+    """The bundle's .data is renamed into place, then its .index: when the second rename failed
+    (a full disk, EIO), the new .data stayed - beside the old .index under --overwrite (a corrupt
+    checkpoint: offsets and checksums of other bytes), alone without it (a partial output) - and
+    the message said "nothing was written"."""
+    src_a = _save_port(tmp_path / "A", _model(0), step=3)
+    src_b = _save_port(tmp_path / "B", _model(1), step=3)
+    prefix = tmp_path / "tf" / "UGATIT_light.model-3"
+    real_replace = os.replace
+
+    def index_rename_fails(a, b, *args, **kw):
+        if str(b).endswith(".index"):
+            raise OSError(28, "No space left on device")
+        return real_replace(a, b, *args, **kw)
+
+    # a new checkpoint: nothing of it is left
+    (tmp_path / "tf").mkdir()
+    before = snapshot(str(tmp_path))
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", index_rename_fails)
+        rc, _, err = _convert(["torch2tf", src_a, prefix, "--weights_only"], capsys)
+    line = _error_line(err)
+    assert rc == 2 and str(prefix) in line and "No space left" in line, line
+    assert snapshot(str(tmp_path)) == before
+    # --overwrite of a complete checkpoint: it is still the old one, whole and readable
+    rc, _, err = _convert(["torch2tf", src_a, prefix, "--weights_only"], capsys)
+    assert rc == 0, err
+    with BundleReader(str(prefix)) as r:
+        old = {n: r.read(n).copy() for n in r.keys()}
+    before = snapshot(str(tmp_path))
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", index_rename_fails)
+        rc, _, err = _convert(["torch2tf", src_b, prefix, "--weights_only", "--overwrite"], capsys)
+    line = _error_line(err)
+    assert rc == 2 and "No space left" in line and "nothing was written" in line, line
+    assert snapshot(str(tmp_path)) == before
+    with BundleReader(str(prefix)) as r:
+        assert all((r.read(n) == a).all() for n, a in old.items())
+    # the folder's `checkpoint` file failing after the bundle: the old bundle is back too
+    with monkeypatch.context() as m:
+        m.setattr(wc, "write_checkpoint_state", _enospc)
+        rc, _, err = _convert(["torch2tf", src_b, prefix, "--weights_only", "--overwrite"], capsys)
+    assert rc == 2 and "nothing was written" in _error_line(err)
+    assert snapshot(str(tmp_path)) == before
+
+
 # -- 8. a folder's `checkpoint` file naming another checkpoint ----------------------------------------
 
 def test_torch2tf_never_repoints_a_folders_checkpoint_file_silently(tmp_path, capsys):

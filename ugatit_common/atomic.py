@@ -52,6 +52,62 @@ def atomic_output(path: str, mode: int | None = None):
         raise
 
 
+@contextlib.contextmanager
+def all_or_nothing(paths):
+    """Around writes that publish several files, each atomically (a TF checkpoint's .data and
+    .index, an ONNX model and its companion codes): when the block raises (a rename failing half
+    way, a full disk, Ctrl-C), every one of `paths` is again what it was before - a file that
+    existed is restored from a hard link kept beside it (`.tmp-<pid>-...`, swept as a temp file
+    if the process is killed), one that did not is removed. Without this, the first file renamed
+    stays: new .data beside the old .index (a corrupt checkpoint), or a new file without its
+    partner. Where the file system has no hard links, an existing file cannot be restored (it
+    may be left replaced); new files are still removed."""
+    kept = {}      # path -> (backup, (dev, ino) of the file it was)
+    absent = []
+    try:
+        for p in paths:
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                absent.append(p)
+                continue
+            folder = os.path.dirname(os.path.abspath(p))
+            backup = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(6).hex()}.keep")
+            try:
+                os.link(p, backup, follow_symlinks=False)
+            except OSError:  # no hard links here: nothing to restore from
+                continue
+            kept[p] = (backup, (st.st_dev, st.st_ino))
+        yield
+    except BaseException:
+        for p, (backup, identity) in kept.items():
+            try:
+                st = os.lstat(p)
+                same = (st.st_dev, st.st_ino) == identity
+            except FileNotFoundError:
+                same = False
+            try:
+                if same:
+                    os.remove(backup)
+                else:
+                    os.replace(backup, p)
+            except OSError:
+                pass
+        for p in absent:
+            try:
+                if os.path.lexists(p):
+                    os.remove(p)
+            except OSError:
+                pass
+        raise
+    else:
+        for backup, _ in kept.values():
+            try:
+                os.remove(backup)
+            except OSError:
+                pass
+
+
 def write_bytes_atomic(path: str, data: bytes) -> str:
     """Write `data` to `path` atomically; returns `path`."""
     with atomic_output(path) as tmp, open(tmp, "wb") as fh:
