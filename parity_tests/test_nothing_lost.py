@@ -767,3 +767,32 @@ def test_resumed_runs_events_replace_a_killed_runs(tmp_path):
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0}).Reload()
     assert [(e.step, e.value) for e in acc.Scalars("D_loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
     assert "rho" not in acc.Tags()["histograms"] or acc.Histograms("rho") == []
+
+
+def test_files_written_together_are_all_or_nothing(tmp_path, monkeypatch):
+    """write_files_atomic (the exports: Morph C's .onnx with its _w.npz): a rename failing after
+    another succeeded puts the first back - the new file removed, a replaced one restored - and
+    the error names the file that failed; no temp file is left."""
+    from ugatit_common.atomic import WriteFailed, write_files_atomic
+    a, b = str(tmp_path / "m_w.npz"), str(tmp_path / "m.onnx")
+    real_replace = os.replace
+
+    def second_fails(src, dst, *args, **kw):
+        if str(dst) == b:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_replace(src, dst, *args, **kw)
+
+    for old in (None, {a: b"old codes", b: b"old model"}):
+        for path, data in (old or {}).items():
+            with open(path, "wb") as fh:
+                fh.write(data)
+        with monkeypatch.context() as m:
+            m.setattr(os, "replace", second_fails)
+            with pytest.raises(WriteFailed) as e:
+                write_files_atomic({a: b"new codes", b: b"new model"})
+        assert repr(b) in str(e.value) and e.value.path == b
+        got = {str(tmp_path / n): open(tmp_path / n, "rb").read() for n in os.listdir(tmp_path)}
+        assert got == (old or {}), got
+    write_files_atomic({a: b"new codes", b: b"new model"})
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m_w.npz"] and open(b, "rb").read() == b"new model"
+

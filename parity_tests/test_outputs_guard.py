@@ -530,6 +530,36 @@ def test_same_kind_needs_overwrite_a_folder_gets_the_default_name_and_the_umask_
     assert not [n for n in os.listdir(dest) if n.startswith(".")]                    # no temp file left
 
 
+@pytest.mark.slow  # three Morph exports (~10-20 s on 2 cores); the mechanism: test_nothing_lost's write_files_atomic
+def test_morph_c_model_and_codes_are_written_together_or_not_at_all(world, capsys, monkeypatch):
+    """Morph C's .onnx and its _w.npz were each renamed into place in turn: when the .onnx's rename
+    failed (a full disk, EIO) after the codes' had succeeded, a fresh export left m_w.npz alone, an
+    --overwrite left new codes beside the old model (a pair that does not belong together), and the
+    error named the codes, not the file that failed."""
+    writer = next(w for w in WRITERS if w.name == "morph")
+    dest = os.path.join(world, "out")
+    os.makedirs(dest)
+    real_replace = os.replace
+
+    def onnx_rename_fails(a, b, *args, **kw):
+        if str(b).endswith(".onnx"):
+            raise OSError(28, "No space left on device")
+        return real_replace(a, b, *args, **kw)
+
+    out = os.path.join(dest, "m.onnx")
+    for extra in ((), ("--overwrite", "--z_seed", "7")):
+        before = snapshot(world)
+        with monkeypatch.context() as m:
+            m.setattr(os, "replace", onnx_rename_fails)
+            rc, _, err = writer.run(world, out, *extra, capsys=capsys)
+        line = one_line(err)
+        assert rc == 2 and repr(out) in line and "No space left" in line, line
+        assert snapshot(world) == before, extra   # neither file, no temp file, the old pair as it was
+        if not extra:  # the pair that the --overwrite then fails to replace
+            rc, _, err = writer.run(world, out, capsys=capsys)
+            assert rc == 0 and sorted(os.listdir(dest)) == ["m.onnx", "m_w.npz"], err
+
+
 def test_new_outputs_follow_the_umask(world, capsys, umask_027):
     """A converter output that replaces nothing (tf2torch; torch2tf wrote 0o600 before)."""
     for w, out in ((WRITERS[0], os.path.join(world, "new.safetensors")), (WRITERS[1], os.path.join(world, "n", "p"))):

@@ -53,7 +53,7 @@ import torch.nn as nn
 from ugatit_common import float_error
 from ugatit_common import options as opt
 from ugatit_common.float_error import max_abs as _max_abs, rms as _rms, scale as _scale
-from ugatit_common.atomic import atomic_output
+from ugatit_common.atomic import write_files_atomic
 
 __all__ = ["OPSET", "FLOAT32_TOL", "RMS_FACTOR", "FP16_TOL", "UINT8_COUNTS", "OUTPUTS", "ExportError",
            "VerificationFailed", "Deployable", "generator_from_state", "to_onnx", "verify_model",
@@ -573,17 +573,9 @@ def export(core: nn.Module, out: str, cfg: dict, *, direction: str, source: str,
     files = {out: data, **(companions or {})}
     for path in files:
         recheck_live_run(path)  # a training run may have taken the folder during the verification
-    writing = out
-    try:
-        with contextlib.ExitStack() as stack:  # all temp files written, then all renamed (none if one fails)
-            for writing, payload in files.items():
-                tmp = stack.enter_context(atomic_output(writing))
-                with open(tmp, "wb") as f:
-                    f.write(payload)
-                    f.flush()
-                    os.fsync(f.fileno())
-    except OSError as e:  # a full disk, a folder gone read-only: the output is named (nothing is left of it)
-        raise OSError(e.errno, f"cannot write {writing!r}: {e.strerror or e}") from e
+    # all temp files written, then all renamed; a failure anywhere (a full disk, a folder gone read-only, a
+    # rename failing after another) leaves every output as it was and names the one that failed
+    write_files_atomic(files)
     return {"path": out, "report": report, "metadata": meta}
 
 

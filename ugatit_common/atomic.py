@@ -108,6 +108,46 @@ def all_or_nothing(paths):
                 pass
 
 
+class WriteFailed(OSError):
+    """write_files_atomic: one of the files could not be written (`path`); none was."""
+
+    def __init__(self, path: str, e: OSError):
+        super().__init__(e.errno, f"cannot write {path!r}: {e.strerror or e}")
+        self.path = path
+
+
+def write_files_atomic(files: dict, fsync: bool = True) -> None:
+    """Write several files {path: bytes} together or not at all: every one to a temp file beside
+    it (fsynced), then each renamed into place (`all_or_nothing`: a rename failing half way puts
+    back the ones already done). WriteFailed (an OSError) names the file that failed."""
+    temps = {}
+    writing = None
+    try:
+        with all_or_nothing(list(files)):
+            for writing, data in files.items():
+                folder = os.path.dirname(os.path.abspath(writing))
+                os.makedirs(folder, exist_ok=True)
+                fd, temps[writing] = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-",
+                                                      suffix=os.path.splitext(writing)[1], dir=folder)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    if fsync:
+                        os.fsync(fh.fileno())
+                os.chmod(temps[writing], file_mode())
+            for writing in files:
+                os.replace(temps[writing], writing)
+                del temps[writing]
+    except OSError as e:
+        raise WriteFailed(writing, e) from e
+    finally:
+        for tmp in temps.values():
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
 def write_bytes_atomic(path: str, data: bytes) -> str:
     """Write `data` to `path` atomically; returns `path`."""
     with atomic_output(path) as tmp, open(tmp, "wb") as fh:
