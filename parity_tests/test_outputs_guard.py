@@ -403,6 +403,33 @@ def test_one_command_at_a_time_per_output(world, capsys):
     assert not [n for n in os.listdir(dest) if CLAIM in n]                        # the killed one's taken over too
 
 
+def test_a_long_output_name_is_claimed_too(world, capsys):
+    """An output name the file system takes (242 bytes) was refused as "output folder ... is not
+    writable: File name too long": its claim file `.<name>.ugatit-out.owner` is longer than a file
+    name may be. Such a claim now carries a hashed name (two long names still claim apart); a name
+    no file system takes is refused as what it is."""
+    from ugatit_common import output_guard as guard
+    tf2torch, torch2tf = WRITERS[0], WRITERS[1]
+    dest = os.path.join(world, "dest")
+    os.makedirs(dest)
+    long_w = os.path.join(dest, "w" * 230 + ".safetensors")                  # 242 bytes
+    rc, _, err = tf2torch.run(world, long_w, capsys=capsys)
+    assert rc == 0 and os.path.isfile(long_w), err
+    prefix = os.path.join(dest, "m" * 230 + "-3")                            # + .data-00000-of-00001: 252
+    rc, _, err = torch2tf.run(world, prefix, capsys=capsys)
+    assert rc == 0 and os.path.isfile(prefix + ".index"), err
+    assert sorted(os.listdir(dest)) == sorted([os.path.basename(long_w), "checkpoint"] +
+                                              [os.path.basename(prefix) + s for s in (".index", ".data-00000-of-00001")])
+    a, b = os.path.join(dest, "x" * 240 + "a.onnx"), os.path.join(dest, "x" * 240 + "b.onnx")
+    try:
+        assert guard.claim(a) and guard.claim(b)                             # two long names, two claims
+    finally:
+        guard.release_claims([a, b])
+    assert sorted(os.listdir(dest))[0] != "." and not [n for n in os.listdir(dest) if guard.CLAIM in n]
+    refused(tf2torch, world, os.path.join(dest, "w" * 250 + ".safetensors"), capsys=capsys,
+            words=("262 bytes", "shorter name"))
+
+
 def test_extensions_count_in_any_case(world, capsys):
     """A `.ONNX` export was 'a file of unknown kind' to its own --overwrite (refused for ever), and
     tf2torch wrote safetensors into a `.PT`: the extension now counts in any case."""

@@ -417,6 +417,22 @@ def _claim_key(path: str) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
 
 
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, APFS)
+
+
+def _claim_stem(name: str) -> str:
+    """The output's name as its claim files carry it (`.<stem>.ugatit-out.owner`): the name itself,
+    or - when that would make a claim file's name longer than NAME_MAX (an output name of 240 bytes
+    is legal) - its start and a hash of the whole name, so that two outputs never share a claim."""
+    raw = os.fsencode(name)
+    room = NAME_MAX - len(f".{CLAIM}.owner")
+    if len(raw) <= room:
+        return name
+    import hashlib
+    tag = "~" + hashlib.sha1(raw).hexdigest()[:16]
+    return os.fsdecode(raw[:room - len(tag)]) + tag
+
+
 def claim(path: str) -> bool:
     """Hold the output file `path` for this process until `release_claims`: the run lock
     (ugatit_common.run_lock) of `.<name>.ugatit-out.lock` beside it. Two commands given the same
@@ -428,9 +444,13 @@ def claim(path: str) -> bool:
     if key in _claims:
         return False
     name = os.path.basename(key)
+    if len(os.fsencode(name)) > NAME_MAX:
+        raise OutputRefused(f"output {path!r}: its name is {len(os.fsencode(name))} bytes long, more than a file "
+                            f"name may have ({NAME_MAX}); choose a shorter name")
+    stem = _claim_stem(name)
     try:
-        _claims[key] = run_lock.acquire(os.path.dirname(key), "output folder", lock_name=f".{name}{CLAIM}.lock",
-                                        owner_name=f".{name}{CLAIM}.owner")
+        _claims[key] = run_lock.acquire(os.path.dirname(key), "output folder", lock_name=f".{stem}{CLAIM}.lock",
+                                        owner_name=f".{stem}{CLAIM}.owner")
     except run_lock.FolderInUse as e:
         raise OutputRefused(f"output {path!r} is being written by another command ({e.holder.describe()}); wait "
                             f"for it to end, or choose another output name") from None
