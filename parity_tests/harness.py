@@ -361,3 +361,75 @@ def write_report(rows: dict, cfg: dict, out_dir: str, source: str = "", provenan
     write_text_atomic(os.path.join(out_dir, "parity_report.md"), md)
     write_text_atomic(os.path.join(out_dir, "parity_report.html"), page)
     return os.path.join(out_dir, "parity_report.html")
+
+
+# -- where the report commands write (python -m parity_tests.report / .fast_paths / .free_run --json) ---------
+
+# the start of each file these commands write: a file by that name which does not start so is not
+# theirs (a user's), and is never replaced
+REPORT_SIGNS = {"parity_report.md": b"# U-GAT-IT parity report",
+                "parity_report.html": b"<html><body><h1>U-GAT-IT parity report",
+                "fast_paths.md": b"# Fast-path fidelity",
+                "fast_paths.html": b"<html><body><h1>Fast-path fidelity"}
+CURVE_KEYS = ("reference", "candidate", "budget", "curve")  # a free-run curve (parity_tests/free_run.py --json)
+
+
+def written_by_report(path: str) -> bool:
+    """Whether the existing file `path` is one these commands wrote (judged by its content: a
+    report page by its start, a `.json` by being a free-run curve)."""
+    import json
+    if not os.path.isfile(path):
+        return False
+    try:
+        if path.lower().endswith(".json"):
+            with open(path, "rb") as fh:
+                data = json.loads(fh.read().decode("utf-8"))
+            return isinstance(data, dict) and all(k in data for k in CURVE_KEYS)
+        sign = REPORT_SIGNS.get(os.path.basename(path))
+        with open(path, "rb") as fh:
+            return sign is not None and fh.read(len(sign)) == sign
+    except (OSError, ValueError):
+        return False
+
+
+def _refuse_foreign(path: str, what: str) -> None:
+    from ugatit_common.output_guard import OutputRefused, describe, kind_of
+    if os.path.lexists(path) and not written_by_report(path):
+        found = kind_of(path)
+        raise OutputRefused(f"{what}: {path!r} exists and is {describe(found) if found else 'not readable'}, not "
+                            f"a report or curve these commands wrote: it is never replaced; give {what} another "
+                            + ("folder" if what == "OUT_DIR" else "file name"))
+
+
+def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_DIR") -> None:
+    """Check, before any work, that the report files `paths` may be written, and hold them for
+    this process (ugatit_common.output_guard.claim; `release_claims` lets them go, and removes a
+    folder the claim made while it is still empty). OutputRefused (exit 2, one line naming `what`):
+    - a folder of a live training run, the checkpoint folder being read (`checkpoint`), a dataset's
+      image folder (output_guard.check_result_folders: results never go there);
+    - a file where the folder goes;
+    - an existing file by an output's name that these commands did not write (the user's: never
+      replaced; their own earlier report is);
+    - an output another command is writing now (two reports into one folder would mix)."""
+    from ugatit_common import output_guard as og
+    paths = list(paths)
+    folders = sorted({os.path.dirname(os.path.abspath(p)) for p in paths})
+    og.check_result_folders(folders, checkpoint=checkpoint, flag=what)
+    for folder in folders:
+        d = folder
+        while not os.path.lexists(d):
+            d = os.path.dirname(d)
+        if not os.path.isdir(d):
+            raise og.OutputRefused(f"{what}: {d!r} is a file, not a folder: the report cannot go into {folder!r}")
+    for p in paths:
+        _refuse_foreign(p, what)
+    taken = []
+    try:
+        for p in paths:
+            if og.claim(p):
+                taken.append(p)
+        for p in paths:  # a command that wrote one meanwhile is seen now
+            _refuse_foreign(p, what)
+    except BaseException:
+        og.release_claims(taken)
+        raise

@@ -19,12 +19,18 @@ does not record). The fast-path columns are information: they do not change the 
 from the checkpoint (parity_tests/free_run.py, parity_tests/free_run_report.py); a free run over
 its budget counts as a failure.
 
+OUT_DIR is checked and held before any work (parity_tests.harness.claim_report_outputs): never a
+folder of a live training run, the checkpoint folder being read or a dataset's image folder; a
+file there by one of the report's names that these commands did not write (the user's) is never
+replaced (exit 2), an earlier report is; a second command writing the same report is refused.
+
 Exit status: 0 every tensor within tolerance, 1 some over, 2 bad input (an `error:` line; a
 checkpoint with NaN or inf in any network is bad input: nothing is compared or written).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -39,7 +45,8 @@ def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m parity_tests.report",
                                 description="Per-layer tf_reference vs torch_port parity report of a TF checkpoint")
     p.add_argument("ckpt", help="checkpoint folder (with its `checkpoint` file) or prefix")
-    p.add_argument("out_dir", help="folder for parity_report.md / .html (and fast_paths.md / .html)")
+    p.add_argument("out_dir", help="folder for parity_report.md / .html (and fast_paths.md / .html, free_run.json); "
+                                   "an earlier report there is replaced, any other file by those names never")
     p.add_argument("--img_size", type=int, help="image size (recorded in the .meta; a light model's weights do not fix it)")
     p.add_argument("--smoothing", choices=["True", "False"], help="AdaLIN smoothing (recorded in the .meta and the "
                                                                   "model_dir folder name, not in the weights)")
@@ -81,8 +88,24 @@ def _main(argv=None) -> int:
         return 2
     refuse_non_finite_networks(args.ckpt)  # every network is compared: NaN / inf anywhere is refused
     info.announce()
-    from ugatit_common.cli_errors import check_writable_folder
-    check_writable_folder(args.out_dir, "OUT_DIR")  # before minutes of work, not after
+    names = (list(REPORT_FILES) + (list(FAST_PATH_FILES) if eager or compiled else [])
+             + (["free_run.json"] if args.free_run else []))
+    outputs = [os.path.join(args.out_dir, n) for n in names]
+    from parity_tests.harness import claim_report_outputs
+    from ugatit_common.output_guard import release_claims
+    claim_report_outputs(outputs, args.ckpt, "OUT_DIR")  # before minutes of work, not after
+    try:
+        return _report(args, info, overrides, eager, compiled)
+    finally:
+        release_claims(outputs)  # and OUT_DIR itself when a failed run made it and wrote nothing
+
+
+REPORT_FILES = ("parity_report.md", "parity_report.html")
+FAST_PATH_FILES = ("fast_paths.md", "fast_paths.html")
+
+
+def _report(args, info, overrides: dict, eager, compiled) -> int:
+    cfg = info.config
     if args.free_run:  # its bad input (e.g. a weights-only generator checkpoint) fails now, not after the table
         from parity_tests import free_run_report
         free_run_prepared = free_run_report.prepare_from_checkpoint(args.ckpt, args.free_run, overrides, args.seed)

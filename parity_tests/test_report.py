@@ -244,3 +244,46 @@ def test_fast_paths_default_and_none(golden_dir, tmp_path, capsys, monkeypatch):
     md = (tmp_path / "n" / "parity_report.md").read_text()
     assert len(_md_rows(md)[None]) == 9 and "Fast-path columns" not in md
     assert sorted(os.listdir(tmp_path / "n")) == ["parity_report.html", "parity_report.md"]
+
+
+def _stub_rows():
+    return {"generator_B:image": dict(torch_name="generator_B:image", shape=(1, 3, 64, 64), max_abs=0.0, max_rel=0.0,
+                                      ok=True, output=True)}
+
+
+def _one_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_report_out_dir_refused_before_work(golden_dir, tmp_path, capsys, monkeypatch):
+    """OUT_DIR is checked before the comparison runs (stubbed to fail if reached): the checkpoint
+    folder being read, a dataset's image folder, a file, and a folder holding the user's own file
+    by a report's name are each one `error:` line naming OUT_DIR, exit 2, nothing written or
+    changed."""
+    import shutil
+    from parity_tests import harness
+
+    def never(*a, **k):
+        raise AssertionError("the comparison ran before OUT_DIR was checked")
+    monkeypatch.setattr(harness, "compare_networks", never)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(os.path.join(golden_dir, "final"), ckpt)
+    before = sorted(os.listdir(ckpt))
+    user = tmp_path / "paper"
+    user.mkdir()
+    (user / "parity_report.html").write_text("<html>my own notes</html>")
+    (tmp_path / "a_file").write_text("x")
+    dataset = tmp_path / "dataset" / "mine" / "testA"
+    dataset.mkdir(parents=True)
+    for out, words in ((ckpt, "checkpoint folder"), (ckpt / "sub", "checkpoint folder"), (dataset, "dataset"),
+                       (tmp_path / "a_file", "not a folder"), (tmp_path / "a_file" / "sub", "not a folder"),
+                       (user, "never replaced")):
+        rc = report.main([str(ckpt), str(out), "--img_size", "64", "--fast_paths", "none"])
+        line = _one_error(capsys.readouterr().err)
+        assert rc == 2 and "OUT_DIR" in line and words in line, line
+    assert sorted(os.listdir(ckpt)) == before and sorted(os.listdir(dataset)) == []
+    assert (user / "parity_report.html").read_text() == "<html>my own notes</html>"
+    assert sorted(os.listdir(user)) == ["parity_report.html"] and (tmp_path / "a_file").read_text() == "x"
+
