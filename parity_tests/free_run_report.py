@@ -52,20 +52,31 @@ def _rows(result: dict) -> list[list[str]]:
 HEADER = ["iteration", "runs", "lr"] + list(CATEGORIES) + ["worst tensor"]
 
 
-def append_section(out_dir: str, result: dict) -> None:
-    """Add the section to OUT_DIR's parity_report.md / .html (atomically) and write free_run.json."""
-    from ugatit_common.results import write_text_atomic
+def section(result: dict) -> tuple[str, str]:
+    """The section as (Markdown, HTML), for harness.write_report's `appendix`."""
     rows, intro = _rows(result), _intro(result)
-    md_path, page_path = os.path.join(out_dir, "parity_report.md"), os.path.join(out_dir, "parity_report.html")
     md = (f"\n## {TITLE}\n\n{intro}\n\n| " + " | ".join(HEADER) + " |\n|" + "---|" * len(HEADER) + "\n"
           + "".join("| " + " | ".join(r[:-1] + [f"`{r[-1]}`"]) + " |\n" for r in rows))
-    with open(md_path) as f:
-        write_text_atomic(md_path, f.read() + md)
     table = ("<table border=1><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in HEADER) + "</tr>"
              + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
-    section = f"<h2>{TITLE}</h2><p>{html.escape(intro)}</p>{table}"
-    with open(page_path) as f:
+    return md, f"<h2>{TITLE}</h2><p>{html.escape(intro)}</p>{table}"
+
+
+def write_json(out_dir: str, result: dict) -> str:
+    from ugatit_common.results import write_text_atomic
+    return write_text_atomic(os.path.join(out_dir, "free_run.json"), json.dumps(result, indent=1))
+
+
+def append_section(out_dir: str, result: dict) -> None:
+    """Add the section to OUT_DIR's parity_report.md / .html (atomically) and write free_run.json.
+    (`python -m parity_tests.report` writes the section with the table instead: harness.write_report.)"""
+    from ugatit_common.results import write_text_atomic
+    md, section_html = section(result)
+    md_path, page_path = os.path.join(out_dir, "parity_report.md"), os.path.join(out_dir, "parity_report.html")
+    with open(md_path, encoding="utf-8") as f:
+        write_text_atomic(md_path, f.read() + md)
+    with open(page_path, encoding="utf-8") as f:
         page = f.read()
     at = page.rfind("</body>")
-    write_text_atomic(page_path, page[:at] + section + page[at:] if at >= 0 else page + section)
-    write_text_atomic(os.path.join(out_dir, "free_run.json"), json.dumps(result, indent=1))
+    write_text_atomic(page_path, page[:at] + section_html + page[at:] if at >= 0 else page + section_html)
+    write_json(out_dir, result)

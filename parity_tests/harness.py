@@ -333,12 +333,13 @@ def table(rows: dict, extra: dict | None = None) -> str:
 
 
 def write_report(rows: dict, cfg: dict, out_dir: str, source: str = "", provenance: list[str] | None = None,
-                 extra: dict | None = None) -> str:
+                 extra: dict | None = None, appendix=()) -> str:
     """Per-layer table as Markdown and HTML (what a user attaches to a converted model).
     `provenance`: one line per config setting saying where it came from (read or guessed).
     `extra`: more columns and a paragraph saying what they mean ({"columns", "cells", "intro"}:
     parity_tests.fast_paths.report_columns, the fast paths' per-layer error); both files are
-    written atomically."""
+    written atomically. `appendix`: [(Markdown, HTML)] sections after the table (the free run's:
+    parity_tests.free_run_report.section), written with it: a report is never left without them."""
     prov = list(provenance or [])
     os.makedirs(out_dir, exist_ok=True)
     n_bad = sum(not r["ok"] for r in rows.values())
@@ -347,7 +348,7 @@ def write_report(rows: dict, cfg: dict, out_dir: str, source: str = "", provenan
             + "".join(f"- {line}\n" for line in prov) + ("\n" if prov else "")
             + f"{len(rows)} tensors compared, {n_bad} over tolerance. {CRITERIA}\n\n"
             + (f"{intro}\n\n" if intro else ""))
-    md = head + table(rows, extra) + "\n"
+    md = head + table(rows, extra) + "\n" + "".join(m for m, _ in appendix)
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(n, r) + _extra_cells(n, extra))
                     + "</tr>" for n, r in rows.items())
     page = (f"<html><body><h1>U-GAT-IT parity report</h1><p>Checkpoint: {html.escape(source)}</p>"
@@ -355,8 +356,8 @@ def write_report(rows: dict, cfg: dict, out_dir: str, source: str = "", provenan
             + ("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in prov) + "</ul>" if prov else "") + f"<p>{len(rows)} tensors compared, {n_bad} over tolerance. "
             f"{html.escape(CRITERIA)}</p>" + (f"<p>{html.escape(intro)}</p>" if intro else "")
             + "<table border=1><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in _columns(extra))
-            + f"</tr>{cells}</table>"
-            f"</body></html>")
+            + f"</tr>{cells}</table>" + "".join(h for _, h in appendix)
+            + "</body></html>")
     from ugatit_common.results import write_text_atomic
     write_text_atomic(os.path.join(out_dir, "parity_report.md"), md)
     write_text_atomic(os.path.join(out_dir, "parity_report.html"), page)

@@ -105,6 +105,8 @@ FAST_PATH_FILES = ("fast_paths.md", "fast_paths.html")
 
 
 def _report(args, info, overrides: dict, eager, compiled) -> int:
+    """Everything is computed first and written at the end, the page last: a run that fails or is
+    stopped (Ctrl-C) part-way leaves OUT_DIR as it was, never a report without its free run."""
     cfg = info.config
     if args.free_run:  # its bad input (e.g. a weights-only generator checkpoint) fails now, not after the table
         from parity_tests import free_run_report
@@ -118,7 +120,6 @@ def _report(args, info, overrides: dict, eager, compiled) -> int:
         device = default_device()
         sections = checkpoint_sections(args.ckpt, cfg.get("img_size"), eager, compiled, args.seed, overrides, device)
         extra = report_columns(sections, path_labels(eager, compiled), rows, device)
-    page = write_report(rows, cfg, args.out_dir, args.ckpt, provenance=info.describe(), extra=extra)
     bad = failures(rows)
     n_out = sum(r["output"] for r in rows.values())
     print(f"config: {cfg}")
@@ -132,14 +133,22 @@ def _report(args, info, overrides: dict, eager, compiled) -> int:
               f"tensors in the report's fast-path columns")
         if extra["unmatched"]:  # a generator row whose name has no fast-path counterpart (none in this port)
             print(f"  no fast-path counterpart: {', '.join(extra['unmatched'])}")
-    print(f"report: {page}")
-    if sections:  # every generator layer, also those TF does not record (the same numbers)
-        from parity_tests.fast_paths import write_fast_path_report
-        print(f"fast paths, every layer: {write_fast_path_report(sections, args.out_dir, args.ckpt)}")
-    free = None
+    free, appendix = None, []
     if args.free_run:
         free = free_run_report.run(free_run_prepared)
-        free_run_report.append_section(args.out_dir, free)
+        appendix.append(free_run_report.section(free))
+    # the results, all computed: the companions first, the page people open last
+    fast_page = None
+    if sections:  # every generator layer, also those TF does not record (the same numbers)
+        from parity_tests.fast_paths import write_fast_path_report
+        fast_page = write_fast_path_report(sections, args.out_dir, args.ckpt)
+    if free is not None:
+        free_run_report.write_json(args.out_dir, free)
+    page = write_report(rows, cfg, args.out_dir, args.ckpt, provenance=info.describe(), extra=extra,
+                        appendix=appendix)
+    print(f"report: {page}")
+    if fast_page:
+        print(f"fast paths, every layer: {fast_page}")
     return 1 if bad or (free and free["first_over"]) else 0
 
 

@@ -287,3 +287,36 @@ def test_report_out_dir_refused_before_work(golden_dir, tmp_path, capsys, monkey
     assert (user / "parity_report.html").read_text() == "<html>my own notes</html>"
     assert sorted(os.listdir(user)) == ["parity_report.html"] and (tmp_path / "a_file").read_text() == "x"
 
+
+def test_report_stopped_part_way_leaves_out_dir_as_it_was(golden_dir, tmp_path, capsys, monkeypatch):
+    """A report whose free run is stopped (Ctrl-C) after the table was computed writes nothing: an
+    earlier report in OUT_DIR stays as it was (not replaced by a table without its free-run
+    section), a new OUT_DIR is not left behind; the completed run then writes the table and the
+    section together, replacing the earlier report."""
+    from parity_tests import free_run_report, harness
+    monkeypatch.setattr(harness, "compare_networks", lambda ckpt, cfg, seed=0, **k: _stub_rows())
+    monkeypatch.setattr(free_run_report, "prepare_from_checkpoint", lambda *a, **k: "prepared")
+
+    def stopped(prepared):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(free_run_report, "run", stopped)
+    ckpt = os.path.join(golden_dir, "final")
+    out = tmp_path / "out"
+    argv = [ckpt, str(out), "--img_size", "64", "--fast_paths", "none", "--free_run", "3"]
+    assert report.main(argv) == 130
+    assert not out.exists(), os.listdir(out)
+    assert report.main(argv[:-2]) == 0  # an earlier report, without a free run
+    earlier = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    assert sorted(earlier) == ["parity_report.html", "parity_report.md"]
+    assert report.main(argv) == 130
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == earlier
+    result = {"reference": "TF", "candidate": "port", "budget": 1e-9, "iterations": 1, "held": 1, "first_over": None,
+              "seconds": 0.1, "start": "checkpoint", "curve": [
+                  {"iteration": 1, "counter": 1, "runs": "DG", "lr": 1e-4, "worst": 1e-12, "norm_fed_bias_lr": 0.0,
+                   **{c: {"value": 1e-12, "name": "t", "index": []} for c in ("losses", "weights", "slots", "outputs")}}]}
+    monkeypatch.setattr(free_run_report, "run", lambda prepared: result)
+    capsys.readouterr()
+    assert report.main(argv) == 0
+    assert sorted(os.listdir(out)) == ["free_run.json", "parity_report.html", "parity_report.md"]
+    assert "## Free-running float64 training" in (out / "parity_report.md").read_text()
+    assert "<h2>Free-running float64 training</h2>" in (out / "parity_report.html").read_text()
