@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                         f"(default {DEFAULT_BUDGET:g})")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu: TF float64 vs the port on the CPU; cuda: the port on the CPU vs the port on CUDA")
-    p.add_argument("--json", help="write the per-iteration curve to this file")
+    p.add_argument("--json", help="write the per-iteration curve to this file (an earlier curve there is replaced; "
+                                  "any other existing file is never replaced: exit 2)")
     p.add_argument("--dataset", help="folder with trainA/ and trainB/ (default: the built-in procedural data set)")
     p.add_argument("--images", type=int, default=4, help="images per domain of the built-in data set (default 4)")
     p.add_argument("--threads", type=int, default=1,
@@ -289,11 +290,20 @@ def run(args, prepared: dict | None = None, log=print) -> dict:
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.json:
-        import os
+    if not args.json:
+        return _run(args)
+    # checked and held before the run: never a checkpoint's or the user's file, a folder, a live
+    # run's folder, or a file another command is writing (parity_tests.harness.claim_report_outputs)
+    from parity_tests.harness import claim_report_outputs
+    from ugatit_common.output_guard import release_claims
+    claim_report_outputs([args.json], args.checkpoint, "--json")
+    try:
+        return _run(args)
+    finally:
+        release_claims([args.json])
 
-        from ugatit_common.cli_errors import check_writable_folder
-        check_writable_folder(os.path.dirname(os.path.abspath(args.json)), "--json")
+
+def _run(args) -> int:
     result = run(args, prepare(args))
     if args.json:
         from ugatit_common.atomic import write_bytes_atomic

@@ -194,6 +194,38 @@ def test_perturbed_port_against_itself(capsys):
     assert all(0 < r["weights"]["value"] < 1e-11 for r in result["curve"]), result["curve"]
 
 
+def test_json_replaces_only_an_earlier_curve(tmp_path, capsys, monkeypatch):
+    """--json is checked before the run (stubbed to fail if reached): a checkpoint folder's TF
+    `checkpoint` file, the user's file, a folder are each one `error:` line naming --json, exit 2,
+    and stay as they were; an earlier curve is replaced by the new one (TF-free: --perturb)."""
+    import shutil
+
+    def never(*a, **k):
+        raise AssertionError("the run started before --json was checked")
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(os.path.join(GOLDEN, "init"), ckpt)
+    user = tmp_path / "notes.json"
+    user.write_text('{"mine": 1}')
+    (tmp_path / "folder").mkdir()
+    files = {p: p.read_bytes() for p in (ckpt / "checkpoint", user)}
+    with monkeypatch.context() as m:
+        m.setattr(free_run, "free_run", never)
+        for target, extra in ((ckpt / "checkpoint", []), (ckpt / "checkpoint", ["--checkpoint", str(ckpt)]),
+                              (user, []), (tmp_path / "folder", [])):
+            rc, out, err = run_cli(TINY + extra + ["--perturb", "1e-15", "--iterations", "1", "--quiet", "--json",
+                                                   str(target)], capsys)
+            lines = [line for line in err.splitlines() if line.startswith("error:")]
+            assert rc == 2 and len(lines) == 1 and "--json" in lines[0] and str(target.parent) in lines[0], err
+    assert {p: p.read_bytes() for p in files} == files and os.listdir(tmp_path / "folder") == []
+    curve = tmp_path / "out" / "curve.json"
+    for n in (1, 2):  # the second run replaces the first one's curve
+        rc, out, err = run_cli(TINY + ["--perturb", "1e-15", "--iterations", str(n), "--quiet", "--json", str(curve)],
+                               capsys)
+        assert rc == 0, err
+        assert len(json.loads(curve.read_text())["curve"]) == n
+    assert sorted(os.listdir(curve.parent)) == ["curve.json"]
+
+
 def test_kink_flips_are_found(one_thread):
     """free_run_kinks.flips names a flipped relu: one generator's MLP linear_0 bias set to +5 in one
     state and -5 in the other turns that unit's relu on in one G run and off in the other."""
