@@ -306,17 +306,42 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     import argparse
-    p = argparse.ArgumentParser(prog="python -m parity_tests.fast_paths", description=__doc__.splitlines()[0])
-    p.add_argument("ckpt")
-    p.add_argument("out_dir")
-    p.add_argument("--img_size", type=int)
-    p.add_argument("--paths", default="bf16,fp16", help="comma-separated: bf16, fp16, fp32+compile, bf16+compile")
-    from ugatit_common.options import seed_value
-    p.add_argument("--seed", type=seed_value, default=0)
+    import sys
+    p = argparse.ArgumentParser(prog="python -m parity_tests.fast_paths",
+                                description="Per-layer error of each fast path (torch_port.optimize) of a TF "
+                                            "checkpoint's generators against the float64 truth, beside the exact "
+                                            "float32 path's: OUT_DIR/fast_paths.md and .html")
+    p.add_argument("ckpt", help="TF checkpoint (folder with its `checkpoint` file, or prefix)")
+    p.add_argument("out_dir", help="folder for fast_paths.md / .html (an earlier report there is replaced; any other "
+                                   "file by those names is never replaced)")
+    p.add_argument("--img_size", type=int, help="image size (recorded in the .meta; a light model's weights do not "
+                                                "fix it)")
+    p.add_argument("--smoothing", choices=["True", "False"], help="AdaLIN smoothing (recorded in the .meta and the "
+                                                                  "model_dir folder name, not in the weights)")
+    p.add_argument("--paths", default="bf16,fp16",
+                   help="comma-separated: bf16, fp16, fp32+compile, bf16+compile (default bf16,fp16)")
+    from ugatit_common.options import config_from, seed_value, validate
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the random input (default 0)")
     a = p.parse_args(argv)
-    eager, compiled = parse_paths(a.paths)
-    sections = checkpoint_sections(a.ckpt, a.img_size, eager, compiled, a.seed)
-    page = write_fast_path_report(sections, a.out_dir, a.ckpt)
+    try:
+        eager, compiled = parse_paths(a.paths)
+    except ValueError as e:
+        print(f"error: --paths: {e}", file=sys.stderr)
+        return 2
+    overrides = {"img_size": a.img_size, "smoothing": None if a.smoothing is None else a.smoothing == "True"}
+    from ugatit_common.tf_checkpoint import read_config
+    info = read_config(a.ckpt, overrides)  # bad input (a missing or contradicted checkpoint): exit 2, before work
+    validate(config_from(info.config))
+    info.announce()  # a guessed setting is said on stderr, as the parity report says it
+    outputs = [os.path.join(a.out_dir, n) for n in ("fast_paths.md", "fast_paths.html")]
+    from parity_tests.harness import claim_report_outputs
+    from ugatit_common.output_guard import release_claims
+    claim_report_outputs(outputs, a.ckpt, "OUT_DIR")
+    try:
+        sections = checkpoint_sections(a.ckpt, a.img_size, eager, compiled, a.seed, overrides)
+        page = write_fast_path_report(sections, a.out_dir, a.ckpt)
+    finally:
+        release_claims(outputs)
     for title, res in sections:
         for name, r in res["outputs"].items():
             print(f"{title}:{name}: " + "  ".join(f"{k} rms {v[0]:.3g} max {v[1]:.3g}" for k, v in r.items()

@@ -343,3 +343,42 @@ def test_report_fast_paths_flag_checked_first(capsys):
     from parity_tests.report import main as report_main
     assert report_main([os.path.join(GOLDEN, "final"), "unused", "--fast_paths", "bf16,int8"]) == 2
     assert "unknown fast path 'int8'" in capsys.readouterr().err
+
+
+def test_cli_checks_out_dir_first_and_says_what_it_guessed(tmp_path, capsys, monkeypatch):
+    """`python -m parity_tests.fast_paths CKPT OUT_DIR`: OUT_DIR is checked before the work (stubbed
+    to fail if reached): a file, the checkpoint folder being read, a folder holding the user's own
+    fast_paths.md are one `error:` line naming OUT_DIR, exit 2, nothing changed. A setting the
+    checkpoint does not record is said on stderr (the golden `init/`: smoothing), and --smoothing
+    sets it."""
+    import shutil
+    from parity_tests import fast_paths
+    seen = []
+
+    def never(*a, **k):
+        raise AssertionError("the fast paths ran before OUT_DIR was checked")
+    monkeypatch.setattr(fast_paths, "checkpoint_sections", never)
+    ckpt = tmp_path / "init"
+    shutil.copytree(os.path.join(GOLDEN, "init"), ckpt)
+    before = sorted(os.listdir(ckpt))
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "fast_paths.md").write_text("my notes")
+    (tmp_path / "a_file").write_text("x")
+    for out, words in ((tmp_path / "a_file", "not a folder"), (ckpt, "checkpoint folder"), (user, "never replaced")):
+        rc = fast_paths.main([str(ckpt), str(out), "--img_size", "64", "--paths", "bf16"])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert rc == 2 and len(lines) == 1 and "OUT_DIR" in lines[0] and words in lines[0], err
+    assert sorted(os.listdir(ckpt)) == before and (user / "fast_paths.md").read_text() == "my notes"
+    assert sorted(os.listdir(user)) == ["fast_paths.md"] and (tmp_path / "a_file").read_text() == "x"
+
+    def sections(ckpt, img_size, eager, compiled, seed, overrides=None, device="cpu"):
+        seen.append(overrides)
+        return [("generator_B", {"outputs": {}, "layers": {}})]
+    monkeypatch.setattr(fast_paths, "checkpoint_sections", sections)
+    assert fast_paths.main([str(ckpt), str(tmp_path / "out"), "--img_size", "64", "--paths", "bf16"]) == 0
+    assert "guessed smoothing=True" in capsys.readouterr().err
+    assert fast_paths.main([str(ckpt), str(tmp_path / "out"), "--img_size", "64", "--smoothing", "False"]) == 0
+    assert "guessed smoothing" not in capsys.readouterr().err and seen[-1]["smoothing"] is False
+    assert sorted(os.listdir(tmp_path / "out")) == ["fast_paths.html", "fast_paths.md"]
