@@ -796,3 +796,41 @@ def test_files_written_together_are_all_or_nothing(tmp_path, monkeypatch):
     write_files_atomic({a: b"new codes", b: b"new model"})
     assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m_w.npz"] and open(b, "rb").read() == b"new model"
 
+
+def test_a_run_from_scratch_moves_an_older_runs_loss_log_and_samples_aside(tmp_path, monkeypatch, capsys):
+    """Run 1 (--checkpoint_dir k1) and run 2 (--checkpoint_dir k2) sharing --log_dir and
+    --sample_dir, one after the other: run 2 starts from scratch (k2 holds no checkpoint), and its
+    loss-log cut (the lines before its counter, 1) emptied run 1's losses.jsonl, and its samples
+    replaced run 1's of the same names. An older run's files there are now moved aside, as
+    --resume False moves them; a resumed run still continues its own log."""
+    from morph.__main__ import main as morph_main
+    make_data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    shared = ["--log_dir", "lg", "--sample_dir", "sm", "--epoch", "1", "--save_freq", "2"]
+    assert morph_main(["train"] + MORPH_TINY + shared + ["--checkpoint_dir", "k1", "--iteration", "2",
+                                                         "--print_freq", "1"]) == 0
+    [logs] = glob.glob(str(tmp_path / "lg" / "*morphC"))
+    [samples] = glob.glob(str(tmp_path / "sm" / "*morphC"))
+    run1 = {os.path.join(d, n): digest(os.path.join(d, n)) for d in (logs, samples) for n in os.listdir(d)}
+    assert any(p.endswith("losses.jsonl") for p in run1) and any(p.endswith(".png") for p in run1), run1
+    with open(os.path.join(logs, "losses.jsonl")) as fh:
+        assert len(fh.readlines()) == 2
+    capsys.readouterr()
+    assert morph_main(["train"] + MORPH_TINY + shared + ["--checkpoint_dir", "k2", "--iteration", "1",
+                                                         "--print_freq", "1", "--seed", "5"]) == 0
+    out = capsys.readouterr().out
+    for path, h in run1.items():  # every file of run 1, unchanged, in its folder's previous-run-*/
+        moved = glob.glob(os.path.join(os.path.dirname(path), "previous-run-*", os.path.basename(path)))
+        assert [digest(p) for p in moved] == [h], path
+    assert "starting from scratch: the older run's" in out
+    with open(os.path.join(logs, "losses.jsonl")) as fh:
+        assert [json.loads(line)["counter"] for line in fh] == [1]  # run 2's own line
+    # run 2 resumed (its checkpoint in k2): nothing is moved, its log goes on
+    capsys.readouterr()
+    assert morph_main(["train"] + MORPH_TINY + shared + ["--checkpoint_dir", "k2", "--iteration", "1",
+                                                         "--epoch", "2", "--print_freq", "1", "--seed", "5"]) == 0
+    assert "older run" not in capsys.readouterr().out
+    assert len(glob.glob(os.path.join(logs, "previous-run-*"))) == 1
+    with open(os.path.join(logs, "losses.jsonl")) as fh:
+        assert [json.loads(line)["counter"] for line in fh] == [1, 2]
+

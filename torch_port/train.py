@@ -525,6 +525,8 @@ class Trainer:
         model.make_optimizers(cfg["lr"])
 
         pos = restore(model, cfg, self._resume_point(), dist_info, log)
+        if pos is None and main:  # an older run's loss log, samples: moved aside, never cut or overwritten
+            policy.move_outputs_of_an_older_run([getattr(paths, name) for name in self.MOVE_ASIDE], self.owner, log)
         run_id = (pos or {}).get("run") or policy.new_run_id()
         if pos is None:
             log(f" [!] Load failed... (no checkpoint in {paths.checkpoint}): starting from scratch" if self.resume

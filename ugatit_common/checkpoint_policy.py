@@ -11,7 +11,10 @@ Subfolders (older runs moved aside, unusable checkpoints) are never looked at.
   skipped into `unusable/` (so the new run never overwrites or is shadowed by them). When
   checkpoints exist but none can be read, the run stops (exit 2): never from scratch.
 - `--resume False` (torch_port) with checkpoints in the folder: they are moved into
-  `previous-run-<time>/` beside them, and the run says where; nothing is deleted.
+  `previous-run-<time>/` beside them, and the run says where; nothing is deleted. A run that
+  starts from scratch moves an older run's files in its sample / log folders aside the same way
+  (`move_outputs_of_an_older_run`: that run's checkpoints are elsewhere), never cutting its loss
+  log or overwriting its samples.
 - Pruning deletes only checkpoints of the run being trained (its `run` id, stored in each
   checkpoint and inherited on resume), never the newest, never the one `latest` names.
 - Temp files of killed saves (`.tmp-*`, TF's `*.tempstate*`, `<name>.tmp<32 hex>` such as
@@ -185,10 +188,10 @@ def move_previous_run(folder: str, owner, log=print) -> str | None:
     return dest
 
 
-def move_previous_outputs(folder: str, dest_name: str, owner, log=print) -> str | None:
+def move_previous_outputs(folder: str, dest_name: str, owner, log=print, why: str = "--resume False") -> str | None:
     """`--resume False`: move the files (not subfolders) an older run left in an output folder
     (samples, loss logs) into `<folder>/<dest_name>/`, so the new run overwrites none of them.
-    Only the run holding the folder (`owner`, see `own_run`) does."""
+    Only the run holding the folder (`owner`, see `own_run`) does. `why`: the message's cause."""
     if not os.path.isdir(folder):
         return None
     run_lock.require(owner, folder, "moving an older run's outputs aside")
@@ -197,8 +200,28 @@ def move_previous_outputs(folder: str, dest_name: str, owner, log=print) -> str 
     if not files:
         return None
     dest = move_files(files, os.path.join(folder, dest_name))
-    log(f" [*] --resume False: the older run's {len(files)} file(s) in {folder} were moved to {dest}/")
+    log(f" [*] {why}: the older run's {len(files)} file(s) in {folder} were moved to {dest}/")
     return dest
+
+
+def move_outputs_of_an_older_run(folders, owner, log=print) -> str | None:
+    """A training run that starts from scratch (no checkpoint to resume in its checkpoint folder)
+    while its sample or log folder holds an older run's files - that run's checkpoints are
+    elsewhere (another --checkpoint_dir with the same --log_dir / --sample_dir) or were removed:
+    those files (its loss log, samples, event files) are moved into `<folder>/previous-run-<time>/`
+    of each folder, as `--resume False` moves them, instead of being cut (the loss log is cut to
+    the steps before the resumed counter: all of it, from scratch) or overwritten (samples of the
+    same names). Only the run holding the folders (`owner`). Returns the name used, or None when
+    nothing was there."""
+    name = PREVIOUS + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    used = None
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        dest = move_previous_outputs(folder, os.path.basename(_unique(os.path.join(folder, name))), owner, log,
+                                     why="starting from scratch")
+        used = used or dest
+    return used
 
 
 def sweep_temp(folder: str, log=print, owner=None) -> list[str]:
