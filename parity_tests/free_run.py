@@ -174,6 +174,9 @@ def free_run(args, cfg, state, counter0, pos0, log=print, observe=None) -> dict:
         curve, held, first_over = [], 0, None
         pre_ref = pre_cand = state
         t0 = time.time()
+        from tqdm import tqdm  # --quiet prints no line per iteration: a progress bar on a terminal instead
+        bar = tqdm(total=args.iterations, desc="free run", unit="it", file=sys.stderr,
+                   disable=True if not args.quiet else None)
         for k in range(1, args.iterations + 1):
             counter, pos = counter0 + k - 1, pos0 + k - 1
             lr = opt.learning_rate(cfg, pos // cfg["iteration"])
@@ -210,12 +213,15 @@ def free_run(args, cfg, state, counter0, pos0, log=print, observe=None) -> dict:
                                            "elements": [e for f in flipped for e in f["elements"]]}
             if not args.quiet:
                 log(line(k, runs, lr, row), flush=True)
+            bar.set_postfix_str(f"worst {worst:.2e}", refresh=False)
+            bar.update()
             if args.kinks and curve[-1]["kink_flips"]["count"]:
                 log(f"  kink flips: {curve[-1]['kink_flips']['count']}; " + "; ".join(
                     f"{e['run']} run, {e['kind']} in {e['module']} at {e['index']}: x {e['x_a']:.3g} from the "
                     f"reference's state, {e['x_b']:.3g} from the port's" for e in curve[-1]["kink_flips"]["elements"]),
                     flush=True)
         seconds = time.time() - t0
+        bar.close()
     finally:
         for side in (ref, cand):
             if side is not None:

@@ -265,9 +265,10 @@ def compare(tf_out: dict, torch_out: dict, tf64: dict, torch64: dict, reductions
     return rows
 
 
-def compare_networks(ckpt_or_weights, cfg: dict, seed: int = 0, x=None) -> dict:
+def compare_networks(ckpt_or_weights, cfg: dict, seed: int = 0, x=None, progress=None) -> dict:
     """Both frameworks on one input in [-1, 1], in float32 and in float64 (the truth both criteria
-    need); weights from a TF checkpoint path or a dict."""
+    need); weights from a TF checkpoint path or a dict. `progress(label)`, when given, is called
+    after each of the four runs (what the report's progress bar counts)."""
     import torch
     from ugatit_common.tf_checkpoint import names as wc
     if isinstance(ckpt_or_weights, dict):
@@ -284,11 +285,16 @@ def compare_networks(ckpt_or_weights, cfg: dict, seed: int = 0, x=None) -> dict:
         x = input_image(cfg, seed)
     state = {wc.tf_to_torch_name(n): torch.from_numpy(wc.to_torch_layout(n, v)) for n, v in weights.items()}
     x_nchw = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    done = progress or (lambda label: None)
     tf_out = tf_forward(weights, cfg, x, nets)
+    done("TF float32")
     reductions = {}
     torch_out = torch_forward(state, cfg, x_nchw, nets, reductions=reductions)
+    done("torch float32")
     tf64 = tf_forward(weights, cfg, x, nets, np.float64)
+    done("TF float64")
     torch64 = torch_forward(state, cfg, x_nchw, nets, torch.float64)
+    done("torch float64")
     return compare(tf_out, torch_out, tf64, torch64, reductions)
 
 

@@ -112,14 +112,22 @@ def _report(args, info, overrides: dict, eager, compiled) -> int:
         from parity_tests import free_run_report
         free_run_prepared = free_run_report.prepare_from_checkpoint(args.ckpt, args.free_run, overrides, args.seed)
 
+    from tqdm import tqdm  # on a terminal: TF and the port in float32 and float64, then the fast paths
     from parity_tests.harness import compare_networks, failures, write_report
-    rows = compare_networks(args.ckpt, cfg, seed=args.seed)
-    extra, sections = None, []
-    if eager or compiled:  # the fast paths' per-layer error, as columns of the same table
-        from parity_tests.fast_paths import checkpoint_sections, default_device, path_labels, report_columns
-        device = default_device()
-        sections = checkpoint_sections(args.ckpt, cfg.get("img_size"), eager, compiled, args.seed, overrides, device)
-        extra = report_columns(sections, path_labels(eager, compiled), rows, device)
+    with tqdm(total=4 + bool(eager or compiled), desc="parity report", unit="run", file=sys.stderr,
+              disable=None) as bar:
+        def done(label):
+            bar.set_postfix_str(label)
+            bar.update()
+        rows = compare_networks(args.ckpt, cfg, seed=args.seed, progress=done)
+        extra, sections = None, []
+        if eager or compiled:  # the fast paths' per-layer error, as columns of the same table
+            from parity_tests.fast_paths import checkpoint_sections, default_device, path_labels, report_columns
+            device = default_device()
+            sections = checkpoint_sections(args.ckpt, cfg.get("img_size"), eager, compiled, args.seed, overrides,
+                                           device)
+            extra = report_columns(sections, path_labels(eager, compiled), rows, device)
+            done("fast paths")
     bad = failures(rows)
     n_out = sum(r["output"] for r in rows.values())
     print(f"config: {cfg}")

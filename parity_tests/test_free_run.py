@@ -226,6 +226,17 @@ def test_json_replaces_only_an_earlier_curve(tmp_path, capsys, monkeypatch):
     assert sorted(os.listdir(curve.parent)) == ["curve.json"]
 
 
+def test_quiet_run_shows_progress_on_a_terminal(capsys, monkeypatch):
+    """--quiet (as the parity report's --free_run runs it) prints no line per iteration: on a
+    terminal a tqdm bar counts the iterations instead; without --quiet the lines are the progress."""
+    from parity_tests.test_report import _Terminal
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    args = free_run.build_parser().parse_args(TINY + ["--perturb", "1e-15", "--iterations", "2", "--quiet"])
+    free_run.run(args)
+    assert "free run" in term.buffer.getvalue() and "2/2" in term.buffer.getvalue(), term.buffer.getvalue()
+
+
 def test_kink_flips_are_found(one_thread):
     """free_run_kinks.flips names a flipped relu: one generator's MLP linear_0 bias set to +5 in one
     state and -5 in the other turns that unit's relu on in one G run and off in the other."""

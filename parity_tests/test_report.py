@@ -103,7 +103,7 @@ def test_report_exit_1_when_a_layer_fails(golden_dir, tmp_path, capsys, monkeypa
                                      tol=1e-5, ok=False, output=False),
             "generator_B:image": dict(torch_name="generator_B:image", shape=(1, 3, 64, 64), max_abs=0.0, max_rel=0.0,
                                       tol=1e-5, ok=True, output=True)}
-    monkeypatch.setattr(harness, "compare_networks", lambda ckpt, cfg, seed=0: rows)
+    monkeypatch.setattr(harness, "compare_networks", lambda ckpt, cfg, seed=0, **k: rows)
     assert report.main([os.path.join(golden_dir, "final"), str(tmp_path), "--img_size", "64"]) == 1
     out = capsys.readouterr().out
     assert "2 tensors compared (1 network outputs), 1 over tolerance" in out and "generator_B/conv" in out
@@ -116,7 +116,7 @@ def test_report_lists_where_the_config_came_from(golden_dir, tmp_path, capsys, m
     from parity_tests import harness
     rows = {"generator_B:image": dict(torch_name="generator_B:image", shape=(1, 3, 64, 64), max_abs=0.0, max_rel=0.0,
                                       tol=1e-5, ok=True, output=True)}
-    monkeypatch.setattr(harness, "compare_networks", lambda ckpt, cfg, seed=0: rows)
+    monkeypatch.setattr(harness, "compare_networks", lambda ckpt, cfg, seed=0, **k: rows)
     assert report.main([os.path.join(golden_dir, "final"), str(tmp_path), "--img_size", "64"]) == 0
     captured = capsys.readouterr()
     assert "guessed smoothing=True" in captured.err and "guessed img_size" not in captured.err
@@ -227,7 +227,7 @@ def test_fast_paths_default_and_none(golden_dir, tmp_path, capsys, monkeypatch):
                                           max_rel=0.0, ok=True, output=False),
             "discriminator_A:local": dict(torch_name="discriminator_A:local", shape=(1, 1, 16, 16), max_abs=0.0,
                                           max_rel=0.0, ok=True, output=True)}
-    monkeypatch.setattr(harness, "compare_networks", lambda ckpt, cfg, seed=0: rows)
+    monkeypatch.setattr(harness, "compare_networks", lambda ckpt, cfg, seed=0, **k: rows)
     ckpt = os.path.join(golden_dir, "final")
     assert report.main([ckpt, str(tmp_path / "d"), "--img_size", "64"]) == 0
     out = capsys.readouterr().out
@@ -320,3 +320,38 @@ def test_report_stopped_part_way_leaves_out_dir_as_it_was(golden_dir, tmp_path, 
     assert sorted(os.listdir(out)) == ["free_run.json", "parity_report.html", "parity_report.md"]
     assert "## Free-running float64 training" in (out / "parity_report.md").read_text()
     assert "<h2>Free-running float64 training</h2>" in (out / "parity_report.html").read_text()
+
+
+class _Terminal:
+    """A stderr that says it is a terminal (tqdm draws its bar only there)."""
+
+    def __init__(self):
+        import io
+        self.buffer = io.StringIO()
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return self.buffer.write(text)
+
+    def flush(self):
+        pass
+
+
+def test_report_shows_progress_on_a_terminal(golden_dir, tmp_path, monkeypatch):
+    """Minutes of work at 256 px: on a terminal a tqdm bar counts the four runs (TF and the port,
+    float32 and float64) and the fast paths; none in a log (not a terminal)."""
+    from parity_tests import harness
+
+    def compare(ckpt, cfg, seed=0, progress=None, **k):
+        for label in ("TF float32", "torch float32", "TF float64", "torch float64"):
+            progress(label)
+        return _stub_rows()
+    monkeypatch.setattr(harness, "compare_networks", compare)
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    ckpt = os.path.join(golden_dir, "final")
+    assert report.main([ckpt, str(tmp_path / "out"), "--img_size", "64", "--fast_paths", "none"]) == 0
+    shown = term.buffer.getvalue()
+    assert "parity report" in shown and "4/4" in shown and "torch float64" in shown, shown
