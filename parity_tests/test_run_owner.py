@@ -165,6 +165,43 @@ def test_torch_port_run_refuses_a_second_run_then_a_killed_holder_frees_the_fold
     print(f"killed holder -> next run done in {time.time() - t0:.1f} s")
 
 
+def test_a_folder_an_output_is_being_written_into_is_refused(tmp_path, monkeypatch, capsys):
+    """tf2torch (or an export) had checked that no run holds its output folder and was writing
+    `.tmp-<pid>-*.safetensors` there (minutes, for a large checkpoint) when a training run took
+    the folder: its sweep deleted that temp file as a killed save's (the converter then failed on
+    a file gone), or the run trained beside a weights file about to appear. A run now refuses a
+    folder holding a live output claim (output_guard.claim), naming the output and the command;
+    the writer's own re-check after claiming covers the other order."""
+    from ugatit_common import output_guard as guard
+    make_data(tmp_path)
+    folders = run_dirs(tmp_path)
+    os.makedirs(folders[0])
+    monkeypatch.chdir(tmp_path)
+    out = os.path.join(folders[0], "converted.safetensors")
+    writer = subprocess.Popen([sys.executable, "-c", "import sys, time; from ugatit_common import output_guard as g\n"
+                               "g.claim(sys.argv[1]); print('held', flush=True); time.sleep(600)", out],
+                              env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "held"
+        inflight = os.path.join(folders[0], f".tmp-{writer.pid}-abc.safetensors")  # its write in progress
+        with open(inflight, "wb") as fh:
+            fh.write(b"half a file")
+        before = snapshot([os.path.join(str(tmp_path), d) for d in ("checkpoint", "samples", "logs")])
+        for extra in ((), ("--resume", "False")):
+            rc, out_, err = port(train_args(2, 1, 1, *extra), monkeypatch, tmp_path, capsys)
+            line = one_error_line(err)
+            assert rc == 2 and "converted.safetensors" in line and f"pid {writer.pid}" in line, line
+            assert "Epoch:" not in out_ and os.path.exists(inflight)
+            assert snapshot([os.path.join(str(tmp_path), d) for d in ("checkpoint", "samples", "logs")]) == before
+            assert not os.path.exists(folders[1]) and not os.path.exists(folders[2])  # the folders it made: gone
+    finally:
+        kill(writer)
+        writer.stdout.close()
+    os.remove(inflight)
+    assert guard.CLAIM in "".join(os.listdir(folders[0]))                   # the killed writer's claim: left, dead
+    assert port(train_args(2, 1, 1), monkeypatch, tmp_path, capsys)[0] == 0   # the writer gone: the folder is free
+
+
 def test_a_crashed_run_releases_its_folders_in_process(tmp_path, monkeypatch, capsys):
     """A run that ends with an error (here: no usable checkpoint) lets its folders go, so the
     same process (e.g. a notebook) can run again; the refusal names this very process."""

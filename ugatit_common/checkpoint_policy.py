@@ -259,13 +259,52 @@ def sweep_temp(folder: str, log=print, owner=None) -> list[str]:
 RUN_FOLDERS = (("checkpoint", "--checkpoint_dir"), ("sample", "--sample_dir"), ("log", "--log_dir"))
 
 
+# output_guard.claim's lock of one output file being written: `.<name>.ugatit-out.lock` (+ `.owner`)
+_CLAIM_LOCK = re.compile(r"^\.(?P<name>.+)\.ugatit-out\.lock$")
+
+
+def _output_being_written(folder: str):
+    """(output name, holder) of an output another command (weights_convert, an export) is writing
+    into `folder` at this moment (its live output_guard claim), or None."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return None
+    for n in names:
+        m = _CLAIM_LOCK.match(n)
+        if not m:
+            continue
+        holder = run_lock.held_by(folder, lock_name=n, owner_name=n[: -len(".lock")] + ".owner")
+        if holder is not None:
+            return m.group("name"), holder
+    return None
+
+
 def own_run(paths, command: str | None = None) -> "run_lock.RunLocks":
     """Lock the folders a training run writes (`paths.checkpoint`, `.sample`, `.log`: an
     options.Paths), checkpoint folder first, before anything in them is read, swept or moved;
     hold the result for the run's life and `release()` it at the end. Another run holding one of
     them: run_lock.FolderInUse (exit 2) naming the folder and the holder's pid, command and start
-    time, with nothing changed."""
-    return run_lock.acquire_all([(getattr(paths, attr), flag) for attr, flag in RUN_FOLDERS], command)
+    time, with nothing changed. So is a folder into which another command (weights_convert, an
+    export) is writing an output right now (its output_guard claim): the run would sweep that
+    command's temp file as a killed save's, or train beside the file it is about to drop there.
+    That command checks again once it has claimed its output, so of the two the later is refused."""
+    folders = [(getattr(paths, attr), flag) for attr, flag in RUN_FOLDERS]
+    locks = run_lock.acquire_all(folders, command)
+    try:
+        for folder, flag in folders:
+            busy = _output_being_written(folder)
+            if busy:
+                name, holder = busy
+                raise run_lock.FolderInUse(f"{flag} {folder!r}: another command is writing {name!r} into it "
+                                           f"({holder.describe()}); wait for it to end, or give this run another "
+                                           f"folder", holder)
+    except BaseException:
+        for lock in reversed(locks.locks):
+            lock.release()
+            run_lock.remove_created(lock)
+        raise
+    return locks
 
 
 def choose(folder: str, load, need: str = "train", log=print, owner=None, prefer: str = "torch"):
