@@ -237,10 +237,11 @@ def write_fast_path_report(sections: list[tuple[str, dict]], out_dir: str, sourc
                     + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"
                     + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
                     + "</table>")
-    write_text_atomic(os.path.join(out_dir, "fast_paths.md"), "".join(md))
+    from parity_tests.harness import PAGE_HEAD, printable
+    write_text_atomic(os.path.join(out_dir, "fast_paths.md"), printable("".join(md)))
     page = os.path.join(out_dir, "fast_paths.html")
-    write_text_atomic(page, f"<html><body><h1>Fast-path fidelity</h1><p>Checkpoint: {html.escape(source)}</p>"
-                            f"<p>{html.escape(intro)}</p>{''.join(body)}</body></html>")
+    write_text_atomic(page, printable(f"{PAGE_HEAD}<h1>Fast-path fidelity</h1><p>Checkpoint: {html.escape(source)}"
+                                      f"</p><p>{html.escape(intro)}</p>{''.join(body)}</body></html>"))
     return page
 
 

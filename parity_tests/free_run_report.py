@@ -70,8 +70,10 @@ def write_json(out_dir: str, result: dict) -> str:
 def append_section(out_dir: str, result: dict) -> None:
     """Add the section to OUT_DIR's parity_report.md / .html (atomically) and write free_run.json.
     (`python -m parity_tests.report` writes the section with the table instead: harness.write_report.)"""
+    from parity_tests.harness import printable
     from ugatit_common.results import write_text_atomic
     md, section_html = section(result)
+    md, section_html = printable(md), printable(section_html)
     md_path, page_path = os.path.join(out_dir, "parity_report.md"), os.path.join(out_dir, "parity_report.html")
     with open(md_path, encoding="utf-8") as f:
         write_text_atomic(md_path, f.read() + md)

@@ -338,6 +338,15 @@ def table(rows: dict, extra: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+PAGE_HEAD = "<html><head><meta charset='utf-8'></head><body>"  # the pages are UTF-8 (as ugatit_common.results')
+
+
+def printable(text: str) -> str:
+    """`text` for a UTF-8 file: the bytes of a file name that is not UTF-8 (kept as surrogates by
+    os.fsdecode) as `\\xNN` escapes, instead of stopping the write after all the work."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def write_report(rows: dict, cfg: dict, out_dir: str, source: str = "", provenance: list[str] | None = None,
                  extra: dict | None = None, appendix=()) -> str:
     """Per-layer table as Markdown and HTML (what a user attaches to a converted model).
@@ -357,7 +366,7 @@ def write_report(rows: dict, cfg: dict, out_dir: str, source: str = "", provenan
     md = head + table(rows, extra) + "\n" + "".join(m for m, _ in appendix)
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(n, r) + _extra_cells(n, extra))
                     + "</tr>" for n, r in rows.items())
-    page = (f"<html><body><h1>U-GAT-IT parity report</h1><p>Checkpoint: {html.escape(source)}</p>"
+    page = (f"{PAGE_HEAD}<h1>U-GAT-IT parity report</h1><p>Checkpoint: {html.escape(source)}</p>"
             f"<p>Config: {html.escape(str(cfg))}</p>"
             + ("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in prov) + "</ul>" if prov else "") + f"<p>{len(rows)} tensors compared, {n_bad} over tolerance. "
             f"{html.escape(CRITERIA)}</p>" + (f"<p>{html.escape(intro)}</p>" if intro else "")
@@ -365,8 +374,8 @@ def write_report(rows: dict, cfg: dict, out_dir: str, source: str = "", provenan
             + f"</tr>{cells}</table>" + "".join(h for _, h in appendix)
             + "</body></html>")
     from ugatit_common.results import write_text_atomic
-    write_text_atomic(os.path.join(out_dir, "parity_report.md"), md)
-    write_text_atomic(os.path.join(out_dir, "parity_report.html"), page)
+    write_text_atomic(os.path.join(out_dir, "parity_report.md"), printable(md))
+    write_text_atomic(os.path.join(out_dir, "parity_report.html"), printable(page))
     return os.path.join(out_dir, "parity_report.html")
 
 
@@ -374,10 +383,11 @@ def write_report(rows: dict, cfg: dict, out_dir: str, source: str = "", provenan
 
 # the start of each file these commands write: a file by that name which does not start so is not
 # theirs (a user's), and is never replaced
-REPORT_SIGNS = {"parity_report.md": b"# U-GAT-IT parity report",
-                "parity_report.html": b"<html><body><h1>U-GAT-IT parity report",
-                "fast_paths.md": b"# Fast-path fidelity",
-                "fast_paths.html": b"<html><body><h1>Fast-path fidelity"}
+_HEADS = (PAGE_HEAD.encode(), b"<html><body>")  # the pages' start now, and before they declared their charset
+REPORT_SIGNS = {"parity_report.md": (b"# U-GAT-IT parity report",),
+                "parity_report.html": tuple(h + b"<h1>U-GAT-IT parity report" for h in _HEADS),
+                "fast_paths.md": (b"# Fast-path fidelity",),
+                "fast_paths.html": tuple(h + b"<h1>Fast-path fidelity" for h in _HEADS)}
 CURVE_KEYS = ("reference", "candidate", "budget", "curve")  # a free-run curve (parity_tests/free_run.py --json)
 
 
@@ -392,9 +402,10 @@ def written_by_report(path: str) -> bool:
             with open(path, "rb") as fh:
                 data = json.loads(fh.read().decode("utf-8"))
             return isinstance(data, dict) and all(k in data for k in CURVE_KEYS)
-        sign = REPORT_SIGNS.get(os.path.basename(path))
+        signs = REPORT_SIGNS.get(os.path.basename(path), ())
         with open(path, "rb") as fh:
-            return sign is not None and fh.read(len(sign)) == sign
+            head = fh.read(max((len(sign) for sign in signs), default=0))
+        return any(head.startswith(sign) for sign in signs)
     except (OSError, ValueError):
         return False
 

@@ -310,10 +310,11 @@ def test_report_stopped_part_way_leaves_out_dir_as_it_was(golden_dir, tmp_path, 
     assert sorted(earlier) == ["parity_report.html", "parity_report.md"]
     assert report.main(argv) == 130
     assert {n: (out / n).read_bytes() for n in os.listdir(out)} == earlier
-    result = {"reference": "TF", "candidate": "port", "budget": 1e-9, "iterations": 1, "held": 1, "first_over": None,
-              "seconds": 0.1, "start": "checkpoint", "curve": [
+    result = {"reference": "TF", "candidate": "port", "budget": 1e-9, "iterations": 1, "held": 1,
+              "first_over": None, "seconds": 0.1, "start": "checkpoint", "curve": [
                   {"iteration": 1, "counter": 1, "runs": "DG", "lr": 1e-4, "worst": 1e-12, "norm_fed_bias_lr": 0.0,
-                   **{c: {"value": 1e-12, "name": "t", "index": []} for c in ("losses", "weights", "slots", "outputs")}}]}
+                   **{c: {"value": 1e-12, "name": "t", "index": []}
+                      for c in ("losses", "weights", "slots", "outputs")}}]}
     monkeypatch.setattr(free_run_report, "run", lambda prepared: result)
     capsys.readouterr()
     assert report.main(argv) == 0
@@ -355,3 +356,27 @@ def test_report_shows_progress_on_a_terminal(golden_dir, tmp_path, monkeypatch):
     assert report.main([ckpt, str(tmp_path / "out"), "--img_size", "64", "--fast_paths", "none"]) == 0
     shown = term.buffer.getvalue()
     assert "parity report" in shown and "4/4" in shown and "torch float64" in shown, shown
+
+
+def test_report_of_a_checkpoint_whose_name_is_not_utf8(golden_dir, tmp_path, monkeypatch):
+    """A checkpoint folder whose name is not UTF-8 (a byte 0xE9, as os.listdir gives it: a
+    surrogate): the report and the fast-path pages are written (the name's byte as a \\xE9 escape),
+    UTF-8 pages that say so, instead of an encoding error after all the work."""
+    import shutil
+    from parity_tests import fast_paths, harness
+    monkeypatch.setattr(harness, "compare_networks", lambda ckpt, cfg, seed=0, **k: _stub_rows())
+    monkeypatch.setattr(fast_paths, "checkpoint_sections",
+                        lambda *a, **k: [("generator_B", {"outputs": {}, "layers": {}})])
+    import io  # the commands print the name's own bytes, which pytest's capture cannot decode
+    for stream in ("stdout", "stderr"):
+        monkeypatch.setattr(sys, stream, io.TextIOWrapper(io.BytesIO(), "utf-8", "surrogateescape"))
+    folder = os.path.join(os.fsdecode(bytes(tmp_path)), os.fsdecode(b"caf\xe9 run"))
+    shutil.copytree(os.path.join(golden_dir, "final"), folder)
+    out = tmp_path / "out"
+    assert report.main([folder, str(out), "--img_size", "64", "--fast_paths", "none"]) == 0
+    assert fast_paths.main([folder, str(tmp_path / "fp"), "--img_size", "64", "--paths", "bf16"]) == 0
+    for page in (out / "parity_report.md", out / "parity_report.html", tmp_path / "fp" / "fast_paths.md",
+                 tmp_path / "fp" / "fast_paths.html"):
+        text = page.read_bytes().decode("utf-8")
+        assert "caf\\xe9 run" in text, page
+        assert page.suffix == ".md" or "<meta charset='utf-8'>" in text
