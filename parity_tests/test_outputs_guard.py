@@ -331,6 +331,11 @@ def test_never_half_of_a_checkpoint_nor_where_no_folder_can_be(world, capsys):
     for extra in ((), ("--overwrite",)):
         refused(WRITERS[0], world, os.path.join(old_run, PORT_W), *extra, capsys=capsys,
                 words=("state", "never replaced"))
+    # the weights by another case of the extension: on a case-insensitive file system (macOS, Windows)
+    # the same file as PORT_W, which --overwrite replaced (the name was not read as a checkpoint's)
+    upper = os.path.join(old_run, PORT_W.replace(".safetensors", ".SAFETENSORS"))
+    shutil.copy(os.path.join(old_run, PORT_W), upper)  # (what that file system shows by this name)
+    refused(WRITERS[0], world, upper, "--overwrite", capsys=capsys, words=("state", "never replaced"))
     for writer in WRITERS:
         refused(writer, world, os.path.join(world, "other", "photo.png", "new" + writer.ext), capsys=capsys,
                 words=("not a folder",))

@@ -235,8 +235,10 @@ def _live_owner(folder_real: str):
 
 
 def _half_of_a_checkpoint(path: str) -> str | None:
-    """The .state.pt that `path` (a port checkpoint's weights file) is paired with, or None."""
-    if not re.search(r"\.model-\d+\.safetensors$", path):
+    """The .state.pt that `path` (a port checkpoint's weights file) is paired with, or None. The
+    extension in any case: on a case-insensitive file system (macOS, Windows) `X.model-3.SAFETENSORS`
+    is the weights file `X.model-3.safetensors` itself."""
+    if not re.search(r"\.model-\d+\.safetensors$", path, re.IGNORECASE):
         return None
     state = path[: -len(".safetensors")] + ".state.pt"
     return state if os.path.isfile(state) else None
