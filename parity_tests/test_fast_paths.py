@@ -201,6 +201,8 @@ def test_per_layer_report(tmp_path):
     page = write_fast_path_report([("generator", res)], str(tmp_path), "random weights")
     md = open(os.path.join(tmp_path, "fast_paths.md")).read()
     assert os.path.exists(page) and "| layer | adaptive_resblock0.res1.instance_layer_norm |" in md
+    # the budgets (8-bit levels against the float32 port) are told apart from the tables' measure
+    assert "in the tensor's own units (for the image, times 127.5 gives 8-bit levels)" in md
 
 
 @pytest.mark.slow
