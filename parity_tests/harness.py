@@ -425,7 +425,7 @@ def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_
     folder the claim made while it is still empty). OutputRefused (exit 2, one line naming `what`):
     - a folder of a live training run, the checkpoint folder being read (`checkpoint`), a dataset's
       image folder (output_guard.check_result_folders: results never go there);
-    - a file where the folder goes;
+    - a file where the folder goes, a folder that cannot be written;
     - an existing file by an output's name that these commands did not write (the user's: never
       replaced; their own earlier report is);
     - an output another command is writing now (two reports into one folder would mix)."""
@@ -439,13 +439,29 @@ def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_
             d = os.path.dirname(d)
         if not os.path.isdir(d):
             raise og.OutputRefused(f"{what}: {d!r} is a file, not a folder: the report cannot go into {folder!r}")
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise og.OutputRefused(f"{what} {folder!r} is not writable ({d!r}: permission denied)")
     for p in paths:
         _refuse_foreign(p, what)
+    import tempfile
+    from ugatit_common.options import OptionError
     taken = []
     try:
         for p in paths:
-            if og.claim(p):
-                taken.append(p)
+            try:
+                if og.claim(p):
+                    taken.append(p)
+            except og.OutputRefused:
+                raise
+            except OptionError as e:  # the folder cannot be made or written
+                raise og.OutputRefused(f"{what}: {e}") from e
+        for folder in folders:  # a file can be written there (a read-only file system; root ignores modes)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", dir=folder)
+                os.close(fd)
+                os.remove(tmp)
+            except OSError as e:
+                raise og.OutputRefused(f"{what} {folder!r} is not writable: {e.strerror or e}") from e
         for p in paths:  # a command that wrote one meanwhile is seen now
             _refuse_foreign(p, what)
     except BaseException:

@@ -380,3 +380,30 @@ def test_report_of_a_checkpoint_whose_name_is_not_utf8(golden_dir, tmp_path, mon
         text = page.read_bytes().decode("utf-8")
         assert "caf\\xe9 run" in text, page
         assert page.suffix == ".md" or "<meta charset='utf-8'>" in text
+
+
+def test_report_unwritable_out_dir_refused_before_work(golden_dir, tmp_path, capsys, monkeypatch):
+    """An OUT_DIR where no file can be written (a read-only file system: here tempfile.mkstemp
+    denied under it, as root ignores modes) is one `error:` line naming OUT_DIR before the
+    comparison (stubbed to fail if reached), and the folder the check made is not left behind."""
+    import errno
+    import tempfile
+    from parity_tests import harness
+    ro = os.path.realpath(tmp_path / "ro")
+    os.mkdir(ro)
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*a, dir=None, **k):
+        if dir is not None and os.path.realpath(dir).startswith(ro):
+            raise PermissionError(errno.EACCES, "Permission denied", dir)
+        return real_mkstemp(*a, dir=dir, **k)
+
+    def never(*a, **k):
+        raise AssertionError("the comparison ran before OUT_DIR was checked")
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(harness, "compare_networks", never)
+    rc = report.main([os.path.join(golden_dir, "final"), os.path.join(ro, "out"), "--img_size", "64",
+                      "--fast_paths", "none"])
+    line = _one_error(capsys.readouterr().err)
+    assert rc == 2 and "OUT_DIR" in line and "not writable" in line, line
+    assert os.listdir(ro) == []
