@@ -286,21 +286,22 @@ def _refuse_repointing(folder: str, prefix: str) -> None:
                               f"its own, or pass --overwrite to re-point it")
 
 
-def _check_report_folder(path: str) -> None:
-    """--report's folder, before any work: a folder (or one that can be made) that is writable."""
+def _check_report_folder(path: str, ckpt: str) -> list[str]:
+    """--report's folder, before any work: a folder (or one that can be made) that is writable, not
+    the checkpoint folder being read, a live run's folder or a dataset's images, and no user's file
+    by a report's name (parity_tests.harness.claim_report_outputs, as the report command checks
+    OUT_DIR). Returns the report files, held for this process until `release_claims`."""
     kind = guard.kind_of(path)
     if kind not in (None, "folder"):
         raise ConversionError(f"--report {path!r} exists and is {guard.describe(kind)}, not a folder: the report "
                               f"(parity_report.md and parity_report.html) goes into a folder")
-    for name in ("parity_report.md", "parity_report.html"):
-        if os.path.isdir(os.path.join(path, name)):
-            raise ConversionError(f"--report {path!r}: {name} there is a folder, not a report file")
-    d = os.path.abspath(path)
-    while not os.path.lexists(d):
-        d = os.path.dirname(d)
-    if not os.path.isdir(d) or not os.access(d, os.W_OK | os.X_OK):
-        raise ConversionError(f"--report {path!r} cannot be written: {d!r} is "
-                              f"{'not a folder' if not os.path.isdir(d) else 'a folder that is not writable'}")
+    outputs = [os.path.join(path, name) for name in ("parity_report.md", "parity_report.html")]
+    for name in outputs:
+        if os.path.isdir(name):
+            raise ConversionError(f"--report {path!r}: {os.path.basename(name)} there is a folder, not a report file")
+    from parity_tests.harness import claim_report_outputs
+    claim_report_outputs(outputs, ckpt, "--report")
+    return outputs
 
 
 def _need_tensorflow(flag: str) -> None:
@@ -427,6 +428,7 @@ def _convert(argv=None) -> int:
     # listed for --help; `tf2onnx ...` is dispatched above to torch_port.export (its own flags: tf2onnx --help)
     sub.add_parser("tf2onnx", help="official TF checkpoint generator → verified ONNX model (tf2onnx --help)")
     args = p.parse_args(argv)
+    report_files = []
     try:
         if args.cmd == "tf2torch":
             if args.img_size is not None and (args.img_size < 1 or args.img_size % 4):
@@ -439,7 +441,7 @@ def _convert(argv=None) -> int:
             results = None
             if args.verify or args.report:  # checked and run before the output is written
                 if args.report:
-                    _check_report_folder(args.report)
+                    report_files = _check_report_folder(args.report, args.ckpt)
                 _need_tensorflow("--verify" if args.verify else "--report")
                 from parity_tests.harness import compare_networks
                 first = read_tf_config_info(args.ckpt, overrides)
@@ -507,6 +509,8 @@ def _convert(argv=None) -> int:
     except (ConversionError, CheckpointError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        guard.release_claims(report_files)  # and a --report folder this command made and left empty
     return 0
 
 

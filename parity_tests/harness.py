@@ -416,7 +416,7 @@ def _refuse_foreign(path: str, what: str) -> None:
         found = kind_of(path)
         raise OutputRefused(f"{what}: {path!r} exists and is {describe(found) if found else 'not readable'}, not "
                             f"a report or curve these commands wrote: it is never replaced; give {what} another "
-                            + ("folder" if what == "OUT_DIR" else "file name"))
+                            + ("file name" if what == "--json" else "folder"))
 
 
 def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_DIR") -> None:

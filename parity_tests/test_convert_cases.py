@@ -212,6 +212,23 @@ def test_tf2torch_report_and_verify_are_checked_before_any_work(tmp_path, capsys
         assert snapshot(str(tmp_path)) == before
 
 
+def test_tf2torch_report_never_goes_into_the_checkpoint_read_nor_over_a_users_file(tmp_path, capsys):
+    """--report is held to the report command's OUT_DIR rules before any work: the checkpoint
+    folder being read (the report went in there) and a user's own parity_report.html (it was
+    replaced) are refused with one line, nothing written."""
+    ckpt = _tf_checkpoint(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "parity_report.html").write_text("my notes\n")
+    out = tmp_path / "o.safetensors"
+    before = snapshot(str(tmp_path))
+    for folder, says in ((ckpt, "checkpoint"), (mine, "parity_report.html")):
+        rc, _, err = _convert(["tf2torch", ckpt, out, "--report", folder] + TF_FLAGS, capsys)
+        line = _error_line(err)
+        assert rc == 2 and "--report" in line and says in line, line
+        assert snapshot(str(tmp_path)) == before
+
+
 def test_tf2torch_a_failed_report_takes_back_only_the_output_it_wrote(tmp_path, capsys, monkeypatch):
     import sys
     import types
