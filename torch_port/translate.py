@@ -81,7 +81,8 @@ def input_files(path: str) -> list[str]:
     if os.path.isfile(path):
         return [path]
     if os.path.isdir(path):
-        files = sorted(f for f in glob.glob(os.path.join(path, "*.*")) if os.path.isfile(f))
+        # the official `*.*` glob, with the folder's own name taken literally ("photos [2020]")
+        files = sorted(f for f in glob.glob(os.path.join(glob.escape(path), "*.*")) if os.path.isfile(f))
         if not files:
             raise opt.OptionError(f"--input={path!r}: the folder holds no files")
         return files
