@@ -20,7 +20,7 @@ The checkpoint folder is <checkpoint_dir>/<model_dir>_morph<config> (the officia
 the config), unless --checkpoint names a folder or one of its weights files directly. The model
 flags typed on the command line must agree with the checkpoint (morph/loading.py: exit 2 naming
 both values; --img_size is honoured where the weights do not fix it), and NaN / inf weights are
-refused. Bad input (unknown direction, steps < 2, unreadable image, wrong checkpoint kind, bad
+refused. Bad input (unknown direction, --steps outside 2..100, unreadable image, wrong checkpoint kind, bad
 flags) -> a message on stderr, exit 2.
 """
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch
 from ugatit_common import options as opt
 
 EXIT_USAGE = 2
+MAX_TRANSLATE_SAMPLES = 100  # translate --samples: files per input, and tiles in one row of its grid
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,11 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
         from torch_port.infer_flags import add_gpu_inference_flags
         add_gpu_inference_flags(s)  # --cuda_graphs --cudnn_benchmark
         if name == "interpolate":
-            s.add_argument("--steps", type=int, default=6, help="frames per strip, >= 2 (default: 6)")
-            s.add_argument("--samples", type=int, default=8, help="z samples averaged per w code (default: 8)")
+            s.add_argument("--steps", type=int, default=6,
+                           help="morph frames per strip and GIF, t = 0 .. 1 in steps-1 equal steps, 2 .. 100; the "
+                                "input is shown before them (default: 6)")
+            s.add_argument("--samples", type=int, default=8,
+                           help="z samples averaged per w code, 1 .. 4096 (default: 8)")
         else:
             s.add_argument("--direction", required=True, help="a2b | b2a")
-            s.add_argument("--samples", type=int, default=1, help="z samples per input (default: 1)")
+            s.add_argument("--samples", type=int, default=1,
+                           help="translations per input (each with a fresh z), 1 .. 100 (default: 1)")
 
     from .export import add_parser as add_export_parser
     add_export_parser(sub)
@@ -99,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--iterations", type=int, default=150, help="training iterations (default: 150)")
     d.add_argument("--img_size", type=int, default=64)
     d.add_argument("--ch", type=int, default=4)
-    d.add_argument("--steps", type=int, default=6)
+    d.add_argument("--steps", type=int, default=6, help="morph frames per strip and GIF, 2 .. 100 (default: 6)")
     d.add_argument("--seed", type=opt.seed_value, default=0)
     d.add_argument("--device", default="auto")
     return p
@@ -183,10 +188,9 @@ def _out_dir(args) -> str:
 
 
 def cmd_interpolate(args) -> int:
-    from .interpolate import frame_ts, interpolate_images, list_inputs
-    frame_ts(args.steps)  # validate before loading anything
-    if args.samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    from .interpolate import check_steps, check_w_samples, interpolate_images, list_inputs
+    check_steps(args.steps)  # validate before loading anything
+    check_w_samples(args.samples)
     inputs = list_inputs(args.input)
     out_dir = _out_dir(args)
     model, cfg = _load(args)
@@ -206,8 +210,9 @@ def cmd_translate(args) -> int:
     from .loading import precision_of
     from .networks import check_direction
     check_direction(args.direction)
-    if args.samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    if not 1 <= args.samples <= MAX_TRANSLATE_SAMPLES:
+        raise ValueError(f"--samples={args.samples}: expected 1 .. {MAX_TRANSLATE_SAMPLES} translations per input "
+                         f"(each one a file, all in one row of <name>_<direction>_samples.png)")
     inputs = list_inputs(args.input)
     out_dir = _out_dir(args)
     model, cfg = _load(args)
@@ -260,8 +265,9 @@ def _every(n: int):
 def cmd_demo(args) -> int:
     from ugatit_common.demo_data import make_demo_dataset
 
-    from .interpolate import interpolate_images, list_inputs
+    from .interpolate import check_steps, interpolate_images, list_inputs
     from .train import train
+    check_steps(args.steps)  # before the training, not after it
     root = os.path.abspath(args.dir)
     device = _device(args.device)
     if device.type == "cpu":

@@ -59,6 +59,25 @@ def lerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return a + t * (b - a)
 
 
+MAX_STEPS = 100       # frames of one strip / GIF: captions t=0.00..1.00 stay distinct; 101 tiles in a row
+MAX_W_SAMPLES = 4096  # z draws averaged per w code (the mean is settled long before; more only costs memory)
+
+
+def check_steps(steps: int, flag: str = "--steps") -> int:
+    """`steps` if a strip / GIF can show it (2 .. MAX_STEPS), else ValueError naming the flag."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 2 <= steps <= MAX_STEPS:
+        raise ValueError(f"{flag}={steps!r}: expected 2 .. {MAX_STEPS} frames per strip and GIF (the two endpoints "
+                         f"t=0 and t=1 and the steps between)")
+    return steps
+
+
+def check_w_samples(samples: int, flag: str = "--samples") -> int:
+    """`samples` if 1 .. MAX_W_SAMPLES z draws per w code, else ValueError naming the flag."""
+    if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= MAX_W_SAMPLES:
+        raise ValueError(f"{flag}={samples!r}: expected 1 .. {MAX_W_SAMPLES} z draws averaged per w code")
+    return samples
+
+
 def frame_ts(steps: int) -> list[float]:
     if steps < 2:
         raise ValueError(f"steps must be >= 2 (the two endpoints), got {steps}")
@@ -201,7 +220,8 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
     from ugatit_common.finite import refuse_non_finite_output
 
     from .loading import precision_of
-    frame_ts(steps)  # validates steps
+    check_steps(steps, "steps")
+    check_w_samples(samples, "samples")
     img_size = int(img_size or model.config["img_size"])
     device = device or next(model.parameters()).device
     was_training = model.training
