@@ -135,3 +135,80 @@ def test_morph_step_limits_are_served(morph_ckpt, tmp_path, capsys):
         assert rc == 0, cap.err
         with Image.open(out / "p.gif") as im:
             assert im.n_frames == steps + 1
+
+
+def _digests(folder):
+    import hashlib
+    out = {}
+    for r, _, fs in os.walk(folder):
+        for f in fs:
+            p = os.path.join(r, f)
+            with open(p, "rb") as fh:
+                out[os.path.realpath(p)] = hashlib.sha1(fh.read()).hexdigest()
+    return out
+
+
+def _second_checkpoint(port_ckpt, tmp_path):
+    """Another port checkpoint of the same config with other weights (a later training's)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from ugatit_common.checkpoint_policy import safetensors_metadata
+    other = tmp_path / "ck2"
+    shutil.copytree(port_ckpt, other)
+    w = str(other / "UGATIT_light.model-7.safetensors")
+    state, meta = load_file(w), safetensors_metadata(w)
+    g = torch.Generator().manual_seed(1)
+    state = {k: (v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() and k.startswith("generator")
+                 else v) for k, v in state.items()}
+    save_file(state, w, metadata=meta)
+    return str(other)
+
+
+@pytest.mark.parametrize("batch", [None, 2])
+def test_stopped_rerun_page_never_mixes_two_runs(port_ckpt, tmp_path, monkeypatch, capsys, batch):
+    """A test phase rerun into the same results folder (another checkpoint), stopped by Ctrl-C
+    after its first image: the page left lists only images that exist, all of one run (it was the
+    first run's page, its rows now pointing at the second run's pictures for the images already
+    redone)."""
+    import torch_port.translate as tr
+    import ugatit_common.results as results
+    photos = tmp_path / "photos"
+    for i in range(4):
+        _photo(photos / f"p{i}.png", seed=i)
+    out = tmp_path / "out"
+    extra = [] if batch is None else ["--batch", str(batch)]
+    base = ["--input", str(photos), "--result_dir", str(out)] + extra
+    assert _port_test(["--checkpoint", port_ckpt] + base, tmp_path, monkeypatch) == 0, capsys.readouterr().err
+    (page,) = [os.path.join(r, f) for r, _, fs in os.walk(out) for f in fs if f == "index.html"]
+    first = _digests(out)
+    second_ck = _second_checkpoint(port_ckpt, tmp_path)
+
+    written, real_save = [], results.save_image
+
+    def save_then_stop(image, path):
+        if written:  # the second image of the rerun: Ctrl-C
+            raise KeyboardInterrupt
+        written.append(os.path.realpath(path))
+        return real_save(image, path)
+    monkeypatch.setattr(tr, "save_image", save_then_stop)
+    import torch_port.batch_translate as bt
+    monkeypatch.setattr(bt, "save_image", save_then_stop)
+    rc = _port_test(["--checkpoint", second_ck] + base, tmp_path, monkeypatch)
+    assert rc == 130 and written, capsys.readouterr().err
+    now = _digests(out)
+    assert now[written[0]] != first[written[0]]  # the rerun did replace a picture
+    links = [os.path.realpath(p) for p in _links(page) if "/a2b/" in p.replace(os.sep, "/")]
+    assert links and all(os.path.isfile(p) for p in links)
+    from_first = [p for p in links if now[p] == first.get(p)]
+    assert not from_first or len(from_first) == len(links), "the page mixes the two runs' pictures"
+    assert set(links) == set(written)  # the pictures this run wrote before it stopped
+    with open(page, encoding="utf-8") as fh:
+        assert "Incomplete" in fh.read()
+    monkeypatch.setattr(tr, "save_image", real_save)
+    monkeypatch.setattr(bt, "save_image", real_save)
+    assert _port_test(["--checkpoint", second_ck] + base, tmp_path, monkeypatch) == 0
+    with open(page, encoding="utf-8") as fh:
+        assert "Incomplete" not in fh.read()
+    assert len(_links(page)) == 8 and all(os.path.isfile(p) for p in _links(page))

@@ -123,6 +123,7 @@ def write_result(image_hwc, input_path, direction, result_dir, page, counts, nam
     refused (exit 2, nothing written for it) when it holds NaN / inf (`check_finite_result`)."""
     check_finite_result(image_hwc, input_path, direction, precision)
     out = names.path(os.path.join(result_dir, direction), input_path)
+    page.before_output()  # an earlier run's page never lists this run's pictures
     save_image(image_hwc, out)
     page.add(os.path.relpath(out, result_dir).replace(os.sep, "/"), input_path, out)
     counts[direction] = counts.get(direction, 0) + 1
@@ -167,13 +168,17 @@ def test(cfg: dict, device: torch.device, input_path: str | None = None, directi
     page = ResultsPage(paths.result, cfg["img_size"])
     counts = {}
     names = OutputNames([f for files, _ in jobs for f in files])  # outputs never overwrite an input
-    for files, d in jobs:
-        if batch:
-            from .batch_translate import fixed_shape, translate_batches
-            translate_batches(model, files, d, cfg, device, paths.result, page, counts, names, batch,
-                              pad=fixed_shape(model))
-        else:
-            _translate_files(model, files, d, cfg, device, paths.result, page, counts, names)
+    try:
+        for files, d in jobs:
+            if batch:
+                from .batch_translate import fixed_shape, translate_batches
+                translate_batches(model, files, d, cfg, device, paths.result, page, counts, names, batch,
+                                  pad=fixed_shape(model))
+            else:
+                _translate_files(model, files, d, cfg, device, paths.result, page, counts, names)
+    except BaseException:  # Ctrl-C, a NaN picture, a full disk: the page lists what this run wrote
+        page.stopped()
+        raise
     if not counts:  # the previous results page stays as it was
         raise opt.OptionError(none_readable([f for files, _ in jobs for f in files]))
     page.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import os
+import time
 import urllib.parse
 
 import cv2
@@ -96,15 +97,34 @@ PAGE_HEAD = "<html><head><meta charset='utf-8'></head><body>"  # the pages are w
 
 
 class ResultsPage:
-    """`index.html` with one row per translated image: name | input | output."""
+    """`index.html` with one row per translated image: name | input | output.
+
+    The page never lists two runs' pictures: a rerun into the same folder writes its pictures over
+    the earlier run's, so its first output replaces the earlier page (`before_output`, called
+    before an output is written; `add` does it too) with this run's page, rewritten as rows come
+    (at most every REFRESH_S seconds) and at `close`. Until `close` the page says it is
+    incomplete; a run stopped in any way leaves a page listing the pictures it wrote, each one
+    there. A run that writes nothing leaves the earlier page as it was."""
+
+    REFRESH_S = 2.0
+    INCOMPLETE = ("<p><b>Incomplete</b>: the run writing this page had written the %d picture(s) below "
+                  "when this was saved (it is rewritten when the run ends).</p>\n")
 
     def __init__(self, result_dir: str, img_size: int = 256, filename: str = "index.html"):
         self.path = os.path.join(result_dir, filename)
         self.img_size = int(img_size)
         self.rows = []
+        self.started = False  # this run's page has replaced the earlier one
+        self._saved_at = 0.0
 
     def _src(self, p: str) -> str:
         return page_link(p, self.path)
+
+    def before_output(self) -> None:
+        """Call before writing a picture this page will list: the first call replaces an earlier
+        run's page (whose pictures are about to be written over) with this run's."""
+        if not self.started:
+            self._write(final=False)
 
     def add(self, name: str, input_path: str, output_path: str) -> None:
         s = self.img_size
@@ -112,12 +132,29 @@ class ResultsPage:
             "<tr><td>%s</td><td><img src='%s' width='%d' height='%d'></td>"
             "<td><img src='%s' width='%d' height='%d'></td></tr>"
             % (page_text(name), self._src(input_path), s, s, self._src(output_path), s, s))
+        if not self.started or time.monotonic() - self._saved_at >= self.REFRESH_S:
+            self._write(final=False)
+
+    def _write(self, final: bool) -> str:
+        body = "\n".join(self.rows)
+        note = "" if final else self.INCOMPLETE % len(self.rows)
+        text = (PAGE_HEAD + note + "<table><tr><th>name</th><th>input</th><th>output</th></tr>\n"
+                f"{body}\n</table></body></html>\n")
+        path = write_bytes_atomic(self.path, text.encode("utf-8"))
+        self.started, self._saved_at = True, time.monotonic()
+        return path
 
     def close(self) -> str:
-        body = "\n".join(self.rows)
-        text = (PAGE_HEAD + "<table><tr><th>name</th><th>input</th><th>output</th></tr>\n"
-                f"{body}\n</table></body></html>\n")
-        return write_bytes_atomic(self.path, text.encode("utf-8"))
+        return self._write(final=True)
+
+    def stopped(self) -> None:
+        """A run stopped (an error, Ctrl-C) after writing pictures: its page lists every one it
+        wrote, still marked incomplete; one that wrote none leaves the earlier page as it was."""
+        if self.started:
+            try:
+                self._write(final=False)
+            except Exception:  # noqa: BLE001 - a full disk: the run's own error is the one to report
+                pass
 
     def __enter__(self):
         return self
@@ -125,4 +162,6 @@ class ResultsPage:
     def __exit__(self, exc_type, *exc):
         if exc_type is None and self.rows:  # a failed or empty run leaves the previous page as it was
             self.close()
+        elif exc_type is not None:
+            self.stopped()
         return False
