@@ -2,8 +2,9 @@
 
 A training image is used when the official TF pipeline could decode it (`decode_jpeg(channels=3)`
 decodes JPEG, PNG and GIF; it fails mid-run on BMP and TIFF and returns a 4-D batch for WEBP) and
-the whole file decodes (a truncated JPEG or PNG is caught here, not mid-run). Others are skipped
-with one warning each, naming the file; none readable is an error naming the folder.
+the whole file decodes as TF decodes it (a truncated JPEG or PNG, a JPEG whose rest is zeros or
+junk - OpenCV fills it in, TF stops -, a PNG with a bad IEND CRC: caught here, not mid-run). Others
+are skipped with one warning each, naming the file; none readable is an error naming the folder.
 """
 from __future__ import annotations
 
@@ -108,11 +109,90 @@ def check_train_image(path) -> None:
     if not any(head.startswith(m) for m, _ in TRAIN_FORMATS):
         raise ImageReadError(path, "not a JPEG, PNG or GIF (the formats the official TF pipeline decodes)")
     decode_image(path)
+    if head.startswith(b"\xff\xd8\xff"):
+        why = jpeg_end_missing(_file_bytes(path).tobytes())
+        if why:
+            raise ImageReadError(path, f"an incomplete JPEG ({why}): OpenCV decodes it (the rest as noise or grey), "
+                                       f"the official TF pipeline stops on it mid-run")
+    elif head.startswith(b"\x89PNG"):
+        why = png_damaged(_file_bytes(path).tobytes())
+        if why:
+            raise ImageReadError(path, f"a damaged PNG ({why}): the official TF pipeline stops on it mid-run")
     if head.startswith(b"GIF8"):
         frames = gif_frames(path)
         if frames > 1:  # OpenCV reads the first frame; TF's decode_jpeg stops the whole run on it
             raise ImageReadError(path, f"an animated GIF ({frames} frames): the official TF pipeline stops on it "
                                        f"mid-run (decode_jpeg takes single-frame GIFs only)")
+
+
+def jpeg_end_missing(buf: bytes) -> str | None:
+    """Why libjpeg, reading `buf` as TF's decode_jpeg makes it read, would stop before the EOI
+    marker, or None when it reaches it.
+
+    TF gives libjpeg the file's bytes and stops with "Invalid JPEG data" when the decoder asks for
+    more (it inserts no fake EOI unless try_recover_truncated) or meets a marker it does not know;
+    OpenCV's reader inserts an EOI and skips much more. So a JPEG cut short and then filled (a
+    partial download in a preallocated file: zeros or other bytes in place of the rest) decodes
+    in OpenCV and stops TF mid-run. This walks the markers as libjpeg reads them: segments by
+    their length; a scan's entropy-coded data up to the next marker (0xFF followed by neither
+    0x00, a restart marker nor a fill 0xFF; with a restart interval, libjpeg's resync also skips
+    a non-marker code below 0xC0); garbage between markers skipped; markers libjpeg does not
+    know (0xC8, 0xDE, 0xDF, 0xF0-0xFD, codes below 0xC0 outside a resync) are an error; until EOI.
+    Segment contents are not checked (OpenCV's decode, which runs first, checks those)."""
+    n, i, restart = len(buf), 2, 0  # after SOI
+    while True:
+        j = buf.find(b"\xff", i)  # libjpeg skips bytes that are not a marker (a warning, not an error)
+        while 0 <= j < n - 1 and buf[j + 1] == 0xFF:  # fill bytes before a marker
+            j += 1
+        if j < 0 or j + 1 >= n:
+            return "the data ends before its end-of-image marker"
+        m, i = buf[j + 1], j + 2
+        if m == 0xD9:  # EOI
+            return None
+        if 0xD0 <= m <= 0xD7 or m in (0x00, 0x01):  # RSTn, TEM: no length, skipped; 0xFF 0x00 in garbage
+            continue
+        if not (0xC0 <= m <= 0xFE) or m in (0xC8, 0xD8, 0xDE, 0xDF) or 0xF0 <= m <= 0xFD:
+            return f"a marker 0x{m:02X} that libjpeg does not accept there"
+        if i + 2 > n:
+            return "the data ends inside a marker segment"
+        length = (buf[i] << 8) | buf[i + 1]
+        if m == 0xDD and length >= 4 and i + 4 <= n:  # DRI: the restart interval of the scans that follow
+            restart = (buf[i + 2] << 8) | buf[i + 3]
+        i += length
+        if length < 2 or i > n:
+            return "the data ends inside a marker segment"
+        if m == 0xDA:  # SOS: the entropy-coded data follows, up to the next marker
+            while True:
+                j = buf.find(b"\xff", i)
+                if j < 0 or j + 1 >= n:
+                    return "the data ends inside a scan, before its end-of-image marker"
+                nxt = buf[j + 1]
+                if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or (restart and 0x01 < nxt < 0xC0):
+                    i = j + 2  # a stuffed 0xFF or a restart marker (or a code the resync discards): still the scan
+                    continue
+                i = j  # a fill 0xFF or the marker that ends the scan
+                break
+
+
+def png_damaged(buf: bytes) -> str | None:
+    """Why libpng (TF's PNG decoder) would stop on `buf`, of what OpenCV lets through: a critical
+    chunk (IHDR, PLTE, IDAT, IEND: upper-case first letter) whose CRC does not match, measured on
+    IEND, or the data ending before IEND. None when the chunks up to IEND are whole."""
+    import zlib
+    n, i = len(buf), 8
+    while True:
+        if i + 12 > n:
+            return "the data ends before its IEND chunk"
+        length = int.from_bytes(buf[i:i + 4], "big")
+        kind = buf[i + 4:i + 8]
+        end = i + 12 + length
+        if end > n:
+            return f"the data ends inside its {kind.decode('latin-1')!r} chunk"
+        if 65 <= kind[0] <= 90 and zlib.crc32(buf[i + 4:end - 4]) != int.from_bytes(buf[end - 4:end], "big"):
+            return f"a CRC error in its {kind.decode('latin-1')!r} chunk"
+        if kind == b"IEND":
+            return None
+        i = end
 
 
 def gif_frames(path) -> int:

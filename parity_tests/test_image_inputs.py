@@ -1,0 +1,157 @@
+"""Image files as users' folders hold them: which training images both frameworks use.
+
+The training image rule (`ugatit_common.images.check_train_image`, shared by tf_reference and
+torch_port) must keep exactly the files the official TF pipeline (`decode_jpeg(channels=3)`)
+decodes: a kept file TF cannot decode stops tf_reference mid-run while the port trains on it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import cv2  # noqa: E402
+
+from torch_port import data as tdata  # noqa: E402
+from ugatit_common.images import ImageReadError, check_train_image  # noqa: E402
+
+
+def _picture(seed=0, h=56, w=44):
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (5, 5), 0)
+
+
+@pytest.fixture(scope="module")
+def intact(tmp_path_factory):
+    """Intact files: baseline, progressive and restart-interval JPEGs, a PNG and a palette PNG."""
+    from PIL import Image
+    d = tmp_path_factory.mktemp("intact")
+    img = _picture()
+    paths = {"baseline.jpg": str(d / "baseline.jpg"), "rst.jpg": str(d / "rst.jpg"),
+             "progressive.jpg": str(d / "progressive.jpg"), "rgb.png": str(d / "rgb.png"),
+             "palette.png": str(d / "palette.png")}
+    assert cv2.imwrite(paths["baseline.jpg"], img)
+    assert cv2.imwrite(paths["rst.jpg"], img, [cv2.IMWRITE_JPEG_RST_INTERVAL, 2])
+    Image.fromarray(img[:, :, ::-1].copy()).save(paths["progressive.jpg"], progressive=True, quality=90)
+    assert cv2.imwrite(paths["rgb.png"], img)
+    Image.fromarray(img[:, :, ::-1].copy()).convert("P").save(paths["palette.png"])
+    return paths
+
+
+def _damaged(intact, folder):
+    """What users' folders hold after a failed copy or download: the start of a file with the rest
+    zeros (a preallocated file) or other bytes, a JPEG whose end marker is damaged, a PNG whose
+    IEND chunk's CRC is wrong."""
+    out = {}
+    for name in ("baseline.jpg", "rst.jpg", "progressive.jpg"):
+        data = open(intact[name], "rb").read()
+        for frac in (0.5, 0.8):
+            k = int(len(data) * frac)
+            for fill, tag in ((b"\0", "zeros"), (b"junk", "junk")):
+                out[f"{tag}{int(frac * 100)}_{name}"] = data[:k] + (fill * len(data))[:len(data) - k]
+        eoi = bytearray(data)
+        assert eoi[-2:] == b"\xff\xd9"
+        eoi[-2] = 0xFE
+        out[f"bad_eoi_{name}"] = bytes(eoi)
+    png = bytearray(open(intact["palette.png"], "rb").read())
+    assert png[-8:-4] == b"IEND"
+    png[-1] ^= 0x04
+    out["bad_iend_crc.png"] = bytes(png)
+    paths = {}
+    for name, data in out.items():
+        p = os.path.join(str(folder), name)
+        with open(p, "wb") as fh:
+            fh.write(data)
+        paths[name] = p
+    return paths
+
+
+def test_incomplete_files_are_skipped_by_the_port(intact, tmp_path):
+    """A JPEG whose end is zeros or junk decodes in OpenCV (the rest as noise): the port must not
+    train on it (tf_reference, by the same rule, does not; TF itself stops on it, below)."""
+    damaged = _damaged(intact, tmp_path)
+    for name, p in damaged.items():
+        with pytest.raises(ImageReadError) as ei:
+            check_train_image(p)
+        assert os.path.basename(p) in str(ei.value)
+    for p in intact.values():
+        check_train_image(p)
+    files = sorted(damaged.values()) + [intact["baseline.jpg"]]
+    with pytest.warns(RuntimeWarning) as rec:
+        ds = tdata.ImageFolderDataset(files, 32, augment=False)
+    assert ds.files == [intact["baseline.jpg"]]
+    warned = " ".join(str(w.message) for w in rec)
+    assert all(os.path.basename(p) in warned for p in damaged.values())
+
+
+@pytest.fixture(scope="module")
+def tf_decodes():
+    """`decode_jpeg(channels=3)` as the official pipeline runs it: True when TF decodes the bytes."""
+    tf = pytest.importorskip("tensorflow")
+    g = tf.Graph()
+    with g.as_default():
+        ph = tf.compat.v1.placeholder(tf.string, [])
+        dec = tf.compat.v1.image.decode_jpeg(ph, channels=3)
+    sess = tf.compat.v1.Session(graph=g)
+
+    def decodes(data: bytes) -> bool:
+        try:
+            sess.run(dec, {ph: data})
+            return True
+        except tf.errors.OpError:
+            return False
+    yield decodes
+    sess.close()
+
+
+@pytest.mark.tf
+def test_damaged_files_tf_stops_on_are_the_ones_skipped(intact, tmp_path, tf_decodes):
+    """Each damaged file above stops TF's decode_jpeg (the official pipeline, mid-run), and each
+    intact one decodes: the rule keeps what TF keeps."""
+    for name, p in _damaged(intact, tmp_path).items():
+        assert not tf_decodes(open(p, "rb").read()), f"TF decodes {name}: the rule should keep it"
+    for name, p in intact.items():
+        assert tf_decodes(open(p, "rb").read()), name
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("name", ["baseline.jpg", "rst.jpg", "progressive.jpg", "palette.png"])
+def test_bit_flips_kept_exactly_when_tf_decodes(intact, tmp_path, tf_decodes, name):
+    """Damaged files of every kind a flipped bit makes (bad markers, bad Huffman data, bad CRCs,
+    a damaged end marker): check_train_image keeps a file exactly when TF decodes it. Measured
+    on 4 x 300 flips of 7 JPEGs (baseline, progressive, restart markers, CMYK, EXIF): no
+    difference. What differs is constructed, not found by flips: a 0xFF 0x00 in a scan with
+    restart markers turned into 0xFF 0xDB (a DQT segment with a length read from the scan data)."""
+    data = open(intact[name], "rb").read()
+    rng = np.random.default_rng(11)
+    p = str(tmp_path / ("flip" + os.path.splitext(name)[1]))
+    wrong = []
+    for _ in range(60):
+        b = bytearray(data)
+        i = int(rng.integers(2, len(b)))
+        b[i] ^= 1 << int(rng.integers(0, 8))
+        with open(p, "wb") as fh:
+            fh.write(b)
+        try:
+            check_train_image(p)
+            kept = True
+        except ImageReadError:
+            kept = False
+        if kept != tf_decodes(bytes(b)):
+            wrong.append((i, kept))
+    # the end marker (JPEG) / the IEND CRC (PNG): the flips most likely to be kept wrongly
+    for i in ([len(data) - 2] if name.endswith(".jpg") else [len(data) - 1, len(data) - 3]):
+        b = bytearray(data)
+        b[i] ^= 0x01
+        with open(p, "wb") as fh:
+            fh.write(b)
+        with pytest.raises(ImageReadError):
+            check_train_image(p)
+        assert not tf_decodes(bytes(b))
+    assert not wrong, f"(byte, kept) where the rule and TF disagree: {wrong}"
