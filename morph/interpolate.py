@@ -21,6 +21,7 @@ import html
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -180,14 +181,21 @@ def load_input(path: str, img_size: int) -> torch.Tensor:
         raise ImageReadError(path, e) from e
 
 
+INCOMPLETE = ("<p><b>Incomplete</b>: the run writing this page had written the %d input(s) below when this "
+              "was saved (it is rewritten when the run ends).</p>")
+REFRESH_S = 2.0  # a running interpolate rewrites its page at most this often
+
+
 def write_index(result_dir: str, rows: list[dict], filename: str = "index.html",
-                names: OutputNames | None = None) -> str:
+                names: OutputNames | None = None, page: str | None = None, final: bool = True) -> str:
     """`index.html` listing each input's strip, GIF and smoothness figure (relative links); with
-    `names`, the page takes the first of index.html, index_1.html, ... that it may write."""
-    page = os.path.join(result_dir, filename)
-    if names is not None:
-        stem, ext = os.path.splitext(filename)
-        page = names.path(result_dir, stem, ext=ext)
+    `names`, the page takes the first of index.html, index_1.html, ... that it may write; `page`:
+    this path. `final=False`: the page of a run still writing (or stopped), marked incomplete."""
+    if page is None:
+        page = os.path.join(result_dir, filename)
+        if names is not None:
+            stem, ext = os.path.splitext(filename)
+            page = names.path(result_dir, stem, ext=ext)
 
     def src(p):
         return page_link(p, page)
@@ -201,6 +209,7 @@ def write_index(result_dir: str, rows: list[dict], filename: str = "index.html",
 
     body = "\n".join(row(r) for r in rows)
     text = (PAGE_HEAD + "<h3>Morph-UGATIT: the input, then the B-&gt;A code (t=0) to the A-&gt;B code (t=1)</h3>"
+            + ("" if final else INCOMPLETE % len(rows)) +
             "<p>smoothness = max / mean of the per-step change mean|f[i+1] - f[i]| (1.0 = even steps); "
             "the per-step changes are listed beside it.</p>"
             "<table><tr><th>name</th><th>input</th><th>strip</th><th>gif</th><th>smoothness</th>"
@@ -233,36 +242,63 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
         record = OutputRecord(result_dir)
         sweep_dead_temps(result_dir)  # what a killed earlier run left (never another running command's)
         names = OutputNames(inputs, record)
-        for path in inputs:
-            try:  # an unreadable input is skipped with a warning, as in the port's test phase
-                x = load_input(path, img_size).to(device)
-            except ImageReadError as e:
-                print(f"warning: skipping {path}: {e.reason}", file=sys.stderr, flush=True)
-                continue
-            frames = morph_frames(model, x, w_ba, w_ab, steps)
-            refuse_non_finite_output(torch.stack(frames), f"the morph strip of {path}", precision_of(model))
-            name = names.stem(result_dir, path, ("_strip.png", ".gif", "_smoothness.json"))
-            strip = write_strip(frames, os.path.join(result_dir, f"{name}_strip.png"), x=x)
-            gif = write_gif(frames, os.path.join(result_dir, f"{name}.gif"), x=x)
-            fig = smoothness(frames)
-            fig.update({"input": os.path.abspath(path), "samples": samples,
-                        "t": frame_ts(steps), "strip": os.path.basename(strip), "gif": os.path.basename(gif),
-                        "definition": "max_i mean|f[i+1]-f[i]| / mean_i mean|f[i+1]-f[i]|; 1.0 = even"})
-            js = write_bytes_atomic(os.path.join(result_dir, f"{name}_smoothness.json"),
-                                    (json.dumps(fig, indent=2) + "\n").encode("utf-8"))
-            record.add([strip, gif, js])
-            if log:
-                log(f"{name}: strip {strip}  gif {gif}  smoothness {fig['smoothness']:.4f}")
-            rows.append({"name": name, "strip": strip, "gif": gif, "json": js, "input": os.path.abspath(path),
-                         "size": img_size,
-                         "smoothness": fig["smoothness"], "changes": fig["changes"]})
+        # the page: chosen now, and written (replacing an earlier run's, whose files this run is about
+        # to write over) before the first output, then as inputs are done: it never lists two runs' files
+        page, saved_at = names.path(result_dir, "index", ext=".html"), None
+
+        def save_page(final=False):
+            nonlocal saved_at
+            if saved_at is None:
+                record.add([page])  # ours before it exists: a later run replaces it, never takes index_1
+            write_index(result_dir, rows, page=page, final=final)
+            saved_at = time.monotonic()
+        try:
+            for path in inputs:
+                try:  # an unreadable input is skipped with a warning, as in the port's test phase
+                    x = load_input(path, img_size).to(device)
+                except ImageReadError as e:
+                    print(f"warning: skipping {path}: {e.reason}", file=sys.stderr, flush=True)
+                    continue
+                frames = morph_frames(model, x, w_ba, w_ab, steps)
+                refuse_non_finite_output(torch.stack(frames), f"the morph strip of {path}", precision_of(model))
+                if saved_at is None:
+                    save_page()
+                _one_input(path, x, frames, names, record, result_dir, steps, samples, img_size, rows, log)
+                if time.monotonic() - saved_at >= REFRESH_S:
+                    save_page()
+        except BaseException:  # Ctrl-C, an overflowing frame, a full disk: the page lists what was written
+            if saved_at is not None:
+                try:
+                    save_page()
+                except Exception:  # noqa: BLE001 - the run's own error is the one to report
+                    pass
+            raise
         if not rows:  # the previous index.html stays as it was
             raise ImageReadError(", ".join(inputs[:3]) + (" ..." if len(inputs) > 3 else ""),
                                  "no readable input image")
-        index = write_index(result_dir, rows, names=names)
-        record.add([index])
+        save_page(final=True)
         if log:
-            log(f"index: {index}")
+            log(f"index: {page}")
         return rows
     finally:
         model.train(was_training)
+
+
+def _one_input(path, x, frames, names, record, result_dir, steps, samples, img_size, rows, log):
+    """Write one input's strip, GIF and smoothness figure; append its page row to `rows`."""
+    name = names.stem(result_dir, path, ("_strip.png", ".gif", "_smoothness.json"))
+    # recorded as ours before they exist: a run killed mid-write leaves nothing a later run takes for a user's
+    record.add([os.path.join(result_dir, name + sfx) for sfx in ("_strip.png", ".gif", "_smoothness.json")])
+    strip = write_strip(frames, os.path.join(result_dir, f"{name}_strip.png"), x=x)
+    gif = write_gif(frames, os.path.join(result_dir, f"{name}.gif"), x=x)
+    fig = smoothness(frames)
+    fig.update({"input": os.path.abspath(path), "samples": samples,
+                "t": frame_ts(steps), "strip": os.path.basename(strip), "gif": os.path.basename(gif),
+                "definition": "max_i mean|f[i+1]-f[i]| / mean_i mean|f[i+1]-f[i]|; 1.0 = even"})
+    js = write_bytes_atomic(os.path.join(result_dir, f"{name}_smoothness.json"),
+                            (json.dumps(fig, indent=2) + "\n").encode("utf-8"))
+    if log:
+        log(f"{name}: strip {strip}  gif {gif}  smoothness {fig['smoothness']:.4f}")
+    rows.append({"name": name, "strip": strip, "gif": gif, "json": js, "input": os.path.abspath(path),
+                 "size": img_size,
+                 "smoothness": fig["smoothness"], "changes": fig["changes"]})

@@ -212,3 +212,45 @@ def test_stopped_rerun_page_never_mixes_two_runs(port_ckpt, tmp_path, monkeypatc
     with open(page, encoding="utf-8") as fh:
         assert "Incomplete" not in fh.read()
     assert len(_links(page)) == 8 and all(os.path.isfile(p) for p in _links(page))
+
+
+def test_stopped_interpolate_rerun_page_never_mixes_two_runs(morph_ckpt, tmp_path, monkeypatch, capsys):
+    """`python -m morph interpolate` rerun into the same folder (another --seed: other w codes),
+    stopped by Ctrl-C during its second input: the index left lists only files that exist, all of
+    one run (it was the first run's index, its first row now showing the rerun's strip)."""
+    import morph.interpolate as mi
+    photos = tmp_path / "photos"
+    for i in range(3):
+        _photo(photos / f"p{i}.png", seed=i)
+    out = tmp_path / "out"
+    base = ["interpolate", "--steps", "3", "--samples", "1", "--checkpoint", morph_ckpt, "--input", str(photos),
+            "--result_dir", str(out)]
+    rc, cap = _morph(base + ["--seed", "0"], capsys)
+    assert rc == 0, cap.err
+    page = str(out / "index.html")
+    first = _digests(out)
+    written, real_strip = [], mi.write_strip
+
+    def strip_then_stop(frames, path, x=None):
+        if written:
+            raise KeyboardInterrupt
+        written.append(os.path.realpath(path))
+        return real_strip(frames, path, x=x)
+    monkeypatch.setattr(mi, "write_strip", strip_then_stop)
+    rc, cap = _morph(base + ["--seed", "1"], capsys)
+    assert rc == 130, cap.err
+    now = _digests(out)
+    assert now[written[0]] != first[written[0]]  # the rerun did replace a strip
+    links = [os.path.realpath(p) for p in _links(page) if os.path.dirname(os.path.realpath(p)) == os.path.realpath(out)]
+    assert links and all(os.path.isfile(p) for p in links)
+    from_first = [p for p in links if now[p] == first.get(p)]
+    assert not from_first or len(from_first) == len(links), "the page mixes the two runs' files"
+    assert [p for p in links if p.endswith("_strip.png")] == written
+    assert sorted(os.listdir(out)) == sorted(map(os.path.basename, first))  # no temp file left
+    monkeypatch.setattr(mi, "write_strip", real_strip)
+    rc, cap = _morph(base + ["--seed", "1"], capsys)
+    assert rc == 0, cap.err
+    assert sorted(os.listdir(out)) == sorted(map(os.path.basename, first))  # the same names: no index_1.html
+    with open(page, encoding="utf-8") as fh:
+        assert "Incomplete" not in fh.read()
+    assert len(_links(page)) == 9 and all(os.path.isfile(p) for p in _links(page))
