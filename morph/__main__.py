@@ -282,10 +282,14 @@ def cmd_demo(args) -> int:
     out = train(cfg, device=device, seed=args.seed, base=root,
                 log=_every(25))
     h = out["history"]
-    k = max(1, min(10, len(h) // 4))
-    first_g = sum(r["g_loss"] for r in h[:k]) / k
-    last_g = sum(r["g_loss"] for r in h[-k:]) / k
-    print(f" [*] trained {len(h)} iterations: mean G loss first {k}: {first_g:.2f}, last {k}: {last_g:.2f}")
+    if h:
+        k = max(1, min(10, len(h) // 4))
+        first_g = sum(r["g_loss"] for r in h[:k]) / k
+        last_g = sum(r["g_loss"] for r in h[-k:]) / k
+        print(f" [*] trained {len(h)} iterations: mean G loss first {k}: {first_g:.2f}, last {k}: {last_g:.2f}")
+    else:  # a rerun: the checkpoint in DIR has done its iterations already
+        print(f" [*] no iteration left to train: the checkpoint in {out['checkpoint_dir']} has done "
+              f"{args.iterations}; the morphs below are its")
     model = out["model"].eval()
     res = os.path.join(root, "results", "morph")
     rows = interpolate_images(model, list_inputs(os.path.join(root, "dataset", "demo", "testA")), res,

@@ -254,3 +254,20 @@ def test_stopped_interpolate_rerun_page_never_mixes_two_runs(morph_ckpt, tmp_pat
     with open(page, encoding="utf-8") as fh:
         assert "Incomplete" not in fh.read()
     assert len(_links(page)) == 9 and all(os.path.isfile(p) for p in _links(page))
+
+
+def test_morph_demo_rerun_says_what_it_did(tmp_path, capsys):
+    """`python -m morph demo DIR` run again: the checkpoint has done its iterations, so it trains
+    none and says so (it printed 'trained 0 iterations: mean G loss first 1: 0.00, last 1: 0.00');
+    its page lists the demo's test images, every link resolving."""
+    from morph.__main__ import main
+    argv = ["demo", str(tmp_path / "d"), "--iterations", "1", "--ch", "2", "--steps", "2", "--device", "cpu"]
+    for run in range(2):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "0.00, last" not in out and ("no iteration left" in out) == (run == 1), out
+    page = tmp_path / "d" / "results" / "morph" / "index.html"
+    links = _links(str(page))
+    tests = os.listdir(tmp_path / "d" / "dataset" / "demo" / "testA")
+    assert len(links) == 3 * len(tests) and all(os.path.isfile(p) for p in links)
+
