@@ -49,13 +49,18 @@ def decode_image(path) -> np.ndarray:
     Grayscale is replicated to 3 channels, alpha is dropped (not composited), 16-bit samples
     are reduced to 8 bits by keeping the high byte (v >> 8), as TF's PNG decoder does for
     dtype uint8 (checked against TF in parity_tests/test_data_pipeline.py). EXIF orientation is
-    ignored, as TF does.
+    ignored, as TF does. CMYK JPEGs get TF's CMYK -> RGB conversion (`_cmyk_jpeg_as_tf`).
     """
     path = os.fspath(path)
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
-    img = cv2.imdecode(_file_bytes(path), flags)
+    buf = _file_bytes(path)
+    img = cv2.imdecode(buf, flags)
     if img is None:
         raise ImageReadError(path, "not a decodable image (corrupt or unsupported format)")
+    if buf[:3].tobytes() == b"\xff\xd8\xff":
+        cmyk = _cmyk_jpeg_as_tf(buf, path)
+        if cmyk is not None:
+            return cmyk
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -65,6 +70,33 @@ def decode_image(path) -> np.ndarray:
     if img.shape[2] == 4:
         img = img[:, :, :3]
     return np.ascontiguousarray(img[:, :, ::-1])  # BGR -> RGB
+
+
+def _cmyk_jpeg_as_tf(buf: np.ndarray, path: str):
+    """A 4-component (CMYK / YCCK) JPEG as TF's decode_jpeg(channels=3) makes it RGB, else None.
+
+    OpenCV converts CMYK as if every file were Adobe's inverted CMYK and with an approximation
+    (k - ((255 - c) * k >> 8)): 1-2 levels off TF on Adobe files, the colours inverted on a file
+    without the Adobe marker. TF (jpeg_mem.cc) takes libjpeg's CMYK samples and computes, in
+    integers, r = k * c / 255 with the Adobe marker (inverted samples), else
+    (255 - k) * (255 - c) / 255. Pillow gives the samples with the inverted convention always
+    (accurate IDCT, as OpenCV's); checked against TF in parity_tests/test_image_inputs.py."""
+    import io
+
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(buf.tobytes())) as im:
+            if im.mode != "CMYK":
+                return None
+            adobe = "adobe" in im.info
+            a = np.asarray(im).astype(np.int32)  # Pillow's samples: 255 - libjpeg's (Adobe convention)
+    except Exception as e:  # noqa: BLE001 - OpenCV decoded it; Pillow cannot
+        raise ImageReadError(path, f"a CMYK JPEG that cannot be decoded ({type(e).__name__})") from e
+    if a.ndim != 3 or a.shape[2] != 4:
+        raise ImageReadError(path, f"a CMYK JPEG decoded to shape {a.shape}")
+    c, k = a[:, :, :3], a[:, :, 3:]
+    rgb = (255 - c) * (255 - k) // 255 if adobe else c * k // 255
+    return np.ascontiguousarray(rgb.astype(np.uint8))
 
 
 def read_color(path) -> np.ndarray:
