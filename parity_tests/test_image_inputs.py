@@ -193,3 +193,50 @@ def test_cmyk_jpegs_decode_as_tf(tmp_path):
         assert ours.dtype == np.uint8 and ours.shape == accurate.shape
         np.testing.assert_array_equal(ours, accurate, err_msg=name)
         assert np.abs(ours.astype(int) - default.astype(int)).max() <= 8, name
+
+
+def test_readme_onnx_loop_takes_a_real_photo_folder(tmp_path):
+    """The README walkthrough's ONNX Runtime loop (step 2) on a folder as users have one: every
+    picture translated under its own name, the rest (a note, a folder, an empty or cut file, a
+    link to nothing) skipped with a line; a name that is not UTF-8 read and written (cv2.imread
+    stopped Python on it with a segmentation fault; a non-picture stopped the loop in cv2.resize).
+    ONNX Runtime is replaced by a stub (the model is not what is tested here)."""
+    import re
+    import subprocess
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    block = re.search(r"<!-- walkthrough:begin -->\s*```bash\n(.*?)```\s*<!-- walkthrough:end -->", text, re.S).group(1)
+    loop = re.search(r"python - <<EOF\n(.*?)\nEOF\n", block, re.S).group(1)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    img = _picture(1)
+    for name in ("a.png", "B.JPG", "c d #1 %20.webp", "e.bmp"):
+        assert cv2.imwrite(str(photos / name), img)
+    (photos / "f.jfif").write_bytes(cv2.imencode(".jpg", img)[1].tobytes())  # a JPEG as browsers save some
+    with open(os.path.join(os.fsencode(str(photos)), b"caf\xe9.png"), "wb") as fh:
+        fh.write(cv2.imencode(".png", img)[1].tobytes())
+    (photos / "notes.txt").write_text("my photos")
+    (photos / "empty.png").write_bytes(b"")
+    (photos / "cut.png").write_bytes(cv2.imencode(".png", img)[1].tobytes()[:200])
+    (photos / "sub.dir").mkdir()
+    os.symlink("nowhere.png", photos / "dangling.png")
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "onnxruntime.py").write_text(
+        "class _Input:\n    shape = [1, 16, 16, 3]\n"
+        "class InferenceSession:\n"
+        "    def __init__(self, path):\n        pass\n"
+        "    def get_inputs(self):\n        return [_Input()]\n"
+        "    def run(self, names, feed):\n        return [255 - feed['image']]\n")
+    (tmp_path / "my_onnx_results").mkdir()
+    code = loop.replace("$PHOTOS", str(photos))
+    assert "$" not in code
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(stub)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = sorted(os.listdir(os.fsencode(str(tmp_path / "my_onnx_results"))))
+    assert out == sorted([b"a.png", b"B.JPG", b"c d #1 %20.webp", b"e.bmp", b"caf\xe9.png", b"f.jfif.png"])
+    for skipped in ("notes.txt", "empty.png", "cut.png", "sub.dir", "dangling.png"):
+        assert f"skipped, not a picture: {str(photos / skipped)!r}" in proc.stdout
+    got = cv2.imdecode(np.fromfile(str(tmp_path / "my_onnx_results" / "a.png"), np.uint8), cv2.IMREAD_COLOR)
+    want = 255 - cv2.resize(img, (16, 16))  # the stub inverts: each picture went through the session
+    np.testing.assert_array_equal(got, want)
