@@ -271,3 +271,22 @@ def test_morph_demo_rerun_says_what_it_did(tmp_path, capsys):
     tests = os.listdir(tmp_path / "d" / "dataset" / "demo" / "testA")
     assert len(links) == 3 * len(tests) and all(os.path.isfile(p) for p in links)
 
+
+@pytest.mark.slow  # TF, the port and Morph trained and tested (~90 s on 2 cores)
+def test_demo_lists_its_pages_and_every_link_resolves(tmp_path):
+    """`python -m ugatit_common.demo DIR`: the final 'Look at' list names pages (it named two
+    folders), each one there, every image link of each page resolving."""
+    import subprocess
+    import sys
+
+    from parity_tests.conftest import ROOT
+    proc = subprocess.run([sys.executable, "-m", "ugatit_common.demo", str(tmp_path / "run"), "--iteration", "1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    listed = proc.stdout.split("Done. Look at:\n", 1)[1].strip().splitlines()
+    assert len(listed) == 4
+    for line in listed:
+        path = line.split(": ", 1)[1]
+        assert path.endswith(".html") and os.path.isfile(path), line
+        assert all(os.path.exists(p) for p in _links(path)), line

@@ -58,15 +58,22 @@ def _main(argv=None) -> int:
     run([py, os.path.join(ROOT, "weights_convert.py"), "tf2torch", ckpt, os.path.join(work, "converted.safetensors"),
          "--img_size", "64", "--verify", "--report", os.path.join(work, "parity"),
          "--overwrite"], work)  # the demo's own output: a rerun replaces it
-    outputs = [f"TF reference results page: {os.path.join(work, 'results', model_dir(cfg), 'index.html')}",
-               f"parity report (TF vs torch, per layer): {os.path.join(work, 'parity', 'parity_report.html')}"]
+    outputs = [("TF reference results page", os.path.join(work, "results", model_dir(cfg), "index.html")),
+               ("parity report (TF vs torch, per layer)", os.path.join(work, "parity", "parity_report.html"))]
     if importlib.util.find_spec("torch_port.__main__") is not None:
         run([py, "-m", "torch_port", "--demo", os.path.join(work, "torch_port")], work)
-        outputs.append(f"PyTorch port run: {os.path.join(work, 'torch_port')}")
+        port_cfg = config_from(light=True, dataset="demo", n_dis=5)  # torch_port.__main__.DEMO_FLAGS
+        outputs.append(("PyTorch port results page",
+                        os.path.join(work, "torch_port", "results", model_dir(port_cfg), "index.html")))
     if importlib.util.find_spec("morph.__main__") is not None:
         run([py, "-m", "morph", "demo", os.path.join(work, "morph")], work)
-        outputs.append(f"Morph-UGATIT strip and GIF: {os.path.join(work, 'morph')}")
-    print("\nDone. Look at:\n  " + "\n  ".join(outputs))
+        outputs.append(("Morph-UGATIT strips and GIFs page", os.path.join(work, "morph", "results", "morph",
+                                                                          "index.html")))
+    missing = [path for _, path in outputs if not os.path.isfile(path)]
+    if missing:  # a step said it succeeded without writing its page
+        print("error: the demo did not write " + ", ".join(missing), file=sys.stderr, flush=True)
+        return 1
+    print("\nDone. Look at:\n  " + "\n  ".join(f"{label}: {path}" for label, path in outputs))
     return 0
 
 
