@@ -290,3 +290,47 @@ def test_demo_lists_its_pages_and_every_link_resolves(tmp_path):
         path = line.split(": ", 1)[1]
         assert path.endswith(".html") and os.path.isfile(path), line
         assert all(os.path.exists(p) for p in _links(path)), line
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("stop", ["right_after_the_first_picture", "at_the_third_picture"])
+def test_stopped_tf_reference_rerun_page_never_mixes_two_runs(tmp_path, monkeypatch, capsys, stop):
+    """tf_reference's test phase, rerun into its results folder and stopped by Ctrl-C: right after
+    its first picture was written (the first run's finished page stayed, one row now showing the
+    rerun's picture), or at its third (the second row, added within the page's refresh interval,
+    was never saved): the page left lists only pictures this run wrote, all of them once added,
+    marked incomplete."""
+    import shutil
+
+    import tf_reference.train as tft
+    from parity_tests import golden
+    from parity_tests.conftest import GOLDEN
+    from tf_reference.__main__ import main as tf_main
+    cfg = opt.config_from(golden.record()["config"])
+    for d, n in (("testA", 3), ("testB", 1)):
+        for i in range(n):
+            _photo(tmp_path / "dataset" / cfg["dataset"] / d / f"{d}{i}.png", seed=i, size=cfg["img_size"])
+    shutil.copytree(os.path.join(GOLDEN, "final"), tmp_path / "checkpoint" / opt.model_dir(cfg))
+    monkeypatch.chdir(tmp_path)
+    args = ["--phase", "test", "--light", "True", "--dataset", cfg["dataset"], "--img_size", str(cfg["img_size"]),
+            "--ch", str(cfg["ch"]), "--n_dis", str(cfg["n_dis"])]
+    assert tf_main(args) == 0, capsys.readouterr().err
+    (page,) = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "results") for f in fs if f == "index.html"]
+    assert len(_links(page)) == 8
+    written, real_save = [], tft.save_image
+
+    def save_then_stop(image, path):
+        if stop == "at_the_third_picture" and len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(os.path.realpath(path))
+        real_save(image, path)
+        if stop == "right_after_the_first_picture":
+            raise KeyboardInterrupt
+    monkeypatch.setattr(tft, "save_image", save_then_stop)
+    assert tf_main(args) == 130
+    links = [os.path.realpath(p) for p in _links(page) if "/a2b/" in p.replace(os.sep, "/")]
+    assert set(links) <= set(written), "the page lists the first run's pictures"
+    if stop == "at_the_third_picture":
+        assert set(links) == set(written) and len(written) == 2
+    with open(page, encoding="utf-8") as fh:
+        assert "Incomplete" in fh.read()
