@@ -380,6 +380,6 @@ def write_demo_fixture(tf_checkpoint_folder: str, dataset_root: str, out_dir: st
         w.finish()
     write_checkpoint_state(folder, os.path.basename(new_prefix))
     for domain in ("testA", "testB"):
-        first = sorted(glob.glob(os.path.join(dataset_root, domain, "*.*")))[0]
+        first = sorted(glob.glob(os.path.join(glob.escape(os.path.join(dataset_root, domain)), "*.*")))[0]
         np.save(os.path.join(out_dir, f"{domain}_0.npy"), load_test_array(first, img_size).astype(np.float32))
     return folder

@@ -25,3 +25,17 @@ def test_installed_command_runs(name, tmp_path):
     proc = subprocess.run([exe, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage:" in proc.stdout
+
+
+@pytest.mark.parametrize("module", ["torch_port", "tf_reference"])
+def test_usage_errors_name_the_command_as_run(module, tmp_path):
+    """`python -m torch_port --direction x`: argparse's usage and error lines name the command the
+    user typed (they said `__main__.py: error: ...`)."""
+    from parity_tests.conftest import ROOT
+    proc = subprocess.run([sys.executable, "-m", module, "--direction" if module == "torch_port" else "--bogus", "x"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith(f"usage: python -m {module} ") and lines[-1].startswith(f"python -m {module}: error:"), \
+        proc.stderr

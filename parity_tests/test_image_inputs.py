@@ -240,3 +240,16 @@ def test_readme_onnx_loop_takes_a_real_photo_folder(tmp_path):
     got = cv2.imdecode(np.fromfile(str(tmp_path / "my_onnx_results" / "a.png"), np.uint8), cv2.IMREAD_COLOR)
     want = 255 - cv2.resize(img, (16, 16))  # the stub inverts: each picture went through the session
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["photos [2020]", "set*1", "a?b"])
+def test_dataset_names_with_glob_characters_are_read_literally(tmp_path, name):
+    """A data set (or --data_root) whose path holds glob characters: its images are listed (the
+    path went to glob as a pattern: '[2020]' matched no folder, 'holds no files')."""
+    from ugatit_common import options as opt
+    folder = tmp_path / "dataset" / name / "trainA"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        assert cv2.imwrite(str(folder / f"{i}.png"), np.zeros((8, 8, 3), np.uint8))
+    files = opt.domain_files({"dataset": name}, "trainA", base=str(tmp_path))
+    assert [os.path.basename(f) for f in files] == ["0.png", "1.png"]

@@ -126,6 +126,18 @@ def test_pruning_deletes_only_this_runs_older_checkpoints(tmp_path):
     assert steps(folder) == [6, 7, 40]
 
 
+def test_checkpoints_in_a_folder_named_with_glob_characters_are_found_and_pruned(tmp_path):
+    """A --checkpoint_dir like 'runs [2020]': its checkpoints are listed (the folder went to glob
+    as a pattern: none found, so none pruned and no fallback past a damaged newest)."""
+    from torch_port import checkpoint as ck
+    m = torch.nn.Linear(2, 2)
+    folder = str(tmp_path / "runs [2020]")
+    os.makedirs(folder)
+    for s in range(1, 5):
+        ck.save(folder, PREFIX, s, m, {"run": "mine"}, keep=2)
+    assert [s for s, _, _ in ck.complete_checkpoints(folder)] == [3, 4] == steps(folder)
+
+
 # -- 2. an unreadable checkpoint: fall back and say so, or stop; never from scratch ------------------
 
 def test_damaged_state_test_phase_uses_weights_training_falls_back(tmp_path, monkeypatch, capsys):

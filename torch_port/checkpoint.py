@@ -160,7 +160,7 @@ def _to_cpu(x):
 def complete_checkpoints(folder: str) -> list[tuple[int, str, str]]:
     """[(step, weights_path, state_path)] with both files present, oldest first."""
     out = []
-    for sp in glob.glob(os.path.join(folder, "*.model-*.state.pt")):
+    for sp in glob.glob(os.path.join(glob.escape(folder), "*.model-*.state.pt")):
         m = _NAME.match(os.path.basename(sp))
         if not m:
             continue

@@ -10,6 +10,7 @@ import argparse
 import glob
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 GAN_TYPES = ("gan", "lsgan", "wgan-gp", "wgan-lp", "dragan", "hinge")
@@ -123,8 +124,17 @@ def add_official_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
+def command_name() -> str | None:
+    """How the user ran this command, for usage and error lines: `python -m torch_port` where
+    argparse would say `__main__.py`; None (argparse's own: the script's name) otherwise."""
+    arg0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if os.path.basename(arg0) == "__main__.py":
+        return "python -m " + os.path.basename(os.path.dirname(os.path.abspath(arg0)))
+    return None
+
+
 def build_parser(description: str = "U-GAT-IT") -> argparse.ArgumentParser:
-    return add_official_flags(argparse.ArgumentParser(description=description))
+    return add_official_flags(argparse.ArgumentParser(prog=command_name(), description=description))
 
 
 def config_from(args=None, **overrides) -> dict:
@@ -215,7 +225,8 @@ def domain_files(cfg: dict, folder: str, base: str = ".", required: bool = True)
                 f"dataset folder {path!r} does not exist: expected dataset/<name>/{{{','.join(DOMAIN_FOLDERS)}}} "
                 f"relative to the working directory {os.path.abspath(base)!r}")
         return []
-    files = sorted(f for f in glob.glob(os.path.join(path, "*.*")) if os.path.isfile(f))
+    # the folder read literally: a name holding glob characters ("photos [2020]") is no pattern
+    files = sorted(f for f in glob.glob(os.path.join(glob.escape(path), "*.*")) if os.path.isfile(f))
     if required and not files:
         raise OptionError(f"dataset folder {path!r} holds no files (expected images, e.g. *.png, *.jpg)")
     return files
