@@ -253,3 +253,17 @@ def test_dataset_names_with_glob_characters_are_read_literally(tmp_path, name):
         assert cv2.imwrite(str(folder / f"{i}.png"), np.zeros((8, 8, 3), np.uint8))
     files = opt.domain_files({"dataset": name}, "trainA", base=str(tmp_path))
     assert [os.path.basename(f) for f in files] == ["0.png", "1.png"]
+
+
+def test_folders_and_dangling_links_in_a_data_set_are_said(tmp_path, capsys):
+    """A folder named like a file ('old.set') and a link that leads nowhere, in a domain folder:
+    skipped, each with a warning naming it (they were dropped without a word)."""
+    from ugatit_common import options as opt
+    folder = tmp_path / "dataset" / "d" / "trainA"
+    (folder / "old.set").mkdir(parents=True)
+    assert cv2.imwrite(str(folder / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    os.symlink(str(tmp_path / "gone.png"), str(folder / "b.png"))
+    files = opt.domain_files({"dataset": "d"}, "trainA", base=str(tmp_path))
+    assert [os.path.basename(f) for f in files] == ["a.png"]
+    err = capsys.readouterr().err
+    assert "old.set" in err and "a folder" in err and "b.png" in err and "leads to no file" in err

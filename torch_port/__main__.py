@@ -54,7 +54,7 @@ def build_parser():
     from .train import add_training_flags
     add_training_flags(p)  # --num_workers --threads --keep_checkpoints --resume (python -m morph train has them too)
     p.add_argument("--input", default=None, help="test phase: an image or folder to translate")
-    p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"), help="direction for --input")
+    p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"), help="direction for --input: a2b (the default) or b2a")
     p.add_argument("--demo", default=None, metavar="DIR", help="train and test a tiny demo model in DIR")
     p.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"),
                    help="fp32 (default, the exact port) | tf32 (CUDA) | bf16 | fp16: the test phase's generators; "

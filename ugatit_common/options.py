@@ -226,7 +226,13 @@ def domain_files(cfg: dict, folder: str, base: str = ".", required: bool = True)
                 f"relative to the working directory {os.path.abspath(base)!r}")
         return []
     # the folder read literally: a name holding glob characters ("photos [2020]") is no pattern
-    files = sorted(f for f in glob.glob(os.path.join(glob.escape(path), "*.*")) if os.path.isfile(f))
+    files = []
+    for f in sorted(glob.glob(os.path.join(glob.escape(path), "*.*"))):
+        if os.path.isfile(f):
+            files.append(f)
+        else:  # the official code would stop on it mid-run; said here, as unreadable images are
+            print(f"warning: skipping {f!r}: " + ("a folder" if os.path.isdir(f) else "a link that leads to no file")
+                  + ", not an image", file=sys.stderr)
     if required and not files:
         raise OptionError(f"dataset folder {path!r} holds no files (expected images, e.g. *.png, *.jpg)")
     return files
