@@ -268,6 +268,8 @@ def cmd_demo(args) -> int:
     from .interpolate import check_steps, interpolate_images, list_inputs
     from .train import train
     check_steps(args.steps)  # before the training, not after it
+    if args.iterations < 1:  # before the data set is written (the shared check names the trainer's --iteration)
+        raise opt.OptionError(f"--iterations={args.iterations}: must be >= 1")
     root = os.path.abspath(args.dir)
     device = _device(args.device)
     if device.type == "cpu":

@@ -123,6 +123,16 @@ def test_morph_counts_out_of_range_are_refused_before_any_work(morph_ckpt, tmp_p
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv", [["--iterations", "0"], ["--steps", "1"]], ids=["iterations0", "steps1"])
+def test_morph_demo_bad_counts_are_refused_before_it_writes(tmp_path, capsys, argv):
+    """`python -m morph demo DIR --iterations 0`: one line naming --iterations (it named the
+    trainer's --iteration) and nothing written (the data set was written first)."""
+    rc, cap = _morph(["demo", str(tmp_path / "dm")] + argv, capsys)
+    lines = cap.err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and f"{argv[0]}={argv[1]}" in lines[0], cap.err
+    assert not (tmp_path / "dm").exists()
+
+
 def test_morph_step_limits_are_served(morph_ckpt, tmp_path, capsys):
     """The ends of the allowed range work: --steps 2 and --steps 100 (a GIF of the input and 100
     frames, captions distinct)."""
