@@ -189,3 +189,69 @@ def test_fp16_ranks_skip_an_overflowing_step_together(tmp_path):
         assert not all(torch.equal(r["end"][k], r["start"][k]) for k in d_weights)  # the next step updated
     assert all(torch.equal(r0["end"][k], r1["end"][k]) for k in r0["end"])
     assert all(torch.equal(a, b) for a, b in zip(r0["powers"], r1["powers"]))
+
+
+# -- torchrun as a user runs it: errors and resume ---------------------------------------------------
+
+TINY = ["--phase", "train", "--dataset", "demo", "--img_size", "32", "--ch", "4", "--n_dis", "4", "--light", "True",
+        "--device", "cpu", "--print_freq", "1000"]
+
+
+def _cli_worker(rank, world, port, root, argv, fail_at):
+    """One rank of `python -m torch_port ARGV` as torchrun starts it (its environment); rank 1 alone
+    fails to read its `fail_at`-th batch of domain A (an image deleted mid-run that only it reads)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), TORCHELASTIC_RUN_ID="test",
+                      OMP_NUM_THREADS="1")
+    os.chdir(root)
+    import sys
+    torch.set_num_threads(1)
+    from torch_port import train as tr
+    if rank == 1 and fail_at is not None:
+        original = tr._Feed.next
+
+        def next_batch(self):
+            if self.pos >= fail_at and self.seed_domain == "A":
+                raise FileNotFoundError(2, "No such file or directory", "./dataset/demo/trainA/gone.png")
+            return original(self)
+        tr._Feed.next = next_batch
+        original_init = tr._Feed.__init__
+
+        def init(self, dataset, batch_size, seed, *a, **k):
+            original_init(self, dataset, batch_size, seed, *a, **k)
+            self.seed_domain = "A" if seed == 0 else "B"
+        tr._Feed.__init__ = init
+    from torch_port.__main__ import main
+    with open(os.path.join(root, f"stderr{rank}.txt"), "w") as err:
+        sys.stderr = err
+        rc = main(list(argv))
+        err.flush()
+    with open(os.path.join(root, f"rc{rank}.txt"), "w") as fh:
+        fh.write(str(rc))
+
+
+def _spawn_cli(tmp_path, argv, fail_at=None):
+    mp.spawn(_cli_worker, args=(2, _free_port(), str(tmp_path), argv, fail_at), nprocs=2, join=True)
+    return ([int((tmp_path / f"rc{r}.txt").read_text()) for r in (0, 1)],
+            [(tmp_path / f"stderr{r}.txt").read_text() for r in (0, 1)])
+
+
+def test_one_rank_failing_mid_run_names_the_newest_checkpoint_and_the_other_rank_says_it_lost_it(tmp_path):
+    """Rank 1 alone cannot read an image after checkpoints were written: its one line names the
+    newest checkpoint in the folder (was 'last checkpoint: none': only rank 0 knew the folder); rank
+    0, left in a collective, says in one line that another rank stopped (was 'internal error
+    (RuntimeError: ... Connection closed by peer ... GLHF!)', exit 1); both exit 2."""
+    from ugatit_common.demo_data import make_demo_dataset
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=4, n_test=1)
+    rcs, errs = _spawn_cli(tmp_path, TINY + ["--iteration", "12", "--epoch", "1", "--save_freq", "3"], fail_at=8)
+    assert rcs == [2, 2], errs
+    folder = tmp_path / "checkpoint" / "UGATIT_light_demo_lsgan_4resblock_4dis_1_1_10_10_1000_sn_smoothing"
+    from ugatit_common.checkpoint_policy import inventory
+    newest = os.path.basename(next(f.base for f in inventory(str(folder)) if f.complete))
+    lines1 = [ln for ln in errs[1].splitlines() if ln.startswith("error:")]
+    assert len(lines1) == 1 and "gone.png" in lines1[0], errs[1]
+    assert f"last checkpoint: {newest}," in lines1[0], (newest, lines1)
+    assert "resume with: torchrun --nproc_per_node 2 -m torch_port" in lines1[0]
+    lines0 = [ln for ln in errs[0].splitlines() if ln.startswith("error:")]
+    assert len(lines0) == 1 and "internal error" not in lines0[0], errs[0]
+    assert "another rank stopped first" in lines0[0] and "Traceback" not in errs[0], errs[0]

@@ -12,9 +12,16 @@ Logged loss values are averaged on their device (`torch_port.host_device.Pending
 `all_reduce_mean_`: NCCL on CUDA, gloo on CPU), without a read back to the host. On CUDA each
 process drives one GPU (`LOCAL_RANK`); the steps are not captured in CUDA graphs when there is
 more than one process (`torch_port.train_graphs`).
+
+Every collective of the run goes through this module. When another process of the run has
+stopped (its own error, Ctrl-C, a kill), a collective fails on the others with the backend's
+error (gloo: "Connection closed by peer ... GLHF!"); it is raised as `PeerStopped`, which the
+command lines report as one `error:` line (exit 2) instead of an internal error, and which a
+rank other than 0 keeps quiet about before its training loop starts (`ugatit_common.cli_errors`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -35,6 +42,22 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+class PeerStopped(RuntimeError):
+    """A collective failed: another process of this run stopped (its error is on its own stderr)."""
+
+
+@contextlib.contextmanager
+def _collective():
+    try:
+        yield
+    except PeerStopped:
+        raise
+    except RuntimeError as e:  # gloo / NCCL / c10d: the peer's socket closed, a timeout, an abort
+        info = current()
+        raise PeerStopped(f"rank {info.rank} of this {info.world_size}-process torchrun run stopped because another "
+                          f"rank stopped first (its error, if it printed one, is above)") from e
 
 
 def env_world_size() -> int:
@@ -64,7 +87,8 @@ def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
     if not tensors or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    with _collective():
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= dist.get_world_size()
     offset = 0
     for t in tensors:
@@ -94,14 +118,15 @@ def broadcast_module_(module: torch.nn.Module, src: int = 0) -> None:
     """Copy rank `src`'s parameters and buffers to every rank."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
-    with torch.no_grad():
+    with torch.no_grad(), _collective():
         for t in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(t.data, src)
 
 
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+        with _collective():
+            dist.barrier()
 
 
 def shutdown() -> None:

@@ -516,6 +516,8 @@ class Trainer:
         if main:
             self._prepare_folders((len(ds_A), len(ds_B)))
         ddp.barrier()
+        # every rank: an error line (rank 1's unreadable image too) names the newest checkpoint there
+        cli_errors.note_checkpoint_folder(paths.checkpoint)
 
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)

@@ -25,7 +25,7 @@ EXIT_INTERRUPTED = 130
 # this module does not import: TF checkpoint reader/converter, safetensors, pickle, protobuf, TF ops
 _BAD_INPUT_NAMES = {"OptionError", "CheckpointError", "ConversionError", "SafetensorError", "UnpicklingError",
                     "DecodeError", "OpError", "MetaGraphError", "ExportError", "ImageReadError",
-                    "NoUsableCheckpoint", "CheckpointKindError"}
+                    "NoUsableCheckpoint", "CheckpointKindError", "PeerStopped"}
 
 _state: dict = {}
 
