@@ -255,3 +255,56 @@ def test_one_rank_failing_mid_run_names_the_newest_checkpoint_and_the_other_rank
     lines0 = [ln for ln in errs[0].splitlines() if ln.startswith("error:")]
     assert len(lines0) == 1 and "internal error" not in lines0[0], errs[0]
     assert "another rank stopped first" in lines0[0] and "Traceback" not in errs[0], errs[0]
+
+
+def _torchrun(tmp_path, args, nproc=2, extra_env=None):
+    import shutil
+    import subprocess
+    import sys
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+               OMP_NUM_THREADS="1", **(extra_env or {}))
+    return subprocess.run([torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "torch_port"] + args,
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_torchrun_errors_every_rank_meets_are_said_once(tmp_path):
+    """Under `torchrun --nproc_per_node 2` an error every rank meets (a missing data set, --cuda_graphs
+    True on a CPU, the run's folders held by another run, a NaN loss) is one `error:` line, not one
+    per rank (was two identical lines; with the folders held, rank 1 added 'internal error
+    (RuntimeError: ... Connection closed by peer ...)'); every rank exits 2 (3: NaN), no traceback
+    of ours; a warning about the data set is said once too."""
+    import re
+    import types
+    from ugatit_common import checkpoint_policy as policy
+    from ugatit_common import options as opt
+    from ugatit_common.demo_data import make_demo_dataset
+    from torch_port.__main__ import EXTRA_KEYS, build_parser
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=4, n_test=1)
+    (tmp_path / "dataset" / "demo" / "trainB" / "notes.txt").write_text("not an image")
+    base = TINY + ["--iteration", "4", "--epoch", "1", "--save_freq", "2"]
+
+    def check(args, rc, extra_env=None, what=""):
+        proc = _torchrun(tmp_path, args, extra_env=extra_env)
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1, (what, proc.stderr[-3000:])
+        assert what in errors[0], (what, errors)
+        codes = re.findall(r"exitcode\s*:\s*(-?\d+)", proc.stderr)
+        # every rank that failed: rc (torchrun stops the others with SIGTERM once one has exited)
+        assert str(rc) in codes and set(codes) <= {str(rc), "-15"}, (what, proc.stderr[-3000:])
+        assert not re.search(r'File ".*/(torch_port|ugatit_common|morph)/', proc.stderr), proc.stderr[-3000:]
+        return proc
+
+    check([a if a != "demo" else "nope" for a in base], 2, what="nope")
+    check(base + ["--cuda_graphs", "True"], 2, what="--cuda_graphs")
+    a = build_parser().parse_args(base)
+    paths = opt.run_paths(opt.config_from({k: v for k, v in vars(a).items() if k not in EXTRA_KEYS}))
+    held = policy.own_run(types.SimpleNamespace(**{k: str(tmp_path / getattr(paths, k))
+                                                   for k in ("checkpoint", "sample", "log")}))
+    try:
+        check(base, 2, what="in use by another run")
+    finally:
+        held.release()
+    proc = check(base, 3, extra_env={"UGATIT_TORCH_INJECT_NAN_AT": "4"}, what="is nan at step 4")
+    assert proc.stderr.count("notes.txt") == 1, proc.stderr[-3000:]

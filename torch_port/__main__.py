@@ -188,7 +188,9 @@ def _main(argv) -> int:
             return demo(a)
         return run(a)
     except opt.OptionError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        from ugatit_common import cli_errors
+        if not cli_errors.quiet_rank(e):  # under torchrun: rank 0 alone says what every rank found
+            print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
 
 

@@ -175,7 +175,8 @@ def exit_code_of(run) -> int:
     try:
         run()
     except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        if ddp.current().is_main:  # (under torchrun every rank stops at the same step: rank 0 says it)
+            print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_NON_FINITE
     except torch.cuda.OutOfMemoryError as e:  # e.g. while the model moves to the GPU
         raise gpu_out_of_memory(e) from e
@@ -260,8 +261,9 @@ def load_dataset(cfg, folder, seed, base="."):
         except ImageReadError as e:
             raise opt.OptionError(f"no readable image in {os.path.join(opt.dataset_root(cfg, base), folder)!r}: "
                                   f"{e.reason}") from e
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr, flush=True)
+    if ddp.current().is_main:  # (every rank reads the same folder: rank 0 says it)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr, flush=True)
     return ds
 
 
@@ -658,6 +660,7 @@ class Trainer:
 
         start_time = time.time()
         ok = False
+        cli_errors.note_loop_started()
         try:
             for epoch in range(start_epoch, cfg["epoch"]):
                 lr = opt.learning_rate(cfg, epoch)

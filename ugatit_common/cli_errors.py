@@ -39,6 +39,22 @@ def note_step(step: int) -> None:
     _state["step"] = int(step)
 
 
+def note_loop_started() -> None:
+    """This process entered its training loop: from here on an error may be its own (an image one
+    rank alone reads), so every rank reports it (`quiet_rank`)."""
+    _state["loop"] = True
+
+
+def quiet_rank(e: BaseException) -> bool:
+    """Under torchrun a rank other than 0 keeps quiet about an error that rank 0 reports too: one
+    found before the training loop (the same flags, files and folders on every rank), or a lost
+    peer (`torch_port.distributed.PeerStopped`: rank 0 has failed and said why, or says it lost a
+    peer)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or os.environ.get("RANK", "0") == "0":
+        return False
+    return not _state.get("loop") or any(c.__name__ == "PeerStopped" for c in type(e).__mro__)
+
+
 def note_checkpoint(name: str) -> None:
     """The newest checkpoint this run wrote or resumed from."""
     _state["checkpoint"] = str(name)
@@ -148,6 +164,8 @@ def run(fn, argv=None, prog: str = "python", training=None, label: str = "error"
             print(interrupted_line(prog, argv, training), file=sys.stderr, flush=True)
             return EXIT_INTERRUPTED
         if is_bad_input(e):
+            if quiet_rank(e):
+                return EXIT_BAD_INPUT
             where = ""
             if training and training(argv) and _state.get("step") is not None:  # e.g. the disk filled up
                 where = (f" (stopped at step {_state['step']}; last checkpoint: {last_checkpoint() or 'none'}, "
