@@ -308,3 +308,30 @@ def test_torchrun_errors_every_rank_meets_are_said_once(tmp_path):
         held.release()
     proc = check(base, 3, extra_env={"UGATIT_TORCH_INJECT_NAN_AT": "4"}, what="is nan at step 4")
     assert proc.stderr.count("notes.txt") == 1, proc.stderr[-3000:]
+
+
+def test_a_torchrun_checkpoint_resumed_by_one_process_continues_after_the_images_used(tmp_path):
+    """A checkpoint of `torchrun --nproc_per_node 2` (loader positions counted in global batches
+    of 2 images) resumed by one process continues with the images after those the two ranks used
+    (was: at image k of the stream after k global batches - half of the images read again)."""
+    import subprocess
+    import sys
+    from ugatit_common.demo_data import make_demo_dataset
+    from torch_port import checkpoint as ckpt
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=4, n_test=1)
+    args = TINY + ["--iteration", "2", "--save_freq", "1000"]
+    proc = _torchrun(tmp_path, args + ["--epoch", "1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = str(tmp_path / "checkpoint" / "UGATIT_light_demo_lsgan_4resblock_4dis_1_1_10_10_1000_sn_smoothing")
+    first = ckpt.find_latest(folder)[2]
+    assert first["world_size"] == 2
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, "-m", "torch_port"] + args + ["--epoch", "2"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    second = ckpt.find_latest(folder)[2]
+    assert second["world_size"] == 1 and second["counter"] == first["counter"] + 2
+    for key in ("loader_A", "loader_B"):  # images: 2 ranks x batch 1 per global batch, then 1 x 1
+        used_before = first[key] * 2
+        assert second[key] - 2 * 2 == used_before, (key, first[key], second[key])  # 2 iterations: D + G batches

@@ -551,6 +551,11 @@ class Trainer:
                       f"{cfg['batch_size']} to {dist_info.world_size} x {cfg['batch_size']} images (resume through "
                       f"torchrun --nproc_per_node {pos['world_size']} to continue the run as it was)",
                       file=sys.stderr, flush=True)
+            if pos["state"] is not None and pos["world_size"] != dist_info.world_size:
+                # the loaders' positions count global batches of the checkpoint's world size: continue
+                # at the first whole global batch of this run after the images the checkpoint's run used
+                old, new = pos["world_size"] * cfg["batch_size"], dist_info.world_size * cfg["batch_size"]
+                loader_A, loader_B = (-(-n * old // new) for n in (loader_A, loader_B))
             self.load_extra_state(pos["state"])
         d_step, g_step = self.wrap_steps(model.d_step, model.g_step)
         if pos is not None and pos["state"] is not None:
