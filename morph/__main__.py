@@ -335,7 +335,9 @@ def _main(argv=None) -> int:
     try:
         return handlers[args.command](args)
     except (opt.OptionError, CheckpointKindError, ImageReadError, ValueError) as e:
-        print(f"python -m morph {args.command}: error: {e}", file=sys.stderr)
+        from ugatit_common import cli_errors
+        if not cli_errors.quiet_rank(e):  # under torchrun: rank 0 alone says what every rank found
+            print(f"python -m morph {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
 

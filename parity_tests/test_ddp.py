@@ -335,3 +335,23 @@ def test_a_torchrun_checkpoint_resumed_by_one_process_continues_after_the_images
     for key in ("loader_A", "loader_B"):  # images: 2 ranks x batch 1 per global batch, then 1 x 1
         used_before = first[key] * 2
         assert second[key] - 2 * 2 == used_before, (key, first[key], second[key])  # 2 iterations: D + G batches
+
+
+def test_torchrun_morph_train_error_every_rank_meets_is_said_once(tmp_path):
+    """`torchrun --nproc_per_node 2 -m morph train --dataset <missing>`: one error line (was one
+    per rank), the ranks exit 2."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "morph", "train", "--config", "C",
+                           "--dataset", "nope", "--img_size", "32", "--ch", "4", "--n_dis", "4", "--iteration", "2",
+                           "--epoch", "1", "--device", "cpu"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln and "nope" in ln]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", proc.stderr)
+    assert "2" in codes and set(codes) <= {"2", "-15"}, proc.stderr[-3000:]
