@@ -6,7 +6,7 @@ Official flags (same names, defaults, meanings) plus:
   --threads N              CPU threads per process (default: torch's, one per core; fewer on a
                            busy machine: OpenMP threads that wait for a taken core slow down 3-5x)
   --seed N                 seed of every random draw, 0..2**32-1 (default 0)
-  --keep_checkpoints K     torch checkpoints kept (default 3)
+  --keep_checkpoints K     torch checkpoints kept (default 5, as the official tf.train.Saver)
   --resume True|False      continue from the newest checkpoint (default True, as officially)
   --input PATH             test phase: translate this image or folder instead of testA/testB
   --direction a2b|b2a      direction for --input (default a2b)
