@@ -27,7 +27,7 @@ def test_installed_command_runs(name, tmp_path):
     assert "usage:" in proc.stdout
 
 
-@pytest.mark.parametrize("module", ["torch_port", "tf_reference"])
+@pytest.mark.parametrize("module", ["torch_port", "tf_reference", "ugatit_common.demo", "ugatit_common.demo_data"])
 def test_usage_errors_name_the_command_as_run(module, tmp_path):
     """`python -m torch_port --direction x`: argparse's usage and error lines name the command the
     user typed (they said `__main__.py: error: ...`)."""

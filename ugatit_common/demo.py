@@ -38,7 +38,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m ugatit_common.demo", description=__doc__.splitlines()[0])
     p.add_argument("dir", nargs="?", default="demo_run", help="working folder (default: demo_run)")
     p.add_argument("--iteration", type=int, default=8, help="training iterations of each model")
     args = p.parse_args(argv)

@@ -107,7 +107,7 @@ def make_demo_dataset(root: str, name: str = "demo", size: int = 64, n_train: in
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Write the procedural two-domain demo data set.")
+    p = argparse.ArgumentParser(prog="python -m ugatit_common.demo_data", description="Write the procedural two-domain demo data set.")
     p.add_argument("--root", default=".", help="folder that gets dataset/<name>/ (default: .)")
     p.add_argument("--name", default="demo", help="data set name (default: demo)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
