@@ -184,10 +184,16 @@ def test_cmyk_jpegs_decode_as_tf(tmp_path):
     official default fast IDCT within the JPEG bound of test_data_pipeline). OpenCV's own
     conversion was 1-2 levels off with the Adobe marker and inverted the colours without it."""
     tf = pytest.importorskip("tensorflow")
-    for name, p in _cmyk_jpegs(tmp_path).items():
-        raw = open(p, "rb").read()
-        accurate = tf.io.decode_jpeg(raw, channels=3, dct_method="INTEGER_ACCURATE").numpy()
-        default = tf.io.decode_jpeg(raw, channels=3).numpy()
+    g = tf.Graph()  # a graph and session: other tests in this process switch TF to graph mode
+    with g.as_default():
+        ph = tf.compat.v1.placeholder(tf.string, [])
+        dec_accurate = tf.compat.v1.image.decode_jpeg(ph, channels=3, dct_method="INTEGER_ACCURATE")
+        dec_default = tf.compat.v1.image.decode_jpeg(ph, channels=3)
+    jpegs = _cmyk_jpegs(tmp_path)
+    with tf.compat.v1.Session(graph=g) as sess:
+        decoded = {name: sess.run([dec_accurate, dec_default], {ph: open(p, "rb").read()}) for name, p in jpegs.items()}
+    for name, p in jpegs.items():
+        accurate, default = decoded[name]
         check_train_image(p)
         ours = tdata.decode_image(p)
         assert ours.dtype == np.uint8 and ours.shape == accurate.shape
