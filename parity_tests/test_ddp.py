@@ -269,6 +269,7 @@ def _torchrun(tmp_path, args, nproc=2, extra_env=None):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # four 2-process torchrun launches (~15 s); the morph variant below stays quick
 def test_torchrun_errors_every_rank_meets_are_said_once(tmp_path):
     """Under `torchrun --nproc_per_node 2` an error every rank meets (a missing data set, --cuda_graphs
     True on a CPU, the run's folders held by another run, a NaN loss) is one `error:` line, not one
