@@ -14,15 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from parity_tests.test_morph import _one_thread  # noqa: F401 - autouse: one CPU thread per test
 from ugatit_common import options as opt
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _photo(path, seed=0, size=40):
