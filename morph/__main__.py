@@ -39,6 +39,8 @@ MAX_TRANSLATE_SAMPLES = 100  # translate --samples: files per input, and tiles i
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
+        if opt.other_torchrun_rank():  # under torchrun rank 0 says it; every rank exits 2
+            self.exit(EXIT_USAGE)
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 

@@ -39,3 +39,17 @@ def test_usage_errors_name_the_command_as_run(module, tmp_path):
     lines = proc.stderr.splitlines()
     assert lines[0].startswith(f"usage: python -m {module} ") and lines[-1].startswith(f"python -m {module}: error:"), \
         proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["-m", "torch_port", "--bogus", "1"], ["-m", "morph", "train", "--bogus", "1"]])
+def test_a_bad_flag_under_torchrun_is_said_by_rank_0_only(argv, tmp_path):
+    """Under torchrun every rank parses the same flags: rank 0 prints argparse's usage and error,
+    the others exit 2 silently (each rank printed them: the lines came once per process)."""
+    from parity_tests.conftest import ROOT
+    said = {}
+    for rank in ("0", "1"):
+        proc = subprocess.run([sys.executable] + argv, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": ROOT, "WORLD_SIZE": "2", "RANK": rank})
+        assert proc.returncode == 2
+        said[rank] = proc.stderr
+    assert "error: unrecognized arguments: --bogus 1" in said["0"] and said["1"] == ""

@@ -133,8 +133,22 @@ def command_name() -> str | None:
     return None
 
 
+def other_torchrun_rank() -> bool:
+    """A process of a torchrun run other than rank 0 (which says what all ranks would say)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but under torchrun a bad flag is said once (by rank 0); every rank exits 2."""
+
+    def error(self, message):
+        if other_torchrun_rank():
+            self.exit(2)
+        super().error(message)
+
+
 def build_parser(description: str = "U-GAT-IT") -> argparse.ArgumentParser:
-    return add_official_flags(argparse.ArgumentParser(prog=command_name(), description=description))
+    return add_official_flags(Parser(prog=command_name(), description=description))
 
 
 def config_from(args=None, **overrides) -> dict:
