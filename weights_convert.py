@@ -287,19 +287,13 @@ def _refuse_repointing(folder: str, prefix: str) -> None:
 
 
 def _check_report_folder(path: str, ckpt: str) -> list[str]:
-    """--report's folder, before any work: a folder (or one that can be made) that is writable, not
-    the checkpoint folder being read, a live run's folder or a dataset's images, and no user's file
-    by a report's name (parity_tests.harness.claim_report_outputs, as the report command checks
-    OUT_DIR). Returns the report files, held for this process until `release_claims`."""
-    kind = guard.kind_of(path)
-    if kind not in (None, "folder"):
-        raise ConversionError(f"--report {path!r} exists and is {guard.describe(kind)}, not a folder: the report "
-                              f"(parity_report.md and parity_report.html) goes into a folder")
-    outputs = [os.path.join(path, name) for name in ("parity_report.md", "parity_report.html")]
-    for name in outputs:
-        if os.path.isdir(name):
-            raise ConversionError(f"--report {path!r}: {os.path.basename(name)} there is a folder, not a report file")
+    """--report's folder, before any work, by the report command's rules for OUT_DIR
+    (parity_tests.harness.claim_report_outputs): a folder (or one that can be made) that is
+    writable, not the checkpoint folder being read, a live run's folder or a dataset's images, and
+    no file by a report's name that these commands did not write. Returns the report files, held
+    for this process until `release_claims`."""
     from parity_tests.harness import claim_report_outputs
+    outputs = [os.path.join(path, name) for name in ("parity_report.md", "parity_report.html")]
     claim_report_outputs(outputs, ckpt, "--report")
     return outputs
 

@@ -50,7 +50,8 @@ def quiet_rank(e: BaseException) -> bool:
     found before the training loop (the same flags, files and folders on every rank), or a lost
     peer (`torch_port.distributed.PeerStopped`: rank 0 has failed and said why, or says it lost a
     peer)."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or os.environ.get("RANK", "0") == "0":
+    from .options import other_torchrun_rank
+    if not other_torchrun_rank():
         return False
     return not _state.get("loop") or any(c.__name__ == "PeerStopped" for c in type(e).__mro__)
 
