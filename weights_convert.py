@@ -274,13 +274,11 @@ def _refuse_repointing(folder: str, prefix: str) -> None:
     if not os.path.isfile(state):
         return
     named, _ = read_checkpoint_state(folder)
-    if not named:
-        return
-    here = os.path.join(folder, os.path.basename(named))  # an absolute path of a moved folder: re-rooted, as read
-    there = named if os.path.isabs(named) else os.path.join(folder, named)
-    if os.path.abspath(there) == os.path.abspath(prefix) or os.path.abspath(here) == os.path.abspath(prefix):
-        return
-    if os.path.isfile(here + ".index") or os.path.isfile(there + ".index"):
+    try:
+        current = resolve_prefix(folder)  # what readers take: a moved folder's or Windows path re-rooted
+    except CheckpointError:
+        return  # it names no checkpoint that is there
+    if os.path.abspath(current) != os.path.abspath(prefix):
         raise ConversionError(f"output {prefix!r}: {state!r} names another checkpoint, {named!r}, which TensorFlow "
                               f"resumes and tests from; writing this one would re-point it: write into a folder of "
                               f"its own, or pass --overwrite to re-point it")

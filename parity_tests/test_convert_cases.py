@@ -417,6 +417,13 @@ def test_torch2tf_never_repoints_a_folders_checkpoint_file_silently(tmp_path, ca
         line = _error_line(err)
         assert rc == 2 and "checkpoint" in line and "'model-3'" in line and "--overwrite" in line, line
         assert snapshot(str(tmp_path)) == before
+    # the folder came from a Windows machine: its `checkpoint` file names `D:\...\model-3`, read as
+    # this folder's model-3 (ugatit_common.tf_checkpoint.resolve_prefix): still refused
+    from ugatit_common.tf_checkpoint.bundle import write_checkpoint_state
+    write_checkpoint_state(str(tmp_path / "o2"), "D:\\runs\\o2\\model-3")
+    before = snapshot(str(tmp_path))
+    rc, _, err = _convert(["torch2tf", src, tmp_path / "o2" / "other", "--weights_only"], capsys)
+    assert rc == 2 and "--overwrite" in _error_line(err) and snapshot(str(tmp_path)) == before, err
     # the same checkpoint again, or --overwrite, re-points it
     rc, _, err = _convert(["torch2tf", src, tmp_path / "o2" / "model", "--weights_only", "--overwrite"], capsys)
     assert rc == 0, err

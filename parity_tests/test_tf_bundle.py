@@ -127,6 +127,9 @@ def test_resolve_prefix_forms(tmp_path: Path) -> None:
     # absolute path from another machine: re-rooted into this folder
     write_checkpoint_state(str(tmp_path), "/elsewhere/run/UGATIT.model-0")
     assert resolve_prefix(str(tmp_path)) == str(tmp_path / "UGATIT.model-0")
+    # a folder trained on Windows: its path is not one here, the checkpoint is in this folder
+    write_checkpoint_state(str(tmp_path), "D:\\runs\\UGATIT_demo\\UGATIT.model-0")
+    assert resolve_prefix(str(tmp_path)) == str(tmp_path / "UGATIT.model-0")
     # absolute path of a folder that still exists (this one is a copy): read the copy
     write_checkpoint_state(str(tmp_path), prefix)
     assert resolve_prefix(str(tmp_path)) == str(tmp_path / "UGATIT.model-0")

@@ -45,15 +45,6 @@ def check_checkpoint_matches(ckpt_path: str, graph_vars) -> None:
         raise CheckpointMismatch(message)
 
 
-def latest_checkpoint(folder: str):
-    """(path, counter) of the newest checkpoint named by folder's `checkpoint` file, or (None, 0)."""
-    ckpt = tf.train.get_checkpoint_state(folder)
-    if ckpt and ckpt.model_checkpoint_path:
-        name = os.path.basename(ckpt.model_checkpoint_path)
-        return os.path.join(folder, name), int(name.split("-")[-1])
-    return None, 0
-
-
 def _recorded_img_size(prefix: str):
     """The image size the checkpoint's .meta graph was built at (None without a readable .meta)."""
     from ugatit_common.tf_checkpoint.config import from_meta

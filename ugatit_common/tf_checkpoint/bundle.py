@@ -11,6 +11,7 @@ tensors straight to a temporary data file and atomically publishes ``P.index`` a
 
 from __future__ import annotations
 
+import ntpath
 import os
 import re
 import struct
@@ -450,6 +451,11 @@ def resolve_prefix(path: str) -> str:
                 return moved
             if os.path.isfile(candidate + ".index"):
                 return candidate
+            # A folder trained on Windows names its checkpoint `D:\runs\...\UGATIT.model-N`: not a
+            # path here; the checkpoint is read from this folder when it is here
+            windows = os.path.join(path, ntpath.basename(model))
+            if "\\" in model and os.path.isfile(windows + ".index"):
+                return windows
             raise CheckpointError(f"checkpoint state file {state} names {model!r}, "
                                   f"but {candidate}.index not found")
         indexes = sorted(n for n in os.listdir(path) if n.endswith(".index"))
