@@ -42,6 +42,8 @@ def golden_dir():
 
 
 FULL_TIER_ENV = "UGATIT_FULL_TIER"
+# CI sets it: the tests marked tf then need TensorFlow (a usage error without it), never skipped
+REQUIRE_TF_ENV = "UGATIT_REQUIRE_TF"
 
 
 def pytest_addoption(parser):
@@ -53,10 +55,39 @@ def full_tier(config) -> bool:
     return bool(config.getoption("--full")) or os.environ.get(FULL_TIER_ENV, "") not in ("", "0")
 
 
+def tensorflow_installed() -> bool:
+    """Whether `import tensorflow` can find it (a broken installation counts as installed: its
+    tests then fail, they are not skipped)."""
+    import importlib.util
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"] is not None
+    return importlib.util.find_spec("tensorflow") is not None
+
+
 def pytest_report_header(config):
-    if full_tier(config):
-        return "tier: full (every test)"
-    return "tier: quick (tests marked slow are deselected; pytest --full runs them)"
+    lines = ["tier: full (every test)" if full_tier(config)
+             else "tier: quick (tests marked slow are deselected; pytest --full runs them)"]
+    if not tensorflow_installed():
+        lines.append("TensorFlow: not installed here - the tests marked tf (tf_reference live) are skipped")
+    return lines
+
+
+def _skip_tf_tests_without_tensorflow(items) -> None:
+    """A machine without TensorFlow (a GPU machine, a torch-only install): the tests that run
+    tf_reference live are skipped, said as such; everything else runs. Where REQUIRE_TF_ENV is
+    set (CI), a missing TensorFlow is a usage error instead, so no parity test is ever skipped
+    there."""
+    if tensorflow_installed():
+        return
+    tf_items = [item for item in items if item.get_closest_marker("tf") is not None]
+    if not tf_items:
+        return
+    if os.environ.get(REQUIRE_TF_ENV, "") not in ("", "0"):
+        raise pytest.UsageError(f"{REQUIRE_TF_ENV} is set, but TensorFlow is not installed: {len(tf_items)} tests "
+                                f"marked tf need it (pip install -c constraints.txt -e .)")
+    skip = pytest.mark.skip(reason="needs TensorFlow, not installed here (tf_reference runs the official graph)")
+    for item in tf_items:
+        item.add_marker(skip)
 
 
 def _named_on_command_line(config, nodeid: str) -> bool:
@@ -89,6 +120,7 @@ def _check_cuda_marker(items) -> None:
 
 def pytest_collection_modifyitems(config, items):
     _check_cuda_marker(items)
+    _skip_tf_tests_without_tensorflow(items)
     if full_tier(config):
         return
     keep, drop = [], []

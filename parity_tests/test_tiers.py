@@ -76,3 +76,25 @@ def test_a_gpu_machine_collects_the_cuda_tests(tmp_path):
     cuda_ids, _ = _collect("--full", "-m", "cuda and not slow", "parity_tests")
     extra = selected - set(cuda_ids)  # tests parametrized over the devices present gain a cuda case
     assert set(cuda_ids) <= selected and all("cuda" in i for i in extra), (set(cuda_ids) - selected, extra)
+
+
+def test_without_tensorflow_the_tf_tests_are_skipped_unless_required(tmp_path):
+    """A machine without TensorFlow (the GPU machine; simulated: `tensorflow` blocked in
+    sys.modules before any test module is imported): the tests marked tf are skipped with the
+    reason, the others run; with UGATIT_REQUIRE_TF set (CI) the run stops with a usage error
+    instead, so CI can never pass on skipped parity."""
+    (tmp_path / "no_tensorflow.py").write_text("import sys\nsys.modules['tensorflow'] = None\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for name in ("UGATIT_FULL_TIER", "UGATIT_REQUIRE_TF"):
+        env.pop(name, None)
+    tests = ["parity_tests/test_tf_bundle.py::test_checkpoint_state_read_by_tf",
+             "parity_tests/test_tf_bundle.py::test_write_checkpoint_state_matches_tf_format"]
+    args = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no_tensorflow", *tests]
+    run = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0 and "1 passed, 1 skipped" in out, out[-2000:]
+    assert "needs TensorFlow, not installed here" in out, out[-2000:]
+    required = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(env, UGATIT_REQUIRE_TF="1"),
+                              timeout=300)
+    assert required.returncode == 4 and "UGATIT_REQUIRE_TF is set, but TensorFlow is not installed" in \
+        required.stdout + required.stderr, (required.stdout + required.stderr)[-2000:]
