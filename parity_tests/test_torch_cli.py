@@ -363,6 +363,7 @@ def test_information_block_is_the_official_text():
     assert "# the number of critic :  1" in lines and "# cam_weight :  1000" in lines
 
 
+@pytest.mark.tf  # reads tf_reference.train's default
 def test_checkpoints_kept_by_default_as_the_official_saver():
     """Both training command lines keep this run's newest 5 checkpoints by default, as the
     official `tf.train.Saver()` (max_to_keep 5) that tf_reference uses."""
