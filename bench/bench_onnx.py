@@ -186,11 +186,12 @@ def main(argv=None) -> int:
     base = "tf_reference" if "tf_reference" in med else "torch_port"
     print(f"\nlight={a.light} img_size={a.img_size} ch={a.ch} batch={a.batch}, {a.iters} timed rounds after "
           f"{a.warmup} warm-up, {a.threads} threads, ONNX Runtime provider {a.provider}; medians")
-    print(f"| runtime | s / forward | images / s | time vs {base} | time vs torch_port |")
-    print("|---|---|---|---|---|")
+    vs = [base] + (["torch_port"] if base != "torch_port" else [])  # one column per reference present
+    print("| runtime | s / forward | images / s | " + " | ".join(f"time vs {r}" for r in vs) + " |")
+    print("|---|---|---|" + "---|" * len(vs))
     for n in names:
-        print(f"| {n} | {med[n]:.4f} | {a.batch / med[n]:.2f} | {med[n] / med[base]:.2f}x | "
-              f"{med[n] / med['torch_port']:.2f}x |")
+        print(f"| {n} | {med[n]:.4f} | {a.batch / med[n]:.2f} | " + " | ".join(f"{med[n] / med[r]:.2f}x" for r in vs)
+              + " |")
     for n in names:
         if "export_s" in info[n]:
             print(f"{n}: export + verification {info[n]['export_s']:.1f} s, verified: {info[n]['verified']}")

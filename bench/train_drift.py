@@ -230,8 +230,11 @@ def main(argv=None) -> int:
     rows = []
     print(f"\nworst relative loss difference over 8 iterations (band: d {D_BAND}, g {G_BAND})")
     for x, y, what in pairs:
-        if not runs.get(x) or not runs.get(y):
-            print(f"  {what:<58} (a run failed)")
+        if x not in runs or y not in runs:
+            print(f"  {what:<58} (not run: --skip_compile)")
+            continue
+        if not runs[x] or not runs[y]:
+            print(f"  {what:<58} (a run failed: {x if not runs[x] else y}, above)")
             continue
         per = [(abs(a[0] - b[0]) / abs(a[0]), abs(a[1] - b[1]) / abs(a[1])) for a, b in zip(runs[x], runs[y])]
         d, g = max(v[0] for v in per), max(v[1] for v in per)
