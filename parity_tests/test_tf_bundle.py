@@ -428,6 +428,26 @@ def test_crc_mask_roundtrip() -> None:
     for v in (0, 1, 0xFFFFFFFF, 0x12345678, 0xA282EAD8):
         assert tb._unmask(tb._mask(v)) == v
     assert tb._crc_extend(0, b"123456789") == 0xE3069283  # CRC-32C check value
+    assert tb._crc_extend_numpy(0, b"123456789") == 0xE3069283
+
+
+def test_crc_without_google_crc32c_equals_it() -> None:
+    """The fallback for machines without google-crc32c (the GPU image has none): lanes computed
+    side by side and folded in order give google-crc32c's value at every length around the lane,
+    threshold and chunk sizes, from any starting value, for bytes, memoryviews and arrays."""
+    google_crc32c = pytest.importorskip("google_crc32c")
+    rng = np.random.default_rng(0)
+    lane, least, chunk = tb._LANE, tb._LANE * tb._MIN_LANES, tb._LANE * tb._CHUNK_LANES
+    for n in (0, 1, lane - 1, lane, lane + 1, least - 1, least, least + 1, chunk - 1, chunk, chunk + lane + 7,
+              2 * chunk + 3):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        for start in (0, 0x12345678, 0xFFFFFFFF):
+            assert tb._crc_extend_numpy(start, data) == google_crc32c.extend(start, data), (n, start)
+    weights = rng.standard_normal((300, 70)).astype(np.float32)
+    expected = google_crc32c.extend(5, weights.tobytes())
+    assert tb._crc_extend_numpy(5, weights) == expected
+    assert tb._crc_extend_numpy(5, memoryview(weights.tobytes())) == expected
+    assert tb._crc_extend_numpy(5, np.asfortranarray(weights).T.T) == expected  # a copy in C order
 
 
 # ----------------------------------------------------------------------------------------

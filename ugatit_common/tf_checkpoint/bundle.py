@@ -42,6 +42,76 @@ class CheckpointError(Exception):
 # CRC32C (Castagnoli), masked as in LevelDB / TensorFlow
 # --------------------------------------------------------------------------------------
 
+def _make_table() -> list[int]:
+    """The byte table of CRC-32C (reflected polynomial 0x82F63B78)."""
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _make_table()
+_CRC_TABLE_NP = np.array(_CRC_TABLE, dtype=np.uint32)
+_LANE = 256            # bytes per lane of the vectorised fallback
+_CHUNK_LANES = 16384   # lanes computed together (4 MiB)
+_MIN_LANES = 64        # below 16 KiB the byte loop is as fast
+_LANE_SHIFT: list[list[int]] = []  # 4 byte tables of "the register after _LANE zero bytes"
+
+
+def _lane_shift_tables() -> list[list[int]]:
+    """The register's image after _LANE zero bytes as 4 byte tables (the operator is linear
+    over GF(2): the image of r is the XOR of the images of r's bytes)."""
+    if not _LANE_SHIFT:
+        table = _CRC_TABLE
+        cols = []
+        for bit in range(32):  # the image of each basis bit
+            c = 1 << bit
+            for _ in range(_LANE):
+                c = table[c & 0xFF] ^ (c >> 8)
+            cols.append(c)
+        for byte in range(4):
+            t = []
+            for b in range(256):
+                v = 0
+                for i in range(8):
+                    if b >> i & 1:
+                        v ^= cols[8 * byte + i]
+                t.append(v)
+            _LANE_SHIFT.append(t)
+    return _LANE_SHIFT
+
+
+def _crc_extend_numpy(crc: int, data: Any) -> int:
+    """Extend ``crc`` (unmasked) with ``data``, without google-crc32c (a machine without it: a GPU
+    image, a platform without its wheel). CRC-32C is linear over GF(2): the register after lane
+    B_i from register r is shift(r) ^ crc0(B_i), so the lanes' crc0 are computed side by side
+    with numpy (one table step per byte column) and folded in order (Horner, by the 256-zero-byte
+    shift). ~10x the byte loop's speed; the same value (tested against google-crc32c)."""
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else \
+        np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    reg = crc ^ 0xFFFFFFFF
+    lanes = len(buf) // _LANE
+    if lanes >= _MIN_LANES:
+        z0, z1, z2, z3 = _lane_shift_tables()
+        table = _CRC_TABLE_NP
+        for start in range(0, lanes, _CHUNK_LANES):
+            k = min(_CHUNK_LANES, lanes - start)
+            columns = np.ascontiguousarray(buf[start * _LANE:(start + k) * _LANE].reshape(k, _LANE).T)
+            regs = np.zeros(k, dtype=np.uint32)
+            for column in columns:
+                regs = table[(regs & 0xFF) ^ column] ^ (regs >> 8)
+            for v in regs.tolist():
+                reg = z0[reg & 0xFF] ^ z1[(reg >> 8) & 0xFF] ^ z2[(reg >> 16) & 0xFF] ^ z3[reg >> 24] ^ v
+        buf = buf[lanes * _LANE:]
+    table = _CRC_TABLE
+    for b in buf.tobytes():
+        reg = table[(reg ^ b) & 0xFF] ^ (reg >> 8)
+    return reg ^ 0xFFFFFFFF
+
+
 try:
     import google_crc32c as _gcrc
 
@@ -51,28 +121,9 @@ try:
             data = bytes(data)
         return _gcrc.extend(crc, data)
 
-except ImportError:  # pragma: no cover - fallback path, exercised only without the package
+except ImportError:  # a machine without google-crc32c
     _gcrc = None
-
-    def _make_table() -> np.ndarray:
-        poly = 0x82F63B78
-        table = np.zeros(256, dtype=np.uint32)
-        for i in range(256):
-            c = i
-            for _ in range(8):
-                c = (c >> 1) ^ poly if c & 1 else c >> 1
-            table[i] = c
-        return table
-
-    _CRC_TABLE = [int(x) for x in _make_table()]
-
-    def _crc_extend(crc: int, data: Any) -> int:
-        """Extend ``crc`` (unmasked) with ``data`` -- slow pure-python fallback."""
-        table = _CRC_TABLE
-        c = crc ^ 0xFFFFFFFF
-        for b in bytes(data):
-            c = table[(c ^ b) & 0xFF] ^ (c >> 8)
-        return c ^ 0xFFFFFFFF
+    _crc_extend = _crc_extend_numpy
 
 
 _MASK_DELTA = 0xA282EAD8
