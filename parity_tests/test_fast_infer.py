@@ -119,6 +119,17 @@ def test_static_forward_is_the_plain_forward_bit_for_bit():
     assert not torch.equal(a[0], b[0])
 
 
+def test_static_forward_buffers_keep_the_arguments_layout():
+    """A channels-last argument gets a channels-last static buffer (a graph captured over an NCHW
+    copy would run, and time, other kernels than the call it stands for)."""
+    seen = []
+    static = StaticForward(lambda x: seen.append(x.is_contiguous(memory_format=torch.channels_last)) or x + 1,
+                           capture=False)
+    x = torch.rand(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(static(x), x + 1) and seen == [True]
+    assert torch.equal(static(x.contiguous()), x + 1) and seen == [True, False]  # NCHW: its own buffer
+
+
 def test_static_forward_signature_limit_and_bad_arguments():
     calls = []
 

@@ -33,7 +33,7 @@ MAX_GRAPHS = 4  # signatures captured per StaticForward; each holds its own acti
 
 def _sig_of(v):
     if isinstance(v, torch.Tensor):
-        return ("tensor", tuple(v.shape), v.dtype, str(v.device))
+        return ("tensor", tuple(v.shape), v.dtype, str(v.device), v.stride())  # the layout too
     if isinstance(v, (list, tuple)):
         return (type(v).__name__,) + tuple(_sig_of(x) for x in v)
     if v is None or isinstance(v, (bool, int, float, str)):
@@ -42,13 +42,13 @@ def _sig_of(v):
 
 
 def signature(args, kwargs) -> tuple:
-    """What a captured graph is specific to: tensor shapes / dtypes / devices and plain values."""
+    """What a captured graph is specific to: tensor shapes / dtypes / devices / layouts and plain values."""
     return _sig_of(tuple(args)), tuple(sorted((k, _sig_of(v)) for k, v in kwargs.items()))
 
 
 def _buffer(v, device):
-    if isinstance(v, torch.Tensor):
-        return torch.empty(v.shape, dtype=v.dtype, device=device if device is not None else v.device)
+    if isinstance(v, torch.Tensor):  # the argument's layout too (channels-last stays channels-last)
+        return torch.empty_like(v, device=device if device is not None else v.device)
     if isinstance(v, (list, tuple)):
         return type(v)(_buffer(x, device) for x in v)
     return v
