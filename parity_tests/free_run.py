@@ -320,7 +320,8 @@ def _run(args) -> int:
 
 def main(argv=None) -> int:
     from ugatit_common import cli_errors
-    return cli_errors.run(_main, argv, prog=PROG)
+    return cli_errors.run(_main, argv, prog=PROG,
+                          needs_tf="compare the port with itself without it: --perturb 1e-15 (or --device cuda)")
 
 
 if __name__ == "__main__":

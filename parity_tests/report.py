@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     """The one error path (ugatit_common.cli_errors): a corrupt checkpoint, an unwritable OUT_DIR,
     ... -> one `error:` line, exit 2; --debug adds the traceback."""
     from ugatit_common import cli_errors
-    return cli_errors.run(_main, argv, prog="python -m parity_tests.report")
+    return cli_errors.run(_main, argv, prog="python -m parity_tests.report",
+                          needs_tf="see the fast paths' error without it: python -m parity_tests.fast_paths CKPT OUT_DIR")
 
 
 def _main(argv=None) -> int:

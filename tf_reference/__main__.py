@@ -14,7 +14,8 @@ def main(argv=None) -> int:
     def trains(args):
         return "test" not in [a.split("=", 1)[-1] for i, a in enumerate(args)
                               if a.startswith("--phase=") or (i and args[i - 1] == "--phase")]
-    return cli_errors.run(_main, argv, prog="python -m tf_reference", training=trains)
+    return cli_errors.run(_main, argv, prog="python -m tf_reference", training=trains,
+                          needs_tf="train and test the PyTorch port with the same flags: python -m torch_port")
 
 
 def _main(argv=None) -> int:

@@ -138,10 +138,30 @@ def _print_any_file_name() -> None:
                 pass
 
 
-def run(fn, argv=None, prog: str = "python", training=None, label: str = "error") -> int:
+def tensorflow_missing(e: BaseException) -> bool:
+    """Whether `e` (or an exception it was raised from) is `import tensorflow` failing because
+    TensorFlow is not installed (a torch-only machine)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "tensorflow":
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def needs_tensorflow_line(prog: str, instead: str = "") -> str:
+    """The one line of a command that runs the official TF graph on a machine without TensorFlow."""
+    return (f"{prog} runs the official TensorFlow graph, but TensorFlow is not installed here: install it "
+            f"(pip install tensorflow-cpu)" + (f", or {instead}" if instead else ""))
+
+
+def run(fn, argv=None, prog: str = "python", training=None, label: str = "error", needs_tf: str | None = None) -> int:
     """Call `fn(argv)` (argv without `--debug`) under the one error path and return the exit code.
     `training(argv) -> bool`: whether this command line trains (its Ctrl-C line offers a resume
-    command); `label`: the prefix of the error line."""
+    command); `label`: the prefix of the error line. `needs_tf`: set by commands that run the
+    official TF graph (what to do without TensorFlow, may be ""): TensorFlow not installed is then
+    bad input (one line, exit 2), not an internal error."""
     argv = list(sys.argv[1:] if argv is None else argv)
     _print_any_file_name()
     debug = "--debug" in argv or os.environ.get("UGATIT_DEBUG", "") not in ("", "0")
@@ -164,6 +184,9 @@ def run(fn, argv=None, prog: str = "python", training=None, label: str = "error"
         if _caused_by_interrupt(e):  # Ctrl-C inside a library call that re-raised it as its own error
             print(interrupted_line(prog, argv, training), file=sys.stderr, flush=True)
             return EXIT_INTERRUPTED
+        if needs_tf is not None and tensorflow_missing(e):
+            print(f"{label}: {needs_tensorflow_line(prog, needs_tf)}", file=sys.stderr, flush=True)
+            return EXIT_BAD_INPUT
         if is_bad_input(e):
             if quiet_rank(e):
                 return EXIT_BAD_INPUT
