@@ -168,3 +168,27 @@ def test_tf_checkpoint_folder_without_its_state_file(tmp_path):
     os.remove(no_index / "UGATIT.model-3.index")
     with pytest.raises(opt.OptionError, match=r"UGATIT\.model-3\.index not found"):
         ck.load_any(str(no_index))
+
+
+def test_settings_tf2torch_guessed_are_not_records(tmp_path):
+    """A weights file written by tf2torch from a checkpoint without .meta or model_dir name holds
+    guessed smoothing / img_size (official defaults, `ugatit_config_guessed`): a flag fills them
+    in as it does from the TF source, in the port's test phase / exports and Morph's --init_from;
+    what the file does record (its weights' ch, n_dis, ...) still refuses a contradiction."""
+    import weights_convert
+    from morph.train import _read_ugatit
+    from torch_port import checkpoint as ck
+    out = str(tmp_path / "init.safetensors")
+    weights_convert.convert_tf_to_file(os.path.join(GOLDEN, "init"), out, progress=False, quiet=True)
+    import json
+    meta = ck.policy.safetensors_metadata(out)
+    assert set(json.loads(meta["ugatit_config_guessed"])) == {"smoothing", "img_size"}, meta
+    got = ck.load_any(out, {"smoothing": False, "img_size": 64})
+    assert got["config"]["smoothing"] is False and got["config"]["img_size"] == 64
+    with pytest.raises(ck.CheckpointMismatch, match="n_dis"):
+        ck.load_any(out, {"n_dis": 6})
+    cfg = opt.config_from(light=True, img_size=32, ch=4, n_dis=5, smoothing=False, dataset="t")
+    weights, _ = _read_ugatit(out, cfg, ("img_size", "smoothing", "ch", "n_dis", "sn"))
+    assert weights
+    with pytest.raises(ck.CheckpointMismatch, match="ch"):
+        _read_ugatit(out, {**cfg, "ch": 8}, ("ch",))

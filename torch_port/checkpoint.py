@@ -430,17 +430,19 @@ def _is_tf_checkpoint(path: str) -> bool:
     return os.path.isfile(path + ".index")
 
 
-def _apply_overrides(cfg: dict, overrides: dict, source: str) -> dict:
+def _apply_overrides(cfg: dict, overrides: dict, source: str, guessed=()) -> dict:
     """The stored config with the given settings: a light model's img_size may change (its
-    weights do not fix it); any other setting that contradicts the checkpoint is an error."""
+    weights do not fix it); any other setting that contradicts the checkpoint is an error, but a
+    setting the checkpoint only guessed (`guessed`: weights_convert's `ugatit_config_guessed`,
+    the official default where no record held it) is filled in by the flag, as from the TF source."""
     cfg = dict(cfg)
     for k, v in overrides.items():
         if v is None:
             continue
-        if k != "img_size" and k in cfg and cfg[k] != v:
+        if k != "img_size" and k in cfg and cfg[k] != v and k not in guessed:
             raise CheckpointMismatch(f"--{k}={v!r} contradicts the checkpoint {source}, which records "
                                      f"{k}={cfg[k]!r}")
-        if k == "img_size" and not cfg.get("light", True) and int(v) != int(cfg["img_size"]):
+        if k == "img_size" and not cfg.get("light", True) and int(v) != int(cfg["img_size"]) and k not in guessed:
             raise opt.OptionError(f"--img_size={v}: the full (light=False) model in {source} is fixed to "
                                   f"{cfg['img_size']} px by its MLP")
         cfg[k] = v
@@ -448,6 +450,16 @@ def _apply_overrides(cfg: dict, overrides: dict, source: str) -> dict:
         raise opt.OptionError(f"--img_size={cfg['img_size']}: must be a multiple of 4 and at least 8 (the generator "
                               f"halves the image twice and its norms need more than one pixel)")
     return cfg
+
+
+def guessed_in_metadata(meta: dict) -> set:
+    """The settings a weights file's config holds as guesses, not records (weights_convert
+    tf2torch's `ugatit_config_guessed`: no .meta, folder name or weight shape recorded them)."""
+    try:
+        guessed = json.loads(meta.get("ugatit_config_guessed") or "{}")
+    except ValueError:
+        return set()
+    return set(guessed) if isinstance(guessed, dict) else set()
 
 
 def config_in_metadata(meta: dict, path: str) -> dict | None:
@@ -559,7 +571,7 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
         if cfg is None:
             raise opt.OptionError(f"{path!r}: no config in its metadata (ugatit_config / config) and no .state.pt "
                                   f"beside it")
-        return {"config": _apply_overrides(opt.config_from(cfg), overrides, path), "state": weights,
-                "step": int(meta.get("step", 0)), "source": path, "kind": "torch_port"}
+        return {"config": _apply_overrides(opt.config_from(cfg), overrides, path, guessed_in_metadata(meta)),
+                "state": weights, "step": int(meta.get("step", 0)), "source": path, "kind": "torch_port"}
     raise opt.OptionError(f"{path!r}: not a checkpoint (expected a checkpoint folder, a TF checkpoint prefix or a "
                       f".safetensors file)")
