@@ -316,7 +316,9 @@ def test_cli_test_phase_bad_gpu_settings_exit_2(demo_run, monkeypatch, capsys):
     from torch_port.__main__ import main
     monkeypatch.chdir(demo_run)
     cases = [(["--device", "cpu", "--cuda_graphs", "True"], "--cuda_graphs"),
-             (["--phase", "train", "--cudnn_benchmark", "False"], "--cudnn_benchmark applies to the test phase")]
+             (["--phase", "train", "--cudnn_benchmark", "False"], "--cudnn_benchmark applies to the test phase"),
+             (["--phase", "train", "--batch", "16"], "--batch=16 applies to the test phase"),  # not --batch_size
+             (["--phase", "train", "--input", "dataset"], "--input applies to the test phase")]
     if not CUDA:
         cases += [(["--device", "cpu", "--precision", "tf32"], "--precision=tf32"),
                   (["--device", "cpu", "--cudnn_benchmark", "True"], "--cudnn_benchmark"),

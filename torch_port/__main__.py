@@ -88,6 +88,12 @@ def _validate_extra(a):
         raise opt.OptionError(f"--device={a.device!r}: expected cpu, cuda, cuda:N or auto")
     if a.batch is not None and a.batch < 1:
         raise opt.OptionError(f"--batch={a.batch}: must be >= 1")
+    if a.phase == "train" and a.batch is not None:  # training would ignore it: say so, never train at another batch
+        raise opt.OptionError(f"--batch={a.batch} applies to the test phase (images per generator call); training's "
+                              f"batch is --batch_size")
+    if a.phase == "train" and a.input is not None:
+        raise opt.OptionError("--input applies to the test phase (the images to translate); training reads "
+                              "dataset/<--dataset>/trainA and trainB")
     from .infer_flags import check_gpu_inference_flags
     check_gpu_inference_flags(a)
     if a.phase == "train":
