@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     ... -> one `error:` line, exit 2; --debug adds the traceback."""
     from ugatit_common import cli_errors
     return cli_errors.run(_main, argv, prog="python -m parity_tests.report",
-                          needs_tf="see the fast paths' error without it: python -m parity_tests.fast_paths CKPT OUT_DIR")
+                          needs_tf="measure the fast paths' error without it: python -m parity_tests.fast_paths CKPT OUT_DIR")
 
 
 def _main(argv=None) -> int:
