@@ -296,6 +296,10 @@ class MorphTrainer(Trainer):
     def load_extra_state(self, state):
         self.model.z_generator.set_state(state["z_rng"])
 
+    def check_fresh_start(self):
+        if self.init_from:  # every check of --init_from (kind, settings, shapes, finite) on a throwaway model
+            init_from_ugatit(MorphUGATIT(self.cfg), self.init_from)
+
     def start_fresh(self):
         if not self.init_from:
             return

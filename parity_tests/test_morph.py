@@ -345,10 +345,24 @@ def test_cli_train_init_from_official_tf_checkpoint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "initialised from UGATIT" in out and "(TensorFlow;" in out
-    # the wrong architecture for that checkpoint: a clear error before any training
+    # the wrong architecture for that checkpoint: a clear error before any training, and before
+    # anything in the run's folders changes (the first run's loss log and samples, in the same
+    # log / sample folders, were moved to previous-run-* by the refused run)
+    def tree():
+        return sorted(os.path.relpath(os.path.join(d, n), root) for d, _, ns in os.walk(root) for n in ns
+                      if not os.path.relpath(d, root).startswith("dataset"))
+    before = tree()
+    good_checkpoint_dir = flags[flags.index("--checkpoint_dir") + 1]
     flags[flags.index("--ch") + 1] = "8"
     flags[flags.index("--checkpoint_dir") + 1] = os.path.join(root, "checkpoint2")
     rc = morph_main(["train", "--config", "C", "--epoch", "1", "--iteration", "1",
                      "--init_from", os.path.join(GOLDEN, "final")] + flags)
     assert rc == 2
     assert "does not match" in capsys.readouterr().err
+    assert tree() == before
+    # --resume False over the first run's checkpoints: refused before they are moved aside
+    flags[flags.index("--checkpoint_dir") + 1] = good_checkpoint_dir
+    rc = morph_main(["train", "--config", "C", "--epoch", "1", "--iteration", "1", "--resume", "False",
+                     "--init_from", os.path.join(GOLDEN, "final")] + flags)
+    assert rc == 2 and "does not match" in capsys.readouterr().err
+    assert tree() == before

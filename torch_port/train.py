@@ -426,6 +426,10 @@ class Trainer:
     def start_fresh(self) -> None:
         """No checkpoint to resume: the starting weights (default: the seeded initialisation)."""
 
+    def check_fresh_start(self) -> None:
+        """Checks of what `start_fresh` reads (Morph: `--init_from`), run before a `--resume
+        False` run changes anything in its folders: a refused start leaves them as they were."""
+
     def host_draws(self) -> list:
         """[(object, method name)]: methods a step calls to draw values on the host (Morph config
         C's direction codes); a CUDA graph serves their values from fixed tensors."""
@@ -515,6 +519,8 @@ class Trainer:
         ds_A = load_dataset(cfg, "trainA", seed, self.base)
         ds_B = load_dataset(cfg, "trainB", seed + 1, self.base)
         cfg = self.cfg = dict(cfg, seed=seed)
+        if not self.resume:  # a fresh start for sure: what it reads is checked before the folders change
+            self.check_fresh_start()
         if main:
             self._prepare_folders((len(ds_A), len(ds_B)))
         ddp.barrier()
@@ -529,13 +535,14 @@ class Trainer:
         model.make_optimizers(cfg["lr"])
 
         pos = restore(model, cfg, self._resume_point(), dist_info, log)
-        if pos is None and main:  # an older run's loss log, samples: moved aside, never cut or overwritten
-            policy.move_outputs_of_an_older_run([getattr(paths, name) for name in self.MOVE_ASIDE], self.owner, log)
         run_id = (pos or {}).get("run") or policy.new_run_id()
         if pos is None:
             log(f" [!] Load failed... (no checkpoint in {paths.checkpoint}): starting from scratch" if self.resume
                 else " [*] --resume False: starting from scratch")
-            self.start_fresh()
+            self.start_fresh()  # (Morph: --init_from, refused before anything below is moved)
+            if main:  # an older run's loss log, samples: moved aside, never cut or overwritten
+                policy.move_outputs_of_an_older_run([getattr(paths, name) for name in self.MOVE_ASIDE], self.owner,
+                                                    log)
             start_epoch, start_batch_id, counter = 0, 0, 1
             loader_A = loader_B = 0
             past_g_loss = -1.0
