@@ -297,13 +297,21 @@ class MorphTrainer(Trainer):
         self.model.z_generator.set_state(state["z_rng"])
 
     def check_fresh_start(self):
-        if self.init_from:  # every check of --init_from (kind, settings, shapes, finite) on a throwaway model
-            init_from_ugatit(MorphUGATIT(self.cfg), self.init_from)
+        if self.init_from:  # every check of --init_from (kind, settings, shapes, finite), on a model of its own
+            model = MorphUGATIT(self.cfg)
+            self._checked_start = (model, init_from_ugatit(model, self.init_from))
 
     def start_fresh(self):
         if not self.init_from:
             return
-        fresh = init_from_ugatit(self.model, self.init_from)
+        checked = getattr(self, "_checked_start", None)
+        if checked is not None:  # read and checked already: its weights, the fresh ones keep the run's seeded values
+            model, fresh = checked
+            self._checked_start = None
+            self.model.load_state_dict({k: v for k, v in model.state_dict().items() if k not in set(fresh)},
+                                       strict=False)
+        else:
+            fresh = init_from_ugatit(self.model, self.init_from)
         kind = "TensorFlow" if checkpoint_kind(self.init_from)[0] == "ugatit-tf" else "PyTorch"
         self.log(f" [*] initialised from UGATIT {self.init_from} ({kind}; {len(fresh)} new latent variables)")
         self.model.make_optimizers(self.cfg["lr"])  # fresh slots for the loaded weights

@@ -72,22 +72,31 @@ def pytest_report_header(config):
     return lines
 
 
+def _tf_items(items) -> list:
+    return [item for item in items if item.get_closest_marker("tf") is not None]
+
+
 def _skip_tf_tests_without_tensorflow(items) -> None:
     """A machine without TensorFlow (a GPU machine, a torch-only install): the tests that run
     tf_reference live are skipped, said as such; everything else runs. Where REQUIRE_TF_ENV is
-    set (CI), a missing TensorFlow is a usage error instead, so no parity test is ever skipped
-    there."""
+    set (CI), a missing TensorFlow is a usage error instead (pytest_collection_finish), so no
+    parity test is ever skipped there."""
     if tensorflow_installed():
         return
-    tf_items = [item for item in items if item.get_closest_marker("tf") is not None]
-    if not tf_items:
-        return
-    if os.environ.get(REQUIRE_TF_ENV, "") not in ("", "0"):
-        raise pytest.UsageError(f"{REQUIRE_TF_ENV} is set, but TensorFlow is not installed: {len(tf_items)} tests "
-                                f"marked tf need it (pip install -c constraints.txt -e .)")
     skip = pytest.mark.skip(reason="needs TensorFlow, not installed here (tf_reference runs the official graph)")
-    for item in tf_items:
+    for item in _tf_items(items):
         item.add_marker(skip)
+
+
+def pytest_collection_finish(session):
+    """REQUIRE_TF_ENV: the tests selected to run (after -m / -k and the tiers) that are marked tf
+    need TensorFlow; without it, a usage error rather than skips."""
+    if os.environ.get(REQUIRE_TF_ENV, "") in ("", "0") or tensorflow_installed():
+        return
+    needed = _tf_items(session.items)
+    if needed:
+        raise pytest.UsageError(f"{REQUIRE_TF_ENV} is set, but TensorFlow is not installed: {len(needed)} tests "
+                                f"marked tf need it (pip install -c constraints.txt -e .)")
 
 
 def _named_on_command_line(config, nodeid: str) -> bool:

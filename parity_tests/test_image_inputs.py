@@ -93,7 +93,7 @@ def test_incomplete_files_are_skipped_by_the_port(intact, tmp_path):
 @pytest.fixture(scope="module")
 def tf_decodes():
     """`decode_jpeg(channels=3)` as the official pipeline runs it: True when TF decodes the bytes."""
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf  # (tests marked tf: skipped by conftest where TF is absent)
     g = tf.Graph()
     with g.as_default():
         ph = tf.compat.v1.placeholder(tf.string, [])
@@ -183,7 +183,7 @@ def test_cmyk_jpegs_decode_as_tf(tmp_path):
     """The port decodes a CMYK JPEG to TF's pixels (with TF's accurate IDCT: exactly; with the
     official default fast IDCT within the JPEG bound of test_data_pipeline). OpenCV's own
     conversion was 1-2 levels off with the Adobe marker and inverted the colours without it."""
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf  # (tests marked tf: skipped by conftest where TF is absent)
     g = tf.Graph()  # a graph and session: other tests in this process switch TF to graph mode
     with g.as_default():
         ph = tf.compat.v1.placeholder(tf.string, [])

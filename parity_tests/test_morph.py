@@ -347,10 +347,10 @@ def test_cli_train_init_from_official_tf_checkpoint(tmp_path, capsys):
     assert "initialised from UGATIT" in out and "(TensorFlow;" in out
     # the wrong architecture for that checkpoint: a clear error before any training, and before
     # anything in the run's folders changes (the first run's loss log and samples, in the same
-    # log / sample folders, were moved to previous-run-* by the refused run)
-    def tree():
-        return sorted(os.path.relpath(os.path.join(d, n), root) for d, _, ns in os.walk(root) for n in ns
-                      if not os.path.relpath(d, root).startswith("dataset"))
+    # log / sample folders, were moved to previous-run-* by the refused run, and its own folders made)
+    def tree():  # every file and folder but the data set's
+        return sorted(os.path.relpath(os.path.join(d, n), root) for d, ds, ns in os.walk(root) for n in ds + ns
+                      if not os.path.relpath(os.path.join(d, n), root).startswith("dataset"))
     before = tree()
     good_checkpoint_dir = flags[flags.index("--checkpoint_dir") + 1]
     flags[flags.index("--ch") + 1] = "8"

@@ -47,7 +47,7 @@ def golden(request) -> Path:
 
 
 def _tf():
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf  # (tests marked tf: skipped by conftest where TF is absent)
     return tf
 
 
@@ -128,8 +128,14 @@ def test_resolve_prefix_forms(tmp_path: Path) -> None:
     write_checkpoint_state(str(tmp_path), "/elsewhere/run/UGATIT.model-0")
     assert resolve_prefix(str(tmp_path)) == str(tmp_path / "UGATIT.model-0")
     # a folder trained on Windows: its path is not one here, the checkpoint is in this folder
-    write_checkpoint_state(str(tmp_path), "D:\\runs\\UGATIT_demo\\UGATIT.model-0")
-    assert resolve_prefix(str(tmp_path)) == str(tmp_path / "UGATIT.model-0")
+    for windows in ("D:\\runs\\UGATIT_demo\\UGATIT.model-0", "D:/runs/UGATIT_demo/UGATIT.model-0",
+                    "\\\\server\\runs\\UGATIT.model-0"):
+        write_checkpoint_state(str(tmp_path), windows)
+        assert resolve_prefix(str(tmp_path)) == str(tmp_path / "UGATIT.model-0"), windows
+    # a name here that merely holds a backslash is not re-rooted to another checkpoint
+    write_checkpoint_state(str(tmp_path), "odd\\UGATIT.model-0")
+    with pytest.raises(CheckpointError, match="index not found"):
+        resolve_prefix(str(tmp_path))
     # absolute path of a folder that still exists (this one is a copy): read the copy
     write_checkpoint_state(str(tmp_path), prefix)
     assert resolve_prefix(str(tmp_path)) == str(tmp_path / "UGATIT.model-0")
@@ -431,23 +437,51 @@ def test_crc_mask_roundtrip() -> None:
     assert tb._crc_extend_numpy(0, b"123456789") == 0xE3069283
 
 
+def _crc32c_bitwise(c: int) -> int:
+    """One byte's worth of CRC-32C register steps by the definition, a bit at a time (reflected
+    polynomial 0x82F63B78)."""
+    for _ in range(8):
+        c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    return c
+
+
+_REFERENCE_TABLE = [_crc32c_bitwise(i) for i in range(256)]
+
+
+def _crc32c_bytewise(crc: int, data: bytes) -> int:
+    """CRC-32C byte by byte from the table of the definition above: the reference where
+    google-crc32c is absent."""
+    c = crc ^ 0xFFFFFFFF
+    for b in data:
+        c = _REFERENCE_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
 def test_crc_without_google_crc32c_equals_it() -> None:
     """The fallback for machines without google-crc32c (the GPU image has none): lanes computed
-    side by side and folded in order give google-crc32c's value at every length around the lane,
-    threshold and chunk sizes, from any starting value, for bytes, memoryviews and arrays."""
-    google_crc32c = pytest.importorskip("google_crc32c")
+    side by side and folded in order give the CRC-32C value (google-crc32c's where installed,
+    else the bit-by-bit definition) at every length around the lane, threshold and chunk sizes,
+    from any starting value, for bytes, memoryviews (strided too) and arrays."""
+    try:
+        import google_crc32c
+        reference = google_crc32c.extend
+    except ImportError:
+        reference = _crc32c_bytewise
+    assert _crc32c_bytewise(0, b"123456789") == 0xE3069283  # the reference itself: the check value
     rng = np.random.default_rng(0)
     lane, least, chunk = tb._LANE, tb._LANE * tb._MIN_LANES, tb._LANE * tb._CHUNK_LANES
     for n in (0, 1, lane - 1, lane, lane + 1, least - 1, least, least + 1, chunk - 1, chunk, chunk + lane + 7,
               2 * chunk + 3):
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         for start in (0, 0x12345678, 0xFFFFFFFF):
-            assert tb._crc_extend_numpy(start, data) == google_crc32c.extend(start, data), (n, start)
+            assert tb._crc_extend_numpy(start, data) == reference(start, data), (n, start)
     weights = rng.standard_normal((300, 70)).astype(np.float32)
-    expected = google_crc32c.extend(5, weights.tobytes())
+    expected = reference(5, weights.tobytes())
     assert tb._crc_extend_numpy(5, weights) == expected
     assert tb._crc_extend_numpy(5, memoryview(weights.tobytes())) == expected
     assert tb._crc_extend_numpy(5, np.asfortranarray(weights).T.T) == expected  # a copy in C order
+    strided = memoryview(np.arange(2 * 40000, dtype=np.uint8))[::2]
+    assert tb._crc_extend_numpy(5, strided) == reference(5, strided.tobytes())
 
 
 # ----------------------------------------------------------------------------------------

@@ -98,3 +98,7 @@ def test_without_tensorflow_the_tf_tests_are_skipped_unless_required(tmp_path):
                               timeout=300)
     assert required.returncode == 4 and "UGATIT_REQUIRE_TF is set, but TensorFlow is not installed" in \
         required.stdout + required.stderr, (required.stdout + required.stderr)[-2000:]
+    # ... but only for tf tests selected to run: `-m "not tf"` runs the rest
+    rest = subprocess.run(args + ["-m", "not tf"], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(env, UGATIT_REQUIRE_TF="1"), timeout=300)
+    assert rest.returncode == 0 and "1 passed, 1 deselected" in rest.stdout, (rest.stdout + rest.stderr)[-2000:]

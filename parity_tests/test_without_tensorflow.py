@@ -3,6 +3,7 @@ a torch-only install): one `error:` line saying TensorFlow is needed and what to
 `internal error (ModuleNotFoundError ...)`, exit 1. TensorFlow is made unimportable in the child
 process as an uninstalled package is (`import tensorflow` raises ModuleNotFoundError, find_spec
 finds nothing), so these run the same with TensorFlow installed (CI) and without it."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -72,3 +73,24 @@ def test_free_run_says_tensorflow_is_needed_and_runs_without_it_against_itself(t
     proc = _run(["-m", "parity_tests.free_run", "--iterations", "1", "--perturb", "1e-15", "--quiet"], tmp_path,
                 no_tf_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_a_broken_tensorflow_is_not_called_missing():
+    """Only `import tensorflow` failing for want of the package is 'not installed' (one line, exit
+    2); a missing TF submodule or dependency of an installed TF is a broken install (an internal
+    error with its traceback), and so is an unrelated error raised while handling one."""
+    from ugatit_common.cli_errors import tensorflow_missing
+    installed = importlib.util.find_spec("tensorflow") is not None
+    assert tensorflow_missing(ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")) is not installed
+    assert not tensorflow_missing(ModuleNotFoundError("x", name="tensorflow.python.pywrap_tensorflow"))
+    assert not tensorflow_missing(ModuleNotFoundError("x", name="keras"))
+    try:
+        try:
+            raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+        except ModuleNotFoundError:
+            raise KeyError("unrelated")  # noqa: B904 - raised while handling: its context, not its cause
+    except KeyError as e:
+        assert not tensorflow_missing(e)
+    wrapped = RuntimeError("wrapped")
+    wrapped.__cause__ = ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+    assert tensorflow_missing(wrapped) is not installed

@@ -427,8 +427,9 @@ class Trainer:
         """No checkpoint to resume: the starting weights (default: the seeded initialisation)."""
 
     def check_fresh_start(self) -> None:
-        """Checks of what `start_fresh` reads (Morph: `--init_from`), run before a `--resume
-        False` run changes anything in its folders: a refused start leaves them as they were."""
+        """Checks of what `start_fresh` reads (Morph: `--init_from`), run before anything in the
+        run's folders changes (made, swept, moved aside) when the run starts fresh for sure
+        (`--resume False`, or no checkpoint in its folder): a refused start leaves them as they were."""
 
     def host_draws(self) -> list:
         """[(object, method name)]: methods a step calls to draw values on the host (Morph config
@@ -519,8 +520,8 @@ class Trainer:
         ds_A = load_dataset(cfg, "trainA", seed, self.base)
         ds_B = load_dataset(cfg, "trainB", seed + 1, self.base)
         cfg = self.cfg = dict(cfg, seed=seed)
-        if not self.resume:  # a fresh start for sure: what it reads is checked before the folders change
-            self.check_fresh_start()
+        if not self.resume or not policy.inventory(self.paths.checkpoint):
+            self.check_fresh_start()  # a fresh start for sure: what it reads is checked before the folders change
         if main:
             self._prepare_folders((len(ds_A), len(ds_B)))
         ddp.barrier()

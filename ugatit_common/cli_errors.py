@@ -139,14 +139,19 @@ def _print_any_file_name() -> None:
 
 
 def tensorflow_missing(e: BaseException) -> bool:
-    """Whether `e` (or an exception it was raised from) is `import tensorflow` failing because
-    TensorFlow is not installed (a torch-only machine)."""
+    """Whether `e` (or the exception it was raised from) is `import tensorflow` failing because
+    TensorFlow is not installed (a torch-only machine). A broken installation (a TF submodule or a
+    dependency missing) is not this: it stays an internal error with its traceback."""
+    import importlib.util
     seen = set()
     while e is not None and id(e) not in seen:
-        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "tensorflow":
-            return True
+        if isinstance(e, ModuleNotFoundError) and e.name == "tensorflow":
+            try:
+                return importlib.util.find_spec("tensorflow") is None
+            except (ImportError, ValueError):
+                return True
         seen.add(id(e))
-        e = e.__cause__ or e.__context__
+        e = e.__cause__
     return False
 
 

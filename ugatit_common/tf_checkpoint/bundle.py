@@ -58,13 +58,15 @@ _CRC_TABLE_NP = np.array(_CRC_TABLE, dtype=np.uint32)
 _LANE = 256            # bytes per lane of the vectorised fallback
 _CHUNK_LANES = 16384   # lanes computed together (4 MiB)
 _MIN_LANES = 64        # below 16 KiB the byte loop is as fast
-_LANE_SHIFT: list[list[int]] = []  # 4 byte tables of "the register after _LANE zero bytes"
+_LANE_SHIFT: list[list[int]] | None = None  # 4 byte tables of "the register after _LANE zero bytes"
 
 
 def _lane_shift_tables() -> list[list[int]]:
     """The register's image after _LANE zero bytes as 4 byte tables (the operator is linear
-    over GF(2): the image of r is the XOR of the images of r's bytes)."""
-    if not _LANE_SHIFT:
+    over GF(2): the image of r is the XOR of the images of r's bytes). Built once; published by
+    one assignment, so threads at worst build it twice."""
+    global _LANE_SHIFT
+    if _LANE_SHIFT is None:
         table = _CRC_TABLE
         cols = []
         for bit in range(32):  # the image of each basis bit
@@ -72,6 +74,7 @@ def _lane_shift_tables() -> list[list[int]]:
             for _ in range(_LANE):
                 c = table[c & 0xFF] ^ (c >> 8)
             cols.append(c)
+        tables = []
         for byte in range(4):
             t = []
             for b in range(256):
@@ -80,7 +83,8 @@ def _lane_shift_tables() -> list[list[int]]:
                     if b >> i & 1:
                         v ^= cols[8 * byte + i]
                 t.append(v)
-            _LANE_SHIFT.append(t)
+            tables.append(t)
+        _LANE_SHIFT = tables
     return _LANE_SHIFT
 
 
@@ -90,8 +94,11 @@ def _crc_extend_numpy(crc: int, data: Any) -> int:
     B_i from register r is shift(r) ^ crc0(B_i), so the lanes' crc0 are computed side by side
     with numpy (one table step per byte column) and folded in order (Horner, by the 256-zero-byte
     shift). ~10x the byte loop's speed; the same value (tested against google-crc32c)."""
-    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else \
-        np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    if isinstance(data, np.ndarray):
+        buf = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    else:
+        view = memoryview(data)
+        buf = np.frombuffer(view if view.contiguous else view.tobytes(), dtype=np.uint8)
     reg = crc ^ 0xFFFFFFFF
     lanes = len(buf) // _LANE
     if lanes >= _MIN_LANES:
@@ -458,6 +465,9 @@ def _escape(s: str) -> bytes:
     return bytes(out)
 
 
+_WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")  # a drive letter or a UNC share
+
+
 def read_checkpoint_state(folder: str) -> tuple[str | None, list[str]]:
     """Parse ``folder/checkpoint``: (model_checkpoint_path, all_model_checkpoint_paths) as written.
     Read as bytes: TF writes the paths' bytes as they are (not necessarily UTF-8)."""
@@ -502,10 +512,10 @@ def resolve_prefix(path: str) -> str:
                 return moved
             if os.path.isfile(candidate + ".index"):
                 return candidate
-            # A folder trained on Windows names its checkpoint `D:\runs\...\UGATIT.model-N`: not a
-            # path here; the checkpoint is read from this folder when it is here
+            # A folder trained on Windows names its checkpoint `D:\runs\...\UGATIT.model-N` (or
+            # `D:/runs/...`, `\\server\...`): not a path here; read from this folder when it is here
             windows = os.path.join(path, ntpath.basename(model))
-            if "\\" in model and os.path.isfile(windows + ".index"):
+            if _WINDOWS_ABSOLUTE.match(model) and os.path.isfile(windows + ".index"):
                 return windows
             raise CheckpointError(f"checkpoint state file {state} names {model!r}, "
                                   f"but {candidate}.index not found")
