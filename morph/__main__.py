@@ -37,14 +37,6 @@ EXIT_USAGE = 2
 MAX_TRANSLATE_SAMPLES = 100  # translate --samples: files per input, and tiles in one row of its grid
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        if opt.other_torchrun_rank():  # under torchrun rank 0 says it; every rank exits 2
-            self.exit(EXIT_USAGE)
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     opt.add_official_flags(p)
     p.add_argument("--config", default="C", type=str.upper, choices=["A", "B", "C"],
@@ -57,8 +49,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m morph", description="Morph-UGATIT: progressive A->B morphs on the verified port")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = opt.Parser(prog="python -m morph", description="Morph-UGATIT: progressive A->B morphs on the verified port")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=opt.Parser)
 
     t = sub.add_parser("train", help="train or resume a Morph-UGATIT run")
     _common(t)

@@ -308,8 +308,8 @@ class MorphTrainer(Trainer):
         if checked is not None:  # read and checked already: its weights, the fresh ones keep the run's seeded values
             model, fresh = checked
             self._checked_start = None
-            self.model.load_state_dict({k: v for k, v in model.state_dict().items() if k not in set(fresh)},
-                                       strict=False)
+            keep = set(fresh)
+            self.model.load_state_dict({k: v for k, v in model.state_dict().items() if k not in keep}, strict=False)
         else:
             fresh = init_from_ugatit(self.model, self.init_from)
         kind = "TensorFlow" if checkpoint_kind(self.init_from)[0] == "ugatit-tf" else "PyTorch"

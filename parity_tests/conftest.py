@@ -23,6 +23,7 @@ if ROOT not in sys.path:
 
 # inductor's cache per ATen CPU capability (the portability variants would load each other's kernels)
 from torch_port.fast import separate_inductor_cache  # noqa: E402
+from ugatit_common.cli_errors import tensorflow_installed  # noqa: E402 - a broken TF counts as installed
 
 separate_inductor_cache()
 
@@ -53,15 +54,6 @@ def pytest_addoption(parser):
 
 def full_tier(config) -> bool:
     return bool(config.getoption("--full")) or os.environ.get(FULL_TIER_ENV, "") not in ("", "0")
-
-
-def tensorflow_installed() -> bool:
-    """Whether `import tensorflow` can find it (a broken installation counts as installed: its
-    tests then fail, they are not skipped)."""
-    import importlib.util
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"] is not None
-    return importlib.util.find_spec("tensorflow") is not None
 
 
 def pytest_report_header(config):

@@ -138,18 +138,24 @@ def _print_any_file_name() -> None:
                 pass
 
 
+def tensorflow_installed() -> bool:
+    """Whether `import tensorflow` can find it, without importing it (a broken installation counts
+    as installed: its failures are then shown, never taken for an absent package)."""
+    import importlib.util
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):  # sys.modules holds None / a module without a spec
+        return sys.modules.get("tensorflow") is not None
+
+
 def tensorflow_missing(e: BaseException) -> bool:
     """Whether `e` (or the exception it was raised from) is `import tensorflow` failing because
     TensorFlow is not installed (a torch-only machine). A broken installation (a TF submodule or a
     dependency missing) is not this: it stays an internal error with its traceback."""
-    import importlib.util
     seen = set()
     while e is not None and id(e) not in seen:
         if isinstance(e, ModuleNotFoundError) and e.name == "tensorflow":
-            try:
-                return importlib.util.find_spec("tensorflow") is None
-            except (ImportError, ValueError):
-                return True
+            return not tensorflow_installed()
         seen.add(id(e))
         e = e.__cause__
     return False

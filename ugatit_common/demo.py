@@ -43,14 +43,13 @@ def _main(argv=None) -> int:
     p.add_argument("--iteration", type=int, default=8, help="training iterations of each model")
     args = p.parse_args(argv)
     work = os.path.abspath(args.dir)
-    if importlib.util.find_spec("tensorflow") is None:  # steps 2-3 run the official TF model: say so before any work
-        from ugatit_common.cli_errors import needs_tensorflow_line
+    from ugatit_common.cli_errors import check_writable_folder, needs_tensorflow_line, tensorflow_installed
+    if not tensorflow_installed():  # steps 2-3 run the official TF model: say so before any work
         print("error: " + needs_tensorflow_line(
             "the demo (its first steps train and test the official model)",
             f"run its PyTorch steps alone: python -m torch_port --demo {os.path.join(args.dir, 'torch_port')} and "
             f"python -m morph demo {os.path.join(args.dir, 'morph')}"), file=sys.stderr, flush=True)
         return 2
-    from ugatit_common.cli_errors import check_writable_folder
     check_writable_folder(work, "DIR")
     py = sys.executable
     from ugatit_common.demo_data import make_demo_dataset
