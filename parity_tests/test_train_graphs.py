@@ -3,7 +3,9 @@ per-parameter one (and the main branch's) bit for bit; a step reads nothing back
 the loop fetches loss values later and still logs, records and stops exactly as before; fp16's
 skip decision made on the device equals the host rule; the static-buffer steps that
 `torch_port.train_graphs` captures in CUDA graphs, run eagerly here, equal today's steps bit for
-bit (port and Morph C, lsgan and wgan-gp, fp32 and bf16) and resume bit for bit. The CUDA-only
+bit (port and Morph C, lsgan and wgan-gp, fp32 and bf16) and resume bit for bit, and so do their
+replays with a CUDA graph's semantics emulated (the step's tensor operations recorded once,
+replayed without its Python). The CUDA-only
 tests at the end (marker `cuda`) run where a GPU is (bench/gpu_check.sh)."""
 from __future__ import annotations
 
@@ -329,6 +331,159 @@ def test_static_buffer_steps_resume_bit_for_bit(data, tmp_path):
     assert split["history"] == whole["history"][2:]
     sa, sb = whole["model"].state_dict(), split["model"].state_dict()
     assert all(_same_bits(sa[k], sb[k]) for k in sa)
+
+
+# -- a CUDA graph's semantics, emulated on a CPU ----------------------------------------------------------
+
+class _Recording:
+    """What a CUDA graph keeps of a step: the tensor operations one run of the step's Python
+    issued (aten ops, recorded by make_fx over the real tensors: the run updates the model as a
+    capture followed by its first replay does), replayed over the same tensors with no Python
+    of the step running; the outputs written into the tensors the recording returned."""
+
+    def __init__(self, module, outputs):
+        self.module, self.outputs, self.replays = module, outputs, 0
+
+    def replay(self):
+        with torch.no_grad():  # the recording holds the backward's operations already
+            new = self.module()
+        for k, v in self.outputs.items():
+            v.copy_(new[k])
+        self.replays += 1
+
+
+class _Emulation:
+    """What `recorded_graphs` saw: the StaticSteps made, and the random draws found inside a
+    recording."""
+
+    def __init__(self):
+        self.steps, self.draws = [], []
+
+    @property
+    def captured(self):
+        return [s for s in self.steps if s.capture]
+
+
+@pytest.fixture
+def recorded_graphs(monkeypatch):
+    """`StaticStep` with `capture=True` on a CPU: its warm-up calls run the step, the capture
+    call records it (`_Recording`), every later call replays the recording. What the step's
+    Python does in a call (a counter, a learning rate read, a tensor rebound) is frozen at the
+    recording, as in a CUDA graph; only the values of the tensors it used move on. One thing
+    differs: here the host is the device, so a random draw inside the step would be replayed,
+    where a CUDA graph replays a host draw's first values (copied from the host once): every
+    draw recorded (an op tagged nondeterministic_seeded; torch 2.11 cannot record one from a
+    torch.Generator at all, and says so) is listed in `.draws`, for the test to refuse."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from torch_port import train_graphs
+    seen_by = _Emulation()
+
+    def capture(self, lr):
+        seen = {}
+
+        def body():
+            seen.update(self._body(lr))
+            return dict(seen)
+        try:
+            module = make_fx(body, tracing_mode="real")()
+        except NotImplementedError as e:  # torch <= 2.11 cannot record a draw from a torch.Generator
+            seen_by.draws.append(f"{self.name}: not recordable ({e})")
+            self.eager_only = True
+            return None
+        seen_by.draws += [f"{self.name}: {n.target}" for n in module.graph.nodes if n.op == "call_function"
+                          and torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ())]
+        outputs = {k: v.detach().clone() for k, v in seen.items()}
+        self.graph, self.outputs = _Recording(module, outputs), outputs
+        return dict(outputs)
+
+    planned = train_graphs.plan
+
+    def plan(setting, device, world_size):  # True: capture (emulated); the other settings as they are
+        if train_graphs.parse_setting(setting) == "True":
+            return "capture", " [*] CUDA graphs emulated: steps recorded and replayed"
+        return planned(setting, device, world_size)
+
+    original = train_graphs.StaticStep.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen_by.steps.append(self)
+    monkeypatch.setattr(train_graphs.StaticStep, "__init__", init)
+    monkeypatch.setattr(train_graphs.StaticStep, "_capture", capture)
+    monkeypatch.setattr(train_graphs.StaticStep, "_eager", lambda self, lr: self._body(lr))  # no side stream
+    monkeypatch.setattr(train_graphs, "plan", plan)
+    return seen_by
+
+
+def _decaying_cfg(root, name, gan_type):
+    """3 epochs of 3 iterations, the learning rate decaying linearly from the first (lr, 2/3 lr,
+    1/3 lr): each step is recorded at its 4th call (train_graphs.WARMUP_CALLS = 3; the first of
+    epoch 2, after its change) and replayed for 5 calls, across the change at the 7th."""
+    cfg = _cfg(root, name, gan_type=gan_type, epoch=3, iteration=3, decay_flag=True, decay_epoch=0)
+    assert len({opt.learning_rate(cfg, e) for e in range(3)}) == 3
+    return cfg
+
+
+@pytest.mark.parametrize("family,precision,gan_type", [
+    ("port", "fp16", "lsgan"), pytest.param("morph", "bf16", "wgan-gp", marks=pytest.mark.slow),
+    pytest.param("port", "fp32", "dragan", marks=pytest.mark.slow),
+    pytest.param("morph", "fp32", "lsgan", marks=pytest.mark.slow),
+    pytest.param("port", "bf16", "hinge", marks=pytest.mark.slow)])
+def test_replayed_recordings_of_the_steps_equal_eager_bit_for_bit(data, tmp_path, recorded_graphs, family,
+                                                                   precision, gan_type):
+    """CUDA-graph replay emulated on a CPU (`recorded_graphs`): after the capture, every D and G
+    step runs with no Python of its own - Adam's powers and slots, the learning rate (changed
+    after the recording), the spectral-norm `u`, fp16's loss scale and skip decisions
+    (from 2^16: skipped steps crossed), the gradient-penalty draws and Morph C's direction codes
+    all have to live in tensors the recording updates, and no random number is drawn inside a
+    step. 9 iterations equal the static-buffer steps run eagerly, every float, weight and Adam
+    slot bit for bit."""
+    eager = _trainer(family, _decaying_cfg(str(tmp_path), "eager", gan_type), data, precision=precision,
+                     cuda_graphs="static", log=lambda m: None).run()
+    lines = []
+    replayed = _trainer(family, _decaying_cfg(str(tmp_path), "replayed", gan_type), data, precision=precision,
+                        cuda_graphs="True", log=lines.append).run()
+    assert any("emulated" in l for l in lines), lines
+    assert [s.name for s in recorded_graphs.captured] == ["D", "G"]
+    assert [s.graph.replays for s in recorded_graphs.captured] == [5, 5]
+    assert recorded_graphs.draws == []  # the draws are inputs, drawn before the step  # 9 calls: 3 warm-up, 1 recording, 5 replays
+    _assert_same_run(eager, replayed)
+    if precision == "fp16":
+        assert replayed["model"].G_optim.loss_scaler.skipped > 0
+
+
+@pytest.mark.parametrize("flaw", ["lr_rebound", pytest.param("codes_drawn_in_the_step", marks=pytest.mark.slow)])
+def test_replay_emulation_catches_what_python_would_freeze(data, tmp_path, recorded_graphs, monkeypatch, flaw):
+    """The emulation can fail. `lr_rebound`: a learning rate that rebinds a new tensor when it
+    changes (instead of filling the one the step reads) is frozen in the recording, and the run
+    leaves eager's path at the change after it (step 7); the same run eagerly is unaffected.
+    `codes_drawn_in_the_step`: Morph C's direction codes drawn by the step itself (not served
+    from fixed tensors) are found in the recordings (a CUDA graph would replay the first ones)."""
+    from morph.train import MorphTrainer
+    from torch_port import optim
+    if flaw == "codes_drawn_in_the_step":
+        monkeypatch.setattr(MorphTrainer, "host_draws", lambda self: [])
+        _trainer("morph", _decaying_cfg(str(tmp_path), "replayed", "lsgan"), data, cuda_graphs="True",
+                 log=lambda m: None).run()
+        assert recorded_graphs.draws and all("randn" in d or "Generator" in d for d in recorded_graphs.draws), \
+            recorded_graphs.draws
+        assert {d.split(":")[0] for d in recorded_graphs.draws} == {"D", "G"}
+        return
+
+    def rebinding(self, value):
+        value = float(value)
+        if value != self._lr:
+            self._lr_t = optim._f32(value, self._lr_t.device)  # a new tensor: a graph keeps the old one
+        self._lr = value
+    monkeypatch.setattr(optim.TF1Adam, "lr", property(optim.TF1Adam.lr.fget, rebinding))
+    eager = _trainer("port", _decaying_cfg(str(tmp_path), "eager", "lsgan"), data, cuda_graphs="static",
+                     log=lambda m: None).run()
+    replayed = _trainer("port", _decaying_cfg(str(tmp_path), "replayed", "lsgan"), data, cuda_graphs="True",
+                        log=lambda m: None).run()
+    assert recorded_graphs.draws == []
+    assert eager["history"][:6] == replayed["history"][:6]
+    assert eager["history"][6] != replayed["history"][6]
 
 
 # -- no value read back inside a step -----------------------------------------------------------------
