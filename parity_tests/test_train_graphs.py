@@ -453,6 +453,23 @@ def test_replayed_recordings_of_the_steps_equal_eager_bit_for_bit(data, tmp_path
         assert replayed["model"].G_optim.loss_scaler.skipped > 0
 
 
+@pytest.mark.slow
+def test_replayed_recordings_resume_bit_for_bit(data, tmp_path, recorded_graphs):
+    """Emulated graphs across a resume (Morph C, wgan-gp, fp16 from 2^16): 2N = N + resume + N,
+    each half recording its own steps after the state is loaded, bit for bit with the run that
+    never stopped."""
+    cfgs = {name: _cfg(str(tmp_path), name, gan_type="wgan-gp", iteration=5) for name in ("whole", "split")}
+    run = dict(precision="fp16", cuda_graphs="True", log=lambda m: None)
+    whole = _trainer("morph", dict(cfgs["whole"], epoch=2), data, **run).run()
+    _trainer("morph", dict(cfgs["split"], epoch=1), data, **run).run()
+    split = _trainer("morph", dict(cfgs["split"], epoch=2), data, **run).run()
+    assert [s.graph is not None for s in recorded_graphs.captured] == [True] * 6 and recorded_graphs.draws == []
+    assert split["history"] == whole["history"][5:]
+    sa, sb = whole["model"].state_dict(), split["model"].state_dict()
+    assert all(_same_bits(sa[k], sb[k]) for k in sa)
+    assert whole["model"].G_optim.loss_scaler.state_dict() == split["model"].G_optim.loss_scaler.state_dict()
+
+
 @pytest.mark.parametrize("flaw", ["lr_rebound", pytest.param("codes_drawn_in_the_step", marks=pytest.mark.slow)])
 def test_replay_emulation_catches_what_python_would_freeze(data, tmp_path, recorded_graphs, monkeypatch, flaw):
     """The emulation can fail. `lr_rebound`: a learning rate that rebinds a new tensor when it

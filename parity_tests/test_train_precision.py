@@ -7,6 +7,7 @@ the 2N = N + resume + N property hold in every precision."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
 import pytest
@@ -222,8 +223,8 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, precision):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_nan_stop_in_reduced_precision(tmp_path, monkeypatch, capsys, precision):
-    """A NaN loss stops a reduced-precision run with exit 3 (fp16's loss scaling skips overflowing
-    gradients, never a non-finite loss), and the newest checkpoint is the last good one."""
+    """A NaN loss stops a reduced-precision run with exit 3 (fp16: in a step its loss scaling did
+    not skip), and the newest checkpoint is the last good one."""
     from torch_port.__main__ import main as port_main
     from torch_port.train import NAN_HOOK_ENV
     make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
@@ -238,6 +239,53 @@ def test_nan_stop_in_reduced_precision(tmp_path, monkeypatch, capsys, precision)
     step, weights, state = ckpt.find_latest(folder)
     assert step == 2 and state["precision"] == precision
     assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+@pytest.mark.parametrize("gan_type", ["wgan-gp", "dragan", "wgan-lp"])
+def test_fp16_gradient_penalty_overflow_is_skipped_and_training_goes_on(tmp_path, monkeypatch, capsys, gan_type):
+    """fp16 from GradScaler's 2^16 with a gradient penalty: its inner gradient, taken at the loss
+    scale, overflows float16, so the D loss of the first steps is not finite. Those steps are
+    skipped (weights unchanged) and the scale halved, as torch.amp does; the run says so in one
+    line per step and trains on (it stopped at step 1 with exit 3 before), its later losses finite,
+    its checkpoint finite. The record of every D step says whether it was skipped (steps with a
+    finite loss are skipped too: an outer gradient overflowed, as in any fp16 run)."""
+    from torch_port.train import train
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    out = train(_config("gp", gan_type=gan_type, iteration=16, save_freq=16), torch.device("cpu"), seed=1,
+                precision="fp16")
+    said = [l for l in capsys.readouterr().out.splitlines() if l.startswith(" [fp16] step")]
+    assert said and all("discriminator loss" in l and "at loss scale" in l and "skipped" in l for l in said), said
+    records = out["steps"]
+    skipped = [r["counter"] for r in records if r["D_step_skipped"]]
+    not_finite = [r["counter"] for r in records if not math.isfinite(r["d_loss"])]
+    assert not_finite and not_finite == [int(l.split()[2].rstrip(":")) for l in said], (not_finite, said)
+    assert set(not_finite) <= set(skipped) and skipped[-1] < 16, skipped  # then it trains
+    scales = [r["D_loss_scale"] for r in records]
+    assert scales[0] == 2.0 ** 16 and all(b == a / 2 for a, b, r in zip(scales, scales[1:], records)
+                                           if r["D_step_skipped"])
+    step, weights, _ = ckpt.find_latest(out["checkpoint_dir"])
+    assert step == 17 and all(torch.isfinite(v).all() for v in weights.values())  # saved after 16 iterations
+
+
+def test_fp16_steps_skipped_too_often_in_a_row_stop_the_run(tmp_path, monkeypatch, capsys):
+    """An overflow that halving the scale does not cure (here: a scale starting at 2^40, the
+    limit lowered to 3 skips in a row) stops the run with exit 3 naming fp16 and what to use
+    instead; the newest checkpoint is the last one saved, finite."""
+    from torch_port import train, train_precision
+    from torch_port.__main__ import main as port_main
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_precision, "LOSS_SCALE_INIT", 2.0 ** 40)
+    monkeypatch.setattr(train, "MAX_SKIPS_IN_A_ROW", 3)
+    rc = port_main(["--dataset", "demo", "--img_size", "32", "--ch", "2", "--n_dis", "4", "--light", "True",
+                    "--augment_flag", "False", "--epoch", "1", "--device", "cpu", "--precision", "fp16",
+                    "--gan_type", "wgan-gp", "--iteration", "8", "--save_freq", "2"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "overflowed float16 in 4 steps in a row, up to step 4" in err and "bf16" in err, err
+    step, weights, _ = ckpt.find_latest(os.path.join(
+        "checkpoint", "UGATIT_light_demo_wgan-gp_4resblock_4dis_1_1_10_10_1000_sn_smoothing"))
+    assert step == 3 and all(torch.isfinite(v).all() for v in weights.values())  # saved after 2 iterations
 
 
 def test_cli_precision_flags(tmp_path, monkeypatch, capsys):

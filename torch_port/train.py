@@ -61,6 +61,7 @@ from .model import build_ugatit
 
 NAN_HOOK_ENV = "UGATIT_TORCH_INJECT_NAN_AT"  # hidden test hook: counter at which d_loss becomes NaN
 MAX_PENDING = 2  # iterations whose loss values may still be on their way to the host (CUDA)
+MAX_SKIPS_IN_A_ROW = 32  # fp16: steps of one network skipped in a row before the run stops (scale / 2^32)
 
 
 class GPUOutOfMemory(opt.OptionError):
@@ -267,11 +268,30 @@ def load_dataset(cfg, folder, seed, base="."):
     return ds
 
 
-def _check_finite(values: dict, what: str, counter: int):
-    for k, v in values.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            raise NonFiniteLoss(f"{what} loss {k} is {v} at step {counter} (counter {counter}); "
-                                f"training stopped, the last checkpoint is left as it was")
+def _check_finite(values: dict, what: str, counter: int, skips: dict, log, scaled_loss: bool = False) -> None:
+    """Stop (NonFiniteLoss, exit 3) on a non-finite loss of step `counter` - unless the loss
+    itself is computed at fp16's loss scale (`scaled_loss`: a discriminator loss with a gradient
+    penalty, whose inner gradient is taken at that scale) and the loss scaling skipped that step
+    (`<D|G>_step_skipped`): its weights and Adam state are unchanged, and the non-finite value is
+    a float16 overflow at that scale, said in one line; the scale is halved for the next step, as
+    torch.amp.GradScaler does. More than MAX_SKIPS_IN_A_ROW skipped steps in a row of one network
+    is an overflow no scale fixes: stop. `skips`: the count so far per network."""
+    key = "D" if what == "discriminator" else "G"
+    bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+    skipped = values.get(f"{key}_step_skipped", 0.0) != 0
+    skips[key] = skips.get(key, 0) + 1 if skipped else 0
+    if skipped and skips[key] > MAX_SKIPS_IN_A_ROW:
+        raise NonFiniteLoss(f"fp16: the {what} step overflowed float16 in {skips[key]} steps in a row, up to step "
+                            f"{counter} (loss scale now {values[f'{key}_loss_scale'] / 2:g}): not an overflow "
+                            f"loss scaling fixes; training stopped, the last checkpoint is left as it was (train "
+                            f"with --precision bf16 or fp32)")
+    if bad and skipped and scaled_loss:
+        log(f" [fp16] step {counter}: {what} loss {bad[0]} is {values[bad[0]]} at loss scale "
+            f"{values[f'{key}_loss_scale']:g} (a float16 overflow): the step was skipped, weights unchanged, "
+            f"the scale halved")
+    elif bad:
+        raise NonFiniteLoss(f"{what} loss {bad[0]} is {values[bad[0]]} at step {counter} (counter {counter}); "
+                            f"training stopped, the last checkpoint is left as it was")
 
 
 def _rho_summaries(writer, rho: dict, step):
@@ -598,6 +618,10 @@ class Trainer:
         # each is logged, recorded and checked when its values arrive, in order, at most
         # MAX_PENDING iterations after it ran (on a CPU at once)
         pending = collections.deque()
+        skips = {}  # fp16: steps skipped in a row, per network (_check_finite)
+        say = log if main else (lambda line: None)
+        from .losses import uses_gradient_penalty
+        gp_loss = uses_gradient_penalty(cfg["gan_type"])  # fp16: its D loss is computed at the loss scale
         model.loss_values = "tensor"  # the steps return device tensors; `finish` reads them
         rho_params = [(n, p) for n, p in model.named_parameters() if n.endswith("rho")] if writer else []
 
@@ -606,14 +630,14 @@ class Trainer:
             TensorBoard, the loss log, history; a NaN / inf stops the run)."""
             nonlocal past_g_loss
             d, _ = it.d.result()
-            _check_finite(d, "discriminator", it.counter)
+            _check_finite(d, "discriminator", it.counter, skips, say, scaled_loss=gp_loss)
             if writer:
                 for k, v in d.items():
                     writer.add_scalar(k, v, it.counter)
             g, g_loss = {}, None
             if it.g is not None:
                 g, rho = it.g.result()
-                _check_finite(g, "generator", it.counter)
+                _check_finite(g, "generator", it.counter, skips, say)
                 if writer:
                     for k, v in g.items():
                         writer.add_scalar(k, v, it.counter)

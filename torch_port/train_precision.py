@@ -94,6 +94,7 @@ class LossScaler:
         self.scale_tensor = torch.full((1,), float(init_scale), dtype=torch.float32, device=device)
         self._good_steps = torch.zeros(1, dtype=torch.int64, device=device)  # finite steps since the last change
         self._skipped = torch.zeros(1, dtype=torch.int64, device=device)     # steps skipped so far
+        self.last_skipped = torch.zeros(1, dtype=torch.float32, device=device)  # 1: the latest step was skipped
 
     # -- host views (synchronising reads) ------------------------------------------------------
     @property
@@ -117,6 +118,7 @@ class LossScaler:
         self.scale_tensor = self.scale_tensor.to(device)
         self._good_steps = self._good_steps.to(device)
         self._skipped = self._skipped.to(device)
+        self.last_skipped = self.last_skipped.to(device)
         return self
 
     # -- the device-side rule ------------------------------------------------------------------
@@ -143,6 +145,7 @@ class LossScaler:
         self.scale_tensor.copy_(new_scale)
         self._good_steps.copy_(torch.where(grow, torch.zeros_like(good), good))
         self._skipped.add_(bad.to(self._skipped.dtype))
+        self.last_skipped.copy_(bad.to(self.last_skipped.dtype))
 
     def unscale_(self, grads: list[torch.Tensor]) -> bool:
         """`found_inf` read back on the host: True when every gradient is finite."""
@@ -215,8 +218,11 @@ def mixed_precision_steps(model: nn.Module, d_step, g_step, precision: str, devi
     spectral-norm sigma) taken out of it. `model`'s float32 modules are wrapped once, in place
     (outside autocast the wrappers change nothing). fp16: each optimizer gets a `LossScaler`
     (kept if it has one: a resumed state), and the steps also return `D_loss_scale` /
-    `G_loss_scale`, the scale their loss was multiplied by (a device tensor when the model's
-    steps return tensors).
+    `G_loss_scale`, the scale their loss was multiplied by, and `D_step_skipped` /
+    `G_step_skipped`, 1 where a non-finite gradient skipped the step (device tensors when the
+    model's steps return tensors). The losses of a skipped step may be non-finite themselves:
+    a gradient penalty's inner gradient is taken at the loss scale and can overflow float16
+    (`torch_port.losses`); the training loop says so and goes on (`torch_port.train`).
 
     Autocast runs without its cast cache (`cache_enabled=False`, which a CUDA graph capture
     requires; eager and graphed steps are then one function): each use of a float32 weight casts
@@ -250,6 +256,8 @@ def mixed_precision_steps(model: nn.Module, d_step, g_step, precision: str, devi
                 out = step(*args, **kwargs)
             if scale is not None:
                 out[f"{key}_loss_scale"] = scale
+                skipped = scalers[key].last_skipped.reshape(())
+                out[f"{key}_step_skipped"] = skipped.clone() if torch.is_tensor(scale) else float(skipped.item())
             return out
         return run
     return autocast(d_step, "D"), autocast(g_step, "G")
