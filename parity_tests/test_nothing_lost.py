@@ -425,10 +425,10 @@ def test_ctrl_c_exit_130_with_step_and_resume_command(tmp_path, monkeypatch, cap
     make_data(tmp_path)
     real = tt._check_finite
 
-    def interrupt(values, what, counter):
+    def interrupt(values, what, counter, *args, **kwargs):
         if counter == 3:
             raise KeyboardInterrupt
-        return real(values, what, counter)
+        return real(values, what, counter, *args, **kwargs)
     monkeypatch.setattr(tt, "_check_finite", interrupt)
     rc, out, err = port(train_args(5, 1, 1, "--resume", "False"), monkeypatch, tmp_path, capsys)
     assert rc == 130 and "Traceback" not in err
@@ -438,7 +438,7 @@ def test_ctrl_c_exit_130_with_step_and_resume_command(tmp_path, monkeypatch, cap
     rc, out, err = port(train_args(5, 1, 1), monkeypatch, tmp_path, capsys)
     assert rc == 0 and f"{PREFIX}.model-3" in out
     # --debug shows the traceback
-    monkeypatch.setattr(tt, "_check_finite", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(tt, "_check_finite", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     rc, out, err = port(train_args(5, 2, 1, "--debug"), monkeypatch, tmp_path, capsys)
     assert rc == 1 and "Traceback" in err and "internal error (RuntimeError: boom)" in err
 
