@@ -460,6 +460,43 @@ def test_ctrl_c_rewrapped_by_a_library_is_still_an_interrupt(capsys):
     assert cli_errors.run(lambda argv: 1 / 0, [], prog="p") == 1  # a plain bug stays an internal error
 
 
+def test_warnings_are_one_plain_line_each_and_library_notices_are_not_shown(tmp_path):
+    """A command's warnings (`cli_errors.run`): `warning: <message>`, one line, once per message
+    (the fp16-on-CPU note came once per generator, as `path:277: RuntimeWarning:`), and no
+    library deprecation notice (`--compile True` printed torch's `torch.jit.script_method is
+    deprecated` with its source line). Outside the command the warning settings are as before.
+    In a real process: the test phase of a trained run with fp16 on a CPU."""
+    import warnings
+
+    from ugatit_common import cli_errors
+    make_data(tmp_path)
+    env = {**os.environ, "PYTHONPATH": ROOT}
+
+    def run_port(*args):
+        p = subprocess.run([sys.executable, "-m", "torch_port", *args], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=600)
+        return p.returncode, p.stdout, p.stderr
+    rc, out, err = run_port(*train_args(1))
+    assert rc == 0, err
+    rc, out, err = run_port("--phase", "test", *TINY, "--precision", "fp16")
+    assert rc == 0, err
+    assert err.count("warning: precision fp16 on CPU") == 1 and "RuntimeWarning" not in err and ".py:" not in err, err
+
+    def noisy(argv):
+        for _ in range(2):
+            warnings.warn("a note for the user", RuntimeWarning)
+            warnings.warn("this API is deprecated", DeprecationWarning)
+            warnings.warn("will change", FutureWarning)
+    before = (list(warnings.filters), warnings.showwarning)
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        assert cli_errors.run(noisy, [], prog="p") == 0
+    assert buf.getvalue() == "warning: a note for the user\n"
+    assert (list(warnings.filters), warnings.showwarning) == before
+
+
 def test_ctrl_c_in_a_real_process(tmp_path):
     make_data(tmp_path)
     env = {**os.environ, "PYTHONPATH": ROOT}

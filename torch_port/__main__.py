@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 
 from ugatit_common import options as opt
 
@@ -187,7 +186,6 @@ def _main(argv) -> int:
         return export_main(argv[1:])
     a = build_parser().parse_args(argv)
     a.given_flags = given_flags(argv)
-    warnings.simplefilter("default")
     try:
         _validate_extra(a)
         if a.demo is not None:

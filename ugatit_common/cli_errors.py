@@ -16,6 +16,7 @@ import os
 import shlex
 import sys
 import traceback
+import warnings
 
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
@@ -32,6 +33,28 @@ _state: dict = {}
 
 def reset() -> None:
     _state.clear()
+
+
+# libraries' notices about their own APIs (torch internals, TensorFlow, onnx): nothing a user of
+# these commands can act on
+LIBRARY_NOTICES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def plain_warnings() -> None:
+    """Warnings as one line each, `warning: <message>` on stderr (not Python's `file:line:
+    Category:` and the source line), each message once; libraries' deprecation notices not at
+    all. For a command's run only: call inside `warnings.catch_warnings()`."""
+    warnings.simplefilter("default")
+    for category in LIBRARY_NOTICES:
+        warnings.filterwarnings("ignore", category=category)
+
+    said = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(message) not in said:  # e.g. the same note for each of two generators: once
+            said.add(str(message))
+            print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+    warnings.showwarning = show
 
 
 def note_step(step: int) -> None:
@@ -179,7 +202,9 @@ def run(fn, argv=None, prog: str = "python", training=None, label: str = "error"
     argv = [a for a in argv if a != "--debug"]
     reset()
     try:
-        rc = fn(argv)
+        with warnings.catch_warnings():
+            plain_warnings()
+            rc = fn(argv)
         return 0 if rc is None else int(rc)
     except KeyboardInterrupt:
         if debug:
