@@ -464,9 +464,11 @@ def test_warnings_are_one_plain_line_each_and_library_notices_are_not_shown(tmp_
     """A command's warnings (`cli_errors.run`): `warning: <message>`, one line, once per message
     (the fp16-on-CPU note came once per generator, as `path:277: RuntimeWarning:`), and no
     library deprecation notice (`--compile True` printed torch's `torch.jit.script_method is
-    deprecated` with its source line). Outside the command the warning settings are as before.
+    deprecated` with its source line); under torchrun rank 0 alone says them. Outside the command
+    the warning settings are as before.
     In a real process: the test phase of a trained run with fp16 on a CPU."""
     import warnings
+    from unittest import mock
 
     from ugatit_common import cli_errors
     make_data(tmp_path)
@@ -495,6 +497,10 @@ def test_warnings_are_one_plain_line_each_and_library_notices_are_not_shown(tmp_
         assert cli_errors.run(noisy, [], prog="p") == 0
     assert buf.getvalue() == "warning: a note for the user\n"
     assert (list(warnings.filters), warnings.showwarning) == before
+    buf = io.StringIO()  # under torchrun, rank 1 of 2: rank 0 says it
+    with contextlib.redirect_stderr(buf), mock.patch.dict(os.environ, {"WORLD_SIZE": "2", "RANK": "1"}):
+        assert cli_errors.run(noisy, [], prog="p") == 0
+    assert buf.getvalue() == ""
 
 
 def test_ctrl_c_in_a_real_process(tmp_path):

@@ -71,7 +71,8 @@ def check_training_precision(precision: str, device=None) -> None:
                 check_supported(precision, device)
             except ValueError as e:
                 raise OptionError(str(e)) from e
-        for w in said:  # e.g. fp16 on CPU: slow; one plain line, not a warnings traceback line
+        from ugatit_common.options import other_torchrun_rank
+        for w in said if not other_torchrun_rank() else ():  # e.g. fp16 on CPU: slow; one plain line (rank 0)
             print(f"warning: {w.message}", file=sys.stderr, flush=True)
 
 

@@ -42,16 +42,19 @@ LIBRARY_NOTICES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 
 def plain_warnings() -> None:
     """Warnings as one line each, `warning: <message>` on stderr (not Python's `file:line:
-    Category:` and the source line), each message once; libraries' deprecation notices not at
-    all. For a command's run only: call inside `warnings.catch_warnings()`."""
+    Category:` and the source line), each message once, under torchrun by rank 0 only;
+    libraries' deprecation notices not at all. For a command's run only: call inside `warnings.catch_warnings()`."""
     warnings.simplefilter("default")
     for category in LIBRARY_NOTICES:
         warnings.filterwarnings("ignore", category=category)
 
     said = set()
 
+    from .options import other_torchrun_rank
+    quiet = other_torchrun_rank()  # under torchrun rank 0 says it: every rank runs the same code on the same files
+
     def show(message, category, filename, lineno, file=None, line=None):
-        if str(message) not in said:  # e.g. the same note for each of two generators: once
+        if str(message) not in said and not quiet:  # e.g. the same note for each of two generators: once
             said.add(str(message))
             print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
     warnings.showwarning = show
