@@ -464,8 +464,8 @@ def test_warnings_are_one_plain_line_each_and_library_notices_are_not_shown(tmp_
     """A command's warnings (`cli_errors.run`): `warning: <message>`, one line, once per message
     (the fp16-on-CPU note came once per generator, as `path:277: RuntimeWarning:`), and no
     library deprecation notice (`--compile True` printed torch's `torch.jit.script_method is
-    deprecated` with its source line); under torchrun rank 0 alone says them. Outside the command
-    the warning settings are as before.
+    deprecated` with its source line); under torchrun rank 0 alone says them; Python's own -W
+    setting still decides. Outside the command the warning settings are as before.
     In a real process: the test phase of a trained run with fp16 on a CPU."""
     import warnings
     from unittest import mock
@@ -497,6 +497,9 @@ def test_warnings_are_one_plain_line_each_and_library_notices_are_not_shown(tmp_
         assert cli_errors.run(noisy, [], prog="p") == 0
     assert buf.getvalue() == "warning: a note for the user\n"
     assert (list(warnings.filters), warnings.showwarning) == before
+    with warnings.catch_warnings(), mock.patch.object(sys, "warnoptions", ["error"]):  # python -W error
+        warnings.simplefilter("error")
+        assert cli_errors.run(noisy, [], prog="p") == 1  # the user's setting decides: the warning is an error
     buf = io.StringIO()  # under torchrun, rank 1 of 2: rank 0 says it
     with contextlib.redirect_stderr(buf), mock.patch.dict(os.environ, {"WORLD_SIZE": "2", "RANK": "1"}):
         assert cli_errors.run(noisy, [], prog="p") == 0

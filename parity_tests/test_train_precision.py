@@ -221,10 +221,11 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, precision):
         assert whole["model"].G_optim.loss_scaler.skipped > 0  # the skipped warm-up was crossed
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_nan_stop_in_reduced_precision(tmp_path, monkeypatch, capsys, precision):
+@pytest.mark.parametrize("precision,gan_type", [("bf16", "lsgan"), ("fp16", "lsgan"), ("fp16", "wgan-gp")])
+def test_nan_stop_in_reduced_precision(tmp_path, monkeypatch, capsys, precision, gan_type):
     """A NaN loss stops a reduced-precision run with exit 3 (fp16: in a step its loss scaling did
-    not skip), and the newest checkpoint is the last good one."""
+    not skip - the hook's NaN stands for the model's, so with wgan-gp it stops although the early
+    steps are skipped for the penalty's overflow), and the newest checkpoint is the last good one."""
     from torch_port.__main__ import main as port_main
     from torch_port.train import NAN_HOOK_ENV
     make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
@@ -232,10 +233,10 @@ def test_nan_stop_in_reduced_precision(tmp_path, monkeypatch, capsys, precision)
     monkeypatch.setenv(NAN_HOOK_ENV, "2")
     rc = port_main(["--dataset", "demo", "--img_size", "32", "--ch", "4", "--n_dis", "4", "--light", "True",
                     "--augment_flag", "False", "--iteration", "4", "--epoch", "1", "--save_freq", "1",
-                    "--device", "cpu", "--precision", precision])
+                    "--device", "cpu", "--precision", precision, "--gan_type", gan_type])
     err = capsys.readouterr().err
     assert rc == 3 and "step 2" in err, err
-    folder = os.path.join("checkpoint", "UGATIT_light_demo_lsgan_4resblock_4dis_1_1_10_10_1000_sn_smoothing")
+    folder = os.path.join("checkpoint", f"UGATIT_light_demo_{gan_type}_4resblock_4dis_1_1_10_10_1000_sn_smoothing")
     step, weights, state = ckpt.find_latest(folder)
     assert step == 2 and state["precision"] == precision
     assert all(torch.isfinite(v).all() for v in weights.values())
@@ -266,6 +267,26 @@ def test_fp16_gradient_penalty_overflow_is_skipped_and_training_goes_on(tmp_path
                                            if r["D_step_skipped"])
     step, weights, _ = ckpt.find_latest(out["checkpoint_dir"])
     assert step == 17 and all(torch.isfinite(v).all() for v in weights.values())  # saved after 16 iterations
+
+
+def test_fp16_skipped_losses_are_null_in_the_loss_log(tmp_path, monkeypatch):
+    """Morph's `losses.jsonl` stays strict JSON when an fp16 step's D loss overflowed: the
+    non-finite values are `null` (NaN would be Python-only JSON)."""
+    import json
+
+    from morph.__main__ import main as morph_main
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    assert morph_main(["train", "--dataset", "demo", "--img_size", "32", "--ch", "2", "--n_dis", "4", "--light",
+                       "True", "--augment_flag", "False", "--epoch", "1", "--iteration", "2", "--device", "cpu",
+                       "--precision", "fp16", "--gan_type", "wgan-gp"]) == 0
+    [log] = [os.path.join(d, f) for d, _, fs in os.walk("logs") for f in fs if f == "losses.jsonl"]
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in {log}")
+    records = [json.loads(line, parse_constant=refuse) for line in open(log)]
+    assert records[0]["D_step_skipped"] == 1 and records[0]["Discriminator_loss"] is None, records[0]
+    assert all(isinstance(v, (int, float)) for r in records for k, v in r.items() if v is not None)
 
 
 def test_fp16_steps_skipped_too_often_in_a_row_stop_the_run(tmp_path, monkeypatch, capsys):

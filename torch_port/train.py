@@ -268,6 +268,12 @@ def load_dataset(cfg, folder, seed, base="."):
     return ds
 
 
+def _strict_json(record: dict) -> dict:
+    """A loss-log record with each non-finite float (an fp16 step skipped at an overflowing loss
+    scale) as None: `null` in the JSON line, which every JSON reader accepts (not NaN)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+
+
 def _check_finite(values: dict, what: str, counter: int, skips: dict, log, scaled_loss: bool = False) -> None:
     """Stop (NonFiniteLoss, exit 3) on a non-finite loss of step `counter` - unless the loss
     itself is computed at fp16's loss scale (`scaled_loss`: a discriminator loss with a gradient
@@ -287,8 +293,8 @@ def _check_finite(values: dict, what: str, counter: int, skips: dict, log, scale
                             f"with --precision bf16 or fp32)")
     if bad and skipped and scaled_loss:
         log(f" [fp16] step {counter}: {what} loss {bad[0]} is {values[bad[0]]} at loss scale "
-            f"{values[f'{key}_loss_scale']:g} (a float16 overflow): the step was skipped, weights unchanged, "
-            f"the scale halved")
+            f"{values[f'{key}_loss_scale']:g} (most likely a float16 overflow at that scale): the step was skipped, "
+            f"weights unchanged, the scale halved")
     elif bad:
         raise NonFiniteLoss(f"{what} loss {bad[0]} is {values[bad[0]]} at step {counter} (counter {counter}); "
                             f"training stopped, the last checkpoint is left as it was")
@@ -649,7 +655,7 @@ class Trainer:
             record = {"counter": it.counter, "d_loss": d_loss, "g_loss": g_loss, **d, **g}
             history.append(record)
             if loss_log:
-                loss_log.write(json.dumps(record) + "\n")
+                loss_log.write(json.dumps(_strict_json(record)) + "\n")
             cli_errors.note_step(it.counter)  # the last step whose line is out (Ctrl-C names it)
             if main:
                 bar.update(1)
@@ -707,6 +713,9 @@ class Trainer:
                     if nan_at is not None and counter == nan_at:  # the test hook, on the device when the value is
                         v = d["Discriminator_loss"]
                         d["Discriminator_loss"] = torch.full_like(v, float("nan")) if torch.is_tensor(v) else float("nan")
+                        if "D_step_skipped" in d:  # a NaN of the model, not of fp16's loss scale: a step not skipped
+                            d["D_step_skipped"] = torch.zeros_like(d["D_step_skipped"]) \
+                                if torch.is_tensor(d["D_step_skipped"]) else 0.0
                     it = _Pending(counter, epoch, idx, PendingValues(d, average=dist_info.enabled))
                     if (counter - 1) % cfg["n_critic"] == 0:
                         ra, rb = feed_A.next(), feed_B.next()

@@ -43,6 +43,7 @@ import torch.nn as nn
 
 TRAIN_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 LOSS_SCALE_INIT = 2.0 ** 16  # torch.amp.GradScaler's; the official losses (cam_weight 1000) settle lower
+LOSS_SCALE_GROWTH_INTERVAL = 2000  # torch.amp.GradScaler's: finite steps in a row before the scale doubles
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -243,7 +244,8 @@ def mixed_precision_steps(model: nn.Module, d_step, g_step, precision: str, devi
     scalers = {}
     if precision == "fp16":
         for key, optim in (("D", model.D_optim), ("G", model.G_optim)):
-            install_loss_scaler(optim, getattr(optim, "loss_scaler", None) or LossScaler(LOSS_SCALE_INIT))
+            install_loss_scaler(optim, getattr(optim, "loss_scaler", None)
+                                or LossScaler(LOSS_SCALE_INIT, growth_interval=LOSS_SCALE_GROWTH_INTERVAL))
             scalers[key] = optim.loss_scaler
 
     def autocast(step, key):

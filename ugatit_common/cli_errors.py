@@ -43,10 +43,12 @@ LIBRARY_NOTICES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 def plain_warnings() -> None:
     """Warnings as one line each, `warning: <message>` on stderr (not Python's `file:line:
     Category:` and the source line), each message once, under torchrun by rank 0 only;
-    libraries' deprecation notices not at all. For a command's run only: call inside `warnings.catch_warnings()`."""
-    warnings.simplefilter("default")
-    for category in LIBRARY_NOTICES:
-        warnings.filterwarnings("ignore", category=category)
+    libraries' deprecation notices not at all - unless Python's -W / PYTHONWARNINGS says what to
+    show. (A caller's `pytest.warns` around an in-process command does not see them.) For a command's run only: call inside `warnings.catch_warnings()`."""
+    if not sys.warnoptions:  # a user's -W / PYTHONWARNINGS (e.g. error) decides instead
+        warnings.simplefilter("default")
+        for category in LIBRARY_NOTICES:
+            warnings.filterwarnings("ignore", category=category)
 
     said = set()
 
