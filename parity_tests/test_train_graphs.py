@@ -435,8 +435,8 @@ def test_replayed_recordings_of_the_steps_equal_eager_bit_for_bit(data, tmp_path
     after the recording), the spectral-norm `u`, fp16's loss scale and skip decisions (from
     2^9, doubled after 2 good steps: during the replays D and G each both skip and step), the
     gradient-penalty draws and Morph C's direction codes all have to live in tensors the
-    recording updates, and no random number is drawn inside a step. 9 iterations equal the static-buffer steps run eagerly, every float, weight and Adam
-    slot bit for bit."""
+    recording updates, and no random number is drawn inside a step. 9 iterations equal the
+    static-buffer steps run eagerly, every float, weight and Adam slot bit for bit."""
     from torch_port import train_precision
     monkeypatch.setattr(train_precision, "LOSS_SCALE_INIT", 2.0 ** 9)
     monkeypatch.setattr(train_precision, "LOSS_SCALE_GROWTH_INTERVAL", 2)
@@ -447,8 +447,8 @@ def test_replayed_recordings_of_the_steps_equal_eager_bit_for_bit(data, tmp_path
                         cuda_graphs="True", log=lines.append).run()
     assert any("emulated" in l for l in lines), lines
     assert [s.name for s in recorded_graphs.captured] == ["D", "G"]
-    assert [s.graph.replays for s in recorded_graphs.captured] == [5, 5]
-    assert recorded_graphs.draws == []  # the draws are inputs, drawn before the step  # 9 calls: 3 warm-up, 1 recording, 5 replays
+    assert [s.graph.replays for s in recorded_graphs.captured] == [5, 5]  # 9 calls: 3 warm-up, 1 recording, 5 replays
+    assert recorded_graphs.draws == []  # the draws are inputs, drawn before the step
     _assert_same_run(eager, replayed)
     if precision == "fp16":  # the replays (calls 5-9) crossed both decisions of both steps
         for key in ("D", "G"):

@@ -44,15 +44,14 @@ def plain_warnings() -> None:
     """Warnings as one line each, `warning: <message>` on stderr (not Python's `file:line:
     Category:` and the source line), each message once, under torchrun by rank 0 only;
     libraries' deprecation notices not at all - unless Python's -W / PYTHONWARNINGS says what to
-    show. (A caller's `pytest.warns` around an in-process command does not see them.) For a command's run only: call inside `warnings.catch_warnings()`."""
+    show. (A caller's `pytest.warns` around an in-process command does not see them.) For a
+    command's run only: call inside `warnings.catch_warnings()`."""
+    from .options import other_torchrun_rank
     if not sys.warnoptions:  # a user's -W / PYTHONWARNINGS (e.g. error) decides instead
         warnings.simplefilter("default")
         for category in LIBRARY_NOTICES:
             warnings.filterwarnings("ignore", category=category)
-
     said = set()
-
-    from .options import other_torchrun_rank
     quiet = other_torchrun_rank()  # under torchrun rank 0 says it: every rank runs the same code on the same files
 
     def show(message, category, filename, lineno, file=None, line=None):
