@@ -318,9 +318,11 @@ def load_torch_weights(path: str):
     return load_weights(path)
 
 
-def torch_to_tf(state: dict, prefix: str, step: int | None = None) -> str:
+def torch_to_tf(state: dict, prefix: str, step: int | None = None, drop=()) -> str:
     """Write a torch state (weights, optional `/Adam` slots and `optimizer.*` powers) as an
-    official-layout TF checkpoint at `prefix`, plus the folder's `checkpoint` file. Atomic."""
+    official-layout TF checkpoint at `prefix`, plus the folder's `checkpoint` file, removing the
+    files `drop` (a replaced checkpoint's stale .meta) with them. All or nothing, even when the
+    process is killed (ugatit_common.atomic.all_or_nothing's journal)."""
     base = os.path.basename(prefix)
     try:  # the `checkpoint` file's bytes, checked before the bundle is committed (the file comes after it)
         checkpoint_state_text(base, [base])
@@ -338,8 +340,10 @@ def torch_to_tf(state: dict, prefix: str, step: int | None = None) -> str:
     # the bundle is two files renamed one after the other, then the folder's `checkpoint` file: a failure
     # anywhere (the .index's rename, the `checkpoint` file, Ctrl-C) puts back what was there - never a new
     # .data beside an old .index (a corrupt checkpoint) nor a new file without its partner
+    drop = [os.path.abspath(p) for p in drop]
     with _writing(prefix, f"{prefix}.index / .data-00000-of-00001"), \
-            all_or_nothing([prefix + ".data-00000-of-00001", prefix + ".index"]):
+            all_or_nothing([prefix + ".data-00000-of-00001", prefix + ".index", os.path.join(folder, "checkpoint"),
+                            *drop]):
         with BundleWriter(prefix) as w:
             for tf_name, k in entries:
                 w.add(tf_name, to_tf_layout(k, np.asarray(state[k].detach().cpu().numpy()
@@ -350,6 +354,9 @@ def torch_to_tf(state: dict, prefix: str, step: int | None = None) -> str:
         except OSError as e:
             raise ConversionError(f"{os.path.join(folder, 'checkpoint')!r} cannot be written ({e.strerror or e}); "
                                   f"nothing was written") from e
+        for p in drop:
+            if os.path.lexists(p):
+                os.remove(p)
     return prefix
 
 
@@ -492,10 +499,10 @@ def _convert(argv=None) -> int:
             if bad:
                 _warn_non_finite(bad)
             stale = os.path.lexists(meta)
-            torch_to_tf(state, prefix)
+            # the stale .meta goes with the same write: a failure or a kill anywhere leaves the old checkpoint whole
+            torch_to_tf(state, prefix, drop=[meta] if stale else ())
             print(f"wrote {prefix}.index / .data-00000-of-00001 and {folder}/checkpoint")
-            if stale:  # only once the new checkpoint is complete: a failure above left the old one whole
-                os.remove(meta)
+            if stale:
                 print(f"note: removed {meta}, the graph of the checkpoint replaced (its recorded config would "
                       f"have been read as these weights')")
     except (ConversionError, CheckpointError, OSError, ValueError) as e:

@@ -855,6 +855,134 @@ def test_files_written_together_are_all_or_nothing(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m_w.npz"] and open(b, "rb").read() == b"new model"
 
 
+def _killed_at(k: int, write) -> bool:
+    """Run `write()` in a forked child that dies right after its k-th os.replace / os.remove (os._exit:
+    no `except`, no `finally`, no atexit - what SIGKILL or a power cut leaves). True when it was
+    killed there, False when it ended before its k-th call."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            calls = [0]
+            real = {name: getattr(os, name) for name in ("replace", "remove", "unlink", "rename")}
+
+            def counted(name):
+                def call(*args, **kw):
+                    result = real[name](*args, **kw)
+                    calls[0] += 1
+                    if calls[0] == k:
+                        os._exit(9)
+                    return result
+                return call
+            for name in real:
+                setattr(os, name, counted(name))
+            with open(os.devnull, "w") as quiet:
+                sys.stdout = sys.stderr = quiet
+                rc = write()
+            os._exit(0 if rc in (None, 0) else 1)
+        except BaseException:  # noqa: BLE001 - any failure of the write is the test's failure
+            os._exit(1)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    assert code in (0, 9), f"the write failed (exit {code}) before its call {k}"
+    return code == 9
+
+
+def _visible(folder) -> dict:
+    """{name: bytes} of the files a user sees in `folder` (temp and lock files start with a dot)."""
+    return {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))
+            if not n.startswith(".") and os.path.isfile(os.path.join(folder, n))}
+
+
+@pytest.mark.parametrize("target", ["same prefix, with its .meta", "a new checkpoint in a user's folder"])
+def test_torch2tf_killed_at_any_rename_is_rolled_back_by_the_next_command(tmp_path, target):
+    """weights_convert torch2tf publishes a checkpoint as several files (.data, .index, the folder's
+    `checkpoint` file, the replaced checkpoint's stale .meta removed). Killed right after any of its
+    renames or removals (SIGKILL: nothing of the process runs again), the next command reading or
+    writing that folder - the bundle reader, a training's inventory, the next conversion - finds its
+    journal and puts every file back as it was: the folder is then exactly the old checkpoint or,
+    once the write had committed, exactly the new one. Never a new .data beside the old .index (a
+    corrupt checkpoint), an orphan file, or a stale .meta beside new weights."""
+    import weights_convert as wc
+    from ugatit_common.tf_checkpoint.bundle import CheckpointError, resolve_prefix
+    from parity_tests.test_convert_cases import _model, _save_port
+    src = _save_port(tmp_path / "port", _model(1), step=5 if "new" in target else 3)
+    pristine = tmp_path / "pristine"
+    if "meta" in target:
+        wc.torch_to_tf({k: v for k, v in _model(0).state_dict().items()}, str(pristine / f"{PREFIX}.model-3"))
+        (pristine / f"{PREFIX}.model-3.meta").write_bytes(b"the old checkpoint's graph")
+    else:
+        os.makedirs(pristine)
+        (pristine / "notes.txt").write_bytes(b"a user's file")
+    out = tmp_path / "tf"
+    argv = ["torch2tf", src, str(out / f"{PREFIX}.model-{5 if 'new' in target else 3}"), "--overwrite"]
+    before = _visible(pristine)
+
+    shutil.copytree(pristine, out)
+    assert wc.main(argv) == 0
+    after = _visible(out)
+    assert after != before and (("new" in target) == (f"{PREFIX}.model-5.index" in after))
+
+    def read():  # the bundle reader; in the user's folder as it was there is nothing to read
+        try:
+            resolve_prefix(str(out))
+        except CheckpointError:
+            assert "meta" not in target and _visible(out) == before
+    readers = [read, lambda: policy.inventory(str(out)), lambda: wc.main(argv)]
+    outcomes, mixed = [], 0
+    for k in range(1, 100):
+        shutil.rmtree(out)
+        shutil.copytree(pristine, out)
+        if not _killed_at(k, lambda: wc.main(argv)):
+            assert _visible(out) == after
+            break
+        left = _visible(out)
+        mixed += left not in (before, after)  # what a reader would meet without the journal
+        reader = readers[k % len(readers)]
+        assert reader() in (None, 0) or reader is not readers[2]
+        got = _visible(out)
+        if reader is readers[2]:  # the next conversion: rolled back, then written whole
+            assert got == after, k
+        else:
+            assert got in (before, after), (k, sorted(got), "neither the old checkpoint nor the new one")
+            outcomes.append("old" if got == before else "new")
+        assert not glob.glob(str(out / ".tmp-*.journal")) and not glob.glob(str(out / ".tmp-*.keep")), k
+    else:
+        raise AssertionError("the conversion never finished")
+    assert mixed >= 2, "no kill point left the files mixed: the test would not see a missing rollback"
+    assert "old" in outcomes and "new" in outcomes, outcomes
+
+
+def test_an_export_killed_between_its_files_is_rolled_back_by_the_next_command(tmp_path):
+    """write_files_atomic (Morph C's .onnx with its _w.npz): killed right after any rename or
+    removal, the next command there (a sweep of dead temp files, the output checks of the next
+    export) puts both files back as they were, or leaves both new once the write had committed."""
+    from ugatit_common import output_guard
+    from ugatit_common.atomic import sweep_dead_temps, write_files_atomic
+    for old in ({}, {"m_w.npz": b"old codes", "m.onnx": b"old model"}):
+        new = {"m_w.npz": b"new codes", "m.onnx": b"new model"}
+        outcomes = []
+        for k in range(1, 100):
+            shutil.rmtree(tmp_path / "x", ignore_errors=True)
+            os.makedirs(tmp_path / "x")
+            for n, data in old.items():
+                (tmp_path / "x" / n).write_bytes(data)
+            if not _killed_at(k, lambda: write_files_atomic({str(tmp_path / "x" / n): d for n, d in new.items()})):
+                assert _visible(tmp_path / "x") == new
+                break
+            if k % 2:
+                sweep_dead_temps(str(tmp_path / "x"))
+            else:  # the next export's output checks (these bytes are no ONNX model: they may refuse them)
+                try:
+                    output_guard.check_outputs([(str(tmp_path / "x" / "m.onnx"), "onnx")], [], True)
+                except output_guard.OutputRefused:
+                    pass
+                output_guard.release_claims()
+            got = _visible(tmp_path / "x")
+            assert got in (old, new), (k, got)
+            outcomes.append(got == new)
+            assert not [n for n in os.listdir(tmp_path / "x") if n.endswith((".journal", ".keep"))], k
+        assert True in outcomes and False in outcomes, outcomes
+
+
 def test_a_run_from_scratch_moves_an_older_runs_loss_log_and_samples_aside(tmp_path, monkeypatch, capsys):
     """Run 1 (--checkpoint_dir k1) and run 2 (--checkpoint_dir k2) sharing --log_dir and
     --sample_dir, one after the other: run 2 starts from scratch (k2 holds no checkpoint), and its

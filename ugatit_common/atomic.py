@@ -7,6 +7,7 @@ Published files get the mode a plain `open(path, "w")` would give them: 0o666 mi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import tempfile
@@ -52,58 +53,180 @@ def atomic_output(path: str, mode: int | None = None):
         raise
 
 
-@contextlib.contextmanager
-def all_or_nothing(paths):
-    """Around writes that publish several files, each atomically (a TF checkpoint's .data and
-    .index, an ONNX model and its companion codes): when the block raises (a rename failing half
-    way, a full disk, Ctrl-C), every one of `paths` is again what it was before - a file that
-    existed is restored from a hard link kept beside it (`.tmp-<pid>-...`, swept as a temp file
-    if the process is killed), one that did not is removed. Without this, the first file renamed
-    stays: new .data beside the old .index (a corrupt checkpoint), or a new file without its
-    partner. Where the file system has no hard links, an existing file cannot be restored (it
-    may be left replaced); new files are still removed."""
-    kept = {}      # path -> (backup, (dev, ino) of the file it was)
-    absent = []
+JOURNAL = ".journal"  # suffix of all_or_nothing's record: `.tmp-<pid>-<hex>.journal`
+
+
+def _fsync_folder(folder: str) -> None:
     try:
-        for p in paths:
-            try:
-                st = os.lstat(p)
-            except FileNotFoundError:
-                absent.append(p)
-                continue
-            folder = os.path.dirname(os.path.abspath(p))
-            backup = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(6).hex()}.keep")
-            try:
-                os.link(p, backup, follow_symlinks=False)
-            except OSError:  # no hard links here: nothing to restore from
-                continue
-            kept[p] = (backup, (st.st_dev, st.st_ino))
-        yield
-    except BaseException:
-        for p, (backup, identity) in kept.items():
-            try:
-                st = os.lstat(p)
-                same = (st.st_dev, st.st_ino) == identity
-            except FileNotFoundError:
-                same = False
-            try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_journal(folder: str, entries: list) -> str:
+    """The record of one all_or_nothing block, in `folder`: for each file, its name (relative to
+    `folder`) and what it was before - the name of its backup hard link, "absent", or "kept"
+    (existed but could not be linked: nothing to restore it from). Written to a `.journal-part`
+    file, fsynced, then renamed: a `.journal` is always whole."""
+    stem = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(6).hex()}")
+    with open(stem + JOURNAL + "-part", "w", encoding="utf-8") as fh:
+        json.dump({"journal": 1, "files": entries}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(stem + JOURNAL + "-part", stem + JOURNAL)
+    _fsync_folder(folder)
+    return stem + JOURNAL
+
+
+def _roll_back(folder: str, entries: list) -> list[str]:
+    """Put every file of a journal back as it was: a backup renamed over its file (removed where
+    the file was never replaced: the same inode), a file that was absent removed. Returns the names
+    changed; every file is tried, then the first OSError is raised. Idempotent (a backup put back
+    is gone)."""
+    changed, failed = [], None
+    for e in entries:
+        p = os.path.normpath(os.path.join(folder, e["path"]))
+        was = e["was"]
+        try:
+            if was == "absent":
+                if os.path.lexists(p):
+                    os.remove(p)
+                    changed.append(e["path"])
+            elif was != "kept":
+                backup = os.path.join(folder, was)
+                if not os.path.lexists(backup):
+                    continue
+                try:
+                    same = os.path.samestat(os.lstat(p), os.lstat(backup))
+                except FileNotFoundError:
+                    same = False
                 if same:
                     os.remove(backup)
                 else:
                     os.replace(backup, p)
-            except OSError:
-                pass
-        for p in absent:
+                    changed.append(e["path"])
+        except OSError as err:
+            failed = failed or err
+    if failed:
+        raise failed
+    return changed
+
+
+def recover_interrupted_writes(folder: str, log=print) -> list[str]:
+    """Finish what a killed all_or_nothing block left in `folder` (SIGKILL or power loss between
+    its renames: a new .data beside the old .index, an ONNX model without its new codes): each
+    journal whose writer is gone (`abandoned`) is rolled back - every file it names is again what
+    it was before that write - and removed. A running writer's journal is left alone. Returns the
+    names put back; a file that cannot be put back (no permission) is said in one line and left."""
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(JOURNAL) and _WRITER.match(n))
+    except OSError:
+        return []
+    restored = []
+    for n in names:
+        p = os.path.join(folder, n)
+        if not abandoned(p):
+            continue
+        try:
+            with open(p, encoding="utf-8") as fh:
+                entries = json.load(fh)["files"]
+            changed = _roll_back(folder, entries)
+            os.remove(p)
+        except FileNotFoundError:  # another command recovered it meanwhile
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log(f" [!] {p}: the record of an interrupted write cannot be rolled back ({e}); "
+                f"the files it names are left as they are")
+            continue
+        _fsync_folder(folder)
+        if changed:
+            log(f" [*] {folder}: a write there was interrupted (process {_WRITER.match(n).group(1)} killed "
+                f"between its renames); put back as they were before it: {', '.join(changed)}")
+        restored += changed
+    # a backup whose journal is gone (the write committed, or was killed before its journal existed)
+    # is a plain left-over: removed, unless a journal still names it (its rollback failed above)
+    named = set()
+    for n in os.listdir(folder):
+        if n.endswith(JOURNAL) and _WRITER.match(n):
             try:
-                if os.path.lexists(p):
-                    os.remove(p)
+                with open(os.path.join(folder, n), encoding="utf-8") as fh:
+                    named |= {e["was"] for e in json.load(fh)["files"]}
+            except (OSError, ValueError, KeyError, TypeError):
+                return restored
+    for n in os.listdir(folder):
+        if n.endswith(".keep") and n not in named and abandoned(os.path.join(folder, n)):
+            try:
+                os.remove(os.path.join(folder, n))
             except OSError:
                 pass
+    return restored
+
+
+@contextlib.contextmanager
+def all_or_nothing(paths, log=print):
+    """Around writes that publish several files, each atomically (a TF checkpoint's .data, .index
+    and `checkpoint` file, an ONNX model and its companion codes): every one of `paths` ends as
+    the block left it, or as it was before - never some of each. When the block raises (a rename
+    failing half way, a full disk, Ctrl-C), every path is put back at once: a file that existed
+    from a hard link kept beside it (`.tmp-<pid>-...keep`), one that did not is removed. When the
+    process is killed (SIGKILL, power loss), a journal beside the first path records the same;
+    the next command that writes or reads there rolls it back (`recover_interrupted_writes`),
+    so a new .data never stays beside an old .index (a corrupt checkpoint). A killed earlier
+    write in these folders is rolled back first. All paths in one folder (the journal's).
+    Where the file system has no hard links, an existing file cannot be restored (it may be left
+    replaced); new files are still removed."""
+    paths = [os.path.abspath(p) for p in paths]
+    folder = os.path.dirname(paths[0])
+    if any(os.path.dirname(p) != folder for p in paths):
+        raise ValueError(f"all_or_nothing: files in several folders: {paths}")
+    os.makedirs(folder, exist_ok=True)
+    recover_interrupted_writes(folder, log)
+    entries = []
+    journal = None
+    try:
+        for p in paths:
+            name = os.path.basename(p)
+            try:
+                os.lstat(p)
+            except FileNotFoundError:
+                entries.append({"path": name, "was": "absent"})
+                continue
+            backup = f".tmp-{os.getpid()}-{os.urandom(6).hex()}.keep"
+            try:
+                os.link(p, os.path.join(folder, backup), follow_symlinks=False)
+            except OSError:  # no hard links here: nothing to restore from
+                entries.append({"path": name, "was": "kept"})
+                continue
+            entries.append({"path": name, "was": backup})
+        journal = _write_journal(folder, entries)
+        yield
+    except BaseException:
+        try:
+            _roll_back(folder, entries)
+        except OSError:  # journal and backups stay: the next command there rolls back the rest
+            pass
+        else:
+            if journal:
+                os.remove(journal)
+            _remove_backups(folder, entries)
         raise
     else:
-        for backup, _ in kept.values():
+        os.remove(journal)  # the commit: from here on a kill leaves the new files
+        _fsync_folder(folder)
+        _remove_backups(folder, entries)
+
+
+def _remove_backups(folder: str, entries: list) -> None:
+    for e in entries:
+        if e["was"] not in ("absent", "kept"):
             try:
-                os.remove(backup)
+                os.remove(os.path.join(folder, e["was"]))
             except OSError:
                 pass
 
@@ -190,6 +313,7 @@ def sweep_dead_temps(folder: str) -> list[str]:
     older than STALE_S. A temp file of a process still running (another command writing into the
     same folder) is left alone. Returns the names removed."""
     gone = []
+    recover_interrupted_writes(folder)  # a killed all_or_nothing's backups are temp files: put back first
     try:
         names = os.listdir(folder)
     except OSError:

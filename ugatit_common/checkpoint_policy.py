@@ -42,7 +42,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from . import run_lock
-from .atomic import abandoned
+from .atomic import abandoned, recover_interrupted_writes
 from .options import OptionError
 
 POINTER = "latest"          # torch_port's pointer file
@@ -96,9 +96,11 @@ class Found:
 
 
 def inventory(folder: str, prefer: str = "torch") -> list[Found]:
-    """Every checkpoint in `folder`, newest first (at equal steps the `prefer` framework's first)."""
+    """Every checkpoint in `folder`, newest first (at equal steps the `prefer` framework's first).
+    A multi-file write there killed half way is rolled back first (atomic.recover_interrupted_writes)."""
     if not os.path.isdir(folder):
         return []
+    recover_interrupted_writes(folder)
     found: dict[tuple, Found] = {}
     names = os.listdir(folder)
     for n in names:
@@ -237,6 +239,7 @@ def sweep_temp(folder: str, log=print, owner=None) -> list[str]:
         run_lock.require(owner, folder, "sweeping temp files")
     elif run_lock.held_by(folder) is not None:
         return gone
+    recover_interrupted_writes(folder, log)  # its backups are temp files: put back before they go
     for n in sorted(os.listdir(folder)):
         if not _TEMP.match(n):
             continue

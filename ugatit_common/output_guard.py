@@ -46,6 +46,7 @@ import struct
 import zipfile
 
 from . import checkpoint_policy as policy
+from .atomic import recover_interrupted_writes
 from .options import DOMAIN_FOLDERS, OptionError
 from . import run_lock
 from .run_lock import held_by
@@ -329,6 +330,8 @@ def check_outputs(outputs, inputs, overwrite: bool, *, updates=(), beside_input_
     (`beside_input_hint`: how to ask for that, appended to the refusal); `input_name`: what the
     inputs are, for the message. The outputs are then claimed for this process (`claim`, until
     `release_claims`) and checked again, so a command that wrote one meanwhile is seen."""
+    for folder in sorted({os.path.dirname(os.path.abspath(p)) for p, _ in [*outputs, *updates]}):
+        recover_interrupted_writes(folder)  # a killed earlier write there: its files put back before they are judged
     in_files = [f for p in inputs for f in input_files(p)] + [p for p in inputs if os.path.lexists(p)]
     in_folders = [f for f in (checkpoint_folder_of(p) for p in inputs if os.path.lexists(p) or _tf_prefix(p)) if f]
     every = [(p, k, False) for p, k in outputs] + [(p, k, True) for p, k in updates]

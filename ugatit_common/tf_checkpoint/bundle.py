@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..atomic import file_mode
+from ..atomic import file_mode, recover_interrupted_writes
 
 __all__ = [
     "CheckpointError",
@@ -495,8 +495,11 @@ def read_checkpoint_state(folder: str) -> tuple[str | None, list[str]]:
 
 
 def resolve_prefix(path: str) -> str:
-    """Turn a checkpoint folder, prefix, ``.index`` or ``.data-*`` file into the checkpoint prefix."""
+    """Turn a checkpoint folder, prefix, ``.index`` or ``.data-*`` file into the checkpoint prefix.
+    A write into that folder killed half way (weights_convert torch2tf) is rolled back first, so
+    its old .index is never read with the new .data (ugatit_common.atomic)."""
     path = os.fspath(path)
+    recover_interrupted_writes(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
     if os.path.isdir(path):
         state = os.path.join(path, "checkpoint")
         if os.path.isfile(state):
