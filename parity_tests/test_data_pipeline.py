@@ -24,6 +24,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import cv2  # noqa: E402
+import torch  # noqa: E402
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from torch_port import data as tdata  # noqa: E402
@@ -410,6 +411,35 @@ def test_infinite_loader_shards_and_reshuffles(tmp_path):
     order = [keys(next(it)) for _ in range(4)]
     assert all(sorted(o) == sorted(order[0]) for o in order)
     assert len({tuple(o) for o in order}) > 1  # reshuffled between passes
+
+
+class _PidItems(torch.utils.data.Dataset):
+    """Item (i, pass p) -> [100 p + i, pid of the process that read it]."""
+
+    def __len__(self):
+        return 3
+
+    def item(self, i, p):
+        return torch.tensor([100 * p + i, os.getpid()])
+
+
+def test_infinite_loader_workers_start_once_and_keep_the_stream():
+    """--num_workers N: one set of N worker processes serves every pass (a 3-image data set is
+    passed over 8 times here), and each rank's batches are the item stream's, in order, with or
+    without workers: pass p's seeded permutation after pass p - 1's, global batches of
+    batch_size x world_size consecutive items, rank r taking items r, r + world_size, ..."""
+    stream = [100 * p + int(i) for p in range(20) for i in np.random.default_rng([5, p]).permutation(3)]
+    for world_size, rank, start in ((1, 0, 0), (2, 1, 2)):
+        global_bs = 2 * world_size
+        want = [stream[b * global_bs + rank:(b + 1) * global_bs:world_size] for b in range(start, start + 12)]
+        for workers in (0, 2):
+            it = tdata.infinite_loader(_PidItems(), 2, seed=5, num_workers=workers, rank=rank,
+                                       world_size=world_size, start=start)
+            batches = [next(it) for _ in range(12)]
+            it.close()
+            assert [[int(v) for v in b[:, 0]] for b in batches] == want, (world_size, workers)
+            pids = {int(v) for b in batches for v in b[:, 1]}
+            assert pids == ({os.getpid()} if workers == 0 else pids - {os.getpid()}) and len(pids) <= max(1, workers)
 
 
 def test_results_writers(tmp_path):

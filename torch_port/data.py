@@ -156,43 +156,54 @@ def infinite_loader(dataset, batch_size: int, seed: int = 0, num_workers: int = 
     may span two passes (as TF's does: nothing is dropped, and --batch_size may exceed the image
     count); rank r takes items r, r + world_size, ... of each global batch. Item i of pass p is
     `dataset.item(i, p)` (its augmentation is a function of (seed, p, i)). `start`: global
-    batches already handed out (the resume position).
+    batches already handed out (the resume position). One DataLoader serves every pass, so its
+    `num_workers` processes start once, not once per pass over the data.
     """
-    n = len(dataset)
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    if n < 1:
+    if len(dataset) < 1:
         raise ValueError("the dataset is empty")
-    global_bs = batch_size * world_size
-    item = int(start) * global_bs  # items of the global stream already consumed
-    perms = {}
+    batches = _PassBatches(len(dataset), batch_size, seed, rank, world_size, start)
+    loader = torch.utils.data.DataLoader(
+        _PassItems(dataset), batch_sampler=batches, num_workers=num_workers, collate_fn=_collate,
+        generator=torch.Generator().manual_seed(int(seed) * 1000003 + int(start)))  # not the global RNG
+    for batch in loader:
+        if isinstance(batch, _ItemFailed):
+            raise batch.error  # the worker's own error (an image deleted mid-run: one line, exit 2)
+        yield batch
 
-    def perm(p):
-        if p not in perms:
-            if len(perms) > 4:
-                perms.clear()
-            perms[p] = np.random.default_rng([int(seed), p]).permutation(n)
-        return perms[p]
 
-    while True:
-        p, off = divmod(item, n)
-        nb = max(1, -(-(n - off) // global_bs))  # the global batches that start in pass p
-        need = nb * global_bs
-        pairs, q, o = [], p, off
-        while len(pairs) < need:
-            take = perm(q)[o:o + need - len(pairs)]
-            pairs += [(q, int(i)) for i in take]
-            q, o = q + 1, 0
-        mine = [pairs[k] for g in range(nb) for k in range(g * global_bs + rank, (g + 1) * global_bs, world_size)]
-        loader = torch.utils.data.DataLoader(
-            _PassItems(dataset, mine), batch_size=batch_size, shuffle=False, drop_last=False,
-            num_workers=num_workers, persistent_workers=False, collate_fn=_collate,
-            generator=torch.Generator().manual_seed(int(seed) * 1000003 + p))  # not the global RNG
-        for batch in loader:
-            if isinstance(batch, _ItemFailed):
-                raise batch.error  # the worker's own error (an image deleted mid-run: one line, exit 2)
-            yield batch
-        item += need
+class _PassBatches:
+    """infinite_loader's batch sampler: this rank's batches of (pass, index) pairs, forever."""
+
+    def __init__(self, n, batch_size, seed, rank, world_size, start):
+        self.n, self.batch_size, self.seed = n, batch_size, int(seed)
+        self.rank, self.world_size, self.start = rank, world_size, int(start)
+
+    def __iter__(self):
+        n, global_bs = self.n, self.batch_size * self.world_size
+        item = self.start * global_bs  # items of the global stream already consumed
+        perms = {}
+
+        def perm(p):
+            if p not in perms:
+                if len(perms) > 4:
+                    perms.clear()
+                perms[p] = np.random.default_rng([self.seed, p]).permutation(n)
+            return perms[p]
+
+        while True:
+            p, off = divmod(item, n)
+            nb = max(1, -(-(n - off) // global_bs))  # the global batches that start in pass p
+            need = nb * global_bs
+            pairs, q, o = [], p, off
+            while len(pairs) < need:
+                take = perm(q)[o:o + need - len(pairs)]
+                pairs += [(q, int(i)) for i in take]
+                q, o = q + 1, 0
+            for g in range(nb):
+                yield pairs[g * global_bs + self.rank:(g + 1) * global_bs:self.world_size]
+            item += need
 
 
 class _ItemFailed:
@@ -211,16 +222,13 @@ def _collate(items):
 
 
 class _PassItems(torch.utils.data.Dataset):
-    """[(pass, index)] -> dataset.item(index, pass) (or set_epoch + [index] for other datasets)."""
+    """(pass, index) -> dataset.item(index, pass) (or set_epoch + [index] for other datasets)."""
 
-    def __init__(self, dataset, pairs):
-        self.dataset, self.pairs = dataset, pairs
+    def __init__(self, dataset):
+        self.dataset = dataset
 
-    def __len__(self):
-        return len(self.pairs)
-
-    def __getitem__(self, k):
-        p, i = self.pairs[k]
+    def __getitem__(self, pair):
+        p, i = pair
         try:
             if hasattr(self.dataset, "item"):
                 return self.dataset.item(i, p)
