@@ -56,7 +56,8 @@ def atomic_output(path: str, mode: int | None = None):
 JOURNAL = ".journal"  # suffix of all_or_nothing's record: `.tmp-<pid>-<hex>.journal`
 
 
-def _fsync_folder(folder: str) -> None:
+def fsync_folder(folder: str) -> None:
+    """fsync a folder (its entries: renames into it survive a power cut); a no-op where not possible."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -80,7 +81,7 @@ def _write_journal(folder: str, entries: list) -> str:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(stem + JOURNAL + "-part", stem + JOURNAL)
-    _fsync_folder(folder)
+    fsync_folder(folder)
     return stem + JOURNAL
 
 
@@ -144,7 +145,7 @@ def recover_interrupted_writes(folder: str, log=print) -> list[str]:
             log(f" [!] {p}: the record of an interrupted write cannot be rolled back ({e}); "
                 f"the files it names are left as they are")
             continue
-        _fsync_folder(folder)
+        fsync_folder(folder)
         if changed:
             log(f" [*] {folder}: a write there was interrupted (process {_WRITER.match(n).group(1)} killed "
                 f"between its renames); put back as they were before it: {', '.join(changed)}")
@@ -218,7 +219,7 @@ def all_or_nothing(paths, log=print):
         raise
     else:
         os.remove(journal)  # the commit: from here on a kill leaves the new files
-        _fsync_folder(folder)
+        fsync_folder(folder)
         _remove_backups(folder, entries)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..atomic import file_mode, recover_interrupted_writes
+from ..atomic import file_mode, fsync_folder, recover_interrupted_writes
 
 __all__ = [
     "CheckpointError",
@@ -780,19 +780,6 @@ def tensor_info(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
 # --------------------------------------------------------------------------------------
 
 
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class BundleWriter:
     """Atomic single-shard checkpoint writer; tensors are streamed to disk as they are added."""
 
@@ -878,7 +865,7 @@ class BundleWriter:
             os.replace(self._tmp_data, self.data_path)
             os.replace(self._tmp_index, self.index_path)
             self._tmp_index = None
-            _fsync_dir(folder)
+            fsync_folder(folder)
         except BaseException:
             self.abort()
             raise
@@ -929,4 +916,4 @@ def write_checkpoint_state(folder: str, basename: str, all_basenames: list[str] 
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(folder)
+    fsync_folder(folder)
