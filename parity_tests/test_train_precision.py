@@ -269,6 +269,26 @@ def test_fp16_gradient_penalty_overflow_is_skipped_and_training_goes_on(tmp_path
     assert step == 17 and all(torch.isfinite(v).all() for v in weights.values())  # saved after 16 iterations
 
 
+def test_fp16_a_forward_overflow_with_a_penalty_stops_at_once(tmp_path, monkeypatch, capsys):
+    """fp16 with a gradient penalty tolerates a non-finite D loss only when it is the penalty's
+    (its gradient taken at the loss scale): when the loss without the penalty is not finite
+    either - the model's own forward overflowed, which no loss scale cures - the run stops at
+    that step with exit 3 (it trained on, every D step skipped, up to MAX_SKIPS_IN_A_ROW). Here
+    the adversarial terms overflow from the first step on."""
+    from torch_port import model as port_model
+    from torch_port.__main__ import main as port_main
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    real = port_model.discriminator_loss
+    monkeypatch.setattr(port_model, "discriminator_loss", lambda *a: real(*a) * float("inf"))
+    rc = port_main(["--dataset", "demo", "--img_size", "32", "--ch", "2", "--n_dis", "4", "--light", "True",
+                    "--augment_flag", "False", "--iteration", "6", "--epoch", "1", "--save_freq", "6",
+                    "--device", "cpu", "--precision", "fp16", "--gan_type", "wgan-gp"])
+    got = capsys.readouterr()
+    assert rc == 3 and "discriminator loss Discriminator_loss is" in got.err and "at step 1 " in got.err, got
+    assert " [fp16] step" not in got.out, got.out
+
+
 def test_fp16_skipped_losses_are_null_in_the_loss_log(tmp_path, monkeypatch):
     """Morph's `losses.jsonl` stays strict JSON when an fp16 step's D loss overflowed: the
     non-finite values are `null` (NaN would be Python-only JSON)."""

@@ -129,10 +129,13 @@ class UGATIT(nn.Module):
                   + discriminator_loss(gan_type, real_A_cam, fake_A_cam))
         d_ad_B = (discriminator_loss(gan_type, real_B_logit, fake_B_logit)
                   + discriminator_loss(gan_type, real_B_cam, fake_B_cam))
+        flags = {}
         if uses_gradient_penalty(gan_type):
             draws = dict(gp_draws or {})
             scaler = getattr(self.D_optim, "loss_scaler", None)
             scale = None if scaler is None else scaler.scale_tensor.reshape(())  # fp16: the D loss scale
+            if scale is not None:  # fp16: is a non-finite loss the penalty's (its gradient at the scale)?
+                flags["D_unpenalized_finite"] = torch.isfinite(d_ad_A + d_ad_B).float()
             gp_A, gp_cam_A = gradient_penalty(self.discriminator_A, real_A, x_ba, gan_type, cfg["GP_ld"],
                                               draws.get("alpha_A"), draws.get("noise_A"), grad_scale=scale)
             gp_B, gp_cam_B = gradient_penalty(self.discriminator_B, real_B, x_ab, gan_type, cfg["GP_ld"],
@@ -143,7 +146,7 @@ class UGATIT(nn.Module):
         D_A_loss = cfg["adv_weight"] * d_ad_A
         D_B_loss = cfg["adv_weight"] * d_ad_B
         total = D_A_loss + D_B_loss + regularization_loss(self.d_params())
-        terms = {"Discriminator_loss": total, "D_A_loss": D_A_loss, "D_B_loss": D_B_loss}
+        terms = {"Discriminator_loss": total, "D_A_loss": D_A_loss, "D_B_loss": D_B_loss, **flags}
         return total, terms
 
     def generator_losses(self, real_A: torch.Tensor, real_B: torch.Tensor):

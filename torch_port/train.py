@@ -280,8 +280,10 @@ def _check_finite(values: dict, what: str, counter: int, skips: dict, log, scale
     penalty, whose inner gradient is taken at that scale) and the loss scaling skipped that step
     (`<D|G>_step_skipped`): its weights and Adam state are unchanged, and the non-finite value is
     a float16 overflow at that scale, said in one line; the scale is halved for the next step, as
-    torch.amp.GradScaler does. More than MAX_SKIPS_IN_A_ROW skipped steps in a row of one network
-    is an overflow no scale fixes: stop. `skips`: the count so far per network."""
+    torch.amp.GradScaler does - provided the loss without its penalty is finite
+    (`D_unpenalized_finite`; otherwise the model itself overflowed: stop at once). More than
+    MAX_SKIPS_IN_A_ROW skipped steps in a row of one network is an overflow no scale fixes:
+    stop. `skips`: the count so far per network."""
     key = "D" if what == "discriminator" else "G"
     bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
     skipped = values.get(f"{key}_step_skipped", 0.0) != 0
@@ -291,7 +293,9 @@ def _check_finite(values: dict, what: str, counter: int, skips: dict, log, scale
                             f"{counter} (loss scale now {values[f'{key}_loss_scale'] / 2:g}): not an overflow "
                             f"loss scaling fixes; training stopped, the last checkpoint is left as it was (train "
                             f"with --precision bf16 or fp32)")
-    if bad and skipped and scaled_loss:
+    # the loss without its penalty non-finite too: the model's forward (a float16 overflow of an
+    # activation, no loss scale changes it), not the penalty's gradient at the scale - stop now
+    if bad and skipped and scaled_loss and values.get(f"{key}_unpenalized_finite", 1.0) != 0:
         log(f" [fp16] step {counter}: {what} loss {bad[0]} is {values[bad[0]]} at loss scale "
             f"{values[f'{key}_loss_scale']:g} (most likely a float16 overflow at that scale): the step was skipped, "
             f"weights unchanged, the scale halved")
