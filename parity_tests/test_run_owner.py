@@ -381,10 +381,11 @@ def test_torchrun_rank_0_holds_the_folder(tmp_path):
     p = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "torch_port"]
                          + train_args(30, 1, 1000), cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
-    holders = {}
+    holders, commands = {}, []
     while p.poll() is None:
         h = run_lock.held_by(folder)
         if h is not None and h.pid not in holders:
+            commands.append(h.command)
             try:
                 with open(f"/proc/{h.pid}/environ", "rb") as fh:
                     env = dict(v.split(b"=", 1) for v in fh.read().split(b"\0") if b"=" in v)
@@ -395,6 +396,8 @@ def test_torchrun_rank_0_holds_the_folder(tmp_path):
     out = p.stdout.read()
     assert p.returncode == 0, out[-3000:]                       # rank 1 did not fail
     assert list(holders.values()) == [b"0"], holders            # one holder all along: rank 0
+    # "folder in use" names what to stop: torchrun, not the rank (torchrun would tear down the others)
+    assert re.search(rf"\(rank 0 of 2 under torchrun, whose pid is {p.pid}\)$", commands[0]), commands
     assert re.search(r"Epoch: \[ *0\] \[ *29/ *30\]", out), out[-2000:]
     assert steps(folder) == [31] and run_lock.held_by(folder) is None
     assert not os.path.exists(os.path.join(folder, ".tmp-killed-save.safetensors"))

@@ -192,7 +192,11 @@ def _command_line() -> str:
     else:
         argv0 = os.path.basename(argv0)
     text = " ".join([argv0] + list(sys.argv[1:]))
-    return text if len(text) <= 400 else text[:400] + "..."
+    text = text if len(text) <= 400 else text[:400] + "..."
+    if os.environ.get("TORCHELASTIC_RUN_ID") is not None:  # a torchrun worker: the one to stop is its launcher
+        text += (f" (rank {os.environ.get('RANK', '?')} of {os.environ.get('WORLD_SIZE', '?')} under torchrun, "
+                 f"whose pid is {os.getppid()})")
+    return text
 
 
 def _identity(st) -> tuple:
