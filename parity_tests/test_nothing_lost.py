@@ -983,6 +983,23 @@ def test_an_export_killed_between_its_files_is_rolled_back_by_the_next_command(t
         assert True in outcomes and False in outcomes, outcomes
 
 
+def test_a_journal_naming_files_elsewhere_is_not_followed(tmp_path, capsys):
+    """A journal of a dead writer names files of its own folder and its own backups only: one
+    naming `../x`, a path, or a backup of another name (planted, or damaged) changes nothing
+    and is said in one line."""
+    from ugatit_common.atomic import recover_interrupted_writes
+    (tmp_path / "victim.txt").write_bytes(b"a user's file")
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "kept.txt").write_bytes(b"stays")
+    for entry in ({"path": "../victim.txt", "was": "absent"}, {"path": str(tmp_path / "victim.txt"), "was": "absent"},
+                  {"path": "kept.txt", "was": "../victim.txt"}):
+        (tmp_path / "f" / ".tmp-999999999-ab.journal").write_text(json.dumps({"journal": 1, "files": [entry]}))
+        assert recover_interrupted_writes(str(tmp_path / "f")) == []
+        assert "cannot be rolled back" in capsys.readouterr().out
+        assert (tmp_path / "victim.txt").read_bytes() == b"a user's file"
+        assert (tmp_path / "f" / "kept.txt").read_bytes() == b"stays"
+
+
 def test_a_run_from_scratch_moves_an_older_runs_loss_log_and_samples_aside(tmp_path, monkeypatch, capsys):
     """Run 1 (--checkpoint_dir k1) and run 2 (--checkpoint_dir k2) sharing --log_dir and
     --sample_dir, one after the other: run 2 starts from scratch (k2 holds no checkpoint), and its

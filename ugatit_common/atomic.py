@@ -54,6 +54,7 @@ def atomic_output(path: str, mode: int | None = None):
 
 
 JOURNAL = ".journal"  # suffix of all_or_nothing's record: `.tmp-<pid>-<hex>.journal`
+_BACKUP = re.compile(r"^\.tmp-\d+-[0-9a-f]+\.keep$")  # its backups' names
 
 
 def fsync_folder(folder: str) -> None:
@@ -90,9 +91,13 @@ def _roll_back(folder: str, entries: list) -> list[str]:
     the file was never replaced: the same inode), a file that was absent removed. Returns the names
     changed; every file is tried, then the first OSError is raised. Idempotent (a backup put back
     is gone)."""
+    for e in entries:  # a journal names files of its own folder only, and its own backups
+        if os.path.basename(e["path"]) != e["path"] or e["path"] in ("", ".", "..") \
+                or not (e["was"] in ("absent", "kept") or _BACKUP.match(e["was"])):
+            raise ValueError(f"not a journal entry: {e!r}")
     changed, failed = [], None
     for e in entries:
-        p = os.path.normpath(os.path.join(folder, e["path"]))
+        p = os.path.join(folder, e["path"])
         was = e["was"]
         try:
             if was == "absent":
