@@ -36,14 +36,15 @@ import sys
 import numpy as np
 
 from ugatit_common import output_guard as guard
-from ugatit_common.atomic import all_or_nothing, atomic_output
+from ugatit_common.atomic import atomic_output, publish_together
 from ugatit_common.finite import NonFiniteWeights, first_non_finite, refuse_non_finite
 # The TF checkpoint format (bundle reader/writer, naming rule, layouts, config inference) lives in
 # the ground-floor package ugatit_common.tf_checkpoint; this module is its command line and
 # re-exports the public API under the names it always had.
 from ugatit_common.tf_checkpoint import read as _read
 from ugatit_common.tf_checkpoint.bundle import (BundleReader, BundleWriter, CheckpointError, checkpoint_state_text,
-                                                read_checkpoint_state, resolve_prefix, write_checkpoint_state)
+                                                prepare_checkpoint_state, read_checkpoint_state, resolve_prefix,
+                                                write_checkpoint_state)
 from ugatit_common.tf_checkpoint.config import CheckpointConfig, ConfigConflict, infer, infer_config, parse_model_dir
 from ugatit_common.tf_checkpoint.names import (NETWORKS, POWER_NAMES, SLOT_SUFFIXES, ConversionError, _is_conv_scope,
                                                selected as _selected, split_slot as _split_slot, tf_to_torch_name,
@@ -322,7 +323,7 @@ def torch_to_tf(state: dict, prefix: str, step: int | None = None, drop=()) -> s
     """Write a torch state (weights, optional `/Adam` slots and `optimizer.*` powers) as an
     official-layout TF checkpoint at `prefix`, plus the folder's `checkpoint` file, removing the
     files `drop` (a replaced checkpoint's stale .meta) with them. All or nothing, even when the
-    process is killed (ugatit_common.atomic.all_or_nothing's journal)."""
+    process is killed (ugatit_common.atomic.publish_together's journal)."""
     base = os.path.basename(prefix)
     try:  # the `checkpoint` file's bytes, checked before the bundle is committed (the file comes after it)
         checkpoint_state_text(base, [base])
@@ -341,22 +342,26 @@ def torch_to_tf(state: dict, prefix: str, step: int | None = None, drop=()) -> s
     # anywhere (the .index's rename, the `checkpoint` file, Ctrl-C) puts back what was there - never a new
     # .data beside an old .index (a corrupt checkpoint) nor a new file without its partner
     drop = [os.path.abspath(p) for p in drop]
-    with _writing(prefix, f"{prefix}.index / .data-00000-of-00001"), \
-            all_or_nothing([prefix + ".data-00000-of-00001", prefix + ".index", os.path.join(folder, "checkpoint"),
-                            *drop]):
+    # the bundle's two files, then the folder's `checkpoint` file, then the stale .meta removed, published
+    # as one write: a failure or a kill anywhere leaves (or, for the next command, puts back) what was
+    # there - never a new .data beside an old .index (a corrupt checkpoint) nor a new file without its partner
+    with _writing(prefix, f"{prefix}.index / .data-00000-of-00001"):
         with BundleWriter(prefix) as w:
             for tf_name, k in entries:
                 w.add(tf_name, to_tf_layout(k, np.asarray(state[k].detach().cpu().numpy()
                                                           if hasattr(state[k], "detach") else state[k])))
-            w.finish()
-        try:
-            write_checkpoint_state(folder, base)
-        except OSError as e:
-            raise ConversionError(f"{os.path.join(folder, 'checkpoint')!r} cannot be written ({e.strerror or e}); "
-                                  f"nothing was written") from e
-        for p in drop:
-            if os.path.lexists(p):
-                os.remove(p)
+            temps = w.prepare()
+            try:
+                state_file = prepare_checkpoint_state(folder, base)
+            except OSError as e:
+                raise ConversionError(f"{os.path.join(folder, 'checkpoint')!r} cannot be written "
+                                      f"({e.strerror or e}); nothing was written") from e
+            try:
+                publish_together({**temps, os.path.join(folder, "checkpoint"): state_file,
+                                  **{p: None for p in drop}})
+            finally:
+                if os.path.lexists(state_file):
+                    os.remove(state_file)
     return prefix
 
 

@@ -349,7 +349,7 @@ def test_torch2tf_full_disk_names_the_output(tmp_path, capsys, monkeypatch):
     assert rc == 2 and str(prefix) in line and "No space left" in line and snapshot(str(tmp_path)) == before
     # the folder's `checkpoint` file: the bundle this command had just made goes with it
     with monkeypatch.context() as m:
-        m.setattr(wc, "write_checkpoint_state", _enospc)
+        m.setattr(wc, "prepare_checkpoint_state", _enospc)
         rc, _, err = _convert(["torch2tf", src, prefix], capsys)
     line = _error_line(err)
     assert rc == 2 and str(tmp_path / "tf" / "checkpoint") in line and "No space left" in line
@@ -396,7 +396,7 @@ def test_torch2tf_a_rename_failing_half_way_leaves_the_checkpoint_as_it_was(tmp_
         assert all((r.read(n) == a).all() for n, a in old.items())
     # the folder's `checkpoint` file failing after the bundle: the old bundle is back too
     with monkeypatch.context() as m:
-        m.setattr(wc, "write_checkpoint_state", _enospc)
+        m.setattr(wc, "prepare_checkpoint_state", _enospc)
         rc, _, err = _convert(["torch2tf", src_b, prefix, "--weights_only", "--overwrite"], capsys)
     assert rc == 2 and "nothing was written" in _error_line(err)
     assert snapshot(str(tmp_path)) == before

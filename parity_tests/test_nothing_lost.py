@@ -8,6 +8,7 @@ import builtins
 import errno
 import glob
 import hashlib
+import importlib
 import json
 import os
 import random
@@ -855,26 +856,40 @@ def test_files_written_together_are_all_or_nothing(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m_w.npz"] and open(b, "rb").read() == b"new model"
 
 
-def _killed_at(k: int, write) -> bool:
+def _killed_at(k: int, write, within: str | None = None) -> bool:
     """Run `write()` in a forked child that dies right after its k-th os.replace / os.remove (os._exit:
-    no `except`, no `finally`, no atexit - what SIGKILL or a power cut leaves). True when it was
-    killed there, False when it ended before its k-th call."""
+    no `except`, no `finally`, no atexit - what SIGKILL or a power cut leaves); `within`: only the
+    calls made inside that function ("module.function") count. True when it was killed there, False
+    when it ended before its k-th call."""
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         try:
-            calls = [0]
+            calls, inside = [0], [within is None]
             real = {name: getattr(os, name) for name in ("replace", "remove", "unlink", "rename")}
 
             def counted(name):
                 def call(*args, **kw):
                     result = real[name](*args, **kw)
-                    calls[0] += 1
+                    calls[0] += inside[0]
                     if calls[0] == k:
                         os._exit(9)
                     return result
                 return call
             for name in real:
                 setattr(os, name, counted(name))
+            if within is not None:
+                home, name = within.rsplit(".", 1)
+                fn = getattr(importlib.import_module(home), name)
+
+                def counting(*args, **kw):
+                    inside[0] = True
+                    try:
+                        return fn(*args, **kw)
+                    finally:
+                        inside[0] = False
+                for module in list(sys.modules.values()):  # its home and every `from ... import` copy
+                    if getattr(module, name, None) is fn:
+                        setattr(module, name, counting)
             with open(os.devnull, "w") as quiet:
                 sys.stdout = sys.stderr = quiet
                 rc = write()
@@ -981,6 +996,109 @@ def test_an_export_killed_between_its_files_is_rolled_back_by_the_next_command(t
             outcomes.append(got == new)
             assert not [n for n in os.listdir(tmp_path / "x") if n.endswith((".journal", ".keep"))], k
         assert True in outcomes and False in outcomes, outcomes
+
+
+@pytest.mark.parametrize("earlier", [False, True])
+def test_a_training_save_killed_at_any_rename_never_blocks_the_resume(tmp_path, monkeypatch, capsys, earlier):
+    """A checkpoint is weights, state and the pointer, published as one write. A run killed right
+    after any rename of its save (the first save, or one after an earlier checkpoint): the folder
+    then holds complete checkpoints only - the earlier ones, plus the new one once its write had
+    committed - and the next run resumes (or starts over) with exit 0, setting nothing aside. Before,
+    weights published without their state made every later run stop with exit 2 ("none can be
+    used"), and later saves left a half checkpoint to set aside each time."""
+    make_data(tmp_path)
+    folder = ckdir(tmp_path)
+    if earlier:
+        assert port(train_args(1), monkeypatch, tmp_path, capsys)[0] == 0
+    pristine = str(tmp_path / "pristine")
+    shutil.copytree(tmp_path, pristine, ignore=shutil.ignore_patterns("pristine"))
+    before = steps(folder)
+    outcomes = []
+    for k in range(1, 30):
+        for n in os.listdir(tmp_path):
+            if n != "pristine":
+                shutil.rmtree(tmp_path / n)
+        shutil.copytree(pristine, tmp_path, dirs_exist_ok=True)
+        monkeypatch.chdir(tmp_path)
+        if not _killed_at(k, lambda: port(train_args(1, 2, 1), monkeypatch, tmp_path)[0], within="torch_port.checkpoint.save"):
+            break
+        found = policy.inventory(folder)  # what the next run reads first: the killed write rolled back
+        assert all(f.complete for f in found), (k, [(f.name, f.missing) for f in found])
+        got = steps(folder)
+        assert got[:len(before)] == before and len(got) - len(before) <= 2, (k, got)
+        outcomes.append(len(got) - len(before))
+        rc, out, err = port(train_args(1, 3, 1), monkeypatch, tmp_path, capsys)
+        warned = [ln for ln in out.splitlines() if "[!]" in ln and "[!] Load failed" not in ln]  # official line
+        assert rc == 0 and not warned, (k, warned, out[-2000:], err[-2000:])
+        assert not glob.glob(os.path.join(folder, "unusable*")) and not glob.glob(os.path.join(folder, ".tmp-*")), k
+    else:
+        raise AssertionError("the run never finished")
+    assert k > 3 and 0 in outcomes and max(outcomes) > 0, (k, outcomes)  # killed both before and after a commit
+
+
+def test_ctrl_c_at_any_step_of_a_write_of_several_files_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) at each system call of a write of several files (the backups'
+    links, the journal's write, fsync and rename, the renames of the files): every file is as it
+    was, and no journal, half-written journal or backup is left (a journal left behind by Ctrl-C
+    was rolled back by a later command over files the user had put there since)."""
+    from ugatit_common.atomic import write_files_atomic
+    new = {"m_w.npz": b"new codes", "m.onnx": b"new model"}
+    for old in ({}, {"m_w.npz": b"old codes", "m.onnx": b"old model"}):
+        outcomes = []
+        for k in range(1, 200):
+            shutil.rmtree(tmp_path / "x", ignore_errors=True)
+            os.makedirs(tmp_path / "x")
+            for n, data in old.items():
+                (tmp_path / "x" / n).write_bytes(data)
+            calls = [0]
+
+            def interrupting(fn):
+                def call(*args, **kw):
+                    calls[0] += 1
+                    if calls[0] == k:
+                        raise KeyboardInterrupt
+                    return fn(*args, **kw)
+                return call
+            try:
+                with monkeypatch.context() as m:
+                    for name in ("link", "replace", "remove", "fsync", "open", "chmod"):
+                        m.setattr(os, name, interrupting(getattr(os, name)))
+                    write_files_atomic({str(tmp_path / "x" / n): d for n, d in new.items()})
+            except KeyboardInterrupt:  # as before it, or (interrupted after the commit) as written
+                left = sorted(os.listdir(tmp_path / "x"))
+                assert (left, _visible(tmp_path / "x")) in ((sorted(old), old), (sorted(new), new)), (k, left)
+                outcomes.append(_visible(tmp_path / "x") == new)
+                continue
+            assert _visible(tmp_path / "x") == new and sorted(os.listdir(tmp_path / "x")) == sorted(new)
+            break
+        assert outcomes.count(False) > 8, outcomes
+
+
+def test_a_killed_writes_journal_never_touches_files_put_there_since(tmp_path):
+    """A write killed half way leaves its journal until the next command there. Files someone put
+    at those names meanwhile (the user, seeing the command fail, copies their own in) are not the
+    write's: the rollback leaves them as they are, and only what the write itself published or
+    removed is put back."""
+    from ugatit_common.atomic import sweep_dead_temps, write_files_atomic
+    new = {"m_w.npz": b"new codes", "m.onnx": b"new model"}
+    mine = {"m_w.npz": b"the user's codes", "m.onnx": b"the user's model"}
+    for old in ({}, {"m_w.npz": b"old codes", "m.onnx": b"old model"}):
+        journals = 0
+        for k in range(1, 100):
+            shutil.rmtree(tmp_path / "x", ignore_errors=True)
+            os.makedirs(tmp_path / "x")
+            for n, data in old.items():
+                (tmp_path / "x" / n).write_bytes(data)
+            if not _killed_at(k, lambda: write_files_atomic({str(tmp_path / "x" / n): d for n, d in new.items()})):
+                break
+            journals += bool(glob.glob(str(tmp_path / "x" / ".tmp-*.journal")))
+            for n, data in mine.items():  # replaced, as `cp` does: a new file under the name
+                if os.path.lexists(tmp_path / "x" / n):
+                    os.remove(tmp_path / "x" / n)
+                (tmp_path / "x" / n).write_bytes(data)
+            sweep_dead_temps(str(tmp_path / "x"))  # the journal rolled back first, then the temp files
+            assert sorted(os.listdir(tmp_path / "x")) == sorted(mine) and _visible(tmp_path / "x") == mine, k
+        assert journals >= 2, journals
 
 
 def test_a_journal_naming_files_elsewhere_is_not_followed(tmp_path, capsys):

@@ -5,9 +5,9 @@ One checkpoint at counter N is two files plus a pointer:
     <model_name>.model-N.state.pt      optimizer states (TF1Adam state_dict), RNG states,
                                        data-loader positions, loop position, counter, config
     latest                             JSON {"step", "weights", "state"}: the newest complete one
-Everything is written atomically (temp file in the same folder + os.replace): weights first,
-state second, pointer last, so an interrupted save leaves the previous checkpoint the newest
-complete one. `state.pt` holds only tensors, dicts, lists, ints, floats, strings, bools and
+The three are written to temp files, then published as one write (weights, state, pointer;
+ugatit_common.atomic.publish_together), so an interrupted save - an error, Ctrl-C, or a kill,
+which the next command there rolls back - leaves the previous checkpoint the newest complete one. `state.pt` holds only tensors, dicts, lists, ints, floats, strings, bools and
 None, so it loads with `torch.load(..., weights_only=True)`.
 
 TF checkpoints (`checkpoint` + `*.index`, the official layout) are recognised here and read
@@ -28,6 +28,7 @@ import os
 import random
 import re
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ import torch
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import options as opt
 from ugatit_common import tf_checkpoint as tfc
-from ugatit_common.atomic import atomic_output
+from ugatit_common.atomic import file_mode, publish_together
 from ugatit_common.finite import named_numbers, refuse_non_finite
 
 POINTER = "latest"
@@ -49,13 +50,6 @@ class CheckpointMismatch(opt.OptionError):
 
 class CheckpointCorrupt(OSError):
     pass
-
-
-# -- atomic writes ---------------------------------------------------------------------------------
-
-def _atomic(path: str, write) -> None:
-    with atomic_output(path) as tmp:
-        write(tmp)
 
 
 def paths_for(folder: str, prefix: str, step: int) -> tuple[str, str]:
@@ -100,10 +94,11 @@ def plain_config(cfg: dict) -> dict:
 # -- save ------------------------------------------------------------------------------------------
 
 def save(folder: str, prefix: str, step: int, model: torch.nn.Module, state: dict, keep: int = 5) -> str:
-    """Write weights, then state, then the pointer; then prune this run's (`state["run"]`) older
-    checkpoints beyond the newest `keep` (see ugatit_common.checkpoint_policy). The weights
-    file's metadata records the step, the run id, the kind and the config, so a test phase
-    needs the weights file only."""
+    """Write weights, state and the pointer as one write (ugatit_common.atomic.publish_together:
+    an error, Ctrl-C or a kill half way never leaves weights without their state, which would block
+    every resume); then prune this run's (`state["run"]`) older checkpoints beyond the newest
+    `keep` (see ugatit_common.checkpoint_policy). The weights file's metadata records the step,
+    the run id, the kind and the config, so a test phase needs the weights file only."""
     from safetensors.torch import save_file
     weights_path, state_path = paths_for(folder, prefix, step)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -114,34 +109,39 @@ def save(folder: str, prefix: str, step: int, model: torch.nn.Module, state: dic
         meta["kind"] = str(state["kind"])
     if isinstance(state.get("config"), dict):
         meta["config"] = json.dumps(plain_config(state["config"]))
-    _atomic(weights_path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     full = dict(state)
     full["format"] = FORMAT
     full["step"] = int(step)
+    pointer = json.dumps({"step": int(step), "weights": os.path.basename(weights_path),
+                          "state": os.path.basename(state_path)})
 
     def write_state(tmp):
         with open(tmp, "wb") as f:
             torch.save(_to_cpu(full), f)
-            f.flush()
-            os.fsync(f.fileno())
-    try:
-        _atomic(state_path, write_state)
-    except BaseException:  # e.g. the disk filled up: no half checkpoint (weights without state) is left
-        if not os.path.exists(state_path):
-            try:
-                os.remove(weights_path)
-            except OSError:
-                pass
-        raise
-    pointer = json.dumps({"step": int(step), "weights": os.path.basename(weights_path),
-                          "state": os.path.basename(state_path)})
 
     def write_pointer(tmp):
         with open(tmp, "w") as f:
             f.write(pointer + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    _atomic(os.path.join(folder, POINTER), write_pointer)
+    os.makedirs(folder, exist_ok=True)
+    temps = {}
+    try:
+        for path, write in ((weights_path, lambda tmp: save_file(tensors, tmp, metadata=meta)),
+                            (state_path, write_state), (os.path.join(folder, POINTER), write_pointer)):
+            fd, temps[path] = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=os.path.splitext(path)[1],
+                                               dir=folder)
+            os.close(fd)
+            write(temps[path])
+            fd = os.open(temps[path], os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(temps[path], file_mode())
+        publish_together(temps)
+    finally:  # e.g. the disk filled up: the temp files not renamed go, nothing half written is left
+        for tmp in temps.values():
+            if os.path.lexists(tmp):
+                os.remove(tmp)
     if state.get("run"):
         policy.prune(folder, prefix, str(state["run"]), keep)
     return weights_path

@@ -53,7 +53,7 @@ def atomic_output(path: str, mode: int | None = None):
         raise
 
 
-JOURNAL = ".journal"  # suffix of all_or_nothing's record: `.tmp-<pid>-<hex>.journal`
+JOURNAL = ".journal"  # suffix of publish_together's record: `.tmp-<pid>-<hex>.journal`
 _BACKUP = re.compile(r"^\.tmp-\d+-[0-9a-f]+\.keep$")  # its backups' names
 
 
@@ -71,52 +71,64 @@ def fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
-def _write_journal(folder: str, entries: list) -> str:
-    """The record of one all_or_nothing block, in `folder`: for each file, its name (relative to
-    `folder`) and what it was before - the name of its backup hard link, "absent", or "kept"
-    (existed but could not be linked: nothing to restore it from). Written to a `.journal-part`
-    file, fsynced, then renamed: a `.journal` is always whole."""
-    stem = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(6).hex()}")
+def _identity(st) -> list:
+    """What tells a published file from any other at its path: device, inode, size, mtime (a rename
+    keeps all four)."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _write_journal(stem: str, entries: list) -> None:
+    """The record of one publish_together, `<stem>.journal`: for each file its name (in the
+    journal's folder), what it was before - the name of its backup hard link, "absent", or "kept"
+    (existed but could not be linked: nothing to restore it from) - and `new`, the identity of the
+    file about to be renamed onto it (None: it is being removed). Written to `<stem>.journal-part`,
+    fsynced, then renamed: a `.journal` is always whole."""
     with open(stem + JOURNAL + "-part", "w", encoding="utf-8") as fh:
-        json.dump({"journal": 1, "files": entries}, fh)
+        json.dump({"journal": 2, "files": entries}, fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(stem + JOURNAL + "-part", stem + JOURNAL)
-    fsync_folder(folder)
-    return stem + JOURNAL
+    fsync_folder(os.path.dirname(stem))
+
+
+def _valid(entries) -> list:
+    """A journal's entries, or ValueError: it names files of its own folder only, its own backups,
+    and identities of four integers."""
+    for e in entries:
+        if not (isinstance(e, dict) and isinstance(e.get("path"), str) and os.path.basename(e["path"]) == e["path"]
+                and e["path"] not in ("", ".", "..") and isinstance(e.get("was"), str)
+                and (e["was"] in ("absent", "kept") or _BACKUP.match(e["was"]))
+                and (e.get("new") is None or (isinstance(e["new"], list) and len(e["new"]) == 4
+                                              and all(isinstance(v, int) for v in e["new"])))):
+            raise ValueError(f"not a journal entry: {e!r}")
+    return entries
 
 
 def _roll_back(folder: str, entries: list) -> list[str]:
-    """Put every file of a journal back as it was: a backup renamed over its file (removed where
-    the file was never replaced: the same inode), a file that was absent removed. Returns the names
-    changed; every file is tried, then the first OSError is raised. Idempotent (a backup put back
-    is gone)."""
-    for e in entries:  # a journal names files of its own folder only, and its own backups
-        if os.path.basename(e["path"]) != e["path"] or e["path"] in ("", ".", "..") \
-                or not (e["was"] in ("absent", "kept") or _BACKUP.match(e["was"])):
-            raise ValueError(f"not a journal entry: {e!r}")
+    """Put back every file of a journal that its write changed: a file it published (the identity
+    in `new`: never a file someone put there since) is replaced by its backup or, where there was
+    none, removed; a file it removed (`new` None, now absent) comes back from its backup. A file
+    the write had not reached yet, or that was changed since, is left as it is. Backups are then
+    removed. Returns the names put back; every file is tried, then the first OSError is raised.
+    Idempotent."""
     changed, failed = [], None
-    for e in entries:
+    for e in _valid(entries):
         p = os.path.join(folder, e["path"])
-        was = e["was"]
+        backup = None if e["was"] in ("absent", "kept") else os.path.join(folder, e["was"])
         try:
-            if was == "absent":
-                if os.path.lexists(p):
-                    os.remove(p)
-                    changed.append(e["path"])
-            elif was != "kept":
-                backup = os.path.join(folder, was)
-                if not os.path.lexists(backup):
-                    continue
-                try:
-                    same = os.path.samestat(os.lstat(p), os.lstat(backup))
-                except FileNotFoundError:
-                    same = False
-                if same:
-                    os.remove(backup)
-                else:
-                    os.replace(backup, p)
-                    changed.append(e["path"])
+            try:
+                now = _identity(os.lstat(p))
+            except FileNotFoundError:
+                now = None
+            ours = now == e["new"] if e["new"] is not None else now is None
+            if ours and backup is not None and os.path.lexists(backup):
+                os.replace(backup, p)
+                changed.append(e["path"])
+            elif ours and e["was"] == "absent" and now is not None:
+                os.remove(p)
+                changed.append(e["path"])
+            if backup is not None and os.path.lexists(backup):
+                os.remove(backup)
         except OSError as err:
             failed = failed or err
     if failed:
@@ -125,21 +137,26 @@ def _roll_back(folder: str, entries: list) -> list[str]:
 
 
 def recover_interrupted_writes(folder: str, log=print) -> list[str]:
-    """Finish what a killed all_or_nothing block left in `folder` (SIGKILL or power loss between
-    its renames: a new .data beside the old .index, an ONNX model without its new codes): each
-    journal whose writer is gone (`abandoned`) is rolled back - every file it names is again what
-    it was before that write - and removed. A running writer's journal is left alone. Returns the
-    names put back; a file that cannot be put back (no permission) is said in one line and left."""
+    """Finish what a killed publish_together left in `folder` (SIGKILL or power loss between its
+    renames: a new .data beside the old .index, a port checkpoint's weights without their state,
+    an ONNX model without its new codes): each journal whose writer is gone (`abandoned`) is
+    rolled back - every file it had changed is again what it was before that write - and removed.
+    A running writer's journal is left alone; so is a file changed since by someone else. Returns
+    the names put back; a journal that cannot be rolled back (no permission, damaged) is said in
+    one line and left."""
     try:
-        names = sorted(n for n in os.listdir(folder) if n.endswith(JOURNAL) and _WRITER.match(n))
+        names = sorted(os.listdir(folder))
     except OSError:
         return []
     restored = []
     for n in names:
         p = os.path.join(folder, n)
-        if not abandoned(p):
+        if not (_WRITER.match(n) and n.endswith((JOURNAL, JOURNAL + "-part"))) or not abandoned(p):
             continue
         try:
+            if n.endswith("-part"):  # killed while writing its journal: no rename had begun
+                os.remove(p)
+                continue
             with open(p, encoding="utf-8") as fh:
                 entries = json.load(fh)["files"]
             changed = _roll_back(folder, entries)
@@ -152,7 +169,7 @@ def recover_interrupted_writes(folder: str, log=print) -> list[str]:
             continue
         fsync_folder(folder)
         if changed:
-            log(f" [*] {folder}: a write there was interrupted (process {_WRITER.match(n).group(1)} killed "
+            log(f" [*] {folder}: a write there was interrupted (process {_WRITER.match(n).group(1)} stopped "
                 f"between its renames); put back as they were before it: {', '.join(changed)}")
         restored += changed
     # a backup whose journal is gone (the write committed, or was killed before its journal existed)
@@ -166,7 +183,7 @@ def recover_interrupted_writes(folder: str, log=print) -> list[str]:
             except (OSError, ValueError, KeyError, TypeError):
                 return restored
     for n in os.listdir(folder):
-        if n.endswith(".keep") and n not in named and abandoned(os.path.join(folder, n)):
+        if _BACKUP.match(n) and n not in named and abandoned(os.path.join(folder, n)):
             try:
                 os.remove(os.path.join(folder, n))
             except OSError:
@@ -174,107 +191,120 @@ def recover_interrupted_writes(folder: str, log=print) -> list[str]:
     return restored
 
 
-@contextlib.contextmanager
-def all_or_nothing(paths, log=print):
-    """Around writes that publish several files, each atomically (a TF checkpoint's .data, .index
-    and `checkpoint` file, an ONNX model and its companion codes): every one of `paths` ends as
-    the block left it, or as it was before - never some of each. When the block raises (a rename
-    failing half way, a full disk, Ctrl-C), every path is put back at once: a file that existed
-    from a hard link kept beside it (`.tmp-<pid>-...keep`), one that did not is removed. When the
-    process is killed (SIGKILL, power loss), a journal beside the first path records the same;
-    the next command that writes or reads there rolls it back (`recover_interrupted_writes`),
-    so a new .data never stays beside an old .index (a corrupt checkpoint). A killed earlier
-    write in these folders is rolled back first. All paths in one folder (the journal's).
-    Where the file system has no hard links, an existing file cannot be restored (it may be left
-    replaced); new files are still removed."""
-    paths = [os.path.abspath(p) for p in paths]
-    folder = os.path.dirname(paths[0])
-    if any(os.path.dirname(p) != folder for p in paths):
-        raise ValueError(f"all_or_nothing: files in several folders: {paths}")
-    os.makedirs(folder, exist_ok=True)
-    recover_interrupted_writes(folder, log)
-    entries = []
-    journal = None
-    try:
-        for p in paths:
-            name = os.path.basename(p)
-            try:
-                os.lstat(p)
-            except FileNotFoundError:
-                entries.append({"path": name, "was": "absent"})
-                continue
-            backup = f".tmp-{os.getpid()}-{os.urandom(6).hex()}.keep"
-            try:
-                os.link(p, os.path.join(folder, backup), follow_symlinks=False)
-            except OSError:  # no hard links here: nothing to restore from
-                entries.append({"path": name, "was": "kept"})
-                continue
-            entries.append({"path": name, "was": backup})
-        journal = _write_journal(folder, entries)
-        yield
-    except BaseException:
-        try:
-            _roll_back(folder, entries)
-        except OSError:  # journal and backups stay: the next command there rolls back the rest
-            pass
-        else:
-            if journal:
-                os.remove(journal)
-            _remove_backups(folder, entries)
-        raise
-    else:
-        os.remove(journal)  # the commit: from here on a kill leaves the new files
-        fsync_folder(folder)
-        _remove_backups(folder, entries)
-
-
-def _remove_backups(folder: str, entries: list) -> None:
-    for e in entries:
-        if e["was"] not in ("absent", "kept"):
-            try:
-                os.remove(os.path.join(folder, e["was"]))
-            except OSError:
-                pass
-
-
 class WriteFailed(OSError):
-    """write_files_atomic: one of the files could not be written (`path`); none was."""
+    """publish_together / write_files_atomic: one of the files could not be written (`path`);
+    none was."""
 
     def __init__(self, path: str, e: OSError):
         super().__init__(e.errno, f"cannot write {path!r}: {e.strerror or e}")
         self.path = path
 
 
+def publish_together(moves: dict, log=print) -> None:
+    """Publish several files of one folder as one write: `moves` {path: a temp file beside it,
+    renamed onto it | None: path removed}, in that order. Every path ends as this call left it or
+    as it was before - never some of each (a TF checkpoint's .data, .index and `checkpoint` file;
+    a port checkpoint's weights, state and pointer; an ONNX model and its codes). An error or
+    Ctrl-C half way puts every path back at once: a file that existed from a hard link kept beside
+    it (`.tmp-<pid>-<hex>.keep`), one that did not is removed. A process killed half way (SIGKILL,
+    power loss) leaves a journal, written before the first rename: the next command that reads or
+    writes that folder rolls it back (`recover_interrupted_writes`), touching only the files this
+    write had published or removed. A killed earlier write there is rolled back first. WriteFailed
+    names the file that failed. The temp files are the caller's (left where a rename did not
+    happen). Where the file system has no hard links, an existing file cannot be restored (it may
+    be left replaced); new files are still removed."""
+    moves = {os.path.abspath(p): t for p, t in moves.items()}
+    folder = os.path.dirname(next(iter(moves)))
+    if any(os.path.dirname(p) != folder for p in moves):
+        raise ValueError(f"publish_together: files in several folders: {list(moves)}")
+    recover_interrupted_writes(folder, log)
+    stem = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(6).hex()}")
+    entries = []
+    path, committed = None, False
+    try:
+        for path, tmp in moves.items():
+            entry = {"path": os.path.basename(path), "was": "absent",
+                     "new": None if tmp is None else _identity(os.lstat(tmp))}
+            if os.path.lexists(path):
+                backup = f".tmp-{os.getpid()}-{os.urandom(6).hex()}.keep"
+                try:
+                    os.link(path, os.path.join(folder, backup), follow_symlinks=False)
+                    entry["was"] = backup
+                except OSError:  # no hard links here: nothing to restore from
+                    entry["was"] = "kept"
+            entries.append(entry)
+        path = None
+        _write_journal(stem, entries)
+        for path, tmp in moves.items():
+            if tmp is not None:
+                os.replace(tmp, path)
+            elif os.path.lexists(path):
+                os.remove(path)
+        path = None
+        os.remove(stem + JOURNAL)  # the commit: from here on the new files stay, whatever happens
+        committed = True
+        fsync_folder(folder)
+    except BaseException as e:
+        if not committed:
+            try:
+                _roll_back(folder, entries)
+            except OSError:  # the journal stays: the next command there rolls back the rest
+                _remove_quietly(stem + JOURNAL + "-part")
+            else:
+                for j in (stem + JOURNAL, stem + JOURNAL + "-part"):
+                    _remove_quietly(j)
+        if isinstance(e, OSError) and path is not None and not isinstance(e, WriteFailed):
+            raise WriteFailed(path, e) from e
+        raise
+    finally:
+        if committed:  # the backups go, even past a Ctrl-C landing here (it is raised once they are gone)
+            stopped = None
+            for e in entries:
+                if e["was"] not in ("absent", "kept"):
+                    try:
+                        _remove_quietly(os.path.join(folder, e["was"]))
+                    except KeyboardInterrupt as ki:
+                        stopped = ki
+                        _remove_quietly(os.path.join(folder, e["was"]))
+            if stopped is not None:
+                raise stopped
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 def write_files_atomic(files: dict, fsync: bool = True) -> None:
-    """Write several files {path: bytes} together or not at all: every one to a temp file beside
-    it (fsynced), then each renamed into place (`all_or_nothing`: a rename failing half way puts
-    back the ones already done). WriteFailed (an OSError) names the file that failed."""
+    """Write several files {path: bytes} of one folder together or not at all: every one to a temp
+    file beside it (fsynced), then all published as one (`publish_together`: a failure, Ctrl-C or
+    kill half way leaves every file as it was). WriteFailed (an OSError) names the file that
+    failed."""
     temps = {}
     writing = None
     try:
-        with all_or_nothing(list(files)):
-            for writing, data in files.items():
-                folder = os.path.dirname(os.path.abspath(writing))
-                os.makedirs(folder, exist_ok=True)
-                fd, temps[writing] = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-",
-                                                      suffix=os.path.splitext(writing)[1], dir=folder)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    if fsync:
-                        os.fsync(fh.fileno())
-                os.chmod(temps[writing], file_mode())
-            for writing in files:
-                os.replace(temps[writing], writing)
-                del temps[writing]
+        for writing, data in files.items():
+            folder = os.path.dirname(os.path.abspath(writing))
+            os.makedirs(folder, exist_ok=True)
+            fd, temps[writing] = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-",
+                                                  suffix=os.path.splitext(writing)[1], dir=folder)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                if fsync:
+                    os.fsync(fh.fileno())
+            os.chmod(temps[writing], file_mode())
+        writing = None
+        publish_together(temps)
+    except WriteFailed:
+        raise
     except OSError as e:
         raise WriteFailed(writing, e) from e
     finally:
         for tmp in temps.values():
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+            _remove_quietly(tmp)
 
 
 def write_bytes_atomic(path: str, data: bytes) -> str:
@@ -319,7 +349,7 @@ def sweep_dead_temps(folder: str) -> list[str]:
     older than STALE_S. A temp file of a process still running (another command writing into the
     same folder) is left alone. Returns the names removed."""
     gone = []
-    recover_interrupted_writes(folder)  # a killed all_or_nothing's backups are temp files: put back first
+    recover_interrupted_writes(folder)  # a killed publish_together's backups are temp files: put back first
     try:
         names = os.listdir(folder)
     except OSError:

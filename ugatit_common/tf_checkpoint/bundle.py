@@ -790,19 +790,22 @@ class BundleWriter:
         self._block_size = block_size
         folder = os.path.dirname(self.prefix)
         os.makedirs(folder, exist_ok=True)
-        base = os.path.basename(self.prefix)
-        fd, self._tmp_data = tempfile.mkstemp(prefix=f".{base}.data.", suffix=".tmp", dir=folder)
+        # temp names carry the writer's pid: swept once it is gone (ugatit_common.atomic.sweep_dead_temps)
+        fd, self._tmp_data = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=".data.tmp", dir=folder)
         self._data = os.fdopen(fd, "wb")
         self._tmp_index: str | None = None
         self._entries: dict[str, _Entry] = {}
         self._offset = 0
         self._done = False
+        self._prepared = False
 
     def __enter__(self) -> "BundleWriter":
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None and not self._done:
+        if exc_type is None and self._prepared:  # the caller published prepare()'s files
+            self._done = True
+        elif exc_type is None and not self._done:
             self.finish()
         else:
             self.abort()
@@ -843,7 +846,23 @@ class BundleWriter:
 
     def finish(self) -> None:
         """Write the index, fsync and atomically rename: data file first, index last."""
-        if self._done:
+        temps = self.prepare()
+        try:
+            for path, tmp in temps.items():
+                os.replace(tmp, path)
+            self._tmp_index = None
+            fsync_folder(os.path.dirname(self.prefix))
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+
+    def prepare(self) -> dict:
+        """Write the index and fsync both files, but rename nothing: {final path: temp file}, the
+        data file first, for the caller to publish (with other files: ugatit_common.atomic.
+        publish_together). Leaving the `with` block without an error then ends the writer; with
+        one, the temp files not yet renamed are removed."""
+        if self._done or self._prepared:
             raise CheckpointError(f"checkpoint {self.prefix}: writer already finished or aborted")
         try:
             self._data.flush()
@@ -854,22 +873,18 @@ class BundleWriter:
                 items.append((name.encode("utf-8"), _encode_entry(self._entries[name])))
             table = _build_table(items, self._block_size)
             folder = os.path.dirname(self.prefix)
-            fd, self._tmp_index = tempfile.mkstemp(prefix=f".{os.path.basename(self.prefix)}.index.",
-                                                   suffix=".tmp", dir=folder)
+            fd, self._tmp_index = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=".index.tmp", dir=folder)
             with os.fdopen(fd, "wb") as f:
                 f.write(table)
                 f.flush()
                 os.fsync(f.fileno())
             for tmp in (self._tmp_data, self._tmp_index):  # mkstemp's 0o600 -> what the umask allows
                 os.chmod(tmp, file_mode())
-            os.replace(self._tmp_data, self.data_path)
-            os.replace(self._tmp_index, self.index_path)
-            self._tmp_index = None
-            fsync_folder(folder)
         except BaseException:
             self.abort()
             raise
-        self._done = True
+        self._prepared = True
+        return {self.data_path: self._tmp_data, self.index_path: self._tmp_index}
 
     def abort(self) -> None:
         """Discard everything written so far (temporary files removed)."""
@@ -895,25 +910,39 @@ def checkpoint_state_text(basename: str, all_basenames: list[str]) -> bytes:
             + b"".join(b'all_model_checkpoint_paths: "' + _escape(p) + b'"\n' for p in all_basenames))
 
 
-def write_checkpoint_state(folder: str, basename: str, all_basenames: list[str] | None = None) -> None:
-    """Atomically write ``folder/checkpoint`` naming ``basename`` as the latest checkpoint."""
+def prepare_checkpoint_state(folder: str, basename: str, all_basenames: list[str] | None = None) -> str:
+    """The ``folder/checkpoint`` file naming ``basename`` as the latest checkpoint, written to a
+    temp file beside it (fsynced): its path, for the caller to rename or publish."""
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     paths = list(all_basenames) if all_basenames is not None else []
     paths = [p for p in paths if p != basename] + [basename]  # TF keeps the latest last
     text = checkpoint_state_text(basename, paths)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-checkpoint.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode())  # mkstemp's 0o600 -> what the umask allows
-        os.replace(tmp, os.path.join(folder, "checkpoint"))
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
-    fsync_folder(folder)
+    return tmp
+
+
+def write_checkpoint_state(folder: str, basename: str, all_basenames: list[str] | None = None) -> None:
+    """Atomically write ``folder/checkpoint`` naming ``basename`` as the latest checkpoint."""
+    tmp = prepare_checkpoint_state(folder, basename, all_basenames)
+    try:
+        os.replace(tmp, os.path.join(os.fspath(folder), "checkpoint"))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_folder(os.fspath(folder))
