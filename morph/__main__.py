@@ -228,15 +228,17 @@ def cmd_translate(args) -> int:
         done += 1
         name = names.stem(out_dir, path, [f"_{args.direction}_{k}.png" for k in range(args.samples)]
                           + [f"_{args.direction}_samples.png"])
+        files = [os.path.join(out_dir, f"{name}_{args.direction}_{k}.png") for k in range(args.samples)]
+        grid = os.path.join(out_dir, f"{name}_{args.direction}_samples.png")
+        # recorded as ours before they exist: a run killed mid-write leaves nothing a later run takes for a user's
+        record.add(files + [grid])
         outs = []
         for k in range(args.samples):
             y = model.translate(x, args.direction)
             refuse_non_finite_output(y, f"the {args.direction} translation of {path}", precision_of(model))
             outs.append(y[0].permute(1, 2, 0).cpu().numpy())
-            record.add([save_image(outs[-1], os.path.join(out_dir, f"{name}_{args.direction}_{k}.png"))])
-        grid = save_grid([x[0].permute(1, 2, 0).cpu().numpy()] + outs,
-                         os.path.join(out_dir, f"{name}_{args.direction}_samples.png"), ncols=len(outs) + 1)
-        record.add([grid])
+            save_image(outs[-1], files[k])
+        save_grid([x[0].permute(1, 2, 0).cpu().numpy()] + outs, grid, ncols=len(outs) + 1)
         print(f"{name}: {args.samples} sample(s) -> {grid}")
     if not done:
         raise ImageReadError(args.input, "no readable input image")

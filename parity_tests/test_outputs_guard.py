@@ -453,6 +453,27 @@ def test_extensions_count_in_any_case(world, capsys):
 
 # -- results: the test phases, Morph interpolate / translate ---------------------------------------------
 
+def test_a_translate_killed_mid_write_leaves_nothing_a_rerun_takes_for_a_users(world, monkeypatch, capsys):
+    """Morph translate recorded each picture after writing it: killed in between, the rerun took
+    that picture for a user's file, wrote `<name>_1_a2b_...` beside it and left it for good. Each
+    input's outputs are now recorded before they are written: killed right after any picture,
+    the rerun writes the same files under the same names as a run never killed."""
+    from morph.__main__ import main as morph_main
+    from parity_tests.test_nothing_lost import _killed_at
+    monkeypatch.chdir(world)
+    out = os.path.join(world, "tr")
+    argv = ["translate", "--checkpoint", _morph_folder(world), "--input", os.path.join(world, "dataset", "t", "testA"),
+            "--direction", "a2b", "--samples", "2", "--device", "cpu", "--result_dir", out]
+    assert morph_main(argv) == 0, capsys.readouterr().err
+    clean = sorted(os.listdir(out))
+    assert len([n for n in clean if n.endswith(".png")]) == 3, clean
+    for k in (1, 2, 3):
+        shutil.rmtree(out)
+        assert _killed_at(k, lambda: morph_main(argv), within="ugatit_common.results.write_rgb"), k
+        assert morph_main(argv) == 0, capsys.readouterr().err
+        assert sorted(os.listdir(out)) == clean, k
+
+
 def test_results_never_go_where_they_would_mix(world, capsys, monkeypatch):
     """Translated images, strips and GIFs went wherever --result_dir pointed: among the
     checkpoint's files, into a live run's folders, into a dataset folder (the next training run
