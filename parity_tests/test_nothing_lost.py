@@ -856,11 +856,11 @@ def test_files_written_together_are_all_or_nothing(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m_w.npz"] and open(b, "rb").read() == b"new model"
 
 
-def _killed_at(k: int, write, within: str | None = None) -> bool:
+def _killed_at(k: int, write, within: str | None = None, before: bool = False, only=None) -> bool:
     """Run `write()` in a forked child that dies right after its k-th os.replace / os.remove (os._exit:
     no `except`, no `finally`, no atexit - what SIGKILL or a power cut leaves); `within`: only the
-    calls made inside that function ("module.function") count. True when it was killed there, False
-    when it ended before its k-th call."""
+    calls made inside that function ("module.function") count, and with `only` those for which
+    only(name, args) holds; `before`: killed just before its k-th call instead. True when it was killed there, False when it ended before its k-th call."""
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         try:
@@ -869,8 +869,12 @@ def _killed_at(k: int, write, within: str | None = None) -> bool:
 
             def counted(name):
                 def call(*args, **kw):
-                    result = real[name](*args, **kw)
+                    if only is not None and not only(name, args):
+                        return real[name](*args, **kw)
                     calls[0] += inside[0]
+                    if before and calls[0] == k:
+                        os._exit(9)
+                    result = real[name](*args, **kw)
                     if calls[0] == k:
                         os._exit(9)
                     return result

@@ -167,18 +167,20 @@ class Writer:
             return ["export", _port_folder(root), out, "--direction", "a2b"] + onnx_flags + list(extra)
         return ["export", _morph_folder(root), out, "--samples", "2"] + onnx_flags + list(extra)
 
+    def call(self, argv) -> int:
+        if self.name in ("tf2torch", "torch2tf", "tf2onnx"):
+            import weights_convert as wc
+            return wc.main(argv)
+        if self.name == "export":
+            from torch_port.__main__ import main
+            return main(argv)
+        from morph.__main__ import main
+        return main(argv)
+
     def run(self, root, out, *extra, capsys):
         argv = self.argv(root, out, *extra)
         capsys.readouterr()
-        if self.name in ("tf2torch", "torch2tf", "tf2onnx"):
-            import weights_convert as wc
-            rc = wc.main(argv)
-        elif self.name == "export":
-            from torch_port.__main__ import main
-            rc = main(argv)
-        else:
-            from morph.__main__ import main
-            rc = main(argv)
+        rc = self.call(argv)
         got = capsys.readouterr()
         return rc, got.out, got.err
 
@@ -199,6 +201,27 @@ def refused(writer, root, out, *extra, capsys, words=()):
         assert w in line, (writer, out, line)
     assert snapshot(root) == before, (writer, out)  # nothing written, moved, created or deleted
     return line
+
+
+@pytest.mark.parametrize("writer", [w if w.kind != "onnx" else pytest.param(w, marks=pytest.mark.slow)
+                                    for w in WRITERS], ids=repr)  # an ONNX export: ~5 s
+def test_a_writers_temp_files_left_by_a_kill_are_removed_by_the_next_write_there(writer, world, capsys):
+    """Killed (SIGKILL) before a rename of its write, a command left its temp files - hidden,
+    full-size - in the output folder for good: the same command run again wrote its output
+    beside them. The next command writing into that folder now removes the temp files of a
+    writer no longer running (never a running one's: ugatit_common.atomic.sweep_dead_temps)."""
+    from parity_tests.test_nothing_lost import _killed_at
+    out_dir = os.path.join(world, "out")
+    os.makedirs(out_dir)
+    out = os.path.join(out_dir, writer.default)
+    def publishing(name, args):  # the rename of an output's temp file onto its name
+        return name == "replace" and not os.path.basename(str(args[1])).startswith(".")
+    assert _killed_at(1, lambda: writer.call(writer.argv(world, out)), before=True, only=publishing)
+    left = [n for n in os.listdir(out_dir) if n.startswith(".tmp-")]
+    assert left and not [n for n in os.listdir(out_dir) if not n.startswith(".")], os.listdir(out_dir)
+    rc, _, err = writer.run(world, out, capsys=capsys)
+    assert rc == 0, err
+    assert not [n for n in os.listdir(out_dir) if n.startswith(".tmp-")], os.listdir(out_dir)
 
 
 # -- 1. never an input -------------------------------------------------------------------------------

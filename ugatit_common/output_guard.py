@@ -46,7 +46,7 @@ import struct
 import zipfile
 
 from . import checkpoint_policy as policy
-from .atomic import recover_interrupted_writes
+from .atomic import sweep_dead_temps
 from .options import DOMAIN_FOLDERS, OptionError
 from . import run_lock
 from .run_lock import held_by
@@ -331,7 +331,8 @@ def check_outputs(outputs, inputs, overwrite: bool, *, updates=(), beside_input_
     inputs are, for the message. The outputs are then claimed for this process (`claim`, until
     `release_claims`) and checked again, so a command that wrote one meanwhile is seen."""
     for folder in sorted({os.path.dirname(os.path.abspath(p)) for p, _ in [*outputs, *updates]}):
-        recover_interrupted_writes(folder)  # a killed earlier write there: its files put back before they are judged
+        # a killed earlier write there: its files put back before they are judged, its temp files removed
+        sweep_dead_temps(folder)
     in_files = [f for p in inputs for f in input_files(p)] + [p for p in inputs if os.path.lexists(p)]
     in_folders = [f for f in (checkpoint_folder_of(p) for p in inputs if os.path.lexists(p) or _tf_prefix(p)) if f]
     every = [(p, k, False) for p, k in outputs] + [(p, k, True) for p, k in updates]
