@@ -616,3 +616,21 @@ def test_tf_reference_disk_full_and_a_nan_checkpoint(tmp_path, monkeypatch, caps
     line = one_error_line(capsys.readouterr().err)
     assert rc == 2 and "1 non-finite" in line, line
     assert {os.path.join(d, n) for d, _, ns in os.walk(tmp_path / "logs") for n in ns} == logs
+
+
+def test_ctrl_c_while_a_lock_is_taken_leaves_no_lock_files(tmp_path, monkeypatch):
+    """Ctrl-C landing while `acquire` writes the owner file (an export claiming its output, a run
+    taking its folder): the lock is let go and its files removed - they were left behind, the
+    output folder keeping `.<name>.ugatit-out.lock` after the command had said "interrupted"."""
+    from ugatit_common import atomic
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(atomic, "write_bytes_atomic", interrupted)
+    for names in ({}, {"lock_name": ".e.onnx.ugatit-out.lock", "owner_name": ".e.onnx.ugatit-out.owner"}):
+        with pytest.raises(KeyboardInterrupt):
+            run_lock.acquire(str(tmp_path / "out"), **names)
+        assert os.listdir(tmp_path / "out") == []
+    monkeypatch.undo()
+    with run_lock.acquire(str(tmp_path / "out")):  # and it can be taken again at once
+        assert run_lock.held_by(str(tmp_path / "out")) is not None

@@ -245,15 +245,20 @@ def acquire(folder: str, what: str = "checkpoint folder", command: str | None = 
         if same:
             break
         os.close(fd)
-    info = {"pid": os.getpid(), "command": command or _command_line(),
-            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "host": socket.gethostname()}
-    try:  # information only; written atomically so a reader never sees half of it
-        from .atomic import write_bytes_atomic
-        write_bytes_atomic(os.path.join(folder, owner_name), json.dumps(info).encode())
-    except OSError:
-        pass
-    return RunLock(folder, fd, (owner_name, lock_name), created)
+    lock = RunLock(folder, fd, (owner_name, lock_name), created)
+    try:
+        info = {"pid": os.getpid(), "command": command or _command_line(),
+                "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "host": socket.gethostname()}
+        try:  # information only; written atomically so a reader never sees half of it
+            from .atomic import write_bytes_atomic
+            write_bytes_atomic(os.path.join(folder, owner_name), json.dumps(info).encode())
+        except OSError:
+            pass
+    except BaseException:  # Ctrl-C while the owner file was written: the lock and its files go
+        lock.release()
+        raise
+    return lock
 
 
 def _missing_top(folder: str) -> str | None:
