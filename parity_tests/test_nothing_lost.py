@@ -526,6 +526,30 @@ def test_ctrl_c_in_a_real_process(tmp_path):
     assert "stopped at step" in err and "resume with: python -m torch_port" in err and "Traceback" not in err
 
 
+def test_sigterm_stops_as_ctrl_c_does(tmp_path):
+    """SIGTERM (`kill`, a scheduler preempting the job, `docker stop`) ended a training run at once:
+    no line saying where it stopped, exit -15, a save in progress not rolled back. It now stops as
+    Ctrl-C does - the same clean-up, one line naming SIGTERM with the step, the last checkpoint and
+    the resume command - with exit 143 (128 + 15)."""
+    make_data(tmp_path)
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    p = subprocess.Popen([sys.executable, "-m", "torch_port"] + train_args(200), cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = ckdir(tmp_path)
+    deadline = time.time() + 240
+    while time.time() < deadline and not steps(folder):
+        time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, (p.returncode, err[-2000:])
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("SIGTERM: stopped at step") and "last checkpoint: " in line, line
+    assert "resume with: python -m torch_port" in line and "Traceback" not in err, err
+    found = policy.inventory(folder)  # nothing half written; the line names the newest checkpoint
+    assert found and all(f.complete for f in found) and not [n for n in os.listdir(folder) if n.startswith(".tmp-")]
+    assert f"{found[0].name.split(' ')[0]}" in line, (line, found[0].name)
+
+
 # -- kill -9 at random moments: resume reproduces the uninterrupted run ------------------------------
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@
     exit 2    bad input - a flag, a file, a folder, a checkpoint, a full or read-only disk:
               one `error: ...` line naming the flag or the file
     exit 130  Ctrl-C: `stopped at step N ...; resume with: <command>` for training runs
+    exit 143  SIGTERM (`kill`, a scheduler's preemption, `docker stop`): the same clean stop and line
 
 `--debug` (anywhere on the command line, or UGATIT_DEBUG=1) prints the traceback as well; it is
 taken off the arguments before the command's own parser sees them. Training loops report their
@@ -12,8 +13,10 @@ position with `note_step` / `note_checkpoint`, which is what the Ctrl-C line quo
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import sys
 import traceback
 import warnings
@@ -21,6 +24,33 @@ import warnings
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be: every clean-up that Ctrl-C
+    gets (a save in progress rolled back, temp files removed, the resume line) it gets too."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While the block runs, SIGTERM raises Terminated in the main thread instead of ending the
+    process at once (which left temp files and no line saying where a training run stopped).
+    Only where SIGTERM has its default action (one a launcher set up, or ignores, is kept)."""
+    def handler(signum, frame):
+        raise Terminated()
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            yield
+            return
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: signals go to the main thread's handlers only
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 # exception classes (by name, anywhere in the MRO) that mean "the input is bad", from libraries
 # this module does not import: TF checkpoint reader/converter, safetensors, pickle, protobuf, TF ops
@@ -206,24 +236,25 @@ def run(fn, argv=None, prog: str = "python", training=None, label: str = "error"
     argv = [a for a in argv if a != "--debug"]
     reset()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), sigterm_as_interrupt():
             plain_warnings()
             rc = fn(argv)
         return 0 if rc is None else int(rc)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             traceback.print_exc()
         if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks: it saves and knows the checkpoint
-            print(interrupted_line(prog, argv, training), file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
+            print(interrupted_line(prog, argv, training, _signal_of(e)), file=sys.stderr, flush=True)
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     except SystemExit:
         raise
     except BaseException as e:  # noqa: BLE001 - the one error path
         if debug:
             traceback.print_exc()
-        if _caused_by_interrupt(e):  # Ctrl-C inside a library call that re-raised it as its own error
-            print(interrupted_line(prog, argv, training), file=sys.stderr, flush=True)
-            return EXIT_INTERRUPTED
+        stop = _caused_by_interrupt(e)
+        if stop:  # Ctrl-C inside a library call that re-raised it as its own error
+            print(interrupted_line(prog, argv, training, _signal_of(stop)), file=sys.stderr, flush=True)
+            return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
         if needs_tf is not None and tensorflow_missing(e):
             print(f"{label}: {needs_tensorflow_line(prog, needs_tf)}", file=sys.stderr, flush=True)
             return EXIT_BAD_INPUT
@@ -241,20 +272,26 @@ def run(fn, argv=None, prog: str = "python", training=None, label: str = "error"
         return EXIT_INTERNAL
 
 
-def _caused_by_interrupt(e: BaseException) -> bool:
+def _caused_by_interrupt(e: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (Ctrl-C or SIGTERM's Terminated) that `e` was raised from, if any."""
     seen = set()
     while e is not None and id(e) not in seen:
         if isinstance(e, KeyboardInterrupt):
-            return True
+            return e
         seen.add(id(e))
         e = e.__cause__ or e.__context__
-    return False
+    return None
 
 
-def interrupted_line(prog: str, argv: list[str], training=None) -> str:
+def _signal_of(e: BaseException) -> str:
+    return "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+
+
+def interrupted_line(prog: str, argv: list[str], training=None, how: str = "Ctrl-C") -> str:
+    """The line a stopped command ends with; `how`: what stopped it (Ctrl-C, SIGTERM)."""
     trains = bool(training(argv)) if training else False
     if not trains:
-        return "interrupted (Ctrl-C)"
+        return f"interrupted ({how})"
     step = _state.get("step")
     ck = last_checkpoint()
     where = f"stopped at step {step}" if step is not None else "stopped before the first step"
@@ -262,7 +299,7 @@ def interrupted_line(prog: str, argv: list[str], training=None) -> str:
         where += f" (last checkpoint: {ck})"
     else:
         where += " (no checkpoint written yet: a rerun starts over)"
-    return f"{where}; resume with: {resume_command(prog, argv)}"
+    return ("" if how == "Ctrl-C" else f"{how}: ") + f"{where}; resume with: {resume_command(prog, argv)}"
 
 
 def check_writable_folder(path: str, what: str) -> str:
