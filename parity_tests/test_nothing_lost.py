@@ -898,10 +898,11 @@ def _killed_at(k: int, write, within: str | None = None, before: bool = False, o
                     calls[0] += inside[0]
                     if before and calls[0] == k:
                         os._exit(9)
-                    result = real[name](*args, **kw)
-                    if calls[0] == k:
-                        os._exit(9)
-                    return result
+                    try:
+                        return real[name](*args, **kw)
+                    finally:  # a call that failed (a file already gone) counts too
+                        if calls[0] == k:
+                            os._exit(9)
                 return call
             for name in real:
                 setattr(os, name, counted(name))
@@ -1102,11 +1103,11 @@ def test_ctrl_c_at_any_step_of_a_write_of_several_files_leaves_nothing_behind(tm
         assert outcomes.count(False) > 8, outcomes
 
 
-def test_a_killed_writes_journal_never_touches_files_put_there_since(tmp_path):
+def test_a_killed_writes_journal_never_touches_files_put_there_since(tmp_path, capsys):
     """A write killed half way leaves its journal until the next command there. Files someone put
     at those names meanwhile (the user, seeing the command fail, copies their own in) are not the
-    write's: the rollback leaves them as they are, and only what the write itself published or
-    removed is put back."""
+    write's: the next command leaves every file as it is and says so in one line, keeping the
+    journal and the earlier files' backups until the user removes the journal."""
     from ugatit_common.atomic import sweep_dead_temps, write_files_atomic
     new = {"m_w.npz": b"new codes", "m.onnx": b"new model"}
     mine = {"m_w.npz": b"the user's codes", "m.onnx": b"the user's model"}
@@ -1124,9 +1125,134 @@ def test_a_killed_writes_journal_never_touches_files_put_there_since(tmp_path):
                 if os.path.lexists(tmp_path / "x" / n):
                     os.remove(tmp_path / "x" / n)
                 (tmp_path / "x" / n).write_bytes(data)
-            sweep_dead_temps(str(tmp_path / "x"))  # the journal rolled back first, then the temp files
-            assert sorted(os.listdir(tmp_path / "x")) == sorted(mine) and _visible(tmp_path / "x") == mine, k
+            capsys.readouterr()
+            sweep_dead_temps(str(tmp_path / "x"))  # the journal first, then the temp files
+            assert _visible(tmp_path / "x") == mine, k
+            left = glob.glob(str(tmp_path / "x" / ".tmp-*.journal"))
+            if left:  # changed since: said, and left for the user
+                assert "has changed since: nothing was put back" in capsys.readouterr().out, k
+                os.remove(left[0])
+                sweep_dead_temps(str(tmp_path / "x"))
+            assert sorted(os.listdir(tmp_path / "x")) == sorted(mine), (k, os.listdir(tmp_path / "x"))
         assert journals >= 2, journals
+
+
+def test_journals_are_judged_by_their_lock_and_copies_by_their_times(tmp_path, capsys):
+    """Whether a journal's writer is alive is its lock, not its pid or its files' times: a live
+    write's backups of files two days old stay (the 24 h rule for temp files took hard links of old
+    files for left-overs), and a dead write's journal carrying this very process's pid (a pid
+    reused after a restart, PID 1 in a container) is rolled back. A folder copied with its times
+    (`cp -a`) after a kill is rolled back in the copy too; one copied without them is left as it
+    is, said, with the earlier files kept."""
+    from ugatit_common import atomic
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "m.index").write_bytes(b"old index")
+    (folder / "m.data").write_bytes(b"old data")
+    two_days = time.time() - 2 * 86400
+    for n in ("m.index", "m.data"):
+        os.utime(folder / n, (two_days, two_days))
+    live = atomic._Journal(str(folder))  # a write in progress in this process: its lock held
+    try:
+        os.link(folder / "m.data", folder / f".tmp-{os.getpid()}-aa.keep")
+        for sweep in (atomic.sweep_dead_temps, atomic.recover_interrupted_writes,
+                      lambda f: policy.sweep_temp(f, owner=None)):
+            sweep(str(folder))
+            assert os.path.exists(folder / f".tmp-{os.getpid()}-aa.keep") and os.path.exists(live.part)
+    finally:
+        live.close()
+        os.remove(folder / f".tmp-{os.getpid()}-aa.keep")
+
+    def killed_between_renames(where):
+        """A dead write of this pid: new .data renamed in, the old .index still there."""
+        os.link(where / "m.data", where / f".tmp-{os.getpid()}-bb.keep")
+        os.link(where / "m.index", where / f".tmp-{os.getpid()}-cc.keep")
+        (where / "new.tmp").write_bytes(b"new data")
+        entries = [{"path": "m.data", "was": f".tmp-{os.getpid()}-bb.keep",
+                    "new": atomic._identity(os.lstat(where / "new.tmp"))},
+                   {"path": "m.index", "was": f".tmp-{os.getpid()}-cc.keep", "new": [9, 9]}]
+        (where / f".tmp-{os.getpid()}-dd.journal").write_text(json.dumps({"journal": 3, "files": entries}))
+        os.replace(where / "new.tmp", where / "m.data")
+    killed_between_renames(folder)
+    shutil.copytree(folder, tmp_path / "with_times")                              # copy2: times kept
+    shutil.copytree(folder, tmp_path / "without", copy_function=shutil.copyfile)  # new times
+    for where in (folder, tmp_path / "with_times"):
+        assert atomic.recover_interrupted_writes(str(where)) == ["m.data"]
+        assert sorted(os.listdir(where)) == ["m.data", "m.index"] and (where / "m.data").read_bytes() == b"old data"
+    capsys.readouterr()
+    assert atomic.recover_interrupted_writes(str(tmp_path / "without")) == []
+    assert "has changed since: nothing was put back" in capsys.readouterr().out
+    assert len(os.listdir(tmp_path / "without")) == 5  # the journal and the two earlier files stay
+
+
+def test_without_hard_links_a_write_is_finished_never_half_undone(tmp_path, monkeypatch):
+    """Where no hard link can be made (FAT, some network mounts), a file that existed cannot be put
+    back: its rename comes last, after the commit. Ctrl-C at any step of torch2tf into a folder
+    whose `checkpoint` file names an older checkpoint leaves a readable folder: the old checkpoint
+    named, or the new one whole (the rollback removed the new bundle while the `checkpoint` file,
+    not restorable, already named it)."""
+    import weights_convert as wc
+    from ugatit_common.tf_checkpoint.bundle import resolve_prefix
+    from parity_tests.test_convert_cases import _model
+    new = {k: v for k, v in _model(1).state_dict().items()}
+    for k in range(1, 200):
+        shutil.rmtree(tmp_path / "tf", ignore_errors=True)
+        wc.torch_to_tf({k: v for k, v in _model(0).state_dict().items()}, str(tmp_path / "tf" / "M.model-1"))
+        calls = [0]
+
+        def interrupting(fn):
+            def call(*args, **kw):
+                calls[0] += 1
+                if calls[0] == k:
+                    raise KeyboardInterrupt
+                return fn(*args, **kw)
+            return call
+
+        def no_link(*args, **kw):
+            raise OSError(errno.EPERM, "Operation not permitted")
+        try:
+            with monkeypatch.context() as m:
+                m.setattr(os, "link", no_link)
+                for name in ("replace", "remove", "fsync"):
+                    m.setattr(os, name, interrupting(getattr(os, name)))
+                wc.torch_to_tf(new, str(tmp_path / "tf" / "M.model-2"))
+        except KeyboardInterrupt:
+            assert os.path.basename(resolve_prefix(str(tmp_path / "tf"))) in ("M.model-1", "M.model-2"), k
+            continue
+        assert os.path.basename(resolve_prefix(str(tmp_path / "tf"))) == "M.model-2"
+        break
+    assert k > 5, k
+
+
+def _events_on_disk(root) -> dict:
+    """{step: number of summary values} in the event files under `root`, as they are on disk."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    counts = {}
+    for path in glob.glob(os.path.join(str(root), "**", "events.out.tfevents.*"), recursive=True):
+        for event in EventFileLoader(path).Load():
+            if event.HasField("summary"):
+                counts[event.step] = counts.get(event.step, 0) + len(event.summary.value)
+    return counts
+
+
+def test_every_event_of_a_checkpoints_steps_is_on_disk_before_it_is_saved(tmp_path, monkeypatch):
+    """A run killed just after a checkpoint resumes from it, and its event file starts with a purge
+    marker at the next step: whatever the killed run had of the checkpoint's own steps but not on
+    disk was lost for good (the rho histograms of the last step sat in the writer's buffer). Each
+    save now comes after every event of the steps it holds is on disk, as the loss log's lines."""
+    from torch_port import checkpoint as ck
+    make_data(tmp_path)
+    real, seen = ck.save, {}
+
+    def save(folder, prefix, step, *args, **kw):
+        seen[step] = _events_on_disk(tmp_path)
+        return real(folder, prefix, step, *args, **kw)
+    monkeypatch.setattr(ck, "save", save)
+    assert port(train_args(4, 1, 2), monkeypatch, tmp_path)[0] == 0
+    final = _events_on_disk(tmp_path)
+    assert sorted(seen) == [3, 5], seen
+    for step, counts in seen.items():
+        assert {s: n for s, n in final.items() if s < step} == counts, (step, counts, final)
 
 
 def test_a_journal_naming_files_elsewhere_is_not_followed(tmp_path, capsys):

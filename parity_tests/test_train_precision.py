@@ -289,6 +289,21 @@ def test_fp16_a_forward_overflow_with_a_penalty_stops_at_once(tmp_path, monkeypa
     assert " [fp16] step" not in got.out, got.out
 
 
+def test_fp16_a_forward_overflow_on_one_rank_stops_every_rank():
+    """Under torchrun the values are averaged over the ranks: one rank of two whose forward
+    overflowed makes `D_unpenalized_finite` 0.5, not 0 - still the model's overflow, not the
+    penalty's: the run stops (it was tolerated as the penalty's)."""
+    from torch_port.train import NonFiniteLoss, _check_finite
+    values = {"Discriminator_loss": float("nan"), "D_step_skipped": 1.0, "D_loss_scale": 65536.0}
+    said = []
+    _check_finite(dict(values, D_unpenalized_finite=1.0), "discriminator", 1, {}, said.append, scaled_loss=True)
+    assert said and "skipped" in said[0]
+    for averaged in (0.5, 0.0):
+        with pytest.raises(NonFiniteLoss, match="discriminator loss Discriminator_loss is nan at step 1"):
+            _check_finite(dict(values, D_unpenalized_finite=averaged), "discriminator", 1, {}, said.append,
+                          scaled_loss=True)
+
+
 def test_fp16_skipped_losses_are_null_in_the_loss_log(tmp_path, monkeypatch):
     """Morph's `losses.jsonl` stays strict JSON when an fp16 step's D loss overflowed: the
     non-finite values are `null` (NaN would be Python-only JSON)."""

@@ -36,6 +36,7 @@ class EventWriter:
                 break
             except FileExistsError:
                 continue
+        self._handle = handle
         self._writer = RecordWriter(handle)
         self._writer.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
         if purge_step is not None:
@@ -73,9 +74,13 @@ class EventWriter:
                                           bucket=[float(c) for c in counts[first:]])
         self._add(summary_pb2.Summary.Value(tag=tag, histo=hist), step)
 
-    def flush(self) -> None:
+    def flush(self, sync: bool = False) -> None:
+        """Write what is buffered; `sync`: onto the disk too (before a checkpoint is saved)."""
+        import os
         import time
         self._writer.flush()
+        if sync:
+            os.fsync(self._handle.fileno())
         self._flushed = time.time()
 
     def close(self) -> None:

@@ -295,7 +295,8 @@ def _check_finite(values: dict, what: str, counter: int, skips: dict, log, scale
                             f"with --precision bf16 or fp32)")
     # the loss without its penalty non-finite too: the model's forward (a float16 overflow of an
     # activation, no loss scale changes it), not the penalty's gradient at the scale - stop now
-    if bad and skipped and scaled_loss and values.get(f"{key}_unpenalized_finite", 1.0) != 0:
+    # (under torchrun the flag is averaged over the ranks: below 1 when any rank's forward overflowed)
+    if bad and skipped and scaled_loss and values.get(f"{key}_unpenalized_finite", 1.0) == 1.0:
         log(f" [fp16] step {counter}: {what} loss {bad[0]} is {values[bad[0]]} at loss scale "
             f"{values[f'{key}_loss_scale']:g} (most likely a float16 overflow at that scale): the step was skipped, "
             f"weights unchanged, the scale halved")
@@ -684,6 +685,8 @@ class Trainer:
             if loss_log:  # every line of the steps this checkpoint holds is on disk before it is
                 loss_log.flush()
                 os.fsync(loss_log.fileno())
+            if writer:  # and every event: a resumed run's purge marker hides whatever came after
+                writer.flush(sync=True)
             bad = _first_non_finite(model)  # (every rank: the weights are the same on all)
             if bad:  # finite losses, yet a non-finite value in the weights or Adam's state
                 raise NonFiniteLoss(f"{bad} holds a non-finite value (NaN or inf) after step {counter - 1} "

@@ -13,6 +13,11 @@ import re
 import tempfile
 import time
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
+
 
 def current_umask() -> int:
     """The process umask, read without changing it where the system says it (Linux: /proc; setting
@@ -72,59 +77,121 @@ def fsync_folder(folder: str) -> None:
 
 
 def _identity(st) -> list:
-    """What tells a published file from any other at its path: device, inode, size, mtime (a rename
-    keeps all four)."""
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    """What tells a published file from any other at its path: size and mtime (a rename keeps both,
+    and so does a copy that keeps times, `cp -a`; a file put there since has its own mtime)."""
+    return [st.st_size, st.st_mtime_ns]
 
 
-def _write_journal(stem: str, entries: list) -> None:
-    """The record of one publish_together, `<stem>.journal`: for each file its name (in the
-    journal's folder), what it was before - the name of its backup hard link, "absent", or "kept"
-    (existed but could not be linked: nothing to restore it from) - and `new`, the identity of the
-    file about to be renamed onto it (None: it is being removed). Written to `<stem>.journal-part`,
-    fsynced, then renamed: a `.journal` is always whole."""
-    with open(stem + JOURNAL + "-part", "w", encoding="utf-8") as fh:
-        json.dump({"journal": 2, "files": entries}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(stem + JOURNAL + "-part", stem + JOURNAL)
-    fsync_folder(os.path.dirname(stem))
+class _Journal:
+    """One publish_together's record, `<stem>.journal`, held under an exclusive flock by its writer
+    from before its first backup until the write has committed or been rolled back: a journal whose
+    lock can be taken is a dead writer's (SIGKILL, power loss) - whatever its pid says (a pid reused
+    after a restart, another container's). Written as `<stem>.journal-part`, then renamed whole."""
+
+    def __init__(self, folder: str):
+        self.path = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(6).hex()}{JOURNAL}")
+        self.part = self.path + "-part"
+        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            if fcntl is not None:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, entries: list) -> None:
+        """For each file its name (in the journal's folder), what it was before - the name of its
+        backup hard link, "absent", or "kept" (existed but could not be linked: nothing to restore
+        it from) - and `new`, the identity of the file about to be renamed onto it (None: it is
+        being removed)."""
+        data = json.dumps({"journal": 3, "files": entries}).encode()
+        os.write(self.fd, data)
+        os.fsync(self.fd)
+        os.replace(self.part, self.path)
+        fsync_folder(os.path.dirname(self.path))
+
+    def close(self) -> None:
+        """Remove the journal (either name) and let its lock go."""
+        for p in (self.path, self.part):
+            _remove_quietly(p)
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _dead_journal(path: str):
+    """An fd holding the lock of the journal at `path` when its writer is gone (the caller then
+    owns it: roll back, remove, close), else None (a live writer holds it, or it is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        elif not abandoned(path):  # pragma: no cover - no flock: the writer's pid and age decide
+            raise BlockingIOError
+        if not os.path.samestat(os.fstat(fd), os.stat(path)):  # renamed or removed meanwhile
+            raise FileNotFoundError
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _valid(entries) -> list:
     """A journal's entries, or ValueError: it names files of its own folder only, its own backups,
-    and identities of four integers."""
+    and identities of two integers."""
     for e in entries:
         if not (isinstance(e, dict) and isinstance(e.get("path"), str) and os.path.basename(e["path"]) == e["path"]
                 and e["path"] not in ("", ".", "..") and isinstance(e.get("was"), str)
                 and (e["was"] in ("absent", "kept") or _BACKUP.match(e["was"]))
-                and (e.get("new") is None or (isinstance(e["new"], list) and len(e["new"]) == 4
+                and (e.get("new") is None or (isinstance(e["new"], list) and len(e["new"]) == 2
                                               and all(isinstance(v, int) for v in e["new"])))):
             raise ValueError(f"not a journal entry: {e!r}")
     return entries
 
 
+class ChangedSince(Exception):
+    """A journal names a file that is neither what its write published nor what was there
+    before (copied without its times, or replaced by hand since): nothing is decided for it."""
+
+
 def _roll_back(folder: str, entries: list) -> list[str]:
-    """Put back every file of a journal that its write changed: a file it published (the identity
-    in `new`: never a file someone put there since) is replaced by its backup or, where there was
-    none, removed; a file it removed (`new` None, now absent) comes back from its backup. A file
-    the write had not reached yet, or that was changed since, is left as it is. Backups are then
-    removed. Returns the names put back; every file is tried, then the first OSError is raised.
-    Idempotent."""
-    changed, failed = [], None
+    """Put back every file of a journal that its write changed: a file it published (its identity
+    in `new`) is replaced by its backup or, where there was none, removed; a file it removed (`new`
+    None, now absent) comes back from its backup. A file the write had not reached is left as it
+    is. Backups are then removed. A file that is neither the published one nor the one before it
+    (changed since) stops everything first: ChangedSince, nothing touched. Returns the names put
+    back; every file is tried, then the first OSError is raised. Idempotent."""
+    plan = []
     for e in _valid(entries):
         p = os.path.join(folder, e["path"])
         backup = None if e["was"] in ("absent", "kept") else os.path.join(folder, e["was"])
         try:
-            try:
-                now = _identity(os.lstat(p))
-            except FileNotFoundError:
-                now = None
-            ours = now == e["new"] if e["new"] is not None else now is None
-            if ours and backup is not None and os.path.lexists(backup):
+            now = _identity(os.lstat(p))
+        except FileNotFoundError:
+            now = None
+        try:
+            before = _identity(os.lstat(backup)) if backup else None
+        except FileNotFoundError:
+            before, backup = None, None
+        if e["new"] is not None:
+            ours = now == e["new"]
+            untouched = now is None if e["was"] == "absent" else (now == before if backup else not ours)
+        else:
+            ours = now is None and e["was"] != "absent"
+            untouched = now is not None and (now == before if backup else True)
+        if not (ours or untouched or (now is None and e["was"] == "absent")):
+            raise ChangedSince(e["path"])
+        plan.append((p, e, backup, ours and now is not None or (ours and e["new"] is None)))
+    changed, failed = [], None
+    for p, e, backup, put_back in plan:
+        try:
+            if put_back and backup is not None:
                 os.replace(backup, p)
                 changed.append(e["path"])
-            elif ours and e["was"] == "absent" and now is not None:
+            elif put_back and e["was"] == "absent" and os.path.lexists(p):
                 os.remove(p)
                 changed.append(e["path"])
             if backup is not None and os.path.lexists(backup):
@@ -139,11 +206,11 @@ def _roll_back(folder: str, entries: list) -> list[str]:
 def recover_interrupted_writes(folder: str, log=print) -> list[str]:
     """Finish what a killed publish_together left in `folder` (SIGKILL or power loss between its
     renames: a new .data beside the old .index, a port checkpoint's weights without their state,
-    an ONNX model without its new codes): each journal whose writer is gone (`abandoned`) is
+    an ONNX model without its new codes): each journal whose writer is gone (its lock free) is
     rolled back - every file it had changed is again what it was before that write - and removed.
-    A running writer's journal is left alone; so is a file changed since by someone else. Returns
-    the names put back; a journal that cannot be rolled back (no permission, damaged) is said in
-    one line and left."""
+    A running writer's journal is left alone. A journal naming a file changed since, or one that
+    cannot be rolled back (no permission, damaged), is said in one line and left with its backups
+    (the earlier files), for the user to decide. Returns the names put back."""
     try:
         names = sorted(os.listdir(folder))
     except OSError:
@@ -151,7 +218,10 @@ def recover_interrupted_writes(folder: str, log=print) -> list[str]:
     restored = []
     for n in names:
         p = os.path.join(folder, n)
-        if not (_WRITER.match(n) and n.endswith((JOURNAL, JOURNAL + "-part"))) or not abandoned(p):
+        if not (_WRITER.match(n) and n.endswith((JOURNAL, JOURNAL + "-part"))):
+            continue
+        fd = _dead_journal(p)
+        if fd is None:
             continue
         try:
             if n.endswith("-part"):  # killed while writing its journal: no rename had begun
@@ -163,32 +233,43 @@ def recover_interrupted_writes(folder: str, log=print) -> list[str]:
             os.remove(p)
         except FileNotFoundError:  # another command recovered it meanwhile
             continue
+        except ChangedSince as e:
+            kept = [x["was"] for x in entries if _BACKUP.match(str(x.get("was")))]
+            log(f" [!] {folder}: a write there was interrupted (process {_WRITER.match(n).group(1)} stopped between "
+                f"its renames), and {e} has changed since: nothing was put back; the files from before that write "
+                f"are kept as {', '.join(kept) or '(none)'} - remove {n} to drop them")
+            continue
         except (OSError, ValueError, KeyError, TypeError) as e:
             log(f" [!] {p}: the record of an interrupted write cannot be rolled back ({e}); "
                 f"the files it names are left as they are")
             continue
+        finally:
+            os.close(fd)
         fsync_folder(folder)
         if changed:
             log(f" [*] {folder}: a write there was interrupted (process {_WRITER.match(n).group(1)} stopped "
                 f"between its renames); put back as they were before it: {', '.join(changed)}")
         restored += changed
-    # a backup whose journal is gone (the write committed, or was killed before its journal existed)
-    # is a plain left-over: removed, unless a journal still names it (its rollback failed above)
-    named = set()
+    # a backup no journal names and no journal of its writer's pid is still there for (the write
+    # committed, or was killed before its journal had entries) is a plain left-over
+    named, pids = set(), set()
     for n in os.listdir(folder):
-        if n.endswith(JOURNAL) and _WRITER.match(n):
+        if _WRITER.match(n) and n.endswith((JOURNAL, JOURNAL + "-part")):
+            pids.add(_WRITER.match(n).group(1))
             try:
                 with open(os.path.join(folder, n), encoding="utf-8") as fh:
                     named |= {e["was"] for e in json.load(fh)["files"]}
             except (OSError, ValueError, KeyError, TypeError):
-                return restored
-    for n in os.listdir(folder):
-        if _BACKUP.match(n) and n not in named and abandoned(os.path.join(folder, n)):
-            try:
-                os.remove(os.path.join(folder, n))
-            except OSError:
                 pass
+    for n in os.listdir(folder):
+        if _BACKUP.match(n) and n not in named and _WRITER.match(n).group(1) not in pids:
+            _remove_quietly(os.path.join(folder, n))
     return restored
+
+
+def journal_file(name: str) -> bool:
+    """A journal or a backup of publish_together: recover_interrupted_writes alone removes them."""
+    return bool(_WRITER.match(name)) and (name.endswith((JOURNAL, JOURNAL + "-part")) or bool(_BACKUP.match(name)))
 
 
 class WriteFailed(OSError):
@@ -207,21 +288,22 @@ def publish_together(moves: dict, log=print) -> None:
     a port checkpoint's weights, state and pointer; an ONNX model and its codes). An error or
     Ctrl-C half way puts every path back at once: a file that existed from a hard link kept beside
     it (`.tmp-<pid>-<hex>.keep`), one that did not is removed. A process killed half way (SIGKILL,
-    power loss) leaves a journal, written before the first rename: the next command that reads or
-    writes that folder rolls it back (`recover_interrupted_writes`), touching only the files this
-    write had published or removed. A killed earlier write there is rolled back first. WriteFailed
-    names the file that failed. The temp files are the caller's (left where a rename did not
-    happen). Where the file system has no hard links, an existing file cannot be restored (it may
-    be left replaced); new files are still removed."""
+    power loss) leaves a journal, written before the first rename and locked while the write runs:
+    the next command that reads or writes that folder rolls it back (`recover_interrupted_writes`),
+    touching only the files this write had published or removed. A killed earlier write there is
+    rolled back first. WriteFailed names the file that failed. The temp files are the caller's
+    (left where a rename did not happen). Where the file system has no hard links, a file that
+    existed cannot be restored: its rename comes last, after the commit (the write is then
+    finished, not undone)."""
     moves = {os.path.abspath(p): t for p, t in moves.items()}
     folder = os.path.dirname(next(iter(moves)))
     if any(os.path.dirname(p) != folder for p in moves):
         raise ValueError(f"publish_together: files in several folders: {list(moves)}")
     recover_interrupted_writes(folder, log)
-    stem = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(6).hex()}")
     entries = []
-    path, committed = None, False
+    path, committed, journal = None, False, None
     try:
+        journal = _Journal(folder)
         for path, tmp in moves.items():
             entry = {"path": os.path.basename(path), "was": "absent",
                      "new": None if tmp is None else _identity(os.lstat(tmp))}
@@ -234,25 +316,35 @@ def publish_together(moves: dict, log=print) -> None:
                     entry["was"] = "kept"
             entries.append(entry)
         path = None
-        _write_journal(stem, entries)
-        for path, tmp in moves.items():
+        order = sorted(range(len(entries)), key=lambda i: entries[i]["was"] == "kept")  # unrestorable last
+        journal.write([entries[i] for i in order if entries[i]["was"] != "kept"])
+        targets = list(moves.items())
+        for i in order:
+            path, tmp = targets[i]
+            if entries[i]["was"] == "kept" and not committed:
+                journal.close()  # the commit comes before a file that could not be put back
+                committed = True
             if tmp is not None:
                 os.replace(tmp, path)
             elif os.path.lexists(path):
                 os.remove(path)
         path = None
-        os.remove(stem + JOURNAL)  # the commit: from here on the new files stay, whatever happens
-        committed = True
+        if not committed:
+            journal.close()  # the commit: from here on the new files stay, whatever happens
+            committed = True
         fsync_folder(folder)
     except BaseException as e:
         if not committed:
             try:
-                _roll_back(folder, entries)
-            except OSError:  # the journal stays: the next command there rolls back the rest
-                _remove_quietly(stem + JOURNAL + "-part")
+                _roll_back(folder, [x for x in entries if x["was"] != "kept"])
+            except (OSError, ChangedSince):  # the journal stays: the next command there rolls back the rest
+                if journal is not None:
+                    _remove_quietly(journal.part)
+                    os.close(journal.fd)
+                    journal.fd = None
             else:
-                for j in (stem + JOURNAL, stem + JOURNAL + "-part"):
-                    _remove_quietly(j)
+                if journal is not None:
+                    journal.close()
         if isinstance(e, OSError) and path is not None and not isinstance(e, WriteFailed):
             raise WriteFailed(path, e) from e
         raise
@@ -356,7 +448,7 @@ def sweep_dead_temps(folder: str) -> list[str]:
         return gone
     for n in names:
         p = os.path.join(folder, n)
-        if not abandoned(p) or not os.path.isfile(p):
+        if journal_file(n) or not abandoned(p) or not os.path.isfile(p):  # journals: recovery's alone
             continue
         try:
             os.remove(p)

@@ -42,7 +42,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from . import run_lock
-from .atomic import abandoned, recover_interrupted_writes
+from .atomic import abandoned, journal_file, recover_interrupted_writes
 from .options import OptionError
 
 POINTER = "latest"          # torch_port's pointer file
@@ -241,7 +241,7 @@ def sweep_temp(folder: str, log=print, owner=None) -> list[str]:
         return gone
     recover_interrupted_writes(folder, log)  # its backups are temp files: put back before they go
     for n in sorted(os.listdir(folder)):
-        if not _TEMP.match(n):
+        if not _TEMP.match(n) or journal_file(n):  # a journal left for the user (and its backups) stays
             continue
         p = os.path.join(folder, n)
         if owner is None and abandoned(p) is False:  # a running command's write in progress
