@@ -1255,6 +1255,45 @@ def test_every_event_of_a_checkpoints_steps_is_on_disk_before_it_is_saved(tmp_pa
         assert {s: n for s, n in final.items() if s < step} == counts, (step, counts, final)
 
 
+def test_resume_false_stopped_while_moving_the_older_run_aside_puts_it_back(tmp_path, monkeypatch, capsys):
+    """`--resume False` moves the older run's checkpoints, then its samples, aside. Stopped half way
+    (Ctrl-C or SIGTERM at any move), it left that run split between the live folder and
+    `previous-run-*/` - and the printed command, without `--resume False`, then continued the older
+    run from an older checkpoint. Now every file is moved back, the line says --resume False did not
+    take effect, and the command it prints keeps `--resume False`."""
+    from torch_port.__main__ import main
+    make_data(tmp_path)
+    assert port(train_args(3), monkeypatch, tmp_path)[0] == 0
+    def tree():
+        return sorted(os.path.relpath(os.path.join(d, n), tmp_path) for d, _, ns in os.walk(tmp_path) for n in ns
+                      if "ugatit-run" not in n)
+    before = tree()
+    real, outcomes = os.replace, []
+    for k in range(1, 40):
+        calls = [0]
+
+        def replace(src, dst, *args, **kw):
+            if "previous-run-" in str(dst):
+                calls[0] += 1
+                if calls[0] == k:
+                    raise KeyboardInterrupt
+            return real(src, dst, *args, **kw)
+        monkeypatch.chdir(tmp_path)
+        capsys.readouterr()
+        with monkeypatch.context() as m:
+            m.setattr(os, "replace", replace)
+            rc = main(train_args(3) + ["--resume", "False", "--iteration", "1"])
+        err = capsys.readouterr().err
+        if rc != 130:
+            assert rc == 0 and k > 1, (k, rc, err[-2000:])
+            break
+        assert tree() == before, k
+        line = err.strip().splitlines()[-1]
+        assert "--resume False did not take effect" in line and line.endswith("--resume False --iteration 1"), line
+        outcomes.append(k)
+    assert len(outcomes) > 5, outcomes
+
+
 def test_a_journal_naming_files_elsewhere_is_not_followed(tmp_path, capsys):
     """A journal of a dead writer names files of its own folder and its own backups only: one
     naming `../x`, a path, or a backup of another name (planted, or damaged) changes nothing

@@ -519,11 +519,10 @@ class Trainer:
         policy.sweep_temp(paths.checkpoint, self.log, owner=self.owner)
         policy.sweep_temp(paths.sample, self.log, owner=self.owner)
         if not self.resume:  # an older run in the folder is moved aside, never deleted, shadowed or overwritten
-            moved = policy.move_previous_run(paths.checkpoint, self.owner, self.log)
-            if moved:
-                for name in self.MOVE_ASIDE:
-                    policy.move_previous_outputs(getattr(paths, name), os.path.basename(moved), self.owner,
-                                                 self.log)
+            cli_errors.note_older_run_aside(False)
+            policy.move_older_run_aside(paths.checkpoint, [getattr(paths, name) for name in self.MOVE_ASIDE],
+                                        self.owner, self.log)
+            cli_errors.note_older_run_aside(True)
 
     def _resume_point(self):
         """`find_checkpoint` on every rank, rank 0 (the owner, which sets unusable ones aside)

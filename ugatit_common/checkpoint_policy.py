@@ -152,13 +152,45 @@ def _unique(path: str) -> str:
     return out
 
 
-def move_files(paths: list[str], dest: str) -> str:
-    """Move files into `dest` (created); a name already there gets a numbered suffix."""
+def move_files(paths: list[str], dest: str, done: list | None = None) -> str:
+    """Move files into `dest` (created); a name already there gets a numbered suffix. `done`:
+    gets (source, destination) of each move made, and ("", dest) when dest was created."""
+    if done is not None and not os.path.isdir(dest):
+        os.makedirs(dest)
+        done.append(("", dest))
     os.makedirs(dest, exist_ok=True)
     for p in paths:
         if os.path.exists(p):
-            os.replace(p, _unique(os.path.join(dest, os.path.basename(p))))
+            to = _unique(os.path.join(dest, os.path.basename(p)))
+            os.replace(p, to)
+            if done is not None:
+                done.append((p, to))
     return dest
+
+
+def move_older_run_aside(folder: str, outputs, owner, log=print) -> str | None:
+    """`--resume False`: the older run's checkpoints in `folder`, then its files in each of the
+    `outputs` folders, moved into `previous-run-<time>/` (move_previous_run, move_previous_outputs)
+    as one step: an error, Ctrl-C or SIGTERM half way moves every file back (the older run whole,
+    as before the command). Its oldest checkpoints go first and the pointer files last, so even a
+    kill half way leaves the older run resumable from its newest checkpoint. Returns the folder
+    name used, or None when there was nothing to move."""
+    done = []
+    try:
+        moved = move_previous_run(folder, owner, log, done=done)
+        if moved:
+            for out in outputs:
+                move_previous_outputs(out, os.path.basename(moved), owner, log, done=done)
+        return moved
+    except BaseException:
+        for src, dst in reversed(done):
+            try:
+                os.rmdir(dst) if not src else os.replace(dst, src)
+            except OSError:
+                pass
+        if done:
+            log(" [*] --resume False was interrupted: the older run's files were moved back where they were")
+        raise
 
 
 def set_aside(folder: str, found: list[Found], why: str, owner, log=print) -> str | None:
@@ -173,7 +205,7 @@ def set_aside(folder: str, found: list[Found], why: str, owner, log=print) -> st
     return dest
 
 
-def move_previous_run(folder: str, owner, log=print) -> str | None:
+def move_previous_run(folder: str, owner, log=print, done: list | None = None) -> str | None:
     """`--resume False`: move every checkpoint file (and the pointer files) of an older run in
     `folder` into `<folder>/previous-run-<time>/`. Returns that folder, or None when empty. Only
     the run holding the folder (`owner`) does."""
@@ -184,13 +216,14 @@ def move_previous_run(folder: str, owner, log=print) -> str | None:
         return None
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     dest = _unique(os.path.join(folder, PREVIOUS + stamp))
-    move_files([p for f in found for p in f.files] + extra, dest)
+    move_files([p for f in reversed(found) for p in sorted(f.files)] + extra, dest, done)  # oldest first
     log(f" [*] --resume False: the older run's checkpoints ({describe(found)}) were moved to {dest}/ "
         f"(nothing deleted); this run starts from scratch")
     return dest
 
 
-def move_previous_outputs(folder: str, dest_name: str, owner, log=print, why: str = "--resume False") -> str | None:
+def move_previous_outputs(folder: str, dest_name: str, owner, log=print, why: str = "--resume False",
+                          done: list | None = None) -> str | None:
     """`--resume False`: move the files (not subfolders) an older run left in an output folder
     (samples, loss logs) into `<folder>/<dest_name>/`, so the new run overwrites none of them.
     Only the run holding the folder (`owner`, see `own_run`) does. `why`: the message's cause."""
@@ -201,7 +234,7 @@ def move_previous_outputs(folder: str, dest_name: str, owner, log=print, why: st
              if os.path.isfile(os.path.join(folder, n)) and not _TEMP.match(n) and n not in _LOCK_FILES]
     if not files:
         return None
-    dest = move_files(files, os.path.join(folder, dest_name))
+    dest = move_files(files, os.path.join(folder, dest_name), done)
     log(f" [*] {why}: the older run's {len(files)} file(s) in {folder} were moved to {dest}/")
     return dest
 

@@ -113,6 +113,13 @@ def quiet_rank(e: BaseException) -> bool:
     return not _state.get("loop") or any(c.__name__ == "PeerStopped" for c in type(e).__mro__)
 
 
+def note_older_run_aside(done: bool) -> None:
+    """`--resume False`: whether the older run has been moved aside (False while it is being moved,
+    or when that was undone): until then the resume line keeps `--resume False` (a plain rerun would
+    continue the older run)."""
+    _state["older_run_aside"] = bool(done)
+
+
 def note_checkpoint(name: str) -> None:
     """The newest checkpoint this run wrote or resumed from."""
     _state["checkpoint"] = str(name)
@@ -169,6 +176,8 @@ def resume_command(prog: str, argv: list[str]) -> str:
     """The same command line, continuing: `--resume False` dropped (resuming is the default);
     under torchrun, through torchrun."""
     prog = _launcher(prog)
+    if _state.get("older_run_aside") is False:  # --resume False has not taken effect: asked again
+        return " ".join([prog] + [shlex.quote(a) for a in argv])
     out, skip = [], False
     for i, a in enumerate(argv):
         if skip:
@@ -295,7 +304,9 @@ def interrupted_line(prog: str, argv: list[str], training=None, how: str = "Ctrl
     step = _state.get("step")
     ck = last_checkpoint()
     where = f"stopped at step {step}" if step is not None else "stopped before the first step"
-    if ck:
+    if _state.get("older_run_aside") is False:
+        where += " (--resume False did not take effect: the older run's files are where they were)"
+    elif ck:
         where += f" (last checkpoint: {ck})"
     else:
         where += " (no checkpoint written yet: a rerun starts over)"
