@@ -403,6 +403,26 @@ def test_torchrun_rank_0_holds_the_folder(tmp_path):
     assert not os.path.exists(os.path.join(folder, ".tmp-killed-save.safetensors"))
 
 
+def test_sigterm_to_torchrun_stops_the_run_with_torchruns_own_options_in_the_resume_command(tmp_path):
+    """SIGTERM to torchrun (a scheduler stopping the job) reaches the rank as SIGTERM: it stops as
+    Ctrl-C does, and rank 0's line gives the resume command with torchrun's own options as they were
+    given (`--standalone` was dropped: the printed command then failed to rendezvous)."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    make_data(tmp_path, n_train=4)
+    folder = ckdir(tmp_path)
+    p = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "1", "-m", "torch_port"]
+                         + train_args(2000, 1, 1), cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not steps(folder):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=120)[0]
+    line = [ln for ln in out.splitlines() if ln.startswith("SIGTERM: stopped at step")]
+    assert line and "resume with: torchrun --standalone --nproc_per_node 1 -m torch_port --light True" in line[0], \
+        out[-3000:]
+
+
 # -- weights and state belong together ---------------------------------------------------------------
 
 def test_pairing_rule():

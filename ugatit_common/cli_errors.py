@@ -167,9 +167,30 @@ def _launcher(prog: str) -> str:
     local, world = os.environ.get("LOCAL_WORLD_SIZE"), os.environ.get("WORLD_SIZE")
     if not (local and world and "TORCHELASTIC_RUN_ID" in os.environ and prog.startswith("python -m ")):
         return prog
+    given = _torchrun_options(prog[len("python -m "):])
+    if given is not None:  # torchrun's own options as given (--standalone, --rdzv_endpoint ...)
+        return " ".join(["torchrun"] + [shlex.quote(o) for o in given] + ["-m", prog[len("python -m "):]])
     nodes = max(1, int(world) // max(1, int(local)))
     return (f"torchrun{f' --nnodes {nodes}' if nodes > 1 else ''} --nproc_per_node {local} -m "
             f"{prog[len('python -m '):]}")
+
+
+def _torchrun_options(module: str) -> list[str] | None:
+    """The options torchrun (this process's launcher: its parent) was given before `-m <module>`,
+    from its command line (/proc), or None where it cannot be read or is not such a launch."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
+            args = [os.fsdecode(a) for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return None
+    for i, a in enumerate(args):
+        if os.path.basename(a) == "torchrun" or (a == "torch.distributed.run" and args[i - 1:i] == ["-m"]):
+            rest = args[i + 1:]
+            for j in range(len(rest) - 1):
+                if rest[j] == "-m" and rest[j + 1] == module:
+                    return rest[:j]
+            return None
+    return None
 
 
 def resume_command(prog: str, argv: list[str]) -> str:
