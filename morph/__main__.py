@@ -197,11 +197,7 @@ def cmd_interpolate(args) -> int:
 
 @torch.no_grad()
 def cmd_translate(args) -> int:
-    from ugatit_common.finite import refuse_non_finite_output  # finite weights may still overflow: no black file
-    from ugatit_common.results import save_grid, save_image
-
-    from .interpolate import list_inputs, load_input
-    from .loading import precision_of
+    from .interpolate import list_inputs
     from .networks import check_direction
     check_direction(args.direction)
     if not 1 <= args.samples <= MAX_TRANSLATE_SAMPLES:
@@ -214,11 +210,30 @@ def cmd_translate(args) -> int:
     from ugatit_common.atomic import sweep_dead_temps
     from ugatit_common.output_names import OutputNames, OutputRecord
     size = model.config["img_size"]
-    device = next(model.parameters()).device
     # outputs never collide, never overwrite an input or a file no earlier run wrote (the folder's record)
     record = OutputRecord(out_dir)
     sweep_dead_temps(out_dir)  # what a killed earlier run left (never another running command's)
-    names, done = OutputNames(inputs, record), 0
+    names = OutputNames(inputs, record)
+    try:
+        done = _translate_each(args, inputs, names, record, model, out_dir, size)
+    except BaseException:  # an error, Ctrl-C, SIGTERM: names recorded but not written are not claimed
+        record.forget_missing()
+        raise
+    if not done:
+        raise ImageReadError(args.input, "no readable input image")
+    return 0
+
+
+def _translate_each(args, inputs, names, record, model, out_dir, size) -> int:
+    """Write each readable input's translations and their row picture; returns how many inputs."""
+    from ugatit_common.finite import refuse_non_finite_output  # finite weights may still overflow: no black file
+    from ugatit_common.results import save_grid, save_image
+
+    from .interpolate import load_input
+    from .loading import precision_of
+    from torch_port.data import ImageReadError
+    device = next(model.parameters()).device
+    done = 0
     for path in inputs:
         try:  # unreadable inputs are skipped with a warning (as the port's test phase does)
             x = load_input(path, size).to(device)
@@ -240,9 +255,7 @@ def cmd_translate(args) -> int:
             save_image(outs[-1], files[k])
         save_grid([x[0].permute(1, 2, 0).cpu().numpy()] + outs, grid, ncols=len(outs) + 1)
         print(f"{name}: {args.samples} sample(s) -> {grid}")
-    if not done:
-        raise ImageReadError(args.input, "no readable input image")
-    return 0
+    return done
 
 
 def _every(n: int):

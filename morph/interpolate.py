@@ -267,6 +267,7 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
                 if time.monotonic() - saved_at >= REFRESH_S:
                     save_page()
         except BaseException:  # Ctrl-C, an overflowing frame, a full disk: the page lists what was written
+            record.forget_missing()  # and names recorded but not written are not claimed
             if saved_at is not None:
                 try:
                     save_page()

@@ -497,6 +497,36 @@ def test_a_translate_killed_mid_write_leaves_nothing_a_rerun_takes_for_a_users(w
         assert sorted(os.listdir(out)) == clean, k
 
 
+def test_outputs_recorded_but_never_written_are_not_claimed(world, monkeypatch, capsys):
+    """Outputs are recorded before they are written. A translate stopped before writing some (here
+    its second translation overflows: refused, exit 2) left those names recorded: a photo the user
+    saved under such a name was then taken for an earlier output and replaced by the next run. The
+    names not written are dropped from the record: the user's file stays, the rerun writes beside it."""
+    from morph import model as morph_model
+    from morph.__main__ import main as morph_main
+    monkeypatch.chdir(world)
+    out = os.path.join(world, "tr")
+    argv = ["translate", "--checkpoint", _morph_folder(world), "--input", os.path.join(world, "dataset", "t", "testA"),
+            "--direction", "a2b", "--samples", "2", "--device", "cpu", "--result_dir", out]
+    real, calls = morph_model.MorphUGATIT.translate, [0]
+
+    def second_overflows(self, *args, **kw):
+        calls[0] += 1
+        y = real(self, *args, **kw)
+        return y * float("inf") if calls[0] == 2 else y
+    with monkeypatch.context() as m:
+        m.setattr(morph_model.MorphUGATIT, "translate", second_overflows)
+        assert morph_main(argv) == 2
+    assert sorted(os.listdir(out)) == [".ugatit-outputs.json", "A_test_0000_a2b_0.png"], os.listdir(out)
+    photo = os.path.join(out, "A_test_0000_a2b_1.png")
+    shutil.copy(os.path.join(world, "dataset", "t", "testA", "A_test_0000.png"), photo)
+    before = open(photo, "rb").read()
+    capsys.readouterr()
+    assert morph_main(argv) == 0, capsys.readouterr().err
+    assert open(photo, "rb").read() == before
+    assert "A_test_0000_1_a2b_1.png" in os.listdir(out), os.listdir(out)
+
+
 def test_results_never_go_where_they_would_mix(world, capsys, monkeypatch):
     """Translated images, strips and GIFs went wherever --result_dir pointed: among the
     checkpoint's files, into a live run's folders, into a dataset folder (the next training run

@@ -55,6 +55,22 @@ class OutputRecord:
         self.folder = os.path.realpath(folder)
         self.path = os.path.join(folder, RECORD)
         self.names = self._read()
+        try:
+            self.forget_missing()
+        except OSError:  # a folder only read here (or read-only): the missing names are dropped in memory
+            pass
+
+    def forget_missing(self) -> None:
+        """Drop the names whose files do not exist: outputs are recorded before they are written,
+        and a run stopped before writing one (an error, Ctrl-C, a kill) must not leave its name
+        claimed - a file someone puts there later is theirs, never replaced as an earlier output."""
+        names = self._read() | self.names
+        gone = {n for n in names if not os.path.lexists(os.path.join(self.folder, n))}
+        if not gone:
+            return
+        self.names = names - gone
+        if os.path.lexists(self.path):
+            self._write()
 
     def _read(self) -> set:
         try:
@@ -70,8 +86,11 @@ class OutputRecord:
 
     def add(self, paths) -> None:
         """Record `paths` (just written into the folder); entries of a run writing meanwhile are kept."""
-        from .atomic import write_bytes_atomic
         self.names = self._read() | self.names | {os.path.basename(p) for p in paths}
+        self._write()
+
+    def _write(self) -> None:
+        from .atomic import write_bytes_atomic
         text = json.dumps({"written_by": "ugatit results commands (a later run may replace these files)",
                            "files": sorted(self.names)}, indent=0)  # ASCII: a name's odd bytes as escapes
         write_bytes_atomic(self.path, (text + "\n").encode("ascii"))
