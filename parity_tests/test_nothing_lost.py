@@ -507,21 +507,24 @@ def test_warnings_are_one_plain_line_each_and_library_notices_are_not_shown(tmp_
     assert buf.getvalue() == ""
 
 
-def test_ctrl_c_in_a_real_process(tmp_path):
-    make_data(tmp_path)
-    env = {**os.environ, "PYTHONPATH": ROOT}
+def _signalled_after_its_first_checkpoint(tmp_path, sig):
+    """A training process (200 iterations) sent `sig` once its first checkpoint is there: (process, stderr)."""
     # SIGINT back to its default in the child: a shell's background job (`cmd &`, nohup) starts with
     # SIGINT ignored, which the child would inherit, and Python then installs no KeyboardInterrupt
     # handler (the run finished with exit 0 and the signal ignored, when pytest ran in the background)
-    p = subprocess.Popen([sys.executable, "-m", "torch_port"] + train_args(200), cwd=tmp_path, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    folder = ckdir(tmp_path)
+    p = subprocess.Popen([sys.executable, "-m", "torch_port"] + train_args(200), cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
-    while time.time() < deadline and not steps(folder):
+    while time.time() < deadline and not steps(ckdir(tmp_path)):
         time.sleep(0.3)
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=120)
+    p.send_signal(sig)
+    return p, p.communicate(timeout=120)[1]
+
+
+def test_ctrl_c_in_a_real_process(tmp_path):
+    make_data(tmp_path)
+    p, err = _signalled_after_its_first_checkpoint(tmp_path, signal.SIGINT)
     assert p.returncode == 130, err[-2000:]
     assert "stopped at step" in err and "resume with: python -m torch_port" in err and "Traceback" not in err
 
@@ -532,15 +535,8 @@ def test_sigterm_stops_as_ctrl_c_does(tmp_path):
     Ctrl-C does - the same clean-up, one line naming SIGTERM with the step, the last checkpoint and
     the resume command - with exit 143 (128 + 15)."""
     make_data(tmp_path)
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    p = subprocess.Popen([sys.executable, "-m", "torch_port"] + train_args(200), cwd=tmp_path, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     folder = ckdir(tmp_path)
-    deadline = time.time() + 240
-    while time.time() < deadline and not steps(folder):
-        time.sleep(0.3)
-    p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=120)
+    p, err = _signalled_after_its_first_checkpoint(tmp_path, signal.SIGTERM)
     assert p.returncode == 143, (p.returncode, err[-2000:])
     line = err.strip().splitlines()[-1]
     assert line.startswith("SIGTERM: stopped at step") and "last checkpoint: " in line, line
@@ -930,6 +926,14 @@ def _killed_at(k: int, write, within: str | None = None, before: bool = False, o
     return code == 9
 
 
+def _fresh(folder, files: dict) -> None:
+    """`folder` emptied, then holding `files` {name: bytes}."""
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    for n, data in files.items():
+        (folder / n).write_bytes(data)
+
+
 def _visible(folder) -> dict:
     """{name: bytes} of the files a user sees in `folder` (temp and lock files start with a dot)."""
     return {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))
@@ -1005,10 +1009,7 @@ def test_an_export_killed_between_its_files_is_rolled_back_by_the_next_command(t
         new = {"m_w.npz": b"new codes", "m.onnx": b"new model"}
         outcomes = []
         for k in range(1, 100):
-            shutil.rmtree(tmp_path / "x", ignore_errors=True)
-            os.makedirs(tmp_path / "x")
-            for n, data in old.items():
-                (tmp_path / "x" / n).write_bytes(data)
+            _fresh(tmp_path / "x", old)
             if not _killed_at(k, lambda: write_files_atomic({str(tmp_path / "x" / n): d for n, d in new.items()})):
                 assert _visible(tmp_path / "x") == new
                 break
@@ -1065,6 +1066,21 @@ def test_a_training_save_killed_at_any_rename_never_blocks_the_resume(tmp_path, 
     assert k > 3 and 0 in outcomes and max(outcomes) > 0, (k, outcomes)  # killed both before and after a commit
 
 
+def _interrupting_at(k: int):
+    """A wrapper maker: the functions it wraps raise KeyboardInterrupt (Ctrl-C) at the k-th call
+    among them, instead of running it."""
+    calls = [0]
+
+    def wrap(fn):
+        def call(*args, **kw):
+            calls[0] += 1
+            if calls[0] == k:
+                raise KeyboardInterrupt
+            return fn(*args, **kw)
+        return call
+    return wrap
+
+
 def test_ctrl_c_at_any_step_of_a_write_of_several_files_leaves_nothing_behind(tmp_path, monkeypatch):
     """Ctrl-C (KeyboardInterrupt) at each system call of a write of several files (the backups'
     links, the journal's write, fsync and rename, the renames of the files): every file is as it
@@ -1075,19 +1091,8 @@ def test_ctrl_c_at_any_step_of_a_write_of_several_files_leaves_nothing_behind(tm
     for old in ({}, {"m_w.npz": b"old codes", "m.onnx": b"old model"}):
         outcomes = []
         for k in range(1, 200):
-            shutil.rmtree(tmp_path / "x", ignore_errors=True)
-            os.makedirs(tmp_path / "x")
-            for n, data in old.items():
-                (tmp_path / "x" / n).write_bytes(data)
-            calls = [0]
-
-            def interrupting(fn):
-                def call(*args, **kw):
-                    calls[0] += 1
-                    if calls[0] == k:
-                        raise KeyboardInterrupt
-                    return fn(*args, **kw)
-                return call
+            _fresh(tmp_path / "x", old)
+            interrupting = _interrupting_at(k)
             try:
                 with monkeypatch.context() as m:
                     for name in ("link", "replace", "remove", "fsync", "open", "chmod"):
@@ -1114,10 +1119,7 @@ def test_a_killed_writes_journal_never_touches_files_put_there_since(tmp_path, c
     for old in ({}, {"m_w.npz": b"old codes", "m.onnx": b"old model"}):
         journals = 0
         for k in range(1, 100):
-            shutil.rmtree(tmp_path / "x", ignore_errors=True)
-            os.makedirs(tmp_path / "x")
-            for n, data in old.items():
-                (tmp_path / "x" / n).write_bytes(data)
+            _fresh(tmp_path / "x", old)
             if not _killed_at(k, lambda: write_files_atomic({str(tmp_path / "x" / n): d for n, d in new.items()})):
                 break
             journals += bool(glob.glob(str(tmp_path / "x" / ".tmp-*.journal")))
@@ -1198,15 +1200,7 @@ def test_without_hard_links_a_write_is_finished_never_half_undone(tmp_path, monk
     for k in range(1, 200):
         shutil.rmtree(tmp_path / "tf", ignore_errors=True)
         wc.torch_to_tf({k: v for k, v in _model(0).state_dict().items()}, str(tmp_path / "tf" / "M.model-1"))
-        calls = [0]
-
-        def interrupting(fn):
-            def call(*args, **kw):
-                calls[0] += 1
-                if calls[0] == k:
-                    raise KeyboardInterrupt
-                return fn(*args, **kw)
-            return call
+        interrupting = _interrupting_at(k)
 
         def no_link(*args, **kw):
             raise OSError(errno.EPERM, "Operation not permitted")

@@ -926,12 +926,16 @@ def prepare_checkpoint_state(folder: str, basename: str, all_basenames: list[str
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode())  # mkstemp's 0o600 -> what the umask allows
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _discard(tmp)
         raise
     return tmp
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
 
 
 def write_checkpoint_state(folder: str, basename: str, all_basenames: list[str] | None = None) -> None:
@@ -940,9 +944,6 @@ def write_checkpoint_state(folder: str, basename: str, all_basenames: list[str] 
     try:
         os.replace(tmp, os.path.join(os.fspath(folder), "checkpoint"))
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _discard(tmp)
         raise
     fsync_folder(os.fspath(folder))
