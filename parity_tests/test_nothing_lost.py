@@ -98,12 +98,18 @@ def test_resume_false_moves_the_older_run_aside(tmp_path, monkeypatch, capsys):
         for sfx in (".safetensors", ".state.pt"):
             os.replace(os.path.join(folder, f"{PREFIX}.model-{old}{sfx}"), os.path.join(folder, f"{PREFIX}.model-{new}{sfx}"))
     old_digests = {n: digest(os.path.join(folder, n)) for n in os.listdir(folder)}
+    [events] = glob.glob(os.path.join(str(tmp_path), "logs", "*", "events.out.tfevents.*"))
+    old_events = digest(events)
     rc, out, err = port(train_args(4, 1, 1, "--resume", "False", "--keep_checkpoints", "3"), monkeypatch, tmp_path,
                         capsys)
     assert rc == 0, err
     assert "moved to" in out and "previous-run-" in out
     [prev] = glob.glob(os.path.join(folder, "previous-run-*"))
     assert {n: digest(os.path.join(prev, n)) for n in os.listdir(prev)} == old_digests  # nothing lost
+    # its TensorBoard events too (the loss log of the port): a run of their own in TensorBoard, not
+    # hidden behind the new run's purge marker
+    moved = os.path.join(os.path.dirname(events), os.path.basename(prev), os.path.basename(events))
+    assert not os.path.exists(events) and digest(moved) == old_events
     assert steps(folder) == [3, 4, 5]                    # the new run's own, pruned to --keep_checkpoints 3
     assert policy.pointer_target(folder) == f"{PREFIX}.model-5.safetensors"
     rc, out, _ = port(train_args(4, 2, 100), monkeypatch, tmp_path, capsys)   # a plain run continues the NEW run

@@ -404,7 +404,7 @@ class Trainer:
     official line prints it) and every term the D / G steps returned."""
 
     LOSS_LOG: str | None = None       # file name in the log folder for one JSON line per iteration
-    MOVE_ASIDE = ("sample",)          # output folders (run_paths attributes) --resume False moves aside
+    MOVE_ASIDE = ("sample", "log")    # output folders (run_paths attributes) --resume False moves aside
     DETERMINISTIC_FP32 = True         # the exact fp32 path on CUDA runs deterministic (train_precision.cuda_steps)
 
     def __init__(self, cfg: dict, device="cpu", num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 5,
