@@ -69,8 +69,11 @@ class OutputRecord:
         if not gone:
             return
         self.names = names - gone
-        if os.path.lexists(self.path):
-            self._write()
+        if self.names:
+            if os.path.lexists(self.path):
+                self._write()
+        elif os.path.lexists(self.path):  # nothing of ours is there: no record (a refused run leaves none)
+            os.remove(self.path)
 
     def _read(self) -> set:
         try:
