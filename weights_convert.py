@@ -36,7 +36,7 @@ import sys
 import numpy as np
 
 from ugatit_common import output_guard as guard
-from ugatit_common.atomic import atomic_output, publish_together
+from ugatit_common.atomic import atomic_output, publish_together, remove_quietly
 from ugatit_common.finite import NonFiniteWeights, first_non_finite, refuse_non_finite
 # The TF checkpoint format (bundle reader/writer, naming rule, layouts, config inference) lives in
 # the ground-floor package ugatit_common.tf_checkpoint; this module is its command line and
@@ -360,8 +360,7 @@ def torch_to_tf(state: dict, prefix: str, step: int | None = None, drop=()) -> s
                 publish_together({**temps, os.path.join(folder, "checkpoint"): state_file,
                                   **{p: None for p in drop}})
             finally:
-                if os.path.lexists(state_file):
-                    os.remove(state_file)
+                remove_quietly(state_file)  # renamed into place, or not: never left
     return prefix
 
 

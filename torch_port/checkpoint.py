@@ -36,7 +36,7 @@ import torch
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import options as opt
 from ugatit_common import tf_checkpoint as tfc
-from ugatit_common.atomic import file_mode, publish_together
+from ugatit_common.atomic import file_mode, publish_together, remove_quietly
 from ugatit_common.finite import named_numbers, refuse_non_finite
 
 POINTER = "latest"
@@ -140,8 +140,7 @@ def save(folder: str, prefix: str, step: int, model: torch.nn.Module, state: dic
         publish_together(temps)
     finally:  # e.g. the disk filled up: the temp files not renamed go, nothing half written is left
         for tmp in temps.values():
-            if os.path.lexists(tmp):
-                os.remove(tmp)
+            remove_quietly(tmp)
     if state.get("run"):
         policy.prune(folder, prefix, str(state["run"]), keep)
     return weights_path

@@ -113,7 +113,7 @@ class _Journal:
     def close(self) -> None:
         """Remove the journal (either name) and let its lock go."""
         for p in (self.path, self.part):
-            _remove_quietly(p)
+            remove_quietly(p)
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -263,7 +263,7 @@ def recover_interrupted_writes(folder: str, log=print) -> list[str]:
                 pass
     for n in os.listdir(folder):
         if _BACKUP.match(n) and n not in named and _WRITER.match(n).group(1) not in pids:
-            _remove_quietly(os.path.join(folder, n))
+            remove_quietly(os.path.join(folder, n))
     return restored
 
 
@@ -339,7 +339,7 @@ def publish_together(moves: dict, log=print) -> None:
                 _roll_back(folder, [x for x in entries if x["was"] != "kept"])
             except (OSError, ChangedSince):  # the journal stays: the next command there rolls back the rest
                 if journal is not None:
-                    _remove_quietly(journal.part)
+                    remove_quietly(journal.part)
                     os.close(journal.fd)
                     journal.fd = None
             else:
@@ -354,15 +354,16 @@ def publish_together(moves: dict, log=print) -> None:
             for e in entries:
                 if e["was"] not in ("absent", "kept"):
                     try:
-                        _remove_quietly(os.path.join(folder, e["was"]))
+                        remove_quietly(os.path.join(folder, e["was"]))
                     except KeyboardInterrupt as ki:
                         stopped = ki
-                        _remove_quietly(os.path.join(folder, e["was"]))
+                        remove_quietly(os.path.join(folder, e["was"]))
             if stopped is not None:
                 raise stopped
 
 
-def _remove_quietly(path: str) -> None:
+def remove_quietly(path: str) -> None:
+    """Remove a file if it is there (a temp file, a journal, a backup); an OSError is ignored."""
     try:
         os.remove(path)
     except OSError:
@@ -396,7 +397,7 @@ def write_files_atomic(files: dict, fsync: bool = True) -> None:
         raise WriteFailed(writing, e) from e
     finally:
         for tmp in temps.values():
-            _remove_quietly(tmp)
+            remove_quietly(tmp)
 
 
 def write_bytes_atomic(path: str, data: bytes) -> str:

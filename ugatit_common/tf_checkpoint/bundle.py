@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..atomic import file_mode, fsync_folder, recover_interrupted_writes
+from ..atomic import file_mode, fsync_folder, recover_interrupted_writes, remove_quietly
 
 __all__ = [
     "CheckpointError",
@@ -926,16 +926,9 @@ def prepare_checkpoint_state(folder: str, basename: str, all_basenames: list[str
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode())  # mkstemp's 0o600 -> what the umask allows
     except BaseException:
-        _discard(tmp)
+        remove_quietly(tmp)
         raise
     return tmp
-
-
-def _discard(tmp: str) -> None:
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
 
 
 def write_checkpoint_state(folder: str, basename: str, all_basenames: list[str] | None = None) -> None:
@@ -944,6 +937,6 @@ def write_checkpoint_state(folder: str, basename: str, all_basenames: list[str] 
     try:
         os.replace(tmp, os.path.join(os.fspath(folder), "checkpoint"))
     except BaseException:
-        _discard(tmp)
+        remove_quietly(tmp)
         raise
     fsync_folder(os.fspath(folder))
