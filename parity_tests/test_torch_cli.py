@@ -318,6 +318,77 @@ def test_resume_with_another_iteration_continues_as_the_official_loop(tmp_path, 
         [f"Epoch: [ 0] [    {i}/    6]" for i in (3, 4, 5)]
 
 
+def _official_lr(lr, epoch, decay_epoch, e, decay_flag):
+    """OFFICIAL_SEMANTICS.md, written out: constant until decay_epoch, then lr * (epoch - e) /
+    (epoch - decay_epoch) for epoch index e; constant throughout when decay_flag is False."""
+    if decay_flag and e >= decay_epoch:
+        return lr * (epoch - e) / (epoch - decay_epoch)
+    return lr
+
+
+@pytest.mark.parametrize("decay_flag", [True, False])
+def test_trainer_runs_the_official_loop(tmp_path, decay_flag):
+    """The loop of the official UGATIT.train, written out from OFFICIAL_SEMANTICS.md and compared
+    call by call with what the port's Trainer does: per iteration (global counter from 1) a D run
+    on a **new** batch of each domain, then - when (counter - 1) % n_critic == 0 - a G run on
+    another new batch (each sess.run pulls from the iterators); the learning rate of each run is
+    the official schedule of its epoch (decay on, or constant with --decay_flag False). 4 epochs
+    of 2 iterations, n_critic 3 (G runs at counters 1, 4, 7: at batch 0, 1, 0 of an epoch), decay
+    from epoch 1 (lr, lr, 2/3 lr, 1/3 lr). Exact: the same float arithmetic on both sides."""
+    from torch_port import train as tr
+    from ugatit_common.demo_data import make_demo_dataset
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=3, n_test=1)
+    cfg = opt.config_from(dataset="demo", light=True, img_size=32, ch=2, n_dis=4, epoch=4, iteration=2, n_critic=3,
+                          decay_flag=decay_flag, decay_epoch=1, lr=2e-4, print_freq=1000, save_freq=1000,
+                          augment_flag=False, checkpoint_dir=str(tmp_path / "ck"), result_dir=str(tmp_path / "res"),
+                          log_dir=str(tmp_path / "logs"), sample_dir=str(tmp_path / "samples"))
+    events = []  # ("next", feed, batch) and ("D"|"G", batch_A, batch_B, lr), in call order
+    feed_next = tr._Feed.next
+
+    def next_recorded(feed):
+        batch = feed_next(feed)
+        events.append(("next", feed, batch))
+        return batch
+
+    class Recording(tr.Trainer):
+        def wrap_steps(self, d_step, g_step):
+            d_step, g_step = super().wrap_steps(d_step, g_step)
+
+            def d(a, b, lr, draws=None):
+                events.append(("D", a, b, lr))
+                return d_step(a, b, lr, draws)
+
+            def g(a, b, lr):
+                events.append(("G", a, b, lr))
+                return g_step(a, b, lr)
+            return d, g
+
+    tr._Feed.next = next_recorded
+    try:
+        out = Recording(cfg, "cpu", seed=1, base=str(tmp_path), log=lambda *a, **k: None, cuda_graphs=False).run()
+    finally:
+        tr._Feed.next = feed_next
+    assert out["counter"] == 9
+    expected = []  # the official loop
+    counter = 1
+    for e in range(cfg["epoch"]):
+        lr = _official_lr(cfg["lr"], cfg["epoch"], cfg["decay_epoch"], e, decay_flag)
+        for _ in range(cfg["iteration"]):
+            expected += ["next", "next", ("D", lr)]
+            if (counter - 1) % cfg["n_critic"] == 0:
+                expected += ["next", "next", ("G", lr)]
+            counter += 1
+    got = [ev[0] if ev[0] == "next" else (ev[0], ev[3]) for ev in events]
+    assert got == expected
+    feeds = []
+    for i, ev in enumerate(events):
+        if ev[0] != "next":  # each run takes the two batches pulled right before it: A's, then B's
+            a, b = events[i - 2], events[i - 1]
+            assert ev[1] is a[2] and ev[2] is b[2], (i, ev[0])
+            feeds.append((a[1], b[1]))
+    assert len({id(f) for pair in feeds for f in pair}) == 2 and all(pair == feeds[0] for pair in feeds)
+
+
 def test_resume_at_another_image_size_is_refused(tmp_path, monkeypatch):
     """A light model's weights do not fix its image size: resuming a 32 px run with --img_size 64
     is refused naming both sizes (as tf_reference refuses it from the .meta), nothing trained."""
