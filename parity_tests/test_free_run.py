@@ -152,6 +152,34 @@ def test_free_run_quick_holds(tmp_path, capsys):
     assert "within 1e-09 for 4 of 4 iterations" in out
 
 
+# every loss weight off its default and all different (cycle 7 vs identity 3: the official defaults
+# are equal, so a port that swaps them passes every run at the defaults), a penalty lambda off its 10
+ODD_WEIGHTS = ["--adv_weight", "2", "--cycle_weight", "7", "--identity_weight", "3", "--cam_weight", "500",
+               "--GP_ld", "5"]
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("gan_type", ["wgan-gp", "dragan"])
+def test_free_run_first_iteration_odd_weights_and_penalty(gan_type, tmp_path, capsys):
+    """The quick tier's pin of the loss wiring that the golden (lsgan, default weights) cannot see:
+    one iteration (a D run and a G run) of TF's float64 graph vs the port in float64 from the same
+    seeded state, with the weights above and a gradient-penalty loss fed the same injected draws
+    (wgan-gp: alpha; dragan: alpha and the noise, scaled by the biased std of the real batch).
+    Every loss term, weight, Adam slot and u within the command's 1e-9 budget (float64 on both
+    sides: a real semantic difference is orders of magnitude larger, measured 1e-2 to 10 for a
+    swapped cycle/identity weight, a penalty without its CAM terms, GP_ld / 10 or draws not
+    injected; the two frameworks' float64 rounding: measured 4.2e-12 (wgan-gp) and 9.4e-13 (dragan) at the
+    worst tensor, a bias's Adam v). The slow
+    tier's 50-iteration families cover the same at more configurations."""
+    out_json = tmp_path / "curve.json"
+    rc, out, err = run_cli(TINY + ["--gan_type", gan_type, *ODD_WEIGHTS, "--iterations", "1", "--json",
+                                   str(out_json)], capsys)
+    assert rc == 0, out + err
+    result = json.loads(out_json.read_text())
+    assert result["config"]["cycle_weight"] == 7 and result["config"]["GP_ld"] == 5
+    assert [r["runs"] for r in result["curve"]] == ["DG"] and result["held"] == 1
+
+
 @pytest.mark.tf
 @pytest.mark.slow  # an injected error, like the criteria's gradient injections: full tier
 def test_free_run_fails_on_python_beta2(tmp_path, capsys, monkeypatch):
