@@ -650,13 +650,27 @@ def test_d_step_and_g_step_update_the_right_parameters(light, gan_type):
             assert p.min() >= 0 and p.max() <= 1
 
 
-def test_gp_draws_make_d_step_deterministic():
+@pytest.mark.parametrize("gan_type", ["wgan-gp", "dragan"])
+def test_gp_draws_make_d_step_deterministic(gan_type):
+    """Injected penalty draws decide the D run: the same draws give the same losses, other draws
+    other penalties (so a d_step that drew its own would fail one half or the other). wgan-gp /
+    dragan: their penalty is non-zero at initialisation (wgan-lp's is exactly 0 there, which would
+    pin nothing)."""
     torch.manual_seed(0)
-    base = build_ugatit(small_cfg(gan_type="wgan-lp"))
+    base = build_ugatit(small_cfg(gan_type=gan_type))
     real_A, real_B = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
-    draws = {"alpha_A": torch.rand(1, 1, 1, 1), "alpha_B": torch.rand(1, 1, 1, 1)}
-    results = [copy.deepcopy(base).d_step(real_A, real_B, 1e-4, gp_draws=draws) for _ in range(2)]
+
+    def draws(seed):
+        gen = torch.Generator().manual_seed(seed)
+        out = {"alpha_A": torch.rand(1, 1, 1, 1, generator=gen), "alpha_B": torch.rand(1, 1, 1, 1, generator=gen)}
+        if gan_type == "dragan":
+            out.update(noise_A=torch.rand(1, 3, 32, 32, generator=gen), noise_B=torch.rand(1, 3, 32, 32, generator=gen))
+        return out
+    torch.manual_seed(123)  # a d_step drawing its own values would draw other ones in each call below
+    results = [copy.deepcopy(base).d_step(real_A, real_B, 1e-4, gp_draws=draws(1)) for _ in range(2)]
+    other = copy.deepcopy(base).d_step(real_A, real_B, 1e-4, gp_draws=draws(2))
     assert results[0] == results[1]
+    assert other["D_A_loss"] != results[0]["D_A_loss"] and other["D_B_loss"] != results[0]["D_B_loss"]
 
 
 def test_translate_and_load_state():
