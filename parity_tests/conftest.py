@@ -64,6 +64,10 @@ def pytest_report_header(config):
     return lines
 
 
+def _tf_required() -> bool:
+    return os.environ.get(REQUIRE_TF_ENV, "") not in ("", "0")
+
+
 def _tf_items(items) -> list:
     return [item for item in items if item.get_closest_marker("tf") is not None]
 
@@ -73,7 +77,7 @@ def _skip_tf_tests_without_tensorflow(items) -> None:
     tf_reference live are skipped, said as such; everything else runs. Where REQUIRE_TF_ENV is
     set (CI), a missing TensorFlow is a usage error instead (pytest_collection_finish), so no
     parity test is ever skipped there."""
-    if tensorflow_installed():
+    if tensorflow_installed() or _tf_required():
         return
     skip = pytest.mark.skip(reason="needs TensorFlow, not installed here (tf_reference runs the official graph)")
     for item in _tf_items(items):
@@ -83,12 +87,28 @@ def _skip_tf_tests_without_tensorflow(items) -> None:
 def pytest_collection_finish(session):
     """REQUIRE_TF_ENV: the tests selected to run (after -m / -k and the tiers) that are marked tf
     need TensorFlow; without it, a usage error rather than skips."""
-    if os.environ.get(REQUIRE_TF_ENV, "") in ("", "0") or tensorflow_installed():
+    if not _tf_required() or tensorflow_installed():
         return
     needed = _tf_items(session.items)
     if needed:
-        raise pytest.UsageError(f"{REQUIRE_TF_ENV} is set, but TensorFlow is not installed: {len(needed)} tests "
-                                f"marked tf need it (pip install -c constraints.txt -e .)")
+        message = (f"{REQUIRE_TF_ENV} is set, but TensorFlow is not installed: {len(needed)} tests "
+                   f"marked tf need it (pip install -c constraints.txt -e .)")
+        if hasattr(session.config, "workerinput"):
+            # a pytest-xdist worker (-n 2): a usage error here reaches the controller as an
+            # INTERNALERROR without its message, so each such test fails with it instead
+            global _TF_REQUIRED_BUT_MISSING
+            _TF_REQUIRED_BUT_MISSING = message
+            return
+        raise pytest.UsageError(message)
+
+
+_TF_REQUIRED_BUT_MISSING = ""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if _TF_REQUIRED_BUT_MISSING and item.get_closest_marker("tf") is not None:
+        pytest.fail(_TF_REQUIRED_BUT_MISSING, pytrace=False)
 
 
 def _named_on_command_line(config, nodeid: str) -> bool:
@@ -117,6 +137,32 @@ def _check_cuda_marker(items) -> None:
                    for m in item.iter_markers("skipif"))]
     if bad:
         raise pytest.UsageError("CUDA-only tests without the `cuda` marker: " + ", ".join(bad))
+
+
+# pytest-xdist (README command 2 and CI run `-n 2`): the workers collect and deselect, and the
+# controller, which prints the summary, never hears of it, so a quick run would no longer say
+# "N deselected". Each worker sends the ids it deselected; the controller adds them to its own
+# tally once (every worker collects and deselects the same tests).
+class _DeselectedOnWorker:
+    """What pytest's terminal reporter counts for a deselected test, for one a worker deselected."""
+    def __init__(self, nodeid: str):
+        self.nodeid = nodeid
+
+
+def pytest_deselected(items):
+    if items and hasattr(items[0].config, "workeroutput"):
+        items[0].config.workeroutput.setdefault("deselected", []).extend(item.nodeid for item in items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    ids = getattr(node, "workeroutput", {}).get("deselected", [])
+    config = node.config
+    if ids and not getattr(config, "_ugatit_deselected_told", False):
+        config._ugatit_deselected_told = True
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:  # as pytest's own pytest_deselected hook adds them: counted in the last line
+            reporter.stats.setdefault("deselected", []).extend(_DeselectedOnWorker(i) for i in ids)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -98,7 +98,34 @@ def test_without_tensorflow_the_tf_tests_are_skipped_unless_required(tmp_path):
                               timeout=300)
     assert required.returncode == 4 and "UGATIT_REQUIRE_TF is set, but TensorFlow is not installed" in \
         required.stdout + required.stderr, (required.stdout + required.stderr)[-2000:]
+    # in two pytest-xdist workers (README command 2, CI: -n 2) a worker's usage error would reach
+    # the controller as an INTERNALERROR without its message: each tf test errors with it instead
+    workers = subprocess.run(args + ["-n", "2", "--dist", "loadfile", "--basetemp", str(tmp_path / "w")], cwd=ROOT,
+                             capture_output=True, text=True, env=dict(env, UGATIT_REQUIRE_TF="1"), timeout=300)
+    assert workers.returncode == 1 and "1 passed, 1 error" in workers.stdout and \
+        "UGATIT_REQUIRE_TF is set, but TensorFlow is not installed" in workers.stdout, \
+        (workers.stdout + workers.stderr)[-2000:]
     # ... but only for tf tests selected to run: `-m "not tf"` runs the rest
     rest = subprocess.run(args + ["-m", "not tf"], cwd=ROOT, capture_output=True, text=True,
                           env=dict(env, UGATIT_REQUIRE_TF="1"), timeout=300)
     assert rest.returncode == 0 and "1 passed, 1 deselected" in rest.stdout, (rest.stdout + rest.stderr)[-2000:]
+
+
+def test_two_workers_say_what_was_deselected(tmp_path):
+    """README command 2 and CI run the tests in two pytest-xdist workers (`-n 2`). The workers
+    deselect (the tier's slow tests, -k / -m) and the controller prints the summary: the count
+    each worker deselected must reach the last line, as in a run without workers (a quick run
+    says what it left out). A file with slow and quick tests, one quick test selected by -k."""
+    import re
+    env = dict(os.environ)
+    env.pop("UGATIT_FULL_TIER", None)
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "parity_tests/test_tiers.py",
+            "-k", "node_id_on_the_command_line"]
+    lines = []
+    for extra, temp in (([], "plain"), (["-n", "2", "--dist", "loadfile"], "workers")):
+        proc = subprocess.run(args + extra + ["--basetemp", str(tmp_path / temp)], cwd=ROOT, capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        lines.append(re.findall(r"\d+ passed, \d+ deselected", proc.stdout))
+    plain, workers = lines
+    assert plain and plain == workers, (plain, workers)
