@@ -132,6 +132,90 @@ def test_config_B_and_C_loss_terms():
     assert mc.config["cam_weight"] == opt.DEFAULTS["cam_weight"]  # restored after the override
 
 
+def test_config_B_identity_terms_written_out():
+    """Config B, written out from its definition (morph/model.py): G = the port's G loss plus, per
+    direction, idp_weight * L1(E(G(x)), E(x)) with E the encoder of the generator that made G(x):
+    A->B is generator_B on real A, B->A generator_A on real B; each term joins its own direction's
+    loss and the total. Against the port's own loss (same seed: same weights) and the encoders
+    called here, not the terms Morph reports. An idp_weight off 1 and all-different inputs, so a
+    swapped encoder, reference image, direction or an ignored weight each moves a term."""
+    a, b = _images(5), _images(6)
+    torch.manual_seed(0)
+    mb = MorphUGATIT(dict(NET, morph_config="B", idp_weight=2.5))
+    torch.manual_seed(0)
+    port = UGATIT(NET)
+    total, terms, fakes = mb.generator_losses(a, b)
+    p_total, p_terms, p_fakes = port.generator_losses(a, b)
+    assert torch.equal(fakes["fake_B"], p_fakes["fake_B"]) and torch.equal(fakes["fake_A"], p_fakes["fake_A"])
+    with torch.no_grad():
+        idp_B = 2.5 * (port.generator_B.encode(p_fakes["fake_B"]) - port.generator_B.encode(a)).abs().mean()
+        idp_A = 2.5 * (port.generator_A.encode(p_fakes["fake_A"]) - port.generator_A.encode(b)).abs().mean()
+    close = dict(rtol=1e-6, atol=0)  # the same float32 ops in another grouping of the sums at most
+    assert float(idp_A) > 1e-3 and float(idp_B) > 1e-3 and abs(float(idp_A) - float(idp_B)) > 1e-4
+    torch.testing.assert_close(terms["G_B_idp"].detach(), idp_B, **close)
+    torch.testing.assert_close(terms["G_A_idp"].detach(), idp_A, **close)
+    torch.testing.assert_close(terms["G_B_loss"].detach(), (p_terms["G_B_loss"] + idp_B).detach(), **close)
+    torch.testing.assert_close(terms["G_A_loss"].detach(), (p_terms["G_A_loss"] + idp_A).detach(), **close)
+    torch.testing.assert_close(total.detach(), (p_total + idp_A + idp_B).detach(), **close)
+
+
+def test_latent_mlp_and_styles_written_out():
+    """Config C's generator, in float64 against formulas written here: the latent MLP is PixelNorm
+    (z / sqrt(mean(z^2) + 1e-8)) then 8 Linear layers each followed by LeakyReLU(0.2); block i's
+    res1 style comes from style_i_0 and res2's from style_i_1 (gamma and beta each its own Linear);
+    gamma's bias starts at 1 and beta's at 0."""
+    torch.manual_seed(0)
+    g = MorphGenerator(ch=CH, n_res=4, img_size=SIZE)
+    for i in range(4):
+        for j in range(2):
+            st = getattr(g, f"style_{i}_{j}")
+            assert torch.equal(st.gamma.bias, torch.ones_like(st.gamma.bias)), (i, j)
+            assert torch.equal(st.beta.bias, torch.zeros_like(st.beta.bias)), (i, j)
+    g = g.double()
+    sd = {k: v.detach() for k, v in g.state_dict().items()}
+    z = torch.randn(3, g.z_dim, dtype=torch.float64) * 0.7 + 0.3
+    x = z / torch.sqrt((z * z).mean(dim=1, keepdim=True) + 1e-8)
+    for i in range(8):
+        x = x @ sd[f"mapping.linear_{i}.weight"].T + sd[f"mapping.linear_{i}.bias"]
+        x = torch.where(x > 0, x, 0.2 * x)
+    with torch.no_grad():
+        w = g.w_from_z(z)
+        torch.testing.assert_close(w, x, rtol=1e-12, atol=1e-12)  # float64: rounding only
+        gammas, betas = g.style(None, w=w)
+    for i in range(4):
+        for j in range(2):
+            pre = f"style_{i}_{j}"
+            torch.testing.assert_close(gammas[i][j], w @ sd[f"{pre}.gamma.weight"].T + sd[f"{pre}.gamma.bias"],
+                                       rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(betas[i][j], w @ sd[f"{pre}.beta.weight"].T + sd[f"{pre}.beta.bias"],
+                                       rtol=1e-12, atol=1e-12)
+
+
+def test_w_codes_frames_and_default_codes_written_out():
+    """w_ab / w_ba = the mean over K draws of MLP(z) (not MLP of the mean z), a2b's draws first;
+    frame t = G(x, w_ba + t (w_ab - w_ba)); a translation without a code draws a fresh code of its
+    own direction. Each against the draws and formulas made here."""
+    torch.manual_seed(0)
+    m = MorphUGATIT(dict(NET, morph_config="C")).eval()
+    x = _images(7)
+    m.z_generator = torch.Generator().manual_seed(3)
+    w_ab, w_ba = w_codes(m, samples=5)
+    gen = torch.Generator().manual_seed(3)
+    z_ab, z_ba = make_z("a2b", 5, gen), make_z("b2a", 5, gen)
+    with torch.no_grad():
+        assert torch.equal(w_ab, m.generator.mapping(z_ab).mean(dim=0, keepdim=True))
+        assert torch.equal(w_ba, m.generator.mapping(z_ba).mean(dim=0, keepdim=True))
+        frames = morph_frames(m, x, w_ba, w_ab, 6)
+        for i in (1, 2, 4):
+            t = i / 5
+            assert torch.equal(frames[i], m.generator(x, w=w_ba + t * (w_ab - w_ba))[0]), i
+        for direction in ("a2b", "b2a"):
+            m.z_generator = torch.Generator().manual_seed(4)
+            out = (m.generate_a2b if direction == "a2b" else m.generate_b2a)(x)[0]
+            z = make_z(direction, 1, torch.Generator().manual_seed(4))
+            assert torch.equal(out, m.generator(x, z=z)[0]), direction
+
+
 # -- z codes and interpolation ------------------------------------------------------------------------
 
 def test_z_codes_follow_the_rule():
