@@ -69,7 +69,7 @@ def _float64_cfg(data, root, batch_size):
                            **NET)
 
 
-def _ddp_worker(rank, world, port, data, root):
+def _ddp_worker(rank, world, port, data, root, batch=1):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -77,7 +77,7 @@ def _ddp_worker(rank, world, port, data, root):
     info = ddp.init("cpu")
     assert info.world_size == world and info.rank == rank
     try:
-        _Float64Trainer(_float64_cfg(data, root, 1), "cpu", seed=4, base=data, log=lambda m: None).run()
+        _Float64Trainer(_float64_cfg(data, root, batch), "cpu", seed=4, base=data, log=lambda m: None).run()
     finally:
         ddp.shutdown()
 
@@ -87,9 +87,12 @@ def _latest(root):
     return step, weights, state
 
 
-def test_two_gloo_ranks_equal_one_process_on_the_combined_batch(data, tmp_path):
-    """Two gloo ranks of the Morph trainer with batch 1 each end where one process with batch 2
-    ends (config C, one iteration: a D and a G step, in float64). Every official and
+@pytest.mark.parametrize("batch", [1, 2])
+def test_two_gloo_ranks_equal_one_process_on_the_combined_batch(data, tmp_path, batch):
+    """Two gloo ranks of the Morph trainer with batch b each end where one process with batch 2b
+    ends (config C, one iteration: a D and a G step, in float64), b = 1 and 2 (at b = 1 a rank
+    keeping a contiguous slice of the global z draw takes the same rows as the interleaved rule
+    the data follow; at b = 2 it pairs other codes with the images and fails). Every official and
     identity-preserving term is a mean over the batch, the latent MLP, PixelNorm and the norms are
     per sample, so the averaged gradients are the batch-2 gradients (as parity_tests/test_ddp.py
     argues for the port); each rank draws the global batch's z codes and keeps its own rows.
@@ -103,13 +106,13 @@ def test_two_gloo_ranks_equal_one_process_on_the_combined_batch(data, tmp_path):
     weights of the latent MLP (a first Adam step is lr * sign(g)), hence float64."""
     import torch.multiprocessing as mp
     ddp_root, one_root = str(tmp_path / "ddp"), str(tmp_path / "one")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), data, ddp_root), nprocs=2, join=True)
-    _Float64Trainer(_float64_cfg(data, one_root, 2), "cpu", seed=4, base=data, log=lambda m: None).run()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), data, ddp_root, batch), nprocs=2, join=True)
+    _Float64Trainer(_float64_cfg(data, one_root, 2 * batch), "cpu", seed=4, base=data, log=lambda m: None).run()
     step_d, w_d, st_d = _latest(ddp_root)
     step_1, w_1, st_1 = _latest(one_root)
     assert step_d == step_1 == 2 and st_d["world_size"] == 2 and st_1["world_size"] == 1
     assert torch.equal(st_d["z_rng"], st_1["z_rng"])  # the ranks drew the global batch's codes
-    assert (st_d["loader_A"], st_d["loader_B"]) == (st_1["loader_A"], st_1["loader_B"]) == (2, 2)
+    assert (st_d["loader_A"], st_d["loader_B"]) == (st_1["loader_A"], st_1["loader_B"]) == (2, 2)  # batches pulled (a D and a G run)
     checked = 0
     for opt_name in ("G_optim", "D_optim"):
         for k, want in st_1[opt_name]["m"].items():
