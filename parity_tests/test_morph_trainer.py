@@ -112,7 +112,8 @@ def test_two_gloo_ranks_equal_one_process_on_the_combined_batch(data, tmp_path, 
     step_1, w_1, st_1 = _latest(one_root)
     assert step_d == step_1 == 2 and st_d["world_size"] == 2 and st_1["world_size"] == 1
     assert torch.equal(st_d["z_rng"], st_1["z_rng"])  # the ranks drew the global batch's codes
-    assert (st_d["loader_A"], st_d["loader_B"]) == (st_1["loader_A"], st_1["loader_B"]) == (2, 2)  # batches pulled (a D and a G run)
+    # the loaders' positions count batches: one for the D run and one for the G run, at any batch size
+    assert (st_d["loader_A"], st_d["loader_B"]) == (st_1["loader_A"], st_1["loader_B"]) == (2, 2)
     checked = 0
     for opt_name in ("G_optim", "D_optim"):
         for k, want in st_1[opt_name]["m"].items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 
@@ -116,7 +117,6 @@ def test_two_workers_say_what_was_deselected(tmp_path):
     deselect (the tier's slow tests, -k / -m) and the controller prints the summary: the count
     each worker deselected must reach the last line, as in a run without workers (a quick run
     says what it left out). A file with slow and quick tests, one quick test selected by -k."""
-    import re
     env = dict(os.environ)
     env.pop("UGATIT_FULL_TIER", None)
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "parity_tests/test_tiers.py",

@@ -327,7 +327,7 @@ def _official_lr(lr, epoch, decay_epoch, e, decay_flag):
 
 
 @pytest.mark.parametrize("decay_flag", [True, False])
-def test_trainer_runs_the_official_loop(tmp_path, decay_flag):
+def test_trainer_runs_the_official_loop(tmp_path, monkeypatch, decay_flag):
     """The loop of the official UGATIT.train, written out from OFFICIAL_SEMANTICS.md and compared
     call by call with what the port's Trainer does: per iteration (global counter from 1) a D run
     on a **new** batch of each domain, then - when (counter - 1) % n_critic == 0 - a G run on
@@ -363,11 +363,8 @@ def test_trainer_runs_the_official_loop(tmp_path, decay_flag):
                 return g_step(a, b, lr)
             return d, g
 
-    tr._Feed.next = next_recorded
-    try:
-        out = Recording(cfg, "cpu", seed=1, base=str(tmp_path), log=lambda *a, **k: None, cuda_graphs=False).run()
-    finally:
-        tr._Feed.next = feed_next
+    monkeypatch.setattr(tr._Feed, "next", next_recorded)
+    out = Recording(cfg, "cpu", seed=1, base=str(tmp_path), log=lambda *a, **k: None, cuda_graphs=False).run()
     assert out["counter"] == 9
     expected = []  # the official loop
     counter = 1

@@ -69,10 +69,11 @@ class OutputRecord:
         if not gone:
             return
         self.names = names - gone
+        if not os.path.lexists(self.path):
+            return
         if self.names:
-            if os.path.lexists(self.path):
-                self._write()
-        elif os.path.lexists(self.path):  # nothing of ours is there: no record (a refused run leaves none)
+            self._write()
+        else:  # nothing of ours is there: no record (a refused run leaves none)
             os.remove(self.path)
 
     def _read(self) -> set:
