@@ -552,6 +552,36 @@ def test_sigterm_stops_as_ctrl_c_does(tmp_path):
     assert f"{found[0].name.split(' ')[0]}" in line, (line, found[0].name)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_after_the_run_ended_exits_at_once_with_its_code(tmp_path, sig):
+    """A signal in the process's last moments, after " [*] Training finished!" (interpreter
+    teardown: atexit callbacks, library clean-up), ended a finished run with -2 (a traceback from
+    the interrupted clean-up) or -15 and no line. It now exits at once with the run's own code and
+    one note: nothing was interrupted. The teardown is held open here by an atexit sleep, as a
+    slow library clean-up would."""
+    make_data(tmp_path)
+    prog = ("import atexit, sys, time; atexit.register(time.sleep, 60); "
+            "from torch_port.__main__ import main; sys.exit(main())")
+    p = subprocess.Popen([sys.executable, "-c", prog] + train_args(1), cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    out = ""
+    for line in p.stdout:  # the run's last line, then the teardown (the sleep) begins
+        out += line
+        if "Training finished" in line:
+            break
+    time.sleep(0.5)
+    t0 = time.time()
+    p.send_signal(sig)
+    rest, err = p.communicate(timeout=50)
+    assert "Training finished" in out, (out, err[-2000:])
+    assert time.time() - t0 < 20, "the signal did not end the teardown"
+    assert p.returncode == 0, (p.returncode, err[-2000:])
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
+    name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    assert err.strip().splitlines()[-1] == f"note: {name} after the run had ended: nothing was interrupted", err
+
+
 # -- kill -9 at random moments: resume reproduces the uninterrupted run ------------------------------
 
 @pytest.mark.slow

@@ -260,6 +260,41 @@ def run(fn, argv=None, prog: str = "python", training=None, label: str = "error"
     command); `label`: the prefix of the error line. `needs_tf`: set by commands that run the
     official TF graph (what to do without TensorFlow, may be ""): TensorFlow not installed is then
     bad input (one line, exit 2), not an internal error."""
+    whole_process = argv is None  # the process's own command line (tests pass argv and keep their handlers)
+    rc = EXIT_INTERNAL
+    try:
+        rc = _run(fn, argv, prog, training, label, needs_tf)
+    except SystemExit as e:  # argparse's --help (0) and usage errors (2)
+        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_INTERNAL)
+        raise
+    finally:
+        if whole_process:
+            exit_at_once_on_late_signals(rc)
+    return rc
+
+
+def exit_at_once_on_late_signals(rc: int) -> None:
+    """After the command has ended (its outputs complete, its line printed), Ctrl-C or SIGTERM in
+    the process's teardown (atexit callbacks, library clean-up) ends it at once with the command's
+    own code `rc` and one note, instead of a traceback from the interrupted clean-up and exit -2,
+    or exit -15 and no line. Signals a launcher handles itself are left to it."""
+    def handler(signum, frame):
+        how = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        try:
+            sys.stdout.flush()
+            if os.environ.get("RANK", "0") == "0":
+                print(f"note: {how} after the run had ended: nothing was interrupted", file=sys.stderr, flush=True)
+        finally:
+            os._exit(rc)
+    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        try:
+            if signal.getsignal(sig) is default:
+                signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            return
+
+
+def _run(fn, argv, prog, training, label, needs_tf) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _print_any_file_name()
     debug = "--debug" in argv or os.environ.get("UGATIT_DEBUG", "") not in ("", "0")
