@@ -70,8 +70,11 @@ def train_iterator(files, img_size: int, img_ch: int, augment_flag: bool, batch_
     RNG that tosses the official build-time coin and draws the augmentation op seed.
     """
     py_random = random if seed is None else random.Random(seed)
-    # the names' bytes (os.fsencode): a name that is not UTF-8 cannot become a TF string from str
-    ds = tf.data.Dataset.from_tensor_slices([os.fsencode(f) for f in files])
+    # the names' bytes (os.fsencode): a name that is not UTF-8 cannot become a TF string from str;
+    # no files at all (the graph of a .meta written without a data set, tf_reference.meta_graph):
+    # an empty string vector (from_tensor_slices would take [] for floats)
+    names = [os.fsencode(f) for f in files]
+    ds = tf.data.Dataset.from_tensor_slices(names if names else tf.constant([], tf.string))
     ds = ds.shuffle(int(dataset_num), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.map(lambda f: image_processing(f, img_size, img_ch, augment_flag, py_random, force_augment),
                 num_parallel_calls=tf.data.experimental.AUTOTUNE)

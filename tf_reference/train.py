@@ -176,6 +176,32 @@ def readable_images(files: list) -> list:
     return good
 
 
+def build_train_graph(cfg: dict, files_A, files_B, dataset_num: int, max_to_keep: int = 5, saved=None,
+                      seed=None, force_augment=None):
+    """The training graph, built into the current default graph as the train phase builds it
+    before its first save (so a checkpoint's `.meta` is this graph): the two input pipelines, the
+    official model (`UGATITGraph.build_train`), the `tf.train.Saver` (over the variables named in
+    `saved`; default: all of them), the NaN stop's check and the initializer. Returns (model,
+    saver, non-finite counts, init op). `seed` / `force_augment`: train_iterator's."""
+    domain_A = train_iterator(files_A, cfg["img_size"], cfg["img_ch"], cfg["augment_flag"], cfg["batch_size"],
+                              dataset_num, seed=seed, force_augment=force_augment)
+    domain_B = train_iterator(files_B, cfg["img_size"], cfg["img_ch"], cfg["augment_flag"], cfg["batch_size"],
+                              dataset_num, seed=seed, force_augment=force_augment)
+    m = UGATITGraph(cfg).build_train(domain_A, domain_B)
+    var_list = None
+    if saved is not None:
+        wanted, names = set(saved), {v.op.name for v in tf.global_variables()}
+        missing = sorted(wanted - names)
+        if missing:
+            raise ValueError(f"{len(missing)} variable(s) not in the official graph of this config: "
+                             + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+        if wanted != names:  # in the graph's order, as the Saver of all variables takes them
+            var_list = [v for v in tf.global_variables() if v.op.name in wanted]
+    saver = tf.train.Saver(var_list=var_list, max_to_keep=max_to_keep)
+    counts = non_finite_counts(tf.global_variables())  # the NaN stop's check before each save
+    return m, saver, counts, tf.global_variables_initializer()
+
+
 def train(cfg: dict, max_to_keep: int = 5) -> dict:
     paths = opt.run_paths(cfg)
     files_A = readable_images(opt.domain_files(cfg, "trainA"))
@@ -196,16 +222,10 @@ def _train(cfg: dict, paths, files_A: list, files_B: list, owner, max_to_keep: i
 
     graph = tf.Graph()
     with graph.as_default():
-        domain_A = train_iterator(files_A, cfg["img_size"], cfg["img_ch"], cfg["augment_flag"], cfg["batch_size"],
-                                  dataset_num)
-        domain_B = train_iterator(files_B, cfg["img_size"], cfg["img_ch"], cfg["augment_flag"], cfg["batch_size"],
-                                  dataset_num)
-        m = UGATITGraph(cfg).build_train(domain_A, domain_B)
-        saver = tf.train.Saver(max_to_keep=max_to_keep)
-        counts = non_finite_counts(tf.global_variables())  # the NaN stop's check before each save
+        m, saver, counts, init = build_train_graph(cfg, files_A, files_B, dataset_num, max_to_keep)
         history = []
         with tf.Session(config=train_session_config()) as sess:
-            tf.global_variables_initializer().run()
+            sess.run(init)
             could_load, checkpoint_counter = restore(sess, saver, paths.checkpoint, tf.global_variables(),
                                                      owner=owner, img_size=cfg["img_size"])
             # the event file after the restore (the official order is the reverse): a refused
