@@ -20,6 +20,9 @@ continued in TF -,
 never over a file of another kind, over one of the same kind only with --overwrite; a folder as
 OUT gets the default name inside it; torch2tf re-points a folder's `checkpoint` file that names
 another checkpoint only with --overwrite, and takes the replaced checkpoint's stale .meta with it).
+torch2tf also writes `<prefix>.meta`, the official train graph of the recorded config (built by
+tf_reference, as tf.train.Saver writes it), where TensorFlow can be imported and the input records
+every setting that graph holds; otherwise one note on stderr says why there is none.
 Non-finite weights (NaN, inf) are refused unless --allow_non_finite: a faithful copy of a broken
 checkpoint is rarely what anyone wants, and every command that uses weights refuses them anyway.
 """
@@ -32,11 +35,12 @@ import os
 import re
 import struct
 import sys
+import tempfile
 
 import numpy as np
 
 from ugatit_common import output_guard as guard
-from ugatit_common.atomic import atomic_output, publish_together, remove_quietly
+from ugatit_common.atomic import atomic_output, file_mode, publish_together, remove_quietly
 from ugatit_common.finite import NonFiniteWeights, first_non_finite, refuse_non_finite
 # The TF checkpoint format (bundle reader/writer, naming rule, layouts, config inference) lives in
 # the ground-floor package ugatit_common.tf_checkpoint; this module is its command line and
@@ -306,6 +310,48 @@ def _need_tensorflow(flag: str) -> None:
                               f"({type(e).__name__}: {e}); install tensorflow-cpu or leave {flag} out") from e
 
 
+# what the .meta of a train graph records (ugatit_common.tf_checkpoint.metagraph), and the two
+# settings its discriminators are built from (recorded by a checkpoint's weights when it has them)
+META_RECORDS = ("smoothing", "img_size", "gan_type", "adv_weight", "cycle_weight", "identity_weight", "cam_weight")
+
+
+def official_meta_graph(cfg: dict, tf_names, recorded=None, source: str = "the input") -> tuple[bytes | None, str]:
+    """(the bytes of the `<prefix>.meta` that the official train phase's tf.train.Saver writes
+    beside a checkpoint of `cfg` holding the variables `tf_names`, "") - or (None, why not): when
+    TensorFlow cannot be imported, or when a setting the graph would record is not one `source`
+    records (`recorded`: those it does; None: all) - a .meta is a record, and readers would take
+    a guess from it for the checkpoint's. Built by tf_reference (tf_reference.meta_graph);
+    ConversionError when TensorFlow cannot build that graph."""
+    needed = list(META_RECORDS)
+    if not any(n.startswith("discriminator") for n in tf_names):  # the graph's discriminators: from the config
+        needed += ["n_dis", "sn"]
+    unknown = [k for k in needed if recorded is not None and k not in recorded]
+    if unknown:
+        return None, (f"{source} does not record {', '.join(unknown)} (official defaults or guesses here); "
+                      f"a .meta would record them as the checkpoint's")
+    build, why_not = _meta_builder()
+    if build is None:
+        return None, why_not
+    try:
+        return build(cfg, tf_names), ""
+    except Exception as e:  # noqa: BLE001 - ValueError (variables not of that graph) or a TF error
+        raise ConversionError(f"the official graph of this config cannot be built for the checkpoint's .meta "
+                              f"({type(e).__name__}: {e}); nothing was written") from e
+
+
+def _meta_builder():
+    """(tf_reference.meta_graph.train_meta_graph, "") or, where TensorFlow cannot be imported,
+    (None, why not): the conversion itself needs no TensorFlow."""
+    from ugatit_common.cli_errors import tensorflow_installed
+    if not tensorflow_installed():
+        return None, "TensorFlow not installed"
+    try:
+        from tf_reference.meta_graph import train_meta_graph
+    except Exception as e:  # noqa: BLE001 - a broken install
+        return None, f"TensorFlow cannot be imported: {type(e).__name__}: {e}"
+    return train_meta_graph, ""
+
+
 def _atomic_torch_save(obj, out):
     import torch
     with _writing(out), atomic_output(out) as tmp:
@@ -319,11 +365,12 @@ def load_torch_weights(path: str):
     return load_weights(path)
 
 
-def torch_to_tf(state: dict, prefix: str, step: int | None = None, drop=()) -> str:
+def torch_to_tf(state: dict, prefix: str, step: int | None = None, drop=(), meta: bytes | None = None) -> str:
     """Write a torch state (weights, optional `/Adam` slots and `optimizer.*` powers) as an
-    official-layout TF checkpoint at `prefix`, plus the folder's `checkpoint` file, removing the
-    files `drop` (a replaced checkpoint's stale .meta) with them. All or nothing, even when the
-    process is killed (ugatit_common.atomic.publish_together's journal)."""
+    official-layout TF checkpoint at `prefix`, plus the folder's `checkpoint` file and, given
+    `meta` (the MetaGraphDef bytes: official_meta_graph), `<prefix>.meta`, removing the files
+    `drop` (a replaced checkpoint's stale .meta) with them. All or nothing, even when the process
+    is killed (ugatit_common.atomic.publish_together's journal)."""
     base = os.path.basename(prefix)
     try:  # the `checkpoint` file's bytes, checked before the bundle is committed (the file comes after it)
         checkpoint_state_text(base, [base])
@@ -341,27 +388,50 @@ def torch_to_tf(state: dict, prefix: str, step: int | None = None, drop=()) -> s
     # the bundle is two files renamed one after the other, then the folder's `checkpoint` file: a failure
     # anywhere (the .index's rename, the `checkpoint` file, Ctrl-C) puts back what was there - never a new
     # .data beside an old .index (a corrupt checkpoint) nor a new file without its partner
-    drop = [os.path.abspath(p) for p in drop]
-    # the bundle's two files, then the folder's `checkpoint` file, then the stale .meta removed, published
-    # as one write: a failure or a kill anywhere leaves (or, for the next command, puts back) what was
-    # there - never a new .data beside an old .index (a corrupt checkpoint) nor a new file without its partner
-    with _writing(prefix, f"{prefix}.index / .data-00000-of-00001"):
+    meta_path = os.path.abspath(prefix + ".meta")
+    drop = [os.path.abspath(p) for p in drop if meta is None or os.path.abspath(p) != meta_path]
+    # the bundle's two files, its .meta, then the folder's `checkpoint` file, then the stale .meta removed,
+    # published as one write: a failure or a kill anywhere leaves (or, for the next command, puts back) what
+    # was there - never a new .data beside an old .index (a corrupt checkpoint) nor a new file without its
+    # partner, nor an old .meta beside new weights
+    with _writing(prefix, f"{prefix}.index / .data-00000-of-00001" + (" / .meta" if meta is not None else "")):
         with BundleWriter(prefix) as w:
             for tf_name, k in entries:
                 w.add(tf_name, to_tf_layout(k, np.asarray(state[k].detach().cpu().numpy()
                                                           if hasattr(state[k], "detach") else state[k])))
             temps = w.prepare()
+            meta_file = state_file = None
             try:
-                state_file = prepare_checkpoint_state(folder, base)
-            except OSError as e:
-                raise ConversionError(f"{os.path.join(folder, 'checkpoint')!r} cannot be written "
-                                      f"({e.strerror or e}); nothing was written") from e
-            try:
-                publish_together({**temps, os.path.join(folder, "checkpoint"): state_file,
-                                  **{p: None for p in drop}})
+                if meta is not None:
+                    meta_file = _temp_file(folder, ".meta.tmp", meta)
+                try:
+                    state_file = prepare_checkpoint_state(folder, base)
+                except OSError as e:
+                    raise ConversionError(f"{os.path.join(folder, 'checkpoint')!r} cannot be written "
+                                          f"({e.strerror or e}); nothing was written") from e
+                publish_together({**temps, **({meta_path: meta_file} if meta_file else {}),
+                                  os.path.join(folder, "checkpoint"): state_file, **{p: None for p in drop}})
             finally:
-                remove_quietly(state_file)  # renamed into place, or not: never left
+                for tmp in (meta_file, state_file):  # renamed into place, or not: never left
+                    if tmp is not None:
+                        remove_quietly(tmp)
     return prefix
+
+
+def _temp_file(folder: str, suffix: str, data: bytes) -> str:
+    """`data` in a temp file of `folder` (fsynced, the mode the umask gives), for publish_together;
+    removed again when the write fails."""
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())  # mkstemp's 0o600 -> what the umask allows
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return tmp
 
 
 # ------------------------------------------------------------------ verify
@@ -476,8 +546,9 @@ def _convert(argv=None) -> int:
                     raise
         else:
             # validated against the model its config describes; the optimizer state carried along
-            from torch_port.to_tf import prepare
-            state, step, cfg = prepare(args.inp, weights_only=args.weights_only)
+            from torch_port.to_tf import prepare_info
+            prepared = prepare_info(args.inp, weights_only=args.weights_only)
+            state, step, cfg = prepared.state, prepared.step, prepared.config
             bad = [b for b in (first_non_finite([(k, v)]) for k, v in state.items()) if b]
             if bad and not args.allow_non_finite:
                 refuse_non_finite(state, f"{args.inp} (not converted; pass --allow_non_finite to copy it as it is)")
@@ -503,12 +574,22 @@ def _convert(argv=None) -> int:
             if bad:
                 _warn_non_finite(bad)
             stale = os.path.lexists(meta)
-            # the stale .meta goes with the same write: a failure or a kill anywhere leaves the old checkpoint whole
-            torch_to_tf(state, prefix, drop=[meta] if stale else ())
-            print(f"wrote {prefix}.index / .data-00000-of-00001 and {folder}/checkpoint")
-            if stale:
+            # the graph the official Saver writes beside a checkpoint (tf_reference builds it; seconds), when
+            # TensorFlow is here and the input records every setting it holds; before anything is written
+            sn_scopes = {k[: -len(".u")] for k in state if k.endswith(".u")}
+            graph, why_not = official_meta_graph(cfg, [torch_to_tf_name(k, sn_scopes) for k in state],
+                                                 prepared.recorded, prepared.source or args.inp)
+            # the new .meta, or the stale one removed, goes with the same write: a failure or a kill anywhere
+            # leaves the old checkpoint whole
+            torch_to_tf(state, prefix, drop=[meta] if stale and graph is None else (), meta=graph)
+            print(f"wrote {prefix}.index / .data-00000-of-00001{' / .meta' if graph is not None else ''} and "
+                  f"{folder}/checkpoint")
+            if stale and graph is None:
                 print(f"note: removed {meta}, the graph of the checkpoint replaced (its recorded config would "
                       f"have been read as these weights')")
+            if graph is None:  # said once the checkpoint is written (a failed command's one line is its error)
+                print(f"note: no .meta written ({why_not}): tf2torch will take img_size, smoothing, gan_type "
+                      f"and the loss weights from the folder name, the weights or flags", file=sys.stderr)
     except (ConversionError, CheckpointError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

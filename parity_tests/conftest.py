@@ -42,6 +42,17 @@ def golden_dir():
     return GOLDEN
 
 
+@pytest.fixture(autouse=True)
+def _torch2tf_meta_only_in_tf_tests(request, monkeypatch):
+    """`weights_convert.py torch2tf` writes the checkpoint's .meta where TensorFlow is installed
+    (tf_reference builds the official train graph: seconds per config). A test not marked `tf`
+    runs in-process as on a machine without TensorFlow, the same everywhere: no .meta (the tests
+    marked tf check it)."""
+    if request.node.get_closest_marker("tf") is None:
+        import weights_convert
+        monkeypatch.setattr(weights_convert, "_meta_builder", lambda: (None, "TensorFlow not installed"))
+
+
 FULL_TIER_ENV = "UGATIT_FULL_TIER"
 # CI sets it: the tests marked tf then need TensorFlow (a usage error without it), never skipped
 REQUIRE_TF_ENV = "UGATIT_REQUIRE_TF"

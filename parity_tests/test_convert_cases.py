@@ -1,12 +1,14 @@
 """weights_convert.py edge cases a reviewer reproduced: tensors of another dtype, a weights/state
 pair from two runs, a stale .meta left by --overwrite, --report / --verify checked before the
-work, non-ASCII checkpoint paths, a full disk, and a folder's `checkpoint` file re-pointed.
-Tiny models (light, 32 px, ch 2, n_dis 4), built directly (no training)."""
+work, non-ASCII checkpoint paths, a full disk, and a folder's `checkpoint` file re-pointed; the
+.meta torch2tf writes with TensorFlow (tests marked tf). Tiny models (light, 32 or 64 px, ch 2,
+n_dis 4), built directly (no training)."""
 from __future__ import annotations
 
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -145,8 +147,11 @@ def test_torch2tf_converts_a_runs_own_pair_with_its_optimizer(tmp_path, capsys):
 
 def test_torch2tf_overwrite_removes_the_stale_meta(tmp_path, capsys, monkeypatch):
     """The old <prefix>.meta stayed beside the new .index/.data and readers took its config
-    (smoothing, img_size, gan_type...) for the new weights'. It goes, once the new files are in."""
+    (smoothing, img_size, gan_type...) for the new weights'. It goes, once the new files are in.
+    Here no new .meta is written (as without TensorFlow); with one, it replaces the old one in the
+    same write (test_torch2tf_a_failure_leaves_no_meta_nor_any_partial_output)."""
     from ugatit_common.tf_checkpoint import bundle
+    monkeypatch.setattr(wc, "_meta_builder", lambda: (None, "TensorFlow not installed"))
     src = _save_port(tmp_path / "A", _model(0), step=3)
     prefix = tmp_path / "tf" / "UGATIT_light.model-3"
     rc, _, err = _convert(["torch2tf", src, prefix, "--weights_only"], capsys)
@@ -451,3 +456,189 @@ def test_torch_to_tf_api_refuses_what_tf_cannot_restore(tmp_path):
     with pytest.raises(wc.ConversionError, match=r"float64, float32 expected"):
         wc.torch_to_tf(state, str(tmp_path / "tf" / "UGATIT_light.model-3"))
     assert not (tmp_path / "tf").exists() or not os.listdir(tmp_path / "tf")
+
+
+# -- 9. the .meta: the graph tf.train.Saver writes beside every official checkpoint ---------------------
+
+# settings that differ from the official defaults, each one recorded by the train graph's .meta
+META_CFG = opt.config_from(light=True, dataset="t", img_size=64, ch=2, n_dis=4, augment_flag=False, smoothing=False,
+                           gan_type="hinge", adv_weight=2, cam_weight=500)
+
+
+def _meta_port(folder, step=3, seed=0, cfg=META_CFG):
+    from torch_port import build_ugatit
+    from torch_port import checkpoint as ck
+    torch.manual_seed(seed)
+    model = build_ugatit(cfg)
+    model.make_optimizers()
+    ck.save(str(folder), opt.model_name(cfg), step, model,
+            {"config": ck.plain_config(cfg), "run": "r1", "counter": step,
+             "G_optim": model.G_optim.state_dict(), "D_optim": model.D_optim.state_dict()})
+    return os.path.join(str(folder), f"{opt.model_name(cfg)}.model-{step}.safetensors")
+
+
+@pytest.fixture(scope="module")
+def meta_conversion(tmp_path_factory):
+    """A port checkpoint of META_CFG (with its optimizer state) converted by torch2tf once: (root,
+    TF prefix, stdout, stderr, rc). The graph is built once per process and variable set."""
+    import contextlib
+    import io
+    root = tmp_path_factory.mktemp("meta")
+    src = _meta_port(root / "port")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = wc.main(["torch2tf", src, str(root / "tf" / "UGATIT_light.model")])
+    return root, str(root / "tf" / "UGATIT_light.model-3"), out.getvalue(), err.getvalue(), rc
+
+
+@pytest.mark.tf
+def test_torch2tf_writes_the_meta_and_tf2torch_reads_every_setting_from_it(meta_conversion, capsys):
+    """torch2tf wrote no .meta: tf2torch then guessed smoothing and img_size (a light model's
+    weights record neither) and knew nothing of gan_type and the loss weights. Now the official
+    train graph of the checkpoint's config is beside it, and every setting it records is read
+    from it (source `meta`), none guessed."""
+    from ugatit_common.checkpoint_policy import safetensors_metadata
+    root, prefix, out, err, rc = meta_conversion
+    assert rc == 0, err
+    assert os.path.isfile(prefix + ".meta") and ".meta" in out.splitlines()[-1], out
+    assert "no .meta" not in err, err
+    info = wc.read_tf_config_info(prefix)
+    for key in wc.META_RECORDS:
+        assert info.settings[key].source == "meta" and info.config[key] == META_CFG[key], (key, info.describe())
+    assert not info.guessed, info.describe()
+    rc, _, err = _convert(["tf2torch", os.path.dirname(prefix), root / "back.safetensors"], capsys)
+    assert rc == 0 and "guessed" not in err, err
+    meta = safetensors_metadata(str(root / "back.safetensors"))
+    sources = json.loads(meta["ugatit_config_sources"])
+    assert {k: sources[k] for k in wc.META_RECORDS} == {k: "meta" for k in wc.META_RECORDS}, sources
+    assert json.loads(meta["ugatit_config_guessed"]) == {}
+    config = json.loads(meta["ugatit_config"])
+    assert {k: config[k] for k in wc.META_RECORDS} == {k: META_CFG[k] for k in wc.META_RECORDS}
+
+
+@pytest.mark.tf
+def test_the_meta_records_what_tf_references_own_checkpoints_record(meta_conversion, tmp_path):
+    """The same config trained by tf_reference (its train graph saved by its tf.train.Saver, as
+    the official code saves): both .meta files hold the same variables and record the same
+    settings, read the way tf2torch reads them."""
+    from parity_tests import tf_checkpoints as tc
+    from ugatit_common.tf_checkpoint import metagraph
+    _, prefix, _, err, rc = meta_conversion
+    assert rc == 0, err
+    tc.make_dataset(str(tmp_path), size=64)
+    keys = ("light", "img_size", "ch", "n_dis", "augment_flag", "smoothing", "gan_type", "adv_weight", "cam_weight")
+    theirs = tc.write_train_checkpoint(str(tmp_path), tc.full_config(str(tmp_path), **{k: META_CFG[k] for k in keys}))
+    graphs = [metagraph.read_meta_graph(p + ".meta") for p in (prefix, theirs)]
+    ours, official = [{k: f.value for k, f in metagraph.recognise(g).items()} for g in graphs]
+    assert ours == official and set(ours) == set(wc.META_RECORDS), (ours, official)
+    assert graphs[0].variables() == graphs[1].variables()
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("weights_only", [False, pytest.param(True, marks=pytest.mark.slow)])  # slow: its own graph
+def test_torch2tf_meta_imports_and_restores_in_tensorflow(meta_conversion, tmp_path, capsys, weights_only):
+    """tf.compat.v1.train.import_meta_graph(<prefix>.meta) + saver.restore, as one restores an
+    official checkpoint with its graph: the Saver in the .meta restores exactly the checkpoint's
+    variables (a --weights_only checkpoint's: no Adam slots), with the values of the .index. The
+    tf_reference test phase's restore (its own graph) takes the checkpoint as before, and its
+    train phase reads the image size from the .meta."""
+    from tf_reference import train as phases
+    from tf_reference.compat import tf
+    from tf_reference.model import UGATITGraph
+    root, prefix, _, err, rc = meta_conversion
+    assert rc == 0, err
+    if weights_only:
+        prefix = str(tmp_path / "tf" / "UGATIT_light.model-3")
+        rc, _, err = _convert(["torch2tf", root / "port", prefix, "--weights_only"], capsys)
+        assert rc == 0 and os.path.isfile(prefix + ".meta"), err
+    with BundleReader(prefix) as r:
+        stored = {n: r.read(n).copy() for n in r.keys()}
+    assert any("/Adam" in n for n in stored) != weights_only
+    with tf.Graph().as_default():
+        saver = tf.train.import_meta_graph(prefix + ".meta")
+        saved = {v.op.name: v for v in tf.global_variables() if v.op.name in stored}
+        with tf.Session() as sess:
+            saver.restore(sess, prefix)
+            values = sess.run(saved)
+    assert set(values) == set(stored)
+    for n, v in values.items():
+        np.testing.assert_array_equal(v, stored[n], err_msg=n)
+    assert phases._recorded_img_size(prefix) == META_CFG["img_size"]
+    with tf.Graph().as_default():
+        UGATITGraph(opt.config_from(META_CFG, phase="test")).build_test()
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            loaded, step = phases.restore(sess, tf.train.Saver(), os.path.dirname(prefix), tf.global_variables(),
+                                          need="weights")
+            kernel = [v for v in tf.global_variables() if v.op.name == "generator_B/conv/conv2d/kernel"][0]
+            np.testing.assert_array_equal(sess.run(kernel), stored["generator_B/conv/conv2d/kernel"])
+    assert loaded and step == 3
+
+
+@pytest.mark.tf
+def test_torch2tf_a_failure_leaves_no_meta_nor_any_partial_output(meta_conversion, tmp_path, capsys, monkeypatch):
+    """The .meta is one of the files of the checkpoint's write: a full disk writing it, the
+    .index, or the folder's `checkpoint` file, or a rename failing after the .meta's, leaves no
+    .meta and nothing else of the new checkpoint - in a new folder, and under --overwrite (the
+    old checkpoint whole, its old .meta included); killed after the .meta's rename, the next
+    reader of the folder puts the old checkpoint back."""
+    from ugatit_common.tf_checkpoint import bundle
+    root, _, _, err, rc = meta_conversion
+    assert rc == 0, err
+    src = str(root / "port")
+    prefix = tmp_path / "tf" / "UGATIT_light.model-3"
+    real_replace = os.replace
+
+    def rename_fails(suffix):
+        def replace(a, b, *args, **kw):
+            if str(b).endswith(suffix):
+                raise OSError(28, "No space left on device")
+            return real_replace(a, b, *args, **kw)
+        return replace
+    failures = [(wc, "_temp_file", _enospc), (bundle, "_build_table", _enospc),
+                (wc, "prepare_checkpoint_state", _enospc), (os, "replace", rename_fails(".meta")),
+                (os, "replace", rename_fails("checkpoint"))]
+    (tmp_path / "tf").mkdir()
+    for overwrite in (False, True):
+        if overwrite:  # an older checkpoint there, with its own graph
+            rc, _, err = _convert(["torch2tf", _meta_port(tmp_path / "old", seed=1), prefix], capsys)
+            assert rc == 0, err
+            (tmp_path / "tf" / "UGATIT_light.model-3.meta").write_bytes(b"\x0a\x05hello")  # the old run's graph
+        before = snapshot(str(tmp_path / "tf"))
+        for home, name, fail in failures:
+            with monkeypatch.context() as m:
+                m.setattr(home, name, fail)
+                rc, _, err = _convert(["torch2tf", src, prefix] + ["--overwrite"] * overwrite, capsys)
+            line = _error_line(err)
+            assert rc == 2 and "No space left" in line, (name, line)
+            assert snapshot(str(tmp_path / "tf")) == before, (name, overwrite)
+    # killed (SIGKILL) right after the .meta's rename: the next reader puts the old checkpoint back
+    from parity_tests.test_nothing_lost import _killed_at, _visible
+    from ugatit_common.tf_checkpoint.bundle import resolve_prefix
+    visible = _visible(tmp_path / "tf")
+    assert _killed_at(1, lambda: wc.main([str(a) for a in ("torch2tf", src, prefix, "--overwrite")]),
+                      only=lambda name, args: name == "replace" and str(args[1]).endswith(".meta"))
+    assert _visible(tmp_path / "tf") != visible  # the new .data, .index and .meta beside the old `checkpoint`
+    assert resolve_prefix(str(tmp_path / "tf")) == str(prefix) and _visible(tmp_path / "tf") == visible
+    rc, _, err = _convert(["torch2tf", src, prefix, "--overwrite"], capsys)
+    assert rc == 0 and (tmp_path / "tf" / "UGATIT_light.model-3.meta").read_bytes() != b"\x0a\x05hello", err
+    assert wc.read_tf_config_info(str(prefix)).settings["smoothing"].source == "meta"
+
+
+def test_torch2tf_writes_no_meta_from_settings_its_input_does_not_record(tmp_path, capsys):
+    """A .meta is a record: a weights file that records no config (or a tf2torch output that
+    guessed smoothing) gets no .meta, since it would pass the guesses off as the checkpoint's
+    (a stale one is removed instead); one line says so, whether TensorFlow is there or not."""
+    src = _weights_file(tmp_path / "w.safetensors", dict(_model().state_dict()))
+    rc, out, err = _convert(["torch2tf", src, tmp_path / "tf" / "UGATIT_light.model-3"], capsys)
+    assert rc == 0, err
+    notes = [ln for ln in err.splitlines() if "no .meta written" in ln]
+    assert len(notes) == 1 and "smoothing" in notes[0] and "img_size" in notes[0] and "gan_type" in notes[0], err
+    assert not (tmp_path / "tf" / "UGATIT_light.model-3.meta").exists()
+    # a tf2torch output whose smoothing and img_size were guessed (no .meta, no model_dir name)
+    rc, _, err = _convert(["tf2torch", tmp_path / "tf", tmp_path / "back.safetensors"], capsys)
+    assert rc == 0 and "guessed smoothing" in err, err
+    rc, out, err = _convert(["torch2tf", tmp_path / "back.safetensors", tmp_path / "tf2" / "m"], capsys)
+    notes = [ln for ln in err.splitlines() if "no .meta written" in ln]
+    assert rc == 0 and len(notes) == 1 and "smoothing" in notes[0], err
+    assert not [n for n in os.listdir(tmp_path / "tf2") if n.endswith(".meta")]

@@ -94,3 +94,18 @@ def test_a_broken_tensorflow_is_not_called_missing():
     wrapped = RuntimeError("wrapped")
     wrapped.__cause__ = ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
     assert tensorflow_missing(wrapped) is not installed
+
+
+def test_torch2tf_without_tensorflow_writes_no_meta_and_says_so(tmp_path, no_tf_env):
+    """torch2tf writes the checkpoint's .meta (the official train graph) with TensorFlow; without
+    it the checkpoint is written as before, without a .meta, one note line on stderr saying so and
+    where tf2torch will take the settings from, exit 0."""
+    from parity_tests.test_convert_cases import _meta_port
+    src = _meta_port(tmp_path / "port")
+    proc = _run([os.path.join(ROOT, "weights_convert.py"), "torch2tf", src, str(tmp_path / "tf" / "m")], tmp_path,
+                no_tf_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notes = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(notes) == 1 and notes[0].startswith("note: no .meta written (TensorFlow not installed)") \
+        and "tf2torch" in notes[0] and "smoothing" in notes[0], proc.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "tf")) == ["checkpoint", "m-3.data-00000-of-00001", "m-3.index"]

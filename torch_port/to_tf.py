@@ -19,6 +19,7 @@ import os
 import pickle
 import re
 import sys
+from dataclasses import dataclass, field
 
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import options as opt
@@ -103,10 +104,33 @@ def _tf_shape(name: str, shape: tuple) -> tuple:
 
 def infer_from_weights(weights: dict) -> dict:
     """The config a port state dict implies (its shapes, official defaults for the rest)."""
-    from ugatit_common.tf_checkpoint.config import infer_config
+    return infer_from_weights_info(weights).config
+
+
+def infer_from_weights_info(weights: dict):
+    """infer_from_weights with each setting's source (a CheckpointConfig: `weights` or `default`)."""
+    from ugatit_common.tf_checkpoint.config import infer
     sn_scopes = {k[: -len(".u")] for k in weights if k.endswith(".u")}
     shapes = {torch_to_tf_name(k, sn_scopes): _tf_shape(k, tuple(v.shape)) for k, v in weights.items()}
-    return infer_config(shapes)
+    return infer(None, shapes, use_meta=False, use_model_dir=False)
+
+
+def _recorded_keys(meta: dict, key: str, cfg: dict) -> set:
+    """The settings of `cfg` (read from the file's metadata `key`) that the file records as known:
+    a port checkpoint's config is its run's flags, all known; a tf2torch output's (`ugatit_config`)
+    says per setting where it came from, and a guessed one (source `default`) or one it lists as
+    not recorded is not known."""
+    if key != "ugatit_config":
+        return set(cfg)
+    try:
+        sources = json.loads(meta.get("ugatit_config_sources") or "{}")
+        guessed = json.loads(meta.get("ugatit_config_guessed") or "{}")
+        unrecorded = json.loads(meta.get("ugatit_config_not_recorded") or "[]")
+    except ValueError:
+        return set()
+    if not isinstance(sources, dict) or not isinstance(guessed, dict) or not isinstance(unrecorded, list):
+        return set()
+    return {k for k in cfg if sources.get(k, "default") != "default" and k not in guessed and k not in unrecorded}
 
 
 def _expected(cfg: dict):
@@ -146,19 +170,41 @@ def as_float32(state: dict, source: str) -> tuple[dict, dict]:
     return out, cast
 
 
+@dataclass
+class Prepared:
+    """What torch2tf writes: `state` (weights + Adam slots + powers, official-name-ready), `step`,
+    `config` (validated, complete) and `recorded`: the settings of `config` the input records
+    (the rest are official defaults or guesses: a .meta written from them would pass them off as
+    the checkpoint's)."""
+    state: dict
+    step: int
+    config: dict
+    recorded: frozenset = field(default_factory=frozenset)
+    source: str = ""
+
+
 def prepare(inp: str, weights_only: bool = False, log=print) -> tuple[dict, int, dict]:
     """(flat state to write: weights + Adam slots + powers, step, config) for `inp`; raises
     ConversionError naming what is wrong."""
+    p = prepare_info(inp, weights_only, log)
+    return p.state, p.step, p.config
+
+
+def prepare_info(inp: str, weights_only: bool = False, log=print) -> Prepared:
+    """prepare(), with which settings the input records (Prepared)."""
     path = _resolve(inp)
     weights, meta = load_weights(path)
-    cfg = None
+    cfg, recorded = None, set()
     for key in ("config", "ugatit_config"):
         if meta.get(key):
             try:
                 cfg = json.loads(meta[key]) or None
             except ValueError:
                 cfg = None
+            if cfg and not isinstance(cfg, dict):
+                cfg = None
             if cfg:
+                recorded = _recorded_keys(meta, key, cfg)
                 break
     step = int(meta.get("step", 0) or 0)
     m = _STEP.search(path)
@@ -181,13 +227,16 @@ def prepare(inp: str, weights_only: bool = False, log=print) -> tuple[dict, int,
         if problem:
             raise ConversionError(f"{path!r} and {sibling!r} are not one checkpoint: {problem}; pass "
                                   f"--weights_only to convert the weights alone")
-        cfg = cfg or state.get("config")
+        if not cfg and isinstance(state.get("config"), dict):  # the run's flags
+            cfg = state["config"]
+            recorded = set(cfg)
         step = int(state.get("counter", step) or step)
     if m and not step:
         step = int(m.group(1))
     if not cfg:
-        cfg = infer_from_weights({k: v for k, v in weights.items()
-                                  if "/" not in k and not k.startswith("optimizer.")})
+        info = infer_from_weights_info({k: v for k, v in weights.items()
+                                        if "/" not in k and not k.startswith("optimizer.")})
+        cfg, recorded = info.config, {k for k, s in info.sources.items() if s != "default"}
         log(f"note: {path} records no config; inferred from the weights' shapes: light={cfg['light']}, "
             f"ch={cfg['ch']}, img_size={cfg['img_size']} (a light model's weights do not fix img_size)")
     cfg = opt.config_from({k: v for k, v in cfg.items() if k in opt.DEFAULTS})
@@ -228,4 +277,4 @@ def prepare(inp: str, weights_only: bool = False, log=print) -> tuple[dict, int,
         print(f"note: cast {sum(cast.values())} tensor(s) of {path} to float32 ("
               + ", ".join(f"{n} {d}" for d, n in sorted(cast.items()))
               + "): the official graph's variables are float32", file=sys.stderr)
-    return flat, step, cfg
+    return Prepared(flat, step, cfg, frozenset(k for k in recorded if k in cfg), path)
