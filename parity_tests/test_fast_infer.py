@@ -254,6 +254,30 @@ def test_overlapped_batches_write_the_serial_files_and_page(tmp_path):
             assert got["index.html"] == ref["index.html"]
 
 
+def test_padded_batches_write_each_inputs_own_translation(tmp_path):
+    """A compiled generator's padded batches (serial and overlapped): 6 images at --batch 4 are a
+    full batch, then 2 images padded to 4 with copies of the last; each file is its own input's
+    translation, as one image per call writes it. Tolerance: one 8-bit level (batched float32
+    convolutions may sum in another order); a padded copy written in place of an input differs by
+    far more."""
+    import cv2
+    model, cfg = _demo_model()
+    files = _images(str(tmp_path / "in"), n=6)
+
+    def pictures(folder):
+        return {n: cv2.imread(os.path.join(folder, "a2b", n)).astype(int)
+                for n in sorted(os.listdir(os.path.join(folder, "a2b")))}
+    _run_batches(model, files, cfg, str(tmp_path / "one"), 1, overlap=False)
+    one = pictures(str(tmp_path / "one"))
+    assert len(one) == 6 and np.abs(one["img_4.png"] - one["img_5.png"]).max() > 8  # distinct inputs
+    for name, overlap in (("serial", False), ("overlap", True)):
+        _run_batches(model, files, cfg, str(tmp_path / name), 4, overlap=overlap, pad=True)
+        got = pictures(str(tmp_path / name))
+        assert set(got) == set(one), name
+        assert all(np.abs(got[n] - one[n]).max() <= 1 for n in one), (name, [n for n in one
+                                                                              if np.abs(got[n] - one[n]).max() > 1])
+
+
 def test_batch_path_is_the_one_image_path_within_float32_rounding():
     """A batch of 3 (and a batch padded to 8) per image against one image per call: within the
     float32 budget (batched convolutions may sum in another order; each sample is normalised alone)."""
@@ -563,3 +587,31 @@ def test_gpu_flags_share_training_cuda_graphs_flag():
     q = argparse.ArgumentParser()
     add_gpu_inference_flags(q)
     assert tristate(q.parse_args(["--cuda_graphs", "false"]).cuda_graphs) is False
+
+
+def test_cuda_settings_of_each_precision(monkeypatch):
+    """On CUDA each call runs with TF32 on for tf32 only and cuDNN's benchmark mode off for fp32
+    (the exact path) and on for tf32 / bf16 / fp16 by default (README "Translating on a GPU"), and
+    the process's own settings come back after the call. Without a GPU: the module is told it is
+    on CUDA and its forward records the flags (the flags are host settings)."""
+    import torch_port.fast as fast_mod
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    assert {p: fast_mod.default_cudnn_benchmark(p) for p in ("fp32", "tf32", "bf16", "fp16")} == \
+        {"fp32": False, "tf32": True, "bf16": True, "fp16": True}
+    monkeypatch.setattr(fast_mod, "check_supported", lambda precision, device: None)  # tf32 on this CPU
+    g = Generator(ch=2, n_res=4, img_size=32, light=True).eval()
+    saved = cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark
+    try:
+        for precision, inside in (("fp32", (False, False, False)), ("tf32", (True, True, True)),
+                                  ("bf16", (False, False, True))):
+            fast = optimize(g, precision)
+            fast._on_cuda, fast.cudnn_benchmark = True, fast_mod.default_cudnn_benchmark(precision)
+            seen = []
+            object.__setattr__(fast, "_fn", lambda *a: seen.append((cudnn.allow_tf32, matmul.allow_tf32,
+                                                                    cudnn.benchmark)))
+            cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = True, True, False
+            fast(torch.zeros(1, 3, 32, 32))
+            assert seen == [inside], (precision, seen)
+            assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) == (True, True, False)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved

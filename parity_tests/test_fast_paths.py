@@ -157,7 +157,22 @@ def test_discriminator_power_iteration_stays_float32(precision):
     with torch.no_grad():
         ref = d32(x)
     fast = optimize(d, precision)
-    out = fast(x)
+    seen = []  # (input dtype, kernel dtype, output channels) of every convolution the fast path runs
+    conv2d = torch.nn.functional.conv2d
+
+    def recording(inp, weight, *args, **kwargs):
+        seen.append((inp.dtype, weight.dtype, weight.shape[0]))
+        return conv2d(inp, weight, *args, **kwargs)
+    torch.nn.functional.conv2d = recording
+    try:
+        out = fast(x)
+    finally:
+        torch.nn.functional.conv2d = conv2d
+    # the policy: every spectral-norm convolution convolves in the reduced dtype (its reduced copy
+    # of the kernel), the two output convolutions D_logit (1 channel each) in float32
+    low = torch.bfloat16 if precision == "bf16" else torch.float16
+    assert len(seen) > 10 and sum(c == 1 for _, _, c in seen) == 2, seen
+    assert all((i, w) == ((torch.float32,) * 2 if c == 1 else (low, low)) for i, w, c in seen), seen
     # u advanced by one float32 power iteration on the float32 kernel: exactly as the float32 path's
     for (name, u32), u in zip(((n, b) for n, b in d32.named_buffers() if n.endswith(".u")),
                               (b for n, b in d.named_buffers() if n.endswith(".u"))):
@@ -295,6 +310,7 @@ def test_cli_test_phase_precision_and_batch(tmp_path, monkeypatch, capsys):
         assert np.abs(batched[name] - img).max() <= 1, name
         d = np.abs(bf16[name] - img)
         assert d.mean() <= BUDGETS["bf16"][0] + 0.5 and d.max() <= BUDGETS["bf16"][1] + 1, name
+    assert any(np.abs(bf16[n] - ref[n]).max() > 0 for n in ref)  # --precision bf16 really ran in bf16
     assert main(flags + ["--batch", "0"]) == 2
     # (fp16 and compiled training: parity_tests/test_train_precision.py, test_train_compile.py)
 
@@ -384,3 +400,37 @@ def test_cli_checks_out_dir_first_and_says_what_it_guessed(tmp_path, capsys, mon
     assert fast_paths.main([str(ckpt), str(tmp_path / "out"), "--img_size", "64", "--smoothing", "False"]) == 0
     assert "guessed smoothing" not in capsys.readouterr().err and seen[-1]["smoothing"] is False
     assert sorted(os.listdir(tmp_path / "out")) == ["fast_paths.html", "fast_paths.md"]
+
+
+def test_compile_reaches_torch_compile(monkeypatch):
+    """compile=True compiles (torch.compile, stubbed here: a real compile is the slow tier's
+    test_compile_*): `optimize` hands the cast module to torch.compile once and every call runs
+    the compiled function; `optimize_generators` (the test phase's and Morph's --compile) does so
+    for each generator, in the precision asked for. A path that dropped the flag would run eagerly
+    with compiled=False and no compile call."""
+    from torch_port.fast import optimize_generators
+    compiled = []
+
+    def fake_compile(module, **kwargs):
+        calls = []
+        compiled.append((module, kwargs, calls))
+
+        def run(*a, **k):
+            calls.append(1)
+            return module(*a, **k)
+        return run
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    torch.manual_seed(0)
+    g = Generator(ch=2, n_res=4, img_size=32, light=True).eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    fast = optimize(g, "bf16", compile=True)
+    out = fast(x)
+    assert fast.compiled and len(compiled) == 1 and compiled[0][0] is fast.inner and compiled[0][2] == [1]
+    assert compiled[0][1].get("dynamic") is False and out[0].dtype == torch.float32
+    model = build_ugatit(dict(light=True, img_size=32, ch=2, n_res=4, n_dis=4, sn=True, smoothing=True)).eval()
+    compiled.clear()
+    optimize_generators(model, "bf16", compile=True, log=lambda s: None)
+    assert len(compiled) == 2
+    for attr in ("generator_A", "generator_B"):
+        f = getattr(model, attr)
+        assert f.compiled and f.precision == "bf16" and any(c[0] is f.inner for c in compiled), attr

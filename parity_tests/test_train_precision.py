@@ -423,3 +423,129 @@ def test_fp16_gradient_penalty_scales_its_inner_gradient(gan_type):
     assert torch.isfinite(truth).all() and truth.norm() > 0
     assert torch.isfinite(fp16).all(), "the penalty's inner gradient underflowed in float16"
     assert (fp16 - truth).norm() / truth.norm() <= 1e-2
+
+
+# -- the policy, pinned from its statement (not from float32_modules / LossScaler themselves) --------------
+
+def _float32_reference(module, args):
+    """The module's own class forward on float32 copies of `args`, autocast off: what the policy
+    says the layer computes in a reduced-precision step."""
+    args = [a.detach().float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        return type(module).forward(module, *args)
+
+
+def test_bf16_float32_layers_compute_what_float32_computes():
+    """In a bf16 D step and G step every instance norm, AdaLIN, LIN, CAM and dense layer, and each
+    output convolution, gives (as float32) exactly what the layer's float32 forward gives on its
+    inputs (the torch_port.train_precision docstring's list, written out here by class and scope
+    name). Tolerance: 1e-6 relative (the same float32 operations on the same values; only an
+    operation run in bfloat16, whose rounding is 2^-9 relative, breaks it)."""
+    from torch_port import build_ugatit
+    from torch_port.ops import LIN, AdaLIN, CAMLogit, Dense, InstanceNorm
+    from torch_port.train_precision import mixed_precision_steps
+    torch.manual_seed(0)
+    model = build_ugatit(dict(NET, ch=2))
+    model.make_optimizers(1e-4)
+    d_step, g_step = mixed_precision_steps(model, model.d_step, model.g_step, "bf16", "cpu")
+    policy = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, (InstanceNorm, AdaLIN, LIN, CAMLogit, Dense)) or n.endswith(("G_logit", "D_logit"))]
+    assert {type(m).__name__ for _, m in policy} >= {"InstanceNorm", "AdaLIN", "LIN", "CAMLogit", "Dense", "Conv"}
+    worst, checked = {}, set()
+
+    def hook(name):
+        def compare(module, args, out):
+            outs = out if isinstance(out, tuple) else (out,)
+            ref = _float32_reference(module, args)
+            refs = ref if isinstance(ref, tuple) else (ref,)
+            for o, r in zip(outs, refs):
+                assert o.dtype == torch.float32, (name, o.dtype)
+                err = ((o.detach() - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+                worst[name] = max(worst.get(name, 0.0), err)
+            checked.add(name)
+        return compare
+    handles = [m.register_forward_hook(hook(n)) for n, m in policy]
+    g = torch.Generator().manual_seed(3)
+    x, y = (torch.rand(1, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
+    try:
+        d_step(x, y, 1e-4)
+        g_step(x, y, 1e-4)
+    finally:
+        for h in handles:
+            h.remove()
+    assert checked == {n for n, _ in policy}, sorted({n for n, _ in policy} - checked)
+    bad = {n: e for n, e in worst.items() if e > 1e-6}
+    assert not bad, bad
+
+
+def test_bf16_power_iteration_is_float32():
+    """After a bf16 D step each spectral-norm `u` is one power iteration from its start value on
+    the start kernel (u_hat = l2n(l2n(u W) W^T), W the kernel as [out, in*k*k]), computed here in
+    float64: the iteration runs in float32 (the policy: sigma divides every output of the layer).
+    Tolerance 1e-5 absolute on unit vectors: float32 rounding of a few hundred-term sums is ~1e-6;
+    a bfloat16 iteration is off by ~1e-3."""
+    from torch_port import build_ugatit
+    from torch_port.train_precision import mixed_precision_steps
+    torch.manual_seed(0)
+    model = build_ugatit(dict(NET, ch=2))
+    model.make_optimizers(1e-4)
+    start = {n: (m.weight.detach().double().clone(), m.u.detach().double().clone())
+             for n, m in model.named_modules() if getattr(m, "sn", False) and hasattr(m, "u")}
+    assert len(start) > 10
+    d_step, _ = mixed_precision_steps(model, model.d_step, model.g_step, "bf16", "cpu")
+    g = torch.Generator().manual_seed(3)
+    x, y = (torch.rand(1, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
+    d_step(x, y, 1e-4)
+
+    def l2n(t):
+        return t / t.square().sum().sqrt()
+    worst = 0.0
+    for n, (w, u) in start.items():
+        wm = w.reshape(w.shape[0], -1)
+        u_hat = l2n(l2n(u @ wm) @ wm.t())
+        got = model.get_submodule(n).u
+        assert got.dtype == torch.float32
+        worst = max(worst, (got.double() - u_hat).abs().max().item())
+    assert worst <= 1e-5, worst
+
+
+def test_loss_scaler_count_restarts_after_a_skip_and_travels_in_the_state():
+    """GradScaler's rule, counted by hand: the count of finite steps in a row restarts at a
+    non-finite one (so growth_interval finite steps must follow it before the scale doubles), and
+    a loaded state continues the count (a resumed fp16 run doubles when the uninterrupted one does)."""
+    from torch_port.train_precision import LossScaler
+    s = LossScaler(8.0, growth_interval=3)
+    for finite in (True, True, False, True, True):  # 2 good, a skip (8 -> 4), 2 good: not 3 in a row yet
+        s.update(finite)
+    assert (s.scale, s.good_steps, s.skipped) == (4.0, 2, 1)
+    s.update(True)  # the third in a row: doubles, the count restarts
+    assert (s.scale, s.good_steps) == (8.0, 0)
+    a = LossScaler(8.0, growth_interval=3)
+    a.update(True), a.update(True)
+    b = LossScaler(8.0, growth_interval=3)
+    b.load_state_dict(a.state_dict())
+    assert b.good_steps == 2
+    b.update(True)
+    assert b.scale == 16.0 and b.good_steps == 0
+
+
+def test_tf32_steps_turn_tf32_on_during_each_step_only():
+    """--precision tf32 (CUDA): each step runs with cuDNN's and cuBLAS's TF32 on, and the process's
+    own flags (off: the exact path) are back after it. Run without a GPU: the flags alone are read
+    (tf32 steps change nothing else, so no model is needed)."""
+    from torch_port.train_precision import mixed_precision_steps
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    seen = []
+
+    def step(*args):
+        seen.append((cudnn.allow_tf32, matmul.allow_tf32))
+        return {}
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = False
+        for s in mixed_precision_steps(None, step, step, "tf32", "cuda"):
+            seen.clear()
+            s()
+            assert seen == [(True, True)] and (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
