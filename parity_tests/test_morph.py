@@ -450,3 +450,152 @@ def test_cli_train_init_from_official_tf_checkpoint(tmp_path, capsys):
                      "--init_from", os.path.join(GOLDEN, "final")] + flags)
     assert rc == 2 and "does not match" in capsys.readouterr().err
     assert tree() == before
+
+
+# -- the training CLI's loss flags and folder names, an --init_from start's latent variables ---------------
+
+def test_cli_loss_flags_reach_the_run_and_name_its_folder(demo_root, tmp_path, monkeypatch):
+    """`python -m morph train --config B --idp_weight 2.5 --g_cam False --precision bf16 --compile
+    True --seed 9`: the run trains with those settings (its checkpoint records them; torch.compile itself
+    stubbed: the slow tier compiles for real) in `<official model_dir>_morphB_idp2.5_nogcam`, so
+    runs that differ in a loss never share (and resume) a folder; config A has no
+    identity-preserving loss, so its folder has no _idp part; defaults add nothing."""
+    from torch_port import train_compile
+    compiled = []
+    monkeypatch.setattr(train_compile, "compile_model", lambda model, backend=None: compiled.append(model) or ([], []))
+    from morph.train import morph_model_dir
+    cfg = opt.config_from(dataset="demo", **NET)
+    base = opt.model_dir(cfg)
+    assert morph_model_dir(dict(cfg, morph_config="C")) == base + "_morphC"
+    assert morph_model_dir(dict(cfg, morph_config="A", idp_weight=3.0)) == base + "_morphA"
+    assert morph_model_dir(dict(cfg, morph_config="C", idp_weight=0.5)) == base + "_morphC_idp0.5"
+    assert morph_model_dir(dict(cfg, morph_config="A", g_cam=False)) == base + "_morphA_nogcam"
+    root = str(tmp_path)
+    rc = morph_main(["train", "--config", "B", "--idp_weight", "2.5", "--g_cam", "False", "--epoch", "1",
+                     "--iteration", "1", "--precision", "bf16", "--compile", "True", "--seed", "9", "--data_root", demo_root]
+                    + _cli_flags(root))
+    assert rc == 0
+    folders = os.listdir(os.path.join(root, "checkpoint"))
+    assert folders == [base + "_morphB_idp2.5_nogcam"], folders
+    _, _, state = ckpt.find_latest(os.path.join(root, "checkpoint", folders[0]))
+    assert state["config"]["idp_weight"] == 2.5 and state["config"]["g_cam"] is False
+    assert state["config"]["seed"] == 9
+    assert state["morph_config"] == "B" and state["precision"] == "bf16" and state["compile"] is True
+    assert len(compiled) == 1
+
+
+def test_init_from_keeps_the_runs_seeded_latent_variables(demo_root, tmp_path):
+    """Config C from a UGATIT checkpoint: the shared generator and the discriminators are the
+    checkpoint's, and the latent MLP and style maps (which it lacks) start as a run without
+    --init_from at the same seed starts them, whatever the process's random state was before."""
+    from morph.train import MorphTrainer
+    torch.manual_seed(0)
+    port = UGATIT(NET)
+    from safetensors.torch import save_file
+    f = str(tmp_path / "ugatit.safetensors")
+    save_file({k: v.contiguous() for k, v in port.state_dict().items()}, f)
+    starts = {}
+
+    class Snapshot(MorphTrainer):
+        def wrap_steps(self, d_step, g_step):  # called once, after start_fresh, before the first step
+            starts[self.init_from] = {k: v.clone() for k, v in self.model.state_dict().items()}
+            return super().wrap_steps(d_step, g_step)
+    for name, init_from in (("plain", None), ("init", f)):
+        torch.manual_seed(1234)  # the process's state before the run: no part of the run's
+        Snapshot(_train_cfg(str(tmp_path / name), iteration=1), "cpu", init_from=init_from, seed=5, base=demo_root,
+                 log=lambda s: None).run()
+    plain, init = starts[None], starts[f]
+    latent = [k for k in plain if k.startswith(("generator.mapping.", "generator.style_"))]
+    assert latent and all(torch.equal(init[k], plain[k]) for k in latent), latent
+    assert torch.equal(init["generator.conv.weight"], port.generator_B.conv.weight)
+    assert torch.equal(init["discriminator_B.global.conv_0.weight"], port.discriminator_B.get_submodule(
+        "global.conv_0").weight)
+
+
+def test_cli_interpolate_and_translate_follow_their_flags(demo_root, tmp_path):
+    """`interpolate --steps 3 --samples 2 --seed 7` and `translate --direction b2a --samples 2
+    --seed 7` write what their flags define, recomputed here from the definitions with the
+    checkpoint's networks: z = 0.2 N(0, 1) (+1 on the direction's half) drawn from a generator
+    seeded with --seed (interpolate: the 2 A->B codes, then the 2 B->A codes; translate: one fresh
+    code per sample), w = MLP(z), w_ab / w_ba the means, frame t = G(x, w_ba + t (w_ab - w_ba)) for
+    t = 0, 1/2, 1; the strip shows the input then the frames; translate writes
+    `<name>_b2a_<k>.png`, k = 0, 1, and a row picture of the input and the two samples. Tolerance:
+    one 8-bit level (the same float32 operations; PNGs hold rounded levels)."""
+    import cv2
+    from morph.interpolate import load_input
+    from morph.loading import load
+    from ugatit_common.results import to_uint8
+    root = str(tmp_path)
+    flags = _cli_flags(root)
+    assert morph_main(["train", "--config", "C", "--epoch", "1", "--iteration", "1", "--data_root", demo_root]
+                      + flags) == 0
+    folder = morph_paths(opt.config_from(dataset="demo", morph_config="C", checkpoint_dir=os.path.join(
+        root, "checkpoint"), **NET)).checkpoint
+    model, _ = load(folder)
+    test_a = os.path.join(demo_root, "dataset", "demo", "testA")
+    first = sorted(os.listdir(test_a))[0]
+    name = os.path.splitext(first)[0]
+    x = load_input(os.path.join(test_a, first), SIZE)
+    gen = model.generator
+
+    def draw(g, direction, n):
+        z = torch.randn(n, gen.z_dim, generator=g) * 0.2
+        half = gen.z_dim // 2
+        if direction == "a2b":
+            z[:, :half] += 1.0
+        else:
+            z[:, half:] += 1.0
+        return z
+
+    def image(w):
+        with torch.no_grad():
+            return to_uint8(gen(x, w=w)[0][0].permute(1, 2, 0).numpy()).astype(int)
+
+    def read(path):
+        return cv2.imread(path)[:, :, ::-1].astype(int)
+    out_dir = os.path.join(root, "results", os.path.basename(folder))
+    assert morph_main(["interpolate", "--input", os.path.join(test_a, first), "--steps", "3", "--samples", "2",
+                       "--seed", "7"] + flags) == 0
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        w_ab = gen.w_from_z(draw(g, "a2b", 2)).mean(0, keepdim=True)
+        w_ba = gen.w_from_z(draw(g, "b2a", 2)).mean(0, keepdim=True)
+    strip = read(os.path.join(out_dir, f"{name}_strip.png"))
+    band = max(12, SIZE // 6)
+    assert strip.shape == (SIZE + band, SIZE * 4, 3)
+    tiles = [strip[band:, i * SIZE:(i + 1) * SIZE] for i in range(4)]
+    assert np.abs(tiles[0] - to_uint8(x[0].permute(1, 2, 0).numpy()).astype(int)).max() == 0
+    for tile, t in zip(tiles[1:], (0.0, 0.5, 1.0)):
+        assert np.abs(tile - image(w_ba + t * (w_ab - w_ba))).max() <= 1, t
+    with open(os.path.join(out_dir, f"{name}_smoothness.json")) as fh:
+        fig = json.load(fh)
+    assert fig["t"] == [0.0, 0.5, 1.0] and fig["samples"] == 2 and len(fig["changes"]) == 2
+
+    assert morph_main(["translate", "--input", os.path.join(test_a, first), "--direction", "b2a", "--samples", "2",
+                       "--seed", "7"] + flags) == 0
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        expected = [image(gen.w_from_z(draw(g, "b2a", 1))) for _ in range(2)]
+    assert not np.array_equal(expected[0], expected[1])  # two samples, two codes
+    for k in range(2):
+        assert np.abs(read(os.path.join(out_dir, f"{name}_b2a_{k}.png")) - expected[k]).max() <= 1, k
+    row = read(os.path.join(out_dir, f"{name}_b2a_samples.png"))
+    assert row.shape[:2] == (SIZE, 3 * SIZE)
+    assert np.abs(row[:, :SIZE] - to_uint8(x[0].permute(1, 2, 0).numpy()).astype(int)).max() == 0
+    for k in range(2):
+        assert np.abs(row[:, (k + 1) * SIZE:(k + 2) * SIZE] - expected[k]).max() <= 1, k
+
+
+def test_cli_demo_steps_flag(tmp_path):
+    """`python -m morph demo DIR --steps 3`: every strip, GIF and smoothness figure of the demo has
+    3 frames (t = 0, 1/2, 1) after the input."""
+    from PIL import Image
+    assert morph_main(["demo", str(tmp_path), "--iterations", "1", "--img_size", "64", "--steps", "3",
+                       "--device", "cpu"]) == 0
+    res = tmp_path / "results" / "morph"
+    figures = sorted(res.glob("*_smoothness.json"))
+    assert figures
+    for f in figures:
+        assert json.loads(f.read_text())["t"] == [0.0, 0.5, 1.0], f
+        with Image.open(str(f).replace("_smoothness.json", ".gif")) as im:
+            assert im.n_frames == 4  # the input, then 3 frames
