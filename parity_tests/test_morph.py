@@ -599,3 +599,35 @@ def test_cli_demo_steps_flag(tmp_path):
         assert json.loads(f.read_text())["t"] == [0.0, 0.5, 1.0], f
         with Image.open(str(f).replace("_smoothness.json", ".gif")) as im:
             assert im.n_frames == 4  # the input, then 3 frames
+
+
+def test_cli_train_resume_false_starts_afresh(demo_root, tmp_path, capsys):
+    """`python -m morph train --resume False` over a finished run: the older run is moved aside
+    (previous-run-<time>/) and iteration 1 is trained again (with the same seed: to the same
+    weights), instead of resuming it (which, with its iterations done, would train nothing)."""
+    root = str(tmp_path)
+    argv = ["train", "--config", "C", "--epoch", "1", "--iteration", "1", "--data_root", demo_root] + _cli_flags(root)
+    assert morph_main(argv) == 0
+    folder = morph_paths(opt.config_from(dataset="demo", morph_config="C", checkpoint_dir=os.path.join(
+        root, "checkpoint"), **NET)).checkpoint
+    first = ckpt.find_latest(folder)[1]
+    capsys.readouterr()
+    assert morph_main(argv + ["--resume", "False"]) == 0
+    assert "Epoch: [ 0] [    0/    1]" in capsys.readouterr().out  # the iteration ran again
+    assert any(n.startswith("previous-run-") for n in os.listdir(folder)), os.listdir(folder)
+    step, weights, _ = ckpt.find_latest(folder)
+    assert step == 2 and all(torch.equal(weights[k], first[k]) for k in first)
+
+
+def test_config_C_direction_codes_are_served_as_host_draws():
+    """Config C's steps draw their direction codes z on the host (`MorphUGATIT.make_z`); under CUDA
+    graphs such a draw must be served from fixed tensors (`Trainer.host_draws`), or every replay
+    would reuse the codes of the recording (the full tier's emulated replays catch that end to end:
+    test_train_graphs.py). Configs A / B draw none."""
+    from morph.train import MorphTrainer
+    t = MorphTrainer.__new__(MorphTrainer)  # the seam alone, no run
+    t.model = MorphUGATIT(dict(NET, morph_config="C"))
+    assert t.host_draws() == [(t.model, "make_z")]
+    for config in ("A", "B"):
+        t.model = MorphUGATIT(dict(NET, morph_config=config))
+        assert t.host_draws() == []
