@@ -35,12 +35,11 @@ import os
 import re
 import struct
 import sys
-import tempfile
 
 import numpy as np
 
 from ugatit_common import output_guard as guard
-from ugatit_common.atomic import atomic_output, file_mode, publish_together, remove_quietly
+from ugatit_common.atomic import atomic_output, publish_together, remove_quietly, write_temp_beside
 from ugatit_common.finite import NonFiniteWeights, first_non_finite, refuse_non_finite
 # The TF checkpoint format (bundle reader/writer, naming rule, layouts, config inference) lives in
 # the ground-floor package ugatit_common.tf_checkpoint; this module is its command line and
@@ -403,7 +402,7 @@ def torch_to_tf(state: dict, prefix: str, step: int | None = None, drop=(), meta
             meta_file = state_file = None
             try:
                 if meta is not None:
-                    meta_file = _temp_file(folder, ".meta.tmp", meta)
+                    meta_file = write_temp_beside(folder, meta, suffix=".meta.tmp")
                 try:
                     state_file = prepare_checkpoint_state(folder, base)
                 except OSError as e:
@@ -416,22 +415,6 @@ def torch_to_tf(state: dict, prefix: str, step: int | None = None, drop=(), meta
                     if tmp is not None:
                         remove_quietly(tmp)
     return prefix
-
-
-def _temp_file(folder: str, suffix: str, data: bytes) -> str:
-    """`data` in a temp file of `folder` (fsynced, the mode the umask gives), for publish_together;
-    removed again when the write fails."""
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=suffix, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())  # mkstemp's 0o600 -> what the umask allows
-    except BaseException:
-        remove_quietly(tmp)
-        raise
-    return tmp
 
 
 # ------------------------------------------------------------------ verify

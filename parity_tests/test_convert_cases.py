@@ -595,7 +595,7 @@ def test_torch2tf_a_failure_leaves_no_meta_nor_any_partial_output(meta_conversio
                 raise OSError(28, "No space left on device")
             return real_replace(a, b, *args, **kw)
         return replace
-    failures = [(wc, "_temp_file", _enospc), (bundle, "_build_table", _enospc),
+    failures = [(wc, "write_temp_beside", _enospc), (bundle, "_build_table", _enospc),
                 (wc, "prepare_checkpoint_state", _enospc), (os, "replace", rename_fails(".meta")),
                 (os, "replace", rename_fails("checkpoint"))]
     (tmp_path / "tf").mkdir()

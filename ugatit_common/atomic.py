@@ -370,6 +370,24 @@ def remove_quietly(path: str) -> None:
         pass
 
 
+def write_temp_beside(folder: str, data: bytes, suffix: str = "", name: str = "", fsync: bool = True) -> str:
+    """`data` in a new temp file of `folder` (`.tmp-<pid>-<name>...<suffix>`: `sweep_dead_temps`
+    knows its writer), fsynced, with the mode the umask gives: its path, for the caller to rename
+    or publish. Removed again when the write fails."""
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-{name}", suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())  # mkstemp's 0o600 -> what the umask allows
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return tmp
+
+
 def write_files_atomic(files: dict, fsync: bool = True) -> None:
     """Write several files {path: bytes} of one folder together or not at all: every one to a temp
     file beside it (fsynced), then all published as one (`publish_together`: a failure, Ctrl-C or
@@ -381,14 +399,7 @@ def write_files_atomic(files: dict, fsync: bool = True) -> None:
         for writing, data in files.items():
             folder = os.path.dirname(os.path.abspath(writing))
             os.makedirs(folder, exist_ok=True)
-            fd, temps[writing] = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-",
-                                                  suffix=os.path.splitext(writing)[1], dir=folder)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                if fsync:
-                    os.fsync(fh.fileno())
-            os.chmod(temps[writing], file_mode())
+            temps[writing] = write_temp_beside(folder, data, suffix=os.path.splitext(writing)[1], fsync=fsync)
         writing = None
         publish_together(temps)
     except WriteFailed:

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..atomic import file_mode, fsync_folder, recover_interrupted_writes, remove_quietly
+from ..atomic import file_mode, fsync_folder, recover_interrupted_writes, remove_quietly, write_temp_beside
 
 __all__ = [
     "CheckpointError",
@@ -918,17 +918,7 @@ def prepare_checkpoint_state(folder: str, basename: str, all_basenames: list[str
     paths = list(all_basenames) if all_basenames is not None else []
     paths = [p for p in paths if p != basename] + [basename]  # TF keeps the latest last
     text = checkpoint_state_text(basename, paths)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-checkpoint.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())  # mkstemp's 0o600 -> what the umask allows
-    except BaseException:
-        remove_quietly(tmp)
-        raise
-    return tmp
+    return write_temp_beside(folder, text, suffix=".tmp", name="checkpoint.")
 
 
 def write_checkpoint_state(folder: str, basename: str, all_basenames: list[str] | None = None) -> None:
