@@ -92,20 +92,15 @@ def write_train_checkpoint(root: str, cfg: dict, seed: int = 0, step: int = 1) -
     """The official train graph as tf_reference.train.train builds it, initialised and saved."""
     from tf_reference import train as phases
     from tf_reference.compat import tf
-    from tf_reference.data import train_iterator
-    from tf_reference.model import UGATITGraph
     files_A = opt.domain_files(cfg, "trainA", root)
     files_B = opt.domain_files(cfg, "trainB", root)
     n = max(len(files_A), len(files_B))
     g = tf.Graph()
     with g.as_default():
         tf.set_random_seed(seed)
-        a = train_iterator(files_A, cfg["img_size"], cfg["img_ch"], cfg["augment_flag"], cfg["batch_size"], n)
-        b = train_iterator(files_B, cfg["img_size"], cfg["img_ch"], cfg["augment_flag"], cfg["batch_size"], n)
-        UGATITGraph(cfg).build_train(a, b)
-        saver = tf.train.Saver(max_to_keep=5)
+        _, saver, _, init = phases.build_train_graph(cfg, files_A, files_B, n)
         with tf.Session() as sess:
-            sess.run(tf.global_variables_initializer())
+            sess.run(init)
             _perturb(sess, tf, seed)
             folder = opt.run_paths(cfg).checkpoint
             with run_lock.acquire(folder) as owner:  # a checkpoint folder is written by its owner only
