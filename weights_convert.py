@@ -52,7 +52,7 @@ from ugatit_common.tf_checkpoint.config import CheckpointConfig, ConfigConflict,
 from ugatit_common.tf_checkpoint.names import (NETWORKS, POWER_NAMES, SLOT_SUFFIXES, ConversionError, _is_conv_scope,
                                                selected as _selected, split_slot as _split_slot, tf_to_torch_name,
                                                to_tf_layout, to_torch_layout, torch_layout_shape, torch_layout_view,
-                                               torch_to_tf_name)
+                                               tf_names_of, torch_to_tf_name)
 from ugatit_common.tf_checkpoint.read import is_tf_checkpoint_folder
 
 __all__ = ["ConversionError", "ConfigConflict", "CheckpointConfig", "POWER_NAMES", "SLOT_SUFFIXES", "NETWORKS",
@@ -381,12 +381,8 @@ def torch_to_tf(state: dict, prefix: str, step: int | None = None, drop=(), meta
             raise ConversionError(f"tensor {k!r} is {str(getattr(v, 'dtype', type(v).__name__)).replace('torch.', '')}"
                                   f", float32 expected (every variable of the official graph is float32; "
                                   f"torch_port.to_tf.as_float32 casts other floats)")
-    sn_scopes = {k[: -len(".u")] for k in state if k.endswith(".u")}
-    entries = sorted((torch_to_tf_name(k, sn_scopes), k) for k in state)
+    entries = sorted((n, k) for k, n in tf_names_of(state).items())
     folder = os.path.dirname(os.path.abspath(prefix))
-    # the bundle is two files renamed one after the other, then the folder's `checkpoint` file: a failure
-    # anywhere (the .index's rename, the `checkpoint` file, Ctrl-C) puts back what was there - never a new
-    # .data beside an old .index (a corrupt checkpoint) nor a new file without its partner
     meta_path = os.path.abspath(prefix + ".meta")
     drop = [os.path.abspath(p) for p in drop if meta is None or os.path.abspath(p) != meta_path]
     # the bundle's two files, its .meta, then the folder's `checkpoint` file, then the stale .meta removed,
@@ -529,8 +525,8 @@ def _convert(argv=None) -> int:
                     raise
         else:
             # validated against the model its config describes; the optimizer state carried along
-            from torch_port.to_tf import prepare_info
-            prepared = prepare_info(args.inp, weights_only=args.weights_only)
+            from torch_port.to_tf import prepare
+            prepared = prepare(args.inp, weights_only=args.weights_only)
             state, step, cfg = prepared.state, prepared.step, prepared.config
             bad = [b for b in (first_non_finite([(k, v)]) for k, v in state.items()) if b]
             if bad and not args.allow_non_finite:
@@ -559,9 +555,8 @@ def _convert(argv=None) -> int:
             stale = os.path.lexists(meta)
             # the graph the official Saver writes beside a checkpoint (tf_reference builds it; seconds), when
             # TensorFlow is here and the input records every setting it holds; before anything is written
-            sn_scopes = {k[: -len(".u")] for k in state if k.endswith(".u")}
-            graph, why_not = official_meta_graph(cfg, [torch_to_tf_name(k, sn_scopes) for k in state],
-                                                 prepared.recorded, prepared.source or args.inp)
+            graph, why_not = official_meta_graph(cfg, list(tf_names_of(state).values()),
+                                                 prepared.recorded, prepared.source)
             # the new .meta, or the stale one removed, goes with the same write: a failure or a kill anywhere
             # leaves the old checkpoint whole
             torch_to_tf(state, prefix, drop=[meta] if stale and graph is None else (), meta=graph)

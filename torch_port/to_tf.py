@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import options as opt
-from ugatit_common.tf_checkpoint.names import ConversionError, torch_to_tf_name
+from ugatit_common.tf_checkpoint.names import ConversionError, tf_names_of
 
 _STEP = re.compile(r"\.model-(\d+)\.safetensors$")
 
@@ -110,8 +110,8 @@ def infer_from_weights(weights: dict) -> dict:
 def infer_from_weights_info(weights: dict):
     """infer_from_weights with each setting's source (a CheckpointConfig: `weights` or `default`)."""
     from ugatit_common.tf_checkpoint.config import infer
-    sn_scopes = {k[: -len(".u")] for k in weights if k.endswith(".u")}
-    shapes = {torch_to_tf_name(k, sn_scopes): _tf_shape(k, tuple(v.shape)) for k, v in weights.items()}
+    names = tf_names_of(weights)
+    shapes = {names[k]: _tf_shape(k, tuple(v.shape)) for k, v in weights.items()}
     return infer(None, shapes, use_meta=False, use_model_dir=False)
 
 
@@ -183,15 +183,10 @@ class Prepared:
     source: str = ""
 
 
-def prepare(inp: str, weights_only: bool = False, log=print) -> tuple[dict, int, dict]:
-    """(flat state to write: weights + Adam slots + powers, step, config) for `inp`; raises
-    ConversionError naming what is wrong."""
-    p = prepare_info(inp, weights_only, log)
-    return p.state, p.step, p.config
-
-
-def prepare_info(inp: str, weights_only: bool = False, log=print) -> Prepared:
-    """prepare(), with which settings the input records (Prepared)."""
+def prepare(inp: str, weights_only: bool = False, log=print) -> Prepared:
+    """What torch2tf writes for `inp` (Prepared: the flat state of weights + Adam slots + powers,
+    the step, the config and which of its settings the input records); raises ConversionError
+    naming what is wrong."""
     path = _resolve(inp)
     weights, meta = load_weights(path)
     cfg, recorded = None, set()

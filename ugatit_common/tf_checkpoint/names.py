@@ -68,6 +68,14 @@ def torch_to_tf_name(torch_name: str, sn_scopes: set[str]) -> str:
     return "/".join(parts + [leaf]) + suffix
 
 
+def tf_names_of(torch_names) -> dict[str, str]:
+    """{torch name: official TF name} for the keys of one port state (its `u` buffers say which
+    scopes are spectral-norm convs)."""
+    torch_names = list(torch_names)
+    sn_scopes = {k[: -len(".u")] for k in torch_names if k.endswith(".u")}
+    return {k: torch_to_tf_name(k, sn_scopes) for k in torch_names}
+
+
 def torch_layout_shape(tf_name: str, shape: tuple) -> tuple:
     base, _ = split_slot(tf_name)
     if base.endswith("kernel") and len(shape) in (2, 4):
