@@ -13,6 +13,7 @@ position with `note_step` / `note_checkpoint`, which is what the Ctrl-C line quo
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shlex
@@ -286,12 +287,32 @@ def exit_at_once_on_late_signals(rc: int) -> None:
                 print(f"note: {how} after the run had ended: nothing was interrupted", file=sys.stderr, flush=True)
         finally:
             os._exit(rc)
+    installed = False
     for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
         try:
             if signal.getsignal(sig) is default:
                 signal.signal(sig, handler)
+                installed = True
         except ValueError:  # not the main thread
             return
+    if installed:
+        atexit.register(_exit_after_the_atexit_callbacks, rc)
+
+
+def _exit_after_the_atexit_callbacks(rc: int) -> None:
+    """Run at the interpreter's exit: the other atexit callbacks (under the handler above), then
+    exit with `rc`. After the atexit callbacks Python resets SIGINT / SIGTERM to their default
+    action and finalizes the modules (torch's: most of a finished run's teardown), where a signal
+    ended the finished run with -2 / -15 and no line; the outputs are complete by then, so that
+    finalization is skipped."""
+    atexit.unregister(_exit_after_the_atexit_callbacks)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, ValueError, OSError):  # closed, or a pipe the reader closed
+            pass
+    os._exit(rc)
 
 
 def _run(fn, argv, prog, training, label, needs_tf) -> int:
