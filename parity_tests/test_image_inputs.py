@@ -273,3 +273,17 @@ def test_folders_and_dangling_links_in_a_data_set_are_said(tmp_path, capsys):
     assert [os.path.basename(f) for f in files] == ["a.png"]
     err = capsys.readouterr().err
     assert "old.set" in err and "a folder" in err and "b.png" in err and "leads to no file" in err
+
+
+def test_a_damaged_file_is_said_in_one_warning_not_opencvs_log_lines(tmp_path, capfd):
+    """A damaged picture was said twice more by OpenCV's own log on stderr (`[ WARN:0@0.29] global
+    grfmt_png.cpp:793 ... PNG input buffer is incomplete`, `[ERROR:0@0.29] ... IHDR chunk shall be
+    first`) beside the project's one `warning:` line, in training and the test phase alike."""
+    from ugatit_common.images import decode_image, read_color
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nxxxx")
+    for read in (decode_image, read_color, check_train_image):
+        with pytest.raises(ImageReadError):
+            read(str(broken))
+    err = capfd.readouterr().err
+    assert "[ WARN" not in err and "[ERROR" not in err, err

@@ -43,6 +43,18 @@ def _file_bytes(path: str) -> np.ndarray:
     return buf
 
 
+def _imdecode(buf: np.ndarray, flags: int):
+    """`cv2.imdecode` without OpenCV's own log lines on stderr (`[ WARN:0@0.29] ... PNG input
+    buffer is incomplete`, `[ERROR:0@0.29] ...`) for a damaged file: the caller says it in its one
+    `warning:` / `error:` line. The log level is put back afterwards."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.imdecode(buf, flags)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
 def decode_image(path) -> np.ndarray:
     """Decode like TF `decode_jpeg/decode_png(channels=3)`: uint8 HWC RGB.
 
@@ -54,7 +66,7 @@ def decode_image(path) -> np.ndarray:
     path = os.fspath(path)
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
     buf = _file_bytes(path)
-    img = cv2.imdecode(buf, flags)
+    img = _imdecode(buf, flags)
     if img is None:
         raise ImageReadError(path, "not a decodable image (corrupt or unsupported format)")
     if buf[:3].tobytes() == b"\xff\xd8\xff":
@@ -105,7 +117,7 @@ def read_color(path) -> np.ndarray:
     (`np.fromfile` + `cv2.imdecode`, the same decoder and conversions): OpenCV's imread crashes
     the process (a segmentation fault) on a path that is not valid UTF-8."""
     path = os.fspath(path)
-    img = cv2.imdecode(_file_bytes(path), cv2.IMREAD_COLOR)
+    img = _imdecode(_file_bytes(path), cv2.IMREAD_COLOR)
     if img is None:
         raise ImageReadError(path, "not a decodable image (corrupt, or a format OpenCV cannot read)")
     return img
