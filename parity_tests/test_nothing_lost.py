@@ -387,6 +387,59 @@ def test_disk_full_during_save_is_one_line_and_resumable(tmp_path, monkeypatch, 
     assert port(train_args(3), monkeypatch, tmp_path, capsys)[0] == 0 and steps(folder)[-1] == 4
 
 
+@pytest.mark.parametrize("where", ["state", "weights", "events", "sample"])
+def test_disk_full_line_names_the_file_that_failed(tmp_path, monkeypatch, capsys, where):
+    """A full disk during a training run's write said only `error: [Errno 28] No space left on
+    device`: a write's OSError carries no file name, so the line named none, with three folders
+    (checkpoints, samples, logs) that may lie on three disks. Each write now names its file; a
+    checkpoint's (weights: safetensors' own error, not an OSError) included."""
+    from safetensors import SafetensorError
+
+    from torch_port import checkpoint as ck
+    from tensorboard.summary.writer import record_writer
+    make_data(tmp_path)
+    enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write() raises it: no file name
+
+    def fail(*a, **k):
+        raise enospc
+    if where == "state":
+        monkeypatch.setattr(ck.torch, "save", fail)
+    elif where == "weights":
+        import safetensors.torch
+
+        def weights(*a, **k):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        monkeypatch.setattr(safetensors.torch, "save_file", weights)
+    elif where == "events":
+        monkeypatch.setattr(record_writer.RecordWriter, "flush", fail)
+    else:
+        real_open = builtins.open
+
+        class Full:
+            def __init__(self, fh):
+                self.fh = fh
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.fh.close()
+
+            def write(self, data):
+                raise enospc
+
+        def opener(file, mode="r", *a, **k):
+            fh = real_open(file, mode, *a, **k)
+            return Full(fh) if "w" in mode and str(file).endswith(".png") else fh
+        monkeypatch.setattr(builtins, "open", opener)
+    rc, out, err = port(train_args(2, 1, 1, "--print_freq", "1"), monkeypatch, tmp_path, capsys)
+    line = one_error_line(err)
+    assert rc == 2 and "No space left on device" in line, line
+    named = {"state": ".state.pt", "weights": ".safetensors", "events": "events.out.tfevents.",
+             "sample": ".png"}[where]
+    assert "cannot write '" in line and named in line.split("cannot write '")[1].split("'")[0], line
+
+
 def _deny_writes_under(monkeypatch, folder):
     """A read-only folder: chmod, and (root ignores modes) an injected PermissionError."""
     os.chmod(folder, 0o555)

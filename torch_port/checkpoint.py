@@ -22,6 +22,7 @@ ugatit_common/checkpoint_policy.py (`resume_point` here applies it; README "Chec
 """
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -36,7 +37,7 @@ import torch
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import options as opt
 from ugatit_common import tf_checkpoint as tfc
-from ugatit_common.atomic import file_mode, publish_together, remove_quietly
+from ugatit_common.atomic import file_mode, naming, publish_together, remove_quietly
 from ugatit_common.finite import named_numbers, refuse_non_finite
 
 POINTER = "latest"
@@ -99,6 +100,7 @@ def save(folder: str, prefix: str, step: int, model: torch.nn.Module, state: dic
     every resume); then prune this run's (`state["run"]`) older checkpoints beyond the newest
     `keep` (see ugatit_common.checkpoint_policy). The weights file's metadata records the step,
     the run id, the kind and the config, so a test phase needs the weights file only."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
     weights_path, state_path = paths_for(folder, prefix, step)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -130,12 +132,16 @@ def save(folder: str, prefix: str, step: int, model: torch.nn.Module, state: dic
             fd, temps[path] = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=os.path.splitext(path)[1],
                                                dir=folder)
             os.close(fd)
-            write(temps[path])
-            fd = os.open(temps[path], os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with naming(path):
+                try:
+                    write(temps[path])
+                except SafetensorError as e:  # e.g. a full disk, in safetensors' words
+                    raise OSError(errno.EIO, str(e)) from e
+                fd = os.open(temps[path], os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             os.chmod(temps[path], file_mode())
         publish_together(temps)
     finally:  # e.g. the disk filled up: the temp files not renamed go, nothing half written is left

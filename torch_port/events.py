@@ -9,6 +9,8 @@ import itertools
 
 import numpy as np
 
+from ugatit_common.atomic import naming
+
 FLUSH_SECONDS = 30  # events reach the file at least this often (and at close)
 _FILE_NUMBERS = itertools.count()
 
@@ -38,21 +40,29 @@ class EventWriter:
                 continue
         self._handle = handle
         self._writer = RecordWriter(handle)
-        self._writer.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
-        if purge_step is not None:
-            # TensorBoard drops the folder's earlier events at steps >= purge_step (what a killed run
-            # wrote after the checkpoint this run resumes from), as SummaryWriter(purge_step=...) does
-            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
-            self._writer.write(event_pb2.Event(wall_time=time.time(), step=int(purge_step),
-                                               session_log=start).SerializeToString())
-        self._writer.flush()
+        try:
+            with naming(self.path):  # a full disk's error names the file
+                self._writer.write(event_pb2.Event(wall_time=time.time(),
+                                                   file_version="brain.Event:2").SerializeToString())
+                if purge_step is not None:
+                    # TensorBoard drops the folder's earlier events at steps >= purge_step (what a killed
+                    # run wrote after the checkpoint this run resumes from), as SummaryWriter(purge_step=...)
+                    start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+                    self._writer.write(event_pb2.Event(wall_time=time.time(), step=int(purge_step),
+                                                       session_log=start).SerializeToString())
+                self._writer.flush()
+        except BaseException:  # no event file half written: it holds nothing yet
+            handle.close()
+            os.remove(self.path)
+            raise
         self._flushed = time.time()
 
     def _add(self, value, step: int) -> None:
         import time
         from tensorboard.compat.proto import event_pb2, summary_pb2
         event = event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=[value]))
-        self._writer.write(event.SerializeToString())
+        with naming(self.path):
+            self._writer.write(event.SerializeToString())
         if time.time() - self._flushed > FLUSH_SECONDS:
             self.flush()
 
@@ -78,10 +88,12 @@ class EventWriter:
         """Write what is buffered; `sync`: onto the disk too (before a checkpoint is saved)."""
         import os
         import time
-        self._writer.flush()
-        if sync:
-            os.fsync(self._handle.fileno())
+        with naming(self.path):
+            self._writer.flush()
+            if sync:
+                os.fsync(self._handle.fileno())
         self._flushed = time.time()
 
     def close(self) -> None:
-        self._writer.close()
+        with naming(self.path):
+            self._writer.close()

@@ -49,7 +49,7 @@ import torch
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import cli_errors
 from ugatit_common import options as opt
-from ugatit_common.atomic import write_bytes_atomic
+from ugatit_common.atomic import naming, write_bytes_atomic
 from ugatit_common.finite import EXIT_NON_FINITE, NonFiniteLoss
 from ugatit_common.results import save_grid
 
@@ -659,7 +659,8 @@ class Trainer:
             record = {"counter": it.counter, "d_loss": d_loss, "g_loss": g_loss, **d, **g}
             history.append(record)
             if loss_log:
-                loss_log.write(json.dumps(_strict_json(record)) + "\n")
+                with naming(loss_log.name):
+                    loss_log.write(json.dumps(_strict_json(record)) + "\n")
             cli_errors.note_step(it.counter)  # the last step whose line is out (Ctrl-C names it)
             if main:
                 bar.update(1)
@@ -682,8 +683,9 @@ class Trainer:
                 return
             drain(everything=True)  # every loss up to this step known finite before it is saved
             if loss_log:  # every line of the steps this checkpoint holds is on disk before it is
-                loss_log.flush()
-                os.fsync(loss_log.fileno())
+                with naming(loss_log.name):
+                    loss_log.flush()
+                    os.fsync(loss_log.fileno())
             if writer:  # and every event: a resumed run's purge marker hides whatever came after
                 writer.flush(sync=True)
             bad = _first_non_finite(model)  # (every rank: the weights are the same on all)

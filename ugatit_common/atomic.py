@@ -49,13 +49,26 @@ def atomic_output(path: str, mode: int | None = None):
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     try:
-        yield tmp
+        with naming(path):
+            yield tmp
         os.chmod(tmp, file_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def naming(path: str):
+    """An OSError without a file name raised in the block (a write or flush on a full disk:
+    `[Errno 28] No space left on device`, naming nothing) becomes WriteFailed naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        if type(e) is not OSError or e.filename is not None:  # FileNotFoundError & co. stay what they are
+            raise
+        raise WriteFailed(path, e) from e
 
 
 JOURNAL = ".journal"  # suffix of publish_together's record: `.tmp-<pid>-<hex>.journal`
