@@ -9,6 +9,7 @@ import errno
 import glob
 import hashlib
 import importlib
+import io
 import json
 import os
 import random
@@ -438,6 +439,45 @@ def test_disk_full_line_names_the_file_that_failed(tmp_path, monkeypatch, capsys
     named = {"state": ".state.pt", "weights": ".safetensors", "events": "events.out.tfevents.",
              "sample": ".png"}[where]
     assert "cannot write '" in line and named in line.split("cannot write '")[1].split("'")[0], line
+
+
+def test_disk_full_inside_torch_save_is_bad_input_not_an_internal_error(tmp_path, monkeypatch, capsys):
+    """A disk that fills up while torch.save writes the `.state.pt`: torch's zip writer, closing
+    after the failed write, raises `RuntimeError: [enforce fail at inline_container.cc:672] .
+    unexpected pos ...` over the OSError, and the run ended `error: internal error (RuntimeError:
+    ...)`, exit 1. It is a full disk: one line naming the file, exit 2, resumable. The disk fills
+    here after the state file's first 64 KiB (a file object whose writes then fail)."""
+    from torch_port import checkpoint as ck
+    make_data(tmp_path)
+    folder = ckdir(tmp_path)
+    real = ck.torch.save
+
+    class FillsUp(io.RawIOBase):
+        def __init__(self, fh):
+            self.fh, self.n = fh, 0
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            self.n += len(data)
+            if self.n > 65536:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.fh.write(data)
+
+    calls = [0]
+
+    def save(obj, f, *a, **k):
+        calls[0] += 1
+        return real(obj, FillsUp(f) if calls[0] == 2 else f, *a, **k)
+    monkeypatch.setattr(ck.torch, "save", save)
+    rc, out, err = port(train_args(3), monkeypatch, tmp_path, capsys)
+    line = one_error_line(err)
+    assert rc == 2 and "No space left on device" in line and "internal error" not in line, line
+    assert "cannot write '" in line and ".state.pt'" in line and "last checkpoint: UGATIT_light.model-2" in line, line
+    assert steps(folder) == [2] and not [n for n in os.listdir(folder) if n.startswith(".tmp-")]
+    monkeypatch.setattr(ck.torch, "save", real)
+    assert port(train_args(3), monkeypatch, tmp_path, capsys)[0] == 0 and steps(folder)[-1] == 4
 
 
 def _deny_writes_under(monkeypatch, folder):

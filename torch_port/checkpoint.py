@@ -137,6 +137,10 @@ def save(folder: str, prefix: str, step: int, model: torch.nn.Module, state: dic
                     write(temps[path])
                 except SafetensorError as e:  # e.g. a full disk, in safetensors' words
                     raise OSError(errno.EIO, str(e)) from e
+                except RuntimeError as e:  # torch.save's zip writer, closing after a failed write (a full
+                    if isinstance(e.__context__, OSError):  # disk), raises `unexpected pos` over the OSError
+                        raise e.__context__ from e
+                    raise
                 fd = os.open(temps[path], os.O_RDONLY)
                 try:
                     os.fsync(fd)
