@@ -5,6 +5,7 @@ and ~500 MB per process, every DDP rank), and so does tensorboard's `EventFileWr
 `tf.io.gfile` calls resolve to TensorFlow when it is importable); this never does."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -52,8 +53,10 @@ class EventWriter:
                                                        session_log=start).SerializeToString())
                 self._writer.flush()
         except BaseException:  # no event file half written: it holds nothing yet
-            handle.close()
-            os.remove(self.path)
+            with contextlib.suppress(OSError):  # closing flushes: on a full disk it fails too
+                handle.close()
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
             raise
         self._flushed = time.time()
 
