@@ -259,14 +259,14 @@ def _torch_kind(path: str) -> str:
 
 
 def _check_img_size(cfg: dict) -> None:
-    """The image size the official graph can build with (a multiple of 4, at least 2^(n_dis+1))."""
+    """The image size the official graph can build with (ugatit_common.options.img_size_problem)."""
+    from ugatit_common.options import img_size_problem
     size, n_dis = cfg.get("img_size"), cfg.get("n_dis") or 4
     if size is None:
         return
-    if int(size) < 1 or int(size) % 4 or int(size) < 2 ** (int(n_dis) + 1):
-        raise ConversionError(f"--img_size={size}: must be a multiple of 4 and at least {2 ** (int(n_dis) + 1)} "
-                              f"for n_dis={n_dis} (the global discriminator halves it n_dis-1 times and then "
-                              f"needs 4 pixels)")
+    problem = img_size_problem(size, n_dis)
+    if problem:
+        raise ConversionError(f"--img_size={size}: {problem}")
 
 
 def _refuse_repointing(folder: str, prefix: str) -> None:

@@ -624,3 +624,40 @@ def test_inference_honours_a_light_models_img_size_over_its_meta(tiny):
     with pytest.raises(OptionError, match="img_size") as e:
         load_any(folder, {"img_size": 64})
     assert "64" in str(e.value) and "32" in str(e.value)
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("n_dis", [4, 6])
+def test_the_image_size_rule_is_the_official_graphs(n_dis):
+    """The flags and tf2torch accept exactly the sizes the official graph runs at: the global
+    discriminator halves the image n_dis-1 times (rounding down), then reflect-pads by 1 and 2,
+    which needs 3 pixels (24 px at n_dis 4, 96 at n_dis 6: the rule once asked for 4, refusing
+    checkpoints the official code trains). The truth is TensorFlow running the official
+    discriminator at the smallest accepted size and failing 4 px below it."""
+    from tf_reference.compat import tf
+    from tf_reference.model import UGATITGraph
+
+    def runs(size):
+        with tf.Graph().as_default():
+            m = UGATITGraph(opt.config_from(img_size=size, n_dis=n_dis, ch=1, light=True, phase="test"))
+            x = tf.placeholder(tf.float32, [1, size, size, 3])
+            out = m.discriminator(x, scope="discriminator_A")
+            with tf.Session() as s:
+                s.run(tf.global_variables_initializer())
+                try:
+                    s.run(out[0], {x: np.zeros((1, size, size, 3), np.float32)})
+                    return True
+                except tf.errors.InvalidArgumentError:
+                    return False
+
+    least = 2 ** (n_dis + 1)  # runs; the truth: the smallest multiple of 4 that TensorFlow runs at
+    assert runs(least)
+    while runs(least - 4):
+        least -= 4
+    opt.validate(opt.config_from(img_size=least, n_dis=n_dis))  # the official flags take it
+    with pytest.raises(opt.OptionError, match="img_size"):
+        opt.validate(opt.config_from(img_size=least - 4, n_dis=n_dis))
+    assert least == opt.min_img_size(n_dis)
+    wc._check_img_size({"img_size": least, "n_dis": n_dis})  # tf2torch converts its checkpoints
+    with pytest.raises(wc.ConversionError, match="img_size"):
+        wc._check_img_size({"img_size": least - 4, "n_dis": n_dis})

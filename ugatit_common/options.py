@@ -162,6 +162,24 @@ def config_from(args=None, **overrides) -> dict:
     return cfg
 
 
+def min_img_size(n_dis: int) -> int:
+    """The smallest image the official graph builds with for `n_dis`: the global discriminator's
+    n_dis-1 stride-2 convs halve it (rounding down), then conv_last and D_logit reflect-pad it by
+    1 and 2 (kernel 4, stride 1), which TF's MirrorPad (and torch's reflection pad) allow only on
+    at least 3 pixels: 3 * 2^(n_dis-1) (24 for n_dis 4, 96 for n_dis 6; a multiple of 4)."""
+    return 3 * 2 ** (int(n_dis) - 1)
+
+
+def img_size_problem(size, n_dis) -> str | None:
+    """Why the official graph cannot build at `size` with `n_dis` (None: it can). The generator
+    halves the image twice and doubles it back, so the size is a multiple of 4."""
+    least = min_img_size(n_dis)
+    if int(size) % 4 or int(size) < least:
+        return (f"must be a multiple of 4 and at least {least} for n_dis={n_dis} (the global discriminator "
+                f"halves it n_dis-1 times and then reflect-pads by 2, which needs 3 pixels)")
+    return None
+
+
 def validate(cfg: dict) -> dict:
     """Reject configurations the official graph cannot build, before any work starts."""
     def need(cond, flag, msg):
@@ -181,13 +199,8 @@ def validate(cfg: dict) -> dict:
     # ch * 4: the official graph only builds when n_res == 4.
     need(cfg["n_res"] == 4, "n_res",
          "the official MLP width is ch*n_res and must equal the residual width ch*4, so n_res must be 4")
-    size = cfg["img_size"]
-    # The global discriminator halves the image n_dis-1 times, then reflect-pads by 2: at least
-    # 4 pixels must remain.
-    min_size = 2 ** (cfg["n_dis"] + 1)
-    need(size % 4 == 0 and size >= min_size, "img_size",
-         f"must be a multiple of 4 and at least {min_size} for n_dis={cfg['n_dis']} "
-         f"(the global discriminator halves it n_dis-1 times and then needs 4 pixels)")
+    problem = img_size_problem(cfg["img_size"], cfg["n_dis"])
+    need(problem is None, "img_size", problem)
     need(cfg["decay_epoch"] >= 0, "decay_epoch", "must be >= 0")
     return cfg
 
