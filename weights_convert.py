@@ -41,6 +41,8 @@ import numpy as np
 from ugatit_common import output_guard as guard
 from ugatit_common.atomic import atomic_output, publish_together, remove_quietly, write_temp_beside
 from ugatit_common.finite import NonFiniteWeights, first_non_finite, refuse_non_finite
+from ugatit_common.options import checkpoint_mismatch as opt_mismatch
+from ugatit_common.tf_checkpoint.config import MODEL_KEYS as _MODEL_KEYS
 # The TF checkpoint format (bundle reader/writer, naming rule, layouts, config inference) lives in
 # the ground-floor package ugatit_common.tf_checkpoint; this module is its command line and
 # re-exports the public API under the names it always had.
@@ -196,12 +198,13 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
 
     with BundleReader(ckpt) as r:
         info = _read.config_of(r, overrides)
-        if not quiet:
-            info.announce()
         cfg = info.config
-        _check_img_size(cfg)  # before anything is written
+        _check_img_size(cfg)  # before anything is written (a refusal is then the one line said)
         names = list(_selected(r.keys(), generators_only, with_optimizer))
         specs = [(tf_to_torch_name(n), torch_layout_shape(n, r.shape(n)), r.dtype(n)) for n in names]
+        _check_variables(r.prefix, cfg, {n: (r.shape(n), r.dtype(n)) for n in names}, with_optimizer)
+        if not quiet:
+            info.announce()
         total = sum(r.nbytes(n) for n in names)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="tf2torch", disable=not progress)
 
@@ -238,6 +241,49 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
         if copied_bad:
             _warn_non_finite(copied_bad)
     return info
+
+
+def _check_variables(prefix: str, cfg: dict, stored: dict, with_optimizer: bool) -> None:
+    """The variables tf2torch writes (`stored`: {TF name: (shape, dtype)}) are those of the model
+    `cfg` builds, each of its shape and a float (with `with_optimizer`: every trainable one's Adam
+    slots, and the powers): ConversionError naming the variables that differ otherwise. A tensor
+    of another shape (TF's Saver refuses to restore it), one missing, or one that model has not (a
+    modified fork's) would make a file every port command refuses; a checkpoint without
+    discriminators (or --generators_only) is checked for its generators."""
+    from torch_port.to_tf import _expected
+    want, trainable = _expected(cfg)
+    slot_or_power = [n for n in stored if n in POWER_NAMES or _split_slot(n)[1]]
+    if not any(n.startswith("discriminator") for n in stored):
+        want = {k: s for k, s in want.items() if k.startswith("generator")}
+        trainable = {k: s for k, s in trainable.items() if k.startswith("generator")}
+    if with_optimizer:
+        if not slot_or_power:
+            raise ConversionError(f"--with_optimizer: checkpoint {prefix} holds no Adam slots nor powers (an "
+                                  f"inference-only export); leave --with_optimizer out to convert the weights")
+        want.update({f"{n}/{s}": shape for n, shape in trainable.items() for s in ("Adam", "Adam_1")})
+        if any(n in POWER_NAMES for n in stored) or any(k.startswith("discriminator") for k in trainable):
+            want.update({f"optimizer.G.{p}": () for p in ("beta1_power", "beta2_power")})
+            if any(k.startswith("discriminator") for k in trainable):
+                want.update({f"optimizer.D.{p}": () for p in ("beta1_power", "beta2_power")})
+    # compared in the checkpoint's own names and layout (HWIO kernels), which its owner knows
+    tf_names = tf_names_of(want)
+    want_tf = {tf_names[n]: _tf_layout_shape(n, shape) for n, shape in want.items()}
+    message = opt_mismatch(prefix, want_tf, {n: shape for n, (shape, _) in stored.items()},
+                           hint="the model its records describe: "
+                                + ", ".join(f"{k}={cfg[k]}" for k in _MODEL_KEYS if k in cfg))
+    if message:
+        raise ConversionError(message + "; nothing was written")
+    bad = next(((n, d) for n, (_, d) in stored.items() if np.dtype(d).kind != "f"), None)
+    if bad:
+        raise ConversionError(f"checkpoint {prefix}: tensor {bad[0]!r} is {np.dtype(bad[1])}, float expected (every "
+                              f"variable of the official graph is float32); nothing was written")
+
+
+def _tf_layout_shape(torch_name: str, shape: tuple) -> tuple:
+    """The TF-layout shape of a torch-layout `shape` (to_tf_layout's transposes, on shapes)."""
+    if _split_slot(torch_name)[0].endswith("weight") and len(shape) in (2, 4):
+        return tuple(shape[i] for i in ((2, 3, 1, 0) if len(shape) == 4 else (1, 0)))
+    return tuple(shape)
 
 
 def _warn_non_finite(bad: list) -> None:

@@ -642,3 +642,47 @@ def test_torch2tf_writes_no_meta_from_settings_its_input_does_not_record(tmp_pat
     notes = [ln for ln in err.splitlines() if "no .meta written" in ln]
     assert rc == 0 and len(notes) == 1 and "smoothing" in notes[0], err
     assert not [n for n in os.listdir(tmp_path / "tf2") if n.endswith(".meta")]
+
+
+# -- 10. tf2torch checks the variables against the model the checkpoint describes ---------------------
+
+def _rewritten(root, name, change):
+    """The weights-only TF checkpoint of _tf_checkpoint, rewritten tensor by tensor with `change`
+    ({TF name: ndarray} -> the same, modified) into `root/name/`."""
+    from ugatit_common.tf_checkpoint.bundle import BundleWriter, write_checkpoint_state
+    with BundleReader(_tf_checkpoint(root / f"src-{name}")) as r:
+        tensors = change({n: r.read(n) for n in r.keys()})
+    prefix = os.path.join(str(root), name, "UGATIT_light.model-3")
+    with BundleWriter(prefix) as w:
+        for n, a in tensors.items():
+            w.add(n, a)
+    write_checkpoint_state(os.path.dirname(prefix), os.path.basename(prefix))
+    return os.path.dirname(prefix)
+
+
+@pytest.mark.parametrize("case", ["extra", "shape", "missing", "dtype", "no_slots"])
+def test_tf2torch_refuses_variables_that_are_not_the_models(tmp_path, capsys, case):
+    """A TF checkpoint whose variables are not those of the model its records describe - a
+    modified fork's extra variable, a kernel of another shape (TF's Saver refuses to restore it),
+    one missing, an integer tensor - or --with_optimizer on an inference-only export (no Adam
+    slots): tf2torch wrote the file anyway (every port command then refused it; --with_optimizer
+    silently carried nothing). One `error:` line naming the TF variable, exit 2, nothing written."""
+    kernel = "generator_A/resblock_1/res1/conv_0/conv2d/kernel"
+    change, says, flags = {
+        "extra": (lambda t: {**t, "generator_A/fork_extra/conv2d/kernel": np.ones((3, 3, 2, 2), np.float32)},
+                  "generator_A/fork_extra/conv2d/kernel", []),
+        "shape": (lambda t: {**t, kernel: t[kernel][..., :-1]}, kernel, []),
+        "missing": (lambda t: {n: a for n, a in t.items() if n != kernel}, kernel, []),
+        "dtype": (lambda t: {**t, kernel: t[kernel].astype(np.int32)}, kernel, []),
+        "no_slots": (lambda t: t, "--with_optimizer", ["--with_optimizer"]),
+    }[case]
+    ckpt = _rewritten(tmp_path, "tf", change)
+    out = tmp_path / "o.safetensors"
+    before = snapshot(str(tmp_path))
+    rc, _, err = _convert(["tf2torch", ckpt, out, *flags] + TF_FLAGS, capsys)
+    line = _error_line(err)
+    assert rc == 2 and says in line and "UGATIT_light.model-3" in line, line
+    assert snapshot(str(tmp_path)) == before
+    # the same checkpoint unchanged converts (the refusal is the change's)
+    rc, _, err = _convert(["tf2torch", _rewritten(tmp_path, "ok", lambda t: t), out] + TF_FLAGS, capsys)
+    assert rc == 0 and out.exists(), err

@@ -303,7 +303,8 @@ def information(cfg: dict, dataset_num: int) -> str:
     return "\n".join(lines)
 
 
-def checkpoint_mismatch(source: str, wanted: dict, stored: dict, unexpected_is_error: bool = True) -> str | None:
+def checkpoint_mismatch(source: str, wanted: dict, stored: dict, unexpected_is_error: bool = True,
+                        hint: str = "check --light, --ch, --n_res, --n_dis, --img_size, --sn") -> str | None:
     """A message naming what differs between a checkpoint's {name: shape} (`stored`) and the
     configured model's (`wanted`), or None when it fits. TF's Saver restores past extra
     checkpoint variables, hence `unexpected_is_error=False` there (they are still listed)."""
@@ -321,5 +322,4 @@ def checkpoint_mismatch(source: str, wanted: dict, stored: dict, unexpected_is_e
         parts.append(f"{len(missing)} variables missing from the checkpoint, e.g. " + ", ".join(missing[:3]))
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected variables, e.g. " + ", ".join(unexpected[:3]))
-    return (f"checkpoint {source} does not match the configured model "
-            f"(check --light, --ch, --n_res, --n_dis, --img_size, --sn): " + " | ".join(parts))
+    return f"checkpoint {source} does not match the configured model ({hint}): " + " | ".join(parts)
