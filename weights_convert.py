@@ -231,7 +231,8 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
         try:
             if _torch_kind(out) == "torch-pt":
                 import torch
-                state = {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in produce()}
+                # an owned C-ordered copy that keeps a 0-d power 0-d (np.ascontiguousarray makes it [1])
+                state = {name: torch.from_numpy(np.array(a, order="C")) for name, a in produce()}
                 _atomic_torch_save({"state": state, "config": cfg, "config_provenance": info.provenance(),
                                     "step": meta["step"]}, out)
             else:

@@ -40,16 +40,17 @@ def test_full_model_config_from_manifest_shapes():
     assert (cfg["light"], cfg["ch"], cfg["img_size"], cfg["n_res"]) == (False, 64, 256, 4)
 
 
-def test_round_trips_are_identical(tmp_path):
+@pytest.mark.parametrize("name", ["m.safetensors", "m.pt"])  # .pt: its 0-d powers were written as [1]
+def test_round_trips_are_identical(tmp_path, name):
     ref = golden_tensors()
-    out = tmp_path / "m.safetensors"
+    out = tmp_path / name
     assert wc.main(["tf2torch", os.path.join(GOLDEN, "final"), str(out), "--with_optimizer", "--img_size", "64"]) == 0
     assert wc.main(["torch2tf", str(out), str(tmp_path / "tf" / "UGATIT_light.model")]) == 0
     with BundleReader(str(tmp_path / "tf")) as r:
         back = dict(r.items())
     assert set(back) == set(ref)
     for n in ref:
-        assert np.array_equal(back[n], ref[n]), n
+        assert back[n].shape == ref[n].shape and np.array_equal(back[n], ref[n]), n
     # torch → tf → torch
     state, _ = wc.load_torch_weights(str(out))
     _, again = wc.tf_to_torch(str(tmp_path / "tf"), overrides={"img_size": 64})
