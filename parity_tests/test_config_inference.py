@@ -261,6 +261,31 @@ def test_corrupt_meta_is_named(tmp_path):
     assert proc.returncode == 2 and "UGATIT.model-3.meta" in proc.stderr and "MetaGraphDef" in proc.stderr
 
 
+def test_an_unreadable_meta_is_read_past_with_the_flags_it_asks_for(tmp_path):
+    """A truncated .meta (a cut download): the error said "or give the settings as flags", but
+    with every flag given it still stopped (the official test phase never reads the .meta). Now it
+    names the flags that are needed (--img_size: the folder name records smoothing), and with them
+    converts exactly what the checkpoint without its .meta converts to, saying it read past."""
+    from safetensors.numpy import load_file
+    folder = _golden_in(tmp_path, "UGATIT_light_g_lsgan_4resblock_5dis_1_1_10_10_1000_sn_smoothing")
+    plain = tmp_path / "plain.safetensors"
+    assert _cli("tf2torch", folder, str(plain), "--img_size", "64").returncode == 0  # no .meta: the truth
+    meta = os.path.join(folder, "UGATIT.model-3.meta")
+    with open(meta, "wb") as f:
+        f.write(b"\x12\x05abc")
+    out = tmp_path / "o.safetensors"
+    proc = _cli("tf2torch", folder, str(out))
+    errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith("error:"), proc.stderr
+    assert "UGATIT.model-3.meta" in errors[0] and "--img_size" in errors[0] and "--smoothing" not in errors[0]
+    assert not out.exists()
+    proc = _cli("tf2torch", folder, str(out), "--img_size", "64")
+    assert proc.returncode == 0 and "read past" in proc.stderr, proc.stderr
+    got, want = load_file(str(out)), load_file(str(plain))
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+    assert json.loads(_metadata(out)["ugatit_config"]) == json.loads(_metadata(plain)["ugatit_config"])
+
+
 # == real checkpoints written by tf_reference (TensorFlow needed to write them) ==================================
 
 CHILD_BLOCK_ENV = "UGATIT_TF_BLOCKED"

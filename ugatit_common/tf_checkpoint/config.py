@@ -48,6 +48,10 @@ class ConfigConflict(ConversionError):
     """A flag contradicts the checkpoint, or two of the checkpoint's own records disagree."""
 
 
+class UnreadableMeta(ConversionError):
+    """The checkpoint's .meta cannot be parsed (e.g. a truncated download)."""
+
+
 @dataclass(frozen=True)
 class Setting:
     value: object
@@ -175,7 +179,7 @@ def from_meta(prefix: str, shapes: dict[str, tuple] | None) -> tuple[dict[str, S
         graph = metagraph.read_meta_graph(path)
         found = metagraph.recognise(graph)
     except metagraph.MetaGraphError as e:
-        raise ConversionError(f"{e} (remove or fix the .meta file, or give the settings as flags)") from e
+        raise UnreadableMeta(str(e)) from e
     if shapes:
         variables = graph.variables()
         common = [n for n in shapes if n in variables]
@@ -203,10 +207,11 @@ _DEFAULT_REASONS = {
 class CheckpointConfig:
     """The inferred config (`.config`) with each setting's provenance (`.settings`)."""
 
-    def __init__(self, prefix: str | None, settings: dict[str, Setting], unrecorded: list[str]):
+    def __init__(self, prefix: str | None, settings: dict[str, Setting], unrecorded: list[str], notes=()):
         self.prefix = prefix
         self.settings = settings
         self.unrecorded = unrecorded
+        self.notes = list(notes)  # records read past (an unreadable .meta), said with the guesses
 
     @property
     def config(self) -> dict:
@@ -224,6 +229,7 @@ class CheckpointConfig:
         """One line per guessed setting, and one for the training settings nothing recorded."""
         where = f"{self.prefix}: " if self.prefix else ""
         lines = [f"{where}guessed {k}={_fmt(s.value)} ({s.detail}; --{k} sets it)" for k, s in self.guessed.items()]
+        lines += [where + n for n in self.notes]
         if self.unrecorded:
             lines.append(f"{where}not recorded (training settings; a resumed run takes them from its flags): "
                          + ", ".join(self.unrecorded))
@@ -277,15 +283,27 @@ def infer(prefix: str | None, shapes: dict[str, tuple], overrides: dict | None =
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     where = f"checkpoint {prefix}" if prefix else "checkpoint"
     records: dict[str, dict[str, Setting]] = {"weights": from_weights(shapes)}
-    why_not = {}
-    if use_meta and prefix:
-        records["meta"], why_not["meta"] = from_meta(prefix, shapes)
-    else:
-        records["meta"], why_not["meta"] = {}, "no .meta graph read"
+    why_not, notes = {}, []
     if use_model_dir and prefix:
         records["model_dir"], why_not["model_dir"] = from_model_dir(prefix, records["weights"]["light"].value)
     else:
         records["model_dir"], why_not["model_dir"] = {}, "no folder name read"
+    if use_meta and prefix:
+        try:
+            records["meta"], why_not["meta"] = from_meta(prefix, shapes)
+        except UnreadableMeta as e:
+            # read past only when what it would record of the model is known otherwise: the flags
+            # (as the message says), the folder name or the weights; the training settings it holds
+            # are then listed as not recorded
+            needed = [k for k in MODEL_KEYS if k in _CAN_RECORD["meta"] and k not in overrides
+                      and k not in records["model_dir"] and k not in records["weights"]]
+            if needed:
+                raise ConversionError(f"{e} (remove or fix the .meta file, or give "
+                                      f"{' and '.join('--' + k for k in needed)})") from e
+            records["meta"], why_not["meta"] = {}, f"{e}: read past"
+            notes.append(f"{e}: read past (the model's settings it records are given or recorded otherwise)")
+    else:
+        records["meta"], why_not["meta"] = {}, "no .meta graph read"
 
     keys = list(MODEL_KEYS) + ["dataset"] + list(TRAINING_KEYS)
     keys += [k for k in overrides if k not in keys]
@@ -315,7 +333,7 @@ def infer(prefix: str | None, shapes: dict[str, tuple], overrides: dict | None =
             settings[key] = Setting(DEFAULTS[key], "default", f"{reason}: the official default")
         elif key in TRAINING_KEYS:
             unrecorded.append(key)
-    return CheckpointConfig(prefix, settings, unrecorded)
+    return CheckpointConfig(prefix, settings, unrecorded, notes)
 
 
 def infer_config(shapes: dict[str, tuple], overrides: dict | None = None) -> dict:
