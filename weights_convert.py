@@ -201,10 +201,15 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
         cfg = info.config
         _check_img_size(cfg)  # before anything is written (a refusal is then the one line said)
         names = list(_selected(r.keys(), generators_only, with_optimizer))
+        extra = _check_variables(r.prefix, cfg, {n: (r.shape(n), r.dtype(n)) for n in names}, with_optimizer)
+        names = [n for n in names if n not in extra]
         specs = [(tf_to_torch_name(n), torch_layout_shape(n, r.shape(n)), r.dtype(n)) for n in names]
-        _check_variables(r.prefix, cfg, {n: (r.shape(n), r.dtype(n)) for n in names}, with_optimizer)
         if not quiet:
             info.announce()
+            if extra:
+                print(f"note: {r.prefix}: left out {len(extra)} variable(s) the official graph of this config has "
+                      f"not (a modified fork's; TF's Saver restores past them too): " + ", ".join(extra[:5])
+                      + (" ..." if len(extra) > 5 else ""), file=sys.stderr, flush=True)
         total = sum(r.nbytes(n) for n in names)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="tf2torch", disable=not progress)
 
@@ -244,13 +249,14 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
     return info
 
 
-def _check_variables(prefix: str, cfg: dict, stored: dict, with_optimizer: bool) -> None:
-    """The variables tf2torch writes (`stored`: {TF name: (shape, dtype)}) are those of the model
+def _check_variables(prefix: str, cfg: dict, stored: dict, with_optimizer: bool) -> list[str]:
+    """The variables tf2torch writes (`stored`: {TF name: (shape, dtype)}) hold those of the model
     `cfg` builds, each of its shape and a float (with `with_optimizer`: every trainable one's Adam
     slots, and the powers): ConversionError naming the variables that differ otherwise. A tensor
-    of another shape (TF's Saver refuses to restore it), one missing, or one that model has not (a
-    modified fork's) would make a file every port command refuses; a checkpoint without
-    discriminators (or --generators_only) is checked for its generators."""
+    of another shape (TF's Saver refuses to restore it) or one missing would make a file every
+    port command refuses; a checkpoint without discriminators (or --generators_only) is checked
+    for its generators. Returns the variables that model has not (a modified fork's), which are
+    left out, as the official test phase's Saver restores past them."""
     from torch_port.to_tf import _expected
     want, trainable = _expected(cfg)
     slot_or_power = [n for n in stored if n in POWER_NAMES or _split_slot(n)[1]]
@@ -269,6 +275,8 @@ def _check_variables(prefix: str, cfg: dict, stored: dict, with_optimizer: bool)
     # compared in the checkpoint's own names and layout (HWIO kernels), which its owner knows
     tf_names = tf_names_of(want)
     want_tf = {tf_names[n]: _tf_layout_shape(n, shape) for n, shape in want.items()}
+    extra = [n for n in stored if n not in want_tf]
+    stored = {n: v for n, v in stored.items() if n in want_tf}
     message = opt_mismatch(prefix, want_tf, {n: shape for n, (shape, _) in stored.items()},
                            hint="the model its records describe: "
                                 + ", ".join(f"{k}={cfg[k]}" for k in _MODEL_KEYS if k in cfg))
@@ -278,6 +286,7 @@ def _check_variables(prefix: str, cfg: dict, stored: dict, with_optimizer: bool)
     if bad:
         raise ConversionError(f"checkpoint {prefix}: tensor {bad[0]!r} is {np.dtype(bad[1])}, float expected (every "
                               f"variable of the official graph is float32); nothing was written")
+    return extra
 
 
 def _tf_layout_shape(torch_name: str, shape: tuple) -> tuple:

@@ -660,17 +660,15 @@ def _rewritten(root, name, change):
     return os.path.dirname(prefix)
 
 
-@pytest.mark.parametrize("case", ["extra", "shape", "missing", "dtype", "no_slots"])
+@pytest.mark.parametrize("case", ["shape", "missing", "dtype", "no_slots"])
 def test_tf2torch_refuses_variables_that_are_not_the_models(tmp_path, capsys, case):
     """A TF checkpoint whose variables are not those of the model its records describe - a
-    modified fork's extra variable, a kernel of another shape (TF's Saver refuses to restore it),
-    one missing, an integer tensor - or --with_optimizer on an inference-only export (no Adam
-    slots): tf2torch wrote the file anyway (every port command then refused it; --with_optimizer
-    silently carried nothing). One `error:` line naming the TF variable, exit 2, nothing written."""
+    kernel of another shape (TF's Saver refuses to restore it), one missing, an integer tensor -
+    or --with_optimizer on an inference-only export (no Adam slots): tf2torch wrote the file
+    anyway (every port command then refused it; --with_optimizer silently carried nothing). One
+    `error:` line naming the TF variable, exit 2, nothing written."""
     kernel = "generator_A/resblock_1/res1/conv_0/conv2d/kernel"
     change, says, flags = {
-        "extra": (lambda t: {**t, "generator_A/fork_extra/conv2d/kernel": np.ones((3, 3, 2, 2), np.float32)},
-                  "generator_A/fork_extra/conv2d/kernel", []),
         "shape": (lambda t: {**t, kernel: t[kernel][..., :-1]}, kernel, []),
         "missing": (lambda t: {n: a for n, a in t.items() if n != kernel}, kernel, []),
         "dtype": (lambda t: {**t, kernel: t[kernel].astype(np.int32)}, kernel, []),
@@ -686,3 +684,21 @@ def test_tf2torch_refuses_variables_that_are_not_the_models(tmp_path, capsys, ca
     # the same checkpoint unchanged converts (the refusal is the change's)
     rc, _, err = _convert(["tf2torch", _rewritten(tmp_path, "ok", lambda t: t), out] + TF_FLAGS, capsys)
     assert rc == 0 and out.exists(), err
+
+
+def test_tf2torch_leaves_out_a_forks_extra_variables_as_tfs_saver_does(tmp_path, capsys):
+    """A TF checkpoint holding variables the official graph of its config has not (a modified
+    fork's, with their Adam slots): the official test phase's Saver restores past them, so the
+    conversion leaves them out, says so in one note naming them, and writes what a checkpoint
+    without them gives, tensor for tensor."""
+    from safetensors.numpy import load_file
+    extra = "generator_A/fork_extra/conv2d/kernel"
+    ckpt = _rewritten(tmp_path, "fork", lambda t: {**t, extra: np.ones((3, 3, 2, 2), np.float32)})
+    plain = _rewritten(tmp_path, "plain", lambda t: t)
+    rc, _, err = _convert(["tf2torch", ckpt, tmp_path / "fork.safetensors"] + TF_FLAGS, capsys)
+    notes = [ln for ln in err.splitlines() if ln.startswith("note:") and "left out 1 variable" in ln]
+    assert rc == 0 and len(notes) == 1 and extra in notes[0], err
+    rc, _, err = _convert(["tf2torch", plain, tmp_path / "plain.safetensors"] + TF_FLAGS, capsys)
+    assert rc == 0, err
+    a, b = load_file(str(tmp_path / "fork.safetensors")), load_file(str(tmp_path / "plain.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
