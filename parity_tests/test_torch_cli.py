@@ -443,3 +443,13 @@ def test_checkpoints_kept_by_default_as_the_official_saver():
     p = argparse.ArgumentParser()
     add_training_flags(p)
     assert p.parse_args([]).keep_checkpoints == 5 == inspect.signature(tf_train).parameters["max_to_keep"].default
+
+
+def test_demo_refuses_the_flags_it_would_ignore(tmp_path, monkeypatch, capsys):
+    """--demo trains its fixed tiny model: a model or training flag typed with it is refused before
+    any work (it was silently ignored: --img_size 30 trained at 64 and exited 0)."""
+    demo_dir = tmp_path / "demo"
+    err = _expect_error(["--demo", str(demo_dir), "--img_size", "30", "--iter", "5"], tmp_path, monkeypatch, capsys,
+                        "--img_size", "--iteration", "--demo")
+    assert len(err.strip().splitlines()) == 1, err
+    assert not demo_dir.exists()  # nothing written

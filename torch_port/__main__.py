@@ -136,6 +136,19 @@ def run(a) -> int:
     return 0
 
 
+DEMO_OWN_FLAGS = ("demo", "device", "seed", "threads")  # what --demo takes; DEMO_FLAGS fix the rest
+
+
+def _check_demo_flags(typed: set) -> None:
+    """--demo trains and tests the fixed tiny model of DEMO_FLAGS: any other flag typed with it
+    would be ignored, so it is refused (one error line, exit 2) instead."""
+    other = sorted(f"--{d}" for d in typed if d not in DEMO_OWN_FLAGS)
+    if other:
+        raise opt.OptionError(f"{', '.join(other)}: --demo trains and tests a fixed tiny model "
+                              f"({' '.join(DEMO_FLAGS)}) and takes only --device, --seed and --threads; leave "
+                              f"{'it' if len(other) == 1 else 'them'} out, or train with the flags instead of --demo")
+
+
 def demo(a) -> int:
     from ugatit_common.demo_data import make_demo_dataset
     root = os.path.abspath(a.demo)
@@ -184,11 +197,13 @@ def _main(argv) -> int:
     if argv and argv[0] == "export":  # python -m torch_port export CKPT OUT.onnx --direction ...
         from .export import main as export_main
         return export_main(argv[1:])
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
     a.given_flags = given_flags(argv)
     try:
         _validate_extra(a)
         if a.demo is not None:
+            _check_demo_flags(opt.typed_flags(parser, argv))
             return demo(a)
         return run(a)
     except opt.OptionError as e:
