@@ -279,17 +279,22 @@ def cmd_demo(args) -> int:
     check_steps(args.steps)  # before the training, not after it
     if args.iterations < 1:  # before the data set is written (the shared check names the trainer's --iteration)
         raise opt.OptionError(f"--iterations={args.iterations}: must be >= 1")
+    from ugatit_common.cli_errors import check_writable_folder
+
+    from .train import validate_morph
     root = os.path.abspath(args.dir)
-    device = _device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # tiny model: one thread avoids oversubscription (measured ~5x faster)
-    make_demo_dataset(root, "demo", args.img_size)
     cfg = opt.config_from(
         dataset="demo", img_size=args.img_size, ch=args.ch, n_dis=5, light=True, epoch=1,
         iteration=args.iterations, print_freq=max(1, args.iterations), save_freq=max(1, args.iterations),
         decay_flag=False, lr=0.0002, checkpoint_dir=os.path.join(root, "checkpoint"),
         result_dir=os.path.join(root, "results"), log_dir=os.path.join(root, "logs"),
         sample_dir=os.path.join(root, "samples"), morph_config="C")
+    validate_morph(dict(cfg, phase="train"))  # --img_size / --ch: before the data set is written
+    device = _device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # tiny model: one thread avoids oversubscription (measured ~5x faster)
+    check_writable_folder(root, "DIR")
+    make_demo_dataset(root, "demo", args.img_size)
     out = train(cfg, device=device, seed=args.seed, base=root,
                 log=_every(25))
     h = out["history"]

@@ -601,6 +601,25 @@ def test_cli_demo_steps_flag(tmp_path):
             assert im.n_frames == 4  # the input, then 3 frames
 
 
+def test_cli_demo_refuses_bad_flags_and_folders_before_writing(tmp_path, capsys):
+    """`python -m morph demo DIR` with a size or width its model cannot have, or a DIR that is a
+    file: one error line naming the flag / DIR, exit 2, and no data set left behind (it was
+    written before the check; a DIR that is a file gave a bare OSError text)."""
+    for flags, words in ((["--img_size", "32"], "--img_size=32"), (["--ch", "0"], "--ch=0")):
+        target = tmp_path / f"demo{flags[0]}"
+        capsys.readouterr()
+        assert morph_main(["demo", str(target), "--iterations", "1", "--device", "cpu"] + flags) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+        assert not target.exists(), sorted(os.listdir(target))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    assert morph_main(["demo", str(a_file), "--iterations", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "DIR" in err and str(a_file) in err and "not writable" in err, err
+    assert a_file.read_text() == "mine"
+
+
 def test_cli_train_resume_false_starts_afresh(demo_root, tmp_path, capsys):
     """`python -m morph train --resume False` over a finished run: the older run is moved aside
     (previous-run-<time>/) and iteration 1 is trained again (with the same seed: to the same

@@ -453,3 +453,11 @@ def test_demo_refuses_the_flags_it_would_ignore(tmp_path, monkeypatch, capsys):
                         "--img_size", "--iteration", "--demo")
     assert len(err.strip().splitlines()) == 1, err
     assert not demo_dir.exists()  # nothing written
+
+
+def test_demo_into_a_file_names_the_flag(tmp_path, monkeypatch, capsys):
+    """--demo DIR where DIR is a file: one error line naming --demo (a bare OSError text before)."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    _expect_error(["--demo", str(a_file)], tmp_path, monkeypatch, capsys, "--demo", "not writable")
+    assert a_file.read_text() == "mine"

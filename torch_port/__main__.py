@@ -151,8 +151,8 @@ def _check_demo_flags(typed: set) -> None:
 
 def demo(a) -> int:
     from ugatit_common.demo_data import make_demo_dataset
-    root = os.path.abspath(a.demo)
-    os.makedirs(root, exist_ok=True)
+    from ugatit_common.cli_errors import check_writable_folder
+    root = check_writable_folder(os.path.abspath(a.demo), "--demo")
     make_demo_dataset(root, name="demo", size=64)
     os.chdir(root)
     parser = build_parser()
