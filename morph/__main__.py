@@ -181,6 +181,13 @@ def _out_dir(args) -> str:
     return out_dir
 
 
+def _check_writable(out_dir: str) -> None:
+    """An output folder that cannot be made or written (a file in its place, no permission) is
+    bad input named by its flag, as in the port's test phase, before the first picture."""
+    from ugatit_common.cli_errors import check_writable_folder
+    check_writable_folder(out_dir, "--result_dir")
+
+
 def cmd_interpolate(args) -> int:
     from .interpolate import check_steps, check_w_samples, interpolate_images, list_inputs
     check_steps(args.steps)  # validate before loading anything
@@ -191,6 +198,7 @@ def cmd_interpolate(args) -> int:
     if not model.single_generator:
         raise opt.OptionError(f"interpolation needs a config-C checkpoint (latent MLP); this one is config "
                               f"{model.morph_config}")
+    _check_writable(out_dir)
     interpolate_images(model, inputs, out_dir, steps=args.steps, samples=args.samples)
     return 0
 
@@ -206,6 +214,7 @@ def cmd_translate(args) -> int:
     inputs = list_inputs(args.input)
     out_dir = _out_dir(args)
     model, cfg = _load(args)
+    _check_writable(out_dir)
     from torch_port.data import ImageReadError
     from ugatit_common.atomic import sweep_dead_temps
     from ugatit_common.output_names import OutputNames, OutputRecord

@@ -620,6 +620,29 @@ def test_cli_demo_refuses_bad_flags_and_folders_before_writing(tmp_path, capsys)
     assert a_file.read_text() == "mine"
 
 
+def test_cli_unwritable_result_dir_is_named(demo_root, tmp_path, capsys):
+    """interpolate / translate with a --result_dir that cannot be a folder (a file is there, or
+    above it): one error line naming --result_dir, exit 2, as the port's test phase says it (it
+    was a bare OSError text, without the flag)."""
+    root = str(tmp_path)
+    flags = _cli_flags(root)
+    assert morph_main(["train", "--config", "C", "--epoch", "1", "--iteration", "1", "--data_root", demo_root]
+                      + flags) == 0
+    ckpt_folder = morph_paths(opt.config_from(dataset="demo", morph_config="C", checkpoint_dir=root + "/checkpoint",
+                                              **NET)).checkpoint
+    test_a = os.path.join(demo_root, "dataset", "demo", "testA")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    for out in (str(a_file), str(a_file / "sub")):
+        for argv in (["interpolate", "--steps", "2", "--samples", "1"], ["translate", "--direction", "a2b"]):
+            capsys.readouterr()
+            assert morph_main(argv + ["--checkpoint", ckpt_folder, "--input", test_a, "--result_dir", out,
+                                      "--device", "cpu"]) == 2, (argv, out)
+            err = capsys.readouterr().err
+            assert "error: --result_dir" in err and "not writable" in err and len(err.strip().splitlines()) == 1, err
+    assert a_file.read_text() == "mine"
+
+
 def test_cli_train_resume_false_starts_afresh(demo_root, tmp_path, capsys):
     """`python -m morph train --resume False` over a finished run: the older run is moved aside
     (previous-run-<time>/) and iteration 1 is trained again (with the same seed: to the same
