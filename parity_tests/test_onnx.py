@@ -605,3 +605,19 @@ def test_python_export_takes_onnx_names_and_generator_sizes_only(tmp_path):
         tx.export(core, str(tmp_path / "g.onnx"), dict(cfg, img_size=4), direction="a2b", source="test",
                   source_kind="torch_port", step=0, verify=False)
     assert photo.read_bytes() == b"\x89PNG\r\n\x1a\n my photo" and not (tmp_path / "g.onnx").exists()
+
+
+def test_tf2onnx_help_offers_only_what_it_takes(capsys):
+    """tf2onnx refuses a port checkpoint (folder or .safetensors: `port_ckpt_to_tf2onnx` above), so
+    its --help must not offer one (it said "a torch_port checkpoint folder, or a .safetensors
+    file"); python -m torch_port export, which takes them, still says so."""
+    import re
+    helps = {}
+    for name, main in (("tf2onnx", tx.tf2onnx_main), ("export", tx.main)):
+        with pytest.raises(SystemExit) as e:
+            main(["--help"])
+        assert e.value.code == 0
+        helps[name] = " ".join(capsys.readouterr().out.split())
+    assert not re.search(r"torch_port checkpoint folder|a \.safetensors file", helps["tf2onnx"]), helps["tf2onnx"]
+    assert "python -m torch_port export" in helps["tf2onnx"]
+    assert "a torch_port checkpoint folder, or a .safetensors file" in helps["export"]

@@ -661,10 +661,14 @@ def parse_batches(text: str) -> tuple[int, ...]:
     return out
 
 
-def _build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+def _build_parser(prog: str, description: str, need_kind: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("ckpt", help="checkpoint: an official TF checkpoint folder/prefix, a torch_port checkpoint "
-                                "folder, or a .safetensors file")
+    if need_kind == "tensorflow":  # tf2onnx refuses the port's checkpoints: its help says what it takes
+        p.add_argument("ckpt", help="checkpoint: an official TF checkpoint folder or prefix (the port's checkpoints "
+                                    "and .safetensors files: python -m torch_port export)")
+    else:
+        p.add_argument("ckpt", help="checkpoint: an official TF checkpoint folder/prefix, a torch_port checkpoint "
+                                    "folder, or a .safetensors file")
     p.add_argument("out", help="the .onnx file to write (a folder: <direction>.onnx inside it)")
     p.add_argument("--direction", required=True, choices=("a2b", "b2a"), help="a2b (generator_B) or b2a (generator_A)")
     p.add_argument("--img_size", type=int, default=None,
@@ -727,7 +731,7 @@ def run_export(args, loaded: dict, prog: str) -> int:
 
 
 def _cli(argv, prog: str, description: str, overrides_from, need_kind: str | None = None) -> int:
-    p = _build_parser(prog, description)
+    p = _build_parser(prog, description, need_kind)
     args = p.parse_args(argv)
     from ugatit_common.output_guard import place_output, release_claims
     try:
