@@ -104,7 +104,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     e.add_argument("out", help="the .onnx file to write (a folder: morph.onnx, or morph_<direction>.onnx for "
                                "configs A/B, inside it)")
     e.add_argument("--direction", default=None, choices=("a2b", "b2a"), help="configs A/B only: which generator")
-    e.add_argument("--samples", type=int, default=8, help="config C: z draws averaged per w code (default: 8)")
+    e.add_argument("--samples", type=int, default=8,
+                   help="config C: z draws averaged per w code, 1 .. 4096 (default: 8)")
     e.add_argument("--z_seed", type=opt.seed_value, default=0, help="config C: seed of those z draws (default: 0)")
     tx.add_export_flags(e)
     return e
@@ -131,7 +132,9 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
+    from .interpolate import check_w_samples
     from .loading import load
+    check_w_samples(args.samples)  # interpolate's range (the same codes), before any work
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     batches = tx.parse_batches(args.batches)

@@ -391,6 +391,22 @@ def test_morph_export_errors(tmp_path, capsys):
     assert not (tmp_path / "a.onnx").exists()
 
 
+def test_morph_export_samples_take_interpolates_range(tmp_path, capsys):
+    """`morph export --samples` averages the same z draws as interpolate's `--samples`, 1 .. 4096:
+    outside it, one error line and exit 2 before any work (a huge value was an internal error,
+    exit 1, from the allocator; 4097 wrote codes interpolate cannot make)."""
+    from morph.__main__ import main as morph_main
+    from morph.interpolate import MAX_W_SAMPLES
+    folder = str(tmp_path / "morphC")
+    _morph_checkpoint(folder)
+    for n in (0, MAX_W_SAMPLES + 1, 10 ** 11):
+        out = tmp_path / f"m{n}.onnx"
+        assert morph_main(["export", folder, str(out), "--samples", str(n), "--no_verify"]) == 2, n
+        err = capsys.readouterr().err
+        assert f"--samples={n}" in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists() and not (tmp_path / f"m{n}_w.npz").exists()
+
+
 # -- bad input: one line, exit 2, the file named ------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "bad_safetensors", "out_is_folder",
