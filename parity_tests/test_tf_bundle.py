@@ -383,6 +383,22 @@ def test_truncated_data_names_tensor(tmp_path: Path) -> None:
         assert repr(last) in str(ei.value) and data in str(ei.value)
 
 
+def test_truncated_data_says_where_the_file_really_ends(tmp_path: Path) -> None:
+    """A data file cut before a tensor's start: the message gives the file's real length (it gave
+    the tensor's offset, "ends after 351504" for a 5000-byte file)."""
+    prefix = _copy_golden(tmp_path)
+    with BundleReader(prefix) as r:
+        last = max(r.keys(), key=lambda n: r._entries[n].offset)
+        e = r._entries[last]
+    data = prefix + ".data-00000-of-00001"
+    os.truncate(data, e.offset // 2)
+    size = os.path.getsize(data)
+    with BundleReader(prefix) as r:
+        with pytest.raises(CheckpointError, match="truncated") as ei:
+            r.read(last)
+    assert f"the file ends after {size}" in str(ei.value), str(ei.value)
+
+
 def test_corrupted_index_names_index_file(tmp_path: Path) -> None:
     prefix = _copy_golden(tmp_path)
     index = prefix + ".index"

@@ -677,10 +677,10 @@ class BundleReader:
         mv = memoryview(buf)
         while pos < e.size:
             n = f.readinto(mv[pos:min(pos + _CHUNK, e.size)])
-            if not n:
+            if not n:  # the file's real length: a tensor may start past its end (seek does not fail there)
                 raise CheckpointError(
                     f"tensor {name!r}: data file {p} is truncated: needed bytes {e.offset}..{e.offset + e.size} "
-                    f"but the file ends after {e.offset + pos}")
+                    f"but the file ends after {os.fstat(f.fileno()).st_size}")
             if verify:
                 crc = _crc_extend(crc, buf[pos:pos + n])
             pos += n
