@@ -135,8 +135,10 @@ def _run(args) -> int:
     from .interpolate import check_w_samples
     from .loading import load
     check_w_samples(args.samples)  # interpolate's range (the same codes), before any work
+    from torch_port.train import check_threads
+    check_threads(args.threads)
     if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(args.threads)
     batches = tx.parse_batches(args.batches)
     if args.tf == "on" and not args.verify:
         raise tx.ExportError("--tf on compares the export with tf_reference during the verification, which "

@@ -407,6 +407,25 @@ def test_morph_export_samples_take_interpolates_range(tmp_path, capsys):
         assert not out.exists() and not (tmp_path / f"m{n}_w.npz").exists()
 
 
+def test_export_threads_flag_is_checked(tmp_path, capsys):
+    """--threads of the exports takes what training's takes: 0 or less was silently one thread, a
+    huge value a bare "Overflow when unpacking long" without the flag; now one error line naming
+    --threads, exit 2, nothing written."""
+    from morph.__main__ import main as morph_main
+    folder = str(tmp_path / "morphC")
+    _morph_checkpoint(folder)
+    out = tmp_path / "t.onnx"
+    for n in (0, -3, 10 ** 11):
+        for argv, main in (([GOLDEN_CKPT, str(out), "--direction", "a2b"], tx.tf2onnx_main),
+                           ([GOLDEN_CKPT, str(out), "--direction", "a2b"], tx.main),
+                           (["export", folder, str(out)], morph_main)):
+            capsys.readouterr()
+            assert main(argv + ["--threads", str(n), "--no_verify"]) == 2, (argv, n)
+            err = capsys.readouterr().err
+            assert f"--threads={n}" in err and len(err.strip().splitlines()) == 1, err
+            assert not out.exists()
+
+
 # -- bad input: one line, exit 2, the file named ------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "bad_safetensors", "out_is_folder",

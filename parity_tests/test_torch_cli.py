@@ -153,6 +153,7 @@ def test_bad_flags_and_inputs(tmp_path, monkeypatch, capsys):
     _expect_error(TINY + ["--gan_type", "foo"], tmp_path, monkeypatch, capsys, "--gan_type")
     _expect_error(TINY + ["--img_size", "30"], tmp_path, monkeypatch, capsys, "--img_size")
     _expect_error(TINY + ["--threads", "0"], tmp_path, monkeypatch, capsys, "--threads=0")
+    _expect_error(TINY + ["--threads", str(10 ** 11)], tmp_path, monkeypatch, capsys, f"--threads={10 ** 11}: at most")
     _expect_error(TINY + ["--num_workers", "100000"], tmp_path, monkeypatch, capsys, "--num_workers=100000: at most")
     _expect_error(TINY, tmp_path, monkeypatch, capsys, "dataset/t/trainA")  # no dataset at all
     os.makedirs(tmp_path / "dataset" / "t" / "trainA")

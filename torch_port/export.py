@@ -711,7 +711,7 @@ def refuse_non_finite_generators(state: dict, source: str) -> None:
 def run_export(args, loaded: dict, prog: str) -> int:
     """Shared by `python -m torch_port export` and `weights_convert.py tf2onnx`."""
     if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(args.threads)  # checked by _cli (train.check_threads)
     refuse_non_finite_generators(loaded["state"], f"checkpoint {loaded['source']}")
     cfg = loaded["config"]
     batches = parse_batches(args.batches)
@@ -738,6 +738,8 @@ def _cli(argv, prog: str, description: str, overrides_from, need_kind: str | Non
         args.out = place_output(args.out, "onnx", [args.ckpt], args.overwrite, f"{args.direction}.onnx")
         check_onnx_name(args.out)  # after the guard's own refusals (they say more)
         parse_batches(args.batches)
+        from .train import check_threads
+        check_threads(args.threads)
         check_generator_size(args.img_size)
         if args.tf == "on" and not args.verify:
             raise ExportError("--tf on compares the export with tf_reference during the verification, which "

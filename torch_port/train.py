@@ -132,6 +132,19 @@ def max_num_workers() -> int:
     return max(32, 8 * (os.cpu_count() or 1))
 
 
+def check_threads(threads: int | None) -> None:
+    """--threads (training, the test phase, the ONNX exports): None (torch's default) or 1 .. the
+    --num_workers bound; 0 or less was silently 1 in the exports, and a huge value reached
+    torch.set_num_threads as a bare "Overflow when unpacking long"."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise opt.OptionError(f"--threads={threads}: must be >= 1")
+    most = max_num_workers()
+    if threads > most:
+        raise opt.OptionError(f"--threads={threads}: at most {most} (8 per CPU of this machine, at least 32)")
+
+
 def check_training_flags(a) -> None:
     if a.num_workers < 0:
         raise opt.OptionError(f"--num_workers={a.num_workers}: must be >= 0")
@@ -139,8 +152,7 @@ def check_training_flags(a) -> None:
     if a.num_workers > most:  # each domain has its loader: 2 x N processes, each a copy of the trainer
         raise opt.OptionError(f"--num_workers={a.num_workers}: at most {most} (8 per CPU of this machine, at least "
                               f"32; each of the two domains' loaders starts that many processes)")
-    if a.threads is not None and a.threads < 1:
-        raise opt.OptionError(f"--threads={a.threads}: must be >= 1")
+    check_threads(a.threads)
     if a.keep_checkpoints < 1:
         raise opt.OptionError(f"--keep_checkpoints={a.keep_checkpoints}: must be >= 1")
 
