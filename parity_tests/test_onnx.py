@@ -656,3 +656,26 @@ def test_tf2onnx_help_offers_only_what_it_takes(capsys):
     assert not re.search(r"torch_port checkpoint folder|a \.safetensors file", helps["tf2onnx"]), helps["tf2onnx"]
     assert "python -m torch_port export" in helps["tf2onnx"]
     assert "a torch_port checkpoint folder, or a .safetensors file" in helps["export"]
+
+
+def test_a_size_the_machine_cannot_hold_is_one_out_of_memory_line(tmp_path, capsys):
+    """A verification batch no machine holds (--batches 10^11): numpy's MemoryError ended the
+    export as an internal error (exit 1) after the trace; now one `error: out of memory (...)`
+    line naming the flags to lower, exit 2, nothing written. torch's CPU allocator says the same
+    in a RuntimeError, read the same way (ugatit_common.cli_errors.out_of_memory)."""
+    from morph.__main__ import main as morph_main
+    from ugatit_common import cli_errors
+    folder = str(tmp_path / "morphC")
+    _morph_checkpoint(folder)
+    out = tmp_path / "o.onnx"
+    capsys.readouterr()
+    assert morph_main(["export", folder, str(out), "--batches", str(10 ** 11), "--tf", "off"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out of memory (") and "--batches" in err[0], err
+    assert not out.exists() and not (tmp_path / "o_w.npz").exists()
+
+    def host_allocation(argv):
+        torch.empty(10 ** 15, dtype=torch.uint8)
+    assert cli_errors.run(host_allocation, [], prog="p") == 2
+    assert capsys.readouterr().err.startswith("error: out of memory (")
+    assert cli_errors.run(lambda argv: 1 / 0, [], prog="p") == 1  # a plain bug stays an internal error

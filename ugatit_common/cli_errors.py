@@ -154,6 +154,23 @@ def is_bad_input(e: BaseException) -> bool:
     return any(c.__name__ in _BAD_INPUT_NAMES for c in type(e).__mro__)
 
 
+_HOST_OOM = ("can't allocate memory", "not enough memory", "std::bad_alloc")  # torch's CPU allocator, in its words
+
+
+def out_of_memory(e: BaseException) -> BaseException | None:
+    """The host out-of-memory error `e` is or was raised from (Python's MemoryError, torch's CPU
+    allocator's RuntimeError), else None: a size the machine cannot hold (a huge --batches, a
+    full model at a large --img_size), said as such rather than as an internal error. A GPU's is
+    torch_port.train's GPUOutOfMemory, which names the settings itself."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, MemoryError) or (type(e) is RuntimeError and any(m in str(e) for m in _HOST_OOM)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
@@ -344,14 +361,17 @@ def _run(fn, argv, prog, training, label, needs_tf) -> int:
         if needs_tf is not None and tensorflow_missing(e):
             print(f"{label}: {needs_tensorflow_line(prog, needs_tf)}", file=sys.stderr, flush=True)
             return EXIT_BAD_INPUT
-        if is_bad_input(e):
+        oom = out_of_memory(e)
+        if is_bad_input(e) or oom:
             if quiet_rank(e):
                 return EXIT_BAD_INPUT
             where = ""
             if training and training(argv) and _state.get("step") is not None:  # e.g. the disk filled up
                 where = (f" (stopped at step {_state['step']}; last checkpoint: {last_checkpoint() or 'none'}, "
                          f"intact; resume with: {resume_command(prog, argv)})")
-            print(f"{label}: {one_line(e)}{where}", file=sys.stderr, flush=True)
+            what = (f"out of memory ({one_line(oom)}): lower the sizes this command was given (e.g. --batch_size, "
+                    f"--batch, --batches, --img_size, --ch) or free memory" if oom else one_line(e))
+            print(f"{label}: {what}{where}", file=sys.stderr, flush=True)
             return EXIT_BAD_INPUT
         print(f"{label}: internal error ({type(e).__name__}: {one_line(e)})"
               + ("" if debug else "; run again with --debug for the traceback"), file=sys.stderr, flush=True)
