@@ -250,7 +250,8 @@ def domain_files(cfg: dict, folder: str, base: str = ".", required: bool = True)
         if required:
             raise OptionError(
                 f"dataset folder {path!r} does not exist: expected dataset/<name>/{{{','.join(DOMAIN_FOLDERS)}}} "
-                f"relative to the working directory {os.path.abspath(base)!r}")
+                f"relative to " + (f"the working directory {os.path.abspath(base)!r}" if os.path.abspath(base) == os.getcwd()
+                                   else f"{os.path.abspath(base)!r}"))
         return []
     # the folder read literally: a name holding glob characters ("photos [2020]") is no pattern
     files = []
