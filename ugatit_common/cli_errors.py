@@ -278,7 +278,9 @@ def run(fn, argv=None, prog: str = "python", training=None, label: str = "error"
     command); `label`: the prefix of the error line. `needs_tf`: set by commands that run the
     official TF graph (what to do without TensorFlow, may be ""): TensorFlow not installed is then
     bad input (one line, exit 2), not an internal error."""
-    whole_process = argv is None  # the process's own command line (tests pass argv and keep their handlers)
+    # the process's own command line (tests pass argv and keep their handlers; an interactive
+    # session or a notebook that calls main() goes on after it, so its signals are left alone)
+    whole_process = argv is None and not (hasattr(sys, "ps1") or sys.flags.interactive or "ipykernel" in sys.modules)
     rc = EXIT_INTERNAL
     try:
         rc = _run(fn, argv, prog, training, label, needs_tf)
