@@ -645,6 +645,30 @@ def test_sigterm_stops_as_ctrl_c_does(tmp_path):
     assert f"{found[0].name.split(' ')[0]}" in line, (line, found[0].name)
 
 
+def _signal_in_the_teardown(tmp_path, prog, sig, wait):
+    """A 1-iteration port run by the Python program `prog`, sent `sig` `wait` s after its
+    " [*] Training finished!" line (its teardown then begins); checks that it ended within 20 s
+    with the run's code 0 and no traceback. Returns its stderr."""
+    make_data(tmp_path)
+    p = subprocess.Popen([sys.executable, "-c", prog] + train_args(1), cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    out = ""
+    for line in p.stdout:
+        out += line
+        if "Training finished" in line:
+            break
+    time.sleep(wait)
+    t0 = time.time()
+    p.send_signal(sig)
+    rest, err = p.communicate(timeout=60 + wait)
+    assert "Training finished" in out, (out, err[-2000:])
+    assert time.time() - t0 < 20, "the signal did not end the teardown"
+    assert p.returncode == 0, (p.returncode, err[-2000:])
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
+    return err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_after_the_run_ended_exits_at_once_with_its_code(tmp_path, sig):
     """A signal in the process's last moments, after " [*] Training finished!" (interpreter
@@ -652,25 +676,8 @@ def test_a_signal_after_the_run_ended_exits_at_once_with_its_code(tmp_path, sig)
     the interrupted clean-up) or -15 and no line. It now exits at once with the run's own code and
     one note: nothing was interrupted. The teardown is held open here by an atexit sleep, as a
     slow library clean-up would."""
-    make_data(tmp_path)
-    prog = ("import atexit, sys, time; atexit.register(time.sleep, 60); "
-            "from torch_port.__main__ import main; sys.exit(main())")
-    p = subprocess.Popen([sys.executable, "-c", prog] + train_args(1), cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    out = ""
-    for line in p.stdout:  # the run's last line, then the teardown (the sleep) begins
-        out += line
-        if "Training finished" in line:
-            break
-    time.sleep(0.5)
-    t0 = time.time()
-    p.send_signal(sig)
-    rest, err = p.communicate(timeout=50)
-    assert "Training finished" in out, (out, err[-2000:])
-    assert time.time() - t0 < 20, "the signal did not end the teardown"
-    assert p.returncode == 0, (p.returncode, err[-2000:])
-    assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
+    err = _signal_in_the_teardown(tmp_path, "import atexit, sys, time; atexit.register(time.sleep, 60); "
+                                            "from torch_port.__main__ import main; sys.exit(main())", sig, 0.5)
     name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
     assert err.strip().splitlines()[-1] == f"note: {name} after the run had ended: nothing was interrupted", err
 
@@ -682,27 +689,11 @@ def test_a_signal_after_the_atexit_callbacks_still_exits_with_the_runs_code(tmp_
     0.7 s of a finished 32 px run's 1 s teardown. A signal there still ended the finished run with
     -2 or -15 and no line. Held open here by a module global whose __del__ sleeps (run by the
     module finalization, after the signal handlers are gone)."""
-    make_data(tmp_path)
-    prog = ("import sys, time\n"
-            "class Slow:\n    def __del__(self, sleep=time.sleep): sleep(60)\n"
-            "slow = Slow()\n"
-            "from torch_port.__main__ import main\nsys.exit(main())")
-    p = subprocess.Popen([sys.executable, "-c", prog] + train_args(1), cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    out = ""
-    for line in p.stdout:
-        out += line
-        if "Training finished" in line:
-            break
-    time.sleep(2.0)  # past the atexit callbacks, into the module finalization
-    t0 = time.time()
-    p.send_signal(sig)
-    rest, err = p.communicate(timeout=80)
-    assert "Training finished" in out, (out, err[-2000:])
-    assert time.time() - t0 < 20, "the signal did not end the teardown"
-    assert p.returncode == 0, (p.returncode, err[-2000:])
-    assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
+    _signal_in_the_teardown(tmp_path, "import sys, time\n"
+                                      "class Slow:\n    def __del__(self, sleep=time.sleep): sleep(60)\n"
+                                      "slow = Slow()\n"
+                                      "from torch_port.__main__ import main\nsys.exit(main())",
+                            sig, 2.0)  # 2 s: past the atexit callbacks, into the module finalization
 
 
 # -- kill -9 at random moments: resume reproduces the uninterrupted run ------------------------------
