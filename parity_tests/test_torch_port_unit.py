@@ -745,3 +745,46 @@ def test_channels_last_model_computes_the_nchw_gradients():
     assert checked > 60
     nchw = InstanceNorm(4)(torch.rand(1, 4, 8, 8, requires_grad=True))
     assert "GradContiguous" not in type(nchw.grad_fn).__name__, type(nchw.grad_fn).__name__
+
+
+def test_networks_refuse_what_is_not_a_batch_of_pictures_naming_what_they_expect():
+    """The Python API (README "Python API", "Fast paths"): the generators and discriminators take
+    a float NCHW batch [B, 3, H, W]. Anything else was a torch error from deep inside a layer
+    that named none of it (an empty batch: `IndexError: select(): index 0 out of range`; one
+    picture without its batch axis: `weight should contain 256 elements not 16`; NHWC: a
+    padding-size error; a numpy array: `'numpy.ndarray' object has no attribute 'to'`; 62 px:
+    a 60 px picture back), or a uint8 / bool tensor translated as if it were in [-1, 1]; and
+    build_ugatit with n_res != 4 built a model whose first call failed in AdaLIN. Now each is a
+    ValueError / TypeError naming the expected layout, with the fast paths alike; inputs that
+    are a valid batch in another float dtype or memory layout give the float32 input's result."""
+    from torch_port import optimize
+    torch.manual_seed(0)
+    g = Generator(ch=2, n_res=4, img_size=16, light=True).eval()
+    d = Discriminator(ch=2, n_dis=4, sn=True).eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    bad = {
+        "empty batch": x[:0], "no batch axis": x[0], "NHWC": x.permute(0, 2, 3, 1), "grayscale": x[:, :1],
+        "uint8": ((x + 1) * 127.5).to(torch.uint8), "bool": x > 0, "numpy": x.numpy(),
+    }
+    for net in (g, optimize(g, "bf16"), d):
+        for what, inp in bad.items():
+            with pytest.raises((ValueError, TypeError), match=r"expects a float tensor \[B, 3, H, W\] \(NCHW"):
+                net(inp)
+    for what, inp in {"14 px (not a multiple of 4)": x[..., :14, :14], "4 px": x[..., :4, :4]}.items():
+        with pytest.raises(ValueError, match="multiples of 4, at least 8"):
+            g(inp)
+    full = Generator(ch=2, n_res=4, img_size=16, light=False).eval()
+    with pytest.raises(ValueError, match=r"light=False\) expects 16 x 16"):
+        full(torch.zeros(1, 3, 16, 32))
+    with pytest.raises(ValueError, match="n_res must be 4"):
+        build_ugatit(dict(light=True, img_size=16, ch=2, n_res=2, n_dis=4, sn=True, smoothing=True))
+    # valid batches in another layout or float dtype: the float32 contiguous input's result
+    with torch.no_grad():
+        want = g(x)
+        wide = torch.zeros(2, 3, 16, 32)
+        wide[..., ::2] = x
+        for inp in (wide[..., ::2], x.contiguous(memory_format=torch.channels_last), x.double()):
+            got = g(inp)
+            for a, b in zip(got, want):  # float64 is cast to float32 on entry: the same float32 input
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        assert g(x[..., :8, :12])[0].shape == (2, 3, 8, 12)  # any multiple of 4 from 8 for a light model

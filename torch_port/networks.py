@@ -13,7 +13,35 @@ from .ops import (AdaLIN, CAMLogit, Conv, Dense, InstanceNorm, LIN, global_avg_p
                   relu, up_sample)
 
 __all__ = ["ResBlock", "AdaptiveResBlock", "MLP", "Generator", "DiscriminatorBranch",
-           "Discriminator"]
+           "Discriminator", "check_images"]
+
+
+def check_images(x, img_ch: int, who: str, multiple: int = 1, least: int = 1) -> None:
+    """Refuse, naming what is expected, an input the networks cannot take as a batch of pictures
+    (torch's own errors from deep inside a layer name none of it): a torch.Tensor, NCHW [B, img_ch,
+    H, W] with B >= 1, floating point (values in [-1, 1]), H and W multiples of `multiple`, at
+    least `least`. Cheap and silent on a good input (also inside torch.compile / torch.export)."""
+    if (isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == img_ch and x.shape[0] != 0
+            and x.is_floating_point() and x.shape[2] % multiple == 0 and x.shape[3] % multiple == 0
+            and x.shape[2] >= least and x.shape[3] >= least):
+        return
+    expected = f"{who} expects a float tensor [B, {img_ch}, H, W] (NCHW, values in [-1, 1])"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{expected}; got {type(x).__module__}.{type(x).__qualname__} "
+                        f"(convert it: torch.from_numpy(array))")
+    if x.dim() != 4:
+        hint = " (one picture: add the batch axis, x[None])" if x.dim() == 3 else ""
+        raise ValueError(f"{expected}; got shape {tuple(x.shape)}{hint}")
+    if x.shape[1] != img_ch:
+        hint = (" (channels last: x.permute(0, 3, 1, 2))" if x.shape[3] == img_ch else
+                f" (a grayscale picture: x.expand(-1, {img_ch}, -1, -1))" if x.shape[1] == 1 else "")
+        raise ValueError(f"{expected}; got shape {tuple(x.shape)}: {x.shape[1]} channel(s){hint}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{expected}; got an empty batch, shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{expected}; got {x.dtype} (8-bit pictures: x.float() / 127.5 - 1)")
+    raise ValueError(f"{expected} with H and W multiples of {multiple}, at least {least}; "
+                     f"got {x.shape[2]} x {x.shape[3]}")
 
 
 class _ResHalf(nn.Module):
@@ -119,6 +147,10 @@ class Generator(nn.Module):
         self.CAM_logit = CAMLogit(channel, sn=False)
         self.conv_1x1 = Conv(channel * 2, channel, 1, 1)
 
+        if n_res != 4 and type(self).style is Generator.style:
+            # the official MLP is ch * n_res wide; AdaLIN scales the ch * 4 residual channels with it
+            raise ValueError(f"n_res must be 4 (the official MLP width ch*n_res must equal the residual width "
+                             f"ch*4); got n_res={n_res}")
         mlp_in = channel if light else (img_size // 4) * (img_size // 4) * channel
         self.MLP = MLP(mlp_in, ch * n_res, light)
 
@@ -129,6 +161,16 @@ class Generator(nn.Module):
             self.add_module(f"layer_ins_norm_{i}", LIN(channel // 2))
             channel //= 2
         self.G_logit = Conv(channel, img_ch, 7, 1, pad=3, pad_type="reflect")
+
+    def check_input(self, x) -> None:
+        """check_images: the generator halves H and W twice and its reflect pads need 2 rows
+        there, so H and W are multiples of 4 (the output has the input's size), at least 8."""
+        check_images(x, self.img_ch, type(self).__name__, multiple=4, least=8)
+        mlp = self._modules.get("MLP")
+        if mlp is not None and not mlp.light and (x.shape[2] != self.img_size or x.shape[3] != self.img_size):
+            raise ValueError(f"{type(self).__name__} (light=False) expects {self.img_size} x {self.img_size} pictures "
+                             f"(its MLP reads the whole feature map of img_size={self.img_size}); got "
+                             f"{x.shape[2]} x {x.shape[3]}")
 
     # -- seams ---------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,6 +210,7 @@ class Generator(nn.Module):
         return torch.tanh(self.G_logit(x))
 
     def forward(self, x: torch.Tensor):
+        self.check_input(x)
         features = self.encode(x)
         x, cam_logit, heatmap = self.attend(features)
         gamma, beta = self.style(x)
@@ -214,7 +257,7 @@ class Discriminator(nn.Module):
         super().__init__()
         if n_dis < 4:
             raise ValueError(f"n_dis must be >= 4 (the local branch has n_dis - 4 extra convs), got {n_dis}")
-        self.ch, self.n_dis, self.sn = ch, n_dis, sn
+        self.ch, self.n_dis, self.sn, self.img_ch = ch, n_dis, sn, img_ch
         self.local = DiscriminatorBranch(ch, n_dis - 4, sn, img_ch)
         self.add_module("global", DiscriminatorBranch(ch, n_dis - 2, sn, img_ch))
 
@@ -223,6 +266,7 @@ class Discriminator(nn.Module):
         return getattr(self, "global")
 
     def forward(self, x):
+        check_images(x, self.img_ch, type(self).__name__)
         local_x, local_cam, local_heatmap = self.local(x)
         global_x, global_cam, global_heatmap = self.global_(x)
         return [local_x, global_x], [local_cam, global_cam], local_heatmap, global_heatmap
