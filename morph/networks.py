@@ -147,8 +147,18 @@ class MorphGenerator(Generator):
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None, w: torch.Tensor | None = None):
         if (z is None) == (w is None):
             raise ValueError("MorphGenerator.forward needs exactly one of z (direction code) or w")
-        if w is None:
-            w = self.w_from_z(z)
+        self.check_input(x)
+        name, code, width = ("z", z, self.z_dim) if w is None else ("w", w, self.w_dim)
+        if not (isinstance(code, torch.Tensor) and code.dim() == 2 and code.shape[1] == width
+                and code.shape[0] == x.shape[0] and code.is_floating_point()):
+            got = (f"shape {tuple(code.shape)}, {code.dtype}" if isinstance(code, torch.Tensor)
+                   else f"{type(code).__module__}.{type(code).__qualname__}")
+            raise ValueError(f"MorphGenerator: {name} must be a float tensor [B, {width}], one row per picture "
+                             f"(B = {x.shape[0]}, the batch of x); got {got}")
+        if w is None:  # codes in the layers' dtype, as the port's layers take their inputs (torch_port.ops)
+            w = self.w_from_z(z.to(self.mapping.linear_0.weight.dtype))
+        else:
+            w = w.to(self.style_0_0.gamma.weight.dtype)
         features = self.encode(x)
         x, cam_logit, heatmap = self.attend(features)
         gamma, beta = self.style(x, w=w)

@@ -673,3 +673,29 @@ def test_config_C_direction_codes_are_served_as_host_draws():
     for config in ("A", "B"):
         t.model = MorphUGATIT(dict(NET, morph_config=config))
         assert t.host_draws() == []
+
+
+def test_generator_codes_are_checked_and_taken_in_the_layers_dtype():
+    """`fast(x, z=z)` / `fast(x, w=w)` (README "Fast paths"): a code of another float dtype was
+    `mat1 and mat2 must have the same dtype` (the port's own layers cast their input: x in
+    float64 worked, z from `make_z(..., dtype=torch.float64)` did not), and a code whose batch is
+    not the picture batch `shape '[2, 16, 1, 1]' is invalid for input of size 16` from inside
+    AdaLIN. Now a code is cast to its layers' dtype (the result is the float32 code's, bit for
+    bit) and a code of the wrong shape or kind is a ValueError naming [B, z_dim] / [B, w_dim]."""
+    from torch_port import optimize
+    torch.manual_seed(0)
+    g = MorphGenerator(ch=CH, n_res=4, img_size=SIZE).eval()
+    x = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    z64 = make_z("a2b", 2, torch.Generator().manual_seed(1), dtype=torch.float64)
+    z = z64.float()
+    with torch.no_grad():
+        w = g.w_from_z(z)
+        want = g(x, z=z)
+        for got in (g(x, z=z64), g(x, w=w.double()), g(x, w=w)):
+            for a, b in zip(got, want):
+                assert torch.equal(a, b)
+    for net in (g, optimize(g, "bf16")):
+        for kw in (dict(z=z[:1]), dict(z=torch.cat([z, z])), dict(z=z[0]), dict(z=torch.zeros(2, 10)),
+                   dict(w=w[:, :8]), dict(z=z.numpy()), dict(z=(z > 0))):
+            with pytest.raises(ValueError, match=r"must be a float tensor \[B, (64|256)\], one row per picture"):
+                net(x, **kw)
