@@ -217,6 +217,33 @@ def test_stopped_rerun_page_never_mixes_two_runs(port_ckpt, tmp_path, monkeypatc
     assert len(_links(page)) == 8 and all(os.path.isfile(p) for p in _links(page))
 
 
+@pytest.mark.parametrize("batch", [None, 2])
+def test_rerun_whose_first_picture_fails_keeps_the_earlier_page(port_ckpt, tmp_path, monkeypatch, capsys, batch):
+    """A test phase rerun whose first picture cannot be written (a full disk) wrote no picture:
+    the earlier run's page stays as it was, byte for byte (it was replaced by an empty page
+    marked incomplete)."""
+    import errno
+
+    import torch_port.batch_translate as bt
+    import torch_port.translate as tr
+    photos = tmp_path / "photos"
+    for i in range(3):
+        _photo(photos / f"p{i}.png", seed=i)
+    out = tmp_path / "out"
+    base = ["--checkpoint", port_ckpt, "--input", str(photos), "--result_dir", str(out)] + (
+        [] if batch is None else ["--batch", str(batch)])
+    assert _port_test(base, tmp_path, monkeypatch) == 0, capsys.readouterr().err
+    first = _digests(out)
+
+    def disk_full(image, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(tr, "save_image", disk_full)
+    monkeypatch.setattr(bt, "save_image", disk_full)
+    assert _port_test(base, tmp_path, monkeypatch) == 2
+    assert capsys.readouterr().err.count("error:") == 1
+    assert _digests(out) == first  # the page and every picture as the first run left them
+
+
 def test_stopped_interpolate_rerun_page_never_mixes_two_runs(morph_ckpt, tmp_path, monkeypatch, capsys):
     """`python -m morph interpolate` rerun into the same folder (another --seed: other w codes),
     stopped by Ctrl-C during its second input: the index left lists only files that exist, all of
@@ -293,6 +320,34 @@ def test_demo_lists_its_pages_and_every_link_resolves(tmp_path):
         path = line.split(": ", 1)[1]
         assert path.endswith(".html") and os.path.isfile(path), line
         assert all(os.path.exists(p) for p in _links(path)), line
+
+
+@pytest.mark.tf
+def test_tf_reference_rerun_whose_first_picture_fails_keeps_the_earlier_page(tmp_path, monkeypatch, capsys):
+    """tf_reference's test phase rerun, its first picture not written (a full disk): the earlier
+    page and pictures stay byte for byte (the page was replaced by an empty incomplete one)."""
+    import errno
+    import shutil
+
+    import tf_reference.train as tft
+    from parity_tests import golden
+    from parity_tests.conftest import GOLDEN
+    from tf_reference.__main__ import main as tf_main
+    cfg = opt.config_from(golden.record()["config"])
+    for d in ("testA", "testB"):
+        _photo(tmp_path / "dataset" / cfg["dataset"] / d / f"{d}0.png", seed=0, size=cfg["img_size"])
+    shutil.copytree(os.path.join(GOLDEN, "final"), tmp_path / "checkpoint" / opt.model_dir(cfg))
+    monkeypatch.chdir(tmp_path)
+    args = ["--phase", "test", "--light", "True", "--dataset", cfg["dataset"], "--img_size", str(cfg["img_size"]),
+            "--ch", str(cfg["ch"]), "--n_dis", str(cfg["n_dis"])]
+    assert tf_main(args) == 0, capsys.readouterr().err
+    first = _digests(tmp_path / "results")
+
+    def disk_full(image, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(tft, "save_image", disk_full)
+    assert tf_main(args) == 2
+    assert _digests(tmp_path / "results") == first
 
 
 @pytest.mark.tf

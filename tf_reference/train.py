@@ -327,7 +327,7 @@ def test(cfg: dict) -> str:
                         fake = sess.run(out, {src: image})
                         refuse_non_finite_output(fake[0], f"the {direction} translation of {f}")  # no black picture
                         image_path = names.path(os.path.join(paths.result, direction), f)
-                        page.before_output()  # an earlier run's page never lists this run's pictures
+                        page.before_output(image_path)  # an earlier run's page never lists this run's pictures
                         save_image(fake[0], image_path)
                         page.add(os.path.relpath(image_path, paths.result).replace(os.sep, "/"), f, image_path)
             except BaseException:  # Ctrl-C, a NaN picture, a full disk: the page lists what this run wrote

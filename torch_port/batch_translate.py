@@ -194,7 +194,7 @@ def _overlapped(model, files, direction, cfg, device, result_dir, page, counts, 
         for f, img in zip(ok, host.numpy()):
             check_finite_result(img, f, direction, precision)  # as write_result: no black picture
             out = names.path(os.path.join(result_dir, direction), f)  # in input order, as write_result
-            page.before_output()  # an earlier run's page never lists this run's pictures
+            page.before_output(out)  # an earlier run's page never lists this run's pictures
             pending.append((pool.submit(save_image, img, out), f, out))
         finish_ready(False)
 

@@ -123,7 +123,7 @@ def write_result(image_hwc, input_path, direction, result_dir, page, counts, nam
     refused (exit 2, nothing written for it) when it holds NaN / inf (`check_finite_result`)."""
     check_finite_result(image_hwc, input_path, direction, precision)
     out = names.path(os.path.join(result_dir, direction), input_path)
-    page.before_output()  # an earlier run's page never lists this run's pictures
+    page.before_output(out)  # an earlier run's page never lists this run's pictures
     save_image(image_hwc, out)
     page.add(os.path.relpath(out, result_dir).replace(os.sep, "/"), input_path, out)
     counts[direction] = counts.get(direction, 0) + 1

@@ -96,6 +96,15 @@ def page_text(text) -> str:
 PAGE_HEAD = "<html><head><meta charset='utf-8'></head><body>"  # the pages are written as UTF-8
 
 
+def _file_state(path: str | None):
+    """What tells whether a file was written since (an atomic write replaces the inode); None: none."""
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError):
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 class ResultsPage:
     """`index.html` with one row per translated image: name | input | output.
 
@@ -116,14 +125,24 @@ class ResultsPage:
         self.rows = []
         self.started = False  # this run's page has replaced the earlier one
         self._saved_at = 0.0
+        self._earlier = None  # the earlier page's bytes, put back by a run that wrote no picture
+        self._announced = []  # (picture, its file's state before) of before_output, until the first row
 
     def _src(self, p: str) -> str:
         return page_link(p, self.path)
 
-    def before_output(self) -> None:
+    def before_output(self, path: str | None = None) -> None:
         """Call before writing a picture this page will list: the first call replaces an earlier
-        run's page (whose pictures are about to be written over) with this run's."""
+        run's page (whose pictures are about to be written over) with this run's. `path`: the
+        picture; a run stopped before any of them changed puts the earlier page back (`stopped`)."""
+        if not self.rows:
+            self._announced.append((path, _file_state(path)))
         if not self.started:
+            try:
+                with open(self.path, "rb") as fh:
+                    self._earlier = fh.read()
+            except OSError:  # none (or not a readable file: the write below says so)
+                self._earlier = None
             self._write(final=False)
 
     def add(self, name: str, input_path: str, output_path: str) -> None:
@@ -150,7 +169,16 @@ class ResultsPage:
     def stopped(self) -> None:
         """A run stopped (an error, Ctrl-C) after writing pictures: its page lists every one it
         wrote, still marked incomplete; one that wrote none leaves the earlier page as it was."""
-        if self.started:
+        if self.started and not self.rows and all(p is not None and _file_state(p) == state
+                                                  for p, state in self._announced):
+            try:  # no picture of this run was written (e.g. the first one's write failed)
+                if self._earlier is None:
+                    os.remove(self.path)
+                else:
+                    write_bytes_atomic(self.path, self._earlier)
+            except OSError:
+                pass
+        elif self.started:
             try:
                 self._write(final=False)
             except Exception:  # noqa: BLE001 - a full disk: the run's own error is the one to report
