@@ -244,6 +244,30 @@ def test_rerun_whose_first_picture_fails_keeps_the_earlier_page(port_ckpt, tmp_p
     assert _digests(out) == first  # the page and every picture as the first run left them
 
 
+@pytest.mark.parametrize("batch", [None, 2])
+def test_a_file_where_a_direction_folder_goes_stops_before_any_picture(port_ckpt, tmp_path, monkeypatch, capsys,
+                                                                       batch):
+    """A file of the user's named b2a in the results folder: one `error:` line naming it, exit 2,
+    before any picture (the a2b pictures were written and the earlier page replaced first)."""
+    photos = tmp_path / "dataset" / "t"
+    for d in ("testA", "testB"):
+        _photo(photos / d / f"{d}.png")
+    out = tmp_path / "out"
+    base = ["--checkpoint", port_ckpt, "--dataset", "t", "--light", "True", "--img_size", "32", "--ch", "2",
+            "--n_dis", "4", "--result_dir", str(out)] + ([] if batch is None else ["--batch", str(batch)])
+    assert _port_test(base, tmp_path, monkeypatch) == 0, capsys.readouterr().err
+    (folder,) = {os.path.dirname(os.path.dirname(p)) for p in _digests(out) if "a2b" in p}
+    import shutil
+    shutil.rmtree(os.path.join(folder, "b2a"))
+    with open(os.path.join(folder, "b2a"), "w") as fh:
+        fh.write("mine")
+    first = _digests(out)
+    assert _port_test(base, tmp_path, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "b2a" in err and "--result_dir" in err, err
+    assert _digests(out) == first
+
+
 def test_stopped_interpolate_rerun_page_never_mixes_two_runs(morph_ckpt, tmp_path, monkeypatch, capsys):
     """`python -m morph interpolate` rerun into the same folder (another --seed: other w codes),
     stopped by Ctrl-C during its second input: the index left lists only files that exist, all of

@@ -307,7 +307,10 @@ def test(cfg: dict) -> str:
             # never into a live run's folders, the checkpoint folder read, or a dataset's image folder
             check_result_folders([paths.result, os.path.join(paths.result, "a2b"), os.path.join(paths.result, "b2a")],
                                  checkpoint=paths.checkpoint)
-            cli_errors.check_writable_folder(paths.result, "--result_dir")
+            for folder, files in ((paths.result, True), (os.path.join(paths.result, "a2b"), files_A),
+                                  (os.path.join(paths.result, "b2a"), files_B)):
+                if files:  # a2b/ and b2a/ too: a file in their place stops the run before any picture
+                    cli_errors.check_writable_folder(folder, "--result_dir")
             for folder in [paths.result] + [os.path.join(paths.result, d) for d in DIRECTIONS]:  # page and images:
                 policy.sweep_temp(folder, log=lambda msg: None)  # a killed earlier test phase's (not a running one's)
             page = ResultsPage(paths.result, cfg["img_size"])

@@ -162,7 +162,8 @@ def test(cfg: dict, device: torch.device, input_path: str | None = None, directi
     # never into a live run's folders, the checkpoint folder read, or a dataset's image folder
     check_result_folders([paths.result] + [os.path.join(paths.result, d) for _, d in jobs],
                          checkpoint=checkpoint if checkpoint is not None else paths.checkpoint)
-    check_writable_folder(paths.result, "--result_dir")
+    for folder in [paths.result] + [os.path.join(paths.result, d) for files, d in jobs if files]:
+        check_writable_folder(folder, "--result_dir")  # a2b/ and b2a/ too: a file there stops it before any picture
     for folder in [paths.result] + [os.path.join(paths.result, d) for d in DIRECTIONS]:  # page and images:
         sweep_temp(folder, log=lambda m: None)  # what a killed earlier test phase left (not a running one's)
     page = ResultsPage(paths.result, cfg["img_size"])

@@ -417,6 +417,8 @@ def check_writable_folder(path: str, what: str) -> str:
     unwritable output folder is bad input named with `what` (a flag or argument name)."""
     import tempfile
     from .options import OptionError
+    if os.path.lexists(path) and not os.path.isdir(path):  # a file where the folder goes
+        raise OptionError(f"{what} {path!r} is not writable: a file is there, not a folder")
     try:
         os.makedirs(path, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", dir=path)
