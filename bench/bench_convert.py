@@ -267,6 +267,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the results as JSON to this file")
     a = p.parse_args(argv)
+    if a.out:  # checked before minutes of work, not after
+        folder = os.path.dirname(os.path.abspath(a.out))
+        if os.path.isdir(a.out) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            p.error(f"--out {a.out!r}: cannot write a file there")
 
     ckpt_folder = os.path.join(WORK, "checkpoint", "UGATIT_bench")
     manifest_path = os.path.join(WORK, "manifest.json")

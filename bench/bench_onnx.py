@@ -148,7 +148,14 @@ def main(argv=None) -> int:
     p.add_argument("--worker", choices=RUNTIMES, help=argparse.SUPPRESS)
     p.add_argument("--model_dir", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    cfg = opt.validate(opt.config_from(light=a.light, img_size=a.img_size, ch=a.ch, n_dis=6 if a.img_size >= 128 else 4))
+    for flag, least in (("iters", 1), ("batch", 1), ("threads", 1), ("warmup", 0)):  # one line, not a traceback
+        if getattr(a, flag) < least:
+            p.error(f"--{flag}={getattr(a, flag)}: must be >= {least}")
+    try:
+        cfg = opt.validate(opt.config_from(light=a.light, img_size=a.img_size, ch=a.ch,
+                                           n_dis=6 if a.img_size >= 128 else 4))
+    except opt.OptionError as e:
+        p.error(str(e))
     if a.worker:
         return worker(a.worker, cfg, a.batch, a.threads, a.model_dir, a.provider)
     check_provider(a.provider)

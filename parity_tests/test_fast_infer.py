@@ -615,3 +615,19 @@ def test_cuda_settings_of_each_precision(monkeypatch):
             assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) == (True, True, False)
     finally:
         cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
+
+
+@pytest.mark.parametrize("script,args", [("bench_onnx.py", ["--iters", "0"]), ("bench_onnx.py", ["--batch", "0"]),
+                                         ("bench_onnx.py", ["--img_size", "30", "--ch", "4"]),
+                                         ("bench_convert.py", ["--out", "/nonexistent-folder/r.json"])])
+def test_benchmark_bad_flags_are_one_error_line(script, args):
+    """A benchmark's bad flag is one `error:` line, exit 2, before any work (bench_onnx.py: a
+    traceback - statistics of no rounds, a dead worker, OptionError; bench_convert.py --out: a
+    traceback after the whole 8 GB conversion)."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, os.path.join(root, "bench", script)] + args, capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=root))
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("error:") == 1, p.stderr[-2000:]
+    assert args[0] in p.stderr and not p.stdout.strip(), p.stdout
