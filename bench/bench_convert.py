@@ -4,6 +4,12 @@ and peak RSS of `weights_convert.py tf2torch --with_optimizer` against a
 
     python bench/bench_convert.py                       # cold and warm page cache, then clean up
     python bench/bench_convert.py --keep --out r.json   # keep /tmp/bench_convert/ for the next run
+    python bench/bench_convert.py --work DIR            # another work folder (default /tmp/bench_convert)
+
+One run owns the work folder (ugatit_common.run_lock: a second run at once stops, naming the
+first); it removes only what it made there (its outputs and logs, and the checkpoint unless
+--keep): a checkpoint an earlier --keep run left is reused and left, and no other file in the
+folder is touched.
 
 The checkpoint has exactly the variables (names, shapes, dtypes) that `tf.train.Saver()` saves
 for tf_reference's training graph: the graph is built (never initialised: the full model's MLP
@@ -21,6 +27,7 @@ is read once with `cat` first.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -263,7 +270,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", choices=["cold", "warm", "both"], default="both",
                    help="page-cache state of the checkpoint data before each conversion (default both)")
-    p.add_argument("--keep", action="store_true", help=f"keep the checkpoint under {WORK} for the next run")
+    p.add_argument("--keep", action="store_true", help="keep the checkpoint it makes for the next run")
+    p.add_argument("--work", default=WORK, help=f"work folder, owned by this run while it runs (default {WORK})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the results as JSON to this file")
     a = p.parse_args(argv)
@@ -272,9 +280,19 @@ def main(argv=None) -> int:
         if os.path.isdir(a.out) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             p.error(f"--out {a.out!r}: cannot write a file there")
 
-    ckpt_folder = os.path.join(WORK, "checkpoint", "UGATIT_bench")
-    manifest_path = os.path.join(WORK, "manifest.json")
-    out_folder, logs = os.path.join(WORK, "out"), os.path.join(WORK, "logs")
+    sys.path.insert(0, ROOT)
+    from ugatit_common import run_lock
+    from ugatit_common.options import OptionError
+    work = os.path.abspath(a.work)
+    try:  # one run per work folder: another's checkpoint is never rebuilt or removed under it
+        lock = run_lock.acquire(work, "--work folder")
+    except OptionError as e:
+        p.error(str(e))
+    ckpt_folder = os.path.join(work, "checkpoint", "UGATIT_bench")
+    manifest_path = os.path.join(work, "manifest.json")
+    out_folder, logs = os.path.join(work, "out"), os.path.join(work, "logs")
+    made = [d for d in (out_folder, logs) if not os.path.lexists(d)]  # removed at the end: ours
+    kept_before = os.path.lexists(manifest_path)  # an earlier --keep run's checkpoint: reused, left
     for d in (out_folder, logs):
         os.makedirs(d, exist_ok=True)
     try:
@@ -348,10 +366,16 @@ def main(argv=None) -> int:
                 json.dump(results, f, indent=2)
             print(f"wrote {a.out}")
         return 0 if comparison.get("identical") else 1
-    finally:
-        shutil.rmtree(out_folder, ignore_errors=True)
-        if not a.keep:
-            shutil.rmtree(WORK, ignore_errors=True)
+    finally:  # only what this run made: an earlier --keep run's checkpoint and any other file stay
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
+        if not a.keep and not kept_before:  # the checkpoint this run made (or began to make)
+            shutil.rmtree(os.path.join(work, "checkpoint"), ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(manifest_path)
+        lock.release()
+        with contextlib.suppress(OSError):
+            os.rmdir(work)  # when nothing else is left in it
 
 
 def _cpu_name() -> str:

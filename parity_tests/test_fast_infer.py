@@ -631,3 +631,32 @@ def test_benchmark_bad_flags_are_one_error_line(script, args):
                        timeout=120, env=dict(os.environ, PYTHONPATH=root))
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("error:") == 1, p.stderr[-2000:]
     assert args[0] in p.stderr and not p.stdout.strip(), p.stdout
+
+
+def test_bench_convert_owns_its_work_folder(tmp_path):
+    """bench_convert.py worked in a fixed shared folder (/tmp/bench_convert) that it rebuilt and
+    removed whole: a second run at once deleted the first's 8 GB checkpoint under it, and any other
+    file there went too. Now one run owns the folder (ugatit_common.run_lock): a run into a
+    folder another run holds stops at once - one `error:` line naming --work and the holder,
+    exit 2 - and leaves every file of that folder as it was."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    work = tmp_path / "work"
+    (work / "checkpoint").mkdir(parents=True)
+    (work / "checkpoint" / "other-runs-file").write_text("mine")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ugatit_common import run_lock\n"
+                               "run_lock.acquire(sys.argv[1])\nprint('held', flush=True)\ntime.sleep(120)",
+                               str(work)], cwd=root, stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=root))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
+        p = subprocess.run([sys.executable, os.path.join(root, "bench", "bench_convert.py"), "--work", str(work)],
+                           capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=root))
+        assert p.returncode == 2 and p.stderr.count("error:") == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+        assert "--work folder" in p.stderr and f"pid {holder.pid}" in p.stderr, p.stderr
+        assert sorted(str(q.relative_to(work)) for q in work.rglob("*")) == before
+        assert (work / "checkpoint" / "other-runs-file").read_text() == "mine"
+    finally:
+        holder.kill()
