@@ -282,7 +282,8 @@ def main(argv=None):
             import torch
             torch.set_num_threads(a.threads)
         return worker(a.worker, cfg, a.device, a.modes.split(","), a.profile, a.threads)
-    import torch
+    opt.validate(opt.config_from(light=a.light is not False, img_size=a.img_size, ch=a.ch, n_dis=a.n_dis))  # before
+    import torch                                                                     # any worker starts
     from torch_port.train import pick_device
     try:
         device = pick_device(a.device)
@@ -323,4 +324,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ugatit_common import cli_errors  # bad flags: one error line, exit 2 (--debug: the traceback)
+    sys.exit(cli_errors.run(main, prog="python bench/bench_fast.py"))

@@ -553,4 +553,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ugatit_common import cli_errors  # bad flags: one error line, exit 2 (--debug: the traceback)
+    sys.exit(cli_errors.run(main, prog="python bench/bench_train.py"))

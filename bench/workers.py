@@ -20,7 +20,9 @@ class Worker:
         while True:
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError(f"{self.name} worker exited (code {self.proc.wait()})")
+                code = self.proc.wait()
+                self._close_pipes()
+                raise RuntimeError(f"{self.name} worker exited (code {code})")
             if line.startswith("{"):
                 return json.loads(line)
 
@@ -36,3 +38,11 @@ class Worker:
         self.proc.stdin.write("quit\n")
         self.proc.stdin.flush()
         self.proc.wait()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()
+            except OSError:  # a worker gone mid-write: its pipe is broken
+                pass

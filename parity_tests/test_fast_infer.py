@@ -619,11 +619,14 @@ def test_cuda_settings_of_each_precision(monkeypatch):
 
 @pytest.mark.parametrize("script,args", [("bench_onnx.py", ["--iters", "0"]), ("bench_onnx.py", ["--batch", "0"]),
                                          ("bench_onnx.py", ["--img_size", "30", "--ch", "4"]),
-                                         ("bench_convert.py", ["--out", "/nonexistent-folder/r.json"])])
+                                         ("bench_convert.py", ["--out", "/nonexistent-folder/r.json"]),
+                                         ("bench_train.py", ["--img_size", "30"]), ("bench_train.py", ["--ch", "0"]),
+                                         ("bench_fast.py", ["--img_size", "30"])])
 def test_benchmark_bad_flags_are_one_error_line(script, args):
     """A benchmark's bad flag is one `error:` line, exit 2, before any work (bench_onnx.py: a
     traceback - statistics of no rounds, a dead worker, OptionError; bench_convert.py --out: a
-    traceback after the whole 8 GB conversion)."""
+    traceback after the whole 8 GB conversion; bench_train.py: OptionError's traceback;
+    bench_fast.py: its TF worker's error, then the parent's traceback)."""
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
