@@ -384,7 +384,9 @@ def test_torchrun_rank_0_holds_the_folder(tmp_path):
     holders, commands = {}, []
     while p.poll() is None:
         h = run_lock.held_by(folder)
-        if h is not None and h.pid not in holders:
+        # pid None: held, but its owner file (information only, written just after the lock is
+        # taken and removed just before it is let go) not there at this instant - seen once in CI
+        if h is not None and h.pid is not None and h.pid not in holders:
             commands.append(h.command)
             try:
                 with open(f"/proc/{h.pid}/environ", "rb") as fh:
