@@ -282,8 +282,7 @@ def main(argv=None):
             import torch
             torch.set_num_threads(a.threads)
         return worker(a.worker, cfg, a.device, a.modes.split(","), a.profile, a.threads)
-    opt.validate(opt.config_from(light=a.light is not False, img_size=a.img_size, ch=a.ch, n_dis=a.n_dis))  # before
-    import torch                                                                     # any worker starts
+    import torch
     from torch_port.train import pick_device
     try:
         device = pick_device(a.device)
@@ -294,6 +293,8 @@ def main(argv=None):
     if (device.type == "cuda" and a.modes is None) or a.matrix:
         import infer_matrix  # bench/infer_matrix.py
         return infer_matrix.run(a, device)
+    # the workers' config, checked before any of them starts (a bad one: one error line, exit 2)
+    opt.validate(opt.config_from(light=a.light is not False, img_size=a.img_size, ch=a.ch, n_dis=a.n_dis))
     modes = a.modes.split(",") if a.modes else (CUDA_MODES if device.type == "cuda" else CPU_MODES)
     if device.type == "cuda":  # what "fp32" means there: cuDNN convolutions default to TF32 on Ampere+
         print(f"{torch.cuda.get_device_name(device)}: torch.backends.cudnn.allow_tf32="
@@ -324,5 +325,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from ugatit_common import cli_errors  # bad flags: one error line, exit 2 (--debug: the traceback)
-    sys.exit(cli_errors.run(main, prog="python bench/bench_fast.py"))
+    try:
+        sys.exit(main())
+    except opt.OptionError as e:  # a bad flag: one line, exit 2 (any other error keeps its traceback:
+        print(f"error: {e}", file=sys.stderr)  # on a lent GPU it is the diagnosis)
+        sys.exit(2)

@@ -553,5 +553,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from ugatit_common import cli_errors  # bad flags: one error line, exit 2 (--debug: the traceback)
-    sys.exit(cli_errors.run(main, prog="python bench/bench_train.py"))
+    try:
+        sys.exit(main())
+    except opt.OptionError as e:  # a bad flag: one line, exit 2 (any other error keeps its traceback:
+        print(f"error: {e}", file=sys.stderr)  # on a lent GPU it is the diagnosis)
+        sys.exit(2)

@@ -248,5 +248,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from ugatit_common import cli_errors  # bad flags: one error line, exit 2 (--debug: the traceback)
-    sys.exit(cli_errors.run(main, prog="python bench/train_drift.py"))
+    sys.exit(main())
