@@ -149,8 +149,8 @@ class Generator(nn.Module):
 
         if n_res != 4 and type(self).style is Generator.style:
             # the official MLP is ch * n_res wide; AdaLIN scales the ch * 4 residual channels with it
-            raise ValueError(f"n_res must be 4 (the official MLP width ch*n_res must equal the residual width "
-                             f"ch*4); got n_res={n_res}")
+            from ugatit_common.options import N_RES_RULE
+            raise ValueError(f"n_res={n_res}: {N_RES_RULE}")
         mlp_in = channel if light else (img_size // 4) * (img_size // 4) * channel
         self.MLP = MLP(mlp_in, ch * n_res, light)
 

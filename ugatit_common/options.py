@@ -162,6 +162,9 @@ def config_from(args=None, **overrides) -> dict:
     return cfg
 
 
+N_RES_RULE = "the official MLP width is ch*n_res and must equal the residual width ch*4, so n_res must be 4"
+
+
 def min_img_size(n_dis: int) -> int:
     """The smallest image the official graph builds with for `n_dis`: the global discriminator's
     n_dis-1 stride-2 convs halve it (rounding down), then conv_last and D_logit reflect-pad it by
@@ -197,8 +200,7 @@ def validate(cfg: dict) -> dict:
         need(math.isfinite(cfg[flag]) and cfg[flag] >= 0, flag, "must be a finite number >= 0")
     # AdaLIN's gamma/beta come from an MLP of width ch * n_res, applied to feature maps of width
     # ch * 4: the official graph only builds when n_res == 4.
-    need(cfg["n_res"] == 4, "n_res",
-         "the official MLP width is ch*n_res and must equal the residual width ch*4, so n_res must be 4")
+    need(cfg["n_res"] == 4, "n_res", N_RES_RULE)
     problem = img_size_problem(cfg["img_size"], cfg["n_dis"])
     need(problem is None, "img_size", problem)
     need(cfg["decay_epoch"] >= 0, "decay_epoch", "must be >= 0")
