@@ -35,8 +35,14 @@ class Worker:
         return self.ask(what)["seconds"]
 
     def close(self) -> None:
-        self.proc.stdin.write("quit\n")
-        self.proc.stdin.flush()
+        """Ask the worker to quit and wait for it; also for a worker that has died already (its
+        pipes closed by `_read`, or broken), so a caller's clean-up after a dead worker goes on."""
+        try:
+            if not self.proc.stdin.closed:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):  # gone mid-write / its pipe closed meanwhile
+            pass
         self.proc.wait()
         self._close_pipes()
 
