@@ -415,18 +415,34 @@ def targets(res: Results) -> list[str]:
     return lines
 
 
-def run(a, device) -> int:
-    """bench_fast.py --device cuda: the sections named by --sections, in order, each in its own try
-    (on a CPU, --matrix: the same code as a smoke run; CUDA-only variants are skipped)."""
+def check(a) -> tuple[list[str], tuple[int, ...] | None, dict]:
+    """(sections, batches, config) of bench_fast.py's flags for the matrix; a bad one: one
+    `error:` line, exit 2 (SystemExit), before anything is measured."""
     from ugatit_common import options as opt
-    from torch_port.networks import Generator
-    device = torch.device(device)  # from torch_port.train.pick_device: TF32 off on CUDA, fp32 means float32
-    cuda = device.type == "cuda"
-    batches = tuple(int(b) for b in a.batches.split(",")) if getattr(a, "batches", None) else None
     sections = [s.strip() for s in (a.sections or ",".join(SECTIONS)).split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
-        raise SystemExit(f"bench_fast.py: error: --sections: unknown {sorted(unknown)}; expected {', '.join(SECTIONS)}")
+        print(f"bench_fast.py: error: --sections: unknown {sorted(unknown)}; expected {', '.join(SECTIONS)}",
+              file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        batches = tuple(int(b) for b in a.batches.split(",")) if getattr(a, "batches", None) else None
+        if batches is not None and (not batches or min(batches) < 1):
+            raise ValueError
+    except ValueError:
+        print(f"bench_fast.py: error: --batches={a.batches!r}: comma-separated batch sizes >= 1", file=sys.stderr)
+        raise SystemExit(2)
+    cfg = opt.validate(opt.config_from(light=True, img_size=a.img_size, ch=a.ch, n_dis=6 if a.img_size >= 128 else 4))
+    return sections, batches, cfg
+
+
+def run(a, device) -> int:
+    """bench_fast.py --device cuda: the sections named by --sections, in order, each in its own try
+    (on a CPU, --matrix: the same code as a smoke run; CUDA-only variants are skipped)."""
+    from torch_port.networks import Generator
+    device = torch.device(device)  # from torch_port.train.pick_device: TF32 off on CUDA, fp32 means float32
+    cuda = device.type == "cuda"
+    sections, batches, cfg = check(a)  # before anything is measured or written
     size, ch = a.img_size, a.ch
     meta = {"torch": torch.__version__, "cuda": torch.version.cuda,
             "gpu": torch.cuda.get_device_name(device) if cuda else "cpu",
@@ -437,7 +453,6 @@ def run(a, device) -> int:
         f"medians of {a.iters} calls (10 at batch 64) after 3 warm-up calls, synchronised")
     say("| section | variant | batch | latency ms (median) | img/s | first call s | calls |\n"
         "|---|---|---|---|---|---|---|")
-    cfg = opt.validate(opt.config_from(light=True, img_size=size, ch=ch, n_dis=6 if size >= 128 else 4))
     torch.manual_seed(0)
     light = Generator(ch=ch, n_res=4, img_size=size, light=True).to(device).eval()
     compiled = None

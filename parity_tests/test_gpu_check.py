@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import subprocess
 import sys
 import textwrap
 
@@ -91,3 +94,177 @@ def test_a_dead_workers_close_returns(bench_modules, tmp_path):
     w.close()
     w.close()  # twice: nothing left to do
     assert w.proc.returncode == 3 and w.proc.stdin.closed and w.proc.stdout.closed
+
+
+# -- every command line of the two scripts passes its script's checks, as on the GPU machine ----------
+
+SCRIPTS = ("bench/gpu_check.sh", "bench/gpu_check_infer.sh")
+_STEP_LINE = re.compile(r"^\s*(?:\w+=(?:\$\(\([^)]*\)\)|\S+)\s+)*step\s")
+
+
+def script_steps(script: str, work: str) -> list[tuple[str, list[str]]]:
+    """[(step name, command argv)] of every `step NAME CAP LOG COMMAND...` line of `script` (also
+    the steps run only on request), each as bash expands it there: PY=python3, WORK / OUT under
+    `work`, the environment's knobs (INFER_SECTIONS, the timeouts) at their defaults."""
+    lines, heredoc = [], None
+    with open(os.path.join(ROOT, script)) as f:
+        text = f.read().replace("\\\n", " ")  # continuation lines joined
+    for line in text.splitlines():
+        if heredoc:  # a here-document's body is not shell
+            heredoc = None if line.strip() == heredoc else heredoc
+            continue
+        m = re.search(r"<<-?\s*'?(\w+)'?", line)
+        if m:
+            heredoc = m.group(1)
+        if _STEP_LINE.match(line):
+            lines.append(line.strip())
+    assert lines, f"{script}: no step line found (has its form changed? update script_steps)"
+    prog = "\n".join([
+        "unset INFER_SECTIONS INFER_TEST_S INFER_BENCH_S INFER_ONNX_S INFER_BUDGET_S STEPS",
+        f"PY=python3 WORK={shlex.quote(work)}/work OUT={shlex.quote(work)}/out share=400 rc=0",
+        'TESTS_LOG="$OUT/infer_tests.log" BENCH_LOG="$OUT/infer_bench.log" JSON="$OUT/infer.json"',
+        "step() { printf 'STEP\\0%s\\0' \"$1\"; shift 3; printf '%s\\0' \"$@\"; }", *lines])
+    out = subprocess.run(["bash", "-c", prog], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    parts = out.stdout.split("\0")[:-1]
+    steps, i = [], 0
+    while i < len(parts):
+        assert parts[i] == "STEP", parts[i:]
+        j = parts.index("STEP", i + 1) if "STEP" in parts[i + 1:] else len(parts)
+        steps.append((parts[i + 1], parts[i + 2:j]))
+        i = j
+    assert len(steps) == len(lines), (lines, steps)
+    return steps
+
+
+class Started(Exception):
+    """The script reached its first piece of work: every check of its flags had passed."""
+
+
+def _start(*args, **kwargs):
+    raise Started(*args)
+
+
+def _must_start(what: str, call) -> tuple:
+    """`call()` must get as far as its first piece of work (Started); a refusal fails the test."""
+    try:
+        call()
+    except Started as e:
+        return e.args
+    except (SystemExit, Exception) as e:  # noqa: BLE001 - a refusal, said with the command line
+        pytest.fail(f"{what}: refused on a (simulated) CUDA machine: {type(e).__name__}: {e}")
+    pytest.fail(f"{what}: returned without starting any work")
+
+
+def _check_worker(what, module, name, args, monkeypatch):
+    """A worker's own command line (`script --worker NAME ARGS`), up to its work."""
+    monkeypatch.setattr(module, "worker", _start)
+    _must_start(f"{what} -> its {name} worker ({' '.join(args)})", lambda: module.main(["--worker", name] + list(args)))
+
+
+def check_bench_command(argv: list[str], load, monkeypatch) -> None:
+    """bench/<script>.py ARGS as on the GPU machine, up to the first piece of work (a worker started,
+    the first result written, the first measurement); the workers' command lines too."""
+    script, args = os.path.basename(argv[0]), argv[1:]
+    what = f"{script} {' '.join(args)}"
+    if script == "bench_train.py":
+        m = load("bench_train")
+        monkeypatch.setattr(m, "_Worker", _start)
+        name, worker_args = _must_start(what, lambda: m.main(args))[:2]
+        _check_worker(what, m, name, worker_args, monkeypatch)
+    elif script == "bench_fast.py":
+        m, matrix = load("bench_fast"), load("infer_matrix")
+        monkeypatch.setattr(m, "_Worker", _start)
+        monkeypatch.setattr(matrix, "Results", _start)  # the matrix's first write, after its checks
+        started = _must_start(what, lambda: m.main(args))
+        if started and started[0] in ("torch_port", "tf_reference"):
+            _check_worker(what, m, started[0], started[1], monkeypatch)
+    elif script == "bench_onnx.py":
+        m = load("bench_onnx")
+        real = m.check_provider
+        # the GPU machine's onnxruntime is the CPU-only wheel: --provider cuda stops there by design
+        # (the step expects exit 2); every flag before it must pass
+        monkeypatch.setattr(m, "check_provider", lambda p: _start("provider", p) if p == "cuda" else real(p))
+        monkeypatch.setattr(m, "_Worker", _start)
+        started = _must_start(what, lambda: m.main(args))
+        if started[0] != "provider":
+            _check_worker(what, m, started[0], started[1], monkeypatch)
+    elif script == "train_drift.py":
+        m = load("train_drift")
+        monkeypatch.setattr(m, "one_iteration_state", _start)
+        _must_start(what, lambda: m.main(args))
+    else:
+        pytest.fail(f"{what}: a benchmark this test does not know: add its check to check_bench_command")
+
+
+def _gpu_commands(tmp_path):
+    cmds = []
+    for script in SCRIPTS:
+        for name, argv in script_steps(script, str(tmp_path)):
+            cmds.append((script, name, argv))
+    return cmds
+
+
+def test_every_gpu_check_command_line_passes_its_checks_on_cuda(tmp_path, bench_modules, fake_gpu, monkeypatch):
+    """Each benchmark command line of bench/gpu_check.sh and bench/gpu_check_infer.sh, as bash
+    expands it there, gets past every check of its flags and config to its first piece of work,
+    on a machine with one CUDA device (simulated) and no TensorFlow (as the GPU machine); so does
+    each worker command line it starts. A refusal there would cost the lent GPU a step."""
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # not installed on the GPU machine
+    monkeypatch.chdir(ROOT)
+    seen = set()
+    for script, name, argv in _gpu_commands(tmp_path):
+        if argv[:2] == ["python3", "-c"]:
+            compile(argv[2], f"{script}:{name}", "exec")
+        elif argv[:3] == ["python3", "-m", "pytest"]:
+            continue  # the next test
+        elif argv[:1] == ["bash"]:
+            assert argv[1] in SCRIPTS, f"{script}: step {name} runs {argv[1]}, which this test does not read"
+        elif argv[:1] == ["python3"] and argv[1].startswith("bench/") and argv[1].endswith(".py"):
+            check_bench_command(argv[1:], bench_modules, monkeypatch)
+            seen.add(os.path.basename(argv[1]))
+        else:
+            pytest.fail(f"{script}: step {name} runs {argv}: a kind of command this test does not check")
+    assert {"bench_train.py", "bench_fast.py", "bench_onnx.py", "train_drift.py"} <= seen, seen
+
+
+COLLECT = textwrap.dedent("""
+    import json, sys
+    import torch
+    torch.cuda.is_available = lambda: True  # one CUDA device, no TensorFlow: the GPU machine
+    sys.modules["tensorflow"] = None
+    import pytest
+
+    class Selected:
+        ids = []
+        def pytest_collection_finish(self, session):
+            Selected.ids = [item.nodeid for item in session.items]
+
+    out = []
+    for args in json.loads(sys.argv[1]):
+        Selected.ids = []
+        rc = pytest.main(args + ["--co", "-q"], plugins=[Selected()])
+        out.append({"rc": int(rc), "ids": Selected.ids})
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_every_gpu_check_pytest_selection_collects_tests_on_cuda(tmp_path):
+    """Each pytest command line of the two scripts collects without error and selects at least one
+    test on a machine with CUDA and without TensorFlow (simulated): an empty selection exits 5,
+    a failed step on the GPU."""
+    runs = [(script, name, argv[3:]) for script, name, argv in _gpu_commands(tmp_path)
+            if argv[:3] == ["python3", "-m", "pytest"]]
+    assert len(runs) >= 5, runs
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for var in ("UGATIT_FULL_TIER", "UGATIT_REQUIRE_TF"):  # not set on the GPU machine
+        env.pop(var, None)
+    driver = tmp_path / "collect.py"
+    driver.write_text(COLLECT)
+    proc = subprocess.run([sys.executable, str(driver), json.dumps([args for _, _, args in runs])], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and result, (proc.stdout + proc.stderr)[-3000:]
+    for (script, name, args), got in zip(runs, json.loads(result[0][len("RESULT "):])):
+        assert got["rc"] == 0 and got["ids"], f"{script}: step {name}: pytest {' '.join(args)}: exit {got['rc']}, " \
+                                              f"{len(got['ids'])} tests selected"
