@@ -65,15 +65,50 @@ def parse_mode(mode: str) -> dict:
             "deterministic": "nondet" not in flags, "channels_last": "cl" in flags}
 
 
-def torch_runner(cfg, device, init_from: str | None = None, modes=("fp32",)):
-    """({mode: train_iteration}, translate) callables for torch_port; a train_iteration runs one D
-    and one G step as the trainer's loop does (the steps built by the same wrappers: precision,
-    compile, the CUDA math settings, CUDA graphs; the loss values fetched without blocking) and
-    returns the values in flight (`PendingValues`: `.result()` waits for them). On a CPU, modes
-    with the same compile setting share one model (the mixed-precision wrappers change nothing
-    outside autocast); on CUDA every mode has its own (fp16 installs loss scalers, graphs their
-    own memory pools). Morph modes build Morph-UGATIT config C. init_from: a TF checkpoint folder
-    whose weights (converted) the port's models start from."""
+class TrainModes:
+    """{mode: train_iteration} of one worker, each built by `build(mode)` when first asked for (or
+    by `build`), and `release`d on request: on CUDA the parent times one mode at a time and
+    releases it before the next, so the GPU holds one mode's model, Adam state and CUDA graph
+    pools at a time (all of a group at once: the full model's four graphed modes ~95 GiB by our
+    estimate, more than an H100's 80 GB)."""
+
+    def __init__(self, modes, build):
+        self.modes, self._build, self._built = list(modes), build, {}
+
+    def __iter__(self):
+        return iter(self.modes)
+
+    def __contains__(self, mode) -> bool:
+        return mode in self.modes
+
+    def __getitem__(self, mode):
+        if mode not in self.modes:
+            raise KeyError(mode)
+        if mode not in self._built:
+            self._built[mode] = self._build(mode)
+        return self._built[mode]
+
+    def build(self, mode) -> None:
+        self[mode]
+
+    def built(self) -> list:
+        return list(self._built)
+
+    def release(self, mode) -> None:
+        self._built.pop(mode, None)
+
+
+def torch_runner(cfg, device, init_from: str | None = None, modes=("fp32",), lazy: bool = False):
+    """(TrainModes {mode: train_iteration}, translate, sync) callables for torch_port; a
+    train_iteration runs one D and one G step as the trainer's loop does (the steps built by the
+    same wrappers: precision, compile, the CUDA math settings, CUDA graphs; the loss values
+    fetched without blocking) and returns the values in flight (`PendingValues`: `.result()`
+    waits for them). On a CPU, modes with the same compile setting share one model (the
+    mixed-precision wrappers change nothing outside autocast), all built at once; on CUDA every
+    mode has its own (fp16 installs loss scalers, graphs their own memory pools), built when first
+    asked for (`lazy`) and dropped with its model by `TrainModes.release`. Morph modes build
+    Morph-UGATIT config C. init_from: a TF checkpoint folder whose weights (converted) the port's
+    models start from."""
     import copy
 
     import torch
@@ -97,7 +132,7 @@ def torch_runner(cfg, device, init_from: str | None = None, modes=("fp32",)):
 
     def model_for(family, compiled, key_extra=None, channels_last=False):
         key = (family, compiled, key_extra, channels_last)
-        if key not in models:
+        if key not in models or models[key] is None:
             if family == "morph":
                 from morph.model import MorphUGATIT
                 torch.manual_seed(0)
@@ -115,10 +150,10 @@ def torch_runner(cfg, device, init_from: str | None = None, modes=("fp32",)):
             models[key] = m
         return models[key]
 
-    trains = {}
-    for mode in modes:
+    def build(mode):
         spec = parse_mode(mode)
-        m = model_for(spec["family"], spec["compile"], mode if device.type == "cuda" else None, spec["channels_last"])
+        key_extra = mode if device.type == "cuda" else None
+        m = model_for(spec["family"], spec["compile"], key_extra, spec["channels_last"])
         x, y = (t.contiguous(memory_format=torch.channels_last) for t in (a, b)) if spec["channels_last"] else (a, b)
         d_step, g_step = m.d_step, m.g_step
         if spec["precision"] != "fp32":
@@ -133,7 +168,19 @@ def torch_runner(cfg, device, init_from: str | None = None, modes=("fp32",)):
             g = dict(g_step(x, y, cfg["lr"]))
             g.pop("fake_A"), g.pop("fake_B")
             return values + [PendingValues(g)]
-        trains[mode] = train
+        return train
+
+    class Modes(TrainModes):
+        def release(self, mode):
+            super().release(mode)
+            spec = parse_mode(mode)  # its own model on CUDA: dropped with its graphs and Adam state
+            if device.type == "cuda":
+                models.pop((spec["family"], spec["compile"], mode, spec["channels_last"]), None)
+
+    trains = Modes(modes, build)
+    if not lazy:
+        for mode in modes:
+            trains.build(mode)
 
     def translate():
         with torch.no_grad():
@@ -210,7 +257,6 @@ def iteration_flops(train) -> int:
 def profile(fn, top: int = 10) -> list:
     """[(op, self seconds, calls)] of one call of `fn` under torch.profiler, the `top` largest by
     self CPU time, then everything else as one row: where an iteration's time goes."""
-    import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -277,8 +323,27 @@ def worker(name: str, cfg: dict, device: str, weights: str | None, modes: list[s
         dev = pick_device(device)
         if dev.type == "cpu":
             keep_freed_memory()  # as `python -m torch_port` does on CPU
-        trains, translate, sync = torch_runner(cfg, dev, weights, modes)
+        trains, translate, sync = torch_runner(cfg, dev, weights, modes, lazy=dev.type == "cuda")
         import torch
+
+        def build(mode):
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            trains.build(mode)
+            return {"built": mode}
+
+        def release(mode):
+            """Drop `mode`'s model, Adam state and graphs; what the GPU held at most since its build."""
+            out = {"released": mode}
+            if dev.type == "cuda":
+                out["peak_allocated_gib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
+                out["peak_reserved_gib"] = torch.cuda.max_memory_reserved(dev) / 2 ** 30
+            trains.release(mode)
+            import gc
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            return out
 
         def floor():
             # counted on an eager mode: a CUDA graph's replay launches no operator the counter sees
@@ -297,6 +362,10 @@ def worker(name: str, cfg: dict, device: str, weights: str | None, modes: list[s
             break
         if what == "floor":
             print(json.dumps(floor()), flush=True)
+            continue
+        if what.startswith("build:") or what.startswith("release:"):
+            kind, mode = what.split(":", 1)
+            print(json.dumps((build if kind == "build" else release)(mode)), flush=True)
             continue
         if what.startswith("profile:"):
             mode = what.split(":", 1)[1]
@@ -342,52 +411,84 @@ def cuda_main(a, cfg, modes) -> int:
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}; light={a.light} "
           f"img_size={a.img_size} ch={a.ch} n_dis={a.n_dis} batch=1; median of {a.iters} after {a.warmup} warm-up "
           f"iterations; pipelined: {a.pipelined} back to back", flush=True)
-    print(f"{'mode':<26}{'s/iter':>9}{'host s':>9}{'pipelined':>11}{'target':>8}{'compile s':>11}", flush=True)
-    rows, floor = {}, None
+    print(f"{'mode':<26}{'s/iter':>9}{'host s':>9}{'pipelined':>11}{'target':>8}{'compile s':>11}{'peak GiB':>10}",
+          flush=True)
+    rows, failed, floor = {}, {}, None
     try:
         for group, group_modes in _groups(modes).items():
             if not group_modes:
                 continue
-            w = _Worker("torch_port", passthrough + ["--modes", ",".join(group_modes)], env)
+            w = None
             try:
                 for mode in group_modes:
-                    # eager modes need no capture: 2 warm-up iterations (cuDNN / cuBLAS set-up) are enough
-                    warmup = a.warmup if parse_mode(mode)["graphs"] or parse_mode(mode)["compile"] else min(a.warmup, 2)
-                    runs = [w.ask(f"train:{mode}") for _ in range(warmup + a.iters)]
-                    timed = runs[warmup:]
-                    t = statistics.median(r["seconds"] for r in timed)
-                    host = statistics.median(r["host_seconds"] for r in timed)
-                    pipe = w.time(f"pipe:{mode}:{a.pipelined}") if a.pipelined else None
-                    spec = parse_mode(mode)
-                    target = CUDA_TARGETS.get(spec["precision"]) if a.light and a.img_size == 256 else None
-                    comp = runs[0]["seconds"] - t if spec["compile"] else None
-                    rows[mode] = {"seconds": t, "host_seconds": host, "pipelined_seconds": pipe, "target": target,
-                                  "compile_seconds": comp, "times": [r["seconds"] for r in timed],
-                                  "first_seconds": runs[0]["seconds"]}
-                    print(f"{mode:<26}{t:>9.4f}{host:>9.4f}{(f'{pipe:.4f}' if pipe else '-'):>11}"
-                          f"{(f'{target:.2f}' if target else '-'):>8}{(f'{comp:.0f}' if comp is not None else '-'):>11}",
-                          flush=True)
-                if group == "port" and floor is None:
-                    floor = w.ask("floor")
-            except RuntimeError as e:  # a worker that died (e.g. out of memory): its group's rows are missing
-                print(f"group {group}: {e}", flush=True)
+                    if w is None:  # (again after a worker died: the group's other modes still run)
+                        try:
+                            w = _Worker("torch_port", passthrough + ["--modes", ",".join(group_modes)], env)
+                        except RuntimeError as e:  # a worker that cannot start: the group's rows are missing
+                            print(f"group {group}: {e}", flush=True)
+                            failed.update({m: str(e) for m in group_modes if m not in rows})
+                            break
+                    try:
+                        rows[mode] = _cuda_mode(w, mode, a)
+                    except RuntimeError as e:  # the worker died (e.g. out of memory): this mode's row is missing
+                        print(f"{mode:<26}failed: {e}", flush=True)
+                        failed[mode] = str(e)
+                        _close(w)
+                        w = None
+                if group == "port" and floor is None and w is not None:
+                    try:
+                        floor = w.ask("floor")
+                    except RuntimeError as e:
+                        print(f"arithmetic floor: {e}", flush=True)
+                        w = None
             finally:
-                try:
-                    w.close()
-                except (BrokenPipeError, OSError):
-                    pass
-            _write_json(a.json, cfg, "cuda", rows, floor)
+                _close(w)
+            _write_json(a.json, cfg, "cuda", rows, floor, failed)
     finally:
         cache.cleanup()
     _cuda_summary(rows, floor, a)
-    _write_json(a.json, cfg, "cuda", rows, floor)
+    _write_json(a.json, cfg, "cuda", rows, floor, failed)
     return 0
 
 
-def _write_json(path, cfg, device, rows, floor) -> None:
+def _close(w) -> None:
+    if w is not None:
+        try:
+            w.close()
+        except OSError:
+            pass
+
+
+def _cuda_mode(w, mode: str, a) -> dict:
+    """One mode on CUDA in worker `w`: built, `warmup` + `iters` synchronised iterations, the
+    pipelined rate, then released (the next mode has the GPU's memory); its row, printed."""
+    spec = parse_mode(mode)
+    w.ask(f"build:{mode}")
+    # eager modes need no capture: 2 warm-up iterations (cuDNN / cuBLAS set-up) are enough
+    warmup = a.warmup if spec["graphs"] or spec["compile"] else min(a.warmup, 2)
+    runs = [w.ask(f"train:{mode}") for _ in range(warmup + a.iters)]
+    timed = runs[warmup:]
+    t = statistics.median(r["seconds"] for r in timed)
+    host = statistics.median(r["host_seconds"] for r in timed)
+    pipe = w.time(f"pipe:{mode}:{a.pipelined}") if a.pipelined else None
+    memory = w.ask(f"release:{mode}")
+    target = CUDA_TARGETS.get(spec["precision"]) if a.light and a.img_size == 256 else None
+    comp = runs[0]["seconds"] - t if spec["compile"] else None
+    row = {"seconds": t, "host_seconds": host, "pipelined_seconds": pipe, "target": target, "compile_seconds": comp,
+           "times": [r["seconds"] for r in timed], "first_seconds": runs[0]["seconds"],
+           "peak_allocated_gib": memory.get("peak_allocated_gib"), "peak_reserved_gib": memory.get("peak_reserved_gib")}
+    gib = row["peak_reserved_gib"]
+    print(f"{mode:<26}{t:>9.4f}{host:>9.4f}{(f'{pipe:.4f}' if pipe else '-'):>11}"
+          f"{(f'{target:.2f}' if target else '-'):>8}{(f'{comp:.0f}' if comp is not None else '-'):>11}"
+          f"{(f'{gib:.1f}' if gib is not None else '-'):>10}", flush=True)
+    return row
+
+
+def _write_json(path, cfg, device, rows, floor, failed=None) -> None:
     if path:
         with open(path, "w") as f:
-            json.dump({"config": cfg, "device": device, "rows": rows, "floor": floor}, f, indent=1, default=str)
+            json.dump({"config": cfg, "device": device, "rows": rows, "floor": floor, "failed": failed or {}}, f,
+                      indent=1, default=str)
 
 
 def _cuda_summary(rows, floor, a) -> None:

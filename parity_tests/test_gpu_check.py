@@ -45,42 +45,92 @@ def fake_gpu(monkeypatch):
 
 FAKE_TRAIN_WORKER = textwrap.dedent("""
     import json, sys
-    modes = sys.argv[sys.argv.index("--modes") + 1].split(",")
+    log = open(sys.argv[sys.argv.index("--json_log") + 1], "a")
+    log.write("start\\n")  # a new worker process
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         what = line.strip()
+        log.write(what + "\\n")
+        log.flush()
         if what == "quit":
             break
-        if "fp32" in modes:  # the port's group dies at its first request (as an out-of-memory would)
+        if what == "build:fp32+graphs":  # this mode dies (as an out-of-memory would)
             sys.exit(1)
         if what.startswith("train:"):
             out = {"seconds": 0.05, "host_seconds": 0.01}
         elif what == "floor":
             out = {"flops": 1e9, "peak": 1e12, "peak_bf16": 2e12}
+        elif what.startswith("release:"):
+            out = {"released": what[8:], "peak_allocated_gib": 1.25, "peak_reserved_gib": 1.5}
         else:
-            out = {"seconds": 0.04}
+            out = {"seconds": 0.04, "built": what}
         print(json.dumps(out), flush=True)
 """)
 
 
 def test_bench_train_goes_on_after_a_worker_dies(bench_modules, fake_gpu, monkeypatch, tmp_path, capsys):
-    """A worker that dies on the GPU (an out-of-memory, a crash) costs its own group's rows only:
-    the next groups are measured and the summary and JSON are written. (Worker.close after the
-    death wrote "quit" into the pipe `_read` had closed: ValueError, which ended the whole
-    benchmark - every later group, the targets, the JSON's last write.)"""
+    """A worker that dies on the GPU (an out-of-memory, a crash) costs that mode's row only: a new
+    worker runs the group's next modes, the other groups are measured, the summary and the JSON
+    are written. (Worker.close after the death wrote "quit" into the pipe `_read` had closed:
+    ValueError, which ended the whole benchmark.) And the GPU holds one mode at a time: each is
+    built, timed and released before the next is built (a group's modes at once, the full
+    model's four graphed modes, would not fit an H100's memory by our estimate)."""
     bench_train = bench_modules("bench_train")
     from workers import Worker
-    script = tmp_path / "fake_worker.py"
+    script, log = tmp_path / "fake_worker.py", tmp_path / "requests.log"
     script.write_text(FAKE_TRAIN_WORKER)
-    monkeypatch.setattr(bench_train, "_Worker", lambda name, args, env=None: Worker(str(script), name, args, env))
+    monkeypatch.setattr(bench_train, "_Worker", lambda name, args, env=None: Worker(
+        str(script), name, list(args) + ["--json_log", str(log)], env))
     out = tmp_path / "r.json"
-    assert bench_train.main(["--device", "cuda", "--modes", "fp32,morph-fp32,morph-bf16+graphs", "--iters", "2",
-                             "--warmup", "1", "--pipelined", "3", "--json", str(out)]) == 0
+    assert bench_train.main(["--device", "cuda", "--modes", "fp32,fp32+graphs,bf16,morph-fp32,morph-bf16+graphs",
+                             "--iters", "2", "--warmup", "1", "--pipelined", "3", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "group port: torch_port worker exited (code 1)" in printed, printed
-    rows = json.loads(out.read_text())["rows"]
-    assert set(rows) == {"morph-fp32", "morph-bf16+graphs"}, rows
-    assert "targets (issue 17" in printed
+    assert "fp32+graphs" in printed and "failed: torch_port worker exited (code 1)" in printed, printed
+    data = json.loads(out.read_text())
+    assert set(data["rows"]) == {"fp32", "bf16", "morph-fp32", "morph-bf16+graphs"}, data["rows"]
+    assert set(data["failed"]) == {"fp32+graphs"} and data["rows"]["bf16"]["peak_reserved_gib"] == 1.5, data
+    assert data["floor"]["flops"] == 1e9 and "targets (issue 17" in printed
+    built = None
+    for what in log.read_text().split():
+        kind, _, mode = what.partition(":")
+        if kind == "start":  # a new process: the one before has gone with its memory
+            built = None
+        elif kind == "build":
+            assert built is None, f"{mode} built while {built} was not released"
+            built = mode
+        elif kind in ("train", "pipe"):
+            assert mode.split(":")[0] == built, (what, built)
+        elif kind == "release":
+            assert mode == built
+            built = None
+
+
+def test_train_modes_are_built_at_once_on_a_cpu_and_on_demand_on_cuda(bench_modules):
+    bench_train = bench_modules("bench_train")
+    made = []
+    lazy = bench_train.TrainModes(["fp32", "bf16"], lambda mode: made.append(mode) or mode)
+    assert made == [] and list(lazy) == ["fp32", "bf16"] and "bf16" in lazy and "fp16" not in lazy
+    assert lazy["bf16"] == "bf16" and lazy["bf16"] == "bf16" and made == ["bf16"]
+    lazy.release("bf16")
+    assert lazy.built() == [] and lazy["bf16"] == "bf16" and made == ["bf16", "bf16"]
+    with pytest.raises(KeyError):
+        lazy["fp16"]
+
+
+def test_bench_train_worker_builds_and_releases_on_request(bench_modules):
+    """The real worker (a CPU, tiny model): build / train / release requests, as the CUDA run sends
+    them, each answered with one JSON line."""
+    from workers import Worker
+    w = Worker(os.path.join(BENCH, "bench_train.py"), "torch_port",
+               ["--img_size", "32", "--ch", "2", "--n_dis", "4", "--device", "cpu", "--modes", "fp32,bf16"],
+               dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
+    try:
+        assert w.ask("build:bf16") == {"built": "bf16"}
+        assert w.time("train:bf16") > 0
+        assert w.ask("release:bf16") == {"released": "bf16"}
+        assert w.time("train:bf16") > 0  # built again when asked for
+    finally:
+        w.close()
 
 
 def test_a_dead_workers_close_returns(bench_modules, tmp_path):
