@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ugatit_common import options as opt  # noqa: E402
 
-from workers import Worker  # bench/workers.py (this folder is sys.path[0] when run as a script)
+from workers import Worker, measured_on, targets_note  # bench/workers.py (this folder is sys.path[0] as a script)
 
 
 def _inputs(s):
@@ -309,7 +309,7 @@ CPU_MODES = ["fp32", "bf16", "fp32+compile", "bf16+compile", "morph-fp32", "morp
 CUDA_MODES = ["fp32", "fp32+graphs", "fp32+nondet+graphs", "tf32", "tf32+graphs", "bf16", "bf16+graphs", "fp16",
               "fp16+graphs", "bf16+graphs+cl", "fp16+graphs+cl", "morph-fp32", "morph-fp32+graphs", "morph-tf32+graphs",
               "morph-bf16+graphs", "morph-fp16+graphs"]
-# issue 17's targets on an H200 (light, 256 px, batch 1): seconds per iteration; Morph within 10 %
+# issue 17's targets, set on an H200 (light, 256 px, batch 1): seconds per iteration; Morph within 10 %
 CUDA_TARGETS = {"fp32": 0.15, "tf32": 0.10, "bf16": 0.06, "fp16": 0.06}
 MORPH_SLACK = 1.10
 
@@ -408,7 +408,9 @@ def cuda_main(a, cfg, modes) -> int:
                    "--light", str(a.light), "--device", a.device]
     cache = tempfile.TemporaryDirectory(prefix="bench_train_inductor_")  # a cold compile, as a user's first run
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache.name)
-    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}; light={a.light} "
+    gpu = measured_on()  # the GPU's own name (an H100 or an H200 may be lent: results say which)
+    print(f"{gpu['gpu']} ({gpu['memory_gib']} GiB), torch {torch.__version__}, CUDA {torch.version.cuda}; "
+          f"light={a.light} "
           f"img_size={a.img_size} ch={a.ch} n_dis={a.n_dis} batch=1; median of {a.iters} after {a.warmup} warm-up "
           f"iterations; pipelined: {a.pipelined} back to back", flush=True)
     print(f"{'mode':<26}{'s/iter':>9}{'host s':>9}{'pipelined':>11}{'target':>8}{'compile s':>11}{'peak GiB':>10}",
@@ -443,11 +445,11 @@ def cuda_main(a, cfg, modes) -> int:
                         w = None
             finally:
                 _close(w)
-            _write_json(a.json, cfg, "cuda", rows, floor, failed)
+            _write_json(a.json, cfg, "cuda", rows, floor, failed, gpu)
     finally:
         cache.cleanup()
-    _cuda_summary(rows, floor, a)
-    _write_json(a.json, cfg, "cuda", rows, floor, failed)
+    _cuda_summary(rows, floor, a, gpu["gpu"])
+    _write_json(a.json, cfg, "cuda", rows, floor, failed, gpu)
     return 0
 
 
@@ -484,14 +486,14 @@ def _cuda_mode(w, mode: str, a) -> dict:
     return row
 
 
-def _write_json(path, cfg, device, rows, floor, failed=None) -> None:
+def _write_json(path, cfg, device, rows, floor, failed=None, gpu=None) -> None:
     if path:
         with open(path, "w") as f:
-            json.dump({"config": cfg, "device": device, "rows": rows, "floor": floor, "failed": failed or {}}, f,
-                      indent=1, default=str)
+            json.dump({"config": cfg, "device": device, "measured_on": gpu, "rows": rows, "floor": floor,
+                       "failed": failed or {}}, f, indent=1, default=str)
 
 
-def _cuda_summary(rows, floor, a) -> None:
+def _cuda_summary(rows, floor, a, gpu: str = "the GPU") -> None:
     """The targets beside the best measured mode of each precision (the exact fp32 path: fp32 in
     deterministic mode; Morph: within 10 % of the port in the same precision)."""
     def best(prefix, precision):
@@ -499,8 +501,10 @@ def _cuda_summary(rows, floor, a) -> None:
                  if parse_mode(m)["precision"] == precision and parse_mode(m)["family"] == prefix
                  and parse_mode(m)["deterministic"] and not parse_mode(m)["channels_last"]}
         return min(cands.items(), key=lambda kv: kv[1]) if cands else (None, None)
-    print("\ntargets (issue 17, light 256 px batch 1 on an H200; pipelined s/iter where measured; the port's "
-          "trainer runs NCHW, so +cl rows are a trial, not counted):")
+    print(f"\ntargets (issue 17's, set on an H200 for light 256 px batch 1) against {gpu} (pipelined s/iter where "
+          f"measured; the port's trainer runs NCHW, so +cl rows are a trial, not counted):")
+    if targets_note(gpu):
+        print(f"  ({targets_note(gpu)})")
     for precision, target in CUDA_TARGETS.items():
         mode, t = best("port", precision)
         mmode, mt = best("morph", precision)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One prepared command on a CUDA machine (issue 17; reference: one H200, torch 2.11 + CUDA 13, no
-# TensorFlow): every CUDA-only test, then the training benchmarks and the drift evidence, each
+# One prepared command on a CUDA machine (issue 17; lent: one H100, ~80 GB, or one H200, 141 GB;
+# torch 2.11 + CUDA 13, no TensorFlow; issue 17's targets were set on an H200): every CUDA-only test, then the training benchmarks and the drift evidence, each
 # step under its own timeout, the whole run within BUDGET seconds (default 480 = 8 min): a step
 # only starts with the time it may take, steps in order of importance.
 #
@@ -9,13 +9,13 @@
 #                                              # a second call: only the named steps
 #   STEPS=cuda_tests_full BUDGET=420 bash bench/gpu_check.sh OUT3   # the full tier's CUDA tests
 #
-# Writes at most 8 files into OUT_DIR (what a lent machine sends back): summary.txt (one line per
-# step: exit code, seconds), tests.log, bench_train.log (light, full and compiled), drift.log,
-# results.json (the benchmarks' and the drift script's JSON), plus the inference side's 3
+# Writes at most 8 files into OUT_DIR (what a lent machine sends back): summary.txt (the GPU as
+# torch names it; one line per step: exit code, seconds), tests.log, bench_train.log (light, full
+# and compiled), drift.log, results.json (the benchmarks' and the drift script's JSON), plus the inference side's 3
 # (bench/gpu_check_infer.sh: infer_tests.log, infer_bench.log, infer.json; its console lines go to
 # tests.log). Exit 1 if a step failed or was skipped for time.
 #
-# Expected on an H200 (estimates: nothing here has run on a GPU yet): tests ~2 min, training
+# Expected on an H100 / H200 (estimates: nothing here has run on a GPU yet): tests ~2 min, training
 # benchmark ~2 min, inference ~3 min (its own timeouts), drift ~1 min; the full model and the
 # compiled benchmark run only if the budget leaves room (summary.txt says what was skipped: run
 # them in a second call with STEPS, as above, when the lease allows).
@@ -75,8 +75,9 @@ os.replace(out + ".tmp", out)
 EOF
 }
 
-step device 30 tests.log $PY -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0), "bf16:", torch.cuda.is_bf16_supported())'
+step device 30 tests.log $PY -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0), "bf16:", torch.cuda.is_bf16_supported(), "GiB:", round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1))'
 [[ $(tail -1 "$OUT/summary.txt") == "device: exit 0"* ]] || { cat "$OUT/tests.log"; exit 1; }
+echo "gpu: $(tail -1 "$OUT/tests.log")" >> "$OUT/summary.txt"   # the GPU measured (torch's name for it)
 
 # 1. every test that needs CUDA (marker cuda; the inference ones run in step 3), the quick tier's
 #    (the 50-iteration float64 free runs on CUDA are full tier: STEPS=cuda_tests_full), then the

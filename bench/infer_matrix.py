@@ -376,9 +376,11 @@ def _best(entries: dict, prefix: str, batch: int, key: str, better):
 
 def targets(res: Results) -> list[str]:
     """The issue's targets beside the measured values (and the peer's figures, not run here)."""
+    from workers import targets_note
     s = res.data["sections"]
-    lines = ["", "| target (issue 17, H200, 256 px) | measured (best variant) | met | peer (znxlwm, as measured in the "
-                 "issue) | port before |", "|---|---|---|---|---|"]
+    gpu = res.data["meta"].get("gpu", "?")
+    lines = ["", f"| target (issue 17, set on an H200, 256 px) | measured on {gpu} (best variant) | met | "
+                 "peer (znxlwm, H200, as measured in the issue) | port before (H200) |", "|---|---|---|---|---|"]
     verdicts = {}
     for sec, label in (("light", "light generator"), ("morph", "Morph C generator")):
         e = s.get(sec, {})
@@ -412,6 +414,8 @@ def targets(res: Results) -> list[str]:
                          + (f"{PEER[16]} vs {PEER[1]} | " if sec == "light" else "- | ")
                          + (f"{TODAY['fp32'][16]} vs {TODAY['fp32'][1]} |" if sec == "light" else "- |"))
     res.put("targets", "verdicts", {k: v for k, v in verdicts.items()})
+    if targets_note(gpu):
+        lines.append(f"({targets_note(gpu)})")
     return lines
 
 
@@ -444,8 +448,10 @@ def run(a, device) -> int:
     cuda = device.type == "cuda"
     sections, batches, cfg = check(a)  # before anything is measured or written
     size, ch = a.img_size, a.ch
-    meta = {"torch": torch.__version__, "cuda": torch.version.cuda,
-            "gpu": torch.cuda.get_device_name(device) if cuda else "cpu",
+    from workers import measured_on
+    gpu = measured_on(device)  # the GPU's own name: an H100 or an H200 may be lent
+    meta = {"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": gpu["gpu"],
+            "capability": gpu.get("capability"), "memory_gib": gpu.get("memory_gib"),
             "cudnn": torch.backends.cudnn.version() if cuda else None, "img_size": size, "ch": ch, "iters": a.iters,
             "sections": sections, "cpus": os.cpu_count(), "batches": batches}
     res = Results(a.json, meta)

@@ -169,6 +169,8 @@ def main(argv=None) -> int:
     from torch_port import train_precision
     from torch_port.train import Trainer, pick_device
     device = pick_device(a.device)
+    from workers import measured_on  # bench/workers.py: the GPU's own name (an H100 or an H200 may be lent)
+    print(f"measured on {measured_on(device)['gpu']}, torch {torch.__version__}", flush=True)
     # the sharp evidence first: printed even if the step's timeout ends the longer runs below
     one = one_iteration_state(device, skip_compile=a.skip_compile)
     try:
@@ -180,9 +182,8 @@ def main(argv=None) -> int:
     def save(**more):  # JSON after each part (a timeout keeps what was measured)
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"torch": torch.__version__, "device": str(device), "one_iteration": one,
-                           "conv_accuracy": convs, **more}, f,
-                          indent=1)
+                json.dump({"torch": torch.__version__, "device": str(device), **measured_on(device),
+                           "one_iteration": one, "conv_accuracy": convs, **more}, f, indent=1)
     save()
     runs = {}
     class Nudged(Trainer):

@@ -52,3 +52,29 @@ class Worker:
                 pipe.close()
             except OSError:  # a worker gone mid-write: its pipe is broken
                 pass
+
+
+# issue 17's targets were measured and set on an H200; a lent GPU may be an H100 (or another card)
+TARGETS_GPU = "H200"
+
+
+def measured_on(device=None) -> dict:
+    """What a CUDA result was measured on, from torch (the GPU's own name, never assumed): name,
+    compute capability, memory, torch and CUDA versions. {"gpu": "cpu"} without CUDA."""
+    import torch
+    if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
+        return {"gpu": "cpu", "torch": torch.__version__}
+    index = torch.device(device).index if device is not None else None
+    index = torch.cuda.current_device() if index is None else index
+    props = torch.cuda.get_device_properties(index)
+    return {"gpu": torch.cuda.get_device_name(index), "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2 ** 30, 1), "torch": torch.__version__,
+            "cuda": torch.version.cuda}
+
+
+def targets_note(gpu: str) -> str:
+    """A note where the measured GPU is not the one issue 17's targets were set on."""
+    if TARGETS_GPU.lower() in gpu.lower():
+        return ""
+    return (f"measured on {gpu}; the targets were set on an {TARGETS_GPU} (issue 17): a verdict here is this "
+            f"GPU's, not the {TARGETS_GPU}'s")

@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 import torch
@@ -28,6 +29,9 @@ def bench_modules(monkeypatch):
     return lambda name: importlib.import_module(name)
 
 
+H100 = "NVIDIA H100 80GB HBM3"
+
+
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """torch told it has one CUDA device (an H100), the process's CUDA math flags restored after
@@ -36,9 +40,12 @@ def fake_gpu(monkeypatch):
     saved = cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: H100)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(
+        name=H100, major=9, minor=0, total_memory=85_045_231_616))
     yield
     cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
 
@@ -90,6 +97,10 @@ def test_bench_train_goes_on_after_a_worker_dies(bench_modules, fake_gpu, monkey
     assert set(data["rows"]) == {"fp32", "bf16", "morph-fp32", "morph-bf16+graphs"}, data["rows"]
     assert set(data["failed"]) == {"fp32+graphs"} and data["rows"]["bf16"]["peak_reserved_gib"] == 1.5, data
     assert data["floor"]["flops"] == 1e9 and "targets (issue 17" in printed
+    # the GPU measured is named as torch names it (an H100 here), beside targets set on an H200
+    assert data["measured_on"]["gpu"] == H100 and data["measured_on"]["memory_gib"] == 79.2, data["measured_on"]
+    assert f"set on an H200 for light 256 px batch 1) against {H100}" in printed, printed
+    assert f"measured on {H100}; the targets were set on an H200" in printed, printed
     built = None
     for what in log.read_text().split():
         kind, _, mode = what.partition(":")
@@ -131,6 +142,23 @@ def test_bench_train_worker_builds_and_releases_on_request(bench_modules):
         assert w.time("train:bf16") > 0  # built again when asked for
     finally:
         w.close()
+
+
+def test_inference_targets_name_the_gpu_measured(bench_modules, fake_gpu):
+    """bench_fast.py's table of issue 17's targets (set on an H200) names the GPU measured, as torch
+    names it, and says so where it is another card; the JSON's meta names it too."""
+    matrix = bench_modules("infer_matrix")
+    from workers import measured_on
+    info = measured_on(torch.device("cuda"))
+    assert info["gpu"] == H100 and info["capability"] == "9.0"
+    res = matrix.Results(None, {"gpu": info["gpu"]})
+    lines = matrix.targets(res)
+    assert f"| target (issue 17, set on an H200, 256 px) | measured on {H100} (best variant) |" in lines[1]
+    assert lines[-1] == f"(measured on {H100}; the targets were set on an H200 (issue 17): a verdict here is this " \
+                        f"GPU's, not the H200's)"
+    res = matrix.Results(None, {"gpu": "NVIDIA H200"})
+    assert "measured on NVIDIA H200 (best variant)" in matrix.targets(res)[1]
+    assert not matrix.targets(res)[-1].startswith("(measured on")
 
 
 def test_a_dead_workers_close_returns(bench_modules, tmp_path):
