@@ -400,7 +400,7 @@ def cuda_main(a, cfg, modes) -> int:
     `iters` synchronised iterations after `warmup`, the host's share of it (launching the steps),
     the pipelined rate (iterations back to back, as the loop runs), compile time, and the issue's
     targets beside the figures. Each row is printed as soon as it is measured (a timeout keeps
-    what was done); --json is rewritten after each group."""
+    what was done); --json is rewritten after each mode."""
     import tempfile
 
     import torch
@@ -437,6 +437,7 @@ def cuda_main(a, cfg, modes) -> int:
                         failed[mode] = str(e)
                         _close(w)
                         w = None
+                    _write_json(a.json, cfg, "cuda", rows, floor, failed, gpu)  # a timeout keeps every row so far
                 if group == "port" and floor is None and w is not None:
                     try:
                         floor = w.ask("floor")

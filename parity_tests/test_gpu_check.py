@@ -89,6 +89,9 @@ def test_bench_train_goes_on_after_a_worker_dies(bench_modules, fake_gpu, monkey
     monkeypatch.setattr(bench_train, "_Worker", lambda name, args, env=None: Worker(
         str(script), name, list(args) + ["--json_log", str(log)], env))
     out = tmp_path / "r.json"
+    written, write = [], bench_train._write_json
+    monkeypatch.setattr(bench_train, "_write_json", lambda path, cfg, device, rows, *more: written.append(set(rows)) or
+                        write(path, cfg, device, rows, *more))
     assert bench_train.main(["--device", "cuda", "--modes", "fp32,fp32+graphs,bf16,morph-fp32,morph-bf16+graphs",
                              "--iters", "2", "--warmup", "1", "--pipelined", "3", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -97,6 +100,7 @@ def test_bench_train_goes_on_after_a_worker_dies(bench_modules, fake_gpu, monkey
     assert set(data["rows"]) == {"fp32", "bf16", "morph-fp32", "morph-bf16+graphs"}, data["rows"]
     assert set(data["failed"]) == {"fp32+graphs"} and data["rows"]["bf16"]["peak_reserved_gib"] == 1.5, data
     assert data["floor"]["flops"] == 1e9 and "targets (issue 17" in printed
+    assert written[:3] == [{"fp32"}, {"fp32"}, {"fp32", "bf16"}], written  # the JSON after every mode (a timeout)
     # the GPU measured is named as torch names it (an H100 here), beside targets set on an H200
     assert data["measured_on"]["gpu"] == H100 and data["measured_on"]["memory_gib"] == 79.2, data["measured_on"]
     assert f"set on an H200 for light 256 px batch 1) against {H100}" in printed, printed
