@@ -890,14 +890,16 @@ def test_cuda_tf32_and_nan_stop_with_graphs(data, tmp_path, monkeypatch):
 @pytest.mark.cuda
 @cuda
 def test_cuda_out_of_memory_names_the_settings(data, tmp_path):
-    """A real CUDA out-of-memory (the process limited to 0.5% of the GPU, a 256-px model): the
+    """A real CUDA out-of-memory (the process limited to 0.7 GiB of the GPU, a 256-px model): the
     trainer raises GPUOutOfMemory (exit 2 on the command line) naming what to lower."""
     from torch_port.train import GPUOutOfMemory, exit_code_of
     big = str(tmp_path / "big")
     make_demo_dataset(big, "demo", 256, n_train=2, n_test=1)
     cfg = _cfg(str(tmp_path), "oom", iteration=2, img_size=256, ch=64, n_dis=6)
     torch.cuda.empty_cache()
-    torch.cuda.set_per_process_memory_fraction(0.005)  # ~0.7 GB of 141: less than the weights and Adam state
+    # 0.7 GiB on any GPU (a fraction of its memory: an H100 has 80 GB, an H200 141 GB): less than the
+    # weights and Adam state (1.5 GiB)
+    torch.cuda.set_per_process_memory_fraction(0.7 * 2 ** 30 / torch.cuda.get_device_properties(0).total_memory)
     try:
         from torch_port.train import Trainer, pick_device
         trainer = Trainer(cfg, pick_device("cuda"), seed=0, base=big, log=lambda m: None)
