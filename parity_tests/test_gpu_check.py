@@ -52,7 +52,7 @@ def fake_gpu(monkeypatch):
 
 FAKE_TRAIN_WORKER = textwrap.dedent("""
     import json, sys
-    log = open(sys.argv[sys.argv.index("--json_log") + 1], "a")
+    log = open(sys.argv[sys.argv.index("--request_log") + 1], "a")
     log.write("start\\n")  # a new worker process
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
@@ -87,7 +87,7 @@ def test_bench_train_goes_on_after_a_worker_dies(bench_modules, fake_gpu, monkey
     script, log = tmp_path / "fake_worker.py", tmp_path / "requests.log"
     script.write_text(FAKE_TRAIN_WORKER)
     monkeypatch.setattr(bench_train, "_Worker", lambda name, args, env=None: Worker(
-        str(script), name, list(args) + ["--json_log", str(log)], env))
+        str(script), name, list(args) + ["--request_log", str(log)], env))
     out = tmp_path / "r.json"
     written, write = [], bench_train._write_json
     monkeypatch.setattr(bench_train, "_write_json", lambda path, cfg, device, rows, *more: written.append(set(rows)) or
