@@ -28,7 +28,7 @@ from torch_port import export as tx
 from ugatit_common import options as opt
 from ugatit_common import output_guard as guard
 
-__all__ = ["MorphCore", "w_file", "export_morph", "add_parser", "run"]
+__all__ = ["MorphCore", "w_file", "check_w_file_owner", "export_morph", "add_parser", "run"]
 
 
 class MorphCore(nn.Module):
@@ -46,6 +46,39 @@ def w_file(out: str) -> str:
     """Where the direction codes go beside `out`: model.onnx -> model_w.npz."""
     stem = out[: -len(".onnx")] if out.lower().endswith(".onnx") else out
     return stem + "_w.npz"
+
+
+def check_w_file_owner(out: str) -> None:
+    """guard.OutputRefused when another model file beside `out` names the same codes file: the
+    `.onnx` is stripped in any case, so x.ONNX and x.onnx (two files on a case-sensitive file
+    system) both have x_w.npz, and writing it would give the other model codes that are not its
+    (replaced, or new ones taken for its own), --overwrite or not."""
+    folder = os.path.dirname(os.path.abspath(out))
+    side = w_file(out)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:  # no folder yet: no model there
+        return
+    for name in names:
+        other = os.path.join(folder, name)
+        if (name == os.path.basename(out) or not name.lower().endswith(".onnx")
+                or w_file(name) != os.path.basename(side) or os.path.isdir(other) or _same_file(other, out)):
+            continue  # not a model file naming these codes, or `out` itself (a case-insensitive file system)
+        if os.path.lexists(side):
+            what = f"exists and is the codes file of {other!r}"
+        else:
+            what = f"is the codes file that {other!r} names (missing now)"
+        raise guard.OutputRefused(
+            f"output {side!r} (the direction codes of {out!r}) {what}, another model there (their names differ "
+            f"only in case): it is never written for {os.path.basename(out)!r}, --overwrite or not; choose another "
+            f"output name")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
 
 
 def _lerp_codes(w_ba: np.ndarray, w_ab: np.ndarray):
@@ -66,6 +99,7 @@ def export_morph(model, out: str, *, source: str, step: int, direction: str | No
     if model.single_generator:
         if samples < 1:
             raise tx.ExportError(f"--samples={samples}: must be >= 1")
+        check_w_file_owner(out)  # before any work (the command checks it first, with its outputs)
         model.z_generator = torch.Generator().manual_seed(int(z_seed))
         w_ab, w_ba = (t.detach().cpu().float().numpy() for t in w_codes(model, samples))
         core = MorphCore(model.generator).eval()
@@ -152,6 +186,7 @@ def _run(args) -> int:
     args.out = guard.place_output(args.out, "onnx", [args.ckpt], args.overwrite, default)
     tx.check_onnx_name(args.out)  # after the guard's own refusals (they say more)
     if model.single_generator:
+        check_w_file_owner(args.out)  # before the codes' own checks: an --overwrite would not make it right
         guard.check_outputs([(w_file(args.out), "npz")], [args.ckpt], args.overwrite)
     step = int(state.get("step", 0))  # checkpoint.save records the counter in the state file
     precision = "fp16" if args.fp16 else "fp32"

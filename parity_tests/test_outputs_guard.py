@@ -474,6 +474,30 @@ def test_extensions_count_in_any_case(world, capsys):
     assert rc == 0, err
 
 
+def test_morph_codes_file_of_another_model_is_never_written(world, capsys):
+    """`morph export x.ONNX --overwrite` replaced x_w.npz, the codes file that x.onnx (another file
+    on a case-sensitive file system) names too: refused now, --overwrite or not, and also when the
+    codes file is missing (new codes would be taken for x.onnx's); --overwrite of x.onnx itself
+    still replaces the pair."""
+    writer = next(w for w in WRITERS if w.name == "morph")
+    dest = os.path.join(world, "dest")
+    os.makedirs(dest)
+    model, codes = os.path.join(dest, "x.onnx"), os.path.join(dest, "x_w.npz")
+    shutil.copy(os.path.join(world, "other", writer.same_kind), model)
+    shutil.copy(os.path.join(world, "other", "codes.npz"), codes)
+    upper = os.path.join(dest, "x.ONNX")
+    for extra in ((), ("--overwrite",)):
+        refused(writer, world, upper, *extra, capsys=capsys, words=(repr(codes), repr(model), repr(upper)))
+    os.remove(codes)
+    refused(writer, world, upper, "--overwrite", capsys=capsys, words=(repr(codes), repr(model), "missing"))
+    shutil.copy(os.path.join(world, "other", "codes.npz"), codes)
+    before = {p: os.stat(p).st_ino for p in (model, codes)}
+    rc, _, err = writer.run(world, model, "--overwrite", capsys=capsys)
+    assert rc == 0, err
+    assert all(os.stat(p).st_ino != before[p] for p in (model, codes)) and sorted(os.listdir(dest)) == \
+        ["x.onnx", "x_w.npz"]
+
+
 # -- results: the test phases, Morph interpolate / translate ---------------------------------------------
 
 def test_a_translate_killed_mid_write_leaves_nothing_a_rerun_takes_for_a_users(world, monkeypatch, capsys):
