@@ -909,6 +909,38 @@ def test_morph_resume_false_ctrl_c_and_read_only(tmp_path, monkeypatch, capsys):
         os.chmod(ro, 0o755)
 
 
+@pytest.mark.parametrize("where", ["tensorboard.summary.writer.record_writer.RecordWriter",
+                                   "torch_port.train.cut_loss_log", "tqdm.tqdm"])
+def test_ctrl_c_right_after_the_log_files_open_leaves_none_open(where, tmp_path, monkeypatch, capsys):
+    """The trainer opened its TensorBoard event file and its loss log (Morph's losses.jsonl) well
+    before the loop whose `finally` closes them, and EventWriter its file before the `try` that
+    cleans it up: a Ctrl-C landing in between (here: in the event file's record writer, in the
+    loss log's cut, in the progress bar's start) printed `warning: unclosed file ...` before the
+    stop line and left an empty event file. Now every file opened is closed, and no warning."""
+    import warnings
+    from morph.__main__ import main as morph_main
+    make_data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    home, name = where.rsplit(".", 1)
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(importlib.import_module(home), name, ctrl_c)
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as later:  # a file finalized after the command returned
+        warnings.simplefilter("always")
+        rc = morph_main(["train"] + MORPH_TINY + ["--iteration", "2", "--epoch", "1", "--save_freq", "1"])
+        import gc
+        gc.collect()
+    err = capsys.readouterr().err
+    assert rc == 130 and "Traceback" not in err, err
+    assert "unclosed" not in err and not [w for w in later if issubclass(w.category, ResourceWarning)], \
+        (err, [str(w.message) for w in later])
+    [logs] = glob.glob(str(tmp_path / "logs" / "*morphC"))
+    for n in os.listdir(logs):  # an event file holds at least its header (an empty one: its start cut off)
+        assert os.path.getsize(os.path.join(logs, n)) > 0 or not n.startswith("events."), n
+
+
 def test_report_bad_checkpoint_and_read_only_folder_are_one_line(port_ckpt, tmp_path, monkeypatch, capsys):
     from parity_tests.report import main as report_main
     tf_dir = tmp_path / "tf"

@@ -39,9 +39,9 @@ class EventWriter:
                 break
             except FileExistsError:
                 continue
-        self._handle = handle
-        self._writer = RecordWriter(handle)
-        try:
+        try:  # from the open on: an error or Ctrl-C anywhere below closes the file (no unclosed handle)
+            self._handle = handle
+            self._writer = RecordWriter(handle)
             with naming(self.path):  # a full disk's error names the file
                 self._writer.write(event_pb2.Event(wall_time=time.time(),
                                                    file_version="brain.Event:2").SerializeToString())

@@ -618,17 +618,10 @@ class Trainer:
         feed_A = _Feed(ds_A, cfg["batch_size"], seed, loader_A, self.num_workers, dist_info, self.device)
         feed_B = _Feed(ds_B, cfg["batch_size"], seed + 1, loader_B, self.num_workers, dist_info, self.device)
 
-        writer = loss_log = None
-        if main:
-            from .events import EventWriter  # never imports TensorFlow
-            writer = EventWriter(paths.log, purge_step=counter)  # a resumed run's steps replace a killed run's
-            if self.LOSS_LOG:
-                log_path = os.path.join(paths.log, self.LOSS_LOG)
-                cut_loss_log(log_path, counter)
-                loss_log = open(log_path, "a")
-        from tqdm import tqdm
-        total = max(0, (cfg["epoch"] - start_epoch) * cfg["iteration"] - start_batch_id)
-        bar = tqdm(total=total, file=sys.stderr, disable=(not main) or not sys.stderr.isatty(), desc="train")
+        # the event file, the loss log and the progress bar are opened inside the loop's try (below), whose
+        # finally closes them: an error or Ctrl-C landing between their opening and the loop left them unclosed
+        # (a ResourceWarning: unclosed file)
+        writer = loss_log = bar = None
 
         nan_at = os.environ.get(NAN_HOOK_ENV)
         nan_at = int(nan_at) if nan_at else None
@@ -645,7 +638,7 @@ class Trainer:
         from .losses import uses_gradient_penalty
         gp_loss = uses_gradient_penalty(cfg["gan_type"])  # fp16: its D loss is computed at the loss scale
         model.loss_values = "tensor"  # the steps return device tensors; `finish` reads them
-        rho_params = [(n, p) for n, p in model.named_parameters() if n.endswith("rho")] if writer else []
+        rho_params = [(n, p) for n, p in model.named_parameters() if n.endswith("rho")] if main else []  # the writer's
 
         def finish(it) -> None:
             """Log, record and check one iteration whose values have arrived (the official line,
@@ -721,10 +714,20 @@ class Trainer:
             ddp.barrier()
             last_saved = counter
 
-        start_time = time.time()
         ok = False
         cli_errors.note_loop_started()
         try:
+            if main:
+                from .events import EventWriter  # never imports TensorFlow
+                writer = EventWriter(paths.log, purge_step=counter)  # a resumed run's steps replace a killed run's
+                if self.LOSS_LOG:
+                    log_path = os.path.join(paths.log, self.LOSS_LOG)
+                    cut_loss_log(log_path, counter)
+                    loss_log = open(log_path, "a")
+            from tqdm import tqdm
+            total = max(0, (cfg["epoch"] - start_epoch) * cfg["iteration"] - start_batch_id)
+            bar = tqdm(total=total, file=sys.stderr, disable=(not main) or not sys.stderr.isatty(), desc="train")
+            start_time = time.time()
             for epoch in range(start_epoch, cfg["epoch"]):
                 lr = opt.learning_rate(cfg, epoch)
                 for idx in range(start_batch_id, cfg["iteration"]):
@@ -769,11 +772,14 @@ class Trainer:
         finally:
             if not ok:  # stopped (Ctrl-C, an error): still say what the finished iterations did
                 _drain_quietly(pending, finish)
-            bar.close()
-            if writer:
-                writer.close()
-            if loss_log:
-                loss_log.close()
+            if bar is not None:
+                bar.close()
+            try:
+                if writer:
+                    writer.close()
+            finally:  # the loss log closed even when the event file's close fails (a full disk)
+                if loss_log:
+                    loss_log.close()
         return {"history": history, "checkpoint_dir": paths.checkpoint, "counter": counter, "model": model,
                 "paths": paths}
 
