@@ -184,3 +184,37 @@ def test_tf_reference_refuses_to_resume_at_another_image_size(tmp_path):
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
     assert "--img_size=64" in errors[0] and "img_size=32" in errors[0], errors
     assert sorted(os.listdir(folder)) == before
+
+
+@pytest.mark.slow
+def test_a_checkpoint_without_its_meta_still_refuses_another_image_size(tmp_path):
+    """TF's Saver writes a checkpoint's .meta last: a full disk or a kill there leaves .data and
+    .index without it, and the run resumes from them. A light model's weights restore at any
+    size, and only the .meta recorded the run's, so tf_reference (and the port continuing the TF
+    run) went on silently at another --img_size. The run's other checkpoints record it: exit 2,
+    one error line naming the checkpoint, both sizes and the record, nothing written. (A flag
+    that changes the weights' shapes, --ch here, is refused by the variables' check; --light,
+    --n_res and --n_dis name another checkpoint folder.)"""
+    from ugatit_common.demo_data import make_demo_dataset
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
+    flags = ["--dataset", "demo", "--light", "True", "--n_dis", "4", "--augment_flag", "False", "--save_freq", "1",
+             "--print_freq", "100"]
+    proc = _run(flags + ["--ch", "2", "--img_size", "32", "--iteration", "2", "--epoch", "1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "checkpoint" / opt.model_dir(opt.config_from(dataset="demo", light=True, n_dis=4))
+    os.remove(folder / "UGATIT_light.model-3.meta")   # model-3: .data, .index and `checkpoint` naming it
+    before = sorted(os.listdir(folder))
+    port = ["--device", "cpu", "--threads", "1"]
+    for module, extra, words in (
+            ("tf_reference", ["--ch", "2", "--img_size", "64"],
+             ("--img_size=64", "img_size=32", "UGATIT_light.model-3", "no .meta", "UGATIT_light.model-2.meta")),
+            ("torch_port", ["--ch", "2", "--img_size", "64"] + port,
+             ("--img_size=64", "img_size=32", "UGATIT_light.model-3", "no .meta", "UGATIT_light.model-2.meta")),
+            ("tf_reference", ["--ch", "4", "--img_size", "32"], ("UGATIT_light.model-3", "--ch", "shape"))):
+        proc = subprocess.run([sys.executable, "-m", module] + flags + extra + ["--iteration", "2", "--epoch", "2"],
+                              cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT},
+                              timeout=600)
+        errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+        assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, (module, proc.stderr[-3000:])
+        assert all(w in errors[0] for w in words), (module, errors[0])
+        assert sorted(os.listdir(folder)) == before, module

@@ -45,14 +45,17 @@ def check_checkpoint_matches(ckpt_path: str, graph_vars) -> None:
         raise CheckpointMismatch(message)
 
 
-def _recorded_img_size(prefix: str):
-    """The image size the checkpoint's .meta graph was built at (None without a readable .meta)."""
-    from ugatit_common.tf_checkpoint.config import from_meta
-    try:
-        setting = from_meta(prefix, None)[0].get("img_size")
-    except Exception:  # noqa: BLE001 - an unreadable .meta records nothing here (the weights are checked)
-        return None
-    return None if setting is None else int(setting.value)
+def refuse_other_image_size(f, folder: str, img_size) -> None:
+    """CheckpointMismatch when the run of checkpoint `f` (policy.Found) trained at another image
+    size than `img_size` (None: no check): a light model's weights would restore at any size and
+    the run go on at another one. Its .meta records the size, or - that .meta lost - the run's
+    other checkpoints do (tf_checkpoint.config.run_image_size); the port refuses it too."""
+    from ugatit_common.tf_checkpoint.config import run_image_size
+    recorded = run_image_size(f.base) if img_size is not None else None
+    if recorded is not None and recorded[0] != int(img_size):
+        had, how = recorded
+        raise CheckpointMismatch(f"--img_size={img_size} contradicts checkpoint {f.name} in {folder!r} ({how}): "
+                                 f"resume with --img_size {had}, or train a new run in another --checkpoint_dir")
 
 
 def restore(sess, saver, folder: str, graph_vars, need: str = "train", owner=None, img_size: int | None = None):
@@ -61,9 +64,8 @@ def restore(sess, saver, folder: str, graph_vars, need: str = "train", owner=Non
     folder, `owner`, moved to unusable/); a newer PyTorch one stops the run with the command that
     converts it; checkpoints that exist but none readable stop it (exit 2); one holding NaN / inf
     stops it too (exit 2 naming the variable). (False, 0) only when there is no checkpoint.
-    `img_size` (training): a checkpoint whose .meta records another image size is refused - a
-    light model's weights would restore at any size, and the run would go on at another one
-    (the port refuses it too)."""
+    `img_size` (training): a checkpoint of a run at another image size is refused
+    (`refuse_other_image_size`)."""
     def load(f):
         if f.framework != "tf":
             tf_ones = [g.name for g in policy.inventory(folder) if g.framework == "tf"]
@@ -73,11 +75,7 @@ def restore(sess, saver, folder: str, graph_vars, need: str = "train", owner=Non
                 f"convert it first: python -m weights_convert torch2tf {f.weights} "
                 f"{os.path.join(folder, f.prefix + '.model')} --continue_run  (or continue with python -m torch_port)")
         check_checkpoint_matches(f.base, graph_vars)
-        had = _recorded_img_size(f.base) if img_size is not None else None
-        if had is not None and had != int(img_size):
-            raise CheckpointMismatch(f"--img_size={img_size} contradicts checkpoint {f.name} in {folder!r}, whose .meta "
-                                     f"graph records img_size={had}: resume with --img_size {had}, or train a new run "
-                                     f"in another --checkpoint_dir")
+        refuse_other_image_size(f, folder, img_size)
         saver.restore(sess, f.base)
         refuse_non_finite_variables(sess, graph_vars, f"checkpoint {f.name} in {folder!r}")
         return f.step

@@ -291,6 +291,7 @@ def resume_point(folder: str, cfg: dict | None = None, need: str = "train", log=
         try:
             if need == "train":
                 st = read_tf_training_state(f.base, cfg, raw_errors=True)
+                _refuse_other_run_image_size(f, folder, cfg)  # its .meta lost: the run's other records
                 refuse_non_finite_training_state(
                     st["model"], {"G_optim": {"m": st["G_slots"], "powers": st["G_powers"]},
                                   "D_optim": {"m": st["D_slots"], "powers": st["D_powers"]}},
@@ -316,6 +317,17 @@ def _refuse_other_image_size(state: dict, cfg: dict | None, source: str) -> None
         raise CheckpointMismatch(f"--img_size={cfg['img_size']} contradicts the {source}, whose run trains at "
                                  f"img_size={had}: resume with --img_size {had}, or train a new run in another "
                                  f"--checkpoint_dir")
+
+
+def _refuse_other_run_image_size(f, folder: str, cfg: dict | None) -> None:
+    """A TF checkpoint (policy.Found) continues at its run's image size, as its own .meta or - that
+    lost - the run's other checkpoints record it (tf_checkpoint.config.run_image_size); tf_reference
+    refuses the same."""
+    recorded = tfc.config.run_image_size(f.base) if cfg is not None and cfg.get("img_size") is not None else None
+    if recorded is not None and recorded[0] != int(cfg["img_size"]):
+        had, how = recorded
+        raise CheckpointMismatch(f"--img_size={cfg['img_size']} contradicts checkpoint {f.name} in {folder!r} ({how}): "
+                                 f"resume with --img_size {had}, or train a new run in another --checkpoint_dir")
 
 
 # state entries that are not numbers a run continues with: the config (compared, not used) and
