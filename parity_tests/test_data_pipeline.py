@@ -497,3 +497,70 @@ def test_animated_gifs_are_dropped_as_the_official_pipeline_stops_on_them(tf, tf
         check_train_image(animated)
     check_train_image(single)
     np.testing.assert_array_equal(tf_decode(single), decode_image(single))
+
+
+@pytest.mark.tf
+def test_gifs_whose_frame_is_not_their_screen_are_dropped_by_both_frameworks(tf, tfdata, tmp_path, capsys):
+    """TF decodes a GIF's frame, OpenCV its logical screen: a frame smaller than the screen (or a
+    damaged screen size) gave the two frameworks different training pictures; a screen of
+    65535 x 4095 made Pillow refuse to count the frames (a decompression bomb) where TF decodes
+    the frame, and 65535 x 65535 (or a PNG declaring 60000 x 60000) made OpenCV raise, which
+    stopped both frameworks with an internal error. Now each is one warning naming the file, in
+    both frameworks, and the run goes on with the rest; a test-phase read is one ImageReadError."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from tf_reference.train import readable_images
+    from ugatit_common.images import ImageReadError, check_train_image, decode_image, read_color
+    rng = np.random.default_rng(0)
+    single = str(tmp_path / "one.gif")
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).convert("P").save(single)
+    raw = open(single, "rb").read()
+
+    def with_screen(name, w, h):
+        path = str(tmp_path / name)
+        with open(path, "wb") as fh:
+            fh.write(raw[:6] + struct.pack("<HH", w, h) + raw[10:])
+        return path
+    larger, bomb, huge = with_screen("larger.gif", 64, 48), with_screen("bomb.gif", 65535, 4095), \
+        with_screen("huge.gif", 65535, 65535)
+    png = bytearray(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    png[16:24] = struct.pack(">II", 60000, 60000)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    huge_png = str(tmp_path / "huge.png")
+    with open(huge_png, "wb") as fh:
+        fh.write(bytes(png))
+
+    def tf_decode(path):
+        g = tf.Graph()
+        with g.as_default():
+            dec = tf.compat.v1.image.decode_jpeg(tf.compat.v1.read_file(path), channels=3)
+        with tf.compat.v1.Session(graph=g) as sess:
+            return sess.run(dec)
+    frame = tf_decode(single)
+    for path in (larger, bomb, huge):  # TF: the frame, whatever the screen says
+        np.testing.assert_array_equal(tf_decode(path), frame)
+    assert decode_image(larger).shape == (48, 64, 3)  # OpenCV: the screen - another picture
+    with pytest.raises(Image.DecompressionBombError), Image.open(bomb) as im:
+        im.n_frames
+    for path, words in ((larger, ("50x40 at 0,0", "64x48")), (bomb, ("65535x4095",)), (huge, ("65535x65535",)),
+                        (huge_png, ("CV_IO_MAX_IMAGE_PIXELS",))):
+        with pytest.raises(ImageReadError) as e:
+            check_train_image(path)
+        assert e.value.path == path and all(w in e.value.reason for w in words), e.value.reason
+    for path in (huge, huge_png):  # the official test loader's read (cv2.imread): skipped with its reason
+        with pytest.raises(ImageReadError, match="CV_IO_MAX_IMAGE_PIXELS"):
+            read_color(path)
+    files = [single, larger, bomb, huge, huge_png]
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        port = tdata.ImageFolderDataset(files, 32, augment=False, seed=0)
+    capsys.readouterr()
+    kept = readable_images(files)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert port.files == kept == [single]
+    said = [str(w.message) for w in said]
+    for warned in (said, lines):
+        assert len(warned) == 4 and all(repr(f) in w for f, w in zip(files[1:], warned)), warned

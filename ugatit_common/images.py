@@ -3,8 +3,10 @@
 A training image is used when the official TF pipeline could decode it (`decode_jpeg(channels=3)`
 decodes JPEG, PNG and GIF; it fails mid-run on BMP and TIFF and returns a 4-D batch for WEBP) and
 the whole file decodes as TF decodes it (a truncated JPEG or PNG, a JPEG whose rest is zeros or
-junk - OpenCV fills it in, TF stops -, a PNG with a bad IEND CRC: caught here, not mid-run). Others
-are skipped with one warning each, naming the file; none readable is an error naming the folder.
+junk - OpenCV fills it in, TF stops -, a PNG with a bad IEND CRC, a GIF whose frame is not its
+whole screen - TF decodes the frame, OpenCV the screen -: caught here, not mid-run). Others are
+skipped with one warning each, naming the file (a header OpenCV refuses to decode too); none
+readable is an error naming the folder.
 """
 from __future__ import annotations
 
@@ -43,14 +45,22 @@ def _file_bytes(path: str) -> np.ndarray:
     return buf
 
 
-def _imdecode(buf: np.ndarray, flags: int):
+def _imdecode(buf: np.ndarray, flags: int, path: str):
     """`cv2.imdecode` without OpenCV's own log lines on stderr (`[ WARN:0@0.29] ... PNG input
     buffer is incomplete`, `[ERROR:0@0.29] ...`) for a damaged file: the caller says it in its one
-    `warning:` / `error:` line. The log level is put back afterwards."""
+    `warning:` / `error:` line. The log level is put back afterwards. None when OpenCV cannot
+    decode it; ImageReadError naming `path` where OpenCV raises instead (cv2.error: a header that
+    declares more than CV_IO_MAX_IMAGE_PIXELS, 2^30 by default, e.g. a damaged size field)."""
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
         return cv2.imdecode(buf, flags)
+    except cv2.error as e:
+        detail = str(e).strip().splitlines()[-1].rsplit("error: ", 1)[-1].replace("(-215:Assertion failed) ", "")
+        if "CV_IO_MAX_IMAGE_PIXELS" in detail:
+            raise ImageReadError(path, "its header declares more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS): "
+                                       "a damaged size field, or an image far too large") from None
+        raise ImageReadError(path, f"not a decodable image (OpenCV: {detail})") from None
     finally:
         cv2.utils.logging.setLogLevel(level)
 
@@ -66,7 +76,7 @@ def decode_image(path) -> np.ndarray:
     path = os.fspath(path)
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
     buf = _file_bytes(path)
-    img = _imdecode(buf, flags)
+    img = _imdecode(buf, flags, path)
     if img is None:
         raise ImageReadError(path, "not a decodable image (corrupt or unsupported format)")
     if buf[:3].tobytes() == b"\xff\xd8\xff":
@@ -117,7 +127,7 @@ def read_color(path) -> np.ndarray:
     (`np.fromfile` + `cv2.imdecode`, the same decoder and conversions): OpenCV's imread crashes
     the process (a segmentation fault) on a path that is not valid UTF-8."""
     path = os.fspath(path)
-    img = _imdecode(_file_bytes(path), cv2.IMREAD_COLOR)
+    img = _imdecode(_file_bytes(path), cv2.IMREAD_COLOR, path)
     if img is None:
         raise ImageReadError(path, "not a decodable image (corrupt, or a format OpenCV cannot read)")
     return img
@@ -152,6 +162,11 @@ def check_train_image(path) -> None:
         raise ImageReadError(path, "empty file")
     if not any(head.startswith(m) for m, _ in TRAIN_FORMATS):
         raise ImageReadError(path, "not a JPEG, PNG or GIF (the formats the official TF pipeline decodes)")
+    if head.startswith(b"GIF8"):  # before OpenCV decodes a damaged header's screen (up to 2^30 pixels)
+        why = gif_screen_mismatch(_file_bytes(path).tobytes())
+        if why:
+            raise ImageReadError(path, f"a GIF whose {why}: the official TF pipeline decodes the frame, OpenCV "
+                                       f"the screen - the two frameworks would train on different pictures")
     decode_image(path)
     if head.startswith(b"\xff\xd8\xff"):
         why = jpeg_end_missing(_file_bytes(path).tobytes())
@@ -237,6 +252,36 @@ def png_damaged(buf: bytes) -> str | None:
         if kind == b"IEND":
             return None
         i = end
+
+
+def gif_screen_mismatch(buf: bytes) -> str | None:
+    """Why the first frame of the GIF `buf` is not its whole logical screen (the frame's size and
+    place vs the screen's, from the header and the first image descriptor), or None when it is, or
+    when the blocks before it cannot be walked (the decoders judge such a file). TF's decoder
+    gives the frame itself (its size, its pixels), OpenCV's the screen with the frame drawn at its
+    place (or nothing when it does not fit): the same pictures only when the two coincide. A
+    damaged screen size (65535 x 4095) made OpenCV decode a 268-megapixel canvas and Pillow refuse
+    to count the frames (a decompression bomb), where TF decodes the frame."""
+    if len(buf) < 13:
+        return None
+    sw, sh, packed = int.from_bytes(buf[6:8], "little"), int.from_bytes(buf[8:10], "little"), buf[10]
+    i = 13 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)  # after the global colour table
+    while i < len(buf):
+        kind = buf[i]
+        if kind == 0x2C:  # image descriptor: left, top, width, height (little-endian)
+            if i + 9 > len(buf):
+                return None
+            left, top, w, h = (int.from_bytes(buf[i + k:i + k + 2], "little") for k in (1, 3, 5, 7))
+            if (left, top, w, h) == (0, 0, sw, sh):
+                return None
+            return f"first frame ({w}x{h} at {left},{top}) is not its whole {sw}x{sh} logical screen"
+        if kind != 0x21 or i + 2 > len(buf):  # not an extension (a trailer, or damage): no frame found here
+            return None
+        i += 2  # introducer and label, then the data sub-blocks up to an empty one
+        while i < len(buf) and buf[i]:
+            i += buf[i] + 1
+        i += 1
+    return None
 
 
 def gif_frames(path) -> int:
