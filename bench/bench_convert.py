@@ -8,8 +8,11 @@ and peak RSS of `weights_convert.py tf2torch --with_optimizer` against a
 
 One run owns the work folder (ugatit_common.run_lock: a second run at once stops, naming the
 first); it removes only what it made there (its outputs and logs, and the checkpoint unless
---keep): a checkpoint an earlier --keep run left is reused and left, and no other file in the
-folder is touched.
+--keep): a checkpoint an earlier --keep run left (its manifest.json names it) is reused and left,
+and no other file in the folder is touched. The names it works under (`checkpoint/`, `out/`,
+`logs/`, `manifest.json`) must be free, or be an earlier --keep run's checkpoint and manifest:
+a folder holding anything else by those names (your own `checkpoint/` folder, what a killed run
+left) is refused before any work (one `error:` line, exit 2), never written into or removed.
 
 The checkpoint has exactly the variables (names, shapes, dtypes) that `tf.train.Saver()` saves
 for tf_reference's training graph: the graph is built (never initialised: the full model's MLP
@@ -256,6 +259,31 @@ def ensure_checkpoint(folder: str, manifest_path: str, seed: int, logs: str) -> 
     return m
 
 
+def kept_manifest(manifest_path: str, ckpt_folder: str) -> bool:
+    """Whether `manifest_path` is the manifest an earlier run of this script wrote (phase_make) for
+    a checkpoint in `ckpt_folder`, i.e. an earlier --keep run's checkpoint this run may reuse."""
+    try:
+        with open(manifest_path) as f:
+            m = json.load(f)
+        return (isinstance(m, dict) and isinstance(m.get("tensors"), dict) and isinstance(m.get("prefix"), str)
+                and isinstance(m.get("data"), str) and m.get("step") == STEP
+                and os.path.dirname(os.path.abspath(m["prefix"])) == os.path.abspath(ckpt_folder))
+    except (OSError, ValueError):
+        return False
+
+
+def foreign_names(work: str) -> list[str]:
+    """The names this script works under in `work` that hold something it may not use: `out/`
+    and `logs/` (each run makes and removes its own), `checkpoint/` and `manifest.json` unless
+    they are an earlier --keep run's (its manifest names a checkpoint in checkpoint/UGATIT_bench)."""
+    ckpt_folder = os.path.join(work, "checkpoint", "UGATIT_bench")
+    kept = kept_manifest(os.path.join(work, "manifest.json"), ckpt_folder)
+    bad = [n for n in ("out", "logs") if os.path.lexists(os.path.join(work, n))]
+    if not kept:
+        bad += [n for n in ("checkpoint", "manifest.json") if os.path.lexists(os.path.join(work, n))]
+    return bad
+
+
 def fmt_mib(n: float) -> str:
     return f"{n / MiB:,.0f}"
 
@@ -291,7 +319,14 @@ def main(argv=None) -> int:
     ckpt_folder = os.path.join(work, "checkpoint", "UGATIT_bench")
     manifest_path = os.path.join(work, "manifest.json")
     out_folder, logs = os.path.join(work, "out"), os.path.join(work, "logs")
-    made = [d for d in (out_folder, logs) if not os.path.lexists(d)]  # removed at the end: ours
+    foreign = foreign_names(work)
+    if foreign:  # never written into, never removed at the end: not this script's
+        lock.release()
+        run_lock.remove_created(lock)
+        p.error(f"--work {a.work!r} holds {', '.join(repr(n) for n in foreign)}, which this script did not leave "
+                f"there (a checkpoint it keeps has its manifest.json; out/ and logs/ exist only while a run "
+                f"runs): give --work an empty or new folder, or move them away")
+    made = [out_folder, logs]  # all free (checked above): removed at the end
     kept_before = os.path.lexists(manifest_path)  # an earlier --keep run's checkpoint: reused, left
     for d in (out_folder, logs):
         os.makedirs(d, exist_ok=True)
@@ -369,13 +404,12 @@ def main(argv=None) -> int:
     finally:  # only what this run made: an earlier --keep run's checkpoint and any other file stay
         for d in made:
             shutil.rmtree(d, ignore_errors=True)
-        if not a.keep and not kept_before:  # the checkpoint this run made (or began to make)
-            shutil.rmtree(os.path.join(work, "checkpoint"), ignore_errors=True)
+        if not a.keep and not kept_before:  # the checkpoint this run made (or began to make): checkpoint/
+            shutil.rmtree(os.path.join(work, "checkpoint"), ignore_errors=True)  # was free (foreign_names)
             with contextlib.suppress(OSError):
                 os.unlink(manifest_path)
         lock.release()
-        with contextlib.suppress(OSError):
-            os.rmdir(work)  # when nothing else is left in it
+        run_lock.remove_created(lock)  # the work folder, when this run made it and nothing else is left in it
 
 
 def _cpu_name() -> str:

@@ -663,3 +663,33 @@ def test_bench_convert_owns_its_work_folder(tmp_path):
         assert (work / "checkpoint" / "other-runs-file").read_text() == "mine"
     finally:
         holder.kill()
+
+
+@pytest.mark.parametrize("theirs", ["checkpoint/my_run/UGATIT.model-5.index", "manifest.json", "logs/make.log",
+                                    "out/weights_convert.safetensors"])
+def test_bench_convert_never_takes_files_it_did_not_leave(tmp_path, theirs):
+    """bench_convert.py worked under fixed names in its --work folder (checkpoint/, out/, logs/,
+    manifest.json) and, unless an earlier --keep run's manifest was there, removed checkpoint/
+    whole at its end - also when it failed or was stopped (Ctrl-C): `--work` at a folder holding
+    the user's own checkpoint/ folder deleted it, and the user's logs/ and out/ files were written
+    over. Now a name it works under that holds what it did not leave there is refused before any
+    work (one `error:` line naming --work and the name, exit 2), and everything stays as it was.
+    (A TensorFlow that cannot be imported makes the old script's first phase fail at once, and its
+    clean-up run.)"""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    no_tf = tmp_path / "no_tf"
+    (no_tf / "tensorflow").mkdir(parents=True)
+    (no_tf / "tensorflow" / "__init__.py").write_text("raise ImportError('no TensorFlow in this test')\n")
+    work = tmp_path / "work"
+    (work / theirs).parent.mkdir(parents=True, exist_ok=True)
+    (work / theirs).write_text('{"mine": true}')
+    (work / "notes.txt").write_text("mine")
+    before = {str(q.relative_to(work)): q.read_bytes() if q.is_file() else None for q in work.rglob("*")}
+    p = subprocess.run([sys.executable, os.path.join(root, "bench", "bench_convert.py"), "--work", str(work)],
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(no_tf), root])))
+    assert p.returncode == 2 and p.stderr.count("error:") == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "--work" in p.stderr and repr(theirs.split("/")[0]) in p.stderr, p.stderr
+    assert {str(q.relative_to(work)): q.read_bytes() if q.is_file() else None for q in work.rglob("*")} == before
