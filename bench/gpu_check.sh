@@ -14,6 +14,10 @@
 # and compiled), drift.log, results.json (the benchmarks' and the drift script's JSON), plus the inference side's 3
 # (bench/gpu_check_infer.sh: infer_tests.log, infer_bench.log, infer.json; its console lines go to
 # tests.log). Exit 1 if a step failed or was skipped for time.
+# OUT_DIR is this run's alone: one that already holds a file by one of those names (an earlier
+# run's results, or your own) is refused - nothing is truncated, appended to or replaced - and so
+# is an OUT_DIR another gpu_check run is writing (flock on the folder, let go when this script
+# ends in any way); one `error:` line, exit 2, before any step. Give each call its own OUT_DIR.
 #
 # Expected on an H100 / H200 (estimates: nothing here has run on a GPU yet): tests ~2 min, training
 # benchmark ~2 min, inference ~3 min (its own timeouts), drift ~1 min; the full model and the
@@ -24,7 +28,20 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 OUT=${1:-${OUT:-gpu_check_out}}
 BUDGET=${BUDGET:-480}
-mkdir -p "$OUT"
+# the names written into OUT_DIR (and the temp files of the two JSON files)
+OUT_NAMES="summary.txt tests.log bench_train.log drift.log results.json results.json.tmp infer_tests.log
+           infer_bench.log infer.json infer.json.tmp"
+refuse() { echo "gpu_check.sh: error: OUT_DIR '$OUT' $*" >&2; exit 2; }
+[[ -e $OUT && ! -d $OUT ]] && refuse "is a file, not a folder"
+mkdir -p "$OUT" 2>/dev/null && [[ -w $OUT ]] || refuse "cannot be made or written"
+exec 9<"$OUT" || refuse "cannot be opened"
+if command -v flock >/dev/null && ! flock -n 9; then  # held to the end (the steps inherit it)
+    refuse "is being written by another gpu_check run: wait for it to end, or give this one another OUT_DIR"
+fi
+taken=""
+for n in $OUT_NAMES; do [[ -e $OUT/$n || -L $OUT/$n ]] && taken="$taken $n"; done
+[[ -n $taken ]] && refuse "already holds$taken (an earlier run's results, or your own files): they are never \
+overwritten or appended to; give a new OUT_DIR, or move them away"
 WORK=$(mktemp -d -t gpu_check_XXXXXX)            # JSON parts and the shared inductor cache (not sent back)
 trap 'rm -rf "$WORK"' EXIT
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

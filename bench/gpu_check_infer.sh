@@ -14,11 +14,29 @@
 #
 # Timeouts (seconds, environment): INFER_TEST_S=60 INFER_BENCH_S=110 INFER_ONNX_S=30; INFER_SECTIONS
 # (default: every section of bench/infer_matrix.py, in its order of importance). Exit 1 if a step failed.
+# Its three files (and infer.json.tmp) must not exist in OUT_DIR (an earlier run's, or yours: never
+# truncated or replaced, nor an earlier infer.json taken for this run's), and no other run may be
+# writing OUT_DIR (flock on the folder; bench/gpu_check.sh's own lock, inherited, counts as this
+# run's): one `error:` line, exit 2, before any step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 OUT=${1:?usage: bash bench/gpu_check_infer.sh OUT_DIR}
-mkdir -p "$OUT"
+refuse() { echo "gpu_check_infer.sh: error: OUT_DIR '$OUT' $*" >&2; exit 2; }
+[[ -e $OUT && ! -d $OUT ]] && refuse "is a file, not a folder"
+mkdir -p "$OUT" 2>/dev/null && [[ -w $OUT ]] || refuse "cannot be made or written"
+if ! [[ -e /dev/fd/9 && /dev/fd/9 -ef $OUT ]]; then  # not under bench/gpu_check.sh holding this OUT_DIR
+    exec 9<"$OUT" || refuse "cannot be opened"
+fi
+if command -v flock >/dev/null && ! flock -n 9; then
+    refuse "is being written by another run: wait for it to end, or give this one another OUT_DIR"
+fi
+taken=""
+for n in infer_tests.log infer_bench.log infer.json infer.json.tmp; do
+    [[ -e $OUT/$n || -L $OUT/$n ]] && taken="$taken $n"
+done
+[[ -n $taken ]] && refuse "already holds$taken (an earlier run's results, or your own files): they are never \
+overwritten; give a new OUT_DIR, or move them away"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 TESTS_LOG="$OUT/infer_tests.log" BENCH_LOG="$OUT/infer_bench.log" JSON="$OUT/infer.json"
 STEPS=""

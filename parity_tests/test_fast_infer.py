@@ -693,3 +693,74 @@ def test_bench_convert_never_takes_files_it_did_not_leave(tmp_path, theirs):
     assert p.returncode == 2 and p.stderr.count("error:") == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert "--work" in p.stderr and repr(theirs.split("/")[0]) in p.stderr, p.stderr
     assert {str(q.relative_to(work)): q.read_bytes() if q.is_file() else None for q in work.rglob("*")} == before
+
+
+def _gpu_check(script, out, **env):
+    """bench/<script> OUT_DIR on this machine (no CUDA: gpu_check.sh stops after its device step;
+    INFER_BUDGET_S=5 skips every step of gpu_check_infer.sh)."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run(["bash", os.path.join(root, "bench", script), str(out)], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PY=sys.executable, INFER_BUDGET_S="5", **env))
+
+
+def _files(folder):
+    return {str(q.relative_to(folder)): q.read_bytes() for q in folder.rglob("*") if q.is_file()}
+
+
+@pytest.mark.skipif(not shutil.which("bash") or not shutil.which("flock"), reason="needs bash and flock")
+@pytest.mark.parametrize("script,theirs", [("gpu_check.sh", "summary.txt"), ("gpu_check.sh", "results.json"),
+                                           ("gpu_check.sh", "infer.json"),
+                                           ("gpu_check_infer.sh", "infer.json"),
+                                           ("gpu_check_infer.sh", "infer_tests.log")])
+def test_gpu_check_never_writes_over_an_out_dir_s_files(tmp_path, script, theirs):
+    """bench/gpu_check.sh truncated OUT_DIR/summary.txt, appended to its logs and replaced its
+    results.json with this run's alone (an earlier call's results into the same OUT_DIR, or the
+    user's files by those names, were lost or mixed with this run's); gpu_check_infer.sh truncated
+    its logs and, when its benchmark wrote nothing, reported an earlier run's infer.json as this
+    run's. Now a file by one of the names they write is refused before any step: one `error:`
+    line naming OUT_DIR and the file, exit 2, every file as it was."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / theirs).write_text('{"an earlier run": true}\n')
+    (out / "notes.txt").write_text("mine")
+    before = _files(out)
+    p = _gpu_check(script, out)
+    assert p.returncode == 2 and p.stderr.count("error:") == 1 and "OUT_DIR" in p.stderr and theirs in p.stderr, \
+        (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    assert _files(out) == before
+
+
+@pytest.mark.skipif(not shutil.which("bash") or not shutil.which("flock"), reason="needs bash and flock")
+@pytest.mark.parametrize("script", ["gpu_check.sh", "gpu_check_infer.sh"])
+def test_gpu_check_one_run_per_out_dir(tmp_path, script):
+    """Two gpu_check runs into one OUT_DIR at once appended to the same logs and replaced each
+    other's summary and JSON: a run into an OUT_DIR another run holds (flock on the folder) is now
+    refused - one `error:` line, exit 2, nothing written - while gpu_check_infer.sh called by
+    gpu_check.sh (the lock's descriptor inherited) runs in its caller's OUT_DIR; a file where the
+    folder goes is one error line too."""
+    import subprocess
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(["bash", "-c", 'exec 9<"$1"; flock -n 9 && echo held && exec sleep 60', "-", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        p = _gpu_check(script, out)
+        assert p.returncode == 2 and p.stderr.count("error:") == 1 and "another" in p.stderr, p.stderr[-2000:]
+        assert not list(out.iterdir())
+    finally:
+        holder.kill()
+        holder.wait()
+    if script == "gpu_check_infer.sh":  # its caller's lock, inherited as fd 9, is its own
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        import sys
+        p = subprocess.run(["bash", "-c", 'exec 9<"$1"; flock -n 9 && bash "$2" "$1"', "-", str(out),
+                            os.path.join(root, "bench", script)], capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, PY=sys.executable, INFER_BUDGET_S="5"))
+        assert p.returncode == 1 and "error:" not in p.stderr and (out / "infer.json").is_file(), p.stderr[-2000:]
+    (tmp_path / "a_file").write_text("mine")
+    p = _gpu_check(script, tmp_path / "a_file")
+    assert p.returncode == 2 and p.stderr.count("error:") == 1 and "not a folder" in p.stderr, p.stderr[-2000:]
+    assert (tmp_path / "a_file").read_text() == "mine"
