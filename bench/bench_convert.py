@@ -303,10 +303,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the results as JSON to this file")
     a = p.parse_args(argv)
-    if a.out:  # checked before minutes of work, not after
-        folder = os.path.dirname(os.path.abspath(a.out))
-        if os.path.isdir(a.out) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            p.error(f"--out {a.out!r}: cannot write a file there")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/ (as when run as a script)
+    from workers import check_json_out, write_json  # bench/workers.py: standard library only
+    if a.out and check_json_out(a.out, "--out"):  # checked before minutes of work, not after
+        p.error(check_json_out(a.out, "--out"))
 
     sys.path.insert(0, ROOT)
     from ugatit_common import run_lock
@@ -397,8 +397,7 @@ def main(argv=None) -> int:
         }
         print_table(results)
         if a.out:
-            with open(a.out, "w") as f:
-                json.dump(results, f, indent=2)
+            write_json(a.out, results, indent=2)
             print(f"wrote {a.out}")
         return 0 if comparison.get("identical") else 1
     finally:  # only what this run made: an earlier --keep run's checkpoint and any other file stay

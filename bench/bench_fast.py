@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ugatit_common import options as opt  # noqa: E402
 
-from workers import Worker  # bench/workers.py (this folder is sys.path[0] when run as a script)
+from workers import Worker, check_json_out, write_json  # bench/workers.py (this folder is sys.path[0] when run as a script)
 
 CPU_MODES = ["fp32", "fp32+compile", "bf16", "bf16+compile"]
 CUDA_MODES = CPU_MODES + ["fp16", "fp16+compile"]  # --device cuda --modes ...: the worker design on a GPU
@@ -282,6 +282,8 @@ def main(argv=None):
             import torch
             torch.set_num_threads(a.threads)
         return worker(a.worker, cfg, a.device, a.modes.split(","), a.profile, a.threads)
+    if a.json and check_json_out(a.json):  # before the work, not after it
+        p.error(check_json_out(a.json))
     import torch
     from torch_port.train import pick_device
     try:
@@ -319,8 +321,7 @@ def main(argv=None):
               + ", ".join(f"{k} {v:.3f}" for k, v in probe.items()))
         out.append({"conv_probe": probe})
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+        write_json(a.json, out, indent=1)
     return 0
 
 

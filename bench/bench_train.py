@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ugatit_common import options as opt  # noqa: E402
 
-from workers import Worker, measured_on, targets_note  # bench/workers.py (this folder is sys.path[0] as a script)
+from workers import Worker, check_json_out, measured_on, targets_note, write_json  # bench/workers.py (this folder is sys.path[0] as a script)
 
 
 def _inputs(s):
@@ -489,9 +489,8 @@ def _cuda_mode(w, mode: str, a) -> dict:
 
 def _write_json(path, cfg, device, rows, floor, failed=None, gpu=None) -> None:
     if path:
-        with open(path, "w") as f:
-            json.dump({"config": cfg, "device": device, "measured_on": gpu, "rows": rows, "floor": floor,
-                       "failed": failed or {}}, f, indent=1, default=str)
+        write_json(path, {"config": cfg, "device": device, "measured_on": gpu, "rows": rows, "floor": floor,
+                          "failed": failed or {}}, indent=1, default=str)
 
 
 def _cuda_summary(rows, floor, a, gpu: str = "the GPU") -> None:
@@ -550,6 +549,8 @@ def main(argv=None):
     p.add_argument("--weights", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     cfg = opt.validate(opt.config_from(light=a.light, img_size=a.img_size, ch=a.ch, n_dis=a.n_dis))
+    if a.json and not a.worker and check_json_out(a.json):  # before the work, not after it
+        p.error(check_json_out(a.json))
     from torch_port.train import pick_device
     device = pick_device(a.device)
     modes = [m for m in a.modes.split(",") if m] or (CUDA_MODES if device.type == "cuda" else CPU_MODES)
@@ -652,9 +653,8 @@ def main(argv=None):
         for op, sec, calls in ops:
             print(f"  {op:<52}{sec:>8.2f} s {100 * sec / total:>5.1f}%  {calls:>6} calls")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"config": cfg, "device": device.type, "rows": rows, "tf_seconds": tf_med,
-                       "test_img_per_s": ips, "floor": floor, "profiles": profiles}, f, indent=1, default=str)
+        write_json(a.json, {"config": cfg, "device": device.type, "rows": rows, "tf_seconds": tf_med,
+                            "test_img_per_s": ips, "floor": floor, "profiles": profiles}, indent=1, default=str)
     return 0
 
 

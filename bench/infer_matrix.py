@@ -21,7 +21,6 @@ timeout keeps what it measured.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -76,10 +75,8 @@ class Results:
 
     def _write(self) -> None:
         if self.path:
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(self.data, f, indent=1, default=str)
-            os.replace(tmp, self.path)
+            from workers import write_json  # bench/workers.py: a temp file of this process, then renamed
+            write_json(self.path, self.data, indent=1, default=str)
 
 
 def say(text: str) -> None:

@@ -20,7 +20,6 @@ is the GAN + Adam amplifying any perturbation: the band then measures chaos, not
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -163,13 +162,15 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda", help="cuda (default); cpu only to try the script (no graphs, no TF32)")
     p.add_argument("--skip_compile", action="store_true", help="leave out the compiled runs")
     a = p.parse_args(argv)
+    from workers import check_json_out, measured_on, write_json  # bench/workers.py (sys.path[0] as a script)
+    if a.json and check_json_out(a.json):  # before the work, not after it
+        p.error(check_json_out(a.json))
     import torch
 
     from parity_tests.test_train_precision import D_BAND, G_BAND, SETTLED_SCALE, _config, demo_folder
     from torch_port import train_precision
     from torch_port.train import Trainer, pick_device
     device = pick_device(a.device)
-    from workers import measured_on  # bench/workers.py: the GPU's own name (an H100 or an H200 may be lent)
     print(f"measured on {measured_on(device)['gpu']}, torch {torch.__version__}", flush=True)
     # the sharp evidence first: printed even if the step's timeout ends the longer runs below
     one = one_iteration_state(device, skip_compile=a.skip_compile)
@@ -181,9 +182,8 @@ def main(argv=None) -> int:
 
     def save(**more):  # JSON after each part (a timeout keeps what was measured)
         if a.json:
-            with open(a.json, "w") as f:
-                json.dump({"torch": torch.__version__, "device": str(device), **measured_on(device),
-                           "one_iteration": one, "conv_accuracy": convs, **more}, f, indent=1)
+            write_json(a.json, {"torch": torch.__version__, "device": str(device), **measured_on(device),
+                                "one_iteration": one, "conv_accuracy": convs, **more}, indent=1)
     save()
     runs = {}
     class Nudged(Trainer):

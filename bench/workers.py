@@ -78,3 +78,43 @@ def targets_note(gpu: str) -> str:
         return ""
     return (f"measured on {gpu}; the targets were set on an {TARGETS_GPU} (issue 17): a verdict here is this "
             f"GPU's, not the {TARGETS_GPU}'s")
+
+
+# -- the results file (--json / --out) -------------------------------------------------------------
+
+def check_json_out(path: str, flag: str = "--json") -> str | None:
+    """Why the benchmark cannot write its results to `path` (checked before any work, so that
+    minutes of measurement never end in a traceback), or None: a folder, a folder that is missing
+    or not writable, or an existing file that is not JSON (a user's file of another kind: never
+    replaced; an earlier results file, or an empty one, is)."""
+    import os
+    if os.path.isdir(path):
+        return f"{flag} {path!r} is a folder: give a file name"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        return f"{flag} {path!r}: its folder {folder!r} is missing or not writable"
+    if os.path.lexists(path):
+        if not os.path.isfile(path):
+            return f"{flag} {path!r} exists and is not a regular file: it is never replaced"
+        try:
+            if os.path.getsize(path) > (64 << 20):
+                raise ValueError("larger than any results file")
+            with open(path, "rb") as fh:
+                text = fh.read()
+            if text.strip():
+                json.loads(text.decode("utf-8"))
+        except (OSError, ValueError):
+            return f"{flag} {path!r} exists and is not a JSON file: it is never replaced; give another file name"
+    return None
+
+
+def write_json(path: str, data, **dump) -> str:
+    """`data` as JSON at `path`, atomically (a temp file beside it, then renamed; a symlink there
+    is replaced, not written through): a run stopped while writing (a step's timeout, Ctrl-C)
+    leaves the previous results whole, never half a file."""
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from ugatit_common.atomic import write_bytes_atomic
+    return write_bytes_atomic(path, json.dumps(data, **dump).encode("utf-8"))

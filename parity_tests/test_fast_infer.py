@@ -764,3 +764,81 @@ def test_gpu_check_one_run_per_out_dir(tmp_path, script):
     p = _gpu_check(script, tmp_path / "a_file")
     assert p.returncode == 2 and p.stderr.count("error:") == 1 and "not a folder" in p.stderr, p.stderr[-2000:]
     assert (tmp_path / "a_file").read_text() == "mine"
+
+
+_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24
+
+
+@pytest.mark.parametrize("script,args", [
+    ("bench_train.py", ["--img_size", "32", "--ch", "2", "--n_dis", "4", "--iters", "1", "--warmup", "0", "--skip_tf",
+                        "--modes", "fp32", "--device", "cpu", "--json"]),
+    ("bench_fast.py", ["--img_size", "32", "--ch", "2", "--n_dis", "4", "--iters", "1", "--skip_tf", "--modes",
+                       "fp32", "--light", "True", "--device", "cpu", "--json"]),
+    ("train_drift.py", ["--device", "cpu", "--skip_compile", "--json"]),
+    ("bench_convert.py", ["--out"])])
+@pytest.mark.parametrize("where", ["a folder", "a photo", "a missing folder"])
+def test_benchmark_results_file_is_checked_before_the_work(tmp_path, script, args, where):
+    """A benchmark's results file (--json, bench_convert's --out) was opened only after the
+    measurements: a folder there, or a missing folder, ended minutes of work in a traceback with
+    the results unwritten, and an existing file of another kind (a photo) was written over. Now
+    it is checked before any work: one `error:` line naming the flag, exit 2, the photo as it was."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = {"a folder": tmp_path / "results", "a photo": tmp_path / "photo.json",
+              "a missing folder": tmp_path / "missing" / "r.json"}[where]
+    if where == "a folder":
+        target.mkdir()
+    elif where == "a photo":
+        target.write_bytes(_PNG)
+    path = root
+    if script == "bench_convert.py":  # its own work folder; without TensorFlow its first phase fails at once
+        args = ["--work", str(tmp_path / "work")] + args
+        (tmp_path / "no_tf" / "tensorflow").mkdir(parents=True)
+        (tmp_path / "no_tf" / "tensorflow" / "__init__.py").write_text("raise ImportError('no TensorFlow here')\n")
+        path = os.pathsep.join([str(tmp_path / "no_tf"), root])
+    before = sorted(str(q) for q in tmp_path.rglob("*"))
+    p = subprocess.run([sys.executable, os.path.join(root, "bench", script)] + args + [str(target)],
+                       capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
+                       env=dict(os.environ, PYTHONPATH=path))
+    assert p.returncode == 2 and p.stderr.count("error:") == 1 and "Traceback" not in p.stderr, \
+        (p.returncode, p.stderr[-2000:])
+    assert args[-1] in p.stderr and repr(str(target)) in p.stderr, p.stderr
+    assert sorted(str(q) for q in tmp_path.rglob("*")) == before
+    if where == "a photo":
+        assert target.read_bytes() == _PNG
+
+
+def test_benchmark_results_file_is_never_half_written(tmp_path):
+    """bench_train.py (CUDA: after each group) and train_drift.py (after each part) rewrote their
+    --json file in place, and bench_fast.py's matrix through a fixed `<file>.tmp`: a run stopped
+    mid-write (a gpu_check step's timeout, Ctrl-C) left half a file where the earlier results were,
+    or a `.tmp` file forever. Now the JSON is made first and renamed onto the file: the earlier
+    results stay whole and nothing else is left."""
+    import importlib
+    import sys
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    sys.path.insert(0, bench)
+    try:
+        bench_train = importlib.import_module("bench_train")
+        infer_matrix = importlib.import_module("infer_matrix")
+    finally:
+        sys.path.remove(bench)
+
+    class Stop:  # json's default=str reaches it half way through the file
+        def __str__(self):
+            raise KeyboardInterrupt
+
+    path = tmp_path / "r.json"
+    bench_train._write_json(str(path), {"img_size": 32}, "cuda", [{"mode": "fp32", "s": 1.0}], None)
+    earlier = path.read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        bench_train._write_json(str(path), {"img_size": 32}, "cuda", [{"mode": "fp32", "s": 1.0}] * 500
+                                + [{"mode": "bf16", "s": Stop()}], None)
+    assert path.read_bytes() == earlier and sorted(q.name for q in tmp_path.iterdir()) == ["r.json"]
+    res = infer_matrix.Results(str(path), {"gpu": "cpu"})
+    res.put("light", "fp32@1", {"ms": 1.0})
+    earlier = path.read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        res.put("light", "bf16@1", {"ms": Stop()})
+    assert path.read_bytes() == earlier and sorted(q.name for q in tmp_path.iterdir()) == ["r.json"]
