@@ -218,16 +218,18 @@ def cmd_translate(args) -> int:
     from torch_port.data import ImageReadError
     from ugatit_common.atomic import sweep_dead_temps
     from ugatit_common.output_names import OutputNames, OutputRecord
+    from ugatit_common.output_guard import own_result_folder
     size = model.config["img_size"]
-    # outputs never collide, never overwrite an input or a file no earlier run wrote (the folder's record)
-    record = OutputRecord(out_dir)
-    sweep_dead_temps(out_dir)  # what a killed earlier run left (never another running command's)
-    names = OutputNames(inputs, record)
-    try:
-        done = _translate_each(args, inputs, names, record, model, out_dir, size)
-    except BaseException:  # an error, Ctrl-C, SIGTERM: names recorded but not written are not claimed
-        record.forget_missing()
-        raise
+    with own_result_folder(out_dir):  # one command at a time writes into it (a second one is refused)
+        # outputs never collide, never overwrite an input or a file no earlier run wrote (the folder's record)
+        record = OutputRecord(out_dir)
+        sweep_dead_temps(out_dir)  # what a killed earlier run left (never another running command's)
+        names = OutputNames(inputs, record)
+        try:
+            done = _translate_each(args, inputs, names, record, model, out_dir, size)
+        except BaseException:  # an error, Ctrl-C, SIGTERM: names recorded but not written are not claimed
+            record.forget_missing()
+            raise
     if not done:
         raise ImageReadError(args.input, "no readable input image")
     return 0

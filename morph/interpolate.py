@@ -237,50 +237,52 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
     model.eval()
     try:
         w_ab, w_ba = w_codes(model, samples)
-        rows = []
-        # a.png and a.jpg get distinct outputs; no output is an input or a file an earlier run did not write
-        record = OutputRecord(result_dir)
-        sweep_dead_temps(result_dir)  # what a killed earlier run left (never another running command's)
-        names = OutputNames(inputs, record)
-        # the page: chosen now, and written (replacing an earlier run's, whose files this run is about
-        # to write over) before the first output, then as inputs are done: it never lists two runs' files
-        page, saved_at = names.path(result_dir, "index", ext=".html"), None
+        from ugatit_common.output_guard import own_result_folder
+        with own_result_folder(result_dir):  # one command at a time writes these files and this page
+            rows = []
+            # a.png and a.jpg get distinct outputs; no output is an input or a file an earlier run did not write
+            record = OutputRecord(result_dir)
+            sweep_dead_temps(result_dir)  # what a killed earlier run left (never another running command's)
+            names = OutputNames(inputs, record)
+            # the page: chosen now, and written (replacing an earlier run's, whose files this run is about
+            # to write over) before the first output, then as inputs are done: it never lists two runs' files
+            page, saved_at = names.path(result_dir, "index", ext=".html"), None
 
-        def save_page(final=False):
-            nonlocal saved_at
-            if saved_at is None:
-                record.add([page])  # ours before it exists: a later run replaces it, never takes index_1
-            write_index(result_dir, rows, page=page, final=final)
-            saved_at = time.monotonic()
-        try:
-            for path in inputs:
-                try:  # an unreadable input is skipped with a warning, as in the port's test phase
-                    x = load_input(path, img_size).to(device)
-                except ImageReadError as e:
-                    print(f"warning: skipping {path}: {e.reason}", file=sys.stderr, flush=True)
-                    continue
-                frames = morph_frames(model, x, w_ba, w_ab, steps)
-                refuse_non_finite_output(torch.stack(frames), f"the morph strip of {path}", precision_of(model))
+            def save_page(final=False):
+                nonlocal saved_at
                 if saved_at is None:
-                    save_page()
-                _one_input(path, x, frames, names, record, result_dir, steps, samples, img_size, rows, log)
-                if time.monotonic() - saved_at >= REFRESH_S:
-                    save_page()
-        except BaseException:  # Ctrl-C, an overflowing frame, a full disk: the page lists what was written
-            record.forget_missing()  # and names recorded but not written are not claimed
-            if saved_at is not None:
-                try:
-                    save_page()
-                except Exception:  # noqa: BLE001 - the run's own error is the one to report
-                    pass
-            raise
-        if not rows:  # the previous index.html stays as it was
-            raise ImageReadError(", ".join(inputs[:3]) + (" ..." if len(inputs) > 3 else ""),
-                                 "no readable input image")
-        save_page(final=True)
-        if log:
-            log(f"index: {page}")
-        return rows
+                    record.add([page])  # ours before it exists: a later run replaces it, never takes index_1
+                write_index(result_dir, rows, page=page, final=final)
+                saved_at = time.monotonic()
+            try:
+                for path in inputs:
+                    try:  # an unreadable input is skipped with a warning, as in the port's test phase
+                        x = load_input(path, img_size).to(device)
+                    except ImageReadError as e:
+                        print(f"warning: skipping {path}: {e.reason}", file=sys.stderr, flush=True)
+                        continue
+                    frames = morph_frames(model, x, w_ba, w_ab, steps)
+                    refuse_non_finite_output(torch.stack(frames), f"the morph strip of {path}", precision_of(model))
+                    if saved_at is None:
+                        save_page()
+                    _one_input(path, x, frames, names, record, result_dir, steps, samples, img_size, rows, log)
+                    if time.monotonic() - saved_at >= REFRESH_S:
+                        save_page()
+            except BaseException:  # Ctrl-C, an overflowing frame, a full disk: the page lists what was written
+                record.forget_missing()  # and names recorded but not written are not claimed
+                if saved_at is not None:
+                    try:
+                        save_page()
+                    except Exception:  # noqa: BLE001 - the run's own error is the one to report
+                        pass
+                raise
+            if not rows:  # the previous index.html stays as it was
+                raise ImageReadError(", ".join(inputs[:3]) + (" ..." if len(inputs) > 3 else ""),
+                                     "no readable input image")
+            save_page(final=True)
+            if log:
+                log(f"index: {page}")
+            return rows
     finally:
         model.train(was_training)
 

@@ -656,3 +656,75 @@ def test_ctrl_c_while_a_lock_is_taken_leaves_no_lock_files(tmp_path, monkeypatch
     monkeypatch.undo()
     with run_lock.acquire(str(tmp_path / "out")):  # and it can be taken again at once
         assert run_lock.held_by(str(tmp_path / "out")) is not None
+
+
+# -- one results command per results folder -------------------------------------------------------------
+
+def _photos(folder, n, seed):
+    import cv2
+    import numpy as np
+    os.makedirs(folder)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        cv2.imwrite(os.path.join(folder, f"p{i:04d}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    return folder
+
+
+@pytest.mark.parametrize("command", ["torch_port test", "morph interpolate", "morph translate",
+                                     pytest.param("tf_reference test", marks=pytest.mark.tf)])
+def test_two_results_commands_never_share_a_results_folder(tmp_path, monkeypatch, capsys, command):
+    """Two test phases (or Morph interpolate / translate commands) given one results folder at the
+    same time both wrote into it: the second wrote its pictures over the first's of the same
+    names while the first ran, and replaced its results page (which then listed the other run's
+    pictures). Now a results command holds its results folder while it writes (`.ugatit-results.lock`,
+    output_guard.own_result_folder): run 1, paused after its first picture, keeps every file as it
+    was while run 2 is refused (one `error:` line naming --result_dir and run 1's pid, exit 2,
+    nothing written); run 1 then ends normally, and the folder is free again."""
+    from morph.__main__ import main as morph_main
+    tf = command.startswith("tf_reference")
+    make_data(tmp_path, n_test=400 if tf else 1)  # tf_reference's test phase translates the data set's test images
+    monkeypatch.chdir(tmp_path)
+    morph = command.startswith("morph")
+    if tf:
+        from tf_reference.__main__ import main as tf_main
+        assert tf_main(TF_TINY + ["--iteration", "1", "--epoch", "1", "--print_freq", "1000"]) == 0
+        base = ["tf_reference", "--phase", "test"] + TF_TINY
+        res = str(tmp_path / "res")
+        first = os.path.join(opt.model_dir(CFG), "a2b", "*.png")
+    elif morph:
+        assert morph_main(["train"] + MORPH_TINY + ["--iteration", "1", "--epoch", "1", "--save_freq", "1"]) == 0
+        [ck] = glob.glob(str(tmp_path / "checkpoint" / "*morphC"))
+        verb = command.split()[1]
+        base = ["morph", verb, "--checkpoint", ck, "--device", "cpu"] + (
+            ["--steps", "2", "--samples", "1"] if verb == "interpolate" else ["--samples", "1", "--direction", "a2b"])
+        res, first = str(tmp_path / "res"), "*.png"
+    else:
+        assert port(train_args(1), monkeypatch, tmp_path, capsys)[0] == 0
+        base = ["torch_port", "--phase", "test"] + TINY
+        res = str(tmp_path / "res")
+        first = os.path.join(opt.model_dir(CFG), "a2b", "*.png")
+    one, two = _photos(str(tmp_path / "one"), 400, 1), _photos(str(tmp_path / "two"), 3, 2)
+    inputs = (lambda folder: []) if tf else (lambda folder: ["--input", folder])
+    p = start(base + inputs(one) + ["--result_dir", res], tmp_path, "run1.log")
+    try:
+        t0 = time.time()
+        while not glob.glob(os.path.join(res, first)):
+            assert p.poll() is None, log_of(p)
+            assert time.time() - t0 < 240, log_of(p)
+            time.sleep(0.002)
+        os.kill(p.pid, signal.SIGSTOP)
+        assert p.poll() is None, "run 1 ended before it could be paused"
+        before = snapshot([res])
+        r = subprocess.run([sys.executable, "-m"] + base + inputs(two) + ["--result_dir", res], cwd=tmp_path,
+                           env=ENV, capture_output=True, text=True, timeout=300)
+        line = one_error_line(r.stderr)
+        assert r.returncode == 2 and "--result_dir" in line and f"pid {p.pid}" in line, (r.returncode, r.stderr)
+        assert snapshot([res]) == before
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGCONT)
+    assert p.wait(timeout=300) == 0, log_of(p)
+    r = subprocess.run([sys.executable, "-m"] + base + inputs(two) + ["--result_dir", res], cwd=tmp_path, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not glob.glob(os.path.join(res, "**", ".ugatit-results.*"), recursive=True)

@@ -15,7 +15,7 @@ from ugatit_common import cli_errors
 from ugatit_common import options as opt
 from ugatit_common.finite import NonFiniteLoss
 from ugatit_common.images import ImageReadError, none_readable, readable_train_images
-from ugatit_common.output_guard import check_result_folders
+from ugatit_common.output_guard import check_result_folders, own_result_folder
 from ugatit_common.output_names import DIRECTIONS, OutputNames
 from ugatit_common.results import ResultsPage, save_grid, save_image
 
@@ -309,34 +309,36 @@ def test(cfg: dict) -> str:
                                   (os.path.join(paths.result, "b2a"), files_B)):
                 if files:  # a2b/ and b2a/ too: a file in their place stops the run before any picture
                     cli_errors.check_writable_folder(folder, "--result_dir")
-            for folder in [paths.result] + [os.path.join(paths.result, d) for d in DIRECTIONS]:  # page and images:
-                policy.sweep_temp(folder, log=lambda msg: None)  # a killed earlier test phase's (not a running one's)
-            page = ResultsPage(paths.result, cfg["img_size"])
-            names = OutputNames(files_A + files_B)  # a2b/ and b2a/: never collide, never an input
-            try:
-                for files, src, out, direction in ((files_A, m.test_domain_A, m.test_fake_B, "a2b"),
-                                                   (files_B, m.test_domain_B, m.test_fake_A, "b2a")):
-                    for f in files:
-                        print(f"Processing {'A' if direction == 'a2b' else 'B'} image: " + f)  # the official line
-                        try:
-                            image = load_test_image(f, cfg["img_size"])
-                        except Exception as e:  # ImageReadError (unreadable, not an image), or a decoder's own
-                            why = (e.reason if isinstance(e, ImageReadError)
-                                   else f"not a readable image ({type(e).__name__})")
-                            print(f"warning: skipping {f}: {why}", file=sys.stderr)
-                            continue
-                        fake = sess.run(out, {src: image})
-                        refuse_non_finite_output(fake[0], f"the {direction} translation of {f}")  # no black picture
-                        image_path = names.path(os.path.join(paths.result, direction), f)
-                        page.before_output(image_path)  # an earlier run's page never lists this run's pictures
-                        save_image(fake[0], image_path)
-                        page.add(os.path.relpath(image_path, paths.result).replace(os.sep, "/"), f, image_path)
-            except BaseException:  # Ctrl-C, a NaN picture, a full disk: the page lists what this run wrote
-                page.stopped()
-                raise
-            if not page.rows:  # the previous results page stays as it was
-                raise opt.OptionError(none_readable(files_A + files_B))
-            page.close()
+            # one test phase at a time writes these pictures and this page (a second one is refused)
+            with own_result_folder(paths.result):
+                for folder in [paths.result] + [os.path.join(paths.result, d) for d in DIRECTIONS]:  # page and images:
+                    policy.sweep_temp(folder, log=lambda msg: None)  # a killed earlier test phase's (not a live one's)
+                page = ResultsPage(paths.result, cfg["img_size"])
+                names = OutputNames(files_A + files_B)  # a2b/ and b2a/: never collide, never an input
+                try:
+                    for files, src, out, direction in ((files_A, m.test_domain_A, m.test_fake_B, "a2b"),
+                                                       (files_B, m.test_domain_B, m.test_fake_A, "b2a")):
+                        for f in files:
+                            print(f"Processing {'A' if direction == 'a2b' else 'B'} image: " + f)  # the official line
+                            try:
+                                image = load_test_image(f, cfg["img_size"])
+                            except Exception as e:  # ImageReadError (unreadable, not an image), or a decoder's own
+                                why = (e.reason if isinstance(e, ImageReadError)
+                                       else f"not a readable image ({type(e).__name__})")
+                                print(f"warning: skipping {f}: {why}", file=sys.stderr)
+                                continue
+                            fake = sess.run(out, {src: image})
+                            refuse_non_finite_output(fake[0], f"the {direction} translation of {f}")  # no black picture
+                            image_path = names.path(os.path.join(paths.result, direction), f)
+                            page.before_output(image_path)  # an earlier run's page never lists this run's pictures
+                            save_image(fake[0], image_path)
+                            page.add(os.path.relpath(image_path, paths.result).replace(os.sep, "/"), f, image_path)
+                except BaseException:  # Ctrl-C, a NaN picture, a full disk: the page lists what this run wrote
+                    page.stopped()
+                    raise
+                if not page.rows:  # the previous results page stays as it was
+                    raise opt.OptionError(none_readable(files_A + files_B))
+                page.close()
     return paths.result
 
 

@@ -23,7 +23,7 @@ from ugatit_common.checkpoint_policy import sweep_temp
 from ugatit_common.cli_errors import check_writable_folder
 from ugatit_common.finite import refuse_non_finite, refuse_non_finite_output
 from ugatit_common.images import none_readable
-from ugatit_common.output_guard import check_result_folders
+from ugatit_common.output_guard import check_result_folders, own_result_folder
 from ugatit_common.output_names import DIRECTIONS, OutputNames
 from ugatit_common.results import ResultsPage, save_image
 
@@ -164,6 +164,11 @@ def test(cfg: dict, device: torch.device, input_path: str | None = None, directi
                          checkpoint=checkpoint if checkpoint is not None else paths.checkpoint)
     for folder in [paths.result] + [os.path.join(paths.result, d) for files, d in jobs if files]:
         check_writable_folder(folder, "--result_dir")  # a2b/ and b2a/ too: a file there stops it before any picture
+    with own_result_folder(paths.result):  # one test phase at a time writes these pictures and this page
+        return _write_results(model, jobs, cfg, device, paths, batch)
+
+
+def _write_results(model, jobs, cfg, device, paths, batch) -> str:
     for folder in [paths.result] + [os.path.join(paths.result, d) for d in DIRECTIONS]:  # page and images:
         sweep_temp(folder, log=lambda m: None)  # what a killed earlier test phase left (not a running one's)
     page = ResultsPage(paths.result, cfg["img_size"])

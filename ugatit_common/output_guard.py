@@ -34,12 +34,14 @@ A folder given as an output (an existing folder, or a path ending in a separator
 the output goes inside it under the command's default name (`as_file`). Extensions count in any
 case (`.ONNX` is an ONNX name). Results (the test phases' translated images and pages, Morph
 interpolate / translate) follow `check_result_folders`: never in a live run's folder, the
-checkpoint folder being read, or a dataset's image folder.
+checkpoint folder being read, or a dataset's image folder; and one such command at a time per
+results folder (`own_result_folder`).
 Framework-free (no numpy, torch or TensorFlow).
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import struct
@@ -52,7 +54,8 @@ from . import run_lock
 from .run_lock import held_by
 
 __all__ = ["OutputRefused", "KINDS", "kind_of", "describe", "input_files", "checkpoint_folder_of", "as_file",
-           "check_outputs", "place_output", "claim", "release_claims", "check_result_folders"]
+           "check_outputs", "place_output", "claim", "release_claims", "check_result_folders",
+           "own_result_folder"]
 
 
 class OutputRefused(OptionError):
@@ -399,6 +402,32 @@ def check_result_folders(folders, *, checkpoint: str | None = None, flag: str = 
                                 + ("" if domain == real else f"inside {domain!r}, ")
                                 + f"a dataset's image folder: the next training run (or test phase) would take "
                                   f"them for its images; give {flag} another folder")
+
+
+# -- one results command per results folder -----------------------------------------------------------
+
+RESULTS_LOCK, RESULTS_OWNER = ".ugatit-results.lock", ".ugatit-results.owner"
+
+
+@contextlib.contextmanager
+def own_result_folder(folder: str, flag: str = "--result_dir"):
+    """`with own_result_folder(folder):` hold the results folder `folder` for the block (the run
+    lock of `.ugatit-results.lock` there; a folder made for it and left empty goes again). A test
+    phase or Morph interpolate / translate writes its pictures and its page there; a second one
+    into the same folder at the same time would write over the first's pictures of the same
+    names and replace its page (listing the other run's pictures). The second is refused instead
+    (OutputRefused, exit 2, naming the first: pid, command, start time) before it writes
+    anything. A killed holder blocks nothing. Taken after check_result_folders."""
+    try:
+        lock = run_lock.acquire(folder, flag, lock_name=RESULTS_LOCK, owner_name=RESULTS_OWNER)
+    except run_lock.FolderInUse as e:
+        raise OutputRefused(f"{flag}: results would go into {folder!r}, which another command is writing "
+                            f"({e.holder.describe()}); wait for it to end, or give {flag} another folder") from None
+    try:
+        yield lock
+    finally:
+        lock.release()
+        run_lock.remove_created(lock)
 
 
 # -- claims: one command per output file -------------------------------------------------------------
