@@ -221,9 +221,17 @@ def report_columns(sections: list[tuple[str, dict]], labels: list[str], rows: di
 
 
 def write_fast_path_report(sections: list[tuple[str, dict]], out_dir: str, source: str = "") -> str:
-    """fast_paths.md and fast_paths.html in out_dir; sections: [(title, fast_path_errors result)]."""
-    from ugatit_common.results import write_text_atomic
-    os.makedirs(out_dir, exist_ok=True)
+    """fast_paths.md and fast_paths.html in out_dir, written together (both or neither);
+    sections: [(title, fast_path_errors result)]."""
+    from ugatit_common.atomic import write_files_atomic
+    files = fast_path_report_files(sections, source)
+    write_files_atomic({os.path.join(out_dir, name): text.encode("utf-8") for name, text in files.items()})
+    return os.path.join(out_dir, "fast_paths.html")
+
+
+def fast_path_report_files(sections: list[tuple[str, dict]], source: str = "") -> dict:
+    """{"fast_paths.md": text, "fast_paths.html": text}: what write_fast_path_report writes (the
+    parity report writes them with its own files, harness.write_report's `companions`)."""
     intro = ("Error of each fast path (torch_port.optimize) against the float64 truth (the port in float64, "
              "equal to TF's float64 run), per layer: root mean square / max |diff|, and the RMS ratio to the exact "
              "float32 path. Compiled paths: network outputs only (layers are fused). " + budgets_text())
@@ -240,11 +248,10 @@ def write_fast_path_report(sections: list[tuple[str, dict]], out_dir: str, sourc
                     + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
                     + "</table>")
     from parity_tests.harness import PAGE_HEAD, printable
-    write_text_atomic(os.path.join(out_dir, "fast_paths.md"), printable("".join(md)))
-    page = os.path.join(out_dir, "fast_paths.html")
-    write_text_atomic(page, printable(f"{PAGE_HEAD}<h1>Fast-path fidelity</h1><p>Checkpoint: {html.escape(source)}"
-                                      f"</p><p>{html.escape(intro)}</p>{''.join(body)}</body></html>"))
-    return page
+    return {"fast_paths.md": printable("".join(md)),
+            "fast_paths.html": printable(f"{PAGE_HEAD}<h1>Fast-path fidelity</h1><p>Checkpoint: "
+                                         f"{html.escape(source)}</p><p>{html.escape(intro)}</p>{''.join(body)}"
+                                         f"</body></html>")}
 
 
 def default_paths() -> str:

@@ -64,21 +64,27 @@ def section(result: dict) -> tuple[str, str]:
 
 def write_json(out_dir: str, result: dict) -> str:
     from ugatit_common.results import write_text_atomic
-    return write_text_atomic(os.path.join(out_dir, "free_run.json"), json.dumps(result, indent=1))
+    return write_text_atomic(os.path.join(out_dir, "free_run.json"), json_text(result))
+
+
+def json_text(result: dict) -> str:
+    """free_run.json's text (the parity report writes it with its own files)."""
+    return json.dumps(result, indent=1)
 
 
 def append_section(out_dir: str, result: dict) -> None:
-    """Add the section to OUT_DIR's parity_report.md / .html (atomically) and write free_run.json.
+    """Add the section to OUT_DIR's parity_report.md / .html and write free_run.json (as one write).
     (`python -m parity_tests.report` writes the section with the table instead: harness.write_report.)"""
     from parity_tests.harness import printable
-    from ugatit_common.results import write_text_atomic
+    from ugatit_common.atomic import write_files_atomic
     md, section_html = section(result)
     md, section_html = printable(md), printable(section_html)
     md_path, page_path = os.path.join(out_dir, "parity_report.md"), os.path.join(out_dir, "parity_report.html")
     with open(md_path, encoding="utf-8") as f:
-        write_text_atomic(md_path, f.read() + md)
+        md = f.read() + md
     with open(page_path, encoding="utf-8") as f:
         page = f.read()
     at = page.rfind("</body>")
-    write_text_atomic(page_path, page[:at] + section_html + page[at:] if at >= 0 else page + section_html)
-    write_json(out_dir, result)
+    page = page[:at] + section_html + page[at:] if at >= 0 else page + section_html
+    write_files_atomic({os.path.join(out_dir, "free_run.json"): json_text(result).encode("utf-8"),
+                        md_path: md.encode("utf-8"), page_path: page.encode("utf-8")})  # all three or none

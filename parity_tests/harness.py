@@ -348,13 +348,17 @@ def printable(text: str) -> str:
 
 
 def write_report(rows: dict, cfg: dict, out_dir: str, source: str = "", provenance: list[str] | None = None,
-                 extra: dict | None = None, appendix=()) -> str:
+                 extra: dict | None = None, appendix=(), companions: dict | None = None) -> str:
     """Per-layer table as Markdown and HTML (what a user attaches to a converted model).
     `provenance`: one line per config setting saying where it came from (read or guessed).
     `extra`: more columns and a paragraph saying what they mean ({"columns", "cells", "intro"}:
     parity_tests.fast_paths.report_columns, the fast paths' per-layer error); both files are
     written atomically. `appendix`: [(Markdown, HTML)] sections after the table (the free run's:
-    parity_tests.free_run_report.section), written with it: a report is never left without them."""
+    parity_tests.free_run_report.section), written with it: a report is never left without them.
+    `companions`: {path in out_dir: text} of more files of the same report (fast_paths.md / .html,
+    free_run.json). All are written as one (ugatit_common.atomic.write_files_atomic): a failure
+    (a full disk), Ctrl-C or a kill half way leaves every file as it was before, never a new
+    page beside an earlier run's companions or half of the pair."""
     prov = list(provenance or [])
     os.makedirs(out_dir, exist_ok=True)
     n_bad = sum(not r["ok"] for r in rows.values())
@@ -373,9 +377,11 @@ def write_report(rows: dict, cfg: dict, out_dir: str, source: str = "", provenan
             + "<table border=1><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in _columns(extra))
             + f"</tr>{cells}</table>" + "".join(h for _, h in appendix)
             + "</body></html>")
-    from ugatit_common.results import write_text_atomic
-    write_text_atomic(os.path.join(out_dir, "parity_report.md"), printable(md))
-    write_text_atomic(os.path.join(out_dir, "parity_report.html"), printable(page))
+    from ugatit_common.atomic import write_files_atomic
+    files = {os.path.join(out_dir, name): text for name, text in (companions or {}).items()}
+    files.update({os.path.join(out_dir, "parity_report.md"): printable(md),
+                  os.path.join(out_dir, "parity_report.html"): printable(page)})  # the page people open: last
+    write_files_atomic({path: text.encode("utf-8") for path, text in files.items()})
     return os.path.join(out_dir, "parity_report.html")
 
 

@@ -106,8 +106,10 @@ FAST_PATH_FILES = ("fast_paths.md", "fast_paths.html")
 
 
 def _report(args, info, overrides: dict, eager, compiled) -> int:
-    """Everything is computed first and written at the end, the page last: a run that fails or is
-    stopped (Ctrl-C) part-way leaves OUT_DIR as it was, never a report without its free run."""
+    """Everything is computed first and written at the end, every file as one write
+    (harness.write_report's companions): a run that fails or is stopped (Ctrl-C, a full disk)
+    part-way leaves OUT_DIR as it was, never a report without its free run or beside an earlier
+    run's fast-path pages."""
     cfg = info.config
     if args.free_run:  # its bad input (e.g. a weights-only generator checkpoint) fails now, not after the table
         from parity_tests import free_run_report
@@ -146,15 +148,16 @@ def _report(args, info, overrides: dict, eager, compiled) -> int:
     if args.free_run:
         free = free_run_report.run(free_run_prepared)
         appendix.append(free_run_report.section(free))
-    # the results, all computed: the companions first, the page people open last
-    fast_page = None
+    # the results, all computed, written as one: a failure or Ctrl-C half way leaves OUT_DIR as it was
+    fast_page, companions = None, {}
     if sections:  # every generator layer, also those TF does not record (the same numbers)
-        from parity_tests.fast_paths import write_fast_path_report
-        fast_page = write_fast_path_report(sections, args.out_dir, args.ckpt)
+        from parity_tests.fast_paths import fast_path_report_files
+        companions.update(fast_path_report_files(sections, args.ckpt))
+        fast_page = os.path.join(args.out_dir, "fast_paths.html")
     if free is not None:
-        free_run_report.write_json(args.out_dir, free)
+        companions["free_run.json"] = free_run_report.json_text(free)
     page = write_report(rows, cfg, args.out_dir, args.ckpt, provenance=info.describe(), extra=extra,
-                        appendix=appendix)
+                        appendix=appendix, companions=companions)
     print(f"report: {page}")
     if fast_page:
         print(f"fast paths, every layer: {fast_page}")

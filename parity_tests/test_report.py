@@ -407,3 +407,35 @@ def test_report_unwritable_out_dir_refused_before_work(golden_dir, tmp_path, cap
     line = _one_error(capsys.readouterr().err)
     assert rc == 2 and "OUT_DIR" in line and "not writable" in line, line
     assert os.listdir(ro) == []
+
+
+def test_a_report_that_fails_half_way_leaves_out_dir_as_it_was(golden_dir, tmp_path, capsys, monkeypatch):
+    """`python -m parity_tests.report` wrote its files one by one (fast_paths.md, fast_paths.html,
+    free_run.json, parity_report.md, parity_report.html): a full disk (or Ctrl-C, a kill) at the
+    page left the new fast-path pages and Markdown table beside the earlier run's page, one report
+    made of two runs. Now they are written as one (write_files_atomic): a failure at any file
+    leaves every file of OUT_DIR as it was (one `error:` line, exit 2), no temp file left. The
+    comparison is stubbed, as in test_fast_paths_default_and_none."""
+    import errno
+    import hashlib
+    from parity_tests import harness
+    monkeypatch.setattr(harness, "compare_networks", lambda ckpt, cfg, seed=0, **k: _stub_rows())
+    ckpt, out = os.path.join(golden_dir, "final"), tmp_path / "d"
+    assert report.main([ckpt, str(out), "--img_size", "64", "--fast_paths", "bf16"]) == 0
+
+    def files():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+    before = files()
+    assert set(before) == {"parity_report.md", "parity_report.html", "fast_paths.md", "fast_paths.html"}
+    real = os.replace
+
+    def full_disk(src, dst, *a, **k):
+        if os.fspath(dst).endswith("parity_report.html"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", full_disk)
+    capsys.readouterr()
+    rc = report.main([ckpt, str(out), "--img_size", "64", "--fast_paths", "bf16", "--seed", "1"])  # other numbers
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("error:") == 1 and "Traceback" not in err, err
+    assert files() == before
