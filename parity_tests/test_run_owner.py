@@ -728,3 +728,35 @@ def test_two_results_commands_never_share_a_results_folder(tmp_path, monkeypatch
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not glob.glob(os.path.join(res, "**", ".ugatit-results.*"), recursive=True)
+
+
+def test_training_never_takes_a_results_folder_being_written(tmp_path, monkeypatch, capsys):
+    """`--sample_dir results --result_dir results` (samples beside the results) while a test phase
+    of the same model was writing there: the training run took the folder as its sample folder,
+    swept the test phase's temp files as a killed save's and, starting from scratch, moved its page
+    aside as an older run's samples. Now a training run refuses a folder a results command holds
+    (one `error:` line naming --sample_dir and that command's pid, exit 2, nothing changed)."""
+    make_data(tmp_path)
+    assert port(train_args(1), monkeypatch, tmp_path, capsys)[0] == 0
+    one = _photos(str(tmp_path / "one"), 400, 1)
+    res = tmp_path / "res"
+    folder = res / opt.model_dir(CFG)
+    p = start(["torch_port", "--phase", "test"] + TINY + ["--input", one, "--result_dir", str(res)], tmp_path,
+              "test1.log")
+    try:
+        t0 = time.time()
+        while not glob.glob(str(folder / "a2b" / "*.png")):
+            assert p.poll() is None and time.time() - t0 < 240, log_of(p)
+            time.sleep(0.002)
+        os.kill(p.pid, signal.SIGSTOP)
+        assert p.poll() is None, "the test phase ended before it could be paused"
+        before = snapshot([str(res)])
+        rc, out, err = port(train_args(1, 1, 1, "--sample_dir", str(res), "--checkpoint_dir", "ck2"), monkeypatch,
+                            tmp_path, capsys)
+        line = one_error_line(err)
+        assert rc == 2 and "--sample_dir" in line and f"pid {p.pid}" in line, (rc, err)
+        assert snapshot([str(res)]) == before and not os.path.exists(tmp_path / "ck2")
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGCONT)
+    assert p.wait(timeout=300) == 0, log_of(p)

@@ -324,7 +324,11 @@ def own_run(paths, command: str | None = None) -> "run_lock.RunLocks":
     time, with nothing changed. So is a folder into which another command (weights_convert, an
     export) is writing an output right now (its output_guard claim): the run would sweep that
     command's temp file as a killed save's, or train beside the file it is about to drop there.
-    That command checks again once it has claimed its output, so of the two the later is refused."""
+    That command checks again once it has claimed its output, so of the two the later is refused.
+    So is a folder a test phase (or Morph interpolate / translate) is writing its results into
+    (output_guard.own_result_folder; e.g. --sample_dir and --result_dir both `results`): the run
+    would sweep its page's temp file and move its pictures aside as an older run's samples; that
+    command refuses a folder a run holds, so of the two the later is refused."""
     folders = [(getattr(paths, attr), flag) for attr, flag in RUN_FOLDERS]
     locks = run_lock.acquire_all(folders, command)
     try:
@@ -333,6 +337,11 @@ def own_run(paths, command: str | None = None) -> "run_lock.RunLocks":
             if busy:
                 name, holder = busy
                 raise run_lock.FolderInUse(f"{flag} {folder!r}: another command is writing {name!r} into it "
+                                           f"({holder.describe()}); wait for it to end, or give this run another "
+                                           f"folder", holder)
+            holder = run_lock.held_by(folder, run_lock.RESULTS_LOCK_NAME, run_lock.RESULTS_OWNER_NAME)
+            if holder is not None:
+                raise run_lock.FolderInUse(f"{flag} {folder!r}: another command is writing its results into it "
                                            f"({holder.describe()}); wait for it to end, or give this run another "
                                            f"folder", holder)
     except BaseException:

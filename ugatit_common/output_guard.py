@@ -406,7 +406,7 @@ def check_result_folders(folders, *, checkpoint: str | None = None, flag: str = 
 
 # -- one results command per results folder -----------------------------------------------------------
 
-RESULTS_LOCK, RESULTS_OWNER = ".ugatit-results.lock", ".ugatit-results.owner"
+RESULTS_LOCK, RESULTS_OWNER = run_lock.RESULTS_LOCK_NAME, run_lock.RESULTS_OWNER_NAME
 
 
 @contextlib.contextmanager
@@ -424,6 +424,10 @@ def own_result_folder(folder: str, flag: str = "--result_dir"):
         raise OutputRefused(f"{flag}: results would go into {folder!r}, which another command is writing "
                             f"({e.holder.describe()}); wait for it to end, or give {flag} another folder") from None
     try:
+        live = _live_owner(os.path.realpath(folder))  # a training run that took it since check_result_folders
+        if live is not None and live[1].pid != os.getpid():
+            raise OutputRefused(f"{flag}: results would go into {folder!r}, which lies in {live[0]!r}, a folder of a "
+                                f"running training ({live[1].describe()}); give {flag} a folder of its own")
         yield lock
     finally:
         lock.release()

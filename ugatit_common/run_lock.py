@@ -33,6 +33,8 @@ from .options import OptionError
 
 LOCK_NAME = ".ugatit-run.lock"
 OWNER_NAME = ".ugatit-run.owner"
+# a results command's hold on the folder it writes its pictures and page into (output_guard.own_result_folder)
+RESULTS_LOCK_NAME, RESULTS_OWNER_NAME = ".ugatit-results.lock", ".ugatit-results.owner"
 
 try:
     import fcntl
