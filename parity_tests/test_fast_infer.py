@@ -842,3 +842,44 @@ def test_benchmark_results_file_is_never_half_written(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         res.put("light", "bf16@1", {"ms": Stop()})
     assert path.read_bytes() == earlier and sorted(q.name for q in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_overlapped_batches_stopped_list_every_picture_they_wrote(tmp_path, monkeypatch):
+    """The overlapped batched test phase hands a batch's pictures to writer threads and adds them
+    to the page as the writes finish; a stop meanwhile (the next batch's translation NaN, an
+    error, Ctrl-C) waited for the writes in flight, but the pictures they wrote were left out of
+    the page the stopped run leaves (README "Outputs": a stopped run's page lists the pictures it
+    wrote). Now every picture written before the stop is on the page, and only those."""
+    import time as _time
+    import re as _re
+    import torch_port.batch_translate as bt
+    from torch_port.batch_translate import translate_batches
+    from ugatit_common.finite import NonFiniteOutput
+    model, cfg = _demo_model()
+    files = _images(str(tmp_path / "in"), n=4)
+    real_translate, calls = model.translate, [0]
+
+    def translate(x, direction):
+        calls[0] += 1
+        y = real_translate(x, direction)
+        return y * float("nan") if calls[0] == 2 else y  # the second batch overflows
+    monkeypatch.setattr(model, "translate", translate)
+    real_save = bt.save_image
+
+    def slow_save(image, path):  # the first batch's writes still in flight when the second is checked
+        _time.sleep(0.5)
+        return real_save(image, path)
+    monkeypatch.setattr(bt, "save_image", slow_save)
+    out = tmp_path / "out"
+    page = ResultsPage(str(out), cfg["img_size"])
+    with pytest.raises(NonFiniteOutput):
+        try:
+            translate_batches(model, files, "a2b", cfg, torch.device("cpu"), str(out), page, {}, OutputNames(files),
+                              2, progress=False, overlap=True)
+        except BaseException:
+            page.stopped()  # as torch_port.translate.test does
+            raise
+    written = sorted(os.listdir(out / "a2b"))
+    assert written == ["img_0.png", "img_1.png"]
+    listed = sorted(os.path.basename(p) for p in _re.findall(r"src='(a2b/[^']+)'", (out / "index.html").read_text()))
+    assert listed == written

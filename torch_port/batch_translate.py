@@ -229,3 +229,11 @@ def _overlapped(model, files, direction, cfg, device, result_dir, page, counts, 
         reader.stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
         reader.join(timeout=5)
+        # stopped (an error, a NaN picture, Ctrl-C) while writes were in flight: the pictures they
+        # wrote are on the page the stopped run leaves (the caller's page.stopped()), those not
+        # written (cancelled or failed) are not
+        for fut, f, out in pending:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                page.add(os.path.relpath(out, result_dir).replace(os.sep, "/"), f, out)
+                counts[direction] = counts.get(direction, 0) + 1
+        pending.clear()
