@@ -416,3 +416,31 @@ def test_stopped_tf_reference_rerun_page_never_mixes_two_runs(tmp_path, monkeypa
         assert set(links) == set(written) and len(written) == 2
     with open(page, encoding="utf-8") as fh:
         assert "Incomplete" in fh.read()
+
+
+def test_results_sweep_removes_only_a_killed_writers_temp_files(port_ckpt, tmp_path, monkeypatch, capsys):
+    """Before writing, the test phase sweeps its results folders of what a killed earlier test
+    phase left; it took any name of the checkpoint folders' temp patterns and removed folders
+    whole: a `.tmp-cache/` folder there went with everything in it (shutil.rmtree of a folder no
+    command of this project makes), and so did an earlier run's picture of an input named
+    `cat.model-5_temp.png` (TF's temp-file pattern). Now only the atomic writers' temp files of
+    a writer that is gone are removed there."""
+    from parity_tests.test_file_names import _dead_pid
+    photos, more = tmp_path / "photos", tmp_path / "more"
+    _photo(photos / "cat.model-5_temp.png", seed=1)
+    _photo(more / "dog.png", seed=2)
+    out = tmp_path / "out"
+    base = ["--checkpoint", port_ckpt, "--result_dir", str(out)]
+    assert _port_test(base + ["--input", str(photos)], tmp_path, monkeypatch) == 0, capsys.readouterr().err
+    (res,) = {os.path.dirname(r) for r, _, fs in os.walk(out) if "cat.model-5_temp.png" in fs}
+    cache = os.path.join(res, ".tmp-cache")
+    os.makedirs(cache)
+    with open(os.path.join(cache, "notes.txt"), "w") as fh:
+        fh.write("mine")
+    killed = os.path.join(res, "a2b", f".tmp-{_dead_pid()}-dog.png")  # a test phase killed mid-write
+    with open(killed, "wb") as fh:
+        fh.write(b"half a png")
+    assert _port_test(base + ["--input", str(more)], tmp_path, monkeypatch) == 0, capsys.readouterr().err
+    assert os.path.isfile(os.path.join(cache, "notes.txt"))
+    assert os.path.isfile(os.path.join(res, "a2b", "cat.model-5_temp.png"))
+    assert not os.path.exists(killed) and os.path.isfile(os.path.join(res, "a2b", "dog.png"))

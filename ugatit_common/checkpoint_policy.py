@@ -264,7 +264,9 @@ def sweep_temp(folder: str, log=print, owner=None) -> list[str]:
     A run's own folder: only by the run holding it (`owner`). Without `owner` (a test phase's
     results folder) a folder that another run holds is left alone: its temp files are that
     run's saves in progress; and so is a temp file whose writer still runs (another test phase
-    writing its page there: ugatit_common.atomic.abandoned)."""
+    writing its page there: ugatit_common.atomic.abandoned). There only the atomic writers'
+    temp files go (`.tmp-...` regular files): never a folder, a link, or a name of TF's saves
+    (a test phase makes none; `cat.model-5_temp.png` is the picture of an input so named)."""
     gone = []
     if not os.path.isdir(folder):
         return gone
@@ -277,7 +279,8 @@ def sweep_temp(folder: str, log=print, owner=None) -> list[str]:
         if not _TEMP.match(n) or journal_file(n):  # a journal left for the user (and its backups) stays
             continue
         p = os.path.join(folder, n)
-        if owner is None and abandoned(p) is False:  # a running command's write in progress
+        if owner is None and (abandoned(p) is False  # a running command's write in progress
+                              or not n.startswith(".tmp-") or os.path.islink(p) or not os.path.isfile(p)):
             continue
         try:
             if os.path.isdir(p) and not os.path.islink(p):
