@@ -280,6 +280,8 @@ def check_bench_command(argv: list[str], load, monkeypatch) -> None:
 
 
 def _gpu_commands(tmp_path):
+    for folder in ("work", "out"):  # the scripts make both before any step (mktemp -d, mkdir -p)
+        (tmp_path / folder).mkdir(exist_ok=True)
     cmds = []
     for script in SCRIPTS:
         for name, argv in script_steps(script, str(tmp_path)):
