@@ -470,6 +470,15 @@ def test_train_pipelines_read_a_name_that_is_not_utf8(tf, tfdata, images, tmp_pa
     assert (port == tdata.ImageFolderDataset([images["rgb.png"]], 32, augment=False, seed=0)[0]).all()
 
 
+
+def _tf_decode(tf, path):
+    """The official pipeline's decode of the file at `path` (decode_jpeg, 3 channels)."""
+    g = tf.Graph()
+    with g.as_default():
+        dec = tf.compat.v1.image.decode_jpeg(tf.compat.v1.read_file(path), channels=3)
+    with tf.compat.v1.Session(graph=g) as sess:
+        return sess.run(dec)
+
 @pytest.mark.tf
 def test_animated_gifs_are_dropped_as_the_official_pipeline_stops_on_them(tf, tfdata, tmp_path):
     """The training image rule (ugatit_common.images.check_train_image, shared by both
@@ -485,18 +494,12 @@ def test_animated_gifs_are_dropped_as_the_official_pipeline_stops_on_them(tf, tf
     frames[0].save(animated, save_all=True, append_images=frames[1:])
     frames[0].save(single)
 
-    def tf_decode(path):
-        g = tf.Graph()
-        with g.as_default():
-            dec = tf.compat.v1.image.decode_jpeg(tf.compat.v1.read_file(path), channels=3)
-        with tf.compat.v1.Session(graph=g) as sess:
-            return sess.run(dec)
     with pytest.raises(tf.errors.InvalidArgumentError, match="animated"):
-        tf_decode(animated)
+        _tf_decode(tf, animated)
     with pytest.raises(ImageReadError, match="animated GIF .3 frames."):
         check_train_image(animated)
     check_train_image(single)
-    np.testing.assert_array_equal(tf_decode(single), decode_image(single))
+    np.testing.assert_array_equal(_tf_decode(tf, single), decode_image(single))
 
 
 @pytest.mark.tf
@@ -533,15 +536,9 @@ def test_gifs_whose_frame_is_not_their_screen_are_dropped_by_both_frameworks(tf,
     with open(huge_png, "wb") as fh:
         fh.write(bytes(png))
 
-    def tf_decode(path):
-        g = tf.Graph()
-        with g.as_default():
-            dec = tf.compat.v1.image.decode_jpeg(tf.compat.v1.read_file(path), channels=3)
-        with tf.compat.v1.Session(graph=g) as sess:
-            return sess.run(dec)
-    frame = tf_decode(single)
+    frame = _tf_decode(tf, single)
     for path in (larger, bomb, huge):  # TF: the frame, whatever the screen says
-        np.testing.assert_array_equal(tf_decode(path), frame)
+        np.testing.assert_array_equal(_tf_decode(tf, path), frame)
     assert decode_image(larger).shape == (48, 64, 3)  # OpenCV: the screen - another picture
     with pytest.raises(Image.DecompressionBombError), Image.open(bomb) as im:
         im.n_frames
