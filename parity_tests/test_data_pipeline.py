@@ -470,7 +470,6 @@ def test_train_pipelines_read_a_name_that_is_not_utf8(tf, tfdata, images, tmp_pa
     assert (port == tdata.ImageFolderDataset([images["rgb.png"]], 32, augment=False, seed=0)[0]).all()
 
 
-
 def _tf_decode(tf, path):
     """The official pipeline's decode of the file at `path` (decode_jpeg, 3 channels)."""
     g = tf.Graph()
@@ -478,6 +477,7 @@ def _tf_decode(tf, path):
         dec = tf.compat.v1.image.decode_jpeg(tf.compat.v1.read_file(path), channels=3)
     with tf.compat.v1.Session(graph=g) as sess:
         return sess.run(dec)
+
 
 @pytest.mark.tf
 def test_animated_gifs_are_dropped_as_the_official_pipeline_stops_on_them(tf, tfdata, tmp_path):
