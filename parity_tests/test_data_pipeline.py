@@ -561,3 +561,28 @@ def test_gifs_whose_frame_is_not_their_screen_are_dropped_by_both_frameworks(tf,
     said = [str(w.message) for w in said]
     for warned in (said, lines):
         assert len(warned) == 4 and all(repr(f) in w for f, w in zip(files[1:], warned)), warned
+
+
+def test_a_gif_over_pillows_bomb_size_gives_no_anonymous_warning(tmp_path, monkeypatch):
+    """Counting a large GIF's frames (Pillow) printed Pillow's DecompressionBombWarning, which
+    names no file, for a picture OpenCV and TF decode; the rule's own result is unchanged: a
+    single frame is used, an animated one still refused. (Pillow's limit is lowered so a small
+    picture stands for one over 89 megapixels.)"""
+    import warnings
+
+    from PIL import Image
+
+    from ugatit_common.images import ImageReadError, check_train_image
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).convert("P") for _ in range(2)]
+    single, animated = str(tmp_path / "one.gif"), str(tmp_path / "two.gif")
+    frames[0].save(single)
+    frames[0].save(animated, save_all=True, append_images=frames[1:])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # 2000 pixels: over it, under twice it (a warning)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        check_train_image(single)
+        with pytest.raises(ImageReadError, match="animated GIF .2 frames."):
+            check_train_image(animated)
+    assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)], \
+        [str(w.message) for w in seen]

@@ -285,13 +285,18 @@ def gif_screen_mismatch(buf: bytes) -> str | None:
 
 
 def gif_frames(path) -> int:
-    """How many frames the GIF at `path` holds (Pillow, from the file's bytes: any file name)."""
+    """How many frames the GIF at `path` holds (Pillow, from the file's bytes: any file name).
+    Pillow's own DecompressionBombWarning (a picture over 89 megapixels, which OpenCV and TF
+    decode) is not passed on: it names no file, and counting frames is not decoding for use."""
     import io
+    import warnings
 
     from PIL import Image
     try:
-        with Image.open(io.BytesIO(_file_bytes(path).tobytes())) as im:
-            return int(getattr(im, "n_frames", 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(_file_bytes(path).tobytes())) as im:
+                return int(getattr(im, "n_frames", 1))
     except Exception as e:  # noqa: BLE001 - OpenCV decoded it; Pillow cannot: a damaged GIF
         raise ImageReadError(path, f"a GIF whose frames cannot be counted ({type(e).__name__})") from e
 
