@@ -563,7 +563,7 @@ def test_torch2tf_meta_imports_and_restores_in_tensorflow(meta_conversion, tmp_p
     assert set(values) == set(stored)
     for n, v in values.items():
         np.testing.assert_array_equal(v, stored[n], err_msg=n)
-    from ugatit_common.tf_checkpoint.config import run_image_size
+    from ugatit_common.checkpoint_policy import run_image_size
     assert run_image_size(prefix) == (META_CFG["img_size"], f"its .meta graph records img_size={META_CFG['img_size']}")
     with tf.Graph().as_default():
         UGATITGraph(opt.config_from(META_CFG, phase="test")).build_test()

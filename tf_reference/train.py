@@ -49,8 +49,8 @@ def refuse_other_image_size(f, folder: str, img_size) -> None:
     """CheckpointMismatch when the run of checkpoint `f` (policy.Found) trained at another image
     size than `img_size` (None: no check): a light model's weights would restore at any size and
     the run go on at another one. Its .meta records the size, or - that .meta lost - the run's
-    other checkpoints do (tf_checkpoint.config.run_image_size); the port refuses it too."""
-    from ugatit_common.tf_checkpoint.config import run_image_size
+    other checkpoints do (checkpoint_policy.run_image_size); the port refuses it too."""
+    from ugatit_common.checkpoint_policy import run_image_size
     recorded = run_image_size(f.base) if img_size is not None else None
     if recorded is not None and recorded[0] != int(img_size):
         had, how = recorded

@@ -321,9 +321,9 @@ def _refuse_other_image_size(state: dict, cfg: dict | None, source: str) -> None
 
 def _refuse_other_run_image_size(f, folder: str, cfg: dict | None) -> None:
     """A TF checkpoint (policy.Found) continues at its run's image size, as its own .meta or - that
-    lost - the run's other checkpoints record it (tf_checkpoint.config.run_image_size); tf_reference
+    lost - the run's other checkpoints record it (checkpoint_policy.run_image_size); tf_reference
     refuses the same."""
-    recorded = tfc.config.run_image_size(f.base) if cfg is not None and cfg.get("img_size") is not None else None
+    recorded = policy.run_image_size(f.base) if cfg is not None and cfg.get("img_size") is not None else None
     if recorded is not None and recorded[0] != int(cfg["img_size"]):
         had, how = recorded
         raise CheckpointMismatch(f"--img_size={cfg['img_size']} contradicts checkpoint {f.name} in {folder!r} ({how}): "

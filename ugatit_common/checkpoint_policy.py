@@ -524,3 +524,41 @@ def prune(folder: str, prefix: str, run_id: str, keep: int) -> list[Found]:
             except FileNotFoundError:
                 pass
     return gone
+
+
+def run_image_size(prefix: str) -> tuple[int, str] | None:
+    """(img_size, what records it) of the run that wrote the TF checkpoint `prefix`, for a resume
+    at another --img_size (a light model's weights restore at any size): its own .meta; without
+    one (TF's Saver writes it last: a full disk or a kill there leaves the checkpoint without it)
+    the newest other checkpoint of its folder (one run's) that records the size - a TF one's
+    .meta, a port one's weights metadata (its trainer's config). None when nothing does."""
+    from .tf_checkpoint import metagraph
+    from .tf_checkpoint.config import ConversionError, from_meta
+
+    def meta_size(base):
+        try:
+            setting = from_meta(base, None)[0].get("img_size")
+        except (ConversionError, OSError, ValueError):  # an unreadable .meta records nothing
+            return None
+        return None if setting is None else int(setting.value)
+    own = meta_size(prefix)
+    if own is not None:
+        return own, f"its .meta graph records img_size={own}"
+    lacks = "it has no .meta" if metagraph.find_meta(prefix) is None else "its .meta records no image size"
+    folder = os.path.dirname(os.path.abspath(prefix))
+    for f in inventory(folder, prefer="tf"):  # newest first
+        if os.path.abspath(f.base) == os.path.abspath(prefix):
+            continue
+        name = os.path.basename(f.base)
+        if f.framework == "tf":
+            size, where = meta_size(f.base), f"{name}.meta"
+        else:
+            try:
+                size = json.loads(safetensors_metadata(f.base + ".safetensors").get("config") or "{}")
+                size = size.get("img_size") if isinstance(size, dict) else None
+            except ValueError:
+                size = None
+            where = f"the run config in {name}.safetensors"
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size, f"{lacks}, and {where}, of the same run, records img_size={size}"
+    return None
