@@ -47,15 +47,11 @@ def check_checkpoint_matches(ckpt_path: str, graph_vars) -> None:
 
 def refuse_other_image_size(f, folder: str, img_size) -> None:
     """CheckpointMismatch when the run of checkpoint `f` (policy.Found) trained at another image
-    size than `img_size` (None: no check): a light model's weights would restore at any size and
-    the run go on at another one. Its .meta records the size, or - that .meta lost - the run's
-    other checkpoints do (checkpoint_policy.run_image_size); the port refuses it too."""
-    from ugatit_common.checkpoint_policy import run_image_size
-    recorded = run_image_size(f.base) if img_size is not None else None
-    if recorded is not None and recorded[0] != int(img_size):
-        had, how = recorded
-        raise CheckpointMismatch(f"--img_size={img_size} contradicts checkpoint {f.name} in {folder!r} ({how}): "
-                                 f"resume with --img_size {had}, or train a new run in another --checkpoint_dir")
+    size than `img_size` (None: no check), as its .meta or - that .meta lost - the run's other
+    checkpoints record it (checkpoint_policy.other_image_size); the port refuses it too."""
+    message = policy.other_image_size(f, folder, img_size)
+    if message:
+        raise CheckpointMismatch(message)
 
 
 def restore(sess, saver, folder: str, graph_vars, need: str = "train", owner=None, img_size: int | None = None):

@@ -321,13 +321,11 @@ def _refuse_other_image_size(state: dict, cfg: dict | None, source: str) -> None
 
 def _refuse_other_run_image_size(f, folder: str, cfg: dict | None) -> None:
     """A TF checkpoint (policy.Found) continues at its run's image size, as its own .meta or - that
-    lost - the run's other checkpoints record it (checkpoint_policy.run_image_size); tf_reference
+    lost - the run's other checkpoints record it (checkpoint_policy.other_image_size); tf_reference
     refuses the same."""
-    recorded = policy.run_image_size(f.base) if cfg is not None and cfg.get("img_size") is not None else None
-    if recorded is not None and recorded[0] != int(cfg["img_size"]):
-        had, how = recorded
-        raise CheckpointMismatch(f"--img_size={cfg['img_size']} contradicts checkpoint {f.name} in {folder!r} ({how}): "
-                                 f"resume with --img_size {had}, or train a new run in another --checkpoint_dir")
+    message = policy.other_image_size(f, folder, (cfg or {}).get("img_size"))
+    if message:
+        raise CheckpointMismatch(message)
 
 
 # state entries that are not numbers a run continues with: the config (compared, not used) and

@@ -562,3 +562,16 @@ def run_image_size(prefix: str) -> tuple[int, str] | None:
         if isinstance(size, int) and not isinstance(size, bool):
             return size, f"{lacks}, and {where}, of the same run, records img_size={size}"
     return None
+
+
+def other_image_size(f: "Found", folder: str, img_size) -> str | None:
+    """The refusal (a message) of a resume at `img_size` from the TF checkpoint `f` of `folder`
+    whose run trained at another size (`run_image_size`), or None (also for img_size None): a
+    light model's weights restore at any size, and the run would go on at another one.
+    tf_reference and the port both refuse it, each with its own CheckpointMismatch."""
+    recorded = run_image_size(f.base) if img_size is not None else None
+    if recorded is None or recorded[0] == int(img_size):
+        return None
+    had, how = recorded
+    return (f"--img_size={img_size} contradicts checkpoint {f.name} in {folder!r} ({how}): resume with "
+            f"--img_size {had}, or train a new run in another --checkpoint_dir")

@@ -74,8 +74,12 @@ def decode_image(path) -> np.ndarray:
     ignored, as TF does. CMYK JPEGs get TF's CMYK -> RGB conversion (`_cmyk_jpeg_as_tf`).
     """
     path = os.fspath(path)
+    return _decode(_file_bytes(path), path)
+
+
+def _decode(buf: np.ndarray, path: str) -> np.ndarray:
+    """`decode_image` of the file's bytes `buf` (`path` names it in errors)."""
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
-    buf = _file_bytes(path)
     img = _imdecode(buf, flags, path)
     if img is None:
         raise ImageReadError(path, "not a decodable image (corrupt or unsupported format)")
@@ -162,23 +166,25 @@ def check_train_image(path) -> None:
         raise ImageReadError(path, "empty file")
     if not any(head.startswith(m) for m, _ in TRAIN_FORMATS):
         raise ImageReadError(path, "not a JPEG, PNG or GIF (the formats the official TF pipeline decodes)")
+    buf = _file_bytes(path)  # read once for the decode and every check below
+    raw = buf.tobytes()
     if head.startswith(b"GIF8"):  # before OpenCV decodes a damaged header's screen (up to 2^30 pixels)
-        why = gif_screen_mismatch(_file_bytes(path).tobytes())
+        why = gif_screen_mismatch(raw)
         if why:
             raise ImageReadError(path, f"a GIF whose {why}: the official TF pipeline decodes the frame, OpenCV "
                                        f"the screen - the two frameworks would train on different pictures")
-    decode_image(path)
+    _decode(buf, path)
     if head.startswith(b"\xff\xd8\xff"):
-        why = jpeg_end_missing(_file_bytes(path).tobytes())
+        why = jpeg_end_missing(raw)
         if why:
             raise ImageReadError(path, f"an incomplete JPEG ({why}): OpenCV decodes it (the rest as noise or grey), "
                                        f"the official TF pipeline stops on it mid-run")
     elif head.startswith(b"\x89PNG"):
-        why = png_damaged(_file_bytes(path).tobytes())
+        why = png_damaged(raw)
         if why:
             raise ImageReadError(path, f"a damaged PNG ({why}): the official TF pipeline stops on it mid-run")
     if head.startswith(b"GIF8"):
-        frames = gif_frames(path)
+        frames = gif_frames(path, raw)
         if frames > 1:  # OpenCV reads the first frame; TF's decode_jpeg stops the whole run on it
             raise ImageReadError(path, f"an animated GIF ({frames} frames): the official TF pipeline stops on it "
                                        f"mid-run (decode_jpeg takes single-frame GIFs only)")
@@ -284,8 +290,9 @@ def gif_screen_mismatch(buf: bytes) -> str | None:
     return None
 
 
-def gif_frames(path) -> int:
-    """How many frames the GIF at `path` holds (Pillow, from the file's bytes: any file name).
+def gif_frames(path, raw: bytes | None = None) -> int:
+    """How many frames the GIF at `path` holds (Pillow, from the file's bytes - `raw` when given
+    -: any file name).
     Pillow's own DecompressionBombWarning (a picture over 89 megapixels, which OpenCV and TF
     decode) is not passed on: it names no file, and counting frames is not decoding for use."""
     import io
@@ -295,7 +302,7 @@ def gif_frames(path) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(_file_bytes(path).tobytes())) as im:
+            with Image.open(io.BytesIO(_file_bytes(path).tobytes() if raw is None else raw)) as im:
                 return int(getattr(im, "n_frames", 1))
     except Exception as e:  # noqa: BLE001 - OpenCV decoded it; Pillow cannot: a damaged GIF
         raise ImageReadError(path, f"a GIF whose frames cannot be counted ({type(e).__name__})") from e

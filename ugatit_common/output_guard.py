@@ -406,9 +406,6 @@ def check_result_folders(folders, *, checkpoint: str | None = None, flag: str = 
 
 # -- one results command per results folder -----------------------------------------------------------
 
-RESULTS_LOCK, RESULTS_OWNER = run_lock.RESULTS_LOCK_NAME, run_lock.RESULTS_OWNER_NAME
-
-
 @contextlib.contextmanager
 def own_result_folder(folder: str, flag: str = "--result_dir"):
     """`with own_result_folder(folder):` hold the results folder `folder` for the block (the run
@@ -419,7 +416,8 @@ def own_result_folder(folder: str, flag: str = "--result_dir"):
     (OutputRefused, exit 2, naming the first: pid, command, start time) before it writes
     anything. A killed holder blocks nothing. Taken after check_result_folders."""
     try:
-        lock = run_lock.acquire(folder, flag, lock_name=RESULTS_LOCK, owner_name=RESULTS_OWNER)
+        lock = run_lock.acquire(folder, flag, lock_name=run_lock.RESULTS_LOCK_NAME,
+                                owner_name=run_lock.RESULTS_OWNER_NAME)
     except run_lock.FolderInUse as e:
         raise OutputRefused(f"{flag}: results would go into {folder!r}, which another command is writing "
                             f"({e.holder.describe()}); wait for it to end, or give {flag} another folder") from None
