@@ -28,7 +28,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -36,6 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ugatit_common import options as opt  # noqa: E402
 
+from work_folders import work_folder  # noqa: E402 - bench/work_folders.py
 from workers import Worker, check_json_out, write_json  # bench/workers.py (this folder is sys.path[0] when run as a script)
 
 CPU_MODES = ["fp32", "fp32+compile", "bf16", "bf16+compile"]
@@ -204,7 +204,7 @@ def run_config(a, light: bool, modes: list[str]) -> dict:
     env = dict(os.environ)
     cache = None
     if not a.warm_cache:
-        cache = tempfile.TemporaryDirectory(prefix="bench_fast_inductor_")
+        cache = work_folder("bench_fast_inductor_")  # and those of killed runs removed (bench/work_folders.py)
         env["TORCHINDUCTOR_CACHE_DIR"] = cache.name
     t0 = time.perf_counter()
     workers = [] if a.skip_tf else [_Worker("tf_reference", args)]

@@ -21,7 +21,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -29,6 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ugatit_common import options as opt  # noqa: E402
 
+from work_folders import work_folder  # noqa: E402 - bench/work_folders.py
 from workers import Worker  # bench/workers.py (this folder is sys.path[0] when run as a script)
 
 RUNTIMES = ("onnxruntime", "onnxruntime_fp16", "torch_port", "tf_reference")
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         if bad or "torch_port" not in names:
             p.error(f"--runtimes: expected a subset of {', '.join(RUNTIMES)} holding torch_port (the reference), "
                     f"got {a.runtimes!r}")
-    with tempfile.TemporaryDirectory() as tmp:
+    with work_folder("bench_onnx_") as tmp:  # those of killed runs removed first (bench/work_folders.py)
         passthrough = ["--img_size", str(a.img_size), "--ch", str(a.ch), "--light", str(a.light), "--batch",
                        str(a.batch), "--threads", str(a.threads), "--model_dir", tmp, "--provider", a.provider]
         workers = []

@@ -43,6 +43,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ugatit_common import options as opt  # noqa: E402
 
+from work_folders import work_folder  # noqa: E402 - bench/work_folders.py
 from workers import Worker, check_json_out, measured_on, targets_note, write_json  # bench/workers.py (this folder is sys.path[0] as a script)
 
 
@@ -401,12 +402,10 @@ def cuda_main(a, cfg, modes) -> int:
     the pipelined rate (iterations back to back, as the loop runs), compile time, and the issue's
     targets beside the figures. Each row is printed as soon as it is measured (a timeout keeps
     what was done); --json is rewritten after each mode."""
-    import tempfile
-
     import torch
     passthrough = ["--img_size", str(a.img_size), "--ch", str(a.ch), "--n_dis", str(a.n_dis),
                    "--light", str(a.light), "--device", a.device]
-    cache = tempfile.TemporaryDirectory(prefix="bench_train_inductor_")  # a cold compile, as a user's first run
+    cache = work_folder("bench_train_inductor_")  # a cold compile, as a user's first run (bench/work_folders.py)
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache.name)
     gpu = measured_on()  # the GPU's own name (an H100 or an H200 may be lent: results say which)
     print(f"{gpu['gpu']} ({gpu['memory_gib']} GiB), torch {torch.__version__}, CUDA {torch.version.cuda}; "
@@ -572,9 +571,8 @@ def main(argv=None):
     # one torch worker per group at a time (three 256-px training models and their compiled graphs
     # in one process took 16 GB), each group timed alternately with the one TF worker
     groups = _groups(modes)
-    import tempfile
-    tmp = tempfile.TemporaryDirectory(prefix="bench_train_")
-    cache = tempfile.TemporaryDirectory(prefix="bench_train_inductor_")  # a cold compile, as a user's first run
+    tmp = work_folder("bench_train_")  # those of killed runs removed first (bench/work_folders.py)
+    cache = work_folder("bench_train_inductor_")  # a cold compile, as a user's first run
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache.name)
     # TF first: it writes its initial weights, which the torch workers then load
     tf_worker = None if a.skip_tf else _Worker("tf_reference", passthrough + ["--weights", tmp.name])

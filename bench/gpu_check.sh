@@ -42,8 +42,18 @@ taken=""
 for n in $OUT_NAMES; do [[ -e $OUT/$n || -L $OUT/$n ]] && taken="$taken $n"; done
 [[ -n $taken ]] && refuse "already holds$taken (an earlier run's results, or your own files): they are never \
 overwritten or appended to; give a new OUT_DIR, or move them away"
-WORK=$(mktemp -d -t gpu_check_XXXXXX)            # JSON parts and the shared inductor cache (not sent back)
+# JSON parts and the shared inductor cache (not sent back). Held for the run's life by flock on
+# WORK/.owner.lock (the steps inherit it), renamed to that name only once locked: a killed run's
+# WORK (its lock free) is removed by the next run, said in one line (bench/work_folders.py), never
+# a running one's
+$PY bench/work_folders.py sweep gpu_check_
+WORK=$(mktemp -d -t gpu_check_XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
+if command -v flock >/dev/null; then
+    exec 8>"$WORK/.owner.lock.part" && flock -n 8 \
+        && printf '{"pid": %d, "started": "%s", "command": "bench/gpu_check.sh"}' $$ "$(date -Iseconds)" >&8 \
+        && mv "$WORK/.owner.lock.part" "$WORK/.owner.lock"
+fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export CUBLAS_WORKSPACE_CONFIG=:4096:8              # the exact fp32 path's deterministic cuBLAS (set before CUDA starts)
 export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor"    # tests and drift compile the same 32-px graphs: one cold compile

@@ -25,7 +25,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
@@ -268,7 +267,9 @@ def end_to_end(res: Results, net, cfg: dict, n_images: int, batch: int, compiled
     from torch_port.fast import optimize
     from ugatit_common.output_names import OutputNames
     from ugatit_common.results import ResultsPage
-    tmp = tempfile.mkdtemp(prefix="bench_e2e_")
+    from work_folders import work_folder  # bench/work_folders.py
+    work = work_folder("bench_e2e_")  # those of killed runs removed first (bench/work_folders.py)
+    tmp = work.name
     try:
         t = time.perf_counter()
         files = _write_images(os.path.join(tmp, "in"), n_images, cfg["img_size"])
@@ -317,7 +318,7 @@ def end_to_end(res: Results, net, cfg: dict, n_images: int, batch: int, compiled
             del g
             _free()
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        work.cleanup()
 
 
 def morph_interpolate(res: Results, size: int, ch: int, device, variants=("fp32", "bf16+graphs")) -> None:
@@ -327,7 +328,9 @@ def morph_interpolate(res: Results, size: int, ch: int, device, variants=("fp32"
     from morph.model import MorphUGATIT
     from torch_port.fast import optimize_generators
     from ugatit_common import options as opt
-    tmp = tempfile.mkdtemp(prefix="bench_interp_")
+    from work_folders import work_folder  # bench/work_folders.py
+    work = work_folder("bench_interp_")
+    tmp = work.name
     try:
         files = _write_images(os.path.join(tmp, "in"), 4, size)
         cfg = opt.validate(opt.config_from(light=True, img_size=size, ch=ch, n_dis=6 if size >= 128 else 4))
@@ -356,7 +359,7 @@ def morph_interpolate(res: Results, size: int, ch: int, device, variants=("fp32"
             del model
             _free()
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        work.cleanup()
 
 
 def _best(entries: dict, prefix: str, batch: int, key: str, better):

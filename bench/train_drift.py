@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -204,7 +203,8 @@ def main(argv=None) -> int:
     if a.skip_compile:
         plan = [r for r in plan if not r[2]]
     init = train_precision.LOSS_SCALE_INIT
-    with tempfile.TemporaryDirectory(prefix="train_drift_") as root, demo_folder(root):
+    from work_folders import work_folder  # bench/work_folders.py: those of killed runs removed first
+    with work_folder("train_drift_") as root, demo_folder(root):
         for name, precision, compile, graphs, det in plan:
             Trainer.DETERMINISTIC_FP32 = det
             train_precision.LOSS_SCALE_INIT = SETTLED_SCALE if precision == "fp16" else init

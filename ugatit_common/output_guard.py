@@ -54,7 +54,7 @@ from . import run_lock
 from .run_lock import held_by
 
 __all__ = ["OutputRefused", "KINDS", "kind_of", "describe", "input_files", "checkpoint_folder_of", "as_file",
-           "check_outputs", "place_output", "claim", "release_claims", "check_result_folders",
+           "check_outputs", "place_output", "claim", "release_claims", "sweep_dead_claims", "check_result_folders",
            "own_result_folder"]
 
 
@@ -336,6 +336,7 @@ def check_outputs(outputs, inputs, overwrite: bool, *, updates=(), beside_input_
     for folder in sorted({os.path.dirname(os.path.abspath(p)) for p, _ in [*outputs, *updates]}):
         # a killed earlier write there: its files put back before they are judged, its temp files removed
         sweep_dead_temps(folder)
+        sweep_dead_claims(folder)
     in_files = [f for p in inputs for f in input_files(p)] + [p for p in inputs if os.path.lexists(p)]
     in_folders = [f for f in (checkpoint_folder_of(p) for p in inputs if os.path.lexists(p) or _tf_prefix(p)) if f]
     every = [(p, k, False) for p, k in outputs] + [(p, k, True) for p, k in updates]
@@ -492,6 +493,30 @@ def claim(path: str) -> bool:
         raise OutputRefused(f"output {path!r} is being written by another command ({e.holder.describe()}); wait "
                             f"for it to end, or choose another output name") from None
     return True
+
+
+def _claim_owner(name: str) -> str | None:
+    """The owner file of the claim lock file `name` (`.<stem>.ugatit-out.lock`), or None."""
+    tail = CLAIM + ".lock"
+    if name.startswith(".") and name.endswith(tail) and len(name) > 1 + len(tail):
+        return name[: -len(".lock")] + ".owner"
+    return None
+
+
+def sweep_dead_claims(folder: str, log=print) -> list[str]:
+    """Remove the claim files (`.<name>.ugatit-out.lock` / `.owner`) in `folder` that a killed
+    command left (SIGKILL, a power cut: its atexit clean-up never ran), said in one line naming
+    the command from its owner file; a claim of a command still running (its flock held) is left
+    alone, whatever pid it names. The next command writing into that folder calls it
+    (check_outputs, the report commands); a claim of the same output is also taken over by
+    `claim`. Returns the lock files' names removed."""
+    gone = run_lock.sweep_dead(folder, _claim_owner)
+    if gone and log:
+        who = sorted({h.describe() for _, h in gone})
+        outputs = [n[1: -len(CLAIM + ".lock")] for n, _ in gone]
+        log(f"note: {folder}: removed the claim files of {len(gone)} output(s) ({', '.join(outputs)}) left by a "
+            f"command that ended without its clean-up ({'; '.join(who)})")
+    return [n for n, _ in gone]
 
 
 def release_claims(paths=None) -> None:

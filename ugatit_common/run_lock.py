@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from .made_folders import missing_top, remove_empty_chain
 from .options import OptionError
 
 LOCK_NAME = ".ugatit-run.lock"
@@ -44,6 +45,7 @@ except ImportError:  # pragma: no cover - not POSIX
 # `held_by` probes with a shared lock for a few microseconds; an `acquire` landing in that moment
 # tries again this often before it concludes that another run holds the folder
 _CONTENDED_TRIES, _CONTENDED_WAIT_S = 5, 0.02
+_FRESH_S = 60  # `sweep_dead` leaves a lock file this young without its owner file (being taken right now)
 
 
 class FolderInUse(OptionError):
@@ -214,7 +216,7 @@ def acquire(folder: str, what: str = "checkpoint folder", command: str | None = 
     if fcntl is None:  # pragma: no cover
         raise OptionError("run folders can only be locked on a POSIX system (fcntl.flock)")
     path = os.path.join(folder, lock_name)
-    created = _missing_top(folder)
+    created = missing_top(folder)
     contended = 0
     while True:
         try:
@@ -263,31 +265,59 @@ def acquire(folder: str, what: str = "checkpoint folder", command: str | None = 
     return lock
 
 
-def _missing_top(folder: str) -> str | None:
-    """The topmost folder of the path `folder` that does not exist yet (None: it exists)."""
-    top, d = None, os.path.abspath(folder)
-    while not os.path.lexists(d):
-        top, parent = d, os.path.dirname(d)
-        if parent == d:
-            break
-        d = parent
-    return top
+def sweep_dead(folder: str, owner_of) -> list[tuple[str, Holder]]:
+    """Remove the lock files in `folder` whose holder has ended without its clean-up (SIGKILL, a
+    power cut): `owner_of(name)` gives a lock file's owner-file name, or None for a file that is
+    not such a lock. A lock whose flock is free is a dead holder's, whatever pid its owner file
+    names (a pid may be reused); it is removed with its owner file while held, as `release` does,
+    so an `acquire` racing with the sweep locks a fresh file. A lock held by a live process (this
+    one included) is left alone. Returns [(lock name, its holder as the owner file said)]."""
+    if fcntl is None:  # pragma: no cover
+        return []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    gone = []
+    for name in names:
+        owner_name = owner_of(name)
+        if owner_name is None:
+            continue
+        path = os.path.join(folder, name)
+        try:  # never created here: only an existing lock file is looked at
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: a live command's
+                continue
+            try:
+                if not os.path.samestat(os.fstat(fd), os.stat(path)):  # released and made anew meanwhile
+                    continue
+            except FileNotFoundError:
+                continue
+            if not os.path.lexists(os.path.join(folder, owner_name)) and \
+                    time.time() - os.fstat(fd).st_mtime < _FRESH_S:  # an acquire between its open and its flock
+                continue
+            holder = _read_owner(folder, owner_name)
+            for n in (owner_name, name):
+                try:
+                    os.remove(os.path.join(folder, n))
+                except FileNotFoundError:
+                    pass
+            gone.append((name, holder))
+        finally:
+            os.close(fd)  # lets the lock go
+    return gone
 
 
 def remove_created(lock: RunLock) -> None:
     """Remove the folders `acquire` created for `lock` (from its folder up to `lock.created`)
     while they are empty: a run refused for another of its folders leaves none behind."""
-    if not lock.created:
-        return
-    d, top = os.path.abspath(lock.folder), lock.created
-    while True:
-        try:
-            os.rmdir(d)
-        except OSError:
-            return
-        if d == top:
-            return
-        d = os.path.dirname(d)
+    if lock.created:
+        remove_empty_chain(lock.folder, lock.created)
 
 
 own_folder = acquire  # `with own_folder(folder): ...` reads as what it is

@@ -1,0 +1,215 @@
+"""What a killed command, a failed test phase or a report rerun used to leave behind: claim files of
+a killed writer, a killed benchmark's work folder, the empty folders of a failed test phase, an
+earlier report's files beside a new one. Each is removed (or set aside) by the next run, and only
+what its dead owner made: never a live command's, never a user's file, never a folder that was
+there before or holds anything."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from parity_tests.conftest import ROOT
+from parity_tests.test_nonfinite_and_flags import CFG, _run, error_line, overflow  # noqa: F401 - a fixture
+from ugatit_common import options as opt
+
+BENCH = os.path.join(ROOT, "bench")
+
+
+def _python(code: str, *args, wait=True, **kw):
+    """Run `code` in a fresh interpreter with this checkout importable."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + BENCH)
+    argv = [sys.executable, "-c", textwrap.dedent(code), *args]
+    if wait:
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True, **kw)
+
+
+# code for a child that claims output files like a converter, then says "ready" (and is killed, or sleeps)
+CLAIMER = """
+    import os, signal, sys, time
+    from ugatit_common import output_guard
+    for path in sys.argv[2:]:
+        output_guard.claim(path)
+    print("ready", flush=True)
+    if sys.argv[1] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)  # no atexit, no clean-up: as a lent machine's timeout, an OOM killer
+    time.sleep(120)
+"""
+
+
+NO_PID = 4194304  # above Linux's largest pid_max: no process has it
+
+
+def _wait_ready(proc):
+    assert proc.stdout.readline().strip() == "ready"
+
+
+def test_a_killed_commands_claim_files_go_with_the_next_command_and_a_live_ones_stay(tmp_path, capsys):
+    """A converter or export killed while it held its output's claim left `.<name>.ugatit-out.lock`
+    and `.owner` for good (the next command with another output name never took them over). The
+    next command writing into that folder removes them, saying so in one line; the claim of a
+    command still running stays, whatever pids the owner files name (a pid may be reused: the
+    flock decides), and a user's files there are untouched."""
+    from ugatit_common import output_guard as og
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / ".hidden.lock").write_text("mine too")  # a user's dotfile that is no claim
+    dead = _python(CLAIMER, "kill", str(out / "old.onnx"))
+    assert dead.returncode == -signal.SIGKILL and dead.stdout.strip() == "ready", dead.stderr
+    live = _python(CLAIMER, "sleep", str(out / "busy.onnx"), wait=False)
+    try:
+        _wait_ready(live)
+        names = sorted(os.listdir(out))
+        assert ".old.onnx.ugatit-out.lock" in names and ".old.onnx.ugatit-out.owner" in names, names
+        # pid reuse both ways: the dead claim names a live pid (this one), the live claim a dead one
+        for name, pid in ((".old.onnx.ugatit-out.owner", os.getpid()), (".busy.onnx.ugatit-out.owner", NO_PID)):
+            info = json.loads((out / name).read_text())
+            (out / name).write_text(json.dumps(dict(info, pid=pid)))
+        capsys.readouterr()
+        og.check_outputs([(str(out / "new.onnx"), "onnx")], [], False)
+        printed = capsys.readouterr().out
+        try:
+            lines = [ln for ln in printed.splitlines() if "claim files" in ln]
+            assert len(lines) == 1 and "(old.onnx)" in lines[0] and f"pid {os.getpid()}" in lines[0], printed
+            assert "busy.onnx" not in lines[0]
+            assert sorted(os.listdir(out)) == sorted([".busy.onnx.ugatit-out.lock", ".busy.onnx.ugatit-out.owner",
+                                                      ".new.onnx.ugatit-out.lock", ".new.onnx.ugatit-out.owner",
+                                                      ".hidden.lock", "notes.txt"])
+            # the live command's claim still holds: a second command given its output is refused, naming it
+            with pytest.raises(og.OutputRefused, match="being written by another command"):
+                og.claim(str(out / "busy.onnx"))
+        finally:
+            og.release_claims()
+    finally:
+        live.kill()
+        live.wait()
+    assert sorted(os.listdir(out)) == sorted([".busy.onnx.ugatit-out.lock", ".busy.onnx.ugatit-out.owner",
+                                              ".hidden.lock", "notes.txt"])  # busy's: killed just now, not swept yet
+    assert og.sweep_dead_claims(str(out), log=None) == [".busy.onnx.ugatit-out.lock"]
+    assert sorted(os.listdir(out)) == [".hidden.lock", "notes.txt"]
+
+
+def test_a_claim_taken_while_the_sweep_runs_is_never_lost(tmp_path):
+    """The sweep removes a dead claim while holding its flock (as a release does): an `acquire`
+    that opened the old file meanwhile sees it replaced and locks a fresh one, so the claim it
+    then holds is the one at the path (held_by finds it)."""
+    from ugatit_common import run_lock
+    from ugatit_common.output_guard import _claim_owner
+    folder = str(tmp_path)
+    for _ in range(20):
+        left = _python("""
+            import os, signal, sys
+            from ugatit_common import output_guard
+            output_guard.claim(sys.argv[1])
+            os.kill(os.getpid(), signal.SIGKILL)
+        """, os.path.join(folder, "x.onnx"))
+        assert left.returncode == -signal.SIGKILL
+        racer = _python("""
+            import sys
+            from ugatit_common import output_guard
+            output_guard.claim(sys.argv[1])
+            print("ready", flush=True)
+            sys.stdin.readline()
+        """, os.path.join(folder, "x.onnx"), wait=False, stdin=subprocess.PIPE)
+        run_lock.sweep_dead(folder, _claim_owner)
+        _wait_ready(racer)
+        try:
+            holder = run_lock.held_by(folder, ".x.onnx.ugatit-out.lock", ".x.onnx.ugatit-out.owner")
+            assert holder is not None and holder.pid == racer.pid, (holder, os.listdir(folder))
+            assert run_lock.sweep_dead(folder, _claim_owner) == []
+        finally:
+            racer.stdin.close()
+            racer.wait()
+
+
+# -- the benchmarks' work folders ----------------------------------------------------------------------
+
+def test_a_killed_benchmarks_work_folder_goes_with_the_next_run(tmp_path):
+    """bench/work_folders.py: a work folder whose run was killed (its `.owner.lock` free) is removed
+    by the next run of that prefix, said in one line; a running one's (held) stays, as do a folder
+    without the lock file (named), another prefix's and a user's folder of another name."""
+    sys.path.insert(0, BENCH)
+    try:
+        from work_folders import work_folder, sweep
+    finally:
+        sys.path.remove(BENCH)
+    tmp = str(tmp_path)
+    live = work_folder("bench_x_", tmp, log=None)  # (a new one sweeps first: made before the killed one)
+    killed = _python("""
+        import os, signal, sys
+        from work_folders import work_folder
+        w = work_folder("bench_x_", sys.argv[1])
+        open(os.path.join(w.name, "cache.bin"), "wb").write(b"0" * 1000)
+        print(w.name, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """, tmp)
+    dead = killed.stdout.strip()
+    assert killed.returncode == -signal.SIGKILL and os.path.isdir(dead), killed.stderr
+    for name in ("bench_x_abc123", "bench_xy_abc12345", "bench_x_user_folder_of_mine"):
+        os.mkdir(os.path.join(tmp, name))
+    said = []
+    assert sweep("bench_x_", tmp, log=said.append) == [dead]
+    assert len(said) == 2 and "removed 1 work folder(s)" in said[0] and dead in said[0], said
+    assert os.path.join(tmp, "bench_x_abc123") in said[1] and "left alone" in said[1], said
+    assert sorted(os.listdir(tmp)) == sorted([os.path.basename(live.name), "bench_x_abc123", "bench_xy_abc12345",
+                                              "bench_x_user_folder_of_mine"])
+    live.cleanup()
+    assert not os.path.exists(live.name)
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="bench/gpu_check.sh holds its work folder with flock(1)")
+def test_gpu_check_removes_the_work_folder_of_a_killed_run(tmp_path):
+    """bench/gpu_check.sh killed (SIGKILL: a lent machine's lease ending) skipped its `trap rm -rf`
+    and left TMPDIR/gpu_check_XXXXXX (the inductor cache) for good. Its next run removes it, in one
+    line; a work folder held by a run still going stays. Here the first step's python (PY, a
+    wrapper) kills the script; on this CPU machine the next run stops at its device step."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    wrapper = tmp_path / "py"
+    wrapper.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        # bench/work_folders.py runs as it is; the device step kills the script (its grandparent) and exits
+        case "$1" in bench/*) exec {sys.executable} "$@";; esac
+        if [ -n "$KILL_SCRIPT" ]; then kill -9 "$(awk '{{print $4}}' /proc/$PPID/stat)"; exit 1; fi
+        exec {sys.executable} "$@"
+    """))
+    wrapper.chmod(0o755)
+    env = dict(os.environ, TMPDIR=str(tmp), PY=str(wrapper))
+    script = os.path.join(ROOT, "bench", "gpu_check.sh")
+    first = subprocess.run(["bash", script, str(tmp_path / "out1")], env=dict(env, KILL_SCRIPT="1"),
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == -signal.SIGKILL, (first.returncode, first.stderr)
+    left = [n for n in os.listdir(tmp) if n.startswith("gpu_check_")]
+    assert len(left) == 1 and ".owner.lock" in os.listdir(tmp / left[0]), left
+
+    def held(lock):
+        return subprocess.run(["flock", "-n", str(lock), "true"]).returncode != 0
+
+    deadline = time.time() + 20
+    while held(tmp / left[0] / ".owner.lock"):  # until the killed script's step processes have ended too
+        assert time.time() < deadline
+        time.sleep(0.05)
+    busy = tmp / "gpu_check_busy99"  # a run still going (its lock held)
+    busy.mkdir()
+    holder = subprocess.Popen(["flock", str(busy / ".owner.lock"), "sleep", "60"])
+    try:
+        while not held(busy / ".owner.lock"):
+            assert time.time() < deadline
+            time.sleep(0.05)
+        second = subprocess.run(["bash", script, str(tmp_path / "out2")], env=env, capture_output=True, text=True,
+                                timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    said = [ln for ln in (second.stdout + second.stderr).splitlines() if "work folder(s)" in ln]
+    assert len(said) == 1 and left[0] in said[0] and "gpu_check_busy99" not in said[0], second.stdout + second.stderr
+    assert sorted(os.listdir(tmp)) == ["gpu_check_busy99"]  # the second run's own work folder went at its exit
