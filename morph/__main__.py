@@ -198,8 +198,10 @@ def cmd_interpolate(args) -> int:
     if not model.single_generator:
         raise opt.OptionError(f"interpolation needs a config-C checkpoint (latent MLP); this one is config "
                               f"{model.morph_config}")
-    _check_writable(out_dir)
-    interpolate_images(model, inputs, out_dir, steps=args.steps, samples=args.samples)
+    from ugatit_common.made_folders import removed_on_failure
+    with removed_on_failure() as made:  # a failed run leaves no empty folder it made (never one there before)
+        made.make(out_dir, _check_writable)
+        interpolate_images(model, inputs, out_dir, steps=args.steps, samples=args.samples)
     return 0
 
 
@@ -214,7 +216,14 @@ def cmd_translate(args) -> int:
     inputs = list_inputs(args.input)
     out_dir = _out_dir(args)
     model, cfg = _load(args)
-    _check_writable(out_dir)
+    from ugatit_common.made_folders import removed_on_failure
+    with removed_on_failure() as made:  # a failed run leaves no empty folder it made (never one there before)
+        made.make(out_dir, _check_writable)
+        return _translate_into(args, inputs, out_dir, model)
+
+
+def _translate_into(args, inputs, out_dir, model) -> int:
+    """translate's writing part: every input's translations and row picture into `out_dir`."""
     from torch_port.data import ImageReadError
     from ugatit_common.atomic import sweep_dead_temps
     from ugatit_common.output_names import OutputNames, OutputRecord

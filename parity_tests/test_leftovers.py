@@ -213,3 +213,65 @@ def test_gpu_check_removes_the_work_folder_of_a_killed_run(tmp_path):
     said = [ln for ln in (second.stdout + second.stderr).splitlines() if "work folder(s)" in ln]
     assert len(said) == 1 and left[0] in said[0] and "gpu_check_busy99" not in said[0], second.stdout + second.stderr
     assert sorted(os.listdir(tmp)) == ["gpu_check_busy99"]  # the second run's own work folder went at its exit
+
+
+# -- a failed test phase leaves no empty folder it made ------------------------------------------------
+
+def _folders(root):
+    return sorted(os.path.relpath(d, root) for d, _, _ in os.walk(root))
+
+
+def test_a_failed_test_phase_or_morph_command_removes_the_empty_folders_it_made(overflow, tmp_path, capsys,  # noqa: F811
+                                                                                 monkeypatch):
+    """The port's test phase and Morph translate / interpolate failing before their first picture
+    (here: an overflowing translation, exit 2) left `--result_dir`, `<model_dir>` and `a2b/` empty
+    behind. Now those it made go; a folder that was there before stays, even empty, and so does
+    one that holds anything."""
+    from morph.__main__ import main as morph_main
+    from torch_port.__main__ import main as port_main
+    root = str(tmp_path / "o")
+    shutil.copytree(overflow, root)
+    monkeypatch.chdir(root)
+    photo = os.path.join("dataset", "t", "testA")
+    os.makedirs("was_here/empty")
+    os.makedirs("was_here/full")
+    with open("was_here/full/mine.txt", "w") as fh:
+        fh.write("mine")
+    before = _folders(root)
+    for result_dir in ("new/deeper", "was_here", "was_here/empty", "was_here/full"):
+        cases = [(port_main, ["--phase", "test", "--input", photo, "--device", "cpu", "--result_dir", result_dir,
+                              "--checkpoint", "huge"]),
+                 (morph_main, ["translate", "--direction", "a2b", "--checkpoint", "mhuge", "--input", photo,
+                               "--device", "cpu", "--result_dir", result_dir + "/m"]),
+                 (morph_main, ["interpolate", "--steps", "2", "--samples", "1", "--checkpoint", "mhuge", "--input",
+                               photo, "--device", "cpu", "--result_dir", result_dir + "/m"])]
+        for main, argv in cases:
+            rc, got = _run(main, argv, capsys)
+            assert rc == 2 and "non-finite value" in error_line(got.err), (argv, got.err[-800:])
+            assert _folders(root) == before, argv
+    assert open("was_here/full/mine.txt").read() == "mine"
+    # the control: a test phase that writes its pictures keeps its folders
+    rc, got = _run(port_main, ["--phase", "test", "--input", photo, "--device", "cpu", "--result_dir", "new/ok",
+                               "--checkpoint", "big"], capsys)
+    assert rc == 0, got.err[-800:]
+    assert os.listdir(os.path.join("new", "ok", opt.model_dir(CFG), "a2b"))
+
+
+@pytest.mark.tf
+@pytest.mark.slow  # TensorFlow builds the test graph (~20 s)
+def test_a_failed_tf_reference_test_phase_removes_the_empty_folders_it_made(overflow, tmp_path, monkeypatch,  # noqa: F811
+                                                                            capsys):
+    import weights_convert as wc
+    from tf_reference.__main__ import main as tf_main
+    from parity_tests.test_nonfinite_and_flags import TINY, _model_dir
+    root = str(tmp_path / "o")
+    shutil.copytree(os.path.join(overflow, "dataset"), os.path.join(root, "dataset"))
+    assert wc.main(["torch2tf", os.path.join(overflow, "huge"), os.path.join(_model_dir(root), "UGATIT_light.model-3"),
+                    "--weights_only"]) == 0
+    os.makedirs(os.path.join(root, "kept"))
+    monkeypatch.chdir(root)
+    before = _folders(root)
+    for result_dir in ("fresh/results", "kept"):
+        rc, got = _run(tf_main, ["--phase", "test", "--result_dir", result_dir] + TINY[:-2], capsys)
+        assert rc == 2 and "non-finite value" in error_line(got.err), got.err[-800:]
+        assert _folders(root) == before

@@ -15,6 +15,7 @@ from ugatit_common import cli_errors
 from ugatit_common import options as opt
 from ugatit_common.finite import NonFiniteLoss
 from ugatit_common.images import ImageReadError, none_readable, readable_train_images
+from ugatit_common.made_folders import removed_on_failure
 from ugatit_common.output_guard import check_result_folders, own_result_folder
 from ugatit_common.output_names import DIRECTIONS, OutputNames
 from ugatit_common.results import ResultsPage, save_grid, save_image
@@ -293,7 +294,7 @@ def test(cfg: dict) -> str:
                 raise opt.OptionError(f"no checkpoint in {paths.checkpoint!r} to translate with (train first with "
                                       f"the same flags, or check --checkpoint_dir, --dataset, --light)")
             # NaN / inf weights, or finite ones whose translation overflows: exit 2, never black images
-            from ugatit_common.finite import refuse_non_finite, refuse_non_finite_output
+            from ugatit_common.finite import refuse_non_finite
             gen_vars = [v for v in tf.global_variables() if v.name.startswith("generator")]
             refuse_non_finite(zip([v.name for v in gen_vars], sess.run(gen_vars)),
                               f"checkpoint {paths.checkpoint} (step {step})")
@@ -301,41 +302,48 @@ def test(cfg: dict) -> str:
             # never into a live run's folders, the checkpoint folder read, or a dataset's image folder
             check_result_folders([paths.result, os.path.join(paths.result, "a2b"), os.path.join(paths.result, "b2a")],
                                  checkpoint=paths.checkpoint)
-            for folder, files in ((paths.result, True), (os.path.join(paths.result, "a2b"), files_A),
-                                  (os.path.join(paths.result, "b2a"), files_B)):
-                if files:  # a2b/ and b2a/ too: a file in their place stops the run before any picture
-                    cli_errors.check_writable_folder(folder, "--result_dir")
-            # one test phase at a time writes these pictures and this page (a second one is refused)
-            with own_result_folder(paths.result):
-                for folder in [paths.result] + [os.path.join(paths.result, d) for d in DIRECTIONS]:  # page and images:
-                    policy.sweep_temp(folder, log=lambda msg: None)  # a killed earlier test phase's (not a live one's)
-                page = ResultsPage(paths.result, cfg["img_size"])
-                names = OutputNames(files_A + files_B)  # a2b/ and b2a/: never collide, never an input
-                try:
-                    for files, src, out, direction in ((files_A, m.test_domain_A, m.test_fake_B, "a2b"),
-                                                       (files_B, m.test_domain_B, m.test_fake_A, "b2a")):
-                        for f in files:
-                            print(f"Processing {'A' if direction == 'a2b' else 'B'} image: " + f)  # the official line
-                            try:
-                                image = load_test_image(f, cfg["img_size"])
-                            except Exception as e:  # ImageReadError (unreadable, not an image), or a decoder's own
-                                why = (e.reason if isinstance(e, ImageReadError)
-                                       else f"not a readable image ({type(e).__name__})")
-                                print(f"warning: skipping {f}: {why}", file=sys.stderr)
-                                continue
-                            fake = sess.run(out, {src: image})
-                            refuse_non_finite_output(fake[0], f"the {direction} translation of {f}")  # no black picture
-                            image_path = names.path(os.path.join(paths.result, direction), f)
-                            page.before_output(image_path)  # an earlier run's page never lists this run's pictures
-                            save_image(fake[0], image_path)
-                            page.add(os.path.relpath(image_path, paths.result).replace(os.sep, "/"), f, image_path)
-                except BaseException:  # Ctrl-C, a NaN picture, a full disk: the page lists what this run wrote
-                    page.stopped()
-                    raise
-                if not page.rows:  # the previous results page stays as it was
-                    raise opt.OptionError(none_readable(files_A + files_B))
-                page.close()
+            with removed_on_failure() as made:  # a failed run leaves no empty folder it made (never one there before)
+                for folder, files in ((paths.result, True), (os.path.join(paths.result, "a2b"), files_A),
+                                      (os.path.join(paths.result, "b2a"), files_B)):
+                    if files:  # a2b/ and b2a/ too: a file in their place stops the run before any picture
+                        made.make(folder, cli_errors.check_writable_folder, "--result_dir")
+                _translate_all(sess, m, cfg, paths, files_A, files_B)
     return paths.result
+
+
+def _translate_all(sess, m, cfg: dict, paths, files_A: list, files_B: list) -> None:
+    """The test phase's pictures and page (results/<model_dir>: a2b/, b2a/, index.html)."""
+    from ugatit_common.finite import refuse_non_finite_output  # finite weights may still overflow
+    # one test phase at a time writes these pictures and this page (a second one is refused)
+    with own_result_folder(paths.result):
+        for folder in [paths.result] + [os.path.join(paths.result, d) for d in DIRECTIONS]:  # page and images:
+            policy.sweep_temp(folder, log=lambda msg: None)  # a killed earlier test phase's (not a live one's)
+        page = ResultsPage(paths.result, cfg["img_size"])
+        names = OutputNames(files_A + files_B)  # a2b/ and b2a/: never collide, never an input
+        try:
+            for files, src, out, direction in ((files_A, m.test_domain_A, m.test_fake_B, "a2b"),
+                                               (files_B, m.test_domain_B, m.test_fake_A, "b2a")):
+                for f in files:
+                    print(f"Processing {'A' if direction == 'a2b' else 'B'} image: " + f)  # the official line
+                    try:
+                        image = load_test_image(f, cfg["img_size"])
+                    except Exception as e:  # ImageReadError (unreadable, not an image), or a decoder's own
+                        why = (e.reason if isinstance(e, ImageReadError)
+                               else f"not a readable image ({type(e).__name__})")
+                        print(f"warning: skipping {f}: {why}", file=sys.stderr)
+                        continue
+                    fake = sess.run(out, {src: image})
+                    refuse_non_finite_output(fake[0], f"the {direction} translation of {f}")  # no black picture
+                    image_path = names.path(os.path.join(paths.result, direction), f)
+                    page.before_output(image_path)  # an earlier run's page never lists this run's pictures
+                    save_image(fake[0], image_path)
+                    page.add(os.path.relpath(image_path, paths.result).replace(os.sep, "/"), f, image_path)
+        except BaseException:  # Ctrl-C, a NaN picture, a full disk: the page lists what this run wrote
+            page.stopped()
+            raise
+        if not page.rows:  # the previous results page stays as it was
+            raise opt.OptionError(none_readable(files_A + files_B))
+        page.close()
 
 
 def print_information(cfg: dict, dataset_num: int) -> None:

@@ -23,6 +23,7 @@ from ugatit_common.checkpoint_policy import sweep_temp
 from ugatit_common.cli_errors import check_writable_folder
 from ugatit_common.finite import refuse_non_finite, refuse_non_finite_output
 from ugatit_common.images import none_readable
+from ugatit_common.made_folders import removed_on_failure
 from ugatit_common.output_guard import check_result_folders, own_result_folder
 from ugatit_common.output_names import DIRECTIONS, OutputNames
 from ugatit_common.results import ResultsPage, save_image
@@ -162,10 +163,12 @@ def test(cfg: dict, device: torch.device, input_path: str | None = None, directi
     # never into a live run's folders, the checkpoint folder read, or a dataset's image folder
     check_result_folders([paths.result] + [os.path.join(paths.result, d) for _, d in jobs],
                          checkpoint=checkpoint if checkpoint is not None else paths.checkpoint)
-    for folder in [paths.result] + [os.path.join(paths.result, d) for files, d in jobs if files]:
-        check_writable_folder(folder, "--result_dir")  # a2b/ and b2a/ too: a file there stops it before any picture
-    with own_result_folder(paths.result):  # one test phase at a time writes these pictures and this page
-        return _write_results(model, jobs, cfg, device, paths, batch)
+    with removed_on_failure() as made:  # a failed run leaves no empty folder it made (never one there before)
+        for folder in [paths.result] + [os.path.join(paths.result, d) for files, d in jobs if files]:
+            # a2b/ and b2a/ too: a file there stops it before any picture
+            made.make(folder, check_writable_folder, "--result_dir")
+        with own_result_folder(paths.result):  # one test phase at a time writes these pictures and this page
+            return _write_results(model, jobs, cfg, device, paths, batch)
 
 
 def _write_results(model, jobs, cfg, device, paths, batch) -> str:
