@@ -348,12 +348,14 @@ def _check_report_folder(path: str, ckpt: str) -> list[str]:
     """--report's folder, before any work, by the report command's rules for OUT_DIR
     (parity_tests.harness.claim_report_outputs): a folder (or one that can be made) that is
     writable, not the checkpoint folder being read, a live run's folder or a dataset's images, and
-    no file by a report's name that these commands did not write. Returns the report files, held
-    for this process until `release_claims`."""
-    from parity_tests.harness import claim_report_outputs
+    no file by a report's name that these commands did not write. Returns the report files (and
+    the report's other names there, set aside once it is written), held for this process until
+    `release_claims`."""
+    from parity_tests.harness import claim_report_outputs, other_report_paths
     outputs = [os.path.join(path, name) for name in ("parity_report.md", "parity_report.html")]
-    claim_report_outputs(outputs, ckpt, "--report")
-    return outputs
+    others = other_report_paths(path, outputs)  # an earlier report's fast_paths.* / free_run.json: set aside after
+    claim_report_outputs(outputs, ckpt, "--report", others=others)
+    return outputs + others
 
 
 def _need_tensorflow(flag: str) -> None:
@@ -568,9 +570,10 @@ def _convert(argv=None) -> int:
                     if r["output"]:
                         print(f"  {name:45s} max |diff| {r['max_abs']:.3g}")
             if args.report:
-                from parity_tests.harness import write_report
+                from parity_tests.harness import set_earlier_aside, write_report
                 try:
                     print("report: " + write_report(results, cfg, args.report, args.ckpt, provenance=info.describe()))
+                    set_earlier_aside(args.report, ("parity_report.md", "parity_report.html"))
                 except BaseException as e:
                     if not existed:  # the output this command wrote goes with its report; never one there before
                         os.remove(out)

@@ -344,14 +344,16 @@ def _main(argv=None) -> int:
     validate(config_from(info.config))
     info.announce()  # a guessed setting is said on stderr, as the parity report says it
     outputs = [os.path.join(a.out_dir, n) for n in ("fast_paths.md", "fast_paths.html")]
-    from parity_tests.harness import claim_report_outputs
+    from parity_tests.harness import claim_report_outputs, other_report_paths, set_earlier_aside
     from ugatit_common.output_guard import release_claims
-    claim_report_outputs(outputs, a.ckpt, "OUT_DIR")
+    others = other_report_paths(a.out_dir, outputs)  # an earlier parity report there is set aside once this is written
+    claim_report_outputs(outputs, a.ckpt, "OUT_DIR", others=others)
     try:
         sections = checkpoint_sections(a.ckpt, a.img_size, eager, compiled, a.seed, overrides)
         page = write_fast_path_report(sections, a.out_dir, a.ckpt)
+        set_earlier_aside(a.out_dir, outputs)
     finally:
-        release_claims(outputs)
+        release_claims(outputs + others)
     for title, res in sections:
         for name, r in res["outputs"].items():
             print(f"{title}:{name}: " + "  ".join(f"{k} rms {v[0]:.3g} max {v[1]:.3g}" for k, v in r.items()

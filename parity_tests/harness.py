@@ -425,10 +425,14 @@ def _refuse_foreign(path: str, what: str) -> None:
                             + ("file name" if what == "--json" else "folder"))
 
 
-def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_DIR") -> None:
+def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_DIR", others=()) -> None:
     """Check, before any work, that the report files `paths` may be written, and hold them for
     this process (ugatit_common.output_guard.claim; `release_claims` lets them go, and removes a
-    folder the claim made while it is still empty). OutputRefused (exit 2, one line naming `what`):
+    folder the claim made while it is still empty). `others`: the report's other names there,
+    which this run does not write but may set aside (set_earlier_aside): held too, so two report
+    commands never write into one folder at once; a user's file by such a name is no refusal.
+    Claim files a killed report command left there are removed first (said in one line).
+    OutputRefused (exit 2, one line naming `what`):
     - a folder of a live training run, the checkpoint folder being read (`checkpoint`), a dataset's
       image folder (output_guard.check_result_folders: results never go there);
     - a file where the folder goes, a folder that cannot be written;
@@ -449,11 +453,14 @@ def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_
             raise og.OutputRefused(f"{what} {folder!r} is not writable ({d!r}: permission denied)")
     for p in paths:
         _refuse_foreign(p, what)
+    for folder in folders:
+        if os.path.isdir(folder):
+            og.sweep_dead_claims(folder)
     import tempfile
     from ugatit_common.options import OptionError
     taken = []
     try:
-        for p in paths:
+        for p in [*paths, *others]:
             try:
                 if og.claim(p):
                     taken.append(p)
@@ -473,3 +480,62 @@ def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_
     except BaseException:
         og.release_claims(taken)
         raise
+
+
+# -- one report per folder: an earlier run's files this run does not write are set aside ---------------
+
+# every file the report commands write into a report folder (parity_tests.report writes all of them,
+# `--fast_paths none` / without `--free_run` fewer; parity_tests.fast_paths the fast_paths pair;
+# `weights_convert.py tf2torch --report` the parity_report pair)
+REPORT_NAMES = ("parity_report.md", "parity_report.html", "fast_paths.md", "fast_paths.html", "free_run.json")
+EARLIER = "earlier-report-"  # + the earlier files' time: the subfolder they are moved into
+
+
+def other_report_paths(out_dir: str, written) -> list[str]:
+    """The report names in `out_dir` that a run writing `written` (paths or names) does not write."""
+    names = {os.path.basename(p) for p in written}
+    return [os.path.join(out_dir, n) for n in REPORT_NAMES if n not in names]
+
+
+def set_earlier_aside(out_dir: str, written, log=print) -> str | None:
+    """After a report command has written `written` (paths or names) into `out_dir`: the files of
+    the report's names it did not write there that these commands wrote (an earlier run's
+    free_run.json, fast_paths.* or parity_report.*; a user's file by such a name is not touched)
+    would read as this run's. They are moved, not removed (computed results), into
+    `out_dir/earlier-report-<their time>/` (the newest one's modification time; `_1`... when
+    taken), said in one line. Returns that folder, or None when there was nothing to move."""
+    import datetime
+    earlier = [p for p in other_report_paths(out_dir, written) if written_by_report(p)]
+    if not earlier:
+        return None
+    stamp = datetime.datetime.fromtimestamp(max(os.path.getmtime(p) for p in earlier))
+    base = os.path.join(out_dir, EARLIER + stamp.strftime("%Y%m%d-%H%M%S"))
+    dest, k = base, 0
+    while True:
+        try:
+            os.mkdir(dest)  # a new folder of its own: nothing in it is replaced
+            break
+        except FileExistsError:
+            k += 1
+            dest = f"{base}_{k}"
+        except OSError as e:  # the report is written: said, not an error
+            if log:
+                log(f"warning: {', '.join(os.path.basename(p) for p in earlier)} in {out_dir} are an earlier "
+                    f"run's, not this run's, and could not be moved aside ({dest}: {e.strerror or e})")
+            return None
+    moved, failed = [], []
+    for p in earlier:
+        try:
+            os.rename(p, os.path.join(dest, os.path.basename(p)))
+            moved.append(os.path.basename(p))
+        except OSError as e:
+            failed.append(f"{os.path.basename(p)} ({e.strerror or e})")
+    if not moved:
+        os.rmdir(dest)
+    if moved and log:
+        log(f"note: {', '.join(moved)} in {out_dir} were an earlier run's (written {stamp:%Y-%m-%d %H:%M:%S}), not "
+            f"this run's: moved into {dest}")
+    if failed and log:
+        log(f"warning: {', '.join(failed)} in {out_dir} are an earlier run's, not this run's, and could not be "
+            f"moved aside")
+    return dest if moved else None

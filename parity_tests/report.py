@@ -23,6 +23,10 @@ OUT_DIR is checked and held before any work (parity_tests.harness.claim_report_o
 folder of a live training run, the checkpoint folder being read or a dataset's image folder; a
 file there by one of the report's names that these commands did not write (the user's) is never
 replaced (exit 2), an earlier report is; a second command writing the same report is refused.
+An earlier run's files this run does not write (its free_run.json when this run has no
+--free_run, its fast_paths.* with `--fast_paths none`) are moved into
+OUT_DIR/earlier-report-<their time>/ once this report is written (said in one line): a folder
+never shows two runs' files as one report (harness.set_earlier_aside).
 
 Exit status: 0 every tensor within tolerance, 1 some over, 2 bad input (an `error:` line; a
 checkpoint with NaN or inf in any network is bad input: nothing is compared or written).
@@ -92,13 +96,14 @@ def _main(argv=None) -> int:
     names = (list(REPORT_FILES) + (list(FAST_PATH_FILES) if eager or compiled else [])
              + (["free_run.json"] if args.free_run else []))
     outputs = [os.path.join(args.out_dir, n) for n in names]
-    from parity_tests.harness import claim_report_outputs
+    from parity_tests.harness import claim_report_outputs, other_report_paths
     from ugatit_common.output_guard import release_claims
-    claim_report_outputs(outputs, args.ckpt, "OUT_DIR")  # before minutes of work, not after
+    others = other_report_paths(args.out_dir, outputs)  # an earlier run's: set aside once this report is written
+    claim_report_outputs(outputs, args.ckpt, "OUT_DIR", others=others)  # before minutes of work, not after
     try:
         return _report(args, info, overrides, eager, compiled)
     finally:
-        release_claims(outputs)  # and OUT_DIR itself when a failed run made it and wrote nothing
+        release_claims(outputs + others)  # and OUT_DIR itself when a failed run made it and wrote nothing
 
 
 REPORT_FILES = ("parity_report.md", "parity_report.html")
@@ -158,6 +163,8 @@ def _report(args, info, overrides: dict, eager, compiled) -> int:
         companions["free_run.json"] = free_run_report.json_text(free)
     page = write_report(rows, cfg, args.out_dir, args.ckpt, provenance=info.describe(), extra=extra,
                         appendix=appendix, companions=companions)
+    from parity_tests.harness import set_earlier_aside  # an earlier run's files this one did not replace
+    set_earlier_aside(args.out_dir, list(companions) + ["parity_report.md", "parity_report.html"])
     print(f"report: {page}")
     if fast_page:
         print(f"fast paths, every layer: {fast_page}")

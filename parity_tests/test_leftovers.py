@@ -275,3 +275,106 @@ def test_a_failed_tf_reference_test_phase_removes_the_empty_folders_it_made(over
         rc, got = _run(tf_main, ["--phase", "test", "--result_dir", result_dir] + TINY[:-2], capsys)
         assert rc == 2 and "non-finite value" in error_line(got.err), got.err[-800:]
         assert _folders(root) == before
+
+
+# -- a report rerun: the earlier run's other files are set aside, never beside the new report ---------
+
+EVERY = ("parity_report.md", "parity_report.html", "fast_paths.md", "fast_paths.html", "free_run.json")
+CURVE = {"reference": "tf", "candidate": "torch_port", "budget": 1e-9, "curve": []}  # a free-run curve's keys
+
+
+def _earlier_report(out, names):
+    """Files of an earlier report run by `names` (as these commands start them), dated an hour ago."""
+    from parity_tests.harness import PAGE_HEAD
+    text = {"parity_report.md": "# U-GAT-IT parity report\nearlier\n",
+            "parity_report.html": PAGE_HEAD + "<h1>U-GAT-IT parity report</h1>earlier",
+            "fast_paths.md": "# Fast-path fidelity\nearlier\n",
+            "fast_paths.html": PAGE_HEAD + "<h1>Fast-path fidelity</h1>earlier",
+            "free_run.json": json.dumps(CURVE)}
+    os.makedirs(out, exist_ok=True)
+    then = time.time() - 3600
+    for n in names:
+        p = os.path.join(out, n)
+        with open(p, "w") as fh:
+            fh.write(text[n])
+        os.utime(p, (then, then))
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(int(then)))
+
+
+def _stub_rows():
+    return {"generator_B:image": dict(torch_name="generator_B:image", shape=(1, 3, 64, 64), max_abs=0.0, max_rel=0.0,
+                                      ok=True, output=True)}
+
+
+def test_a_report_rerun_sets_the_earlier_runs_other_files_aside(golden_dir, tmp_path, capsys, monkeypatch):
+    """`python -m parity_tests.report` rerun without --free_run, or with `--fast_paths none`, left the
+    earlier run's free_run.json / fast_paths.* beside the new report, read as this run's. They are
+    moved (computed results: never removed) into OUT_DIR/earlier-report-<their time>/, said in one
+    line; a user's file by such a name stays where it is. The comparison itself is stubbed (this
+    checks which files the folder holds)."""
+    from parity_tests import harness, report
+    monkeypatch.setattr(harness, "compare_networks", lambda ckpt, cfg, seed=0, **k: _stub_rows())
+    ckpt = os.path.join(golden_dir, "final")
+    out = str(tmp_path / "r")
+    stamp = _earlier_report(out, EVERY)
+    capsys.readouterr()
+    assert report.main([ckpt, out, "--img_size", "64", "--fast_paths", "none"]) == 0
+    printed = capsys.readouterr().out
+    aside = os.path.join(out, "earlier-report-" + stamp)
+    lines = [ln for ln in printed.splitlines() if "earlier run's" in ln]
+    assert len(lines) == 1 and "fast_paths.md, fast_paths.html, free_run.json" in lines[0] and aside in lines[0], printed
+    assert sorted(os.listdir(out)) == ["earlier-report-" + stamp, "parity_report.html", "parity_report.md"]
+    assert sorted(os.listdir(aside)) == ["fast_paths.html", "fast_paths.md", "free_run.json"]
+    assert "earlier" in open(os.path.join(aside, "fast_paths.md")).read()
+    assert "earlier" not in open(os.path.join(out, "parity_report.md")).read()
+    # again: nothing of an earlier run is left beside it, nothing more is moved; a user's free_run.json stays
+    with open(os.path.join(out, "free_run.json"), "w") as fh:
+        fh.write('{"my": "notes"}')
+    assert report.main([ckpt, out, "--img_size", "64", "--fast_paths", "none"]) == 0
+    assert "earlier run's" not in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["earlier-report-" + stamp, "free_run.json", "parity_report.html",
+                                       "parity_report.md"]
+
+
+def test_fast_paths_sets_an_earlier_reports_other_files_aside(golden_dir, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """`python -m parity_tests.fast_paths CKPT OUT_DIR` into a folder holding an earlier parity
+    report: the report's table (its fast-path columns from another run) and free_run.json go into
+    earlier-report-<time>/ (a second set of the same time gets `_1`); the new fast_paths.* stay."""
+    from parity_tests import fast_paths
+    ckpt = os.path.join(golden_dir, "final")
+    out = str(tmp_path / "f")
+    stamp = _earlier_report(out, EVERY)
+    os.makedirs(os.path.join(out, "earlier-report-" + stamp))  # taken: the next name is used
+    capsys.readouterr()
+    assert fast_paths.main([ckpt, out, "--img_size", "64", "--paths", "bf16"]) == 0
+    printed = capsys.readouterr().out
+    aside = os.path.join(out, f"earlier-report-{stamp}_1")
+    assert [ln for ln in printed.splitlines() if "earlier run's" in ln] == [
+        f"note: parity_report.md, parity_report.html, free_run.json in {out} were an earlier run's (written "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.strptime(stamp, '%Y%m%d-%H%M%S'))}), not this run's: moved into "
+        f"{aside}"], printed
+    assert sorted(os.listdir(out)) == sorted(["earlier-report-" + stamp, f"earlier-report-{stamp}_1",
+                                              "fast_paths.html", "fast_paths.md"])
+    assert sorted(os.listdir(aside)) == ["free_run.json", "parity_report.html", "parity_report.md"]
+    assert "earlier" not in open(os.path.join(out, "fast_paths.md")).read()
+
+
+@pytest.mark.tf  # tf2torch --report asks for TensorFlow before any work (the comparison is stubbed here)
+def test_tf2torch_report_sets_an_earlier_reports_other_files_aside(golden_dir, tmp_path, capsys, monkeypatch):
+    """`weights_convert.py tf2torch --report DIR` writes parity_report.* only: an earlier report's
+    fast_paths.* and free_run.json there are set aside, said in one line."""
+    import weights_convert as wc
+    from parity_tests import harness
+    monkeypatch.setattr(harness, "compare_networks", lambda ckpt, cfg, seed=0, **k: _stub_rows())
+    out = str(tmp_path / "rep")
+    stamp = _earlier_report(out, EVERY)
+    capsys.readouterr()
+    assert wc.main(["tf2torch", os.path.join(golden_dir, "final"), str(tmp_path / "w.safetensors"), "--img_size",
+                    "64", "--report", out]) == 0
+    printed = capsys.readouterr().out
+    lines = [ln for ln in printed.splitlines() if "earlier run's" in ln]
+    assert len(lines) == 1 and lines[0].startswith("note: fast_paths.md, fast_paths.html, free_run.json in "), printed
+    assert sorted(os.listdir(out)) == ["earlier-report-" + stamp, "parity_report.html", "parity_report.md"]
+    assert sorted(os.listdir(os.path.join(out, "earlier-report-" + stamp))) == ["fast_paths.html", "fast_paths.md",
+                                                                                 "free_run.json"]
