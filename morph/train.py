@@ -250,6 +250,7 @@ class MorphTrainer(Trainer):
 
     LOSS_LOG = "losses.jsonl"
     MOVE_ASIDE = ("sample", "log")
+    WRITER = "morph"
 
     def __init__(self, cfg: dict, device="cpu", init_from: str | None = None, **kw):
         self.init_from = init_from
@@ -271,7 +272,9 @@ class MorphTrainer(Trainer):
         return model
 
     def find_checkpoint(self):
-        found = ckpt.resume_point(self.paths.checkpoint, None, "train", log=self.log,
+        # the image size only (a light model's weights do not fix it; the rest is in the folder's name or
+        # the weights' shapes): a resume at another --img_size is refused, as the port refuses it
+        found = ckpt.resume_point(self.paths.checkpoint, {"img_size": self.cfg["img_size"]}, "train", log=self.log,
                                   owner=getattr(self, "owner", None))
         if found is None:
             return None

@@ -233,6 +233,8 @@ def _train(cfg: dict, paths, files_A: list, files_B: list, owner, max_to_keep: i
             else:
                 start_epoch, start_batch_id, counter = 0, 0, 1
                 print(" [!] Load failed...")
+                # before the first checkpoint: its .meta (the Saver writes it last) may be lost
+                policy.write_run_record(paths.checkpoint, cfg, "tf_reference", owner)
 
             start_time = time.time()
             past_g_loss = -1.

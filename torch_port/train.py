@@ -417,6 +417,7 @@ class Trainer:
 
     LOSS_LOG: str | None = None       # file name in the log folder for one JSON line per iteration
     MOVE_ASIDE = ("sample", "log")    # output folders (run_paths attributes) --resume False moves aside
+    WRITER = "torch_port"             # the command named in the run record (policy.write_run_record)
     DETERMINISTIC_FP32 = True         # the exact fp32 path on CUDA runs deterministic (train_precision.cuda_steps)
 
     def __init__(self, cfg: dict, device="cpu", num_workers: int = 0, seed: int = 0, keep_checkpoints: int = 5,
@@ -586,6 +587,8 @@ class Trainer:
             if main:  # an older run's loss log, samples: moved aside, never cut or overwritten
                 policy.move_outputs_of_an_older_run([getattr(paths, name) for name in self.MOVE_ASIDE], self.owner,
                                                     log)
+                # the folder's record is this run's (its checkpoints record their config themselves)
+                policy.write_run_record(paths.checkpoint, cfg, self.WRITER, self.owner)
             start_epoch, start_batch_id, counter = 0, 0, 1
             loader_A = loader_B = 0
             past_g_loss = -1.0

@@ -26,6 +26,11 @@ Subfolders (older runs moved aside, unusable checkpoints) are never looked at.
   steps that change a folder (`sweep_temp` of a run folder, `move_previous_run`,
   `move_previous_outputs`, `set_aside`, `choose`'s setting aside) take that lock (`owner`) and
   refuse to act without it (`run_lock.NotOwner`, a bug).
+- A run records its options in `ugatit-run.json` (`write_run_record`), written atomically when it
+  starts from scratch, before its first checkpoint: a light model's image size is in no weight,
+  and TF's Saver writes a checkpoint's `.meta` (which records it) last, so a run whose first
+  checkpoint lost its `.meta` would otherwise record no size (`run_image_size`). It is moved
+  aside with the older run (`--resume False`); readers of TF folders ignore it.
 - A torch checkpoint's weights and state file must be one pair (`pairing_problem`: the run id,
   the step, the kind and the config they record agree); one that is not is unusable like a
   damaged one.
@@ -42,11 +47,13 @@ import uuid
 from dataclasses import dataclass, field
 
 from . import run_lock
-from .atomic import abandoned, journal_file, recover_interrupted_writes
+from . import options as opt
+from .atomic import abandoned, journal_file, recover_interrupted_writes, write_bytes_atomic
 from .options import OptionError
 
 POINTER = "latest"          # torch_port's pointer file
 TF_STATE = "checkpoint"     # tf.train.Saver's state file
+RUN_RECORD = "ugatit-run.json"  # the run's options (write_run_record), beside its checkpoints
 UNUSABLE = "unusable"
 PREVIOUS = "previous-run-"
 
@@ -212,8 +219,10 @@ def move_previous_run(folder: str, owner, log=print, done: list | None = None) -
     run_lock.require(owner, folder, "moving an older run aside")
     found = inventory(folder)
     extra = [os.path.join(folder, n) for n in (POINTER, TF_STATE) if os.path.isfile(os.path.join(folder, n))]
-    if not found and not extra:
+    if not found and not extra:  # (a run record alone: of a run that saved nothing; the new run replaces it)
         return None
+    if os.path.isfile(os.path.join(folder, RUN_RECORD)):  # the older run's options go with it
+        extra.append(os.path.join(folder, RUN_RECORD))
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     dest = _unique(os.path.join(folder, PREVIOUS + stamp))
     move_files([p for f in reversed(found) for p in sorted(f.files)] + extra, dest, done)  # oldest first
@@ -526,12 +535,52 @@ def prune(folder: str, prefix: str, run_id: str, keep: int) -> list[Found]:
     return gone
 
 
+class RunRecordDamaged(OptionError):
+    """The run record (`RUN_RECORD`) is needed and cannot be read: exit 2 naming it."""
+
+
+def write_run_record(folder: str, cfg: dict, writer: str, owner) -> str:
+    """Record the run's options in `<folder>/ugatit-run.json` (atomically: temp file + rename),
+    as a run starting from scratch does before its first checkpoint: the image size a light
+    model's weights do not fix, for a resume from a TF checkpoint whose `.meta` was lost
+    (`run_image_size`). `writer`: the command. Only the run holding the folder (`owner`)."""
+    run_lock.require(owner, folder, "recording the run's options")
+    options = {k: cfg[k] for k in opt.DEFAULTS if isinstance(cfg.get(k), (bool, int, float, str))}
+    record = {"written_by": writer, "img_size": int(cfg["img_size"]), "options": options}
+    return write_bytes_atomic(os.path.join(folder, RUN_RECORD),
+                              (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+
+
+def recorded_image_size(folder: str) -> int | None:
+    """The image size the run record of `folder` holds; None without one; RunRecordDamaged
+    naming it when it is no JSON object with an integer `img_size` (it is written whole, so
+    only a damaged disk or a hand edit does that)."""
+    path = os.path.join(folder, RUN_RECORD)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            record = json.loads(fh.read().decode("utf-8"))
+        size = record.get("img_size") if isinstance(record, dict) else None
+        why = None if isinstance(size, int) and not isinstance(size, bool) and size > 0 else \
+            "no positive integer img_size in a JSON object"
+    except (OSError, ValueError) as e:
+        why = _reason(e)
+    if why:
+        raise RunRecordDamaged(f"run record {path!r} is damaged ({why}); it is what records the image size of "
+                               f"the run in that folder: fix it (\"img_size\": the run's --img_size), or remove it "
+                               f"to resume without this check")
+    return size
+
+
 def run_image_size(prefix: str) -> tuple[int, str] | None:
     """(img_size, what records it) of the run that wrote the TF checkpoint `prefix`, for a resume
     at another --img_size (a light model's weights restore at any size): its own .meta; without
     one (TF's Saver writes it last: a full disk or a kill there leaves the checkpoint without it)
     the newest other checkpoint of its folder (one run's) that records the size - a TF one's
-    .meta, a port one's weights metadata (its trainer's config). None when nothing does."""
+    .meta, a port one's weights metadata (its trainer's config) -, else the folder's run record
+    (`write_run_record`: a first checkpoint's run; RunRecordDamaged when it cannot be read).
+    None when nothing does (an official folder, a run of an earlier version)."""
     from .tf_checkpoint import metagraph
     from .tf_checkpoint.config import ConversionError, from_meta
 
@@ -561,6 +610,9 @@ def run_image_size(prefix: str) -> tuple[int, str] | None:
             where = f"the run config in {name}.safetensors"
         if isinstance(size, int) and not isinstance(size, bool):
             return size, f"{lacks}, and {where}, of the same run, records img_size={size}"
+    size = recorded_image_size(folder)
+    if size is not None:
+        return size, f"{lacks}, and the run record {RUN_RECORD}, written when the run started, records img_size={size}"
     return None
 
 
