@@ -15,6 +15,8 @@ import os
 import cv2
 import numpy as np
 
+from .gif_decode import tf_decode_of_frames
+
 # magic bytes of the formats the official train pipeline (tf.image.decode_jpeg) decodes to 3-D
 TRAIN_FORMATS = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"))
 
@@ -173,7 +175,12 @@ def check_train_image(path) -> None:
         if why:
             raise ImageReadError(path, f"a GIF whose {why}: the official TF pipeline decodes the frame, OpenCV "
                                        f"the screen - the two frameworks would train on different pictures")
-    _decode(buf, path)
+    try:
+        _decode(buf, path)
+    except ImageReadError as e:
+        if head.startswith(b"GIF8"):  # what the official pipeline would have done with it, in the same line
+            raise ImageReadError(path, f"{e.reason}; {_tf_on_damaged_gif(raw)}") from None
+        raise
     if head.startswith(b"\xff\xd8\xff"):
         why = jpeg_end_missing(raw)
         if why:
@@ -185,9 +192,23 @@ def check_train_image(path) -> None:
             raise ImageReadError(path, f"a damaged PNG ({why}): the official TF pipeline stops on it mid-run")
     if head.startswith(b"GIF8"):
         frames = gif_frames(path, raw)
-        if frames > 1:  # OpenCV reads the first frame; TF's decode_jpeg stops the whole run on it
-            raise ImageReadError(path, f"an animated GIF ({frames} frames): the official TF pipeline stops on it "
-                                       f"mid-run (decode_jpeg takes single-frame GIFs only)")
+        if frames > 1:  # OpenCV reads the first frame; TF's decode_jpeg takes single-frame GIFs only
+            whole, why, _ = tf_decode_of_frames(raw)
+            if whole > 1 and why is None:
+                raise ImageReadError(path, f"an animated GIF ({frames} frames): the official TF pipeline stops on it "
+                                           f"mid-run (decode_jpeg takes single-frame GIFs only)")
+            raise ImageReadError(path, f"a damaged GIF (Pillow counts {frames} frames); {_tf_on_damaged_gif(raw)}")
+
+
+def _tf_on_damaged_gif(raw: bytes) -> str:
+    """What the official pipeline does with a damaged GIF (ugatit_common.gif_decode: TF drops the
+    frames from the damaged one on), and why it is skipped all the same when TF would train on it:
+    a training image must decode whole (the rule of both frameworks, README "Training images")."""
+    whole, why, does = tf_decode_of_frames(raw)
+    if does.startswith("decodes"):
+        return (f"the official TF pipeline would train on its first frame only (giflib reads {whole} frame whole, "
+                f"then {why}); skipped, as a training image must decode whole")
+    return f"the official TF pipeline {does}" + (f" (giflib: {why})" if why and whole else "")
 
 
 def jpeg_end_missing(buf: bytes) -> str | None:

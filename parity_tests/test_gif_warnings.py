@@ -1,0 +1,199 @@
+"""The warning of a skipped GIF says what the official TF pipeline does with it.
+
+A 2-frame GIF whose 2nd frame is damaged counts 2 frames in Pillow, and both frameworks skipped
+it saying the official pipeline stops on it mid-run (an animated GIF) - but TF's decoder drops the
+damaged frame and decode_jpeg trains on the first one. Now each skipped GIF's warning names what
+TF does (ugatit_common.gif_decode walks the file as giflib reads it); the decision is unchanged:
+a training image must decode whole (README "Training images"). The TF tests run TF's decoder on
+the same files."""
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pytest
+
+STOPS, TRAINS = "stops on it mid-run", "would train on its first frame only"
+
+
+def _frames(rng, n, w=50, h=40):
+    from PIL import Image
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert("P") for _ in range(n)]
+
+
+def _gif(frames) -> bytes:
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=len(frames) > 1, append_images=frames[1:])
+    return buf.getvalue()
+
+
+def _images(raw: bytes) -> list[tuple[int, int, int]]:
+    """(descriptor start, data start, data end) of each frame of a well-formed GIF."""
+    i = 13 + (3 << ((raw[10] & 7) + 1) if raw[10] & 0x80 else 0)
+    out = []
+    while raw[i] != 0x3B:
+        start = i
+        if raw[i] == 0x2C:
+            i += 10 + (3 << ((raw[i + 9] & 7) + 1) if raw[i + 9] & 0x80 else 0)
+        else:
+            i += 2
+        data = i
+        i += 1 if raw[start] == 0x2C else 0
+        while raw[i]:
+            i += raw[i] + 1
+        i += 1
+        if raw[start] == 0x2C:
+            out.append((start, data, i))
+    return out
+
+
+def _cases(tmp_path) -> dict:
+    """Damaged and sound GIFs as users' folders hold them (a cut download, a damaged disk)."""
+    rng = np.random.default_rng(0)
+    frames = _frames(rng, 3)
+    one, two, three = _gif(frames[:1]), _gif(frames[:2]), _gif(frames)
+    (_, d1, e1), (s2, d2, e2) = _images(two)
+    (_, _, _), (_, _, _), (s3, d3, e3) = _images(three)
+    oob = bytearray(two)
+    oob[s2 + 5:s2 + 9] = struct.pack("<HH", 60, 50)  # frame 2 declares more pixels than its data holds
+    cases = {
+        "sound.gif": one,
+        "animated.gif": two,
+        "frame2_declares_more.gif": bytes(oob),
+        "frame2_cut.gif": two[:d2 + (e2 - d2) // 2],
+        "frame2_zeros.gif": two[:d2 + 2] + bytes(e2 - d2 - 3) + two[e2 - 1:],
+        "frame1_cut.gif": one[:d1 + (e1 - d1) // 2],
+        "frame3_cut.gif": three[:d3 + (e3 - d3) // 2],
+        "no_trailer.gif": two[:-1],
+    }
+    paths = {}
+    for name, raw in cases.items():
+        paths[name] = str(tmp_path / name)
+        with open(paths[name], "wb") as fh:
+            fh.write(raw)
+    return paths
+
+
+def _reason(path) -> str | None:
+    from ugatit_common.images import ImageReadError, check_train_image
+    try:
+        check_train_image(path)
+    except ImageReadError as e:
+        assert e.path == path
+        return e.reason
+    return None
+
+
+def test_a_gif_whose_second_frame_is_damaged_is_not_said_to_stop_tf(tmp_path):
+    """Pillow counts 2 frames (OpenCV decodes the first): the warning said "an animated GIF (2
+    frames): the official TF pipeline stops on it mid-run"; TF trains on its first frame. Now it
+    says so, and why the file is skipped all the same. A sound animated GIF still stops TF."""
+    from PIL import Image
+
+    from ugatit_common.images import decode_image
+    paths = _cases(tmp_path)
+    path = paths["frame2_declares_more.gif"]
+    with Image.open(path) as im:
+        assert im.n_frames == 2
+    assert decode_image(path).shape == (40, 50, 3)
+    reason = _reason(path)
+    assert reason and TRAINS in reason and STOPS not in reason and "animated" not in reason, reason
+    assert "frame 2" in reason and "decode whole" in reason, reason
+    assert "animated GIF (2 frames)" in _reason(paths["animated.gif"]) and STOPS in _reason(paths["animated.gif"])
+    assert _reason(paths["sound.gif"]) is None
+
+
+def test_every_skipped_gif_is_named_once_in_both_frameworks(tmp_path, capsys):
+    """The rule is one (ugatit_common.images): tf_reference and the port skip the same files, each
+    with one warning naming it and what TF does; only the sound GIF is used."""
+    import warnings
+
+    from torch_port import data as tdata
+    from ugatit_common.images import readable_train_images
+    paths = _cases(tmp_path)
+    files = sorted(paths.values())
+    said = []
+    kept = readable_train_images(files, said.append)
+    assert kept == [paths["sound.gif"]]
+    assert len(said) == len(files) - 1 and all(repr(f) in w for f, w in zip([f for f in files if f not in kept], said))
+    assert all((STOPS in w) != (TRAINS in w) for w in said), said
+    with warnings.catch_warnings(record=True) as port_said:
+        warnings.simplefilter("always")
+        port = tdata.ImageFolderDataset(files, 32, augment=False, seed=0)
+    assert port.files == kept
+    assert [str(w.message) for w in port_said if "skipping" in str(w.message)] == said
+
+
+def _tf_decode(tf, raw: bytes):
+    """The official pipeline's decode (decode_jpeg, 3 channels) of `raw`: the picture, or None when
+    TF stops on it."""
+    g = tf.Graph()
+    with g.as_default():
+        dec = tf.compat.v1.image.decode_jpeg(tf.constant(raw), channels=3)
+    with tf.compat.v1.Session(graph=g) as sess:
+        try:
+            return sess.run(dec)
+        except tf.errors.InvalidArgumentError:
+            return None
+
+
+@pytest.mark.tf
+def test_the_warning_says_what_tf_does_with_each_gif(tmp_path):
+    """Each GIF through TF's own decoder: the warning says TF trains on the first frame exactly
+    where decode_jpeg decodes it (and that picture is OpenCV's first frame where OpenCV decodes it),
+    and that TF stops on it exactly where decode_jpeg fails."""
+    import tensorflow as tf
+
+    from ugatit_common.images import ImageReadError, decode_image
+    for name, path in _cases(tmp_path).items():
+        raw = open(path, "rb").read()
+        tf_picture, reason = _tf_decode(tf, raw), _reason(path)
+        if name == "sound.gif":
+            assert reason is None and np.array_equal(tf_picture, decode_image(path))
+            continue
+        assert reason is not None, name
+        assert (TRAINS in reason) == (tf_picture is not None) and (STOPS in reason) == (tf_picture is None), \
+            (name, reason)
+        if tf_picture is not None:
+            try:
+                assert np.array_equal(tf_picture, decode_image(path)), name
+            except ImageReadError:
+                pass  # OpenCV cannot decode it (said in the warning): the port could not train on it
+
+
+@pytest.mark.tf
+def test_giflib_walk_predicts_tf_on_fuzzed_gifs():
+    """ugatit_common.gif_decode against TF's decoder on damaged GIFs (cut, bytes changed, inserted,
+    removed; 1 to 3 frames, interlaced or not, 2 to 256 colours): the frames decode_gif returns and
+    whether decode_jpeg decodes, for every file."""
+    import tensorflow as tf
+    from PIL import Image
+
+    from ugatit_common.gif_decode import giflib_frames, tf_decode_of_frames
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        n, w, h = int(rng.integers(1, 4)), int(rng.integers(4, 30)), int(rng.integers(4, 30))
+        colours = int(rng.choice([2, 4, 16, 256]))
+        frames = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).quantize(colours) for _ in range(n)]
+        buf = io.BytesIO()
+        frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], interlace=bool(rng.integers(0, 2)))
+        raw = bytearray(buf.getvalue())
+        op, i = int(rng.integers(0, 4)), int(rng.integers(13, len(raw)))
+        if op == 0:
+            raw = raw[:i]
+        elif op == 1:
+            for _ in range(int(rng.integers(1, 4))):
+                raw[int(rng.integers(13, len(raw)))] = int(rng.integers(0, 256))
+        elif op == 2:
+            raw = raw[:i] + bytes(rng.integers(0, 256, int(rng.integers(1, 20)), dtype=np.uint8)) + raw[i:]
+        else:
+            raw = raw[:i] + raw[i + int(rng.integers(1, 20)):]
+        raw = bytes(raw)
+        try:
+            tf_frames = int(tf.io.decode_gif(raw).shape[0])
+        except tf.errors.InvalidArgumentError:
+            tf_frames = 0
+        whole, _, drawn = giflib_frames(raw)
+        assert tf_frames == (0 if any(drawn[:whole]) else whole), (trial, giflib_frames(raw))
+        assert (_tf_decode(tf, raw) is not None) == tf_decode_of_frames(raw)[2].startswith("decodes"), trial
