@@ -75,6 +75,25 @@ def log_of(p):
         return fh.read()[-3000:]
 
 
+def pause(p, timeout=60):
+    """SIGSTOP `p` and wait until every thread of it is stopped: the signal is delivered
+    asynchronously, so a snapshot taken right after `kill` could still see a write finish."""
+    os.kill(p.pid, signal.SIGSTOP)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = []
+        for tid in os.listdir(f"/proc/{p.pid}/task"):
+            try:
+                with open(f"/proc/{p.pid}/task/{tid}/stat") as fh:
+                    states.append(fh.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:  # a thread that ended meanwhile
+                pass
+        if states and all(s in "tT" for s in states):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"pid {p.pid} did not stop in {timeout} s")
+
+
 def wait_holding(p, folders, need_checkpoint=True, timeout=240):
     """Until process `p` holds all `folders` (and has written a checkpoint into the first); then
     pause it (SIGSTOP): its folders stay as they are while run 2 tries."""
@@ -83,7 +102,7 @@ def wait_holding(p, folders, need_checkpoint=True, timeout=240):
         assert p.poll() is None, log_of(p)
         holders = [run_lock.held_by(f) for f in folders]
         if all(h is not None and h.pid == p.pid for h in holders) and (not need_checkpoint or complete(folders[0])):
-            p.send_signal(signal.SIGSTOP)
+            pause(p)
             return holders[0]
         time.sleep(0.1)
     raise AssertionError(f"run 1 did not take {folders} in {timeout} s: {log_of(p)}")
@@ -712,7 +731,7 @@ def test_two_results_commands_never_share_a_results_folder(tmp_path, monkeypatch
             assert p.poll() is None, log_of(p)
             assert time.time() - t0 < 240, log_of(p)
             time.sleep(0.002)
-        os.kill(p.pid, signal.SIGSTOP)
+        pause(p)
         assert p.poll() is None, "run 1 ended before it could be paused"
         before = snapshot([res])
         r = subprocess.run([sys.executable, "-m"] + base + inputs(two) + ["--result_dir", res], cwd=tmp_path,
@@ -748,7 +767,7 @@ def test_training_never_takes_a_results_folder_being_written(tmp_path, monkeypat
         while not glob.glob(str(folder / "a2b" / "*.png")):
             assert p.poll() is None and time.time() - t0 < 240, log_of(p)
             time.sleep(0.002)
-        os.kill(p.pid, signal.SIGSTOP)
+        pause(p)
         assert p.poll() is None, "the test phase ended before it could be paused"
         before = snapshot([str(res)])
         rc, out, err = port(train_args(1, 1, 1, "--sample_dir", str(res), "--checkpoint_dir", "ck2"), monkeypatch,
