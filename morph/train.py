@@ -33,6 +33,7 @@ from torch_port.train import Trainer
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import options as opt
 from ugatit_common.finite import refuse_non_finite
+from ugatit_common.tf_checkpoint.bundle import checkpoint_subfolders
 
 from .model import MORPH_CONFIGS, MORPH_DEFAULTS, MorphUGATIT
 
@@ -142,8 +143,10 @@ def load_morph(folder: str, device="cpu") -> tuple[MorphUGATIT, dict]:
         raise CheckpointKindError(f"checkpoint folder {folder!r} does not exist (train first: python -m morph train ...)")
     kind, state = checkpoint_kind(folder)
     if kind != "morph":
+        runs = checkpoint_subfolders(folder) if kind == "none" else []
+        hint = f"; its subfolders hold checkpoints, give one of them: {', '.join(map(repr, runs))}" if runs else ""
         raise CheckpointKindError(f"{folder!r} holds {_describe(kind, state)}, not a Morph-UGATIT checkpoint "
-                                  f"(expected one written by python -m morph train)")
+                                  f"(expected one written by python -m morph train){hint}")
     # the weights only (the policy's test-phase rule): the config is in the weights file's metadata
     # (older checkpoints: in the state file); a damaged optimizer state does not matter here
     found = ckpt.resume_point(folder, None, "weights")

@@ -146,3 +146,27 @@ def test_one_bundle_open_per_conversion(monkeypatch):
     assert len(opened) == 1
     wc.read_tf_training_state(os.path.join(GOLDEN, "final"), {"img_size": 64}, quiet=True)
     assert len(opened) == 2
+
+
+def test_each_direction_given_the_other_kind_says_which_to_use(tmp_path, capsys):
+    """torch2tf given an official TF checkpoint (its folder, `.index` or `.data`) and tf2torch given
+    a port checkpoint say which command converts it, in one `error:` line, exit 2, nothing written;
+    either given the `--checkpoint_dir` parent names the run folders inside."""
+    tf_run = tmp_path / "checkpoint" / "UGATIT_light_g"
+    shutil.copytree(os.path.join(GOLDEN, "final"), tf_run)
+    port = tmp_path / "port" / "run"
+    assert wc.main(["tf2torch", str(tf_run), str(port / "UGATIT_light.model-3.safetensors"), "--img_size", "64"]) == 0
+    capsys.readouterr()
+    for given in (tf_run, tf_run / "UGATIT.model-3.index", tf_run / "UGATIT.model-3.data-00000-of-00001"):
+        assert wc.main(["torch2tf", str(given), str(tmp_path / "out" / "UGATIT_light.model")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "an official TensorFlow checkpoint" in err[0] and "tf2torch" in err[0], err
+    assert wc.main(["tf2torch", str(port), str(tmp_path / "out" / "x.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "it holds a PyTorch checkpoint (UGATIT_light.model-3.safetensors)" in err[0], err
+    assert "torch2tf" in err[0]
+    assert wc.main(["torch2tf", str(tmp_path / "checkpoint"), str(tmp_path / "out" / "UGATIT_light.model")]) == 2
+    assert f"give one of them: {str(tf_run)!r}" in capsys.readouterr().err
+    assert wc.main(["tf2torch", str(tmp_path / "port"), str(tmp_path / "out" / "x.safetensors")]) == 2
+    assert f"give one of them: {str(port)!r}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

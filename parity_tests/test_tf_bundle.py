@@ -614,3 +614,36 @@ def test_torch_port_tf_bundle_is_the_same_module_api() -> None:
     from torch_port import tf_bundle as old
     for name in tb.__all__:
         assert getattr(old, name) is getattr(tb, name), name
+
+
+def test_resolve_prefix_says_what_is_there_instead(tmp_path: Path) -> None:
+    """A path that is no TF checkpoint is named with what it holds instead: a port or Morph
+    checkpoint (the other converter's input), run folders one level down (the `--checkpoint_dir`
+    parent given for its run folder), nothing; a path that does not exist says so."""
+    port = tmp_path / "port"
+    port.mkdir()
+    for name in ("UGATIT_light.model-9.safetensors", "UGATIT_light.model-21.safetensors", "latest"):
+        (port / name).write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"no `checkpoint` file and no \*\.index in folder .*port: it holds a "
+                                              r"PyTorch checkpoint \(UGATIT_light\.model-21\.safetensors\), not an "
+                                              r"official TensorFlow one \(weights_convert\.py torch2tf"):
+        resolve_prefix(str(port))
+    morph = tmp_path / "morph"
+    morph.mkdir()
+    (morph / "MorphUGATIT_C.model-3.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="Morph-UGATIT checkpoint has no TensorFlow counterpart"):
+        resolve_prefix(str(morph))
+    with pytest.raises(CheckpointError, match=r"model-9\.safetensors is neither .* \(a PyTorch file: convert it with "
+                                              r"weights_convert\.py torch2tf\)"):
+        resolve_prefix(str(port / "UGATIT_light.model-9.safetensors"))
+    parent = tmp_path / "checkpoint"
+    shutil.copytree(_golden_root() / "init", parent / "UGATIT_light_x")
+    (parent / "empty_subfolder").mkdir()
+    with pytest.raises(CheckpointError, match=r"its subfolders hold checkpoints; give one of them: '[^']*"
+                                              r"checkpoint/UGATIT_light_x'$"):
+        resolve_prefix(str(parent))
+    with pytest.raises(CheckpointError, match=r"empty_subfolder: expected an official TensorFlow checkpoint folder"):
+        resolve_prefix(str(parent / "empty_subfolder"))
+    with pytest.raises(CheckpointError, match=r"nothing\.index not found \(no such file or folder; expected an "
+                                              r"official TensorFlow checkpoint folder or prefix\)"):
+        resolve_prefix(str(tmp_path / "nothing"))

@@ -192,3 +192,17 @@ def test_settings_tf2torch_guessed_are_not_records(tmp_path):
     assert weights
     with pytest.raises(ck.CheckpointMismatch, match="ch"):
         _read_ugatit(out, {**cfg, "ch": 8}, ("ch",))
+
+
+def test_the_checkpoint_dir_parent_names_its_run_folders(tmp_path):
+    """`--checkpoint checkpoint/` (the parent) instead of `checkpoint/<model_dir>`: the port's test
+    phase and exports, and Morph's commands, name the run folders inside to give instead."""
+    from morph.train import CheckpointKindError, load_morph
+    from torch_port import checkpoint as ck
+    parent = tmp_path / "checkpoint"
+    shutil.copytree(os.path.join(GOLDEN, "final"), parent / OFFICIAL_DIR)
+    hint = rf"its subfolders hold checkpoints, give one of them: '[^']*checkpoint/{OFFICIAL_DIR}'$"
+    with pytest.raises(opt.OptionError, match=r"no checkpoint there \(expected .*\); " + hint):
+        ck.load_any(str(parent))
+    with pytest.raises(CheckpointKindError, match=r"holds no checkpoint, not a Morph-UGATIT checkpoint .*; " + hint):
+        load_morph(str(parent))

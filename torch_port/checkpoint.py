@@ -39,6 +39,7 @@ from ugatit_common import options as opt
 from ugatit_common import tf_checkpoint as tfc
 from ugatit_common.atomic import file_mode, naming, publish_together, remove_quietly
 from ugatit_common.finite import named_numbers, refuse_non_finite
+from ugatit_common.tf_checkpoint.bundle import checkpoint_subfolders
 
 POINTER = "latest"
 FORMAT = 1
@@ -514,8 +515,10 @@ def _load_folder_without_pair(path: str, overrides: dict) -> dict:
         return load_any(newest, overrides)
     if any(f.framework == "tf" for f in found) or os.path.isfile(os.path.join(path, "checkpoint")):
         return _load_tf(path, overrides)  # an incomplete TF checkpoint: the reader says what is missing
+    runs = checkpoint_subfolders(path)
+    hint = f"; its subfolders hold checkpoints, give one of them: {', '.join(map(repr, runs))}" if runs else ""
     raise opt.OptionError(f"{path!r}: no checkpoint there (expected a torch_port checkpoint folder or an official "
-                          f"TensorFlow one)")
+                          f"TensorFlow one){hint}")
 
 
 def _load_tf(path: str, overrides: dict) -> dict:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import options as opt
+from ugatit_common.tf_checkpoint.bundle import checkpoint_subfolders
 from ugatit_common.tf_checkpoint.names import ConversionError, tf_names_of
 
 _STEP = re.compile(r"\.model-(\d+)\.safetensors$")
@@ -32,14 +33,25 @@ def _reason(e: BaseException) -> str:
     return policy._reason(e)
 
 
+_TF_SOURCE = ("an official TensorFlow checkpoint: torch2tf converts PyTorch weights to one; to get PyTorch "
+              "weights from it, use weights_convert.py tf2torch")
+
+
 def _resolve(inp: str) -> str:
     if os.path.isdir(inp):
-        found = [f for f in policy.inventory(inp) if f.framework == "torch" and f.has_weights]
-        if not found:
-            raise ConversionError(f"{inp!r}: no PyTorch checkpoint (*.model-N.safetensors) in this folder")
-        return found[0].weights
+        found = policy.inventory(inp)
+        torch_found = [f for f in found if f.framework == "torch" and f.has_weights]
+        if not torch_found:
+            runs = checkpoint_subfolders(inp)
+            instead = (f"; it holds {_TF_SOURCE}" if any(f.framework == "tf" for f in found) else
+                       f"; its subfolders hold checkpoints, give one of them: {', '.join(map(repr, runs))}" if runs
+                       else "")
+            raise ConversionError(f"{inp!r}: no PyTorch checkpoint (*.model-N.safetensors) in this folder{instead}")
+        return torch_found[0].weights
     if not os.path.isfile(inp):
         raise ConversionError(f"{inp!r}: no such file or folder")
+    if (policy.checkpoint_of(os.path.basename(inp)) or ("", ""))[1] == "tf":  # <prefix>.model-N.index / .data / .meta
+        raise ConversionError(f"{inp!r} is part of {_TF_SOURCE}")
     return inp
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "write_checkpoint_state",
     "read_checkpoint_state",
     "tensor_info",
+    "checkpoint_subfolders",
 ]
 
 
@@ -524,7 +525,8 @@ def resolve_prefix(path: str) -> str:
                                   f"but {candidate}.index not found")
         indexes = sorted(n for n in os.listdir(path) if n.endswith(".index"))
         if not indexes:
-            raise CheckpointError(f"no `checkpoint` file and no *.index in folder {path}")
+            raise CheckpointError(f"no `checkpoint` file and no *.index in folder {path}: "
+                                  f"{_not_a_tf_folder(path)}")
         if len(indexes) > 1:
             raise CheckpointError(f"no `checkpoint` file in folder {path} and several *.index files "
                                   f"({', '.join(indexes)}); pass the prefix of the one you want")
@@ -539,8 +541,43 @@ def resolve_prefix(path: str) -> str:
     if os.path.isfile(path + ".index"):
         return path
     if os.path.exists(path):
-        raise CheckpointError(f"{path} is neither a checkpoint folder, a prefix, nor a .index/.data file")
-    raise CheckpointError(f"prefix {path}: {path}.index not found")
+        what = " (a PyTorch file: convert it with weights_convert.py torch2tf)" \
+            if path.lower().endswith((".safetensors", ".pt")) else ""
+        raise CheckpointError(f"{path} is neither a checkpoint folder, a prefix, nor a .index/.data file{what}")
+    raise CheckpointError(f"prefix {path}: {path}.index not found (no such file or folder; expected an official "
+                          f"TensorFlow checkpoint folder or prefix)")
+
+
+_PORT_WEIGHTS_RE = re.compile(r".+\.model-(\d+)\.safetensors$")
+
+
+def _not_a_tf_folder(folder: str) -> str:
+    """What a folder with no TF checkpoint holds instead, for the error: a port / Morph checkpoint
+    (the other converter's input), checkpoint folders one level down (the parent given by mistake)."""
+    names = sorted(os.listdir(folder))
+    port = sorted((n for n in names if _PORT_WEIGHTS_RE.match(n)), key=lambda n: int(_PORT_WEIGHTS_RE.match(n)[1]))
+    if port:
+        convert = ("a Morph-UGATIT checkpoint has no TensorFlow counterpart" if port[-1].startswith("Morph")
+                   else "weights_convert.py torch2tf converts it to one")
+        return f"it holds a PyTorch checkpoint ({port[-1]}), not an official TensorFlow one ({convert})"
+    runs = checkpoint_subfolders(folder)
+    if runs:
+        return f"its subfolders hold checkpoints; give one of them: {', '.join(map(repr, runs))}"
+    return "expected an official TensorFlow checkpoint folder (<prefix>.index, <prefix>.data-*, `checkpoint`)"
+
+
+def checkpoint_subfolders(folder: str) -> list[str]:
+    """The subfolders of `folder` holding a checkpoint of either framework: what a user meant when
+    giving the `--checkpoint_dir` parent instead of its `<model_dir>` run folder (named in the error)."""
+    found = []
+    for n in sorted(os.listdir(folder)):
+        sub = os.path.join(folder, n)
+        try:
+            if os.path.isdir(sub) and any(m.endswith(".index") or _PORT_WEIGHTS_RE.match(m) for m in os.listdir(sub)):
+                found.append(sub)
+        except OSError:  # unreadable: not ours to judge
+            continue
+    return found
 
 
 # --------------------------------------------------------------------------------------
