@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from parity_tests import golden
 from parity_tests.conftest import GOLDEN, ROOT
 from ugatit_common import options as opt
 
