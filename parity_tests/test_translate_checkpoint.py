@@ -205,3 +205,18 @@ def test_the_checkpoint_dir_parent_names_its_run_folders(tmp_path):
         ck.load_any(str(parent))
     with pytest.raises(CheckpointKindError, match=r"holds no checkpoint, not a Morph-UGATIT checkpoint .*; " + hint):
         load_morph(str(parent))
+
+
+def test_a_file_of_a_tf_checkpoint_names_that_checkpoint(tmp_path):
+    """`--checkpoint .../UGATIT.model-3.index` (or its .data / .meta, the files a user sees) reads
+    that TF checkpoint, as tf2torch does; before, the port refused it as 'not a checkpoint'."""
+    from torch_port import checkpoint as ck
+    folder = tmp_path / OFFICIAL_DIR
+    shutil.copytree(os.path.join(GOLDEN, "final"), folder)
+    (folder / "UGATIT.model-3.meta").write_bytes(b"")  # present, unparsable: read past (the folder name records)
+    whole = ck.load_any(str(folder), {"img_size": 64})
+    for name in ("UGATIT.model-3.index", "UGATIT.model-3.data-00000-of-00001", "UGATIT.model-3.meta"):
+        got = ck.load_any(str(folder / name), {"img_size": 64})
+        assert got["kind"] == "tensorflow" and got["step"] == 3 and got["config"] == whole["config"], name
+        assert got["state"].keys() == whole["state"].keys()
+        assert all(torch.equal(got["state"][k], v) for k, v in whole["state"].items()), name

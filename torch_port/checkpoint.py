@@ -44,6 +44,7 @@ from ugatit_common.tf_checkpoint.bundle import checkpoint_subfolders
 POINTER = "latest"
 FORMAT = 1
 _NAME = re.compile(r"^(?P<prefix>.+)\.model-(?P<step>\d+)\.state\.pt$")
+_TF_FILE = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 
 
 class CheckpointMismatch(opt.OptionError):
@@ -550,6 +551,8 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
     overrides = dict(overrides or {})
     if not os.path.exists(path) and not os.path.isfile(path + ".index"):
         raise opt.OptionError(f"{path!r}: no such checkpoint file or folder")
+    if os.path.isfile(path) and _TF_FILE.search(path) and os.path.isfile(_TF_FILE.sub("", path) + ".index"):
+        path = _TF_FILE.sub("", path)  # one file of a TF checkpoint (.index, .data, .meta) names its prefix
     if _is_tf_checkpoint(path):
         return _load_tf(path, overrides)
     if os.path.isdir(path):
