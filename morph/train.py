@@ -143,10 +143,9 @@ def load_morph(folder: str, device="cpu") -> tuple[MorphUGATIT, dict]:
         raise CheckpointKindError(f"checkpoint folder {folder!r} does not exist (train first: python -m morph train ...)")
     kind, state = checkpoint_kind(folder)
     if kind != "morph":
-        runs = checkpoint_subfolders(folder) if kind == "none" else []
-        hint = f"; its subfolders hold checkpoints, give one of them: {', '.join(map(repr, runs))}" if runs else ""
         raise CheckpointKindError(f"{folder!r} holds {_describe(kind, state)}, not a Morph-UGATIT checkpoint "
-                                  f"(expected one written by python -m morph train){hint}")
+                                  f"(expected one written by python -m morph train)"
+                                  f"{_subfolders_hint(folder) if kind == 'none' else ''}")
     # the weights only (the policy's test-phase rule): the config is in the weights file's metadata
     # (older checkpoints: in the state file); a damaged optimizer state does not matter here
     found = ckpt.resume_point(folder, None, "weights")
@@ -201,7 +200,13 @@ def _read_ugatit(path: str, cfg: dict | None = None, keys=None) -> tuple[dict, s
         _check_recorded(recorded, cfg, ckpt.tfc.MODEL_KEYS if keys is None else keys, path)
         return weights, path
     raise CheckpointKindError(f"--init_from {path!r}: no UGATIT checkpoint found there (expected a torch_port "
-                              f".safetensors file or folder, or an official TF checkpoint folder)")
+                              f".safetensors file or folder, or an official TF checkpoint folder){_subfolders_hint(path)}")
+
+
+def _subfolders_hint(path: str) -> str:
+    """For a folder holding no checkpoint: its run folders that do (the `--checkpoint_dir` parent given)."""
+    runs = checkpoint_subfolders(path) if os.path.isdir(path) else []
+    return f"; its subfolders hold checkpoints, give one of them: {', '.join(map(repr, runs))}" if runs else ""
 
 
 def init_from_ugatit(model: MorphUGATIT, path: str) -> list[str]:

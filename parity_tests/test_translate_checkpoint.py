@@ -195,7 +195,7 @@ def test_settings_tf2torch_guessed_are_not_records(tmp_path):
 
 def test_the_checkpoint_dir_parent_names_its_run_folders(tmp_path):
     """`--checkpoint checkpoint/` (the parent) instead of `checkpoint/<model_dir>`: the port's test
-    phase and exports, and Morph's commands, name the run folders inside to give instead."""
+    phase and exports, Morph's commands and its `--init_from` name the run folders inside to give instead."""
     from morph.train import CheckpointKindError, load_morph
     from torch_port import checkpoint as ck
     parent = tmp_path / "checkpoint"
@@ -205,6 +205,9 @@ def test_the_checkpoint_dir_parent_names_its_run_folders(tmp_path):
         ck.load_any(str(parent))
     with pytest.raises(CheckpointKindError, match=r"holds no checkpoint, not a Morph-UGATIT checkpoint .*; " + hint):
         load_morph(str(parent))
+    from morph.train import _read_ugatit
+    with pytest.raises(CheckpointKindError, match=r"--init_from .*: no UGATIT checkpoint found there .*; " + hint):
+        _read_ugatit(str(parent))
 
 
 def test_a_file_of_a_tf_checkpoint_names_that_checkpoint(tmp_path):
