@@ -170,3 +170,20 @@ def test_each_direction_given_the_other_kind_says_which_to_use(tmp_path, capsys)
     assert wc.main(["tf2torch", str(tmp_path / "port"), str(tmp_path / "out" / "x.safetensors")]) == 2
     assert f"give one of them: {str(port)!r}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_mismatch_message_does_not_blame_skipped_variables():
+    """tf_reference's test phase restores past a train checkpoint's Adam slots (as TF's Saver
+    does): a shape mismatch there listed them as '564 unexpected variables, e.g. beta1_power',
+    which read as a second problem; they are now said to be skipped. Where they are an error
+    (the port's strict load) they stay 'unexpected variables'."""
+    from ugatit_common import options as opt
+    wanted = {"generator_A/conv/kernel": (7, 7, 3, 8)}
+    stored = {"generator_A/conv/kernel": (7, 7, 3, 4), "beta1_power": (), "generator_A/conv/kernel/Adam": (7, 7, 3, 4)}
+    lenient = opt.checkpoint_mismatch("ck", wanted, stored, unexpected_is_error=False)
+    assert "1 shape mismatches, e.g. generator_A/conv/kernel: checkpoint [7, 7, 3, 4] vs model [7, 7, 3, 8]" in lenient
+    assert "unexpected" not in lenient
+    assert "2 checkpoint variables the model has not, skipped as TF's Saver skips them (e.g. beta1_power" in lenient
+    assert opt.checkpoint_mismatch("ck", {"a": (1,)}, {"a": (1,), "b": (2,)}, unexpected_is_error=False) is None
+    strict = opt.checkpoint_mismatch("ck", {"a": (1,)}, {"a": (1,), "b": (2,)})
+    assert "1 unexpected variables, e.g. b" in strict

@@ -310,7 +310,7 @@ def checkpoint_mismatch(source: str, wanted: dict, stored: dict, unexpected_is_e
                         hint: str = "check --light, --ch, --n_res, --n_dis, --img_size, --sn") -> str | None:
     """A message naming what differs between a checkpoint's {name: shape} (`stored`) and the
     configured model's (`wanted`), or None when it fits. TF's Saver restores past extra
-    checkpoint variables, hence `unexpected_is_error=False` there (they are still listed)."""
+    checkpoint variables, hence `unexpected_is_error=False` there (they are still listed, as skipped)."""
     missing = sorted(set(wanted) - set(stored))
     unexpected = sorted(set(stored) - set(wanted))
     shapes = [f"{n}: checkpoint {list(stored[n])} vs model {list(wanted[n])}" for n in sorted(wanted)
@@ -323,6 +323,9 @@ def checkpoint_mismatch(source: str, wanted: dict, stored: dict, unexpected_is_e
         parts.append(f"{len(shapes)} shape mismatches, e.g. " + "; ".join(shapes[:3]))
     if missing:
         parts.append(f"{len(missing)} variables missing from the checkpoint, e.g. " + ", ".join(missing[:3]))
-    if unexpected:
+    if unexpected and unexpected_is_error:
         parts.append(f"{len(unexpected)} unexpected variables, e.g. " + ", ".join(unexpected[:3]))
+    elif unexpected:  # not the problem (e.g. a train checkpoint's Adam slots in the test phase): said as such
+        parts.append(f"{len(unexpected)} checkpoint variables the model has not, skipped as TF's Saver skips them "
+                     f"(e.g. " + ", ".join(unexpected[:3]) + ")")
     return f"checkpoint {source} does not match the configured model ({hint}): " + " | ".join(parts)
