@@ -41,6 +41,20 @@ def test_usage_errors_name_the_command_as_run(module, tmp_path):
         proc.stderr
 
 
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_the_demo_refuses_a_bad_iteration_before_any_work(value, tmp_path):
+    """README command 1's `--iteration 0`: one `error:` line, exit 2, DIR not made (before: the data
+    set was built, then the TF step failed with its own error line and the demo's second one)."""
+    from parity_tests.conftest import ROOT
+    proc = subprocess.run([sys.executable, "-m", "ugatit_common.demo", "run", "--iteration", value], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: --iteration={value}: must be >= 1", proc.stderr
+    assert not (tmp_path / "run").exists()
+    helped = subprocess.run([sys.executable, "-m", "ugatit_common.demo", "--help"], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": ROOT}).stdout
+    assert "of each model" not in helped and "of the official TF model" in " ".join(helped.split())
+
+
 @pytest.mark.parametrize("argv", [["-m", "torch_port", "--bogus", "1"], ["-m", "morph", "train", "--bogus", "1"]])
 def test_a_bad_flag_under_torchrun_is_said_by_rank_0_only(argv, tmp_path):
     """Under torchrun every rank parses the same flags: rank 0 prints argparse's usage and error,

@@ -40,8 +40,13 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ugatit_common.demo", description=__doc__.splitlines()[0])
     p.add_argument("dir", nargs="?", default="demo_run", help="working folder (default: demo_run)")
-    p.add_argument("--iteration", type=int, default=8, help="training iterations of each model")
+    p.add_argument("--iteration", type=int, default=8,
+                   help="training iterations of the official TF model (steps 2-3; the port's and Morph's demo steps "
+                        "train their own fixed tiny models)")
     args = p.parse_args(argv)
+    if args.iteration < 1:  # before any work (the data set, a TF step failing with its own line)
+        from ugatit_common.options import OptionError
+        raise OptionError(f"--iteration={args.iteration}: must be >= 1")
     work = os.path.abspath(args.dir)
     from ugatit_common.cli_errors import check_writable_folder, needs_tensorflow_line, tensorflow_installed
     if not tensorflow_installed():  # steps 2-3 run the official TF model: say so before any work
