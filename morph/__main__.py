@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--samples", type=int, default=8,
                            help="z samples averaged per w code, 1 .. 4096 (default: 8)")
         else:
-            s.add_argument("--direction", required=True, help="a2b | b2a")
+            s.add_argument("--direction", required=True, choices=("a2b", "b2a"), help="a2b | b2a")
             s.add_argument("--samples", type=int, default=1,
                            help="translations per input (each with a fresh z), 1 .. 100 (default: 1)")
 

@@ -377,6 +377,17 @@ def test_cli_subprocess_usage_error():
     assert r.returncode == 2 and "--config" in r.stderr
 
 
+def test_translate_names_the_direction_flag(tmp_path):
+    """`morph translate --direction x2y` names the flag and its choices, as the port does, before any
+    checkpoint is read (it said "direction must be 'a2b' or 'b2a'", without the flag's name)."""
+    r = subprocess.run([sys.executable, "-m", "morph", "translate", "--checkpoint", str(tmp_path / "none"),
+                        "--input", str(tmp_path), "--direction", "x2y"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines()[-1] == ("python -m morph translate: error: argument --direction: invalid choice: "
+                                         "'x2y' (choose from 'a2b', 'b2a')"), r.stderr
+
+
 # -- an official TF checkpoint as the starting point ------------------------------------------------------
 
 GOLDEN_NET = dict(light=True, ch=4, n_res=4, n_dis=5, img_size=64, sn=True, smoothing=True)  # record.json
