@@ -223,3 +223,8 @@ def test_a_file_of_a_tf_checkpoint_names_that_checkpoint(tmp_path):
         assert got["kind"] == "tensorflow" and got["step"] == 3 and got["config"] == whole["config"], name
         assert got["state"].keys() == whole["state"].keys()
         assert all(torch.equal(got["state"][k], v) for k, v in whole["state"].items()), name
+    with pytest.raises(opt.OptionError, match=r"state\.pt': not a checkpoint \(expected a checkpoint folder, a TF "
+                                              r"checkpoint prefix or its \.index / \.data / \.meta file, or a "
+                                              r"\.safetensors file\)$"):
+        (folder / "UGATIT.model-3.state.pt").write_bytes(b"")  # a file of another kind: the message lists the forms
+        ck.load_any(str(folder / "UGATIT.model-3.state.pt"))

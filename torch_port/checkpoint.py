@@ -598,5 +598,5 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
                                   f"beside it")
         return {"config": _apply_overrides(opt.config_from(cfg), overrides, path, guessed_in_metadata(meta)),
                 "state": weights, "step": int(meta.get("step", 0)), "source": path, "kind": "torch_port"}
-    raise opt.OptionError(f"{path!r}: not a checkpoint (expected a checkpoint folder, a TF checkpoint prefix or a "
-                      f".safetensors file)")
+    raise opt.OptionError(f"{path!r}: not a checkpoint (expected a checkpoint folder, a TF checkpoint prefix or "
+                          f"its .index / .data / .meta file, or a .safetensors file)")
