@@ -18,7 +18,6 @@ nothing changed. Tiny models (light, 32 px, ch 2, n_dis 4)."""
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import re
 import shutil
@@ -705,8 +704,15 @@ def test_two_results_commands_never_share_a_results_folder(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     morph = command.startswith("morph")
     if tf:
-        from tf_reference.__main__ import main as tf_main
-        assert tf_main(TF_TINY + ["--iteration", "1", "--epoch", "1", "--print_freq", "1000"]) == 0
+        # its TF checkpoint: the port's first one converted (torch2tf), not tf_reference's own training
+        # run (TF builds the train graph: ~30 s); without the .meta (the train graph again), which the
+        # test phase never reads
+        import weights_convert
+        monkeypatch.setattr(weights_convert, "_meta_builder", lambda: (None, "not needed by the test phase"))
+        assert port(train_args(1, 1, 1, "--checkpoint_dir", "port"), monkeypatch, tmp_path, capsys)[0] == 0
+        os.makedirs(ckdir(tmp_path))
+        to_tf(os.path.join(run_dirs(tmp_path, checkpoint_dir="port")[0], f"{PREFIX}.model-2.safetensors"),
+              ckdir(tmp_path), 2, tmp_path)
         base = ["tf_reference", "--phase", "test"] + TF_TINY
         res = str(tmp_path / "res")
         first = os.path.join(opt.model_dir(CFG), "a2b", "*.png")
