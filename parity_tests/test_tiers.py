@@ -47,9 +47,15 @@ def test_quick_tier_deselects_exactly_the_slow_tests_and_full_runs_all():
 
 
 def test_node_id_on_the_command_line_runs_in_the_quick_tier():
-    one = sorted(_slow_ids())[0]
+    """A slow test named by its node id is collected in the quick tier, and left out when its file
+    is named. The slow test is this file's own: one small file collected, not the whole suite
+    (test_two_workers_say_what_was_deselected runs this test twice more)."""
+    assert test_quick_tier_deselects_exactly_the_slow_tests_and_full_runs_all.pytestmark[0].name == "slow"
+    one = "parity_tests/test_tiers.py::test_quick_tier_deselects_exactly_the_slow_tests_and_full_runs_all"
     ids, _ = _collect(one)
     assert list(ids) == [one]
+    in_file, _ = _collect("parity_tests/test_tiers.py")
+    assert in_file and one not in in_file
 
 
 def test_every_suite_keeps_quick_tests():
