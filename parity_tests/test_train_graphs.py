@@ -374,6 +374,7 @@ def recorded_graphs(monkeypatch):
     where a CUDA graph replays a host draw's first values (copied from the host once): every
     draw recorded (an op tagged nondeterministic_seeded; torch 2.11 cannot record one from a
     torch.Generator at all, and says so) is listed in `.draws`, for the test to refuse."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from torch_port import train_graphs
@@ -386,7 +387,10 @@ def recorded_graphs(monkeypatch):
             seen.update(self._body(lr))
             return dict(seen)
         try:
-            module = make_fx(body, tracing_mode="real")()
+            # one fake-tensor mode for the recorded ops' metadata: make_fx would make a new one per op
+            # output (each takes a Python stack trace: ~2/3 of a recording's time), the graph the same
+            with torch._guards.tracing(torch._guards.TracingContext(FakeTensorMode(allow_fallback_kernels=True))):
+                module = make_fx(body, tracing_mode="real")()
         except NotImplementedError as e:  # torch <= 2.11 cannot record a draw from a torch.Generator
             seen_by.draws.append(f"{self.name}: not recordable ({e})")
             self.eager_only = True
