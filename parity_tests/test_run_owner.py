@@ -728,7 +728,10 @@ def test_two_results_commands_never_share_a_results_folder(tmp_path, monkeypatch
         base = ["torch_port", "--phase", "test"] + TINY
         res = str(tmp_path / "res")
         first = os.path.join(opt.model_dir(CFG), "a2b", "*.png")
-    one, two = _photos(str(tmp_path / "one"), 400, 1), _photos(str(tmp_path / "two"), 3, 2)
+    # run 1 must still be running when it is paused after its first picture: its pictures after that
+    # one take >= 2 s alone (the port's 400 at ~5 ms each; interpolate's 100 at ~30 ms each)
+    one, two = _photos(str(tmp_path / "one"), 100 if command == "morph interpolate" else 400, 1), \
+        _photos(str(tmp_path / "two"), 3, 2)
     inputs = (lambda folder: []) if tf else (lambda folder: ["--input", folder])
     p = start(base + inputs(one) + ["--result_dir", res], tmp_path, "run1.log")
     try:
