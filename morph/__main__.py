@@ -258,6 +258,8 @@ def _translate_each(args, inputs, names, record, model, out_dir, size) -> int:
         try:  # unreadable inputs are skipped with a warning (as the port's test phase does)
             x = load_input(path, size).to(device)
         except ImageReadError as e:
+            if len(inputs) == 1:  # a lone input: its error line alone names it and why
+                raise
             print(f"warning: skipping {path}: {e.reason}", file=sys.stderr, flush=True)
             continue
         done += 1

@@ -259,6 +259,8 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
                     try:  # an unreadable input is skipped with a warning, as in the port's test phase
                         x = load_input(path, img_size).to(device)
                     except ImageReadError as e:
+                        if len(inputs) == 1:  # a lone input: its error line alone names it and why
+                            raise
                         print(f"warning: skipping {path}: {e.reason}", file=sys.stderr, flush=True)
                         continue
                     frames = morph_frames(model, x, w_ba, w_ab, steps)

@@ -97,9 +97,10 @@ def _stack(xs, n, batch, pad, pin):
 
 def translate_batches(model, files, direction, cfg, device, result_dir, page, counts, names, batch: int,
                       pad: bool = False, progress: bool = True, overlap: bool = True,
-                      writers: int | None = None) -> None:
+                      writers: int | None = None, warn_skips: bool = True) -> None:
     """`files` translated `batch` at a time with `model.translate(x, direction)`; unreadable files
-    are skipped with a warning. `pad`: pad a partial last batch to `batch` images. `overlap`:
+    are skipped with a warning (`warn_skips` False: silently, for a lone input whose caller's
+    error line names it). `pad`: pad a partial last batch to `batch` images. `overlap`:
     read, translate and write concurrently (the same files and page); `writers`: writer threads
     (default: up to 8, one per core)."""
     from tqdm import tqdm
@@ -109,7 +110,8 @@ def translate_batches(model, files, direction, cfg, device, result_dir, page, co
                dynamic_ncols=True)
 
     def warn(f, reason):
-        bar.write(f"warning: skipping {f}: {reason}", file=sys.stderr)
+        if warn_skips:
+            bar.write(f"warning: skipping {f}: {reason}", file=sys.stderr)
         bar.update(1)
     try:
         if overlap:

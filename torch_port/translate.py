@@ -90,14 +90,17 @@ def input_files(path: str) -> list[str]:
     raise opt.OptionError(f"--input={path!r}: no such file or folder")
 
 
-def _translate_files(model, files, direction, cfg, device, result_dir, page, counts, names=None):
+def _translate_files(model, files, direction, cfg, device, result_dir, page, counts, names=None, warn_skips=True):
+    """One image at a time (the official loop). `warn_skips`: an unreadable file is skipped with a
+    warning; False for a lone input, whose error line alone says it (`_write_results`)."""
     names = names or OutputNames(files)
     for f in files:
         print(f"Processing {'A' if direction == 'a2b' else 'B'} image: " + f)  # the official line
         try:
             x = test_image(f, cfg["img_size"]).to(device)
         except ImageReadError as e:
-            print(f"warning: skipping {f}: {e.reason}", file=sys.stderr)
+            if warn_skips:
+                print(f"warning: skipping {f}: {e.reason}", file=sys.stderr)
             continue
         with torch.no_grad():
             y = model.translate(x, direction)
@@ -176,20 +179,24 @@ def _write_results(model, jobs, cfg, device, paths, batch) -> str:
         sweep_temp(folder, log=lambda m: None)  # what a killed earlier test phase left (not a running one's)
     page = ResultsPage(paths.result, cfg["img_size"])
     counts = {}
-    names = OutputNames([f for files, _ in jobs for f in files])  # outputs never overwrite an input
+    every = [f for files, _ in jobs for f in files]
+    names = OutputNames(every)  # outputs never overwrite an input
+    # several inputs: each unreadable one is skipped with a warning; a lone one is said once, in the
+    # error line below (a warning "skipping X" before "cannot read X" said the same thing twice)
+    warn_skips = len(every) > 1
     try:
         for files, d in jobs:
             if batch:
                 from .batch_translate import fixed_shape, translate_batches
                 translate_batches(model, files, d, cfg, device, paths.result, page, counts, names, batch,
-                                  pad=fixed_shape(model))
+                                  pad=fixed_shape(model), warn_skips=warn_skips)
             else:
-                _translate_files(model, files, d, cfg, device, paths.result, page, counts, names)
+                _translate_files(model, files, d, cfg, device, paths.result, page, counts, names, warn_skips)
     except BaseException:  # Ctrl-C, a NaN picture, a full disk: the page lists what this run wrote
         page.stopped()
         raise
     if not counts:  # the previous results page stays as it was
-        raise opt.OptionError(none_readable([f for files, _ in jobs for f in files]))
+        raise opt.OptionError(none_readable(every))
     page.close()
     print(f" [*] {sum(counts.values())} image(s) written; results page: {page.path}")
     return page.path

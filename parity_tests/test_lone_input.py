@@ -1,0 +1,102 @@
+"""A lone `--input` that is not a decodable image: the port's test phase (one image at a time and
+`--batch`), Morph interpolate and Morph translate printed `warning: skipping X` and then `error:
+... X` (or, in Morph, `no readable input image`, without the reason). Now: one `error:` line naming
+X and why, exit 2, nothing written. Several inputs of which some are unreadable still warn once per
+skipped file. Tiny models (light, 32 px, ch 2, n_dis 4)."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from parity_tests.test_nonfinite_and_flags import CFG, MORPH_CFG, snapshot
+from parity_tests.test_outputs_guard import _save_morph, _save_port
+from ugatit_common.demo_data import make_demo_dataset
+
+REASON = "not a decodable image"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """dataset/t (testA: 2 pictures), a port checkpoint `port`, a Morph config-C one `morph`, and
+    `bad.png`, a file that is no image."""
+    from morph.model import MorphUGATIT
+    from torch_port import build_ugatit
+    root = str(tmp_path_factory.mktemp("lone"))
+    make_demo_dataset(root, "t", size=32, n_train=1, n_test=2)
+    torch.manual_seed(0)
+    _save_port(os.path.join(root, "port"), build_ugatit(CFG), CFG)
+    _save_morph(os.path.join(root, "morph"), MorphUGATIT(MORPH_CFG))
+    with open(os.path.join(root, "bad.png"), "wb") as fh:
+        fh.write(b"not an image")
+    return root
+
+
+def _commands(inp):
+    from morph.__main__ import main as morph_main
+    from torch_port.__main__ import main as port_main
+    test = ["--phase", "test", "--input", inp, "--device", "cpu", "--result_dir", "res", "--checkpoint", "port"]
+    morph = ["--checkpoint", "morph", "--input", inp, "--device", "cpu", "--result_dir", "mres"]
+    return [(port_main, test), (port_main, test + ["--batch", "2"]),
+            (morph_main, ["interpolate", "--steps", "2", "--samples", "1"] + morph),
+            (morph_main, ["translate", "--direction", "a2b"] + morph)]
+
+
+def _lines(err, word):
+    return [ln for ln in err.splitlines() if word in ln]
+
+
+def test_a_lone_unreadable_input_is_one_error_line(world, tmp_path, monkeypatch, capsys):
+    root = str(tmp_path / "w")
+    shutil.copytree(world, root)
+    monkeypatch.chdir(root)
+    for main, argv in _commands("bad.png"):
+        before = snapshot(root)
+        capsys.readouterr()
+        rc = main(argv)
+        err = capsys.readouterr().err
+        errors = _lines(err, "error:")
+        assert rc == 2, (argv, err)
+        assert len(errors) == 1 and "bad.png" in errors[0] and REASON in errors[0], (argv, err)
+        assert not _lines(err, "warning:") and "Traceback" not in err, (argv, err)
+        assert snapshot(root) == before, argv  # nothing written
+        assert not os.path.exists("res") and not os.path.exists("mres"), argv
+
+
+def test_several_inputs_still_warn_once_per_skipped_file(world, tmp_path, monkeypatch, capsys):
+    """A folder holding the bad file and a picture: the bad one is named in one warning and the
+    picture translated (exit 0); a folder of two bad files: a warning for each, then the error."""
+    root = str(tmp_path / "w")
+    shutil.copytree(world, root)
+    monkeypatch.chdir(root)
+    os.makedirs("mixed")
+    os.makedirs("allbad")
+    shutil.copy(os.path.join("dataset", "t", "testA", sorted(os.listdir(os.path.join("dataset", "t", "testA")))[0]),
+                os.path.join("mixed", "good.png"))
+    for folder in ("mixed", "allbad"):
+        shutil.copy("bad.png", os.path.join(folder, "bad.png"))
+    shutil.copy("bad.png", os.path.join("allbad", "worse.png"))
+    for main, argv in _commands("mixed"):
+        capsys.readouterr()
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 0, (argv, err)
+        warned = _lines(err, "warning: skipping")
+        assert len(warned) == 1 and "bad.png" in warned[0] and REASON in warned[0], (argv, err)
+        assert not _lines(err, "error:"), (argv, err)
+    for main, argv in _commands("allbad"):
+        capsys.readouterr()
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2, (argv, err)
+        assert len(_lines(err, "warning: skipping")) == 2 and len(_lines(err, "error:")) == 1, (argv, err)
