@@ -279,6 +279,22 @@ class MorphTrainer(Trainer):
         model.z_shard = (self.dist_info.rank, self.dist_info.world_size)
         return model
 
+    def check_checkpoint_kind(self):
+        """A folder whose newest checkpoint (with weights) is a UGATIT one - an official TF / tf_reference
+        run's, or the port's - is refused with what it holds and what to use instead, before the
+        resume reads it (which would refuse it for its image size or its missing Adam state) and
+        before anything there is swept or set aside."""
+        folder = self.paths.checkpoint
+        kind, state = checkpoint_kind(folder)
+        if kind not in ("ugatit-tf", "ugatit-torch"):
+            return
+        newest = next((os.path.basename(f.base) for f in policy.inventory(folder) if f.has_weights), "")
+        resume = "python -m tf_reference or python -m torch_port" if kind == "ugatit-tf" else "python -m torch_port"
+        raise CheckpointKindError(f"--checkpoint_dir: {folder!r} holds {_describe(kind, state)} ({newest}), not a "
+                                  f"Morph-UGATIT checkpoint: Morph cannot resume it. To start a Morph run from its "
+                                  f"weights, pass --init_from {folder} with another --checkpoint_dir; to continue "
+                                  f"that run, use {resume}")
+
     def find_checkpoint(self):
         # the image size only (a light model's weights do not fix it; the rest is in the folder's name or
         # the weights' shapes): a resume at another --img_size is refused, as the port refuses it

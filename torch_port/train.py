@@ -475,6 +475,11 @@ class Trainer:
         run's folders changes (made, swept, moved aside) when the run starts fresh for sure
         (`--resume False`, or no checkpoint in its folder): a refused start leaves them as they were."""
 
+    def check_checkpoint_kind(self) -> None:
+        """Refuse a checkpoint folder holding another kind of checkpoint than this trainer resumes
+        (Morph: a UGATIT / TF one), run by rank 0 right after it takes the folders, before anything
+        in them is swept, read for the resume or set aside (`_prepare_folders`). Default: none."""
+
     def host_draws(self) -> list:
         """[(object, method name)]: methods a step calls to draw values on the host (Morph config
         C's direction codes); a CUDA graph serves their values from fixed tensors."""
@@ -526,6 +531,8 @@ class Trainer:
         paths = self.paths
         self.owner = policy.own_run(paths)  # FolderInUse (exit 2, nothing changed) if another run holds one
         cli_errors.note_checkpoint_folder(paths.checkpoint)
+        if self.resume:  # (--resume False moves whatever is there aside)
+            self.check_checkpoint_kind()
         print_information(self.cfg, sizes, self.device, paths, self.dist_info, self.log)
         for p, flag in ((paths.sample, "--sample_dir"), (paths.log, "--log_dir"), (paths.checkpoint, "--checkpoint_dir")):
             cli_errors.check_writable_folder(p, flag)  # fail now, not at the first save
