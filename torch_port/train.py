@@ -529,7 +529,8 @@ class Trainer:
         anything in them is read, swept or moved; then sweep, and under --resume False move an
         older run aside - both only as their owner."""
         paths = self.paths
-        self.owner = policy.own_run(paths)  # FolderInUse (exit 2, nothing changed) if another run holds one
+        # FolderInUse (exit 2, nothing changed) if another run holds one; a killed run's folders taken over: a note
+        self.owner = policy.own_run(paths, log=self.log)
         cli_errors.note_checkpoint_folder(paths.checkpoint)
         if self.resume:  # (--resume False moves whatever is there aside)
             self.check_checkpoint_kind()

@@ -23,6 +23,7 @@ Subfolders (older runs moved aside, unusable checkpoints) are never looked at.
 - One owner per run folder (`own_run`, ugatit_common.run_lock): a training run locks its
   checkpoint, sample and log folders before it reads, sweeps or moves anything in them and
   holds them to its end; a second run into a held folder stops (exit 2) naming the holder. The
+  folders a killed run left locked are taken over, said in one `note:` line (`takeover_note`). The
   steps that change a folder (`sweep_temp` of a run folder, `move_previous_run`,
   `move_previous_outputs`, `set_aside`, `choose`'s setting aside) take that lock (`owner`) and
   refuse to act without it (`run_lock.NotOwner`, a bug).
@@ -328,7 +329,7 @@ def _output_being_written(folder: str):
     return None
 
 
-def own_run(paths, command: str | None = None) -> "run_lock.RunLocks":
+def own_run(paths, command: str | None = None, log=print) -> "run_lock.RunLocks":
     """Lock the folders a training run writes (`paths.checkpoint`, `.sample`, `.log`: an
     options.Paths), checkpoint folder first, before anything in them is read, swept or moved;
     hold the result for the run's life and `release()` it at the end. Another run holding one of
@@ -340,7 +341,9 @@ def own_run(paths, command: str | None = None) -> "run_lock.RunLocks":
     So is a folder a test phase (or Morph interpolate / translate) is writing its results into
     (output_guard.own_result_folder; e.g. --sample_dir and --result_dir both `results`): the run
     would sweep its page's temp file and move its pictures aside as an older run's samples; that
-    command refuses a folder a run holds, so of the two the later is refused."""
+    command refuses a folder a run holds, so of the two the later is refused. Folders whose lock a
+    run that is no longer running left behind (killed: its clean-up never ran) are taken over,
+    said in one `note:` line (`takeover_note`) through `log`."""
     folders = [(getattr(paths, attr), flag) for attr, flag in RUN_FOLDERS]
     locks = run_lock.acquire_all(folders, command)
     try:
@@ -361,7 +364,27 @@ def own_run(paths, command: str | None = None) -> "run_lock.RunLocks":
             lock.release()
             run_lock.remove_created(lock)
         raise
+    note = takeover_note(locks.taken_over(), folders)
+    if note and log:
+        log(note)
     return locks
+
+
+def takeover_note(taken, folders) -> str | None:
+    """The one line of a run that took over folders (`taken`: [(folder, run_lock.Holder)] from
+    RunLocks.taken_over) whose lock a run no longer running left behind, each named with its flag
+    (`folders`: [(folder, flag)]) and that run's pid, start and command where its owner file says;
+    None when there were none (a clean start)."""
+    if not taken:
+        return None
+    groups: dict[str, list[str]] = {}
+    for folder, holder in taken:
+        flag = next((f for d, f in folders if os.path.realpath(d) == os.path.realpath(folder)), "folder")
+        who = holder.describe() if holder.pid is not None else "pid unknown: no readable owner file"
+        groups.setdefault(who, []).append(f"{flag} {folder!r}")
+    parts = [f"{', '.join(names)} (left by {who})" for who, names in groups.items()]
+    return (f"note: took over the folder(s) of a run that is no longer running (it ended without its clean-up, "
+            f"e.g. killed): {'; '.join(parts)}")
 
 
 def choose(folder: str, load, need: str = "train", log=print, owner=None, prefer: str = "torch"):

@@ -7,7 +7,8 @@ start time, host); that file is only information - the lock is what decides. A r
 normally removes both files (it unlinks the lock file while still holding it; `acquire` checks
 that the file it locked is still the one at that path, so a run that opened the file just
 before it was removed tries again instead of holding a lock nobody else sees). A killed run
-leaves them; the next run takes the same file over.
+leaves them; the next run takes the same file over (`RunLock.taken_over`: who left it, for the
+training run's one `note:` line, checkpoint_policy.own_run).
 
     with own_folder(folder, "--checkpoint_dir"):   # FolderInUse (exit 2) if another run holds it
         ... read, sweep, move aside, train, save ...
@@ -120,9 +121,11 @@ def _same_folder(a: str, b: str) -> bool:
 class RunLock:
     """The held lock of one folder; `release()` (or leaving `own_folder`) lets it go."""
 
-    def __init__(self, folder: str, fd: int, names=(OWNER_NAME, LOCK_NAME), created: str | None = None):
+    def __init__(self, folder: str, fd: int, names=(OWNER_NAME, LOCK_NAME), created: str | None = None,
+                 taken_over: "Holder | None" = None):
         self.folder, self._fd, self._names = folder, fd, tuple(names)
         self.created = created  # the topmost folder `acquire` created for it (None: it existed)
+        self.taken_over = taken_over  # the holder whose lock files were left behind (`acquire`), else None
 
     @property
     def held(self) -> bool:
@@ -169,6 +172,11 @@ class RunLocks:
 
     def covers(self, folder: str) -> bool:
         return any(lock.covers(folder) for lock in self.locks)
+
+    def taken_over(self) -> list[tuple[str, Holder]]:
+        """[(folder, holder)] of the folders whose lock this run took over from a holder that ended
+        without its clean-up (`RunLock.taken_over`)."""
+        return [(lock.folder, lock.taken_over) for lock in self.locks if lock.taken_over is not None]
 
     def release(self) -> None:
         for lock in reversed(self.locks):
@@ -221,6 +229,7 @@ def acquire(folder: str, what: str = "checkpoint folder", command: str | None = 
     while True:
         try:
             os.makedirs(folder, exist_ok=True)
+            existed = os.path.lexists(path)  # a lock file left behind: its holder's clean-up never ran
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as e:
             if e.errno in (errno.EISDIR, errno.ENOENT, errno.ELOOP) and os.path.lexists(path):
@@ -249,7 +258,8 @@ def acquire(folder: str, what: str = "checkpoint folder", command: str | None = 
         if same:
             break
         os.close(fd)
-    lock = RunLock(folder, fd, (owner_name, lock_name), created)
+    left = _left_behind(folder, fd, owner_name) if existed else None
+    lock = RunLock(folder, fd, (owner_name, lock_name), created, left)
     try:
         info = {"pid": os.getpid(), "command": command or _command_line(),
                 "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -263,6 +273,20 @@ def acquire(folder: str, what: str = "checkpoint folder", command: str | None = 
         lock.release()
         raise
     return lock
+
+
+def _left_behind(folder: str, fd: int, owner_name: str) -> Holder | None:
+    """The holder (from its owner file) of the lock file `fd` that existed before `acquire` took it:
+    a process that ended without its clean-up (killed; a run that ends removes both files). None
+    when nothing says so: no owner file and a lock file this young (another command that opened it
+    a moment ago and lost the race; `sweep_dead`'s rule)."""
+    if not os.path.lexists(os.path.join(folder, owner_name)):
+        try:
+            if time.time() - os.fstat(fd).st_mtime < _FRESH_S:
+                return None
+        except OSError:
+            return None
+    return _read_owner(folder, owner_name)
 
 
 def sweep_dead(folder: str, owner_of) -> list[tuple[str, Holder]]:
