@@ -42,6 +42,7 @@ from ugatit_common import output_guard as guard
 from ugatit_common.atomic import atomic_output, publish_together, remove_quietly, write_temp_beside
 from ugatit_common.finite import NonFiniteWeights, first_non_finite, refuse_non_finite
 from ugatit_common.options import checkpoint_mismatch as opt_mismatch
+from ugatit_common.recorded_config import with_run_record
 from ugatit_common.tf_checkpoint.config import MODEL_KEYS as _MODEL_KEYS
 # The TF checkpoint format (bundle reader/writer, naming rule, layouts, config inference) lives in
 # the ground-floor package ugatit_common.tf_checkpoint; this module is its command line and
@@ -77,8 +78,16 @@ def checkpoint_step(path: str) -> int:
 
 
 def read_tf_config_info(path: str, overrides: dict | None = None) -> CheckpointConfig:
-    """The inferred config with each setting's source (.meta, model_dir, weights, flag, default)."""
-    return _read.read_config(path, overrides)
+    """The inferred config with each setting's source (.meta, model_dir, weights, the folder's run
+    record `ugatit-run.json`, flag, default)."""
+    with BundleReader(path) as r:
+        return _config_of(r, overrides)
+
+
+def _config_of(reader: BundleReader, overrides: dict | None = None) -> CheckpointConfig:
+    """The config of the open checkpoint: inferred from its .meta, folder name and weights (and
+    `overrides`), then completed and checked by its folder's run record (with_run_record)."""
+    return with_run_record(_read.config_of(reader, overrides), reader.prefix)
 
 
 def read_tf_config(path: str, overrides: dict | None = None) -> dict:
@@ -89,11 +98,13 @@ def read_tf_config(path: str, overrides: dict | None = None) -> dict:
 def tf_to_torch(path: str, generators_only: bool = False, overrides: dict | None = None, quiet: bool = False):
     """(config, state) from an official TF checkpoint folder or prefix; state keys are
     `torch_port.build_ugatit(config)` state-dict keys, `u` buffers included. The config comes
-    from the checkpoint's .meta graph, folder name and weights (`overrides`: explicit settings;
-    one that contradicts the checkpoint raises ConfigConflict); guessed settings are printed on
-    stderr unless `quiet`."""
+    from the checkpoint's .meta graph, folder name, weights and run record (`overrides`: explicit
+    settings; one that contradicts the checkpoint raises ConfigConflict); guessed settings are
+    printed on stderr unless `quiet`."""
     import torch
-    info, arrays = _read.read_arrays(path, generators_only, overrides=overrides)
+    with BundleReader(path) as r:
+        info = _config_of(r, overrides)  # before any tensor is read: a contradicting flag fails fast
+        arrays = dict(_read.iter_arrays(r, generators_only))
     if not quiet:
         info.announce()
     return info.config, {n: torch.from_numpy(a) for n, a in arrays.items()}
@@ -105,6 +116,8 @@ def read_tf_training_state(path: str, overrides: dict | None = None, quiet: bool
     (`config`, with its provenance in `info`)."""
     from torch_port.checkpoint import training_state_as_torch
     st = _read.read_training_arrays(path, overrides)
+    st["info"] = with_run_record(st["info"], st["info"].prefix or resolve_prefix(path))
+    st["config"] = st["info"].config
     if not quiet:
         st["info"].announce()
     return training_state_as_torch(st)
@@ -197,7 +210,7 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
     from tqdm import tqdm
 
     with BundleReader(ckpt) as r:
-        info = _read.config_of(r, overrides)
+        info = _config_of(r, overrides)
         cfg = info.config
         _check_img_size(cfg)  # before anything is written (a refusal is then the one line said)
         names = list(_selected(r.keys(), generators_only, with_optimizer))

@@ -31,7 +31,8 @@ Subfolders (older runs moved aside, unusable checkpoints) are never looked at.
   starts from scratch, before its first checkpoint: a light model's image size is in no weight,
   and TF's Saver writes a checkpoint's `.meta` (which records it) last, so a run whose first
   checkpoint lost its `.meta` would otherwise record no size (`run_image_size`). It is moved
-  aside with the older run (`--resume False`); readers of TF folders ignore it.
+  aside with the older run (`--resume False`); TF's reader ignores it, weights_convert.py tf2torch
+  takes the image size and flags it holds (ugatit_common.recorded_config).
 - A torch checkpoint's weights and state file must be one pair (`pairing_problem`: the run id,
   the step, the kind and the config they record agree); one that is not is unusable like a
   damaged one.
@@ -574,26 +575,52 @@ def write_run_record(folder: str, cfg: dict, writer: str, owner) -> str:
                               (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
 
 
-def recorded_image_size(folder: str) -> int | None:
-    """The image size the run record of `folder` holds; None without one; RunRecordDamaged
-    naming it when it is no JSON object with an integer `img_size` (it is written whole, so
-    only a damaged disk or a hand edit does that)."""
+def read_run_record(folder: str, remedy: str = "remove it to resume without this check") -> dict | None:
+    """The run record of `folder` (`write_run_record`): {"img_size": int, "options": {official
+    flag: value}, "written_by": str}; None without one. RunRecordDamaged naming it when it is no
+    JSON object with a positive integer `img_size`, or its `options` (optional: a record may hold
+    the size alone) are no object of official flags of their types agreeing with that size - it
+    is written whole, so only a damaged disk or a hand edit does that. `remedy`: the message's
+    way out besides fixing it."""
     path = os.path.join(folder, RUN_RECORD)
     if not os.path.isfile(path):
         return None
+    record = {}
     try:
         with open(path, "rb") as fh:
             record = json.loads(fh.read().decode("utf-8"))
-        size = record.get("img_size") if isinstance(record, dict) else None
-        why = None if isinstance(size, int) and not isinstance(size, bool) and size > 0 else \
-            "no positive integer img_size in a JSON object"
+        why = _record_problem(record)
     except (OSError, ValueError) as e:
         why = _reason(e)
     if why:
         raise RunRecordDamaged(f"run record {path!r} is damaged ({why}); it is what records the image size of "
-                               f"the run in that folder: fix it (\"img_size\": the run's --img_size), or remove it "
-                               f"to resume without this check")
-    return size
+                               f"the run in that folder: fix it (\"img_size\": the run's --img_size), or {remedy}")
+    return {"img_size": record["img_size"], "options": dict(record.get("options") or {}),
+            "written_by": str(record.get("written_by") or "")}
+
+
+def _record_problem(record) -> str | None:
+    """Why `record` (parsed JSON) is not a run record, or None."""
+    size = record.get("img_size") if isinstance(record, dict) else None
+    if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+        return "no positive integer img_size in a JSON object"
+    options = record.get("options", {})
+    if not isinstance(options, dict):
+        return "its options are not a JSON object"
+    for k, v in options.items():  # (a number flag may hold an int or a float: --lr 1, a loss weight 0.5)
+        want = type(opt.DEFAULTS[k]) if k in opt.DEFAULTS else None
+        number = want in (int, float) and type(v) in (int, float)
+        if want is not None and not (type(v) is want or number):
+            return f"options.{k} is {json.dumps(v)}, not a {'number' if want in (int, float) else want.__name__}"
+    if options.get("img_size", size) != size:
+        return f"options.img_size {options['img_size']} is not its img_size {size}"
+    return None
+
+
+def recorded_image_size(folder: str) -> int | None:
+    """The image size the run record of `folder` holds (`read_run_record`); None without one."""
+    record = read_run_record(folder)
+    return None if record is None else record["img_size"]
 
 
 def run_image_size(prefix: str) -> tuple[int, str] | None:

@@ -1,0 +1,126 @@
+"""`weights_convert.py tf2torch` of a TF checkpoint folder whose `.meta` is lost reads the run
+record `ugatit-run.json` every trainer writes there (checkpoint_policy.write_run_record): the
+image size and the official flags it holds are taken from it (before: img_size guessed as the
+official 256, smoothing guessed, the training settings "not recorded"); a record that disagrees
+with the variables or a flag is one `error:` line naming both, exit 2; a damaged one is one
+`error:` line naming it, exit 2; nothing written in either case. A folder without a record (an
+official checkpoint) converts as before. The checkpoint: the golden bundle's official one (light,
+ch 4, n_dis 5, 64 px, no .meta), in a folder whose name is no official model_dir."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+import weights_convert as wc
+from parity_tests.conftest import GOLDEN
+from parity_tests.test_nonfinite_and_flags import error_line
+from ugatit_common import checkpoint_policy as policy
+from ugatit_common import options as opt
+from ugatit_common import run_lock
+
+with open(os.path.join(GOLDEN, "record.json")) as _fh:
+    RUN = opt.config_from(**{k: v for k, v in json.load(_fh)["config"].items() if k in opt.DEFAULTS})
+# what the converter takes from a record: the model's settings and the training settings
+KEYS = ("light", "ch", "n_res", "n_dis", "sn", "smoothing", "img_size", "img_ch", "gan_type", "n_critic",
+        "adv_weight", "cycle_weight", "identity_weight", "cam_weight")
+
+
+def _folder(tmp_path, cfg=RUN, name="run"):
+    """The golden checkpoint in `<tmp>/<name>/` with the run record a trainer of `cfg` writes
+    (None: no record)."""
+    folder = str(tmp_path / name)
+    shutil.copytree(os.path.join(GOLDEN, "final"), folder)
+    if cfg is not None:
+        with run_lock.acquire(folder) as owner:
+            policy.write_run_record(folder, cfg, "tf_reference", owner)
+    return folder
+
+
+def _tf2torch(capsys, *argv):
+    capsys.readouterr()
+    rc = wc.main(["tf2torch", *map(str, argv)])
+    return rc, capsys.readouterr()
+
+
+def _config_of(out):
+    return json.loads(policy.safetensors_metadata(out)["ugatit_config"])
+
+
+def test_the_run_record_gives_what_the_variables_do_not(tmp_path, capsys):
+    # a run at a size and with flags other than the official defaults, as only its record says
+    run = dict(RUN, smoothing=not RUN["smoothing"], gan_type="hinge", cam_weight=RUN["cam_weight"] + 1)
+    folder = _folder(tmp_path, run)
+    out = tmp_path / "m.safetensors"
+    rc, got = _tf2torch(capsys, folder, out)
+    assert rc == 0, got.err
+    cfg = _config_of(str(out))
+    assert {k: cfg[k] for k in KEYS} == {k: run[k] for k in KEYS}
+    meta = policy.safetensors_metadata(str(out))
+    assert json.loads(meta["ugatit_config_guessed"]) == {} and json.loads(meta["ugatit_config_not_recorded"]) == []
+    assert json.loads(meta["ugatit_config_sources"])["img_size"] == "run_record"
+    assert "img_size" in json.loads(meta["ugatit_config_read"])
+    assert "guessed" not in got.err and "not recorded" not in got.err, got.err
+    assert policy.RUN_RECORD in got.out  # the provenance lines name it
+    # a flag that agrees with it is fine
+    rc, got = _tf2torch(capsys, folder, tmp_path / "m2.safetensors", "--img_size", run["img_size"])
+    assert rc == 0, got.err
+
+
+def test_a_folder_without_a_record_converts_as_before(tmp_path, capsys):
+    folder = _folder(tmp_path, None)
+    out = tmp_path / "m.safetensors"
+    rc, got = _tf2torch(capsys, folder, out)
+    assert rc == 0, got.err
+    assert _config_of(str(out))["img_size"] == opt.DEFAULTS["img_size"]  # the official default, guessed
+    assert f"guessed img_size={opt.DEFAULTS['img_size']}" in got.err
+
+
+@pytest.mark.parametrize("key,other", [("ch", RUN["ch"] * 2), ("light", not RUN["light"]), ("n_dis", RUN["n_dis"] + 1)])
+def test_a_record_that_the_variables_contradict_is_refused(key, other, tmp_path, capsys):
+    folder = _folder(tmp_path, dict(RUN, **{key: other}))
+    out = tmp_path / "m.safetensors"
+    rc, got = _tf2torch(capsys, folder, out)
+    line = error_line(got.err)
+    assert rc == 2, got.err
+    assert f"the weights record {key}={RUN[key]}" in line, line
+    assert repr(os.path.join(folder, policy.RUN_RECORD)) in line and f"records {key}={other}" in line, line
+    assert not os.path.exists(out)
+
+
+def test_a_flag_that_the_record_contradicts_is_refused(tmp_path, capsys):
+    folder = _folder(tmp_path)
+    out = tmp_path / "m.safetensors"
+    rc, got = _tf2torch(capsys, folder, out, "--img_size", RUN["img_size"] * 2)
+    line = error_line(got.err)
+    assert rc == 2, got.err
+    assert f"--img_size {RUN['img_size'] * 2}" in line and f"records img_size={RUN['img_size']}" in line, line
+    assert policy.RUN_RECORD in line and not os.path.exists(out)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no_size", "bad_option", "other_size"])
+def test_a_damaged_record_is_one_error_naming_it(damage, tmp_path, capsys):
+    folder = _folder(tmp_path)
+    record = os.path.join(folder, policy.RUN_RECORD)
+    text = open(record, "rb").read()
+    parsed = json.loads(text)
+    if damage == "truncated":
+        text = text[: len(text) // 2]
+    elif damage == "no_size":
+        text = json.dumps({k: v for k, v in parsed.items() if k != "img_size"}).encode()
+    elif damage == "bad_option":
+        parsed["options"]["smoothing"] = "maybe"
+        text = json.dumps(parsed).encode()
+    else:
+        parsed["options"]["img_size"] = parsed["img_size"] * 2
+        text = json.dumps(parsed).encode()
+    with open(record, "wb") as fh:
+        fh.write(text)
+    out = tmp_path / "m.safetensors"
+    rc, got = _tf2torch(capsys, folder, out)
+    line = error_line(got.err)
+    assert rc == 2, got.err
+    assert repr(record) in line and "damaged" in line, line
+    assert not os.path.exists(out)

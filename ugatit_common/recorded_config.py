@@ -1,0 +1,69 @@
+"""A TF checkpoint's inferred config (tf_checkpoint.config.infer: .meta, folder name, weights,
+flags) completed and checked by the run record `ugatit-run.json` beside it
+(checkpoint_policy.write_run_record), for the converter (weights_convert.py tf2torch).
+
+Every trainer writes the record before its first checkpoint, so a run whose checkpoint lost its
+`.meta` (TF's Saver writes it last) still records its image size and flags. A setting the record
+holds fills in one that would be guessed (an official default) or not recorded; one that a
+record of the checkpoint (.meta, folder name, weights) or a flag gives must agree with it, or
+ConfigConflict names both. A damaged record is ConversionError naming it; no record: the config
+as inferred (an official checkpoint)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+from . import checkpoint_policy as policy
+from .tf_checkpoint.config import (MODEL_KEYS, SOURCES, TRAINING_KEYS, CheckpointConfig, ConfigConflict, Setting,
+                                   _describe, _fmt, _same)
+from .tf_checkpoint.names import ConversionError
+
+SOURCE = "run_record"
+# what the converter takes from the record: the model and the training settings (the dataset
+# name is no part of the weights or the graph; a renamed folder must not stop a conversion)
+KEYS = MODEL_KEYS + TRAINING_KEYS
+
+
+class _RecordedConfig(CheckpointConfig):
+    """A CheckpointConfig whose settings may come from the run record: `ugatit_config_read` (the
+    settings read from the checkpoint, in a converted file's metadata) lists those too."""
+
+    def metadata(self) -> dict[str, str]:
+        meta = super().metadata()
+        meta["ugatit_config_read"] = json.dumps(sorted(k for k, s in self.sources.items()
+                                                       if s in SOURCES + (SOURCE,)))
+        return meta
+
+
+def with_run_record(info: CheckpointConfig, prefix: str) -> CheckpointConfig:
+    """`info` (the config of the TF checkpoint `prefix`) with what the run record of its folder
+    holds; `info` itself when the folder has none."""
+    folder = os.path.dirname(os.path.abspath(prefix))
+    try:
+        record = policy.read_run_record(folder, remedy="remove it to convert without it")
+    except policy.RunRecordDamaged as e:
+        raise ConversionError(str(e)) from None
+    if record is None:
+        return info
+    path = os.path.join(folder, policy.RUN_RECORD)
+    detail = f"{policy.RUN_RECORD}, written" + (f" by {record['written_by']}" if record["written_by"] else "") + \
+        " when the run started"
+    values = {k: v for k, v in record["options"].items() if k in KEYS}
+    values["img_size"] = record["img_size"]
+    where = f"checkpoint {info.prefix or prefix}"
+    settings, unrecorded = dict(info.settings), [k for k in info.unrecorded if k not in values]
+    for key in [k for k in KEYS if k in values]:
+        value, ours = values[key], Setting(values[key], SOURCE, detail)
+        have = settings.get(key)
+        if have is None or have.guessed:
+            settings[key] = ours
+        elif _same(have.value, value):
+            settings[key] = ours if have.source == "flag" else replace(have, also=tuple(have.also) + (SOURCE,))
+        elif have.source == "flag":
+            raise ConfigConflict(f"{where} does not match --{key} {_fmt(have.value)}: the run record {path!r} "
+                                 f"records {key}={_fmt(value)}")
+        else:
+            raise ConfigConflict(f"{where}: its records disagree on {key}: {_describe(have.source, key, have)}, but "
+                                 f"the run record {path!r} records {key}={_fmt(value)}")
+    return _RecordedConfig(info.prefix, settings, unrecorded, info.notes)
