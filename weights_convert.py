@@ -38,6 +38,7 @@ import sys
 
 import numpy as np
 
+from ugatit_common import options as opt
 from ugatit_common import output_guard as guard
 from ugatit_common.atomic import atomic_output, publish_together, remove_quietly, write_temp_beside
 from ugatit_common.finite import NonFiniteWeights, first_non_finite, refuse_non_finite
@@ -385,9 +386,11 @@ def _need_tensorflow(flag: str) -> None:
 META_RECORDS = ("smoothing", "img_size", "gan_type", "adv_weight", "cycle_weight", "identity_weight", "cam_weight")
 
 
-def official_meta_graph(cfg: dict, tf_names, recorded=None, source: str = "the input") -> tuple[bytes | None, str]:
+def official_meta_graph(cfg: dict, tf_names, recorded=None, source: str = "the input",
+                        files=((), ())) -> tuple[bytes | None, str]:
     """(the bytes of the `<prefix>.meta` that the official train phase's tf.train.Saver writes
-    beside a checkpoint of `cfg` holding the variables `tf_names`, "") - or (None, why not): when
+    beside a checkpoint of `cfg` holding the variables `tf_names`, its input pipelines listing
+    `files` (trainA, trainB: `training_files`), "") - or (None, why not): when
     TensorFlow cannot be imported, or when a setting the graph would record is not one `source`
     records (`recorded`: those it does; None: all) - a .meta is a record, and readers would take
     a guess from it for the checkpoint's. Built by tf_reference (tf_reference.meta_graph);
@@ -403,10 +406,28 @@ def official_meta_graph(cfg: dict, tf_names, recorded=None, source: str = "the i
     if build is None:
         return None, why_not
     try:
-        return build(cfg, tf_names), ""
+        return build(cfg, tf_names, *files), ""
     except Exception as e:  # noqa: BLE001 - ValueError (variables not of that graph) or a TF error
         raise ConversionError(f"the official graph of this config cannot be built for the checkpoint's .meta "
                               f"({type(e).__name__}: {e}); nothing was written") from e
+
+
+def training_files(cfg: dict, recorded) -> tuple[tuple, tuple, str]:
+    """(trainA files, trainB files, "") that the official train phase of `cfg` lists - its glob
+    of `./dataset/<dataset>/trainA|trainB/*.*` in the working directory, the strings the graph of
+    an official `.meta` holds - or ((), (), why not) when the input does not record its data set
+    (`recorded`: the settings it does; None: all) or the working directory holds no such folders.
+    A `.meta` whose pipelines list no file imports and restores, but its train op cannot run (TF's
+    ShuffleDataset refuses a buffer of 0)."""
+    if recorded is not None and "dataset" not in recorded:
+        return (), (), "the input does not record its data set"
+    try:
+        found = [opt.domain_files(cfg, d, required=False) for d in ("trainA", "trainB")]
+    except opt.OptionError as e:
+        return (), (), str(e)
+    if not all(found):
+        return (), (), f"no images in {opt.dataset_root(cfg)}/trainA and trainB here"
+    return tuple(found[0]), tuple(found[1]), ""
 
 
 def _meta_builder():
@@ -627,8 +648,9 @@ def _convert(argv=None) -> int:
             stale = os.path.lexists(meta)
             # the graph the official Saver writes beside a checkpoint (tf_reference builds it; seconds), when
             # TensorFlow is here and the input records every setting it holds; before anything is written
+            files_A, files_B, no_files = training_files(cfg, prepared.recorded)
             graph, why_not = official_meta_graph(cfg, list(tf_names_of(state).values()),
-                                                 prepared.recorded, prepared.source)
+                                                 prepared.recorded, prepared.source, (files_A, files_B))
             # the new .meta, or the stale one removed, goes with the same write: a failure or a kill anywhere
             # leaves the old checkpoint whole
             torch_to_tf(state, prefix, drop=[meta] if stale and graph is None else (), meta=graph)
@@ -640,6 +662,11 @@ def _convert(argv=None) -> int:
             if graph is None:  # said once the checkpoint is written (a failed command's one line is its error)
                 print(f"note: no .meta written ({why_not}): tf2torch will take img_size, smoothing, gan_type "
                       f"and the loss weights from the folder name, the weights or flags", file=sys.stderr)
+            elif no_files:
+                print(f"note: the .meta's input pipelines list no training images ({no_files}): "
+                      f"tf.train.import_meta_graph + restore work, but its train op cannot run; run torch2tf in the "
+                      f"working directory of the run (where dataset/{cfg.get('dataset')}/ is) for one that lists "
+                      f"them, as an official .meta does", file=sys.stderr)
     except (ConversionError, CheckpointError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -539,12 +539,14 @@ def test_official_command_line_checkpoint(official_run, tmp_path):
     assert {k: info.config[k] for k in _expected(cfg)} == _expected(cfg)
     assert not info.guessed and not info.unrecorded
     assert "IteratorGetNext" in info.settings["img_size"].detail
+    # (the run record tf_reference wrote into its folder, ugatit-run.json, agrees with both)
     for key in ("smoothing", "gan_type", "adv_weight", "cycle_weight", "identity_weight", "cam_weight"):
-        assert info.settings[key].origin == "meta+model_dir", key
-    assert info.settings["n_critic"].origin == "model_dir"
-    # the same without the folder name: the graph alone records the loss settings
+        assert info.settings[key].origin == "meta+model_dir+run_record", key
+    assert info.settings["n_critic"].origin == "model_dir+run_record"
+    # the same without the folder name (nor the run record): the graph alone records the loss settings
     renamed = tmp_path / "renamed"
     shutil.copytree(folder, renamed)
+    os.remove(renamed / "ugatit-run.json")
     alone = wc.read_tf_config_info(str(renamed))
     assert {k: alone.config[k] for k in ("gan_type", "adv_weight", "cycle_weight", "identity_weight", "cam_weight",
                                          "smoothing", "img_size")} == {k: cfg[k] for k in ("gan_type", "adv_weight",

@@ -1,0 +1,58 @@
+"""The `.meta` `weights_convert.py torch2tf` writes, against the one TF's own Saver writes for the
+same model (tf_reference's train phase): the same saver_def, collections (`variables`,
+`trainable_variables`, `train_op`, ...) and variables (test_convert_cases, section 9), but its
+input pipelines listed no files - the graph of a run that trained on nothing. A TF user who
+imports an official `.meta` and runs its train op (`tf.train.import_meta_graph` + `restore`, then
+`sess.run(tf.get_collection("train_op"))`) trains on the run's images; with ours TF stopped
+(`ShuffleDataset: buffer_size must be greater than zero`). Now torch2tf lists what the official
+train phase lists - `./dataset/<dataset>/trainA|trainB/*.*` in the working directory, for an input
+that records its data set - and says in one note when there is none to list."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import weights_convert as wc
+from parity_tests.test_convert_cases import _meta_port
+from ugatit_common import options as opt
+from ugatit_common.demo_data import make_demo_dataset
+
+CFG = opt.config_from(light=True, dataset="t", img_size=32, ch=2, n_dis=4, augment_flag=False)
+
+
+def _run_train_op(prefix):
+    """import_meta_graph + restore, then one run of the graph's train ops (the learning rate fed)."""
+    from tf_reference.compat import tf
+    with tf.Graph().as_default():
+        saver = tf.train.import_meta_graph(prefix + ".meta")
+        listed = [n.attr["value"].tensor.string_val for n in tf.get_default_graph().as_graph_def().node
+                  if n.op == "Const" and n.name.startswith("normalize_element")]
+        with tf.Session() as sess:
+            saver.restore(sess, prefix)
+            sess.run(tf.get_collection("train_op"), feed_dict={"learning_rate:0": CFG["lr"]})
+    return [[os.fsdecode(b) for b in names] for names in listed]
+
+
+@pytest.mark.tf
+@pytest.mark.slow  # TensorFlow builds the train graph twice (~10 s each) and runs it once
+def test_the_meta_lists_the_runs_training_images_and_its_train_op_runs(tmp_path, monkeypatch, capsys):
+    src = _meta_port(tmp_path / "port", cfg=CFG)
+    # where the run's data set is (the working directory of the run): its files are listed
+    root = tmp_path / "work"
+    make_demo_dataset(str(root), "t", size=32, n_train=2, n_test=1)
+    monkeypatch.chdir(root)
+    capsys.readouterr()
+    assert wc.main(["torch2tf", src, "tf/UGATIT_light.model"]) == 0
+    err = capsys.readouterr().err
+    assert "list no training images" not in err, err
+    listed = _run_train_op("tf/UGATIT_light.model-3")
+    assert listed == [opt.domain_files(CFG, "trainA"), opt.domain_files(CFG, "trainB")], listed
+    # elsewhere: written all the same, without files, and said in one note
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert wc.main(["torch2tf", src, "tf2/UGATIT_light.model"]) == 0
+    err = capsys.readouterr().err
+    notes = [ln for ln in err.splitlines() if "list no training images" in ln]
+    assert len(notes) == 1 and notes[0].startswith("note: ") and "dataset/t" in notes[0], err
+    assert os.path.isfile(tmp_path / "tf2" / "UGATIT_light.model-3.meta")
