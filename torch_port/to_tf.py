@@ -92,10 +92,17 @@ def load_weights(path: str) -> tuple[dict, dict]:
         raise ConversionError(f"{path!r} is not a readable safetensors file ({_reason(e)})") from e
 
 
-def _optimizer_entries(state: dict) -> dict:
+def _optimizer_entries(state: dict, source: str) -> dict:
+    """The Adam slots and powers of a port state file (`source`, named in the ConversionError
+    of one that lacks them: an optimizer state without `m`, `v` or the powers)."""
     flat = {}
     for name, key in (("G", "G_optim"), ("D", "D_optim")):
         st = state[key]
+        lacks = [k for k in ("m", "v", "beta1_power", "beta2_power") if not isinstance(st, dict) or k not in st]
+        if lacks or not all(isinstance(st[k], dict) for k in ("m", "v")):
+            raise ConversionError(f"{source!r}: its {key} is not an Adam state (no {', '.join(lacks) or 'slot dicts'});"
+                                  f" TF cannot resume training without one. Pass --weights_only to write the weights "
+                                  f"alone (enough for the test phase)")
         for n, t in st["m"].items():
             flat[f"{n}/Adam"] = t
         for n, t in st["v"].items():
@@ -265,7 +272,7 @@ def prepare(inp: str, weights_only: bool = False, log=print) -> Prepared:
         if not all(k in state for k in ("G_optim", "D_optim")):
             raise ConversionError(f"{sibling!r} holds no optimizer state (G_optim, D_optim); pass --weights_only "
                                   f"to write the weights alone")
-        given_slots = _optimizer_entries(state)
+        given_slots = _optimizer_entries(state, sibling)
     if given_slots:
         want_slots = {f"{n}/{s}": shape for n, shape in trainable.items() for s in ("Adam", "Adam_1")}
         powers = {f"optimizer.{o}.{p}": () for o in ("G", "D") for p in ("beta1_power", "beta2_power")
