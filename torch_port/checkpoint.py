@@ -39,7 +39,7 @@ from ugatit_common import options as opt
 from ugatit_common import tf_checkpoint as tfc
 from ugatit_common.atomic import file_mode, naming, publish_together, remove_quietly
 from ugatit_common.finite import named_numbers, refuse_non_finite
-from ugatit_common.tf_checkpoint.bundle import checkpoint_subfolders
+from ugatit_common.tf_checkpoint.bundle import checkpoint_subfolders, v1_error, v1_file
 
 POINTER = "latest"
 FORMAT = 1
@@ -598,5 +598,7 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
                                   f"beside it")
         return {"config": _apply_overrides(opt.config_from(cfg), overrides, path, guessed_in_metadata(meta)),
                 "state": weights, "step": int(meta.get("step", 0)), "source": path, "kind": "torch_port"}
+    if v1_file(path):  # TF1's one-file format: say so, not "not a checkpoint"
+        raise opt.OptionError(f"{path!r}: {v1_error(v1_file(path))}")
     raise opt.OptionError(f"{path!r}: not a checkpoint (expected a checkpoint folder, a TF checkpoint prefix or "
                           f"its .index / .data / .meta file, or a .safetensors file)")

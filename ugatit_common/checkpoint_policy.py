@@ -136,7 +136,11 @@ def inventory(folder: str, prefer: str = "torch") -> list[Found]:
                 total = int(data[0][-5:])
                 want = {f".data-{i:05d}-of-{total:05d}" for i in range(total)}
                 lack += sorted(want - set(data))
-        if lack:
+        if lack and fw == "tf" and ".index" in lack and os.path.isfile(f.base):
+            # `<prefix>.model-N` itself (beside its .meta): TF1's V1 format, one file and no .index
+            from .tf_checkpoint.bundle import v1_error  # numpy: only for this rare find
+            f.missing = v1_error(f.base)
+        elif lack:
             f.missing = "no " + ", ".join(prefix + f".model-{step}" + s for s in lack)
     return sorted(found.values(), key=lambda f: (-f.step, f.framework != prefer, f.prefix))
 

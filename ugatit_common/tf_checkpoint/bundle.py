@@ -32,6 +32,8 @@ __all__ = [
     "read_checkpoint_state",
     "tensor_info",
     "checkpoint_subfolders",
+    "v1_file",
+    "v1_error",
 ]
 
 
@@ -422,7 +424,9 @@ def _read_table(path: str) -> list[tuple[bytes, bytes]]:
 # --------------------------------------------------------------------------------------
 
 _DATA_RE = re.compile(r"\.data-\d{5}-of-\d{5}$")
-_STATE_RE = re.compile(rb'^\s*(model_checkpoint_path|all_model_checkpoint_paths)\s*:\s*"((?:[^"\\]|\\.)*)"\s*$')
+# a text-format string in double or single quotes (TF writes double; its parser takes both)
+_STATE_RE = re.compile(rb'^\s*(model_checkpoint_path|all_model_checkpoint_paths)\s*:\s*'
+                       rb'(?:"((?:[^"\\]|\\.)*)"|\'((?:[^\'\\]|\\.)*)\')\s*$')
 # text-format C escapes (protobuf's CUnescape); octal (\NNN) and hex (\xHH) give one byte each
 _SIMPLE_ESCAPES = {ord(k): v for k, v in {"n": b"\n", "r": b"\r", "t": b"\t", "a": b"\a", "b": b"\b", "f": b"\f",
                                           "v": b"\v", "\\": b"\\", "'": b"'", '"': b'"', "?": b"?"}.items()}
@@ -480,12 +484,14 @@ def read_checkpoint_state(folder: str) -> tuple[str | None, list[str]]:
         raise CheckpointError(f"checkpoint state file {path}: cannot read ({exc})") from exc
     model: str | None = None
     all_paths: list[str] = []
+    if text.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (an editor's save on Windows)
+        text = text[3:]
     for n, line in enumerate(text.splitlines(), 1):
         m = _STATE_RE.match(line)
         if not m:
             continue
         try:
-            value = _unescape(m.group(2))
+            value = _unescape(m.group(2) if m.group(2) is not None else m.group(3))
         except ValueError as exc:
             raise CheckpointError(f"checkpoint state file {path}: line {n} cannot be parsed ({exc})") from None
         if m.group(1) == b"model_checkpoint_path":
@@ -495,41 +501,132 @@ def read_checkpoint_state(folder: str) -> tuple[str | None, list[str]]:
     return model, all_paths
 
 
+def _named_prefix(folder: str, model: str) -> str | None:
+    r"""The prefix in `folder` that the state file's `model_checkpoint_path` names, or None. The
+    official `load` restores `os.path.basename(model_checkpoint_path)` from the run folder, so a
+    path from the machine that trained it is read from where the folder is now: an absolute one
+    (`/home/...`: re-rooted even when that path exists here, so a copied folder is read with its
+    own .meta and folder name), a Windows one (`D:\runs\...\UGATIT.model-N`, `D:/...`, `\\server\...`:
+    no path here), a relative one with folders (`checkpoint/<model_dir>/UGATIT.model-N`). A relative
+    name holding a backslash is a file name here (POSIX), not re-rooted."""
+    candidate = model if os.path.isabs(model) else os.path.join(folder, model)
+    moved = os.path.join(folder, os.path.basename(model))
+    if os.path.isabs(model) and os.path.isfile(moved + ".index"):
+        return moved
+    if os.path.isfile(candidate + ".index"):
+        return candidate
+    if _WINDOWS_ABSOLUTE.match(model):  # (a relative name with a backslash is a file name here)
+        windows = os.path.join(folder, ntpath.basename(model))
+        if os.path.isfile(windows + ".index"):
+            return windows
+    if os.path.isfile(moved + ".index"):
+        return moved
+    return None
+
+
+def _is_v1_checkpoint(path: str) -> bool:
+    """A TF1 V1-format checkpoint file (`Saver(write_version=V1)`: the tensors in one SSTable named
+    by the prefix itself, `<prefix>` or `<prefix>-SSSSS-of-NNNNN`, beside no .index)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < _FOOTER_LEN:
+                return False
+            f.seek(-8, os.SEEK_END)
+            return struct.unpack("<Q", f.read(8))[0] == _TABLE_MAGIC
+    except OSError:
+        return False
+
+
+def v1_file(path: str) -> str | None:
+    """`path` when it is a V1-format checkpoint file, its prefix's when it is that one's `.meta`; else None."""
+    for p in (path, path[: -len(".meta")] if path.endswith(".meta") else None):
+        if p and not os.path.isfile(p + ".index") and os.path.isfile(p) and _is_v1_checkpoint(p):
+            return p
+    return None
+
+
+_V1_SHARD_RE = re.compile(r"-\d{5}-of-\d{5}$")
+
+
+def _v1_in(folder: str) -> list[str]:
+    """The V1-format checkpoint files directly in `folder` (not a V2 .index / .data / .meta)."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    return [n for n in names if not n.endswith((".index", ".meta")) and not _DATA_RE.search(n) and n != "checkpoint"
+            and os.path.isfile(os.path.join(folder, n)) and _is_v1_checkpoint(os.path.join(folder, n))]
+
+
+def v1_error(what: str) -> str:
+    """The error for a V1-format checkpoint `what` (a file or a folder's files)."""
+    return (f"{what} is a TensorFlow V1-format checkpoint (one file, no .index: tf.train.Saver(write_version=V1), "
+            f"TensorFlow's default before 1.0), which is not read; expected the V2 format the official code writes "
+            f"(<prefix>.index + <prefix>.data-00000-of-00001): restore it in TensorFlow with its .meta "
+            f"(tf.compat.v1.train.import_meta_graph + restore) and save it again with tf.compat.v1.train.Saver()")
+
+
+def _v1_named(folder: str, model: str) -> str | None:
+    """The V1 file (or its first shard) the state file's path names, in `folder` or where it says."""
+    for base in (os.path.join(folder, ntpath.basename(model)),  # here first, as _named_prefix
+                 model if os.path.isabs(model) else os.path.join(folder, model)):
+        for p in (base, base + "-00000-of-00001"):
+            if os.path.isfile(p) and _is_v1_checkpoint(p):
+                return p
+        shards = sorted(n for n in (os.listdir(os.path.dirname(base)) if os.path.isdir(os.path.dirname(base)) else [])
+                        if n.startswith(os.path.basename(base)) and _V1_SHARD_RE.search(n))
+        if shards and _is_v1_checkpoint(os.path.join(os.path.dirname(base), shards[0])):
+            return os.path.join(os.path.dirname(base), shards[0])
+    return None
+
+
+def _prefixes_in(folder: str) -> list[str]:
+    return sorted(n[: -len(".index")] for n in os.listdir(folder) if n.endswith(".index"))
+
+
 def resolve_prefix(path: str) -> str:
     """Turn a checkpoint folder, prefix, ``.index`` or ``.data-*`` file into the checkpoint prefix.
     A write into that folder killed half way (weights_convert torch2tf) is rolled back first, so
-    its old .index is never read with the new .data (ugatit_common.atomic)."""
+    its old .index is never read with the new .data (ugatit_common.atomic). A folder's `checkpoint`
+    state file names the prefix (_named_prefix); one that names none (empty, damaged: no
+    model_checkpoint_path line) is read past as if absent: the folder's one prefix is read."""
     path = os.fspath(path)
     recover_interrupted_writes(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
     if os.path.isdir(path):
         state = os.path.join(path, "checkpoint")
+        unusable_state = ""
         if os.path.isfile(state):
             model, _ = read_checkpoint_state(path)
-            if not model:
-                raise CheckpointError(f"checkpoint state file {state} has no model_checkpoint_path line")
-            candidate = model if os.path.isabs(model) else os.path.join(path, model)
-            # An absolute path (TF writes one when the run saved to an absolute folder) is
-            # re-rooted into this folder when the checkpoint is here: a copied or moved folder
-            # is read from where it is, with its own .meta and folder name, not from the original.
-            moved = os.path.join(path, os.path.basename(model))
-            if os.path.isabs(model) and os.path.isfile(moved + ".index"):
-                return moved
-            if os.path.isfile(candidate + ".index"):
-                return candidate
-            # A folder trained on Windows names its checkpoint `D:\runs\...\UGATIT.model-N` (or
-            # `D:/runs/...`, `\\server\...`): not a path here; read from this folder when it is here
-            windows = os.path.join(path, ntpath.basename(model))
-            if _WINDOWS_ABSOLUTE.match(model) and os.path.isfile(windows + ".index"):
-                return windows
-            raise CheckpointError(f"checkpoint state file {state} names {model!r}, "
-                                  f"but {candidate}.index not found")
+            if model:
+                found = _named_prefix(path, model)
+                if found:
+                    return found
+                v1 = _v1_named(path, model)
+                if v1:
+                    raise CheckpointError(v1_error(v1))
+                here = _prefixes_in(path)
+                instead = (f"; this folder holds {', '.join(here)}: give the prefix of the one you want "
+                           f"({os.path.join(path, here[-1])})" if here else "; this folder holds no *.index")
+                here_too = os.path.join(path, (ntpath if _WINDOWS_ABSOLUTE.match(model) else os.path).basename(model))
+                looked = [here_too] if _WINDOWS_ABSOLUTE.match(model) else \
+                    list(dict.fromkeys([model if os.path.isabs(model) else os.path.join(path, model), here_too]))
+                missing = (f"{looked[0]}.index not found" if len(looked) == 1 else
+                           f"neither {looked[0]}.index nor {looked[1]}.index found")
+                raise CheckpointError(f"checkpoint state file {state} names {model!r}, but {missing}{instead}")
+            unusable_state = " (its `checkpoint` state file names no checkpoint: no model_checkpoint_path line)"
         indexes = sorted(n for n in os.listdir(path) if n.endswith(".index"))
+        where = (f"folder {path}{unusable_state}:" if unusable_state
+                 else f"no `checkpoint` file in folder {path} and")
         if not indexes:
-            raise CheckpointError(f"no `checkpoint` file and no *.index in folder {path}: "
-                                  f"{_not_a_tf_folder(path)}")
+            v1 = _v1_in(path)
+            if v1:
+                raise CheckpointError(v1_error(os.path.join(path, v1[0])))
+            raise CheckpointError(f"{where} no *.index: {_not_a_tf_folder(path)}" if unusable_state else
+                                  f"no `checkpoint` file and no *.index in folder {path}: {_not_a_tf_folder(path)}")
         if len(indexes) > 1:
-            raise CheckpointError(f"no `checkpoint` file in folder {path} and several *.index files "
-                                  f"({', '.join(indexes)}); pass the prefix of the one you want")
+            raise CheckpointError(f"{where} several *.index files ({', '.join(indexes)}); pass the prefix of the "
+                                  f"one you want")
         return os.path.join(path, indexes[0][: -len(".index")])
     if path.endswith(".index") and os.path.isfile(path):
         return path[: -len(".index")]
@@ -540,6 +637,8 @@ def resolve_prefix(path: str) -> str:
         return prefix
     if os.path.isfile(path + ".index"):
         return path
+    if v1_file(path):
+        raise CheckpointError(v1_error(v1_file(path)))
     if os.path.exists(path):
         what = " (a PyTorch file: convert it with weights_convert.py torch2tf)" \
             if path.lower().endswith((".safetensors", ".pt")) else ""

@@ -1,0 +1,234 @@
+"""Official TF checkpoints in the forms users have them (the golden official checkpoint copied and
+changed; never the original): the `checkpoint` state file as other machines, editors and damage
+leave it, a step named that is not there, TF1's V1 format, several data shards, extra variables
+(an EMA's, `global_step`), a generators-only export, read-only / symlinked / non-ASCII folders.
+Each reader either gives the TF values exactly or stops with one `error:` line naming the file and
+what was expected (exit 2), writing nothing."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+
+import numpy as np
+import pytest
+
+import weights_convert as wc
+from parity_tests.conftest import GOLDEN
+from parity_tests.test_outputs_guard import snapshot
+from ugatit_common import checkpoint_policy as policy
+from ugatit_common import options as opt
+from ugatit_common import tf_checkpoint as tfc
+
+OFFICIAL_DIR = "UGATIT_light_g_lsgan_4resblock_5dis_1_1_10_10_1000_sn_smoothing"  # the golden run's model_dir
+PREFIX = "UGATIT.model-3"
+
+
+def _run_folder(root, name=OFFICIAL_DIR):
+    """The golden final checkpoint as downloaded: `root/checkpoint/<model_dir>/`, writable."""
+    folder = os.path.join(str(root), "checkpoint", name)
+    shutil.copytree(os.path.join(GOLDEN, "final"), folder)
+    for n in os.listdir(folder):
+        os.chmod(os.path.join(folder, n), 0o644)
+    return folder
+
+
+def _golden():
+    """{torch name: array} of the golden checkpoint (every network, no optimizer)."""
+    return tfc.read_arrays(os.path.join(GOLDEN, "final"))[1]
+
+
+def _tf2torch(src, out, capsys, *flags):
+    capsys.readouterr()
+    rc = wc.main(["tf2torch", str(src), str(out), "--img_size", "64", *flags])
+    return rc, capsys.readouterr().err
+
+
+def _error_line(err):
+    """The one `error:` line (the progress bar, when the failure comes mid-way, aside)."""
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and not ln.startswith("tf2torch:")]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
+    return lines[0]
+
+
+def _assert_golden(out):
+    from safetensors.numpy import load_file
+    got, want = load_file(str(out)), _golden()
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and np.array_equal(got[k], v), k
+
+
+def _write_state(folder, text):
+    with open(os.path.join(folder, "checkpoint"), "wb") as f:
+        f.write(text.encode() if isinstance(text, str) else text)
+
+
+# -- 1. the `checkpoint` state file as it comes ------------------------------------------------------
+
+STATE_FILES = {
+    # the official `load` restores os.path.basename(model_checkpoint_path) from the run folder
+    "relative_with_folders": f'model_checkpoint_path: "checkpoint/{OFFICIAL_DIR}/{PREFIX}"\n',
+    # names no checkpoint: read as a folder without one (its one prefix)
+    "empty": "",
+    "garbage": b"\x00\x01garbage\xff\nnot a state file\n",
+    "all_paths_only": f'all_model_checkpoint_paths: "{PREFIX}"\n',
+    # hand-edited: a byte order mark (Notepad), single quotes (TF's text parser takes both)
+    "byte_order_mark": b"\xef\xbb\xbf" + f'model_checkpoint_path: "{PREFIX}"\n'.encode(),
+    "single_quotes": f"model_checkpoint_path: '{PREFIX}'\n",
+    # what TF 1.13+ writes (timestamps beside the paths), CRLF line ends
+    "timestamps_crlf": (f'model_checkpoint_path: "{PREFIX}"\r\nall_model_checkpoint_paths: "{PREFIX}"\r\n'
+                        f"all_model_checkpoint_timestamps: 1563439178.745\r\nlast_preserved_timestamp: 1563.5\r\n"),
+}
+
+
+@pytest.mark.parametrize("case", list(STATE_FILES))
+def test_state_file_forms_read_the_folders_checkpoint(tmp_path, capsys, case):
+    """Before: every form but the last stopped tf2torch, the port's --checkpoint and the exports
+    ("names 'checkpoint/...', but ... not found", "has no model_checkpoint_path line") while
+    tf_reference's test phase (which goes by the files) translated with the same folder."""
+    folder = _run_folder(tmp_path)
+    _write_state(folder, STATE_FILES[case])
+    out = tmp_path / "out.safetensors"
+    rc, err = _tf2torch(folder, out, capsys)
+    assert rc == 0, err
+    _assert_golden(out)
+    from torch_port import checkpoint as ck
+    assert ck.load_any(folder, {"img_size": 64})["step"] == 3
+
+
+@pytest.mark.parametrize("named", ["UGATIT.model-1000000", "/home/someone/UGATIT/checkpoint/x/UGATIT.model-1000000",
+                                   "C:\\\\Users\\\\someone\\\\UGATIT.model-1000000"])
+def test_a_state_file_naming_an_absent_step_says_what_the_folder_holds(tmp_path, capsys, named):
+    """The state file names step 1000000, whose files are not there; step 3's are. One line names
+    the state file, what it expected, and the prefix to give instead (before: no word of the
+    checkpoint that is there); nothing is written."""
+    folder = _run_folder(tmp_path)
+    _write_state(folder, f'model_checkpoint_path: "{named}"\n')
+    before = snapshot(str(tmp_path))
+    rc, err = _tf2torch(folder, tmp_path / "out.safetensors", capsys)
+    line = _error_line(err)
+    assert rc == 2 and os.path.join(folder, "checkpoint") in line and "UGATIT.model-1000000" in line, line
+    assert line.endswith(f"this folder holds {PREFIX}: give the prefix of the one you want "
+                         f"({os.path.join(folder, PREFIX)})"), line
+    assert snapshot(str(tmp_path)) == before
+    rc, err = _tf2torch(os.path.join(folder, PREFIX), tmp_path / "out.safetensors", capsys)  # as it says
+    assert rc == 0, err
+    _assert_golden(tmp_path / "out.safetensors")
+
+
+# -- 2. where the folder is --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["read_only", "symlinked", "space and ünïcode 路径"])
+def test_read_only_symlinked_and_non_ascii_folders(tmp_path, capsys, case):
+    """Read as any folder: the output elsewhere, the checkpoint folder left exactly as it was (no
+    write access needed)."""
+    folder = _run_folder(tmp_path / ("x" if case != "space and ünïcode 路径" else case))
+    if case == "symlinked":
+        link = tmp_path / "linked"
+        os.symlink(folder, link)
+        folder = str(link)
+    if case == "read_only":
+        for n in os.listdir(folder):
+            os.chmod(os.path.join(folder, n), 0o444)
+        os.chmod(folder, 0o555)
+    before = snapshot(os.path.realpath(folder))
+    try:
+        rc, err = _tf2torch(folder, tmp_path / "out.safetensors", capsys)
+        assert rc == 0, err
+        _assert_golden(tmp_path / "out.safetensors")
+        assert snapshot(os.path.realpath(folder)) == before
+    finally:
+        os.chmod(os.path.realpath(folder), stat.S_IRWXU)
+
+
+# -- 4. written by TensorFlow: several shards, the V1 format ------------------------------------------
+
+def _tf():
+    import tensorflow as tf  # (tests marked tf: skipped by conftest where TF is absent)
+    return tf
+
+
+def _save_sharded(prefix, tensors, shards):
+    """What Saver(sharded=True) does on `shards` devices: SaveV2 of each device's variables into a
+    temporary part, then MergeV2Checkpoints into `<prefix>.data-0000i-of-0000N` + one .index."""
+    tf = _tf()
+    names = sorted(tensors)
+    parts = []
+    for i in range(shards):
+        part = tf.raw_ops.ShardedFilename(basename=prefix + "_temp/part", shard=i, num_shards=shards)
+        group = names[i::shards]
+        tf.raw_ops.SaveV2(prefix=part, tensor_names=group, shape_and_slices=[""] * len(group),
+                          tensors=[tf.constant(tensors[n]) for n in group])
+        parts.append(part)
+    tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=tf.stack(parts), destination_prefix=prefix, delete_old_dirs=True)
+    _write_state(os.path.dirname(prefix), f'model_checkpoint_path: "{os.path.basename(prefix)}"\n')
+
+
+@pytest.mark.tf
+def test_several_data_shards(tmp_path, capsys):
+    """Two shards convert to the TF values (Adam slots included), and the port reads them; one
+    shard missing or truncated is one line naming that file, nothing written."""
+    with tfc.BundleReader(os.path.join(GOLDEN, "final")) as r:
+        tensors = {n: r.read(n) for n in r.keys()}
+    root = tmp_path / "checkpoint" / OFFICIAL_DIR
+    os.makedirs(root)
+    _save_sharded(str(root / PREFIX), tensors, 2)
+    assert sorted(os.listdir(root)) == ["UGATIT.model-3.data-00000-of-00002", "UGATIT.model-3.data-00001-of-00002",
+                                        "UGATIT.model-3.index", "checkpoint"]
+    out = tmp_path / "out.safetensors"
+    rc, err = _tf2torch(root, out, capsys, "--with_optimizer")
+    assert rc == 0, err
+    from safetensors.numpy import load_file
+    got = load_file(str(out))
+    assert len(got) == len(tensors)
+    for n, a in tensors.items():
+        assert np.array_equal(got[tfc.tf_to_torch_name(n)], tfc.to_torch_layout(n, a)), n
+    from torch_port import checkpoint as ck
+    assert ck.load_any(str(root), {"img_size": 64})["step"] == 3 and policy.inventory(str(root))[0].complete
+    shard = root / "UGATIT.model-3.data-00001-of-00002"
+    data = shard.read_bytes()
+    for damage, says in ((lambda: shard.write_bytes(data[:-7]), "is truncated"),
+                         (lambda: os.remove(shard), "cannot open data file")):
+        damage()
+        if out.exists():
+            os.remove(out)
+        before = snapshot(str(tmp_path))
+        rc, err = _tf2torch(root, out, capsys, "--with_optimizer")
+        line = _error_line(err)
+        assert rc == 2 and str(shard) in line and says in line, line
+        assert snapshot(str(tmp_path)) == before
+    assert "no UGATIT.model-3.data-00001-of-00002" in policy.inventory(str(root))[0].missing
+
+
+@pytest.mark.tf
+def test_a_v1_format_checkpoint_is_named_as_such(tmp_path, capsys):
+    """TF1's V1 format (one file `<prefix>` beside its .meta, no .index): every reader said
+    "... .index not found" or "not a checkpoint", and the test phases "none can be used (no
+    .index, .data)". Now each says it is a V1-format checkpoint and what is expected."""
+    tf = _tf()
+    folder = tmp_path / "checkpoint" / OFFICIAL_DIR
+    os.makedirs(folder)
+    with tf.Graph().as_default():
+        with tf.compat.v1.variable_scope("generator_A"):
+            tf.compat.v1.get_variable("x", [2, 3])
+        saver = tf.compat.v1.train.Saver(write_version=tf.compat.v1.train.SaverDef.V1)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, str(folder / "UGATIT.model"), global_step=5)
+    v1 = str(folder / "UGATIT.model-5")
+    assert sorted(os.listdir(folder)) == ["UGATIT.model-5", "UGATIT.model-5.meta", "checkpoint"]
+    from torch_port import checkpoint as ck
+    for given in (folder, v1, v1 + ".meta"):
+        rc, err = _tf2torch(given, tmp_path / "out.safetensors", capsys)
+        line = _error_line(err)
+        assert rc == 2 and f"{v1} is a TensorFlow V1-format checkpoint" in line, line
+        with pytest.raises(opt.OptionError, match="V1-format checkpoint"):
+            ck.load_any(str(given))
+    os.remove(folder / "checkpoint")  # no state file: the folder's files say it
+    rc, err = _tf2torch(folder, tmp_path / "out.safetensors", capsys)
+    assert rc == 2 and "V1-format" in _error_line(err)
+    assert not (tmp_path / "out.safetensors").exists()
+    # the test phases of both frameworks (and resume) go by the folder's files
+    with pytest.raises(policy.NoUsableCheckpoint, match=r"UGATIT\.model-5 is a TensorFlow V1-format checkpoint"):
+        policy.choose(str(folder), lambda f: None, need="weights", log=lambda m: None)
