@@ -221,9 +221,7 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
         if not quiet:
             info.announce()
             if extra:
-                print(f"note: {r.prefix}: left out {len(extra)} variable(s) the official graph of this config has "
-                      f"not (a modified fork's; TF's Saver restores past them too): " + ", ".join(extra[:5])
-                      + (" ..." if len(extra) > 5 else ""), file=sys.stderr, flush=True)
+                print(f"note: {r.prefix}: {_read.left_out_note(extra)}", file=sys.stderr, flush=True)
         total = sum(r.nbytes(n) for n in names)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="tf2torch", disable=not progress)
 

@@ -12,6 +12,7 @@ import stat
 
 import numpy as np
 import pytest
+import torch
 
 import weights_convert as wc
 from parity_tests.conftest import GOLDEN
@@ -140,6 +141,60 @@ def test_read_only_symlinked_and_non_ascii_folders(tmp_path, capsys, case):
         assert snapshot(os.path.realpath(folder)) == before
     finally:
         os.chmod(os.path.realpath(folder), stat.S_IRWXU)
+
+
+# -- 3. extra variables, generators only --------------------------------------------------------------
+
+def _rewrite(folder, change):
+    """The golden checkpoint in `folder` rewritten tensor by tensor with `change` ({TF name:
+    array} -> the same, changed), as a user's own Saver would have saved it."""
+    with tfc.BundleReader(os.path.join(GOLDEN, "final")) as r:
+        tensors = change({n: r.read(n) for n in r.keys()})
+    for n in os.listdir(folder):
+        if n.startswith(PREFIX + "."):
+            os.remove(os.path.join(folder, n))
+    with tfc.BundleWriter(os.path.join(folder, PREFIX)) as w:
+        for n, a in tensors.items():
+            w.add(n, a)
+    return folder
+
+
+def _with_ema(t):
+    """An EMA's shadow copy of every generator_B variable, `global_step`, a user's own scalar."""
+    out = dict(t, global_step=np.int64(1000000), **{"my_own/scale": np.float32(2)})
+    out.update({f"{n}/ExponentialMovingAverage": a * 0.5 for n, a in t.items()
+                if n.startswith("generator_B") and not n.endswith(("/Adam", "/Adam_1"))})
+    return out
+
+
+def test_extra_variables_are_left_out_by_every_reader(tmp_path, capsys):
+    """A checkpoint with an EMA's shadow variables, `global_step` and a variable of the user's
+    own: TF's Saver restores the graph's variables past them, tf2torch left them out, but the
+    port's test phase, exports (tf2onnx, export), Morph's --init_from and training resume
+    read them into the state and refused it ("92 unexpected variables,
+    e.g. CAM_logit.bias.ExponentialMovingAverage"). Now each reads the model's variables, the same
+    values as without the extras, and says once what it left out."""
+    from torch_port import checkpoint as ck
+    from torch_port.translate import load_checkpoint_for_test
+    plain = _run_folder(tmp_path / "plain")
+    extra = _rewrite(_run_folder(tmp_path / "extra"), _with_ema)
+    a, b = ck.load_any(plain, {"img_size": 64}), ck.load_any(extra, {"img_size": 64})
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "left out" in ln]
+    assert len(notes) == 1 and "generator_B/CAM_logit/bias/ExponentialMovingAverage" in notes[0], notes
+    assert a["state"].keys() == b["state"].keys() and all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    cfg = opt.config_from(phase="test", dataset="g", img_size=64)
+    model, _ = load_checkpoint_for_test(extra, cfg, {"img_size": 64}, torch.device("cpu"))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in a["state"].items())
+    # training resume (Adam slots too) and Morph's --init_from read through the same reader
+    sa, sb = ck.read_tf_training_state(plain), ck.read_tf_training_state(extra)
+    for key in ("model", "G_slots", "D_slots"):
+        assert sa[key].keys() == sb[key].keys(), key
+        assert all(torch.equal(sa[key][k], sb[key][k]) for k in sa[key]), key
+    n_ema = sum(n.endswith("/ExponentialMovingAverage") for n in tfc.tensor_info(extra))
+    assert f"left out {n_ema} variable(s)" in notes[0]  # global_step, my_own/scale: no network's, not said
+    rc, err = _tf2torch(extra, tmp_path / "out.safetensors", capsys)
+    assert rc == 0 and f"left out {n_ema} variable(s)" in err, err
+    _assert_golden(tmp_path / "out.safetensors")
 
 
 # -- 4. written by TensorFlow: several shards, the V1 format ------------------------------------------

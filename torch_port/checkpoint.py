@@ -406,6 +406,13 @@ def _tf_errors(path: str):
     return guard()
 
 
+def _model_names(cfg: dict):
+    """The state-dict keys of the port model `cfg` describes: a TF checkpoint's other variables (an
+    EMA's, a fork's) are left out, as TF's Saver and tf2torch leave them (tf_checkpoint.read)."""
+    from .to_tf import _expected
+    return _expected(cfg)[0]
+
+
 def read_tf_training_state(folder: str, cfg: dict | None = None, keys=TF_CHECKED_KEYS,
                            raw_errors: bool = False) -> dict:
     """Weights, Adam slots, powers and step of an official TF checkpoint as torch tensors, plus
@@ -413,7 +420,7 @@ def read_tf_training_state(folder: str, cfg: dict | None = None, keys=TF_CHECKED
     the checkpoint records (`keys`; a contradiction raises CheckpointMismatch naming both)."""
     import contextlib
     with (contextlib.nullcontext() if raw_errors else _tf_errors(folder)):
-        st = tfc.read_training_arrays(folder, _run_settings(cfg, keys))
+        st = tfc.read_training_arrays(folder, _run_settings(cfg, keys), model_names=_model_names)
     st["info"].announce()
     return training_state_as_torch(st)
 
@@ -433,7 +440,8 @@ def read_tf_weights(folder: str, cfg: dict | None = None, keys=tfc.MODEL_KEYS,
     """(inferred config, torch state) of an official TF checkpoint; `cfg` as in read_tf_training_state."""
     import contextlib
     with (contextlib.nullcontext() if raw_errors else _tf_errors(folder)):
-        info, arrays = tfc.read_arrays(folder, generators_only, overrides=_run_settings(cfg, keys))
+        info, arrays = tfc.read_arrays(folder, generators_only, overrides=_run_settings(cfg, keys),
+                                       model_names=_model_names)
     info.announce()
     return info.config, {n: torch.from_numpy(a) for n, a in arrays.items()}
 

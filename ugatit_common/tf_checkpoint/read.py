@@ -8,8 +8,8 @@ import numpy as np
 
 from .bundle import BundleReader, CheckpointError, resolve_prefix
 from .config import CheckpointConfig, infer
-from .names import (POWER_NAMES, SLOT_SUFFIXES, ConversionError, checkpoint_step, selected, tf_to_torch_name,
-                    to_torch_layout)
+from .names import (POWER_NAMES, SLOT_SUFFIXES, ConversionError, checkpoint_step, selected, split_slot,
+                    tf_to_torch_name, to_torch_layout)
 
 
 def config_of(reader: BundleReader, overrides: dict | None = None) -> CheckpointConfig:
@@ -22,30 +22,56 @@ def read_config(path: str, overrides: dict | None = None) -> CheckpointConfig:
         return config_of(r, overrides)
 
 
-def iter_arrays(reader: BundleReader, generators_only: bool = False, with_optimizer: bool = False):
-    """(torch_name, torch-layout ndarray) one at a time."""
-    for name in selected(reader.keys(), generators_only, with_optimizer):
+def iter_arrays(reader: BundleReader, generators_only: bool = False, with_optimizer: bool = False, names=None):
+    """(torch_name, torch-layout ndarray) one at a time (`names`: these TF names, else every selected one)."""
+    for name in selected(reader.keys(), generators_only, with_optimizer) if names is None else names:
         yield tf_to_torch_name(name), to_torch_layout(name, reader.read(name))
 
 
+def left_out_note(extra: list[str]) -> str:
+    """The one line that names the variables a reader leaves out (`extra`, TF names)."""
+    return (f"left out {len(extra)} variable(s) the official graph of this config has not (a modified fork's, "
+            f"an EMA's or another optimizer's; TF's Saver restores past them too): " + ", ".join(extra[:5])
+            + (" ..." if len(extra) > 5 else ""))
+
+
+def _model_variables(reader: BundleReader, info: CheckpointConfig, generators_only: bool, with_optimizer: bool,
+                     model_names) -> list[str]:
+    """The selected TF names, less those whose torch name (its Adam slot's variable) is not in
+    `model_names(config)` - the state-dict keys of the model the checkpoint describes - when given:
+    an official checkpoint with extra variables (an EMA's `<var>/ExponentialMovingAverage`, a fork's
+    layer) restores in TF, whose Saver restores the graph's variables only, so it loads here too; the
+    left-out names go into `info.notes` (said by `info.announce()`)."""
+    names = list(selected(reader.keys(), generators_only, with_optimizer))
+    if model_names is None:
+        return names
+    want = set(model_names(info.config))
+    extra = [n for n in names if n not in POWER_NAMES and split_slot(tf_to_torch_name(n))[0] not in want]
+    if extra:
+        info.notes.append(left_out_note(extra))
+    return [n for n in names if n not in extra]
+
+
 def read_arrays(path: str, generators_only: bool = False, with_optimizer: bool = False,
-                overrides: dict | None = None) -> tuple[CheckpointConfig, dict]:
+                overrides: dict | None = None, model_names=None) -> tuple[CheckpointConfig, dict]:
     """(inferred config, {torch name: ndarray}); the config is inferred before any tensor is read,
-    so a contradicting flag fails fast."""
+    so a contradicting flag fails fast. `model_names`: see _model_variables."""
     with BundleReader(path) as r:
         info = config_of(r, overrides)
-        return info, dict(iter_arrays(r, generators_only, with_optimizer))
+        names = _model_variables(r, info, generators_only, with_optimizer, model_names)
+        return info, dict(iter_arrays(r, names=names))
 
 
-def read_training_arrays(path: str, overrides: dict | None = None) -> dict:
+def read_training_arrays(path: str, overrides: dict | None = None, model_names=None) -> dict:
     """Everything a run needs to continue an official TF run, as numpy arrays: {"info", "config",
-    "model", "G_slots", "D_slots", "G_powers", "D_powers", "step"}."""
+    "model", "G_slots", "D_slots", "G_powers", "D_powers", "step"}. `model_names`: see _model_variables."""
     with BundleReader(path) as r:
         info = config_of(r, overrides)
         out = {"info": info, "config": info.config, "model": {}, "G_slots": {}, "D_slots": {},
                "step": checkpoint_step(r.prefix)}
         powers = {}
-        for name, array in iter_arrays(r, with_optimizer=True):
+        names = _model_variables(r, info, False, True, model_names)
+        for name, array in iter_arrays(r, names=names):
             array = np.array(array)  # writable, owned
             if name.startswith("optimizer."):
                 powers[name] = array
