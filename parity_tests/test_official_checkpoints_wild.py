@@ -197,6 +197,36 @@ def test_extra_variables_are_left_out_by_every_reader(tmp_path, capsys):
     _assert_golden(tmp_path / "out.safetensors")
 
 
+def test_a_generators_only_checkpoint_serves_the_test_phase(tmp_path):
+    """An inference export (a Saver over the generators: what the official test graph holds) in
+    `--checkpoint_dir`: the port's test phase refused it ("--n_dis 5 was given but the checkpoint's
+    weights say n_dis 6: ... 80 variables missing", blaming a flag the weights do not record) where
+    tf_reference's translates with it. Now it loads the generators; a real mismatch still names
+    the flag."""
+    from torch_port import translate
+    from torch_port.checkpoint import CheckpointMismatch
+    root = tmp_path / "run"
+    _rewrite(_run_folder(root), lambda t: {n: a for n, a in t.items() if n.startswith("generator")
+                                           and not n.endswith(("/Adam", "/Adam_1"))})
+    cfg = opt.config_from(phase="test", dataset="g", light=True, ch=4, n_dis=5, img_size=64,
+                          checkpoint_dir=str(root / "checkpoint"))
+    model = translate.load_for_test(cfg, torch.device("cpu"))
+    want = {k: v for k, v in _golden().items() if k.startswith("generator")}
+    got = model.state_dict()
+    assert all(torch.equal(got[k], torch.from_numpy(v)) for k, v in want.items())
+    with pytest.raises(CheckpointMismatch) as e:
+        translate.load_for_test(dict(cfg, ch=8), torch.device("cpu"))
+    assert "does not match --ch 8: the weights record ch=4" in str(e.value) and "n_dis" not in str(e.value), e.value
+    # the same weights checked against a model (a port checkpoint's path): the flag the weights fix is
+    # named, never n_dis / sn, which generators do not record
+    from torch_port import build_ugatit
+    from torch_port.checkpoint import check_matches
+    gens = {k: torch.from_numpy(v) for k, v in want.items()}
+    with pytest.raises(CheckpointMismatch) as e:
+        check_matches(build_ugatit(dict(cfg, ch=8)), gens, "gens", generators_only=True)
+    assert str(e.value).startswith("--ch 8 was given but the checkpoint's weights say ch 4: checkpoint gens "), e.value
+
+
 # -- 4. written by TensorFlow: several shards, the V1 format ------------------------------------------
 
 def _tf():
@@ -206,17 +236,23 @@ def _tf():
 
 def _save_sharded(prefix, tensors, shards):
     """What Saver(sharded=True) does on `shards` devices: SaveV2 of each device's variables into a
-    temporary part, then MergeV2Checkpoints into `<prefix>.data-0000i-of-0000N` + one .index."""
+    temporary part, then MergeV2Checkpoints into `<prefix>.data-0000i-of-0000N` + one .index (in a
+    graph of its own: the same whether or not an earlier test turned eager execution off)."""
     tf = _tf()
     names = sorted(tensors)
-    parts = []
-    for i in range(shards):
-        part = tf.raw_ops.ShardedFilename(basename=prefix + "_temp/part", shard=i, num_shards=shards)
-        group = names[i::shards]
-        tf.raw_ops.SaveV2(prefix=part, tensor_names=group, shape_and_slices=[""] * len(group),
-                          tensors=[tf.constant(tensors[n]) for n in group])
-        parts.append(part)
-    tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=tf.stack(parts), destination_prefix=prefix, delete_old_dirs=True)
+    with tf.Graph().as_default():
+        parts, saves = [], []
+        for i in range(shards):
+            part = tf.raw_ops.ShardedFilename(basename=prefix + "_temp/part", shard=i, num_shards=shards)
+            group = names[i::shards]
+            saves.append(tf.raw_ops.SaveV2(prefix=part, tensor_names=group, shape_and_slices=[""] * len(group),
+                                           tensors=[tf.constant(tensors[n]) for n in group]))
+            parts.append(part)
+        with tf.control_dependencies(saves):
+            merge = tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=tf.stack(parts), destination_prefix=prefix,
+                                                  delete_old_dirs=True)
+        with tf.compat.v1.Session() as sess:
+            sess.run(merge)
     _write_state(os.path.dirname(prefix), f'model_checkpoint_path: "{os.path.basename(prefix)}"\n')
 
 

@@ -350,10 +350,18 @@ def has_tf_checkpoint(folder: str) -> bool:
     return tfc.is_tf_checkpoint_folder(folder)
 
 
-def check_matches(model: torch.nn.Module, weights: dict, source: str) -> None:
-    """Names and shapes of `weights` against the model's state dict; a clear error otherwise."""
-    message = opt.checkpoint_mismatch(source, {k: tuple(v.shape) for k, v in model.state_dict().items()},
-                                      {k: tuple(v.shape) for k, v in weights.items()})
+def _generator_part(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k.startswith("generator")}
+
+
+def check_matches(model: torch.nn.Module, weights: dict, source: str, generators_only: bool = False) -> None:
+    """Names and shapes of `weights` against the model's state dict (`generators_only`: of the
+    generators, what a test phase runs); a clear error otherwise."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in weights.items()}
+    if generators_only:
+        want, have = _generator_part(want), _generator_part(have)
+    message = opt.checkpoint_mismatch(source, want, have)
     if message:
         raise CheckpointMismatch(_flags_that_differ(model, weights) + message)
 
@@ -361,24 +369,32 @@ def check_matches(model: torch.nn.Module, weights: dict, source: str) -> None:
 def _flags_that_differ(model: torch.nn.Module, weights: dict) -> str:
     """'--ch 4 was given but the checkpoint's weights say ch 2; ' for each model flag the weights
     fix that differs from the configured model's (empty when they cannot tell: a partial or
-    foreign state dict, a Morph model)."""
+    foreign state dict, a Morph model). Only settings the weights do fix are compared: a
+    generators-only checkpoint says nothing of n_dis or sn (their inferred defaults are no record)."""
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, dict):
         return ""
     try:
-        from .to_tf import infer_from_weights
-        found = infer_from_weights(weights)
+        from .to_tf import infer_from_weights_info
+        info = infer_from_weights_info(weights)
     except Exception:  # noqa: BLE001 - not a whole U-GAT-IT state dict: the shape list says enough
         return ""
+    found, sources = info.config, info.sources
     keys = ("light", "ch", "n_res", "n_dis", "sn") + (() if cfg.get("light") else ("img_size",))
     diffs = [f"--{k} {cfg[k]} was given but the checkpoint's weights say {k} {found[k]}"
-             for k in keys if k in cfg and k in found and found[k] != cfg[k]]
+             for k in keys if k in cfg and k in found and sources.get(k) == "weights" and found[k] != cfg[k]]
     return "; ".join(diffs) + ": " if diffs else ""
 
 
-def load_weights_into(model: torch.nn.Module, weights: dict, source: str) -> None:
-    check_matches(model, weights, source)
-    model.load_state_dict(weights, strict=True)
+def load_weights_into(model: torch.nn.Module, weights: dict, source: str, generators_only: bool = False) -> None:
+    """`weights` into `model`, every name and shape checked (`generators_only`: the generators'
+    only, the discriminators left as built: the test phase never runs them, and an inference
+    export - a Saver over the generators, torch2tf of a generators-only file - has none)."""
+    check_matches(model, weights, source, generators_only)
+    if generators_only:
+        model.load_state_dict(_generator_part(weights), strict=False)
+    else:
+        model.load_state_dict(weights, strict=True)
 
 
 # Settings of a run that a TF checkpoint may record; the run's values must agree with it.

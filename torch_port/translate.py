@@ -44,7 +44,8 @@ def load_for_test(cfg: dict, device: torch.device):
         raise opt.OptionError(f"no checkpoint in {folder!r} to translate with (train first with the same "
                               f"flags, or check --checkpoint_dir, --dataset, --light)")
     refuse_non_finite(_generators(found["weights"]), f"checkpoint {found['found'].weights}")
-    ckpt.load_weights_into(model, found["weights"], found["found"].weights)
+    # the generators only, as the official test graph (a generators-only checkpoint translates too)
+    ckpt.load_weights_into(model, found["weights"], found["found"].weights, generators_only=True)
     print(f" [*] Success to read {found['found'].name}")
     print(" [*] Load SUCCESS" + (" (TensorFlow checkpoint, converted)" if found["framework"] == "tf" else ""))
     return model.to(device).eval()
