@@ -323,3 +323,20 @@ def test_a_v1_format_checkpoint_is_named_as_such(tmp_path, capsys):
     # the test phases of both frameworks (and resume) go by the folder's files
     with pytest.raises(policy.NoUsableCheckpoint, match=r"UGATIT\.model-5 is a TensorFlow V1-format checkpoint"):
         policy.choose(str(folder), lambda f: None, need="weights", log=lambda m: None)
+
+
+def test_a_tf2_object_based_checkpoint_is_named_as_such(tmp_path, capsys):
+    """A TensorFlow 2 checkpoint of tf.train.Checkpoint / Keras save_weights (variables named by
+    object path, `<path>/.ATTRIBUTES/VARIABLE_VALUE`): the error named neither the checkpoint nor
+    what it holds ("not a U-GAT-IT checkpoint: no generator_B/conv/conv2d/kernel ... variable")."""
+    folder = tmp_path / "tf2"
+    with tfc.BundleWriter(str(folder / "ckpt-1")) as w:
+        w.add("generator/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE", np.ones((7, 7, 3, 4), np.float32))
+        w.add("save_counter/.ATTRIBUTES/VARIABLE_VALUE", np.int64(1))
+    tfc.write_checkpoint_state(str(folder), "ckpt-1")
+    rc, err = _tf2torch(folder, tmp_path / "out.safetensors", capsys)
+    line = _error_line(err)
+    assert rc == 2 and line.startswith(f"error: not a U-GAT-IT checkpoint: checkpoint {folder / 'ckpt-1'} has no "), line
+    assert "generator/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE" in line, line
+    assert "a TensorFlow 2 object-based checkpoint" in line, line
+    assert not (tmp_path / "out.safetensors").exists()

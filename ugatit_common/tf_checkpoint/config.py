@@ -75,17 +75,27 @@ def _fmt(v) -> str:
 
 # -- the weights ---------------------------------------------------------------------------------
 
-def from_weights(shapes: dict[str, tuple]) -> dict[str, Setting]:
+def _what_it_holds(shapes: dict[str, tuple]) -> str:
+    """What a checkpoint that is no U-GAT-IT one holds instead, for its error: a TF2 object-based
+    checkpoint (tf.train.Checkpoint, Keras save_weights) names its variables by object path."""
+    names = sorted(n for n in shapes if n != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    kind = (" (a TensorFlow 2 object-based checkpoint, tf.train.Checkpoint or Keras save_weights: its variables "
+            "are named by object path, not by the official graph's scopes that tf.train.Saver writes)"
+            if any(n.endswith("/.ATTRIBUTES/VARIABLE_VALUE") for n in names) else "")
+    return f"; it holds {len(names)} variable(s), e.g. {', '.join(names[:3])}{kind}" if names else "; it holds none"
+
+
+def from_weights(shapes: dict[str, tuple], where: str = "checkpoint") -> dict[str, Setting]:
     """light/full, ch, n_res, img_ch (and img_size for full models; n_dis, sn with discriminators)."""
     gen = next((g for g in ("generator_B", "generator_A") if f"{g}/conv/conv2d/kernel" in shapes), None)
     if gen is None:
-        raise ConversionError("not a U-GAT-IT checkpoint: no generator_B/conv/conv2d/kernel or "
-                              "generator_A/conv/conv2d/kernel variable")
+        raise ConversionError(f"not a U-GAT-IT checkpoint: {where} has no generator_B/conv/conv2d/kernel or "
+                              f"generator_A/conv/conv2d/kernel variable{_what_it_holds(shapes)}")
     k_name = f"{gen}/conv/conv2d/kernel"
     kernel = tuple(shapes[k_name])
     mlp_name = f"{gen}/MLP/linear_0/dense/kernel"
     if mlp_name not in shapes or len(kernel) != 4:
-        raise ConversionError(f"not a U-GAT-IT checkpoint: {mlp_name} missing or {k_name} not 4-D")
+        raise ConversionError(f"not a U-GAT-IT checkpoint: {where}: {mlp_name} missing or {k_name} not 4-D")
     ch = int(kernel[-1])
     n_res = len({m.group(1) for n in shapes for m in [re.match(rf"{gen}/resblock_(\d+)/", n)] if m})
     mlp_in, width = shapes[mlp_name]
@@ -282,7 +292,7 @@ def infer(prefix: str | None, shapes: dict[str, tuple], overrides: dict | None =
     are not a U-GAT-IT model."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     where = f"checkpoint {prefix}" if prefix else "checkpoint"
-    records: dict[str, dict[str, Setting]] = {"weights": from_weights(shapes)}
+    records: dict[str, dict[str, Setting]] = {"weights": from_weights(shapes, where)}
     why_not, notes = {}, []
     if use_model_dir and prefix:
         records["model_dir"], why_not["model_dir"] = from_model_dir(prefix, records["weights"]["light"].value)
