@@ -340,3 +340,41 @@ def test_a_tf2_object_based_checkpoint_is_named_as_such(tmp_path, capsys):
     assert "generator/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE" in line, line
     assert "a TensorFlow 2 object-based checkpoint" in line, line
     assert not (tmp_path / "out.safetensors").exists()
+
+
+# -- 5. the test phase given the folder as users give it -----------------------------------------------
+
+@pytest.mark.parametrize("framework", ["torch_port", pytest.param("tf_reference", marks=pytest.mark.tf)])
+def test_the_test_phase_says_where_the_checkpoints_are(tmp_path, monkeypatch, framework):
+    """The official test command with the downloaded folder: `--checkpoint_dir` naming the run
+    folder itself, or flags whose model_dir is not the folder's name (another --dataset, --sn).
+    Both test phases said only "no checkpoint in '<checkpoint_dir>/<model_dir>' to translate with";
+    now the line says what --checkpoint_dir holds and which flags the run folder's name records."""
+    import cv2
+    _run_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for dataset in ("g", "selfie"):
+        os.makedirs(f"dataset/{dataset}/testA")
+        cv2.imwrite(f"dataset/{dataset}/testA/a.png", np.zeros((64, 64, 3), np.uint8))
+
+    def refusal(**flags):
+        cfg = opt.validate(opt.config_from(phase="test", light=True, ch=4, n_dis=5, img_size=64, result_dir="results",
+                                           **flags))
+        with pytest.raises(opt.OptionError) as e:
+            if framework == "torch_port":
+                from torch_port import translate
+                translate.load_for_test(cfg, torch.device("cpu"))
+            else:
+                from tf_reference import train as phases
+                phases.test(cfg)
+        assert not os.path.exists("results")
+        return str(e.value)
+
+    said = refusal(dataset="g", checkpoint_dir=f"checkpoint/{OFFICIAL_DIR}")
+    assert said.startswith(f"no checkpoint in 'checkpoint/{OFFICIAL_DIR}/{OFFICIAL_DIR}' to translate with"), said
+    assert said.endswith(f"; --checkpoint_dir 'checkpoint/{OFFICIAL_DIR}' is itself a run folder holding "
+                         f"checkpoints: give the folder above it ('checkpoint'), where the run folder "
+                         f"'{OFFICIAL_DIR}' must match the flags"), said
+    said = refusal(dataset="selfie", sn=False, checkpoint_dir="checkpoint")
+    assert said.endswith(f"; --checkpoint_dir 'checkpoint' holds the run folder(s) '{OFFICIAL_DIR}' (its name "
+                         f"records --dataset g, --sn True): the flags name the run folder (<model_dir>)"), said

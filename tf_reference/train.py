@@ -294,7 +294,8 @@ def test(cfg: dict) -> str:
             could_load, step = restore(sess, saver, paths.checkpoint, tf.global_variables(), need="weights")
             if not could_load:  # never translate with untrained weights
                 raise opt.OptionError(f"no checkpoint in {paths.checkpoint!r} to translate with (train first with "
-                                      f"the same flags, or check --checkpoint_dir, --dataset, --light)")
+                                      f"the same flags, or check --checkpoint_dir, --dataset, --light)"
+                                      + policy.where_checkpoints_are(paths.checkpoint, cfg))
             # NaN / inf weights, or finite ones whose translation overflows: exit 2, never black images
             from ugatit_common.finite import refuse_non_finite
             gen_vars = [v for v in tf.global_variables() if v.name.startswith("generator")]

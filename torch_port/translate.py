@@ -19,6 +19,7 @@ import sys
 import torch
 
 from ugatit_common import options as opt
+from ugatit_common import checkpoint_policy as policy
 from ugatit_common.checkpoint_policy import sweep_temp
 from ugatit_common.cli_errors import check_writable_folder
 from ugatit_common.finite import refuse_non_finite, refuse_non_finite_output
@@ -42,7 +43,8 @@ def load_for_test(cfg: dict, device: torch.device):
     found = ckpt.resume_point(folder, cfg, "weights")
     if found is None:
         raise opt.OptionError(f"no checkpoint in {folder!r} to translate with (train first with the same "
-                              f"flags, or check --checkpoint_dir, --dataset, --light)")
+                              f"flags, or check --checkpoint_dir, --dataset, --light)"
+                              + policy.where_checkpoints_are(folder, cfg))
     refuse_non_finite(_generators(found["weights"]), f"checkpoint {found['found'].weights}")
     # the generators only, as the official test graph (a generators-only checkpoint translates too)
     ckpt.load_weights_into(model, found["weights"], found["found"].weights, generators_only=True)

@@ -154,6 +154,41 @@ def checkpoint_of(file_name: str) -> tuple[str, str] | None:
     return f"{m.group('prefix')}.model-{m.group('step')}", "torch" if m.re is _TORCH else "tf"
 
 
+def _holds_checkpoint(folder: str) -> bool:
+    """Whether `folder` directly holds a file of a checkpoint (by name; nothing is opened or moved)."""
+    try:
+        return any(checkpoint_of(n) for n in os.listdir(folder))
+    except OSError:
+        return False
+
+
+def where_checkpoints_are(run_folder: str, cfg: dict) -> str:
+    """For a test phase that found no checkpoint in `run_folder` (`<checkpoint_dir>/<model_dir>`):
+    what `--checkpoint_dir` holds instead, as `; ...` (empty when nothing). The commonest slips
+    with a downloaded folder: `--checkpoint_dir` naming the run folder itself, and flags whose
+    model_dir is not the folder's name (another --dataset, --light, --n_dis ...: each run folder's
+    name records them, and the differing ones are named)."""
+    parent = os.path.dirname(os.path.normpath(run_folder))
+    if _holds_checkpoint(parent):
+        return (f"; --checkpoint_dir {parent!r} is itself a run folder holding checkpoints: give the folder "
+                f"above it ({os.path.dirname(os.path.normpath(parent)) or '.'!r}), where the run folder "
+                f"{os.path.basename(os.path.normpath(parent))!r} must match the flags")
+    try:
+        runs = sorted(n for n in os.listdir(parent) if _holds_checkpoint(os.path.join(parent, n)))
+    except OSError:
+        return ""
+    if not runs:
+        return ""
+    from .tf_checkpoint.config import parse_model_dir  # numpy: only for this error
+    lines = []
+    for name in runs[:5]:
+        recorded = parse_model_dir(name, cfg.get("light"))
+        differ = [f"--{k} {v}" for k, v in (recorded or {}).items() if k in cfg and cfg[k] != v]
+        lines.append(f"{name!r}" + (f" (its name records {', '.join(differ)})" if differ else ""))
+    return (f"; --checkpoint_dir {parent!r} holds the run folder(s) {'; '.join(lines)}"
+            + (" ..." if len(runs) > 5 else "") + ": the flags name the run folder (<model_dir>)")
+
+
 def describe(found: list[Found]) -> str:
     return ", ".join(f.name + ("" if f.complete else f" [incomplete: {f.missing}]") for f in found) or "none"
 
