@@ -98,6 +98,21 @@ def test_state_file_forms_read_the_folders_checkpoint(tmp_path, capsys, case):
     assert ck.load_any(folder, {"img_size": 64})["step"] == 3
 
 
+def test_a_relative_path_to_another_folder_reads_this_folders_checkpoint(tmp_path, capsys):
+    """The state file names `../older_run/UGATIT.model-3`, which exists with other weights: the
+    official `load` restores the basename from the run folder, so this folder's checkpoint is read
+    (as for an absolute path); before, the other folder's was converted."""
+    folder = _run_folder(tmp_path)
+    other = tmp_path / "checkpoint" / "older_run"
+    shutil.copytree(os.path.join(GOLDEN, "init"), other)
+    for ext in (".index", ".data-00000-of-00001"):
+        os.rename(other / f"UGATIT.model-0{ext}", other / f"{PREFIX}{ext}")
+    _write_state(folder, f'model_checkpoint_path: "../older_run/{PREFIX}"\n')
+    rc, err = _tf2torch(folder, tmp_path / "out.safetensors", capsys)
+    assert rc == 0, err
+    _assert_golden(tmp_path / "out.safetensors")
+
+
 @pytest.mark.parametrize("named", ["UGATIT.model-1000000", "/home/someone/UGATIT/checkpoint/x/UGATIT.model-1000000",
                                    "C:\\\\Users\\\\someone\\\\UGATIT.model-1000000"])
 def test_a_state_file_naming_an_absent_step_says_what_the_folder_holds(tmp_path, capsys, named):

@@ -509,18 +509,16 @@ def _named_prefix(folder: str, model: str) -> str | None:
     own .meta and folder name), a Windows one (`D:\runs\...\UGATIT.model-N`, `D:/...`, `\\server\...`:
     no path here), a relative one with folders (`checkpoint/<model_dir>/UGATIT.model-N`). A relative
     name holding a backslash is a file name here (POSIX), not re-rooted."""
-    candidate = model if os.path.isabs(model) else os.path.join(folder, model)
     moved = os.path.join(folder, os.path.basename(model))
-    if os.path.isabs(model) and os.path.isfile(moved + ".index"):
+    if os.path.isfile(moved + ".index"):  # this folder's, as the official load reads it
         return moved
+    candidate = model if os.path.isabs(model) else os.path.join(folder, model)
     if os.path.isfile(candidate + ".index"):
         return candidate
     if _WINDOWS_ABSOLUTE.match(model):  # (a relative name with a backslash is a file name here)
         windows = os.path.join(folder, ntpath.basename(model))
         if os.path.isfile(windows + ".index"):
             return windows
-    if os.path.isfile(moved + ".index"):
-        return moved
     return None
 
 
