@@ -124,3 +124,22 @@ def test_a_damaged_record_is_one_error_naming_it(damage, tmp_path, capsys):
     assert rc == 2, got.err
     assert repr(record) in line and "damaged" in line, line
     assert not os.path.exists(out)
+
+
+def test_the_ports_readers_take_the_record_too(tmp_path):
+    """The port's test phase (--checkpoint), its exports and Morph's --init_from read a TF folder
+    through torch_port.checkpoint.read_tf_weights: the record gives them the run's size too (a
+    light model whose .meta is lost was translated and exported at the guessed 256)."""
+    from torch_port import checkpoint as ck
+    with_record, without = _folder(tmp_path, name="with"), _folder(tmp_path, None, name="without")
+    assert RUN["img_size"] != opt.DEFAULTS["img_size"]  # else the case shows nothing
+    assert ck.load_any(with_record)["config"]["img_size"] == RUN["img_size"]
+    assert ck.load_any(without)["config"]["img_size"] == opt.DEFAULTS["img_size"]
+    cfg, _ = ck.read_tf_weights(with_record)
+    assert {k: cfg[k] for k in KEYS} == {k: RUN[k] for k in KEYS}
+    # a damaged record: one error naming it, as tf2torch says
+    with open(os.path.join(with_record, policy.RUN_RECORD), "w") as fh:
+        fh.write("{")
+    with pytest.raises(opt.OptionError, match="damaged") as e:
+        ck.load_any(with_record)
+    assert policy.RUN_RECORD in str(e.value)
