@@ -39,7 +39,8 @@ TRAIN = TINY + ["--iteration", "2", "--print_freq", "100", "--save_freq", "2", "
 
 def snapshot(root):
     """Every file (content hash) under `root`. Folders are left out: a training run takes (creates)
-    its log and sample folders before it reads a checkpoint, and leaves them empty when it stops."""
+    its log and sample folders before it reads a checkpoint (a refused run removes them again:
+    test_refused_run_folders)."""
     out = {}
     for d, _, files in os.walk(root):
         for n in files:

@@ -558,11 +558,14 @@ class Trainer:
         """Train; the run's folders are held (rank 0) from before the first look into them to
         the end, whatever the end is."""
         self.owner = None
+        failed = True
         try:
-            return self._run()
+            out = self._run()
+            failed = False
+            return out
         finally:
-            if self.owner is not None:
-                self.owner.release()
+            if self.owner is not None:  # a failed run's folders that it made and left empty go too
+                self.owner.release(failed=failed)
                 self.owner = None
 
     def _run(self) -> dict:

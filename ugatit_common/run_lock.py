@@ -178,15 +178,20 @@ class RunLocks:
         without its clean-up (`RunLock.taken_over`)."""
         return [(lock.folder, lock.taken_over) for lock in self.locks if lock.taken_over is not None]
 
-    def release(self) -> None:
+    def release(self, failed: bool = False) -> None:
+        """Let every lock go; `failed` (the run ended by an exception: a refusal, Ctrl-C, a NaN
+        stop): the folders `acquire` made for it that are still empty go too, so a run refused
+        before it wrote anything leaves the disk as it found it (one holding anything stays)."""
         for lock in reversed(self.locks):
             lock.release()
+            if failed:
+                remove_created(lock)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.release()
+    def __exit__(self, exc_type, *exc):
+        self.release(failed=exc_type is not None)
 
 
 def require(owner, folder: str, action: str) -> None:
