@@ -43,7 +43,7 @@ from ugatit_common import output_guard as guard
 from ugatit_common.atomic import atomic_output, publish_together, remove_quietly, write_temp_beside
 from ugatit_common.finite import NonFiniteWeights, first_non_finite, refuse_non_finite
 from ugatit_common.options import checkpoint_mismatch as opt_mismatch
-from ugatit_common.recorded_config import with_run_record
+from ugatit_common.recorded_config import recorded_keys, with_run_record
 from ugatit_common.tf_checkpoint.config import MODEL_KEYS as _MODEL_KEYS
 # The TF checkpoint format (bundle reader/writer, naming rule, layouts, config inference) lives in
 # the ground-floor package ugatit_common.tf_checkpoint; this module is its command line and
@@ -88,7 +88,7 @@ def read_tf_config_info(path: str, overrides: dict | None = None) -> CheckpointC
 def _config_of(reader: BundleReader, overrides: dict | None = None) -> CheckpointConfig:
     """The config of the open checkpoint: inferred from its .meta, folder name and weights (and
     `overrides`), then completed and checked by its folder's run record (with_run_record)."""
-    return with_run_record(_read.config_of(reader, overrides), reader.prefix)
+    return with_run_record(_read.config_of(reader, overrides, recorded_keys(reader.prefix)), reader.prefix)
 
 
 def read_tf_config(path: str, overrides: dict | None = None) -> dict:
@@ -116,7 +116,7 @@ def read_tf_training_state(path: str, overrides: dict | None = None, quiet: bool
     optimizers, their powers, the step counter from the checkpoint name, and the config
     (`config`, with its provenance in `info`)."""
     from torch_port.checkpoint import training_state_as_torch
-    st = _read.read_training_arrays(path, overrides)
+    st = _read.read_training_arrays(path, overrides, known=recorded_keys(path))
     st["info"] = with_run_record(st["info"], st["info"].prefix or resolve_prefix(path))
     st["config"] = st["info"].config
     if not quiet:

@@ -143,3 +143,30 @@ def test_the_ports_readers_take_the_record_too(tmp_path):
     with pytest.raises(opt.OptionError, match="damaged") as e:
         ck.load_any(with_record)
     assert policy.RUN_RECORD in str(e.value)
+
+
+def test_an_unreadable_meta_is_read_past_for_what_the_record_holds(tmp_path, capsys):
+    """A truncated .meta beside a run record: tf2torch (and the port's readers) asked for
+    --img_size, though the record holds it. Now the record stands in for the flag: the .meta is
+    read past (said) and the conversion equals the one with the .meta removed."""
+    from safetensors.numpy import load_file
+
+    from torch_port import checkpoint as ck
+    folder = _folder(tmp_path)
+    plain = tmp_path / "plain.safetensors"
+    rc, got = _tf2torch(capsys, folder, plain)  # no .meta: the record alone
+    assert rc == 0, got.err
+    with open(os.path.join(folder, "UGATIT.model-3.meta"), "wb") as fh:
+        fh.write(b"\x12\x05abc")
+    out = tmp_path / "o.safetensors"
+    rc, got = _tf2torch(capsys, folder, out)
+    assert rc == 0, got.err
+    assert "read past" in got.err and "--img_size" not in got.err, got.err
+    a, b = load_file(str(out)), load_file(str(plain))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in b)
+    assert _config_of(str(out)) == _config_of(str(plain))
+    assert ck.load_any(folder)["config"]["img_size"] == RUN["img_size"]
+    # without the record, the flag is still asked for
+    os.remove(os.path.join(folder, policy.RUN_RECORD))
+    rc, got = _tf2torch(capsys, folder, tmp_path / "o2.safetensors")
+    assert rc == 2 and "--img_size" in error_line(got.err), got.err

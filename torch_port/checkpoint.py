@@ -39,7 +39,7 @@ from ugatit_common import options as opt
 from ugatit_common import tf_checkpoint as tfc
 from ugatit_common.atomic import file_mode, naming, publish_together, remove_quietly
 from ugatit_common.finite import named_numbers, refuse_non_finite
-from ugatit_common.recorded_config import with_run_record
+from ugatit_common.recorded_config import recorded_keys, with_run_record
 from ugatit_common.tf_checkpoint.bundle import checkpoint_subfolders, v1_error, v1_file
 
 POINTER = "latest"
@@ -458,7 +458,7 @@ def read_tf_weights(folder: str, cfg: dict | None = None, keys=tfc.MODEL_KEYS,
     import contextlib
     with (contextlib.nullcontext() if raw_errors else _tf_errors(folder)):
         info, arrays = tfc.read_arrays(folder, generators_only, overrides=_run_settings(cfg, keys),
-                                       model_names=_model_names)
+                                       model_names=_model_names, known=recorded_keys(folder))
         # the folder's run record (ugatit-run.json) completes and checks it, as tf2torch does: a
         # light model whose .meta is lost keeps its training size, not the guessed 256
         info = with_run_record(info, info.prefix or tfc.resolve_prefix(folder))

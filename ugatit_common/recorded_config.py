@@ -17,6 +17,7 @@ from dataclasses import replace
 from . import checkpoint_policy as policy
 from .tf_checkpoint.config import (MODEL_KEYS, SOURCES, TRAINING_KEYS, CheckpointConfig, ConfigConflict, Setting,
                                    _describe, _fmt, _same)
+from .tf_checkpoint.bundle import resolve_prefix
 from .tf_checkpoint.names import ConversionError
 
 SOURCE = "run_record"
@@ -36,14 +37,32 @@ class _RecordedConfig(CheckpointConfig):
         return meta
 
 
+def _record_of(folder: str) -> dict | None:
+    try:
+        return policy.read_run_record(folder, remedy="remove it to convert without it")
+    except policy.RunRecordDamaged as e:
+        raise ConversionError(str(e)) from None
+
+
+def recorded_keys(path: str) -> tuple:
+    """The settings the run record beside the TF checkpoint `path` (folder or prefix) holds, for
+    config.infer's `known`: an unreadable `.meta` is then read past for them (with_run_record
+    fills them in). () without a record, or when `path` names no checkpoint (its reader says why)."""
+    try:
+        prefix = resolve_prefix(path)
+    except Exception:  # noqa: BLE001 - not resolvable: the reader itself names what is wrong
+        return ()
+    record = _record_of(os.path.dirname(os.path.abspath(prefix)))
+    if record is None:
+        return ()
+    return tuple(k for k in KEYS if k in record["options"]) + ("img_size",)
+
+
 def with_run_record(info: CheckpointConfig, prefix: str) -> CheckpointConfig:
     """`info` (the config of the TF checkpoint `prefix`) with what the run record of its folder
     holds; `info` itself when the folder has none."""
     folder = os.path.dirname(os.path.abspath(prefix))
-    try:
-        record = policy.read_run_record(folder, remedy="remove it to convert without it")
-    except policy.RunRecordDamaged as e:
-        raise ConversionError(str(e)) from None
+    record = _record_of(folder)
     if record is None:
         return info
     path = os.path.join(folder, policy.RUN_RECORD)

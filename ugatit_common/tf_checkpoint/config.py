@@ -285,11 +285,12 @@ def _describe(src: str, key: str, s: Setting) -> str:
 
 
 def infer(prefix: str | None, shapes: dict[str, tuple], overrides: dict | None = None, *,
-          use_meta: bool = True, use_model_dir: bool = True) -> CheckpointConfig:
+          use_meta: bool = True, use_model_dir: bool = True, known: tuple = ()) -> CheckpointConfig:
     """The checkpoint's config from its .meta, its folder name and its weights (in that order),
     with `overrides` (explicit flags; None values ignored) on top. Raises ConfigConflict when a
     flag contradicts a recorded value or two records disagree; ConversionError when the weights
-    are not a U-GAT-IT model."""
+    are not a U-GAT-IT model. `known`: settings another record beside the checkpoint holds (the
+    run record, added by the caller: recorded_config), so an unreadable .meta is read past for them."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     where = f"checkpoint {prefix}" if prefix else "checkpoint"
     records: dict[str, dict[str, Setting]] = {"weights": from_weights(shapes, where)}
@@ -306,7 +307,7 @@ def infer(prefix: str | None, shapes: dict[str, tuple], overrides: dict | None =
             # (as the message says), the folder name or the weights; the training settings it holds
             # are then listed as not recorded
             needed = [k for k in MODEL_KEYS if k in _CAN_RECORD["meta"] and k not in overrides
-                      and k not in records["model_dir"] and k not in records["weights"]]
+                      and k not in records["model_dir"] and k not in records["weights"] and k not in known]
             if needed:
                 raise ConversionError(f"{e} (remove or fix the .meta file, or give "
                                       f"{' and '.join('--' + k for k in needed)})") from e

@@ -12,8 +12,9 @@ from .names import (POWER_NAMES, SLOT_SUFFIXES, ConversionError, checkpoint_step
                     tf_to_torch_name, to_torch_layout)
 
 
-def config_of(reader: BundleReader, overrides: dict | None = None) -> CheckpointConfig:
-    return infer(reader.prefix, {n: reader.shape(n) for n in reader.keys()}, overrides)
+def config_of(reader: BundleReader, overrides: dict | None = None, known: tuple = ()) -> CheckpointConfig:
+    """The inferred config of the open checkpoint (`known`: see config.infer)."""
+    return infer(reader.prefix, {n: reader.shape(n) for n in reader.keys()}, overrides, known=known)
 
 
 def read_config(path: str, overrides: dict | None = None) -> CheckpointConfig:
@@ -53,20 +54,21 @@ def _model_variables(reader: BundleReader, info: CheckpointConfig, generators_on
 
 
 def read_arrays(path: str, generators_only: bool = False, with_optimizer: bool = False,
-                overrides: dict | None = None, model_names=None) -> tuple[CheckpointConfig, dict]:
+                overrides: dict | None = None, model_names=None, known: tuple = ()) -> tuple[CheckpointConfig, dict]:
     """(inferred config, {torch name: ndarray}); the config is inferred before any tensor is read,
-    so a contradicting flag fails fast. `model_names`: see _model_variables."""
+    so a contradicting flag fails fast. `model_names`: see _model_variables; `known`: config.infer."""
     with BundleReader(path) as r:
-        info = config_of(r, overrides)
+        info = config_of(r, overrides, known)
         names = _model_variables(r, info, generators_only, with_optimizer, model_names)
         return info, dict(iter_arrays(r, names=names))
 
 
-def read_training_arrays(path: str, overrides: dict | None = None, model_names=None) -> dict:
+def read_training_arrays(path: str, overrides: dict | None = None, model_names=None, known: tuple = ()) -> dict:
     """Everything a run needs to continue an official TF run, as numpy arrays: {"info", "config",
-    "model", "G_slots", "D_slots", "G_powers", "D_powers", "step"}. `model_names`: see _model_variables."""
+    "model", "G_slots", "D_slots", "G_powers", "D_powers", "step"}. `model_names`: see
+    _model_variables; `known`: config.infer."""
     with BundleReader(path) as r:
-        info = config_of(r, overrides)
+        info = config_of(r, overrides, known)
         out = {"info": info, "config": info.config, "model": {}, "G_slots": {}, "D_slots": {},
                "step": checkpoint_step(r.prefix)}
         powers = {}
