@@ -224,7 +224,7 @@ def cmd_translate(args) -> int:
 
 def _translate_into(args, inputs, out_dir, model) -> int:
     """translate's writing part: every input's translations and row picture into `out_dir`."""
-    from torch_port.data import ImageReadError
+    from ugatit_common.images import none_readable
     from ugatit_common.atomic import sweep_dead_temps
     from ugatit_common.output_names import OutputNames, OutputRecord
     from ugatit_common.output_guard import own_result_folder
@@ -240,7 +240,7 @@ def _translate_into(args, inputs, out_dir, model) -> int:
             record.forget_missing()
             raise
     if not done:
-        raise ImageReadError(args.input, "no readable input image")
+        raise opt.OptionError(none_readable(inputs, "input images"))
     return 0
 
 

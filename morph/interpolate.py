@@ -28,7 +28,8 @@ import torch
 
 from torch_port.data import ImageReadError, test_image
 from ugatit_common.atomic import sweep_dead_temps, write_bytes_atomic
-from ugatit_common.options import IMAGE_EXTENSIONS
+from ugatit_common.images import none_readable
+from ugatit_common.options import IMAGE_EXTENSIONS, OptionError
 from ugatit_common.output_names import OutputNames, OutputRecord
 from ugatit_common.results import PAGE_HEAD, page_link, page_text, save_grid, to_uint8
 
@@ -279,8 +280,7 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
                         pass
                 raise
             if not rows:  # the previous index.html stays as it was
-                raise ImageReadError(", ".join(inputs[:3]) + (" ..." if len(inputs) > 3 else ""),
-                                     "no readable input image")
+                raise OptionError(none_readable(inputs, "input images"))
             save_page(final=True)
             if log:
                 log(f"index: {page}")

@@ -100,3 +100,7 @@ def test_several_inputs_still_warn_once_per_skipped_file(world, tmp_path, monkey
         err = capsys.readouterr().err
         assert rc == 2, (argv, err)
         assert len(_lines(err, "warning: skipping")) == 2 and len(_lines(err, "error:")) == 1, (argv, err)
+        # the error says the same in every command: how many, and the first one with its reason
+        # (Morph said "cannot read image 'allbad/bad.png, allbad/worse.png': no readable input image")
+        [line] = _lines(err, "error:")
+        assert "none of the 2" in line and "bad.png" in line and REASON in line, (argv, err)

@@ -139,12 +139,13 @@ def read_color(path) -> np.ndarray:
     return img
 
 
-def none_readable(files) -> str:
-    """The error line of a test phase that could read none of `files`: the file and why when
-    there is one, else how many and the first one's reason."""
+def none_readable(files, what: str = "test images") -> str:
+    """The error line of a test phase (or Morph interpolate / translate: `what` "input images")
+    that could read none of `files`: the file and why when there is one, else how many and the
+    first one's reason."""
     files = list(files)
     if not files:
-        return "no test image was found"
+        return f"no {what[:-1]} was found"
     try:
         read_color(files[0])
         reason = "not readable"
@@ -152,7 +153,7 @@ def none_readable(files) -> str:
         reason = e.reason
     if len(files) == 1:
         return f"cannot read image {os.fspath(files[0])!r}: {reason}"
-    return (f"none of the {len(files)} test images could be read (each is named in a warning above; the first, "
+    return (f"none of the {len(files)} {what} could be read (each is named in a warning above; the first, "
             f"{os.fspath(files[0])!r}: {reason})")
 
 
