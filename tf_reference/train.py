@@ -279,7 +279,8 @@ def _train(cfg: dict, paths, files_A: list, files_B: list, owner, max_to_keep: i
 
 
 def test(cfg: dict) -> str:
-    """Translate testA → B and testB → A with the newest checkpoint; write images and index.html."""
+    """Translate testA → B and testB → A with the newest checkpoint (or an older one the folder's
+    `checkpoint` file names, as the official load: checkpoint_policy.choose); write images and index.html."""
     paths = opt.run_paths(cfg)
     files_A = opt.domain_files(cfg, "testA", required=False)
     files_B = opt.domain_files(cfg, "testB", required=False)

@@ -35,7 +35,8 @@ from .model import build_ugatit
 
 
 def load_for_test(cfg: dict, device: torch.device):
-    """The newest usable checkpoint's weights (torch or TF, whichever is newer; the optimizer
+    """The newest usable checkpoint's weights (torch or TF, whichever is newer; an older TF one the
+    folder's `checkpoint` file names, as the official load: checkpoint_policy.choose; the optimizer
     state is not read, so a damaged one does not matter). No checkpoint: exit 2 - the test phase
     never translates with untrained weights."""
     model = build_ugatit(cfg)

@@ -9,7 +9,9 @@ Subfolders (older runs moved aside, unusable checkpoints) are never looked at.
   torch one, which also holds the data-loader and RNG positions). If it is incomplete or
   unreadable, the next newest is tried, and the run says so; a training run moves the ones it
   skipped into `unusable/` (so the new run never overwrites or is shadowed by them). When
-  checkpoints exist but none can be read, the run stops (exit 2): never from scratch.
+  checkpoints exist but none can be read, the run stops (exit 2): never from scratch. A test
+  phase (need="weights") restores instead an older TF checkpoint that the folder's `checkpoint`
+  state file names, as the official `load` does, unless a PyTorch one is newer (`_test_phase_choice`).
 - `--resume False` (torch_port) with checkpoints in the folder: they are moved into
   `previous-run-<time>/` beside them, and the run says where; nothing is deleted. A run that
   starts from scratch moves an older run's files in its sample / log folders aside the same way
@@ -427,17 +429,77 @@ def takeover_note(taken, folders) -> str | None:
             f"e.g. killed): {'; '.join(parts)}")
 
 
+def state_file_named(folder: str, found: list[Found]) -> Found | None:
+    """The TF checkpoint of `found` (the inventory of `folder`) that the folder's `checkpoint` state
+    file names, by its path's last part as the official `load` restores it (tf_checkpoint.bundle
+    `_named_prefix`, as resolve_prefix reads it); None without a state file, one naming nothing
+    here, or one that cannot be read."""
+    if not os.path.isfile(os.path.join(folder, TF_STATE)):
+        return None
+    from .tf_checkpoint.bundle import CheckpointError, _named_prefix, read_checkpoint_state  # numpy: only here
+    try:
+        model = read_checkpoint_state(folder)[0]
+    except CheckpointError:
+        return None
+    prefix = _named_prefix(folder, model) if model else None
+    if prefix is None:
+        return None
+    return next((f for f in found if f.framework == "tf" and os.path.abspath(f.base) == os.path.abspath(prefix)),
+                None)
+
+
+def _test_phase_choice(folder: str, found: list[Found]) -> Found | None:
+    """The test phase's exception to newest-by-step: the TF checkpoint the folder's `checkpoint`
+    state file names, when it is older than the newest (TF users pick a test checkpoint by editing
+    that file, and the official `load` restores the one it names). Not when a PyTorch checkpoint
+    is newer than it: the port continued the run, and the state file is TF's last save, not a
+    choice. None: the newest usable, as a training run resumes."""
+    named = state_file_named(folder, found)
+    if named is None or named.step >= found[0].step:
+        return None
+    if any(f.framework == "torch" and f.step > named.step for f in found):
+        return None
+    return named
+
+
 def choose(folder: str, load, need: str = "train", log=print, owner=None, prefer: str = "torch"):
     """Load the newest usable checkpoint of `folder`: `load(found)` returns its content or raises
     (any Exception = unreadable). Returns (found, content), or None when the folder holds no
     checkpoint at all. Skipped ones are named; with `owner` (a training run holding the folder)
     they are moved to `unusable/`. Checkpoints that exist but none usable: NoUsableCheckpoint
-    (exit 2)."""
+    (exit 2). need="weights" (a test phase): an older TF checkpoint the folder's `checkpoint`
+    file names is used instead, with a `note:` line (`_test_phase_choice`); if it is incomplete
+    or unreadable, that is said and the newest usable is used."""
     found = inventory(folder, prefer)
     if not found:
         return None
     skipped = []
+    named = _test_phase_choice(folder, found) if need == "weights" else None
+    if named is not None:
+        why = "" if named.has_weights else named.missing
+        if not why:
+            try:
+                content = load(named)
+            except (KeyboardInterrupt, SystemExit, OptionError):
+                raise
+            except Exception as e:  # noqa: BLE001 - unreadable: the newest usable instead, as without the file
+                why = _reason(e)
+            else:
+                newest = found[0]
+                log(f"note: the folder's `checkpoint` file names {os.path.basename(named.base)} (step {named.step}), "
+                    f"the one TensorFlow's loader (the official code) restores, while the newest checkpoint in "
+                    f"{folder!r} is {os.path.basename(newest.base)} (step {newest.step}, "
+                    f"{'TensorFlow' if newest.framework == 'tf' else 'PyTorch'}): translating with step {named.step}; to "
+                    f"translate with the newest, give it with --checkpoint {newest.weights!r} (python -m torch_port) "
+                    f"or name it in the `checkpoint` file (model_checkpoint_path: "
+                    f"\"{os.path.basename(newest.base)}\")")
+                return named, content
+        log(f" [!] checkpoint {named.name} in {folder}, which its `checkpoint` file names, is unusable ({why}); "
+            f"using the newest usable checkpoint instead")
     for f in found:
+        if f is named:  # tried above, and said
+            skipped.append((f, why))
+            continue
         usable = f.complete if need == "train" else f.has_weights
         if not usable:
             skipped.append((f, f.missing))
@@ -451,7 +513,8 @@ def choose(folder: str, load, need: str = "train", log=print, owner=None, prefer
             continue
         if skipped:
             for s, why in skipped:
-                log(f" [!] checkpoint {s.name} in {folder} is unusable ({why})")
+                if s is not named:
+                    log(f" [!] checkpoint {s.name} in {folder} is unusable ({why})")
             log(f" [!] using {f.name} instead, the newest usable checkpoint")
             if owner is not None:
                 set_aside(folder, [s for s, _ in skipped], "unusable, skipped by this run", owner, log)
