@@ -56,3 +56,20 @@ def test_the_meta_lists_the_runs_training_images_and_its_train_op_runs(tmp_path,
     notes = [ln for ln in err.splitlines() if "list no training images" in ln]
     assert len(notes) == 1 and notes[0].startswith("note: ") and "dataset/t" in notes[0], err
     assert os.path.isfile(tmp_path / "tf2" / "UGATIT_light.model-3.meta")
+
+
+def test_the_files_listed_are_the_official_train_phases_glob(tmp_path, monkeypatch):
+    """What torch2tf hands the graph (no TensorFlow needed): the official train phase's glob of
+    ./dataset/<dataset>/trainA|trainB/*.* in the working directory, or nothing with the reason -
+    an input that does not record its data set, or a directory without that data set."""
+    root = tmp_path / "work"
+    make_demo_dataset(str(root), "t", size=32, n_train=2, n_test=1)
+    monkeypatch.chdir(root)
+    files_A, files_B, why = wc.training_files(CFG, None)
+    assert why == "" and files_A and files_B
+    assert [list(files_A), list(files_B)] == [opt.domain_files(CFG, "trainA"), opt.domain_files(CFG, "trainB")]
+    assert all(f.startswith(os.path.join(".", "dataset", "t", "trainA")) for f in files_A), files_A
+    assert wc.training_files(CFG, {"light", "ch"}) == ((), (), "the input does not record its data set")
+    monkeypatch.chdir(tmp_path)
+    files_A, files_B, why = wc.training_files(CFG, None)
+    assert (files_A, files_B) == ((), ()) and "dataset" in why and "t" in why, why
