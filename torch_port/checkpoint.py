@@ -626,7 +626,8 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
                                   f"beside it")
         return {"config": _apply_overrides(opt.config_from(cfg), overrides, path, guessed_in_metadata(meta)),
                 "state": weights, "step": int(meta.get("step", 0)), "source": path, "kind": "torch_port"}
-    if v1_file(path):  # TF1's one-file format: say so, not "not a checkpoint"
-        raise opt.OptionError(f"{path!r}: {v1_error(v1_file(path))}")
+    v1 = v1_file(path)
+    if v1:  # TF1's one-file format: say so, not "not a checkpoint"
+        raise opt.OptionError(f"{path!r}: {v1_error(v1)}")
     raise opt.OptionError(f"{path!r}: not a checkpoint (expected a checkpoint folder, a TF checkpoint prefix or "
                           f"its .index / .data / .meta file, or a .safetensors file)")

@@ -635,8 +635,9 @@ def resolve_prefix(path: str) -> str:
         return prefix
     if os.path.isfile(path + ".index"):
         return path
-    if v1_file(path):
-        raise CheckpointError(v1_error(v1_file(path)))
+    v1 = v1_file(path)
+    if v1:
+        raise CheckpointError(v1_error(v1))
     if os.path.exists(path):
         what = " (a PyTorch file: convert it with weights_convert.py torch2tf)" \
             if path.lower().endswith((".safetensors", ".pt")) else ""
