@@ -936,6 +936,50 @@ def test_cuda_torchrun_world_size_one(tmp_path):
     assert len([l for l in proc.stdout.splitlines() if l.startswith("Epoch:")]) == 6
 
 
+def test_arrival_events_wait_on_the_values_gpu_not_the_current_one(monkeypatch):
+    """`host_device.stream_event` (the event PendingValues and the batched test phase wait on before
+    reading pinned memory): recorded on the current stream of the GPU the copy was queued on. An
+    event recorded on the current GPU's stream (cuda:0 while the values are on cuda:1: a library
+    caller's `test(cfg, torch.device("cuda:1"))`) completes without waiting for that copy, and the
+    host read the pinned buffer before it was written. Without a GPU: torch.cuda's stream and
+    event faked, only which stream is asked for is looked at."""
+    from torch_port import host_device
+    asked, recorded = [], []
+
+    class FakeEvent:
+        def record(self, stream=None):
+            recorded.append(stream)
+
+    def current_stream(device=None):
+        asked.append(device)
+        return f"stream of {device}"
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+    for device in (torch.device("cuda", 1), "cuda:1", torch.device("cuda")):
+        asked.clear(), recorded.clear()
+        host_device.stream_event(device)
+        assert asked == [torch.device(device)] and recorded == [f"stream of {torch.device(device)}"], (asked, recorded)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (the values on one that is not current)")
+def test_cuda_values_on_a_gpu_that_is_not_current_arrive_whole():
+    """Loss values on cuda:1 while cuda:0 is the current GPU, their copy queued behind a long
+    computation there: `result()` waits for the copy (the event on cuda:1's stream) and reads 3.0,
+    not whatever the pinned buffer held before."""
+    from torch_port.host_device import PendingValues
+    saved = torch.cuda.current_device()
+    torch.cuda.set_device(0)
+    try:
+        a = torch.rand(4096, 4096, device="cuda:1")
+        for _ in range(30):  # ~tens of ms of cuda:1 work queued before the value
+            a = (a @ a).clamp_(0, 1)
+        v = (a[0, 0] * 0).nan_to_num_() + 3.0
+        assert PendingValues({"v": v}).result()[0] == {"v": 3.0}
+    finally:
+        torch.cuda.set_device(saved)
+
+
 def test_bad_gpu_flags_are_one_line(tmp_path, monkeypatch, capsys):
     """On a machine without a GPU: --device cuda, --precision tf32, --cuda_graphs True are refused
     with one `error:` line naming the flag (exit 2), on both training command lines; a misspelt

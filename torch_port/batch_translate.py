@@ -34,6 +34,7 @@ from ugatit_common.options import OptionError
 from ugatit_common.results import save_image
 
 from .data import ImageReadError, test_image
+from .host_device import stream_event
 from .translate import check_finite_result, precision_of, write_result
 
 __all__ = ["translate_batches", "out_of_memory_error", "fixed_shape"]
@@ -216,8 +217,7 @@ def _overlapped(model, files, direction, cfg, device, result_dir, page, counts, 
             if cuda:
                 host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
                 host.copy_(y, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
+                event = stream_event(y.device)  # where the copy runs (not the current GPU: --device cuda:N)
             else:
                 host, event = y.cpu(), None
             if in_flight is not None:

@@ -11,7 +11,10 @@ with the GPU's. Here, on CUDA:
   stacked into one float64 vector on the device, averaged across torchrun ranks there, and
   copied to pinned host memory with `non_blocking=True`, a CUDA event marking when it lands;
   `ready()` asks the event without waiting, `result()` waits for it (the trainer's loop reads
-  the values one or two iterations later).
+  the values one or two iterations later);
+- `stream_event(device)`: that event, recorded on the current stream of the values' GPU (where
+  their copy was queued), not of the process's current GPU (another one, when the values are on
+  cuda:N and N is not current: its event would say "arrived" before the copy ran).
 
 On a CPU both are plain: the values are already on the host, so `ready()` is always true and the
 floats are the ones `float(t)` gives (float32 -> float64 is exact)."""
@@ -31,6 +34,14 @@ def to_device(t: torch.Tensor, device, dtype: torch.dtype | None = None) -> torc
     else:
         t = t.to(device)
     return t if dtype is None else t.to(dtype)
+
+
+def stream_event(device) -> "torch.cuda.Event":
+    """A CUDA event recorded on `device`'s current stream: it completes once the work queued there
+    so far (e.g. a copy to pinned memory) has run, whichever GPU is the current one."""
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(torch.device(device)))
+    return event
 
 
 class PendingValues:
@@ -59,8 +70,7 @@ class PendingValues:
             self._vec = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=True).copy_(vec, non_blocking=True)
             self._flat = None if flat is None else \
                 torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True).copy_(flat, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
+            self.event = stream_event(device)  # the copies' GPU, not necessarily the current one
         else:
             self._vec, self._flat = vec, flat
 
