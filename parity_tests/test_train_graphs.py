@@ -9,8 +9,10 @@ replayed without its Python). The CUDA-only
 tests at the end (marker `cuda`) run where a GPU is (bench/gpu_check.sh)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 
 import pytest
 import torch
@@ -457,6 +459,28 @@ def test_replayed_recordings_of_the_steps_equal_eager_bit_for_bit(data, tmp_path
     if precision == "fp16":  # the replays (calls 5-9) crossed both decisions of both steps
         for key in ("D", "G"):
             assert {r[f"{key}_step_skipped"] for r in replayed["history"][4:]} == {0.0, 1.0}, key
+
+
+@pytest.mark.slow
+def test_samples_of_replayed_steps_show_their_own_iteration(data, tmp_path, recorded_graphs):
+    """A replayed G step's fakes are the graph's fixed output tensors, overwritten by its next
+    replay: the samples (every iteration here) must be read before that. With n_critic 2 the G
+    step is recorded at iteration 7 and replayed at 9, the D step replayed in between (its own
+    outputs): every sample PNG, the history and the weights equal the static-buffer steps run
+    eagerly (fresh tensors per call), byte for byte."""
+    def cfg(name):
+        return _cfg(str(tmp_path), name, iteration=10, n_critic=2, print_freq=1)
+    eager = _trainer("port", cfg("eager"), data, cuda_graphs="static", log=lambda m: None).run()
+    replayed = _trainer("port", cfg("replayed"), data, cuda_graphs="True", log=lambda m: None).run()
+    assert [s.graph.replays for s in recorded_graphs.captured] == [6, 1]  # D: 4th of 10 calls, G: 4th of 5
+    _assert_same_run(eager, replayed)
+    a, b = eager["paths"].sample, replayed["paths"].sample
+    names = sorted(os.listdir(a))
+    assert names == sorted(os.listdir(b)) and len(names) == 30  # real_A, fake_B and the strip per iteration
+    with contextlib.ExitStack() as stack:
+        read = [(stack.enter_context(open(os.path.join(a, n), "rb")).read(),
+                 stack.enter_context(open(os.path.join(b, n), "rb")).read()) for n in names]
+    assert [n for n, (x, y) in zip(names, read) if x != y] == []
 
 
 @pytest.mark.slow
