@@ -128,6 +128,7 @@ def generator_matrix(res: Results, section: str, net, variants: dict, size: int,
     (`use_graphs` toggled), so a compiled variant compiles once per batch size. Returns the module
     of variant `keep` (e.g. for the end-to-end run), else None."""
     from torch_port.fast import optimize
+    from torch_port.out_of_memory import is_out_of_memory
     groups = {}
     device = next(net.parameters()).device
     for name, bs in variants.items():
@@ -165,7 +166,9 @@ def generator_matrix(res: Results, section: str, net, variants: dict, size: int,
                 extra = kwargs_for(batch) if kwargs_for else {}
                 try:
                     r = measure(lambda x: fast(x, **extra), inputs, batch, iters)
-                except torch.OutOfMemoryError as e:
+                except Exception as e:  # noqa: BLE001 - only out of memory costs just this row
+                    if not is_out_of_memory(e):
+                        raise
                     r = {"batch": batch, "error": f"out of memory: {str(e).splitlines()[0]}"}
                     _free()
                 if graphs and fast.static is not None:

@@ -35,6 +35,7 @@ from ugatit_common.results import save_image
 
 from .data import ImageReadError, test_image
 from .host_device import stream_event
+from .out_of_memory import is_out_of_memory
 from .translate import check_finite_result, precision_of, write_result
 
 __all__ = ["translate_batches", "out_of_memory_error", "fixed_shape"]
@@ -120,7 +121,9 @@ def translate_batches(model, files, direction, cfg, device, result_dir, page, co
                         writers)
         else:
             _serial(model, files, direction, cfg, device, result_dir, page, counts, names, batch, pad, bar, warn)
-    except torch.OutOfMemoryError as e:
+    except Exception as e:  # noqa: BLE001 - only an out-of-memory error is turned into the one line
+        if not is_out_of_memory(e):
+            raise
         raise out_of_memory_error(batch, cfg["img_size"], device) from e
     finally:
         bar.close()

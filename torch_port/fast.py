@@ -178,6 +178,7 @@ class OptimizedModule(nn.Module):
         self.precision, self.dtype, self.compiled = precision, dtype, bool(compile)
         self.cuda_graphs = self.use_graphs = bool(cuda_graphs)
         self._on_cuda = device.type == "cuda"
+        self._device = device
         if cudnn_benchmark and not self._on_cuda:
             raise ValueError(f"cudnn_benchmark=True: cuDNN's benchmark mode applies to CUDA; the module is on {device}")
         if not self._on_cuda:
@@ -231,7 +232,7 @@ class OptimizedModule(nn.Module):
         self.calls += 1
         if first:
             if out is not None and self._on_cuda:
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(self._device)  # the module's GPU, whichever is current
             self.first_call_seconds = time.perf_counter() - t
             if self.compiled:
                 self._counts_after_first = dynamo_counts()

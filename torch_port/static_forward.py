@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from .out_of_memory import is_out_of_memory
+
 __all__ = ["StaticForward", "MAX_GRAPHS", "signature"]
 
 MAX_GRAPHS = 4  # signatures captured per StaticForward; each holds its own activations' memory
@@ -159,14 +161,12 @@ class StaticForward:
             # thread_local: other threads (the test phase's image reader pins memory) may call CUDA meanwhile
             with torch.cuda.graph(graph, stream=torch.cuda.Stream(dev), capture_error_mode="thread_local"):
                 out = self.fn(*e.args, **e.kwargs)
-        except torch.OutOfMemoryError:
-            torch.cuda.set_stream(current)
-            end_failed_capture(graph, dev)
-            raise
-        except Exception as err:  # noqa: BLE001 - any capture failure: said, then eager
+        except Exception as err:  # noqa: BLE001 - out of memory: raised (the one line); else said, then eager
             torch.cuda.set_stream(current)  # torch.cuda.graph does not leave its stream when ending the capture fails
             end_failed_capture(graph, dev)
-            del graph
+            if is_out_of_memory(err):  # the allocator's or a CUDA library's (cuDNN / cuBLAS workspace)
+                raise
+            graph = None  # released
             torch.cuda.synchronize(dev)
             reason = " ".join(str(err).split())[:200] or type(err).__name__
             self._note(f"warning: CUDA graph capture of {self.name} failed at input {_describe(key)} ({reason}); "

@@ -58,6 +58,7 @@ from . import distributed as ddp
 from .data import ImageFolderDataset, ImageReadError, infinite_loader
 from .host_device import PendingValues, to_device
 from .model import build_ugatit
+from .out_of_memory import is_out_of_memory
 
 NAN_HOOK_ENV = "UGATIT_TORCH_INJECT_NAN_AT"  # hidden test hook: counter at which d_loss becomes NaN
 MAX_PENDING = 2  # iterations whose loss values may still be on their way to the host (CUDA)
@@ -191,7 +192,9 @@ def exit_code_of(run) -> int:
         if ddp.current().is_main:  # (under torchrun every rank stops at the same step: rank 0 says it)
             print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_NON_FINITE
-    except torch.cuda.OutOfMemoryError as e:  # e.g. while the model moves to the GPU
+    except Exception as e:  # noqa: BLE001 - only out of memory (e.g. while the model moves to the GPU)
+        if not is_out_of_memory(e):
+            raise
         raise gpu_out_of_memory(e) from e
     return 0
 
@@ -781,7 +784,9 @@ class Trainer:
         except NonFiniteLoss:
             pending.clear()  # the iterations after a NaN are neither logged nor recorded
             raise
-        except torch.cuda.OutOfMemoryError as e:
+        except Exception as e:  # noqa: BLE001 - only an out-of-memory error is turned into the one line
+            if not is_out_of_memory(e):
+                raise
             raise gpu_out_of_memory(e, cfg) from e
         finally:
             if not ok:  # stopped (Ctrl-C, an error): still say what the finished iterations did

@@ -30,6 +30,7 @@ import torch
 
 from ugatit_common.options import OptionError
 
+from .out_of_memory import is_out_of_memory
 from .static_forward import end_failed_capture
 
 WARMUP_CALLS = 3  # eager calls before the capture (PyTorch's guidance: a few on a side stream)
@@ -210,15 +211,13 @@ class StaticStep:
             # thread_local: another thread (a data-loader's) may use CUDA meanwhile
             with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
                 outputs = self._body(lr)
-        except torch.cuda.OutOfMemoryError:
+        except Exception as e:  # noqa: BLE001 - out of memory: raised (the one line); else said, then eager
             torch.cuda.set_stream(current)  # torch.cuda.graph does not leave its stream when ending a capture fails
-            end_failed_capture(graph, current.device)
-            raise
-        except Exception as e:  # noqa: BLE001 - said in one line, then eager
-            torch.cuda.set_stream(current)
             end_failed_capture(graph, current.device)  # later captures and empty_cache work again (torch <= 2.11)
+            if is_out_of_memory(e):  # the allocator's or a CUDA library's (cuDNN / cuBLAS workspace)
+                raise
             self.eager_only = True
-            del graph
+            graph = None  # released
             torch.cuda.synchronize()
             first = " ".join(str(e).split())[:200] or type(e).__name__
             self.log(f" [!] CUDA graphs: the {self.name} step could not be captured ({type(e).__name__}: "
