@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from parity_tests.test_fast_infer import _demo_model, _images, _run_batches
+from parity_tests.test_lone_input import world  # noqa: F401 - the module fixture: dataset, port and Morph checkpoints
 from parity_tests.test_train_graphs import PORT_TINY, _port_main
 from torch_port.out_of_memory import is_out_of_memory
 from ugatit_common.demo_data import make_demo_dataset
@@ -120,3 +121,32 @@ def test_a_capture_out_of_memory_is_raised_any_other_failure_runs_eagerly(error,
             s._capture(0.1)
         assert not s.eager_only and not said
     assert len(stubbed_capture) == 1
+
+
+
+@pytest.mark.parametrize("where", ["allocator", "cudnn"])
+def test_every_translating_command_says_out_of_memory_in_one_line(where, world, tmp_path, monkeypatch, capsys):
+    """The test phase one image at a time, Morph interpolate and Morph translate (no line of their
+    own, unlike --batch above): out of memory inside a generator is the command lines' one `out of
+    memory` line, exit 2, not an internal error, and no results folder is left behind."""
+    import os
+    import shutil
+    from parity_tests.test_lone_input import _commands
+    from torch_port import networks
+    root = str(tmp_path / "w")
+    shutil.copytree(world, root)
+    monkeypatch.chdir(root)
+
+    def oom(self, x):
+        raise OOM[where]()
+    monkeypatch.setattr(networks.ResBlock, "forward", oom)
+    for main, argv in _commands(os.path.join("dataset", "t", "testA")):
+        if "--batch" in argv:
+            continue
+        capsys.readouterr()
+        rc = main(argv)
+        err = capsys.readouterr().err
+        errors = [ln for ln in err.splitlines() if "error:" in ln]
+        assert rc == 2 and len(errors) == 1 and "out of memory (" in errors[0], (argv, err)
+        assert "internal error" not in err and "Traceback" not in err, (argv, err)
+        assert not os.path.exists("res") and not os.path.exists("mres"), argv

@@ -155,16 +155,28 @@ def is_bad_input(e: BaseException) -> bool:
 
 
 _HOST_OOM = ("can't allocate memory", "not enough memory", "std::bad_alloc")  # torch's CPU allocator, in its words
+# a GPU's: a CUDA library allocating for itself (cuDNN's / cuBLAS's workspace or handle) or the CUDA
+# runtime, raised by torch as a RuntimeError (AcceleratorError in newer releases) with the status name
+GPU_OOM_MARKS = ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "CUFFT_ALLOC_FAILED",
+                 "CUSOLVER_STATUS_ALLOC_FAILED", "CUSPARSE_STATUS_ALLOC_FAILED", "CUDA error: out of memory")
+
+
+def gpu_library_out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is a CUDA library's or the CUDA runtime's failed allocation (torch's caching
+    allocator raises its own torch.OutOfMemoryError instead)."""
+    return isinstance(e, RuntimeError) and any(m in str(e) for m in GPU_OOM_MARKS)
 
 
 def out_of_memory(e: BaseException) -> BaseException | None:
-    """The host out-of-memory error `e` is or was raised from (Python's MemoryError, torch's CPU
-    allocator's RuntimeError), else None: a size the machine cannot hold (a huge --batches, a
-    full model at a large --img_size), said as such rather than as an internal error. A GPU's is
-    torch_port.train's GPUOutOfMemory, which names the settings itself."""
+    """The out-of-memory error `e` is or was raised from (Python's MemoryError, torch's CPU
+    allocator's RuntimeError, a GPU's: torch.OutOfMemoryError or a CUDA library's), else None: a
+    size the machine cannot hold (a huge --batches, a full model at a large --img_size), said as
+    such rather than as an internal error. Training's and --batch's GPU lines
+    (torch_port.train.GPUOutOfMemory, torch_port.batch_translate) name the settings themselves."""
     seen = set()
     while e is not None and id(e) not in seen:
-        if isinstance(e, MemoryError) or (type(e) is RuntimeError and any(m in str(e) for m in _HOST_OOM)):
+        if isinstance(e, MemoryError) or (type(e) is RuntimeError and any(m in str(e) for m in _HOST_OOM)) \
+                or type(e).__name__ == "OutOfMemoryError" or gpu_library_out_of_memory(e):  # (no torch import here)
             return e
         seen.add(id(e))
         e = e.__cause__ or e.__context__
