@@ -44,6 +44,7 @@ __all__ = ["PRECISIONS", "OUTPUT_CONVS", "compute_dtype", "check_supported", "lo
 
 PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TF32_MIN_CAPABILITY = (8, 0)  # Ampere: the first GPUs whose tensor cores take TF32
+BF16_MIN_CAPABILITY = (8, 0)  # ... and bfloat16 (Volta / Turing only emulate it)
 OUTPUT_CONVS = ("G_logit", "D_logit")  # official scope names of the output convolutions
 
 
@@ -76,9 +77,12 @@ def check_supported(precision: str, device: torch.device) -> None:
                              f"cores (compute capability 8.0 or later); use fp32 or fp16")
         return
     if device.type == "cuda":
-        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"precision bf16: this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16 "
-                             f"support; use fp16 or fp32")
+        # this device's own capability: torch.cuda.is_bf16_supported() asks the current device, and says
+        # True for GPUs before Ampere too, where bfloat16 is emulated (slow, and cuDNN has no bf16 kernels)
+        major, minor = torch.cuda.get_device_capability(device)
+        if dtype == torch.bfloat16 and not torch.version.hip and (major, minor) < BF16_MIN_CAPABILITY:
+            raise ValueError(f"precision bf16: this GPU ({torch.cuda.get_device_name(device)}, compute capability "
+                             f"{major}.{minor}) has no native bfloat16 (8.0 or later); use fp16 or fp32")
     elif device.type == "cpu":
         if dtype == torch.float16:
             warnings.warn("precision fp16 on CPU: float16 convolutions run a slow reference kernel on most CPUs "
