@@ -48,3 +48,21 @@ def test_every_precision_runs_from_ampere_on(index, machine):
     for precision in ("fp32", "tf32", "bf16", "fp16"):
         check_supported(precision, torch.device("cuda", index))
         check_training_precision(precision, torch.device("cuda", index))
+
+
+@pytest.mark.parametrize("name", ["mps", "xpu", "cuda:x", "cuda:-1", "CUDA", "gpu"])
+def test_a_device_this_project_does_not_run_on_is_one_line(name, tmp_path, monkeypatch, capsys):
+    """--device takes auto, cpu, cuda or cuda:N in every command (the port's and Morph's, which
+    gave torch's 'not linked with support for mps devices' as an internal error)."""
+    from morph.__main__ import main as morph_main
+    from torch_port.train import pick_device
+    from ugatit_common.demo_data import make_demo_dataset
+    with pytest.raises(OptionError, match=r"expected cpu, cuda, cuda:N or auto"):
+        pick_device(name)
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=1, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    rc = morph_main(["train", "--config", "C", "--dataset", "demo", "--img_size", "32", "--ch", "2", "--n_dis", "4",
+                     "--iteration", "1", "--epoch", "1", "--device", name])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert rc == 2 and len(err) == 1 and f"--device={name!r}: expected cpu, cuda, cuda:N or auto" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]  # refused before any folder was made

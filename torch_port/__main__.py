@@ -81,10 +81,9 @@ def given_flags(argv) -> set:
 
 
 def _validate_extra(a):
-    from .train import check_training_flags
+    from .train import check_device_name, check_training_flags
     check_training_flags(a)
-    if not (a.device in ("auto", "cpu") or a.device.startswith("cuda")):
-        raise opt.OptionError(f"--device={a.device!r}: expected cpu, cuda, cuda:N or auto")
+    check_device_name(a.device)
     if a.batch is not None and a.batch < 1:
         raise opt.OptionError(f"--batch={a.batch}: must be >= 1")
     if a.phase == "train" and a.batch is not None:  # training would ignore it: say so, never train at another batch

@@ -40,6 +40,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -79,10 +80,19 @@ def gpu_out_of_memory(e: BaseException, cfg: dict | None = None) -> GPUOutOfMemo
                           f"with --light True or --precision bf16 (torch: {said})")
 
 
+def check_device_name(name: str) -> str:
+    """--device's value if it is auto, cpu, cuda or cuda:N; else the one line (torch's own error for
+    'mps' or 'cuda:x' is an internal error, or a device this project does not run on)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(name)):
+        raise opt.OptionError(f"--device={name!r}: expected cpu, cuda, cuda:N or auto")
+    return name
+
+
 def pick_device(name: str) -> torch.device:
     """The device of --device. On CUDA, TF32 is switched off for convolutions and matrix products:
     cuDNN's default rounds float32 inputs to 10 mantissa bits (~1e-3), and the fp32 path is the
     exact port of TF's float32 graph; the fast paths are --precision bf16/fp16."""
+    check_device_name(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
