@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train or resume a Morph-UGATIT run")
     _common(t)
     t.add_argument("--init_from", default=None, help="start from a UGATIT checkpoint (torch_port .safetensors "
-                                                     "file / folder, or an official TF checkpoint folder)")
+                                                     "file / folder, or an official TF checkpoint folder, "
+                                                     "prefix or one of its .index / .data / .meta files)")
     t.add_argument("--data_root", default=".", help="folder holding dataset/<name>/ (default: .)")
     from torch_port.train import add_training_flags  # the port's: --num_workers --threads --keep_checkpoints --resume
     add_training_flags(t, "continue from the newest checkpoint (default: True); False moves an older run in the "

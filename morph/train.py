@@ -37,7 +37,8 @@ from ugatit_common.tf_checkpoint.bundle import checkpoint_subfolders
 
 from .model import MORPH_CONFIGS, MORPH_DEFAULTS, MorphUGATIT
 
-__all__ = ["CheckpointKindError", "MorphTrainer", "morph_model_dir", "morph_paths", "checkpoint_kind", "load_morph",
+__all__ = ["CheckpointKindError", "MorphTrainer", "morph_model_dir", "morph_paths", "checkpoint_kind", "tf_prefix",
+           "load_morph",
            "init_from_ugatit", "train", "validate_morph"]
 
 KIND = "morph"
@@ -92,10 +93,22 @@ def _weights_kind(keys) -> str:
     return "unknown"
 
 
+def tf_prefix(path: str) -> str | None:
+    """The official TF checkpoint prefix `path` names - a prefix with its `.index` beside it, or one
+    of its files (.index, .meta, .data-*), as the port's --checkpoint takes them - else None."""
+    if os.path.isdir(path):
+        return None
+    prefix = ckpt.tf_prefix_of_file(path)
+    return prefix if os.path.isfile(prefix + ".index") else None
+
+
 def checkpoint_kind(path: str) -> tuple[str, dict | None]:
     """What `path` holds: ("morph", state) | ("ugatit-torch", state-or-None) | ("ugatit-tf", None)
     | ("none", None). A folder: the port's checkpoint layout (state file read) or an official TF
-    checkpoint; a .safetensors file: judged by its variable names."""
+    checkpoint; a TF prefix or one of its files (`tf_prefix`); a .safetensors file: judged by its
+    variable names."""
+    if tf_prefix(path) is not None:
+        return "ugatit-tf", None
     if os.path.isdir(path):
         # the newest checkpoint with weights, whichever framework wrote it (the checkpoint policy);
         # the kind comes from the weights file's metadata, or (older checkpoints) the state file
@@ -185,7 +198,7 @@ def _read_ugatit(path: str, cfg: dict | None = None, keys=None) -> tuple[dict, s
         raise CheckpointKindError(f"--init_from {path!r} is {_describe(kind, state)}; --init_from expects a UGATIT "
                                   f"checkpoint (to continue a Morph run, use the same --checkpoint_dir instead)")
     if kind == "ugatit-tf":
-        _, weights = ckpt.read_tf_weights(path, cfg, ckpt.tfc.MODEL_KEYS if keys is None else keys)
+        _, weights = ckpt.read_tf_weights(tf_prefix(path) or path, cfg, ckpt.tfc.MODEL_KEYS if keys is None else keys)
         return weights, f"{path} (TensorFlow)"
     if kind == "ugatit-torch":
         if os.path.isdir(path):
@@ -200,7 +213,8 @@ def _read_ugatit(path: str, cfg: dict | None = None, keys=None) -> tuple[dict, s
         _check_recorded(recorded, cfg, ckpt.tfc.MODEL_KEYS if keys is None else keys, path)
         return weights, path
     raise CheckpointKindError(f"--init_from {path!r}: no UGATIT checkpoint found there (expected a torch_port "
-                              f".safetensors file or folder, or an official TF checkpoint folder){_subfolders_hint(path)}")
+                              f".safetensors file or folder, or an official TF checkpoint folder, prefix or one of "
+                              f"its files){_subfolders_hint(path)}")
 
 
 def _subfolders_hint(path: str) -> str:

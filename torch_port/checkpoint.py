@@ -473,6 +473,14 @@ def _tf_step(path: str) -> int:
     return int(checkpoint_step(resolve_prefix(path)))
 
 
+def tf_prefix_of_file(path: str) -> str:
+    """The prefix of the TF checkpoint whose file (`.index`, `.meta`, `.data-*`) `path` is, when
+    that prefix's `.index` is there; else `path` as it is (a folder, a prefix, another file)."""
+    if os.path.isfile(path) and _TF_FILE.search(path) and os.path.isfile(_TF_FILE.sub("", path) + ".index"):
+        return _TF_FILE.sub("", path)
+    return path
+
+
 def _is_tf_checkpoint(path: str) -> bool:
     if os.path.isdir(path):
         return has_tf_checkpoint(path)
@@ -579,8 +587,7 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
     overrides = dict(overrides or {})
     if not os.path.exists(path) and not os.path.isfile(path + ".index"):
         raise opt.OptionError(f"{path!r}: no such checkpoint file or folder")
-    if os.path.isfile(path) and _TF_FILE.search(path) and os.path.isfile(_TF_FILE.sub("", path) + ".index"):
-        path = _TF_FILE.sub("", path)  # one file of a TF checkpoint (.index, .data, .meta) names its prefix
+    path = tf_prefix_of_file(path)  # one file of a TF checkpoint (.index, .data, .meta) names its prefix
     if _is_tf_checkpoint(path):
         return _load_tf(path, overrides)
     if os.path.isdir(path):
