@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--direction", required=True, choices=("a2b", "b2a"), help="a2b | b2a")
             s.add_argument("--samples", type=int, default=1,
-                           help="translations per input (each with a fresh z), 1 .. 100 (default: 1)")
+                           help="translations per input (each with a fresh z), 1 .. 100 (default: 1); configs "
+                                "A / B have no z: 1")
 
     from .export import add_parser as add_export_parser
     add_export_parser(sub)
@@ -217,6 +218,9 @@ def cmd_translate(args) -> int:
     inputs = list_inputs(args.input)
     out_dir = _out_dir(args)
     model, cfg = _load(args)
+    if not model.single_generator and args.samples != 1:  # no code to draw: N copies of one picture
+        raise opt.OptionError(f"--samples={args.samples}: config {model.morph_config} has no latent code, so each "
+                              f"input has one translation (--samples > 1 draws codes of config C); leave it out")
     from ugatit_common.made_folders import removed_on_failure
     with removed_on_failure() as made:  # a failed run leaves no empty folder it made (never one there before)
         made.make(out_dir, _check_writable)
