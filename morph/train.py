@@ -24,6 +24,7 @@ translate) raises `CheckpointKindError` naming what was found.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import torch
@@ -54,8 +55,8 @@ def validate_morph(cfg: dict) -> dict:
     if mc not in MORPH_CONFIGS:
         raise opt.OptionError(f"--config={cfg['morph_config']!r}: expected one of {', '.join(MORPH_CONFIGS)}")
     cfg["morph_config"] = mc
-    if float(cfg["idp_weight"]) < 0:
-        raise opt.OptionError(f"--idp_weight={cfg['idp_weight']!r}: must be >= 0")
+    if not math.isfinite(float(cfg["idp_weight"])) or float(cfg["idp_weight"]) < 0:  # nan: a NaN loss at step 1
+        raise opt.OptionError(f"--idp_weight={cfg['idp_weight']!r}: must be a finite number >= 0")
     return opt.validate(cfg)
 
 

@@ -1,0 +1,29 @@
+"""`python -m morph train` loss flags that cannot give a finite loss are refused before any work,
+as the port refuses its own loss weights (ugatit_common.options.validate)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from morph.__main__ import main as morph_main
+from ugatit_common.demo_data import make_demo_dataset
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_idp_weight_must_be_a_finite_number(tmp_path, capsys, value):
+    """--idp_weight nan (or inf) was taken: the run made its folders (`..._morphC_idpnan/` with its
+    run record), trained, and stopped at step 1 on a NaN generator loss (exit 3). Now one `error:`
+    line naming the flag, exit 2, and nothing made, as for a negative weight."""
+    root = str(tmp_path)
+    make_demo_dataset(root, "demo", 32, n_train=1, n_test=1)
+    argv = ["train", "--config", "C", "--idp_weight", value, "--dataset", "demo", "--img_size", "32", "--ch", "4",
+            "--n_dis", "4", "--light", "True", "--epoch", "1", "--iteration", "1", "--device", "cpu",
+            "--data_root", root, "--checkpoint_dir", os.path.join(root, "checkpoint"),
+            "--result_dir", os.path.join(root, "results"), "--log_dir", os.path.join(root, "logs"),
+            "--sample_dir", os.path.join(root, "samples")]
+    capsys.readouterr()
+    assert morph_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"error: --idp_weight={float(value)!r}: must be a finite number >= 0" in err[0], err
+    assert os.listdir(root) == ["dataset"]
