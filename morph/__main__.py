@@ -356,6 +356,23 @@ def main(argv=None) -> int:
                           training=lambda a: bool(a) and a[0] in ("train", "demo"))
 
 
+PHASE_OF = {"train": "train", "interpolate": "test", "translate": "test"}  # the official --phase each command is
+
+
+def _check_phase(args) -> None:
+    """The official `--phase` is taken (as in all three commands) but the subcommand is the phase: a
+    typed one that contradicts it (`train --phase test`, which trained) is refused before any work."""
+    want = PHASE_OF.get(args.command)
+    if not want or "phase" not in getattr(args, "typed", ()) or args.phase == want:
+        return
+    if args.phase not in PHASE_OF.values():
+        raise opt.OptionError(f"--phase={args.phase!r}: expected 'train' or 'test'; python -m morph {args.command} "
+                              f"is the {want} phase (leave --phase out)")
+    instead = "python -m morph interpolate or translate" if args.phase == "test" else "python -m morph train"
+    raise opt.OptionError(f"--phase={args.phase!r}: python -m morph {args.command} is the {want} phase; for the "
+                          f"{args.phase} phase use {instead} (or leave --phase out)")
+
+
 def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -374,6 +391,7 @@ def _main(argv=None) -> int:
     handlers = {"train": cmd_train, "interpolate": cmd_interpolate, "translate": cmd_translate, "demo": cmd_demo,
                 "export": cmd_export}
     try:
+        _check_phase(args)
         return handlers[args.command](args)
     except (opt.OptionError, CheckpointKindError, ImageReadError, ValueError) as e:
         from ugatit_common import cli_errors

@@ -27,3 +27,32 @@ def test_idp_weight_must_be_a_finite_number(tmp_path, capsys, value):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"error: --idp_weight={float(value)!r}: must be a finite number >= 0" in err[0], err
     assert os.listdir(root) == ["dataset"]
+
+
+@pytest.mark.parametrize("command, phase, words", [
+    ("train", "test", "--phase='test': python -m morph train is the train phase; for the test phase use "
+                      "python -m morph interpolate or translate"),
+    ("train", "bogus", "--phase='bogus': expected 'train' or 'test'"),
+    ("interpolate", "train", "--phase='train': python -m morph interpolate is the test phase"),
+    ("translate", "train", "--phase='train': python -m morph translate is the test phase"),
+])
+def test_a_phase_that_contradicts_the_subcommand_is_refused(tmp_path, capsys, command, phase, words):
+    """The official --phase is accepted by every subcommand, but the subcommand decides: `train
+    --phase test` trained (making the run's folders) and `interpolate --phase train` translated. Now
+    such a --phase is one `error:` line, exit 2, before anything is read or made; the matching one
+    (or none) is fine."""
+    root = str(tmp_path)
+    make_demo_dataset(root, "demo", 32, n_train=1, n_test=1)
+    folders = ["--checkpoint_dir", os.path.join(root, "checkpoint"), "--result_dir", os.path.join(root, "results"),
+               "--log_dir", os.path.join(root, "logs"), "--sample_dir", os.path.join(root, "samples")]
+    net = ["--dataset", "demo", "--img_size", "32", "--ch", "4", "--n_dis", "4", "--light", "True", "--device", "cpu"]
+    extra = {"train": ["--epoch", "1", "--iteration", "1", "--data_root", root],
+             "interpolate": ["--input", os.path.join(root, "dataset", "demo", "testA"), "--steps", "2"],
+             "translate": ["--input", os.path.join(root, "dataset", "demo", "testA"), "--direction", "a2b"]}[command]
+    capsys.readouterr()
+    assert morph_main([command, "--phase", phase] + net + folders + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"python -m morph {command}: error: {words}" in err[0], err
+    assert os.listdir(root) == ["dataset"]
+    if command == "train":  # the phase it is: trains as without the flag
+        assert morph_main([command, "--phase", "train"] + net + folders + extra) == 0
