@@ -145,8 +145,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return e
 
 
-def _check_flags(model, typed) -> None:
+def _check_flags(model, typed, tf: str = "auto") -> None:
     """Flags that have no meaning for this checkpoint's config are refused, not ignored."""
+    if model.single_generator and tf == "on":  # "required": never a verification without it
+        raise opt.OptionError(f"--tf on: config {model.morph_config}'s generator (steered by w) has no tf_reference "
+                              f"counterpart to compare with (configs A / B have: the official generator); leave "
+                              f"it out or give --tf auto / off")
     if model.single_generator and "direction" in typed:
         raise opt.OptionError(f"--direction: config {model.morph_config} has one generator steered by w (both "
                               f"directions are exported: image and w inputs, codes in the _w.npz); leave it out")
@@ -179,7 +183,7 @@ def _run(args) -> int:
                              "--no_verify skips: give one of them")
     model, state = load(args.ckpt, "cpu")
     typed = getattr(args, "typed", set())
-    _check_flags(model, typed)
+    _check_flags(model, typed, args.tf)
     if not model.single_generator and args.direction not in ("a2b", "b2a"):
         raise tx.ExportError(f"config {model.morph_config} has two generators: give --direction a2b or b2a")
     default = "morph.onnx" if model.single_generator else f"morph_{args.direction}.onnx"
