@@ -331,8 +331,12 @@ def cmd_demo(args) -> int:
         last_g = sum(r["g_loss"] for r in h[-k:]) / k
         print(f" [*] trained {len(h)} iterations: mean G loss first {k}: {first_g:.2f}, last {k}: {last_g:.2f}")
     else:  # a rerun: the checkpoint in DIR has done its iterations already
-        print(f" [*] no iteration left to train: the checkpoint in {out['checkpoint_dir']} has done "
-              f"{args.iterations}; the morphs below are its")
+        done = out["counter"] - 1  # the official counter starts at 1: checkpoint model-N has done N - 1
+        why = ("" if done >= args.iterations else
+               f" (its one epoch is over: a rerun with more --iterations resumes after it, as the official loop "
+               f"does; give another DIR to train {args.iterations})")
+        print(f" [*] no iteration left to train: the checkpoint in {out['checkpoint_dir']} has done {done} "
+              f"iteration(s){why}; the morphs below are its")
     model = out["model"].eval()
     res = os.path.join(root, "results", "morph")
     rows = interpolate_images(model, list_inputs(os.path.join(root, "dataset", "demo", "testA")), res,

@@ -56,3 +56,16 @@ def test_a_phase_that_contradicts_the_subcommand_is_refused(tmp_path, capsys, co
     assert os.listdir(root) == ["dataset"]
     if command == "train":  # the phase it is: trains as without the flag
         assert morph_main([command, "--phase", "train"] + net + folders + extra) == 0
+
+
+def test_demo_rerun_says_how_many_iterations_its_checkpoint_did(tmp_path, capsys):
+    """`python -m morph demo DIR --iterations 2` over a DIR whose checkpoint did 1 iteration
+    trains none (the official resume: that run's one epoch is over) and said the checkpoint "has
+    done 2", the number asked for. Now it says the checkpoint's own count, and why none was trained."""
+    demo = str(tmp_path / "demo")
+    assert morph_main(["demo", demo, "--iterations", "1", "--steps", "2", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert morph_main(["demo", demo, "--iterations", "2", "--steps", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "no iteration left to train" in out and "has done 1 iteration(s) (its one epoch is over" in out, out
+    assert "has done 2" not in out
