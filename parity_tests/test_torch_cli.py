@@ -319,6 +319,25 @@ def test_resume_with_another_iteration_continues_as_the_official_loop(tmp_path, 
         [f"Epoch: [ 0] [    {i}/    6]" for i in (3, 4, 5)]
 
 
+def test_resume_with_another_seed_says_so(tmp_path, monkeypatch, capsys):
+    """The seed sets the data order, augmentation and penalty draws (and is not in the folder's
+    name): a resume with another --seed (e.g. the default 0 after a run with --seed 5) is one
+    warning naming both and the resume flag; the same seed says nothing."""
+    from parity_tests.test_train_precision import _config
+    from torch_port.train import train
+    from ugatit_common.demo_data import make_demo_dataset
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    train(_config("sd", iteration=1, epoch=1), torch.device("cpu"), seed=5)
+    capsys.readouterr()
+    train(_config("sd", iteration=1, epoch=2), torch.device("cpu"), seed=5)
+    assert "warning" not in capsys.readouterr().err
+    train(_config("sd", iteration=1, epoch=3), torch.device("cpu"), seed=0)
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert warned == ["warning: the checkpoint's run used --seed 5, this run --seed 0: its data order, augmentation "
+                      "and penalty draws differ from here on (resume with --seed 5 to continue the run as it was)"]
+
+
 def _official_lr(lr, epoch, decay_epoch, e, decay_flag):
     """OFFICIAL_SEMANTICS.md, written out: constant until decay_epoch, then lr * (epoch - e) /
     (epoch - decay_epoch) for epoch index e; constant throughout when decay_flag is False."""

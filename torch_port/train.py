@@ -628,6 +628,11 @@ class Trainer:
                       f"{cfg['batch_size']} to {dist_info.world_size} x {cfg['batch_size']} images (resume through "
                       f"torchrun --nproc_per_node {pos['world_size']} to continue the run as it was)",
                       file=sys.stderr, flush=True)
+            had_seed = ((pos["state"] or {}).get("config") or {}).get("seed")
+            if had_seed is not None and int(had_seed) != seed and main:  # (the data order, augmentation, penalty draws)
+                print(f"warning: the checkpoint's run used --seed {int(had_seed)}, this run --seed {seed}: its data "
+                      f"order, augmentation and penalty draws differ from here on (resume with --seed "
+                      f"{int(had_seed)} to continue the run as it was)", file=sys.stderr, flush=True)
             if pos["state"] is not None and pos["world_size"] != dist_info.world_size:
                 # the loaders' positions count global batches of the checkpoint's world size: continue
                 # at the first whole global batch of this run after the images the checkpoint's run used
