@@ -313,6 +313,52 @@ def test_train_image_rule_is_shared(tmp_path):
     assert len(said) == 2 and "x.bmp" in said[0] and "t.jpg" in said[1]
 
 
+def test_the_start_up_check_on_several_threads_equals_the_check_file_by_file(tmp_path, monkeypatch, capfd):
+    """A run checks its whole data set on several threads (ugatit_common.images.train_image_reasons):
+    the same reason for every file, in the files' order, as check_train_image one by one; no
+    OpenCV log line for the damaged files; OpenCV's log level and the warnings filters as before."""
+    import warnings
+    from ugatit_common import images
+    rng = np.random.default_rng(1)
+    files = []
+    for i in range(24):  # pictures, damaged JPEGs, files of other formats and empty ones, interleaved
+        path = tmp_path / f"f{i:02d}"
+        kind = i % 4
+        if kind == 0:
+            path = path.with_suffix(".png")
+            cv2.imwrite(str(path), rng.integers(0, 256, (30 + i, 20, 3), dtype=np.uint8))
+        elif kind == 1:
+            path = path.with_suffix(".jpg")
+            _truncated_jpeg(path)
+        elif kind == 2:
+            path = path.with_suffix(".bmp")
+            cv2.imwrite(str(path), np.zeros((8, 8, 3), np.uint8))
+        else:
+            path = path.with_suffix(".jpg")
+            path.write_bytes(b"")
+        files.append(str(path))
+
+    def one_by_one():
+        out = []
+        for f in files:
+            try:
+                images.check_train_image(f)
+                out.append(None)
+            except images.ImageReadError as e:
+                out.append(e.reason)
+        return out
+    expected = one_by_one()
+    assert expected.count(None) == 6 and len(set(expected)) == 4
+    monkeypatch.setattr(images, "CHECK_THREADS", 4)
+    monkeypatch.setattr(images.os, "cpu_count", lambda: 4)
+    level, filters = cv2.utils.logging.getLogLevel(), list(warnings.filters)
+    capfd.readouterr()
+    for _ in range(3):
+        assert images.train_image_reasons(files) == expected
+    assert capfd.readouterr().err == ""
+    assert cv2.utils.logging.getLogLevel() == level and warnings.filters == filters
+
+
 def test_batches_span_passes_like_tf(tmp_path):
     from torch_port import data as tdata
 

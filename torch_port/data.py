@@ -26,7 +26,7 @@ import torch
 
 # ImageReadError, decode_image and the train-image check live in ugatit_common.images (torch-free,
 # shared with tf_reference, so both frameworks skip exactly the same files)
-from ugatit_common.images import ImageReadError, check_train_image, decode_image, read_color  # noqa: E402,F401
+from ugatit_common.images import ImageReadError, check_train_image, decode_image, read_color, train_image_reasons  # noqa: E402,F401
 
 
 def augment_size(img_size: int) -> int:
@@ -119,11 +119,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.epoch = 0
         files = [os.fspath(f) for f in files]
         good = []
-        for f in files:
-            try:
-                check_train_image(f)  # the same files tf_reference uses (ugatit_common.images)
-            except ImageReadError as e:
-                warnings.warn(f"skipping unreadable image {f!r}: {e.reason}", RuntimeWarning, stacklevel=2)
+        for f, reason in zip(files, train_image_reasons(files)):  # the files tf_reference uses (ugatit_common.images)
+            if reason is not None:
+                warnings.warn(f"skipping unreadable image {f!r}: {reason}", RuntimeWarning, stacklevel=2)
                 continue
             good.append(f)
         if not good:
