@@ -583,7 +583,9 @@ def _load_tf(path: str, overrides: dict) -> dict:
 def load_any(path: str, overrides: dict | None = None) -> dict:
     """{"config", "state", "step", "source", "kind"} from: an official TF checkpoint (folder or
     prefix; converted without TensorFlow), a port checkpoint folder (the newest complete one), or a
-    .safetensors file (weights_convert's, or a port checkpoint's weights beside its .state.pt)."""
+    .safetensors file (weights_convert's, or a port checkpoint's weights beside its .state.pt).
+    `path`: a str or a path-like object (pathlib.Path)."""
+    path = os.fspath(path)
     overrides = dict(overrides or {})
     if not os.path.exists(path) and not os.path.isfile(path + ".index"):
         raise opt.OptionError(f"{path!r}: no such checkpoint file or folder")

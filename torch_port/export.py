@@ -530,7 +530,8 @@ def export(core: nn.Module, out: str, cfg: dict, *, direction: str, source: str,
     (ugatit_common.options.MODEL_KEYS) plus `config_keys`. `mutate(model_proto)` is a test seam applied before
     verification (to prove that a wrong file is caught). `companions`: {path: bytes} written with
     the model (Morph's direction codes): every file is written to a temp file first, and none
-    replaces anything unless all were written."""
+    replaces anything unless all were written. `out` may be a str or a path-like object."""
+    out = os.fspath(out)
     if os.path.isdir(out):
         raise ExportError(f"output {out!r} is a folder; give a file name ending in .onnx")
     check_onnx_name(out)  # the API too: a photo.png given by mistake is never replaced by ONNX bytes
@@ -588,6 +589,7 @@ def _utf8(text: str) -> str:
 def check_onnx_name(path: str) -> None:
     """ExportError unless the output file's name ends in .onnx (any case): the name by which a
     later --overwrite recognises the file as this command's own output."""
+    path = os.fspath(path)
     if not path.lower().endswith(".onnx"):
         raise ExportError(f"output {path!r}: give a file name ending in .onnx (or a folder)")
 
@@ -622,7 +624,8 @@ def _io_doc(cfg: dict, io: str, extra_inputs: dict | None):
 
 def load_checkpoint(path: str, overrides: dict | None = None) -> dict:
     """{"config", "state", "step", "source", "kind"} of any U-GAT-IT checkpoint
-    (torch_port.checkpoint.load_any); errors as ExportError (one line, exit 2)."""
+    (torch_port.checkpoint.load_any; `path`: a str or a path-like object); errors as ExportError
+    (one line, exit 2)."""
     from .checkpoint import load_any
     try:
         return load_any(path, overrides)
