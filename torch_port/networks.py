@@ -40,8 +40,8 @@ def check_images(x, img_ch: int, who: str, multiple: int = 1, least: int = 1) ->
         raise ValueError(f"{expected}; got an empty batch, shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{expected}; got {x.dtype} (8-bit pictures: x.float() / 127.5 - 1)")
-    raise ValueError(f"{expected} with H and W multiples of {multiple}, at least {least}; "
-                     f"got {x.shape[2]} x {x.shape[3]}")
+    rule = f"multiples of {multiple}, at least {least}" if multiple > 1 else f"at least {least}"
+    raise ValueError(f"{expected} with H and W {rule}; got {x.shape[2]} x {x.shape[3]}")
 
 
 class _ResHalf(nn.Module):
@@ -266,7 +266,10 @@ class Discriminator(nn.Module):
         return getattr(self, "global")
 
     def forward(self, x):
-        check_images(x, self.img_ch, type(self).__name__)
+        # the global branch halves H and W n_dis-1 times, then reflect-pads by 2 (needs 3 pixels):
+        # a smaller picture was torch's "Padding size should be less than ..." from deep inside
+        from ugatit_common.options import min_img_size
+        check_images(x, self.img_ch, type(self).__name__, least=min_img_size(self.n_dis))
         local_x, local_cam, local_heatmap = self.local(x)
         global_x, global_cam, global_heatmap = self.global_(x)
         return [local_x, global_x], [local_cam, global_cam], local_heatmap, global_heatmap
