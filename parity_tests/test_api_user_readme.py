@@ -32,3 +32,23 @@ def test_the_readme_naming_examples_hold_both_ways():
     assert weights_convert.torch_to_tf_name("discriminator_A.local.conv_0.weight", sn_scopes) == sn_kernel
     for name in model.state_dict():  # every key of a model round-trips
         assert weights_convert.tf_to_torch_name(weights_convert.torch_to_tf_name(name, sn_scopes)) == name
+
+
+def test_a_generators_only_checkpoint_loads_as_the_readme_says():
+    """README "Python API": a generators-only checkpoint (the demo fixture, an inference export)
+    loads with strict=False, and what is missing is exactly the discriminators."""
+    import torch
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        api = f.read().split("## Python API", 1)[1].split("```", 2)[1]
+    assert "generators-only" in api and "strict=False" in api, api
+    from torch_port import build_ugatit as build
+    from .conftest import FIXTURES
+    folder = os.path.join(FIXTURES, "demo_light64", "UGATIT_light_demo_lsgan_4resblock_5dis_1_1_10_10_1000_sn_smoothing")
+    config, state = weights_convert.tf_to_torch(folder, quiet=True)
+    model = build(config)
+    result = model.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys
+    assert result.missing_keys and all(k.startswith("discriminator_") for k in result.missing_keys)
+    assert sorted(result.missing_keys) == sorted(k for k in model.state_dict() if k.startswith("discriminator_"))
+    for k, v in state.items():
+        assert torch.equal(model.state_dict()[k], torch.as_tensor(v)), k
