@@ -52,3 +52,30 @@ def test_a_generators_only_checkpoint_loads_as_the_readme_says():
     assert sorted(result.missing_keys) == sorted(k for k in model.state_dict() if k.startswith("discriminator_"))
     for k, v in state.items():
         assert torch.equal(model.state_dict()[k], torch.as_tensor(v)), k
+
+
+def test_the_walkthrough_results_keep_each_photos_name_and_format(tmp_path):
+    """README "From an official checkpoint to your photos", step 1 on a JPEG photo: the picture is
+    `a2b/<the photo's name>` in the photo's format (the README said `a2b/*.png`)."""
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+    from .conftest import FIXTURES
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        what = f.read().split("What you get:", 1)[1].split("\n\n", 1)[0]
+    assert "a2b/*.png" not in what and "photo.jpg" in what, what
+    ckpt = os.path.join(FIXTURES, "demo_light64", "UGATIT_light_demo_lsgan_4resblock_5dis_1_1_10_10_1000_sn_smoothing")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "photo.jpg"), np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8))
+    r = subprocess.run([sys.executable, "-m", "torch_port", "--phase", "test", "--checkpoint", ckpt, "--input",
+                        str(photos), "--result_dir", str(tmp_path / "my_results"), "--img_size", "64",
+                        "--threads", "1"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (model_dir,) = os.listdir(tmp_path / "my_results")
+    out = tmp_path / "my_results" / model_dir / "a2b"
+    assert os.listdir(out) == ["photo.jpg"]
+    assert (out / "photo.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG
