@@ -50,3 +50,13 @@ def test_export_writes_to_an_output_given_as_a_path(tmp_path):
     assert result["path"] == str(out) and result["report"]["ok"]
     assert [o.name for o in onnx.load(str(out)).graph.output] == list(tx.OUTPUTS)
     assert sorted(os.listdir(tmp_path)) == ["g.onnx"]  # no temp file left beside it
+
+
+def test_the_package_lists_its_lazy_names():
+    """`dir(torch_port)` (tab completion) lists build_ugatit, optimize, ... though they are
+    imported on first use (PEP 562), and each resolves."""
+    import torch_port
+    listed = dir(torch_port)
+    for name in torch_port.__all__:
+        assert name in listed, name
+        assert getattr(torch_port, name) is not None

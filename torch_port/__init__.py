@@ -16,3 +16,8 @@ def __getattr__(name):
     if name in _HOME:
         return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    # the lazy names too (dir(), tab completion), as an eager import would list them
+    return sorted(set(globals()) | set(__all__))
