@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ugatit_common.options import min_img_size
+
 from .ops import (AdaLIN, CAMLogit, Conv, Dense, InstanceNorm, LIN, global_avg_pooling, lrelu,
                   relu, up_sample)
 
@@ -268,7 +270,6 @@ class Discriminator(nn.Module):
     def forward(self, x):
         # the global branch halves H and W n_dis-1 times, then reflect-pads by 2 (needs 3 pixels):
         # a smaller picture was torch's "Padding size should be less than ..." from deep inside
-        from ugatit_common.options import min_img_size
         check_images(x, self.img_ch, type(self).__name__, least=min_img_size(self.n_dis))
         local_x, local_cam, local_heatmap = self.local(x)
         global_x, global_cam, global_heatmap = self.global_(x)
