@@ -2,7 +2,8 @@
 for a discriminator is one ValueError naming the least size, at exactly the size below which the
 official graph cannot run (ugatit_common.options.min_img_size); it was torch's "Padding size
 should be less than the corresponding input dimension" from a reflect pad deep inside. And what
-the README says a call changes: a discriminator's `u` (eval mode too), a generator nothing."""
+the README says a call changes: a discriminator's `u` (eval mode too), a generator nothing. And a
+`torch_port.optimize` result handed to the ONNX export."""
 from __future__ import annotations
 
 import pytest
@@ -45,3 +46,39 @@ def test_discriminator_calls_advance_u_in_eval_mode_and_generator_calls_change_n
     assert not torch.equal(first, second)
     for k, v in model.generator_B.state_dict().items():
         assert torch.equal(v, g_before[k]), k
+
+
+def test_a_reduced_precision_optimized_generator_is_not_exported(tmp_path):
+    """torch_port.export.export of a `torch_port.optimize(g, "bf16")` result wrote an ONNX file
+    labelled fp32 whose weights were rounded to bf16 (4e-3 from the exact port, 400x the float32
+    budget), verified against those same rounded weights: now refused, naming the precision (an
+    fp32 optimize result exports the module itself: the slow test below)."""
+    from torch_port import export as tx, optimize
+    from torch_port.networks import Generator
+    torch.manual_seed(0)
+    cfg = dict(light=True, ch=2, n_res=4, img_size=8, smoothing=True, img_ch=3)
+    g = Generator(ch=2, n_res=4, img_size=8, light=True).eval()
+    kw = dict(direction="a2b", source="random", source_kind="random", step=0, batches=(1,))
+    for precision in ("bf16", "fp16"):
+        with pytest.raises(tx.ExportError, match=f"precision='{precision}'.*export the float32 module"):
+            tx.export(optimize(g, precision), str(tmp_path / f"{precision}.onnx"), cfg, **kw)
+        assert not (tmp_path / f"{precision}.onnx").exists()
+
+
+@pytest.mark.slow  # ~15-30 s: one export (torch.export tracing)
+def test_an_fp32_optimized_generator_exports_as_its_module(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    from torch_port import export as tx, optimize
+    from torch_port.networks import Generator
+    torch.manual_seed(0)
+    cfg = dict(light=True, ch=2, n_res=4, img_size=8, smoothing=True, img_ch=3)
+    g = Generator(ch=2, n_res=4, img_size=8, light=True).eval()
+    kw = dict(direction="a2b", source="random", source_kind="random", step=0, batches=(1,))
+    out = str(tmp_path / "fp32.onnx")
+    tx.export(optimize(g, "fp32"), out, cfg, **kw)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32)
+    got = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(["translated"], {"image": x})[0]
+    with torch.no_grad():
+        want = g(torch.from_numpy(x))[0].numpy()
+    assert np.abs(got - want).max() <= tx.FLOAT32_TOL  # the parity suite's float32 budget (|y| <= 1)

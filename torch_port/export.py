@@ -157,6 +157,20 @@ def generator_from_state(cfg: dict, state: dict, direction: str) -> nn.Module:
     return gen.float().eval()
 
 
+def _unwrapped(core: nn.Module) -> nn.Module:
+    """The module a `torch_port.optimize` result runs: fp32 / tf32 run the module itself, which is
+    exported; a bf16 / fp16 one holds weights rounded to that dtype, which an export labelled
+    float32 (and verified against those same weights) would pass off as the exact port: refused."""
+    from .fast import OptimizedModule
+    if not isinstance(core, OptimizedModule):
+        return core
+    if core.dtype != torch.float32:
+        raise ExportError(f"the module is torch_port.optimize(..., precision={core.precision!r}), whose weights are "
+                          f"rounded to {core.dtype}: export the float32 module it was made from (float16 ONNX: "
+                          f"precision='fp16', --fp16)")
+    return core.inner
+
+
 def _check_stateless(core: nn.Module) -> None:
     from .ops import SpectralNormMixin
     for name, m in core.named_modules():
@@ -237,6 +251,7 @@ def to_onnx(core: nn.Module, cfg: dict, io: str = "float", precision: str = "fp3
     `core` is never modified (fp16 converts a copy)."""
     import onnx  # noqa: F401  (fail early with a clear ImportError)
     extra_inputs = dict(extra_inputs or {})
+    core = _unwrapped(core)
     _check_stateless(core)
     core = _float32_eval(core)
     if precision == "fp16":
@@ -438,7 +453,7 @@ def verify_model(model_bytes: bytes, core: nn.Module, cfg: dict, io: str = "floa
     every output by the budget (module docstring). Returns the report; raises VerificationFailed
     (message: the worst failing figure) when any output is outside it."""
     session = _session(model_bytes)
-    core32 = _float32_eval(core)
+    core32 = _float32_eval(_unwrapped(core))
     core64 = copy.deepcopy(core32).double()
     report = {"budget": BUDGET, "io": io, "precision": precision, "seed": seed, "batches": {},
               "tf_reference": "compared" if tf_run is not None else "not run"}
@@ -536,6 +551,7 @@ def export(core: nn.Module, out: str, cfg: dict, *, direction: str, source: str,
         raise ExportError(f"output {out!r} is a folder; give a file name ending in .onnx")
     check_onnx_name(out)  # the API too: a photo.png given by mistake is never replaced by ONNX bytes
     check_generator_size(cfg.get("img_size"))
+    core = _unwrapped(core)  # before the (slow) tracing
     model = to_onnx(core, cfg, io, precision, extra_inputs)
     if mutate is not None:
         mutate(model)
