@@ -1,5 +1,6 @@
 """The library as a PyTorch user calls it: a checkpoint or an output given as a pathlib.Path is
-the same as its str (torch_port.export.load_checkpoint / export, torch_port.checkpoint.load_any).
+the same as its str (torch_port.export.load_checkpoint / export, torch_port.checkpoint.load_any,
+torch_port.translate.test's input and checkpoint).
 They raised TypeError / AttributeError from deep inside (a regex or .lower() on a Path)."""
 from __future__ import annotations
 
@@ -60,3 +61,28 @@ def test_the_package_lists_its_lazy_names():
     for name in torch_port.__all__:
         assert name in listed, name
         assert getattr(torch_port, name) is not None
+
+
+def test_the_test_phase_takes_an_input_and_a_checkpoint_given_as_paths(tmp_path, monkeypatch):
+    """torch_port.translate.test(input_path=Path(one file)) stopped on `"Processing ..." + f`
+    (TypeError: str + PosixPath); a folder, a file and the checkpoint as Paths now translate as
+    their strings do, one image at a time and batched."""
+    import cv2
+    import numpy as np
+    from torch_port import translate
+    from ugatit_common import options as opt
+    from .conftest import FIXTURES
+    ckpt_dir = pathlib.Path(FIXTURES) / "demo_light64" / "UGATIT_light_demo_lsgan_4resblock_5dis_1_1_10_10_1000_sn_smoothing"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    cv2.imwrite(str(tmp_path / "photos" / "p.png"), np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8))
+    pictures = {}
+    for i, (source, batch) in enumerate([(pathlib.Path("photos") / "p.png", None), (pathlib.Path("photos"), 2),
+                                         ("photos/p.png", None)]):
+        cfg = opt.config_from(light=True, ch=4, n_dis=5, img_size=64, result_dir=f"r{i}")
+        page = translate.test(cfg, torch.device("cpu"), input_path=source, checkpoint=ckpt_dir,
+                              explicit={"img_size": 64}, batch=batch)
+        out = pathlib.Path(page).parent / "a2b" / "p.png"
+        pictures[i] = cv2.imread(str(out)).astype(int)
+    assert np.array_equal(pictures[0], pictures[2])  # the same path (serial) as the str
+    assert np.abs(pictures[1] - pictures[2]).max() <= 1  # batched: within one 8-bit level (README)

@@ -82,7 +82,9 @@ def _generators(state: dict) -> dict:
     return {k: v for k, v in state.items() if k.startswith("generator")}
 
 
-def input_files(path: str) -> list[str]:
+def input_files(path) -> list[str]:
+    """The files `--input` names (a str or a path-like object): the file, or a folder's `*.*`."""
+    path = os.fspath(path)
     if os.path.isfile(path):
         return [path]
     if os.path.isdir(path):
