@@ -82,3 +82,16 @@ def test_an_fp32_optimized_generator_exports_as_its_module(tmp_path):
     with torch.no_grad():
         want = g(torch.from_numpy(x))[0].numpy()
     assert np.abs(got - want).max() <= tx.FLOAT32_TOL  # the parity suite's float32 budget (|y| <= 1)
+
+
+def test_an_export_config_the_generator_cannot_take_is_said_before_tracing(tmp_path):
+    """export(full 32 px generator, cfg img_size=64) failed inside torch.export with a wrapped
+    TorchExportError (its advice: file a PyTorch issue); now one ExportError naming both sizes."""
+    from torch_port import export as tx
+    from torch_port.networks import Generator
+    g = Generator(ch=2, n_res=4, img_size=32, light=False).eval()
+    cfg = dict(light=False, ch=2, n_res=4, img_size=64, smoothing=True, img_ch=3)
+    with pytest.raises(tx.ExportError, match=r"img_size=64.*expects 32 x 32"):
+        tx.export(g, str(tmp_path / "g.onnx"), cfg, direction="a2b", source="random", source_kind="random",
+                  step=0, batches=(1,))
+    assert not (tmp_path / "g.onnx").exists()

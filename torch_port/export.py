@@ -171,6 +171,19 @@ def _unwrapped(core: nn.Module) -> nn.Module:
     return core.inner
 
 
+def _check_config_fits(core: nn.Module, cfg: dict) -> None:
+    """ExportError when the generator cannot take the picture `cfg` describes (a full model's MLP
+    fixes its size): said before tracing, not as torch.export's wrapped failure."""
+    check = getattr(core, "check_input", None)
+    if check is None:
+        return
+    s, c = int(cfg["img_size"]), int(cfg.get("img_ch", 3))
+    try:
+        check(torch.zeros(1, c, s, s))
+    except (ValueError, TypeError) as e:
+        raise ExportError(f"the config's img_size={s}, img_ch={c} does not fit the module: {e}") from e
+
+
 def _check_stateless(core: nn.Module) -> None:
     from .ops import SpectralNormMixin
     for name, m in core.named_modules():
@@ -253,6 +266,7 @@ def to_onnx(core: nn.Module, cfg: dict, io: str = "float", precision: str = "fp3
     extra_inputs = dict(extra_inputs or {})
     core = _unwrapped(core)
     _check_stateless(core)
+    _check_config_fits(core, cfg)
     core = _float32_eval(core)
     if precision == "fp16":
         core = copy.deepcopy(core).half()
