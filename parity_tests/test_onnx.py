@@ -523,6 +523,22 @@ def test_load_checkpoint_reads_converted_safetensors(tmp_path):
         torch.testing.assert_close(got.state_dict()[k], v, rtol=0, atol=0)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_generator_on_a_gpu_exports_the_same_file_from_a_cpu_copy():
+    """export() of a generator on CUDA (traced with CPU inputs, verified in ONNX Runtime's CPU
+    provider): the same initializers as the CPU module's, and the caller's module stays on its GPU."""
+    cfg, core = _golden_core("a2b")
+    gpu = copy.deepcopy(core).cuda()
+    on_cpu, on_gpu = tx.to_onnx(core, cfg), tx.to_onnx(gpu, cfg)
+    want = {i.name: onnx.numpy_helper.to_array(i) for i in on_cpu.graph.initializer}
+    got = {i.name: onnx.numpy_helper.to_array(i) for i in on_gpu.graph.initializer}
+    assert want.keys() == got.keys() and all(np.array_equal(want[k], got[k]) for k in want)
+    assert next(gpu.parameters()).is_cuda
+    report = tx.verify_model(on_gpu.SerializeToString(), gpu, cfg)
+    assert report["batches"], report
+
+
 def test_spectral_norm_modules_are_refused():
     """A forward of a spectral-norm layer assigns `u` (a training-time update): not exportable."""
     model = build_ugatit(opt.config_from(light=True, ch=2, n_res=4, n_dis=4, img_size=32, sn=True))

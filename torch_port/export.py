@@ -250,11 +250,14 @@ def export_forms():
 
 
 def _float32_eval(core: nn.Module) -> nn.Module:
-    """`core` itself when it is float32 and in eval mode (nothing here mutates it), else a copy
-    made so (a full 256 px generator is 1.1 GB: no needless copies)."""
-    if not core.training and all(t.dtype == torch.float32 for t in list(core.parameters()) + list(core.buffers())):
+    """`core` itself when it is float32, in eval mode and on the CPU (nothing here mutates it), else
+    a copy made so (a full 256 px generator is 1.1 GB: no needless copies). The CPU: the export is
+    traced with CPU example inputs and verified in ONNX Runtime's CPU provider, so a module on a
+    GPU is exported from a CPU copy (the same weights), leaving the caller's on its GPU."""
+    tensors = list(core.parameters()) + list(core.buffers())
+    if not core.training and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
         return core
-    return copy.deepcopy(core).float().eval()
+    return copy.deepcopy(core).float().eval().cpu()
 
 
 def to_onnx(core: nn.Module, cfg: dict, io: str = "float", precision: str = "fp32",
