@@ -105,6 +105,7 @@ def tf_to_torch(path: str, generators_only: bool = False, overrides: dict | None
     import torch
     with BundleReader(path) as r:
         info = _config_of(r, overrides)  # before any tensor is read: a contradicting flag fails fast
+        _check_img_size(info.config)  # as tf2torch: a size the official graph cannot build with
         arrays = dict(_read.iter_arrays(r, generators_only))
     if not quiet:
         info.announce()

@@ -703,3 +703,23 @@ def test_tf2torch_leaves_out_a_forks_extra_variables_as_tfs_saver_does(tmp_path,
     assert rc == 0, err
     a, b = load_file(str(tmp_path / "fork.safetensors")), load_file(str(tmp_path / "plain.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_the_library_takes_a_meta_path_and_refuses_a_size_the_graph_cannot_build(tmp_path):
+    """weights_convert.tf_to_torch (the library) as its command line and the port's --checkpoint:
+    the checkpoint's `.meta` file names its prefix (it was "neither a checkpoint folder, a prefix,
+    nor a .index/.data file"); an --img_size the official graph cannot build with is refused (the
+    library converted at 63 px silently, where `tf2torch --img_size 63` is refused)."""
+    import shutil
+    from parity_tests.conftest import GOLDEN
+    for f in ("UGATIT.model-3.index", "UGATIT.model-3.data-00000-of-00001"):
+        shutil.copy(os.path.join(GOLDEN, "final", f), tmp_path / f)
+    (tmp_path / "UGATIT.model-3.meta").write_bytes(b"not a graph")  # a damaged .meta: the flags say the rest
+    known = {"img_size": 64, "smoothing": True}
+    prefix = str(tmp_path / "UGATIT.model-3")
+    cfg, state = wc.tf_to_torch(prefix, overrides=known, quiet=True)
+    cfg_meta, state_meta = wc.tf_to_torch(prefix + ".meta", overrides=known, quiet=True)
+    assert cfg_meta == cfg and state_meta.keys() == state.keys()
+    assert all(torch.equal(state_meta[k], state[k]) for k in state)
+    with pytest.raises(wc.ConversionError, match=r"--img_size=63: "):
+        wc.tf_to_torch(prefix, overrides=dict(known, img_size=63), quiet=True)

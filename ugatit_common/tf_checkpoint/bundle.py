@@ -584,7 +584,7 @@ def _prefixes_in(folder: str) -> list[str]:
 
 
 def resolve_prefix(path: str) -> str:
-    """Turn a checkpoint folder, prefix, ``.index`` or ``.data-*`` file into the checkpoint prefix.
+    """Turn a checkpoint folder, prefix, ``.index``, ``.data-*`` or ``.meta`` file into the checkpoint prefix.
     A write into that folder killed half way (weights_convert torch2tf) is rolled back first, so
     its old .index is never read with the new .data (ugatit_common.atomic). A folder's `checkpoint`
     state file names the prefix (_named_prefix); one that names none (empty, damaged: no
@@ -633,6 +633,8 @@ def resolve_prefix(path: str) -> str:
         if not os.path.isfile(prefix + ".index"):
             raise CheckpointError(f"data file {path}: its index {prefix}.index not found")
         return prefix
+    if path.endswith(".meta") and os.path.isfile(path) and os.path.isfile(path[: -len(".meta")] + ".index"):
+        return path[: -len(".meta")]  # the graph file of the checkpoint, as the port's --checkpoint takes it
     if os.path.isfile(path + ".index"):
         return path
     v1 = v1_file(path)
