@@ -311,7 +311,8 @@ def optimize_generators(model: nn.Module, precision: str = "fp32", compile: bool
             try:
                 fast = optimize(g, precision, compile, log=log, cuda_graphs=cuda_graphs,
                                 cudnn_benchmark=cudnn_benchmark)
-            except ValueError as e:  # the device cannot run this precision
-                raise OptionError(f"--precision={precision}: {e}") from e
+            except ValueError as e:  # the device cannot run this precision (said once, not "precision X: " twice)
+                said = str(e).removeprefix(f"precision {precision}: ")
+                raise OptionError(f"--precision={precision}: {said}") from e
             setattr(model, attr, fast)
     return model
