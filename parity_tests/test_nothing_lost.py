@@ -359,6 +359,39 @@ def test_the_start_up_check_on_several_threads_equals_the_check_file_by_file(tmp
     assert cv2.utils.logging.getLogLevel() == level and warnings.filters == filters
 
 
+def test_ctrl_c_during_the_threaded_check_puts_the_settings_back_after_the_threads(monkeypatch):
+    """Ctrl-C while the data set is checked on several threads: the KeyboardInterrupt reaches the
+    caller, files not yet started are dropped, and the warnings filters and OpenCV's log level are
+    as before. A check still in flight ends after the Ctrl-C and, like gif_frames, restores the
+    filters it found on entering (those train_image_reasons set): they must be put back after the
+    threads have ended, not before (a per-file catch_warnings stands in for gif_frames' one)."""
+    import _thread
+    import warnings
+    from ugatit_common import images
+    monkeypatch.setattr(images, "CHECK_THREADS", 2)
+    monkeypatch.setattr(images.os, "cpu_count", lambda: 2)
+    started = []
+
+    def reason(path):
+        started.append(path)
+        if path == "first":
+            time.sleep(0.2)  # the other thread is inside its catch_warnings by now
+            _thread.interrupt_main()  # Ctrl-C, as the main thread waits for this file's result
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            time.sleep(1.0)  # still running when the main thread stops
+        return None
+    monkeypatch.setattr(images, "_reason", reason)
+    level, filters = cv2.utils.logging.getLogLevel(), list(warnings.filters)
+    files = ["first"] + [f"f{i}" for i in range(20)]
+    with pytest.raises(KeyboardInterrupt):
+        images.train_image_reasons(files)
+    assert len(started) < len(files)  # the files not started were dropped
+    assert cv2.utils.logging.getLogLevel() == level
+    assert warnings.filters == filters, [f for f in warnings.filters if f not in filters]
+
+
 def test_batches_span_passes_like_tf(tmp_path):
     from torch_port import data as tdata
 

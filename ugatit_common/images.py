@@ -351,7 +351,8 @@ def train_image_reasons(files, desc: str = "checking training images") -> list[s
     threads, with a progress bar on a terminal once it takes over a second. The settings the
     check changes and puts back for each file (OpenCV's log level, the warnings filter for
     Pillow's DecompressionBombWarning) are set here once for all threads, so no thread restores
-    them under another."""
+    them under another; and put back only after the threads have ended (on Ctrl-C too: a check
+    still in flight restores, when it ends, the filters it found)."""
     import sys
     import warnings
 
@@ -367,19 +368,19 @@ def train_image_reasons(files, desc: str = "checking training images") -> list[s
     pool = ThreadPoolExecutor(threads, thread_name_prefix="image-check")
     bar = tqdm(total=len(files), desc=desc, unit="img", file=sys.stderr, delay=1.0, leave=False,
                disable=not sys.stderr.isatty())
-    try:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with warnings.catch_warnings():  # outside the try: exited after the pool's shutdown below
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
             reasons = []
             for reason in pool.map(_reason, files):
                 reasons.append(reason)
                 bar.update(1)
-        return reasons
-    finally:  # Ctrl-C: the files not started are dropped, not waited for
-        pool.shutdown(wait=True, cancel_futures=True)  # (those in flight finish: a fraction of a second)
-        cv2.utils.logging.setLogLevel(level)
-        bar.close()
+            return reasons
+        finally:  # Ctrl-C: the files not started are dropped, not waited for
+            pool.shutdown(wait=True, cancel_futures=True)  # (those in flight finish: a fraction of a second)
+            cv2.utils.logging.setLogLevel(level)
+            bar.close()
 
 
 def readable_train_images(files, warn) -> list[str]:
