@@ -392,6 +392,40 @@ def test_ctrl_c_during_the_threaded_check_puts_the_settings_back_after_the_threa
     assert warnings.filters == filters, [f for f in warnings.filters if f not in filters]
 
 
+def test_decoding_on_several_threads_keeps_opencv_silent_and_puts_its_level_back(monkeypatch):
+    """OpenCV's log level is one for the process; the test phase's --batch decodes on a pool of
+    threads. A thread that put back the level it found while another still decoded let that one's
+    OpenCV log lines (a damaged file's `[ WARN:0@...]`) through, and the later one then put back
+    the silent level it had found: OpenCV silent for the rest of the process. Two overlapping
+    decodes here (cv2.imdecode stubbed to take its time): each decodes silently, and the level is
+    the caller's afterwards."""
+    import threading
+    from ugatit_common import images
+    silent = cv2.utils.logging.LOG_LEVEL_SILENT
+    seen = []
+
+    def slow_decode(buf, flags):
+        time.sleep(0.3)  # the other thread starts, or ends, meanwhile
+        seen.append(cv2.utils.logging.getLogLevel())  # what a damaged file's log line would meet
+        return None
+    monkeypatch.setattr(images.cv2, "imdecode", slow_decode)
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)
+    try:
+        buf = np.zeros(4, np.uint8)
+        first = threading.Thread(target=images._imdecode, args=(buf, 0, "first"))
+        first.start()
+        time.sleep(0.1)
+        second = threading.Thread(target=images._imdecode, args=(buf, 0, "second"))
+        second.start()
+        first.join()
+        second.join()
+        after = cv2.utils.logging.getLogLevel()
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    assert seen == [silent, silent] and after == cv2.utils.logging.LOG_LEVEL_WARNING, (seen, after)
+
+
 def test_batches_span_passes_like_tf(tmp_path):
     from torch_port import data as tdata
 

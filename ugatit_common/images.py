@@ -10,7 +10,9 @@ readable is an error naming the folder.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 import cv2
 import numpy as np
@@ -47,24 +49,44 @@ def _file_bytes(path: str) -> np.ndarray:
     return buf
 
 
+_SILENCE_LOCK = threading.Lock()
+_silenced = {"threads": 0, "level": None}  # threads decoding now; the level to put back after the last
+
+
+@contextlib.contextmanager
+def _opencv_silent():
+    """OpenCV's log level (one for the process) silent while any thread decodes, put back when the
+    last one ends: a thread that put back the level it found while another decoded (the --batch
+    test phase's pool) let that one's log lines through, then left OpenCV silent for good."""
+    with _SILENCE_LOCK:
+        if _silenced["threads"] == 0:
+            _silenced["level"] = cv2.utils.logging.getLogLevel()
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        _silenced["threads"] += 1
+    try:
+        yield
+    finally:
+        with _SILENCE_LOCK:
+            _silenced["threads"] -= 1
+            if _silenced["threads"] == 0:
+                cv2.utils.logging.setLogLevel(_silenced["level"])
+
+
 def _imdecode(buf: np.ndarray, flags: int, path: str):
     """`cv2.imdecode` without OpenCV's own log lines on stderr (`[ WARN:0@0.29] ... PNG input
     buffer is incomplete`, `[ERROR:0@0.29] ...`) for a damaged file: the caller says it in its one
     `warning:` / `error:` line. The log level is put back afterwards. None when OpenCV cannot
     decode it; ImageReadError naming `path` where OpenCV raises instead (cv2.error: a header that
     declares more than CV_IO_MAX_IMAGE_PIXELS, 2^30 by default, e.g. a damaged size field)."""
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        return cv2.imdecode(buf, flags)
+        with _opencv_silent():
+            return cv2.imdecode(buf, flags)
     except cv2.error as e:
         detail = str(e).strip().splitlines()[-1].rsplit("error: ", 1)[-1].replace("(-215:Assertion failed) ", "")
         if "CV_IO_MAX_IMAGE_PIXELS" in detail:
             raise ImageReadError(path, "its header declares more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS): "
                                        "a damaged size field, or an image far too large") from None
         raise ImageReadError(path, f"not a decodable image (OpenCV: {detail})") from None
-    finally:
-        cv2.utils.logging.setLogLevel(level)
 
 
 def decode_image(path) -> np.ndarray:
