@@ -105,7 +105,7 @@ def check_typed_flags(model: MorphUGATIT, typed: dict, source: str) -> MorphUGAT
 def load(path: str, device="cpu", typed: dict | None = None):
     """(model in eval mode on `device`, state) of the Morph checkpoint at `path` (a folder or a
     weights file), checked against the typed flags and for non-finite weights."""
-    if checkpoint_kind(path)[0] == "ugatit-tf" and not os.path.isdir(path):  # a TF prefix or one of its files
+    if not os.path.isdir(path) and checkpoint_kind(path)[0] == "ugatit-tf":  # a TF prefix or one of its files
         raise CheckpointKindError(f"{path!r} is {_describe('ugatit-tf', None)}, not a Morph-UGATIT checkpoint "
                                   f"(expected one written by python -m morph train)")
     if os.path.isfile(path):

@@ -104,7 +104,7 @@ def decode_image(path) -> np.ndarray:
 def _decode(buf: np.ndarray, path: str, rgb: bool = True) -> np.ndarray:
     """`decode_image` of the file's bytes `buf` (`path` names it in errors); `rgb` False: the same
     checks, the picture left as OpenCV's BGR (the training-image check, which keeps no picture, saves
-    the copy: 40 % of a 12-megapixel photo's check)."""
+    the copy: about a third of a 12-megapixel photo's check)."""
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
     img = _imdecode(buf, flags, path)
     if img is None:
@@ -369,7 +369,7 @@ def train_image_reasons(files, desc: str = "checking training images") -> list[s
     """`check_train_image` of every file: why each one is unusable, or None, in the files' order.
 
     A training run checks its whole data set before the first step, which takes a while for large
-    pictures (~0.25 s per 12-megapixel photo on one core), so the files are decoded on several
+    pictures (~0.2 s per 12-megapixel photo on one core), so the files are decoded on several
     threads, with a progress bar on a terminal once it takes over a second. The settings the
     check changes and puts back for each file (OpenCV's log level, the warnings filter for
     Pillow's DecompressionBombWarning) are set here once for all threads, so no thread restores
