@@ -20,12 +20,7 @@ from ugatit_common.tf_checkpoint.bundle import BundleReader
 CFG = opt.config_from(light=True, dataset="t", img_size=32, ch=2, n_dis=4, augment_flag=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from parity_tests.test_morph import _one_thread  # noqa: E402,F401 - autouse: one CPU thread per test
 
 
 def _model(seed=0):

@@ -18,12 +18,7 @@ from ugatit_common.demo_data import make_demo_dataset
 REASON = "not a decodable image"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from parity_tests.test_morph import _one_thread  # noqa: E402,F401 - autouse: one CPU thread per test
 
 
 @pytest.fixture(scope="module")

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-
 from morph.__main__ import main as morph_main
+from parity_tests.test_morph import _one_thread  # noqa: F401 - autouse: one CPU thread per test
 from morph.train import morph_paths
 from ugatit_common import options as opt
 from ugatit_common.demo_data import make_demo_dataset
 
 NET = dict(light=True, ch=4, n_res=4, n_dis=4, img_size=32, sn=True, smoothing=True)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_tf_on_is_refused_for_config_C(tmp_path, capsys):

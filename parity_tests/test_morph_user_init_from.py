@@ -19,12 +19,7 @@ from ugatit_common.demo_data import make_demo_dataset
 GOLDEN_NET = dict(light=True, ch=4, n_res=4, n_dis=5, img_size=64, sn=True, smoothing=True)  # its record.json
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from parity_tests.test_morph import _one_thread  # noqa: E402,F401 - autouse: one CPU thread per test
 
 
 def _started_from(source: str) -> dict:
