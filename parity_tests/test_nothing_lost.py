@@ -385,8 +385,14 @@ def test_ctrl_c_during_the_threaded_check_puts_the_settings_back_after_the_threa
     monkeypatch.setattr(images, "_reason", reason)
     level, filters = cv2.utils.logging.getLogLevel(), list(warnings.filters)
     files = ["first"] + [f"f{i}" for i in range(20)]
-    with pytest.raises(KeyboardInterrupt):
-        images.train_image_reasons(files)
+    # Python's own Ctrl-C handler for the test: interrupt_main() runs whatever SIGINT handler the
+    # process has, and an earlier test in the same pytest worker may have left another one (CI: none raised)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            images.train_image_reasons(files)
+    finally:
+        signal.signal(signal.SIGINT, handler)
     assert len(started) < len(files)  # the files not started were dropped
     assert cv2.utils.logging.getLogLevel() == level
     assert warnings.filters == filters, [f for f in warnings.filters if f not in filters]
