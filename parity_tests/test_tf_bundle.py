@@ -647,3 +647,28 @@ def test_resolve_prefix_says_what_is_there_instead(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"nothing\.index not found \(no such file or folder; expected an "
                                               r"official TensorFlow checkpoint folder or prefix\)"):
         resolve_prefix(str(tmp_path / "nothing"))
+
+
+def test_one_file_of_a_checkpoint_names_its_prefix_in_every_reader(tmp_path: Path) -> None:
+    """`.index`, `.data-*` and `.meta` name their prefix (only with the `.index` there) alike for
+    the bundle reader, the port's `--checkpoint` and Morph's `--init_from`: one rule, one place."""
+    from morph.train import tf_prefix
+    from torch_port.checkpoint import tf_prefix_of_file
+    from ugatit_common.tf_checkpoint import prefix_of_file
+    prefix = str(tmp_path / "UGATIT_light.model-7")
+    for ext in (".index", ".data-00000-of-00001", ".meta"):
+        Path(prefix + ext).write_bytes(b"")
+    for ext in (".index", ".data-00000-of-00001", ".meta"):
+        assert prefix_of_file(prefix + ext) == prefix, ext
+        assert Path(prefix_of_file(Path(prefix + ext))) == Path(prefix), ext  # path-like too
+        assert tf_prefix_of_file(prefix + ext) == prefix and tf_prefix(prefix + ext) == prefix, ext
+    assert tf_prefix(prefix) == prefix  # the prefix itself
+    for other in (prefix, str(tmp_path), prefix + ".meta.bak", prefix + ".index-x"):
+        assert prefix_of_file(other) is None, other
+        assert tf_prefix_of_file(other) == other, other
+    # without its .index, no file names a prefix (a lone .meta is not a checkpoint)
+    os.remove(prefix + ".index")
+    for ext in (".data-00000-of-00001", ".meta"):
+        assert prefix_of_file(prefix + ext) is None and tf_prefix(prefix + ext) is None, ext
+    with pytest.raises(CheckpointError, match=r"data file .*\.data-00000-of-00001: its index .*\.index not found"):
+        resolve_prefix(prefix + ".data-00000-of-00001")

@@ -45,7 +45,6 @@ from ugatit_common.tf_checkpoint.bundle import checkpoint_subfolders, v1_error, 
 POINTER = "latest"
 FORMAT = 1
 _NAME = re.compile(r"^(?P<prefix>.+)\.model-(?P<step>\d+)\.state\.pt$")
-_TF_FILE = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 
 
 class CheckpointMismatch(opt.OptionError):
@@ -476,9 +475,7 @@ def _tf_step(path: str) -> int:
 def tf_prefix_of_file(path: str) -> str:
     """The prefix of the TF checkpoint whose file (`.index`, `.meta`, `.data-*`) `path` is, when
     that prefix's `.index` is there; else `path` as it is (a folder, a prefix, another file)."""
-    if os.path.isfile(path) and _TF_FILE.search(path) and os.path.isfile(_TF_FILE.sub("", path) + ".index"):
-        return _TF_FILE.sub("", path)
-    return path
+    return tfc.prefix_of_file(path) or path
 
 
 def _is_tf_checkpoint(path: str) -> bool:

@@ -11,8 +11,8 @@ numpy only (no torch, no TensorFlow):
 - `read`      a whole checkpoint in one pass: config + tensors in torch naming and layout.
 `torch_port`, `parity_tests` and `weights_convert.py` import this; it imports none of them.
 """
-from .bundle import (BundleReader, BundleWriter, CheckpointError, read_checkpoint_state, resolve_prefix,
-                     tensor_info, write_checkpoint_state)
+from .bundle import (BundleReader, BundleWriter, CheckpointError, prefix_of_file, read_checkpoint_state,
+                     resolve_prefix, tensor_info, write_checkpoint_state)
 from .config import (MODEL_KEYS, TRAINING_KEYS, CheckpointConfig, ConfigConflict, Setting, infer, infer_config,
                      parse_model_dir)
 from .metagraph import MetaGraphError, read_meta_graph, recognise
@@ -22,7 +22,8 @@ from .names import (NETWORKS, POWER_NAMES, SLOT_SUFFIXES, ConversionError, check
 from .read import is_tf_checkpoint_folder, read_arrays, read_config, read_training_arrays
 
 __all__ = [
-    "BundleReader", "BundleWriter", "CheckpointError", "read_checkpoint_state", "resolve_prefix", "tensor_info",
+    "BundleReader", "BundleWriter", "CheckpointError", "prefix_of_file", "read_checkpoint_state", "resolve_prefix",
+    "tensor_info",
     "write_checkpoint_state", "MODEL_KEYS", "TRAINING_KEYS", "CheckpointConfig", "ConfigConflict", "Setting",
     "infer", "infer_config", "parse_model_dir", "MetaGraphError", "read_meta_graph", "recognise", "NETWORKS",
     "POWER_NAMES", "SLOT_SUFFIXES", "ConversionError", "checkpoint_step", "selected", "split_slot",

@@ -424,6 +424,7 @@ def _read_table(path: str) -> list[tuple[bytes, bytes]]:
 # --------------------------------------------------------------------------------------
 
 _DATA_RE = re.compile(r"\.data-\d{5}-of-\d{5}$")
+_CHECKPOINT_FILE_RE = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")  # one file of a TF checkpoint
 # a text-format string in double or single quotes (TF writes double; its parser takes both)
 _STATE_RE = re.compile(rb'^\s*(model_checkpoint_path|all_model_checkpoint_paths)\s*:\s*'
                        rb'(?:"((?:[^"\\]|\\.)*)"|\'((?:[^\'\\]|\\.)*)\')\s*$')
@@ -583,6 +584,16 @@ def _prefixes_in(folder: str) -> list[str]:
     return sorted(n[: -len(".index")] for n in os.listdir(folder) if n.endswith(".index"))
 
 
+def prefix_of_file(path: str) -> str | None:
+    """The prefix of the TF checkpoint whose file (``.index``, ``.meta``, ``.data-*``) `path` is,
+    when that prefix's ``.index`` is there; else None (a folder, a prefix, another file)."""
+    path = os.fspath(path)
+    m = _CHECKPOINT_FILE_RE.search(path)
+    if m and os.path.isfile(path) and os.path.isfile(path[: m.start()] + ".index"):
+        return path[: m.start()]
+    return None
+
+
 def resolve_prefix(path: str) -> str:
     """Turn a checkpoint folder, prefix, ``.index``, ``.data-*`` or ``.meta`` file into the checkpoint prefix.
     A write into that folder killed half way (weights_convert torch2tf) is rolled back first, so
@@ -626,15 +637,11 @@ def resolve_prefix(path: str) -> str:
             raise CheckpointError(f"{where} several *.index files ({', '.join(indexes)}); pass the prefix of the "
                                   f"one you want")
         return os.path.join(path, indexes[0][: -len(".index")])
-    if path.endswith(".index") and os.path.isfile(path):
-        return path[: -len(".index")]
-    if _DATA_RE.search(path) and os.path.isfile(path):
-        prefix = _DATA_RE.sub("", path)
-        if not os.path.isfile(prefix + ".index"):
-            raise CheckpointError(f"data file {path}: its index {prefix}.index not found")
+    prefix = prefix_of_file(path)  # .index, .data-*, or the graph file (.meta), as the port's --checkpoint takes them
+    if prefix is not None:
         return prefix
-    if path.endswith(".meta") and os.path.isfile(path) and os.path.isfile(path[: -len(".meta")] + ".index"):
-        return path[: -len(".meta")]  # the graph file of the checkpoint, as the port's --checkpoint takes it
+    if _DATA_RE.search(path) and os.path.isfile(path):
+        raise CheckpointError(f"data file {path}: its index {_DATA_RE.sub('', path)}.index not found")
     if os.path.isfile(path + ".index"):
         return path
     v1 = v1_file(path)
