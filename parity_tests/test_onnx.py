@@ -539,6 +539,27 @@ def test_a_generator_on_a_gpu_exports_the_same_file_from_a_cpu_copy():
     assert report["batches"], report
 
 
+def test_a_module_to_convert_is_copied_tensor_by_tensor_to_the_cpu(monkeypatch):
+    """A generator that is not float32 / eval / on the CPU is exported from a copy whose weights go
+    straight to the CPU as float32 (no whole copy on its own device first: on a GPU that doubled a
+    1.1 GB generator there): the same initializers as the float32 module's, the caller's untouched."""
+    cfg, core = _golden_core("a2b")
+    want = {i.name: onnx.numpy_helper.to_array(i) for i in tx.to_onnx(core, cfg).graph.initializer}
+    other = copy.deepcopy(core).double().train()
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+
+    def no_tensor_deepcopy(self, memo):
+        raise AssertionError("a weight was deep-copied on its own device")
+    monkeypatch.setattr(torch.Tensor, "__deepcopy__", no_tensor_deepcopy)
+    monkeypatch.setattr(torch.nn.Parameter, "__deepcopy__", no_tensor_deepcopy)
+    got = {i.name: onnx.numpy_helper.to_array(i) for i in tx.to_onnx(other, cfg).graph.initializer}
+    monkeypatch.undo()
+    assert want.keys() == got.keys() and all(np.array_equal(want[k], got[k]) for k in want)
+    assert other.training and all(v.dtype == torch.float64 for v in other.state_dict().values()
+                                   if v.is_floating_point())
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+
 def test_spectral_norm_modules_are_refused():
     """A forward of a spectral-norm layer assigns `u` (a training-time update): not exportable."""
     model = build_ugatit(opt.config_from(light=True, ch=2, n_res=4, n_dis=4, img_size=32, sn=True))

@@ -257,7 +257,13 @@ def _float32_eval(core: nn.Module) -> nn.Module:
     tensors = list(core.parameters()) + list(core.buffers())
     if not core.training and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
         return core
-    return copy.deepcopy(core).float().eval().cpu()
+    # each weight is copied straight to the CPU as float32 (the deep copy takes these for the
+    # originals), so a GPU module costs no second copy on its GPU and no float64 copy anywhere
+    memo = {}
+    for t in tensors:
+        cpu = t.detach().to("cpu", torch.float32 if t.is_floating_point() else t.dtype, copy=True)
+        memo[id(t)] = nn.Parameter(cpu, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else cpu
+    return copy.deepcopy(core, memo).eval()
 
 
 def to_onnx(core: nn.Module, cfg: dict, io: str = "float", precision: str = "fp32",
