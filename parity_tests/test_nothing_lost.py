@@ -350,13 +350,36 @@ def test_the_start_up_check_on_several_threads_equals_the_check_file_by_file(tmp
     expected = one_by_one()
     assert expected.count(None) == 6 and len(set(expected)) == 4
     monkeypatch.setattr(images, "CHECK_THREADS", 4)
-    monkeypatch.setattr(images.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(images, "usable_cores", lambda: 4)
     level, filters = cv2.utils.logging.getLogLevel(), list(warnings.filters)
     capfd.readouterr()
     for _ in range(3):
         assert images.train_image_reasons(files) == expected
     assert capfd.readouterr().err == ""
     assert cv2.utils.logging.getLogLevel() == level and warnings.filters == filters
+
+
+def test_decoder_threads_follow_the_cores_this_process_may_use(monkeypatch):
+    """The training-image check and `--batch`'s decoders size their threads by the process's CPU
+    affinity (a container's cpuset, `taskset`), not by the machine's cores: one allowed core of 64
+    means no thread pool at all."""
+    import concurrent.futures
+    from torch_port import batch_translate
+    from ugatit_common import cores, images
+    monkeypatch.setattr(cores.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: {5}, raising=False)
+    assert cores.usable_cores() == 1 and batch_translate._threads() == 1
+
+    def no_pool(*a, **k):
+        raise AssertionError("a thread pool on one allowed core")
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", no_pool)
+    missing = ["no-such-a.png", "no-such-b.png"]
+    assert images.train_image_reasons(missing) == [images._reason(f) for f in missing] and None not in \
+        images.train_image_reasons(missing)
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: {0, 1, 2, 7}, raising=False)
+    assert cores.usable_cores() == 4 and batch_translate._threads() == 4
+    monkeypatch.delattr(cores.os, "sched_getaffinity", raising=False)  # macOS, Windows
+    assert cores.usable_cores() == 64 and batch_translate._threads() == 8
 
 
 def test_ctrl_c_during_the_threaded_check_puts_the_settings_back_after_the_threads(monkeypatch):
@@ -369,7 +392,7 @@ def test_ctrl_c_during_the_threaded_check_puts_the_settings_back_after_the_threa
     import warnings
     from ugatit_common import images
     monkeypatch.setattr(images, "CHECK_THREADS", 2)
-    monkeypatch.setattr(images.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(images, "usable_cores", lambda: 2)
     started = []
 
     def reason(path):

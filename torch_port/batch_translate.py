@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from ugatit_common.cores import usable_cores
 from ugatit_common.options import OptionError
 from ugatit_common.results import save_image
 
@@ -45,7 +46,7 @@ READ_AHEAD = 2  # batches the reader prepares ahead of the generator
 
 def _threads() -> int:
     """Decoder / writer threads: one per core, at most 8 (PNG coding of 256 px pictures)."""
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(8, usable_cores()))
 
 
 def _batches(files, size):

@@ -17,6 +17,7 @@ import threading
 import cv2
 import numpy as np
 
+from .cores import usable_cores
 from .gif_decode import tf_decode_of_frames
 
 # magic bytes of the formats the official train pipeline (tf.image.decode_jpeg) decodes to 3-D
@@ -379,7 +380,7 @@ def train_image_reasons(files, desc: str = "checking training images") -> list[s
     import warnings
 
     files = [os.fspath(f) for f in files]
-    threads = min(CHECK_THREADS, os.cpu_count() or 1, len(files))
+    threads = min(CHECK_THREADS, usable_cores(), len(files))
     if threads <= 1:
         return [_reason(f) for f in files]
     from concurrent.futures import ThreadPoolExecutor
