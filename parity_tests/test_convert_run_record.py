@@ -100,7 +100,7 @@ def test_a_flag_that_the_record_contradicts_is_refused(tmp_path, capsys):
     assert policy.RUN_RECORD in line and not os.path.exists(out)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "no_size", "bad_option", "other_size"])
+@pytest.mark.parametrize("damage", ["truncated", "no_size", "bad_option", "other_size", "bool_size", "options_list"])
 def test_a_damaged_record_is_one_error_naming_it(damage, tmp_path, capsys):
     folder = _folder(tmp_path)
     record = os.path.join(folder, policy.RUN_RECORD)
@@ -113,6 +113,11 @@ def test_a_damaged_record_is_one_error_naming_it(damage, tmp_path, capsys):
     elif damage == "bad_option":
         parsed["options"]["smoothing"] = "maybe"
         text = json.dumps(parsed).encode()
+    elif damage == "bool_size":  # JSON true is no size (Python's bool is an int: True would read as 1)
+        options = {k: v for k, v in parsed["options"].items() if k != "img_size"}  # (optional there)
+        text = json.dumps(dict(parsed, img_size=True, options=options)).encode()
+    elif damage == "options_list":
+        text = json.dumps(dict(parsed, options=[parsed["img_size"]])).encode()
     else:
         parsed["options"]["img_size"] = parsed["img_size"] * 2
         text = json.dumps(parsed).encode()

@@ -393,3 +393,19 @@ def test_the_test_phase_says_where_the_checkpoints_are(tmp_path, monkeypatch, fr
     said = refusal(dataset="selfie", sn=False, checkpoint_dir="checkpoint")
     assert said.endswith(f"; --checkpoint_dir 'checkpoint' holds the run folder(s) '{OFFICIAL_DIR}' (its name "
                          f"records --dataset g, --sn True): the flags name the run folder (<model_dir>)"), said
+
+
+def test_where_the_checkpoints_are_names_five_run_folders_then_dots(tmp_path):
+    """A --checkpoint_dir holding many run folders: the error names the first five (sorted) and
+    says there are more with " ...", so a line stays readable; four are named whole, no dots."""
+    def run_folders(n):
+        root = tmp_path / f"ckpt{n}"
+        for i in range(n):
+            (root / f"run{i}").mkdir(parents=True)
+            (root / f"run{i}" / "UGATIT.model-1.index").write_bytes(b"")
+        return str(root)
+    said = policy.where_checkpoints_are(os.path.join(run_folders(7), "wanted"), {"light": True})
+    named = [f"'run{i}'" for i in range(7) if f"'run{i}'" in said]
+    assert named == [f"'run{i}'" for i in range(5)] and " ...: the flags name" in said, said
+    said = policy.where_checkpoints_are(os.path.join(run_folders(4), "wanted"), {"light": True})
+    assert all(f"'run{i}'" in said for i in range(4)) and "..." not in said, said

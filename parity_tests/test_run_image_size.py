@@ -216,3 +216,34 @@ def test_morph_refuses_to_resume_at_another_image_size(tmp_path):
     finally:
         torch.set_num_threads(threads)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_tf_checkpoints_own_meta_gives_its_image_size(tmp_path):
+    """A TF checkpoint whose own .meta records the size (no other checkpoint, no run record, as an
+    official run's folder): that size, said as the .meta's, and a resume at another is refused."""
+    from parity_tests.conftest import GOLDEN
+    from parity_tests.test_config_inference import _meta, _synthetic
+    folder = tmp_path / "run"
+    shutil.copytree(os.path.join(GOLDEN, "final"), folder)
+    prefix = str(folder / "UGATIT.model-3")
+    _meta(folder / "UGATIT.model-3.meta", _synthetic(False, sizes=(24, 48), input_size=48))
+    assert policy.run_image_size(prefix) == (48, "its .meta graph records img_size=48")
+    found = policy.inventory(str(folder))[0]
+    assert policy.other_image_size(found, str(folder), 48) is None
+    said = policy.other_image_size(found, str(folder), 64)
+    assert said and said.startswith("--img_size=64 contradicts checkpoint") and "resume with --img_size 48" in said
+
+
+def test_a_port_checkpoint_beside_a_tf_one_without_its_meta_gives_the_image_size(tmp_path):
+    """A TF checkpoint without its .meta, and a port checkpoint of the same run beside it (the port
+    continued the run): the size its weights' run config records, said as that file's."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from parity_tests.conftest import GOLDEN
+    folder = tmp_path / "run"
+    shutil.copytree(os.path.join(GOLDEN, "final"), folder)
+    save_file({"w": np.zeros(1, np.float32)}, str(folder / "UGATIT.model-5.safetensors"),
+              metadata={"config": json.dumps({"img_size": 40})})
+    assert policy.run_image_size(str(folder / "UGATIT.model-3")) == (
+        40, "it has no .meta, and the run config in UGATIT.model-5.safetensors, of the same run, records img_size=40")

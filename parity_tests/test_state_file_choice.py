@@ -144,3 +144,40 @@ def test_tf_reference_restores_the_step_the_state_file_names(tmp_path, capsys, m
     want, said = _tf_test(tmp_path / "alone", capsys, monkeypatch)
     assert not _notes(said), said
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_training_run_resumes_from_the_newest_whatever_the_state_file_names(tmp_path):
+    """The state file's choice is the test phase's only (need="weights"): a training run resumes
+    from the newest complete checkpoint by step, as the official trainer continues the newest -
+    never from an older step the state file happens to name (that would train over later steps)."""
+    from ugatit_common import checkpoint_policy as policy
+    folder = _run_folder(tmp_path)  # state file names step 500; step 1000 is newest
+    for name in (OLD, NEW):
+        open(os.path.join(folder, name + ".meta"), "wb").close()  # complete for training (.meta by name)
+    logged = []
+    found, step = policy.choose(folder, lambda f: f.step, need="train", log=logged.append)
+    assert step == 1000 and not logged, logged
+    found, step = policy.choose(folder, lambda f: f.step, need="weights", log=logged.append)
+    assert step == 500 and len(logged) == 1 and logged[0].startswith("note:"), logged
+
+
+def test_a_named_checkpoint_without_its_data_is_never_loaded_and_said_once(tmp_path):
+    """The state file names step 500, whose data file is gone, and the newest (1000) cannot be
+    read: the loader is never asked for 500 (its files say it is incomplete), the next usable
+    (100) is used, and the named one is said unusable once, with what it lacks."""
+    from ugatit_common import checkpoint_policy as policy
+    folder = _run_folder(tmp_path)
+    _add(folder, "init", "UGATIT.model-100")
+    os.remove(os.path.join(folder, OLD + ".data-00000-of-00001"))
+    asked, logged = [], []
+
+    def load(f):
+        asked.append(f.step)
+        if f.step == 1000:
+            raise ValueError("unreadable")
+        return f.step
+    found, step = policy.choose(folder, load, need="weights", log=logged.append)
+    assert step == 100 and asked == [1000, 100], asked
+    about_old = [ln for ln in logged if OLD in ln]
+    assert len(about_old) == 1 and f"no {OLD}.data-00000-of-00001" in about_old[0], logged
+    assert any(NEW in ln and "unreadable" in ln for ln in logged), logged
