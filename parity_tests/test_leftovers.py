@@ -131,6 +131,58 @@ def test_a_claim_taken_while_the_sweep_runs_is_never_lost(tmp_path):
             racer.wait()
 
 
+def test_a_claim_made_anew_between_the_sweeps_open_and_its_lock_stays(tmp_path, monkeypatch):
+    """The race above made certain: between the sweep's open of a dead claim's lock file and its
+    flock, the dead claim is released and another command claims the output anew (a new lock file
+    at the path, held). The sweep, holding the old file's lock, sees the path is another file now
+    and leaves the new claim alone (removing it would let a third command write the same output)."""
+    import types
+
+    from ugatit_common import run_lock
+    from ugatit_common.output_guard import _claim_owner
+    folder = str(tmp_path)
+    lock, owner = ".x.onnx.ugatit-out.lock", ".x.onnx.ugatit-out.owner"
+    for name in (lock, owner):  # a dead claim: nobody holds its flock, made long ago
+        with open(os.path.join(folder, name), "w") as fh:
+            fh.write("{}")
+        os.utime(os.path.join(folder, name), (1e9, 1e9))
+    real, held = run_lock.fcntl, []
+
+    def flock(fd, op):
+        if not held:  # the sweep's flock of the old file: first the claim is made anew
+            held.append(None)
+            for name in (lock, owner):
+                os.remove(os.path.join(folder, name))
+            held.append(run_lock.acquire(folder, "x.onnx", lock_name=lock, owner_name=owner))
+        return real.flock(fd, op)
+    monkeypatch.setattr(run_lock, "fcntl", types.SimpleNamespace(flock=flock, LOCK_EX=real.LOCK_EX,
+                                                                 LOCK_NB=real.LOCK_NB, LOCK_SH=real.LOCK_SH,
+                                                                 LOCK_UN=real.LOCK_UN))
+    try:
+        assert run_lock.sweep_dead(folder, _claim_owner) == []
+        monkeypatch.setattr(run_lock, "fcntl", real)
+        holder = run_lock.held_by(folder, lock, owner)
+        assert holder is not None and holder.pid == os.getpid(), os.listdir(folder)
+    finally:
+        monkeypatch.setattr(run_lock, "fcntl", real)
+        if held[1:]:
+            held[1].release()
+
+
+def test_a_fresh_claim_lock_without_its_owner_file_is_not_swept(tmp_path):
+    """A claim's lock file alone, made a moment ago, is a command between its open and its flock
+    (its owner file comes next): the sweep leaves it. The same file made long ago is a command
+    killed there: swept."""
+    from ugatit_common import run_lock
+    from ugatit_common.output_guard import _claim_owner
+    lock = tmp_path / ".x.onnx.ugatit-out.lock"
+    lock.write_text("")
+    assert run_lock.sweep_dead(str(tmp_path), _claim_owner) == [] and lock.exists()
+    os.utime(lock, (1e9, 1e9))
+    assert [n for n, _ in run_lock.sweep_dead(str(tmp_path), _claim_owner)] == [lock.name]
+    assert not lock.exists()
+
+
 # -- the benchmarks' work folders ----------------------------------------------------------------------
 
 def test_a_killed_benchmarks_work_folder_goes_with_the_next_run(tmp_path):
