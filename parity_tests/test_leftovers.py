@@ -309,6 +309,21 @@ def test_a_failed_test_phase_or_morph_command_removes_the_empty_folders_it_made(
     assert os.listdir(os.path.join("new", "ok", opt.model_dir(CFG), "a2b"))
 
 
+def test_ctrl_c_removes_the_empty_folders_made_and_keeps_the_others(tmp_path):
+    """made_folders on Ctrl-C (KeyboardInterrupt, no Exception) as on an error: the folders made
+    through it that are still empty go, up to the topmost one it made; a folder that was there
+    before and one that holds a file stay."""
+    from ugatit_common import made_folders
+    (tmp_path / "was_there").mkdir()
+    with pytest.raises(KeyboardInterrupt), made_folders.removed_on_failure() as made:
+        made.make(str(tmp_path / "was_there" / "new" / "a2b"))
+        made.make(str(tmp_path / "kept" / "a2b"))
+        (tmp_path / "kept" / "a2b" / "picture.png").write_bytes(b"x")
+        raise KeyboardInterrupt
+    assert sorted(os.listdir(tmp_path)) == ["kept", "was_there"] and os.listdir(tmp_path / "was_there") == []
+    assert os.listdir(tmp_path / "kept" / "a2b") == ["picture.png"]
+
+
 @pytest.mark.tf
 @pytest.mark.slow  # TensorFlow builds the test graph (~20 s)
 def test_a_failed_tf_reference_test_phase_removes_the_empty_folders_it_made(overflow, tmp_path, monkeypatch,  # noqa: F811
