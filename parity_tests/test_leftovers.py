@@ -324,6 +324,19 @@ def test_ctrl_c_removes_the_empty_folders_made_and_keeps_the_others(tmp_path):
     assert os.listdir(tmp_path / "kept" / "a2b") == ["picture.png"]
 
 
+def test_a_parent_made_for_the_first_of_two_sibling_folders_goes_too(tmp_path):
+    """made.make(result/new/a2b), then made.make(result/new/b2a): `new` was made for a2b (b2a's
+    own chain is b2a alone: `new` existed by then). A failure left `new` empty behind: a2b's
+    chain, removed first, stopped at `new` while b2a was still in it. All go now, deepest first."""
+    from ugatit_common import made_folders
+    (tmp_path / "result").mkdir()
+    with pytest.raises(ValueError), made_folders.removed_on_failure() as made:
+        made.make(str(tmp_path / "result" / "new" / "a2b"))
+        made.make(str(tmp_path / "result" / "new" / "b2a"))
+        raise ValueError
+    assert os.listdir(tmp_path / "result") == []
+
+
 @pytest.mark.tf
 @pytest.mark.slow  # TensorFlow builds the test graph (~20 s)
 def test_a_failed_tf_reference_test_phase_removes_the_empty_folders_it_made(overflow, tmp_path, monkeypatch,  # noqa: F811

@@ -64,10 +64,22 @@ class MadeFolders:
         return maker(folder, *args)
 
     def remove_empty(self) -> None:
-        """Remove every noted folder that is empty now, deepest first, with its parents up to the
-        topmost one this run made."""
-        for folder, top in sorted(self._made, key=lambda ft: ft[0].count(os.sep), reverse=True):
-            remove_empty_chain(folder, top)
+        """Remove every noted folder that is empty now, with its parents up to the topmost one this
+        run made: all of them deepest first, so a parent made for one folder goes after a sibling
+        noted later (whose chain stops at itself: the parent existed by then) has gone."""
+        made = set()
+        for folder, top in self._made:
+            d = folder
+            while True:
+                made.add(d)
+                if d == top or os.path.dirname(d) == d:
+                    break
+                d = os.path.dirname(d)
+        for d in sorted(made, key=lambda p: p.count(os.sep), reverse=True):
+            try:
+                os.rmdir(d)  # never a folder holding anything
+            except OSError:
+                pass
 
 
 @contextlib.contextmanager
