@@ -788,3 +788,27 @@ def test_training_never_takes_a_results_folder_being_written(tmp_path, monkeypat
         if p.poll() is None:
             os.kill(p.pid, signal.SIGCONT)
     assert p.wait(timeout=300) == 0, log_of(p)
+
+
+def test_a_training_that_took_the_folder_after_the_check_refuses_the_results_command(tmp_path):
+    """own_result_folder checks again, once it holds the results folder, for a training run that
+    took the folder (or one above it) since check_result_folders: refused (OutputRefused naming the
+    run), its results lock and the folder it made gone. The run here is this process's lock with
+    another pid in its owner file (a lock of this very process is never taken for another run's)."""
+    import json
+
+    from ugatit_common import output_guard as og
+    run = run_lock.acquire(str(tmp_path), "--sample_dir", "python -m torch_port --phase train")
+    try:
+        owner = os.path.join(str(tmp_path), run_lock.OWNER_NAME)
+        with open(owner) as fh:
+            info = json.load(fh)
+        with open(owner, "w") as fh:
+            json.dump(dict(info, pid=4194304), fh)  # above Linux's largest pid_max
+        results = str(tmp_path / "results")
+        with pytest.raises(og.OutputRefused, match="a folder of a running training .*pid 4194304"):
+            with og.own_result_folder(results):
+                pass
+        assert not os.path.exists(results)
+    finally:
+        run.release()
