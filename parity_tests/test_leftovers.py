@@ -183,6 +183,17 @@ def test_a_fresh_claim_lock_without_its_owner_file_is_not_swept(tmp_path):
     assert not lock.exists()
 
 
+def test_a_users_file_named_like_a_claim_without_the_dot_is_not_swept(tmp_path):
+    """Only `.<output>.ugatit-out.lock` is a claim: a user's old `mine.ugatit-out.lock` (no leading
+    dot) and a bare `.ugatit-out.lock` are no claim's lock files and stay."""
+    from ugatit_common import output_guard as og
+    for name in ("mine.ugatit-out.lock", ".ugatit-out.lock"):
+        (tmp_path / name).write_text("")
+        os.utime(tmp_path / name, (1e9, 1e9))
+    assert og.sweep_dead_claims(str(tmp_path), log=None) == []
+    assert sorted(os.listdir(tmp_path)) == [".ugatit-out.lock", "mine.ugatit-out.lock"]
+
+
 # -- the benchmarks' work folders ----------------------------------------------------------------------
 
 def test_a_killed_benchmarks_work_folder_goes_with_the_next_run(tmp_path):

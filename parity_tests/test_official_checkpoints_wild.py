@@ -409,3 +409,23 @@ def test_where_the_checkpoints_are_names_five_run_folders_then_dots(tmp_path):
     assert named == [f"'run{i}'" for i in range(5)] and " ...: the flags name" in said, said
     said = policy.where_checkpoints_are(os.path.join(run_folders(4), "wanted"), {"light": True})
     assert all(f"'run{i}'" in said for i in range(4)) and "..." not in said, said
+
+
+@pytest.mark.parametrize("case", ["byte_order_mark", "single_quotes", "timestamps_crlf"])
+def test_hand_edited_state_files_name_their_checkpoint(tmp_path, case):
+    """The state-file forms above with a folder of one checkpoint read it whether or not the file
+    is understood (a file naming nothing falls back on the one prefix); here the file itself must
+    give the name it holds, as TF's text parser does."""
+    _write_state(str(tmp_path), STATE_FILES[case])
+    assert tfc.read_checkpoint_state(str(tmp_path))[0] == PREFIX
+
+
+def test_a_state_file_naming_nothing_is_said_with_several_checkpoints(tmp_path):
+    """A `checkpoint` state file with no model_checkpoint_path line, in a folder of several
+    checkpoints: the error says the state file names none (not that there is no state file)."""
+    for name in ("UGATIT.model-1", "UGATIT.model-2"):
+        (tmp_path / f"{name}.index").write_bytes(b"")
+    _write_state(str(tmp_path), "")
+    with pytest.raises(tfc.CheckpointError, match=r"its `checkpoint` state file names no checkpoint: no "
+                                                  r"model_checkpoint_path line\): several \*\.index files"):
+        tfc.resolve_prefix(str(tmp_path))
