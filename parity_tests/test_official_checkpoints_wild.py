@@ -429,3 +429,14 @@ def test_a_state_file_naming_nothing_is_said_with_several_checkpoints(tmp_path):
     with pytest.raises(tfc.CheckpointError, match=r"its `checkpoint` state file names no checkpoint: no "
                                                   r"model_checkpoint_path line\): several \*\.index files"):
         tfc.resolve_prefix(str(tmp_path))
+
+
+def test_the_parent_of_a_port_run_folder_names_it(tmp_path):
+    """`--checkpoint_dir`'s parent given for the run folder, where the run folder holds a PyTorch
+    checkpoint (the port's): named as a subfolder holding checkpoints, as a TF one is."""
+    (tmp_path / "UGATIT_light_x").mkdir()
+    (tmp_path / "UGATIT_light_x" / "UGATIT_light.model-5.safetensors").write_bytes(b"")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(tfc.CheckpointError, match=r"its subfolders hold checkpoints; give one of them: '[^']*"
+                                                  r"UGATIT_light_x'$"):
+        tfc.resolve_prefix(str(tmp_path))
