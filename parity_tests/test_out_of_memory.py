@@ -150,3 +150,56 @@ def test_every_translating_command_says_out_of_memory_in_one_line(where, world, 
         assert rc == 2 and len(errors) == 1 and "out of memory (" in errors[0], (argv, err)
         assert "internal error" not in err and "Traceback" not in err, (argv, err)
         assert not os.path.exists("res") and not os.path.exists("mres"), argv
+
+
+def _context_of_memory_error():
+    try:
+        raise MemoryError()
+    except MemoryError:
+        return _raised(ValueError, "failed while handling it")
+
+
+def _raised(kind, text):
+    try:
+        raise kind(text)
+    except kind as e:
+        return e
+
+
+# what any command's error path (cli_errors.run) takes for out of memory: Python's, torch's CPU
+# allocator's (a plain RuntimeError, in its words), a GPU's, and an error raised from one of them
+COMMAND_OOM = {
+    "python": lambda: MemoryError(),
+    "cpu_allocator": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough "
+                                          "memory: you tried to allocate 68719476736 bytes."),
+    "allocator": OOM["allocator"],
+    "cudnn": OOM["cudnn"],
+    "cause": lambda: _caused_by(MemoryError()),
+    "context": _context_of_memory_error,
+}
+
+
+def _caused_by(cause):
+    try:
+        raise ValueError("a library's own error") from cause
+    except ValueError as e:
+        return e
+
+
+@pytest.mark.parametrize("kind", sorted(COMMAND_OOM))
+def test_a_command_out_of_memory_is_one_line_naming_what_to_lower(kind, capsys):
+    """cli_errors.run (every command's error path): an out-of-memory error, or one raised from it,
+    is exit 2 and one `error: out of memory (...)` line saying what to lower - not an internal
+    error; any other RuntimeError stays an internal error (exit 1) never called out of memory."""
+    from ugatit_common import cli_errors
+
+    def fails(argv):
+        raise COMMAND_OOM[kind]()
+    rc = cli_errors.run(fails, [], prog="python -m torch_port")
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: out of memory ("), err
+    assert "lower the sizes this command was given" in lines[0], err
+    rc = cli_errors.run(lambda argv: (_ for _ in ()).throw(RuntimeError("a kernel failed")), [], prog="x")
+    err = capsys.readouterr().err
+    assert rc == 1 and "internal error (RuntimeError: a kernel failed" in err and "out of memory" not in err, err
