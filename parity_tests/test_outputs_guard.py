@@ -978,3 +978,17 @@ def test_kind_of_judges_content_not_names(world):
     assert kind_of(os.path.join(world, "tf", "checkpoint")) == "tf-state"
     assert kind_of(os.path.join(world, "tf", TF_PREFIX + ".data-00000-of-00001")) == "tf-data"
     assert kind_of(os.path.join(other, "missing")) is None and kind_of(other) == "folder"
+
+
+def test_an_output_folder_where_a_file_is_says_so(tmp_path):
+    """check_writable_folder (every --result_dir / output folder): a file (or a link to one) where
+    the folder goes is said as such, not as the OS's bare 'File exists'; the file is untouched."""
+    from ugatit_common.cli_errors import check_writable_folder
+    from ugatit_common.options import OptionError
+    mine = tmp_path / "mine"
+    mine.write_text("mine")
+    (tmp_path / "link").symlink_to(mine)
+    for path in (mine, tmp_path / "link"):
+        with pytest.raises(OptionError, match=r"^--result_dir '.*' is not writable: a file is there, not a folder$"):
+            check_writable_folder(str(path), "--result_dir")
+    assert mine.read_text() == "mine"
