@@ -67,6 +67,9 @@ def test_the_run_record_gives_what_the_variables_do_not(tmp_path, capsys):
     # a flag that agrees with it is fine
     rc, got = _tf2torch(capsys, folder, tmp_path / "m2.safetensors", "--img_size", run["img_size"])
     assert rc == 0, got.err
+    # and the record, a record of the run, stays the setting's source (the flag only agrees with it)
+    meta = policy.safetensors_metadata(str(tmp_path / "m2.safetensors"))
+    assert json.loads(meta["ugatit_config_sources"])["img_size"] == "run_record", meta
 
 
 def test_a_folder_without_a_record_converts_as_before(tmp_path, capsys):
@@ -175,3 +178,18 @@ def test_an_unreadable_meta_is_read_past_for_what_the_record_holds(tmp_path, cap
     os.remove(os.path.join(folder, policy.RUN_RECORD))
     rc, got = _tf2torch(capsys, folder, tmp_path / "o2.safetensors")
     assert rc == 2 and "--img_size" in error_line(got.err), got.err
+
+
+def test_a_record_of_the_size_alone_stands_in_for_an_unreadable_meta(tmp_path, capsys):
+    """A run record may hold the image size alone (no `options`): with a truncated .meta the size
+    is still known from it, so the .meta is read past and --img_size is not asked for (the other
+    settings the .meta records and the weights do not, here --smoothing, are given as flags)."""
+    folder = _folder(tmp_path, None)
+    with open(os.path.join(folder, policy.RUN_RECORD), "w") as fh:
+        json.dump({"img_size": RUN["img_size"]}, fh)
+    with open(os.path.join(folder, "UGATIT.model-3.meta"), "wb") as fh:
+        fh.write(b"\x12\x05abc")
+    out = tmp_path / "o.safetensors"
+    rc, got = _tf2torch(capsys, folder, out, "--smoothing", RUN["smoothing"])
+    assert rc == 0 and "read past" in got.err and "--img_size" not in got.err, got.err
+    assert _config_of(str(out))["img_size"] == RUN["img_size"]
