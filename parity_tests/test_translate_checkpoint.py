@@ -228,3 +228,23 @@ def test_a_file_of_a_tf_checkpoint_names_that_checkpoint(tmp_path):
                                               r"\.safetensors file\)$"):
         (folder / "UGATIT.model-3.state.pt").write_bytes(b"")  # a file of another kind: the message lists the forms
         ck.load_any(str(folder / "UGATIT.model-3.state.pt"))
+
+
+def test_the_test_phase_load_reads_the_generators_and_leaves_the_discriminators_as_built():
+    """load_weights_into(generators_only=True), the test phase's load (as the official test graph,
+    a Saver over its generators): a whole checkpoint's discriminators are never read - not into a
+    model whose discriminators have another shape (a checkpoint of n_dis 6 in a folder named for
+    5: torch's `size mismatch` for D_logit, an internal error), nor over a model's own."""
+    from torch_port import build_ugatit
+    from torch_port import checkpoint as ck
+    cfg = opt.config_from(light=True, img_size=64, ch=2, n_dis=5, dataset="t")
+    torch.manual_seed(0)
+    model = build_ugatit(cfg)
+    torch.manual_seed(1)
+    other = build_ugatit(dict(cfg, n_dis=6)).state_dict()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ck.load_weights_into(model, other, "ck", generators_only=True)
+    got = model.state_dict()
+    assert all(torch.equal(got[k], other[k]) for k in got if k.startswith("generator"))
+    assert all(torch.equal(got[k], before[k]) for k in got if k.startswith("discriminator"))
+    assert not all(torch.equal(got[k], before[k]) for k in got if k.startswith("generator"))  # (they were read)
