@@ -624,6 +624,23 @@ def test_disk_full_inside_torch_save_is_bad_input_not_an_internal_error(tmp_path
     assert port(train_args(3), monkeypatch, tmp_path, capsys)[0] == 0 and steps(folder)[-1] == 4
 
 
+
+def test_a_save_error_that_is_no_full_disk_stays_what_it_is(tmp_path, monkeypatch):
+    """checkpoint.save turns torch.save's zip-writer RuntimeError into the OSError under it (a full
+    disk, above); a RuntimeError with no OSError under it (a bug, not bad input) is raised as it
+    is - not as something else - and the save leaves no temp file."""
+    from torch_port import build_ugatit
+    from torch_port import checkpoint as ck
+
+    def broken(*a, **k):
+        raise RuntimeError("serializer broke")
+    monkeypatch.setattr(ck.torch, "save", broken)
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="^serializer broke$"):
+        ck.save(str(tmp_path), PREFIX, 1, build_ugatit(CFG), {"config": ck.plain_config(CFG), "run": "r1",
+                                                               "counter": 1, "G_optim": {}, "D_optim": {}})
+    assert os.listdir(tmp_path) == []
+
 def _deny_writes_under(monkeypatch, folder):
     """A read-only folder: chmod, and (root ignores modes) an injected PermissionError."""
     os.chmod(folder, 0o555)
