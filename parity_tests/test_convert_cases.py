@@ -640,6 +640,40 @@ def test_torch2tf_writes_no_meta_from_settings_its_input_does_not_record(tmp_pat
     assert not [n for n in os.listdir(tmp_path / "tf2") if n.endswith(".meta")]
 
 
+
+@pytest.mark.parametrize("first_bytes", [b"\x80", b"PK"])
+def test_a_safetensors_file_whose_header_length_looks_like_torch_keeps_its_metadata(first_bytes, tmp_path, capsys):
+    """A .safetensors file starts with its header's length (8 bytes, little-endian): one whose
+    length begins with the byte of a pickle (0x80: a length of 128 + 256 k) or with `PK` (a zip's)
+    was read by torch2tf as a torch.save file - its metadata (the run's config, step) lost, the
+    config then guessed from the shapes (img_size 256 for this 32 px light model). The file is
+    told by its own header first."""
+    import json
+    import struct
+    from safetensors.torch import save_file
+
+    from torch_port.to_tf import load_weights
+    from torch_port import checkpoint as ck
+    cfg = ck.plain_config(CFG)
+    state = dict(_model().state_dict())
+    path = str(tmp_path / "UGATIT_light.model-5.safetensors")
+
+    def header_length(pad):
+        save_file(state, path, metadata={"config": json.dumps(cfg), "step": "5", "pad": "x" * pad})
+        with open(path, "rb") as fh:
+            return struct.unpack("<Q", fh.read(8))[0]
+    want = struct.unpack("<Q", first_bytes.ljust(8, b"\0"))[0]  # the low byte(s) the length must have
+    modulus = 256 ** len(first_bytes)
+    base = header_length(0)
+    pad = next(p for p in range((want - base) % modulus, (want - base) % modulus + modulus, 1)
+               if header_length(p) % modulus == want)
+    with open(path, "rb") as fh:
+        assert fh.read(len(first_bytes)) == first_bytes and pad >= 0
+    weights, meta = load_weights(path)
+    assert json.loads(meta["config"]) == cfg and meta["step"] == "5" and weights.keys() == state.keys()
+    rc, out, err = _convert(["torch2tf", path, tmp_path / "tf" / "UGATIT_light.model-5"], capsys)
+    assert rc == 0 and "records no config" not in err, err
+
 # -- 10. tf2torch checks the variables against the model the checkpoint describes ---------------------
 
 def _rewritten(root, name, change):

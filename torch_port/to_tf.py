@@ -59,8 +59,12 @@ def load_weights(path: str) -> tuple[dict, dict]:
     """(state, metadata) of a .safetensors or .pt file, with one clear error for anything else."""
     import torch
     with open(path, "rb") as fh:
-        head = fh.read(8)
-    if path.endswith(".pt") or head[:2] == b"PK" or head[:1] == b"\x80":
+        head = fh.read(9)
+    # a safetensors file is told by its own header (an 8-byte length, then its JSON): that length may
+    # begin with a zip's `PK` or a pickle's 0x80 too (one file in 256), which read it as a torch.save
+    # file, its metadata (the run's config, step) lost
+    safetensors = head[8:9] == b"{"
+    if path.endswith(".pt") or (not safetensors and (head[:2] == b"PK" or head[:1] == b"\x80")):
         import warnings
         try:
             with warnings.catch_warnings():
