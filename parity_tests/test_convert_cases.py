@@ -641,6 +641,28 @@ def test_torch2tf_writes_no_meta_from_settings_its_input_does_not_record(tmp_pat
 
 
 
+def test_torch2tf_takes_no_setting_as_recorded_from_provenance_it_cannot_read(tmp_path, capsys):
+    """A weights file whose `ugatit_config` lists every setting with where each came from
+    (tf2torch's `ugatit_config_sources`: here all from a .meta) has them recorded: what stops its
+    .meta here is only TensorFlow's absence. The same file with that provenance damaged (not
+    JSON, not a dict) records none of them: no .meta would be written from it, and the note says
+    which settings it lacks."""
+    import json
+    from torch_port import checkpoint as ck
+    cfg = ck.plain_config(CFG)
+    good = {"ugatit_config_sources": json.dumps({k: "meta" for k in cfg}), "ugatit_config_guessed": "{}",
+            "ugatit_config_not_recorded": "[]"}
+    for name, sources in (("good", good["ugatit_config_sources"]), ("not_json", "{not json"), ("list", "[]")):
+        meta = {**good, "ugatit_config": json.dumps(cfg), "ugatit_config_sources": sources}
+        src = _weights_file(tmp_path / f"{name}.safetensors", dict(_model().state_dict()), meta)
+        rc, out, err = _convert(["torch2tf", src, tmp_path / name / "UGATIT_light.model-3"], capsys)
+        notes = [ln for ln in err.splitlines() if "no .meta written" in ln]
+        assert rc == 0 and len(notes) == 1, err
+        if name == "good":
+            assert "(TensorFlow not installed)" in notes[0], notes  # (conftest: no TensorFlow in this test)
+        else:
+            assert "does not record smoothing, img_size, gan_type" in notes[0], (name, notes)
+
 @pytest.mark.parametrize("first_bytes", [b"\x80", b"PK"])
 def test_a_safetensors_file_whose_header_length_looks_like_torch_keeps_its_metadata(first_bytes, tmp_path, capsys):
     """A .safetensors file starts with its header's length (8 bytes, little-endian): one whose
