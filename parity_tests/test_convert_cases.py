@@ -629,15 +629,40 @@ def test_torch2tf_writes_no_meta_from_settings_its_input_does_not_record(tmp_pat
     rc, out, err = _convert(["torch2tf", src, tmp_path / "tf" / "UGATIT_light.model-3"], capsys)
     assert rc == 0, err
     notes = [ln for ln in err.splitlines() if "no .meta written" in ln]
-    assert len(notes) == 1 and "smoothing" in notes[0] and "img_size" in notes[0] and "gan_type" in notes[0], err
+    # (the settings it lacks, listed: the note's end names smoothing, img_size and gan_type in any case)
+    assert len(notes) == 1 and "does not record smoothing, img_size, gan_type, adv_weight" in notes[0], err
     assert not (tmp_path / "tf" / "UGATIT_light.model-3.meta").exists()
     # a tf2torch output whose smoothing and img_size were guessed (no .meta, no model_dir name)
     rc, _, err = _convert(["tf2torch", tmp_path / "tf", tmp_path / "back.safetensors"], capsys)
     assert rc == 0 and "guessed smoothing" in err, err
     rc, out, err = _convert(["torch2tf", tmp_path / "back.safetensors", tmp_path / "tf2" / "m"], capsys)
     notes = [ln for ln in err.splitlines() if "no .meta written" in ln]
-    assert rc == 0 and len(notes) == 1 and "smoothing" in notes[0], err
+    assert rc == 0 and len(notes) == 1 and "does not record smoothing, img_size, gan_type" in notes[0], err
     assert not [n for n in os.listdir(tmp_path / "tf2") if n.endswith(".meta")]
+
+
+@pytest.mark.parametrize("config", ["the_runs", "not_a_dict"])
+def test_torch2tf_takes_the_state_files_config_as_recorded_when_it_is_one(config, tmp_path, capsys):
+    """Weights whose metadata holds no config beside their run's state file: the state's `config`
+    (the run's flags) is the config, every setting recorded - only TensorFlow's absence stops the
+    .meta here; a state `config` that is not a dict is none, and the config is inferred from the
+    shapes (said), never an internal error."""
+    from safetensors.torch import load_file, save_file
+    src = _save_port(tmp_path / "port", _model())
+    from ugatit_common.checkpoint_policy import safetensors_metadata
+    meta = {k: v for k, v in safetensors_metadata(src).items() if k != "config"}
+    save_file(load_file(src), src, metadata=meta)
+    state_path = src.replace(".safetensors", ".state.pt")
+    if config == "not_a_dict":
+        state = torch.load(state_path, weights_only=True)
+        torch.save(dict(state, config="light=True"), state_path)
+    rc, out, err = _convert(["torch2tf", src, tmp_path / "tf" / "UGATIT_light.model-3"], capsys)
+    notes = [ln for ln in err.splitlines() if "no .meta written" in ln]
+    assert rc == 0 and len(notes) == 1, err
+    if config == "the_runs":
+        assert "(TensorFlow not installed)" in notes[0] and "records no config" not in out + err, err
+    else:
+        assert "records no config; inferred from the weights' shapes" in out, out
 
 
 
