@@ -242,6 +242,22 @@ def test_a_generators_only_checkpoint_serves_the_test_phase(tmp_path):
     assert str(e.value).startswith("--ch 8 was given but the checkpoint's weights say ch 4: checkpoint gens "), e.value
 
 
+
+def test_a_generators_only_training_checkpoint_keeps_its_generators_optimizer(tmp_path, capsys):
+    """A checkpoint of the generators with their Adam slots and powers (a Saver over a training
+    graph of the generators alone): `tf2torch --with_optimizer` carries the slots and the
+    generators' two powers - no discriminator's expected, and nothing left out."""
+    from safetensors.numpy import load_file
+    folder = _rewrite(_run_folder(tmp_path / "run"), lambda t: {n: a for n, a in t.items() if n.startswith("generator")
+                                                                or n in ("beta1_power", "beta2_power")})
+    out = tmp_path / "g.safetensors"
+    rc, err = _tf2torch(folder, out, capsys, "--with_optimizer")
+    assert rc == 0 and "left out" not in err, err
+    got = load_file(str(out))
+    assert {k for k in got if k.startswith("optimizer.")} == {"optimizer.G.beta1_power", "optimizer.G.beta2_power"}
+    assert sum(k.endswith("/Adam") for k in got) == sum(k.endswith("/Adam_1") for k in got) > 0
+    assert not [k for k in got if k.startswith("discriminator")]
+
 # -- 4. written by TensorFlow: several shards, the V1 format ------------------------------------------
 
 def _tf():
