@@ -585,6 +585,31 @@ def test_disk_full_line_names_the_file_that_failed(tmp_path, monkeypatch, capsys
     assert "cannot write '" in line and named in line.split("cannot write '")[1].split("'")[0], line
 
 
+
+@pytest.mark.parametrize("fails", ["write", "flush", "close"])
+def test_an_event_file_that_fills_the_disk_later_is_named(fails, tmp_path, monkeypatch):
+    """EventWriter names its file in an OSError from any write after it opened (an event, a flush -
+    with `sync` before each checkpoint - or the close), not only from its header's (the disk-full
+    run above): `[Errno 28] No space left on device` alone names none of a run's three folders."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    from torch_port.events import EventWriter
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    writer = EventWriter(str(tmp_path))
+    call = {"write": lambda: writer.add_scalar("loss", 1.0, 1), "flush": lambda: writer.flush(sync=True),
+            "close": writer.close}[fails]
+    with monkeypatch.context() as m:
+        m.setattr(RecordWriter, fails, full)
+        with pytest.raises(OSError, match=r"^\[Errno 28\] cannot write '(.*)': No space left on device$") as e:
+            call()
+    assert e.value.errno == errno.ENOSPC and e.value.path == writer.path
+    if fails == "close":
+        writer._handle.close()  # (the failed close left the file open)
+    else:
+        writer.close()
+
 def test_disk_full_inside_torch_save_is_bad_input_not_an_internal_error(tmp_path, monkeypatch, capsys):
     """A disk that fills up while torch.save writes the `.state.pt`: torch's zip writer, closing
     after the failed write, raises `RuntimeError: [enforce fail at inline_container.cc:672] .
