@@ -153,6 +153,20 @@ def test_the_ports_readers_take_the_record_too(tmp_path):
     assert policy.RUN_RECORD in str(e.value)
 
 
+def test_the_librarys_readers_take_the_record_too(tmp_path):
+    """weights_convert's library functions, as its tf2torch: tf_to_torch, read_tf_config and
+    read_tf_training_state complete the config from the folder's record (a run at a size and with
+    flags other than the official defaults, as only its record says)."""
+    run = dict(RUN, smoothing=not RUN["smoothing"], gan_type="hinge", cam_weight=RUN["cam_weight"] + 1)
+    folder = _folder(tmp_path, run)
+    want = {k: run[k] for k in KEYS}
+    cfg, _ = wc.tf_to_torch(folder, quiet=True)
+    assert {k: cfg[k] for k in KEYS} == want
+    assert {k: wc.read_tf_config(folder)[k] for k in KEYS} == want
+    st = wc.read_tf_training_state(folder, quiet=True)
+    assert {k: st["config"][k] for k in KEYS} == want and st["info"].config == st["config"]
+
+
 def test_an_unreadable_meta_is_read_past_for_what_the_record_holds(tmp_path, capsys):
     """A truncated .meta beside a run record: tf2torch (and the port's readers) asked for
     --img_size, though the record holds it. Now the record stands in for the flag: the .meta is
