@@ -73,3 +73,9 @@ def test_the_files_listed_are_the_official_train_phases_glob(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     files_A, files_B, why = wc.training_files(CFG, None)
     assert (files_A, files_B) == ((), ()) and "dataset" in why and "t" in why, why
+    # one domain's images alone: nothing listed (the other pipeline's buffer of 0 would not run either)
+    import shutil
+    shutil.rmtree(root / "dataset" / "t" / "trainB")
+    monkeypatch.chdir(root)
+    files_A, files_B, why = wc.training_files(CFG, None)
+    assert (files_A, files_B) == ((), ()) and "trainA and trainB" in why, why
