@@ -688,6 +688,41 @@ def test_torch2tf_takes_no_setting_as_recorded_from_provenance_it_cannot_read(tm
         else:
             assert "does not record smoothing, img_size, gan_type" in notes[0], (name, notes)
 
+
+def test_torch2tf_of_generators_alone_needs_the_discriminator_settings_recorded(tmp_path, capsys):
+    """The .meta holds the train graph, discriminators included: weights of the generators alone
+    (which fix neither n_dis nor sn) need a record of both, or no .meta is written from the
+    guesses, and the note names them; the same settings recorded (only TensorFlow's absence stops
+    it here)."""
+    import json
+    from torch_port import checkpoint as ck
+    cfg = ck.plain_config(CFG)
+    gens = {k: v for k, v in _model().state_dict().items() if k.startswith("generator")}
+    for name, guessed in (("guessed", ("n_dis", "sn")), ("recorded", ())):
+        sources = {k: "default" if k in guessed else "meta" for k in cfg}
+        meta = {"ugatit_config": json.dumps(cfg), "ugatit_config_sources": json.dumps(sources),
+                "ugatit_config_guessed": json.dumps({k: cfg[k] for k in guessed}), "ugatit_config_not_recorded": "[]"}
+        src = _weights_file(tmp_path / f"{name}.safetensors", gens, meta)
+        rc, out, err = _convert(["torch2tf", src, tmp_path / name / "UGATIT_light.model-3"], capsys)
+        notes = [ln for ln in err.splitlines() if "no .meta written" in ln]
+        assert rc == 0 and len(notes) == 1, err
+        said = "does not record n_dis, sn" if guessed else "(TensorFlow not installed)"
+        assert said in notes[0], (name, notes)
+
+
+def test_torch_to_tf_given_a_meta_writes_it_over_a_stale_one_it_is_told_to_drop(tmp_path):
+    """weights_convert.torch_to_tf (the library): `drop` naming the replaced checkpoint's stale
+    .meta while `meta` brings the new one for the same path writes the new one (the two are one
+    path: dropping it after would leave the checkpoint without its graph)."""
+    prefix = str(tmp_path / "UGATIT_light.model-3")
+    with open(prefix + ".meta", "wb") as fh:
+        fh.write(b"stale graph")
+    wc.torch_to_tf(dict(_model().state_dict()), prefix, drop=[prefix + ".meta"], meta=b"new graph")
+    with open(prefix + ".meta", "rb") as fh:
+        assert fh.read() == b"new graph"
+    assert os.path.isfile(prefix + ".index")
+
+
 @pytest.mark.parametrize("first_bytes", [b"\x80", b"PK"])
 def test_a_safetensors_file_whose_header_length_looks_like_torch_keeps_its_metadata(first_bytes, tmp_path, capsys):
     """A .safetensors file starts with its header's length (8 bytes, little-endian): one whose
