@@ -84,3 +84,17 @@ def test_a_failed_run_keeps_a_made_folder_holding_anything(tmp_path):
     with run_lock.RunLocks([run_lock.acquire(str(made), "--sample_dir")]):
         pass
     assert made.is_dir()
+
+
+def test_a_finished_run_keeps_every_folder_it_made_even_an_empty_one(tmp_path, monkeypatch, capsys):
+    """Only a failed run's empty folders go: a run that finished keeps its samples folder though
+    it holds no picture (--print_freq beyond the run's one iteration: the official loop wrote none)."""
+    from torch_port.__main__ import main as port_main
+    root = str(tmp_path)
+    _demo(root)
+    cfg = opt.config_from(light=True, dataset="g", ch=4, n_dis=5, img_size=64, augment_flag=False)
+    monkeypatch.chdir(root)
+    capsys.readouterr()
+    assert port_main(PORT_ARGS + ["--print_freq", "1000", "--save_freq", "1000"]) == 0, capsys.readouterr().err
+    samples = os.path.join(root, "samples", opt.model_dir(cfg))
+    assert os.path.isdir(samples) and not os.listdir(samples)
