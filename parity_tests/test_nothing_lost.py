@@ -5,6 +5,7 @@ at random moments, nonsense converter input. Tiny models (light, 32 px, ch 2, n_
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import glob
 import hashlib
@@ -1126,6 +1127,34 @@ def test_ctrl_c_right_after_the_log_files_open_leaves_none_open(where, tmp_path,
     for logs in glob.glob(str(tmp_path / "logs" / "*morphC")):
         for n in os.listdir(logs):  # an event file holds at least its header (an empty one: its start cut off)
             assert os.path.getsize(os.path.join(logs, n)) > 0 or not n.startswith("events."), n
+
+
+def test_the_loss_log_is_closed_when_the_event_files_close_fails(tmp_path, monkeypatch, capsys):
+    """The end of a run closes the event file, then the loss log (Morph's losses.jsonl): an event
+    file whose close fails (a full disk: its buffered events cannot be flushed) still lets the loss
+    log close - no `unclosed file` warning - and the run's line is that failure's."""
+    import gc
+    import warnings
+    from morph.__main__ import main as morph_main
+    from torch_port.events import EventWriter
+    make_data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    real_close = EventWriter.close
+
+    def full(self):
+        with contextlib.suppress(OSError):
+            real_close(self)  # (its file closed: only the loss log's close is what this test looks at)
+        raise OSError(errno.ENOSPC, f"cannot write {self.path!r}: No space left on device")
+    monkeypatch.setattr(EventWriter, "close", full)
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as later:
+        warnings.simplefilter("always")
+        rc = morph_main(["train"] + MORPH_TINY + ["--iteration", "1", "--epoch", "1"])
+        gc.collect()
+    err = capsys.readouterr().err
+    assert rc == 2 and "No space left on device" in one_error_line(err), err
+    unclosed = [str(w.message) for w in later if issubclass(w.category, ResourceWarning)]
+    assert not unclosed and "unclosed" not in err, (unclosed, err)
 
 
 def test_report_bad_checkpoint_and_read_only_folder_are_one_line(port_ckpt, tmp_path, monkeypatch, capsys):
