@@ -1129,6 +1129,44 @@ def test_ctrl_c_right_after_the_log_files_open_leaves_none_open(where, tmp_path,
             assert os.path.getsize(os.path.join(logs, n)) > 0 or not n.startswith("events."), n
 
 
+@pytest.mark.parametrize("fails", ["write", "flush"])
+def test_a_full_disk_under_the_loss_log_names_it(fails, tmp_path, monkeypatch, capsys):
+    """Morph's loss log (losses.jsonl, one line per step, flushed and synced before each
+    checkpoint): a full disk writing or flushing it is one line naming that file, as the other
+    files of a run (test_disk_full_line_names_the_file_that_failed)."""
+    from morph.__main__ import main as morph_main
+    make_data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, fh):
+            self.fh, self.name = fh, fh.name
+
+        def __getattr__(self, attr):  # fileno, close, ...
+            return getattr(self.fh, attr)
+
+        def write(self, data):
+            if fails == "write":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.fh.write(data)
+
+        def flush(self):
+            if fails == "flush":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.fh.flush()
+
+    def opener(file, mode="r", *a, **k):
+        fh = real_open(file, mode, *a, **k)
+        return Full(fh) if mode == "a" and str(file).endswith("losses.jsonl") else fh
+    monkeypatch.setattr(builtins, "open", opener)
+    capsys.readouterr()
+    rc = morph_main(["train"] + MORPH_TINY + ["--iteration", "2", "--epoch", "1", "--save_freq", "1"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "No space left on device" in line, line
+    assert "cannot write '" in line and line.split("cannot write '")[1].split("'")[0].endswith("losses.jsonl"), line
+
+
 def test_the_loss_log_is_closed_when_the_event_files_close_fails(tmp_path, monkeypatch, capsys):
     """The end of a run closes the event file, then the loss log (Morph's losses.jsonl): an event
     file whose close fails (a full disk: its buffered events cannot be flushed) still lets the loss
