@@ -788,3 +788,19 @@ def test_networks_refuse_what_is_not_a_batch_of_pictures_naming_what_they_expect
             for a, b in zip(got, want):  # float64 is cast to float32 on entry: the same float32 input
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
         assert g(x[..., :8, :12])[0].shape == (2, 3, 8, 12)  # any multiple of 4 from 8 for a light model
+
+
+def test_a_refused_input_says_how_to_make_it_a_batch_of_pictures():
+    """Each refusal of test_networks_refuse_what_is_not_a_batch_of_pictures... names the likely fix
+    for what it got: NHWC (a picture of any size, not only square) -> permute, one picture -> x[None],
+    one channel -> expand, 8 bits -> scale to [-1, 1], a numpy array -> torch.from_numpy."""
+    g = Generator(ch=2, n_res=4, img_size=16, light=True).eval()
+    x = torch.rand(1, 3, 16, 12) * 2 - 1
+    hints = {"channels last: x.permute(0, 3, 1, 2)": x.permute(0, 2, 3, 1), "add the batch axis, x[None]": x[0],
+             "a grayscale picture: x.expand(-1, 3, -1, -1)": x[:, :1],
+             "8-bit pictures: x.float() / 127.5 - 1": ((x + 1) * 127.5).to(torch.uint8),
+             "convert it: torch.from_numpy(array)": x.numpy()}
+    for hint, inp in hints.items():
+        with pytest.raises((ValueError, TypeError)) as e:
+            g(inp)
+        assert hint in str(e.value), (hint, str(e.value))
