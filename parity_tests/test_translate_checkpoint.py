@@ -248,3 +248,14 @@ def test_the_test_phase_load_reads_the_generators_and_leaves_the_discriminators_
     assert all(torch.equal(got[k], other[k]) for k in got if k.startswith("generator"))
     assert all(torch.equal(got[k], before[k]) for k in got if k.startswith("discriminator"))
     assert not all(torch.equal(got[k], before[k]) for k in got if k.startswith("generator"))  # (they were read)
+
+
+def test_a_tf_checkpoint_file_without_its_index_is_named_as_given(tmp_path):
+    """A `.meta` or `.data` file whose checkpoint's `.index` is not there names no checkpoint: the
+    error names the file given (not the prefix it would have named)."""
+    from torch_port import checkpoint as ck
+    for name in ("UGATIT.model-3.meta", "UGATIT.model-3.data-00000-of-00001"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(opt.OptionError) as e:
+            ck.load_any(str(tmp_path / name))
+        assert str(e.value).startswith(f"{str(tmp_path / name)!r}: not a checkpoint"), e.value
