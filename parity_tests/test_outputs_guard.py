@@ -498,6 +498,42 @@ def test_morph_codes_file_of_another_model_is_never_written(world, capsys):
         ["x.onnx", "x_w.npz"]
 
 
+def test_morph_codes_owner_is_a_model_file_whose_name_differs_only_in_case(tmp_path):
+    """check_w_file_owner alone (no model, no export): the other model is found by its `.onnx` in
+    any case (x.onnx is refused beside a model x.ONNX, as x.ONNX beside x.onnx above); a model of
+    other codes (y.onnx: y_w.npz) or a folder named x.ONNX is no owner of x_w.npz."""
+    from morph.export import check_w_file_owner
+    from ugatit_common.output_guard import OutputRefused
+    owned = tmp_path / "owned"
+    owned.mkdir()
+    (owned / "x.ONNX").write_bytes(b"a model")
+    with pytest.raises(OutputRefused, match=r"x_w\.npz.*is the codes file that .*x\.ONNX.* names \(missing now\)"):
+        check_w_file_owner(str(owned / "x.onnx"))
+    free = tmp_path / "free"
+    free.mkdir()
+    for name in ("y.onnx", "y_w.npz"):
+        (free / name).write_bytes(b"another model's")
+    (free / "x.ONNX").mkdir()  # a folder: no model
+    check_w_file_owner(str(free / "x.onnx"))  # nothing refused
+    assert sorted(os.listdir(free)) == ["x.ONNX", "y.onnx", "y_w.npz"]
+
+
+def test_export_morph_itself_refuses_the_codes_file_of_another_model(tmp_path):
+    """`morph.export.export_morph` (in its __all__, called without the command) checks the codes
+    file's owner too: given x.ONNX beside a model x.onnx and its x_w.npz, it raises OutputRefused
+    before any work, and both files stay as they were."""
+    from morph.export import export_morph
+    from morph.model import MorphUGATIT
+    from ugatit_common.output_guard import OutputRefused
+    (tmp_path / "x.onnx").write_bytes(b"the other model")
+    (tmp_path / "x_w.npz").write_bytes(b"its codes")
+    model = MorphUGATIT(MORPH_CFG).eval()
+    with pytest.raises(OutputRefused, match=r"x_w\.npz.*exists and is the codes file of .*x\.onnx"):
+        export_morph(model, str(tmp_path / "x.ONNX"), source="api", step=0, samples=1, verify=False)
+    assert sorted(os.listdir(tmp_path)) == ["x.onnx", "x_w.npz"]
+    assert (tmp_path / "x_w.npz").read_bytes() == b"its codes"
+
+
 # -- results: the test phases, Morph interpolate / translate ---------------------------------------------
 
 def test_a_translate_killed_mid_write_leaves_nothing_a_rerun_takes_for_a_users(world, monkeypatch, capsys):
