@@ -61,7 +61,8 @@ def test_a_phase_that_contradicts_the_subcommand_is_refused(tmp_path, capsys, co
 def test_demo_rerun_says_how_many_iterations_its_checkpoint_did(tmp_path, capsys):
     """`python -m morph demo DIR --iterations 2` over a DIR whose checkpoint did 1 iteration
     trains none (the official resume: that run's one epoch is over) and said the checkpoint "has
-    done 2", the number asked for. Now it says the checkpoint's own count, and why none was trained."""
+    done 2", the number asked for. Now it says the checkpoint's own count, and why none was trained
+    (only when more were asked for than it did)."""
     demo = str(tmp_path / "demo")
     assert morph_main(["demo", demo, "--iterations", "1", "--steps", "2", "--device", "cpu"]) == 0
     capsys.readouterr()
@@ -69,3 +70,7 @@ def test_demo_rerun_says_how_many_iterations_its_checkpoint_did(tmp_path, capsys
     out = capsys.readouterr().out
     assert "no iteration left to train" in out and "has done 1 iteration(s) (its one epoch is over" in out, out
     assert "has done 2" not in out
+    # the rerun that asks for what the checkpoint did: no why (nothing more was asked for)
+    assert morph_main(["demo", demo, "--iterations", "1", "--steps", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "has done 1 iteration(s); the morphs below are its" in out and "epoch is over" not in out, out
