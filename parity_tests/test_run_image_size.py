@@ -189,7 +189,8 @@ def test_the_run_record_goes_with_the_older_run_and_is_each_runs_own(tmp_path):
 
 def test_morph_refuses_to_resume_at_another_image_size(tmp_path):
     """Morph's resume passed no config, so a light Morph run at 32 px resumed at 64 px and trained
-    another model; now refused (exit 2 naming both sizes), nothing changed."""
+    another model; now refused (exit 2 naming both sizes), nothing changed. Its run record says
+    morph wrote it."""
     from morph.train import train
     from torch_port.checkpoint import CheckpointMismatch
     from ugatit_common.demo_data import make_demo_dataset
@@ -207,6 +208,8 @@ def test_morph_refuses_to_resume_at_another_image_size(tmp_path):
     try:
         train(cfg(1, 32), seed=1, base=root, log=lambda m: None)
         (folder,) = glob.glob(os.path.join(root, "ck", "*"))
+        with open(os.path.join(folder, policy.RUN_RECORD)) as fh:  # its record names the command that wrote it
+            assert json.load(fh)["written_by"] == "morph"  # (MorphTrainer.WRITER; the port's says torch_port)
         before = sorted(os.listdir(folder))
         with pytest.raises(CheckpointMismatch, match=r"--img_size=64 .*img_size=32"):
             train(cfg(2, 64), seed=1, base=root, log=lambda m: None)
