@@ -70,3 +70,29 @@ def test_a_tf_checkpoint_in_a_morph_folder_is_refused_for_its_kind(case, tmp_pat
     assert "note:" not in err, err  # the checkpoint's config was not inferred (read) on the way
     assert snapshot(root) == before  # nothing moved, swept or written
     assert not os.path.exists(os.path.join(folder, policy.UNUSABLE))
+
+
+def test_a_port_checkpoint_in_a_morph_folder_is_refused_for_its_kind(tmp_path, monkeypatch, capsys):
+    """The same for a checkpoint of the PyTorch port (torch_port) found in Morph's folder: the
+    wrong-kind message names the port's checkpoint and `python -m torch_port` to continue it (not
+    tf_reference), before anything there is read, swept or set aside."""
+    from morph.__main__ import main as morph_main
+    from parity_tests.test_outputs_guard import _save_port
+    from torch_port import build_ugatit
+    from ugatit_common.demo_data import make_demo_dataset
+    root = str(tmp_path)
+    make_demo_dataset(root, "g", size=64, n_train=1, n_test=1)
+    folder = _morph_folder(root)
+    _save_port(folder, build_ugatit(CFG), CFG, step=3)
+    monkeypatch.chdir(root)
+    before = snapshot(root)
+    capsys.readouterr()
+    rc = morph_main(ARGS)
+    err = capsys.readouterr().err
+    line = error_line(err)
+    assert rc == 2, err
+    for words in ("a UGATIT checkpoint of the PyTorch port", "UGATIT_light.model-3", "not a Morph-UGATIT checkpoint",
+                  "Morph cannot resume it", "--init_from", "use python -m torch_port"):
+        assert words in line, line
+    assert "tf_reference" not in line, line
+    assert snapshot(root) == before  # nothing moved, swept or written
