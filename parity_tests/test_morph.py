@@ -714,3 +714,17 @@ def test_generator_codes_are_checked_and_taken_in_the_layers_dtype():
                    dict(w=w[:, :8]), dict(z=z.numpy()), dict(z=(z > 0))):
             with pytest.raises(ValueError, match=r"must be a float tensor \[B, (64|256)\], one row per picture"):
                 net(x, **kw)
+
+
+def test_generator_checks_its_pictures_as_the_ports_generator_does():
+    """MorphGenerator.forward runs the port Generator's input check (`check_input`) before its
+    own code check: without it a uint8 batch was translated as if it were in [-1, 1], a 14 px one
+    gave 12 px back and a grayscale one a bare convolution error. Each is now the port's
+    TypeError / ValueError naming the expected [B, 3, H, W] layout, as for the plain generator."""
+    torch.manual_seed(0)
+    g = MorphGenerator(ch=CH, n_res=4, img_size=SIZE).eval()
+    x = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    z = make_z("a2b", 2, torch.Generator().manual_seed(1))
+    for inp in (((x + 1) * 127.5).to(torch.uint8), x > 0, x[..., :14, :14], x[:, :1], x.permute(0, 2, 3, 1)):
+        with pytest.raises((TypeError, ValueError), match=r"^MorphGenerator expects a float tensor \[B, 3, H, W\]"):
+            g(inp, z=z)
