@@ -81,3 +81,14 @@ def test_a_tf_checkpoint_given_where_a_morph_one_is_needed_is_named(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "an official TensorFlow UGATIT checkpoint, not a Morph-UGATIT checkpoint" in err[0], err
     assert not out.exists()
+
+
+def test_a_folder_is_never_taken_for_a_tf_prefix(tmp_path):
+    """`morph.train.tf_prefix` names a TF prefix or one of its files; a folder is never one, even
+    beside a file of its name + `.index` (`run/` and `run.index`): the folder is judged as a folder
+    (here: it holds no checkpoint), not as the TF checkpoint `run`."""
+    from morph.train import checkpoint_kind, tf_prefix
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run.index").write_bytes(b"")
+    assert tf_prefix(str(tmp_path / "run")) is None
+    assert checkpoint_kind(str(tmp_path / "run")) == ("none", None)
