@@ -444,3 +444,32 @@ def test_results_sweep_removes_only_a_killed_writers_temp_files(port_ckpt, tmp_p
     assert os.path.isfile(os.path.join(cache, "notes.txt"))
     assert os.path.isfile(os.path.join(res, "a2b", "cat.model-5_temp.png"))
     assert not os.path.exists(killed) and os.path.isfile(os.path.join(res, "a2b", "dog.png"))
+
+
+@pytest.mark.tf
+def test_tf_reference_test_phase_of_unreadable_images_only_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """tf_reference's test phase whose test images are all unreadable: one `error:` line naming the
+    file and why, exit 2, and no results folder left (it wrote no page, empty or not); with a
+    readable picture added it translates it, and makes no b2a/ for a domain without test images."""
+    import shutil
+
+    from parity_tests import golden
+    from parity_tests.conftest import GOLDEN
+    from tf_reference.__main__ import main as tf_main
+    cfg = opt.config_from(golden.record()["config"])
+    test_a = tmp_path / "dataset" / cfg["dataset"] / "testA"
+    test_a.mkdir(parents=True)
+    (test_a / "bad.png").write_bytes(b"not an image")
+    shutil.copytree(os.path.join(GOLDEN, "final"), tmp_path / "checkpoint" / opt.model_dir(cfg))
+    monkeypatch.chdir(tmp_path)
+    args = ["--phase", "test", "--light", "True", "--dataset", cfg["dataset"], "--img_size", str(cfg["img_size"]),
+            "--ch", str(cfg["ch"]), "--n_dis", str(cfg["n_dis"])]
+    capsys.readouterr()
+    assert tf_main(args) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and "cannot read image" in errors[0] and "bad.png" in errors[0], errors
+    assert not (tmp_path / "results").exists(), [r for r, _, _ in os.walk(tmp_path / "results")]
+    _photo(test_a / "good.png", size=cfg["img_size"])
+    assert tf_main(args) == 0, capsys.readouterr().err
+    made = os.listdir(tmp_path / "results" / opt.model_dir(cfg))
+    assert "a2b" in made and "index.html" in made and "b2a" not in made, made
