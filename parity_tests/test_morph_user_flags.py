@@ -74,3 +74,14 @@ def test_demo_rerun_says_how_many_iterations_its_checkpoint_did(tmp_path, capsys
     assert morph_main(["demo", demo, "--iterations", "1", "--steps", "2", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "has done 1 iteration(s); the morphs below are its" in out and "epoch is over" not in out, out
+
+
+@pytest.mark.parametrize("value", [0.0, 2.5])
+def test_idp_weight_zero_or_more_is_taken(value):
+    """The boundary of that check: 0 (the identity-preserving loss off) and any finite positive
+    weight pass `validate_morph` as given."""
+    from morph.train import validate_morph
+    from ugatit_common import options as opt
+    cfg = validate_morph(opt.config_from(dataset="demo", img_size=32, ch=4, n_dis=4, light=True, phase="train",
+                                         morph_config="C", idp_weight=value))
+    assert cfg["idp_weight"] == value
