@@ -287,3 +287,23 @@ def test_a_damaged_file_is_said_in_one_warning_not_opencvs_log_lines(tmp_path, c
             read(str(broken))
     err = capfd.readouterr().err
     assert "[ WARN" not in err and "[ERROR" not in err, err
+
+
+def test_a_header_declaring_too_many_pixels_is_said_as_such(tmp_path):
+    """A PNG whose header declares 60000 x 60000 (a damaged size field): OpenCV raises instead of
+    returning None; each reader says it in words (not OpenCV's assertion text), naming the file."""
+    import struct
+    import zlib
+
+    from ugatit_common.images import decode_image, read_color
+    png = bytearray(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    png[16:24] = struct.pack(">II", 60000, 60000)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    path = tmp_path / "huge.png"
+    path.write_bytes(bytes(png))
+    for read in (decode_image, read_color, check_train_image):
+        with pytest.raises(ImageReadError) as e:
+            read(str(path))
+        assert e.value.path == str(path)
+        assert e.value.reason.startswith("its header declares more pixels than OpenCV decodes"), e.value.reason
+
