@@ -307,3 +307,14 @@ def test_a_header_declaring_too_many_pixels_is_said_as_such(tmp_path):
         assert e.value.path == str(path)
         assert e.value.reason.startswith("its header declares more pixels than OpenCV decodes"), e.value.reason
 
+
+def test_none_readable_names_what_was_read(tmp_path):
+    """The error of a command that could read none of its inputs names them as that command calls
+    them: test images (the test phases) or input images (Morph interpolate / translate)."""
+    from ugatit_common.images import none_readable
+    assert none_readable([]) == "no test image was found"
+    assert none_readable([], "input images") == "no input image was found"
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"not a picture")
+    said = none_readable([str(tmp_path / "a.png"), str(tmp_path / "b.png")], "input images")
+    assert said.startswith("none of the 2 input images could be read"), said
