@@ -197,3 +197,36 @@ def test_giflib_walk_predicts_tf_on_fuzzed_gifs():
         whole, _, drawn = giflib_frames(raw)
         assert tf_frames == (0 if any(drawn[:whole]) else whole), (trial, giflib_frames(raw))
         assert (_tf_decode(tf, raw) is not None) == tf_decode_of_frames(raw)[2].startswith("decodes"), trial
+
+
+def _hand_gif(w=2, h=1, extensions=b"", lzw=b"\x03\x02\x58\x90\x00") -> bytes:
+    """A GIF made byte by byte: a 2-colour screen of w x h, `extensions` before its one frame, and
+    `lzw` (code size, sub-blocks, end) as the frame's data - by default the pixels 5, 0 (codes
+    clear, 5, 0, end at 4 bits: 0x58 0x90), so pixel 0 indexes past the 2-colour table."""
+    screen = b"GIF89a" + struct.pack("<HH", w, h) + b"\x80\x00\x00" + b"\x00\x00\x00\xff\xff\xff"
+    return screen + extensions + b"\x2c" + struct.pack("<HHHH", 0, 0, w, h) + b"\x00" + lzw + b"\x3b"
+
+
+@pytest.mark.tf
+def test_giflib_walk_predicts_tf_on_hand_made_edge_gifs():
+    """What the fuzzed files above never hold, against TF's decoder: a graphic control extension
+    whose transparent index is the index past the colour table (TF does not draw it: decodes), the
+    same index without transparency (TF stops), an extension whose first sub-block is empty
+    (giflib reads one more size byte: the frame still decodes), a frame 0 pixels wide."""
+    import tensorflow as tf
+
+    from ugatit_common.gif_decode import giflib_frames, tf_decode_of_frames
+    gce = lambda flags: b"\x21\xf9\x04" + bytes([flags]) + b"\x00\x00\x05\x00"  # noqa: E731 - transparent index 5
+    files = {"transparent_past_the_table": _hand_gif(extensions=gce(1)),
+             "past_the_table_not_transparent": _hand_gif(extensions=gce(0)),
+             "empty_first_sub_block": _hand_gif(extensions=gce(1) + b"\x21\xfe\x00\x00"),
+             "zero_width": _hand_gif(w=0)}
+    for name, raw in files.items():
+        gif = _tf_decode(tf, raw, tf.io.decode_gif)
+        tf_frames = 0 if gif is None else gif.shape[0]
+        whole, _, drawn = giflib_frames(raw)
+        assert tf_frames == (0 if any(drawn[:whole]) else whole), (name, tf_frames, giflib_frames(raw))
+        decodes = _tf_decode(tf, raw) is not None
+        assert decodes == tf_decode_of_frames(raw)[2].startswith("decodes"), (name, decodes, tf_decode_of_frames(raw))
+    # the cases differ as intended: TF decodes the first, third; stops on the second, fourth
+    assert [_tf_decode(tf, raw) is not None for raw in files.values()] == [True, False, True, False]
