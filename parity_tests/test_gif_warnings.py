@@ -102,6 +102,17 @@ def test_a_gif_whose_second_frame_is_damaged_is_not_said_to_stop_tf(tmp_path):
     assert "frame 2" in reason and "decode whole" in reason, reason
     assert "animated GIF (2 frames)" in _reason(paths["animated.gif"]) and STOPS in _reason(paths["animated.gif"])
     assert _reason(paths["sound.gif"]) is None
+    # 3 frames, the 3rd declaring more pixels than its data holds: TF stops on its 2 whole frames, but
+    # it is said as the damaged file it is, not as a sound animation
+    three = _gif(_frames(np.random.default_rng(0), 3))
+    s3 = _images(three)[2][0]
+    damaged = bytearray(three)
+    damaged[s3 + 5:s3 + 9] = struct.pack("<HH", 60, 50)
+    path = tmp_path / "frame3_declares_more.gif"
+    path.write_bytes(bytes(damaged))
+    reason = _reason(str(path))
+    assert reason.startswith("a damaged GIF (Pillow counts 3 frames)") and "animated" not in reason, reason
+    assert STOPS in reason and "giflib: frame 3" in reason, reason
 
 
 def test_every_skipped_gif_is_named_once_in_both_frameworks(tmp_path, capsys):
