@@ -241,3 +241,20 @@ def test_giflib_walk_predicts_tf_on_hand_made_edge_gifs():
         assert decodes == tf_decode_of_frames(raw)[2].startswith("decodes"), (name, decodes, tf_decode_of_frames(raw))
     # the cases differ as intended: TF decodes the first, third; stops on the second, fourth
     assert [_tf_decode(tf, raw) is not None for raw in files.values()] == [True, False, True, False]
+
+
+def test_a_frame_of_the_screens_size_at_an_offset_is_not_its_screen(tmp_path):
+    """A frame as large as the logical screen but placed at (3, 2): OpenCV decodes the screen (the
+    frame drawn at its place, or not at all where it does not fit), TF the frame itself - not the
+    same picture, so it is skipped, said as a frame that is not its whole screen (the size alone
+    agreeing is not enough). The same file with the frame at (0, 0) is used."""
+    raw = bytearray(_gif(_frames(np.random.default_rng(1), 1)))
+    start = _images(bytes(raw))[0][0]
+    whole = tmp_path / "whole.gif"
+    whole.write_bytes(bytes(raw))
+    raw[start + 1:start + 5] = struct.pack("<HH", 3, 2)
+    moved = tmp_path / "moved.gif"
+    moved.write_bytes(bytes(raw))
+    assert _reason(str(whole)) is None
+    reason = _reason(str(moved))
+    assert reason and "first frame (50x40 at 3,2) is not its whole 50x40 logical screen" in reason, reason
