@@ -812,3 +812,17 @@ def test_a_training_that_took_the_folder_after_the_check_refuses_the_results_com
         assert not os.path.exists(results)
     finally:
         run.release()
+
+
+def test_a_results_command_holds_its_own_lock_not_a_training_runs(tmp_path):
+    """own_result_folder takes the results lock (`.ugatit-results.lock`), not the run lock of a
+    training: while it writes, the folder is not taken for a running training's - another results
+    folder inside it is allowed (check_result_folders) - and the holder is found as a results one."""
+    from ugatit_common import output_guard as og
+    results = str(tmp_path / "results")
+    with og.own_result_folder(results):
+        assert run_lock.held_by(results) is None
+        holder = run_lock.held_by(results, run_lock.RESULTS_LOCK_NAME, run_lock.RESULTS_OWNER_NAME)
+        assert holder is not None and holder.pid == os.getpid()
+        og.check_result_folders([os.path.join(results, "sub")])
+    assert not os.path.exists(results)
