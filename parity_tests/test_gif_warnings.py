@@ -210,12 +210,13 @@ def test_giflib_walk_predicts_tf_on_fuzzed_gifs():
         assert (_tf_decode(tf, raw) is not None) == tf_decode_of_frames(raw)[2].startswith("decodes"), trial
 
 
-def _hand_gif(w=2, h=1, extensions=b"", lzw=b"\x03\x02\x58\x90\x00") -> bytes:
+def _hand_gif(w=2, h=1, extensions=b"", lzw=b"\x03\x02\x58\x90\x00", left=0) -> bytes:
     """A GIF made byte by byte: a 2-colour screen of w x h, `extensions` before its one frame, and
     `lzw` (code size, sub-blocks, end) as the frame's data - by default the pixels 5, 0 (codes
-    clear, 5, 0, end at 4 bits: 0x58 0x90), so pixel 0 indexes past the 2-colour table."""
+    clear, 5, 0, end at 4 bits: 0x58 0x90), so pixel 0 indexes past the 2-colour table; the frame
+    at (`left`, 0)."""
     screen = b"GIF89a" + struct.pack("<HH", w, h) + b"\x80\x00\x00" + b"\x00\x00\x00\xff\xff\xff"
-    return screen + extensions + b"\x2c" + struct.pack("<HHHH", 0, 0, w, h) + b"\x00" + lzw + b"\x3b"
+    return screen + extensions + b"\x2c" + struct.pack("<HHHH", left, 0, w, h) + b"\x00" + lzw + b"\x3b"
 
 
 @pytest.mark.tf
@@ -223,7 +224,8 @@ def test_giflib_walk_predicts_tf_on_hand_made_edge_gifs():
     """What the fuzzed files above never hold, against TF's decoder: a graphic control extension
     whose transparent index is the index past the colour table (TF does not draw it: decodes), the
     same index without transparency (TF stops), an extension whose first sub-block is empty
-    (giflib reads one more size byte: the frame still decodes), a frame 0 pixels wide."""
+    (giflib reads one more size byte: the frame still decodes), a frame 0 pixels wide, a pixel past
+    the table that falls off the canvas (a frame at an offset: not drawn, decodes)."""
     import tensorflow as tf
 
     from ugatit_common.gif_decode import giflib_frames, tf_decode_of_frames
@@ -231,7 +233,9 @@ def test_giflib_walk_predicts_tf_on_hand_made_edge_gifs():
     files = {"transparent_past_the_table": _hand_gif(extensions=gce(1)),
              "past_the_table_not_transparent": _hand_gif(extensions=gce(0)),
              "empty_first_sub_block": _hand_gif(extensions=gce(1) + b"\x21\xfe\x00\x00"),
-             "zero_width": _hand_gif(w=0)}
+             "zero_width": _hand_gif(w=0),
+             # pixels 0, 5 with the frame at (1, 0): pixel 5 falls off TF's frame-sized canvas, is not drawn
+             "past_the_table_off_the_canvas": _hand_gif(lzw=b"\x03\x02\x08\x95\x00", left=1)}
     for name, raw in files.items():
         gif = _tf_decode(tf, raw, tf.io.decode_gif)
         tf_frames = 0 if gif is None else gif.shape[0]
@@ -239,8 +243,8 @@ def test_giflib_walk_predicts_tf_on_hand_made_edge_gifs():
         assert tf_frames == (0 if any(drawn[:whole]) else whole), (name, tf_frames, giflib_frames(raw))
         decodes = _tf_decode(tf, raw) is not None
         assert decodes == tf_decode_of_frames(raw)[2].startswith("decodes"), (name, decodes, tf_decode_of_frames(raw))
-    # the cases differ as intended: TF decodes the first, third; stops on the second, fourth
-    assert [_tf_decode(tf, raw) is not None for raw in files.values()] == [True, False, True, False]
+    # the cases differ as intended: TF decodes the first, third and fifth; stops on the second, fourth
+    assert [_tf_decode(tf, raw) is not None for raw in files.values()] == [True, False, True, False, True]
 
 
 def test_a_frame_of_the_screens_size_at_an_offset_is_not_its_screen(tmp_path):
