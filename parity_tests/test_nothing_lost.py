@@ -883,6 +883,39 @@ def test_a_signal_after_the_atexit_callbacks_still_exits_with_the_runs_code(tmp_
                             sig, 2.0)  # 2 s: past the atexit callbacks, into the module finalization
 
 
+LATE_SIGNAL = """
+import atexit, sys, time
+def hold():
+    print("teardown", flush=True)
+    time.sleep(60)
+atexit.register(hold)
+from ugatit_common import cli_errors
+def command(argv):
+    if argv[0] == "exit":
+        raise SystemExit(2)  # argparse's usage error
+    return 2  # a refused command's code
+sys.exit(cli_errors.run(command, prog="x"))
+"""
+
+
+@pytest.mark.parametrize("how", ["return", "exit"])
+def test_a_late_signal_keeps_a_failed_commands_code(tmp_path, how):
+    """The late-signal exit (above) keeps the command's own code when it is not 0: a command that
+    returned 2, or whose argparse exited 2, still ends with 2 (and the note) on Ctrl-C in its
+    teardown - never 0, which would pass a refused command off as a success."""
+    p = subprocess.Popen([sys.executable, "-c", LATE_SIGNAL, how], cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert p.stdout.readline().strip() == "teardown"
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 2, (p.returncode, err)
+    assert err.strip().splitlines()[-1] == "note: Ctrl-C after the run had ended: nothing was interrupted", err
+
+
 # -- kill -9 at random moments: resume reproduces the uninterrupted run ------------------------------
 
 @pytest.mark.slow
