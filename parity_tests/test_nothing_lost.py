@@ -883,6 +883,37 @@ def test_a_signal_after_the_atexit_callbacks_still_exits_with_the_runs_code(tmp_
                             sig, 2.0)  # 2 s: past the atexit callbacks, into the module finalization
 
 
+def test_files_written_together_are_on_disk_before_they_are_published(tmp_path, monkeypatch):
+    """write_files_atomic (and the TF `checkpoint` state file, through write_temp_beside): each
+    file's data is fsynced, as a regular file, before the renames publish it - else a power cut
+    after the rename can leave the new name holding nothing."""
+    import stat
+
+    from ugatit_common import atomic
+    from ugatit_common.tf_checkpoint import bundle
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            events.append(("fsync", os.fstat(fd).st_size))
+        return real_fsync(fd)
+
+    def replace(a, b, *args, **kw):
+        events.append(("replace", os.path.basename(str(b))))
+        return real_replace(a, b, *args, **kw)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic.write_files_atomic({str(tmp_path / "a.bin"): b"12345", str(tmp_path / "b.bin"): b"123"})
+    files = [e for e in events if e[0] == "fsync"]
+    assert ("fsync", 5) in files and ("fsync", 3) in files, events
+    first_publish = next(i for i, e in enumerate(events) if e == ("replace", "a.bin") or e == ("replace", "b.bin"))
+    assert events.index(("fsync", 5)) < first_publish and events.index(("fsync", 3)) < first_publish, events
+    events.clear()
+    bundle.write_checkpoint_state(str(tmp_path), "UGATIT.model-1")
+    assert events and events[0][0] == "fsync" and events[0][1] > 0 and ("replace", "checkpoint") in events, events
+
+
 LATE_SIGNAL = """
 import atexit, sys, time
 def hold():
