@@ -99,3 +99,19 @@ def test_several_inputs_still_warn_once_per_skipped_file(world, tmp_path, monkey
         # (Morph said "cannot read image 'allbad/bad.png, allbad/worse.png': no readable input image")
         [line] = _lines(err, "error:")
         assert "none of the 2" in line and "bad.png" in line and REASON in line, (argv, err)
+
+
+def test_the_test_phase_makes_no_folder_for_a_direction_without_pictures(world, tmp_path, monkeypatch, capsys):
+    """The data set's test phase with testA pictures and an empty testB: the results hold a2b/ and
+    the page, no empty b2a/ folder for pictures that never were."""
+    from torch_port.__main__ import main as port_main
+    root = str(tmp_path / "w")
+    shutil.copytree(world, root)
+    monkeypatch.chdir(root)
+    for f in os.listdir(os.path.join("dataset", "t", "testB")):
+        os.remove(os.path.join("dataset", "t", "testB", f))
+    capsys.readouterr()
+    rc = port_main(["--phase", "test", "--device", "cpu", "--result_dir", "res", "--checkpoint", "port"])
+    assert rc == 0, capsys.readouterr().err
+    [run] = os.listdir("res")  # the run's model_dir
+    assert os.listdir(os.path.join("res", run, "a2b")) and not os.path.exists(os.path.join("res", run, "b2a"))
