@@ -481,3 +481,13 @@ def test_demo_into_a_file_names_the_flag(tmp_path, monkeypatch, capsys):
     a_file.write_text("mine")
     _expect_error(["--demo", str(a_file)], tmp_path, monkeypatch, capsys, "--demo", "not writable")
     assert a_file.read_text() == "mine"
+
+
+def test_demo_refuses_a_device_this_project_does_not_run_on_before_any_work(tmp_path, monkeypatch, capsys):
+    """--demo takes --device: one it cannot run on is refused before the demo's folder and data
+    set are made (the training's own device check would come after them)."""
+    demo_dir = tmp_path / "demo"
+    err = _expect_error(["--demo", str(demo_dir), "--device", "mps"], tmp_path, monkeypatch, capsys,
+                        "--device='mps'", "expected cpu, cuda, cuda:N or auto")
+    assert len(err.strip().splitlines()) == 1, err
+    assert not demo_dir.exists()  # nothing written
