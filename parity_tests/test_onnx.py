@@ -716,3 +716,15 @@ def test_a_size_the_machine_cannot_hold_is_one_out_of_memory_line(tmp_path, caps
     assert cli_errors.run(host_allocation, [], prog="p") == 2
     assert capsys.readouterr().err.startswith("error: out of memory (")
     assert cli_errors.run(lambda argv: 1 / 0, [], prog="p") == 1  # a plain bug stays an internal error
+
+
+def test_each_export_commands_help_says_which_checkpoints_it_takes(capsys):
+    """tf2onnx refuses the port's checkpoints (need_kind): its --help says it takes an official TF
+    checkpoint and names the command for the others; `python -m torch_port export` takes all kinds."""
+    for main, says in ((tx.tf2onnx_main, "an official TF checkpoint folder or prefix (the port's checkpoints and "
+                                         ".safetensors files: python -m torch_port export)"),
+                       (tx.main, "a torch_port checkpoint folder, or a .safetensors file")):
+        with pytest.raises(SystemExit) as e:
+            main(["--help"])
+        assert e.value.code == 0
+        assert says in " ".join(capsys.readouterr().out.split()), main  # (argparse wraps the help)
