@@ -491,3 +491,15 @@ def test_demo_refuses_a_device_this_project_does_not_run_on_before_any_work(tmp_
                         "--device='mps'", "expected cpu, cuda, cuda:N or auto")
     assert len(err.strip().splitlines()) == 1, err
     assert not demo_dir.exists()  # nothing written
+
+
+@pytest.mark.parametrize("flag", ["--light", "--dataset", "--ch", "--n_dis", "--phase", "--result_dir"])
+def test_demo_refuses_each_flag_it_fixes_or_ignores(flag, tmp_path, monkeypatch, capsys):
+    """Each model, data, phase or folder flag typed with --demo is named in the one refusal (only
+    --device, --seed and --threads are the demo's own)."""
+    value = {"--light": "False", "--dataset": "x", "--ch": "8", "--n_dis": "6", "--phase": "test",
+             "--result_dir": "r"}[flag]
+    demo_dir = tmp_path / "demo"
+    err = _expect_error(["--demo", str(demo_dir), flag, value], tmp_path, monkeypatch, capsys,
+                        f"{flag}: --demo trains and tests a fixed tiny model")
+    assert len(err.strip().splitlines()) == 1 and not demo_dir.exists(), err
