@@ -124,6 +124,38 @@ def test_a_capture_out_of_memory_is_raised_any_other_failure_runs_eagerly(error,
 
 
 
+@pytest.mark.parametrize("error", ["cudnn", "allocator", "other"])
+def test_a_forward_capture_out_of_memory_is_raised_any_other_failure_runs_eagerly(error, stubbed_capture, monkeypatch):
+    """The same for a forward's capture (StaticForward: the test phase's and the fast paths' CUDA
+    graphs): out of memory is raised, any other failure said and that input shape run eagerly; the
+    failed capture is ended first either way."""
+    from torch_port import static_forward
+    make = OTHER if error == "other" else OOM[error]
+    calls = []
+
+    def fn(x):
+        calls.append(1)
+        if len(calls) > 1:  # the warm-up call runs, the captured one fails
+            raise make()
+        return x * 2
+    said = []
+    s = static_forward.StaticForward(fn, capture=False, warmup=1, log=said.append)
+    x = torch.ones(2)
+    e, key = static_forward._Entry((x,), {}, None), static_forward.signature((x,), {})
+
+    class OnGpu:  # the argument the capture looks for (the stubbed CUDA calls take any device)
+        is_cuda, device = True, torch.device("cpu")
+    monkeypatch.setattr(static_forward, "_tensors", lambda v: iter([OnGpu()]))
+    if error == "other":
+        s._capture(e, key)
+        assert e.graph is None and len(said) == 1 and "capture of forward failed" in said[0], said
+    else:
+        with pytest.raises(type(make())):
+            s._capture(e, key)
+        assert e.graph is None and not said
+    assert len(stubbed_capture) == 1
+
+
 @pytest.mark.parametrize("where", ["allocator", "cudnn"])
 def test_every_translating_command_says_out_of_memory_in_one_line(where, world, tmp_path, monkeypatch, capsys):
     """The test phase one image at a time, Morph interpolate and Morph translate (no line of their
