@@ -689,6 +689,15 @@ def test_torch2tf_takes_no_setting_as_recorded_from_provenance_it_cannot_read(tm
             assert "does not record smoothing, img_size, gan_type" in notes[0], (name, notes)
 
 
+def test_torch2tf_infers_the_config_of_weights_whose_recorded_config_is_no_dict(tmp_path, capsys):
+    """A weights file whose `ugatit_config` metadata is JSON but not an object (a list, a string):
+    no config recorded - inferred from the shapes and said - never an internal error."""
+    for i, text in enumerate(("[1, 2]", '"light"')):
+        src = _weights_file(tmp_path / f"w{i}.safetensors", dict(_model().state_dict()), {"ugatit_config": text})
+        rc, out, err = _convert(["torch2tf", src, tmp_path / f"tf{i}" / "UGATIT_light.model-3"], capsys)
+        assert rc == 0 and "records no config; inferred from the weights' shapes" in out, (text, out, err)
+
+
 def test_torch2tf_of_generators_alone_needs_the_discriminator_settings_recorded(tmp_path, capsys):
     """The .meta holds the train graph, discriminators included: weights of the generators alone
     (which fix neither n_dis nor sn) need a record of both, or no .meta is written from the
