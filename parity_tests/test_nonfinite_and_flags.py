@@ -418,3 +418,24 @@ def test_a_dataset_folder_that_is_a_file_or_a_dead_link_is_said_so(tmp_path):
     with pytest.raises(opt.OptionError, match="testA' does not exist"):
         opt.domain_files(cfg, "testA", base=str(tmp_path))
     assert opt.domain_files(cfg, "testB", base=str(tmp_path), required=False) == []
+
+
+def test_option_messages_name_the_least_image_size_and_where_the_dataset_was_looked_for(tmp_path, monkeypatch):
+    """--img_size below the official graph's least size: the message names that size for the
+    n_dis given (24 at n_dis 4, 48 at 5; test_config_inference checks the rule against TF). A
+    missing dataset folder: looked for relative to 'the working directory' when that is the base,
+    else relative to the base folder named as such (not called the working directory)."""
+    for n_dis, least in ((4, 24), (5, 48)):
+        with pytest.raises(opt.OptionError) as e:
+            opt.validate(opt.config_from(img_size=least - 4, n_dis=n_dis))
+        assert f"--img_size={least - 4}: must be a multiple of 4 and at least {least} for n_dis={n_dis}" in str(e.value)
+    cfg = opt.config_from(dataset="d")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(opt.OptionError) as e:
+        opt.domain_files(cfg, "trainA")
+    assert str(e.value).endswith(f"relative to the working directory {os.getcwd()!r}"), str(e.value)
+    with pytest.raises(opt.OptionError) as e:
+        opt.domain_files(cfg, "trainA", base=str(elsewhere))
+    assert str(e.value).endswith(f"relative to {str(elsewhere)!r}"), str(e.value)
