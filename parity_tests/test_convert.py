@@ -187,3 +187,8 @@ def test_a_mismatch_message_does_not_blame_skipped_variables():
     assert opt.checkpoint_mismatch("ck", {"a": (1,)}, {"a": (1,), "b": (2,)}, unexpected_is_error=False) is None
     strict = opt.checkpoint_mismatch("ck", {"a": (1,)}, {"a": (1,), "b": (2,)})
     assert "1 unexpected variables, e.g. b" in strict
+    assert "(e.g. beta1_power, generator_A/conv/kernel/Adam)" in lenient  # each skipped one named (up to 3)
+    assert "configured model (check --light, --ch, --n_res, --n_dis, --img_size, --sn): " in strict  # what shapes it
+    hinted = opt.checkpoint_mismatch("ck", {"a": (1,)}, {"a": (2,)}, hint="the model its records describe: ch=2")
+    assert hinted.startswith("checkpoint ck does not match the configured model (the model its records describe: "
+                             "ch=2): 1 shape mismatches"), hinted  # tf2torch's: a file's records, not flags
