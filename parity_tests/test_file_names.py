@@ -235,3 +235,17 @@ def test_checkpoint_folder_whose_name_is_not_utf8(tmp_path):
     said = run("train", "--init_from", folder, "--iteration", "1", "--epoch", "1", "--augment_flag", "False",
                "--checkpoint_dir", "mck", *tiny[:-4], module="morph")
     assert "init" in said.lower(), said[-2000:]
+
+
+def test_forget_missing_after_the_record_was_deleted_meanwhile(tmp_path):
+    """An output recorded but never written, the record file deleted meanwhile (by the user):
+    forgetting the name neither raises nor writes a record back (nothing of ours is there)."""
+    from ugatit_common.output_names import RECORD
+    folder = tmp_path / "out"
+    folder.mkdir()
+    record = OutputRecord(str(folder))
+    record.add([str(folder / "a.png")])  # recorded before it is written; never written
+    assert (folder / RECORD).exists()
+    os.remove(folder / RECORD)
+    record.forget_missing()
+    assert not (folder / RECORD).exists() and not record.mine(str(folder / "a.png"))
