@@ -473,3 +473,37 @@ def test_tf_reference_test_phase_of_unreadable_images_only_is_one_error_line(tmp
     assert tf_main(args) == 0, capsys.readouterr().err
     made = os.listdir(tmp_path / "results" / opt.model_dir(cfg))
     assert "a2b" in made and "index.html" in made and "b2a" not in made, made
+
+
+def test_a_stopped_run_puts_the_earlier_page_back_only_when_it_changed_no_picture(tmp_path):
+    """ResultsPage.stopped(): the earlier run's page is put back only when this run listed no row
+    and changed none of the pictures it announced. A run that never started leaves the earlier
+    page as it was (not removed); one that added a row (add without before_output) keeps it; one
+    that rewrote the first of two announced pictures does not put back a page listing it; a
+    picture announced without its path (nothing tells whether it changed) neither."""
+    from ugatit_common.atomic import write_bytes_atomic
+    from ugatit_common.results import ResultsPage
+    out = tmp_path / "out"
+    out.mkdir()
+    page_path, pic = out / "index.html", out / "a.png"
+    earlier = b"<html>the earlier run's page</html>"
+    page_path.write_bytes(earlier)
+    pic.write_bytes(b"earlier picture")
+    ResultsPage(str(out)).stopped()  # never started
+    assert page_path.read_bytes() == earlier
+    page = ResultsPage(str(out))
+    page.add("a.png", str(pic), str(pic))
+    page.stopped()
+    assert "src='a.png'" in page_path.read_text() and "Incomplete" in page_path.read_text()
+    page_path.write_bytes(earlier)
+    page = ResultsPage(str(out))
+    page.before_output(str(pic))
+    page.before_output(str(out / "b.png"))
+    write_bytes_atomic(str(pic), b"a rerun picture")
+    page.stopped()
+    assert page_path.read_bytes() != earlier and "Incomplete" in page_path.read_text()
+    page_path.write_bytes(earlier)
+    page = ResultsPage(str(out))
+    page.before_output()
+    page.stopped()
+    assert page_path.read_bytes() != earlier and "Incomplete" in page_path.read_text()
