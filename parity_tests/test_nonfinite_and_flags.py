@@ -429,6 +429,7 @@ def test_option_messages_name_the_least_image_size_and_where_the_dataset_was_loo
         with pytest.raises(opt.OptionError) as e:
             opt.validate(opt.config_from(img_size=least - 4, n_dis=n_dis))
         assert f"--img_size={least - 4}: must be a multiple of 4 and at least {least} for n_dis={n_dis}" in str(e.value)
+        opt.validate(opt.config_from(img_size=least, n_dis=n_dis))  # the least size itself is taken (without TF too)
     cfg = opt.config_from(dataset="d")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
