@@ -33,3 +33,13 @@ def test_tf_on_is_refused_for_config_C(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error: --tf on: config C's generator" in err[0], err
     assert os.listdir(out) == []
+
+
+def test_tf_on_stays_allowed_for_configs_A_and_B():
+    """That refusal is config C's only: a config A / B generator is the official one, which --tf on
+    compares with tf_reference, so the flags check lets it through (the comparison: test_onnx.py)."""
+    from morph.export import _check_flags
+    from morph.model import MorphUGATIT
+    for config in ("A", "B"):
+        model = MorphUGATIT(opt.config_from(dataset="demo", morph_config=config, **NET))
+        _check_flags(model, {"tf", "direction"}, "on")  # raises nothing
