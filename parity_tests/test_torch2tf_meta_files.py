@@ -79,3 +79,29 @@ def test_the_files_listed_are_the_official_train_phases_glob(tmp_path, monkeypat
     monkeypatch.chdir(root)
     files_A, files_B, why = wc.training_files(CFG, None)
     assert (files_A, files_B) == ((), ()) and "trainA and trainB" in why, why
+
+
+@pytest.mark.tf
+@pytest.mark.slow  # TensorFlow builds the train graph three times (~40 s alone; 3 min on busy cores)
+def test_the_meta_graph_takes_the_longer_list_and_only_its_own_variables():
+    """tf_reference.meta_graph's graph, as the official train phase builds it: its shuffle buffers
+    hold the longer list's count (the official dataset_num, max of trainA / trainB: 3 here, not
+    1), and names that are no variable of the graph are a ValueError naming them."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    from tf_reference import meta_graph as mg
+    from tf_reference import train as phases
+    from tf_reference.compat import tf
+    cfg = dict(CFG, augment_flag=True)
+    with tf.Graph().as_default():
+        phases.build_train_graph(cfg, ["a"], ["b"], 1)
+        names = [v.op.name for v in tf.global_variables()]
+    with tf.Graph().as_default(), pytest.raises(ValueError, match=r"1 variable\(s\) not in the official graph "
+                                                                  r"of this config: not/a_variable"):
+        phases.build_train_graph(cfg, ["a"], ["b"], 1, saved=names + ["not/a_variable"])
+    meta = mg.train_meta_graph(cfg, names, ["a1.png", "a2.png", "a3.png"], ["b1.png"])
+    graph = meta_graph_pb2.MetaGraphDef.FromString(meta).graph_def
+    nodes = {n.name: n for n in graph.node}
+    buffers = [tf.make_ndarray(nodes[n.input[1].split(":")[0]].attr["value"].tensor).item()
+               for n in graph.node if n.op.startswith("ShuffleDataset")]
+    assert buffers == [3, 3], buffers
