@@ -36,7 +36,8 @@ def train_meta_graph(cfg: dict, variables, files_A=(), files_B=()) -> bytes:
 def _meta_graph(cfg_json: str, variables: tuple, files_A: tuple, files_B: tuple) -> bytes:
     cfg = json.loads(cfg_json)
     with tf.Graph().as_default():
-        # seed 0: the same bytes on every build (the augmentation's build-time coin, its op seed)
+        # seed 0: the same graph on every build (the augmentation's build-time coin, its op seeds);
+        # not the same bytes: TF names the data pipelines' functions with a per-process counter
         _, saver, _, _ = build_train_graph(cfg, list(files_A), list(files_B), max(len(files_A), len(files_B)),
                                            saved=variables, seed=0, force_augment=bool(cfg["augment_flag"]))
         return saver.export_meta_graph().SerializeToString(deterministic=True)
