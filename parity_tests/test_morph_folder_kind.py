@@ -41,9 +41,21 @@ def _weights_only(folder):
     wc.torch_to_tf(state, os.path.join(folder, "UGATIT.model-3"))
 
 
+def _refused(root, monkeypatch, capsys):
+    """`python -m morph train` in `root`: exit 2 with nothing moved, swept or written; (stderr, its error line)."""
+    from morph.__main__ import main as morph_main
+    monkeypatch.chdir(root)
+    before = snapshot(root)
+    capsys.readouterr()
+    rc = morph_main(ARGS)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert snapshot(root) == before  # nothing moved, swept or written
+    return err, error_line(err)
+
+
 @pytest.mark.parametrize("case", ["training", "weights_only", "record_of_another_size"])
 def test_a_tf_checkpoint_in_a_morph_folder_is_refused_for_its_kind(case, tmp_path, monkeypatch, capsys):
-    from morph.__main__ import main as morph_main
     from ugatit_common.demo_data import make_demo_dataset
     root = str(tmp_path)
     make_demo_dataset(root, "g", size=64, n_train=1, n_test=1)
@@ -56,19 +68,12 @@ def test_a_tf_checkpoint_in_a_morph_folder_is_refused_for_its_kind(case, tmp_pat
     if case == "record_of_another_size":  # the run record of the tf_reference run that wrote it (a light model:
         with open(os.path.join(folder, policy.RUN_RECORD), "w") as fh:  # its weights do not fix the size)
             json.dump({"written_by": "tf_reference", "img_size": 32, "options": dict(CFG, img_size=32)}, fh)
-    monkeypatch.chdir(root)
-    before = snapshot(root)
-    capsys.readouterr()
-    rc = morph_main(ARGS)
-    err = capsys.readouterr().err
-    line = error_line(err)
-    assert rc == 2, err
+    err, line = _refused(root, monkeypatch, capsys)
     for words in ("an official TensorFlow UGATIT checkpoint", "UGATIT.model-3", "not a Morph-UGATIT checkpoint",
                   "--init_from", "python -m tf_reference"):
         assert words in line, line
     assert "img_size" not in line and "none can be used" not in line, line
     assert "note:" not in err, err  # the checkpoint's config was not inferred (read) on the way
-    assert snapshot(root) == before  # nothing moved, swept or written
     assert not os.path.exists(os.path.join(folder, policy.UNUSABLE))
 
 
@@ -76,7 +81,6 @@ def test_a_port_checkpoint_in_a_morph_folder_is_refused_for_its_kind(tmp_path, m
     """The same for a checkpoint of the PyTorch port (torch_port) found in Morph's folder: the
     wrong-kind message names the port's checkpoint and `python -m torch_port` to continue it (not
     tf_reference), before anything there is read, swept or set aside."""
-    from morph.__main__ import main as morph_main
     from parity_tests.test_outputs_guard import _save_port
     from torch_port import build_ugatit
     from ugatit_common.demo_data import make_demo_dataset
@@ -84,15 +88,8 @@ def test_a_port_checkpoint_in_a_morph_folder_is_refused_for_its_kind(tmp_path, m
     make_demo_dataset(root, "g", size=64, n_train=1, n_test=1)
     folder = _morph_folder(root)
     _save_port(folder, build_ugatit(CFG), CFG, step=3)
-    monkeypatch.chdir(root)
-    before = snapshot(root)
-    capsys.readouterr()
-    rc = morph_main(ARGS)
-    err = capsys.readouterr().err
-    line = error_line(err)
-    assert rc == 2, err
+    _, line = _refused(root, monkeypatch, capsys)
     for words in ("a UGATIT checkpoint of the PyTorch port", "UGATIT_light.model-3", "not a Morph-UGATIT checkpoint",
                   "Morph cannot resume it", "--init_from", "use python -m torch_port"):
         assert words in line, line
     assert "tf_reference" not in line, line
-    assert snapshot(root) == before  # nothing moved, swept or written
