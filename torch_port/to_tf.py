@@ -58,12 +58,12 @@ def _resolve(inp: str) -> str:
 def load_weights(path: str) -> tuple[dict, dict]:
     """(state, metadata) of a .safetensors or .pt file, with one clear error for anything else."""
     import torch
+    from ugatit_common.output_guard import is_safetensors_head
     with open(path, "rb") as fh:
         head = fh.read(9)
-    # a safetensors file is told by its own header (an 8-byte length, then its JSON): that length may
-    # begin with a zip's `PK` or a pickle's 0x80 too (one file in 256), which read it as a torch.save
-    # file, its metadata (the run's config, step) lost
-    safetensors = head[8:9] == b"{"
+    # a safetensors file by its own header first: read as a torch.save file (its length beginning
+    # with `PK` or 0x80), its metadata (the run's config, step) was lost
+    safetensors = is_safetensors_head(head, os.path.getsize(path))
     if path.endswith(".pt") or (not safetensors and (head[:2] == b"PK" or head[:1] == b"\x80")):
         import warnings
         try:

@@ -28,18 +28,24 @@ def missing_top(folder: str) -> str | None:
     return top
 
 
+def _chain(folder: str, top: str):
+    """`folder` and its parents up to `top` (a folder above it, or itself), deepest first."""
+    d, top = os.path.abspath(folder), os.path.abspath(top)
+    while True:
+        yield d
+        if d == top or os.path.dirname(d) == d:
+            return
+        d = os.path.dirname(d)
+
+
 def remove_empty_chain(folder: str, top: str) -> None:
     """Remove `folder` and its parents up to `top` (a folder above it, or itself) while each is
     empty; the first that is not (or cannot be removed) ends it."""
-    d, top = os.path.abspath(folder), os.path.abspath(top)
-    while True:
+    for d in _chain(folder, top):
         try:
             os.rmdir(d)
         except OSError:
             return
-        if d == top or os.path.dirname(d) == d:
-            return
-        d = os.path.dirname(d)
 
 
 class MadeFolders:
@@ -67,14 +73,7 @@ class MadeFolders:
         """Remove every noted folder that is empty now, with its parents up to the topmost one this
         run made: all of them deepest first, so a parent made for one folder goes after a sibling
         noted later (whose chain stops at itself: the parent existed by then) has gone."""
-        made = set()
-        for folder, top in self._made:
-            d = folder
-            while True:
-                made.add(d)
-                if d == top or os.path.dirname(d) == d:
-                    break
-                d = os.path.dirname(d)
+        made = {d for folder, top in self._made for d in _chain(folder, top)}
         for d in sorted(made, key=lambda p: p.count(os.sep), reverse=True):
             try:
                 os.rmdir(d)  # never a folder holding anything

@@ -108,6 +108,13 @@ def _zip_kind(path: str, name: str) -> str:
     return "zip"
 
 
+def is_safetensors_head(head: bytes, size: int) -> bool:
+    """Whether a file of `size` bytes starting with `head` (>= 9 bytes of it) is a safetensors
+    file: an 8-byte header length that fits the file, then its JSON. Told so first: that length
+    may begin with a zip's `PK` or a pickle's 0x80 (one file in 256)."""
+    return len(head) >= 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] <= size - 8
+
+
 def kind_of(path: str) -> str | None:
     """What is at `path` (a key of KINDS, or `image:<FORMAT>`), judged by content and name; None
     when nothing is there. Extensions count in any case (`.ONNX`, `.PT`): the writers accept
@@ -142,7 +149,7 @@ def kind_of(path: str) -> str | None:
         return "tf-meta"
     if name.endswith(".index") and len(tail) == 8 and struct.unpack("<Q", tail)[0] == _TF_TABLE_MAGIC:
         return "tf-index"
-    if len(head) >= 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] <= size - 8:
+    if is_safetensors_head(head, size):
         return "safetensors"
     if head.startswith(b"PK\x03\x04"):
         return _zip_kind(path, name)
