@@ -367,6 +367,7 @@ def test_decoder_threads_follow_the_cores_this_process_may_use(monkeypatch):
     import concurrent.futures
     from torch_port import batch_translate
     from ugatit_common import cores, images
+    monkeypatch.setattr(cores, "PROC_CGROUP", "/no-such-proc/cgroup")  # no CPU quota here
     monkeypatch.setattr(cores.os, "cpu_count", lambda: 64)
     monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: {5}, raising=False)
     assert cores.usable_cores() == 1 and batch_translate._threads() == 1
@@ -381,6 +382,59 @@ def test_decoder_threads_follow_the_cores_this_process_may_use(monkeypatch):
     assert cores.usable_cores() == 4 and batch_translate._threads() == 4
     monkeypatch.delattr(cores.os, "sched_getaffinity", raising=False)  # macOS, Windows
     assert cores.usable_cores() == 64 and batch_translate._threads() == 8
+
+
+def _cgroups(tmp_path, proc, files):
+    """A fake /proc/self/cgroup and cgroup mount: {relative path: text}."""
+    (tmp_path / "proc").write_text(proc)
+    for rel, text in files.items():
+        (tmp_path / "fs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fs" / rel).write_text(text)
+    return str(tmp_path / "fs"), str(tmp_path / "proc")
+
+
+@pytest.mark.parametrize("proc, files, quota", [
+    # cgroup v2 with a cgroup namespace: the container's own limit at the mount's root
+    ("0::/\n", {"cpu.max": "150000 100000\n"}, 2),                        # --cpus 1.5: 2 threads
+    ("0::/\n", {"cpu.max": "max 100000\n"}, None),
+    # v2 without a namespace: the tightest of the process's cgroup and its ancestors
+    ("0::/k8s/pod/ctr\n", {"k8s/cpu.max": "800000 100000", "k8s/pod/cpu.max": "300000 100000",
+                          "k8s/pod/ctr/cpu.max": "max 100000"}, 3),
+    # v2 path not mounted here (a container seeing its own cgroup at the root)
+    ("0::/docker/abc\n", {"cpu.max": "100000 100000"}, 1),
+    # cgroup v1, the cpu controller joined with cpuacct, and alone
+    ("4:memory:/x\n3:cpu,cpuacct:/docker/abc\n", {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "400000",
+                                                  "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000"}, 4),
+    ("1:cpu:/\n2:cpuacct:/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ("1:cpu:/a\n", {"cpu/a/cpu.cfs_quota_us": "50000", "cpu/a/cpu.cfs_period_us": "100000"}, 1),
+    # a controller named like cpu (cpuset) is not the cpu controller; unreadable values are no limit
+    ("3:cpuset:/\n", {"cpu/cpu.cfs_quota_us": "100000", "cpu/cpu.cfs_period_us": "100000"}, None),
+    ("0::/\n", {"cpu.max": "garbage"}, None),
+    ("0::/\n", {"cpu.max": "0 100000"}, None),
+    ("", {}, None),
+])
+def test_a_cpu_quota_without_a_cpuset_is_seen(tmp_path, proc, files, quota):
+    """`docker --cpus` / a Kubernetes CPU limit sets a cgroup quota, not an affinity: the decoder
+    threads follow the tightest quota on the process's cgroup path, rounded up to whole cores."""
+    from ugatit_common import cores
+    assert cores.cgroup_cpu_quota(*_cgroups(tmp_path, proc, files)) == quota
+
+
+def test_decoder_threads_follow_the_lower_of_affinity_and_quota(monkeypatch, tmp_path):
+    """The quota lowers the affinity's count, never raises it; no cgroup file at all (macOS,
+    Windows) leaves the affinity's count."""
+    from torch_port import batch_translate
+    from ugatit_common import cores
+    root, proc = _cgroups(tmp_path, "0::/\n", {"cpu.max": "200000 100000"})
+    monkeypatch.setattr(cores, "CGROUP_ROOT", root)
+    monkeypatch.setattr(cores, "PROC_CGROUP", proc)
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert cores.usable_cores() == 2 and batch_translate._threads() == 2
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert cores.usable_cores() == 1
+    monkeypatch.setattr(cores, "PROC_CGROUP", str(tmp_path / "missing"))
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    assert cores.usable_cores() == 6
 
 
 def test_ctrl_c_during_the_threaded_check_puts_the_settings_back_after_the_threads(monkeypatch):
