@@ -437,6 +437,32 @@ def test_decoder_threads_follow_the_lower_of_affinity_and_quota(monkeypatch, tmp
     assert cores.usable_cores() == 6
 
 
+@pytest.mark.parametrize("env, shown", [({}, True), ({"WORLD_SIZE": "2", "RANK": "0"}, True),
+                                         ({"WORLD_SIZE": "2", "RANK": "1"}, False)])
+def test_the_image_checks_progress_bar_is_rank_0s_alone_under_torchrun(monkeypatch, tmp_path, env, shown):
+    """Every torchrun rank checks the same data set; on a terminal only rank 0 shows the check's
+    progress bar (as it alone prints the warnings and the training bar), not one bar per process."""
+    import tqdm as tqdm_module
+    from ugatit_common import images
+    for k in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(images, "CHECK_THREADS", 2)
+    monkeypatch.setattr(images, "usable_cores", lambda: 2)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bars = []
+    real = tqdm_module.tqdm
+
+    def recorded(*a, **k):
+        bars.append(not k.get("disable"))
+        return real(*a, **{**k, "file": io.StringIO()})
+    monkeypatch.setattr(tqdm_module, "tqdm", recorded)
+    files = [str(tmp_path / f"missing{i}.png") for i in range(3)]
+    assert None not in images.train_image_reasons(files)
+    assert bars == [shown]
+
+
 def test_ctrl_c_during_the_threaded_check_puts_the_settings_back_after_the_threads(monkeypatch):
     """Ctrl-C while the data set is checked on several threads: the KeyboardInterrupt reaches the
     caller, files not yet started are dropped, and the warnings filters and OpenCV's log level are

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .cores import usable_cores
+from .options import other_torchrun_rank
 from .gif_decode import tf_decode_of_frames
 
 # magic bytes of the formats the official train pipeline (tf.image.decode_jpeg) decodes to 3-D
@@ -390,7 +391,7 @@ def train_image_reasons(files, desc: str = "checking training images") -> list[s
     level = cv2.utils.logging.getLogLevel()
     pool = ThreadPoolExecutor(threads, thread_name_prefix="image-check")
     bar = tqdm(total=len(files), desc=desc, unit="img", file=sys.stderr, delay=1.0, leave=False,
-               disable=not sys.stderr.isatty())
+               disable=not sys.stderr.isatty() or other_torchrun_rank())  # torchrun: rank 0's bar alone
     with warnings.catch_warnings():  # outside the try: exited after the pool's shutdown below
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
