@@ -338,6 +338,29 @@ def test_resume_with_another_seed_says_so(tmp_path, monkeypatch, capsys):
                       "and penalty draws differ from here on (resume with --seed 5 to continue the run as it was)"]
 
 
+def test_resume_with_another_batch_size_continues_after_the_images_used(tmp_path, monkeypatch, capsys):
+    """The loaders' positions count batches of the checkpoint's --batch_size: a run of batch 1
+    (2 iterations: 4 batches of 1 image per domain, a D and a G batch each) resumed with batch 2
+    continues at the first batch of 2 after those 4 images (position 2, then 4 more batches: 6), as
+    a torchrun checkpoint resumed by one process does (was: position 4 taken as 4 batches of 2,
+    images 4..7 of the stream never trained on); said in one line naming both sizes."""
+    from parity_tests.test_train_precision import _config
+    from torch_port import checkpoint as ckpt
+    from torch_port.train import train
+    from ugatit_common.demo_data import make_demo_dataset
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=4, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    first = train(_config("bs", iteration=2, epoch=1, batch_size=1), torch.device("cpu"), seed=1)
+    state = ckpt.find_latest(first["checkpoint_dir"])[2]
+    assert (state["loader_A"], state["loader_B"]) == (4, 4)
+    capsys.readouterr()
+    train(_config("bs", iteration=2, epoch=2, batch_size=2), torch.device("cpu"), seed=1)
+    out = capsys.readouterr().out
+    state = ckpt.find_latest(first["checkpoint_dir"])[2]
+    assert (state["loader_A"], state["loader_B"]) == (2 + 4, 2 + 4)
+    assert "--batch_size 2 (the checkpoint's run had 1)" in out, out
+
+
 def _official_lr(lr, epoch, decay_epoch, e, decay_flag):
     """OFFICIAL_SEMANTICS.md, written out: constant until decay_epoch, then lr * (epoch - e) /
     (epoch - decay_epoch) for epoch index e; constant throughout when decay_flag is False."""

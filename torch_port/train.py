@@ -622,10 +622,11 @@ class Trainer:
             loader_A, loader_B, past_g_loss = pos["loader_A"], pos["loader_B"], pos["past_g_loss"]
             if pos["rng"] is not None:
                 ckpt.set_rng_state(pos["rng"])
+            had_batch = int(((pos["state"] or {}).get("config") or {}).get("batch_size", cfg["batch_size"]))
             if pos["state"] is not None and pos["world_size"] != dist_info.world_size and main:
                 print(f"warning: the checkpoint was written by {pos['world_size']} process(es), this run has "
                       f"{dist_info.world_size}: the global batch changes from {pos['world_size']} x "
-                      f"{cfg['batch_size']} to {dist_info.world_size} x {cfg['batch_size']} images (resume through "
+                      f"{had_batch} to {dist_info.world_size} x {cfg['batch_size']} images (resume through "
                       f"torchrun --nproc_per_node {pos['world_size']} to continue the run as it was)",
                       file=sys.stderr, flush=True)
             had_seed = ((pos["state"] or {}).get("config") or {}).get("seed")
@@ -633,10 +634,13 @@ class Trainer:
                 print(f"warning: the checkpoint's run used --seed {int(had_seed)}, this run --seed {seed}: its data "
                       f"order, augmentation and penalty draws differ from here on (resume with --seed "
                       f"{int(had_seed)} to continue the run as it was)", file=sys.stderr, flush=True)
-            if pos["state"] is not None and pos["world_size"] != dist_info.world_size:
-                # the loaders' positions count global batches of the checkpoint's world size: continue
-                # at the first whole global batch of this run after the images the checkpoint's run used
-                old, new = pos["world_size"] * cfg["batch_size"], dist_info.world_size * cfg["batch_size"]
+            if had_batch != cfg["batch_size"]:
+                log(f" [*] --batch_size {cfg['batch_size']} (the checkpoint's run had {had_batch}): the data continue "
+                    f"after the images the checkpoint's run used")
+            if pos["state"] is not None and (pos["world_size"], had_batch) != (dist_info.world_size, cfg["batch_size"]):
+                # the loaders' positions count global batches of the checkpoint's world size and batch size:
+                # continue at the first whole global batch of this run after the images the checkpoint's run used
+                old, new = pos["world_size"] * had_batch, dist_info.world_size * cfg["batch_size"]
                 loader_A, loader_B = (-(-n * old // new) for n in (loader_A, loader_B))
             self.load_extra_state(pos["state"])
         d_step, g_step = self.wrap_steps(model.d_step, model.g_step)
