@@ -275,6 +275,21 @@ def test_folders_and_dangling_links_in_a_data_set_are_said(tmp_path, capsys):
     assert "old.set" in err and "a folder" in err and "b.png" in err and "leads to no file" in err
 
 
+def test_a_fifo_in_a_data_set_is_said_as_what_it_is(tmp_path, capsys):
+    """A named pipe called `p.png` in a domain folder (the official read_file would block on it):
+    skipped with a warning that says it is not a regular file (was: 'a link that leads to no
+    file', for a FIFO that is no link)."""
+    from ugatit_common import options as opt
+    folder = tmp_path / "dataset" / "d" / "trainA"
+    folder.mkdir(parents=True)
+    assert cv2.imwrite(str(folder / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    os.mkfifo(str(folder / "p.png"))
+    files = opt.domain_files({"dataset": "d"}, "trainA", base=str(tmp_path))
+    assert [os.path.basename(f) for f in files] == ["a.png"]
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if "p.png" in ln]
+    assert len(warned) == 1 and "not a regular file (a FIFO)" in warned[0] and "link" not in warned[0], warned
+
+
 def test_a_damaged_file_is_said_in_one_warning_not_opencvs_log_lines(tmp_path, capfd):
     """A damaged picture was said twice more by OpenCV's own log on stderr (`[ WARN:0@0.29] global
     grfmt_png.cpp:793 ... PNG input buffer is incomplete`, `[ERROR:0@0.29] ... IHDR chunk shall be

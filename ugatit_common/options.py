@@ -260,12 +260,26 @@ def domain_files(cfg: dict, folder: str, base: str = ".", required: bool = True)
     for f in sorted(glob.glob(os.path.join(glob.escape(path), "*.*"))):
         if os.path.isfile(f):
             files.append(f)
-        else:  # the official code would stop on it mid-run; said here, as unreadable images are
-            print(f"warning: skipping {f!r}: " + ("a folder" if os.path.isdir(f) else "a link that leads to no file")
-                  + ", not an image", file=sys.stderr)
+        else:  # the official code would stop (or, on a FIFO, block) on it mid-run; said here, as unreadable images are
+            print(f"warning: skipping {f!r}: {_not_a_file(f)}, not an image", file=sys.stderr)
     if required and not files:
         raise OptionError(f"dataset folder {path!r} holds no files (expected images, e.g. *.png, *.jpg)")
     return files
+
+
+def _not_a_file(path: str) -> str:
+    """What a dataset entry that is no regular file is: a folder, a link leading nowhere, or a
+    FIFO / socket / device (named as such: it is no link)."""
+    import stat
+    if os.path.isdir(path):
+        return "a folder"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a link that leads to no file"
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "another kind of entry")
+    return f"not a regular file ({kind})"
 
 
 @dataclass
