@@ -98,3 +98,26 @@ def test_a_finished_run_keeps_every_folder_it_made_even_an_empty_one(tmp_path, m
     assert port_main(PORT_ARGS + ["--print_freq", "1000", "--save_freq", "1000"]) == 0, capsys.readouterr().err
     samples = os.path.join(root, "samples", opt.model_dir(cfg))
     assert os.path.isdir(samples) and not os.listdir(samples)
+
+
+def test_a_run_folder_where_a_file_is_says_so_and_keeps_the_file(tmp_path, monkeypatch, capsys):
+    """A file where the run's checkpoint folder goes (`checkpoint/<model_dir>` a file): one error
+    line saying a file is there, not a folder (was: the OS's bare 'is not writable: File exists'
+    from taking the run lock), exit 2, the file untouched and no samples/ or logs/ left."""
+    from torch_port.__main__ import main as port_main
+    root = str(tmp_path)
+    _demo(root)
+    cfg = opt.config_from(light=True, dataset="g", ch=4, n_dis=5, img_size=64, augment_flag=False)
+    os.makedirs(os.path.join(root, "checkpoint"))
+    mine = os.path.join(root, "checkpoint", opt.model_dir(cfg))
+    with open(mine, "w") as fh:
+        fh.write("mine")
+    monkeypatch.chdir(root)
+    before = _folders(root)
+    capsys.readouterr()
+    assert port_main(PORT_ARGS) == 2
+    line = error_line(capsys.readouterr().err)
+    assert line.endswith("is not writable: a file is there, not a folder") and "--checkpoint_dir" in line, line
+    assert _folders(root) == before
+    with open(mine) as fh:
+        assert fh.read() == "mine"
