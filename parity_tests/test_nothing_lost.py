@@ -1922,3 +1922,36 @@ def test_a_run_from_scratch_moves_an_older_runs_loss_log_and_samples_aside(tmp_p
     with open(os.path.join(logs, "losses.jsonl")) as fh:
         assert [json.loads(line)["counter"] for line in fh] == [1, 2]
 
+
+
+@pytest.mark.slow
+@pytest.mark.tf
+def test_a_tf_reference_run_from_scratch_moves_an_older_runs_samples_and_events_aside(tmp_path, monkeypatch, capsys):
+    """tf_reference starting from scratch (no checkpoint in its folder) while its sample and log
+    folders hold an older run's samples and TensorBoard event file (that run's checkpoints removed):
+    it wrote its samples over those of the same names and its event file beside the older one
+    (TensorBoard showed the two runs as one). Now they are moved into previous-run-*/, unchanged,
+    as the port and Morph move them."""
+    from tf_reference.__main__ import main as tf_main
+    tf_args = [a for a in TINY if a not in ("--device", "cpu", "--threads", "1")]
+    make_data(tmp_path)
+    samples = os.path.join(str(tmp_path), "samples", opt.model_dir(CFG))
+    logs = os.path.join(str(tmp_path), "logs", opt.model_dir(CFG))
+    os.makedirs(samples)
+    os.makedirs(logs)
+    older = {os.path.join(samples, "real_A_000_00001.png"): b"older run's sample",
+             os.path.join(samples, "fake_B_000_00001.png"): b"older run's sample B",
+             os.path.join(logs, "events.out.tfevents.1.older"): b"older run's events"}
+    for path, data in older.items():
+        with open(path, "wb") as fh:
+            fh.write(data)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert tf_main(tf_args + ["--iteration", "1", "--epoch", "1", "--print_freq", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "starting from scratch: the older run's" in out, out
+    for path, data in older.items():  # each in its folder's previous-run-*/, unchanged
+        moved = glob.glob(os.path.join(os.path.dirname(path), "previous-run-*", os.path.basename(path)))
+        assert [digest_bytes(p) for p in moved] == [data], path
+    assert os.path.getsize(os.path.join(samples, "real_A_000_00001.png")) > 0  # this run's own sample
+    assert [n for n in os.listdir(logs) if n.startswith("events.")] != []

@@ -223,6 +223,9 @@ def _train(cfg: dict, paths, files_A: list, files_B: list, owner, max_to_keep: i
             sess.run(init)
             could_load, checkpoint_counter = restore(sess, saver, paths.checkpoint, tf.global_variables(),
                                                      owner=owner, img_size=cfg["img_size"])
+            if not could_load:  # an older run's samples and event files: moved aside (as the port and Morph
+                # do), never overwritten by samples of the same names or shown by TensorBoard as one run with these
+                policy.move_outputs_of_an_older_run([paths.sample, paths.log], owner)
             # the event file after the restore (the official order is the reverse): a refused
             # checkpoint (non-finite, mismatched) leaves no new file in the log folder
             writer = tf.summary.FileWriter(paths.log, sess.graph)

@@ -13,8 +13,8 @@ Subfolders (older runs moved aside, unusable checkpoints) are never looked at.
   phase (need="weights") restores instead an older TF checkpoint that the folder's `checkpoint`
   state file names, as the official `load` does, unless a PyTorch one is newer (`_test_phase_choice`).
 - `--resume False` (torch_port) with checkpoints in the folder: they are moved into
-  `previous-run-<time>/` beside them, and the run says where; nothing is deleted. A run that
-  starts from scratch moves an older run's files in its sample / log folders aside the same way
+  `previous-run-<time>/` beside them, and the run says where; nothing is deleted. A run (of any
+  of the three) that starts from scratch moves an older run's files in its sample / log folders aside the same way
   (`move_outputs_of_an_older_run`: that run's checkpoints are elsewhere), never cutting its loss
   log or overwriting its samples.
 - Pruning deletes only checkpoints of the run being trained (its `run` id, stored in each
