@@ -290,6 +290,23 @@ def test_a_fifo_in_a_data_set_is_said_as_what_it_is(tmp_path, capsys):
     assert len(warned) == 1 and "not a regular file (a FIFO)" in warned[0] and "link" not in warned[0], warned
 
 
+def test_a_data_set_of_names_without_an_extension_says_why_none_is_read(tmp_path):
+    """A domain folder holding pictures named without an extension (`photo1`): the official code
+    globs `*.*`, so none is read; the error said the folder 'holds no files', which it does. It
+    now says that files without an extension are there and are not read."""
+    from ugatit_common import options as opt
+    folder = tmp_path / "dataset" / "d" / "trainA"
+    folder.mkdir(parents=True)
+    ok, buf = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    (folder / "photo1").write_bytes(buf.tobytes())
+    with pytest.raises(opt.OptionError) as e:
+        opt.domain_files({"dataset": "d"}, "trainA", base=str(tmp_path))
+    assert "holds no files" not in str(e.value) and "'photo1'" in str(e.value) and "extension" in str(e.value)
+    (folder / "photo1").unlink()
+    with pytest.raises(opt.OptionError, match="holds no files"):  # an empty folder: said as before
+        opt.domain_files({"dataset": "d"}, "trainA", base=str(tmp_path))
+
+
 def test_a_damaged_file_is_said_in_one_warning_not_opencvs_log_lines(tmp_path, capfd):
     """A damaged picture was said twice more by OpenCV's own log on stderr (`[ WARN:0@0.29] global
     grfmt_png.cpp:793 ... PNG input buffer is incomplete`, `[ERROR:0@0.29] ... IHDR chunk shall be

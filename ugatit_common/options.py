@@ -263,6 +263,11 @@ def domain_files(cfg: dict, folder: str, base: str = ".", required: bool = True)
         else:  # the official code would stop (or, on a FIFO, block) on it mid-run; said here, as unreadable images are
             print(f"warning: skipping {f!r}: {_not_a_file(f)}, not an image", file=sys.stderr)
     if required and not files:
+        unnamed = sorted(n for n in os.listdir(path) if "." not in n and os.path.isfile(os.path.join(path, n)))
+        if unnamed:  # files there, but the official `*.*` glob reads names with an extension only
+            raise OptionError(f"dataset folder {path!r} holds no file named *.* (expected images, e.g. *.png, *.jpg): "
+                              f"its {len(unnamed)} file(s) without an extension (e.g. {unnamed[0]!r}) are not read, "
+                              f"as the official code globs *.*; give them their extension")
         raise OptionError(f"dataset folder {path!r} holds no files (expected images, e.g. *.png, *.jpg)")
     return files
 
