@@ -1027,6 +1027,45 @@ def test_a_late_signal_keeps_a_failed_commands_code(tmp_path, how):
     assert err.strip().splitlines()[-1] == "note: Ctrl-C after the run had ended: nothing was interrupted", err
 
 
+SECOND_CTRL_C = """
+import os, signal, sys
+from ugatit_common import cli_errors
+def command(argv):
+    cli_errors.note_step(4)
+    raise KeyboardInterrupt  # the first Ctrl-C, in the training
+if sys.argv[1] == "line":  # the second while the first one's line is being made
+    made, pressed = cli_errors.interrupted_line, []
+    def line(*a, **k):
+        if not pressed:  # once: the user pressed twice
+            pressed.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+        return made(*a, **k)
+    cli_errors.interrupted_line = line
+else:  # the second right after the command's handling of the first, before the late-signal handler
+    handled = cli_errors._run
+    def after(*a, **k):
+        rc = handled(*a, **k)
+        os.kill(os.getpid(), signal.SIGINT)
+        return rc
+    cli_errors._run = after
+sys.exit(cli_errors.run(command, prog="python -m torch_port", training=lambda argv: True))
+"""
+
+
+@pytest.mark.parametrize("when", ["line", "after"])
+def test_a_second_ctrl_c_while_the_first_is_handled_ends_with_its_code_and_line(tmp_path, when):
+    """An impatient user presses Ctrl-C twice: the second, landing while the first one's `stopped
+    at step N ...; resume with` line was being made, or just after (before the late-signal handler
+    was set), ended the process with a traceback and -2. It now ends as the first one does: exit
+    130, the stop line once, no traceback."""
+    p = subprocess.run([sys.executable, "-c", SECOND_CTRL_C, when], cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT},
+                       capture_output=True, text=True, timeout=60,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert p.returncode == 130, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.count("stopped at step 4") == 1 and "resume with: python -m torch_port" in p.stderr, p.stderr
+
+
 # -- kill -9 at random moments: resume reproduces the uninterrupted run ------------------------------
 
 @pytest.mark.slow

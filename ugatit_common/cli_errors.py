@@ -296,13 +296,31 @@ def run(fn, argv=None, prog: str = "python", training=None, label: str = "error"
     rc = EXIT_INTERNAL
     try:
         rc = _run(fn, argv, prog, training, label, needs_tf)
+    except KeyboardInterrupt as e:  # a second Ctrl-C / SIGTERM while _run said where the first one stopped
+        rc = EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+        if not _state.get("stop_said") and os.environ.get("RANK", "0") == "0":
+            print(interrupted_line(prog, [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"],
+                                   training, _signal_of(e)), file=sys.stderr, flush=True)
     except SystemExit as e:  # argparse's --help (0) and usage errors (2)
         rc = e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_INTERNAL)
         raise
     finally:
         if whole_process:
-            exit_at_once_on_late_signals(rc)
+            try:
+                exit_at_once_on_late_signals(rc)
+            except KeyboardInterrupt as e:  # landed before the handler was set: the same end as after
+                _late_signal_exit(rc, "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C")
     return rc
+
+
+def _late_signal_exit(rc: int, how: str) -> None:
+    """End the process at once with `rc` and the note of a signal after the command had ended."""
+    try:
+        sys.stdout.flush()
+        if os.environ.get("RANK", "0") == "0":
+            print(f"note: {how} after the run had ended: nothing was interrupted", file=sys.stderr, flush=True)
+    finally:
+        os._exit(rc)
 
 
 def exit_at_once_on_late_signals(rc: int) -> None:
@@ -311,13 +329,7 @@ def exit_at_once_on_late_signals(rc: int) -> None:
     own code `rc` and one note, instead of a traceback from the interrupted clean-up and exit -2,
     or exit -15 and no line. Signals a launcher handles itself are left to it."""
     def handler(signum, frame):
-        how = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-        try:
-            sys.stdout.flush()
-            if os.environ.get("RANK", "0") == "0":
-                print(f"note: {how} after the run had ended: nothing was interrupted", file=sys.stderr, flush=True)
-        finally:
-            os._exit(rc)
+        _late_signal_exit(rc, "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
     installed = False
     for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
         try:
@@ -362,6 +374,7 @@ def _run(fn, argv, prog, training, label, needs_tf) -> int:
             traceback.print_exc()
         if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks: it saves and knows the checkpoint
             print(interrupted_line(prog, argv, training, _signal_of(e)), file=sys.stderr, flush=True)
+        _state["stop_said"] = True  # (a second Ctrl-C before this: `run` says it)
         return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     except SystemExit:
         raise
