@@ -67,3 +67,41 @@ def test_a_bad_flag_under_torchrun_is_said_by_rank_0_only(argv, tmp_path):
         assert proc.returncode == 2
         said[rank] = proc.stderr
     assert "error: unrecognized arguments: --bogus 1" in said["0"] and said["1"] == ""
+
+
+DEMO_STEP = """
+import sys
+from ugatit_common import cli_errors, demo
+CHILD = '''
+import sys, time
+try:
+    print("ready", flush=True)
+    time.sleep(60)
+except KeyboardInterrupt:
+    time.sleep(1.0)  # a step's own clean-up (its stop line, its folders, its run lock)
+    print("step cleaned up", flush=True)
+    sys.exit(130)
+'''
+sys.exit(cli_errors.run(lambda argv: demo.run([sys.executable, "-c", CHILD], "."), prog="python -m ugatit_common.demo"))
+"""
+
+
+def test_ctrl_c_in_the_demo_lets_the_running_step_end_its_own_way(tmp_path):
+    """Ctrl-C in README command 1 reaches the demo and its running step (one process group): the
+    demo's subprocess.run killed the step (SIGKILL) 0.25 s later, in the middle of its own Ctrl-C
+    handling - no `stopped at step N` line, its run lock and owner files left behind. The demo now
+    waits for the step to end (exit 130 after its clean-up), then says it was interrupted."""
+    import signal
+
+    from parity_tests.conftest import ROOT
+    p = subprocess.Popen([sys.executable, "-c", DEMO_STEP], cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        while p.stdout.readline().strip() != "ready":
+            pass
+        os.killpg(p.pid, signal.SIGINT)  # the terminal's Ctrl-C: the whole foreground group
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert "step cleaned up" in out, (out, err)
+    assert p.returncode == 130 and err.strip().splitlines()[-1] == "interrupted (Ctrl-C)", (p.returncode, err)

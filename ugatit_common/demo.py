@@ -22,13 +22,45 @@ TINY = ["--light", "True", "--dataset", "demo", "--img_size", "64", "--ch", "4",
         "--augment_flag", "False", "--epoch", "1", "--print_freq", "4", "--save_freq", "4"]
 
 
+STEP_STOP_WAIT = 60  # seconds a stopped step gets for its own clean-up before it is killed
+
+
 def run(cmd, cwd):
     print("\n$ " + " ".join(cmd), flush=True)
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    rc = subprocess.run(cmd, cwd=cwd, env=env).returncode
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env)
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt as e:
+        _stop_step(proc, e)
+        raise
     if rc:  # the step printed its own error line; say which step failed, no traceback
         print(f"error: demo step failed with exit code {rc}: {' '.join(cmd)}", file=sys.stderr, flush=True)
         raise SystemExit(rc)
+
+
+def _stop_step(proc, e: KeyboardInterrupt) -> None:
+    """The demo was stopped (Ctrl-C, SIGTERM) while step `proc` ran: let the step stop its own way
+    (its stop line, its clean-up: its run lock, the folders it made) instead of killing it at once
+    (subprocess.run's SIGKILL after 0.25 s). A terminal's Ctrl-C reached the step too (one process
+    group): it is waited for; a signal sent to the demo alone is passed on (SIGTERM at once, Ctrl-C
+    after a few seconds without an end). Killed only when it has not ended after STEP_STOP_WAIT s."""
+    import signal
+
+    from ugatit_common.cli_errors import Terminated
+    try:
+        if isinstance(e, Terminated):
+            proc.send_signal(signal.SIGTERM)
+        else:
+            try:
+                proc.wait(timeout=5)
+                return
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=STEP_STOP_WAIT)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):  # (another Ctrl-C: no more waiting)
+        proc.kill()
+        proc.wait()
 
 
 def main(argv=None) -> int:
