@@ -843,3 +843,23 @@ def test_the_library_takes_a_meta_path_and_refuses_a_size_the_graph_cannot_build
     assert all(torch.equal(state_meta[k], state[k]) for k in state)
     with pytest.raises(wc.ConversionError, match=r"--img_size=63: "):
         wc.tf_to_torch(prefix, overrides=dict(known, img_size=63), quiet=True)
+
+
+# -- 11. a weights file is read by its content, whatever its extension says -------------------------
+
+@pytest.mark.parametrize("written_as,named", [("pt", "w.safetensors"), ("safetensors", "w.pt")])
+def test_torch2tf_reads_a_weights_file_by_its_content_not_its_extension(written_as, named, tmp_path, capsys):
+    """A tf2torch .pt renamed .safetensors was refused as "not a readable .pt weights file
+    (SafetensorError ...)": torch.load (torch >= 2.13) given a path ending in .safetensors reads
+    it as safetensors whatever it holds. A safetensors file named .pt was refused with
+    "(KeyError: 0)". Both are read as what they hold, their recorded config kept."""
+    state = dict(_model().state_dict())
+    src = tmp_path / named
+    if written_as == "pt":
+        torch.save({"state": state, "config": dict(CFG), "step": 3}, str(src))
+    else:
+        _weights_file(src, state, {"config": json.dumps(dict(CFG)), "step": "3"})
+    rc, out, err = _convert(["torch2tf", src, tmp_path / "tf" / "UGATIT_light.model-3"], capsys)
+    assert rc == 0 and "records no config" not in out + err, out + err
+    _, back = wc.tf_to_torch(str(tmp_path / "tf"), quiet=True)
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)

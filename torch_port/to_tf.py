@@ -61,15 +61,18 @@ def load_weights(path: str) -> tuple[dict, dict]:
     from ugatit_common.output_guard import is_safetensors_head
     with open(path, "rb") as fh:
         head = fh.read(9)
-    # a safetensors file by its own header first: read as a torch.save file (its length beginning
-    # with `PK` or 0x80), its metadata (the run's config, step) was lost
+    # read as what it holds, whatever its name says: a safetensors file by its own header first
+    # (read as a torch.save file - its length beginning with `PK` or 0x80 - its metadata, the run's
+    # config and step, was lost), so a safetensors file named .pt is one too
     safetensors = is_safetensors_head(head, os.path.getsize(path))
-    if path.endswith(".pt") or (not safetensors and (head[:2] == b"PK" or head[:1] == b"\x80")):
+    if not safetensors and (path.lower().endswith(".pt") or head[:2] == b"PK" or head[:1] == b"\x80"):
         import warnings
         try:
-            with warnings.catch_warnings():
+            # from an open file: given a path ending in .safetensors, torch.load (>= 2.13) reads it as
+            # safetensors whatever it holds
+            with warnings.catch_warnings(), open(path, "rb") as fh:
                 warnings.simplefilter("ignore")
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+                obj = torch.load(fh, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:  # torch's text suggests weights_only=False: not repeated
             detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", str(e), re.S)
             detail = " ".join(detail.group(1).split()).split(" Please use")[0] if detail else "not a weights file"
