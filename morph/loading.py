@@ -47,7 +47,7 @@ def _load_file(path: str):
     meta = policy.safetensors_metadata(path)
     if meta.get("config"):
         config = json.loads(meta["config"])
-        step = int(meta.get("step", 0) or 0)
+        step = policy.recorded_step(meta.get("step"), path)
     else:  # older checkpoints: the config is in the state file beside the weights
         sp = path[: -len(".safetensors")] + ".state.pt"
         if not os.path.isfile(sp):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -863,3 +864,22 @@ def test_torch2tf_reads_a_weights_file_by_its_content_not_its_extension(written_
     assert rc == 0 and "records no config" not in out + err, out + err
     _, back = wc.tf_to_torch(str(tmp_path / "tf"), quiet=True)
     assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+
+
+# -- 12. a step recorded as no whole number >= 0 -------------------------------------------------------
+
+@pytest.mark.parametrize("step", ["abc", "-5", "3.5"])
+def test_a_recorded_step_that_is_no_whole_number_is_named(step, tmp_path, capsys):
+    """A weights file whose metadata `step` is not a whole number >= 0 stopped torch2tf and the
+    port's --checkpoint with int()'s bare "invalid literal for int() with base 10: 'abc'" (no file
+    named), and a negative one made torch2tf write the prefix `UGATIT_light-5`'s odd twin
+    `UGATIT_light--5`. Now one error naming the file and the value, nothing written."""
+    from torch_port.checkpoint import load_any
+    src = _weights_file(tmp_path / "w.safetensors", dict(_model().state_dict()),
+                        {"config": json.dumps(dict(CFG)), "step": step})
+    rc, out, err = _convert(["torch2tf", src, tmp_path / "tf" / "UGATIT_light"], capsys)
+    line = _error_line(err)
+    assert rc == 2 and "w.safetensors" in line and repr(step) in line, line
+    assert not (tmp_path / "tf").exists()
+    with pytest.raises(opt.OptionError, match=r"w\.safetensors.*" + re.escape(repr(step))):
+        load_any(str(src))

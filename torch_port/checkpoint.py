@@ -631,7 +631,7 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
             raise opt.OptionError(f"{path!r}: no config in its metadata (ugatit_config / config) and no .state.pt "
                                   f"beside it")
         return {"config": _apply_overrides(opt.config_from(cfg), overrides, path, guessed_in_metadata(meta)),
-                "state": weights, "step": int(meta.get("step", 0)), "source": path, "kind": "torch_port"}
+                "state": weights, "step": policy.recorded_step(meta.get("step"), path), "source": path, "kind": "torch_port"}
     v1 = v1_file(path)
     if v1:  # TF1's one-file format: say so, not "not a checkpoint"
         raise opt.OptionError(f"{path!r}: {v1_error(v1)}")

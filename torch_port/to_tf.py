@@ -227,7 +227,7 @@ def prepare(inp: str, weights_only: bool = False, log=print) -> Prepared:
             if cfg:
                 recorded = _recorded_keys(meta, key, cfg)
                 break
-    step = int(meta.get("step", 0) or 0)
+    step = policy.recorded_step(meta.get("step"), path)
     m = _STEP.search(path)
     state = None
     sibling = path[: -len(".safetensors")] + ".state.pt" if m else None

@@ -547,6 +547,25 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def recorded_step(value, source: str) -> int:
+    """The step a checkpoint file records (`value`, from its metadata or state; None or "": 0) as a
+    whole number >= 0; OptionError naming `source` otherwise - never int()'s bare message, nor a
+    negative step (torch2tf would name its prefix `<name>.model--5`)."""
+    if value is None or value == "":
+        return 0
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        step = None
+    else:
+        try:
+            step = int(value)
+        except (TypeError, ValueError, OverflowError):
+            step = None
+    if step is None or step < 0:
+        raise OptionError(f"{source!r} records step {value!r}: expected a whole number >= 0 (the training step "
+                          f"it was saved at)")
+    return step
+
+
 def safetensors_metadata(path: str) -> dict:
     """The `__metadata__` of a safetensors file (header only; {} when unreadable)."""
     try:
