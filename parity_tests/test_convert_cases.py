@@ -883,3 +883,28 @@ def test_a_recorded_step_that_is_no_whole_number_is_named(step, tmp_path, capsys
     assert not (tmp_path / "tf").exists()
     with pytest.raises(opt.OptionError, match=r"w\.safetensors.*" + re.escape(repr(step))):
         load_any(str(src))
+
+
+# -- 13. a Morph weights file alone ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_torch2tf_names_a_morph_weights_file_given_alone(weights_only, tmp_path, capsys):
+    """A Morph checkpoint's weights file without its .state.pt beside it (copied away), or with
+    --weights_only (the state is then not read), was refused as a shape mismatch of the UGATIT
+    model ("184 variables missing ... check --light, --ch ..."), flags torch2tf does not have; its
+    metadata says it is Morph's, which has no TensorFlow counterpart: said so, nothing written."""
+    from morph import MorphUGATIT
+    from torch_port import checkpoint as ck
+    model = MorphUGATIT(dict(light=True, ch=2, n_res=4, n_dis=4, img_size=32, sn=True, smoothing=True,
+                             morph_config="C"))
+    ck.save(str(tmp_path / "run"), "MorphUGATIT_C", 3, model,
+            {"kind": "morph", "config": ck.plain_config(dict(model.config)), "run": "r1", "counter": 3})
+    src = tmp_path / "run" / "MorphUGATIT_C.model-3.safetensors"
+    if not weights_only:
+        os.replace(src, tmp_path / "alone.safetensors")
+        src = tmp_path / "alone.safetensors"
+    rc, out, err = _convert(["torch2tf", src, tmp_path / "tf" / "UGATIT_light.model-3"]
+                            + (["--weights_only"] if weights_only else []), capsys)
+    line = _error_line(err)
+    assert rc == 2 and repr(str(src)) in line and "Morph-UGATIT" in line and "check --light" not in line, line
+    assert not (tmp_path / "tf").exists()

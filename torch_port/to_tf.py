@@ -215,6 +215,8 @@ def prepare(inp: str, weights_only: bool = False, log=print) -> Prepared:
     naming what is wrong."""
     path = _resolve(inp)
     weights, meta = load_weights(path)
+    if meta.get("kind") == "morph":  # its weights alone (its state not beside it, or not read): said as with it
+        raise ConversionError(f"{path!r} is a Morph-UGATIT checkpoint: it has no TensorFlow counterpart")
     cfg, recorded = None, set()
     for key in ("config", "ugatit_config"):
         if meta.get(key):
