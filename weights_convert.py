@@ -66,6 +66,10 @@ __all__ = ["ConversionError", "ConfigConflict", "CheckpointConfig", "POWER_NAMES
            "write_safetensors_streamed", "convert_tf_to_file", "load_torch_weights", "torch_to_tf", "verify", "main"]
 
 
+# one of a TF checkpoint's files, by the suffix after its prefix
+_TF_FILE = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
+
+
 # ------------------------------------------------------------------ reading
 def iter_tf_tensors(path: str, generators_only=False, with_optimizer=False):
     """Yield (torch_name, torch-layout ndarray) one at a time from a TF checkpoint."""
@@ -624,11 +628,17 @@ def _convert(argv=None) -> int:
             if bad and not args.allow_non_finite:
                 refuse_non_finite(state, f"{args.inp} (not converted; pass --allow_non_finite to copy it as it is)")
             prefix, in_folder = guard.as_file(args.ckpt_out, f"{'UGATIT_light' if cfg['light'] else 'UGATIT'}.model")
+            # one of a checkpoint's files (`<prefix>.index`, `.data-*`, `.meta`) names that checkpoint, as an
+            # input file does (never `<prefix>.index-3.index`)
+            file_of = None if in_folder else _TF_FILE.search(prefix)
+            if file_of:
+                prefix = prefix[:file_of.start()]
             if not re.search(r"-\d+$", prefix):
                 prefix = f"{prefix}-{step}"
             folder = os.path.dirname(os.path.abspath(prefix))
             # beside its input only when asked for: the same run, continued in TensorFlow (--continue_run)
-            given = [(args.ckpt_out, "tf-prefix")] if not in_folder and os.path.lexists(args.ckpt_out) else []
+            given = ([(args.ckpt_out, "tf-prefix")] if not in_folder and not file_of and os.path.lexists(args.ckpt_out)
+                     else [])
             # the .meta of a checkpoint replaced is part of it: readers take the config (smoothing,
             # img_size, gan_type...) from <prefix>.meta, so a stale one would describe these weights
             meta = prefix + ".meta"
@@ -642,6 +652,9 @@ def _convert(argv=None) -> int:
                 _refuse_repointing(folder, prefix)
             if in_folder:
                 print(f"note: {args.ckpt_out!r} is a folder: the checkpoint goes into it as {os.path.basename(prefix)}")
+            if file_of:
+                print(f"note: {args.ckpt_out!r} names a file of the checkpoint {os.path.basename(prefix)}: that "
+                      f"checkpoint is written")
             if bad:
                 _warn_non_finite(bad)
             stale = os.path.lexists(meta)

@@ -908,3 +908,21 @@ def test_torch2tf_names_a_morph_weights_file_given_alone(weights_only, tmp_path,
     line = _error_line(err)
     assert rc == 2 and repr(str(src)) in line and "Morph-UGATIT" in line and "check --light" not in line, line
     assert not (tmp_path / "tf").exists()
+
+
+# -- 14. torch2tf's output named by one of a checkpoint's files -------------------------------------------
+
+@pytest.mark.parametrize("suffix", [".index", ".data-00000-of-00001", ".meta"])
+def test_torch2tf_output_named_by_a_checkpoint_file_writes_that_checkpoint(suffix, tmp_path, capsys):
+    """`torch2tf w.safetensors tf/UGATIT_light.model-3.index` wrote `UGATIT_light.model-3.index-3.index`
+    (and `.data-00000-of-00001` gave `...data-00000-of-00001.index`): a checkpoint no one asked
+    for, under a name that reads as a file of another. The file names its prefix, as an input
+    file does (tf2torch, --checkpoint): the checkpoint UGATIT_light.model-3 is written, said."""
+    src = _weights_file(tmp_path / "w.safetensors", dict(_model().state_dict()), {"config": json.dumps(dict(CFG))})
+    rc, out, err = _convert(["torch2tf", src, tmp_path / "tf" / f"UGATIT_light.model-3{suffix}"], capsys)
+    assert rc == 0, err
+    names = sorted(os.listdir(tmp_path / "tf"))
+    assert names == ["UGATIT_light.model-3.data-00000-of-00001", "UGATIT_light.model-3.index", "checkpoint"], names
+    assert "UGATIT_light.model-3" in out and suffix in out, out
+    with BundleReader(str(tmp_path / "tf")) as r:
+        assert r.prefix.endswith("UGATIT_light.model-3")
