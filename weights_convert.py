@@ -415,6 +415,9 @@ def official_meta_graph(cfg: dict, tf_names, recorded=None, source: str = "the i
                               f"({type(e).__name__}: {e}); nothing was written") from e
 
 
+_NO_DATA_SET = "the input does not record its data set"
+
+
 def training_files(cfg: dict, recorded) -> tuple[tuple, tuple, str]:
     """(trainA files, trainB files, "") that the official train phase of `cfg` lists - its glob
     of `./dataset/<dataset>/trainA|trainB/*.*` in the working directory, the strings the graph of
@@ -423,7 +426,7 @@ def training_files(cfg: dict, recorded) -> tuple[tuple, tuple, str]:
     A `.meta` whose pipelines list no file imports and restores, but its train op cannot run (TF's
     ShuffleDataset refuses a buffer of 0)."""
     if recorded is not None and "dataset" not in recorded:
-        return (), (), "the input does not record its data set"
+        return (), (), _NO_DATA_SET
     try:
         found = [opt.domain_files(cfg, d, required=False) for d in ("trainA", "trainB")]
     except opt.OptionError as e:
@@ -431,6 +434,18 @@ def training_files(cfg: dict, recorded) -> tuple[tuple, tuple, str]:
     if not all(found):
         return (), (), f"no images in {opt.dataset_root(cfg)}/trainA and trainB here"
     return tuple(found[0]), tuple(found[1]), ""
+
+
+def no_training_images_note(cfg: dict, why: str) -> str:
+    """The note said when the .meta's pipelines list no files (`why`: training_files' reason):
+    where to run torch2tf for one that lists them - only for an input that records its data set
+    (for another, no working directory would do)."""
+    note = (f"note: the .meta's input pipelines list no training images ({why}): tf.train.import_meta_graph + "
+            f"restore work, but its train op cannot run")
+    if why == _NO_DATA_SET:
+        return note
+    return (f"{note}; run torch2tf in the working directory of the run (where dataset/{cfg.get('dataset')}/ is) for "
+            f"one that lists them, as an official .meta does")
 
 
 def _meta_builder():
@@ -675,10 +690,7 @@ def _convert(argv=None) -> int:
                 print(f"note: no .meta written ({why_not}): tf2torch will take img_size, smoothing, gan_type "
                       f"and the loss weights from the folder name, the weights or flags", file=sys.stderr)
             elif no_files:
-                print(f"note: the .meta's input pipelines list no training images ({no_files}): "
-                      f"tf.train.import_meta_graph + restore work, but its train op cannot run; run torch2tf in the "
-                      f"working directory of the run (where dataset/{cfg.get('dataset')}/ is) for one that lists "
-                      f"them, as an official .meta does", file=sys.stderr)
+                print(no_training_images_note(cfg, no_files), file=sys.stderr)
     except (ConversionError, CheckpointError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -105,3 +105,16 @@ def test_the_meta_graph_takes_the_longer_list_and_only_its_own_variables():
     buffers = [tf.make_ndarray(nodes[n.input[1].split(":")[0]].attr["value"].tensor).item()
                for n in graph.node if n.op.startswith("ShuffleDataset")]
     assert buffers == [3, 3], buffers
+
+
+def test_the_note_names_a_data_set_folder_only_for_an_input_that_records_one():
+    """An input that does not record its data set (a tf2torch output of a folder not named as a
+    model_dir) was told to "run torch2tf in the working directory of the run (where
+    dataset/selfie2anime/ is)": the official default's name, not its data set, and no directory
+    would list files for it (training_files lists none without a recorded data set)."""
+    why = wc.training_files(CFG, {"light", "ch"})[2]
+    note = wc.no_training_images_note(opt.config_from(light=True), why)
+    assert note.startswith("note: ") and why in note and "selfie2anime" not in note and "working directory" not in note
+    why = "no images in ./dataset/t/trainA and trainB here"
+    note = wc.no_training_images_note(CFG, why)
+    assert why in note and "working directory of the run (where dataset/t/ is)" in note, note
