@@ -926,3 +926,32 @@ def test_torch2tf_output_named_by_a_checkpoint_file_writes_that_checkpoint(suffi
     assert "UGATIT_light.model-3" in out and suffix in out, out
     with BundleReader(str(tmp_path / "tf")) as r:
         assert r.prefix.endswith("UGATIT_light.model-3")
+
+
+# -- 15. a generators-only checkpoint beside the .meta torch2tf writes for it --------------------------
+
+@pytest.mark.tf
+def test_tf2torch_reads_n_dis_and_sn_of_generators_alone_from_their_meta(meta_conversion, tmp_path, capsys):
+    """torch2tf writes beside generators-only weights that record n_dis and sn the official train
+    graph of their config, discriminators included. Reading it back, n_dis and sn were guessed
+    (6, True: the checkpoint has no discriminator), and the guessed n_dis=6 then refused the
+    .meta's img_size 64 ("--img_size=64: must be ... at least 96 for n_dis=6", a flag no one gave):
+    tf2torch, the test phase and the exports could not read the checkpoint torch2tf had just
+    written. The .meta's discriminator variables record both: read from it."""
+    import shutil
+
+    from ugatit_common.tf_checkpoint.bundle import BundleWriter, write_checkpoint_state
+    root, prefix, _, err, rc = meta_conversion
+    assert rc == 0, err
+    dst = str(tmp_path / "gens" / "UGATIT_light.model-3")
+    with BundleReader(prefix) as r, BundleWriter(dst) as w:
+        for n in r.keys():
+            if n.startswith("generator") and "/Adam" not in n:
+                w.add(n, r.read(n))
+    write_checkpoint_state(os.path.dirname(dst), os.path.basename(dst))
+    shutil.copy(prefix + ".meta", dst + ".meta")
+    info = wc.read_tf_config_info(dst)
+    for key in ("n_dis", "sn", "img_size"):
+        assert info.settings[key].source == "meta" and info.config[key] == META_CFG[key], (key, info.describe())
+    rc, out, err = _convert(["tf2torch", os.path.dirname(dst), tmp_path / "back.safetensors"], capsys)
+    assert rc == 0 and "guessed" not in err, err

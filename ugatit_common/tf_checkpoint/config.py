@@ -200,8 +200,22 @@ def from_meta(prefix: str, shapes: dict[str, tuple] | None) -> tuple[dict[str, S
             what = "; ".join(bad[:3]) if bad else f"none of its {len(nets)} network variables is in the checkpoint"
             raise ConfigConflict(f"{path}: this MetaGraphDef is not the graph of the checkpoint beside it ({what})")
     out = {k: Setting(f.value, "meta", f"{name}: {f.detail}") for k, f in found.items()}
+    if shapes is not None and not any(n.startswith("discriminator") for n in shapes):
+        out.update(_discriminators_of_graph(graph.variables(), name))
     missing = "" if out else f"{name} records none of the settings (no U-GAT-IT generator graph in it)"
     return out, missing or None
+
+
+def _discriminators_of_graph(variables: dict[str, tuple], name: str) -> dict[str, Setting]:
+    """n_dis and sn from the discriminator variables of a .meta's graph, for a checkpoint without
+    discriminators: generators alone, beside the train graph of their config (torch2tf writes one
+    for weights that record both), whose discriminators record them as a full checkpoint's do."""
+    try:
+        found = from_weights(variables, name)
+    except ConversionError:  # no generator graph in it: nothing to read
+        return {}
+    return {k: Setting(found[k].value, "meta", f"{name}: variable {found[k].detail}") for k in ("n_dis", "sn")
+            if k in found}
 
 
 # -- the result --------------------------------------------------------------------------------------
