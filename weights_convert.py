@@ -109,7 +109,7 @@ def tf_to_torch(path: str, generators_only: bool = False, overrides: dict | None
     import torch
     with BundleReader(path) as r:
         info = _config_of(r, overrides)  # before any tensor is read: a contradicting flag fails fast
-        _check_img_size(info.config)  # as tf2torch: a size the official graph cannot build with
+        _check_img_size(info.config, info)  # as tf2torch: a size the official graph cannot build with
         arrays = dict(_read.iter_arrays(r, generators_only))
     if not quiet:
         info.announce()
@@ -218,7 +218,7 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
     with BundleReader(ckpt) as r:
         info = _config_of(r, overrides)
         cfg = info.config
-        _check_img_size(cfg)  # before anything is written (a refusal is then the one line said)
+        _check_img_size(cfg, info)  # before anything is written (a refusal is then the one line said)
         names = list(_selected(r.keys(), generators_only, with_optimizer))
         extra = _check_variables(r.prefix, cfg, {n: (r.shape(n), r.dtype(n)) for n in names}, with_optimizer)
         names = [n for n in names if n not in extra]
@@ -331,14 +331,19 @@ def _torch_kind(path: str) -> str:
     return "torch-pt" if path.lower().endswith(".pt") else "safetensors"
 
 
-def _check_img_size(cfg: dict) -> None:
-    """The image size the official graph can build with (ugatit_common.options.img_size_problem)."""
+def _check_img_size(cfg: dict, info: CheckpointConfig | None = None) -> None:
+    """The image size the official graph can build with (ugatit_common.options.img_size_problem);
+    `info`: where the settings came from, so a refusal says when n_dis is a guess (a checkpoint
+    without discriminators) and how to give it."""
     from ugatit_common.options import img_size_problem
     size, n_dis = cfg.get("img_size"), cfg.get("n_dis") or 4
     if size is None:
         return
     problem = img_size_problem(size, n_dis)
     if problem:
+        guess = info.settings.get("n_dis") if info is not None else None
+        if guess is not None and guess.guessed:
+            problem += f"; n_dis={n_dis} is guessed ({guess.detail}): --n_dis sets it"
         raise ConversionError(f"--img_size={size}: {problem}")
 
 
@@ -607,7 +612,7 @@ def _convert(argv=None) -> int:
                 _need_tensorflow("--verify" if args.verify else "--report")
                 from parity_tests.harness import compare_networks
                 first = read_tf_config_info(args.ckpt, overrides)
-                _check_img_size(first.config)
+                _check_img_size(first.config, first)
                 results = compare_networks(args.ckpt, first.config)
             existed = os.path.lexists(out)
             info = convert_tf_to_file_info(args.ckpt, out, args.generators_only, args.with_optimizer, overrides,

@@ -955,3 +955,22 @@ def test_tf2torch_reads_n_dis_and_sn_of_generators_alone_from_their_meta(meta_co
         assert info.settings[key].source == "meta" and info.config[key] == META_CFG[key], (key, info.describe())
     rc, out, err = _convert(["tf2torch", os.path.dirname(dst), tmp_path / "back.safetensors"], capsys)
     assert rc == 0 and "guessed" not in err, err
+
+
+# -- 16. the image size against a guessed n_dis ------------------------------------------------------------
+
+def test_an_image_size_too_small_for_a_guessed_n_dis_says_it_is_guessed(tmp_path, capsys):
+    """A generators-only TF checkpoint (an inference export, no .meta) of a 32 px model: its
+    discriminator settings are guesses (n_dis 6), and `--img_size 32` was refused with
+    "--img_size=32: must be ... at least 96 for n_dis=6" alone - the port's test phase printing
+    it before the notes of its guesses - so nothing said that 6 was a guess nor how to give it.
+    tf2torch's refusal now says so and names --n_dis; given, the checkpoint reads."""
+    prefix = os.path.join(str(tmp_path), "tf", "UGATIT_light.model-3")
+    wc.torch_to_tf({k: v for k, v in _model().state_dict().items() if k.startswith("generator")}, prefix)
+    flags = ["--img_size", "32", "--smoothing", "True", "--sn", "True"]
+    rc, out, err = _convert(["tf2torch", prefix, tmp_path / "o.safetensors"] + flags, capsys)
+    line = _error_line("\n".join(ln for ln in err.splitlines() if not ln.startswith("note:")))
+    assert rc == 2 and "n_dis=6 is guessed" in line and "--n_dis" in line, line
+    assert not (tmp_path / "o.safetensors").exists()
+    rc, out, err = _convert(["tf2torch", prefix, tmp_path / "o.safetensors"] + flags + ["--n_dis", "4"], capsys)
+    assert rc == 0, err
