@@ -164,6 +164,19 @@ def test_bad_flags_and_inputs(tmp_path, monkeypatch, capsys):
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("phase", ["test", "train"])
+def test_direction_without_input_is_refused_not_ignored(phase, tmp_path, monkeypatch, capsys):
+    """`--direction b2a` turns only `--input` one way: without it the test phase translated testA
+    and testB both ways (and training ran) as if it had not been typed. Now one `error:` line
+    naming the flag, exit 2, before any work (no results folder)."""
+    make_data(str(tmp_path))
+    for d in ("b2a", "a2b"):  # a2b (the default) typed is refused too: it would be ignored as well
+        args = TINY + ["--phase", phase, "--direction", d, "--iteration", "1", "--epoch", "1"]
+        err = _expect_error(args, tmp_path, monkeypatch, capsys, f"--direction={d} applies to --input")
+        assert len(err.strip().splitlines()) == 1, err
+    assert sorted(os.listdir(tmp_path)) == ["dataset"]  # no results, checkpoint or log folder
+
+
 def test_threads_flag_sets_and_reports_cpu_threads(tmp_path, monkeypatch, capsys):
     make_data(str(tmp_path))
     before = torch.get_num_threads()

@@ -80,7 +80,8 @@ def given_flags(argv) -> set:
     return opt.typed_flags(build_parser(), argv) & names
 
 
-def _validate_extra(a):
+def _validate_extra(a, typed=frozenset()):
+    """The port's own flags checked before any work; `typed`: the flags typed on the command line."""
     from .train import check_device_name, check_training_flags
     check_training_flags(a)
     check_device_name(a.device)
@@ -92,6 +93,12 @@ def _validate_extra(a):
     if a.phase == "train" and a.input is not None:
         raise opt.OptionError("--input applies to the test phase (the images to translate); training reads "
                               "dataset/<--dataset>/trainA and trainB")
+    if "direction" in typed and a.demo is None and (a.phase == "train" or a.input is None):
+        # it would be ignored: the whole test phase translates testA -> B and testB -> A
+        raise opt.OptionError(f"--direction={a.direction} applies to --input (the images to translate one way); "
+                              + ("training reads dataset/<--dataset>/trainA and trainB" if a.phase == "train" else
+                                 "without --input the test phase translates testA -> B and testB -> A; for one "
+                                 "direction give --input, e.g. --input dataset/<--dataset>/testB --direction b2a"))
     from .infer_flags import check_gpu_inference_flags
     check_gpu_inference_flags(a)
     if a.phase == "train":
@@ -200,7 +207,7 @@ def _main(argv) -> int:
     a = parser.parse_args(argv)
     a.given_flags = given_flags(argv)
     try:
-        _validate_extra(a)
+        _validate_extra(a, opt.typed_flags(parser, argv))
         if a.demo is not None:
             _check_demo_flags(opt.typed_flags(parser, argv))
             return demo(a)
