@@ -115,3 +115,41 @@ def test_the_test_phase_makes_no_folder_for_a_direction_without_pictures(world, 
     assert rc == 0, capsys.readouterr().err
     [run] = os.listdir("res")  # the run's model_dir
     assert os.listdir(os.path.join("res", run, "a2b")) and not os.path.exists(os.path.join("res", run, "b2a"))
+
+
+def test_a_folder_of_files_the_glob_does_not_take_says_so(world, tmp_path, monkeypatch, capsys):
+    """`--input` a folder whose files have no extension (a camera's `IMG_0001`) or are hidden
+    (`.photo.png`): the port's test phase reads the official `*.*` and found none, but said "the
+    folder holds no files" about a folder holding two; now it says how many files it holds and why
+    none is read (one `error:` line, exit 2, nothing written). An empty folder still says so."""
+    from torch_port.__main__ import main as port_main
+    root = str(tmp_path / "w")
+    shutil.copytree(world, root)
+    monkeypatch.chdir(root)
+    picture = os.path.join("dataset", "t", "testA", sorted(os.listdir(os.path.join("dataset", "t", "testA")))[0])
+    os.makedirs("camera")
+    shutil.copy(picture, os.path.join("camera", "IMG_0001"))
+    shutil.copy(picture, os.path.join("camera", ".hidden.png"))
+    os.makedirs("empty")
+    for folder, needle in (("camera", "none of the folder's 2 file(s) is named *.*"), ("empty", "holds no files")):
+        capsys.readouterr()
+        rc = port_main(["--phase", "test", "--input", folder, "--device", "cpu", "--result_dir", "res",
+                        "--checkpoint", "port"])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(_lines(err, "error:")) == 1 and needle in err, err
+        assert not os.path.exists("res")
+
+
+def test_an_input_that_is_no_regular_file_is_not_called_missing(world, tmp_path, monkeypatch, capsys):
+    """`--input /dev/null` (or a FIFO) exists: every command said "no such file or folder" / "no such
+    file"; now one `error:` line saying it is not a (regular) file, exit 2, nothing written."""
+    root = str(tmp_path / "w")
+    shutil.copytree(world, root)
+    monkeypatch.chdir(root)
+    for main, argv in _commands(os.devnull):
+        capsys.readouterr()
+        rc = main(argv)
+        err = capsys.readouterr().err
+        [line] = _lines(err, "error:")
+        assert rc == 2 and os.devnull in line and "not a" in line and "no such" not in line, (argv, err)
+        assert not os.path.exists("res") and not os.path.exists("mres"), argv

@@ -91,9 +91,24 @@ def input_files(path) -> list[str]:
         # the official `*.*` glob, with the folder's own name taken literally ("photos [2020]")
         files = sorted(f for f in glob.glob(os.path.join(glob.escape(path), "*.*")) if os.path.isfile(f))
         if not files:
-            raise opt.OptionError(f"--input={path!r}: the folder holds no files")
+            raise opt.OptionError(f"--input={path!r}: " + _no_files_why(path))
         return files
+    if os.path.exists(path):  # a device, a FIFO, a socket: there, but neither
+        raise opt.OptionError(f"--input={path!r}: not a file or a folder (expected an image or a folder of images)")
     raise opt.OptionError(f"--input={path!r}: no such file or folder")
+
+
+def _no_files_why(folder: str) -> str:
+    """Why a folder gave no `*.*` file: none at all, or files the official glob does not take (no
+    extension: a camera's `IMG_0001`; hidden: `.photo.jpg`) - "holds no files" misled there."""
+    try:
+        others = sum(1 for e in os.scandir(folder) if e.is_file())
+    except OSError as e:
+        return f"the folder cannot be read ({e.strerror or e})"
+    if not others:
+        return "the folder holds no files"
+    return (f"none of the folder's {others} file(s) is named *.* (the official test phase reads the names with an "
+            f"extension, not hidden ones, e.g. photo.jpg); give them an extension, or name one file as --input")
 
 
 def _translate_files(model, files, direction, cfg, device, result_dir, page, counts, names=None, warn_skips=True):

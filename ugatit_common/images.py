@@ -40,8 +40,8 @@ class ImageReadError(OSError):
 def _file_bytes(path: str) -> np.ndarray:
     """The file's bytes (uint8), read by their own name (any bytes: OpenCV is never given the
     path); ImageReadError for a missing, unreadable or empty file."""
-    if not os.path.isfile(path):
-        raise ImageReadError(path, "no such file")
+    if not os.path.isfile(path):  # a device or a FIFO is there, but no file to read
+        raise ImageReadError(path, "not a regular file" if os.path.exists(path) else "no such file")
     try:
         buf = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
