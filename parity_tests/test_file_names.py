@@ -249,3 +249,22 @@ def test_forget_missing_after_the_record_was_deleted_meanwhile(tmp_path):
     os.remove(folder / RECORD)
     record.forget_missing()
     assert not (folder / RECORD).exists() and not record.mine(str(folder / "a.png"))
+
+
+def test_outputs_never_differ_by_case_alone(tmp_path):
+    """`A.png` and `a.jpg` in one folder (both can be there on macOS and Windows, whose file systems
+    ignore case): Morph named their outputs `A_strip.png` and `a_strip.png`, one file there, so the
+    second input's strip, GIF and figure silently replaced the first's. Now the second takes `a_1`;
+    the port's `a2b/` names (the input's name kept) likewise never differ by case alone."""
+    from morph.interpolate import interpolate_images, list_inputs
+    from parity_tests.test_morph import SIZE
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "A.png"), _picture(5, SIZE, SIZE))
+    cv2.imwrite(str(folder / "a.jpg"), _picture(6, SIZE, SIZE))
+    rows = interpolate_images(_morph_model(), list_inputs(str(folder)), str(out), steps=2, samples=1, log=None)
+    assert sorted(r["name"] for r in rows) == ["A", "a_1"]
+    files = os.listdir(out)
+    assert len({f.casefold() for f in files}) == len(files) == 1 + 3 * 2 + 1, files  # page, 3 per input, record
+    names = OutputNames(["in/X.gif", "in/x.GIF"])
+    assert [os.path.basename(names.path("a2b", p)) for p in ("in/X.gif", "in/x.GIF")] == ["X.gif.png", "x_1.GIF.png"]

@@ -1,6 +1,7 @@
 """Output file names that cannot collide: each direction writes into its own subfolder of the
-results folder (`a2b/`, `b2a/`), a name already given out in this run gets `_1`, `_2`, ...,
-and an output never has the path of an input (an input inside the results folder is never
+results folder (`a2b/`, `b2a/`), a name already given out in this run gets `_1`, `_2`, ...
+(compared ignoring case, as macOS and Windows do: `A.png` and `a.jpg` give Morph's `A_strip.png`
+and `a_1_strip.png`), and an output never has the path of an input (an input inside the results folder is never
 overwritten). The results page shows the subfolder in each row's name. An input whose name is
 too long for an output name once a suffix is added (255 bytes, the file systems' limit) gives a
 shortened stem, its start kept and a hash of the whole name added, so two such inputs still get
@@ -100,20 +101,26 @@ class OutputRecord:
         write_bytes_atomic(self.path, (text + "\n").encode("ascii"))
 
 
+def _key(path: str) -> str:
+    """`path` as a file system that ignores case sees it (macOS, Windows: `A_strip.png` and
+    `a_strip.png` are one file), so that two outputs never differ by case alone, on any system."""
+    return os.path.realpath(path).casefold()
+
+
 class OutputNames:
     def __init__(self, inputs=(), record: OutputRecord | None = None):
-        self.inputs = {os.path.realpath(p) for p in inputs}
+        self.inputs = {_key(p) for p in inputs}
         self.used: set[str] = set()
         self.record = record  # with a record: an existing file it does not list is someone else's, never replaced
 
     def _taken(self, path: str) -> bool:
-        real = os.path.realpath(path)
-        if real in self.inputs or real in self.used:
+        key = _key(path)
+        if key in self.inputs or key in self.used:
             return True
         return self.record is not None and os.path.lexists(path) and not self.record.mine(path)
 
     def add_inputs(self, inputs) -> None:
-        self.inputs.update(os.path.realpath(p) for p in inputs)
+        self.inputs.update(_key(p) for p in inputs)
 
     def path(self, folder: str, input_path: str, suffix: str = "", ext: str | None = None) -> str:
         """A fresh path in `folder` for the output of `input_path`: its file name (+ `suffix`
@@ -128,7 +135,7 @@ class OutputNames:
         while self._taken(cand):
             i += 1
             cand = os.path.join(folder, f"{stem}{suffix}_{i}{ext}")
-        self.used.add(os.path.realpath(cand))
+        self.used.add(_key(cand))
         return cand
 
     def stem(self, folder: str, input_path: str, suffixes) -> str:
@@ -143,5 +150,5 @@ class OutputNames:
         while taken(stem):
             i += 1
             stem = f"{base}_{i}"
-        self.used.update(os.path.realpath(os.path.join(folder, stem + sfx)) for sfx in suffixes)
+        self.used.update(_key(os.path.join(folder, stem + sfx)) for sfx in suffixes)
         return stem
