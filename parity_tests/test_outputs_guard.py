@@ -1028,3 +1028,27 @@ def test_an_output_folder_where_a_file_is_says_so(tmp_path):
         with pytest.raises(OptionError, match=r"^--result_dir '.*' is not writable: a file is there, not a folder$"):
             check_writable_folder(str(path), "--result_dir")
     assert mine.read_text() == "mine"
+
+
+def test_a_file_or_dead_link_above_the_output_folder_is_named(tmp_path, monkeypatch, capsys):
+    """`--result_dir R` where R is a file or a link that leads nowhere: the test phase writes into
+    `R/<model_dir>`, and its line said "'R/<model_dir>' is not writable: Not a directory" (or "No
+    such file or directory", "Too many levels of symbolic links"), naming neither R nor what is
+    wrong with it; Morph called a dead link "a file". Now the line names R and what it is."""
+    from ugatit_common.cli_errors import check_writable_folder
+    from ugatit_common.options import OptionError
+    monkeypatch.chdir(tmp_path)
+    with open("mine", "w") as fh:
+        fh.write("mine")
+    os.symlink("nowhere", "dead")
+    os.symlink("loop", "loop")
+    cases = [("mine/run", "'mine' is a file, not a folder"), ("mine/a/b", "'mine' is a file, not a folder"),
+             ("dead/run", "'dead' is a link that leads to no folder"),
+             ("loop/run", "'loop' is a link that leads to no folder"),
+             ("dead", "a link that leads to no folder is there"), ("mine", "a file is there, not a folder")]
+    for path, why in cases:
+        with pytest.raises(OptionError) as e:
+            check_writable_folder(path, "--result_dir")
+        assert str(e.value) == f"--result_dir {path!r} is not writable: {why}"
+    assert open("mine").read() == "mine" and not os.path.exists("nowhere")
+    assert check_writable_folder("made/run", "--result_dir") == "made/run" and os.path.isdir("made/run")

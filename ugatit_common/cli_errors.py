@@ -442,8 +442,9 @@ def check_writable_folder(path: str, what: str) -> str:
     unwritable output folder is bad input named with `what` (a flag or argument name)."""
     import tempfile
     from .options import OptionError
-    if os.path.lexists(path) and not os.path.isdir(path):  # a file where the folder goes
-        raise OptionError(f"{what} {path!r} is not writable: a file is there, not a folder")
+    blocked = _no_folder_on_the_way(path)
+    if blocked is not None:  # a file, or a link leading nowhere, where the folder or one above it goes
+        raise OptionError(f"{what} {path!r} is not writable: {blocked}")
     try:
         os.makedirs(path, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", dir=path)
@@ -452,3 +453,22 @@ def check_writable_folder(path: str, what: str) -> str:
     except OSError as e:
         raise OptionError(f"{what} {path!r} is not writable: {e.strerror or e}") from e
     return path
+
+
+def _no_folder_on_the_way(path: str) -> str | None:
+    """What stops `path` being a folder: it or a folder above it (`--result_dir X` becomes
+    `X/<model_dir>`) is a file or a link that leads to no folder - said as such, where the OS says
+    only 'Not a directory' / 'No such file or directory' about the whole path. None: nothing."""
+    chain, p = [], os.path.normpath(path)
+    while p and p not in chain:
+        chain.append(p)
+        p = os.path.dirname(p)
+    for p in reversed(chain):  # from the top down: the first one that is no folder
+        if not os.path.lexists(p):
+            return None  # made by makedirs from here on
+        if not os.path.isdir(p):
+            if os.path.islink(p) and not os.path.exists(p):
+                return ("a link that leads to no folder is there" if p == chain[0]
+                        else f"{p!r} is a link that leads to no folder")
+            return "a file is there, not a folder" if p == chain[0] else f"{p!r} is a file, not a folder"
+    return None
