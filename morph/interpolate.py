@@ -160,7 +160,7 @@ def list_inputs(path: str) -> list[str]:
     """An image file, or the sorted image files (by extension) of a folder; not the outputs an
     earlier interpolate / translate wrote there (its OutputRecord)."""
     if os.path.isdir(path):
-        ours = OutputRecord(path).names
+        ours = OutputRecord(path, forget=False).names  # read only: not (yet) the folder this command writes
         files = sorted(os.path.join(path, f) for f in os.listdir(path)
                        if f.lower().endswith(INPUT_EXTENSIONS) and os.path.isfile(os.path.join(path, f))
                        and f not in ours)

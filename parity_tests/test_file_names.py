@@ -268,3 +268,26 @@ def test_outputs_never_differ_by_case_alone(tmp_path):
     assert len({f.casefold() for f in files}) == len(files) == 1 + 3 * 2 + 1, files  # page, 3 per input, record
     names = OutputNames(["in/X.gif", "in/x.GIF"])
     assert [os.path.basename(names.path("a2b", p)) for p in ("in/X.gif", "in/x.GIF")] == ["X.gif.png", "x_1.GIF.png"]
+
+
+def test_listing_a_folder_as_input_leaves_its_record_alone(tmp_path):
+    """Morph's `list_inputs(F)` (F: `--input`, not yet known to be the folder it writes) read F's
+    record by opening it for writing's sake: it dropped the names not yet on disk - the outputs a
+    command writing into F at that moment had recorded before writing them - so once written they
+    were no longer its outputs: the next run read `cat.gif` and `cat_strip.png` as input photos
+    (and never replaced them). Now listing only reads; the record stays as the writer left it."""
+    from morph.interpolate import list_inputs
+    from ugatit_common.output_names import RECORD
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "cat.png"), _picture(7))
+    writer = OutputRecord(str(folder))  # a command writing into the folder
+    outs = [folder / "cat_strip.png", folder / "cat.gif", folder / "cat_smoothness.json"]
+    writer.add([str(o) for o in outs])  # recorded before they are written (morph.interpolate._one_input)
+    recorded = (folder / RECORD).read_bytes()
+    assert [os.path.basename(p) for p in list_inputs(str(folder))] == ["cat.png"]  # another command lists it
+    assert (folder / RECORD).read_bytes() == recorded
+    for o in outs:  # the writer's files land
+        o.write_bytes(b"written")
+    assert [os.path.basename(p) for p in list_inputs(str(folder))] == ["cat.png"]
+    assert all(OutputRecord(str(folder)).mine(str(o)) for o in outs)

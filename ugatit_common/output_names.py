@@ -52,10 +52,15 @@ class OutputRecord:
     `.ugatit-outputs.json` there lists them. A later run may replace those; any other file there
     is never replaced (OutputNames picks another name) and is never taken for an earlier output."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, forget: bool = True):
+        """`forget` False: only read (a folder this command does not write into, e.g. its input
+        folder, where another command may be writing: its names recorded before their files exist
+        are not dropped from under it)."""
         self.folder = os.path.realpath(folder)
         self.path = os.path.join(folder, RECORD)
         self.names = self._read()
+        if not forget:
+            return
         try:
             self.forget_missing()
         except OSError:  # a folder only read here (or read-only): the missing names are dropped in memory
