@@ -28,7 +28,7 @@ import torch
 
 from torch_port.data import ImageReadError, test_image
 from ugatit_common.atomic import sweep_dead_temps, write_bytes_atomic
-from ugatit_common.images import none_readable
+from ugatit_common.images import no_such_input, none_readable
 from ugatit_common.options import IMAGE_EXTENSIONS, OptionError
 from ugatit_common.output_names import OutputNames, OutputRecord
 from ugatit_common.results import PAGE_HEAD, page_link, page_text, save_grid, to_uint8
@@ -168,7 +168,7 @@ def list_inputs(path: str) -> list[str]:
             raise ImageReadError(path, f"folder holds no images ({', '.join(INPUT_EXTENSIONS)})")
         return files
     if not os.path.exists(path):
-        raise ImageReadError(path, "no such file or folder")
+        raise ImageReadError(path, no_such_input(path))
     return [path]
 
 

@@ -153,3 +153,19 @@ def test_an_input_that_is_no_regular_file_is_not_called_missing(world, tmp_path,
         [line] = _lines(err, "error:")
         assert rc == 2 and os.devnull in line and "not a" in line and "no such" not in line, (argv, err)
         assert not os.path.exists("res") and not os.path.exists("mres"), argv
+
+
+def test_a_pattern_as_input_is_said_to_be_one(world, tmp_path, monkeypatch, capsys):
+    """`--input 'dataset/t/testA/*.png'` (quoted, or typed in Windows' cmd, which expands no
+    pattern): every command said only "no such file or folder" about a folder of pictures; now
+    the line says the pattern is not expanded and to give the folder (exit 2, nothing written)."""
+    root = str(tmp_path / "w")
+    shutil.copytree(world, root)
+    monkeypatch.chdir(root)
+    for main, argv in _commands(os.path.join("dataset", "t", "testA", "*.png")):
+        capsys.readouterr()
+        rc = main(argv)
+        err = capsys.readouterr().err
+        [line] = _lines(err, "error:")
+        assert rc == 2 and "*.png" in line and "pattern is not expanded" in line, (argv, err)
+        assert not os.path.exists("res") and not os.path.exists("mres"), argv

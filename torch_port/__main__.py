@@ -109,7 +109,8 @@ def _validate_extra(a, typed=frozenset()):
     if a.checkpoint is not None and not (os.path.exists(a.checkpoint) or os.path.isfile(a.checkpoint + ".index")):
         raise opt.OptionError(f"--checkpoint={a.checkpoint!r}: no such checkpoint file or folder")
     if a.input is not None and not os.path.exists(a.input):
-        raise opt.OptionError(f"--input={a.input!r}: no such file or folder")
+        from ugatit_common.images import no_such_input
+        raise opt.OptionError(f"--input={a.input!r}: {no_such_input(a.input)}")
 
 
 def run(a) -> int:

@@ -23,7 +23,7 @@ from ugatit_common import checkpoint_policy as policy
 from ugatit_common.checkpoint_policy import sweep_temp
 from ugatit_common.cli_errors import check_writable_folder
 from ugatit_common.finite import refuse_non_finite, refuse_non_finite_output
-from ugatit_common.images import none_readable
+from ugatit_common.images import no_such_input, none_readable
 from ugatit_common.made_folders import removed_on_failure
 from ugatit_common.output_guard import check_result_folders, own_result_folder
 from ugatit_common.output_names import DIRECTIONS, OutputNames
@@ -95,7 +95,7 @@ def input_files(path) -> list[str]:
         return files
     if os.path.exists(path):  # a device, a FIFO, a socket: there, but neither
         raise opt.OptionError(f"--input={path!r}: not a file or a folder (expected an image or a folder of images)")
-    raise opt.OptionError(f"--input={path!r}: no such file or folder")
+    raise opt.OptionError(f"--input={path!r}: {no_such_input(path)}")
 
 
 def _no_files_why(folder: str) -> str:

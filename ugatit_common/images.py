@@ -165,6 +165,16 @@ def read_color(path) -> np.ndarray:
     return img
 
 
+def no_such_input(path) -> str:
+    """Why `--input PATH` names nothing: no such file or folder, and for a pattern (`photos/*.jpg`
+    quoted, or typed where no shell expands it, as Windows' cmd) that patterns are not expanded."""
+    path = os.fspath(path)
+    if any(c in path for c in "*?["):
+        return ("no such file or folder (a pattern is not expanded here: give the folder, whose "
+                "images are all read, or one file)")
+    return "no such file or folder"
+
+
 def none_readable(files, what: str = "test images") -> str:
     """The error line of a test phase (or Morph interpolate / translate: `what` "input images")
     that could read none of `files`: the file and why when there is one, else how many and the
