@@ -13,6 +13,7 @@ On CUDA (bench/gpu_check.sh) the same tests run with device cuda.
 """
 import copy
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -302,6 +303,7 @@ def test_cli_test_phase_precision_and_batch(tmp_path, monkeypatch, capsys):
              "--device", "cpu"]
     assert main(flags + ["--result_dir", "r32"]) == 0
     assert main(flags + ["--result_dir", "r32b", "--batch", "2"]) == 0
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # the bar is drawn on a terminal
     assert main(flags + ["--result_dir", "rbf16", "--batch", "2", "--precision", "bf16"]) == 0
     assert "img/s" in capsys.readouterr().err  # the progress bar
     ref, batched, bf16 = _pngs("r32"), _pngs("r32b"), _pngs("rbf16")

@@ -169,3 +169,27 @@ def test_a_pattern_as_input_is_said_to_be_one(world, tmp_path, monkeypatch, caps
         [line] = _lines(err, "error:")
         assert rc == 2 and "*.png" in line and "pattern is not expanded" in line, (argv, err)
         assert not os.path.exists("res") and not os.path.exists("mres"), argv
+
+
+def test_batch_warnings_start_their_line_in_a_log_file(world, tmp_path, monkeypatch, capsys):
+    """`--batch` with stderr going to a file (a job's log, CI): the progress bar was drawn there
+    too, so each `warning: skipping X` line came after the bar's "\\ra2b:  50%|..." on the same
+    line (`grep '^warning:'` found none). The bar is drawn on a terminal only, as training's and
+    the data check's bars: every line of such a log is a whole message."""
+    from torch_port.__main__ import main as port_main
+    root = str(tmp_path / "w")
+    shutil.copytree(world, root)
+    monkeypatch.chdir(root)
+    os.makedirs("mixed")
+    shutil.copy(os.path.join("dataset", "t", "testA", sorted(os.listdir(os.path.join("dataset", "t", "testA")))[0]),
+                os.path.join("mixed", "good.png"))
+    for name in ("bad.png", "worse.png"):
+        shutil.copy("bad.png", os.path.join("mixed", name))
+    capsys.readouterr()
+    argv = ["--phase", "test", "--input", "mixed", "--device", "cpu", "--result_dir", "res", "--checkpoint", "port",
+            "--batch", "2"]
+    assert port_main(argv) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "img/s" not in err, err
+    warned = [ln for ln in err.splitlines() if "warning" in ln]
+    assert len(warned) == 2 and all(ln.startswith("warning: skipping mixed/") for ln in warned), err

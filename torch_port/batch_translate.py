@@ -1,7 +1,7 @@
 """Batched test-phase translation (`python -m torch_port --phase test --batch N`): images are read,
 stacked N at a time, translated in one generator call each and written under the same names, on
 the same results page, as the official one-image path (`translate._translate_files`) writes
-them; a progress bar (tqdm, on stderr) replaces the per-image lines.
+them; a progress bar (tqdm, on stderr when it is a terminal) replaces the per-image lines.
 
 Each image is translated on its own (instance and layer norms are per sample), so an image's
 result is that of the one-image path up to float32 rounding (batched convolutions may sum in
@@ -109,8 +109,10 @@ def translate_batches(model, files, direction, cfg, device, result_dir, page, co
     from tqdm import tqdm
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    bar = tqdm(total=len(files), desc=direction, unit="img", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
+    # on a terminal only (as training's and the data check's bars): in a log file its redraws put
+    # "\ra2b:  41%|..." before each `warning:` line
+    bar = tqdm(total=len(files), desc=direction, unit="img", file=sys.stderr,
+               disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True)
 
     def warn(f, reason):
         if warn_skips:
