@@ -50,8 +50,8 @@ from ugatit_common.tf_checkpoint.config import MODEL_KEYS as _MODEL_KEYS
 # re-exports the public API under the names it always had.
 from ugatit_common.tf_checkpoint import read as _read
 from ugatit_common.tf_checkpoint.bundle import (BundleReader, BundleWriter, CheckpointError, checkpoint_state_text,
-                                                prepare_checkpoint_state, read_checkpoint_state, resolve_prefix,
-                                                write_checkpoint_state)
+                                                prefix_by_name, prepare_checkpoint_state, read_checkpoint_state,
+                                                resolve_prefix, write_checkpoint_state)
 from ugatit_common.tf_checkpoint.config import CheckpointConfig, ConfigConflict, infer, infer_config, parse_model_dir
 from ugatit_common.tf_checkpoint.names import (NETWORKS, POWER_NAMES, SLOT_SUFFIXES, ConversionError, _is_conv_scope,
                                                selected as _selected, split_slot as _split_slot, tf_to_torch_name,
@@ -64,10 +64,6 @@ __all__ = ["ConversionError", "ConfigConflict", "CheckpointConfig", "POWER_NAMES
            "infer_config", "parse_model_dir", "read_tf_config", "read_tf_config_info", "tf_to_torch",
            "read_tf_training_state", "iter_tf_tensors", "checkpoint_step", "is_tf_checkpoint_folder",
            "write_safetensors_streamed", "convert_tf_to_file", "load_torch_weights", "torch_to_tf", "verify", "main"]
-
-
-# one of a TF checkpoint's files, by the suffix after its prefix
-_TF_FILE = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 
 
 # ------------------------------------------------------------------ reading
@@ -650,9 +646,9 @@ def _convert(argv=None) -> int:
             prefix, in_folder = guard.as_file(args.ckpt_out, f"{'UGATIT_light' if cfg['light'] else 'UGATIT'}.model")
             # one of a checkpoint's files (`<prefix>.index`, `.data-*`, `.meta`) names that checkpoint, as an
             # input file does (never `<prefix>.index-3.index`)
-            file_of = None if in_folder else _TF_FILE.search(prefix)
+            file_of = None if in_folder else prefix_by_name(prefix)
             if file_of:
-                prefix = prefix[:file_of.start()]
+                prefix = file_of
             if not re.search(r"-\d+$", prefix):
                 prefix = f"{prefix}-{step}"
             folder = os.path.dirname(os.path.abspath(prefix))

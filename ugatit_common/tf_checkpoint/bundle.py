@@ -584,13 +584,20 @@ def _prefixes_in(folder: str) -> list[str]:
     return sorted(n[: -len(".index")] for n in os.listdir(folder) if n.endswith(".index"))
 
 
+def prefix_by_name(path: str) -> str | None:
+    """The prefix a TF checkpoint file's name (``<prefix>.index``, ``.meta``, ``.data-*``) names,
+    whether or not it exists (an output to write); else None."""
+    path = os.fspath(path)
+    m = _CHECKPOINT_FILE_RE.search(path)
+    return path[: m.start()] if m else None
+
+
 def prefix_of_file(path: str) -> str | None:
     """The prefix of the TF checkpoint whose file (``.index``, ``.meta``, ``.data-*``) `path` is,
     when that prefix's ``.index`` is there; else None (a folder, a prefix, another file)."""
-    path = os.fspath(path)
-    m = _CHECKPOINT_FILE_RE.search(path)
-    if m and os.path.isfile(path) and os.path.isfile(path[: m.start()] + ".index"):
-        return path[: m.start()]
+    prefix = prefix_by_name(path)
+    if prefix is not None and os.path.isfile(path) and os.path.isfile(prefix + ".index"):
+        return prefix
     return None
 
 
