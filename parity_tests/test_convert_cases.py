@@ -974,3 +974,35 @@ def test_an_image_size_too_small_for_a_guessed_n_dis_says_it_is_guessed(tmp_path
     assert not (tmp_path / "o.safetensors").exists()
     rc, out, err = _convert(["tf2torch", prefix, tmp_path / "o.safetensors"] + flags + ["--n_dis", "4"], capsys)
     assert rc == 0, err
+
+
+def test_the_test_phase_takes_an_image_size_that_only_a_guessed_n_dis_refused(tmp_path, monkeypatch, capsys):
+    """The same generators-only checkpoint in the port's test phase: it builds the generators
+    alone (as the official test graph does), so a guessed n_dis sets no least size there - 32 px
+    was refused with "at least 96 for n_dis=6" until --n_dis was typed, which the test phase
+    never uses. Now it translates; the generator's own rule (a multiple of 4 from 8) still holds."""
+    import cv2
+
+    from torch_port.__main__ import main as port_main
+    prefix = os.path.join(str(tmp_path), "tf", "UGATIT_light.model-3")
+    wc.torch_to_tf({k: v for k, v in _model().state_dict().items() if k.startswith("generator")}, prefix)
+    cv2.imwrite(str(tmp_path / "x.png"), np.full((40, 40, 3), 128, np.uint8))
+    monkeypatch.chdir(tmp_path)
+    base = ["--phase", "test", "--checkpoint", prefix, "--input", "x.png", "--device", "cpu", "--smoothing", "True"]
+    capsys.readouterr()
+    assert port_main(base + ["--img_size", "32"]) == 0, capsys.readouterr().err
+    assert len([n for n in os.listdir(tmp_path / "results") if n.startswith("UGATIT_light")]) == 1
+    capsys.readouterr()
+    assert port_main(base + ["--img_size", "30"]) == 2
+    assert "--img_size=30: must be a multiple of 4 and at least 8" in capsys.readouterr().err
+
+
+def test_only_the_test_phase_drops_the_discriminators_least_image_size():
+    """opt.validate: the train phase (and Morph, whose loading validates as training) keeps the
+    discriminators' least size per n_dis; the test phase has the generator's alone."""
+    opt.validate(opt.config_from(phase="test", img_size=8, n_dis=6))
+    with pytest.raises(opt.OptionError, match=r"at least 96 for n_dis=6"):
+        opt.validate(opt.config_from(phase="train", img_size=32, n_dis=6))
+    for size in (4, 30):
+        with pytest.raises(opt.OptionError, match=rf"--img_size={size}: must be a multiple of 4 and at least 8 "):
+            opt.validate(opt.config_from(phase="test", img_size=size, n_dis=4))

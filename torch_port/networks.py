@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ugatit_common.options import min_img_size
+from ugatit_common.options import GENERATOR_MIN_IMG_SIZE, min_img_size
 
 from .ops import (AdaLIN, CAMLogit, Conv, Dense, InstanceNorm, LIN, global_avg_pooling, lrelu,
                   relu, up_sample)
@@ -167,7 +167,7 @@ class Generator(nn.Module):
     def check_input(self, x) -> None:
         """check_images: the generator halves H and W twice and its reflect pads need 2 rows
         there, so H and W are multiples of 4 (the output has the input's size), at least 8."""
-        check_images(x, self.img_ch, type(self).__name__, multiple=4, least=8)
+        check_images(x, self.img_ch, type(self).__name__, multiple=4, least=GENERATOR_MIN_IMG_SIZE)
         mlp = self._modules.get("MLP")
         if mlp is not None and not mlp.light and (x.shape[2] != self.img_size or x.shape[3] != self.img_size):
             raise ValueError(f"{type(self).__name__} (light=False) expects {self.img_size} x {self.img_size} pictures "

@@ -173,9 +173,19 @@ def min_img_size(n_dis: int) -> int:
     return 3 * 2 ** (int(n_dis) - 1)
 
 
-def img_size_problem(size, n_dis) -> str | None:
+GENERATOR_MIN_IMG_SIZE = 8  # halved twice: the residual blocks' reflect pads by 1 need 2 pixels
+
+
+def img_size_problem(size, n_dis, discriminators: bool = True) -> str | None:
     """Why the official graph cannot build at `size` with `n_dis` (None: it can). The generator
-    halves the image twice and doubles it back, so the size is a multiple of 4."""
+    halves the image twice and doubles it back, so the size is a multiple of 4. `discriminators`
+    False: the test phase's graph, which builds the generators alone (as the official test
+    graph does), so n_dis sets no least size there (a generators-only checkpoint's is a guess)."""
+    if not discriminators:
+        if int(size) % 4 or int(size) < GENERATOR_MIN_IMG_SIZE:
+            return (f"must be a multiple of 4 and at least {GENERATOR_MIN_IMG_SIZE} (the generator halves it twice "
+                    f"and then reflect-pads by 1, which needs 2 pixels)")
+        return None
     least = min_img_size(n_dis)
     if int(size) % 4 or int(size) < least:
         return (f"must be a multiple of 4 and at least {least} for n_dis={n_dis} (the global discriminator "
@@ -201,7 +211,7 @@ def validate(cfg: dict) -> dict:
     # AdaLIN's gamma/beta come from an MLP of width ch * n_res, applied to feature maps of width
     # ch * 4: the official graph only builds when n_res == 4.
     need(cfg["n_res"] == 4, "n_res", N_RES_RULE)
-    problem = img_size_problem(cfg["img_size"], cfg["n_dis"])
+    problem = img_size_problem(cfg["img_size"], cfg["n_dis"], discriminators=cfg["phase"] != "test")
     need(problem is None, "img_size", problem)
     need(cfg["decay_epoch"] >= 0, "decay_epoch", "must be >= 0")
     return cfg
