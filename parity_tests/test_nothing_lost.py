@@ -810,6 +810,16 @@ def test_ctrl_c_exit_130_with_step_and_resume_command(tmp_path, monkeypatch, cap
     assert rc == 1 and "Traceback" in err and "internal error (RuntimeError: boom)" in err
 
 
+@pytest.mark.parametrize("typed", [["--resum", "False"], ["--resum=False"], ["--resume", "f"]])
+def test_the_resume_command_drops_resume_false_as_argparse_read_it(typed):
+    """argparse takes an unambiguous prefix of a flag: `--resum False` is `--resume False`. The stop
+    line's `resume with:` command kept it, and that command moved the run's checkpoints aside and
+    started over instead of resuming. Every spelling argparse reads as --resume is dropped."""
+    from ugatit_common import cli_errors
+    cmd = cli_errors.resume_command("python -m torch_port", ["--dataset", "t"] + typed + ["--epoch", "2"])
+    assert cmd == "python -m torch_port --dataset t --epoch 2", cmd
+
+
 def test_ctrl_c_rewrapped_by_a_library_is_still_an_interrupt(capsys):
     """A SIGINT landing inside library code that re-raises it as its own error (chained) is still
     Ctrl-C: exit 130 with the resume line, not an internal error."""

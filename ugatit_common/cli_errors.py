@@ -229,15 +229,17 @@ def resume_command(prog: str, argv: list[str]) -> str:
     prog = _launcher(prog)
     if _state.get("older_run_aside") is False:  # --resume False has not taken effect: asked again
         return " ".join([prog] + [shlex.quote(a) for a in argv])
+    def is_resume(name):  # --resume, or a prefix argparse reads as it (--resum: --resu is also --result_dir's)
+        return name.startswith("--resum") and "--resume".startswith(name)
     out, skip = [], False
     for i, a in enumerate(argv):
         if skip:
             skip = False
             continue
-        if a == "--resume" and i + 1 < len(argv):
+        if is_resume(a) and i + 1 < len(argv):
             skip = True
             continue
-        if a.startswith("--resume="):
+        if "=" in a and is_resume(a.split("=", 1)[0]):
             continue
         out.append(a)
     return " ".join([prog] + [shlex.quote(a) for a in out])
