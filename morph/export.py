@@ -191,7 +191,7 @@ def _run(args) -> int:
     tx.check_onnx_name(args.out)  # after the guard's own refusals (they say more)
     if model.single_generator:
         check_w_file_owner(args.out)  # before the codes' own checks: an --overwrite would not make it right
-        guard.check_outputs([(w_file(args.out), "npz")], [args.ckpt], args.overwrite)
+        guard.check_outputs([(w_file(args.out), "morph-codes")], [args.ckpt], args.overwrite)
     step = int(state.get("step", 0))  # checkpoint.save records the counter in the state file
     precision = "fp16" if args.fp16 else "fp32"
     try:

@@ -484,18 +484,46 @@ def test_morph_codes_file_of_another_model_is_never_written(world, capsys):
     os.makedirs(dest)
     model, codes = os.path.join(dest, "x.onnx"), os.path.join(dest, "x_w.npz")
     shutil.copy(os.path.join(world, "other", writer.same_kind), model)
-    shutil.copy(os.path.join(world, "other", "codes.npz"), codes)
+    _morph_codes(codes)
     upper = os.path.join(dest, "x.ONNX")
     for extra in ((), ("--overwrite",)):
         refused(writer, world, upper, *extra, capsys=capsys, words=(repr(codes), repr(model), repr(upper)))
     os.remove(codes)
     refused(writer, world, upper, "--overwrite", capsys=capsys, words=(repr(codes), repr(model), "missing"))
-    shutil.copy(os.path.join(world, "other", "codes.npz"), codes)
+    _morph_codes(codes)
     before = {p: os.stat(p).st_ino for p in (model, codes)}
     rc, _, err = writer.run(world, model, "--overwrite", capsys=capsys)
     assert rc == 0, err
     assert all(os.stat(p).st_ino != before[p] for p in (model, codes)) and sorted(os.listdir(dest)) == \
         ["x.onnx", "x_w.npz"]
+
+
+def _morph_codes(path):
+    """A codes file as `morph export` writes one (w_a2b, w_b2a)."""
+    np.savez(path, w_a2b=np.zeros((1, 256), np.float32), w_b2a=np.ones((1, 256), np.float32))
+
+
+def test_a_users_npz_where_the_codes_go_is_never_replaced(world, capsys):
+    """`morph export x.onnx --overwrite` replaced a user's own x_w.npz (other arrays) with the
+    direction codes: --overwrite replaces a file of the output's own kind, and every .npz was one
+    kind. The codes file is its own kind now (its two members, w_a2b and w_b2a): a user's .npz is
+    refused, --overwrite or not, and left as it was; an earlier export's codes are replaced."""
+    from ugatit_common.output_guard import kind_of
+    writer = next(w for w in WRITERS if w.name == "morph")
+    dest = os.path.join(world, "dest")
+    os.makedirs(dest)
+    model, codes = os.path.join(dest, "x.onnx"), os.path.join(dest, "x_w.npz")
+    shutil.copy(os.path.join(world, "other", "codes.npz"), codes)  # the user's arrays (key w)
+    mine = open(codes, "rb").read()
+    assert kind_of(codes) == "npz"
+    for extra in ((), ("--overwrite",)):
+        refused(writer, world, model, *extra, capsys=capsys, words=(repr(codes), "numpy .npz archive"))
+    assert open(codes, "rb").read() == mine and sorted(os.listdir(dest)) == ["x_w.npz"]
+    _morph_codes(codes)
+    assert kind_of(codes) == "morph-codes"
+    rc, _, err = writer.run(world, model, "--overwrite", capsys=capsys)
+    assert rc == 0, err
+    assert kind_of(codes) == "morph-codes" and sorted(os.listdir(dest)) == ["x.onnx", "x_w.npz"]
 
 
 def test_morph_codes_owner_is_a_model_file_whose_name_differs_only_in_case(tmp_path):

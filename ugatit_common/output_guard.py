@@ -69,6 +69,7 @@ KINDS = {
     "state": "a training state file (.state.pt: optimizer, RNG and loop state)",
     "onnx": "an ONNX model",
     "npz": "a numpy .npz archive",
+    "morph-codes": "Morph-UGATIT's direction codes (a .npz of w_a2b and w_b2a, as morph export writes)",
     "zip": "a zip archive",
     "tf-index": "a TensorFlow checkpoint index (.index)",
     "tf-data": "a TensorFlow checkpoint data file (.data-*)",
@@ -83,6 +84,7 @@ KINDS = {
     "unknown": "a file of unknown kind",
 }
 
+MORPH_CODES = ("w_a2b.npy", "w_b2a.npy")  # the members of the codes file `morph export` writes
 _IMAGES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
            (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 _TF_DATA = re.compile(r"\.data-\d{5}-of-\d{5}$")
@@ -103,6 +105,8 @@ def _zip_kind(path: str, name: str) -> str:
         return "unknown"
     if any(n.endswith("data.pkl") for n in names):  # torch.save's zip layout
         return "state" if name.endswith(".state.pt") else "torch-pt"
+    if sorted(names) == list(MORPH_CODES):  # another .npz (a user's own arrays) is not replaced for it
+        return "morph-codes"
     if names and all(n.endswith(".npy") for n in names):
         return "npz"
     return "zip"
