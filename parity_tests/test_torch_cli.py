@@ -539,3 +539,24 @@ def test_demo_refuses_each_flag_it_fixes_or_ignores(flag, tmp_path, monkeypatch,
     err = _expect_error(["--demo", str(demo_dir), flag, value], tmp_path, monkeypatch, capsys,
                         f"{flag}: --demo trains and tests a fixed tiny model")
     assert len(err.strip().splitlines()) == 1 and not demo_dir.exists(), err
+
+
+def test_a_resume_says_which_training_flags_changed(tmp_path, monkeypatch, capsys):
+    """A resume with another --lr, --decay_flag, --decay_epoch, --augment_flag or --GP_ld (none
+    names the run folder) continued the run with them silently; it is said in one warning naming
+    each changed flag with both values. A resume with the same flags says nothing."""
+    from parity_tests.test_train_precision import _config
+    from torch_port.train import train
+    from ugatit_common.demo_data import make_demo_dataset
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    train(_config("flags", iteration=1, epoch=1), torch.device("cpu"), seed=1)
+    capsys.readouterr()
+    train(_config("flags", iteration=1, epoch=2), torch.device("cpu"), seed=1)
+    assert "warning: the checkpoint's run used" not in capsys.readouterr().err
+    train(_config("flags", iteration=1, epoch=3, lr=0.0001, augment_flag=True), torch.device("cpu"), seed=1)
+    err = capsys.readouterr().err
+    line = [ln for ln in err.splitlines() if "the checkpoint's run used" in ln]
+    assert line == ["warning: the checkpoint's run used --lr 0.0002 --augment_flag False, this run --lr 0.0001 "
+                    "--augment_flag True: its training continues with this run's (resume with the checkpoint's "
+                    "to continue the run as it was)"], err

@@ -252,6 +252,22 @@ class _Feed:
         return to_device(next(self._it), self.device)  # CUDA: pinned, without blocking the host
 
 
+# training settings a resume may change without a new run folder (the model's settings are checked
+# against the checkpoint; the loss weights, gan_type and n_critic name the folder): said when they
+# differ from the checkpoint's run, never silently taken (as --seed, --iteration, --batch_size are)
+RESUME_SAID = ("lr", "decay_flag", "decay_epoch", "augment_flag", "GP_ld")
+
+
+def changed_training_flags(had: dict, cfg: dict) -> list[tuple[str, object, object]]:
+    """[(flag, the checkpoint's run's value, this run's)] of RESUME_SAID that differ (a
+    checkpoint that records none: none)."""
+    out = []
+    for k in RESUME_SAID:
+        if k in had and k in cfg and had[k] != cfg[k]:
+            out.append((k, had[k], cfg[k]))
+    return out
+
+
 def gp_draws(cfg, real_A, real_B, seed, counter, rank=0):
     """The gradient-penalty draws of one D step as a function of (seed, counter, rank): alpha
     ~ U[0,1) of shape [B,1,1,1] and (dragan) noise ~ U[0,1) of the image shape."""
@@ -634,6 +650,11 @@ class Trainer:
                 print(f"warning: the checkpoint's run used --seed {int(had_seed)}, this run --seed {seed}: its data "
                       f"order, augmentation and penalty draws differ from here on (resume with --seed "
                       f"{int(had_seed)} to continue the run as it was)", file=sys.stderr, flush=True)
+            changed = changed_training_flags((pos["state"] or {}).get("config") or {}, cfg)
+            if changed and main:
+                print(f"warning: the checkpoint's run used {' '.join(f'--{k} {a}' for k, a, _ in changed)}, this run "
+                      f"{' '.join(f'--{k} {b}' for k, _, b in changed)}: its training continues with this run's "
+                      f"(resume with the checkpoint's to continue the run as it was)", file=sys.stderr, flush=True)
             if had_batch != cfg["batch_size"]:
                 log(f" [*] --batch_size {cfg['batch_size']} (the checkpoint's run had {had_batch}): the data continue "
                     f"after the images the checkpoint's run used")
