@@ -604,6 +604,9 @@ def _convert(argv=None) -> int:
             results = None
             if args.verify or args.report:  # checked and run before the output is written
                 if args.report:
+                    if os.path.abspath(args.report) == os.path.abspath(out):  # the file would block its folder
+                        raise ConversionError(f"--report {args.report!r} is the output file's path: give the report "
+                                              f"a folder of its own")
                     report_files = _check_report_folder(args.report, args.ckpt)
                 _need_tensorflow("--verify" if args.verify else "--report")
                 from parity_tests.harness import compare_networks

@@ -211,6 +211,12 @@ def test_tf2torch_report_and_verify_are_checked_before_any_work(tmp_path, capsys
         line = _error_line(err)
         assert rc == 2 and str(flag[0]) in line and "TensorFlow" in line, line
         assert snapshot(str(tmp_path)) == before
+    # the report folder named as the output file: said first (it failed after the verification, as
+    # "cannot be written (Not a directory)", where TensorFlow was there)
+    rc, _, err = _convert(["tf2torch", ckpt, out, "--report", out] + TF_FLAGS, capsys)
+    line = _error_line(err)
+    assert rc == 2 and "--report" in line and "the output file's path" in line, line
+    assert snapshot(str(tmp_path)) == before
 
 
 def test_tf2torch_report_never_goes_into_the_checkpoint_read_nor_over_a_users_file(tmp_path, capsys):
