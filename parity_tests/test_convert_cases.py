@@ -1012,3 +1012,20 @@ def test_only_the_test_phase_drops_the_discriminators_least_image_size():
     for size in (4, 30):
         with pytest.raises(opt.OptionError, match=rf"--img_size={size}: must be a multiple of 4 and at least 8 "):
             opt.validate(opt.config_from(phase="test", img_size=size, n_dis=4))
+
+
+def test_torch2tf_mismatch_names_the_files_own_records_not_flags(tmp_path, capsys):
+    """torch2tf has no model flags: a file whose recorded config does not describe its weights
+    (ch=4 recorded, ch=2 weights) was told to "check --light, --ch, ...". The line now names the
+    recorded config; for a file without one, the shapes the settings were read from."""
+    src = _weights_file(tmp_path / "w.safetensors", dict(_model().state_dict()),
+                        {"config": json.dumps(dict(CFG, ch=4)), "step": "3"})
+    rc, out, err = _convert(["torch2tf", src, tmp_path / "tf" / "UGATIT_light"], capsys)
+    line = _error_line(err)
+    assert rc == 2 and "(the model its recorded config describes: light, ch," in line and "check --" not in line, line
+    state = {k: v for k, v in _model().state_dict().items() if k != "generator_A.MLP.linear_0.weight"}
+    src = _weights_file(tmp_path / "partial.safetensors", state, {})
+    rc, out, err = _convert(["torch2tf", src, tmp_path / "tf" / "UGATIT_light"], capsys)
+    line = _error_line(err)
+    assert rc == 2 and "(the model its weights' shapes describe)" in line and "check --" not in line, line
+    assert not (tmp_path / "tf").exists()

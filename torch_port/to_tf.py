@@ -256,7 +256,8 @@ def prepare(inp: str, weights_only: bool = False, log=print) -> Prepared:
         step = int(state.get("counter", step) or step)
     if m and not step:
         step = int(m.group(1))
-    if not cfg:
+    inferred = not cfg
+    if inferred:
         info = infer_from_weights_info({k: v for k, v in weights.items()
                                         if "/" not in k and not k.startswith("optimizer.")})
         cfg, recorded = info.config, {k for k, s in info.sources.items() if s != "default"}
@@ -272,7 +273,10 @@ def prepare(inp: str, weights_only: bool = False, log=print) -> Prepared:
     if plain and all(k.startswith("generator") for k in plain):  # a generators-only file
         want = {k: s for k, s in want.items() if k.startswith("generator")}
         trainable = {k: s for k, s in trainable.items() if k.startswith("generator")}
-    message = opt.checkpoint_mismatch(path, want, {k: tuple(v.shape) for k, v in plain.items()})
+    # no model flags here to check (torch2tf has none): the settings come from the file itself
+    hint = ("the model its weights' shapes describe" if inferred else
+            "the model its recorded config describes: light, ch, n_res, n_dis, img_size, sn")
+    message = opt.checkpoint_mismatch(path, want, {k: tuple(v.shape) for k, v in plain.items()}, hint=hint)
     if message:
         raise ConversionError(message)
     flat = dict(plain)
@@ -288,7 +292,7 @@ def prepare(inp: str, weights_only: bool = False, log=print) -> Prepared:
                   if o == "G" or any(k.startswith("discriminator") for k in trainable)}
         want_slots.update(powers)
         msg = opt.checkpoint_mismatch(f"{path} (optimizer state)", want_slots,
-                                      {k: tuple(v.shape) for k, v in given_slots.items()})
+                                      {k: tuple(v.shape) for k, v in given_slots.items()}, hint=hint)
         if msg:
             raise ConversionError(msg)
         flat.update(given_slots)
