@@ -29,7 +29,7 @@ import torch
 from torch_port.data import ImageReadError, test_image
 from ugatit_common.atomic import sweep_dead_temps, write_bytes_atomic
 from ugatit_common.images import no_such_input, none_readable
-from ugatit_common.options import IMAGE_EXTENSIONS, OptionError
+from ugatit_common.options import IMAGE_EXTENSIONS, OptionError, not_a_file
 from ugatit_common.output_names import OutputNames, OutputRecord
 from ugatit_common.results import PAGE_HEAD, page_link, page_text, save_grid, to_uint8
 
@@ -161,9 +161,15 @@ def list_inputs(path: str) -> list[str]:
     earlier interpolate / translate wrote there (its OutputRecord)."""
     if os.path.isdir(path):
         ours = OutputRecord(path, forget=False).names  # read only: not (yet) the folder this command writes
-        files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                       if f.lower().endswith(INPUT_EXTENSIONS) and os.path.isfile(os.path.join(path, f))
-                       and f not in ours)
+        files = []
+        for f in sorted(os.listdir(path)):
+            full = os.path.join(path, f)
+            if not f.lower().endswith(INPUT_EXTENSIONS) or f in ours:
+                continue
+            if os.path.isfile(full):
+                files.append(full)
+            else:  # a folder or a dead link named like a picture: said, as the port's test phase says it
+                print(f"warning: skipping {full!r}: {not_a_file(full)}, not an image", file=sys.stderr)
         if not files:
             raise ImageReadError(path, f"folder holds no images ({', '.join(INPUT_EXTENSIONS)})")
         return files

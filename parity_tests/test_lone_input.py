@@ -193,3 +193,24 @@ def test_batch_warnings_start_their_line_in_a_log_file(world, tmp_path, monkeypa
     assert "\r" not in err and "img/s" not in err, err
     warned = [ln for ln in err.splitlines() if "warning" in ln]
     assert len(warned) == 2 and all(ln.startswith("warning: skipping mixed/") for ln in warned), err
+
+
+def test_a_folder_or_dead_link_among_the_inputs_is_said_not_skipped_silently(world, tmp_path, monkeypatch, capsys):
+    """An `--input` folder holding a sub-folder or a link to a missing file named like a picture
+    (`x.png/`, `gone.png`): every command skipped them without a word (the official test phase
+    would stop on them; the training data's reader says them). Now one `warning: skipping` line
+    each, naming what it is; the pictures are translated."""
+    root = str(tmp_path / "w")
+    shutil.copytree(world, root)
+    monkeypatch.chdir(root)
+    os.makedirs(os.path.join("mixed", "x.png"))
+    os.symlink(os.path.join(root, "missing.png"), os.path.join("mixed", "gone.png"))
+    shutil.copy(os.path.join("dataset", "t", "testA", sorted(os.listdir(os.path.join("dataset", "t", "testA")))[0]),
+                os.path.join("mixed", "good.png"))
+    for main, argv in _commands("mixed"):
+        capsys.readouterr()
+        assert main(argv) == 0, argv
+        warned = _lines(capsys.readouterr().err, "warning: skipping")
+        assert len(warned) == 2, (argv, warned)
+        assert any("x.png" in ln and "a folder" in ln for ln in warned), warned
+        assert any("gone.png" in ln and "a link that leads to no file" in ln for ln in warned), warned

@@ -271,7 +271,7 @@ def domain_files(cfg: dict, folder: str, base: str = ".", required: bool = True)
         if os.path.isfile(f):
             files.append(f)
         else:  # the official code would stop (or, on a FIFO, block) on it mid-run; said here, as unreadable images are
-            print(f"warning: skipping {f!r}: {_not_a_file(f)}, not an image", file=sys.stderr)
+            print(f"warning: skipping {f!r}: {not_a_file(f)}, not an image", file=sys.stderr)
     if required and not files:
         unnamed = sorted(n for n in os.listdir(path) if "." not in n and os.path.isfile(os.path.join(path, n)))
         if unnamed:  # files there, but the official `*.*` glob reads names with an extension only
@@ -282,7 +282,7 @@ def domain_files(cfg: dict, folder: str, base: str = ".", required: bool = True)
     return files
 
 
-def _not_a_file(path: str) -> str:
+def not_a_file(path: str) -> str:
     """What a dataset entry that is no regular file is: a folder, a link leading nowhere, or a
     FIFO / socket / device (named as such: it is no link)."""
     import stat
