@@ -560,3 +560,22 @@ def test_a_resume_says_which_training_flags_changed(tmp_path, monkeypatch, capsy
     assert line == ["warning: the checkpoint's run used --lr 0.0002 --augment_flag False, this run --lr 0.0001 "
                     "--augment_flag True: its training continues with this run's (resume with the checkpoint's "
                     "to continue the run as it was)"], err
+
+
+def test_a_resume_with_nothing_left_to_train_says_so(tmp_path, monkeypatch, capsys):
+    """A resume whose checkpoint already ends --epoch x --iteration printed only "Load SUCCESS"
+    and "Training finished!" (the official loop runs no step): one line now says nothing was
+    trained and how to train on; the checkpoint is untouched."""
+    from parity_tests.test_train_precision import _config
+    from torch_port import checkpoint as ckpt
+    from torch_port.train import train
+    from ugatit_common.demo_data import make_demo_dataset
+    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    first = train(_config("done", iteration=2, epoch=1), torch.device("cpu"), seed=1)
+    assert "nothing to train" not in capsys.readouterr().out
+    before = ckpt.find_latest(first["checkpoint_dir"])[0]
+    again = train(_config("done", iteration=2, epoch=1), torch.device("cpu"), seed=1)
+    out = capsys.readouterr().out
+    assert " [*] the checkpoint is at counter 2, the end of --epoch 1 x --iteration 2: nothing to train" in out, out
+    assert again["steps"] == [] and ckpt.find_latest(first["checkpoint_dir"])[0] == before

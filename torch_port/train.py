@@ -664,6 +664,9 @@ class Trainer:
                 old, new = pos["world_size"] * had_batch, dist_info.world_size * cfg["batch_size"]
                 loader_A, loader_B = (-(-n * old // new) for n in (loader_A, loader_B))
             self.load_extra_state(pos["state"])
+            if (cfg["epoch"] - start_epoch) * cfg["iteration"] - start_batch_id <= 0:  # the official loop runs none
+                log(f" [*] the checkpoint is at counter {counter - 1}, the end of --epoch {cfg['epoch']} x --iteration "
+                    f"{cfg['iteration']}: nothing to train (a larger --epoch trains on)")
         d_step, g_step = self.wrap_steps(model.d_step, model.g_step)
         if pos is not None and pos["state"] is not None:
             self._load_loss_scale(pos["state"])
