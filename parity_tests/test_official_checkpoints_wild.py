@@ -427,6 +427,20 @@ def test_where_the_checkpoints_are_names_five_run_folders_then_dots(tmp_path):
     assert all(f"'run{i}'" in said for i in range(4)) and "..." not in said, said
 
 
+def test_where_the_checkpoints_are_says_a_morph_run_is_one(tmp_path):
+    """The port's test phase finding no checkpoint listed a Morph run folder beside the wanted one
+    as if its flags were the slip ("its name records ..."): it is another model, which Morph's
+    commands read; said as such. A port run folder is listed as before."""
+    root = tmp_path / "checkpoint"
+    (root / "UGATIT_light_d_morphC").mkdir(parents=True)
+    (root / "UGATIT_light_d_morphC" / "MorphUGATIT_C.model-3.safetensors").write_bytes(b"")
+    (root / "UGATIT_light_e").mkdir()
+    (root / "UGATIT_light_e" / "UGATIT_light.model-3.safetensors").write_bytes(b"")
+    said = policy.where_checkpoints_are(str(root / "wanted"), {"light": True})
+    assert "'UGATIT_light_d_morphC' (a Morph-UGATIT run: python -m morph interpolate / translate reads it)" in said
+    assert "'UGATIT_light_e'" in said and "'UGATIT_light_e' (a Morph" not in said, said
+
+
 @pytest.mark.parametrize("case", ["byte_order_mark", "single_quotes", "timestamps_crlf"])
 def test_hand_edited_state_files_name_their_checkpoint(tmp_path, case):
     """The state-file forms above with a folder of one checkpoint read it whether or not the file

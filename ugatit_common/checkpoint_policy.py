@@ -164,6 +164,14 @@ def _holds_checkpoint(folder: str) -> bool:
         return False
 
 
+def _morph_run(folder: str) -> bool:
+    """Whether `folder` holds a Morph-UGATIT run's checkpoint (its files are named MorphUGATIT_<config>)."""
+    try:
+        return any(n.startswith("MorphUGATIT_") and checkpoint_of(n) for n in os.listdir(folder))
+    except OSError:
+        return False
+
+
 def where_checkpoints_are(run_folder: str, cfg: dict) -> str:
     """For a test phase that found no checkpoint in `run_folder` (`<checkpoint_dir>/<model_dir>`):
     what `--checkpoint_dir` holds instead, as `; ...` (empty when nothing). The commonest slips
@@ -186,6 +194,9 @@ def where_checkpoints_are(run_folder: str, cfg: dict) -> str:
     for name in runs[:5]:
         recorded = parse_model_dir(name, cfg.get("light"))
         differ = [f"--{k} {v}" for k, v in (recorded or {}).items() if k in cfg and cfg[k] != v]
+        if _morph_run(os.path.join(parent, name)):  # not this command's model, whatever its name records
+            lines.append(f"{name!r} (a Morph-UGATIT run: python -m morph interpolate / translate reads it)")
+            continue
         lines.append(f"{name!r}" + (f" (its name records {', '.join(differ)})" if differ else ""))
     return (f"; --checkpoint_dir {parent!r} holds the run folder(s) {'; '.join(lines)}"
             + (" ..." if len(runs) > 5 else "") + ": the flags name the run folder (<model_dir>)")
