@@ -224,7 +224,9 @@ def convert_tf_to_file_info(ckpt: str, out: str, generators_only=False, with_opt
             if extra:
                 print(f"note: {r.prefix}: {_read.left_out_note(extra)}", file=sys.stderr, flush=True)
         total = sum(r.nbytes(n) for n in names)
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="tf2torch", disable=not progress)
+        # on a terminal only (as the other bars): in a log file its redraws run into the lines after it
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="tf2torch",
+                   disable=not progress or not sys.stderr.isatty())
 
         copied_bad = []
 

@@ -1029,3 +1029,16 @@ def test_torch2tf_mismatch_names_the_files_own_records_not_flags(tmp_path, capsy
     line = _error_line(err)
     assert rc == 2 and "(the model its weights' shapes describe)" in line and "check --" not in line, line
     assert not (tmp_path / "tf").exists()
+
+
+def test_tf2torch_draws_its_progress_bar_on_a_terminal_only(tmp_path, capsys, monkeypatch):
+    """tf2torch's byte-count bar went into redirected stderr too (README command 1's log, a job's
+    log): "\rtf2torch:  0%|..." ran into the lines after it. Drawn on a terminal only now, as the
+    training, data-check and --batch bars are."""
+    import sys
+    ckpt = _tf_checkpoint(tmp_path)
+    rc, _, err = _convert(["tf2torch", ckpt, tmp_path / "o.safetensors"] + TF_FLAGS, capsys)
+    assert rc == 0 and "tf2torch:" not in err and "\r" not in err, err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    rc, _, err = _convert(["tf2torch", ckpt, tmp_path / "p.safetensors"] + TF_FLAGS, capsys)
+    assert rc == 0 and "tf2torch:" in err, err
