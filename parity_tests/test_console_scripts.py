@@ -94,8 +94,11 @@ def test_ctrl_c_in_the_demo_lets_the_running_step_end_its_own_way(tmp_path):
     import signal
 
     from parity_tests.conftest import ROOT
+    # SIGINT's default action in the child: a pytest-xdist worker ignores SIGINT, and an ignored
+    # signal stays ignored across exec (Python then installs no KeyboardInterrupt handler)
     p = subprocess.Popen([sys.executable, "-c", DEMO_STEP], cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         while p.stdout.readline().strip() != "ready":
             pass
