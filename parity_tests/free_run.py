@@ -302,7 +302,7 @@ def _main(argv=None) -> int:
     # run's folder, or a file another command is writing (parity_tests.harness.claim_report_outputs)
     from parity_tests.harness import claim_report_outputs
     from ugatit_common.output_guard import release_claims
-    claim_report_outputs([args.json], args.checkpoint, "--json")
+    claim_report_outputs([args.json], args.checkpoint, "--json", curves=True)  # a curve, never a page
     try:
         return _run(args)
     finally:

@@ -397,14 +397,15 @@ REPORT_SIGNS = {"parity_report.md": (b"# U-GAT-IT parity report",),
 CURVE_KEYS = ("reference", "candidate", "budget", "curve")  # a free-run curve (parity_tests/free_run.py --json)
 
 
-def written_by_report(path: str) -> bool:
+def written_by_report(path: str, curve: bool = False) -> bool:
     """Whether the existing file `path` is one these commands wrote (judged by its content: a
-    report page by its start, a `.json` by being a free-run curve)."""
+    report page by its start, a `.json` by being a free-run curve). `curve`: only a free-run curve
+    counts, whatever the name (free_run --json never replaces a report page)."""
     import json
     if not os.path.isfile(path):
         return False
     try:
-        if path.lower().endswith(".json"):
+        if curve or path.lower().endswith(".json"):
             with open(path, "rb") as fh:
                 data = json.loads(fh.read().decode("utf-8"))
             return isinstance(data, dict) and all(k in data for k in CURVE_KEYS)
@@ -416,16 +417,17 @@ def written_by_report(path: str) -> bool:
         return False
 
 
-def _refuse_foreign(path: str, what: str) -> None:
+def _refuse_foreign(path: str, what: str, curves: bool = False) -> None:
     from ugatit_common.output_guard import OutputRefused, describe, kind_of
-    if os.path.lexists(path) and not written_by_report(path):
+    if os.path.lexists(path) and not written_by_report(path, curve=curves):
         found = kind_of(path)
         raise OutputRefused(f"{what}: {path!r} exists and is {describe(found) if found else 'not readable'}, not "
                             f"a report or curve these commands wrote: it is never replaced; give {what} another "
                             + ("file name" if what == "--json" else "folder"))
 
 
-def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_DIR", others=()) -> None:
+def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_DIR", others=(),
+                         curves: bool = False) -> None:
     """Check, before any work, that the report files `paths` may be written, and hold them for
     this process (ugatit_common.output_guard.claim; `release_claims` lets them go, and removes a
     folder the claim made while it is still empty). `others`: the report's other names there,
@@ -437,7 +439,8 @@ def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_
       image folder (output_guard.check_result_folders: results never go there);
     - a file where the folder goes, a folder that cannot be written;
     - an existing file by an output's name that these commands did not write (the user's: never
-      replaced; their own earlier report is);
+      replaced; their own earlier report is; with `curves`, free_run --json's file, only an
+      earlier free-run curve is: never a report page);
     - an output another command is writing now (two reports into one folder would mix)."""
     from ugatit_common import output_guard as og
     paths = list(paths)
@@ -452,7 +455,7 @@ def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_
         if not os.access(d, os.W_OK | os.X_OK):
             raise og.OutputRefused(f"{what} {folder!r} is not writable ({d!r}: permission denied)")
     for p in paths:
-        _refuse_foreign(p, what)
+        _refuse_foreign(p, what, curves)
     for folder in folders:
         if os.path.isdir(folder):
             og.sweep_dead_claims(folder)
@@ -476,7 +479,7 @@ def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_
             except OSError as e:
                 raise og.OutputRefused(f"{what} {folder!r} is not writable: {e.strerror or e}") from e
         for p in paths:  # a command that wrote one meanwhile is seen now
-            _refuse_foreign(p, what)
+            _refuse_foreign(p, what, curves)
     except BaseException:
         og.release_claims(taken)
         raise

@@ -514,3 +514,25 @@ def test_cuda_float64_port_against_cpu_port(capsys, tmp_path):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_cuda_free_run_50_iterations(family, capsys, tmp_path):
     _holds(TINY + FAMILIES[family] + ["--device", "cuda"], capsys, tmp_path)
+
+
+def test_json_never_replaces_a_parity_report_page(tmp_path, capsys, monkeypatch):
+    """--json replaces an earlier free-run curve only: a page the report commands wrote (the
+    parity report a user attaches to a paper) given as --json is one `error:` line, exit 2, and
+    stays as it was (it used to be replaced by the curve, being "written by these commands")."""
+    from parity_tests.harness import REPORT_SIGNS
+
+    def never(*a, **k):
+        raise AssertionError("the run started before --json was checked")
+    pages = {}
+    for name, signs in REPORT_SIGNS.items():
+        page = tmp_path / name
+        page.write_bytes(signs[0] + b"\n\na report from an earlier run\n")
+        pages[page] = page.read_bytes()
+    monkeypatch.setattr(free_run, "free_run", never)
+    for page in pages:
+        rc, out, err = run_cli(TINY + ["--perturb", "1e-15", "--iterations", "1", "--quiet", "--json", str(page)],
+                               capsys)
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert rc == 2 and len(lines) == 1 and "--json" in lines[0] and page.name in lines[0], err
+    assert {p: p.read_bytes() for p in pages} == pages
