@@ -333,6 +333,8 @@ def _main(argv=None) -> int:
     from ugatit_common.options import config_from, seed_value, validate
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the random input (default 0)")
     a = p.parse_args(argv)
+    from parity_tests.harness import refuse_empty_out_dir
+    refuse_empty_out_dir(a.out_dir)
     try:
         eager, compiled = parse_paths(a.paths)
     except ValueError as e:

@@ -426,6 +426,14 @@ def _refuse_foreign(path: str, what: str, curves: bool = False) -> None:
                             + ("file name" if what == "--json" else "folder"))
 
 
+def refuse_empty_out_dir(out_dir: str, what: str = "OUT_DIR") -> None:
+    """OutputRefused (exit 2) for an empty OUT_DIR, before any work: most often an unset shell
+    variable, and no folder to write into (`.` names the current one)."""
+    if not out_dir.strip():
+        from ugatit_common.output_guard import OutputRefused
+        raise OutputRefused(f"{what} is empty: give the report's folder (`.` for the current one)")
+
+
 def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_DIR", others=(),
                          curves: bool = False) -> None:
     """Check, before any work, that the report files `paths` may be written, and hold them for

@@ -68,6 +68,8 @@ def _main(argv=None) -> int:
                    help="add the free-running float64 training curve of N iterations from the checkpoint, TF vs the "
                         "port (python -m parity_tests.free_run); over its budget counts as a failure")
     args = p.parse_args(argv)
+    from parity_tests.harness import refuse_empty_out_dir
+    refuse_empty_out_dir(args.out_dir)
     if args.free_run is not None and args.free_run < 1:
         print(f"error: --free_run={args.free_run}: must be >= 1", file=sys.stderr)
         return 2

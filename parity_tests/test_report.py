@@ -439,3 +439,23 @@ def test_a_report_that_fails_half_way_leaves_out_dir_as_it_was(golden_dir, tmp_p
     err = capsys.readouterr().err
     assert rc == 2 and err.count("error:") == 1 and "Traceback" not in err, err
     assert files() == before
+
+
+def test_an_empty_out_dir_is_refused_before_work(golden_dir, tmp_path, capsys, monkeypatch):
+    """OUT_DIR "" (an unset shell variable: `report CKPT "$OUT"`) is one `error:` line naming
+    OUT_DIR, exit 2, before any work (stubbed to fail if reached), in both report commands;
+    nothing is written into the current folder (the report used to run to the end and then
+    fail on os.makedirs(''))."""
+    from parity_tests import fast_paths, harness
+
+    def never(*a, **k):
+        raise AssertionError("the work ran before OUT_DIR was checked")
+    monkeypatch.setattr(harness, "compare_networks", never)
+    monkeypatch.setattr(fast_paths, "checkpoint_sections", never)
+    monkeypatch.chdir(tmp_path)
+    ckpt = os.path.join(golden_dir, "final")
+    for main in (report.main, fast_paths.main):
+        rc = main([ckpt, "", "--img_size", "64"])
+        line = _one_error(capsys.readouterr().err)
+        assert rc == 2 and "OUT_DIR" in line and "empty" in line, line
+    assert os.listdir(tmp_path) == []
