@@ -282,6 +282,13 @@ def main(argv=None):
             import torch
             torch.set_num_threads(a.threads)
         return worker(a.worker, cfg, a.device, a.modes.split(","), a.profile, a.threads)
+    for flag, least in (("iters", 1), ("threads", 1), ("e2e_images", 1), ("e2e_batch", 1)):  # one line, not a
+        if getattr(a, flag) is not None and getattr(a, flag) < least:  # traceback (or the default, silently)
+            p.error(f"--{flag}={getattr(a, flag)}: must be >= {least}")
+    known = [p_ + c for p_ in ("fp32", "tf32", "bf16", "fp16") for c in ("", "+compile")]
+    for m in (a.modes.split(",") if a.modes else []):  # checked before a worker starts (its traceback, then ours)
+        if m not in known:
+            p.error(f"--modes: unknown mode {m!r}: expected some of {', '.join(known)}")
     if a.json and check_json_out(a.json):  # before the work, not after it
         p.error(check_json_out(a.json))
     import torch

@@ -547,6 +547,9 @@ def main(argv=None):
     p.add_argument("--worker", choices=["torch_port", "tf_reference"], help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    for flag, least in (("iters", 1), ("warmup", 0), ("pipelined", 0)):  # one line, not a traceback after the work
+        if getattr(a, flag) is not None and getattr(a, flag) < least:
+            p.error(f"--{flag}={getattr(a, flag)}: must be >= {least}")
     cfg = opt.validate(opt.config_from(light=a.light, img_size=a.img_size, ch=a.ch, n_dis=a.n_dis))
     if a.json and not a.worker and check_json_out(a.json):  # before the work, not after it
         p.error(check_json_out(a.json))

@@ -169,7 +169,11 @@ def main(argv=None) -> int:
     from parity_tests.test_train_precision import D_BAND, G_BAND, SETTLED_SCALE, _config, demo_folder
     from torch_port import train_precision
     from torch_port.train import Trainer, pick_device
-    device = pick_device(a.device)
+    from ugatit_common.options import OptionError
+    try:
+        device = pick_device(a.device)
+    except OptionError as e:  # no CUDA here, or not a device: one line, not a traceback
+        p.error(str(e))
     print(f"measured on {measured_on(device)['gpu']}, torch {torch.__version__}", flush=True)
     # the sharp evidence first: printed even if the step's timeout ends the longer runs below
     one = one_iteration_state(device, skip_compile=a.skip_compile)

@@ -618,16 +618,29 @@ def test_cuda_settings_of_each_precision(monkeypatch):
         cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
 
 
+_SMALL = ["--img_size", "32", "--ch", "2", "--n_dis", "4", "--skip_tf", "--device", "cpu"]  # if a bad flag got through
+
+
 @pytest.mark.parametrize("script,args", [("bench_onnx.py", ["--iters", "0"]), ("bench_onnx.py", ["--batch", "0"]),
                                          ("bench_onnx.py", ["--img_size", "30", "--ch", "4"]),
                                          ("bench_convert.py", ["--out", "/nonexistent-folder/r.json"]),
                                          ("bench_train.py", ["--img_size", "30"]), ("bench_train.py", ["--ch", "0"]),
-                                         ("bench_fast.py", ["--img_size", "30"])])
+                                         ("bench_fast.py", ["--img_size", "30"]),
+                                         *[("bench_fast.py", bad + _SMALL + ["--light", "True"])
+                                           for bad in (["--iters", "-1"], ["--iters", "0"], ["--modes", "bogus"],
+                                                       ["--threads", "0"])],
+                                         *[("bench_train.py", bad + _SMALL + ["--modes", "fp32"])
+                                           for bad in (["--iters", "-1"], ["--warmup", "-1"], ["--pipelined", "-1"])],
+                                         ("train_drift.py", ["--device", "foo"]),
+                                         ("train_drift.py", ["--device", "cuda:99"])])
 def test_benchmark_bad_flags_are_one_error_line(script, args):
     """A benchmark's bad flag is one `error:` line, exit 2, before any work (bench_onnx.py: a
     traceback - statistics of no rounds, a dead worker, OptionError; bench_convert.py --out: a
     traceback after the whole 8 GB conversion; bench_train.py: OptionError's traceback;
-    bench_fast.py: its TF worker's error, then the parent's traceback)."""
+    bench_fast.py: its TF worker's error, then the parent's traceback; bench_fast.py --iters -1 /
+    bench_train.py --iters -1 or --warmup -1: statistics of no rounds; bench_fast.py --modes
+    bogus: its worker's traceback, then the parent's; bench_fast.py --iters 0 / --threads 0: the
+    default, silently; train_drift.py --device: OptionError's traceback)."""
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
