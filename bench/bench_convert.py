@@ -189,7 +189,12 @@ def run_measured(cmd: list, log: str) -> dict:
     with open(log, "w") as f:
         t = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-        _, status, ru = os.wait4(p.pid, 0)
+        try:
+            _, status, ru = os.wait4(p.pid, 0)
+        except BaseException:  # stopped (Ctrl-C, SIGTERM): the child too, before the clean-up removes its files
+            p.kill()
+            p.wait()
+            raise
         wall = time.perf_counter() - t
     p.returncode = os.waitstatus_to_exitcode(status)
     with open(log) as f:
@@ -295,6 +300,11 @@ def main(argv=None) -> int:
          "naive": lambda: phase_naive(*rest), "imports": lambda: phase_import_only(*rest),
          "compare": lambda: phase_compare(*rest)}[kind]()
         return 0
+    import signal
+
+    def stopped(signum, frame):  # SIGTERM (timeout, kill, a scheduler): the clean-up runs, as on Ctrl-C
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stopped)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", choices=["cold", "warm", "both"], default="both",
                    help="page-cache state of the checkpoint data before each conversion (default both)")

@@ -897,3 +897,46 @@ def test_overlapped_batches_stopped_list_every_picture_they_wrote(tmp_path, monk
     assert written == ["img_0.png", "img_1.png"]
     listed = sorted(os.path.basename(p) for p in _re.findall(r"src='(a2b/[^']+)'", (out / "index.html").read_text()))
     assert listed == written
+
+
+def test_bench_convert_stopped_by_sigterm_cleans_up_and_stops_its_child(tmp_path):
+    """`timeout`, `kill` and a job scheduler stop a run with SIGTERM: bench_convert.py then died
+    at once, its clean-up never ran, and its --work folder kept out/, logs/ and the half-written
+    checkpoint (6.4 GB seen), which the next run refused as files "this script did not leave";
+    the child writing the checkpoint went on alone. Now SIGTERM runs the clean-up as Ctrl-C
+    does: the child is stopped and the folder the run made is gone. (A TensorFlow import that
+    hangs stands for the child's minutes of work.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    slow_tf = tmp_path / "slow_tf"
+    (slow_tf / "tensorflow").mkdir(parents=True)
+    child_pid = tmp_path / "child.pid"
+    (slow_tf / "tensorflow" / "__init__.py").write_text(
+        f"import os, time\nopen({str(child_pid)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    work = tmp_path / "work"
+    p = subprocess.Popen([sys.executable, os.path.join(root, "bench", "bench_convert.py"), "--work", str(work)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(slow_tf), root])))
+    try:
+        deadline = time.time() + 60
+        while not (child_pid.is_file() and child_pid.read_text()) and time.time() < deadline:
+            time.sleep(0.2)
+        assert child_pid.is_file(), "the make phase never started"
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=30)
+        pid = int(child_pid.read_text())
+        for _ in range(50):  # the child is stopped too
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError("the make phase's child outlived its stopped parent")
+        assert p.returncode != 0 and not work.exists(), sorted(str(q) for q in work.rglob("*"))
+    finally:
+        p.kill()
