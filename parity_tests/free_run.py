@@ -257,8 +257,8 @@ def check_args(args) -> None:
                              ("images", args.images, 1)):
         if value < low:
             raise FreeRunInputError(f"--{flag}={value}: must be >= {low}")
-    if not args.budget > 0:
-        raise FreeRunInputError(f"--budget={args.budget}: must be > 0")
+    if not 0 < args.budget < float("inf"):  # inf: "within inf", a run that checks nothing
+        raise FreeRunInputError(f"--budget={args.budget}: must be > 0 and finite")
     if args.kinks and args.device != "cpu":
         raise FreeRunInputError("--kinks: only with --device cpu (the branches are recorded in a CPU port)")
     if args.perturb is not None and not 0 <= args.perturb < 1:

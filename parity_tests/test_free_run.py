@@ -289,6 +289,7 @@ def test_kink_flips_are_found(one_thread):
     (["--iterations", "0"], "--iterations=0: must be >= 1"),
     (["--iterations", "-3"], "--iterations=-3"),
     (["--budget", "0"], "--budget=0.0: must be > 0"),
+    (["--budget", "inf"], "--budget=inf: must be > 0 and finite"),  # "within inf": a proof of nothing
     (["--n_res", "3"], "n_res"),
     (["--img_size", "16"], "--img_size=16"),
     (["--gan_type", "nope"], "--gan_type='nope'"),
