@@ -636,6 +636,13 @@ def test_resolve_prefix_says_what_is_there_instead(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"model-9\.safetensors is neither .* \(a PyTorch file: convert it with "
                                               r"weights_convert\.py torch2tf\)"):
         resolve_prefix(str(port / "UGATIT_light.model-9.safetensors"))
+    # a Morph file given itself (its weights or its .state.pt) is not sent to torch2tf, which refuses it
+    for name in ("MorphUGATIT_C.model-3.safetensors", "MorphUGATIT_C.model-3.state.pt"):
+        (morph / name).write_bytes(b"")
+        with pytest.raises(CheckpointError, match=r"is neither .* \(a Morph-UGATIT checkpoint: it has no "
+                                                  r"TensorFlow counterpart\)") as e:
+            resolve_prefix(str(morph / name))
+        assert "torch2tf" not in str(e.value)
     parent = tmp_path / "checkpoint"
     shutil.copytree(_golden_root() / "init", parent / "UGATIT_light_x")
     (parent / "empty_subfolder").mkdir()
