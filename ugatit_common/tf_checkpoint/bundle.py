@@ -656,10 +656,8 @@ def resolve_prefix(path: str) -> str:
         raise CheckpointError(v1_error(v1))
     if os.path.exists(path):
         what = ""
-        if path.lower().endswith((".safetensors", ".pt")):  # Morph's: by its name, as a folder's, or its metadata
-            from ..checkpoint_policy import safetensors_metadata
-            morph = os.path.basename(path).startswith("Morph") or (
-                path.lower().endswith(".safetensors") and safetensors_metadata(path).get("kind") == "morph")
+        if path.lower().endswith((".safetensors", ".pt")):  # Morph's by its name (MorphUGATIT_<config>), as a folder's
+            morph = os.path.basename(path).startswith("Morph")
             what = (" (a Morph-UGATIT checkpoint: it has no TensorFlow counterpart)" if morph
                     else " (a PyTorch file: convert it with weights_convert.py torch2tf)")
         raise CheckpointError(f"{path} is neither a checkpoint folder, a prefix, nor a .index/.data file{what}")
