@@ -332,21 +332,29 @@ def test_resume_with_another_iteration_continues_as_the_official_loop(tmp_path, 
         [f"Epoch: [ 0] [    {i}/    6]" for i in (3, 4, 5)]
 
 
-def test_resume_with_another_seed_says_so(tmp_path, monkeypatch, capsys):
-    """The seed sets the data order, augmentation and penalty draws (and is not in the folder's
-    name): a resume with another --seed (e.g. the default 0 after a run with --seed 5) is one
-    warning naming both and the resume flag; the same seed says nothing."""
+def _resumed_twice(tmp_path, monkeypatch, capsys, name, seed, changed: dict, changed_seed):
+    """A one-iteration run (`seed`), resumed with the same flags, then with `changed` and
+    `changed_seed`: the two resumes' stderr."""
     from parity_tests.test_train_precision import _config
     from torch_port.train import train
     from ugatit_common.demo_data import make_demo_dataset
     make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
     monkeypatch.chdir(tmp_path)
-    train(_config("sd", iteration=1, epoch=1), torch.device("cpu"), seed=5)
+    train(_config(name, iteration=1, epoch=1), torch.device("cpu"), seed=seed)
     capsys.readouterr()
-    train(_config("sd", iteration=1, epoch=2), torch.device("cpu"), seed=5)
-    assert "warning" not in capsys.readouterr().err
-    train(_config("sd", iteration=1, epoch=3), torch.device("cpu"), seed=0)
-    warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    train(_config(name, iteration=1, epoch=2), torch.device("cpu"), seed=seed)
+    same = capsys.readouterr().err
+    train(_config(name, iteration=1, epoch=3, **changed), torch.device("cpu"), seed=changed_seed)
+    return same, capsys.readouterr().err
+
+
+def test_resume_with_another_seed_says_so(tmp_path, monkeypatch, capsys):
+    """The seed sets the data order, augmentation and penalty draws (and is not in the folder's
+    name): a resume with another --seed (e.g. the default 0 after a run with --seed 5) is one
+    warning naming both and the resume flag; the same seed says nothing."""
+    same, changed = _resumed_twice(tmp_path, monkeypatch, capsys, "sd", 5, {}, 0)
+    assert "warning" not in same
+    warned = [ln for ln in changed.splitlines() if ln.startswith("warning:")]
     assert warned == ["warning: the checkpoint's run used --seed 5, this run --seed 0: its data order, augmentation "
                       "and penalty draws differ from here on (resume with --seed 5 to continue the run as it was)"]
 
@@ -545,17 +553,8 @@ def test_a_resume_says_which_training_flags_changed(tmp_path, monkeypatch, capsy
     """A resume with another --lr, --decay_flag, --decay_epoch, --augment_flag or --GP_ld (none
     names the run folder) continued the run with them silently; it is said in one warning naming
     each changed flag with both values. A resume with the same flags says nothing."""
-    from parity_tests.test_train_precision import _config
-    from torch_port.train import train
-    from ugatit_common.demo_data import make_demo_dataset
-    make_demo_dataset(str(tmp_path), "demo", 32, n_train=2, n_test=1)
-    monkeypatch.chdir(tmp_path)
-    train(_config("flags", iteration=1, epoch=1), torch.device("cpu"), seed=1)
-    capsys.readouterr()
-    train(_config("flags", iteration=1, epoch=2), torch.device("cpu"), seed=1)
-    assert "warning: the checkpoint's run used" not in capsys.readouterr().err
-    train(_config("flags", iteration=1, epoch=3, lr=0.0001, augment_flag=True), torch.device("cpu"), seed=1)
-    err = capsys.readouterr().err
+    same, err = _resumed_twice(tmp_path, monkeypatch, capsys, "flags", 1, dict(lr=0.0001, augment_flag=True), 1)
+    assert "warning: the checkpoint's run used" not in same
     line = [ln for ln in err.splitlines() if "the checkpoint's run used" in ln]
     assert line == ["warning: the checkpoint's run used --lr 0.0002 --augment_flag False, this run --lr 0.0001 "
                     "--augment_flag True: its training continues with this run's (resume with the checkpoint's "
