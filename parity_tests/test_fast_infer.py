@@ -628,7 +628,7 @@ _SMALL = ["--img_size", "32", "--ch", "2", "--n_dis", "4", "--skip_tf", "--devic
                                          ("bench_fast.py", ["--img_size", "30"]),
                                          *[("bench_fast.py", bad + _SMALL + ["--light", "True"])
                                            for bad in (["--iters", "-1"], ["--iters", "0"], ["--modes", "bogus"],
-                                                       ["--threads", "0"])],
+                                                       ["--threads", "0"], ["--modes", "tf32"])],
                                          *[("bench_train.py", bad + _SMALL + ["--modes", "fp32"])
                                            for bad in (["--iters", "-1"], ["--warmup", "-1"], ["--pipelined", "-1"])],
                                          ("train_drift.py", ["--device", "foo"]),
