@@ -305,10 +305,14 @@ def main(argv=None):
     # the workers' config, checked before any of them starts (a bad one: one error line, exit 2)
     opt.validate(opt.config_from(light=a.light is not False, img_size=a.img_size, ch=a.ch, n_dis=a.n_dis))
     modes = a.modes.split(",") if a.modes else (CUDA_MODES if device.type == "cuda" else CPU_MODES)
+    import warnings
+
     from torch_port.precision import check_supported
     for m in modes:  # tf32 on a CPU: one line here, not the worker's traceback and then ours
         try:
-            check_supported(m.split("+")[0], device)
+            with warnings.catch_warnings():  # (fp16 on a CPU: the worker that runs it says it is slow)
+                warnings.simplefilter("ignore")
+                check_supported(m.split("+")[0], device)
         except ValueError as e:
             p.error(f"--modes {m}: {e}")
     if device.type == "cuda":  # what "fp32" means there: cuDNN convolutions default to TF32 on Ampere+

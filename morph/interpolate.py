@@ -29,7 +29,7 @@ import torch
 from torch_port.data import ImageReadError, test_image
 from ugatit_common.atomic import sweep_dead_temps, write_bytes_atomic
 from ugatit_common.images import no_such_input, none_readable
-from ugatit_common.options import IMAGE_EXTENSIONS, OptionError, not_a_file
+from ugatit_common.options import IMAGE_EXTENSIONS, OptionError, skipped_not_a_file
 from ugatit_common.output_names import OutputNames, OutputRecord
 from ugatit_common.results import PAGE_HEAD, page_link, page_text, save_grid, to_uint8
 
@@ -169,7 +169,7 @@ def list_inputs(path: str) -> list[str]:
             if os.path.isfile(full):
                 files.append(full)
             else:  # a folder or a dead link named like a picture: said, as the port's test phase says it
-                print(f"warning: skipping {full!r}: {not_a_file(full)}, not an image", file=sys.stderr)
+                skipped_not_a_file(full)
         if not files:
             raise ImageReadError(path, f"folder holds no images ({', '.join(INPUT_EXTENSIONS)})")
         return files

@@ -638,19 +638,20 @@ class Trainer:
             loader_A, loader_B, past_g_loss = pos["loader_A"], pos["loader_B"], pos["past_g_loss"]
             if pos["rng"] is not None:
                 ckpt.set_rng_state(pos["rng"])
-            had_batch = int(((pos["state"] or {}).get("config") or {}).get("batch_size", cfg["batch_size"]))
+            had = (pos["state"] or {}).get("config") or {}  # the checkpoint's run's flags
+            had_batch = int(had.get("batch_size", cfg["batch_size"]))
             if pos["state"] is not None and pos["world_size"] != dist_info.world_size and main:
                 print(f"warning: the checkpoint was written by {pos['world_size']} process(es), this run has "
                       f"{dist_info.world_size}: the global batch changes from {pos['world_size']} x "
                       f"{had_batch} to {dist_info.world_size} x {cfg['batch_size']} images (resume through "
                       f"torchrun --nproc_per_node {pos['world_size']} to continue the run as it was)",
                       file=sys.stderr, flush=True)
-            had_seed = ((pos["state"] or {}).get("config") or {}).get("seed")
+            had_seed = had.get("seed")
             if had_seed is not None and int(had_seed) != seed and main:  # (the data order, augmentation, penalty draws)
                 print(f"warning: the checkpoint's run used --seed {int(had_seed)}, this run --seed {seed}: its data "
                       f"order, augmentation and penalty draws differ from here on (resume with --seed "
                       f"{int(had_seed)} to continue the run as it was)", file=sys.stderr, flush=True)
-            changed = changed_training_flags((pos["state"] or {}).get("config") or {}, cfg)
+            changed = changed_training_flags(had, cfg)
             if changed and main:
                 print(f"warning: the checkpoint's run used {' '.join(f'--{k} {a}' for k, a, _ in changed)}, this run "
                       f"{' '.join(f'--{k} {b}' for k, _, b in changed)}: its training continues with this run's "
@@ -664,9 +665,10 @@ class Trainer:
                 old, new = pos["world_size"] * had_batch, dist_info.world_size * cfg["batch_size"]
                 loader_A, loader_B = (-(-n * old // new) for n in (loader_A, loader_B))
             self.load_extra_state(pos["state"])
-            if (cfg["epoch"] - start_epoch) * cfg["iteration"] - start_batch_id <= 0:  # the official loop runs none
-                log(f" [*] the checkpoint is at counter {counter - 1}, the end of --epoch {cfg['epoch']} x --iteration "
-                    f"{cfg['iteration']}: nothing to train (a larger --epoch trains on)")
+        steps_left = (cfg["epoch"] - start_epoch) * cfg["iteration"] - start_batch_id
+        if pos is not None and steps_left <= 0:  # the official loop runs none
+            log(f" [*] the checkpoint is at counter {counter - 1}, the end of --epoch {cfg['epoch']} x --iteration "
+                f"{cfg['iteration']}: nothing to train (a larger --epoch trains on)")
         d_step, g_step = self.wrap_steps(model.d_step, model.g_step)
         if pos is not None and pos["state"] is not None:
             self._load_loss_scale(pos["state"])
@@ -785,8 +787,8 @@ class Trainer:
                     cut_loss_log(log_path, counter)
                     loss_log = open(log_path, "a")
             from tqdm import tqdm
-            total = max(0, (cfg["epoch"] - start_epoch) * cfg["iteration"] - start_batch_id)
-            bar = tqdm(total=total, file=sys.stderr, disable=(not main) or not sys.stderr.isatty(), desc="train")
+            bar = tqdm(total=max(0, steps_left), file=sys.stderr, disable=(not main) or not sys.stderr.isatty(),
+                       desc="train")
             start_time = time.time()
             for epoch in range(start_epoch, cfg["epoch"]):
                 lr = opt.learning_rate(cfg, epoch)

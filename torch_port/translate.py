@@ -94,7 +94,7 @@ def input_files(path) -> list[str]:
             if os.path.isfile(f):
                 files.append(f)
             else:  # (the official test phase would stop on it) said, as the training data's reader says it
-                print(f"warning: skipping {f!r}: {opt.not_a_file(f)}, not an image", file=sys.stderr)
+                opt.skipped_not_a_file(f)
         if not files:
             raise opt.OptionError(f"--input={path!r}: " + _no_files_why(path))
         return files

@@ -300,9 +300,8 @@ def run(fn, argv=None, prog: str = "python", training=None, label: str = "error"
         rc = _run(fn, argv, prog, training, label, needs_tf)
     except KeyboardInterrupt as e:  # a second Ctrl-C / SIGTERM while _run said where the first one stopped
         rc = EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
-        if not _state.get("stop_said") and os.environ.get("RANK", "0") == "0":
-            print(interrupted_line(prog, [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"],
-                                   training, _signal_of(e)), file=sys.stderr, flush=True)
+        if not _state.get("stop_said"):
+            _say_stopped(prog, _command_args(argv), training, e)
     except SystemExit as e:  # argparse's --help (0) and usage errors (2)
         rc = e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_INTERNAL)
         raise
@@ -360,11 +359,22 @@ def _exit_after_the_atexit_callbacks(rc: int) -> None:
     os._exit(rc)
 
 
+def _command_args(argv) -> list[str]:
+    """The command's arguments (sys.argv's when `argv` is None) without --debug."""
+    return [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"]
+
+
+def _say_stopped(prog, argv, training, e: KeyboardInterrupt) -> None:
+    """The stop line (step, checkpoint, resume command) of a Ctrl-C / SIGTERM, said once."""
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks: it saves and knows the checkpoint
+        print(interrupted_line(prog, argv, training, _signal_of(e)), file=sys.stderr, flush=True)
+    _state["stop_said"] = True  # (a second Ctrl-C before this: `run` says it)
+
+
 def _run(fn, argv, prog, training, label, needs_tf) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
     _print_any_file_name()
-    debug = "--debug" in argv or os.environ.get("UGATIT_DEBUG", "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv) or os.environ.get("UGATIT_DEBUG", "") not in ("", "0")
+    argv = _command_args(argv)
     reset()
     try:
         with warnings.catch_warnings(), sigterm_as_interrupt():
@@ -374,9 +384,7 @@ def _run(fn, argv, prog, training, label, needs_tf) -> int:
     except KeyboardInterrupt as e:
         if debug:
             traceback.print_exc()
-        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks: it saves and knows the checkpoint
-            print(interrupted_line(prog, argv, training, _signal_of(e)), file=sys.stderr, flush=True)
-        _state["stop_said"] = True  # (a second Ctrl-C before this: `run` says it)
+        _say_stopped(prog, argv, training, e)
         return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     except SystemExit:
         raise
@@ -444,7 +452,7 @@ def check_writable_folder(path: str, what: str) -> str:
     unwritable output folder is bad input named with `what` (a flag or argument name)."""
     import tempfile
     from .options import OptionError
-    blocked = _no_folder_on_the_way(path)
+    blocked = no_folder_on_the_way(path)
     if blocked is not None:  # a file, or a link leading nowhere, where the folder or one above it goes
         raise OptionError(f"{what} {path!r} is not writable: {blocked}")
     try:
@@ -457,7 +465,7 @@ def check_writable_folder(path: str, what: str) -> str:
     return path
 
 
-def _no_folder_on_the_way(path: str) -> str | None:
+def no_folder_on_the_way(path: str) -> str | None:
     """What stops `path` being a folder: it or a folder above it (`--result_dir X` becomes
     `X/<model_dir>`) is a file or a link that leads to no folder - said as such, where the OS says
     only 'Not a directory' / 'No such file or directory' about the whole path. None: nothing."""

@@ -271,7 +271,7 @@ def domain_files(cfg: dict, folder: str, base: str = ".", required: bool = True)
         if os.path.isfile(f):
             files.append(f)
         else:  # the official code would stop (or, on a FIFO, block) on it mid-run; said here, as unreadable images are
-            print(f"warning: skipping {f!r}: {not_a_file(f)}, not an image", file=sys.stderr)
+            skipped_not_a_file(f)
     if required and not files:
         unnamed = sorted(n for n in os.listdir(path) if "." not in n and os.path.isfile(os.path.join(path, n)))
         if unnamed:  # files there, but the official `*.*` glob reads names with an extension only
@@ -280,6 +280,12 @@ def domain_files(cfg: dict, folder: str, base: str = ".", required: bool = True)
                               f"as the official code globs *.*; give them their extension")
         raise OptionError(f"dataset folder {path!r} holds no files (expected images, e.g. *.png, *.jpg)")
     return files
+
+
+def skipped_not_a_file(path: str) -> None:
+    """The one `warning:` line for an entry read as a picture that is no regular file (skipped):
+    the data set's, the test phase's and Morph's input folders."""
+    print(f"warning: skipping {path!r}: {not_a_file(path)}, not an image", file=sys.stderr)
 
 
 def not_a_file(path: str) -> str:

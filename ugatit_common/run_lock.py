@@ -241,8 +241,10 @@ def acquire(folder: str, what: str = "checkpoint folder", command: str | None = 
                 # a folder or a dangling link by that name, not an unwritable folder
                 raise OptionError(f"{what} {folder!r}: its lock file {path!r} cannot be opened ({e.strerror or e}); "
                                   f"it is not a lock file this program wrote: move it away") from e
-            if os.path.lexists(folder) and not os.path.isdir(folder):  # said as check_writable_folder says it
-                raise OptionError(f"{what} {folder!r} is not writable: a file is there, not a folder") from e
+            from .cli_errors import no_folder_on_the_way
+            blocked = no_folder_on_the_way(folder)
+            if blocked is not None:  # a file or a dead link where the folder goes, as check_writable_folder says
+                raise OptionError(f"{what} {folder!r} is not writable: {blocked}") from e
             raise OptionError(f"{what} {folder!r} is not writable: {e.strerror or e}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
