@@ -396,6 +396,8 @@ def _main(argv=None) -> int:
                 "export": cmd_export}
     try:
         _check_phase(args)
+        if getattr(args, "dataset", None) is not None:  # a name under <--data_root>/dataset/, never a path
+            opt.check_dataset_name(args.dataset)
         return handlers[args.command](args)
     except (opt.OptionError, CheckpointKindError, ImageReadError, ValueError) as e:
         from ugatit_common import cli_errors

@@ -23,6 +23,7 @@ def _main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = opt.validate(opt.config_from(args))
+        opt.check_dataset_name(cfg["dataset"])  # a name under ./dataset/, as the official glob reads it
         from . import train as phases  # TF is imported only once the flags are valid
         if cfg["phase"] == "train":
             phases.train(cfg)

@@ -85,6 +85,7 @@ def _validate_extra(a, typed=frozenset()):
     from .train import check_device_name, check_training_flags
     check_training_flags(a)
     check_device_name(a.device)
+    opt.check_dataset_name(a.dataset)  # a name under ./dataset/, never a path (both phases: it names the run folder)
     if a.batch is not None and a.batch < 1:
         raise opt.OptionError(f"--batch={a.batch}: must be >= 1")
     if a.phase == "train" and a.batch is not None:  # training would ignore it: say so, never train at another batch
