@@ -17,7 +17,6 @@ does with `--checkpoint`:
 """
 from __future__ import annotations
 
-import json
 import os
 
 from torch_port import checkpoint as ckpt
@@ -46,7 +45,7 @@ def _load_file(path: str):
                                   f"(expected one written by python -m morph train)")
     meta = policy.safetensors_metadata(path)
     if meta.get("config"):
-        config = json.loads(meta["config"])
+        config = ckpt.config_in_metadata(meta, path)  # a damaged one: one error naming the file
         step = policy.recorded_step(meta.get("step"), path)
     else:  # older checkpoints: the config is in the state file beside the weights
         sp = path[: -len(".safetensors")] + ".state.pt"

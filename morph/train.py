@@ -23,7 +23,6 @@ translate) raises `CheckpointKindError` naming what was found.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -121,7 +120,8 @@ def checkpoint_kind(path: str) -> tuple[str, dict | None]:
             meta = policy.safetensors_metadata(f.weights)
             if meta.get("config"):
                 if meta.get("kind") == KIND:
-                    return "morph", {"kind": KIND, "morph_config": json.loads(meta["config"]).get("morph_config")}
+                    return "morph", {"kind": KIND,
+                                    "morph_config": ckpt.config_in_metadata(meta, f.weights).get("morph_config")}
                 return "ugatit-torch", None
             try:
                 state = ckpt.load_state_file(f.base + ".state.pt")
@@ -166,8 +166,8 @@ def load_morph(folder: str, device="cpu") -> tuple[MorphUGATIT, dict]:
     weights, state = found["weights"], None
     meta = policy.safetensors_metadata(found["found"].weights)
     if meta.get("config"):
-        import json as _json
-        state = {"kind": meta.get("kind", KIND), "config": _json.loads(meta["config"]), "step": found["step"]}
+        state = {"kind": meta.get("kind", KIND), "config": ckpt.config_in_metadata(meta, found["found"].weights),
+                 "step": found["step"]}
         state["morph_config"] = state["config"].get("morph_config")
     else:
         state = ckpt.load_state_file(found["found"].base + ".state.pt")

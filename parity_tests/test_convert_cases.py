@@ -696,13 +696,24 @@ def test_torch2tf_takes_no_setting_as_recorded_from_provenance_it_cannot_read(tm
             assert "does not record smoothing, img_size, gan_type" in notes[0], (name, notes)
 
 
-def test_torch2tf_infers_the_config_of_weights_whose_recorded_config_is_no_dict(tmp_path, capsys):
-    """A weights file whose `ugatit_config` metadata is JSON but not an object (a list, a string):
-    no config recorded - inferred from the shapes and said - never an internal error."""
-    for i, text in enumerate(("[1, 2]", '"light"')):
-        src = _weights_file(tmp_path / f"w{i}.safetensors", dict(_model().state_dict()), {"ugatit_config": text})
+def test_torch2tf_refuses_weights_whose_recorded_config_is_damaged(tmp_path, capsys):
+    """A weights file whose `ugatit_config` (or a port checkpoint's `config`) metadata is not a JSON
+    object (not JSON, a list, a string): torch2tf read it as no config and converted with settings
+    guessed from the shapes, while the port's test phase and exports refuse the same file. Now one
+    rule (torch_port.checkpoint.config_in_metadata): one `error:` line naming the file and the
+    damaged key, exit 2, nothing written."""
+    from torch_port.checkpoint import load_any
+    from ugatit_common import options as opt
+    for i, (key, text) in enumerate((("ugatit_config", "[1, 2]"), ("ugatit_config", '"light"'),
+                                     ("ugatit_config", "{not json"), ("config", "{not json"))):
+        src = _weights_file(tmp_path / f"w{i}.safetensors", dict(_model().state_dict()), {key: text})
         rc, out, err = _convert(["torch2tf", src, tmp_path / f"tf{i}" / "UGATIT_light.model-3"], capsys)
-        assert rc == 0 and "records no config; inferred from the weights' shapes" in out, (text, out, err)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), (text, out, err)
+        assert str(src) in lines[0] and key in lines[0] and "records no config" not in out, (text, lines)
+        assert not (tmp_path / f"tf{i}").exists(), text
+        with pytest.raises(opt.OptionError, match=key):  # the port's readers: the same rule
+            load_any(str(src), {})
 
 
 def test_torch2tf_of_generators_alone_needs_the_discriminator_settings_recorded(tmp_path, capsys):
@@ -1042,3 +1053,19 @@ def test_tf2torch_draws_its_progress_bar_on_a_terminal_only(tmp_path, capsys, mo
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     rc, _, err = _convert(["tf2torch", ckpt, tmp_path / "p.safetensors"] + TF_FLAGS, capsys)
     assert rc == 0 and "tf2torch:" in err, err
+
+
+def test_morph_reads_a_damaged_recorded_config_by_the_same_rule(tmp_path):
+    """Morph's readers of a weights file's `config` (the folder's kind, its weights-only load)
+    raised json's own error (no file named) or an AttributeError on a list; now the port's rule:
+    one OptionError naming the file and the key."""
+    from morph.train import checkpoint_kind
+    from ugatit_common import options as opt
+    for i, text in enumerate(("{not json", "[1]")):
+        folder = tmp_path / f"m{i}"
+        folder.mkdir()
+        src = _weights_file(folder / "UGATIT_light.model-1.safetensors", dict(_model().state_dict()),
+                            {"kind": "morph", "config": text, "step": "1"})
+        with pytest.raises(opt.OptionError) as e:
+            checkpoint_kind(str(folder))
+        assert str(src) in str(e.value) and "config" in str(e.value), e.value

@@ -217,18 +217,14 @@ def prepare(inp: str, weights_only: bool = False, log=print) -> Prepared:
     weights, meta = load_weights(path)
     if meta.get("kind") == "morph":  # its weights alone (its state not beside it, or not read): said as with it
         raise ConversionError(f"{path!r} is a Morph-UGATIT checkpoint: it has no TensorFlow counterpart")
-    cfg, recorded = None, set()
-    for key in ("config", "ugatit_config"):
-        if meta.get(key):
-            try:
-                cfg = json.loads(meta[key]) or None
-            except ValueError:
-                cfg = None
-            if cfg and not isinstance(cfg, dict):
-                cfg = None
-            if cfg:
-                recorded = _recorded_keys(meta, key, cfg)
-                break
+    # the port's rule (checkpoint.config_in_metadata): a config that is not a JSON object is a damaged
+    # file, refused naming it - never read as no config and replaced by guesses from the shapes
+    from .checkpoint import config_in_metadata
+    try:
+        cfg = config_in_metadata(meta, path) or None
+    except opt.OptionError as e:
+        raise ConversionError(f"{e}; nothing was written") from None
+    recorded = _recorded_keys(meta, "ugatit_config" if "ugatit_config" in meta else "config", cfg) if cfg else set()
     step = policy.recorded_step(meta.get("step"), path)
     m = _STEP.search(path)
     state = None
