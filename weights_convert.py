@@ -22,7 +22,9 @@ OUT gets the default name inside it; torch2tf re-points a folder's `checkpoint` 
 another checkpoint only with --overwrite, and takes the replaced checkpoint's stale .meta with it).
 torch2tf also writes `<prefix>.meta`, the official train graph of the recorded config (built by
 tf_reference, as tf.train.Saver writes it), where TensorFlow can be imported and the input records
-every setting that graph holds; otherwise one note on stderr says why there is none.
+every setting that graph holds; otherwise one note on stderr says why there is none. It also
+writes the folder's run record `ugatit-run.json` (the settings its input records: run_record_plan),
+so a round trip through any folder keeps the run's dataset, n_critic and the rest.
 Non-finite weights (NaN, inf) are refused unless --allow_non_finite: a faithful copy of a broken
 checkpoint is rarely what anyone wants, and every command that uses weights refuses them anyway.
 """
@@ -418,6 +420,54 @@ def official_meta_graph(cfg: dict, tf_names, recorded=None, source: str = "the i
                               f"({type(e).__name__}: {e}); nothing was written") from e
 
 
+def run_record_plan(folder: str, cfg: dict, recorded, source: str, overwrite: bool,
+                    continued: bool) -> tuple[bytes | None, bool]:
+    """(the run record `ugatit-run.json` torch2tf writes into `folder` or None, whether the
+    folder's record is removed), checked before anything is written. The record holds what the
+    input records (`recorded`: those of `cfg`'s settings), in the format the trainers write -
+    none when the input does not record its image size (a record without it is none, and a guess
+    would pass for one) - so the run's flags (dataset, n_critic...) survive a round trip through a
+    folder that is no model_dir. A file of that name that is no run record is never replaced
+    (ConversionError); a record there that differs describes the run of the checkpoint that
+    `--overwrite` replaces (the guard allows no other checkpoint beside), replaced or removed with
+    it, else refused; an equal one, or the input's own run's (`continued`: --continue_run), stays."""
+    from ugatit_common import checkpoint_policy as policy
+    from ugatit_common.recorded_config import CONVERTER
+    path = os.path.join(folder, policy.RUN_RECORD)
+    ours = (policy.run_record_bytes(cfg, f"{CONVERTER} from {os.path.basename(source)}", keys=set(recorded))
+            if "img_size" in recorded else None)
+    if not os.path.lexists(path):
+        return ours, False
+    if os.path.islink(path) or not os.path.isfile(path):
+        raise ConversionError(f"{path!r} exists and is not a run record (not a regular file): torch2tf writes the "
+                              f"checkpoint's run record there and never replaces another file; move it away or "
+                              f"write into another folder; nothing was written")
+    try:
+        theirs = policy.read_run_record(folder, remedy="move it away (torch2tf writes the checkpoint's run record "
+                                                       "there and never replaces a file that is not one)")
+    except policy.RunRecordDamaged as e:
+        raise ConversionError(f"{e}; nothing was written") from None
+    if continued:
+        return None, False  # the record of the run this checkpoint continues, written when it started
+    mine = json.loads(ours) if ours is not None else None
+    if mine is not None and (mine["img_size"], mine["options"]) == (theirs["img_size"], theirs["options"]):
+        return None, False
+    if not overwrite:
+        if mine is None:
+            why = "this checkpoint's input records no image size, so it gets no record"
+        else:
+            differ = [f"img_size {theirs['img_size']} there, {mine['img_size']} here"] * \
+                (theirs["img_size"] != mine["img_size"])
+            differ += [f"{k} {json.dumps(theirs['options'].get(k))} there, {json.dumps(mine['options'].get(k))} here"
+                       for k in sorted(set(theirs["options"]) | set(mine["options"]))
+                       if theirs["options"].get(k) != mine["options"].get(k)]
+            why = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+        raise ConversionError(f"{path!r} records another run's settings ({why}); readers would take them for this "
+                              f"checkpoint's: pass --overwrite to replace it with the checkpoint, or write into a "
+                              f"folder of its own; nothing was written")
+    return ours, ours is None
+
+
 _NO_DATA_SET = "the input does not record its data set"
 
 
@@ -477,12 +527,14 @@ def load_torch_weights(path: str):
     return load_weights(path)
 
 
-def torch_to_tf(state: dict, prefix: str, step: int | None = None, drop=(), meta: bytes | None = None) -> str:
+def torch_to_tf(state: dict, prefix: str, step: int | None = None, drop=(), meta: bytes | None = None,
+                files: dict | None = None) -> str:
     """Write a torch state (weights, optional `/Adam` slots and `optimizer.*` powers) as an
     official-layout TF checkpoint at `prefix`, plus the folder's `checkpoint` file and, given
     `meta` (the MetaGraphDef bytes: official_meta_graph), `<prefix>.meta`, removing the files
-    `drop` (a replaced checkpoint's stale .meta) with them. All or nothing, even when the process
-    is killed (ugatit_common.atomic.publish_together's journal)."""
+    `drop` (a replaced checkpoint's stale .meta) with them, and `files` ({path in its folder: bytes}:
+    the run record). All or nothing, even when the process is killed (ugatit_common.atomic.
+    publish_together's journal)."""
     base = os.path.basename(prefix)
     try:  # the `checkpoint` file's bytes, checked before the bundle is committed (the file comes after it)
         checkpoint_state_text(base, [base])
@@ -509,18 +561,21 @@ def torch_to_tf(state: dict, prefix: str, step: int | None = None, drop=(), meta
                                                           if hasattr(state[k], "detach") else state[k])))
             temps = w.prepare()
             meta_file = state_file = None
+            extra = {}
             try:
                 if meta is not None:
                     meta_file = write_temp_beside(folder, meta, suffix=".meta.tmp")
+                for path, data in (files or {}).items():
+                    extra[os.path.abspath(path)] = write_temp_beside(folder, data, suffix=".json.tmp")
                 try:
                     state_file = prepare_checkpoint_state(folder, base)
                 except OSError as e:
                     raise ConversionError(f"{os.path.join(folder, 'checkpoint')!r} cannot be written "
                                           f"({e.strerror or e}); nothing was written") from e
-                publish_together({**temps, **({meta_path: meta_file} if meta_file else {}),
+                publish_together({**temps, **({meta_path: meta_file} if meta_file else {}), **extra,
                                   os.path.join(folder, "checkpoint"): state_file, **{p: None for p in drop}})
             finally:
-                for tmp in (meta_file, state_file):  # renamed into place, or not: never left
+                for tmp in (meta_file, state_file, *extra.values()):  # renamed into place, or not: never left
                     if tmp is not None:
                         remove_quietly(tmp)
     return prefix
@@ -678,6 +733,9 @@ def _convert(argv=None) -> int:
                       f"checkpoint is written")
             if bad:
                 _warn_non_finite(bad)
+            record, drop_record = run_record_plan(folder, cfg, prepared.recorded, prepared.source, args.overwrite,
+                                                  continued)
+            record_path = os.path.join(folder, "ugatit-run.json")
             stale = os.path.lexists(meta)
             # the graph the official Saver writes beside a checkpoint (tf_reference builds it; seconds), when
             # TensorFlow is here and the input records every setting it holds; before anything is written
@@ -686,9 +744,13 @@ def _convert(argv=None) -> int:
                                                  prepared.recorded, prepared.source, (files_A, files_B))
             # the new .meta, or the stale one removed, goes with the same write: a failure or a kill anywhere
             # leaves the old checkpoint whole
-            torch_to_tf(state, prefix, drop=[meta] if stale and graph is None else (), meta=graph)
-            print(f"wrote {prefix}.index / .data-00000-of-00001{' / .meta' if graph is not None else ''} and "
-                  f"{folder}/checkpoint")
+            torch_to_tf(state, prefix, drop=([meta] if stale and graph is None else []) + [record_path] * drop_record,
+                        meta=graph, files={record_path: record} if record is not None else None)
+            print(f"wrote {prefix}.index / .data-00000-of-00001{' / .meta' if graph is not None else ''}"
+                  f"{', ' + record_path if record is not None else ''} and {folder}/checkpoint")
+            if drop_record:
+                print(f"note: removed {record_path}, the run record of the checkpoint replaced (its settings would "
+                      f"have been read as these weights')")
             if stale and graph is None:
                 print(f"note: removed {meta}, the graph of the checkpoint replaced (its recorded config would "
                       f"have been read as these weights')")

@@ -939,7 +939,8 @@ def test_torch2tf_output_named_by_a_checkpoint_file_writes_that_checkpoint(suffi
     rc, out, err = _convert(["torch2tf", src, tmp_path / "tf" / f"UGATIT_light.model-3{suffix}"], capsys)
     assert rc == 0, err
     names = sorted(os.listdir(tmp_path / "tf"))
-    assert names == ["UGATIT_light.model-3.data-00000-of-00001", "UGATIT_light.model-3.index", "checkpoint"], names
+    assert names == ["UGATIT_light.model-3.data-00000-of-00001", "UGATIT_light.model-3.index", "checkpoint",
+                     "ugatit-run.json"], names  # (the run record: what its config records)
     assert "UGATIT_light.model-3" in out and suffix in out, out
     with BundleReader(str(tmp_path / "tf")) as r:
         assert r.prefix.endswith("UGATIT_light.model-3")

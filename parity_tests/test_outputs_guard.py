@@ -446,7 +446,7 @@ def test_a_long_output_name_is_claimed_too(world, capsys):
     prefix = os.path.join(dest, "m" * 230 + "-3")                            # + .data-00000-of-00001: 252
     rc, _, err = torch2tf.run(world, prefix, capsys=capsys)
     assert rc == 0 and os.path.isfile(prefix + ".index"), err
-    assert sorted(os.listdir(dest)) == sorted([os.path.basename(long_w), "checkpoint"] +
+    assert sorted(os.listdir(dest)) == sorted([os.path.basename(long_w), "checkpoint", "ugatit-run.json"] +
                                               [os.path.basename(prefix) + s for s in (".index", ".data-00000-of-00001")])
     a, b = os.path.join(dest, "x" * 240 + "a.onnx"), os.path.join(dest, "x" * 240 + "b.onnx")
     try:

@@ -108,4 +108,5 @@ def test_torch2tf_without_tensorflow_writes_no_meta_and_says_so(tmp_path, no_tf_
     notes = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(notes) == 1 and notes[0].startswith("note: no .meta written (TensorFlow not installed)") \
         and "tf2torch" in notes[0] and "smoothing" in notes[0], proc.stderr[-3000:]
-    assert sorted(os.listdir(tmp_path / "tf")) == ["checkpoint", "m-3.data-00000-of-00001", "m-3.index"]
+    assert sorted(os.listdir(tmp_path / "tf")) == ["checkpoint", "m-3.data-00000-of-00001", "m-3.index",
+                                                       "ugatit-run.json"]

@@ -701,10 +701,16 @@ def write_run_record(folder: str, cfg: dict, writer: str, owner) -> str:
     model's weights do not fix, for a resume from a TF checkpoint whose `.meta` was lost
     (`run_image_size`). `writer`: the command. Only the run holding the folder (`owner`)."""
     run_lock.require(owner, folder, "recording the run's options")
-    options = {k: cfg[k] for k in opt.DEFAULTS if isinstance(cfg.get(k), (bool, int, float, str))}
+    return write_bytes_atomic(os.path.join(folder, RUN_RECORD), run_record_bytes(cfg, writer))
+
+
+def run_record_bytes(cfg: dict, writer: str, keys=None) -> bytes:
+    """The run record's bytes (`write_run_record`'s format): `img_size` and the official flags of
+    `cfg` (`keys`: only those, e.g. the settings a converted checkpoint records; None: all)."""
+    options = {k: cfg[k] for k in opt.DEFAULTS if isinstance(cfg.get(k), (bool, int, float, str))
+               and (keys is None or k in keys)}
     record = {"written_by": writer, "img_size": int(cfg["img_size"]), "options": options}
-    return write_bytes_atomic(os.path.join(folder, RUN_RECORD),
-                              (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    return (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
 
 
 def read_run_record(folder: str, remedy: str = "remove it to resume without this check") -> dict | None:
@@ -792,9 +798,12 @@ def run_image_size(prefix: str) -> tuple[int, str] | None:
             where = f"the run config in {name}.safetensors"
         if isinstance(size, int) and not isinstance(size, bool):
             return size, f"{lacks}, and {where}, of the same run, records img_size={size}"
-    size = recorded_image_size(folder)
-    if size is not None:
-        return size, f"{lacks}, and the run record {RUN_RECORD}, written when the run started, records img_size={size}"
+    record = read_run_record(folder)
+    if record is not None:
+        size, by = record["img_size"], record["written_by"]
+        when = (f"written by {by} from the checkpoint's records" if by.startswith("weights_convert.py torch2tf")
+                else "written when the run started")
+        return size, f"{lacks}, and the run record {RUN_RECORD}, {when}, records img_size={size}"
     return None
 
 

@@ -21,9 +21,12 @@ from .tf_checkpoint.bundle import resolve_prefix
 from .tf_checkpoint.names import ConversionError
 
 SOURCE = "run_record"
-# what the converter takes from the record: the model and the training settings (the dataset
-# name is no part of the weights or the graph; a renamed folder must not stop a conversion)
+# what the converter takes from the record: the model and the training settings
 KEYS = MODEL_KEYS + TRAINING_KEYS
+# and the data set's name, where nothing else records it (a folder not named as a model_dir, e.g.
+# a torch2tf output): it is no part of the weights or the graph, so a renamed model_dir folder that
+# names another data set keeps its name's and stops no conversion
+NAME_KEYS = ("dataset",)
 
 
 class _RecordedConfig(CheckpointConfig):
@@ -35,6 +38,9 @@ class _RecordedConfig(CheckpointConfig):
         meta["ugatit_config_read"] = json.dumps(sorted(k for k, s in self.sources.items()
                                                        if s in SOURCES + (SOURCE,)))
         return meta
+
+
+CONVERTER = "weights_convert.py torch2tf"  # the record's writer for a converted checkpoint (not a run's start)
 
 
 def _record_of(folder: str) -> dict | None:
@@ -66,17 +72,20 @@ def with_run_record(info: CheckpointConfig, prefix: str) -> CheckpointConfig:
     if record is None:
         return info
     path = os.path.join(folder, policy.RUN_RECORD)
-    detail = f"{policy.RUN_RECORD}, written" + (f" by {record['written_by']}" if record["written_by"] else "") + \
-        " when the run started"
-    values = {k: v for k, v in record["options"].items() if k in KEYS}
+    by = record["written_by"]
+    detail = f"{policy.RUN_RECORD}, written" + (f" by {by}" if by else "") + \
+        (" (what its input recorded)" if by.startswith(CONVERTER) else " when the run started")
+    values = {k: v for k, v in record["options"].items() if k in KEYS + NAME_KEYS}
     values["img_size"] = record["img_size"]
     where = f"checkpoint {info.prefix or prefix}"
     settings, unrecorded = dict(info.settings), [k for k in info.unrecorded if k not in values]
-    for key in [k for k in KEYS if k in values]:
+    for key in [k for k in KEYS + NAME_KEYS if k in values]:
         value, ours = values[key], Setting(values[key], SOURCE, detail)
         have = settings.get(key)
         if have is None or have.guessed:
             settings[key] = ours
+        elif key in NAME_KEYS and not _same(have.value, value):
+            continue  # the folder's name (a renamed model_dir) is what the official code goes by
         elif _same(have.value, value):
             settings[key] = ours if have.source == "flag" else replace(have, also=tuple(have.also) + (SOURCE,))
         elif have.source == "flag":
