@@ -570,9 +570,10 @@ class Trainer:
         policy.sweep_temp(paths.sample, self.log, owner=self.owner)
         if not self.resume:  # an older run in the folder is moved aside, never deleted, shadowed or overwritten
             cli_errors.note_older_run_aside(False)
+            # noted under the moves' hold on Ctrl-C / SIGTERM: the stop line never says "did not take effect"
+            # of a run moved aside, nor the reverse
             policy.move_older_run_aside(paths.checkpoint, [getattr(paths, name) for name in self.MOVE_ASIDE],
-                                        self.owner, self.log)
-            cli_errors.note_older_run_aside(True)
+                                        self.owner, self.log, on_moved=lambda: cli_errors.note_older_run_aside(True))
 
     def _resume_point(self):
         """`find_checkpoint` on every rank, rank 0 (the owner, which sets unusable ones aside)

@@ -51,6 +51,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from . import run_lock
+from .held_signals import signals_held
 from . import options as opt
 from .atomic import abandoned, journal_file, recover_interrupted_writes, write_bytes_atomic
 from .options import OptionError
@@ -229,29 +230,49 @@ def move_files(paths: list[str], dest: str, done: list | None = None) -> str:
     return dest
 
 
-def move_older_run_aside(folder: str, outputs, owner, log=print) -> str | None:
+def move_older_run_aside(folder: str, outputs, owner, log=print, on_moved=None) -> str | None:
     """`--resume False`: the older run's checkpoints in `folder`, then its files in each of the
     `outputs` folders, moved into `previous-run-<time>/` (move_previous_run, move_previous_outputs)
     as one step: an error, Ctrl-C or SIGTERM half way moves every file back (the older run whole,
-    as before the command). Its oldest checkpoints go first and the pointer files last, so even a
-    kill half way leaves the older run resumable from its newest checkpoint. Returns the folder
-    name used, or None when there was nothing to move."""
+    as before the command). Ctrl-C / SIGTERM are held while the files move (held_signals), so one
+    never falls between a move and its record, nor into the moving back; one that came meanwhile
+    moves every file back too, then stops the command. `on_moved()`: called once all have moved,
+    still under that hold (the command's note that --resume False took effect). Its oldest
+    checkpoints go first and the pointer files last, so even a kill half way leaves the older run
+    resumable from its newest checkpoint. Returns the folder name used, or None when there was
+    nothing to move."""
     done = []
-    try:
-        moved = move_previous_run(folder, owner, log, done=done)
-        if moved:
-            for out in outputs:
-                move_previous_outputs(out, os.path.basename(moved), owner, log, done=done)
-        return moved
-    except BaseException:
-        for src, dst in reversed(done):
-            try:
-                os.rmdir(dst) if not src else os.replace(dst, src)
-            except OSError:
-                pass
-        if done:
-            log(" [*] --resume False was interrupted: the older run's files were moved back where they were")
-        raise
+    with signals_held() as got:
+        try:
+            moved = move_previous_run(folder, owner, log, done=done)
+            if moved:
+                for out in outputs:
+                    move_previous_outputs(out, os.path.basename(moved), owner, log, done=done)
+        except BaseException:
+            _move_back(done, "--resume False", log)
+            raise
+        if got:  # Ctrl-C / SIGTERM came while they moved: raised again once this block ends
+            _move_back(done, "--resume False", log)
+            return None
+        if on_moved is not None:
+            on_moved()
+    return moved
+
+
+def _move_back(done: list, why: str, log=print) -> None:
+    """Undo the moves `done` ((source, destination); ("", folder): a folder made), newest first,
+    and say so: every file back where it was, or the ones that could not be moved back."""
+    failed = []
+    for src, dst in reversed(done):
+        try:
+            os.rmdir(dst) if not src else os.replace(dst, src)
+        except OSError as e:
+            if src:
+                failed.append(f"{dst} (back to {src}: {e.strerror or e})")
+    if failed:
+        log(f" [!] {why} was interrupted and {len(failed)} file(s) could not be moved back: {'; '.join(failed)}")
+    elif done:
+        log(f" [*] {why} was interrupted: the older run's files were moved back where they were")
 
 
 def set_aside(folder: str, found: list[Found], why: str, owner, log=print) -> str | None:
@@ -312,13 +333,21 @@ def move_outputs_of_an_older_run(folders, owner, log=print) -> str | None:
     same names). Only the run holding the folders (`owner`). Returns the name used, or None when
     nothing was there."""
     name = PREVIOUS + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    used = None
-    for folder in folders:
-        if not os.path.isdir(folder):
-            continue
-        dest = move_previous_outputs(folder, os.path.basename(_unique(os.path.join(folder, name))), owner, log,
-                                     why="starting from scratch")
-        used = used or dest
+    used, done = None, []
+    with signals_held() as got:  # all folders' files moved, or (an error, Ctrl-C, SIGTERM) none
+        try:
+            for folder in folders:
+                if not os.path.isdir(folder):
+                    continue
+                dest = move_previous_outputs(folder, os.path.basename(_unique(os.path.join(folder, name))), owner,
+                                             log, why="starting from scratch", done=done)
+                used = used or dest
+        except BaseException:
+            _move_back(done, "setting the older run's outputs aside", log)
+            raise
+        if got:
+            _move_back(done, "setting the older run's outputs aside", log)
+            return None
     return used
 
 
