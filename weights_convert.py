@@ -438,6 +438,8 @@ def run_record_plan(folder: str, cfg: dict, recorded, source: str, overwrite: bo
             if "img_size" in recorded else None)
     if not os.path.lexists(path):
         return ours, False
+    if continued:
+        return None, False  # the record of the run this checkpoint continues (written when it started): its own
     if os.path.islink(path) or not os.path.isfile(path):
         raise ConversionError(f"{path!r} exists and is not a run record (not a regular file): torch2tf writes the "
                               f"checkpoint's run record there and never replaces another file; move it away or "
@@ -447,8 +449,6 @@ def run_record_plan(folder: str, cfg: dict, recorded, source: str, overwrite: bo
                                                        "there and never replaces a file that is not one)")
     except policy.RunRecordDamaged as e:
         raise ConversionError(f"{e}; nothing was written") from None
-    if continued:
-        return None, False  # the record of the run this checkpoint continues, written when it started
     mine = json.loads(ours) if ours is not None else None
     if mine is not None and (mine["img_size"], mine["options"]) == (theirs["img_size"], theirs["options"]):
         return None, False
