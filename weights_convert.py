@@ -432,9 +432,8 @@ def run_record_plan(folder: str, cfg: dict, recorded, source: str, overwrite: bo
     `--overwrite` replaces (the guard allows no other checkpoint beside), replaced or removed with
     it, else refused; an equal one, or the input's own run's (`continued`: --continue_run), stays."""
     from ugatit_common import checkpoint_policy as policy
-    from ugatit_common.recorded_config import CONVERTER
     path = os.path.join(folder, policy.RUN_RECORD)
-    ours = (policy.run_record_bytes(cfg, f"{CONVERTER} from {os.path.basename(source)}", keys=set(recorded))
+    ours = (policy.run_record_bytes(cfg, f"{policy.CONVERTER} from {os.path.basename(source)}", keys=set(recorded))
             if "img_size" in recorded else None)
     if not os.path.lexists(path):
         return ours, False

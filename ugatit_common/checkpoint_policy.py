@@ -59,6 +59,7 @@ from .options import OptionError
 POINTER = "latest"          # torch_port's pointer file
 TF_STATE = "checkpoint"     # tf.train.Saver's state file
 RUN_RECORD = "ugatit-run.json"  # the run's options (write_run_record), beside its checkpoints
+CONVERTER = "weights_convert.py torch2tf"  # a run record's writer for a converted checkpoint (not a run's start)
 UNUSABLE = "unusable"
 PREVIOUS = "previous-run-"
 
@@ -784,12 +785,6 @@ def _record_problem(record) -> str | None:
     return None
 
 
-def recorded_image_size(folder: str) -> int | None:
-    """The image size the run record of `folder` holds (`read_run_record`); None without one."""
-    record = read_run_record(folder)
-    return None if record is None else record["img_size"]
-
-
 def run_image_size(prefix: str) -> tuple[int, str] | None:
     """(img_size, what records it) of the run that wrote the TF checkpoint `prefix`, for a resume
     at another --img_size (a light model's weights restore at any size): its own .meta; without
@@ -830,7 +825,7 @@ def run_image_size(prefix: str) -> tuple[int, str] | None:
     record = read_run_record(folder)
     if record is not None:
         size, by = record["img_size"], record["written_by"]
-        when = (f"written by {by} from the checkpoint's records" if by.startswith("weights_convert.py torch2tf")
+        when = (f"written by {by} from the checkpoint's records" if by.startswith(CONVERTER)
                 else "written when the run started")
         return size, f"{lacks}, and the run record {RUN_RECORD}, {when}, records img_size={size}"
     return None

@@ -40,9 +40,6 @@ class _RecordedConfig(CheckpointConfig):
         return meta
 
 
-CONVERTER = "weights_convert.py torch2tf"  # the record's writer for a converted checkpoint (not a run's start)
-
-
 def _record_of(folder: str) -> dict | None:
     try:
         return policy.read_run_record(folder, remedy="remove it to convert without it")
@@ -74,7 +71,7 @@ def with_run_record(info: CheckpointConfig, prefix: str) -> CheckpointConfig:
     path = os.path.join(folder, policy.RUN_RECORD)
     by = record["written_by"]
     detail = f"{policy.RUN_RECORD}, written" + (f" by {by}" if by else "") + \
-        (" (what its input recorded)" if by.startswith(CONVERTER) else " when the run started")
+        (" (what its input recorded)" if by.startswith(policy.CONVERTER) else " when the run started")
     values = {k: v for k, v in record["options"].items() if k in KEYS + NAME_KEYS}
     values["img_size"] = record["img_size"]
     where = f"checkpoint {info.prefix or prefix}"
