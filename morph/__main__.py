@@ -397,7 +397,7 @@ def _main(argv=None) -> int:
     try:
         _check_phase(args)
         if getattr(args, "dataset", None) is not None:  # a name under <--data_root>/dataset/, never a path
-            opt.check_dataset_name(args.dataset)
+            opt.check_dataset_name(args.dataset, getattr(args, "data_root", "."))
         return handlers[args.command](args)
     except (opt.OptionError, CheckpointKindError, ImageReadError, ValueError) as e:
         from ugatit_common import cli_errors

@@ -74,3 +74,11 @@ def test_a_name_passes_and_the_hint_names_the_link(tmp_path):
     with pytest.raises(opt.OptionError) as e:
         opt.check_dataset_name("/data/horse2zebra")
     assert "ln -s /data/horse2zebra dataset/horse2zebra, then --dataset horse2zebra" in str(e.value), e.value
+
+
+def test_morph_hint_names_its_data_root(tmp_path):
+    """Morph reads <--data_root>/dataset/<name>/: its refusal names that folder, not ./dataset/."""
+    with pytest.raises(opt.OptionError) as e:
+        opt.check_dataset_name("/data/horse2zebra", "/srv/data")
+    assert "under /srv/data/dataset/" in str(e.value), e.value
+    assert "ln -s /data/horse2zebra /srv/data/dataset/horse2zebra, then --dataset horse2zebra" in str(e.value), e.value

@@ -217,20 +217,23 @@ def validate(cfg: dict) -> dict:
     return cfg
 
 
-def check_dataset_name(name: str) -> str:
+def check_dataset_name(name: str, root: str = ".") -> str:
     """`--dataset` is the NAME of a folder under ./dataset/ (the official code globs
     ./dataset/<name>/trainA/*.* and names the run folders after it): a path (`/abs/x`, `a/b`,
     `..`) would train on data the official code cannot find and nest the run folders
-    (checkpoint/UGATIT_light_/abs/x_lsgan.../): OptionError saying how to use data elsewhere."""
+    (checkpoint/UGATIT_light_/abs/x_lsgan.../): OptionError saying how to use data elsewhere.
+    `root`: the folder holding dataset/ (Morph's --data_root; the official layout: the working directory)."""
     seps = [s for s in (os.sep, os.altsep, "/") if s]
     if name and name not in (".", "..") and not any(s in name for s in seps) and "\0" not in name:
         return name
     base = os.path.basename(os.path.normpath(name)) if name else ""
     link = base if base and base not in (".", "..", os.sep) else "<name>"
-    raise OptionError(f"--dataset={name!r}: expected the name of a folder under ./dataset/ (the official layout "
-                      f"dataset/<name>/{{{','.join(DOMAIN_FOLDERS)}}} relative to the working directory; the run "
+    under = os.path.join(root, "dataset") if root not in ("", ".") else "./dataset"
+    where = "relative to the working directory" if root in ("", ".") else f"under --data_root {root}"
+    raise OptionError(f"--dataset={name!r}: expected the name of a folder under {under}/ (the official layout "
+                      f"dataset/<name>/{{{','.join(DOMAIN_FOLDERS)}}} {where}; the run "
                       f"folders are named after it), not a path; for data elsewhere, link it there: "
-                      f"ln -s {os.path.abspath(name) if name else '/path/to/data'} dataset/{link}, then "
+                      f"ln -s {os.path.abspath(name) if name else '/path/to/data'} {os.path.join(root if root not in ('', '.') else '', 'dataset', link)}, then "
                       f"--dataset {link}")
 
 
