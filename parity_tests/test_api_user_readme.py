@@ -79,3 +79,18 @@ def test_the_walkthrough_results_keep_each_photos_name_and_format(tmp_path):
     out = tmp_path / "my_results" / model_dir / "a2b"
     assert os.listdir(out) == ["photo.jpg"]
     assert (out / "photo.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG
+
+
+def test_the_readme_fp16_skip_line_is_the_line_training_prints():
+    """README "Training fast paths" quotes the line an fp16 step skipped at an overflowing loss
+    scale prints; it must be the line `torch_port.train._check_finite` logs for such a step (the
+    README had quoted a shorter wording than the code's)."""
+    from torch_port.train import _check_finite
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    quoted = " ".join(re.search(r"` (\[fp16\] step 1: [^`]+)`", text).group(1).split())  # across a line break
+    lines = []
+    values = {"Discriminator_loss": float("nan"), "D_loss_scale": 65536.0, "D_step_skipped": 1.0,
+              "D_unpenalized_finite": 1.0}
+    _check_finite(values, "discriminator", 1, {}, lines.append, scaled_loss=True)
+    assert [line.strip() for line in lines] == [quoted]
