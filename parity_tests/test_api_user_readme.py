@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
+import pytest
 import weights_convert
 from torch_port import build_ugatit
 from ugatit_common import options as opt
@@ -94,3 +97,35 @@ def test_the_readme_fp16_skip_line_is_the_line_training_prints():
               "D_unpenalized_finite": 1.0}
     _check_finite(values, "discriminator", 1, {}, lines.append, scaled_loss=True)
     assert [line.strip() for line in lines] == [quoted]
+
+
+# The README's test counts: file -> the pattern of its "N CPU tests ... M quick" claim.
+_COUNT_CLAIMS = {
+    "test_onnx.py": r"`parity_tests/test_onnx\.py` \((\d+) CPU tests, (\d+) in the quick tier",
+    "test_fast_infer.py": r"`parity_tests/test_fast_infer\.py`, (\d+) CPU tests in the full tier \((\d+) quick",
+    "test_train_graphs.py": r"`parity_tests/test_train_graphs\.py`, (\d+) CPU tests in the full tier \((\d+) quick",
+}
+
+
+def _cpu_test_counts(*tier) -> dict:
+    """Tests per file of _COUNT_CLAIMS that pytest collects without the `cuda` marker in a tier."""
+    env = {k: v for k, v in os.environ.items() if k != "UGATIT_FULL_TIER"}
+    files = [os.path.join("parity_tests", f) for f in _COUNT_CLAIMS]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", *tier,
+                           "-m", "not cuda", *files], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ids = [line.strip() for line in proc.stdout.splitlines() if "::" in line]
+    return {f: sum(i.startswith(f"parity_tests/{f}::") for i in ids) for f in _COUNT_CLAIMS}
+
+
+@pytest.mark.slow  # collects three test files in both tiers (~20 s of imports)
+def test_the_readme_test_counts_are_the_suites_counts():
+    """README "ONNX export", "Translating on a GPU" and "Training on a GPU" say how many CPU tests
+    test_onnx.py, test_fast_infer.py and test_train_graphs.py hold, in the full tier and the quick
+    one; they must be what pytest collects (they had fallen behind: 41 / 49 / 29 for 43 / 60 / 35).
+    A test added to one of these files needs its README count raised."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    claimed = {f: tuple(int(n) for n in re.search(pattern, text).groups()) for f, pattern in _COUNT_CLAIMS.items()}
+    full, quick = _cpu_test_counts("--full"), _cpu_test_counts()
+    assert claimed == {f: (full[f], quick[f]) for f in _COUNT_CLAIMS}
