@@ -441,6 +441,28 @@ def test_where_the_checkpoints_are_says_a_morph_run_is_one(tmp_path):
     assert "'UGATIT_light_e'" in said and "'UGATIT_light_e' (a Morph" not in said, said
 
 
+def test_where_the_checkpoints_are_reads_an_ambiguous_name_as_the_slip_it_is(tmp_path):
+    """`UGATIT_light_demo_...` is a light run on `demo` or a full one on `light_demo`. A test phase
+    with `--light False --dataset demo` that found none said the folder "records --dataset
+    light_demo" (the reading with the user's --light), where it records `--light True`, the slip
+    README "Checkpoint policy" names. The reading that differs from the flags in fewer settings is
+    named (a tie: the light one, as parse_model_dir without weights); a full run on `light_demo`
+    at another --n_dis is still read as such."""
+    root = tmp_path / "checkpoint"
+    light_demo = opt.model_dir(opt.config_from(light=True, dataset="demo", n_dis=5))
+    (root / light_demo).mkdir(parents=True)
+    (root / light_demo / "UGATIT_light.model-3.index").write_bytes(b"")
+    cfg = opt.config_from(light=False, dataset="demo", n_dis=5)
+    said = policy.where_checkpoints_are(str(root / opt.model_dir(cfg)), cfg)
+    assert f"'{light_demo}' (its name records --light True):" in said, said
+    cfg = opt.config_from(light=False, dataset="light_demo", n_dis=6)
+    said = policy.where_checkpoints_are(str(root / opt.model_dir(cfg)), cfg)
+    assert f"'{light_demo}' (its name records --n_dis 5):" in said, said
+    cfg = opt.config_from(light=True, dataset="other", n_dis=5)
+    said = policy.where_checkpoints_are(str(root / opt.model_dir(cfg)), cfg)
+    assert f"'{light_demo}' (its name records --dataset demo):" in said, said
+
+
 @pytest.mark.parametrize("case", ["byte_order_mark", "single_quotes", "timestamps_crlf"])
 def test_hand_edited_state_files_name_their_checkpoint(tmp_path, case):
     """The state-file forms above with a folder of one checkpoint read it whether or not the file

@@ -193,9 +193,12 @@ def where_checkpoints_are(run_folder: str, cfg: dict) -> str:
         return ""
     from .tf_checkpoint.config import parse_model_dir  # numpy: only for this error
     lines = []
+    def differing(recorded):
+        return [f"--{k} {v}" for k, v in (recorded or {}).items() if k in cfg and cfg[k] != v]
     for name in runs[:5]:
-        recorded = parse_model_dir(name, cfg.get("light"))
-        differ = [f"--{k} {v}" for k, v in (recorded or {}).items() if k in cfg and cfg[k] != v]
+        # `UGATIT_light_x_...` reads as a light run on x or a full one on light_x: name the reading
+        # nearer the flags (a tie: the light one; `--light False --dataset x` is the slip, not light_x)
+        differ = min((differing(parse_model_dir(name, light)) for light in (True, False)), key=len)
         if _morph_run(os.path.join(parent, name)):  # not this command's model, whatever its name records
             lines.append(f"{name!r} (a Morph-UGATIT run: python -m morph interpolate / translate reads it)")
             continue
