@@ -592,7 +592,7 @@ def verify(ckpt: str, cfg: dict, seed: int = 0) -> dict:
 # ------------------------------------------------------------------ command line
 def main(argv=None) -> int:
     """The one error path (ugatit_common.cli_errors): bad input -> one `error:` line (on its own
-    line, never on the progress bar's), exit 2; --debug adds the traceback."""
+    line, never on the progress bar's), exit 2; --debug adds an internal error's traceback."""
     from ugatit_common import cli_errors
     return cli_errors.run(_main, argv, prog="python weights_convert.py")
 

@@ -40,7 +40,7 @@ import sys
 
 def main(argv=None) -> int:
     """The one error path (ugatit_common.cli_errors): a corrupt checkpoint, an unwritable OUT_DIR,
-    ... -> one `error:` line, exit 2; --debug adds the traceback."""
+    ... -> one `error:` line, exit 2; --debug adds an internal error's traceback."""
     from ugatit_common import cli_errors
     return cli_errors.run(_main, argv, prog="python -m parity_tests.report",
                           needs_tf="measure the fast paths' error without it: python -m parity_tests.fast_paths CKPT OUT_DIR")
