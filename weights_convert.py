@@ -612,8 +612,8 @@ def _convert(argv=None) -> int:
     p = argparse.ArgumentParser(description="Convert U-GAT-IT checkpoints between TensorFlow and PyTorch")
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("tf2torch", help="official TF checkpoint → safetensors (or .pt)")
-    a.add_argument("ckpt", help="checkpoint folder (with its `checkpoint` file) or prefix")
-    a.add_argument("out", help="output .safetensors (default format) or .pt")
+    a.add_argument("ckpt", type=opt.path_value, help="checkpoint folder (with its `checkpoint` file) or prefix")
+    a.add_argument("out", type=opt.path_value, help="output .safetensors (default format) or .pt")
     a.add_argument("--generators_only", action="store_true", help="keep only generator_A/B")
     a.add_argument("--with_optimizer", action="store_true", help="carry Adam slots, powers and the step counter")
     # The checkpoint's .meta graph, folder name and weights record the config; these flags are for
@@ -624,15 +624,15 @@ def _convert(argv=None) -> int:
     a.add_argument("--n_dis", type=int, help="discriminator layers (only needed for a generators-only checkpoint)")
     a.add_argument("--sn", choices=["True", "False"], help="spectral norm (only needed for a generators-only checkpoint)")
     a.add_argument("--verify", action="store_true", help="run TF and torch on the same input, print max diffs")
-    a.add_argument("--report", metavar="DIR", help="write the per-layer parity report (Markdown + HTML) to DIR")
+    a.add_argument("--report", metavar="DIR", type=opt.path_value, help="write the per-layer parity report (Markdown + HTML) to DIR")
     a.add_argument("--overwrite", action="store_true", help="replace an existing OUT of the same kind (never "
                                                             "another kind of file, never an input)")
     a.add_argument("--allow_non_finite", action="store_true", help="copy NaN / inf weights as they are (refused "
                                                                    "by default)")
     b = sub.add_parser("torch2tf", help="safetensors/.pt → official-layout TF checkpoint")
-    b.add_argument("inp", help="a port checkpoint (.safetensors with its .state.pt beside it, or their folder), "
+    b.add_argument("inp", type=opt.path_value, help="a port checkpoint (.safetensors with its .state.pt beside it, or their folder), "
                                "or a tf2torch output")
-    b.add_argument("ckpt_out", help="checkpoint prefix to write, e.g. checkpoint/X/UGATIT_light.model-10 (-N: the "
+    b.add_argument("ckpt_out", type=opt.path_value, help="checkpoint prefix to write, e.g. checkpoint/X/UGATIT_light.model-10 (-N: the "
                                     "input's step when not given); a folder: <folder>/<model name>.model-N")
     b.add_argument("--weights_only", action="store_true", help="write the weights without the optimizer state "
                                                                "(enough for the test phase, not for resuming)")

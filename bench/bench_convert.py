@@ -305,20 +305,21 @@ def main(argv=None) -> int:
     def stopped(signum, frame):  # SIGTERM (timeout, kill, a scheduler): the clean-up runs, as on Ctrl-C
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, stopped)
+    sys.path.insert(0, ROOT)
+    from ugatit_common.options import path_value
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", choices=["cold", "warm", "both"], default="both",
                    help="page-cache state of the checkpoint data before each conversion (default both)")
     p.add_argument("--keep", action="store_true", help="keep the checkpoint it makes for the next run")
-    p.add_argument("--work", default=WORK, help=f"work folder, owned by this run while it runs (default {WORK})")
+    p.add_argument("--work", default=WORK, type=path_value, help=f"work folder, owned by this run while it runs (default {WORK})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="also write the results as JSON to this file")
+    p.add_argument("--out", type=path_value, help="also write the results as JSON to this file")
     a = p.parse_args(argv)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/ (as when run as a script)
     from workers import check_json_out, write_json  # bench/workers.py: standard library only
     if a.out and check_json_out(a.out, "--out"):  # checked before minutes of work, not after
         p.error(check_json_out(a.out, "--out"))
 
-    sys.path.insert(0, ROOT)
     from ugatit_common import run_lock
     from ugatit_common.options import OptionError
     work = os.path.abspath(a.work)

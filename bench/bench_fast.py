@@ -263,7 +263,7 @@ def main(argv=None):
     p.add_argument("--skip_tf", action="store_true")
     p.add_argument("--profile", action="store_true", help="print the top ops of one call of each mode")
     p.add_argument("--warm_cache", action="store_true", help="reuse the inductor cache (compile time then is a cache hit)")
-    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--json", default=None, type=opt.path_value, help="also write the results here")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of each framework (torch set_num_threads, "
                                                              "TF intra/inter-op); default: each framework's own")
     p.add_argument("--sections", default=None,

@@ -146,7 +146,7 @@ def main(argv=None) -> int:
                                                     f"onnxruntime, +onnxruntime_fp16 with --fp16, torch_port, "
                                                     f"tf_reference unless --skip_tf)")
     p.add_argument("--worker", choices=RUNTIMES, help=argparse.SUPPRESS)
-    p.add_argument("--model_dir", help=argparse.SUPPRESS)
+    p.add_argument("--model_dir", type=opt.path_value, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     for flag, least in (("iters", 1), ("batch", 1), ("threads", 1), ("warmup", 0)):  # one line, not a traceback
         if getattr(a, flag) < least:

@@ -541,11 +541,11 @@ def main(argv=None):
     p.add_argument("--modes", default="", help="comma-separated training modes of the port (default: every mode "
                    f"of the device; CPU: {','.join(CPU_MODES)})")
     p.add_argument("--skip_tf", action="store_true")
-    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--json", default=None, type=opt.path_value, help="also write the results here")
     p.add_argument("--profile", action="store_true", help="also print where one iteration of each mode spends its "
                    "time (torch.profiler, self CPU time by op)")
     p.add_argument("--worker", choices=["torch_port", "tf_reference"], help=argparse.SUPPRESS)
-    p.add_argument("--weights", help=argparse.SUPPRESS)
+    p.add_argument("--weights", type=opt.path_value, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     for flag, least in (("iters", 1), ("warmup", 0), ("pipelined", 0)):  # one line, not a traceback after the work
         if getattr(a, flag) is not None and getattr(a, flag) < least:

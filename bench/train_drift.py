@@ -156,8 +156,9 @@ def _null():
 
 
 def main(argv=None) -> int:
+    from ugatit_common.options import path_value
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None, type=path_value)
     p.add_argument("--device", default="cuda", help="cuda (default); cpu only to try the script (no graphs, no TF32)")
     p.add_argument("--skip_compile", action="store_true", help="leave out the compiled runs")
     a = p.parse_args(argv)

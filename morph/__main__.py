@@ -54,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train or resume a Morph-UGATIT run")
     _common(t)
-    t.add_argument("--init_from", default=None, help="start from a UGATIT checkpoint (torch_port .safetensors "
+    t.add_argument("--init_from", default=None, type=opt.path_value, help="start from a UGATIT checkpoint (torch_port .safetensors "
                                                      "file / folder, or an official TF checkpoint folder, "
                                                      "prefix or one of its .index / .data / .meta files)")
-    t.add_argument("--data_root", default=".", help="folder holding dataset/<name>/ (default: .)")
+    t.add_argument("--data_root", default=".", type=opt.path_value, help="folder holding dataset/<name>/ (default: .)")
     from torch_port.train import add_training_flags  # the port's: --num_workers --threads --keep_checkpoints --resume
     add_training_flags(t, "continue from the newest checkpoint (default: True); False moves an older run in the "
                           "folder into previous-run-<time>/ and starts fresh")
@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ("translate", "translate inputs with N samples of the direction code")):
         s = sub.add_parser(name, help=help_)
         _common(s)
-        s.add_argument("--input", required=True, help="an image file or a folder of images")
-        s.add_argument("--checkpoint", default=None, help="a Morph checkpoint folder or one of its weights files "
+        s.add_argument("--input", required=True, type=opt.path_value, help="an image file or a folder of images")
+        s.add_argument("--checkpoint", default=None, type=opt.path_value, help="a Morph checkpoint folder or one of its weights files "
                                                           "(<prefix>.model-N.safetensors), instead of the folder "
                                                           "--checkpoint_dir and the flags name")
         s.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"),
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
 
     d = sub.add_parser("demo", help="demo data + tiny config-C training + morph strip / GIF")
-    d.add_argument("dir", help="folder for the data set, checkpoint and results")
+    d.add_argument("dir", type=opt.path_value, help="folder for the data set, checkpoint and results")
     d.add_argument("--iterations", type=int, default=150, help="training iterations (default: 150)")
     d.add_argument("--img_size", type=int, default=64)
     d.add_argument("--ch", type=int, default=4)

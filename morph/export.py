@@ -133,9 +133,9 @@ def export_morph(model, out: str, *, source: str, step: int, direction: str | No
 
 def add_parser(sub) -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export to ONNX, verified (config C: image + w inputs, w codes alongside)")
-    e.add_argument("ckpt", help="a Morph checkpoint folder (written by python -m morph train) or one of its weights "
+    e.add_argument("ckpt", type=opt.path_value, help="a Morph checkpoint folder (written by python -m morph train) or one of its weights "
                                 "files (<prefix>.model-N.safetensors)")
-    e.add_argument("out", help="the .onnx file to write (a folder: morph.onnx, or morph_<direction>.onnx for "
+    e.add_argument("out", type=opt.path_value, help="the .onnx file to write (a folder: morph.onnx, or morph_<direction>.onnx for "
                                "configs A/B, inside it)")
     e.add_argument("--direction", default=None, choices=("a2b", "b2a"), help="configs A/B only: which generator")
     e.add_argument("--samples", type=int, default=8,

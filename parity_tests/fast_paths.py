@@ -321,8 +321,9 @@ def _main(argv=None) -> int:
                                 description="Per-layer error of each fast path (torch_port.optimize) of a TF "
                                             "checkpoint's generators against the float64 truth, beside the exact "
                                             "float32 path's: OUT_DIR/fast_paths.md and .html")
-    p.add_argument("ckpt", help="TF checkpoint (folder with its `checkpoint` file, or prefix)")
-    p.add_argument("out_dir", help="folder for fast_paths.md / .html (an earlier report there is replaced; any other "
+    from ugatit_common.options import config_from, path_value, seed_value, validate
+    p.add_argument("ckpt", type=path_value, help="TF checkpoint (folder with its `checkpoint` file, or prefix)")
+    p.add_argument("out_dir", metavar="OUT_DIR", type=path_value, help="folder for fast_paths.md / .html (an earlier report there is replaced; any other "
                                    "file by those names is never replaced)")
     p.add_argument("--img_size", type=int, help="image size (recorded in the .meta; a light model's weights do not "
                                                 "fix it)")
@@ -330,13 +331,15 @@ def _main(argv=None) -> int:
                                                                   "model_dir folder name, not in the weights)")
     p.add_argument("--paths", default="bf16,fp16",
                    help="comma-separated: bf16, fp16, fp32+compile, bf16+compile (default bf16,fp16)")
-    from ugatit_common.options import config_from, seed_value, validate
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the random input (default 0)")
     a = p.parse_args(argv)
     from parity_tests.harness import refuse_empty_out_dir
     refuse_empty_out_dir(a.out_dir)
     try:
         eager, compiled = parse_paths(a.paths)
+        if not (eager or compiled):  # `--paths ""` (an unset variable): a report of no path is no report
+            raise ValueError(f"{a.paths!r} names no fast path: expected one or more of bf16, fp16, fp32+compile, "
+                             f"bf16+compile, comma-separated")
     except ValueError as e:
         print(f"error: --paths: {e}", file=sys.stderr)
         return 2

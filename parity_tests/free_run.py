@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, allow_abbrev=False,
                                 description="Train tf_reference and torch_port side by side in float64, without "
                                             "re-synchronising, and report how far they drift apart")
-    p.add_argument("--checkpoint", help="official TF checkpoint (folder or prefix) both start from")
+    p.add_argument("--checkpoint", type=opt.path_value, help="official TF checkpoint (folder or prefix) both start from")
     p.add_argument("--seed", type=opt.seed_value, default=0,
                    help="seed of the initialisation (without --checkpoint) and of the data and gradient-penalty draws "
                         "(default 0)")
@@ -70,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                         f"(default {DEFAULT_BUDGET:g})")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu: TF float64 vs the port on the CPU; cuda: the port on the CPU vs the port on CUDA")
-    p.add_argument("--json", help="write the per-iteration curve to this file (an earlier curve there is replaced; "
+    p.add_argument("--json", type=opt.path_value, help="write the per-iteration curve to this file (an earlier curve there is replaced; "
                                   "any other existing file is never replaced: exit 2)")
-    p.add_argument("--dataset", help="folder with trainA/ and trainB/ (default: the built-in procedural data set)")
+    p.add_argument("--dataset", type=opt.path_value, help="folder with trainA/ and trainB/ (default: the built-in procedural data set)")
     p.add_argument("--images", type=int, default=4, help="images per domain of the built-in data set (default 4)")
     p.add_argument("--threads", type=int, default=1,
                    help="intra-op threads of each framework (default 1: at these sizes more threads only add "

@@ -49,15 +49,15 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m parity_tests.report",
                                 description="Per-layer tf_reference vs torch_port parity report of a TF checkpoint")
-    p.add_argument("ckpt", help="checkpoint folder (with its `checkpoint` file) or prefix")
-    p.add_argument("out_dir", help="folder for parity_report.md / .html (and fast_paths.md / .html, free_run.json); "
+    from ugatit_common.options import path_value, seed_value
+    p.add_argument("ckpt", type=path_value, help="checkpoint folder (with its `checkpoint` file) or prefix")
+    p.add_argument("out_dir", metavar="OUT_DIR", type=path_value, help="folder for parity_report.md / .html (and fast_paths.md / .html, free_run.json); "
                                    "an earlier report there is replaced, any other file by those names never")
     p.add_argument("--img_size", type=int, help="image size (recorded in the .meta; a light model's weights do not fix it)")
     p.add_argument("--smoothing", choices=["True", "False"], help="AdaLIN smoothing (recorded in the .meta and the "
                                                                   "model_dir folder name, not in the weights)")
     p.add_argument("--n_dis", type=int, help="discriminator layers (only for a generators-only checkpoint)")
     p.add_argument("--sn", choices=["True", "False"], help="spectral norm (only for a generators-only checkpoint)")
-    from ugatit_common.options import seed_value
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the random input (default 0)")
     p.add_argument("--fast_paths", default=None,
                    help="one more report column per fast path: each generator layer's error against the float64 "

@@ -455,7 +455,13 @@ def test_an_empty_out_dir_is_refused_before_work(golden_dir, tmp_path, capsys, m
     monkeypatch.chdir(tmp_path)
     ckpt = os.path.join(golden_dir, "final")
     for main in (report.main, fast_paths.main):
-        rc = main([ckpt, "", "--img_size", "64"])
-        line = _one_error(capsys.readouterr().err)
+        try:
+            rc = main([ckpt, "", "--img_size", "64"])
+        except SystemExit as e:  # refused by argparse (ugatit_common.options.path_value)
+            rc = e.code
+        err = capsys.readouterr().err  # argparse's `usage:` and `<prog>: error: argument OUT_DIR: ...`
+        lines = [line for line in err.splitlines() if "error:" in line]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        line = lines[0]
         assert rc == 2 and "OUT_DIR" in line and "empty" in line, line
     assert os.listdir(tmp_path) == []

@@ -52,9 +52,9 @@ def build_parser():
     p.add_argument("--seed", type=opt.seed_value, default=0, help="random seed, 0..2**32-1 (default: 0)")
     from .train import add_training_flags
     add_training_flags(p)  # --num_workers --threads --keep_checkpoints --resume (python -m morph train has them too)
-    p.add_argument("--input", default=None, help="test phase: an image or folder to translate")
+    p.add_argument("--input", default=None, type=opt.path_value, help="test phase: an image or folder to translate")
     p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"), help="direction for --input: a2b (the default) or b2a")
-    p.add_argument("--demo", default=None, metavar="DIR", help="train and test a tiny demo model in DIR")
+    p.add_argument("--demo", default=None, type=opt.path_value, metavar="DIR", help="train and test a tiny demo model in DIR")
     p.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"),
                    help="fp32 (default, the exact port) | tf32 (CUDA) | bf16 | fp16: the test phase's generators; "
                         "training: mixed precision, float32 master weights (fp16: with loss scaling)")
@@ -63,7 +63,7 @@ def build_parser():
     p.add_argument("--batch", type=int, default=None, help="test phase: images per generator call (progress bar)")
     from .infer_flags import add_gpu_inference_flags
     add_gpu_inference_flags(p)  # --cuda_graphs --cudnn_benchmark (python -m morph interpolate / translate too)
-    p.add_argument("--checkpoint", default=None, metavar="PATH",
+    p.add_argument("--checkpoint", default=None, type=opt.path_value, metavar="PATH",
                    help="test phase: translate with this checkpoint (an official TF checkpoint folder or prefix, a "
                         "port checkpoint folder or a .safetensors file); the model settings are read from it")
     return p

@@ -706,12 +706,12 @@ def parse_batches(text: str) -> tuple[int, ...]:
 def _build_parser(prog: str, description: str, need_kind: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     if need_kind == "tensorflow":  # tf2onnx refuses the port's checkpoints: its help says what it takes
-        p.add_argument("ckpt", help="checkpoint: an official TF checkpoint folder or prefix (the port's checkpoints "
+        p.add_argument("ckpt", type=opt.path_value, help="checkpoint: an official TF checkpoint folder or prefix (the port's checkpoints "
                                     "and .safetensors files: python -m torch_port export)")
     else:
-        p.add_argument("ckpt", help="checkpoint: an official TF checkpoint folder/prefix, a torch_port checkpoint "
+        p.add_argument("ckpt", type=opt.path_value, help="checkpoint: an official TF checkpoint folder/prefix, a torch_port checkpoint "
                                     "folder, or a .safetensors file")
-    p.add_argument("out", help="the .onnx file to write (a folder: <direction>.onnx inside it)")
+    p.add_argument("out", type=opt.path_value, help="the .onnx file to write (a folder: <direction>.onnx inside it)")
     p.add_argument("--direction", required=True, choices=("a2b", "b2a"), help="a2b (generator_B) or b2a (generator_A)")
     p.add_argument("--img_size", type=int, default=None,
                    help="image size (a light model's weights do not fix it: read from a TF checkpoint's .meta or "

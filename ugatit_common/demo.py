@@ -70,8 +70,9 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
+    from ugatit_common.options import path_value
     p = argparse.ArgumentParser(prog="python -m ugatit_common.demo", description=__doc__.splitlines()[0])
-    p.add_argument("dir", nargs="?", default="demo_run", help="working folder (default: demo_run)")
+    p.add_argument("dir", nargs="?", default="demo_run", type=path_value, help="working folder (default: demo_run)")
     p.add_argument("--iteration", type=int, default=8,
                    help="training iterations of the official TF model (steps 2-3; the port's and Morph's demo steps "
                         "train their own fixed tiny models)")

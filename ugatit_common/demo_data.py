@@ -108,12 +108,12 @@ def make_demo_dataset(root: str, name: str = "demo", size: int = 64, n_train: in
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ugatit_common.demo_data", description="Write the procedural two-domain demo data set.")
-    p.add_argument("--root", default=".", help="folder that gets dataset/<name>/ (default: .)")
+    from .options import path_value, seed_value
+    p.add_argument("--root", default=".", type=path_value, help="folder that gets dataset/<name>/ (default: .)")
     p.add_argument("--name", default="demo", help="data set name (default: demo)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
     p.add_argument("--n_train", type=int, default=8, help="train images per domain (default: 8)")
     p.add_argument("--n_test", type=int, default=2, help="test images per domain (default: 2)")
-    from .options import seed_value
     p.add_argument("--seed", type=seed_value, default=0, help="generator seed (default: 0)")
     a = p.parse_args(argv)
     path = make_demo_dataset(a.root, a.name, a.size, a.n_train, a.n_test, a.seed)

@@ -38,7 +38,19 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {value!r}")
 
 
-# name, type, default, help — exactly the official main.py flags.
+def path_value(text) -> str:
+    """The argparse type of every file or folder flag and argument: the path as given. Empty or
+    spaces only is refused, naming the flag (`argument --json: ...`): most often an unset shell
+    variable, and never a file name meant (it would read or write the current folder)."""
+    text = str(text)
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a file or folder path, got {text!r} (empty: an unset shell "
+                                         f"variable?); `.` names the current folder")
+    return text
+
+
+# name, type, default, help — exactly the official main.py flags (the folders' type path_value: a str
+# that is never empty).
 OFFICIAL_FLAGS = (
     ("phase", str, "train", "[train / test]"),
     ("light", str2bool, False, "[U-GAT-IT full version / U-GAT-IT light version]"),
@@ -66,10 +78,10 @@ OFFICIAL_FLAGS = (
     ("img_size", int, 256, "The size of image"),
     ("img_ch", int, 3, "The size of image channel"),
     ("augment_flag", str2bool, True, "Image augmentation use or not"),
-    ("checkpoint_dir", str, "checkpoint", "Directory name to save the checkpoints"),
-    ("result_dir", str, "results", "Directory name to save the generated images"),
-    ("log_dir", str, "logs", "Directory name to save training logs"),
-    ("sample_dir", str, "samples", "Directory name to save the samples on training"),
+    ("checkpoint_dir", path_value, "checkpoint", "Directory name to save the checkpoints"),
+    ("result_dir", path_value, "results", "Directory name to save the generated images"),
+    ("log_dir", path_value, "logs", "Directory name to save training logs"),
+    ("sample_dir", path_value, "samples", "Directory name to save the samples on training"),
 )
 
 DEFAULTS = {name: default for name, _, default, _ in OFFICIAL_FLAGS}

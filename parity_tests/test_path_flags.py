@@ -1,0 +1,106 @@
+"""Every file or folder flag and argument of every command, given an empty path or one of spaces
+only (an unset shell variable: `--json "$OUT"`): one `error:` line naming that flag, exit 2,
+nothing written (ugatit_common.options.path_value). Before, `free_run --json ""` trained and
+wrote nothing without a word, `--checkpoint_dir ""` wrote into the current folder, and
+`fast_paths --paths ""` wrote a report of no path."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _mains():
+    import morph.__main__ as morph_main
+    import tf_reference.__main__ as tf_main
+    import torch_port.__main__ as torch_main
+    import weights_convert
+    from parity_tests import fast_paths, free_run, report
+    from ugatit_common import demo, demo_data
+    return {"torch_port": torch_main.main, "tf_reference": tf_main.main, "morph": morph_main.main,
+            "weights_convert": weights_convert.main, "free_run": free_run.main, "fast_paths": fast_paths.main,
+            "report": report.main, "demo": demo.main, "demo_data": demo_data.main}
+
+
+X = "{}"  # where the empty value goes
+# (command, argv with X for the flag's value, the name argparse gives the flag); a few flags after
+# it are bad too (so that, without the check, the command stops before any work on another line)
+CASES = [
+    ("torch_port", ["--checkpoint_dir", X, "--ch", "0"], "--checkpoint_dir"),
+    ("torch_port", ["--result_dir", X, "--ch", "0"], "--result_dir"),
+    ("torch_port", ["--log_dir", X, "--ch", "0"], "--log_dir"),
+    ("torch_port", ["--sample_dir", X, "--ch", "0"], "--sample_dir"),
+    ("torch_port", ["--phase", "test", "--input", X, "--ch", "0"], "--input"),
+    ("torch_port", ["--phase", "test", "--checkpoint", X, "--ch", "0"], "--checkpoint"),
+    ("torch_port", ["--demo", X, "--ch", "0"], "--demo"),
+    ("torch_port", ["export", X, "out.onnx", "--direction", "a2b"], "ckpt"),
+    ("torch_port", ["export", "nowhere", X, "--direction", "a2b"], "out"),
+    ("tf_reference", ["--checkpoint_dir", X, "--ch", "0"], "--checkpoint_dir"),
+    ("morph", ["train", "--data_root", X, "--ch", "0"], "--data_root"),
+    ("morph", ["train", "--init_from", X, "--ch", "0"], "--init_from"),
+    ("morph", ["translate", "--input", X, "--direction", "a2b", "--ch", "0"], "--input"),
+    ("morph", ["interpolate", "--input", "nowhere", "--checkpoint", X, "--ch", "0"], "--checkpoint"),
+    ("morph", ["export", X, "out.onnx"], "ckpt"),
+    ("morph", ["export", "nowhere", X], "out"),
+    ("morph", ["demo", X, "--iterations", "0"], "dir"),
+    ("weights_convert", ["tf2torch", X, "out.safetensors"], "ckpt"),
+    ("weights_convert", ["tf2torch", "nowhere", X], "out"),
+    ("weights_convert", ["tf2torch", "nowhere", "out.safetensors", "--report", X], "--report"),
+    ("weights_convert", ["torch2tf", X, "out"], "inp"),
+    ("weights_convert", ["torch2tf", "nowhere", X], "ckpt_out"),
+    ("weights_convert", ["tf2onnx", "nowhere", X, "--direction", "a2b"], "out"),
+    ("free_run", ["--json", X, "--iterations", "0"], "--json"),
+    ("free_run", ["--checkpoint", X, "--iterations", "0"], "--checkpoint"),
+    ("free_run", ["--dataset", X, "--iterations", "0"], "--dataset"),
+    ("fast_paths", [X, "out"], "ckpt"),
+    ("fast_paths", ["nowhere", X], "OUT_DIR"),
+    ("report", [X, "out"], "ckpt"),
+    ("report", ["nowhere", X], "OUT_DIR"),
+    ("demo", [X, "--iteration", "0"], "dir"),
+    ("demo_data", ["--root", X, "--n_train", "0"], "--root"),
+]
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+@pytest.mark.parametrize("command,argv,flag", CASES, ids=[f"{c}-{f}-{i}" for i, (c, _, f) in enumerate(CASES)])
+def test_an_empty_path_is_refused_naming_its_flag(command, argv, flag, value, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main = _mains()[command]
+    try:
+        rc = main([value if a == X else a for a in argv])
+    except SystemExit as e:  # argparse's exit, where the command leaves it to argparse
+        rc = e.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert rc == 2 and len(lines) == 1, err
+    assert f"argument {flag}: expected a file or folder path" in lines[0] and "empty" in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("script,flag", [("bench_fast.py", "--json"), ("bench_train.py", "--json"),
+                                         ("train_drift.py", "--json"), ("bench_convert.py", "--out"),
+                                         ("bench_convert.py", "--work")])
+def test_the_benchmarks_refuse_an_empty_path(script, flag, tmp_path):
+    """The bench scripts (run as scripts, as the README shows): the same line, before any work."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), flag, ""], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    lines = [line for line in p.stderr.splitlines() if "error:" in line]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert f"argument {flag}: expected a file or folder path" in lines[0], lines[0]
+    assert os.listdir(tmp_path) == []
+
+
+def test_fast_paths_refuses_a_list_of_no_path(tmp_path, monkeypatch, capsys):
+    """`--paths ""` or `--paths ,`: one line naming --paths, exit 2 (before: a report of no path)."""
+    from parity_tests import fast_paths
+    monkeypatch.chdir(tmp_path)
+    for value in ("", " , "):
+        rc = fast_paths.main(["nowhere", "out", "--paths", value])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("error:") == 1 and "--paths" in err and "no fast path" in err, err
+    assert os.listdir(tmp_path) == []
