@@ -88,7 +88,7 @@ def check_json_out(path: str, flag: str = "--json") -> str | None:
     or not writable, or an existing file that is not JSON (a user's file of another kind: never
     replaced; an earlier results file, or an empty one, is)."""
     import os
-    if os.path.isdir(path):
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):  # `new/`: a folder meant
         return f"{flag} {path!r} is a folder: give a file name"
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):

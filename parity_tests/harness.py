@@ -419,6 +419,8 @@ def written_by_report(path: str, curve: bool = False) -> bool:
 
 def _refuse_foreign(path: str, what: str, curves: bool = False) -> None:
     from ugatit_common.output_guard import OutputRefused, describe, kind_of
+    if path.endswith(("/", os.sep)):  # `--json new/`: a folder meant, where the curve is a file
+        raise OutputRefused(f"{what}: {path!r} ends in a path separator, but a file is written there: give a file name")
     if os.path.lexists(path) and not written_by_report(path, curve=curves):
         found = kind_of(path)
         raise OutputRefused(f"{what}: {path!r} exists and is {describe(found) if found else 'not readable'}, not "

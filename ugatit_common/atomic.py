@@ -7,6 +7,7 @@ Published files get the mode a plain `open(path, "w")` would give them: 0o666 mi
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -39,11 +40,36 @@ def file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+class FolderGiven(IsADirectoryError):
+    """A file was to be written at a path that is, or names, a folder (an existing one, or one
+    written with a trailing separator): said with the user's path, not the OS's line about the
+    temp file (`Is a directory: '.tmp-...' -> 'x'`, after the work)."""
+
+    def __init__(self, path: str):
+        why = "ends in a path separator" if path.endswith(("/", os.sep)) else "is a folder"
+        super().__init__(errno.EISDIR, f"{path!r} {why}, where this command writes a file: give a file name, "
+                                        f"or move that folder away")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def folder_given(path: str) -> FolderGiven | None:
+    """FolderGiven when `path`, where a file goes, is an existing folder (a link to one too) or
+    ends in a separator; else None. For checks before a command's work, and atomic writes."""
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        return FolderGiven(path)
+    return None
+
+
 @contextlib.contextmanager
 def atomic_output(path: str, mode: int | None = None):
     """Yield a temp file name in `path`'s folder (created if needed); it replaces `path` when the
     block ends normally and is deleted when it raises. `mode`: the published file's mode
-    (default: file_mode(), i.e. what the umask allows)."""
+    (default: file_mode(), i.e. what the umask allows). FolderGiven where `path` is a folder."""
+    if folder_given(path):
+        raise folder_given(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=os.path.splitext(path)[1], dir=folder)
@@ -405,7 +431,10 @@ def write_files_atomic(files: dict, fsync: bool = True) -> None:
     """Write several files {path: bytes} of one folder together or not at all: every one to a temp
     file beside it (fsynced), then all published as one (`publish_together`: a failure, Ctrl-C or
     kill half way leaves every file as it was). WriteFailed (an OSError) names the file that
-    failed."""
+    failed; FolderGiven (nothing written) where one of the paths is a folder."""
+    for path in files:
+        if folder_given(path):
+            raise folder_given(path)
     temps = {}
     writing = None
     try:
