@@ -116,5 +116,6 @@ def write_json(path: str, data, **dump) -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if root not in sys.path:
         sys.path.insert(0, root)
+    from ugatit_common import strict_json  # NaN / inf (a failed timing) as null, named in `non_finite`
     from ugatit_common.atomic import write_bytes_atomic
-    return write_bytes_atomic(path, json.dumps(data, **dump).encode("utf-8"))
+    return write_bytes_atomic(path, strict_json.dumps(data, **dump).encode("utf-8"))

@@ -18,7 +18,6 @@ means the change bunches up in fewer steps. (If no frame changes at all, the fig
 from __future__ import annotations
 
 import html
-import json
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from torch_port.data import ImageReadError, test_image
+from ugatit_common import strict_json
 from ugatit_common.atomic import sweep_dead_temps, write_bytes_atomic
 from ugatit_common.images import no_such_input, none_readable
 from ugatit_common.options import IMAGE_EXTENSIONS, OptionError, skipped_not_a_file
@@ -307,7 +307,7 @@ def _one_input(path, x, frames, names, record, result_dir, steps, samples, img_s
                 "t": frame_ts(steps), "strip": os.path.basename(strip), "gif": os.path.basename(gif),
                 "definition": "max_i mean|f[i+1]-f[i]| / mean_i mean|f[i+1]-f[i]|; 1.0 = even"})
     js = write_bytes_atomic(os.path.join(result_dir, f"{name}_smoothness.json"),
-                            (json.dumps(fig, indent=2) + "\n").encode("utf-8"))
+                            (strict_json.dumps(fig, indent=2) + "\n").encode("utf-8"))
     if log:
         log(f"{name}: strip {strip}  gif {gif}  smoothness {fig['smoothness']:.4f}")
     rows.append({"name": name, "strip": strip, "gif": gif, "json": js, "input": os.path.abspath(path),

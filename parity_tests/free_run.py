@@ -29,7 +29,6 @@ by those outputs, not elementwise). Exit 0 when every iteration is within `--bud
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -313,7 +312,8 @@ def _run(args) -> int:
     result = run(args, prepare(args))
     if args.json:
         from ugatit_common.atomic import write_bytes_atomic
-        write_bytes_atomic(args.json, json.dumps(result, indent=1).encode())
+        from ugatit_common import strict_json  # NaN / inf (a blown-up run) as null, named in `non_finite`
+        write_bytes_atomic(args.json, strict_json.dumps(result, indent=1).encode())
         print(f"curve: {args.json}")
     return 1 if result["first_over"] else 0
 

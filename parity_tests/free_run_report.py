@@ -5,7 +5,6 @@ itself written as free_run.json beside them."""
 from __future__ import annotations
 
 import html
-import json
 import os
 
 from parity_tests.free_run_compare import CATEGORIES
@@ -68,8 +67,10 @@ def write_json(out_dir: str, result: dict) -> str:
 
 
 def json_text(result: dict) -> str:
-    """free_run.json's text (the parity report writes it with its own files)."""
-    return json.dumps(result, indent=1)
+    """free_run.json's text (the parity report writes it with its own files): strict JSON, NaN /
+    inf of a blown-up run as null, named in `non_finite` (ugatit_common.strict_json)."""
+    from ugatit_common import strict_json
+    return strict_json.dumps(result, indent=1)
 
 
 def append_section(out_dir: str, result: dict) -> None:

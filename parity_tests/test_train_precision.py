@@ -306,7 +306,8 @@ def test_fp16_a_forward_overflow_on_one_rank_stops_every_rank():
 
 def test_fp16_skipped_losses_are_null_in_the_loss_log(tmp_path, monkeypatch):
     """Morph's `losses.jsonl` stays strict JSON when an fp16 step's D loss overflowed: the
-    non-finite values are `null` (NaN would be Python-only JSON)."""
+    non-finite values are `null` (NaN would be Python-only JSON), named in the line's `non_finite`
+    field (ugatit_common.strict_json)."""
     import json
 
     from morph.__main__ import main as morph_main
@@ -321,7 +322,8 @@ def test_fp16_skipped_losses_are_null_in_the_loss_log(tmp_path, monkeypatch):
         raise AssertionError(f"{constant} in {log}")
     records = [json.loads(line, parse_constant=refuse) for line in open(log)]
     assert records[0]["D_step_skipped"] == 1 and records[0]["Discriminator_loss"] is None, records[0]
-    assert all(isinstance(v, (int, float)) for r in records for k, v in r.items() if v is not None)
+    assert records[0]["non_finite"]["/Discriminator_loss"] in ("NaN", "Infinity", "-Infinity"), records[0]
+    assert all(isinstance(v, (int, float)) for r in records for k, v in r.items() if v is not None and k != "non_finite")
 
 
 def test_fp16_steps_skipped_too_often_in_a_row_stop_the_run(tmp_path, monkeypatch, capsys):

@@ -52,6 +52,7 @@ import torch.nn as nn
 
 from ugatit_common import float_error
 from ugatit_common import options as opt
+from ugatit_common import strict_json
 from ugatit_common.float_error import max_abs as _max_abs, rms as _rms, scale as _scale
 from ugatit_common.atomic import write_files_atomic
 
@@ -596,7 +597,7 @@ def export(core: nn.Module, out: str, cfg: dict, *, direction: str, source: str,
         "ugatit.precision": precision,
         "ugatit.inputs": json.dumps(_io_doc(cfg, io, extra_inputs)[0]),
         "ugatit.outputs": json.dumps(_io_doc(cfg, io, extra_inputs)[1]),
-        "ugatit.verification": json.dumps(report) if report is not None else "not verified (--no_verify)",
+        "ugatit.verification": strict_json.dumps(report) if report is not None else "not verified (--no_verify)",
         "ugatit.exporter": json.dumps(_versions()),
     }
     meta.update({k: str(v) for k, v in (metadata or {}).items()})

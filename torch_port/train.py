@@ -50,6 +50,7 @@ import torch
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import cli_errors
 from ugatit_common import options as opt
+from ugatit_common import strict_json
 from ugatit_common.atomic import naming, write_bytes_atomic
 from ugatit_common.finite import EXIT_NON_FINITE, NonFiniteLoss
 from ugatit_common.results import save_grid
@@ -307,12 +308,6 @@ def load_dataset(cfg, folder, seed, base="."):
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr, flush=True)
     return ds
-
-
-def _strict_json(record: dict) -> dict:
-    """A loss-log record with each non-finite float (an fp16 step skipped at an overflowing loss
-    scale) as None: `null` in the JSON line, which every JSON reader accepts (not NaN)."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
 
 
 def _check_finite(values: dict, what: str, counter: int, skips: dict, log, scaled_loss: bool = False) -> None:
@@ -728,7 +723,9 @@ class Trainer:
             history.append(record)
             if loss_log:
                 with naming(loss_log.name):
-                    loss_log.write(json.dumps(_strict_json(record)) + "\n")
+                    # strict JSON (ugatit_common.strict_json): an fp16 step skipped at an overflowing loss
+                    # scale has `null` losses, named in the line's `non_finite` field
+                    loss_log.write(strict_json.dumps(record) + "\n")
             cli_errors.note_step(it.counter)  # the last step whose line is out (Ctrl-C names it)
             if main:
                 bar.update(1)

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from . import run_lock
 from .held_signals import signals_held
 from . import options as opt
+from . import strict_json
 from .atomic import abandoned, journal_file, recover_interrupted_writes, write_bytes_atomic
 from .options import OptionError
 
@@ -743,7 +744,7 @@ def run_record_bytes(cfg: dict, writer: str, keys=None) -> bytes:
     options = {k: cfg[k] for k in opt.DEFAULTS if isinstance(cfg.get(k), (bool, int, float, str))
                and (keys is None or k in keys)}
     record = {"written_by": writer, "img_size": int(cfg["img_size"]), "options": options}
-    return (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
+    return (strict_json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
 
 
 def read_run_record(folder: str, remedy: str = "remove it to resume without this check") -> dict | None:
@@ -759,7 +760,7 @@ def read_run_record(folder: str, remedy: str = "remove it to resume without this
     record = {}
     try:
         with open(path, "rb") as fh:
-            record = json.loads(fh.read().decode("utf-8"))
+            record = strict_json.restore(json.loads(fh.read().decode("utf-8")))
         why = _record_problem(record)
     except (OSError, ValueError) as e:
         why = _reason(e)
