@@ -104,3 +104,19 @@ def test_fast_paths_refuses_a_list_of_no_path(tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and err.count("error:") == 1 and "--paths" in err and "no fast path" in err, err
     assert os.listdir(tmp_path) == []
+
+
+def test_a_tilde_not_expanded_by_the_shell_is_the_home_folder(tmp_path, monkeypatch):
+    """`--root=~/data` or a quoted '~/data' reaches the command unexpanded: it is the home folder,
+    as a shell would have made it (before: a folder named `~` in the current one); `./~` is
+    still a folder of that name."""
+    from ugatit_common import demo_data, options as opt
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert demo_data.main(["--root=~/data", "--name", "t", "--size", "32", "--n_train", "1", "--n_test", "1"]) == 0
+    assert os.path.isdir(home / "data" / "dataset" / "t" / "trainA") and os.listdir(work) == []
+    args = opt.build_parser().parse_args(["--result_dir", "~/r", "--checkpoint_dir", "./~/c"])
+    assert args.result_dir == os.path.join(str(home), "r") and args.checkpoint_dir == "./~/c"

@@ -39,14 +39,16 @@ def str2bool(value: str) -> bool:
 
 
 def path_value(text) -> str:
-    """The argparse type of every file or folder flag and argument: the path as given. Empty or
-    spaces only is refused, naming the flag (`argument --json: ...`): most often an unset shell
+    """The argparse type of every file or folder flag and argument: the path as given, a `~` or
+    `~user` at its start expanded as a shell does (`--result_dir=~/x` and a quoted '~/x' reach us
+    unexpanded: they made a folder named `~` in the current one; `./~` names such a folder). Empty
+    or spaces only is refused, naming the flag (`argument --json: ...`): most often an unset shell
     variable, and never a file name meant (it would read or write the current folder)."""
     text = str(text)
     if not text.strip():
         raise argparse.ArgumentTypeError(f"expected a file or folder path, got {text!r} (empty: an unset shell "
                                          f"variable?); `.` names the current folder")
-    return text
+    return os.path.expanduser(text) if text.startswith("~") else text
 
 
 # name, type, default, help — exactly the official main.py flags (the folders' type path_value: a str
