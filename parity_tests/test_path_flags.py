@@ -120,3 +120,37 @@ def test_a_tilde_not_expanded_by_the_shell_is_the_home_folder(tmp_path, monkeypa
     assert os.path.isdir(home / "data" / "dataset" / "t" / "trainA") and os.listdir(work) == []
     args = opt.build_parser().parse_args(["--result_dir", "~/r", "--checkpoint_dir", "./~/c"])
     assert args.result_dir == os.path.join(str(home), "r") and args.checkpoint_dir == "./~/c"
+
+
+def test_a_dotdot_after_a_link_is_where_the_os_puts_it(tmp_path, monkeypatch, capsys):
+    """`link/../x.json`, the link leading into the checkpoint folder: the OS writes into that
+    folder, and the check sees it so (refused, nothing written); before, os.path.abspath dropped
+    `link/..` lexically, the check passed and the curve went among the checkpoint's files (or, onto
+    another disk, failed at the end on the temp file's rename)."""
+    import shutil
+
+    from parity_tests import free_run
+    from parity_tests.conftest import GOLDEN
+    from ugatit_common import options as opt
+    monkeypatch.setattr(free_run, "prepare", lambda args: None)
+    monkeypatch.setattr(free_run, "run", lambda args, prepared: {"reference": "tf", "candidate": "port", "budget": 1,
+                                                                 "iterations": 1, "held": 1, "first_over": None,
+                                                                 "seconds": 0.0, "curve": []})
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(os.path.join(GOLDEN, "final"), "ckpt")
+    os.mkdir(os.path.join("ckpt", "inner"))
+    os.symlink(os.path.join("ckpt", "inner"), "link")
+    before = sorted(os.listdir("ckpt"))
+    rc = free_run.main(["--checkpoint", "ckpt", "--img_size", "64", "--json", "link/../curve.json"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--json" in err and "checkpoint folder" in err, err
+    assert sorted(os.listdir("ckpt")) == before and not os.path.exists("curve.json")
+    # elsewhere it is written where the OS puts it, and said so
+    os.makedirs(os.path.join("out", "deep"))
+    os.symlink(os.path.join("out", "deep"), "elsewhere")
+    assert free_run.main(["--json", "elsewhere/../curve.json", "--iterations", "1"]) == 0
+    assert os.path.isfile(os.path.join("out", "curve.json")) and not os.path.exists("curve.json")
+    # the spelling: only a path holding `..` changes; a trailing `/` and the last name (a link) stay
+    assert opt.path_value("a/b.json") == "a/b.json"
+    assert opt.path_value("elsewhere/../new/") == os.path.join(os.path.realpath("out"), "new") + "/"
+    assert opt.path_value("elsewhere/..") == os.path.realpath("out")

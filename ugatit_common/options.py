@@ -38,17 +38,34 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {value!r}")
 
 
+def _dotdot_resolved(path: str) -> str:
+    """`path` with a `..` in it spelled from its real folder: the OS takes `link/..` as the
+    parent of the link's target, while os.path.abspath (every check of the project) drops both
+    lexically - `link/../x.json` was checked as `./x.json` and written beside the target (into
+    the checkpoint folder being read, or onto another disk: the temp file's rename failed there).
+    The last name stays as given (a link there is the output's own)."""
+    if ".." not in path.split(os.sep):
+        return path
+    trail = os.sep if path.endswith(os.sep) else ""
+    stripped = path.rstrip(os.sep)
+    head, tail = os.path.split(stripped)
+    if tail in ("..", "."):
+        return os.path.realpath(stripped) + trail
+    return os.path.join(os.path.realpath(head or "."), tail) + trail
+
+
 def path_value(text) -> str:
     """The argparse type of every file or folder flag and argument: the path as given, a `~` or
     `~user` at its start expanded as a shell does (`--result_dir=~/x` and a quoted '~/x' reach us
-    unexpanded: they made a folder named `~` in the current one; `./~` names such a folder). Empty
+    unexpanded: they made a folder named `~` in the current one; `./~` names such a folder), and
+    one with a `..` spelled from its real folder, as the OS reads it (`_dotdot_resolved`). Empty
     or spaces only is refused, naming the flag (`argument --json: ...`): most often an unset shell
     variable, and never a file name meant (it would read or write the current folder)."""
     text = str(text)
     if not text.strip():
         raise argparse.ArgumentTypeError(f"expected a file or folder path, got {text!r} (empty: an unset shell "
                                          f"variable?); `.` names the current folder")
-    return os.path.expanduser(text) if text.startswith("~") else text
+    return _dotdot_resolved(os.path.expanduser(text) if text.startswith("~") else text)
 
 
 # name, type, default, help — exactly the official main.py flags (the folders' type path_value: a str
