@@ -85,8 +85,9 @@ def targets_note(gpu: str) -> str:
 def check_json_out(path: str, flag: str = "--json") -> str | None:
     """Why the benchmark cannot write its results to `path` (checked before any work, so that
     minutes of measurement never end in a traceback), or None: a folder, a folder that is missing
-    or not writable, or an existing file that is not JSON (a user's file of another kind: never
-    replaced; an earlier results file, or an empty one, is)."""
+    or not writable, or an existing file that is not a benchmark's results (a user's file, JSON or
+    not, a run record: never replaced; an earlier results file, stamped `written_by` by
+    `write_json`, or an empty file, is)."""
     import os
     if os.path.isdir(path) or path.endswith(("/", os.sep)):  # `new/`: a folder meant
         return f"{flag} {path!r} is a folder: give a file name"
@@ -101,21 +102,30 @@ def check_json_out(path: str, flag: str = "--json") -> str | None:
                 raise ValueError("larger than any results file")
             with open(path, "rb") as fh:
                 text = fh.read()
-            if text.strip():
-                json.loads(text.decode("utf-8"))
+            data = json.loads(text.decode("utf-8")) if text.strip() else {"written_by": RESULTS_STAMP}
         except (OSError, ValueError):
             return f"{flag} {path!r} exists and is not a JSON file: it is never replaced; give another file name"
+        if not (isinstance(data, dict) and str(data.get("written_by", "")).startswith(RESULTS_STAMP)):
+            return (f"{flag} {path!r} exists and is not a benchmark's results file (no \"written_by\": "
+                    f"\"{RESULTS_STAMP}...\"): it is never replaced; give another file name")
     return None
+
+
+RESULTS_STAMP = "bench/"  # a results file's `written_by` starts so: the files a benchmark may replace
 
 
 def write_json(path: str, data, **dump) -> str:
     """`data` as JSON at `path`, atomically (a temp file beside it, then renamed; a symlink there
     is replaced, not written through): a run stopped while writing (a step's timeout, Ctrl-C)
-    leaves the previous results whole, never half a file."""
+    leaves the previous results whole, never half a file. Stamped `written_by: bench/<script>`
+    (a list is wrapped as `results`), so that a next run knows it may replace this file and no other."""
     import os
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if root not in sys.path:
         sys.path.insert(0, root)
     from ugatit_common import strict_json  # NaN / inf (a failed timing) as null, named in `non_finite`
     from ugatit_common.atomic import write_bytes_atomic
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    stamp = {"written_by": RESULTS_STAMP + (script if script.endswith(".py") else "")}
+    data = {**stamp, **data} if isinstance(data, dict) else {**stamp, "results": data}
     return write_bytes_atomic(path, strict_json.dumps(data, **dump).encode("utf-8"))

@@ -790,7 +790,7 @@ _PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24
                        "fp32", "--light", "True", "--device", "cpu", "--json"]),
     ("train_drift.py", ["--device", "cpu", "--skip_compile", "--json"]),
     ("bench_convert.py", ["--out"])])
-@pytest.mark.parametrize("where", ["a folder", "a photo", "a missing folder"])
+@pytest.mark.parametrize("where", ["a folder", "a photo", "a missing folder", "a user's JSON"])
 def test_benchmark_results_file_is_checked_before_the_work(tmp_path, script, args, where):
     """A benchmark's results file (--json, bench_convert's --out) was opened only after the
     measurements: a folder there, or a missing folder, ended minutes of work in a traceback with
@@ -800,11 +800,13 @@ def test_benchmark_results_file_is_checked_before_the_work(tmp_path, script, arg
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     target = {"a folder": tmp_path / "results", "a photo": tmp_path / "photo.json",
-              "a missing folder": tmp_path / "missing" / "r.json"}[where]
+              "a missing folder": tmp_path / "missing" / "r.json", "a user's JSON": tmp_path / "ugatit-run.json"}[where]
     if where == "a folder":
         target.mkdir()
     elif where == "a photo":
         target.write_bytes(_PNG)
+    elif where == "a user's JSON":  # e.g. a run record: JSON, but no benchmark's results
+        target.write_bytes(_USER_JSON)
     path = root
     if script == "bench_convert.py":  # its own work folder; without TensorFlow its first phase fails at once
         args = ["--work", str(tmp_path / "work")] + args
@@ -821,6 +823,32 @@ def test_benchmark_results_file_is_checked_before_the_work(tmp_path, script, arg
     assert sorted(str(q) for q in tmp_path.rglob("*")) == before
     if where == "a photo":
         assert target.read_bytes() == _PNG
+    if where == "a user's JSON":
+        assert target.read_bytes() == _USER_JSON
+
+
+_USER_JSON = b'{"written_by": "python -m torch_port", "img_size": 256, "options": {}}\n'
+
+
+def test_benchmark_replaces_its_own_results_only(tmp_path):
+    """write_json stamps what it writes (a list wrapped), and check_json_out lets a next run
+    replace that file, or an empty one, and no other JSON."""
+    import json
+    import sys
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    sys.path.insert(0, bench)
+    try:
+        from workers import check_json_out, write_json
+    finally:
+        sys.path.remove(bench)
+    mine, listed, empty, user = (tmp_path / n for n in ("a.json", "b.json", "c.json", "d.json"))
+    write_json(str(mine), {"rows": [1]})
+    write_json(str(listed), [{"mode": "fp32"}])
+    empty.write_bytes(b"")
+    user.write_bytes(_USER_JSON)
+    assert json.loads(listed.read_text())["results"] == [{"mode": "fp32"}]
+    assert [check_json_out(str(p)) for p in (mine, listed, empty)] == [None, None, None]
+    assert "not a benchmark's results file" in check_json_out(str(user))
 
 
 def test_benchmark_results_file_is_never_half_written(tmp_path):
