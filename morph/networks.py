@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torch_port.networks import Generator
+from torch_port.networks import Generator, wrong_device
 
 __all__ = ["DIRECTIONS", "make_z", "PixelNorm", "LatentMLP", "LayerStyle", "MorphGenerator"]
 
@@ -155,6 +155,8 @@ class MorphGenerator(Generator):
                    else f"{type(code).__module__}.{type(code).__qualname__}")
             raise ValueError(f"MorphGenerator: {name} must be a float tensor [B, {width}], one row per picture "
                              f"(B = {x.shape[0]}, the batch of x); got {got}")
+        if code.device != x.device:
+            raise wrong_device(f"MorphGenerator: {name} must be a float tensor [B, {width}]", code, x.device, name)
         if w is None:  # codes in the layers' dtype, as the port's layers take their inputs (torch_port.ops)
             w = self.w_from_z(z.to(self.mapping.linear_0.weight.dtype))
         else:

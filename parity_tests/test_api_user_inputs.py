@@ -100,3 +100,26 @@ def test_an_export_config_the_generator_cannot_take_is_said_before_tracing(tmp_p
         tx.export(g, str(tmp_path / "g.onnx"), cfg, direction="a2b", source="random", source_kind="random",
                   step=0, batches=(1,))
     assert not (tmp_path / "g.onnx").exists()
+
+
+def test_an_input_on_another_device_than_the_weights_is_one_value_error_naming_both():
+    """README "Python API": a picture on the CPU given to a model on a GPU (or the reverse) was
+    torch's RuntimeError from the first convolution ("Input type ... and weight type ... should be
+    the same"), naming neither the device to use nor the fix. The `meta` device stands in for a
+    GPU here (the check compares devices, never values: no host sync on a GPU)."""
+    from morph.networks import MorphGenerator
+    from torch_port import build_ugatit
+    from ugatit_common import options as opt
+    model = build_ugatit(opt.config_from(light=True, ch=2, n_res=4, n_dis=4, img_size=24)).to("meta")
+    x = torch.zeros(1, 3, 24, 24)
+    for net, who in ((model.generator_B, "Generator"), (model.discriminator_A, "Discriminator")):
+        with pytest.raises(ValueError) as e:
+            net(x)
+        assert str(e.value).startswith(f"{who} expects a float tensor [B, 3, H, W]"), str(e.value)
+        assert "on meta, the weights' device; got a tensor on cpu (x.to('meta')" in str(e.value), str(e.value)
+        net(x.to("meta"))  # the same picture on the weights' device runs
+    g = MorphGenerator(ch=2, n_res=4, img_size=24)
+    for name, width in (("z", 64), ("w", 256)):
+        with pytest.raises(ValueError, match=rf"{name} must be a float tensor \[B, {width}\] on cpu, the weights' "
+                                             rf"device; got a tensor on meta \({name}.to\('cpu'\)"):
+            g(x, **{name: torch.zeros(1, width, device="meta")})

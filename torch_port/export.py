@@ -180,7 +180,7 @@ def _check_config_fits(core: nn.Module, cfg: dict) -> None:
         return
     s, c = int(cfg["img_size"]), int(cfg.get("img_ch", 3))
     try:
-        check(torch.zeros(1, c, s, s))
+        check(torch.zeros(1, c, s, s, device=next(core.parameters()).device))
     except (ValueError, TypeError) as e:
         raise ExportError(f"the config's img_size={s}, img_ch={c} does not fit the module: {e}") from e
 

@@ -15,17 +15,19 @@ from .ops import (AdaLIN, CAMLogit, Conv, Dense, InstanceNorm, LIN, global_avg_p
                   relu, up_sample)
 
 __all__ = ["ResBlock", "AdaptiveResBlock", "MLP", "Generator", "DiscriminatorBranch",
-           "Discriminator", "check_images"]
+           "Discriminator", "check_images", "wrong_device"]
 
 
-def check_images(x, img_ch: int, who: str, multiple: int = 1, least: int = 1) -> None:
+def check_images(x, img_ch: int, who: str, multiple: int = 1, least: int = 1,
+                 device: torch.device | None = None) -> None:
     """Refuse, naming what is expected, an input the networks cannot take as a batch of pictures
     (torch's own errors from deep inside a layer name none of it): a torch.Tensor, NCHW [B, img_ch,
     H, W] with B >= 1, floating point (values in [-1, 1]), H and W multiples of `multiple`, at
-    least `least`. Cheap and silent on a good input (also inside torch.compile / torch.export)."""
+    least `least`, on `device` (the weights'; None: any). Cheap and silent on a good input (no
+    look at the values, so no host sync on a GPU; also inside torch.compile / torch.export)."""
     if (isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == img_ch and x.shape[0] != 0
             and x.is_floating_point() and x.shape[2] % multiple == 0 and x.shape[3] % multiple == 0
-            and x.shape[2] >= least and x.shape[3] >= least):
+            and x.shape[2] >= least and x.shape[3] >= least and (device is None or x.device == device)):
         return
     expected = f"{who} expects a float tensor [B, {img_ch}, H, W] (NCHW, values in [-1, 1])"
     if not isinstance(x, torch.Tensor):
@@ -43,7 +45,16 @@ def check_images(x, img_ch: int, who: str, multiple: int = 1, least: int = 1) ->
     if not x.is_floating_point():
         raise TypeError(f"{expected}; got {x.dtype} (8-bit pictures: x.float() / 127.5 - 1)")
     rule = f"multiples of {multiple}, at least {least}" if multiple > 1 else f"at least {least}"
-    raise ValueError(f"{expected} with H and W {rule}; got {x.shape[2]} x {x.shape[3]}")
+    if not (x.shape[2] % multiple == 0 and x.shape[3] % multiple == 0 and x.shape[2] >= least and x.shape[3] >= least):
+        raise ValueError(f"{expected} with H and W {rule}; got {x.shape[2]} x {x.shape[3]}")
+    raise wrong_device(expected, x, device)
+
+
+def wrong_device(expected: str, x: torch.Tensor, device: torch.device, name: str = "x") -> ValueError:
+    """The error for an input on another device than the weights (torch's own, from the first
+    convolution, names tensor types, not the fix)."""
+    return ValueError(f"{expected} on {device}, the weights' device; got a tensor on {x.device} "
+                      f"({name}.to('{device}'), or move the model: model.to('{x.device}'))")
 
 
 class _ResHalf(nn.Module):
@@ -167,7 +178,8 @@ class Generator(nn.Module):
     def check_input(self, x) -> None:
         """check_images: the generator halves H and W twice and its reflect pads need 2 rows
         there, so H and W are multiples of 4 (the output has the input's size), at least 8."""
-        check_images(x, self.img_ch, type(self).__name__, multiple=4, least=GENERATOR_MIN_IMG_SIZE)
+        check_images(x, self.img_ch, type(self).__name__, multiple=4, least=GENERATOR_MIN_IMG_SIZE,
+                     device=self.G_logit.weight.device)
         mlp = self._modules.get("MLP")
         if mlp is not None and not mlp.light and (x.shape[2] != self.img_size or x.shape[3] != self.img_size):
             raise ValueError(f"{type(self).__name__} (light=False) expects {self.img_size} x {self.img_size} pictures "
@@ -270,7 +282,8 @@ class Discriminator(nn.Module):
     def forward(self, x):
         # the global branch halves H and W n_dis-1 times, then reflect-pads by 2 (needs 3 pixels):
         # a smaller picture was torch's "Padding size should be less than ..." from deep inside
-        check_images(x, self.img_ch, type(self).__name__, least=min_img_size(self.n_dis))
+        check_images(x, self.img_ch, type(self).__name__, least=min_img_size(self.n_dis),
+                     device=self.local.conv_0.weight.device)
         local_x, local_cam, local_heatmap = self.local(x)
         global_x, global_cam, global_heatmap = self.global_(x)
         return [local_x, global_x], [local_cam, global_cam], local_heatmap, global_heatmap
