@@ -350,3 +350,35 @@ def test_none_readable_names_what_was_read(tmp_path):
         (tmp_path / name).write_bytes(b"not a picture")
     said = none_readable([str(tmp_path / "a.png"), str(tmp_path / "b.png")], "input images")
     assert said.startswith("none of the 2 input images could be read"), said
+
+
+_AT_THE_FD_LIMIT = r"""
+import os, resource, sys
+import concurrent.futures.thread, PIL.Image, tqdm  # imported before the limit (train_image_reasons' threads)
+from ugatit_common import images
+path, how = sys.argv[1], sys.argv[2]
+free = os.dup(0)  # the lowest free descriptor: with the soft limit there, the next open fails (EMFILE)
+os.close(free)
+resource.setrlimit(resource.RLIMIT_NOFILE, (free, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+try:
+    {"check": images.check_train_image, "reasons": lambda p: print(images.train_image_reasons([p, p])),
+     "test": images.read_color}[how](path)
+except OSError as e:
+    print(type(e).__name__, e)
+"""
+
+
+@pytest.mark.parametrize("how", ["check", "reasons", "test"])
+def test_a_file_read_at_the_open_files_limit_is_not_skipped_as_unreadable(intact, how):
+    """`ulimit -n` reached while the data set is checked (or a test input read) is the machine's
+    limit, not the file's fault: it was "warning: skipping unreadable image X: Too many open files"
+    and training went on without X (a test run: "none of the inputs could be read"). Now the
+    command stops, naming the file and the limit; a file the process may not read is still
+    skipped (test_incomplete_files_are_skipped_by_the_port and the ones above)."""
+    import subprocess
+    proc = subprocess.run([sys.executable, "-c", _AT_THE_FD_LIMIT, intact["rgb.png"], how], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    out = proc.stdout.strip()
+    assert out.startswith("OSError [Errno 24] cannot read "), (out, proc.stderr[-2000:])
+    assert f"{intact['rgb.png']!r}: Too many open files: the limit on open files per process was reached " \
+           "(`ulimit -n`: " in out and "not a fault of the file" in out, out

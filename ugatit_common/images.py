@@ -11,6 +11,7 @@ readable is an error naming the folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 
@@ -37,15 +38,38 @@ class ImageReadError(OSError):
         return type(self), (self.path, self.reason)
 
 
+# read errors that are the machine's, not the file's: skipping the file for them (as an unreadable
+# image) would train on part of the data set, or call every input of a test run unreadable
+MACHINE_LIMITS = {errno.EMFILE: "the limit on open files per process was reached (`ulimit -n`{n})",
+                  errno.ENFILE: "the system's limit on open files was reached",
+                  errno.ENOMEM: "the machine ran out of memory"}
+
+
+def read_error(path: str, e: OSError) -> OSError:
+    """`e` (from opening or reading `path`) as ImageReadError, the file's fault, except a limit
+    of the machine (MACHINE_LIMITS): then an OSError saying so, which stops the command."""
+    if e.errno not in MACHINE_LIMITS:
+        return ImageReadError(path, e.strerror or e)
+    n = ""
+    if e.errno == errno.EMFILE:
+        try:
+            import resource
+            n = f": {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} here"
+        except (ImportError, OSError, ValueError):
+            pass
+    return OSError(e.errno, f"cannot read {path!r}: {e.strerror}: {MACHINE_LIMITS[e.errno].format(n=n)}, not a "
+                            f"fault of the file; raise the limit, or run fewer things at once")
+
+
 def _file_bytes(path: str) -> np.ndarray:
     """The file's bytes (uint8), read by their own name (any bytes: OpenCV is never given the
-    path); ImageReadError for a missing, unreadable or empty file."""
+    path); ImageReadError for a missing, unreadable or empty file (read_error)."""
     if not os.path.isfile(path):  # a device or a FIFO is there, but no file to read
         raise ImageReadError(path, "not a regular file" if os.path.exists(path) else "no such file")
     try:
         buf = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
-        raise ImageReadError(path, e.strerror or e) from e
+        raise read_error(path, e) from e
     if buf.size == 0:
         raise ImageReadError(path, "empty file")
     return buf
@@ -200,7 +224,7 @@ def check_train_image(path) -> None:
         with open(path, "rb") as fh:
             head = fh.read(8)
     except OSError as e:
-        raise ImageReadError(path, e.strerror or e) from e
+        raise read_error(path, e) from e
     if not head:
         raise ImageReadError(path, "empty file")
     if not any(head.startswith(m) for m, _ in TRAIN_FORMATS):
