@@ -123,3 +123,30 @@ def test_an_input_on_another_device_than_the_weights_is_one_value_error_naming_b
         with pytest.raises(ValueError, match=rf"{name} must be a float tensor \[B, {width}\] on cpu, the weights' "
                                              rf"device; got a tensor on meta \({name}.to\('cpu'\)"):
             g(x, **{name: torch.zeros(1, width, device="meta")})
+
+
+def test_pictures_in_0_255_or_0_1_barely_move_a_generator_but_do_move_a_discriminator():
+    """README "Python API": the values of `x` are not checked (a look at them is a host sync on a
+    GPU). What a user who forgets `x / 127.5 - 1` gets: a generator's first convolution feeds an
+    instance norm, which takes out any positive scale and offset of its input except through its
+    epsilon (1e-5 against the features' variance, ~0.02 at this init: ~1e-4 relative); 1e-2 on
+    the [-1, 1] output bounds that with room, and is far below what a real change of the picture
+    makes (checked: x * 0.5 moves more). A discriminator's first layer is a convolution and a leaky
+    ReLU, so its logits move by more than their own size."""
+    import copy
+    from torch_port import build_ugatit
+    from ugatit_common import options as opt
+    torch.manual_seed(0)
+    for light in (True, False):
+        model = build_ugatit(opt.config_from(light=light, ch=4, n_res=4, n_dis=4, img_size=32)).double()
+        x = torch.rand(2, 3, 32, 32, dtype=torch.float64) * 2 - 1
+        image, cam, heatmap = model.generator_B(x)
+        for wrong in (x * 127.5 + 127.5, (x + 1) / 2):
+            image2, cam2, heatmap2 = model.generator_B(wrong)
+            assert (image2 - image).abs().max() < 1e-2
+            assert (cam2 - cam).abs().max() < 1e-2 * cam.abs().max()
+        assert (model.generator_B(torch.cat([x[:, :1] * 0.5, x[:, 1:]], 1))[0] - image).abs().max() > 1e-2
+        d = copy.deepcopy(model.discriminator_A)  # each call advances `u`: the same state for both calls
+        logits = model.discriminator_A(x)[0][0]
+        logits_255 = d(x * 127.5 + 127.5)[0][0]
+        assert (logits_255 - logits).abs().max() > logits.abs().max()
