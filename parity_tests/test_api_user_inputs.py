@@ -150,3 +150,30 @@ def test_pictures_in_0_255_or_0_1_barely_move_a_generator_but_do_move_a_discrimi
         logits = model.discriminator_A(x)[0][0]
         logits_255 = d(x * 127.5 + 127.5)[0][0]
         assert (logits_255 - logits).abs().max() > logits.abs().max()
+
+
+@pytest.mark.parametrize("other, said", [
+    (dict(light=False), "light False (this model: light True)"),
+    (dict(ch=4), "ch 4 (this model: ch 2)"),
+    (dict(n_dis=5), "n_dis 5 (this model: n_dis 4)"),
+    (dict(sn=False), "sn False (this model: sn True)")])
+def test_a_state_dict_of_another_config_is_named_in_load_state_dicts_first_line(other, said):
+    """README "Python API" `model.load_state_dict(state)`: a state dict of another config was torch's
+    list of every tensor that differs (40 000 characters for another ch), whose first line names a
+    tensor, not the setting; now its first line names each setting the shapes fix (torch's list
+    follows; still a RuntimeError, as torch raises it). A matching one loads as before."""
+    from torch_port import build_ugatit
+    from ugatit_common import options as opt
+    base = dict(light=True, ch=2, n_res=4, n_dis=4, img_size=32)
+    model = build_ugatit(opt.config_from(**base))
+    state = build_ugatit(opt.config_from(**{**base, **other})).state_dict()
+    with pytest.raises(RuntimeError) as e:
+        model.load_state_dict(state)
+    first = str(e.value).splitlines()[0]
+    assert first == (f"the state dict is of another config: {said}; build the model with that config "
+                     f"(weights_convert.tf_to_torch returns it)"), first
+    assert "Error(s) in loading state_dict for UGATIT" in str(e.value)
+    model.load_state_dict(build_ugatit(opt.config_from(**base)).state_dict())
+    generators = {k: v for k, v in state.items() if k.startswith("generator_")}
+    if "ch" not in other and "light" not in other:  # generators-only, strict=False (README): the same generators
+        model.load_state_dict(generators, strict=False)

@@ -368,22 +368,29 @@ def check_matches(model: torch.nn.Module, weights: dict, source: str, generators
 
 def _flags_that_differ(model: torch.nn.Module, weights: dict) -> str:
     """'--ch 4 was given but the checkpoint's weights say ch 2; ' for each model flag the weights
-    fix that differs from the configured model's (empty when they cannot tell: a partial or
-    foreign state dict, a Morph model). Only settings the weights do fix are compared: a
-    generators-only checkpoint says nothing of n_dis or sn (their inferred defaults are no record)."""
+    fix that differs from the configured model's (settings_that_differ)."""
+    diffs = [f"--{k} {mine} was given but the checkpoint's weights say {k} {theirs}"
+             for k, mine, theirs in settings_that_differ(model, weights)]
+    return "; ".join(diffs) + ": " if diffs else ""
+
+
+def settings_that_differ(model: torch.nn.Module, weights: dict) -> list[tuple[str, object, object]]:
+    """(setting, the model's value, the weights' value) for each model setting the weights fix
+    that differs from the configured model's (empty when they cannot tell: a partial or foreign
+    state dict, a Morph model). Only settings the weights do fix are compared: a generators-only
+    checkpoint says nothing of n_dis or sn (their inferred defaults are no record)."""
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, dict):
-        return ""
+        return []
     try:
         from .to_tf import infer_from_weights_info
         info = infer_from_weights_info(weights)
     except Exception:  # noqa: BLE001 - not a whole U-GAT-IT state dict: the shape list says enough
-        return ""
+        return []
     found, sources = info.config, info.sources
     keys = ("light", "ch", "n_res", "n_dis", "sn") + (() if cfg.get("light") else ("img_size",))
-    diffs = [f"--{k} {cfg[k]} was given but the checkpoint's weights say {k} {found[k]}"
-             for k in keys if k in cfg and k in found and sources.get(k) == "weights" and found[k] != cfg[k]]
-    return "; ".join(diffs) + ": " if diffs else ""
+    return [(k, cfg[k], found[k]) for k in keys
+            if k in cfg and k in found and sources.get(k) == "weights" and found[k] != cfg[k]]
 
 
 def load_weights_into(model: torch.nn.Module, weights: dict, source: str, generators_only: bool = False) -> None:

@@ -231,6 +231,24 @@ class UGATIT(nn.Module):
         return {k: float(v.detach()) for k, v in terms.items()}
 
     # -- checkpoints -----------------------------------------------------------------------------
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """nn.Module.load_state_dict; a state dict of another config (light, ch, n_res, n_dis, sn,
+        a full model's img_size: what its shapes fix) is named in the error's first line, setting by
+        setting, before torch's list of every tensor that differs (hundreds of lines)."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as e:
+            from .checkpoint import settings_that_differ
+            try:
+                differ = settings_that_differ(self, dict(state_dict))
+            except Exception:  # noqa: BLE001 - whatever the state dict holds, torch's error stands
+                differ = []
+            if not differ:
+                raise
+            said = ", ".join(f"{k} {theirs} (this model: {k} {mine})" for k, mine, theirs in differ)
+            raise RuntimeError(f"the state dict is of another config: {said}; build the model with "
+                               f"that config (weights_convert.tf_to_torch returns it)\n{e}") from None
+
     def load_tf_state(self, state: Mapping[str, torch.Tensor], strict: bool = True):
         """Load converted TF weights (keys per the naming rule, `u` buffers included)."""
         return self.load_state_dict(state, strict=strict)
