@@ -86,3 +86,17 @@ def test_the_test_phase_takes_an_input_and_a_checkpoint_given_as_paths(tmp_path,
         pictures[i] = cv2.imread(str(out)).astype(int)
     assert np.array_equal(pictures[0], pictures[2])  # the same path (serial) as the str
     assert np.abs(pictures[1] - pictures[2]).max() <= 1  # batched: within one 8-bit level (README)
+
+
+def test_checkpoints_given_as_bytes_load_as_their_strings(tmp_path):
+    """A path as bytes (os.listdir(b"..."), os.fsencode: names that are not UTF-8) is a path to
+    os.fspath too: weights_convert.tf_to_torch / read_tf_config_info / read_tf_training_state and
+    load_any raised "TypeError: cannot use a string pattern on a bytes-like object" from a regex."""
+    import weights_convert
+    for path in (FINAL, FINAL / "UGATIT.model-3.index"):
+        raw = os.fsencode(path)
+        _same_loaded(ckpt.load_any(raw, {"img_size": 64}), ckpt.load_any(str(path), {"img_size": 64}))
+        config, state = weights_convert.tf_to_torch(raw, overrides={"img_size": 64})
+        assert config == weights_convert.tf_to_torch(str(path), overrides={"img_size": 64})[0] and state
+        assert weights_convert.read_tf_config_info(raw, overrides={"img_size": 64})
+        assert weights_convert.read_tf_training_state(raw, overrides={"img_size": 64})

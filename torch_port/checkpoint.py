@@ -589,7 +589,7 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
     prefix; converted without TensorFlow), a port checkpoint folder (the newest complete one), or a
     .safetensors file (weights_convert's, or a port checkpoint's weights beside its .state.pt).
     `path`: a str or a path-like object (pathlib.Path)."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     overrides = dict(overrides or {})
     if not os.path.exists(path) and not os.path.isfile(path + ".index"):
         raise opt.OptionError(f"{path!r}: no such checkpoint file or folder")

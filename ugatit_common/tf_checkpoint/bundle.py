@@ -587,7 +587,7 @@ def _prefixes_in(folder: str) -> list[str]:
 def prefix_by_name(path: str) -> str | None:
     """The prefix a TF checkpoint file's name (``<prefix>.index``, ``.meta``, ``.data-*``) names,
     whether or not it exists (an output to write); else None."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     m = _CHECKPOINT_FILE_RE.search(path)
     return path[: m.start()] if m else None
 
@@ -607,7 +607,7 @@ def resolve_prefix(path: str) -> str:
     its old .index is never read with the new .data (ugatit_common.atomic). A folder's `checkpoint`
     state file names the prefix (_named_prefix); one that names none (empty, damaged: no
     model_checkpoint_path line) is read past as if absent: the folder's one prefix is read."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     recover_interrupted_writes(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
     if os.path.isdir(path):
         state = os.path.join(path, "checkpoint")
