@@ -218,3 +218,21 @@ def test_a_checkpoint_without_its_meta_still_refuses_another_image_size(tmp_path
         assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, (module, proc.stderr[-3000:])
         assert all(w in errors[0] for w in words), (module, errors[0])
         assert sorted(os.listdir(folder)) == before, module
+
+
+def test_a_tensorflow_op_error_is_one_short_line_naming_the_file(tmp_path):
+    """A failed graph-mode write (tf_reference's Saver past `ulimit -f`: "...tempstate...; File too
+    large") made an `error:` line of several thousand characters: TF's message holds the op's
+    Python stack before the cause and its creation stack after it. The line is now the cause."""
+    import tensorflow as tf
+    from ugatit_common.cli_errors import one_line
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    g = tf.Graph()
+    with g.as_default():
+        op = tf.io.write_file(str(blocker / "x"), "abc")
+        with tf.compat.v1.Session(graph=g) as sess:
+            with pytest.raises(tf.errors.OpError) as e:
+                sess.run(op)
+    assert "Original stack trace" in str(e.value) and "defined at (most recent call last)" in str(e.value)
+    assert one_line(e.value) == f"{blocker / 'x'}; Not a directory", one_line(e.value)

@@ -572,15 +572,8 @@ def choose(folder: str, load, need: str = "train", log=print, owner=None, prefer
 
 
 def _reason(e: BaseException) -> str:
-    raw = str(e)
-    if "defined at (most recent call last)" in raw:  # TF: the failing op's Python stack, then the cause
-        lines = raw.splitlines()
-        node = max((i for i, line in enumerate(lines) if line.startswith("Node: ")), default=None)
-        cause = [line for line in lines[node + 1:] if line.strip() and not line.strip().startswith("[[")] \
-            if node is not None else []
-        raw = " ".join(cause) or raw
-    raw = raw.split("Original stack trace for")[0]  # TF appends the op's creation stack after the cause
-    text = " ".join(raw.split())
+    from .cli_errors import tf_error_text
+    text = " ".join(tf_error_text(str(e)).split())
     if len(text) > 300:
         text = text[:300] + "..."
     return f"{type(e).__name__}: {text}" if text else type(e).__name__

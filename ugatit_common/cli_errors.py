@@ -183,8 +183,22 @@ def out_of_memory(e: BaseException) -> BaseException | None:
     return None
 
 
+def tf_error_text(raw: str) -> str:
+    """A TensorFlow op error's cause alone (`path; File too large`): in graph mode TF puts the
+    failing op's Python stack before it ("Detected at node ... defined at (most recent call
+    last)", then "Node: ...") and the op's creation stack after it ("Original stack trace for"),
+    dozens of `File ...` lines that an error line would otherwise flatten into itself."""
+    if "defined at (most recent call last)" in raw:
+        lines = raw.splitlines()
+        node = max((i for i, line in enumerate(lines) if line.startswith("Node: ")), default=None)
+        cause = [line for line in lines[node + 1:] if line.strip() and not line.strip().startswith("[[")] \
+            if node is not None else []
+        raw = "\n".join(cause) or raw
+    return raw.split("Original stack trace for")[0]
+
+
 def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = " ".join(tf_error_text(str(e)).split()) or type(e).__name__
     if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
         text += f": {e.filename!r}"
     return text
