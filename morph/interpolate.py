@@ -254,10 +254,13 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
             # the page: chosen now, and written (replacing an earlier run's, whose files this run is about
             # to write over) before the first output, then as inputs are done: it never lists two runs' files
             page, saved_at = names.path(result_dir, "index", ext=".html"), None
+            earlier = []  # the page before this run's replaced it ([None]: none), put back if no output is written
+            announced = []  # (the first input's outputs, their files' states before), until its row
 
             def save_page(final=False):
                 nonlocal saved_at
                 if saved_at is None:
+                    earlier.append(_bytes_or_none(page))
                     record.add([page])  # ours before it exists: a later run replaces it, never takes index_1
                 write_index(result_dir, rows, page=page, final=final)
                 saved_at = time.monotonic()
@@ -274,16 +277,20 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
                     refuse_non_finite_output(torch.stack(frames), f"the morph strip of {path}", precision_of(model))
                     if saved_at is None:
                         save_page()
-                    _one_input(path, x, frames, names, record, result_dir, steps, samples, img_size, rows, log)
+                    _one_input(path, x, frames, names, record, result_dir, steps, samples, img_size, rows, log,
+                               announced)
                     if time.monotonic() - saved_at >= REFRESH_S:
                         save_page()
             except BaseException:  # Ctrl-C, an overflowing frame, a full disk: the page lists what was written
-                record.forget_missing()  # and names recorded but not written are not claimed
-                if saved_at is not None:
+                from ugatit_common.results import file_state
+                if saved_at is not None and not rows and all(file_state(p) == st for p, st in announced):
+                    _put_back(page, earlier[0])  # no output written (the first one's write failed): as it was
+                elif saved_at is not None:
                     try:
                         save_page()
                     except Exception:  # noqa: BLE001 - the run's own error is the one to report
                         pass
+                record.forget_missing()  # and names recorded but not written are not claimed
                 raise
             if not rows:  # the previous index.html stays as it was
                 raise OptionError(none_readable(inputs, "input images"))
@@ -295,11 +302,36 @@ def interpolate_images(model, inputs: list[str], result_dir: str, steps: int = 6
         model.train(was_training)
 
 
-def _one_input(path, x, frames, names, record, result_dir, steps, samples, img_size, rows, log):
-    """Write one input's strip, GIF and smoothness figure; append its page row to `rows`."""
+def _bytes_or_none(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:  # none (or not a readable file: the page's write says so)
+        return None
+
+
+def _put_back(page: str, earlier: bytes | None) -> None:
+    """The page as it was before this run replaced it (`earlier` None: none, so this run's goes)."""
+    try:
+        if earlier is None:
+            os.remove(page)
+        else:
+            write_bytes_atomic(page, earlier)
+    except OSError:  # a full disk: the run's own error is the one to report
+        pass
+
+
+def _one_input(path, x, frames, names, record, result_dir, steps, samples, img_size, rows, log, announced=None):
+    """Write one input's strip, GIF and smoothness figure; append its page row to `rows`.
+    `announced`: gets (output, its file's state) of each output before it is written, while
+    `rows` is empty (a run whose first writes all failed puts the earlier page back)."""
+    from ugatit_common.results import file_state
     name = names.stem(result_dir, path, ("_strip.png", ".gif", "_smoothness.json"))
+    outputs = [os.path.join(result_dir, name + sfx) for sfx in ("_strip.png", ".gif", "_smoothness.json")]
+    if announced is not None and not rows:
+        announced.extend((p, file_state(p)) for p in outputs)
     # recorded as ours before they exist: a run killed mid-write leaves nothing a later run takes for a user's
-    record.add([os.path.join(result_dir, name + sfx) for sfx in ("_strip.png", ".gif", "_smoothness.json")])
+    record.add(outputs)
     strip = write_strip(frames, os.path.join(result_dir, f"{name}_strip.png"), x=x)
     gif = write_gif(frames, os.path.join(result_dir, f"{name}.gif"), x=x)
     fig = smoothness(frames)

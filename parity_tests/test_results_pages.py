@@ -310,6 +310,38 @@ def test_stopped_interpolate_rerun_page_never_mixes_two_runs(morph_ckpt, tmp_pat
     assert len(_links(page)) == 9 and all(os.path.isfile(p) for p in _links(page))
 
 
+def test_interpolate_rerun_whose_first_strip_fails_keeps_the_earlier_page(morph_ckpt, tmp_path, monkeypatch, capsys):
+    """`python -m morph interpolate` rerun whose first strip cannot be written (a full disk,
+    `ulimit -f`) wrote no output: the earlier run's page stays as it was, byte for byte, as the
+    port's test phase keeps it (test_rerun_whose_first_picture_fails_keeps_the_earlier_page); it
+    was replaced by an empty page marked incomplete, the earlier run's files listed nowhere. A
+    first run failing so leaves no page, record or folder behind (README "Checkpoint policy",
+    Outputs)."""
+    import errno
+
+    import morph.interpolate as mi
+    photos = tmp_path / "photos"
+    for i in range(2):
+        _photo(photos / f"p{i}.png", seed=i)
+    out = tmp_path / "out"
+    base = ["interpolate", "--steps", "3", "--samples", "1", "--checkpoint", morph_ckpt, "--input", str(photos),
+            "--result_dir"]
+    rc, cap = _morph(base + [str(out)], capsys)
+    assert rc == 0, cap.err
+    first = _digests(out)
+    assert any(p.endswith("index.html") for p in first)
+
+    def disk_full(frames, path, x=None):
+        raise OSError(errno.EFBIG, "File too large")
+    monkeypatch.setattr(mi, "write_strip", disk_full)
+    rc, cap = _morph(base + [str(out), "--seed", "1"], capsys)
+    assert rc == 2 and cap.err.count("error:") == 1, cap.err
+    assert _digests(out) == first  # the page, the record and every output as the first run left them
+    rc, cap = _morph(base + [str(tmp_path / "new")], capsys)
+    assert rc == 2 and cap.err.count("error:") == 1, cap.err
+    assert not (tmp_path / "new").exists()
+
+
 def test_morph_demo_rerun_says_what_it_did(tmp_path, capsys):
     """`python -m morph demo DIR` run again: the checkpoint has done its iterations, so it trains
     none and says so (it printed 'trained 0 iterations: mean G loss first 1: 0.00, last 1: 0.00');

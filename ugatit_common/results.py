@@ -96,7 +96,7 @@ def page_text(text) -> str:
 PAGE_HEAD = "<html><head><meta charset='utf-8'></head><body>"  # the pages are written as UTF-8
 
 
-def _file_state(path: str | None):
+def file_state(path: str | None):
     """What tells whether a file was written since (an atomic write replaces the inode); None: none."""
     try:
         st = os.stat(path)
@@ -136,7 +136,7 @@ class ResultsPage:
         run's page (whose pictures are about to be written over) with this run's. `path`: the
         picture; a run stopped before any of them changed puts the earlier page back (`stopped`)."""
         if not self.rows:
-            self._announced.append((path, _file_state(path)))
+            self._announced.append((path, file_state(path)))
         if not self.started:
             try:
                 with open(self.path, "rb") as fh:
@@ -169,7 +169,7 @@ class ResultsPage:
     def stopped(self) -> None:
         """A run stopped (an error, Ctrl-C) after writing pictures: its page lists every one it
         wrote, still marked incomplete; one that wrote none leaves the earlier page as it was."""
-        if self.started and not self.rows and all(p is not None and _file_state(p) == state
+        if self.started and not self.rows and all(p is not None and file_state(p) == state
                                                   for p, state in self._announced):
             try:  # no picture of this run was written (e.g. the first one's write failed)
                 if self._earlier is None:
