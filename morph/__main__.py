@@ -143,8 +143,12 @@ def cmd_train(args) -> int:
             compile=args.compile, cuda_graphs=args.cuda_graphs)))
         h = out.get("history")
         if h and dist_info.is_main:
-            print(f" [*] done: counter {out['counter'] - 1}, last d_loss {h[-1]['d_loss']:.4f} "
-                  f"g_loss {h[-1]['g_loss']:.4f}; checkpoint {out['checkpoint_dir']}")
+            # the official counter starts at 1: checkpoint model-N has done N - 1 iterations (this line
+            # said "counter N - 1", read as the counter: one less than the checkpoint's name)
+            from ugatit_common.cli_errors import last_checkpoint
+            print(f" [*] done: {out['counter'] - 1} iteration(s) in all, last d_loss {h[-1]['d_loss']:.4f} "
+                  f"g_loss {h[-1]['g_loss']:.4f}; checkpoint "
+                  f"{os.path.join(out['checkpoint_dir'], last_checkpoint() or '')}")
     return rc
 
 

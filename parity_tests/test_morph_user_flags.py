@@ -85,3 +85,22 @@ def test_idp_weight_zero_or_more_is_taken(value):
     cfg = validate_morph(opt.config_from(dataset="demo", img_size=32, ch=4, n_dis=4, light=True, phase="train",
                                          morph_config="C", idp_weight=value))
     assert cfg["idp_weight"] == value
+
+
+def test_train_names_the_checkpoint_it_ends_with_and_the_iterations_done(tmp_path, capsys):
+    """`python -m morph train`'s last line said "done: counter 2 ...; checkpoint <folder>" after a
+    run that saved `MorphUGATIT_C.model-3` (the official counter starts at 1): it now says the
+    iterations done (2, then 3 in all after a resume to --iteration 4, which runs batch 3 only, as
+    the official loop does) and names the checkpoint file that is there."""
+    root = str(tmp_path)
+    make_demo_dataset(root, "demo", 32, n_train=1, n_test=1)
+    argv = ["train", "--config", "C", "--dataset", "demo", "--img_size", "32", "--ch", "4", "--n_dis", "4",
+            "--light", "True", "--epoch", "1", "--device", "cpu", "--data_root", root,
+            "--checkpoint_dir", os.path.join(root, "checkpoint"), "--result_dir", os.path.join(root, "results"),
+            "--log_dir", os.path.join(root, "logs"), "--sample_dir", os.path.join(root, "samples")]
+    for iterations, done, step in ((2, 2, 3), (4, 3, 4)):
+        assert morph_main(argv + ["--iteration", str(iterations)]) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        assert last.startswith(f" [*] done: {done} iteration(s) in all, last d_loss "), last
+        prefix = last.rsplit("; checkpoint ", 1)[1]
+        assert prefix.endswith(f"MorphUGATIT_C.model-{step}") and os.path.isfile(prefix + ".safetensors"), last
