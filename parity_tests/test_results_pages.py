@@ -407,6 +407,36 @@ def test_tf_reference_rerun_whose_first_picture_fails_keeps_the_earlier_page(tmp
 
 
 @pytest.mark.tf
+def test_tf_reference_test_phase_at_the_open_files_limit_stops_instead_of_skipping(tmp_path, monkeypatch, capsys):
+    """tf_reference's test phase, an input read failing on `ulimit -n` (EMFILE: the machine's limit,
+    ugatit_common.images.read_error): it said "warning: skipping X: not a readable image (OSError)"
+    for every input, then that none could be read. Now one `error:` line naming the file and the
+    limit, exit 2, as the port's test phase and Morph say it."""
+    import errno
+    import shutil
+
+    import ugatit_common.images as images
+    from parity_tests import golden
+    from parity_tests.conftest import GOLDEN
+    from tf_reference.__main__ import main as tf_main
+    cfg = opt.config_from(golden.record()["config"])
+    for d in ("testA", "testB"):
+        _photo(tmp_path / "dataset" / cfg["dataset"] / d / f"{d}0.png", seed=0, size=cfg["img_size"])
+    shutil.copytree(os.path.join(GOLDEN, "final"), tmp_path / "checkpoint" / opt.model_dir(cfg))
+    monkeypatch.chdir(tmp_path)
+
+    def at_the_limit(path):  # as _file_bytes raises it when np.fromfile meets EMFILE (test_image_inputs.py)
+        raise images.read_error(path, OSError(errno.EMFILE, "Too many open files"))
+    monkeypatch.setattr(images, "_file_bytes", at_the_limit)
+    args = ["--phase", "test", "--light", "True", "--dataset", cfg["dataset"], "--img_size", str(cfg["img_size"]),
+            "--ch", str(cfg["ch"]), "--n_dis", str(cfg["n_dis"])]
+    assert tf_main(args) == 2
+    err = capsys.readouterr().err
+    assert "warning" not in err and err.count("error:") == 1, err
+    assert "testA0.png': Too many open files: the limit on open files per process was reached" in err, err
+
+
+@pytest.mark.tf
 @pytest.mark.parametrize("stop", ["right_after_the_first_picture", "at_the_third_picture"])
 def test_stopped_tf_reference_rerun_page_never_mixes_two_runs(tmp_path, monkeypatch, capsys, stop):
     """tf_reference's test phase, rerun into its results folder and stopped by Ctrl-C: right after

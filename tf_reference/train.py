@@ -335,6 +335,8 @@ def _translate_all(sess, m, cfg: dict, paths, files_A: list, files_B: list) -> N
                     try:
                         image = load_test_image(f, cfg["img_size"])
                     except Exception as e:  # ImageReadError (unreadable, not an image), or a decoder's own
+                        if isinstance(e, OSError) and not isinstance(e, ImageReadError):
+                            raise  # a limit of the machine (ulimit -n: images.read_error), not the file's fault
                         why = (e.reason if isinstance(e, ImageReadError)
                                else f"not a readable image ({type(e).__name__})")
                         print(f"warning: skipping {f}: {why}", file=sys.stderr)
