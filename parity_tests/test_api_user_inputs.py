@@ -177,3 +177,23 @@ def test_a_state_dict_of_another_config_is_named_in_load_state_dicts_first_line(
     generators = {k: v for k, v in state.items() if k.startswith("generator_")}
     if "ch" not in other and "light" not in other:  # generators-only, strict=False (README): the same generators
         model.load_state_dict(generators, strict=False)
+
+
+@pytest.mark.parametrize("key, value, error", [
+    ("light", "False", TypeError), ("smoothing", "False", TypeError), ("sn", None, TypeError),
+    ("ch", 4.0, TypeError), ("ch", "4", TypeError), ("ch", 0, ValueError), ("ch", -1, ValueError),
+    ("img_size", 0, ValueError)])
+def test_build_ugatit_refuses_a_setting_of_the_wrong_kind_naming_it(key, value, error):
+    """`build_ugatit(config)` with `light="False"` (a command-line string) built a light model, the
+    string being truthy (`smoothing="False"` likewise: AdaLIN's smoothing on), silently; `ch` 4.0,
+    "4" or -1 was torch's error from inside a layer, and `ch` 0 a model of empty layers. Now one
+    TypeError / ValueError naming the key and the value. True/False, numpy booleans and 0/1 build."""
+    import numpy as np
+    from torch_port import build_ugatit
+    from ugatit_common import options as opt
+    base = dict(light=True, ch=2, n_res=4, n_dis=4, img_size=24, sn=True, smoothing=True)
+    with pytest.raises(error, match=rf"build_ugatit: config\['{key}'\] must be "):
+        build_ugatit(opt.config_from(**{**base, key: value}))
+    for ok in (dict(light=np.bool_(True), sn=1, smoothing=0), dict(ch=np.int64(2), img_size=np.int32(24))):
+        model = build_ugatit(opt.config_from(**{**base, **ok}))
+        assert model.generator_B.MLP.light and model.discriminator_A.sn

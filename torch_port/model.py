@@ -28,6 +28,31 @@ __all__ = ["UGATIT", "build_ugatit"]
 REQUIRED_KEYS = ("light", "ch", "n_res", "n_dis", "img_size", "sn", "smoothing")
 
 
+BOOL_KEYS = ("light", "sn", "smoothing")
+COUNT_KEYS = ("ch", "n_res", "n_dis", "img_size", "img_ch")
+
+
+def check_model_settings(cfg: Mapping) -> None:
+    """TypeError / ValueError naming the key for a model setting of the wrong kind: a string
+    "False" for `light`, `sn` or `smoothing` was truthy (a light model built where a full one was
+    meant, silently), and a count that is not a whole number >= 1 (`ch` 4.0, "4", -1, 0) was
+    torch's error from deep inside a layer, or a model of empty layers."""
+    import numbers
+
+    import numpy as np
+    for k in BOOL_KEYS:
+        v = cfg.get(k)
+        if k in cfg and not (isinstance(v, (bool, np.bool_)) or (isinstance(v, numbers.Integral) and v in (0, 1))):
+            raise TypeError(f"build_ugatit: config[{k!r}] must be True or False; got {v!r} ({type(v).__name__}"
+                            + ("; a command-line value: ugatit_common.options.str2bool reads it as the official "
+                               "parser does" if isinstance(v, str) else "") + ")")
+    for k in COUNT_KEYS:
+        v = cfg.get(k)
+        if k in cfg and not (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1):
+            raise (ValueError if isinstance(v, numbers.Integral) and not isinstance(v, bool) else TypeError)(
+                f"build_ugatit: config[{k!r}] must be a whole number >= 1; got {v!r} ({type(v).__name__})")
+
+
 class UGATIT(nn.Module):
     """The official model. `config` holds the official option keys (missing ones take the
     official defaults from `ugatit_common.options.DEFAULTS`)."""
@@ -41,6 +66,7 @@ class UGATIT(nn.Module):
         super().__init__()
         cfg = dict(DEFAULTS)
         cfg.update(config)
+        check_model_settings(cfg)
         if cfg["gan_type"] not in GAN_TYPES:
             raise ValueError(f"unknown gan_type {cfg['gan_type']!r}; expected one of {GAN_TYPES}")
         self.config = cfg
