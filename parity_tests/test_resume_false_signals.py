@@ -21,6 +21,16 @@ from ugatit_common import checkpoint_policy as policy
 from ugatit_common.held_signals import signals_held
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises():
+    """Ctrl-C as a user's shell gives it (KeyboardInterrupt): a process started in the background
+    of a non-interactive shell (CI's `.ci/run &`) or a pytest-xdist worker inherits SIGINT ignored,
+    and an ignored signal is rightly left ignored by the hold, so nothing here would be tested."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def _tree(root):
     return sorted(os.path.relpath(os.path.join(d, n), root) for d, _, ns in os.walk(root) for n in ns
                   if "ugatit-run" not in n and not n.startswith(".ugatit-run"))
