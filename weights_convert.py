@@ -734,7 +734,8 @@ def _convert(argv=None) -> int:
                 _warn_non_finite(bad)
             record, drop_record = run_record_plan(folder, cfg, prepared.recorded, prepared.source, args.overwrite,
                                                   continued)
-            record_path = os.path.join(folder, "ugatit-run.json")
+            from ugatit_common.checkpoint_policy import RUN_RECORD
+            record_path = os.path.join(folder, RUN_RECORD)
             stale = os.path.lexists(meta)
             # the graph the official Saver writes beside a checkpoint (tf_reference builds it; seconds), when
             # TensorFlow is here and the input records every setting it holds; before anything is written
