@@ -209,8 +209,9 @@ def _read_ugatit(path: str, cfg: dict | None = None, keys=None) -> tuple[dict, s
             weights = ckpt.load_weights_file(path)
             meta = policy.safetensors_metadata(path)
             recorded = ckpt.config_in_metadata(meta, path)
+            guessed = ckpt.guessed_in_metadata(meta, path)  # damaged: one error naming the file and key
             if recorded:  # tf2torch's guesses (official defaults no record held) are not records
-                recorded = {k: v for k, v in recorded.items() if k not in ckpt.guessed_in_metadata(meta)}
+                recorded = {k: v for k, v in recorded.items() if k not in guessed}
         _check_recorded(recorded, cfg, ckpt.tfc.MODEL_KEYS if keys is None else keys, path)
         return weights, path
     raise CheckpointKindError(f"--init_from {path!r}: no UGATIT checkpoint found there (expected a torch_port "

@@ -673,27 +673,53 @@ def test_torch2tf_takes_the_state_files_config_as_recorded_when_it_is_one(config
 
 
 
-def test_torch2tf_takes_no_setting_as_recorded_from_provenance_it_cannot_read(tmp_path, capsys):
+def test_damaged_provenance_is_one_error_in_every_reader(tmp_path, monkeypatch, capsys):
     """A weights file whose `ugatit_config` lists every setting with where each came from
     (tf2torch's `ugatit_config_sources`: here all from a .meta) has them recorded: what stops its
-    .meta here is only TensorFlow's absence. The same file with that provenance damaged (not
-    JSON, not a dict) records none of them: no .meta would be written from it, and the note says
-    which settings it lacks."""
+    .meta here is only TensorFlow's absence. The same file with a provenance key damaged (not
+    JSON, not the JSON type tf2torch writes, a source that is not a string) was read by torch2tf
+    as "records nothing" and by the port and Morph as "guesses nothing"; now every reader refuses
+    it as it refuses a damaged `ugatit_config` (checkpoint.provenance_in_metadata): torch2tf and
+    the test phase say one `error:` line naming the file and the key (exit 2, nothing written),
+    load_any (translate, exports) and Morph's --init_from raise that OptionError."""
     import json
+
+    import cv2
+
+    from morph.train import _read_ugatit
     from torch_port import checkpoint as ck
+    from torch_port.__main__ import main as port_main
     cfg = ck.plain_config(CFG)
     good = {"ugatit_config_sources": json.dumps({k: "meta" for k in cfg}), "ugatit_config_guessed": "{}",
             "ugatit_config_not_recorded": "[]"}
-    for name, sources in (("good", good["ugatit_config_sources"]), ("not_json", "{not json"), ("list", "[]")):
-        meta = {**good, "ugatit_config": json.dumps(cfg), "ugatit_config_sources": sources}
-        src = _weights_file(tmp_path / f"{name}.safetensors", dict(_model().state_dict()), meta)
-        rc, out, err = _convert(["torch2tf", src, tmp_path / name / "UGATIT_light.model-3"], capsys)
-        notes = [ln for ln in err.splitlines() if "no .meta written" in ln]
-        assert rc == 0 and len(notes) == 1, err
-        if name == "good":
-            assert "(TensorFlow not installed)" in notes[0], notes  # (conftest: no TensorFlow in this test)
-        else:
-            assert "does not record smoothing, img_size, gan_type" in notes[0], (name, notes)
+    src = _weights_file(tmp_path / "good.safetensors", dict(_model().state_dict()),
+                        {**good, "ugatit_config": json.dumps(cfg)})
+    rc, out, err = _convert(["torch2tf", src, tmp_path / "good" / "UGATIT_light.model-3"], capsys)
+    notes = [ln for ln in err.splitlines() if "no .meta written" in ln]
+    assert rc == 0 and len(notes) == 1 and "(TensorFlow not installed)" in notes[0], err  # (conftest: no TF here)
+    assert ck.load_any(str(src), {})["config"]["img_size"] == 32
+    cv2.imwrite(str(tmp_path / "x.png"), np.full((32, 32, 3), 128, np.uint8))
+    monkeypatch.chdir(tmp_path)
+    damaged = (("ugatit_config_sources", "{not json"), ("ugatit_config_sources", "[]"),
+               ("ugatit_config_sources", json.dumps({k: 1 for k in cfg})), ("ugatit_config_guessed", "[]"),
+               ("ugatit_config_guessed", ""), ("ugatit_config_not_recorded", "{}"),
+               ("ugatit_config_not_recorded", "[1]"))
+    for i, (key, text) in enumerate(damaged):
+        src = _weights_file(tmp_path / f"w{i}.safetensors", dict(_model().state_dict()),
+                            {**good, "ugatit_config": json.dumps(cfg), key: text})
+        rc, out, err = _convert(["torch2tf", src, tmp_path / f"tf{i}" / "UGATIT_light.model-3"], capsys)
+        line = _error_line(err)
+        assert rc == 2 and str(src) in line and key in line, (key, text, line)
+        assert not (tmp_path / f"tf{i}").exists(), (key, text)
+        rc = port_main(["--phase", "test", "--checkpoint", str(src), "--input", "x.png", "--device", "cpu",
+                        "--result_dir", f"results{i}"])
+        line = _error_line(capsys.readouterr().err)
+        assert rc == 2 and str(src) in line and key in line, (key, text, line)
+        assert not (tmp_path / f"results{i}").exists(), (key, text)
+        for read in (lambda: ck.load_any(str(src), {}), lambda: _read_ugatit(str(src), dict(CFG), ("ch",))):
+            with pytest.raises(opt.OptionError, match=key) as e:
+                read()
+            assert str(src) in str(e.value), (key, text)
 
 
 def test_torch2tf_refuses_weights_whose_recorded_config_is_damaged(tmp_path, capsys):

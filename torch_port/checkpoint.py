@@ -513,14 +513,43 @@ def _apply_overrides(cfg: dict, overrides: dict, source: str, guessed=()) -> dic
     return cfg
 
 
-def guessed_in_metadata(meta: dict) -> set:
+# tf2torch's record of where each setting of its `ugatit_config` came from (ugatit_common.
+# tf_checkpoint.config.CheckpointConfig.metadata): the key, the JSON type it holds, and its default
+PROVENANCE_KEYS = (("ugatit_config_sources", dict, {}), ("ugatit_config_guessed", dict, {}),
+                   ("ugatit_config_not_recorded", list, []))
+
+
+def provenance_in_metadata(meta: dict, path: str) -> dict:
+    """{key: value} of a weights file's provenance keys (PROVENANCE_KEYS; an absent one: its
+    default). One that is there but damaged (not JSON, not the JSON type expected, a source or a
+    not-recorded name that is not a string) raises one OptionError naming the file and the key,
+    for every reader alike: read as "records nothing" or "guesses nothing", it would pass guesses
+    off as records for one reader and records as guesses for another."""
+    out = {}
+    for key, kind, default in PROVENANCE_KEYS:
+        if key not in meta:
+            out[key] = type(default)(default)
+            continue
+        try:
+            value = json.loads(meta[key])
+        except (TypeError, ValueError) as e:
+            raise opt.OptionError(f"{path!r}: its metadata's {key} is not JSON ({e})") from e
+        items = value.values() if key == "ugatit_config_sources" and isinstance(value, dict) else \
+            value if isinstance(value, list) else ()
+        if not isinstance(value, kind) or not all(isinstance(v, str) for v in items):
+            what = "an object of setting: source" if key == "ugatit_config_sources" else \
+                "an object of setting: value" if kind is dict else "a list of setting names"
+            raise opt.OptionError(f"{path!r}: its metadata's {key} is damaged ({what} expected, as weights_convert "
+                                  f"tf2torch writes it)")
+        out[key] = value
+    return out
+
+
+def guessed_in_metadata(meta: dict, path: str) -> set:
     """The settings a weights file's config holds as guesses, not records (weights_convert
-    tf2torch's `ugatit_config_guessed`: no .meta, folder name or weight shape recorded them)."""
-    try:
-        guessed = json.loads(meta.get("ugatit_config_guessed") or "{}")
-    except ValueError:
-        return set()
-    return set(guessed) if isinstance(guessed, dict) else set()
+    tf2torch's `ugatit_config_guessed`: no .meta, folder name or weight shape recorded them);
+    damaged provenance: provenance_in_metadata's OptionError."""
+    return set(provenance_in_metadata(meta, path)["ugatit_config_guessed"])
 
 
 def config_in_metadata(meta: dict, path: str) -> dict | None:
@@ -637,7 +666,7 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
         if cfg is None:
             raise opt.OptionError(f"{path!r}: no config in its metadata (ugatit_config / config) and no .state.pt "
                                   f"beside it")
-        return {"config": _apply_overrides(opt.config_from(cfg), overrides, path, guessed_in_metadata(meta)),
+        return {"config": _apply_overrides(opt.config_from(cfg), overrides, path, guessed_in_metadata(meta, path)),
                 "state": weights, "step": policy.recorded_step(meta.get("step"), path), "source": path, "kind": "torch_port"}
     v1 = v1_file(path)
     if v1:  # TF1's one-file format: say so, not "not a checkpoint"

@@ -84,6 +84,9 @@ def load_weights(path: str) -> tuple[dict, dict]:
         if isinstance(obj, dict) and "state" in obj:  # a tf2torch .pt: its config and where it came from
             meta = {"ugatit_config": json.dumps(obj.get("config") or {}), "step": obj.get("step", 0)}
             prov = obj.get("config_provenance") or {}
+            if not isinstance(prov, dict):
+                raise ConversionError(f"{path!r}: its config_provenance is damaged (an object of sources, guessed "
+                                      f"and not_recorded expected, as weights_convert tf2torch writes it)")
             if prov:
                 meta.update(ugatit_config_sources=json.dumps(prov.get("sources", {})),
                             ugatit_config_guessed=json.dumps(prov.get("guessed", {})),
@@ -141,21 +144,18 @@ def infer_from_weights_info(weights: dict):
     return infer(None, shapes, use_meta=False, use_model_dir=False)
 
 
-def _recorded_keys(meta: dict, key: str, cfg: dict) -> set:
+def _recorded_keys(meta: dict, key: str, cfg: dict, path: str) -> set:
     """The settings of `cfg` (read from the file's metadata `key`) that the file records as known:
     a port checkpoint's config is its run's flags, all known; a tf2torch output's (`ugatit_config`)
     says per setting where it came from, and a guessed one (source `default`) or one it lists as
-    not recorded is not known."""
+    not recorded is not known. Damaged provenance: the port's rule (checkpoint.
+    provenance_in_metadata), one OptionError naming `path` and the key."""
+    from .checkpoint import provenance_in_metadata
+    prov = provenance_in_metadata(meta, path)
     if key != "ugatit_config":
         return set(cfg)
-    try:
-        sources = json.loads(meta.get("ugatit_config_sources") or "{}")
-        guessed = json.loads(meta.get("ugatit_config_guessed") or "{}")
-        unrecorded = json.loads(meta.get("ugatit_config_not_recorded") or "[]")
-    except ValueError:
-        return set()
-    if not isinstance(sources, dict) or not isinstance(guessed, dict) or not isinstance(unrecorded, list):
-        return set()
+    sources, guessed = prov["ugatit_config_sources"], prov["ugatit_config_guessed"]
+    unrecorded = prov["ugatit_config_not_recorded"]
     return {k for k in cfg if sources.get(k, "default") != "default" and k not in guessed and k not in unrecorded}
 
 
@@ -219,12 +219,13 @@ def prepare(inp: str, weights_only: bool = False, log=print) -> Prepared:
         raise ConversionError(f"{path!r} is a Morph-UGATIT checkpoint: it has no TensorFlow counterpart")
     # the port's rule (checkpoint.config_in_metadata): a config that is not a JSON object is a damaged
     # file, refused naming it - never read as no config and replaced by guesses from the shapes
+    # and so is damaged provenance (which of its settings are records, which guesses)
     from .checkpoint import config_in_metadata
     try:
         cfg = config_in_metadata(meta, path) or None
+        recorded = _recorded_keys(meta, "ugatit_config" if "ugatit_config" in meta else "config", cfg or {}, path)
     except opt.OptionError as e:
         raise ConversionError(f"{e}; nothing was written") from None
-    recorded = _recorded_keys(meta, "ugatit_config" if "ugatit_config" in meta else "config", cfg) if cfg else set()
     step = policy.recorded_step(meta.get("step"), path)
     m = _STEP.search(path)
     state = None
