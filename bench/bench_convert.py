@@ -46,6 +46,14 @@ STEP = 10000  # the checkpoint's step number (its name: UGATIT.model-10000)
 
 
 # ====================================================================== child phases
+def _reply(obj) -> None:
+    """A phase's result line to the parent: strict JSON (bench/workers.reply; NaN / inf as null,
+    named in `non_finite`)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from workers import reply
+    reply(obj)
+
+
 def phase_make(folder: str, manifest_path: str, seed: int) -> None:
     """Build tf_reference's full 256 px training graph, write its variables with BundleWriter,
     check TF reads back the same names/shapes/dtypes, write `checkpoint` and the manifest."""
@@ -145,8 +153,8 @@ def phase_naive(folder: str, out: str) -> None:
     finally:
         os.close(fd)
     t4 = time.perf_counter()
-    print(json.dumps({"import_s": t1 - t0, "read_s": t2 - t1, "save_s": t3 - t2, "fsync_s": t4 - t3,
-                      "tensors": len(state)}))
+    _reply({"import_s": t1 - t0, "read_s": t2 - t1, "save_s": t3 - t2, "fsync_s": t4 - t3,
+             "tensors": len(state)})
 
 
 def phase_import_only(which: str) -> None:
@@ -168,7 +176,7 @@ def phase_compare(a: str, b: str) -> None:
     with safe_open(a, "np") as fa, safe_open(b, "np") as fb:
         ka, kb = set(fa.keys()), set(fb.keys())
         if ka != kb:
-            print(json.dumps({"identical": False, "only_in_a": sorted(ka - kb)[:10], "only_in_b": sorted(kb - ka)[:10]}))
+            _reply({"identical": False, "only_in_a": sorted(ka - kb)[:10], "only_in_b": sorted(kb - ka)[:10]})
             return
         diff, nbytes = [], 0
         for k in sorted(ka):
@@ -179,10 +187,16 @@ def phase_compare(a: str, b: str) -> None:
                 diff.append(k)
             nbytes += x.nbytes
             del x, y
-    print(json.dumps({"identical": not diff, "tensors": len(ka), "bytes": nbytes, "different": diff[:10]}))
+    _reply({"identical": not diff, "tensors": len(ka), "bytes": nbytes, "different": diff[:10]})
 
 
 # ====================================================================== parent (stdlib only)
+def _phase_result(output: str) -> dict:
+    """A child phase's result: its output's last line, strict JSON (`_reply`), NaN / inf put back."""
+    from workers import strict_json
+    return strict_json().restore(json.loads(output.strip().splitlines()[-1]))
+
+
 def run_measured(cmd: list, log: str) -> dict:
     """Run `cmd` in a fresh child; wall seconds and the child's own peak RSS (os.wait4)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
@@ -385,13 +399,13 @@ def main(argv=None) -> int:
                        "wall_s": r["wall_s"], "user_s": r["user_s"], "sys_s": r["sys_s"],
                        "peak_rss_bytes": r["peak_rss_bytes"], "out_bytes": os.path.getsize(outs[conv])}
                 if conv == "tf_load_checkpoint":
-                    row["phases_s"] = json.loads(r["output"].strip().splitlines()[-1])
+                    row["phases_s"] = _phase_result(r["output"])
                 runs.append(row)
                 print(f"    {row['wall_s']:.1f} s, peak RSS {fmt_mib(row['peak_rss_bytes'])} MiB", flush=True)
 
         cmp_run = run_measured([sys.executable, os.path.abspath(__file__), "--_phase", "compare",
                                 outs["weights_convert"], outs["tf_load_checkpoint"]], os.path.join(logs, "compare.log"))
-        comparison = json.loads(cmp_run["output"].strip().splitlines()[-1])
+        comparison = _phase_result(cmp_run["output"])
         parent_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
         ours = [r for r in runs if r["converter"] == "weights_convert"]

@@ -24,7 +24,6 @@ of issue 17 beside the measured values:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -36,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ugatit_common import options as opt  # noqa: E402
 
 from work_folders import work_folder  # noqa: E402 - bench/work_folders.py
-from workers import Worker, check_json_out, write_json  # bench/workers.py (this folder is sys.path[0] when run as a script)
+from workers import Worker, check_json_out, reply, write_json  # bench/workers.py (this folder is sys.path[0] when run as a script)
 
 CPU_MODES = ["fp32", "fp32+compile", "bf16", "bf16+compile"]
 CUDA_MODES = CPU_MODES + ["fp16", "fp16+compile"]  # --device cuda --modes ...: the worker design on a GPU
@@ -176,20 +175,20 @@ def worker(name, cfg, device, modes, want_profile, threads=None):
         fns, info, state = torch_worker(cfg, device, modes)
     else:
         fns, info, state = tf_worker(cfg, threads)
-    print(json.dumps({"ready": True, "info": info}), flush=True)
+    reply({"ready": True, "info": info})
     for line in sys.stdin:
         what = line.strip()
         if what == "quit":
             break
         if what == "profile":
-            print(json.dumps({"profile": profile(state, modes) if want_profile else {}}), flush=True)
+            reply({"profile": profile(state, modes) if want_profile else {}})
             continue
         if what == "probe":
-            print(json.dumps({"rates": fns["probe"]()}), flush=True)
+            reply({"rates": fns["probe"]()})
             continue
         t = time.perf_counter()
         fns[what]()
-        print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
+        reply({"seconds": time.perf_counter() - t})
     return 0
 
 

@@ -17,7 +17,6 @@ The export and its verification always run on the CPU (torch_port.export).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ugatit_common import options as opt  # noqa: E402
 
 from work_folders import work_folder  # noqa: E402 - bench/work_folders.py
-from workers import Worker  # bench/workers.py (this folder is sys.path[0] when run as a script)
+from workers import Worker, reply  # bench/workers.py (this folder is sys.path[0] when run as a script)
 
 RUNTIMES = ("onnxruntime", "onnxruntime_fp16", "torch_port", "tf_reference")
 
@@ -110,18 +109,18 @@ def runner(name: str, cfg: dict, batch: int, threads: int, model_dir: str, provi
 
 def worker(name: str, cfg: dict, batch: int, threads: int, model_dir: str, provider: str = "cpu") -> int:
     forward, info = runner(name, cfg, batch, threads, model_dir, provider)
-    print(json.dumps({"ready": True, **info}), flush=True)
+    reply({"ready": True, **info})
     for line in sys.stdin:
         what = line.strip()
         if what == "quit":
             break
         if what.startswith("dump "):
             np.save(what[5:], forward())
-            print(json.dumps({"dumped": True}), flush=True)
+            reply({"dumped": True})
             continue
         t = time.perf_counter()
         forward()
-        print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
+        reply({"seconds": time.perf_counter() - t})
     return 0
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import json
 import statistics
 import sys
 import time
@@ -44,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ugatit_common import options as opt  # noqa: E402
 
 from work_folders import work_folder  # noqa: E402 - bench/work_folders.py
-from workers import Worker, check_json_out, measured_on, targets_note, write_json  # bench/workers.py (this folder is sys.path[0] as a script)
+from workers import Worker, check_json_out, measured_on, reply, targets_note, write_json  # bench/workers.py (this folder is sys.path[0] as a script)
 
 
 def _inputs(s):
@@ -356,31 +355,31 @@ def worker(name: str, cfg: dict, device: str, weights: str | None, modes: list[s
         train, translate = tf_runner(cfg, weights)
         trains = {"tf": train}
         sync = None
-    print(json.dumps({"ready": True}), flush=True)
+    reply({"ready": True})
     for line in sys.stdin:
         what = line.strip()
         if what == "quit":
             break
         if what == "floor":
-            print(json.dumps(floor()), flush=True)
+            reply(floor())
             continue
         if what.startswith("build:") or what.startswith("release:"):
             kind, mode = what.split(":", 1)
-            print(json.dumps((build if kind == "build" else release)(mode)), flush=True)
+            reply((build if kind == "build" else release)(mode))
             continue
         if what.startswith("profile:"):
             mode = what.split(":", 1)[1]
-            print(json.dumps({"ops": profile(lambda: [v.result() for v in trains[mode]()])}), flush=True)
+            reply({"ops": profile(lambda: [v.result() for v in trains[mode]()])})
             continue
         if what.startswith("pipe:"):
             _, mode, n = what.split(":")
-            print(json.dumps({"seconds": _pipelined(trains[mode], sync, int(n))}), flush=True)
+            reply({"seconds": _pipelined(trains[mode], sync, int(n))})
             continue
         if what == "translate" or sync is None:  # tf_reference's callables return when done
             fn = translate if what == "translate" else trains[what.split(":", 1)[1]]
-            print(json.dumps({"seconds": _timed(fn)}), flush=True)
+            reply({"seconds": _timed(fn)})
             continue
-        print(json.dumps(_timed_iteration(trains[what.split(":", 1)[1]], sync)), flush=True)
+        reply(_timed_iteration(trains[what.split(":", 1)[1]], sync))
     return 0
 
 

@@ -86,20 +86,10 @@ step() {
     merge_results  # after every step: a run cut short still returns the JSON measured so far
 }
 
-# results.json: every JSON part written so far (a part cut mid-write is named, not fatal)
+# results.json: every JSON part written so far (a part cut mid-write is named, not fatal), as strict
+# JSON (a NaN / inf as null, named in `non_finite`: bench/merge_results.py)
 merge_results() {
-    $PY - "$WORK" "$OUT/results.json" <<'EOF'
-import glob, json, os, sys
-work, out = sys.argv[1], sys.argv[2]
-parts = {}
-for p in sorted(glob.glob(os.path.join(work, "*.json"))):
-    try:
-        parts[os.path.basename(p)[:-5]] = json.load(open(p))
-    except (OSError, ValueError) as e:
-        parts[os.path.basename(p)[:-5]] = {"unreadable": str(e)}
-json.dump(parts, open(out + ".tmp", "w"), indent=1, default=str)
-os.replace(out + ".tmp", out)
-EOF
+    $PY bench/merge_results.py parts "$WORK" "$OUT/results.json"
 }
 
 step device 30 tests.log $PY -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0), "bf16:", torch.cuda.is_bf16_supported(), "GiB:", round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1))'

@@ -77,20 +77,7 @@ step onnx_cuda_provider 20 "$BENCH_LOG" $PY bench/bench_onnx.py --provider cuda 
 step onnx_fp16_export "${INFER_ONNX_S:-30}" "$BENCH_LOG" $PY bench/bench_onnx.py --img_size 64 --ch 64 --fp16 \
     --runtimes onnxruntime_fp16,torch_port --skip_tf --iters 2 --threads 8 || rc=1
 
-$PY - "$JSON" "$STEPS" "$TESTS_LOG" <<'EOF'
-import json, os, re, sys
-path, steps, tests_log = sys.argv[1:4]
-data = json.load(open(path)) if os.path.exists(path) else {"sections": {}, "errors": {"bench": "no JSON written"}}
-data["steps"] = {n: {"exit": int(c), "seconds": float(s)} for n, c, s in
-                 (item.split() for item in steps.split(";") if item.strip())}
-tail = [l for l in open(tests_log).read().splitlines()
-        if re.search(r"\d+ (passed|failed|errors?|skipped|deselected)\b.* in [\d.]+s", l)]
-data["steps"].setdefault("tests", {})["summary"] = tail[-1] if tail else "no pytest summary (timed out?)"
-tmp = path + ".tmp"
-json.dump(data, open(tmp, "w"), indent=1, default=str)
-os.replace(tmp, path)
-print("gpu_check_infer:", "; ".join(f"{n} exit {v['exit']} ({v['seconds']:.0f} s)" for n, v in data["steps"].items()))
-print("tests:", data["steps"]["tests"]["summary"])
-EOF
+# the steps' exit codes and seconds into infer.json, strict JSON (bench/merge_results.py)
+$PY bench/merge_results.py infer "$JSON" "$STEPS" "$TESTS_LOG"
 grep -A12 "^| target" "$BENCH_LOG" | head -14
 exit $rc

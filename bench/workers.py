@@ -1,12 +1,30 @@
 """One benchmark worker process per framework, driven over stdin/stdout, so TF and torch never
 share a process (their thread pools and allocators would skew each other) and can be timed
-alternately in the same run. A worker script answers each request line with one JSON line;
-its first JSON line (`hello`) describes it."""
+alternately in the same run. A worker script answers each request line with one JSON line
+(`reply`: strict JSON, a NaN / inf as null named in `non_finite`, put back by `Worker`); its first
+JSON line (`hello`) describes it."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+
+
+def strict_json():
+    """ugatit_common.strict_json (the project root put on sys.path: a bench script runs with bench/
+    as sys.path[0]): the one rule for NaN / inf in the JSON the project writes."""
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from ugatit_common import strict_json as module
+    return module
+
+
+def reply(obj) -> None:
+    """A worker's answer to its parent: one line of strict JSON on stdout, flushed (a NaN timing or
+    loss as null, named in `non_finite`; Worker puts it back)."""
+    print(strict_json().dumps(obj), flush=True)
 
 
 class Worker:
@@ -24,7 +42,7 @@ class Worker:
                 self._close_pipes()
                 raise RuntimeError(f"{self.name} worker exited (code {code})")
             if line.startswith("{"):
-                return json.loads(line)
+                return strict_json().restore(json.loads(line))
 
     def ask(self, what: str) -> dict:
         self.proc.stdin.write(what + "\n")
@@ -120,12 +138,9 @@ def write_json(path: str, data, **dump) -> str:
     leaves the previous results whole, never half a file. Stamped `written_by: bench/<script>`
     (a list is wrapped as `results`), so that a next run knows it may replace this file and no other."""
     import os
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    from ugatit_common import strict_json  # NaN / inf (a failed timing) as null, named in `non_finite`
+    strict = strict_json()  # NaN / inf (a failed timing) as null, named in `non_finite`
     from ugatit_common.atomic import write_bytes_atomic
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     stamp = {"written_by": RESULTS_STAMP + (script if script.endswith(".py") else "")}
     data = {**stamp, **data} if isinstance(data, dict) else {**stamp, "results": data}
-    return write_bytes_atomic(path, strict_json.dumps(data, **dump).encode("utf-8"))
+    return write_bytes_atomic(path, strict.dumps(data, **dump).encode("utf-8"))

@@ -178,6 +178,112 @@ def test_a_dead_workers_close_returns(bench_modules, tmp_path):
     assert w.proc.returncode == 3 and w.proc.stdin.closed and w.proc.stdout.closed
 
 
+# -- a NaN / inf measurement stays strict JSON from the worker to the merged results --------------------
+
+def _refuse_bare_constant(name):
+    raise ValueError(f"not strict JSON: {name}")
+
+
+def _strict_load(path):
+    """A file as a strict parser reads it (jq, JavaScript, serde_json): NaN / Infinity refused."""
+    with open(path) as fh:
+        return json.loads(fh.read(), parse_constant=_refuse_bare_constant)
+
+
+def _script_part(script: str, first: str, last: str) -> str:
+    """The lines of bench/`script` from the one matching `first` to the one matching `last`."""
+    with open(os.path.join(ROOT, script)) as fh:
+        lines = fh.read().splitlines()
+    i = next(n for n, ln in enumerate(lines) if re.search(first, ln))
+    j = next(n for n, ln in enumerate(lines) if n >= i and re.search(last, ln))
+    return "\n".join(lines[i:j + 1])
+
+
+NAN_TRAIN_WORKER = textwrap.dedent("""
+    import math, sys
+    sys.path.insert(0, sys.argv[sys.argv.index("--bench") + 1])
+    from workers import reply  # the benchmarks' own answer line
+    reply({"ready": True})
+    for line in sys.stdin:
+        what = line.strip()
+        if what == "quit":
+            break
+        if what.startswith("pipe:"):  # a timing that failed
+            reply({"seconds": math.nan})
+        elif what.startswith("train:"):
+            reply({"seconds": 0.05, "host_seconds": 0.01, "loss": math.inf})
+        elif what == "floor":
+            reply({"flops": 1e9, "peak": 1e12, "peak_bf16": 2e12})
+        elif what.startswith("release:"):
+            reply({"released": what[8:]})
+        else:
+            reply({"built": what})
+""")
+
+
+def test_a_nan_measurement_is_strict_json_from_worker_to_merged_results(bench_modules, fake_gpu, monkeypatch,
+                                                                         tmp_path, capsys):
+    """A worker's NaN timing or inf loss went to its parent as Python's bare `NaN` / `Infinity`,
+    and gpu_check.sh / gpu_check_infer.sh merged their parts with json.dump: a part that held one
+    (or its `non_finite` field, nested under the part's name where no reader looks) left
+    results.json / infer.json either not strict JSON or with the value lost. Now the worker's line
+    is strict JSON (workers.reply), the parent gets the NaN back (Worker), the benchmark's file is
+    strict, and both scripts' merges (run here as the scripts run them) write strict JSON whose
+    top `non_finite` field names each value where it is: strict_json.restore puts it back."""
+    import math
+
+    from ugatit_common import strict_json
+    bench_train = bench_modules("bench_train")
+    from workers import Worker, reply
+    reply({"seconds": math.nan, "loss": -math.inf})  # the worker's line itself
+    line = capsys.readouterr().out
+    assert strict_json.restore(json.loads(line, parse_constant=_refuse_bare_constant)) is not None, line
+    got = strict_json.restore(json.loads(line))
+    assert math.isnan(got["seconds"]) and got["loss"] == -math.inf, line
+
+    script = tmp_path / "nan_worker.py"
+    script.write_text(NAN_TRAIN_WORKER)
+    w = Worker(str(script), "torch_port", ["--bench", BENCH])
+    try:  # the parent gets the numbers back, not None
+        assert math.isnan(w.time("pipe:fp32:3")) and w.ask("train:fp32")["loss"] == math.inf
+    finally:
+        w.close()
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    monkeypatch.setattr(bench_train, "_Worker", lambda name, args, env=None: Worker(
+        str(script), name, list(args) + ["--bench", BENCH], env))
+    assert bench_train.main(["--device", "cuda", "--modes", "fp32", "--iters", "1", "--warmup", "1",
+                             "--pipelined", "3", "--json", str(work / "bench_train.json")]) == 0
+    part = _strict_load(work / "bench_train.json")
+    assert math.isnan(strict_json.restore(part)["rows"]["fp32"]["pipelined_seconds"]), part
+    with open(work / "drift.json", "w") as fh:  # a part written with Python's bare NaN (not write_json)
+        json.dump({"spread": [0.0, math.nan]}, fh)
+    env = dict(os.environ, PY=sys.executable, WORK=str(work), OUT=str(out), PYTHONPATH=ROOT)
+    merge = _script_part("bench/gpu_check.sh", r"^merge_results\(\) \{", r"^\}")
+    p = subprocess.run(["bash", "-c", merge + "\nmerge_results"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    merged = strict_json.restore(_strict_load(out / "results.json"))
+    assert math.isnan(merged["bench_train"]["rows"]["fp32"]["pipelined_seconds"]), merged
+    assert math.isnan(merged["drift"]["spread"][1]) and merged["drift"]["spread"][0] == 0.0, merged
+
+    # gpu_check_infer.sh: infer.json (the benchmark's, a NaN timing in it) with the steps added
+    infer = out / "infer.json"
+    with open(infer, "w") as fh:
+        json.dump({"sections": {"fast": {"batch1": math.nan}}}, fh)
+    (out / "infer_tests.log").write_text("3 passed in 1.00s\n")
+    steps = _script_part("bench/gpu_check_infer.sh", r'"\$JSON" "\$STEPS" "\$TESTS_LOG"', r"^(EOF|\$PY .*TESTS_LOG\")$")
+    p = subprocess.run(["bash", "-c", steps], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env=dict(env, JSON=str(infer), STEPS="tests 0 1;bench 124 110;",
+                                TESTS_LOG=str(out / "infer_tests.log")))
+    assert p.returncode == 0 and "tests: 3 passed in 1.00s" in p.stdout, (p.stdout, p.stderr)
+    data = strict_json.restore(_strict_load(infer))
+    assert math.isnan(data["sections"]["fast"]["batch1"]) and data["steps"]["bench"] == {"exit": 124,
+                                                                                          "seconds": 110.0}, data
+
+
 # -- every command line of the two scripts passes its script's checks, as on the GPU machine ----------
 
 SCRIPTS = ("bench/gpu_check.sh", "bench/gpu_check_infer.sh")
