@@ -5,6 +5,11 @@ and peak RSS of `weights_convert.py tf2torch --with_optimizer` against a
     python bench/bench_convert.py                       # cold and warm page cache, then clean up
     python bench/bench_convert.py --keep --out r.json   # keep /tmp/bench_convert/ for the next run
     python bench/bench_convert.py --work DIR            # another work folder (default /tmp/bench_convert)
+    python bench/bench_convert.py --light True --img_size 32 --ch 4 --n_dis 4   # a small checkpoint (MBs) to try it
+
+--light, --img_size, --ch and --n_dis (spelled as the trainers spell them; default the full 256 px
+model with ch 64 and n_dis 6, about 8 GB) set the checkpoint's model; a kept checkpoint of another
+model is refused, not rebuilt.
 
 One run owns the work folder (ugatit_common.run_lock: a second run at once stops, naming the
 first); it removes only what it made there (its outputs and logs, and the checkpoint unless
@@ -43,6 +48,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = "/tmp/bench_convert"
 MiB = 1 << 20
 STEP = 10000  # the checkpoint's step number (its name: UGATIT.model-10000)
+LOCK_NAMES = (".bench-convert.lock", ".bench-convert.owner")  # this script's hold on its --work folder
+DEFAULT_MODEL = {"light": False, "img_size": 256, "ch": 64, "n_dis": 6}  # the checkpoint measured by default (~8 GB)
 
 
 # ====================================================================== child phases
@@ -54,9 +61,10 @@ def _reply(obj) -> None:
     reply(obj)
 
 
-def phase_make(folder: str, manifest_path: str, seed: int) -> None:
-    """Build tf_reference's full 256 px training graph, write its variables with BundleWriter,
-    check TF reads back the same names/shapes/dtypes, write `checkpoint` and the manifest."""
+def phase_make(folder: str, manifest_path: str, seed: int, model: str = "{}") -> None:
+    """Build tf_reference's training graph (default the full 256 px model; `model`: JSON of the
+    light / img_size / ch flags), write its variables with BundleWriter, check TF reads back the
+    same names/shapes/dtypes, write `checkpoint` and the manifest."""
     import numpy as np
     sys.path.insert(0, ROOT)
     from tf_reference.compat import tf
@@ -64,7 +72,7 @@ def phase_make(folder: str, manifest_path: str, seed: int) -> None:
     from torch_port.tf_bundle import BundleWriter, write_checkpoint_state
     from ugatit_common import options as opt
 
-    cfg = opt.validate(opt.config_from(light=False, img_size=256, phase="train"))
+    cfg = opt.validate(opt.config_from(phase="train", **{**DEFAULT_MODEL, **json.loads(model)}))
     t = time.perf_counter()
     g = tf.Graph()
     with g.as_default():
@@ -256,7 +264,20 @@ def write_speed(folder: str, nbytes: int = 1 << 30) -> float:
     return nbytes / dt
 
 
-def ensure_checkpoint(folder: str, manifest_path: str, seed: int, logs: str) -> dict:
+def _model_text(model: dict) -> str:
+    return ", ".join(f"{k}={model.get(k)}" for k in DEFAULT_MODEL)
+
+
+def kept_model(manifest_path: str, ckpt_folder: str) -> dict | None:
+    """{light, img_size, ch} of an earlier --keep run's checkpoint (its manifest's config), or None."""
+    if not kept_manifest(manifest_path, ckpt_folder):
+        return None
+    with open(manifest_path) as f:
+        config = json.load(f).get("config") or {}
+    return {k: config.get(k) for k in DEFAULT_MODEL}
+
+
+def ensure_checkpoint(folder: str, manifest_path: str, seed: int, logs: str, model: dict | None = None) -> dict:
     if os.path.isfile(manifest_path):
         with open(manifest_path) as f:
             m = json.load(f)
@@ -268,9 +289,11 @@ def ensure_checkpoint(folder: str, manifest_path: str, seed: int, logs: str) -> 
             return m
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
-    print(f"making the checkpoint in {folder} (graph build + ~8 GB of random values) ...", flush=True)
+    model = dict(model or DEFAULT_MODEL)
+    size = "~8 GB" if model == DEFAULT_MODEL else _model_text(model)
+    print(f"making the checkpoint in {folder} (graph build + random values, {size}) ...", flush=True)
     r = run_measured([sys.executable, os.path.abspath(__file__), "--_phase", "make", folder, manifest_path,
-                      str(seed)], os.path.join(logs, "make.log"))
+                      str(seed), json.dumps(model)], os.path.join(logs, "make.log"))
     print(r["output"].rstrip(), flush=True)
     with open(manifest_path) as f:
         m = json.load(f)
@@ -303,6 +326,11 @@ def foreign_names(work: str) -> list[str]:
     return bad
 
 
+def _size(n: float) -> str:
+    """A checkpoint's size: GB for the default's, MB for a small one's."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.2f} MB"
+
+
 def fmt_mib(n: float) -> str:
     return f"{n / MiB:,.0f}"
 
@@ -310,7 +338,7 @@ def fmt_mib(n: float) -> str:
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--_phase":
         kind, rest = sys.argv[2], sys.argv[3:]
-        {"make": lambda: phase_make(rest[0], rest[1], int(rest[2])),
+        {"make": lambda: phase_make(rest[0], rest[1], int(rest[2]), *rest[3:]),
          "naive": lambda: phase_naive(*rest), "imports": lambda: phase_import_only(*rest),
          "compare": lambda: phase_compare(*rest)}[kind]()
         return 0
@@ -328,7 +356,20 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=WORK, type=path_value, help=f"work folder, owned by this run while it runs (default {WORK})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=path_value, help="also write the results as JSON to this file")
+    from ugatit_common import options as opt
+    p.add_argument("--light", type=opt.str2bool, default=DEFAULT_MODEL["light"],
+                   help="the checkpoint's model: light (True) or full (False, the default)")
+    p.add_argument("--img_size", type=int, default=DEFAULT_MODEL["img_size"],
+                   help=f"its image size (default {DEFAULT_MODEL['img_size']}; e.g. 32 with --ch 4 --n_dis 4 for a quick try)")
+    p.add_argument("--ch", type=int, default=DEFAULT_MODEL["ch"], help=f"its base channels (default {DEFAULT_MODEL['ch']})")
+    p.add_argument("--n_dis", type=int, default=DEFAULT_MODEL["n_dis"],
+                   help=f"its discriminator layers (default {DEFAULT_MODEL['n_dis']}: 96 px at least; 4: 32 px)")
     a = p.parse_args(argv)
+    model = {k: getattr(a, k) for k in DEFAULT_MODEL}
+    try:  # the trainers' rules (a multiple of 4, the discriminators' least size, ch >= 1), before any work
+        opt.validate(opt.config_from(phase="train", **model))
+    except opt.OptionError as e:
+        p.error(str(e))
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/ (as when run as a script)
     from workers import check_json_out, write_json  # bench/workers.py: standard library only
     if a.out and check_json_out(a.out, "--out"):  # checked before minutes of work, not after
@@ -337,14 +378,28 @@ def main(argv=None) -> int:
     from ugatit_common import run_lock
     from ugatit_common.options import OptionError
     work = os.path.abspath(a.work)
-    try:  # one run per work folder: another's checkpoint is never rebuilt or removed under it
-        lock = run_lock.acquire(work, "--work folder")
+    try:  # one run per work folder: another's checkpoint is never rebuilt or removed under it. Its own
+        # lock names: a training's (run_lock's default) would make weights_convert refuse to write its
+        # output into out/ ("a folder of a running training")
+        lock = run_lock.acquire(work, "--work folder", lock_name=LOCK_NAMES[0], owner_name=LOCK_NAMES[1])
     except OptionError as e:
         p.error(str(e))
+    training = run_lock.held_by(work)  # a training (or another command) holding the folder the usual way
+    if training is not None:
+        lock.release()
+        run_lock.remove_created(lock)
+        p.error(f"--work folder {work!r} is in use by another run ({training.describe()}); wait for it to end, "
+                f"or give this run another folder")
     ckpt_folder = os.path.join(work, "checkpoint", "UGATIT_bench")
     manifest_path = os.path.join(work, "manifest.json")
     out_folder, logs = os.path.join(work, "out"), os.path.join(work, "logs")
     foreign = foreign_names(work)
+    other = kept_model(manifest_path, ckpt_folder)
+    if not foreign and other is not None and other != model:
+        lock.release()
+        run_lock.remove_created(lock)
+        p.error(f"--work {a.work!r} holds a kept checkpoint of another model ({_model_text(other)}; this run: "
+                f"{_model_text(model)}): give its flags, or another --work folder (it is never rebuilt)")
     if foreign:  # never written into, never removed at the end: not this script's
         lock.release()
         run_lock.remove_created(lock)
@@ -356,7 +411,7 @@ def main(argv=None) -> int:
     for d in (out_folder, logs):
         os.makedirs(d, exist_ok=True)
     try:
-        m = ensure_checkpoint(ckpt_folder, manifest_path, a.seed, logs)
+        m = ensure_checkpoint(ckpt_folder, manifest_path, a.seed, logs, model)
         data = m["data"]
         tensors = m["tensors"]
         largest_name = max(tensors, key=lambda n: tensors[n]["nbytes"])
@@ -371,7 +426,9 @@ def main(argv=None) -> int:
         disk["cat_warm_s"] = timed_cat(data)
         disk["read_cold_Bps"] = os.path.getsize(data) / disk["cat_cold_s"]
         disk["read_warm_Bps"] = os.path.getsize(data) / disk["cat_warm_s"]
-        disk["write_fdatasync_Bps"] = write_speed(out_folder)
+        # a probe of the checkpoint's size (1 GiB at most: the default's; 16 MiB at least)
+        probe = min(1 << 30, max(16 * MiB, -(-os.path.getsize(data) // (16 * MiB)) * 16 * MiB))
+        disk["write_fdatasync_Bps"] = write_speed(out_folder, probe)
 
         outs = {"weights_convert": os.path.join(out_folder, "weights_convert.safetensors"),
                 "tf_load_checkpoint": os.path.join(out_folder, "tf_load_checkpoint.safetensors")}
@@ -450,9 +507,11 @@ def _cpu_name() -> str:
 def print_table(res: dict) -> None:
     c, d = res["checkpoint"], res["disk"]
     gb = 1e9
-    print(f"\nfull 256 px training checkpoint with Adam slots: {c['tensors']} tensors, "
-          f"{c['bytes_on_disk'] / gb:.2f} GB on disk; largest tensor {c['largest_tensor']} "
-          f"{fmt_mib(c['largest_tensor_bytes'])} MiB")
+    cfg = c["config"]
+    kind = "light" if cfg.get("light") else "full"
+    print(f"\n{kind} {cfg.get('img_size')} px (ch {cfg.get('ch')}) training checkpoint with Adam slots: {c['tensors']} tensors, "
+          f"{_size(c['bytes_on_disk'])} on disk; largest tensor {c['largest_tensor']} "
+          f"{_size(c['largest_tensor_bytes'])}")
     print(f"machine: {res['machine']['cpus']} CPUs, {res['machine']['cpu']}")
     print(f"data file read with cat: cold {d['read_cold_Bps'] / gb:.2f} GB/s ({d['cat_cold_s']:.1f} s), "
           f"warm {d['read_warm_Bps'] / gb:.2f} GB/s ({d['cat_warm_s']:.1f} s); "
