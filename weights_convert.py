@@ -448,7 +448,8 @@ def run_record_plan(folder: str, cfg: dict, recorded, source: str, overwrite: bo
                                                        "there and never replaces a file that is not one)")
     except policy.RunRecordDamaged as e:
         raise ConversionError(f"{e}; nothing was written") from None
-    mine = json.loads(ours) if ours is not None else None
+    from ugatit_common import strict_json  # a name that is not UTF-8 back from its bytes, as read_run_record does
+    mine = strict_json.restore(json.loads(ours)) if ours is not None else None
     if mine is not None and (mine["img_size"], mine["options"]) == (theirs["img_size"], theirs["options"]):
         return None, False
     if not overwrite:
