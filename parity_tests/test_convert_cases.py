@@ -720,6 +720,14 @@ def test_damaged_provenance_is_one_error_in_every_reader(tmp_path, monkeypatch, 
             with pytest.raises(opt.OptionError, match=key) as e:
                 read()
             assert str(src) in str(e.value), (key, text)
+    # a tf2torch .pt holds the same provenance as its `config_provenance`: damaged, the same error
+    for i, prov in enumerate(("not a dict", {"sources": "not a dict"})):
+        src = tmp_path / f"p{i}.pt"
+        torch.save({"state": dict(_model().state_dict()), "config": cfg, "config_provenance": prov}, str(src))
+        rc, out, err = _convert(["torch2tf", src, tmp_path / f"tfp{i}" / "UGATIT_light.model-3"], capsys)
+        line = _error_line(err)
+        assert rc == 2 and str(src) in line and ("config_provenance" in line or "ugatit_config_sources" in line), line
+        assert not (tmp_path / f"tfp{i}").exists(), prov
 
 
 def test_torch2tf_refuses_weights_whose_recorded_config_is_damaged(tmp_path, capsys):
