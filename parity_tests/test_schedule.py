@@ -212,3 +212,40 @@ def test_official_loop_is_the_official_code_on_known_cases():
     cfg3 = opt.config_from(BASE, epoch=4, iteration=1, decay_flag=True, decay_epoch=2, n_critic=1, save_freq=1,
                            print_freq=1000, lr=1.0)
     assert [s[2] for s in official_loop(cfg3)["steps"] if s[0] == "D"] == [1.0, 1.0, 1.0, 0.5]
+
+
+@pytest.mark.tf
+@pytest.mark.slow  # a TF train graph (1-4 minutes on 2 cores)
+def test_tf_references_schedule_is_the_official_loops(tmp_path, monkeypatch, capsys, tf_checkpoint):
+    """tf_reference's own loop (its TF session, not the port's) on one case: n_critic 2, a save
+    every 2 batches and a sample every batch over 2 epochs of 3; resumed at counter 2 (epoch 0,
+    batch 2, a D-only first step with a sample due: skipped where the official loop stops on a
+    NameError)."""
+    from tf_reference import train as phases
+    from ugatit_common.demo_data import make_demo_dataset
+    resume = 2
+    make_demo_dataset(str(tmp_path), "t", 32, n_train=3, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    cfg = opt.validate(opt.config_from(BASE, epoch=2, iteration=3, decay_flag=True, decay_epoch=1, n_critic=2,
+                                       save_freq=2, print_freq=1, checkpoint_dir="ck", result_dir="res",
+                                       log_dir="logs", sample_dir="samples"))
+    paths = opt.run_paths(cfg)
+    _place_tf_checkpoint(tf_checkpoint, paths.checkpoint, resume)
+    saves = []
+    real_save = phases.save
+
+    def save(sess, saver, cfg_, folder, step, owner):
+        saves.append(step)
+        return real_save(sess, saver, cfg_, folder, step, owner)
+    monkeypatch.setattr(phases, "save", save)
+    capsys.readouterr()
+    phases.train(cfg)
+    out = capsys.readouterr().out
+    want = official_loop(cfg, resume)
+    lines = [(int(m.group(1)), int(m.group(2))) for m in re.finditer(r"Epoch: \[ *(\d+)\] \[ *(\d+)/ *\d+\]", out)]
+    assert lines == want["lines"]
+    assert sorted(os.listdir(paths.sample)) == sorted(want["samples"])
+    assert list(dict.fromkeys(saves)) == want["saves"]
+    kept = sorted(int(m.group(1)) for n in os.listdir(paths.checkpoint)
+                  for m in [re.fullmatch(r"UGATIT_light\.model-(\d+)\.index", n)] if m)
+    assert kept == sorted(set(want["kept"]) | {resume})
