@@ -88,8 +88,9 @@ def write_forward_checkpoint(root: str, cfg: dict, seed: int = 0, step: int = 1)
                 return phases.save(sess, saver, cfg, folder, step, owner)
 
 
-def write_train_checkpoint(root: str, cfg: dict, seed: int = 0, step: int = 1) -> str:
-    """The official train graph as tf_reference.train.train builds it, initialised and saved."""
+def write_train_checkpoint(root: str, cfg: dict, seed: int = 0, step: int = 1, force_augment=None) -> str:
+    """The official train graph as tf_reference.train.train builds it, initialised and saved.
+    `force_augment`: the official build-time augmentation coin's side (train_iterator's)."""
     from tf_reference import train as phases
     from tf_reference.compat import tf
     files_A = opt.domain_files(cfg, "trainA", root)
@@ -98,7 +99,7 @@ def write_train_checkpoint(root: str, cfg: dict, seed: int = 0, step: int = 1) -
     g = tf.Graph()
     with g.as_default():
         tf.set_random_seed(seed)
-        _, saver, _, init = phases.build_train_graph(cfg, files_A, files_B, n)
+        _, saver, _, init = phases.build_train_graph(cfg, files_A, files_B, n, force_augment=force_augment)
         with tf.Session() as sess:
             sess.run(init)
             _perturb(sess, tf, seed)
