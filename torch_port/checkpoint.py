@@ -249,11 +249,24 @@ def find_latest(folder: str):
     Newer ones that cannot be read are named on stdout (never skipped silently)."""
     if not os.path.isdir(folder):
         return None
+    for _ in range(policy.VANISHED_TRIES - 1):
+        try:
+            return _find_latest_once(folder, retry=True)
+        except policy.Vanished:
+            continue  # a training run there pruned the checkpoint being read: look again
+    return _find_latest_once(folder, retry=False)
+
+
+def _find_latest_once(folder: str, retry: bool):
+    """One look for find_latest; policy.Vanished (when `retry`) where a checkpoint it listed lost
+    a file before it was read whole (pruned by a training run writing the folder): not unreadable."""
     skipped = []
     for step, wp, sp in reversed(complete_checkpoints(folder)):
         try:
             weights, state = _load_pair(wp, sp)
         except CheckpointCorrupt as e:
+            if retry and not (os.path.lexists(wp) and os.path.lexists(sp)):
+                raise policy.Vanished() from e
             skipped.append(str(e))
             print(f" [!] skipping unreadable checkpoint: {e}", flush=True)
             continue

@@ -514,7 +514,34 @@ def choose(folder: str, load, need: str = "train", log=print, owner=None, prefer
     they are moved to `unusable/`. Checkpoints that exist but none usable: NoUsableCheckpoint
     (exit 2). need="weights" (a test phase): an older TF checkpoint the folder's `checkpoint`
     file names is used instead, with a `note:` line (`_test_phase_choice`); if it is incomplete
-    or unreadable, that is said and the newest usable is used."""
+    or unreadable, that is said and the newest usable is used. A checkpoint whose files vanish
+    while it is read (a training run there pruned it) is not unusable: the folder is looked at again."""
+    for attempt in range(VANISHED_TRIES):
+        try:
+            return _choose_once(folder, load, need, log, owner, prefer, retry=attempt + 1 < VANISHED_TRIES)
+        except Vanished:
+            continue  # a run writing the folder pruned a checkpoint while it was read: look again
+    raise AssertionError("unreachable: the last try does not retry")  # pragma: no cover
+
+
+# A reader (a test phase, an export) that finds a checkpoint's files gone while it reads them (a
+# training run writing the folder saved a newer one and pruned this one) looks at the folder again,
+# this often, instead of calling the folder unusable; each retry means one checkpoint deleted meanwhile
+VANISHED_TRIES = 20
+
+
+class Vanished(Exception):
+    """A checkpoint `choose` listed lost a file before or while it was loaded."""
+
+
+def vanished(f: Found) -> bool:
+    """Whether a file the inventory found for `f` is no longer there (pruned or moved meanwhile)."""
+    return any(not os.path.lexists(p) for p in f.files)
+
+
+def _choose_once(folder: str, load, need: str, log, owner, prefer: str, retry: bool):
+    """One look at `folder` for `choose`; Vanished (when `retry`) where a checkpoint it listed
+    lost a file before its load succeeded, so that the look starts again from a new inventory."""
     found = inventory(folder, prefer)
     if not found:
         return None
@@ -539,6 +566,8 @@ def choose(folder: str, load, need: str = "train", log=print, owner=None, prefer
                     f"or name it in the `checkpoint` file (model_checkpoint_path: "
                     f"\"{os.path.basename(newest.base)}\")")
                 return named, content
+        if retry and vanished(named):
+            raise Vanished()
         log(f" [!] checkpoint {named.name} in {folder}, which its `checkpoint` file names, is unusable ({why}); "
             f"using the newest usable checkpoint instead")
     for f in found:
@@ -547,6 +576,8 @@ def choose(folder: str, load, need: str = "train", log=print, owner=None, prefer
             continue
         usable = f.complete if need == "train" else f.has_weights
         if not usable:
+            if retry and vanished(f):
+                raise Vanished()
             skipped.append((f, f.missing))
             continue
         try:
@@ -554,6 +585,8 @@ def choose(folder: str, load, need: str = "train", log=print, owner=None, prefer
         except (KeyboardInterrupt, SystemExit, OptionError):
             raise
         except Exception as e:  # noqa: BLE001 - an unreadable file means "not this one"
+            if retry and vanished(f):
+                raise Vanished() from e
             skipped.append((f, _reason(e)))
             continue
         if skipped:

@@ -1,0 +1,145 @@
+"""A reader of a checkpoint folder that a training run is writing (README "Checkpoint policy": the
+test phase only reads and needs no lock): the run may save a newer checkpoint and prune the one the
+reader listed between the reader's listing and its load. The reader then looks again and uses the
+newer one - it never calls the folder "holds checkpoints but none can be used", nor names the
+pruned checkpoint unreadable.
+
+The race is reproduced deterministically: the reader's own load is wrapped so that, right before
+it opens the listed checkpoint, the "training run" publishes the next one and removes the listed
+one (what a save with `--keep_checkpoints 1` does); no sleeps. Tiny models (light, 32 px, ch 2)."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from parity_tests.test_morph import _one_thread  # noqa: F401 - autouse: one CPU thread per test
+from parity_tests.test_nothing_lost import PREFIX, TINY, ckdir, make_data, port, train_args
+from torch_port import checkpoint as ckpt
+from ugatit_common import checkpoint_policy as policy
+
+
+def _fake_torch_checkpoint(folder, step, text):
+    for suffix in (".safetensors", ".state.pt"):
+        with open(os.path.join(folder, f"{PREFIX}.model-{step}{suffix}"), "w") as fh:
+            fh.write(text)
+
+
+def _read(f):
+    with open(f.base + ".safetensors") as fh:
+        text = fh.read()
+    if text == "damaged":
+        raise ValueError("not a safetensors file")
+    return text
+
+
+def _saving_then_pruning(folder, listed, newer, text):
+    """A load for policy.choose that, before it reads the checkpoint `listed`, lets the "training
+    run" save checkpoint `newer` and prune `listed` (once), then reads as `_read` does."""
+    calls = []
+
+    def load(f):
+        calls.append(f.step)
+        if f.step == listed and calls.count(listed) == 1:
+            _fake_torch_checkpoint(folder, newer, text)
+            for suffix in (".state.pt", ".safetensors"):  # the prune's order (policy.prune)
+                os.remove(os.path.join(folder, f"{PREFIX}.model-{listed}{suffix}"))
+        return _read(f)
+    return load, calls
+
+
+@pytest.mark.parametrize("need", ["weights", "train"])
+def test_choose_looks_again_when_the_listed_checkpoint_is_pruned_while_read(tmp_path, need):
+    folder = str(tmp_path)
+    _fake_torch_checkpoint(folder, 5, "five")
+    load, calls = _saving_then_pruning(folder, 5, 6, "six")
+    said = []
+    found, content = policy.choose(folder, load, need, log=said.append)
+    assert (found.step, content) == (6, "six"), (found, content, said)
+    assert said == [], said  # the pruned checkpoint is not "unusable"
+    assert calls == [5, 6]
+
+
+def test_a_damaged_checkpoint_is_still_named_and_a_folder_that_keeps_vanishing_does_not_hang(tmp_path):
+    folder = str(tmp_path)
+    _fake_torch_checkpoint(folder, 4, "four")
+    _fake_torch_checkpoint(folder, 5, "damaged")  # present but unreadable: not a race, said as before
+    said = []
+    found, content = policy.choose(folder, lambda f: _read(f), "weights", log=said.append)
+    assert (found.step, content) == (4, "four")
+    assert len(said) == 2 and "model-5" in said[0] and "unusable" in said[0], said
+
+    # every load finds its checkpoint pruned and a newer one saved: the retries are bounded, then
+    # the folder's state at the last look is said (exit 2), never an endless loop
+    step = [10]
+
+    def always_pruned(f):
+        os.remove(f.base + ".safetensors")
+        step[0] += 1
+        _fake_torch_checkpoint(folder, step[0], "x")
+        raise FileNotFoundError(f.base + ".safetensors")
+    for p in os.listdir(folder):
+        os.remove(os.path.join(folder, p))
+    _fake_torch_checkpoint(folder, 10, "x")
+    with pytest.raises(policy.NoUsableCheckpoint):
+        policy.choose(folder, always_pruned, "weights", log=lambda line: None)
+    assert step[0] == 10 + policy.VANISHED_TRIES
+
+
+@pytest.fixture
+def two_checkpoints(tmp_path, monkeypatch, capsys):
+    """A port run folder holding checkpoint 2, and checkpoint 3 of the same run kept aside (the
+    save still to come): (folder, aside)."""
+    make_data(tmp_path)
+    assert port(train_args(2), monkeypatch, tmp_path, capsys)[0] == 0
+    folder = ckdir(tmp_path)
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for suffix in (".safetensors", ".state.pt"):
+        shutil.move(os.path.join(folder, f"{PREFIX}.model-3{suffix}"), str(aside))
+    return folder, str(aside)
+
+
+def _save_3_prune_2(folder, aside):
+    for suffix in (".safetensors", ".state.pt"):
+        shutil.move(os.path.join(aside, f"{PREFIX}.model-3{suffix}"), folder)
+    for suffix in (".state.pt", ".safetensors"):
+        os.remove(os.path.join(folder, f"{PREFIX}.model-2{suffix}"))
+
+
+def test_the_test_phase_reads_the_newer_checkpoint_when_its_listed_one_is_pruned(two_checkpoints, tmp_path,
+                                                                                monkeypatch, capsys):
+    folder, aside = two_checkpoints
+    real, loaded = ckpt.load_weights_file, []
+
+    def racing(path):
+        if not loaded:
+            _save_3_prune_2(folder, aside)
+        loaded.append(os.path.basename(path))
+        return real(path)
+    monkeypatch.setattr(ckpt, "load_weights_file", racing)
+    rc, out, err = port(TINY + ["--phase", "test"], monkeypatch, tmp_path, capsys)
+    assert rc == 0, out + err
+    assert loaded[-1] == f"{PREFIX}.model-3.safetensors", loaded
+    assert "[!]" not in out + err and "error:" not in out + err, out + err
+
+
+def test_load_any_of_a_folder_reads_the_newer_checkpoint_when_its_listed_one_is_pruned(two_checkpoints, capsys,
+                                                                                      monkeypatch):
+    """The exports' reader of a port folder (weights, then the state that records the config)."""
+    folder, aside = two_checkpoints
+    real, read = ckpt.load_state_file, []
+
+    def racing(path, *a, **k):
+        if not read:
+            _save_3_prune_2(folder, aside)
+        read.append(os.path.basename(path))
+        return real(path, *a, **k)
+    monkeypatch.setattr(ckpt, "load_state_file", racing)
+    capsys.readouterr()
+    loaded = ckpt.load_any(folder)
+    out = capsys.readouterr()
+    assert loaded["step"] == 3 and loaded["kind"] == "torch_port", loaded["step"]
+    assert read[-1] == f"{PREFIX}.model-3.state.pt", read
+    assert out.out + out.err == "", out  # no "[!] skipping unreadable checkpoint", no "holds no complete checkpoint"
