@@ -164,7 +164,7 @@ def load_morph(folder: str, device="cpu") -> tuple[MorphUGATIT, dict]:
     # (older checkpoints: in the state file); a damaged optimizer state does not matter here
     found = ckpt.resume_point(folder, None, "weights")
     weights, state = found["weights"], None
-    meta = policy.safetensors_metadata(found["found"].weights)
+    meta = found["meta"]  # read with the weights: the file may be pruned by a run writing the folder since
     if meta.get("config"):
         state = {"kind": meta.get("kind", KIND), "config": ckpt.config_in_metadata(meta, found["found"].weights),
                  "step": found["step"]}

@@ -143,3 +143,34 @@ def test_load_any_of_a_folder_reads_the_newer_checkpoint_when_its_listed_one_is_
     assert loaded["step"] == 3 and loaded["kind"] == "torch_port", loaded["step"]
     assert read[-1] == f"{PREFIX}.model-3.state.pt", read
     assert out.out + out.err == "", out  # no "[!] skipping unreadable checkpoint", no "holds no complete checkpoint"
+
+
+def test_morph_interpolate_never_reads_the_metadata_of_a_checkpoint_pruned_after_its_weights(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """Morph's reader took the config from the weights file's metadata after the policy had chosen
+    and loaded it: pruned in between, it fell back to the (gone) state file and stopped with
+    `error: cannot read state ...`. The metadata now comes with the weights."""
+    import morph.train as mt
+    from morph.__main__ import main as morph_main
+    from parity_tests.test_nothing_lost import MORPH_TINY
+    make_data(tmp_path, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    assert morph_main(["train", "--config", "C"] + MORPH_TINY + ["--iteration", "1", "--epoch", "1"]) == 0
+    real, chosen = mt.ckpt.resume_point, []
+
+    def chosen_then_pruned(folder, *a, **k):
+        found = real(folder, *a, **k)
+        chosen.append(found["step"])
+        base = found["found"].base  # the run saves the next checkpoint, then prunes this one
+        for suffix in (".safetensors", ".state.pt"):
+            shutil.copy(base + suffix, base.replace(f".model-{found['step']}", f".model-{found['step'] + 1}") + suffix)
+        for suffix in (".state.pt", ".safetensors"):
+            os.remove(base + suffix)
+        return found
+    monkeypatch.setattr(mt.ckpt, "resume_point", chosen_then_pruned)
+    capsys.readouterr()
+    rc = morph_main(["interpolate", "--config", "C"] + MORPH_TINY + ["--input", "dataset/t/testA", "--steps", "2",
+                                                                      "--result_dir", "out"])
+    out = capsys.readouterr()
+    assert rc == 0 and len(chosen) == 1, out.out + out.err
+    assert "error:" not in out.err and list((tmp_path / "out").rglob("*_strip.png")), out.out + out.err

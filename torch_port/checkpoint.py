@@ -289,13 +289,16 @@ def resume_point(folder: str, cfg: dict | None = None, need: str = "train", log=
     (test phase): the weights only, so a damaged state file does not matter. `owner`: the run
     lock of a training run holding `folder`; only then are skipped checkpoints moved to
     `unusable/`. Returns {"found", "framework", "step", "weights", "state" (torch) | "tf" (TF
-    training state)}, or None when the folder holds no checkpoint at all; checkpoints that
+    training state), "meta" (torch, need="weights": the weights file's metadata)}, or None when the folder holds no checkpoint at all; checkpoints that
     exist but cannot be used raise policy.NoUsableCheckpoint (exit 2)."""
     def load(f: policy.Found):
         if f.framework == "torch":
             weights = load_weights_file(f.base + ".safetensors")
-            if need != "train":
-                return {"weights": weights, "state": None}
+            if need != "train":  # the metadata (config, kind) read with the weights, not after `choose` returns
+                meta = policy.safetensors_metadata(f.base + ".safetensors")
+                if not meta and not os.path.lexists(f.base + ".safetensors"):  # pruned meanwhile: choose looks again
+                    raise FileNotFoundError(errno.ENOENT, "removed while it was read", f.base + ".safetensors")
+                return {"weights": weights, "state": None, "meta": meta}
             state = load_state_file(f.base + ".state.pt", TRAIN_STATE_KEYS)
             problem = policy.pairing_problem(f.step, policy.safetensors_metadata(f.base + ".safetensors"), state)
             if problem:
