@@ -174,3 +174,62 @@ def test_morph_interpolate_never_reads_the_metadata_of_a_checkpoint_pruned_after
     out = capsys.readouterr()
     assert rc == 0 and len(chosen) == 1, out.out + out.err
     assert "error:" not in out.err and list((tmp_path / "out").rglob("*_strip.png")), out.out + out.err
+
+
+# -- a reader's recovery of killed writes, beside a live write (atomic.publish_together) ---------------
+# Every reader of a folder (inventory: the test phase, the exports, a conversion) first rolls back the
+# writes a killed process left half done (atomic.recover_interrupted_writes). It must never take a
+# live writer's journal or backups for a dead one's: the save in progress would fail, or lose what
+# it puts back on an error.
+
+def test_a_readers_recovery_between_a_writers_journal_open_and_its_lock_leaves_the_write_whole(tmp_path,
+                                                                                              monkeypatch):
+    """The writer made its journal (`.journal-part`) and was about to flock it when another
+    command's recovery found the lock free and removed the file as a dead writer's: the save
+    failed with `cannot write None: No such file or directory`."""
+    import types
+
+    from ugatit_common import atomic
+    folder = str(tmp_path)
+    for n in ("a", "b"):
+        (tmp_path / n).write_text("old " + n)
+    real, recovered = atomic.fcntl, []
+
+    def flock(fd, op):
+        if not recovered:  # the writer's first lock: its journal's; another command recovers right now
+            recovered.append("recovering")
+            recovered.append(atomic.recover_interrupted_writes(folder, log=recovered.append))
+        return real.flock(fd, op)
+    monkeypatch.setattr(atomic, "fcntl", types.SimpleNamespace(
+        flock=flock, LOCK_EX=real.LOCK_EX, LOCK_NB=real.LOCK_NB, LOCK_SH=real.LOCK_SH, LOCK_UN=real.LOCK_UN))
+    atomic.write_files_atomic({os.path.join(folder, "a"): b"new a", os.path.join(folder, "b"): b"new b"})
+    assert recovered == ["recovering", []]
+    assert (tmp_path / "a").read_text() == "new a" and (tmp_path / "b").read_text() == "new b"
+    assert sorted(os.listdir(folder)) == ["a", "b"]
+
+
+def test_a_readers_recovery_never_removes_the_backups_of_a_write_that_starts_meanwhile(tmp_path, monkeypatch):
+    """Recovery ends by removing backups no live journal is there for. It listed the journals,
+    then the backups: a write that made its journal and backup in between lost the backup, so an
+    error or kill before its commit could not put the old file back."""
+    from ugatit_common import atomic
+    folder = str(tmp_path)
+    (tmp_path / "a").write_text("old a")
+    real, calls, writer = os.listdir, [], {}
+
+    def listdir(path):
+        calls.append(path)
+        names = real(path)
+        if len(calls) == 2:  # between the recovery's listings, a write starts: journal, then backup
+            writer["journal"] = atomic._Journal(folder)
+            writer["backup"] = f".tmp-{os.getpid()}-{os.urandom(6).hex()}.keep"
+            os.link(os.path.join(folder, "a"), os.path.join(folder, writer["backup"]))
+        return names
+    monkeypatch.setattr(os, "listdir", listdir)
+    try:
+        atomic.recover_interrupted_writes(folder)
+        monkeypatch.setattr(os, "listdir", real)
+        assert len(calls) == 3, calls
+        assert os.path.exists(os.path.join(folder, writer["backup"])), "the live write's backup was removed"
+    finally:
+        writer["journal"].close()

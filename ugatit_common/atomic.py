@@ -130,11 +130,17 @@ class _Journal:
     def __init__(self, folder: str):
         self.path = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(6).hex()}{JOURNAL}")
         self.part = self.path + "-part"
-        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        # made under a name recovery never looks at and locked before it takes the `-part` name: a
+        # `-part` file whose lock is free is then always a dead writer's (another command's
+        # recover_interrupted_writes, between an open and its flock, removed a live one's journal)
+        new = self.path + "-new"
+        self.fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
         try:
             if fcntl is not None:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(new, self.part)
         except BaseException:
+            remove_quietly(new)
             self.close()
             raise
 
@@ -290,7 +296,11 @@ def recover_interrupted_writes(folder: str, log=print) -> list[str]:
                 f"between its renames); put back as they were before it: {', '.join(changed)}")
         restored += changed
     # a backup no journal names and no journal of its writer's pid is still there for (the write
-    # committed, or was killed before its journal had entries) is a plain left-over
+    # committed, or was killed before its journal had entries) is a plain left-over. The backups
+    # are listed before the journals: a live writer makes its journal before its backups and drops
+    # it only at its commit, so a backup seen first has its journal in the second listing (listed
+    # the other way round, a write starting in between lost its backups: nothing to put back from)
+    backups = [n for n in os.listdir(folder) if _BACKUP.match(n)]
     named, pids = set(), set()
     for n in os.listdir(folder):
         if _WRITER.match(n) and n.endswith((JOURNAL, JOURNAL + "-part")):
@@ -300,8 +310,8 @@ def recover_interrupted_writes(folder: str, log=print) -> list[str]:
                     named |= {e["was"] for e in json.load(fh)["files"]}
             except (OSError, ValueError, KeyError, TypeError):
                 pass
-    for n in os.listdir(folder):
-        if _BACKUP.match(n) and n not in named and _WRITER.match(n).group(1) not in pids:
+    for n in backups:
+        if n not in named and _WRITER.match(n).group(1) not in pids:
             remove_quietly(os.path.join(folder, n))
     return restored
 
