@@ -233,3 +233,33 @@ def test_a_readers_recovery_never_removes_the_backups_of_a_write_that_starts_mea
         assert os.path.exists(os.path.join(folder, writer["backup"])), "the live write's backup was removed"
     finally:
         writer["journal"].close()
+
+
+def test_torch2tf_of_a_folder_never_converts_half_of_a_checkpoint_being_pruned(two_checkpoints, tmp_path,
+                                                                              monkeypatch, capsys):
+    """torch2tf read the newest weights, then looked for their .state.pt: a prune in between (state
+    first) made it write a weights-only TF checkpoint of the pruned step ('no optimizer state
+    written ... TF training cannot resume from it') while a complete newer one was there."""
+    import torch_port.to_tf as to_tf
+    import weights_convert as wc
+    folder, aside = two_checkpoints
+    real, read = to_tf.load_weights, []
+
+    def racing(path):
+        got = real(path)
+        read.append(os.path.basename(path))
+        if len(read) == 1:  # the run saves checkpoint 3 and starts pruning 2: its state goes first
+            for suffix in (".safetensors", ".state.pt"):
+                shutil.move(os.path.join(aside, f"{PREFIX}.model-3{suffix}"), folder)
+            os.remove(os.path.join(folder, f"{PREFIX}.model-2.state.pt"))
+        return got
+    monkeypatch.setattr(to_tf, "load_weights", racing)
+    capsys.readouterr()
+    out_dir = tmp_path / "tf"
+    assert wc.main(["torch2tf", folder, str(out_dir / f"{PREFIX}.model-3")]) == 0
+    out = capsys.readouterr()
+    assert read == [f"{PREFIX}.model-2.safetensors", f"{PREFIX}.model-3.safetensors"], read
+    assert "no optimizer state written" not in out.out + out.err, out.out + out.err
+    from ugatit_common.tf_checkpoint.bundle import tensor_info
+    written = tensor_info(str(out_dir / f"{PREFIX}.model-3"))
+    assert any(k.endswith("/Adam") for k in written), sorted(written)[:5]  # TF training can resume from it

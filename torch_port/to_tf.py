@@ -38,6 +38,12 @@ _TF_SOURCE = ("an official TensorFlow checkpoint: torch2tf converts PyTorch weig
 
 
 def _resolve(inp: str) -> str:
+    return _resolve_found(inp)[0]
+
+
+def _resolve_found(inp: str) -> tuple[str, "policy.Found | None"]:
+    """(the weights file torch2tf reads for `inp`, its checkpoint as the folder's inventory found it:
+    None for a file given itself)."""
     if os.path.isdir(inp):
         found = policy.inventory(inp)
         torch_found = [f for f in found if f.framework == "torch" and f.has_weights]
@@ -47,12 +53,12 @@ def _resolve(inp: str) -> str:
                        f"; its subfolders hold checkpoints, give one of them: {', '.join(map(repr, runs))}" if runs
                        else "")
             raise ConversionError(f"{inp!r}: no PyTorch checkpoint (*.model-N.safetensors) in this folder{instead}")
-        return torch_found[0].weights
+        return torch_found[0].weights, torch_found[0]
     if not os.path.isfile(inp):
         raise ConversionError(f"{inp!r}: no such file or folder")
     if (policy.checkpoint_of(os.path.basename(inp)) or ("", ""))[1] == "tf":  # <prefix>.model-N.index / .data / .meta
         raise ConversionError(f"{inp!r} is part of {_TF_SOURCE}")
-    return inp
+    return inp, None
 
 
 def load_weights(path: str) -> tuple[dict, dict]:
@@ -212,8 +218,28 @@ class Prepared:
 def prepare(inp: str, weights_only: bool = False, log=print) -> Prepared:
     """What torch2tf writes for `inp` (Prepared: the flat state of weights + Adam slots + powers,
     the step, the config and which of its settings the input records); raises ConversionError
-    naming what is wrong."""
-    path = _resolve(inp)
+    naming what is wrong. A folder's checkpoint that loses a file while it is read (a training run
+    there pruned it after a newer save: its weights read, its state gone, or neither) is not
+    converted half or called unreadable: the folder is looked at again."""
+    for attempt in range(policy.VANISHED_TRIES):
+        path, found = _resolve_found(inp)
+        said = []
+        try:
+            prepared = _prepare(path, weights_only, said.append)
+        except (ConversionError, OSError):  # OSError: the weights file gone before it was opened
+            if found is not None and attempt + 1 < policy.VANISHED_TRIES and policy.vanished(found):
+                continue
+            raise
+        if found is not None and attempt + 1 < policy.VANISHED_TRIES and policy.vanished(found):
+            continue
+        for line in said:
+            log(line)
+        return prepared
+    raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
+
+
+def _prepare(path: str, weights_only: bool, log) -> Prepared:
+    """prepare's work on the weights file `path` (its `.state.pt` beside it read too)."""
     weights, meta = load_weights(path)
     if meta.get("kind") == "morph":  # its weights alone (its state not beside it, or not read): said as with it
         raise ConversionError(f"{path!r} is a Morph-UGATIT checkpoint: it has no TensorFlow counterpart")
