@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -121,3 +122,64 @@ def test_tf_reference_taking_over_a_killed_runs_folders_says_so_once(tmp_path, m
     assert rc == 0, out.err[-800:]
     notes = _notes(out.out + out.err)
     assert len(notes) == 1 and repr(paths.checkpoint) in notes[0] and f"pid {pid}" in notes[0], notes
+
+
+# a run holding its folder forks a child (as the DataLoader does for --num_workers N), says both pids
+# and waits; the test SIGKILLs the run while the child lives on (until its stdin closes)
+FORKING_RUN = """
+    import os, sys
+    from ugatit_common import run_lock
+    lock = run_lock.acquire(sys.argv[1])
+    child = os.fork()
+    if child == 0:
+        sys.stdin.read()  # alive until the test closes the pipe
+        lock.release()    # a child's release (a forgotten lock): must leave the folder's files alone
+        os._exit(0)
+    print(os.getpid(), child, flush=True)
+    sys.stdin.read()
+"""
+
+
+def _wait_gone(pid):
+    """Until process `pid` (an orphan: not ours to reap) has exited - gone or a zombie."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} did not exit")
+
+
+def test_a_killed_runs_forked_workers_never_keep_its_folder_locked(tmp_path):
+    """A forked child shares its parent's open lock file, and a flock lasts until every copy is
+    closed: after a SIGKILL of the run, its DataLoader workers (still alive for seconds) kept the
+    folder locked, and the next run was refused naming the dead run's pid ('wait for it to end').
+    Now the folder is free the moment the run dies, whatever its children do, and a child never
+    removes the lock files of the folder's next holder."""
+    from ugatit_common import run_lock
+    folder = str(tmp_path / "run")
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(FORKING_RUN), folder], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    child, lock = None, None
+    try:
+        run_pid, child = map(int, p.stdout.readline().split())
+        assert run_lock.held_by(folder).pid == run_pid
+        p.kill()
+        p.wait(timeout=60)
+        os.kill(child, 0)  # the worker is still alive
+        lock = run_lock.acquire(folder)  # raised FolderInUse before
+        assert lock.taken_over is not None and lock.taken_over.pid == run_pid
+    finally:
+        p.stdin.close()  # the worker reads EOF, calls its release() and exits
+        if child is not None:
+            _wait_gone(child)
+    try:
+        # the child's release() of its forgotten lock removed nothing of the folder's new holder
+        assert sorted(os.listdir(folder)) == sorted([run_lock.OWNER_NAME, run_lock.LOCK_NAME])
+        assert run_lock.held_by(folder).pid == os.getpid()
+    finally:
+        lock.release()

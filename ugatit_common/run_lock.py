@@ -28,6 +28,7 @@ import os
 import socket
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 
 from .made_folders import missing_top, remove_empty_chain
@@ -118,6 +119,30 @@ def _same_folder(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+_HELD: "weakref.WeakSet[RunLock]" = weakref.WeakSet()  # this process's held locks (_forget_in_child)
+
+
+def _forget_in_child() -> None:
+    """In a forked child (a DataLoader worker with --num_workers N): close its copies of the held
+    locks' descriptors and forget them. A flock belongs to the open file that fork shares, so a
+    child keeping its copy kept the folder locked after its parent was killed (SIGKILL): the next
+    run was refused, naming the dead parent's pid, until the workers noticed and exited. Closing a
+    copy never releases the parent's lock, and a forgotten lock's `release()` in the child is a
+    no-op: it never removes the parent's lock files."""
+    for lock in list(_HELD):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
 class RunLock:
     """The held lock of one folder; `release()` (or leaving `own_folder`) lets it go."""
 
@@ -126,6 +151,7 @@ class RunLock:
         self.folder, self._fd, self._names = folder, fd, tuple(names)
         self.created = created  # the topmost folder `acquire` created for it (None: it existed)
         self.taken_over = taken_over  # the holder whose lock files were left behind (`acquire`), else None
+        _HELD.add(self)
 
     @property
     def held(self) -> bool:
@@ -136,6 +162,7 @@ class RunLock:
         return self.held and _same_folder(self.folder, folder)
 
     def release(self) -> None:
+        _HELD.discard(self)
         if self._fd is None:
             return
         for name in self._names:  # removed while still held: see the module docstring
