@@ -16,7 +16,10 @@ cropped at offsets uniform over 0..aug_size-img_size, drawn from a numpy Generat
 """
 from __future__ import annotations
 
+import errno
+import gc
 import os
+import sys
 import warnings
 
 import cv2
@@ -26,6 +29,7 @@ import torch
 
 # ImageReadError, decode_image and the train-image check live in ugatit_common.images (torch-free,
 # shared with tf_reference, so both frameworks skip exactly the same files)
+from ugatit_common.machine_limits import machine_limit, too_many_open_files  # noqa: E402
 from ugatit_common.images import ImageReadError, check_train_image, decode_image, read_color, train_image_reasons  # noqa: E402,F401
 
 
@@ -165,10 +169,32 @@ def infinite_loader(dataset, batch_size: int, seed: int = 0, num_workers: int = 
     loader = torch.utils.data.DataLoader(
         _PassItems(dataset), batch_sampler=batches, num_workers=num_workers, collate_fn=_collate,
         generator=torch.Generator().manual_seed(int(seed) * 1000003 + int(start)))  # not the global RNG
-    for batch in loader:
-        if isinstance(batch, _ItemFailed):
-            raise batch.error  # the worker's own error (an image deleted mid-run: one line, exit 2)
-        yield batch
+    hook = None
+    try:
+        for batch in loader:
+            if isinstance(batch, _ItemFailed):
+                raise batch.error  # the worker's own error (an image deleted mid-run: one line, exit 2)
+            yield batch
+    except (OSError, RuntimeError) as e:
+        # `ulimit -n` met by the workers' pipes, semaphores or shared memory (a bare [Errno 24], or
+        # torch's RuntimeError); an image read that met it already names the file and the limit
+        if machine_limit(e) not in (errno.EMFILE, errno.ENFILE) or "limit on open files" in str(e):
+            raise
+        hook, sys.unraisablehook = sys.unraisablehook, _without_loader_teardown(sys.unraisablehook)
+    try:  # the half-built loader goes here: its __del__ fails ("Exception ignored in ...") on what it lacks
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    raise too_many_open_files(f"the data loader's {num_workers} worker processes" if num_workers else "the data loader")
+
+
+def _without_loader_teardown(hook):
+    """`hook` (sys.unraisablehook) less the DataLoader iterator's failing __del__ after its start
+    failed: a traceback block after the one error line that says why."""
+    def quiet(u):
+        if "DataLoaderIter" not in getattr(u.object, "__qualname__", ""):
+            hook(u)
+    return quiet
 
 
 class _PassBatches:

@@ -7,7 +7,8 @@ Subfolders (older runs moved aside, unusable checkpoints) are never looked at.
 
 - Resume: the newest checkpoint by step wins, whichever framework wrote it (at the same step the
   torch one, which also holds the data-loader and RNG positions). If it is incomplete or
-  unreadable, the next newest is tried, and the run says so; a training run moves the ones it
+  unreadable (damaged: not a file this user may not read, nor one `ulimit -n` kept
+  closed: those stop the run, `CannotRead`), the next newest is tried, and the run says so; a training run moves the ones it
   skipped into `unusable/` (so the new run never overwrites or is shadowed by them). When
   checkpoints exist but none can be read, the run stops (exit 2): never from scratch. A test
   phase (need="weights") restores instead an older TF checkpoint that the folder's `checkpoint`
@@ -42,6 +43,7 @@ Subfolders (older runs moved aside, unusable checkpoints) are never looked at.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import re
@@ -54,6 +56,7 @@ from . import run_lock
 from .held_signals import signals_held
 from . import options as opt
 from . import strict_json
+from .machine_limits import limit_error
 from .atomic import abandoned, journal_file, recover_interrupted_writes, write_bytes_atomic
 from .options import OptionError
 
@@ -507,6 +510,47 @@ def _test_phase_choice(folder: str, found: list[Found]) -> Found | None:
     return named
 
 
+class CannotRead(OSError):
+    """A checkpoint file this user may not read, or a limit of the machine met reading it: not a
+    damaged checkpoint, so never skipped for an older one nor set aside (`choose` stops instead)."""
+
+    def __str__(self):
+        return self.strerror
+
+
+def _readable(f: Found, need: str) -> None:
+    """CannotRead when a file of checkpoint `f` that `need` reads (a test phase: a torch
+    checkpoint's weights alone) cannot be opened for a reason that is not the checkpoint's: its
+    permissions (a chmod, another user's file) or `ulimit -n`."""
+    for p in ([f.weights] if need != "train" and f.framework == "torch" else sorted(f.files)):
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM):
+                raise CannotRead(e.errno, f"checkpoint file {p!r} is not readable by this user ({e.strerror}): make it "
+                                          f"readable (chmod u+r) and run again; nothing was skipped or moved") from None
+            limit = limit_error(e, f"cannot read checkpoint file {p!r}")
+            if limit is not None:
+                raise CannotRead(limit.errno, limit.strerror) from None
+            continue  # gone or damaged: the load says why
+        os.close(fd)
+
+
+def _load_or_stop(f: Found, load, need: str):
+    """`load(f)`, stopping with CannotRead (not skipping `f`) where `_readable` finds a file of it
+    unreadable by permissions or where the load failed on a limit of the machine."""
+    _readable(f, need)
+    try:
+        return load(f)
+    except (KeyboardInterrupt, SystemExit, OptionError):
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised, or said by the caller
+        limit = limit_error(e, f"cannot read checkpoint {f.name} in {os.path.dirname(f.base)!r}")
+        if limit is None:
+            raise
+    raise CannotRead(limit.errno, limit.strerror)
+
+
 def choose(folder: str, load, need: str = "train", log=print, owner=None, prefer: str = "torch"):
     """Load the newest usable checkpoint of `folder`: `load(found)` returns its content or raises
     (any Exception = unreadable). Returns (found, content), or None when the folder holds no
@@ -551,8 +595,8 @@ def _choose_once(folder: str, load, need: str, log, owner, prefer: str, retry: b
         why = "" if named.has_weights else named.missing
         if not why:
             try:
-                content = load(named)
-            except (KeyboardInterrupt, SystemExit, OptionError):
+                content = _load_or_stop(named, load, need)
+            except (KeyboardInterrupt, SystemExit, OptionError, CannotRead):
                 raise
             except Exception as e:  # noqa: BLE001 - unreadable: the newest usable instead, as without the file
                 why = _reason(e)
@@ -581,8 +625,8 @@ def _choose_once(folder: str, load, need: str, log, owner, prefer: str, retry: b
             skipped.append((f, f.missing))
             continue
         try:
-            content = load(f)
-        except (KeyboardInterrupt, SystemExit, OptionError):
+            content = _load_or_stop(f, load, need)
+        except (KeyboardInterrupt, SystemExit, OptionError, CannotRead):
             raise
         except Exception as e:  # noqa: BLE001 - an unreadable file means "not this one"
             if retry and vanished(f):

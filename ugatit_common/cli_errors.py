@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import os
 import shlex
 import signal
 import sys
 import traceback
 import warnings
+
+from .machine_limits import limit_error, machine_limit, too_many_open_files
 
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
@@ -412,6 +415,8 @@ def _run(fn, argv, prog, training, label, needs_tf) -> int:
         if needs_tf is not None and tensorflow_missing(e):
             print(f"{label}: {needs_tensorflow_line(prog, needs_tf)}", file=sys.stderr, flush=True)
             return EXIT_BAD_INPUT
+        if machine_limit(e) in (errno.EMFILE, errno.ENFILE) and "limit on open files" not in str(e):
+            e = too_many_open_files()  # a bare [Errno 24], or a library's own error for it (the DataLoader's)
         oom = out_of_memory(e)
         if is_bad_input(e) or oom:
             if quiet_rank(e):
@@ -475,6 +480,9 @@ def check_writable_folder(path: str, what: str) -> str:
         os.close(fd)
         os.remove(tmp)
     except OSError as e:
+        limit = limit_error(e, f"cannot write a file in {what} {path!r}")
+        if limit is not None:  # the machine's limit, not the folder's permissions
+            raise limit from None
         raise OptionError(f"{what} {path!r} is not writable: {e.strerror or e}") from e
     return path
 

@@ -11,7 +11,6 @@ readable is an error naming the folder.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import threading
 
@@ -21,6 +20,7 @@ import numpy as np
 from .cores import usable_cores
 from .options import other_torchrun_rank
 from .gif_decode import tf_decode_of_frames
+from .machine_limits import MACHINE_LIMITS, limit_text
 
 # magic bytes of the formats the official train pipeline (tf.image.decode_jpeg) decodes to 3-D
 TRAIN_FORMATS = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"))
@@ -38,26 +38,14 @@ class ImageReadError(OSError):
         return type(self), (self.path, self.reason)
 
 
-# read errors that are the machine's, not the file's: skipping the file for them (as an unreadable
-# image) would train on part of the data set, or call every input of a test run unreadable
-MACHINE_LIMITS = {errno.EMFILE: "the limit on open files per process was reached (`ulimit -n`{n})",
-                  errno.ENFILE: "the system's limit on open files was reached",
-                  errno.ENOMEM: "the machine ran out of memory"}
-
-
 def read_error(path: str, e: OSError) -> OSError:
     """`e` (from opening or reading `path`) as ImageReadError, the file's fault, except a limit
-    of the machine (MACHINE_LIMITS): then an OSError saying so, which stops the command."""
+    of the machine (machine_limits.MACHINE_LIMITS: skipping the file for it would train on part of
+    the data set, or call every input of a test run unreadable): then an OSError saying so, which
+    stops the command."""
     if e.errno not in MACHINE_LIMITS:
         return ImageReadError(path, e.strerror or e)
-    n = ""
-    if e.errno == errno.EMFILE:
-        try:
-            import resource
-            n = f": {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} here"
-        except (ImportError, OSError, ValueError):
-            pass
-    return OSError(e.errno, f"cannot read {path!r}: {e.strerror}: {MACHINE_LIMITS[e.errno].format(n=n)}, not a "
+    return OSError(e.errno, f"cannot read {path!r}: {e.strerror}: {limit_text(e.errno)}, not a "
                             f"fault of the file; raise the limit, or run fewer things at once")
 
 
@@ -66,8 +54,9 @@ def _file_bytes(path: str) -> np.ndarray:
     path); ImageReadError for a missing, unreadable or empty file (read_error)."""
     if not os.path.isfile(path):  # a device or a FIFO is there, but no file to read
         raise ImageReadError(path, "not a regular file" if os.path.exists(path) else "no such file")
-    try:
-        buf = np.fromfile(path, dtype=np.uint8)
+    try:  # not np.fromfile: it opens a second descriptor and leaks the first when that fails (EMFILE)
+        with open(path, "rb") as fh:
+            buf = np.frombuffer(bytearray(fh.read()), dtype=np.uint8)
     except OSError as e:
         raise read_error(path, e) from e
     if buf.size == 0:

@@ -31,6 +31,7 @@ import time
 import weakref
 from dataclasses import dataclass
 
+from .machine_limits import limit_error
 from .made_folders import missing_top, remove_empty_chain
 from .options import OptionError
 
@@ -268,6 +269,9 @@ def acquire(folder: str, what: str = "checkpoint folder", command: str | None = 
                 # a folder or a dangling link by that name, not an unwritable folder
                 raise OptionError(f"{what} {folder!r}: its lock file {path!r} cannot be opened ({e.strerror or e}); "
                                   f"it is not a lock file this program wrote: move it away") from e
+            limit = limit_error(e, f"cannot open the lock file of {what} {folder!r}")
+            if limit is not None:  # `ulimit -n`, not the folder's permissions
+                raise limit from None
             from .cli_errors import no_folder_on_the_way
             blocked = no_folder_on_the_way(folder)
             if blocked is not None:  # a file or a dead link where the folder goes, as check_writable_folder says

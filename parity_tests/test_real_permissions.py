@@ -1,0 +1,178 @@
+"""File permissions and `ulimit -n` met for real, not monkeypatched.
+
+Permissions: as root (CI) every file is readable, so the commands run here without the
+capabilities that bypass permission checks (`setpriv --inh-caps=-all --bounding-set=-all`: still
+uid 0, the files' owner, so `chmod 000` applies to it as to any user, and the interpreter under
+/root stays reachable, which it is not for `nobody`); not root: run as they are.
+Open files: the soft RLIMIT_NOFILE lowered in a child process to the lowest free descriptor
+(+ a few), so the next opens fail with EMFILE.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from parity_tests.conftest import ROOT
+from ugatit_common import checkpoint_policy as policy
+from ugatit_common import options as opt
+from ugatit_common.demo_data import make_demo_dataset
+
+TINY = ["--light", "True", "--dataset", "t", "--img_size", "32", "--ch", "2", "--n_dis", "4",
+        "--augment_flag", "False", "--device", "cpu", "--threads", "1", "--print_freq", "1000", "--save_freq", "1", "--epoch", "1"]
+CFG = opt.config_from(light=True, dataset="t", img_size=32, ch=2, n_dis=4, augment_flag=False)
+ENV = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+
+
+def _unprivileged() -> list[str]:
+    """The command prefix that makes file permissions apply to a child (see the module docstring)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and util-linux `setpriv` is not installed: file permissions cannot apply")
+    return [setpriv, "--inh-caps=-all", "--bounding-set=-all", "--"]
+
+
+@pytest.fixture
+def as_user(tmp_path):
+    """Run `python -m ...` in tmp_path without the privilege to read or write past permissions;
+    proven to bite on a `chmod 000` file first (else skipped, naming why)."""
+    prefix = _unprivileged()
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"x")
+    probe.chmod(0)
+    proc = subprocess.run(prefix + [sys.executable, "-c", f"open({str(probe)!r}).read()"], capture_output=True,
+                          text=True, timeout=60)
+    probe.unlink()
+    if proc.returncode == 0 or "PermissionError" not in proc.stderr:
+        pytest.skip(f"permissions do not apply to the child here ({' '.join(prefix)}: {proc.stderr.strip()[-300:]})")
+
+    def run(*args):
+        return subprocess.run(prefix + [sys.executable, *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, env=ENV)
+    return run
+
+
+def _error_line(proc) -> str:
+    """The one `error:` line of a failed command, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_a_checkpoint_file_the_user_may_not_read_stops_and_nothing_is_set_aside(tmp_path, as_user):
+    """The newest checkpoint's weights `chmod 000`: the test phase translated with the older one
+    and a training run moved the newest into `unusable/` and trained on from the older, both with
+    exit 0, as if the file were damaged ("FileNotFoundError: No such file or directory", the
+    safetensors library's words for EACCES). Now both stop: one line naming the file and that it
+    is not readable, exit 2, the folder as it was; once readable, the run resumes from it."""
+    make_demo_dataset(str(tmp_path), "t", size=32, n_train=2, n_test=1)
+    first = as_user("-m", "torch_port", *TINY, "--iteration", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    folder = os.path.join(tmp_path, "checkpoint", opt.model_dir(CFG))
+    newest = policy.inventory(folder)[0]
+    weights = newest.weights
+    before = sorted(os.listdir(folder))
+    os.chmod(weights, 0)
+    try:
+        for args in (["--phase", "test"], ["--iteration", "4"]):
+            line = _error_line(as_user("-m", "torch_port", *TINY, *args))
+            assert repr(os.path.relpath(weights, tmp_path)) in line and "is not readable" in line, line
+            assert sorted(os.listdir(folder)) == before, args  # nothing set aside, nothing written
+        assert not os.path.exists(os.path.join(tmp_path, "results"))
+    finally:
+        os.chmod(weights, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
+    resumed = as_user("-m", "torch_port", *TINY, "--iteration", "4")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Success to read {os.path.basename(newest.base)} " in resumed.stdout, resumed.stdout[-2000:]
+
+
+def test_a_checkpoint_load_failing_on_the_open_files_limit_is_not_skipped(tmp_path):
+    """`ulimit -n` reached while the newest checkpoint is read (torch's "unable to open file ...:
+    Too many open files", or EMFILE) was "unusable (CheckpointCorrupt: ...)": the older one was
+    used and a training run set the newest aside. Now it stops (CannotRead) naming the limit."""
+    for step in (1, 2):
+        for part in ("safetensors", "state.pt"):
+            (tmp_path / f"UGATIT_light.model-{step}.{part}").write_bytes(b"x")
+    failures = [OSError(errno.EMFILE, "Too many open files"),
+                RuntimeError("unable to open file <x> in read-only mode: Too many open files (24)")]
+    for failure in failures:
+        def load(found):
+            if found.step == 2:
+                raise failure
+            return "older"
+        with pytest.raises(policy.CannotRead) as e:
+            policy.choose(str(tmp_path), load, "train", log=lambda *a: None)
+        assert "UGATIT_light.model-2" in str(e.value) and "limit on open files" in str(e.value), str(e.value)
+    damaged = policy.choose(str(tmp_path), lambda f: (_ for _ in ()).throw(ValueError("bad")) if f.step == 2 else "older",
+                            "weights", log=lambda *a: None)
+    assert damaged[1] == "older"  # a damaged one is still skipped for the older
+
+
+_AT_THE_LIMIT = r"""
+import os, resource, sys
+sys.path.insert(0, os.environ["PYTHONPATH"])
+import glob
+from torch_port.data import ImageFolderDataset, infinite_loader
+from ugatit_common.cli_errors import check_writable_folder
+from ugatit_common import run_lock
+how, where = sys.argv[1], sys.argv[2]
+ds = ImageFolderDataset(sorted(glob.glob(os.path.join(where, "dataset", "t", "trainA", "*"))), 32, False)
+free = os.dup(0)  # the lowest free descriptor: with the soft limit a little above it, a few opens succeed
+os.close(free)
+resource.setrlimit(resource.RLIMIT_NOFILE, (free + (4 if how == "workers" else 0),
+                                            resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+try:
+    if how == "workers":
+        next(infinite_loader(ds, 1, num_workers=2))
+    elif how == "folder":
+        check_writable_folder(os.path.join(where, "out"), "--log_dir")
+    else:
+        run_lock.acquire(os.path.join(where, "locked"), "--sample_dir")
+    print("no error")
+except OSError as e:
+    print(type(e).__name__, e)
+"""
+
+
+@pytest.mark.parametrize("how", ["workers", "folder", "lock"])
+def test_the_open_files_limit_is_named_as_such(tmp_path, how):
+    """`ulimit -n` reached by the DataLoader's worker processes (their pipes and semaphores) was a
+    bare "[Errno 24] Too many open files", then an "Exception ignored in ... __del__" traceback
+    block from the half-started loader; met proving an output folder writable, or taking its
+    lock, it was "--log_dir 'logs/...' is not writable: Too many open files", which sends the user
+    after the folder's permissions. Now each is one error naming the limit."""
+    make_demo_dataset(str(tmp_path), "t", size=32, n_train=2, n_test=1)
+    proc = subprocess.run([sys.executable, "-c", _AT_THE_LIMIT, how, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, env=ENV)
+    out = proc.stdout.strip()
+    assert out.startswith("OSError [Errno 24] "), (out, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
+    assert "not writable" not in out, out
+    if how == "workers":
+        assert "too many open files (ulimit -n " in out and "lower --num_workers" in out, out
+    else:
+        assert "limit on open files per process was reached (`ulimit -n`: " in out, out
+        assert ("--log_dir" if how == "folder" else "--sample_dir") in out, out
+
+
+def test_a_librarys_own_error_for_the_open_files_limit_is_one_clear_line(capsys):
+    """torch's DataLoader says EMFILE in a RuntimeError ("Too many open files. Communication with
+    the workers is no longer possible..."): that was an internal error (exit 1). Now it is the one
+    line naming the limit, exit 2."""
+    from ugatit_common import cli_errors
+
+    def fn(argv):
+        raise RuntimeError("Too many open files. Communication with the workers is no longer possible. Please "
+                           "increase the limit using `ulimit -n` in the shell")
+    assert cli_errors.run(fn, [], prog="python -m torch_port") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: [Errno 24] too many open files (ulimit -n "), err
