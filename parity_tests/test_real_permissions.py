@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -63,7 +64,7 @@ def _error_line(proc) -> str:
     """The one `error:` line of a failed command, no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    lines = [ln for ln in proc.stderr.splitlines() if re.match(r"(\S[^:]*: )?error: ", ln)]  # "python -m X sub: error:"
     assert len(lines) == 1, proc.stderr[-3000:]
     return lines[0]
 
@@ -176,3 +177,24 @@ def test_a_librarys_own_error_for_the_open_files_limit_is_one_clear_line(capsys)
     assert cli_errors.run(fn, [], prog="python -m torch_port") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: [Errno 24] too many open files (ulimit -n "), err
+
+
+@pytest.mark.parametrize("command", [
+    ["-m", "torch_port", "--phase", "test", "--checkpoint", "w.safetensors", "--input", "in.png"],
+    ["-m", "torch_port", "export", "w.safetensors", "a.onnx", "--direction", "a2b"],
+    [os.path.join(ROOT, "weights_convert.py"), "torch2tf", "w.safetensors", "tf/UGATIT_light.model"],
+    [os.path.join(ROOT, "weights_convert.py"), "tf2onnx", "w.safetensors", "a.onnx", "--direction", "a2b"],
+], ids=["test-phase", "export", "torch2tf", "tf2onnx"])
+def test_a_weights_file_the_user_may_not_read_is_named_as_such(tmp_path, as_user, command):
+    """A `.safetensors` given by name that the user may not read was "not a readable safetensors
+    file (FileNotFoundError: No such file or directory: ...)" (the library's words for EACCES) or a
+    bare "[Errno 13] Permission denied: ..." (torch2tf). Now: the file, and that it is not
+    readable by this user; nothing written."""
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"\x10" + b"\0" * 7 + b"{}" + b" " * 14)  # content never reached
+    weights.chmod(0)
+    (tmp_path / "in.png").write_bytes(b"")  # the test phase checks its input first
+    before = sorted(os.listdir(tmp_path))
+    line = _error_line(as_user(*command))
+    assert "'w.safetensors' is not readable by this user (Permission denied)" in line, line
+    assert sorted(os.listdir(tmp_path)) == before

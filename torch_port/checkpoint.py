@@ -193,7 +193,9 @@ def prune(folder: str, prefix: str, keep: int, run: str | None = None) -> None:
 def read_safetensors(path: str) -> tuple[dict, dict]:
     """(tensors, metadata) of a safetensors file. The library takes UTF-8 paths only: a path
     that is not (a folder named in another encoding, which the writers accept) is read from the
-    file's bytes instead (the same tensors, in memory rather than mapped)."""
+    file's bytes instead (the same tensors, in memory rather than mapped). A file this user may
+    not read is policy.CannotRead (the library calls it "No such file or directory")."""
+    policy.check_readable(path, "weights file")
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
@@ -219,6 +221,7 @@ def safetensors_keys(path: str) -> list[str]:
         if not isinstance(header, dict):
             raise ValueError("its header is not a JSON object")
     except (OSError, ValueError, struct.error) as e:
+        policy.check_readable(path, "weights file")  # the user's permissions, or ulimit -n: said as such
         raise opt.OptionError(f"{path!r}: not a readable safetensors file ({policy._reason(e)})") from e
     return [k for k in header if k != "__metadata__"]
 
@@ -226,6 +229,8 @@ def safetensors_keys(path: str) -> list[str]:
 def load_weights_file(wp: str) -> dict:
     try:
         return read_safetensors(wp)[0]
+    except policy.CannotRead:
+        raise
     except Exception as e:  # noqa: BLE001 - any unreadable file means "not this one"
         raise CheckpointCorrupt(f"cannot read weights {wp!r}: {policy._reason(e)}") from e
 
@@ -659,6 +664,8 @@ def load_any(path: str, overrides: dict | None = None) -> dict:
     if path.lower().endswith(".safetensors"):
         try:
             weights, meta = read_safetensors(path)
+        except policy.CannotRead:
+            raise
         except Exception as e:  # noqa: BLE001
             raise opt.OptionError(f"{path!r}: not a readable safetensors file ({type(e).__name__}: {e})") from e
         if meta.get("kind") == "morph":

@@ -65,6 +65,7 @@ def load_weights(path: str) -> tuple[dict, dict]:
     """(state, metadata) of a .safetensors or .pt file, with one clear error for anything else."""
     import torch
     from ugatit_common.output_guard import is_safetensors_head
+    policy.check_readable(path, "weights file")  # not a bare "[Errno 13] Permission denied: ..."
     with open(path, "rb") as fh:
         head = fh.read(9)
     # read as what it holds, whatever its name says: a safetensors file by its own header first
@@ -104,6 +105,8 @@ def load_weights(path: str) -> tuple[dict, dict]:
     from .checkpoint import read_safetensors
     try:
         return read_safetensors(path)
+    except policy.CannotRead:
+        raise
     except Exception as e:  # noqa: BLE001
         raise ConversionError(f"{path!r} is not a readable safetensors file ({_reason(e)})") from e
 

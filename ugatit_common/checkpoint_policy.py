@@ -518,22 +518,29 @@ class CannotRead(OSError):
         return self.strerror
 
 
+def check_readable(path: str, what: str = "checkpoint file") -> None:
+    """CannotRead when `path` cannot be opened for a reason that is not the file's content: its
+    permissions (a chmod, another user's file) or a limit of the machine (`ulimit -n`); libraries
+    that open it themselves say neither (safetensors: "No such file or directory"). Any other
+    failure (gone, a folder) is left for the reader to say."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise CannotRead(e.errno, f"{what} {path!r} is not readable by this user ({e.strerror}): make it "
+                                      f"readable (chmod u+r) and run again; nothing was skipped or moved") from None
+        limit = limit_error(e, f"cannot read {what} {path!r}")
+        if limit is not None:
+            raise CannotRead(limit.errno, limit.strerror) from None
+        return
+    os.close(fd)
+
+
 def _readable(f: Found, need: str) -> None:
-    """CannotRead when a file of checkpoint `f` that `need` reads (a test phase: a torch
-    checkpoint's weights alone) cannot be opened for a reason that is not the checkpoint's: its
-    permissions (a chmod, another user's file) or `ulimit -n`."""
+    """`check_readable` of each file of checkpoint `f` that `need` reads (a test phase: a torch
+    checkpoint's weights alone)."""
     for p in ([f.weights] if need != "train" and f.framework == "torch" else sorted(f.files)):
-        try:
-            fd = os.open(p, os.O_RDONLY)
-        except OSError as e:
-            if e.errno in (errno.EACCES, errno.EPERM):
-                raise CannotRead(e.errno, f"checkpoint file {p!r} is not readable by this user ({e.strerror}): make it "
-                                          f"readable (chmod u+r) and run again; nothing was skipped or moved") from None
-            limit = limit_error(e, f"cannot read checkpoint file {p!r}")
-            if limit is not None:
-                raise CannotRead(limit.errno, limit.strerror) from None
-            continue  # gone or damaged: the load says why
-        os.close(fd)
+        check_readable(p)
 
 
 def _load_or_stop(f: Found, load, need: str):
