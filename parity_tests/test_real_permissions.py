@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -198,3 +199,35 @@ def test_a_weights_file_the_user_may_not_read_is_named_as_such(tmp_path, as_user
     line = _error_line(as_user(*command))
     assert "'w.safetensors' is not readable by this user (Permission denied)" in line, line
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_checkpoint_folder_made_read_only_during_a_run(tmp_path, as_user):
+    """`chmod 555` on the run's checkpoint folder between two saves: the save's error named the
+    temp file it was creating ("[Errno 13] Permission denied: '.../.tmp-123-x.safetensors'"), a name
+    the user never chose. Now the line names the folder and that it is not writable, with the
+    last checkpoint (intact) and the resume command; no temp file is left, and once writable the
+    run resumes from that checkpoint."""
+    make_demo_dataset(str(tmp_path), "t", size=32, n_train=2, n_test=1)
+    folder = os.path.join(tmp_path, "checkpoint", opt.model_dir(CFG))
+    args = [*TINY, "--iteration", "60", "--save_freq", "10"]
+    prefix = _unprivileged()
+    proc = subprocess.Popen(prefix + [sys.executable, "-m", "torch_port", *args], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not policy.inventory(folder) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.chmod(folder, 0o555)  # later saves (steps 21 .. 61) fail
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.chmod(folder, 0o755)
+    line = _error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    assert line.startswith(f"error: the folder {folder!r} is not writable (Permission denied)"), line
+    kept = policy.inventory(folder)[0]
+    assert f"last checkpoint: {os.path.basename(kept.base)}, intact; resume with: " in line, line
+    assert not [n for n in os.listdir(folder) if n.startswith(".tmp-")], os.listdir(folder)
+    resumed = as_user("-m", "torch_port", *args[:-4], "--iteration", str(kept.step + 1), "--save_freq", "10")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Success to read {os.path.basename(kept.base)} " in resumed.stdout, resumed.stdout[-2000:]

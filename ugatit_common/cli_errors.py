@@ -201,10 +201,25 @@ def tf_error_text(raw: str) -> str:
 
 
 def one_line(e: BaseException) -> str:
+    folder = _unwritable_folder(e)
+    if folder is not None:
+        return folder
     text = " ".join(tf_error_text(str(e)).split()) or type(e).__name__
     if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
         text += f": {e.filename!r}"
     return text
+
+
+def _unwritable_folder(e: BaseException) -> str | None:
+    """A write refused in a folder (its permissions changed under a run, a read-only disk) said as
+    the folder, not as the temp file the atomic write was creating there (`.tmp-<pid>-...`, a name
+    the user never chose); None for any other error."""
+    if not isinstance(e, OSError) or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not e.filename:
+        return None
+    name = os.fsdecode(e.filename) if isinstance(e.filename, (str, bytes)) else str(e.filename)
+    if not os.path.basename(name).startswith(".tmp-"):
+        return None
+    return f"the folder {os.path.dirname(name) or '.'!r} is not writable ({e.strerror}): a file could not be written there"
 
 
 def _launcher(prog: str) -> str:
