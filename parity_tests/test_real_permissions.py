@@ -231,3 +231,27 @@ def test_a_checkpoint_folder_made_read_only_during_a_run(tmp_path, as_user):
     resumed = as_user("-m", "torch_port", *args[:-4], "--iteration", str(kept.step + 1), "--save_freq", "10")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Success to read {os.path.basename(kept.base)} " in resumed.stdout, resumed.stdout[-2000:]
+
+
+@pytest.mark.parametrize("mode", [0o000, 0o444, 0o300], ids=["none", "read-only", "no-read"])
+@pytest.mark.parametrize("required", [True, False], ids=["train", "test-phase"])
+def test_a_data_set_folder_the_user_may_not_list_is_named_as_such(tmp_path, as_user, mode, required):
+    """A data set folder without read or search permission: glob found nothing in it, so the test
+    phase translated the other domain alone (exit 0), and training said "[Errno 13] Permission
+    denied: ..." (chmod 000) or, for a folder without search permission, skipped every file as "a
+    link that leads to no file" and then "holds no files". Now: one error naming the folder and
+    the permission it lacks."""
+    make_demo_dataset(str(tmp_path), "t", size=32, n_train=2, n_test=1)
+    folder = os.path.join("dataset", "t", "testA")
+    os.chmod(tmp_path / folder, mode)
+    try:
+        proc = as_user("-c", "import sys; from ugatit_common import options as opt\n"
+                             "try:\n"
+                             f"    print(opt.domain_files({{'dataset': 't'}}, 'testA', required={required}))\n"
+                             "except opt.OptionError as e:\n"
+                             "    print('OptionError', e)")
+    finally:
+        os.chmod(tmp_path / folder, 0o755)
+    assert proc.stdout.startswith(f"OptionError dataset folder {os.path.join('.', folder)!r} is not readable by this "
+                                  f"user (Permission denied)"), (proc.stdout, proc.stderr[-2000:])
+    assert "warning" not in proc.stderr, proc.stderr
