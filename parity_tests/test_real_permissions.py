@@ -255,3 +255,24 @@ def test_a_data_set_folder_the_user_may_not_list_is_named_as_such(tmp_path, as_u
     assert proc.stdout.startswith(f"OptionError dataset folder {os.path.join('.', folder)!r} is not readable by this "
                                   f"user (Permission denied)"), (proc.stdout, proc.stderr[-2000:])
     assert "warning" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("mode", [0o000, 0o444], ids=["none", "read-only"])
+def test_an_input_folder_the_user_may_not_list_is_named_as_such(tmp_path, as_user, mode):
+    """`--input FOLDER` without search permission (chmod 444): every photo was "a link that leads
+    to no file", then "none of the folder's 2 file(s) is named *.*". Now one error naming the
+    folder and the permission it lacks (chmod 000 was already named, now in the same words)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.png"):
+        (photos / name).write_bytes(b"\x89PNG\r\n\x1a\n")
+    photos.chmod(mode)
+    try:
+        proc = as_user("-c", "from torch_port.translate import input_files\nfrom ugatit_common import options as opt\n"
+                             "try:\n    print(input_files('photos'))\n"
+                             "except opt.OptionError as e:\n    print('OptionError', e)")
+    finally:
+        photos.chmod(0o755)
+    assert proc.stdout.startswith("OptionError --input folder 'photos' is not readable by this user (Permission "
+                                  "denied)"), (proc.stdout, proc.stderr[-2000:])
+    assert "warning" not in proc.stderr, proc.stderr

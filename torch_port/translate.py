@@ -88,6 +88,7 @@ def input_files(path) -> list[str]:
     if os.path.isfile(path):
         return [path]
     if os.path.isdir(path):
+        opt.readable_folder(path, "--input folder")  # glob would find nothing, or dangling links
         # the official `*.*` glob, with the folder's own name taken literally ("photos [2020]")
         files = []
         for f in sorted(glob.glob(os.path.join(glob.escape(path), "*.*"))):

@@ -302,9 +302,9 @@ def dataset_root(cfg: dict, base: str = ".") -> str:
     return os.path.join(base, "dataset", cfg["dataset"])
 
 
-def _readable_folder(path: str) -> None:
-    """OptionError when the data set folder `path` cannot be listed, or its files not looked at,
-    by this user (no r or no x permission): glob then finds nothing, silently (a test phase
+def readable_folder(path: str, what: str = "dataset folder") -> None:
+    """OptionError naming `what` when the folder `path` cannot be listed, or its files not looked
+    at, by this user (no r or no x permission): glob then finds nothing, silently (a test phase
     translated the other domain alone, exit 0), or every file seems a dangling link."""
     try:
         with os.scandir(path) as entries:
@@ -312,11 +312,11 @@ def _readable_folder(path: str) -> None:
         if first is not None:
             os.stat(first.path)
     except PermissionError as e:
-        raise OptionError(f"dataset folder {path!r} is not readable by this user ({e.strerror}): it needs read and "
+        raise OptionError(f"{what} {path!r} is not readable by this user ({e.strerror}): it needs read and "
                           f"search permission (chmod u+rx)") from None
     except OSError as e:
         from .machine_limits import limit_error
-        limit = limit_error(e, f"cannot list dataset folder {path!r}")
+        limit = limit_error(e, f"cannot list {what} {path!r}")
         if limit is not None:
             raise limit from None
         # anything else: the listing below says what it finds
@@ -336,7 +336,7 @@ def domain_files(cfg: dict, folder: str, base: str = ".", required: bool = True)
                 f"relative to " + (f"the working directory {os.path.abspath(base)!r}" if os.path.abspath(base) == os.getcwd()
                                    else f"{os.path.abspath(base)!r}"))
         return []
-    _readable_folder(path)
+    readable_folder(path)
     # the folder read literally: a name holding glob characters ("photos [2020]") is no pattern
     files = []
     for f in sorted(glob.glob(os.path.join(glob.escape(path), "*.*"))):
