@@ -166,18 +166,21 @@ def test_the_open_files_limit_is_named_as_such(tmp_path, how):
         assert ("--log_dir" if how == "folder" else "--sample_dir") in out, out
 
 
-def test_a_librarys_own_error_for_the_open_files_limit_is_one_clear_line(capsys):
+@pytest.mark.parametrize("argv", [[], ["--num_workers", "2"]], ids=["no-workers-flag", "workers"])
+def test_a_librarys_own_error_for_the_open_files_limit_is_one_clear_line(capsys, argv):
     """torch's DataLoader says EMFILE in a RuntimeError ("Too many open files. Communication with
     the workers is no longer possible..."): that was an internal error (exit 1). Now it is the one
-    line naming the limit, exit 2."""
+    line naming the limit, exit 2; it suggests lowering --num_workers only where the command line
+    has that flag (tf_reference, whose TF reader meets the limit, has none)."""
     from ugatit_common import cli_errors
 
     def fn(argv):
         raise RuntimeError("Too many open files. Communication with the workers is no longer possible. Please "
                            "increase the limit using `ulimit -n` in the shell")
-    assert cli_errors.run(fn, [], prog="python -m torch_port") == 2
+    assert cli_errors.run(fn, argv, prog="python -m torch_port") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: [Errno 24] too many open files (ulimit -n "), err
+    assert ("lower --num_workers" in err[0]) == bool(argv), err
 
 
 @pytest.mark.parametrize("command", [

@@ -431,7 +431,8 @@ def _run(fn, argv, prog, training, label, needs_tf) -> int:
             print(f"{label}: {needs_tensorflow_line(prog, needs_tf)}", file=sys.stderr, flush=True)
             return EXIT_BAD_INPUT
         if machine_limit(e) in (errno.EMFILE, errno.ENFILE) and "limit on open files" not in str(e):
-            e = too_many_open_files()  # a bare [Errno 24], or a library's own error for it (the DataLoader's)
+            # a bare [Errno 24], or a library's own error for it (the DataLoader's, TF's ResourceExhaustedError)
+            e = too_many_open_files(workers=any(a.split("=")[0] == "--num_workers" for a in argv or ()))
         oom = out_of_memory(e)
         if is_bad_input(e) or oom:
             if quiet_rank(e):

@@ -53,14 +53,15 @@ def machine_limit(e: BaseException | None) -> int | None:
     return None
 
 
-def too_many_open_files(what: str = "") -> OSError:
+def too_many_open_files(what: str = "", workers: bool = True) -> OSError:
     """One clear error for EMFILE / ENFILE met by `what` (e.g. "the data loader's workers"): the
-    limit, and the two ways out."""
+    limit, and the ways out (`workers`: lowering --num_workers is one, where the command has it)."""
     n = open_files_limit()
     limit = f"ulimit -n {n}" if n is not None else "ulimit -n"
     where = f" ({what})" if what else ""
-    return OSError(errno.EMFILE, f"too many open files ({limit}){where}: raise the limit (e.g. `ulimit -n 4096`) "
-                                 f"or lower --num_workers, or run fewer things at once")
+    lower = " or lower --num_workers," if workers else ""
+    return OSError(errno.EMFILE, f"too many open files ({limit}){where}: raise the limit (e.g. `ulimit -n 4096`)"
+                                 f"{lower} or run fewer things at once")
 
 
 def limit_error(e: BaseException, doing: str) -> OSError | None:
