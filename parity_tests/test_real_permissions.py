@@ -55,9 +55,9 @@ def as_user(tmp_path):
     if proc.returncode == 0 or "PermissionError" not in proc.stderr:
         pytest.skip(f"permissions do not apply to the child here ({' '.join(prefix)}: {proc.stderr.strip()[-300:]})")
 
-    def run(*args):
+    def run(*args, **env):
         return subprocess.run(prefix + [sys.executable, *args], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=300, env=ENV)
+                              timeout=300, env=dict(ENV, **env))
     return run
 
 
@@ -279,3 +279,24 @@ def test_an_input_folder_the_user_may_not_list_is_named_as_such(tmp_path, as_use
     assert proc.stdout.startswith("OptionError --input folder 'photos' is not readable by this user (Permission "
                                   "denied)"), (proc.stdout, proc.stderr[-2000:])
     assert "warning" not in proc.stderr, proc.stderr
+
+
+def test_a_compile_cache_folder_the_user_may_not_write_is_named_before_compiling(tmp_path, as_user):
+    """`--compile True` where inductor's cache folder is not writable (a `/tmp/torchinductor_<user>`
+    another user made in the shared /tmp, here TORCHINDUCTOR_CACHE_DIR read-only): the first
+    compile failed as "internal error (InductorError: PermissionError: ...)", exit 1. Now one
+    line naming the folder and the way out, before anything is compiled or written."""
+    make_demo_dataset(str(tmp_path), "t", size=32, n_train=2, n_test=1)
+    first = as_user("-m", "torch_port", *TINY, "--iteration", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    cache = tmp_path / "inductor-cache"
+    cache.mkdir(mode=0o555)
+    try:
+        proc = as_user("-m", "torch_port", *TINY, "--phase", "test", "--compile", "True",
+                       TORCHINDUCTOR_CACHE_DIR=str(cache))
+    finally:
+        cache.chmod(0o755)
+    line = _error_line(proc)
+    assert f"torch.compile's cache folder {str(cache)!r} is not writable: Permission denied: set " \
+           f"TORCHINDUCTOR_CACHE_DIR" in line, line
+    assert not os.listdir(cache) and not os.path.exists(tmp_path / "results")

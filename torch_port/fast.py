@@ -149,6 +149,22 @@ def separate_inductor_cache() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}_{cap}"
 
 
+def check_inductor_cache() -> None:
+    """OptionError naming inductor's on-disk cache folder (TORCHINDUCTOR_CACHE_DIR, else
+    `<tmp>/torchinductor_<user>`) when this user cannot write it - e.g. one of that name another
+    user made in the shared /tmp: the compile failed mid-run as an internal error
+    (InductorError: PermissionError). Call before the first compile."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    from ugatit_common.cli_errors import check_writable_folder
+    from ugatit_common.options import OptionError
+    path = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()
+    try:
+        check_writable_folder(path, "torch.compile's cache folder")
+    except OptionError as e:
+        raise OptionError(f"{e}: set TORCHINDUCTOR_CACHE_DIR to a folder this user can write, or run without "
+                          f"--compile") from None
+
+
 def dynamo_counts() -> dict:
     """torch._dynamo's global counters: graphs compiled (a recompile compiles one more), graph
     breaks (by reason)."""
@@ -192,6 +208,7 @@ class OptimizedModule(nn.Module):
         options = dict(COMPILE_DEFAULTS if compile_options is None else compile_options)
         if compile:
             separate_inductor_cache()
+            check_inductor_cache()
         fn = torch.compile(inner, dynamic=False, **options) if compile else inner
         self._inductor_patch = dict(INDUCTOR_PATCH) if compile else {}
         object.__setattr__(self, "_fn", fn)  # not a registered child: `inner` is the one copy of the weights
