@@ -300,3 +300,22 @@ def test_a_compile_cache_folder_the_user_may_not_write_is_named_before_compiling
     assert f"torch.compile's cache folder {str(cache)!r} is not writable: Permission denied: set " \
            f"TORCHINDUCTOR_CACHE_DIR" in line, line
     assert not os.listdir(cache) and not os.path.exists(tmp_path / "results")
+
+
+def test_an_unreadable_tf_meta_is_still_read_past(tmp_path, as_user):
+    """The readers read past a `.meta` they cannot read (a note; the settings come from the run
+    record and the weights): the readability check before a load (CannotRead) must not stop on
+    one, only on the `.index` / `.data` files the load needs."""
+    for part in ("index", "data-00000-of-00001", "meta"):
+        (tmp_path / f"UGATIT_light.model-2.{part}").write_bytes(b"x")
+    (tmp_path / "UGATIT_light.model-2.meta").chmod(0)
+    proc = as_user("-c", "from ugatit_common import checkpoint_policy as policy\n"
+                         "found, content = policy.choose('.', lambda f: 'loaded', 'weights', prefer='tf')\n"
+                         "print(found.name, content)")
+    assert proc.stdout.strip() == "UGATIT_light.model-2 (TensorFlow) loaded", (proc.stdout, proc.stderr[-2000:])
+    (tmp_path / "UGATIT_light.model-2.index").chmod(0)
+    proc = as_user("-c", "from ugatit_common import checkpoint_policy as policy\n"
+                         "try:\n    policy.choose('.', lambda f: 'loaded', 'weights', prefer='tf')\n"
+                         "except policy.CannotRead as e:\n    print('CannotRead', e)")
+    assert proc.stdout.startswith("CannotRead checkpoint file './UGATIT_light.model-2.index' is not readable"), \
+        (proc.stdout, proc.stderr[-2000:])
