@@ -322,6 +322,9 @@ def optimize_generators(model: nn.Module, precision: str = "fp32", compile: bool
         raise OptionError(f"--cudnn_benchmark applies to cuDNN (--device cuda); this run is on {device.type}")
     if precision == "fp32" and not compile and not cuda_graphs and not cudnn_benchmark:
         return model
+    if compile:  # said as itself, not as "--precision=fp32: ..." below
+        separate_inductor_cache()
+        check_inductor_cache()
     for attr in GENERATOR_ATTRS:
         g = model._modules.get(attr)
         if g is not None and not isinstance(g, OptimizedModule):
