@@ -319,3 +319,31 @@ def test_an_unreadable_tf_meta_is_still_read_past(tmp_path, as_user):
                          "except policy.CannotRead as e:\n    print('CannotRead', e)")
     assert proc.stdout.startswith("CannotRead checkpoint file './UGATIT_light.model-2.index' is not readable"), \
         (proc.stdout, proc.stderr[-2000:])
+
+
+def test_another_users_lock_file_left_behind_is_taken_over_not_called_unwritable(tmp_path, as_user):
+    """A killed run of another user leaves its lock file behind, mode 0644, theirs: this user may
+    not write it. `acquire` opened it read-write only, so a folder this user may write was "not
+    writable: Permission denied". A flock needs no write access: the lock file is opened read-only,
+    a dead holder's lock is taken over and a live one's is named as in use."""
+    from ugatit_common import run_lock
+    folder = tmp_path / "run"
+    folder.mkdir()
+    lock = folder / run_lock.LOCK_NAME
+    lock.write_bytes(b"")
+    (folder / run_lock.OWNER_NAME).write_text('{"pid": 999999999, "command": "x", "started": "then", "host": "h"}')
+    lock.chmod(0o444)  # another user's file as this user sees it: readable, not writable
+    take = ("-c", "from ugatit_common import run_lock, options\n"
+                  "try:\n l = run_lock.acquire('run')\nexcept options.OptionError as e:\n print('refused:', e); raise SystemExit(2)\n"
+                  "print('taken over from', l.taken_over.pid); l.release()")
+    proc = as_user(*take)
+    assert proc.returncode == 0 and "taken over from 999999999" in proc.stdout, (proc.stdout, proc.stderr[-2000:])
+    assert not lock.exists()  # released as any run's lock
+    lock.write_bytes(b"")
+    lock.chmod(0o444)
+    import fcntl
+    with open(lock, "rb") as held:  # a live holder
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = as_user(*take)
+    assert proc.returncode == 2 and "in use by another run" in proc.stdout and "not writable" not in proc.stdout, \
+        (proc.stdout, proc.stderr[-2000:])

@@ -248,6 +248,19 @@ def _identity(st) -> tuple:
     return st.st_dev, st.st_ino
 
 
+def _open_lock_file(path: str, folder: str) -> int:
+    """The lock file's descriptor, made if needed. One that this user may not write (left behind by
+    another user's run that was killed: mode 0644, theirs) is opened read-only: a flock needs no
+    write access, and a folder this user may write is then not called "not writable"."""
+    flags = getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o666)
+    except PermissionError:
+        if not (os.path.isfile(path) and os.access(folder, os.W_OK | os.X_OK)):
+            raise
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | flags)
+
+
 def acquire(folder: str, what: str = "checkpoint folder", command: str | None = None, *,
             lock_name: str = LOCK_NAME, owner_name: str = OWNER_NAME) -> RunLock:
     """Create `folder` if needed and take its run lock, or raise FolderInUse naming the holder
@@ -263,7 +276,7 @@ def acquire(folder: str, what: str = "checkpoint folder", command: str | None = 
         try:
             os.makedirs(folder, exist_ok=True)
             existed = os.path.lexists(path)  # a lock file left behind: its holder's clean-up never ran
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            fd = _open_lock_file(path, folder)
         except OSError as e:
             if e.errno in (errno.EISDIR, errno.ENOENT, errno.ELOOP) and os.path.lexists(path):
                 # a folder or a dangling link by that name, not an unwritable folder
