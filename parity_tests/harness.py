@@ -470,6 +470,7 @@ def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_
         if os.path.isdir(folder):
             og.sweep_dead_claims(folder)
     import tempfile
+    from ugatit_common.atomic import temp_prefix
     from ugatit_common.options import OptionError
     taken = []
     try:
@@ -483,7 +484,7 @@ def claim_report_outputs(paths, checkpoint: str | None = None, what: str = "OUT_
                 raise og.OutputRefused(f"{what}: {e}") from e
         for folder in folders:  # a file can be written there (a read-only file system; root ignores modes)
             try:
-                fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", dir=folder)
+                fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), dir=folder)
                 os.close(fd)
                 os.remove(tmp)
             except OSError as e:

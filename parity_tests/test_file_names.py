@@ -77,14 +77,15 @@ def _dead_pid() -> int:
 
 
 def test_sweep_dead_temps_leaves_running_writers_alone(tmp_path):
-    """Temp files (`.tmp-<pid>-...`) of writers that are gone, or older than a day, are removed;
-    one of a running process, and files of other names, stay; the results folder's sweep of any
-    temp name (checkpoint_policy.sweep_temp without an owner) leaves a running writer's too."""
+    """Temp files (`.tmp-<pid>@<host id>-...`; below, older versions' `.tmp-<pid>-...`) of writers
+    that are gone, or older than a day, are removed; one of a running process, and files of other
+    names, stay; the results folder's sweep of any temp name (checkpoint_policy.sweep_temp without
+    an owner) leaves a running writer's too. Another host's: test_shared_folder.py."""
     import time
 
-    from ugatit_common.atomic import STALE_S, atomic_output, sweep_dead_temps
+    from ugatit_common.atomic import STALE_S, atomic_output, host_id, sweep_dead_temps
     with atomic_output(str(tmp_path / "x.png")) as tmp:
-        assert os.path.basename(tmp).startswith(f".tmp-{os.getpid()}-")
+        assert os.path.basename(tmp).startswith(f".tmp-{os.getpid()}@{host_id()}-")
     dead, live = _dead_pid(), os.getppid()
     names = {f".tmp-{dead}-a.png": False, f".tmp-{live}-b.png": True, f".tmp-{live}-old.png": False,
              ".tmp-notes.txt": True, "photo.png": True}

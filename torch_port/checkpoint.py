@@ -37,7 +37,7 @@ import torch
 from ugatit_common import checkpoint_policy as policy
 from ugatit_common import options as opt
 from ugatit_common import tf_checkpoint as tfc
-from ugatit_common.atomic import file_mode, naming, publish_together, remove_quietly
+from ugatit_common.atomic import file_mode, naming, publish_together, remove_quietly, temp_prefix
 from ugatit_common.finite import named_numbers, refuse_non_finite
 from ugatit_common.recorded_config import recorded_keys, with_run_record
 from ugatit_common.tf_checkpoint.bundle import checkpoint_subfolders, v1_error, v1_file
@@ -131,7 +131,7 @@ def save(folder: str, prefix: str, step: int, model: torch.nn.Module, state: dic
     try:
         for path, write in ((weights_path, lambda tmp: save_file(tensors, tmp, metadata=meta)),
                             (state_path, write_state), (os.path.join(folder, POINTER), write_pointer)):
-            fd, temps[path] = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=os.path.splitext(path)[1],
+            fd, temps[path] = tempfile.mkstemp(prefix=temp_prefix(), suffix=os.path.splitext(path)[1],
                                                dir=folder)
             os.close(fd)
             with naming(path):

@@ -2,8 +2,9 @@
 the temp file is removed and the target is untouched (nothing half-written is ever seen).
 Published files get the mode a plain `open(path, "w")` would give them: 0o666 minus the umask
 (`file_mode`), not the 0o600 of the temp file. A temp file's name holds its writer's pid
-(`.tmp-<pid>-...`), so one left by a killed writer can be told from one being written
-(`sweep_dead_temps`)."""
+and host (`.tmp-<pid>@<host id>-...`), so one left by a killed writer can be told from one being
+written (`sweep_dead_temps`), and one of another machine sharing the folder (NFS) is never judged
+by a pid of this one."""
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,10 @@ import errno
 import json
 import os
 import re
+import socket
 import tempfile
 import time
+import zlib
 
 try:
     import fcntl
@@ -72,7 +75,7 @@ def atomic_output(path: str, mode: int | None = None):
         raise folder_given(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=os.path.splitext(path)[1], dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     try:
         with naming(path):
@@ -97,8 +100,8 @@ def naming(path: str):
         raise WriteFailed(path, e) from e
 
 
-JOURNAL = ".journal"  # suffix of publish_together's record: `.tmp-<pid>-<hex>.journal`
-_BACKUP = re.compile(r"^\.tmp-\d+-[0-9a-f]+\.keep$")  # its backups' names
+JOURNAL = ".journal"  # suffix of publish_together's record: `.tmp-<pid>@<host id>-<hex>.journal`
+_BACKUP = re.compile(r"^\.tmp-\d+(@[0-9a-z]+)?-[0-9a-f]+\.keep$")  # its backups' names (older: no host)
 
 
 def fsync_folder(folder: str) -> None:
@@ -128,7 +131,7 @@ class _Journal:
     after a restart, another container's). Written as `<stem>.journal-part`, then renamed whole."""
 
     def __init__(self, folder: str):
-        self.path = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(6).hex()}{JOURNAL}")
+        self.path = os.path.join(folder, f"{temp_prefix()}{os.urandom(6).hex()}{JOURNAL}")
         self.part = self.path + "-part"
         # made under a name recovery never looks at and locked before it takes the `-part` name: a
         # `-part` file whose lock is free is then always a dead writer's (another command's
@@ -248,6 +251,12 @@ def _roll_back(folder: str, entries: list) -> list[str]:
     return changed
 
 
+def _writer(name: str) -> str:
+    """Who wrote the journal `name`, for a message: `process <pid>`, `... on another host`."""
+    m = _WRITER.match(name)
+    return f"process {m.group(1)}" + ("" if m.group(2) in (None, host_id()) else " on another host")
+
+
 def recover_interrupted_writes(folder: str, log=print) -> list[str]:
     """Finish what a killed publish_together left in `folder` (SIGKILL or power loss between its
     renames: a new .data beside the old .index, a port checkpoint's weights without their state,
@@ -280,7 +289,7 @@ def recover_interrupted_writes(folder: str, log=print) -> list[str]:
             continue
         except ChangedSince as e:
             kept = [x["was"] for x in entries if _BACKUP.match(str(x.get("was")))]
-            log(f" [!] {folder}: a write there was interrupted (process {_WRITER.match(n).group(1)} stopped between "
+            log(f" [!] {folder}: a write there was interrupted ({_writer(n)} stopped between "
                 f"its renames), and {e} has changed since: nothing was put back; the files from before that write "
                 f"are kept as {', '.join(kept) or '(none)'} - remove {n} to drop them")
             continue
@@ -292,7 +301,7 @@ def recover_interrupted_writes(folder: str, log=print) -> list[str]:
             os.close(fd)
         fsync_folder(folder)
         if changed:
-            log(f" [*] {folder}: a write there was interrupted (process {_WRITER.match(n).group(1)} stopped "
+            log(f" [*] {folder}: a write there was interrupted ({_writer(n)} stopped "
                 f"between its renames); put back as they were before it: {', '.join(changed)}")
         restored += changed
     # a backup no journal names and no journal of its writer's pid is still there for (the write
@@ -336,8 +345,8 @@ def publish_together(moves: dict, log=print) -> None:
     as it was before - never some of each (a TF checkpoint's .data, .index and `checkpoint` file;
     a port checkpoint's weights, state and pointer; an ONNX model and its codes). An error or
     Ctrl-C half way puts every path back at once: a file that existed from a hard link kept beside
-    it (`.tmp-<pid>-<hex>.keep`), one that did not is removed. A process killed half way (SIGKILL,
-    power loss) leaves a journal, written before the first rename and locked while the write runs:
+    it (`.tmp-<pid>@<host id>-<hex>.keep`), one that did not is removed. A process killed half
+    way (SIGKILL, power loss) leaves a journal, written before the first rename and locked while the write runs:
     the next command that reads or writes that folder rolls it back (`recover_interrupted_writes`),
     touching only the files this write had published or removed. A killed earlier write there is
     rolled back first. WriteFailed names the file that failed. The temp files are the caller's
@@ -357,7 +366,7 @@ def publish_together(moves: dict, log=print) -> None:
             entry = {"path": os.path.basename(path), "was": "absent",
                      "new": None if tmp is None else _identity(os.lstat(tmp))}
             if os.path.lexists(path):
-                backup = f".tmp-{os.getpid()}-{os.urandom(6).hex()}.keep"
+                backup = f"{temp_prefix()}{os.urandom(6).hex()}.keep"
                 try:
                     os.link(path, os.path.join(folder, backup), follow_symlinks=False)
                     entry["was"] = backup
@@ -420,10 +429,10 @@ def remove_quietly(path: str) -> None:
 
 
 def write_temp_beside(folder: str, data: bytes, suffix: str = "", name: str = "", fsync: bool = True) -> str:
-    """`data` in a new temp file of `folder` (`.tmp-<pid>-<name>...<suffix>`: `sweep_dead_temps`
-    knows its writer), fsynced, with the mode the umask gives: its path, for the caller to rename
-    or publish. Removed again when the write fails."""
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-{name}", suffix=suffix, dir=folder)
+    """`data` in a new temp file of `folder` (`.tmp-<pid>@<host id>-<name>...<suffix>`:
+    `sweep_dead_temps` knows its writer), fsynced, with the mode the umask gives: its path, for
+    the caller to rename or publish. Removed again when the write fails."""
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), suffix=suffix, dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -470,8 +479,26 @@ def write_bytes_atomic(path: str, data: bytes) -> str:
     return path
 
 
-_WRITER = re.compile(r"^\.tmp-(\d+)-")
+_WRITER = re.compile(r"^\.tmp-(\d+)(?:@([0-9a-z]+))?-")  # pid, host id (None: an older version's name)
 STALE_S = 24 * 3600  # a temp file this old is left over whatever its pid says (pids are reused)
+
+
+def host_id() -> str:
+    """This machine's tag in temp-file names: its host name's CRC-32 in 8 hex digits (short and
+    safe in any file name; host names differing in one character never share it). A pid means
+    something only on the machine that wrote it: a folder shared between hosts (NFS, multi-node
+    training) holds other machines' temp files, whose pids are dead or unrelated processes here."""
+    try:
+        name = socket.gethostname()
+    except OSError:  # pragma: no cover - no host name: every process here still shares one tag
+        name = ""
+    return f"{zlib.crc32(name.encode('utf-8', 'surrogateescape')):08x}"
+
+
+def temp_prefix(name: str = "") -> str:
+    """The start of a temp file's name, `.tmp-<pid>@<host id>-<name>`: `abandoned` reads its writer
+    from it (every atomic writer of the project names its temp files so)."""
+    return f".tmp-{os.getpid()}@{host_id()}-{name}"
 
 
 def _alive(pid: int) -> bool:
@@ -485,16 +512,21 @@ def _alive(pid: int) -> bool:
 
 
 def abandoned(path: str) -> bool | None:
-    """For a temp file of `atomic_output` (`.tmp-<pid>-...`): whether its writer is gone (that pid
-    is not running, or the file is older than STALE_S); None for any other name."""
+    """For a temp file of `atomic_output` (`.tmp-<pid>@<host id>-...`, or an older version's
+    `.tmp-<pid>-...`): whether its writer is gone (that pid is not running, or the file is older
+    than STALE_S); None for any other name. Another host's file (a folder shared over NFS) is gone
+    only when older than STALE_S: its pid cannot be asked about here (dead here, or an unrelated
+    process), and a file untouched for a day is no write in progress - the rule that already
+    overrides a live pid here, so a killed host's leftovers do not stay for ever."""
     m = _WRITER.match(os.path.basename(path))
     if not m:
         return None
-    pid = int(m.group(1))
-    if pid == os.getpid():
+    pid, host = int(m.group(1)), m.group(2)
+    here = host is None or host == host_id()
+    if here and pid == os.getpid():
         return False
     try:
-        return not _alive(pid) or time.time() - os.path.getmtime(path) >= STALE_S
+        return (here and not _alive(pid)) or time.time() - os.path.getmtime(path) >= STALE_S
     except OSError:  # gone meanwhile
         return False
 
@@ -503,7 +535,8 @@ def sweep_dead_temps(folder: str) -> list[str]:
     """Remove the temp files of `atomic_output` in `folder` (not in subfolders) whose writer is
     gone (a process killed mid-write, SIGKILL or power loss): their pid is not running, or they are
     older than STALE_S. A temp file of a process still running (another command writing into the
-    same folder) is left alone. Returns the names removed."""
+    same folder) is left alone, and so is another host's younger than STALE_S (`abandoned`).
+    Returns the names removed."""
     gone = []
     recover_interrupted_writes(folder)  # a killed publish_together's backups are temp files: put back first
     try:

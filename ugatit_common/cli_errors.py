@@ -23,6 +23,7 @@ import sys
 import traceback
 import warnings
 
+from .atomic import temp_prefix
 from .machine_limits import limit_error, machine_limit, too_many_open_files
 
 EXIT_INTERNAL = 1
@@ -212,7 +213,7 @@ def one_line(e: BaseException) -> str:
 
 def _unwritable_folder(e: BaseException) -> str | None:
     """A write refused in a folder (its permissions changed under a run, a read-only disk) said as
-    the folder, not as the temp file the atomic write was creating there (`.tmp-<pid>-...`, a name
+    the folder, not as the temp file the atomic write was creating there (`.tmp-<pid>@<host>-...`, a name
     the user never chose); None for any other error."""
     if not isinstance(e, OSError) or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not e.filename:
         return None
@@ -492,7 +493,7 @@ def check_writable_folder(path: str, what: str) -> str:
         raise OptionError(f"{what} {path!r} is not writable: {blocked}")
     try:
         os.makedirs(path, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", dir=path)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), dir=path)
         os.close(fd)
         os.remove(tmp)
     except OSError as e:

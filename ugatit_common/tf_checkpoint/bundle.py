@@ -21,7 +21,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..atomic import file_mode, fsync_folder, recover_interrupted_writes, remove_quietly, write_temp_beside
+from ..atomic import (file_mode, fsync_folder, recover_interrupted_writes, remove_quietly, temp_prefix,
+                      write_temp_beside)
 
 __all__ = [
     "CheckpointError",
@@ -944,8 +945,8 @@ class BundleWriter:
         self._block_size = block_size
         folder = os.path.dirname(self.prefix)
         os.makedirs(folder, exist_ok=True)
-        # temp names carry the writer's pid: swept once it is gone (ugatit_common.atomic.sweep_dead_temps)
-        fd, self._tmp_data = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=".data.tmp", dir=folder)
+        # temp names carry the writer's pid and host: swept once it is gone (ugatit_common.atomic.sweep_dead_temps)
+        fd, self._tmp_data = tempfile.mkstemp(prefix=temp_prefix(), suffix=".data.tmp", dir=folder)
         self._data = os.fdopen(fd, "wb")
         self._tmp_index: str | None = None
         self._entries: dict[str, _Entry] = {}
@@ -1027,7 +1028,7 @@ class BundleWriter:
                 items.append((name.encode("utf-8"), _encode_entry(self._entries[name])))
             table = _build_table(items, self._block_size)
             folder = os.path.dirname(self.prefix)
-            fd, self._tmp_index = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=".index.tmp", dir=folder)
+            fd, self._tmp_index = tempfile.mkstemp(prefix=temp_prefix(), suffix=".index.tmp", dir=folder)
             with os.fdopen(fd, "wb") as f:
                 f.write(table)
                 f.flush()

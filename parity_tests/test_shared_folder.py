@@ -1,0 +1,126 @@
+"""A checkpoint folder shared between hosts (NFS: training on host A, a test phase, load or torch2tf
+on host B; multi-node training): every reader and writer sweeps the temp files of writers that are
+gone, judged by their pid - a pid of this machine. Host A's live writer's pid is dead on host B (or
+an unrelated process there): B removed A's temp files mid-save. Temp names now carry their host
+(`.tmp-<pid>@<host id>-...`) and only this host's are judged by pid; another host's go only when
+older than atomic.STALE_S. Another host is simulated in this process: its host name and a pid
+that is dead here."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from parity_tests.test_file_names import _dead_pid
+from parity_tests.test_morph import _one_thread  # noqa: F401 - autouse: one CPU thread per test
+from parity_tests.test_nothing_lost import TINY, ckdir, make_data, port, resdir, train_args
+from ugatit_common import atomic
+from ugatit_common import checkpoint_policy as policy
+
+OTHER_HOST = "node-a.cluster.example"
+
+
+def _pretend(monkeypatch) -> dict:
+    """A dict that, while it holds `host` and `pid`, makes this process write as that pid on that
+    host (what the atomic writers read: the host name and os.getpid); empty: as itself."""
+    ident = {}
+    real_host, real_pid = socket.gethostname, os.getpid
+    monkeypatch.setattr(socket, "gethostname", lambda: ident.get("host") or real_host())
+    monkeypatch.setattr(os, "getpid", lambda: ident.get("pid") or real_pid())
+    return ident
+
+
+def _temps(folder) -> set:
+    return {n for n in os.listdir(folder) if n.startswith(".tmp-")}
+
+
+def test_a_sweep_judges_by_pid_only_its_own_hosts_temp_files(tmp_path, monkeypatch):
+    """Another host's temp files (a dead pid here) stay through every sweep; when older than a day
+    they go (a killed host's left-overs). This host's dead writers' files go, in the new and the
+    older name (no host); a live writer's stay."""
+    dead = _dead_pid()
+    ident = _pretend(monkeypatch)
+    ident.update(host=OTHER_HOST, pid=dead)
+    other = atomic.temp_prefix()
+    ident.clear()
+    here = atomic.temp_prefix()
+    assert other != here and other.startswith(f".tmp-{dead}@") and here.startswith(f".tmp-{os.getpid()}@")
+    assert len(other) == len(f".tmp-{dead}@12345678-") and "/" not in other  # short: 8 characters of host id
+    names = {other + "live.safetensors": True, other + "ab.journal-new": True,  # another host's write in progress
+             other + "old.safetensors": False,                                  # left more than a day ago
+             f".tmp-{dead}@{atomic.host_id()}-x.png": False,                    # killed here
+             f".tmp-{dead}-older.png": False,                                   # killed here, older name
+             here + "mine.png": True}                                           # this process's
+    assert atomic.abandoned(str(tmp_path / (other + "live.safetensors"))) is False
+    for k, (sweep, removes) in enumerate(((atomic.sweep_dead_temps, True),
+                                          (lambda f: policy.sweep_temp(f, log=lambda m: None), True),
+                                          (atomic.recover_interrupted_writes, False))):  # journals' alone
+        folder = tmp_path / str(k)
+        folder.mkdir()
+        for n in names:
+            (folder / n).write_bytes(b"x")
+        stale = time.time() - atomic.STALE_S - 60
+        os.utime(folder / (other + "old.safetensors"), (stale, stale))
+        sweep(str(folder))
+        assert sorted(os.listdir(folder)) == sorted(n for n in names if names[n] or not removes), k
+
+
+def test_another_hosts_live_save_survives_every_reader_here(tmp_path, monkeypatch, capsys):
+    """Host A saves into a run folder (a publish_together: temp files, a backup of the file it
+    replaces, its locked journal) and writes a page into a results folder; its pid is dead here.
+    Mid-save, on this host: the test phase, load_any, torch2tf (its prepare and its sweep of the
+    output folder, the run folder itself with --continue_run) and each sweep run. A's files all
+    stay, and A's save then completes."""
+    import weights_convert as wc
+    from torch_port import checkpoint as ckpt
+    make_data(tmp_path)
+    assert port(train_args(2), monkeypatch, tmp_path, capsys)[0] == 0
+    folder, results = ckdir(tmp_path), resdir(tmp_path)
+    os.makedirs(results, exist_ok=True)
+    latest = open(os.path.join(folder, "latest"), "rb").read()
+    a_pid, seen = _dead_pid(), {}
+    real_replace = os.replace
+    ident = _pretend(monkeypatch)
+
+    def readers_here():
+        """This host's commands, mid-save of A: A's files are never removed."""
+        a_files = _temps(folder) | {os.path.join("results", n) for n in _temps(results)}
+        assert any(n.endswith(".journal") for n in a_files) and any(n.endswith(".keep") for n in a_files)
+        assert all(n.split("/")[-1].startswith(f".tmp-{a_pid}") for n in a_files), a_files
+
+        def left():
+            return {n for n in a_files if not os.path.exists(os.path.join(folder, n) if "/" not in n
+                                                             else os.path.join(results, n.split("/")[1]))}
+        rc, out, err = port(TINY + ["--phase", "test"], monkeypatch, tmp_path, capsys)
+        assert rc == 0, err
+        assert not left(), ("test phase", left())
+        assert ckpt.load_any(folder)["step"] == 3
+        assert not left(), ("load_any", left())
+        assert wc.main(["torch2tf", folder, os.path.join(folder, "UGATIT_light.model"), "--continue_run"]) == 0
+        assert not left(), ("torch2tf", left())
+        for sweep in (atomic.recover_interrupted_writes, atomic.sweep_dead_temps, policy.sweep_temp):
+            sweep(folder)
+            sweep(results)
+            assert not left(), (sweep, left())
+        seen["checked"] = a_files
+
+    def replace(src, dst, *a, **k):
+        if ident and "checked" not in seen and not str(src).endswith("-part"):  # A renames its first file
+            as_a = dict(ident)
+            ident.clear()
+            try:
+                readers_here()
+            finally:
+                ident.update(as_a)
+        return real_replace(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", replace)
+    ident.update(host=OTHER_HOST, pid=a_pid)
+    with atomic.atomic_output(os.path.join(results, "index-a.html")) as page:
+        open(page, "w").write("A's page")
+        atomic.write_files_atomic({os.path.join(folder, "latest"): latest,
+                                   os.path.join(folder, "notes-a.txt"): b"A's save"})
+    ident.clear()
+    assert seen.get("checked"), "the readers did not run mid-save"
+    assert open(os.path.join(folder, "notes-a.txt"), "rb").read() == b"A's save"
+    assert open(os.path.join(results, "index-a.html")).read() == "A's page"
+    assert not [n for n in _temps(folder) | _temps(results) if f".tmp-{a_pid}" in n], _temps(folder)
