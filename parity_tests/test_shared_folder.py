@@ -124,3 +124,26 @@ def test_another_hosts_live_save_survives_every_reader_here(tmp_path, monkeypatc
     assert open(os.path.join(folder, "notes-a.txt"), "rb").read() == b"A's save"
     assert open(os.path.join(results, "index-a.html")).read() == "A's page"
     assert not [n for n in _temps(folder) | _temps(results) if f".tmp-{a_pid}" in n], _temps(folder)
+
+
+def test_a_training_of_the_same_pid_on_another_host_is_not_taken_for_this_process(tmp_path):
+    """The output guard let a command write into a running training's folder when the run's pid
+    was this process's own: on a folder shared between hosts the same pid may be another host's
+    training. The owner file names its host: only this host's pid is this process."""
+    import fcntl
+    import json
+    from ugatit_common import output_guard, run_lock
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / run_lock.LOCK_NAME, "wb") as held:  # the other host's training holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        for host, refused in ((OTHER_HOST, True), (socket.gethostname(), False), (None, False)):
+            (run / run_lock.OWNER_NAME).write_text(json.dumps({"pid": os.getpid(), "host": host}))
+            try:
+                output_guard.recheck_live_run(str(run / "a2b.onnx"))
+                said = None
+            except output_guard.OutputRefused as e:
+                said = str(e)
+            assert (said is not None) == refused, (host, said)
+            if refused:
+                assert f"on {OTHER_HOST}" in said and "a training run took meanwhile" in said, said

@@ -435,7 +435,7 @@ def own_result_folder(folder: str, flag: str = "--result_dir"):
                             f"({e.holder.describe()}); wait for it to end, or give {flag} another folder") from None
     try:
         live = _live_owner(os.path.realpath(folder))  # a training run that took it since check_result_folders
-        if live is not None and live[1].pid != os.getpid():
+        if live is not None and not live[1].is_this_process():
             raise OutputRefused(f"{flag}: results would go into {folder!r}, which lies in {live[0]!r}, a folder of a "
                                 f"running training ({live[1].describe()}); give {flag} a folder of its own")
         yield lock
@@ -451,7 +451,7 @@ def recheck_live_run(path: str) -> None:
     `path`'s: checked again right before a slow command (an export's verification) writes, as
     a run may have taken the folder since `check_outputs` looked."""
     live = _live_owner(os.path.realpath(os.path.dirname(os.path.abspath(path))))
-    if live is not None and live[1].pid != os.getpid():
+    if live is not None and not live[1].is_this_process():
         folder, holder = live
         raise OutputRefused(f"output {path!r} lies in {folder!r}, which a training run took meanwhile "
                             f"({holder.describe()}); nothing was written: write it outside that folder")

@@ -72,6 +72,11 @@ class Holder:
     started: str | None = None
     host: str | None = None
 
+    def is_this_process(self) -> bool:
+        """Whether the holder is this very process: its pid, on this host (a folder shared between
+        hosts may be held by the same pid elsewhere); an owner file naming no host: by pid alone."""
+        return self.pid == os.getpid() and (self.host is None or self.host == socket.gethostname())
+
     def describe(self) -> str:
         parts = [f"pid {self.pid if self.pid is not None else '?'}"]
         if self.host and self.host != socket.gethostname():
