@@ -254,12 +254,7 @@ def find_latest(folder: str):
     Newer ones that cannot be read are named on stdout (never skipped silently)."""
     if not os.path.isdir(folder):
         return None
-    for _ in range(policy.VANISHED_TRIES - 1):
-        try:
-            return _find_latest_once(folder, retry=True)
-        except policy.Vanished:
-            continue  # a training run there pruned the checkpoint being read: look again
-    return _find_latest_once(folder, retry=False)
+    return policy.look_again_while_pruned(lambda retry: _find_latest_once(folder, retry))
 
 
 def _find_latest_once(folder: str, retry: bool):

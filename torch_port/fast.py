@@ -153,7 +153,9 @@ def check_inductor_cache() -> None:
     """OptionError naming inductor's on-disk cache folder (TORCHINDUCTOR_CACHE_DIR, else
     `<tmp>/torchinductor_<user>`) when this user cannot write it - e.g. one of that name another
     user made in the shared /tmp: the compile failed mid-run as an internal error
-    (InductorError: PermissionError). Call before the first compile."""
+    (InductorError: PermissionError). Call before the first compile; it first picks this
+    process's folder (separate_inductor_cache)."""
+    separate_inductor_cache()
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
     from ugatit_common.cli_errors import check_writable_folder
     from ugatit_common.options import OptionError
@@ -207,7 +209,6 @@ class OptimizedModule(nn.Module):
         self.inner = inner
         options = dict(COMPILE_DEFAULTS if compile_options is None else compile_options)
         if compile:
-            separate_inductor_cache()
             check_inductor_cache()
         fn = torch.compile(inner, dynamic=False, **options) if compile else inner
         self._inductor_patch = dict(INDUCTOR_PATCH) if compile else {}
@@ -323,7 +324,6 @@ def optimize_generators(model: nn.Module, precision: str = "fp32", compile: bool
     if precision == "fp32" and not compile and not cuda_graphs and not cudnn_benchmark:
         return model
     if compile:  # said as itself, not as "--precision=fp32: ..." below
-        separate_inductor_cache()
         check_inductor_cache()
     for attr in GENERATOR_ATTRS:
         g = model._modules.get(attr)

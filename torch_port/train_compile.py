@@ -50,8 +50,7 @@ def compile_model(model: nn.Module, backend: str | None = None) -> tuple[list[st
     # and dynamo keeps at most `recompile_limit` (8) graphs per code object, then silently runs
     # eager. Training needs 6 (Morph 5), a test phase in the same process more: raise the limit,
     # and make hitting it an error rather than a silent fall-back to eager.
-    from .fast import check_inductor_cache, separate_inductor_cache
-    separate_inductor_cache()
+    from .fast import check_inductor_cache
     check_inductor_cache()
     import torch._dynamo.config as dynamo_config
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)

@@ -568,12 +568,19 @@ def choose(folder: str, load, need: str = "train", log=print, owner=None, prefer
     file names is used instead, with a `note:` line (`_test_phase_choice`); if it is incomplete
     or unreadable, that is said and the newest usable is used. A checkpoint whose files vanish
     while it is read (a training run there pruned it) is not unusable: the folder is looked at again."""
-    for attempt in range(VANISHED_TRIES):
+    return look_again_while_pruned(lambda retry: _choose_once(folder, load, need, log, owner, prefer, retry))
+
+
+def look_again_while_pruned(once):
+    """`once(retry)`, called again while it raises Vanished (a run writing the folder pruned a
+    checkpoint while it was read), at most VANISHED_TRIES times; the last call has retry=False
+    (it says what it finds instead of raising Vanished)."""
+    for _ in range(VANISHED_TRIES - 1):
         try:
-            return _choose_once(folder, load, need, log, owner, prefer, retry=attempt + 1 < VANISHED_TRIES)
+            return once(True)
         except Vanished:
-            continue  # a run writing the folder pruned a checkpoint while it was read: look again
-    raise AssertionError("unreachable: the last try does not retry")  # pragma: no cover
+            continue
+    return once(False)
 
 
 # A reader (a test phase, an export) that finds a checkpoint's files gone while it reads them (a
