@@ -263,3 +263,29 @@ def test_torch2tf_of_a_folder_never_converts_half_of_a_checkpoint_being_pruned(t
     from ugatit_common.tf_checkpoint.bundle import tensor_info
     written = tensor_info(str(out_dir / f"{PREFIX}.model-3"))
     assert any(k.endswith("/Adam") for k in written), sorted(written)[:5]  # TF training can resume from it
+
+
+def test_torch2tf_of_a_folder_reads_the_newer_checkpoint_when_its_listed_one_is_pruned(two_checkpoints, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """The listed checkpoint pruned whole before its weights file is opened (the run saved 3 and
+    pruned 2 between torch2tf's look at the folder and its read): the folder is looked at again
+    and checkpoint 3 converted - not the OSError of the open, nor "no such file"."""
+    import torch_port.to_tf as to_tf
+    import weights_convert as wc
+    folder, aside = two_checkpoints
+    real, read = to_tf.load_weights, []
+
+    def racing(path):
+        read.append(os.path.basename(path))
+        if len(read) == 1:
+            _save_3_prune_2(folder, aside)
+        return real(path)  # checkpoint 2's weights file is gone: the open fails (FileNotFoundError)
+    monkeypatch.setattr(to_tf, "load_weights", racing)
+    capsys.readouterr()
+    out_dir = tmp_path / "tf"
+    rc = wc.main(["torch2tf", folder, str(out_dir / f"{PREFIX}.model-3")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert read == [f"{PREFIX}.model-2.safetensors", f"{PREFIX}.model-3.safetensors"], read
+    from ugatit_common.tf_checkpoint.bundle import tensor_info
+    assert any(k.endswith("/Adam") for k in tensor_info(str(out_dir / f"{PREFIX}.model-3")))
