@@ -180,7 +180,7 @@ def test_a_state_dict_of_another_config_is_named_in_load_state_dicts_first_line(
 
 
 @pytest.mark.parametrize("key, value, error", [
-    ("light", "False", TypeError), ("smoothing", "False", TypeError), ("sn", None, TypeError),
+    ("light", "False", TypeError), ("smoothing", "False", TypeError), ("sn", None, TypeError), ("sn", 2, TypeError),
     ("ch", 4.0, TypeError), ("ch", "4", TypeError), ("ch", 0, ValueError), ("ch", -1, ValueError),
     ("img_size", 0, ValueError)])
 def test_build_ugatit_refuses_a_setting_of_the_wrong_kind_naming_it(key, value, error):
