@@ -1024,6 +1024,9 @@ def test_an_image_size_too_small_for_a_guessed_n_dis_says_it_is_guessed(tmp_path
     line = _error_line("\n".join(ln for ln in err.splitlines() if not ln.startswith("note:")))
     assert rc == 2 and "n_dis=6 is guessed" in line and "--n_dis" in line, line
     assert not (tmp_path / "o.safetensors").exists()
+    # the API (README "Python API": weights_convert.tf_to_torch) says the same
+    with pytest.raises(wc.ConversionError, match=r"--img_size=32: .* n_dis=6 is guessed .*--n_dis sets it"):
+        wc.tf_to_torch(prefix, overrides=dict(img_size=32, smoothing=True, sn=True), quiet=True)
     rc, out, err = _convert(["tf2torch", prefix, tmp_path / "o.safetensors"] + flags + ["--n_dis", "4"], capsys)
     assert rc == 0, err
 
