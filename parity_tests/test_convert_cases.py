@@ -978,6 +978,16 @@ def test_torch2tf_output_named_by_a_checkpoint_file_writes_that_checkpoint(suffi
     assert "UGATIT_light.model-3" in out and suffix in out, out
     with BundleReader(str(tmp_path / "tf")) as r:
         assert r.prefix.endswith("UGATIT_light.model-3")
+        before = {k: r.read(k).copy() for k in r.keys()}
+    # again, over the checkpoint that file is part of: --overwrite replaces that checkpoint (the file
+    # named is one of its own, not a prefix of another kind)
+    other = _weights_file(tmp_path / "w1.safetensors", dict(_model(1).state_dict()), {"config": json.dumps(dict(CFG))})
+    rc, out, err = _convert(["torch2tf", other, tmp_path / "tf" / f"UGATIT_light.model-3{suffix}", "--overwrite"],
+                            capsys)
+    assert rc == 0, err
+    assert sorted(os.listdir(tmp_path / "tf")) == names
+    with BundleReader(str(tmp_path / "tf")) as r:
+        assert not all(np.array_equal(r.read(k), before[k]) for k in r.keys()), "the old checkpoint stayed"
 
 
 # -- 15. a generators-only checkpoint beside the .meta torch2tf writes for it --------------------------
