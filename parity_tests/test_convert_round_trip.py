@@ -75,19 +75,23 @@ def test_an_input_that_records_no_image_size_gets_no_record(tmp_path, capsys):
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_a_file_of_that_name_that_is_no_run_record_is_never_replaced(overwrite, tmp_path, capsys):
     src = _meta_port(tmp_path / "port", cfg=CFG)
-    for i, content in enumerate((b"my notes\n", b'{"img_size": "big"}', None)):
+    # a link to a run record (this very input's, elsewhere) is a user's link, not a record to replace
+    assert _run(capsys, "torch2tf", src, tmp_path / "real" / "UGATIT_light.model")[0] == 0
+    for i, content in enumerate((b"my notes\n", b'{"img_size": "big"}', None, "link")):
         folder = tmp_path / f"tf{i}"
         folder.mkdir()
         mine = folder / policy.RUN_RECORD
         if content is None:
             mine.mkdir()
+        elif content == "link":
+            mine.symlink_to(tmp_path / "real" / policy.RUN_RECORD)
         else:
             mine.write_bytes(content)
         rc, out, err = _run(capsys, "torch2tf", src, folder / "UGATIT_light.model", *["--overwrite"] * overwrite)
         lines = err.strip().splitlines()
         assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and str(mine) in lines[0], err
         assert sorted(os.listdir(folder)) == [policy.RUN_RECORD], os.listdir(folder)
-        assert content is None or mine.read_bytes() == content
+        assert content is None or (mine.is_symlink() if content == "link" else mine.read_bytes() == content)
 
 
 def test_an_older_record_goes_only_with_overwrite_and_with_its_checkpoint(tmp_path, capsys):
