@@ -720,6 +720,14 @@ def test_damaged_provenance_is_one_error_in_every_reader(tmp_path, monkeypatch, 
             with pytest.raises(opt.OptionError, match=key) as e:
                 read()
             assert str(src) in str(e.value), (key, text)
+    # a port checkpoint's `config` with damaged provenance beside it: refused as load_any refuses it
+    src = _weights_file(tmp_path / "port.safetensors", dict(_model().state_dict()),
+                        {"config": json.dumps(cfg), "ugatit_config_guessed": "[]"})
+    rc, out, err = _convert(["torch2tf", src, tmp_path / "tfport" / "UGATIT_light.model-3"], capsys)
+    line = _error_line(err)
+    assert rc == 2 and str(src) in line and "ugatit_config_guessed" in line, line
+    with pytest.raises(opt.OptionError, match="ugatit_config_guessed"):
+        ck.load_any(str(src), {})
     # a tf2torch .pt holds the same provenance as its `config_provenance`: damaged, the same error
     for i, prov in enumerate(("not a dict", {"sources": "not a dict"})):
         src = tmp_path / f"p{i}.pt"
