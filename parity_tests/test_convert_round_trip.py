@@ -72,6 +72,22 @@ def test_an_input_that_records_no_image_size_gets_no_record(tmp_path, capsys):
     assert not os.path.lexists(tmp_path / "tf" / policy.RUN_RECORD)
 
 
+def test_a_guess_is_no_record_when_the_file_holds_a_port_config_too(tmp_path, capsys):
+    """A file holding tf2torch's `ugatit_config` (img_size guessed) and a port `config` too: the
+    readers take `ugatit_config` (checkpoint.config_in_metadata), so its provenance says what is
+    recorded - the guessed image size gets no run record (read as the port's config, every setting
+    passed for a record)."""
+    from torch_port import checkpoint as ck
+    cfg = ck.plain_config(CFG)
+    prov = {"ugatit_config_sources": json.dumps({k: "meta" for k in cfg if k != "img_size"}),
+            "ugatit_config_guessed": json.dumps({"img_size": cfg["img_size"]}), "ugatit_config_not_recorded": "[]"}
+    src = _weights_file(tmp_path / "w.safetensors", dict(_model().state_dict()),
+                        {**prov, "ugatit_config": json.dumps(cfg), "config": json.dumps(cfg)})
+    rc, out, err = _run(capsys, "torch2tf", src, tmp_path / "tf" / "UGATIT_light.model-3")
+    assert rc == 0, err
+    assert not os.path.lexists(tmp_path / "tf" / policy.RUN_RECORD)
+
+
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_a_file_of_that_name_that_is_no_run_record_is_never_replaced(overwrite, tmp_path, capsys):
     src = _meta_port(tmp_path / "port", cfg=CFG)
