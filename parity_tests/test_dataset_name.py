@@ -82,3 +82,16 @@ def test_morph_hint_names_its_data_root(tmp_path):
         opt.check_dataset_name("/data/horse2zebra", "/srv/data")
     assert "under /srv/data/dataset/" in str(e.value), e.value
     assert "ln -s /data/horse2zebra /srv/data/dataset/horse2zebra, then --dataset horse2zebra" in str(e.value), e.value
+
+
+def test_morphs_command_line_names_its_data_root(tmp_path, monkeypatch, capsys):
+    """The same through `python -m morph train --data_root R`: the line names R/dataset/, the
+    folder Morph reads (the working directory's ./dataset/ is not where its data go)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    rc = _morph(["train", "--config", "A", "--data_root", str(root), "--dataset", "/data/horse2zebra"] + SMALL)
+    line = _one_error(capsys.readouterr().err, "/data/horse2zebra")
+    assert rc == 2 and f"under {root}/dataset/" in line and f"under --data_root {root}" in line, line
+    assert f"ln -s /data/horse2zebra {root}/dataset/horse2zebra" in line, line
