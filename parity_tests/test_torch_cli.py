@@ -177,6 +177,15 @@ def test_direction_without_input_is_refused_not_ignored(phase, tmp_path, monkeyp
     assert sorted(os.listdir(tmp_path)) == ["dataset"]  # no results, checkpoint or log folder
 
 
+def test_direction_with_demo_is_said_as_a_flag_demo_does_not_take(tmp_path, monkeypatch, capsys):
+    """`--demo DIR --direction b2a`: --demo takes only --device, --seed and --threads, so the line
+    says that (not "--direction applies to --input", which --demo has no use for either)."""
+    err = _expect_error(["--demo", str(tmp_path / "d"), "--direction", "b2a"], tmp_path, monkeypatch, capsys,
+                        "--direction: --demo trains and tests a fixed tiny model")
+    assert "applies to --input" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "d").exists()
+
+
 def test_threads_flag_sets_and_reports_cpu_threads(tmp_path, monkeypatch, capsys):
     make_data(str(tmp_path))
     before = torch.get_num_threads()
