@@ -130,7 +130,7 @@ def test_a_folder_of_files_the_glob_does_not_take_says_so(world, tmp_path, monke
     os.makedirs("camera")
     shutil.copy(picture, os.path.join("camera", "IMG_0001"))
     shutil.copy(picture, os.path.join("camera", ".hidden.png"))
-    os.makedirs("empty")
+    os.makedirs(os.path.join("empty", "sub"))  # a subfolder is no file: the folder still holds none
     for folder, needle in (("camera", "none of the folder's 2 file(s) is named *.*"), ("empty", "holds no files")):
         capsys.readouterr()
         rc = port_main(["--phase", "test", "--input", folder, "--device", "cpu", "--result_dir", "res",
