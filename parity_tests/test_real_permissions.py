@@ -130,10 +130,10 @@ how, where = sys.argv[1], sys.argv[2]
 ds = ImageFolderDataset(sorted(glob.glob(os.path.join(where, "dataset", "t", "trainA", "*"))), 32, False)
 free = os.dup(0)  # the lowest free descriptor: with the soft limit a little above it, a few opens succeed
 os.close(free)
-resource.setrlimit(resource.RLIMIT_NOFILE, (free + (4 if how == "workers" else 0),
+resource.setrlimit(resource.RLIMIT_NOFILE, (free + {"workers": 4, "workers-1": 1, "workers-10": 10}.get(how, 0),
                                             resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 try:
-    if how == "workers":
+    if how.startswith("workers"):
         next(infinite_loader(ds, 1, num_workers=2))
     elif how == "folder":
         check_writable_folder(os.path.join(where, "out"), "--log_dir")
@@ -142,16 +142,19 @@ try:
     print("no error")
 except OSError as e:
     print(type(e).__name__, e)
+    print("hook restored:", sys.unraisablehook is sys.__unraisablehook__)
 """
 
 
-@pytest.mark.parametrize("how", ["workers", "folder", "lock"])
+@pytest.mark.parametrize("how", ["workers", "workers-1", "workers-10", "folder", "lock"])
 def test_the_open_files_limit_is_named_as_such(tmp_path, how):
     """`ulimit -n` reached by the DataLoader's worker processes (their pipes and semaphores) was a
     bare "[Errno 24] Too many open files", then an "Exception ignored in ... __del__" traceback
     block from the half-started loader; met proving an output folder writable, or taking its
     lock, it was "--log_dir 'logs/...' is not writable: Too many open files", which sends the user
-    after the folder's permissions. Now each is one error naming the limit."""
+    after the folder's permissions. Now each is one error naming the limit. (The workers met the
+    limit at 3 points: 1 and 10 descriptors free are where the loader's teardown failed, checked
+    on torch 2.13; the hook that hides it is this call's alone.)"""
     make_demo_dataset(str(tmp_path), "t", size=32, n_train=2, n_test=1)
     proc = subprocess.run([sys.executable, "-c", _AT_THE_LIMIT, how, str(tmp_path)], capture_output=True, text=True,
                           timeout=120, env=ENV)
@@ -159,7 +162,8 @@ def test_the_open_files_limit_is_named_as_such(tmp_path, how):
     assert out.startswith("OSError [Errno 24] "), (out, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
     assert "not writable" not in out, out
-    if how == "workers":
+    assert "hook restored: True" in out, out
+    if how.startswith("workers"):
         assert "too many open files (ulimit -n " in out and "lower --num_workers" in out, out
     else:
         assert "limit on open files per process was reached (`ulimit -n`: " in out, out
