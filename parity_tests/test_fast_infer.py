@@ -968,3 +968,37 @@ def test_bench_convert_stopped_by_sigterm_cleans_up_and_stops_its_child(tmp_path
         assert p.returncode != 0 and not work.exists(), sorted(str(q) for q in work.rglob("*"))
     finally:
         p.kill()
+
+
+def test_the_apis_compile_names_a_cache_folder_it_cannot_write_before_compiling(tmp_path, monkeypatch):
+    """README "Python API" `optimize(g, compile=True)` and the trainers' compile_model check
+    inductor's cache folder as the commands do: TORCHINDUCTOR_CACHE_DIR naming a file (a folder
+    this user cannot write, alike; a file fails even for root) is one OptionError naming it and
+    the way out, at once - not an InductorError from the first call's compile."""
+    from torch_port import optimize
+    from torch_port.networks import Generator
+    from torch_port.train_compile import compile_model
+    from ugatit_common.options import OptionError
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"mine\n")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(blocker))
+    g = Generator(ch=2, n_res=4, img_size=16, light=True).eval()
+    for call in (lambda: optimize(g, compile=True), lambda: compile_model(build_ugatit(dict(light=True, img_size=16, ch=2, n_res=4, n_dis=4, sn=True, smoothing=True)))):
+        with pytest.raises(OptionError, match=r"torch.compile's cache folder .*not-a-folder.*TORCHINDUCTOR_CACHE_DIR"):
+            call()
+    assert blocker.read_bytes() == b"mine\n"
+
+
+def test_the_cache_check_picks_the_capabilitys_own_folder_first(tmp_path, monkeypatch):
+    """check_inductor_cache (before each compile) first gives an ATEN_CPU_CAPABILITY run its own
+    cache folder (separate_inductor_cache: native kernels crash an avx2 process), then checks that
+    folder - not the shared default, which would be used and checked instead."""
+    import torch._inductor.runtime.cache_dir_utils as cache_dir_utils
+
+    from torch_port.fast import check_inductor_cache
+    monkeypatch.setattr(cache_dir_utils, "default_cache_dir", lambda: str(tmp_path / "torchinductor_me"))
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    check_inductor_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "torchinductor_me_avx2")
+    assert os.path.isdir(tmp_path / "torchinductor_me_avx2") and not os.path.exists(tmp_path / "torchinductor_me")

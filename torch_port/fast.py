@@ -156,10 +156,12 @@ def check_inductor_cache() -> None:
     (InductorError: PermissionError). Call before the first compile; it first picks this
     process's folder (separate_inductor_cache)."""
     separate_inductor_cache()
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
     from ugatit_common.cli_errors import check_writable_folder
     from ugatit_common.options import OptionError
-    path = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()
+    path = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not path:  # (only then: importing torch._inductor makes the folder that variable names, or fails there)
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        path = default_cache_dir()
     try:
         check_writable_folder(path, "torch.compile's cache folder")
     except OptionError as e:
