@@ -333,6 +333,7 @@ def test_interpolate_rerun_whose_first_strip_fails_keeps_the_earlier_page(morph_
 
     def disk_full(frames, path, x=None):
         raise OSError(errno.EFBIG, "File too large")
+    real_strip = mi.write_strip
     monkeypatch.setattr(mi, "write_strip", disk_full)
     rc, cap = _morph(base + [str(out), "--seed", "1"], capsys)
     assert rc == 2 and cap.err.count("error:") == 1, cap.err
@@ -340,6 +341,32 @@ def test_interpolate_rerun_whose_first_strip_fails_keeps_the_earlier_page(morph_
     rc, cap = _morph(base + [str(tmp_path / "new")], capsys)
     assert rc == 2 and cap.err.count("error:") == 1, cap.err
     assert not (tmp_path / "new").exists()
+    # the first strip written over the earlier run's, then its GIF failing: the earlier page is not put
+    # back (it would show this run's strip as the earlier run's); this run's page, marked incomplete, stays
+    monkeypatch.setattr(mi, "write_strip", real_strip)
+    monkeypatch.setattr(mi, "write_gif", disk_full)
+    rc, cap = _morph(base + [str(out), "--seed", "1"], capsys)
+    assert rc == 2 and cap.err.count("error:") == 1, cap.err
+    now = _digests(out)
+    strip = next(p for p in first if p.endswith("_strip.png"))
+    page = next(p for p in first if p.endswith("index.html"))
+    assert now[strip] != first[strip] and now[page] != first[page], "the earlier page was put back"
+
+
+def test_morph_input_listing_leaves_the_input_folders_output_record_as_it_is(tmp_path):
+    """Morph interpolate / translate list an input folder (skipping the outputs its record names)
+    without writing to it: a name recorded there before its file exists (another run writing
+    into that folder) stays recorded."""
+    import json
+
+    from morph.interpolate import list_inputs
+    from ugatit_common.output_names import RECORD
+    _photo(tmp_path / "p0.png")
+    _photo(tmp_path / "p0_strip.png", seed=1)
+    (tmp_path / RECORD).write_text(json.dumps({"files": ["p0_strip.png", "p1_strip.png"]}))
+    before = (tmp_path / RECORD).read_bytes()
+    assert list_inputs(str(tmp_path)) == [str(tmp_path / "p0.png")]
+    assert (tmp_path / RECORD).read_bytes() == before
 
 
 def test_morph_demo_rerun_says_what_it_did(tmp_path, capsys):
