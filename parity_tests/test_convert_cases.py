@@ -944,6 +944,27 @@ def test_a_recorded_step_that_is_no_whole_number_is_named(step, tmp_path, capsys
         load_any(str(src))
 
 
+def test_morph_names_a_recorded_step_that_is_no_whole_number(tmp_path):
+    """Morph's load of a weights file (--checkpoint FILE) reads its metadata `step` by the same rule:
+    one OptionError naming the file and the value, not int()'s bare "invalid literal"."""
+    from safetensors.torch import load_file, save_file
+
+    from morph import MorphUGATIT
+    from morph.loading import load
+    from torch_port import checkpoint as ck
+    from ugatit_common import checkpoint_policy as policy
+    model = MorphUGATIT(dict(light=True, ch=2, n_res=4, n_dis=4, img_size=32, sn=True, smoothing=True,
+                             morph_config="C"))
+    ck.save(str(tmp_path / "run"), "MorphUGATIT_C", 3, model,
+            {"kind": "morph", "config": ck.plain_config(dict(model.config)), "run": "r1", "counter": 3})
+    src = str(tmp_path / "run" / "MorphUGATIT_C.model-3.safetensors")
+    meta = policy.safetensors_metadata(src)
+    assert meta.get("config") and meta.get("kind") == "morph", meta
+    save_file(load_file(src), src, metadata={**meta, "step": "abc"})
+    with pytest.raises(opt.OptionError, match=r"MorphUGATIT_C\.model-3\.safetensors.*'abc'"):
+        load(src)
+
+
 # -- 13. a Morph weights file alone ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("weights_only", [False, True])
