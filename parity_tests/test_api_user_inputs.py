@@ -100,6 +100,10 @@ def test_an_export_config_the_generator_cannot_take_is_said_before_tracing(tmp_p
         tx.export(g, str(tmp_path / "g.onnx"), cfg, direction="a2b", source="random", source_kind="random",
                   step=0, batches=(1,))
     assert not (tmp_path / "g.onnx").exists()
+    # the check's picture is made on the module's device: a module on a GPU (`meta` stands in) whose
+    # size fits passes, not refused as a picture on another device than its weights
+    fits = Generator(ch=2, n_res=4, img_size=32, light=False).eval().to("meta")
+    tx._check_config_fits(fits, dict(cfg, img_size=32))
 
 
 def test_an_input_on_another_device_than_the_weights_is_one_value_error_naming_both():
