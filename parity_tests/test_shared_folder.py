@@ -147,3 +147,53 @@ def test_a_training_of_the_same_pid_on_another_host_is_not_taken_for_this_proces
             assert (said is not None) == refused, (host, said)
             if refused:
                 assert f"on {OTHER_HOST}" in said and "a training run took meanwhile" in said, said
+
+
+def test_another_hosts_temp_file_with_this_pid_is_judged_by_its_age(tmp_path, monkeypatch):
+    """The same pid on another host is not this process: another host's temp file that carries
+    this process's pid goes once older than a day (a killed host's left-over), as any other host's
+    does; a younger one stays. This process's own files stay whatever their age."""
+    ident = _pretend(monkeypatch)
+    ident.update(host=OTHER_HOST)
+    other = atomic.temp_prefix()  # this pid, another host
+    ident.clear()
+    assert other.startswith(f".tmp-{os.getpid()}@") and other != atomic.temp_prefix()
+    old, young = tmp_path / (other + "old.png"), tmp_path / (other + "young.png")
+    mine = tmp_path / (atomic.temp_prefix() + "mine.png")
+    stale = time.time() - atomic.STALE_S - 60
+    for p in (old, young, mine):
+        p.write_bytes(b"x")
+    for p in (old, mine):
+        os.utime(p, (stale, stale))
+    assert atomic.abandoned(str(old)) is True and atomic.abandoned(str(young)) is False
+    assert atomic.abandoned(str(mine)) is False
+    assert atomic.sweep_dead_temps(str(tmp_path)) == [old.name]
+    assert sorted(os.listdir(tmp_path)) == sorted([young.name, mine.name])
+
+
+def test_a_rolled_back_write_names_its_writers_host_when_it_is_another(tmp_path, monkeypatch, capsys):
+    """recover_interrupted_writes says whose killed write it rolled back: `process <pid>`, and for
+    another host's journal (a folder shared over NFS) `on another host`, since that pid means
+    nothing here; this host's, and an older version's name without a host, name the pid alone."""
+    import json
+    dead = _dead_pid()
+    ident = _pretend(monkeypatch)
+    ident.update(host=OTHER_HOST)
+    other_id = atomic.host_id()
+    ident.clear()
+    assert other_id != atomic.host_id()
+    for k, (prefix, said) in enumerate(((f".tmp-{dead}@{other_id}-", " on another host"),
+                                        (f".tmp-{dead}@{atomic.host_id()}-", ""), (f".tmp-{dead}-", ""))):
+        folder = tmp_path / str(k)
+        folder.mkdir()
+        (folder / "m.data").write_bytes(b"old data")
+        os.link(folder / "m.data", folder / f"{prefix}bb.keep")
+        (folder / "new.tmp").write_bytes(b"new data")
+        entries = [{"path": "m.data", "was": f"{prefix}bb.keep", "new": atomic._identity(os.lstat(folder / "new.tmp"))}]
+        (folder / f"{prefix}dd.journal").write_text(json.dumps({"journal": 3, "files": entries}))
+        os.replace(folder / "new.tmp", folder / "m.data")  # killed after its first rename
+        capsys.readouterr()
+        assert atomic.recover_interrupted_writes(str(folder)) == ["m.data"], k
+        out = capsys.readouterr().out
+        assert f"(process {dead}{said} stopped between its renames)" in out, (k, out)
+        assert os.listdir(folder) == ["m.data"] and (folder / "m.data").read_bytes() == b"old data", k
