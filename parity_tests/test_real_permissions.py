@@ -351,3 +351,42 @@ def test_another_users_lock_file_left_behind_is_taken_over_not_called_unwritable
         proc = as_user(*take)
     assert proc.returncode == 2 and "in use by another run" in proc.stdout and "not writable" not in proc.stdout, \
         (proc.stdout, proc.stderr[-2000:])
+
+
+def test_a_lock_file_left_in_a_folder_the_user_may_not_write_is_still_not_writable(tmp_path, as_user):
+    """The read-only open of a lock file this user may not write (the test above) is only for a
+    folder this user may write: in one they may not (another user's run folder), the run is
+    refused as "not writable" before it starts, not let take a lock it can never remove and run
+    on until its first save fails; the folder is left as it was."""
+    from ugatit_common import run_lock
+    folder = tmp_path / "run"
+    folder.mkdir()
+    lock = folder / run_lock.LOCK_NAME
+    lock.write_bytes(b"")
+    lock.chmod(0o444)
+    folder.chmod(0o555)
+    try:
+        proc = as_user("-c", "from ugatit_common import run_lock, options\n"
+                             "try:\n run_lock.acquire('run')\nexcept options.OptionError as e:\n print('refused:', e)\n")
+    finally:
+        folder.chmod(0o755)
+    assert proc.stdout.startswith("refused: checkpoint folder 'run' is not writable: "), (proc.stdout, proc.stderr[-2000:])
+    assert os.listdir(folder) == [run_lock.LOCK_NAME]
+
+
+def test_a_lock_file_that_is_a_link_to_a_file_the_user_may_not_write_is_refused(tmp_path, as_user):
+    """The read-only open of a lock file this user may not write never follows a link: a link by
+    the lock file's name (to another user's file) is no lock file this program wrote; it is
+    named (move it away), not flocked in its target's place."""
+    from ugatit_common import run_lock
+    folder = tmp_path / "run"
+    folder.mkdir()
+    theirs = tmp_path / "theirs.txt"
+    theirs.write_text("theirs")
+    theirs.chmod(0o444)
+    (folder / run_lock.LOCK_NAME).symlink_to(theirs)
+    proc = as_user("-c", "from ugatit_common import run_lock, options\n"
+                         "try:\n run_lock.acquire('run')\nexcept options.OptionError as e:\n print('refused:', e)\n")
+    assert proc.stdout.startswith("refused: checkpoint folder 'run': its lock file ") and "move it away" in proc.stdout, \
+        (proc.stdout, proc.stderr[-2000:])
+    assert os.listdir(folder) == [run_lock.LOCK_NAME] and theirs.read_text() == "theirs"
