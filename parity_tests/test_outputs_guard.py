@@ -526,6 +526,19 @@ def test_a_users_npz_where_the_codes_go_is_never_replaced(world, capsys):
     assert kind_of(codes) == "morph-codes" and sorted(os.listdir(dest)) == ["x.onnx", "x_w.npz"]
 
 
+def test_only_an_npz_of_exactly_the_two_codes_is_morph_codes(tmp_path):
+    """kind_of calls an .npz Morph's direction codes only when its members are w_a2b and w_b2a,
+    nothing more or less: a user's archive that merely holds one or both of those names among
+    others stays "npz", which `morph export --overwrite` never replaces."""
+    from ugatit_common.output_guard import kind_of
+    w = np.zeros(2, np.float32)
+    for members, kind in (({"w_a2b": w, "w_b2a": w}, "morph-codes"), ({"w_a2b": w}, "npz"),
+                          ({"w_a2b": w, "w_b2a": w, "mine": w}, "npz"), ({"w_b2a": w, "x": w}, "npz")):
+        path = str(tmp_path / ("_".join(members) + ".npz"))
+        np.savez(path, **members)
+        assert kind_of(path) == kind, (sorted(members), kind_of(path))
+
+
 def test_morph_codes_owner_is_a_model_file_whose_name_differs_only_in_case(tmp_path):
     """check_w_file_owner alone (no model, no export): the other model is found by its `.onnx` in
     any case (x.onnx is refused beside a model x.ONNX, as x.ONNX beside x.onnx above); a model of
