@@ -106,3 +106,15 @@ def test_signals_held_raises_each_one_after_the_block():
             got_inside.append("still running")
     assert got_inside == [signal.SIGINT, "still running"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_signal_stays_ignored_while_held():
+    """A signal the process ignores (a run started with `nohup`, or in the background of a
+    non-interactive shell: SIGINT ignored) is not held: one that comes during the block is not
+    reported to it (it would move an older run's files back for a signal that stops nothing), nor
+    raised after it, and the handler stays SIG_IGN."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with signals_held() as got:
+        os.kill(os.getpid(), signal.SIGINT)
+        seen = list(got)
+    assert seen == [] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
