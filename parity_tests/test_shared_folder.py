@@ -147,6 +147,15 @@ def test_a_training_of_the_same_pid_on_another_host_is_not_taken_for_this_proces
             assert (said is not None) == refused, (host, said)
             if refused:
                 assert f"on {OTHER_HOST}" in said and "a training run took meanwhile" in said, said
+            try:  # a test phase's results folder inside the run's folder (own_result_folder)
+                with output_guard.own_result_folder(str(run / "results")):
+                    said = None
+            except output_guard.OutputRefused as e:
+                said = str(e)
+            assert (said is not None) == refused, (host, said)
+            if refused:
+                assert f"on {OTHER_HOST}" in said and "a folder of a running training" in said, said
+            assert not (run / "results").exists()  # made for it and left empty: gone again
 
 
 def test_another_hosts_temp_file_with_this_pid_is_judged_by_its_age(tmp_path, monkeypatch):
