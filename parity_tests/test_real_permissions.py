@@ -390,3 +390,37 @@ def test_a_lock_file_that_is_a_link_to_a_file_the_user_may_not_write_is_refused(
     assert proc.stdout.startswith("refused: checkpoint folder 'run': its lock file ") and "move it away" in proc.stdout, \
         (proc.stdout, proc.stderr[-2000:])
     assert os.listdir(folder) == [run_lock.LOCK_NAME] and theirs.read_text() == "theirs"
+
+
+def test_machine_limit_reads_the_errno_the_words_and_the_errors_a_library_wrapped():
+    """machine_limits.machine_limit: EMFILE / ENFILE / ENOMEM as an OSError's errno; EMFILE and
+    ENFILE also by the OS's words in a library's own error (the longer "... in system" is ENFILE,
+    not EMFILE); found through a wrapping error's cause or context, however deep; a cycle of
+    contexts without one ends (None). Memory only as an errno: a message saying "out of memory"
+    is no machine limit here (the device's out of memory has its own handling)."""
+    from ugatit_common.machine_limits import limit_text, machine_limit
+    assert machine_limit(OSError(errno.EMFILE, "x")) == errno.EMFILE
+    assert machine_limit(OSError(errno.ENOMEM, "Cannot allocate memory")) == errno.ENOMEM
+    assert limit_text(errno.ENOMEM) == "the machine ran out of memory"
+    assert machine_limit(RuntimeError("unable to open: Too many open files in system")) == errno.ENFILE
+    assert machine_limit(RuntimeError("unable to open: Too many open files (24)")) == errno.EMFILE
+    assert machine_limit(RuntimeError("CUDA out of memory")) is None and machine_limit(None) is None
+
+    def wrapped(inner, how):
+        try:
+            try:
+                raise inner
+            except OSError as e:
+                if how == "cause":
+                    raise ValueError("cannot read x") from e
+                raise KeyError("x")  # during handling: the context
+        except Exception as outer:  # noqa: BLE001
+            return outer
+    for how in ("cause", "context"):
+        assert machine_limit(wrapped(OSError(errno.ENFILE, "x"), how)) == errno.ENFILE, how
+    deep = RuntimeError("loader failed")
+    deep.__cause__ = wrapped(OSError(errno.EMFILE, "x"), "cause")
+    assert machine_limit(deep) == errno.EMFILE
+    a, b = ValueError("a"), ValueError("b")
+    a.__context__, b.__context__ = b, a
+    assert machine_limit(a) is None
