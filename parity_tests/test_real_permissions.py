@@ -424,3 +424,46 @@ def test_machine_limit_reads_the_errno_the_words_and_the_errors_a_library_wrappe
     a, b = ValueError("a"), ValueError("b")
     a.__context__, b.__context__ = b, a
     assert machine_limit(a) is None
+
+
+_CHOOSE = """
+import sys
+from ugatit_common import checkpoint_policy as policy
+try:
+    found, content = policy.choose('.', lambda f: 'read', sys.argv[1], log=print)
+    print('chose', found.step, content)
+except policy.CannotRead as e:
+    print('CannotRead', e)
+"""
+
+
+def test_a_test_phase_needs_only_a_torch_checkpoints_weights_readable(tmp_path, as_user):
+    """choose checks that the files it reads are readable before loading: a test phase
+    (need="weights") reads a port checkpoint's weights alone, so its `.state.pt` unreadable is no
+    reason to stop; a training run (need="train") reads both and stops, naming the state file."""
+    for part in ("safetensors", "state.pt"):
+        (tmp_path / f"UGATIT_light.model-3.{part}").write_bytes(b"x")
+    state = tmp_path / "UGATIT_light.model-3.state.pt"
+    state.chmod(0)
+    weights = as_user("-c", _CHOOSE, "weights")
+    train = as_user("-c", _CHOOSE, "train")
+    assert weights.stdout.strip() == "chose 3 read", (weights.stdout, weights.stderr[-2000:])
+    assert train.stdout.startswith("CannotRead checkpoint file './UGATIT_light.model-3.state.pt' is not readable"), \
+        (train.stdout, train.stderr[-2000:])
+
+
+def test_check_readable_names_the_open_files_limit_met_opening_the_file(tmp_path):
+    """check_readable's own open meeting `ulimit -n` (EMFILE) is CannotRead naming the limit and
+    the file, not left for a library to call the file missing or damaged."""
+    path = tmp_path / "UGATIT_light.model-3.safetensors"
+    path.write_bytes(b"x")
+    code = ("import os, resource, sys\n"
+            "from ugatit_common import checkpoint_policy as policy\n"
+            "free = os.dup(0); os.close(free)\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (free, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+            "try:\n policy.check_readable(sys.argv[1])\n print('no error')\n"
+            "except policy.CannotRead as e:\n print('CannotRead', e.errno, e)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120, env=ENV)
+    out = proc.stdout.strip()
+    assert out.startswith(f"CannotRead {errno.EMFILE} cannot read checkpoint file {str(path)!r}: the limit on open "
+                          f"files per process was reached"), (out, proc.stderr[-2000:])
