@@ -289,3 +289,86 @@ def test_torch2tf_of_a_folder_reads_the_newer_checkpoint_when_its_listed_one_is_
     assert read == [f"{PREFIX}.model-2.safetensors", f"{PREFIX}.model-3.safetensors"], read
     from ugatit_common.tf_checkpoint.bundle import tensor_info
     assert any(k.endswith("/Adam") for k in tensor_info(str(out_dir / f"{PREFIX}.model-3")))
+
+
+def _fake_tf_checkpoint(folder, step, text):
+    for suffix in (".index", ".data-00000-of-00001", ".meta"):
+        with open(os.path.join(folder, f"{PREFIX}.model-{step}{suffix}"), "w") as fh:
+            fh.write(text)
+
+
+def _name_in_state_file(folder, step):
+    with open(os.path.join(folder, "checkpoint"), "w") as fh:
+        fh.write(f'model_checkpoint_path: "{PREFIX}.model-{step}"\n')
+
+
+def test_a_test_phase_looks_again_when_the_checkpoint_its_state_file_names_is_pruned(tmp_path):
+    """A test phase restores the TF checkpoint the folder's `checkpoint` file names (older than the
+    newest). A TF training in that folder saves a newer one, names it there and prunes the named
+    one while the reader loads it: the reader looks again (the file now names the newest) instead
+    of calling the named checkpoint unusable and falling back to an older one."""
+    folder = str(tmp_path)
+    _fake_tf_checkpoint(folder, 3, "three")
+    _fake_tf_checkpoint(folder, 5, "five")
+    _name_in_state_file(folder, 3)
+    calls = []
+
+    def load(f):
+        calls.append(f.step)
+        if f.step == 3 and calls.count(3) == 1:  # the run saves step 6, names it, prunes step 3
+            _fake_tf_checkpoint(folder, 6, "six")
+            _name_in_state_file(folder, 6)
+            for suffix in (".index", ".data-00000-of-00001", ".meta"):
+                os.remove(os.path.join(folder, f"{PREFIX}.model-3{suffix}"))
+        with open(f.base + ".index") as fh:
+            return fh.read()
+    said = []
+    found, content = policy.choose(folder, load, "weights", log=said.append)
+    assert (found.step, content) == (6, "six") and said == [], (found, content, said)
+    assert calls == [3, 6]
+
+
+def test_choose_keeps_up_with_several_prunes_in_a_row(tmp_path):
+    """A run saving often with --keep_checkpoints 1 may prune the listed checkpoint on each of
+    several looks in a row: the reader looks again each time (VANISHED_TRIES bounds it, well above
+    a handful) and reads the newest."""
+    folder = str(tmp_path)
+    _fake_torch_checkpoint(folder, 10, "x")
+    step = [10]
+
+    def pruned_five_times(f):
+        if step[0] < 15:
+            for suffix in (".state.pt", ".safetensors"):
+                os.remove(f.base + suffix)
+            step[0] += 1
+            _fake_torch_checkpoint(folder, step[0], "x")
+            raise FileNotFoundError(f.base + ".safetensors")
+        return _read(f)
+    said = []
+    found, content = policy.choose(folder, pruned_five_times, "weights", log=said.append)
+    assert (found.step, content) == (15, "x") and said == [], (found, said)
+
+
+def test_a_half_pruned_checkpoint_gone_before_its_turn_is_not_called_unusable(tmp_path, monkeypatch):
+    """The listing catches a prune half way (its .state.pt removed, its weights not yet): that
+    checkpoint is incomplete, but by its turn its weights are gone too. It is looked at again, not
+    named an unusable checkpoint (nor set aside by a training run) for a file missing only then."""
+    folder = str(tmp_path)
+    _fake_torch_checkpoint(folder, 4, "four")
+    _fake_torch_checkpoint(folder, 5, "five")
+    os.remove(os.path.join(folder, f"{PREFIX}.model-5.state.pt"))
+    real = policy.inventory
+    looks = []
+
+    def listing_then_prune_ends(*args, **kw):
+        found = real(*args, **kw)
+        looks.append([f.step for f in found])
+        half = os.path.join(folder, f"{PREFIX}.model-5.safetensors")
+        if os.path.exists(half):
+            os.remove(half)
+        return found
+    monkeypatch.setattr(policy, "inventory", listing_then_prune_ends)
+    said = []
+    found, content = policy.choose(folder, _read, "train", log=said.append)
+    assert (found.step, content) == (4, "four") and said == [], (found, said)
+    assert looks == [[5, 4], [4]]
