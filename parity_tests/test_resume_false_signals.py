@@ -118,3 +118,50 @@ def test_an_ignored_signal_stays_ignored_while_held():
         os.kill(os.getpid(), signal.SIGINT)
         seen = list(got)
     assert seen == [] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_the_note_that_resume_false_took_effect_is_never_cut_by_a_signal(tmp_path):
+    """move_older_run_aside's on_moved (the command's note that --resume False took effect) runs
+    under the same hold as the moves: a Ctrl-C during it stops the command only once the note is
+    made, so the stop line never says the older run's files are where they were while they are
+    aside."""
+    from ugatit_common import run_lock
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    for part in ("safetensors", "state.pt"):
+        (folder / f"UGATIT_light.model-3.{part}").write_bytes(b"x")
+    noted = []
+
+    def on_moved():
+        os.kill(os.getpid(), signal.SIGINT)
+        noted.append("took effect")
+    owner = run_lock.acquire_all([(str(folder), "--checkpoint_dir")])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            policy.move_older_run_aside(str(folder), [], owner, log=lambda *_: None, on_moved=on_moved)
+    finally:
+        owner.release()
+    assert noted == ["took effect"]
+    aside = [n for n in os.listdir(folder) if n.startswith("previous-run-")]
+    assert len(aside) == 1 and sorted(os.listdir(folder / aside[0])) == [
+        "UGATIT_light.model-3.safetensors", "UGATIT_light.model-3.state.pt"], os.listdir(folder)
+
+
+def test_moving_back_says_what_it_did_and_only_the_files_it_could_not_move(tmp_path):
+    """_move_back (an interrupted --resume False or set-aside from scratch): nothing moved yet, it
+    says nothing (no "moved back" of files never moved); a file it cannot move back is named, and
+    the folder made for the move that then stays (not empty) is no file left out of place."""
+    said = []
+    policy._move_back([], "--resume False", said.append)
+    assert said == []
+    aside = tmp_path / "previous-run-1"
+    aside.mkdir()
+    (aside / "a.png").write_bytes(b"a")
+    (aside / "b.png").write_bytes(b"b")
+    (tmp_path / "samples").mkdir()
+    done = [("", str(aside)), (str(tmp_path / "samples" / "a.png"), str(aside / "a.png")),
+            (str(tmp_path / "gone" / "b.png"), str(aside / "b.png"))]  # its folder went meanwhile
+    policy._move_back(done, "--resume False", said.append)
+    assert len(said) == 1 and "1 file(s) could not be moved back" in said[0], said
+    assert f"{aside / 'b.png'} (back to {tmp_path / 'gone' / 'b.png'}: " in said[0], said
+    assert (tmp_path / "samples" / "a.png").read_bytes() == b"a" and os.listdir(aside) == ["b.png"]
