@@ -965,6 +965,18 @@ def test_morph_names_a_recorded_step_that_is_no_whole_number(tmp_path):
         load(src)
 
 
+def test_recorded_step_takes_whole_numbers_only():
+    """checkpoint_policy.recorded_step alone: a step as metadata (text) or a state (a number) holds
+    it - none or empty is 0; a whole number, as text or a number (3.0 too), is that number; a
+    bool, a fraction, a negative or any other text is one OptionError naming the source."""
+    from ugatit_common import checkpoint_policy as policy
+    for value, step in ((None, 0), ("", 0), ("0", 0), (0, 0), ("7", 7), (7, 7), (3.0, 3)):
+        assert policy.recorded_step(value, "w.safetensors") == step, value
+    for value in (True, False, 3.5, -1, "-1", "1e3", "x", [3]):
+        with pytest.raises(opt.OptionError, match=r"^'w\.safetensors' records step "):
+            policy.recorded_step(value, "w.safetensors")
+
+
 # -- 13. a Morph weights file alone ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("weights_only", [False, True])
