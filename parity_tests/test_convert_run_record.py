@@ -207,3 +207,24 @@ def test_a_record_of_the_size_alone_stands_in_for_an_unreadable_meta(tmp_path, c
     rc, got = _tf2torch(capsys, folder, out, "--smoothing", RUN["smoothing"])
     assert rc == 0 and "read past" in got.err and "--img_size" not in got.err, got.err
     assert _config_of(str(out))["img_size"] == RUN["img_size"]
+
+
+def test_a_converted_records_run_record_is_said_as_such_and_holds_only_its_settings(tmp_path):
+    """run_record_bytes with `keys` (torch2tf's record of what its input records) holds only those
+    of the official flags, besides img_size; run_image_size, reading a run record for a TF
+    checkpoint without its .meta, says whether the record was written when the run started or by
+    torch2tf from a checkpoint's records (then it records what that checkpoint did, not a start)."""
+    cfg = dict(RUN, img_size=40)
+    partial = json.loads(policy.run_record_bytes(cfg, "x", keys={"ch", "img_size"}))
+    assert partial["options"] == {"ch": cfg["ch"], "img_size": 40} and partial["img_size"] == 40, partial
+    assert set(json.loads(policy.run_record_bytes(cfg, "x"))["options"]) > {"ch", "img_size", "dataset"}
+    for writer, when in ((f"{policy.CONVERTER} from w.safetensors",
+                          f"written by {policy.CONVERTER} from w.safetensors from the checkpoint's records"),
+                         ("python -m torch_port", "written when the run started")):
+        folder = tmp_path / str(len(when))
+        folder.mkdir()
+        for suffix in (".index", ".data-00000-of-00001"):
+            (folder / f"UGATIT_light.model-3{suffix}").write_bytes(b"x")
+        (folder / policy.RUN_RECORD).write_bytes(policy.run_record_bytes(cfg, writer, keys={"ch", "img_size"}))
+        assert policy.run_image_size(str(folder / "UGATIT_light.model-3")) == (
+            40, f"it has no .meta, and the run record {policy.RUN_RECORD}, {when}, records img_size=40")
