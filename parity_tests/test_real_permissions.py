@@ -467,3 +467,35 @@ def test_check_readable_names_the_open_files_limit_met_opening_the_file(tmp_path
     out = proc.stdout.strip()
     assert out.startswith(f"CannotRead {errno.EMFILE} cannot read checkpoint file {str(path)!r}: the limit on open "
                           f"files per process was reached"), (out, proc.stderr[-2000:])
+
+
+_PORT_READERS = """
+from torch_port import checkpoint as c
+from ugatit_common import checkpoint_policy as p
+for read in (lambda: c.find_latest('.'), lambda: c.safetensors_keys('UGATIT_light.model-2.safetensors'),
+             lambda: c.load_any('UGATIT_light.model-2.safetensors')):
+    try:
+        read()
+        print('no error')
+    except p.CannotRead as e:
+        print('CannotRead', e)
+    except Exception as e:
+        print(type(e).__name__, e)
+"""
+
+
+def test_the_port_readers_stop_at_weights_the_user_may_not_read(tmp_path, as_user):
+    """find_latest (load_any of a port folder), safetensors_keys (torch2tf's look at its input)
+    and load_any of the weights file meet newest weights `chmod 000`: CannotRead naming the file,
+    never "skipping unreadable checkpoint" for an older one, nor "not a readable safetensors file"
+    as if it were damaged."""
+    for step in (1, 2):
+        for part in ("safetensors", "state.pt"):
+            (tmp_path / f"UGATIT_light.model-{step}.{part}").write_bytes(b"x")
+    (tmp_path / "UGATIT_light.model-2.safetensors").chmod(0)
+    proc = as_user("-c", _PORT_READERS)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 3, (proc.stdout, proc.stderr[-2000:])
+    for line in lines:
+        assert line.startswith("CannotRead weights file '") and "UGATIT_light.model-2.safetensors' is not readable" \
+            in line, (lines, proc.stderr[-2000:])
