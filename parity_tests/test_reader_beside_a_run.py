@@ -145,6 +145,28 @@ def test_load_any_of_a_folder_reads_the_newer_checkpoint_when_its_listed_one_is_
     assert out.out + out.err == "", out  # no "[!] skipping unreadable checkpoint", no "holds no complete checkpoint"
 
 
+def test_load_any_of_a_folder_looks_again_when_it_meets_a_prune_half_way(two_checkpoints, capsys, monkeypatch):
+    """A prune removes a checkpoint's state first, then its weights: met between the two (its
+    weights still there, its state gone), the checkpoint is being pruned all the same - looked at
+    again, not said to be an unreadable checkpoint."""
+    folder, aside = two_checkpoints
+    real, read = ckpt.load_state_file, []
+
+    def racing(path, *a, **k):
+        if not read:
+            for suffix in (".safetensors", ".state.pt"):
+                shutil.move(os.path.join(aside, f"{PREFIX}.model-3{suffix}"), folder)
+            os.remove(os.path.join(folder, f"{PREFIX}.model-2.state.pt"))  # its weights not yet
+        read.append(os.path.basename(path))
+        return real(path, *a, **k)
+    monkeypatch.setattr(ckpt, "load_state_file", racing)
+    capsys.readouterr()
+    loaded = ckpt.load_any(folder)
+    out = capsys.readouterr()
+    assert loaded["step"] == 3 and read[-1] == f"{PREFIX}.model-3.state.pt", (loaded["step"], read)
+    assert out.out + out.err == "", out
+
+
 def test_morph_interpolate_never_reads_the_metadata_of_a_checkpoint_pruned_after_its_weights(tmp_path, monkeypatch,
                                                                                               capsys):
     """Morph's reader took the config from the weights file's metadata after the policy had chosen
@@ -372,3 +394,33 @@ def test_a_half_pruned_checkpoint_gone_before_its_turn_is_not_called_unusable(tm
     found, content = policy.choose(folder, _read, "train", log=said.append)
     assert (found.step, content) == (4, "four") and said == [], (found, said)
     assert looks == [[5, 4], [4]]
+
+
+def test_a_test_phases_weights_and_their_metadata_come_from_one_checkpoint(tmp_path, monkeypatch):
+    """resume_point (need="weights") reads a port checkpoint's weights, then their metadata (the
+    config and kind its callers use). Pruned between the two reads, the metadata is gone ({}): the
+    folder is looked at again and the newer checkpoint's weights come with its own metadata, never
+    the pruned one's weights with none."""
+    import numpy as np
+    from safetensors.numpy import save_file
+    folder = str(tmp_path)
+
+    def save(step, text):
+        base = os.path.join(folder, f"{PREFIX}.model-{step}")
+        save_file({"w": np.full(1, step, np.float32)}, base + ".safetensors", metadata={"config": text})
+        with open(base + ".state.pt", "wb") as fh:
+            fh.write(b"x")
+    save(5, "five")
+    real, calls = policy.safetensors_metadata, []
+
+    def pruned_between(path):
+        calls.append(os.path.basename(path))
+        if calls == [f"{PREFIX}.model-5.safetensors"]:  # the run saves step 6 and prunes step 5
+            save(6, "six")
+            for suffix in (".state.pt", ".safetensors"):
+                os.remove(os.path.join(folder, f"{PREFIX}.model-5{suffix}"))
+        return real(path)
+    monkeypatch.setattr(policy, "safetensors_metadata", pruned_between)
+    got = ckpt.resume_point(folder, None, "weights", log=lambda line: None)
+    assert got["step"] == 6 and got["meta"] == {"config": "six"}, (got["step"], got["meta"], calls)
+    assert float(got["weights"]["w"][0]) == 6.0
