@@ -804,3 +804,16 @@ def test_a_refused_input_says_how_to_make_it_a_batch_of_pictures():
         with pytest.raises((ValueError, TypeError)) as e:
             g(inp)
         assert hint in str(e.value), (hint, str(e.value))
+
+
+def test_settings_that_differ_compares_only_what_the_weights_fix():
+    """checkpoint.settings_that_differ: a full state dict of another ch is named (ch, the model's,
+    the weights'); a generators-only state dict says nothing of n_dis (no discriminator: its
+    inferred value is a default, no record), so a model of another n_dis is no difference."""
+    from torch_port.checkpoint import settings_that_differ
+    from ugatit_common import options as opt
+    model = build_ugatit(opt.config_from(light=True, img_size=32, ch=4, n_dis=5))
+    wider = build_ugatit(opt.config_from(light=True, img_size=32, ch=8, n_dis=5)).state_dict()
+    assert settings_that_differ(model, dict(wider)) == [("ch", 4, 8)]
+    generators = {k: v for k, v in model.state_dict().items() if k.startswith("generator_")}
+    assert settings_that_differ(model, generators) == []
