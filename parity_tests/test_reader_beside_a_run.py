@@ -230,6 +230,26 @@ def test_a_readers_recovery_between_a_writers_journal_open_and_its_lock_leaves_t
     assert sorted(os.listdir(folder)) == ["a", "b"]
 
 
+def test_a_journal_that_cannot_take_its_name_leaves_no_file(tmp_path, monkeypatch):
+    """The journal is made as `-new` and renamed to `-part` once locked: a rename that fails (a
+    full disk, a quota) is the write's error, with nothing left in the folder - not a `-new`
+    file no recovery ever looks at."""
+    import errno
+
+    from ugatit_common import atomic
+    (tmp_path / "a").write_text("old a")
+    real = os.rename
+
+    def rename(src, dst, *a, **k):
+        if str(dst).endswith(atomic.JOURNAL + "-part"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *a, **k)
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError):
+        atomic.write_files_atomic({str(tmp_path / "a"): b"new a"})
+    assert os.listdir(tmp_path) == ["a"] and (tmp_path / "a").read_text() == "old a"
+
+
 def test_a_readers_recovery_never_removes_the_backups_of_a_write_that_starts_meanwhile(tmp_path, monkeypatch):
     """Recovery ends by removing backups no live journal is there for. It listed the journals,
     then the backups: a write that made its journal and backup in between lost the backup, so an
