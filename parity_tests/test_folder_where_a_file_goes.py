@@ -76,3 +76,15 @@ def test_the_benchmarks_refuse_a_json_folder_written_with_a_slash():
     finally:
         sys.path.pop(0)
     assert "is a folder" in check_json_out("surely-not-here/")
+
+
+def test_folder_given_says_which_of_the_two_it_is(tmp_path):
+    """atomic.folder_given's message: a path written with a trailing separator "ends in a path
+    separator" (it names no file, whether or not that folder exists); an existing folder "is a
+    folder"; a file name is no FolderGiven."""
+    from ugatit_common.atomic import folder_given
+    (tmp_path / "d").mkdir()
+    for path, why in ((str(tmp_path / "d"), "is a folder"), (str(tmp_path / "d") + os.sep, "ends in a path separator"),
+                      (str(tmp_path / "new") + os.sep, "ends in a path separator")):
+        assert str(folder_given(path)).startswith(f"{path!r} {why}, where this command writes a file"), path
+    assert folder_given(str(tmp_path / "f.json")) is None
