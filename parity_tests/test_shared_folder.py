@@ -206,3 +206,32 @@ def test_a_rolled_back_write_names_its_writers_host_when_it_is_another(tmp_path,
         out = capsys.readouterr().out
         assert f"(process {dead}{said} stopped between its renames)" in out, (k, out)
         assert os.listdir(folder) == ["m.data"] and (folder / "m.data").read_bytes() == b"old data", k
+
+
+def test_every_temp_name_the_writers_make_carries_this_host(tmp_path, monkeypatch):
+    """Every temp name of the atomic writers starts with temp_prefix (pid and host id): a
+    published file's temp, a journal (its `-new` and `-part` names), a backup, and a port
+    checkpoint's three temps (checkpoint.save makes its own) - one without the host would be
+    judged by its pid on another host (removed mid-save), or named as this host's."""
+    from torch_port import build_ugatit
+    from torch_port import checkpoint as ckpt
+    from ugatit_common import options as opt
+    names = set()
+
+    def seen(real):
+        def op(src, dst, *a, **k):
+            names.update({os.path.basename(str(src)), os.path.basename(str(dst))})
+            return real(src, dst, *a, **k)
+        return op
+    for name in ("rename", "replace", "link"):
+        monkeypatch.setattr(os, name, seen(getattr(os, name)))
+    (tmp_path / "a").write_bytes(b"old")
+    atomic.write_files_atomic({str(tmp_path / "a"): b"new", str(tmp_path / "b"): b"b"})
+    with atomic.atomic_output(str(tmp_path / "c.txt")) as tmp:
+        open(tmp, "w").write("c")
+    model = build_ugatit(opt.config_from(light=True, img_size=32, ch=2, n_dis=4))
+    ckpt.save(str(tmp_path / "ck"), "UGATIT_light", 1, model, {})
+    temps = {n for n in names if n.startswith(".tmp-")}
+    for end in (".keep", atomic.JOURNAL + "-new", atomic.JOURNAL + "-part", ".txt", ".safetensors", ".pt"):
+        assert any(n.endswith(end) for n in temps), (end, temps)
+    assert all(n.startswith(atomic.temp_prefix()) for n in temps), temps
