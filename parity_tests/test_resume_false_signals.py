@@ -165,3 +165,18 @@ def test_moving_back_says_what_it_did_and_only_the_files_it_could_not_move(tmp_p
     assert len(said) == 1 and "1 file(s) could not be moved back" in said[0], said
     assert f"{aside / 'b.png'} (back to {tmp_path / 'gone' / 'b.png'}: " in said[0], said
     assert (tmp_path / "samples" / "a.png").read_bytes() == b"a" and os.listdir(aside) == ["b.png"]
+
+
+def test_moving_back_removes_the_folder_made_for_the_move_once_emptied(tmp_path):
+    """_move_back undoes the moves newest first: the files go back, then the folder made for them
+    (`previous-run-*`, emptied by then) goes too - not an empty folder left behind because its
+    removal was tried while the files were still in it."""
+    aside = tmp_path / "previous-run-1"
+    aside.mkdir()
+    (aside / "c.png").write_bytes(b"c")
+    (tmp_path / "samples").mkdir()
+    said = []
+    policy._move_back([("", str(aside)), (str(tmp_path / "samples" / "c.png"), str(aside / "c.png"))],
+                      "--resume False", said.append)
+    assert not aside.exists() and os.listdir(tmp_path / "samples") == ["c.png"], os.listdir(tmp_path)
+    assert len(said) == 1 and "moved back where they were" in said[0], said
