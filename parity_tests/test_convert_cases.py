@@ -673,6 +673,24 @@ def test_torch2tf_takes_the_state_files_config_as_recorded_when_it_is_one(config
 
 
 
+def test_provenance_holds_guessed_values_of_any_json_type():
+    """checkpoint.provenance_in_metadata: the sources must be strings (`meta`, `weights`...), but
+    `ugatit_config_guessed` maps each setting to its guessed value - a number or a bool, as
+    tf2torch writes it - and is read as it is; absent keys read as their empty defaults, a fresh
+    copy each time (a caller's change never leaks into the next file's)."""
+    from torch_port.checkpoint import provenance_in_metadata
+    guessed = {"img_size": 256, "light": True, "dataset": "x"}
+    got = provenance_in_metadata({"ugatit_config_sources": json.dumps({"ch": "meta"}),
+                                  "ugatit_config_guessed": json.dumps(guessed)}, "w.safetensors")
+    assert got == {"ugatit_config_sources": {"ch": "meta"}, "ugatit_config_guessed": guessed,
+                   "ugatit_config_not_recorded": []}
+    empty = provenance_in_metadata({}, "w.safetensors")
+    empty["ugatit_config_guessed"]["ch"] = 4
+    empty["ugatit_config_not_recorded"].append("ch")
+    assert provenance_in_metadata({}, "w.safetensors") == {"ugatit_config_sources": {}, "ugatit_config_guessed": {},
+                                                          "ugatit_config_not_recorded": []}
+
+
 def test_damaged_provenance_is_one_error_in_every_reader(tmp_path, monkeypatch, capsys):
     """A weights file whose `ugatit_config` lists every setting with where each came from
     (tf2torch's `ugatit_config_sources`: here all from a .meta) has them recorded: what stops its
