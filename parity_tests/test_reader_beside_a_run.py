@@ -444,3 +444,31 @@ def test_a_test_phases_weights_and_their_metadata_come_from_one_checkpoint(tmp_p
     got = ckpt.resume_point(folder, None, "weights", log=lambda line: None)
     assert got["step"] == 6 and got["meta"] == {"config": "six"}, (got["step"], got["meta"], calls)
     assert float(got["weights"]["w"][0]) == 6.0
+
+
+def test_a_named_checkpoint_that_keeps_vanishing_ends_in_the_newest_usable(tmp_path, monkeypatch):
+    """The checkpoint the state file names vanishes while read on every look (retries bounded by
+    VANISHED_TRIES): the last look says it is unusable and uses the newest usable checkpoint -
+    never an internal Vanished escaping choose."""
+    folder = str(tmp_path)
+    _fake_tf_checkpoint(folder, 5, "five")
+    _name_in_state_file(folder, 3)
+    real, looks = policy.inventory, []
+
+    def listing(*args, **kw):  # step 3 is back at each look (saved again)
+        looks.append(1)
+        _fake_tf_checkpoint(folder, 3, "three")
+        return real(*args, **kw)
+
+    def load(f):
+        if f.step == 3:
+            for suffix in (".index", ".data-00000-of-00001", ".meta"):
+                os.remove(os.path.join(folder, f"{PREFIX}.model-3{suffix}"))
+            raise FileNotFoundError(f.base + ".index")
+        with open(f.base + ".index") as fh:
+            return fh.read()
+    monkeypatch.setattr(policy, "inventory", listing)
+    said = []
+    found, content = policy.choose(folder, load, "weights", log=said.append)
+    assert (found.step, content) == (5, "five") and len(looks) == policy.VANISHED_TRIES, (found, len(looks))
+    assert len(said) == 1 and "which its `checkpoint` file names, is unusable" in said[0], said
