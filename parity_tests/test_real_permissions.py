@@ -499,3 +499,20 @@ def test_the_port_readers_stop_at_weights_the_user_may_not_read(tmp_path, as_use
     for line in lines:
         assert line.startswith("CannotRead weights file '") and "UGATIT_light.model-2.safetensors' is not readable" \
             in line, (lines, proc.stderr[-2000:])
+
+
+def test_a_lock_file_gets_the_mode_the_umask_gives(tmp_path):
+    """run_lock makes its lock file 0o666 minus the umask, as any file the user writes: another
+    user of a shared folder (group-writable, umask 002) may open it to take over a killed run's
+    lock, or at least read-only with a 022 umask - a 0o600 file made that "not writable" for them."""
+    from ugatit_common import run_lock
+    for umask, mode in ((0o022, 0o644), (0o002, 0o664)):
+        before = os.umask(umask)
+        try:
+            lock = run_lock.acquire(str(tmp_path / oct(umask)))
+        finally:
+            os.umask(before)
+        try:
+            assert stat.S_IMODE(os.stat(tmp_path / oct(umask) / run_lock.LOCK_NAME).st_mode) == mode, oct(umask)
+        finally:
+            lock.release()
