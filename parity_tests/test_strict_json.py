@@ -156,3 +156,24 @@ def test_torch2tf_takes_an_equal_run_record_with_such_a_name_as_equal(tmp_path):
     with pytest.raises(wc.ConversionError, match="records another run's settings"):  # another name: refused
         wc.run_record_plan(str(tmp_path), dict(cfg, dataset=os.fsdecode(b"d\xe8mo")), recorded, "src",
                            overwrite=False, continued=False)
+
+
+def test_what_json_dumps_would_write_unstrict_is_cleaned_everywhere():
+    """A tuple is written as a list, so its NaN is null and named too; a key that is not UTF-8 is
+    `\\xNN` text in the pointer that names a value under it; a lone surrogate that no byte gave
+    (not a name read from the OS) is `\\udXXX` text: the whole file stays strict JSON."""
+    cat = os.fsdecode(b"cat\xff")
+    data = strict_text_load(strict_json.dumps({"pair": (1.0, math.nan), cat: {"v": math.inf}, "odd": "a\ud800b"}))
+    assert data["pair"] == [1.0, None] and data["odd"] == "a\\ud800b", data
+    assert data["non_finite"] == {"/pair/1": "NaN", "/cat\\xff/v": "Infinity"}, data
+    assert math.isnan(strict_json.restore(data)["pair"][1])
+
+
+def test_restore_leaves_a_hand_edited_file_as_it_is():
+    """`restore` puts back only what its fields still fit: a number edited in where a NaN was stays
+    that number; a pointer that leads nowhere (into a scalar, a word as a list index) and fields
+    that are no objects are left alone, never an exception."""
+    edited = {"a": 1.5, "b": [None], "c": 3, "non_finite": {"/a": "NaN", "/b/x": "NaN", "/c/d/e": "NaN"}}
+    assert strict_json.restore(edited) == {"a": 1.5, "b": [None], "c": 3}
+    for odd in ("NaN", ["/a"], 3):
+        assert strict_json.restore({"a": None, "non_finite": odd}) == {"a": None, "non_finite": odd}
