@@ -1051,6 +1051,12 @@ if sys.argv[1] == "line":  # the second while the first one's line is being made
             os.kill(os.getpid(), signal.SIGINT)
         return made(*a, **k)
     cli_errors.interrupted_line = line
+elif sys.argv[1] == "handler":  # the second as the late-signal handler is being set, before it is
+    setting = cli_errors.exit_at_once_on_late_signals
+    def before_handler(rc):
+        os.kill(os.getpid(), signal.SIGINT)
+        setting(rc)
+    cli_errors.exit_at_once_on_late_signals = before_handler
 else:  # the second right after the command's handling of the first, before the late-signal handler
     handled = cli_errors._run
     def after(*a, **k):
@@ -1062,7 +1068,7 @@ sys.exit(cli_errors.run(command, prog="python -m torch_port", training=lambda ar
 """
 
 
-@pytest.mark.parametrize("when", ["line", "after"])
+@pytest.mark.parametrize("when", ["line", "after", "handler"])
 def test_a_second_ctrl_c_while_the_first_is_handled_ends_with_its_code_and_line(tmp_path, when):
     """An impatient user presses Ctrl-C twice: the second, landing while the first one's `stopped
     at step N ...; resume with` line was being made, or just after (before the late-signal handler
@@ -1074,6 +1080,27 @@ def test_a_second_ctrl_c_while_the_first_is_handled_ends_with_its_code_and_line(
     assert p.returncode == 130, (p.returncode, p.stderr)
     assert "Traceback" not in p.stderr, p.stderr
     assert p.stderr.count("stopped at step 4") == 1 and "resume with: python -m torch_port" in p.stderr, p.stderr
+    if when == "handler":
+        assert p.stderr.strip().splitlines()[-1] == "note: Ctrl-C after the run had ended: nothing was interrupted"
+
+
+def test_a_second_sigterm_while_the_first_is_handled_keeps_143_and_the_resume_command(monkeypatch, capsys):
+    """A SIGTERM that lands while `_run` handles the first stop (before its stop line) ends the
+    command as SIGTERM does (143, not Ctrl-C's 130), with the stop line once; the resume command
+    drops --debug as the first one's would."""
+    from ugatit_common import cli_errors
+
+    def second(*a, **k):
+        cli_errors.reset()
+        cli_errors.note_step(4)
+        raise cli_errors.Terminated()
+    monkeypatch.setattr(cli_errors, "_run", second)
+    rc = cli_errors.run(lambda argv: 0, ["--debug", "--epoch", "2"], prog="python -m torch_port",
+                        training=lambda argv: True)
+    err = capsys.readouterr().err
+    assert rc == 143, (rc, err)
+    assert err.count("stopped at step 4") == 1 and "resume with: python -m torch_port --epoch 2" in err, err
+    assert "--debug" not in err, err
 
 
 # -- kill -9 at random moments: resume reproduces the uninterrupted run ------------------------------
