@@ -170,7 +170,8 @@ def test_the_open_files_limit_is_named_as_such(tmp_path, how):
         assert ("--log_dir" if how == "folder" else "--sample_dir") in out, out
 
 
-@pytest.mark.parametrize("argv", [[], ["--num_workers", "2"]], ids=["no-workers-flag", "workers"])
+@pytest.mark.parametrize("argv", [[], ["--num_workers", "2"], ["--num_workers=2"]],
+                         ids=["no-workers-flag", "workers", "workers="])
 def test_a_librarys_own_error_for_the_open_files_limit_is_one_clear_line(capsys, argv):
     """torch's DataLoader says EMFILE in a RuntimeError ("Too many open files. Communication with
     the workers is no longer possible..."): that was an internal error (exit 1). Now it is the one
@@ -185,6 +186,26 @@ def test_a_librarys_own_error_for_the_open_files_limit_is_one_clear_line(capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: [Errno 24] too many open files (ulimit -n "), err
     assert ("lower --num_workers" in err[0]) == bool(argv), err
+
+
+def test_the_systems_open_files_limit_and_an_already_named_limit_are_one_clear_line(capsys):
+    """ENFILE (the system's table full) is the same machine limit as EMFILE: one line, exit 2, not
+    an internal error; an error that already says the limit (machine_limits.limit_error, naming
+    the file or flag it met) keeps its own words instead of the generic ones."""
+    from ugatit_common import cli_errors
+    from ugatit_common.machine_limits import limit_error
+
+    def system_full(argv):
+        raise OSError(errno.ENFILE, "Too many open files in system")
+    assert cli_errors.run(system_full, [], prog="python -m torch_port") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "too many open files" in err[0], err
+
+    def named(argv):
+        raise limit_error(OSError(errno.EMFILE, "Too many open files"), "cannot write a file in --log_dir 'logs'")
+    assert cli_errors.run(named, [], prog="python -m torch_port") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write a file in --log_dir 'logs'" in err[0] and "limit on open files" in err[0], err
 
 
 @pytest.mark.parametrize("command", [
