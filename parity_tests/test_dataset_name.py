@@ -95,3 +95,14 @@ def test_morphs_command_line_names_its_data_root(tmp_path, monkeypatch, capsys):
     line = _one_error(capsys.readouterr().err, "/data/horse2zebra")
     assert rc == 2 and f"under {root}/dataset/" in line and f"under --data_root {root}" in line, line
     assert f"ln -s /data/horse2zebra {root}/dataset/horse2zebra" in line, line
+
+
+def test_an_empty_or_nul_name_is_refused_and_a_hint_never_links_to_dot(tmp_path):
+    """`--dataset ""` (an unset variable) and a name holding NUL are no folder names; `x/..` as a
+    path has no name of its own to link: the hint says `<name>`, never `dataset/.`."""
+    for bad in ("", "a\0b"):
+        with pytest.raises(opt.OptionError, match="not a path"):
+            opt.check_dataset_name(bad)
+    with pytest.raises(opt.OptionError) as e:
+        opt.check_dataset_name("x/..")
+    assert "then --dataset <name>" in str(e.value) and "dataset/." not in str(e.value), e.value

@@ -154,3 +154,16 @@ def test_a_dotdot_after_a_link_is_where_the_os_puts_it(tmp_path, monkeypatch, ca
     assert opt.path_value("a/b.json") == "a/b.json"
     assert opt.path_value("elsewhere/../new/") == os.path.join(os.path.realpath("out"), "new") + "/"
     assert opt.path_value("elsewhere/..") == os.path.realpath("out")
+
+
+def test_only_a_dotdot_name_is_resolved_and_a_last_link_stays(tmp_path, monkeypatch):
+    """path_value resolves a `..` that is a whole name, never `..` inside a name (`v1..2`); the
+    last name stays as given, so that a link there is the output's own (replaced, not written
+    through into its target)."""
+    from ugatit_common import options as opt
+    monkeypatch.chdir(tmp_path)
+    assert opt.path_value("v1..2/out.json") == "v1..2/out.json"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "target").mkdir()
+    os.symlink("target", "lnk")
+    assert opt.path_value("sub/../lnk") == os.path.join(os.path.realpath(tmp_path), "lnk")
