@@ -382,3 +382,41 @@ def test_a_file_read_at_the_open_files_limit_is_not_skipped_as_unreadable(intact
     assert out.startswith("OSError [Errno 24] cannot read "), (out, proc.stderr[-2000:])
     assert f"{intact['rgb.png']!r}: Too many open files: the limit on open files per process was reached " \
            "(`ulimit -n`: " in out and "not a fault of the file" in out, out
+
+
+def test_a_subfolder_alone_is_no_file_without_an_extension_and_entries_are_named(tmp_path):
+    """A domain folder holding only a subfolder (`old`) holds no files: its error says so, not that
+    a file without an extension is there; a character device is said as a device."""
+    from ugatit_common import options as opt
+    folder = tmp_path / "dataset" / "d" / "trainA"
+    (folder / "old").mkdir(parents=True)
+    with pytest.raises(opt.OptionError) as e:
+        opt.domain_files({"dataset": "d"}, "trainA", base=str(tmp_path))
+    assert "holds no files" in str(e.value) and "extension" not in str(e.value), e.value
+    assert opt.not_a_file(os.devnull) == "not a regular file (a device)"
+
+
+def test_a_data_set_folder_listed_at_the_open_files_limit_stops(tmp_path, monkeypatch):
+    """Listing a domain folder failing on `ulimit -n` (EMFILE) stops with the limit named, not
+    'holds no files' from a glob that swallowed the error."""
+    import errno
+
+    from ugatit_common import options as opt
+    folder = tmp_path / "dataset" / "d" / "trainA"
+    folder.mkdir(parents=True)
+    assert cv2.imwrite(str(folder / "a.png"), np.zeros((8, 8, 3), np.uint8))
+
+    def at_the_limit(path):
+        raise OSError(errno.EMFILE, "Too many open files", str(path))
+    monkeypatch.setattr(opt.os, "scandir", at_the_limit)
+    with pytest.raises(OSError) as e:
+        opt.domain_files({"dataset": "d"}, "trainA", base=str(tmp_path))
+    assert not isinstance(e.value, opt.OptionError) and "limit on open files" in str(e.value), e.value
+    assert "trainA" in str(e.value), e.value
+
+
+@pytest.mark.parametrize("pattern", ["photos/*.jpg", "photo?.jpg", "photo[12].jpg"])
+def test_every_pattern_character_is_said_to_be_unexpanded(pattern):
+    from ugatit_common.images import no_such_input
+    assert "a pattern is not expanded" in no_such_input(pattern)
+    assert no_such_input("photo.jpg") == "no such file or folder"
