@@ -108,3 +108,51 @@ def test_ctrl_c_in_the_demo_lets_the_running_step_end_its_own_way(tmp_path):
         p.kill()
     assert "step cleaned up" in out, (out, err)
     assert p.returncode == 130 and err.strip().splitlines()[-1] == "interrupted (Ctrl-C)", (p.returncode, err)
+
+
+
+class _Step:
+    """A stand-in for a demo step's Popen: its first wait (the demo's) is stopped by `stop`; the
+    next waits with a timeout return (True) or time out (False) as `ends` says, in order; signals,
+    waits and kills are recorded."""
+
+    def __init__(self, stop, ends):
+        self.stop, self.ends, self.calls = stop, list(ends), []
+
+    def wait(self, timeout=None):
+        from ugatit_common.cli_errors import Terminated
+        if self.stop is not None:
+            stop, self.stop = self.stop, None
+            raise Terminated() if stop == "sigterm" else KeyboardInterrupt()
+        self.calls.append(("wait", timeout))
+        if timeout is not None and not self.ends.pop(0):
+            raise subprocess.TimeoutExpired("step", timeout)
+        return 130
+
+    def send_signal(self, sig):
+        self.calls.append(("signal", sig))
+
+    def kill(self):
+        self.calls.append(("kill", None))
+
+
+@pytest.mark.parametrize("stop, ends, expected", [
+    ("ctrl-c", [True], [("wait", 5)]),  # the terminal's Ctrl-C reached the step too: waited for
+    ("ctrl-c", [False, True], [("wait", 5), ("signal", "SIGINT"), ("wait", "WAIT")]),  # the demo's alone
+    ("sigterm", [True], [("signal", "SIGTERM"), ("wait", "WAIT")]),
+    ("sigterm", [False], [("signal", "SIGTERM"), ("wait", "WAIT"), ("kill", None), ("wait", None)]),
+])
+def test_a_stopped_demo_stops_its_step_its_own_way(monkeypatch, stop, ends, expected):
+    """demo.run stopped (Ctrl-C, SIGTERM) while its step runs: the step gets its own stop (waited
+    for, SIGINT after 5 s, or SIGTERM passed on) and STEP_STOP_WAIT seconds to end before it is
+    killed; the demo's stop is raised on after that."""
+    import signal
+
+    from ugatit_common import demo
+    step = _Step(stop, ends)
+    monkeypatch.setattr(demo.subprocess, "Popen", lambda *a, **k: step)
+    with pytest.raises(KeyboardInterrupt):
+        demo.run(["step"], cwd=".")
+    names = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", demo.STEP_STOP_WAIT: "WAIT"}
+    got = [(what, names.get(arg, arg)) for what, arg in step.calls]
+    assert got == expected, got
