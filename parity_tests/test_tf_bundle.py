@@ -679,3 +679,23 @@ def test_one_file_of_a_checkpoint_names_its_prefix_in_every_reader(tmp_path: Pat
         assert prefix_of_file(prefix + ext) is None and tf_prefix(prefix + ext) is None, ext
     with pytest.raises(CheckpointError, match=r"data file .*\.data-00000-of-00001: its index .*\.index not found"):
         resolve_prefix(prefix + ".data-00000-of-00001")
+
+
+def test_resolve_prefix_takes_bytes_and_names_a_morph_file_as_morphs(tmp_path):
+    """resolve_prefix reads a bytes path (os.fsencode'd) as its name; a Morph weights file given
+    where a TF checkpoint goes is said to have no TensorFlow counterpart (not 'convert it with
+    torch2tf'); prefix_of_file names a prefix only for a checkpoint file that is there."""
+    from parity_tests.conftest import GOLDEN
+    folder = tmp_path / "ck"
+    shutil.copytree(os.path.join(GOLDEN, "final"), folder)
+    prefix = str(folder / "UGATIT.model-3")
+    assert tb.resolve_prefix(os.fsencode(prefix)) == prefix
+    assert tb.resolve_prefix(os.fsencode(str(folder))) == prefix
+    assert tb.prefix_of_file(prefix + ".index") == prefix
+    assert tb.prefix_of_file(prefix + ".meta") is None  # no such file beside the .index
+    for name, what in (("MorphUGATIT_C.model-3.safetensors", "a Morph-UGATIT checkpoint"),
+                       ("UGATIT_light.model-3.safetensors", "convert it with weights_convert.py torch2tf")):
+        (tmp_path / name).write_bytes(b"x")
+        with pytest.raises(tb.CheckpointError) as e:
+            tb.resolve_prefix(str(tmp_path / name))
+        assert what in str(e.value), e.value
