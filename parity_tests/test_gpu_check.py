@@ -458,3 +458,22 @@ def test_every_gpu_check_pytest_selection_collects_tests_on_cuda(tmp_path):
     for (script, name, args), got in zip(runs, json.loads(result[0][len("RESULT "):])):
         assert got["rc"] == 0 and got["ids"], f"{script}: step {name}: pytest {' '.join(args)}: exit {got['rc']}, " \
                                               f"{len(got['ids'])} tests selected"
+
+
+def test_the_merges_name_a_cut_part_and_take_the_last_pytest_summary(bench_modules, tmp_path, capsys):
+    """merge_results: a part cut mid-write (no whole JSON) is named in results.json, not fatal;
+    the tests' summary is the log's last pytest summary line (an earlier run's stays behind it)."""
+    merge_results = bench_modules("merge_results")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "whole.json").write_text('{"a": 1}')
+    (work / "cut.json").write_text('{"rows": [1, 2')
+    parts = merge_results.merge_parts(str(work), str(tmp_path / "results.json"))
+    assert parts["whole"] == {"a": 1} and "unreadable" in parts["cut"], parts
+    assert json.loads((tmp_path / "results.json").read_text())["cut"] == parts["cut"]
+    log = tmp_path / "tests.log"
+    log.write_text("1 failed, 3 passed in 2.00s\nretrying\n4 passed in 1.50s\n")
+    data = merge_results.add_steps(str(tmp_path / "infer.json"), "bench 0 12.5;", str(log))
+    assert data["steps"]["tests"]["summary"] == "4 passed in 1.50s", data
+    assert data["steps"]["bench"] == {"exit": 0, "seconds": 12.5} and "no JSON written" in data["errors"]["bench"]
+    capsys.readouterr()
