@@ -269,6 +269,9 @@ def test_outputs_never_differ_by_case_alone(tmp_path):
     assert len({f.casefold() for f in files}) == len(files) == 1 + 3 * 2 + 1, files  # page, 3 per input, record
     names = OutputNames(["in/X.gif", "in/x.GIF"])
     assert [os.path.basename(names.path("a2b", p)) for p in ("in/X.gif", "in/x.GIF")] == ["X.gif.png", "x_1.GIF.png"]
+    later = OutputNames()  # an input added after the start (Morph's --input inside the output folder)
+    later.add_inputs(["out/A.png"])
+    assert later.path("out", "in/a.png", ext=".png") == os.path.join("out", "a_1.png")
 
 
 def test_listing_a_folder_as_input_leaves_its_record_alone(tmp_path):
