@@ -412,6 +412,8 @@ def _cgroups(tmp_path, proc, files):
     ("0::/\n", {"cpu.max": "garbage"}, None),
     ("0::/\n", {"cpu.max": "0 100000"}, None),
     ("", {}, None),
+    # a line not of the form id:controllers:path is passed over, not the end of the reading
+    ("garbage\n0::/\n", {"cpu.max": "100000 100000"}, 1),
 ])
 def test_a_cpu_quota_without_a_cpuset_is_seen(tmp_path, proc, files, quota):
     """`docker --cpus` / a Kubernetes CPU limit sets a cgroup quota, not an affinity: the decoder
