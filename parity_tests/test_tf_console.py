@@ -236,3 +236,15 @@ def test_a_tensorflow_op_error_is_one_short_line_naming_the_file(tmp_path):
                 sess.run(op)
     assert "Original stack trace" in str(e.value) and "defined at (most recent call last)" in str(e.value)
     assert one_line(e.value) == f"{blocker / 'x'}; Not a directory", one_line(e.value)
+
+
+def test_an_op_error_with_two_detected_nodes_keeps_the_cause_after_the_last():
+    """A message with two `Detected at node ... defined at` stacks (a made-up message in the layout
+    tf_error_text reads; no TensorFlow needed): the cause follows the last `Node:` line, and the
+    line is that cause alone, no `File ...` line of an earlier stack in it."""
+    from ugatit_common.cli_errors import tf_error_text
+    stack = "\n".join(f'  File "/usr/lib/python3/x{i}.py", line {i}, in f{i}' for i in range(3))
+    raw = ("Graph execution error:\n\nDetected at node 'a' defined at (most recent call last):\n" + stack +
+           "\nNode: 'a'\nDetected at node 'b' defined at (most recent call last):\n" + stack +
+           "\nNode: 'b'\nckpt/x.tempstate; File too large\n\t [[{{node b}}]]\n\nOriginal stack trace for 'b':\n" + stack)
+    assert " ".join(tf_error_text(raw).split()) == "ckpt/x.tempstate; File too large"
