@@ -1093,3 +1093,14 @@ def test_a_file_or_dead_link_above_the_output_folder_is_named(tmp_path, monkeypa
         assert str(e.value) == f"--result_dir {path!r} is not writable: {why}"
     assert open("mine").read() == "mine" and not os.path.exists("nowhere")
     assert check_writable_folder("made/run", "--result_dir") == "made/run" and os.path.isdir("made/run")
+
+
+def test_the_writability_probe_leaves_nothing_in_the_folder(tmp_path):
+    """check_writable_folder writes a temp file to see the folder is writable: that file is gone
+    after (an existing folder keeps exactly what it held; a new one is empty)."""
+    from ugatit_common.cli_errors import check_writable_folder
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "mine.txt").write_text("x")
+    for name, held in (("old", ["mine.txt"]), ("new/deeper", [])):
+        assert check_writable_folder(str(tmp_path / name), "--result_dir") == str(tmp_path / name)
+        assert os.listdir(tmp_path / name) == held
