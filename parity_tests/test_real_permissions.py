@@ -200,6 +200,16 @@ def test_the_systems_open_files_limit_and_an_already_named_limit_are_one_clear_l
     assert cli_errors.run(system_full, [], prog="python -m torch_port") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "too many open files" in err[0], err
+    # the whole system's table: `ulimit -n` (this process's limit) is no way out there
+    assert "ulimit -n" not in err[0] and "fs.file-max" in err[0], err
+    # the same when the data loader's workers meet it (the line names them, and --num_workers)
+    from ugatit_common.machine_limits import too_many_open_files
+    e = too_many_open_files("the data loader's 4 worker processes", code=errno.ENFILE)
+    assert e.errno == errno.ENFILE and "ulimit -n" not in str(e) and "4 worker processes" in str(e), e
+    assert "lower --num_workers" in str(e) and "fs.file-max" in str(e), e
+    assert cli_errors.run(lambda argv: (_ for _ in ()).throw(e), ["--num_workers", "4"], prog="python -m torch_port") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {e}"], err
 
     def named(argv):
         raise limit_error(OSError(errno.EMFILE, "Too many open files"), "cannot write a file in --log_dir 'logs'")

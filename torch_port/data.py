@@ -178,14 +178,16 @@ def infinite_loader(dataset, batch_size: int, seed: int = 0, num_workers: int = 
     except (OSError, RuntimeError) as e:
         # `ulimit -n` met by the workers' pipes, semaphores or shared memory (a bare [Errno 24], or
         # torch's RuntimeError); an image read that met it already names the file and the limit
-        if machine_limit(e) not in (errno.EMFILE, errno.ENFILE) or "limit on open files" in str(e):
+        code = machine_limit(e)
+        if code not in (errno.EMFILE, errno.ENFILE) or "limit on open files" in str(e):
             raise
         hook, sys.unraisablehook = sys.unraisablehook, _without_loader_teardown(sys.unraisablehook)
     try:  # the half-built loader goes here: its __del__ fails ("Exception ignored in ...") on what it lacks
         gc.collect()
     finally:
         sys.unraisablehook = hook
-    raise too_many_open_files(f"the data loader's {num_workers} worker processes" if num_workers else "the data loader")
+    raise too_many_open_files(f"the data loader's {num_workers} worker processes" if num_workers else "the data loader",
+                              code=code)
 
 
 def _without_loader_teardown(hook):

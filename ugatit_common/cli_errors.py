@@ -431,9 +431,11 @@ def _run(fn, argv, prog, training, label, needs_tf) -> int:
         if needs_tf is not None and tensorflow_missing(e):
             print(f"{label}: {needs_tensorflow_line(prog, needs_tf)}", file=sys.stderr, flush=True)
             return EXIT_BAD_INPUT
-        if machine_limit(e) in (errno.EMFILE, errno.ENFILE) and "limit on open files" not in str(e):
+        limit = machine_limit(e)
+        if limit in (errno.EMFILE, errno.ENFILE) and "limit on open files" not in str(e) \
+                and "open files in the system" not in str(e):
             # a bare [Errno 24], or a library's own error for it (the DataLoader's, TF's ResourceExhaustedError)
-            e = too_many_open_files(workers=any(a.split("=")[0] == "--num_workers" for a in argv or ()))
+            e = too_many_open_files(workers=any(a.split("=")[0] == "--num_workers" for a in argv or ()), code=limit)
         oom = out_of_memory(e)
         if is_bad_input(e) or oom:
             if quiet_rank(e):

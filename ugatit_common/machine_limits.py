@@ -53,13 +53,18 @@ def machine_limit(e: BaseException | None) -> int | None:
     return None
 
 
-def too_many_open_files(what: str = "", workers: bool = True) -> OSError:
-    """One clear error for EMFILE / ENFILE met by `what` (e.g. "the data loader's workers"): the
-    limit, and the ways out (`workers`: lowering --num_workers is one, where the command has it)."""
-    n = open_files_limit()
-    limit = f"ulimit -n {n}" if n is not None else "ulimit -n"
+def too_many_open_files(what: str = "", workers: bool = True, code: int = errno.EMFILE) -> OSError:
+    """One clear error for EMFILE / ENFILE (`code`) met by `what` (e.g. "the data loader's
+    workers"): the limit, and the ways out (`workers`: lowering --num_workers is one, where the
+    command has it). ENFILE is the whole system's table: `ulimit -n` does not help there."""
     where = f" ({what})" if what else ""
     lower = " or lower --num_workers," if workers else ""
+    if code == errno.ENFILE:
+        return OSError(errno.ENFILE, f"too many open files in the system (the whole system's table of open files is "
+                                     f"full){where}: close other programs or raise the system's "
+                                     f"limit (`sysctl fs.file-max`),{lower} or run fewer things at once")
+    n = open_files_limit()
+    limit = f"ulimit -n {n}" if n is not None else "ulimit -n"
     return OSError(errno.EMFILE, f"too many open files ({limit}){where}: raise the limit (e.g. `ulimit -n 4096`)"
                                  f"{lower} or run fewer things at once")
 
