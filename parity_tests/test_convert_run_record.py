@@ -228,3 +228,26 @@ def test_a_converted_records_run_record_is_said_as_such_and_holds_only_its_setti
         (folder / policy.RUN_RECORD).write_bytes(policy.run_record_bytes(cfg, writer, keys={"ch", "img_size"}))
         assert policy.run_image_size(str(folder / "UGATIT_light.model-3")) == (
             40, f"it has no .meta, and the run record {policy.RUN_RECORD}, {when}, records img_size=40")
+
+
+def test_a_renamed_model_dir_keeps_its_data_set_name_over_the_record(tmp_path):
+    """A model_dir folder renamed to name another data set (the run trained on selfie2anime, the
+    folder now says horse2zebra): the data set's name is no part of the weights or the graph, so
+    the folder's name is kept, and the conversion is not stopped as a disagreement of records; a
+    model setting the record and the folder disagree on still is."""
+    from ugatit_common.recorded_config import with_run_record
+    from ugatit_common.tf_checkpoint.config import CheckpointConfig, ConfigConflict, Setting
+    folder = tmp_path / "renamed"
+    folder.mkdir()
+    prefix = str(folder / "UGATIT_light.model-3")
+    cfg = opt.config_from(dataset="selfie2anime", light=True, img_size=64)
+    (folder / policy.RUN_RECORD).write_bytes(policy.run_record_bytes(cfg, "python -m tf_reference"))
+
+    def info(light):
+        return CheckpointConfig(prefix, {"dataset": Setting("horse2zebra", "model_dir", "the folder's name"),
+                                         "light": Setting(light, "model_dir", "the folder's name")}, [])
+    got = with_run_record(info(True), prefix)
+    assert got.settings["dataset"].value == "horse2zebra" and got.settings["dataset"].source == "model_dir"
+    assert got.settings["light"].value is True and got.settings["img_size"].value == 64
+    with pytest.raises(ConfigConflict, match="light"):
+        with_run_record(info(False), prefix)
