@@ -176,10 +176,40 @@ def pytest_testnodedown(node, error):
             reporter.stats.setdefault("deselected", []).extend(_DeselectedOnWorker(i) for i in ids)
 
 
+# The full tier in two workers (`--dist loadfile`, CI): pytest-xdist hands whole files out in the
+# order most tests first, so the files that take minutes with few tests came last and one worker
+# ran one alone while the other had finished. There the files below go first, longest first
+# (the rest keep xdist's order). Minutes alone on 2 cores, roughly: a stale figure costs time,
+# never a result. The quick tier keeps xdist's order.
+FULL_TIER_LONG_FILES = {
+    "test_train_compile.py": 10, "test_official_configurations.py": 6, "test_walkthrough.py": 3.5,
+    "test_run_image_size.py": 3, "test_nothing_lost.py": 3, "test_convert_cases.py": 3,
+    "test_free_run.py": 3, "test_outputs_guard.py": 2.5, "test_onnx.py": 2.5, "test_schedule.py": 2,
+    "test_results_pages.py": 2,
+}
+
+
+def pytest_configure(config):
+    if full_tier(config) and hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # (the controller's scheduler: files in collection order)
+
+
+def _long_files_first(items) -> None:
+    """Stable: files by FULL_TIER_LONG_FILES' minutes, then by number of tests (xdist's order)."""
+    count: dict = {}
+    for item in items:
+        count[item.nodeid.split("::")[0]] = count.get(item.nodeid.split("::")[0], 0) + 1
+    def key(item):
+        path = item.nodeid.split("::")[0]
+        return -FULL_TIER_LONG_FILES.get(os.path.basename(path), 0), -count[path]
+    items.sort(key=key)
+
+
 def pytest_collection_modifyitems(config, items):
     _check_cuda_marker(items)
     _skip_tf_tests_without_tensorflow(items)
     if full_tier(config):
+        _long_files_first(items)
         return
     keep, drop = [], []
     for item in items:

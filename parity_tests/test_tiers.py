@@ -135,3 +135,29 @@ def test_two_workers_say_what_was_deselected(tmp_path):
         lines.append(re.findall(r"\d+ passed, \d+ deselected", proc.stdout))
     plain, workers = lines
     assert plain and plain == workers, (plain, workers)
+
+
+def test_the_full_tier_hands_out_the_long_files_first(monkeypatch):
+    """conftest's scheduling of the full tier in two workers: xdist's own order (files with most
+    tests first) handed the files of few but long tests out last, one worker running one alone at
+    the end. There the long files go first, longest first, the rest in xdist's order; xdist's
+    reordering is off only in the full tier; every name in the table is a test file (a renamed
+    one would silently lose its place)."""
+    from types import SimpleNamespace
+
+    from parity_tests import conftest
+    for name in conftest.FULL_TIER_LONG_FILES:
+        assert os.path.isfile(os.path.join(ROOT, "parity_tests", name)), name
+    items = [SimpleNamespace(nodeid=f"parity_tests/{f}::t{i}") for f, n in
+             (("test_a.py", 3), ("test_walkthrough.py", 1), ("test_b.py", 5), ("test_train_compile.py", 2))
+             for i in range(n)]
+    conftest._long_files_first(items)
+    files = [i.nodeid.split("::")[0].split("/")[1] for i in items]
+    assert files == ["test_train_compile.py"] * 2 + ["test_walkthrough.py"] + ["test_b.py"] * 5 + ["test_a.py"] * 3
+    assert [i.nodeid for i in items[:2]] == ["parity_tests/test_train_compile.py::t0",
+                                             "parity_tests/test_train_compile.py::t1"]  # within a file: as written
+    monkeypatch.delenv("UGATIT_FULL_TIER", raising=False)
+    for full, want in ((True, False), (False, True)):
+        config = SimpleNamespace(option=SimpleNamespace(loadscopereorder=True), getoption=lambda _, full=full: full)
+        conftest.pytest_configure(config)
+        assert config.option.loadscopereorder is want
