@@ -211,7 +211,8 @@ def test_a_rolled_back_write_names_its_writers_host_when_it_is_another(tmp_path,
 def test_every_temp_name_the_writers_make_carries_this_host(tmp_path, monkeypatch):
     """Every temp name of the atomic writers starts with temp_prefix (pid and host id): a
     published file's temp, a journal (its `-new` and `-part` names), a backup, and a port
-    checkpoint's three temps (checkpoint.save makes its own) - one without the host would be
+    checkpoint's three temps (checkpoint.save makes its own), a TF checkpoint's shard, index and
+    `checkpoint` file (BundleWriter's, the state file's) - one without the host would be
     judged by its pid on another host (removed mid-save), or named as this host's."""
     from torch_port import build_ugatit
     from torch_port import checkpoint as ckpt
@@ -231,7 +232,16 @@ def test_every_temp_name_the_writers_make_carries_this_host(tmp_path, monkeypatc
         open(tmp, "w").write("c")
     model = build_ugatit(opt.config_from(light=True, img_size=32, ch=2, n_dis=4))
     ckpt.save(str(tmp_path / "ck"), "UGATIT_light", 1, model, {})
+    import numpy as np
+
+    from ugatit_common.tf_checkpoint.bundle import BundleWriter, write_checkpoint_state
+    (tmp_path / "tf").mkdir()
+    with BundleWriter(str(tmp_path / "tf" / "x.model-1")) as w:  # a TF checkpoint's shard and index
+        w.add("dense/kernel", np.zeros((2, 2), np.float32))
+        w.finish()
+    write_checkpoint_state(str(tmp_path / "tf"), "x.model-1")
     temps = {n for n in names if n.startswith(".tmp-")}
-    for end in (".keep", atomic.JOURNAL + "-new", atomic.JOURNAL + "-part", ".txt", ".safetensors", ".pt"):
+    for end in (".keep", atomic.JOURNAL + "-new", atomic.JOURNAL + "-part", ".txt", ".safetensors", ".pt",
+                ".data.tmp", ".index.tmp"):
         assert any(n.endswith(end) for n in temps), (end, temps)
     assert all(n.startswith(atomic.temp_prefix()) for n in temps), temps
