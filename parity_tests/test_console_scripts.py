@@ -100,8 +100,11 @@ def test_ctrl_c_in_the_demo_lets_the_running_step_end_its_own_way(tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        while p.stdout.readline().strip() != "ready":
-            pass
+        while True:
+            line = p.stdout.readline()
+            assert line, ("the demo step ended before it was ready", p.wait(timeout=60), p.stderr.read())
+            if line.strip() == "ready":
+                break
         os.killpg(p.pid, signal.SIGINT)  # the terminal's Ctrl-C: the whole foreground group
         out, err = p.communicate(timeout=60)
     finally:
