@@ -6,6 +6,7 @@ Tiers: `pytest -q` runs the quick tier, every kind of criterion at small sizes; 
 more configurations, sizes or iterations, and the compiled fast paths. A quick run lists the
 full-tier tests it left out as "deselected" (never as passed); a test named by its node id on the
 command line runs in either tier."""
+import collections
 import os
 import sys
 
@@ -198,9 +199,8 @@ def pytest_configure(config):
 
 def _long_files_first(items) -> None:
     """Stable: files by FULL_TIER_LONG_FILES' minutes, then by number of tests (xdist's order)."""
-    count: dict = {}
-    for item in items:
-        count[item.nodeid.split("::")[0]] = count.get(item.nodeid.split("::")[0], 0) + 1
+    count = collections.Counter(item.nodeid.split("::")[0] for item in items)
+
     def key(item):
         path = item.nodeid.split("::")[0]
         return -FULL_TIER_LONG_FILES.get(os.path.basename(path), 0), -count[path]
